@@ -1,0 +1,173 @@
+"""Typed run configuration: defaults < YAML recipe < command-line flags.
+
+The resolved configuration is saved as ``config.yaml`` beside every run, so a run can be repeated from
+its own directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from liverscope.errors import LiverscopeError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # class-per-folder root or CSV manifest (path,label[,group][,source])
+    image_size: int = 224
+    denoise: bool = True  # non-local-means denoising (seed recipe)
+    denoise_strength: float = 10.0  # NLM filter strength h
+    denoise_at: str = "model"  # "model": denoise grey at model resolution (fast); "full": at full resolution
+    crop_sector: bool = False  # crop to the bounding box of the scan sector before resizing
+    augment: str = "conservative"  # conservative | ultrasound | light | none
+    cache_dir: str | None = ".liverscope-cache"  # None disables the preprocessing cache
+    split: str = "grouped"  # grouped | stratified | random (random is the leaky legacy split)
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    allow_leak: bool = False  # warn instead of refusing when a test image has a duplicate in training
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"
+    head: str = "seed"  # seed | mlp128 | linear
+    pretrained: bool = False  # ImageNet weights through timm (needs internet)
+    weights: str | None = None  # local ImageNet/timm checkpoint (.safetensors, .pth)
+    freeze_backbone: bool = False
+    dropout: float = 0.3
+    hidden: int = 256  # width of the seed head's hidden layer
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    scheduler: str = "cosine"  # cosine | step | plateau | none
+    step_size: int = 10  # step scheduler: epochs between decays
+    gamma: float = 0.1  # step scheduler factor
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10
+    early_stop_patience: int = 0  # 0 disables early stopping
+    monitor: str = "val_balanced_acc"  # metric for early stopping and best checkpoint
+    balance: str = "none"  # none | sampler | weighted_ce
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "32-true"  # Lightning precision string, e.g. 16-mixed, bf16-mixed
+    max_train_batches: float | int | None = None  # limit batches per epoch (quick checks)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _apply(cfg: RunConfig, values: dict[str, Any], origin: str) -> None:
+    for key, value in values.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise LiverscopeError(f"{origin}: '{key}' must be a mapping of settings")
+            section = getattr(cfg, key)
+            known = {f.name for f in fields(section)}
+            for k, v in value.items():
+                if k not in known:
+                    raise LiverscopeError(f"{origin}: unknown setting '{key}.{k}' (known: {', '.join(sorted(known))})")
+                setattr(section, k, v)
+        elif key in ("name", "out_dir"):
+            setattr(cfg, key, value)
+        elif key == "recipe":  # informational
+            continue
+        else:
+            raise LiverscopeError(f"{origin}: unknown top-level setting '{key}' (use data:, model:, train:, name:)")
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """A recipe is a YAML path or the name of one in ``configs/`` (``cpu-quick`` → configs/cpu-quick.yaml)."""
+    p = Path(recipe)
+    if p.exists():
+        return p
+    for cand in (CONFIG_DIR / f"{recipe}.yaml", CONFIG_DIR / str(recipe)):
+        if cand.exists():
+            return cand
+    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.exists() else []
+    raise LiverscopeError(f"recipe '{recipe}' not found: give a YAML file or one of: {', '.join(names)}")
+
+
+def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Resolve a configuration.
+
+    Args:
+        recipe: YAML file or recipe name in ``configs/``; ``None`` for the defaults.
+        overrides: dotted keys (``"train.lr"``) or nested dicts from the command line; ``None`` values
+            are ignored so unset flags keep the recipe's value.
+
+    Returns:
+        The resolved :class:`RunConfig`.
+    """
+    cfg = RunConfig()
+    if recipe is not None:
+        path = find_recipe(recipe)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise LiverscopeError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(values, dict):
+            raise LiverscopeError(f"{path}: expected a mapping at the top level")
+        _apply(cfg, values, str(path))
+    if overrides:
+        nested: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if "." in key:
+                section, sub = key.split(".", 1)
+                nested.setdefault(section, {})[sub] = value
+            else:
+                nested[key] = value
+        _apply(cfg, nested, "command line")
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, values, "config")
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> Path:
+    from liverscope.utils import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise LiverscopeError(f"{run_dir}: no config.yaml — is this a liverscope run directory?")
+    return config_from_dict(yaml.safe_load(path.read_text()) or {})

@@ -1,0 +1,25 @@
+"""Error types raised for bad user input (files, configs, run directories)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LiverscopeError(ValueError):
+    """Bad input that the user can fix: the message names the file and what to do."""
+
+
+class ImageReadError(LiverscopeError):
+    """An image or DICOM file that cannot be decoded.
+
+    Args:
+        path: the offending file.
+        reason: what is wrong with it.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, path: str | Path, reason: str, fix: str = "check the file or remove it from the data"):
+        self.path = str(path)
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{self.path}: {reason} ({fix})")
