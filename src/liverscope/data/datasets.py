@@ -242,7 +242,7 @@ def make_phantom(stage: int, n_stages: int = 5, size: int = 128, seed: int = 0) 
     # burnt-in annotations outside the sector, identical in every class
     cv2.putText(out, "LIV", (2, max(8, size // 14)), cv2.FONT_HERSHEY_PLAIN, max(0.5, size / 256), 255, 1)
     for k in range(5):
-        y = int(size * (0.2 + 0.15 * k))
+        y = int(size * (0.06 + 0.07 * k))
         cv2.line(out, (size - max(4, size // 32), y), (size - 1, y), 200, 1)
     return out, (mask.astype(bool) & sector)
 

@@ -82,7 +82,7 @@ def sector_mask(img: np.ndarray, threshold: int = 6) -> np.ndarray:
     text and calibration marks outside it.
 
     Hand-written (no library finds scan sectors): threshold the blurred grey image, open away thin
-    text strokes, keep the largest connected region and take its convex hull, which is the fan.
+    text strokes, keep the largest connected region, close small gaps and fill its holes.
     Falls back to the whole image when nothing sensible is found.
     """
     grey = to_grey(img)
@@ -97,10 +97,14 @@ def sector_mask(img: np.ndarray, threshold: int = 6) -> np.ndarray:
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if stats[largest, cv2.CC_STAT_AREA] < 0.05 * h * w:
         return np.ones((h, w), bool)
-    pts = np.column_stack(np.nonzero(labels == largest)[::-1]).astype(np.int32)
-    hull = cv2.convexHull(pts)
-    mask = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(mask, hull, 1)
+    region = (labels == largest).astype(np.uint8)
+    region = cv2.morphologyEx(region, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    # fill holes (anechoic vessels, cysts and shadows inside the fan are still inside the sector):
+    # flood the background from the image border; what the flood cannot reach is inside
+    padded = np.pad(region, 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, None, (0, 0), 1)
+    mask = (region | (1 - flood[1:-1, 1:-1])).astype(np.uint8)
     return mask.astype(bool)
 
 

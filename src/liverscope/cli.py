@@ -1,0 +1,203 @@
+"""The ``liverscope`` command line (Typer)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from liverscope.errors import LiverscopeError
+
+app = typer.Typer(
+    help="liverscope — liver ultrasound fibrosis staging / disease classification with explanations, "
+    "weakly supervised segmentation and leakage-safe evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _train_overrides(**kw) -> dict:
+    """CLI flag → dotted config key (``None`` = not given, keep the recipe's value)."""
+    mapping = {
+        "name": "name", "out_dir": "out_dir", "data": "data.path", "image_size": "data.image_size",
+        "denoise": "data.denoise", "augment": "data.augment", "split": "data.split", "allow_leak": "data.allow_leak",
+        "cache_dir": "data.cache_dir", "num_workers": "data.num_workers", "model": "model.name", "head": "model.head",
+        "pretrained": "model.pretrained", "weights": "model.weights", "freeze_backbone": "model.freeze_backbone",
+        "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "weight_decay": "train.weight_decay",
+        "optimizer": "train.optimizer", "scheduler": "train.scheduler", "balance": "train.balance", "seed": "train.seed",
+        "device": "train.device", "precision": "train.precision", "early_stop": "train.early_stop_patience",
+        "monitor": "train.monitor", "max_train_batches": "train.max_train_batches",
+    }
+    out = {}
+    for k, v in kw.items():
+        if v is None:
+            continue
+        out[mapping[k]] = str(v) if isinstance(v, Path) else v
+    return out
+
+
+# Options shared by train / cv / demo
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe file or name in configs/ (cpu-quick, effnet-b0-gradcam, mobilenetv2-multidisease, resnet50-cbam).")
+NameOpt = typer.Option(None, "--name", "-n", help="Run name: outputs go to OUT_DIR/NAME.")
+OutOpt = typer.Option(None, "--out-dir", "-o", help="Folder for run directories (default runs/).")
+ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `liverscope models`).")
+HeadOpt = typer.Option(None, "--head", help="Head: seed, mlp128 or linear.")
+PretrainedOpt = typer.Option(None, "--pretrained/--no-pretrained", help="ImageNet weights from the timm hub (needs internet).")
+WeightsOpt = typer.Option(None, "--weights", help="Local backbone weights (.safetensors or .pth of the same timm architecture).")
+FreezeOpt = typer.Option(None, "--freeze-backbone/--train-backbone", help="Train the head only.")
+SizeOpt = typer.Option(None, "--image-size", help="Model input size in pixels.")
+DenoiseOpt = typer.Option(None, "--denoise/--no-denoise", help="Non-local-means denoising.")
+AugmentOpt = typer.Option(None, "--augment", help="Augmentation preset: conservative, ultrasound, light, none.")
+SplitOpt = typer.Option(None, "--split", help="grouped (default: duplicates never straddle splits), stratified, or random (the leaky legacy split).")
+LeakOpt = typer.Option(None, "--allow-leak", help="Warn instead of refusing a split in which a test image has a duplicate in training.")
+EpochsOpt = typer.Option(None, "--epochs", help="Maximum epochs.")
+BatchOpt = typer.Option(None, "--batch-size", help="Batch size.")
+LrOpt = typer.Option(None, "--lr", help="Learning rate.")
+WdOpt = typer.Option(None, "--weight-decay", help="Weight decay.")
+OptimOpt = typer.Option(None, "--optimizer", help="adam, adamw or sgd.")
+SchedOpt = typer.Option(None, "--scheduler", help="cosine, step, plateau or none.")
+BalanceOpt = typer.Option(None, "--balance", help="none, sampler (inverse-frequency sampler) or weighted_ce.")
+SeedOpt = typer.Option(None, "--seed", help="Random seed.")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda.")
+PrecisionOpt = typer.Option(None, "--precision", help="Lightning precision: 32-true, 16-mixed, bf16-mixed.")
+EarlyOpt = typer.Option(None, "--early-stop", help="Early-stopping patience in epochs (0 = off).")
+MonitorOpt = typer.Option(None, "--monitor", help="Validation metric for early stopping and best epoch.")
+WorkersOpt = typer.Option(None, "--num-workers", help="DataLoader worker processes.")
+CacheOpt = typer.Option(None, "--cache-dir", help="Preprocessing cache folder.")
+LimitOpt = typer.Option(None, "--max-train-batches", help="Limit training batches per epoch (quick checks).")
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Class-per-folder tree or CSV manifest (path,label[,group][,source])."),
+    recipe: Optional[str] = RecipeOpt, name: Optional[str] = NameOpt, out_dir: Optional[Path] = OutOpt,
+    model: Optional[str] = ModelOpt, head: Optional[str] = HeadOpt, pretrained: Optional[bool] = PretrainedOpt,
+    weights: Optional[Path] = WeightsOpt, freeze_backbone: Optional[bool] = FreezeOpt, image_size: Optional[int] = SizeOpt,
+    denoise: Optional[bool] = DenoiseOpt, augment: Optional[str] = AugmentOpt, split: Optional[str] = SplitOpt,
+    allow_leak: Optional[bool] = LeakOpt, epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt, weight_decay: Optional[float] = WdOpt, optimizer: Optional[str] = OptimOpt,
+    scheduler: Optional[str] = SchedOpt, balance: Optional[str] = BalanceOpt, seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt, precision: Optional[str] = PrecisionOpt, early_stop: Optional[int] = EarlyOpt,
+    monitor: Optional[str] = MonitorOpt, num_workers: Optional[int] = WorkersOpt, cache_dir: Optional[str] = CacheOpt,
+    max_train_batches: Optional[int] = LimitOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same --name) from its last checkpoint."),
+):
+    """Train a classifier on a labelled folder or manifest; writes runs/NAME/."""
+    from liverscope.config import load_config
+    from liverscope.train import fit
+
+    params = {k: v for k, v in locals().items() if k not in ("recipe", "resume")}
+    try:
+        cfg = load_config(recipe, _train_overrides(**params))
+        run_dir = fit(cfg, resume=resume)
+    except LiverscopeError as exc:
+        _fail(exc)
+    _print_run_summary(run_dir)
+
+
+def _print_run_summary(run_dir: Path) -> None:
+    from liverscope.utils import read_json
+
+    m = read_json(run_dir / "metrics.json")
+    test = m.get("test") or {}
+    if test:
+        typer.echo(f"test: accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, macro F1 {test['macro_f1']:.3f}, n={test.get('n', '?')}")
+    typer.echo(f"run directory: {run_dir}")
+    for f in ("model.safetensors", "model.json", "metrics.json", "history.csv", "curves.png", "confusion_matrix.png", "predictions_test.csv", "report.html"):
+        if (run_dir / f).exists():
+            typer.echo(f"  {run_dir / f}")
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A trained run directory."),
+    paths: List[Path] = typer.Argument(..., help="Image files, DICOM files or folders (searched recursively)."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Output file: .csv or .json."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+):
+    """Predict the stage/class of new images; bad files are listed as skipped and the rest finish."""
+    from liverscope.predict import Predictor, write_results
+
+    try:
+        p = Predictor.from_run(run_dir, device=device, batch_size=batch_size)
+        summary = write_results(p.predict_paths(paths), p.labels, out)
+    except LiverscopeError as exc:
+        _fail(exc)
+    typer.echo(f"predicted {summary['predicted']} image(s) → {summary['out']}")
+    if summary["skipped"]:
+        typer.echo(f"skipped {len(summary['skipped'])} file(s):")
+        for path, reason in summary["skipped"]:
+            typer.echo(f"  {path}: {reason}")
+
+
+@app.command("models")
+def models_cmd():
+    """List the registered model names."""
+    from liverscope.models.registry import _REGISTRY
+
+    for name, spec in _REGISTRY.items():
+        typer.echo(f"{name:20s} {spec.description}{'  [CPU-friendly]' if spec.small else ''}")
+
+
+@app.command()
+def demo(
+    data: Optional[Path] = typer.Option(None, "--data", help="Run on a real class-per-folder tree instead of the built-in phantoms."),
+    recipe: str = typer.Option("cpu-quick", "--recipe", "-r", help="Recipe to train."),
+    name: str = typer.Option("demo", "--name", "-n", help="Run name."),
+    out_dir: Path = typer.Option(Path("runs"), "--out-dir", "-o", help="Folder for run directories."),
+    epochs: Optional[int] = EpochsOpt,
+    device: Optional[str] = DeviceOpt,
+    fresh: bool = typer.Option(True, "--fresh/--keep", help="Replace an earlier demo run of the same name."),
+):
+    """The main job: phantoms (or --data) → train the quick recipe → evaluate → predict a few images."""
+    import shutil
+    import time
+
+    from liverscope.config import load_config
+    from liverscope.data.datasets import make_phantoms
+    from liverscope.predict import Predictor, write_results
+    from liverscope.train import fit, read_split_csv
+
+    t0 = time.perf_counter()
+    try:
+        if data is None:
+            data = out_dir / "phantoms"
+            typer.echo(f"generating the synthetic phantom set (F0..F4, 60 each) in {data} ...")
+            make_phantoms(data, n_per_class=60, size=128, seed=0)
+        run_dir = out_dir / name
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        cfg = load_config(recipe, _train_overrides(name=name, out_dir=out_dir, data=data, epochs=epochs, device=device))
+        typer.echo(f"training recipe '{recipe}' ({cfg.model.name}, {cfg.data.image_size}px, {cfg.train.epochs} epochs) on {data} ...")
+        run_dir = fit(cfg)
+        _print_run_summary(run_dir)
+        samples, assignment = read_split_csv(run_dir / "split.csv")
+        few = [s.path for s, a in zip(samples, assignment) if a == "test"][:8]
+        p = Predictor.from_run(run_dir, device=device or "auto")
+        results = list(p.predict_paths(few))
+        write_results(results, p.labels, run_dir / "demo_predictions.csv")
+        truth = {str(s.path): s.label for s in samples}
+        typer.echo("predictions on a few test images:")
+        for r in results:
+            typer.echo(f"  {Path(r.path).name:18s} true {truth.get(r.path, '?'):4s} predicted {r.label:4s} (p={r.confidence:.2f})")
+        typer.echo(f"  → {run_dir / 'demo_predictions.csv'}")
+    except LiverscopeError as exc:
+        _fail(exc)
+    typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny synthetic images written to tmp_path, a tiny trained run, the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def real_fibrosis() -> Path:
+    """../shared/data/liver-fibrosis, or skip."""
+    p = SHARED_DATA / "liver-fibrosis"
+    if not p.is_dir():
+        pytest.skip(f"real data not found at {p} (tests marked 'real' need ../shared/data beside the repo)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def real_masses() -> Path:
+    """../shared/data/liver-masses, or skip."""
+    p = SHARED_DATA / "liver-masses"
+    if not p.is_dir():
+        pytest.skip(f"real data not found at {p} (tests marked 'real' need ../shared/data beside the repo)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small phantom set: 5 classes x 24 images of 64 px, with masks."""
+    from liverscope.data.datasets import make_phantoms
+
+    return make_phantoms(tmp_path_factory.mktemp("phantoms"), n_per_class=24, size=64, seed=1)
+
+
+def quick_config(data: Path, out_dir: Path, name: str, **overrides):
+    from liverscope.config import load_config
+
+    values = {
+        "data.path": str(data), "out_dir": str(out_dir), "name": name, "data.image_size": 64,
+        "data.cache_dir": str(out_dir / "cache"), "train.epochs": 8, "train.progress": False,
+        "train.device": "cpu", "train.batch_size": 32,
+    }
+    values.update(overrides)
+    return load_config("cpu-quick", values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(phantom_dir, tmp_path_factory) -> Path:
+    """A run trained on the phantoms (resnet10t, 64 px, a few epochs; ~15 s on 2 cores)."""
+    from liverscope.train import fit
+
+    out = tmp_path_factory.mktemp("runs")
+    return fit(quick_config(phantom_dir, out, "phantom-run"))
