@@ -91,10 +91,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same --name) from its last checkpoint."),
 ):
     """Train a classifier on a labelled folder or manifest; writes runs/NAME/."""
+    params = {k: v for k, v in locals().items() if k not in ("recipe", "resume")}
     from liverscope.config import load_config
     from liverscope.train import fit
 
-    params = {k: v for k, v in locals().items() if k not in ("recipe", "resume")}
     try:
         cfg = load_config(recipe, _train_overrides(**params))
         run_dir = fit(cfg, resume=resume)

@@ -1,0 +1,48 @@
+"""Config resolution: defaults < YAML < CLI flags; every shipped recipe loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from liverscope.config import CONFIG_DIR, load_config, read_run_config, save_config
+from liverscope.errors import LiverscopeError
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_recipes_load(recipe):
+    cfg = load_config(recipe)
+    assert cfg.model.name and cfg.train.epochs > 0
+
+
+def test_recipe_values():
+    e = load_config("effnet-b0-gradcam")
+    assert (e.model.name, e.data.image_size, e.data.augment, e.train.balance, e.train.lr, e.train.weight_decay, e.train.scheduler, e.train.epochs) == (
+        "efficientnet_b0", 224, "ultrasound", "sampler", 1e-4, 1e-5, "step", 100)
+    m = load_config("mobilenetv2-multidisease")
+    assert (m.data.image_size, m.model.freeze_backbone, m.model.head, m.train.balance, m.train.lr, m.train.scheduler, m.train.plateau_factor, m.train.plateau_patience, m.train.early_stop_patience) == (
+        160, True, "mlp128", "weighted_ce", 1e-3, "plateau", 0.5, 10, 20)
+    r = load_config("resnet50-cbam")
+    assert (r.model.name, r.data.augment, r.train.lr, r.train.weight_decay, r.train.scheduler, r.train.batch_size) == (
+        "resnet50_cbam", "conservative", 1e-5, 1e-4, "cosine", 64)
+
+
+def test_cli_overrides_beat_yaml_and_none_keeps_yaml():
+    cfg = load_config("cpu-quick", {"train.lr": 0.5, "train.epochs": None, "name": "x"})
+    assert cfg.train.lr == 0.5 and cfg.train.epochs == load_config("cpu-quick").train.epochs and cfg.name == "x"
+
+
+def test_unknown_settings_are_errors(tmp_path):
+    with pytest.raises(LiverscopeError, match="unknown setting 'train.lrr'"):
+        load_config(None, {"train.lrr": 1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2]\n")
+    with pytest.raises(LiverscopeError, match="mapping"):
+        load_config(bad)
+    with pytest.raises(LiverscopeError, match="not found"):
+        load_config("no-such-recipe")
+
+
+def test_saved_config_roundtrip(tmp_path):
+    cfg = load_config("resnet50-cbam", {"name": "r"})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert read_run_config(tmp_path).to_dict() == cfg.to_dict()

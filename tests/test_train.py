@@ -1,0 +1,100 @@
+"""Training on phantoms: it learns, writes a complete run directory, and resumes."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from liverscope.errors import LiverscopeError
+from liverscope.utils import read_json
+
+from conftest import quick_config
+
+
+def test_run_directory_is_complete(trained_run):
+    for f in ("config.yaml", "model.safetensors", "model.json", "history.csv", "split.csv", "predictions_test.csv", "metrics.json", "curves.png", "confusion_matrix.png"):
+        assert (trained_run / f).exists(), f
+    meta = read_json(trained_run / "model.json")
+    assert meta["labels"] == ["F0", "F1", "F2", "F3", "F4"]
+    assert meta["architecture"]["name"] == "resnet10t"
+    assert meta["weights_source"] == "random init"
+    assert meta["preprocessing"]["size"] == 64
+    assert meta["temperature"] is not None and meta["temperature"] > 0
+
+
+def test_training_learns_phantoms(trained_run):
+    m = read_json(trained_run / "metrics.json")["test"]
+    assert m["n"] >= 15
+    assert m["accuracy"] > 0.6  # chance is 0.2
+    with open(trained_run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_split_is_stratified_and_disjoint(trained_run):
+    with open(trained_run / "split.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_split = {}
+    for r in rows:
+        by_split.setdefault(r["split"], []).append(r)
+    assert set(by_split) == {"train", "val", "test"}
+    for part in by_split.values():
+        assert {r["label"] for r in part} == {"F0", "F1", "F2", "F3", "F4"}
+    groups = {s: {r["group"] for r in part} for s, part in by_split.items()}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"]
+
+
+@pytest.mark.slow
+def test_resume_continues_interrupted_run(phantom_dir, tmp_path):
+    from liverscope.train import fit
+
+    cfg = quick_config(phantom_dir, tmp_path, "resumable", **{"train.epochs": 2, "train.scheduler": "none"})
+    run = fit(cfg)
+    split_before = (run / "split.csv").read_text()
+    with pytest.raises(LiverscopeError, match="already holds a trained run"):
+        fit(cfg)
+    cfg.train.epochs = 4
+    fit(cfg, resume=True)
+    with open(run / "history.csv") as fh:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
+    assert epochs == [0, 1, 2, 3]
+    assert (run / "split.csv").read_text() == split_before
+
+
+def test_resume_without_checkpoint_is_clear(phantom_dir, tmp_path):
+    from liverscope.train import fit
+
+    with pytest.raises(LiverscopeError, match="nothing to resume"):
+        fit(quick_config(phantom_dir, tmp_path, "fresh"), resume=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("balance,scheduler", [("weighted_ce", "plateau"), ("none", "step")])
+def test_other_recipes_options_run(phantom_dir, tmp_path, balance, scheduler):
+    from liverscope.train import fit
+
+    cfg = quick_config(phantom_dir, tmp_path, f"{balance}-{scheduler}", **{
+        "train.epochs": 1, "train.balance": balance, "train.scheduler": scheduler, "model.head": "mlp128",
+        "model.freeze_backbone": True, "data.augment": "light", "train.early_stop_patience": 1})
+    run = fit(cfg)
+    assert (run / "model.safetensors").exists()
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_quick_recipe_on_real_fibrosis(real_fibrosis, tmp_path):
+    """One short epoch of the quick recipe on ../shared/data/liver-fibrosis, then predict on it."""
+    from liverscope.predict import Predictor
+    from liverscope.train import fit
+
+    cfg = quick_config(real_fibrosis, tmp_path, "real", **{"train.epochs": 1, "train.max_train_batches": 4, "data.image_size": 64})
+    run = fit(cfg)
+    meta = read_json(run / "model.json")
+    assert meta["labels"] == ["F0", "F1", "F2", "F3", "F4"]
+    files = sorted((real_fibrosis / "F2").iterdir())[:3] + sorted((real_fibrosis / "F0").iterdir())[:3]
+    results = list(Predictor.from_run(run, device="cpu").predict_paths(files))
+    assert len(results) == 6 and all(r.error is None for r in results)
+    assert all(abs(sum(r.probs.values()) - 1) < 1e-5 for r in results)
