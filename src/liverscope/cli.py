@@ -195,6 +195,132 @@ def demo(
     typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s")
 
 
+@app.command()
+def audit(
+    data: Path = typer.Argument(..., help="Class-per-folder tree or CSV manifest to audit."),
+    out: Path = typer.Option(Path("audit"), "--out", "-o", help="Folder for audit.json and audit.html."),
+    near_threshold: Optional[int] = typer.Option(None, "--near-threshold", help="Largest dHash Hamming distance counted as a near-duplicate."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when leakage risks are found (duplicates, label conflicts, source confounding)."),
+):
+    """Find duplicates, near-duplicates, label conflicts, acquisition sources, confounding and bad files."""
+    from liverscope.data.audit import audit_path, format_summary, write_audit
+
+    try:
+        kwargs = {} if near_threshold is None else {"near_threshold": near_threshold}
+        result = audit_path(data, **kwargs)
+        json_path, html_path = write_audit(result, out)
+    except LiverscopeError as exc:
+        _fail(exc)
+    typer.echo(format_summary(result))
+    typer.echo(f"→ {json_path}\n→ {html_path}")
+    s = result["summary"]
+    risky = s["files"] > s["groups"] or s["label_conflicts"] > 0 or s["confounded"]
+    if strict and risky:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cv(
+    data: Optional[Path] = typer.Argument(None, help="Class-per-folder tree or CSV manifest (or set data.path in the recipe)."),
+    k: int = typer.Option(5, "--k", help="Number of folds."),
+    test_frac: float = typer.Option(0.2, "--test-frac", help="Share held out as the ensemble's test set (0 = CV only)."),
+    fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this fold (repeatable); used to spread folds over GPUs."),
+    gpus: int = typer.Option(0, "--gpus", help="Spread the folds over this many GPUs, one process each (0 = sequential)."),
+    recipe: Optional[str] = RecipeOpt, name: Optional[str] = NameOpt, out_dir: Optional[Path] = OutOpt,
+    model: Optional[str] = ModelOpt, head: Optional[str] = HeadOpt, pretrained: Optional[bool] = PretrainedOpt,
+    weights: Optional[Path] = WeightsOpt, freeze_backbone: Optional[bool] = FreezeOpt, image_size: Optional[int] = SizeOpt,
+    denoise: Optional[bool] = DenoiseOpt, augment: Optional[str] = AugmentOpt, split: Optional[str] = SplitOpt,
+    allow_leak: Optional[bool] = LeakOpt, epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt,
+    lr: Optional[float] = LrOpt, weight_decay: Optional[float] = WdOpt, optimizer: Optional[str] = OptimOpt,
+    scheduler: Optional[str] = SchedOpt, balance: Optional[str] = BalanceOpt, seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt, precision: Optional[str] = PrecisionOpt, early_stop: Optional[int] = EarlyOpt,
+    monitor: Optional[str] = MonitorOpt, num_workers: Optional[int] = WorkersOpt, cache_dir: Optional[str] = CacheOpt,
+    max_train_batches: Optional[int] = LimitOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fold from its last checkpoint (finished folds are always kept)."),
+):
+    """Grouped stratified k-fold CV with a hold-out test set and a logit-averaging fold ensemble."""
+    params = {k_: v for k_, v in locals().items() if k_ not in ("recipe", "resume", "k", "test_frac", "fold", "gpus")}
+    from liverscope.config import load_config, save_config
+    from liverscope.train import cross_validate, launch_folds_on_gpus
+
+    try:
+        cfg = load_config(recipe, _train_overrides(**params))
+        if gpus > 1 and not fold:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, cfg.run_dir / "config.yaml")
+            cross_validate(cfg, k=k, test_frac=test_frac, folds=[])  # writes the split once
+            launch_folds_on_gpus(cfg.run_dir / "config.yaml", k, gpus)
+            run_dir = cross_validate(cfg, k=k, test_frac=test_frac)  # all folds done: aggregate
+        else:
+            run_dir = cross_validate(cfg, k=k, test_frac=test_frac, folds=fold or None, resume=resume)
+    except LiverscopeError as exc:
+        _fail(exc)
+    from liverscope.utils import read_json
+
+    m = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    if "oof" in m:
+        o = m["oof"]
+        typer.echo(f"out-of-fold ({m['k']} folds): balanced accuracy {o['balanced_accuracy']:.3f}, macro AUC {o.get('macro_auc') or float('nan'):.3f}, accuracy {o['accuracy']:.3f}")
+    if "ensemble" in m:
+        e = m["ensemble"]
+        typer.echo(f"ensemble on hold-out test: balanced accuracy {e['balanced_accuracy']:.3f}, macro AUC {e.get('macro_auc') or float('nan'):.3f}, accuracy {e['accuracy']:.3f}")
+    typer.echo(f"run directory: {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A trained run directory (train or cv)."),
+    data: Optional[Path] = typer.Argument(None, help="Labelled folder or manifest to score; omit to rebuild the run's own report."),
+    name: Optional[str] = typer.Option(None, "--name", help="Output sub-folder under RUN_DIR/eval/ (default: the data folder's name)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="Another cv run: paired t-test of fold-wise scores."),
+    metric: str = typer.Option("balanced_accuracy", "--metric", help="Fold-wise metric for --compare."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+):
+    """Evaluate a run: metrics with CIs, per-source table, calibration and report.html."""
+    from liverscope.evaluate.report import write_report
+
+    try:
+        if data is not None:
+            from liverscope.evaluate.external import evaluate_on_data
+
+            out = evaluate_on_data(run_dir, data, name, device)
+        else:
+            if not (run_dir / "metrics.json").exists():
+                raise LiverscopeError(f"{run_dir}: no metrics.json — not a trained run directory")
+            out = run_dir
+            write_report(run_dir)
+        if compare is not None:
+            _compare_runs(run_dir, compare, metric)
+    except LiverscopeError as exc:
+        _fail(exc)
+    from liverscope.utils import read_json
+
+    t = read_json(out / "metrics.json").get("test") or {}
+    if t:
+        typer.echo(f"accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, macro F1 {t['macro_f1']:.3f}, macro AUC {t.get('macro_auc') or float('nan'):.3f}")
+    typer.echo(f"→ {out / 'report.html'}")
+
+
+def _compare_runs(a: Path, b: Path, metric: str) -> None:
+    import csv as _csv
+
+    from liverscope.evaluate.stats import paired_ttest
+
+    def scores(run: Path) -> list[float]:
+        path = run / "cv_folds.csv"
+        if not path.exists():
+            raise LiverscopeError(f"{run}: no cv_folds.csv — --compare needs two `liverscope cv` runs")
+        with open(path, newline="") as fh:
+            return [float(r[f"val_{metric}"]) for r in _csv.DictReader(fh)]
+
+    sa, sb = scores(a), scores(b)
+    if len(sa) != len(sb):
+        raise LiverscopeError(f"fold counts differ ({len(sa)} vs {len(sb)}): compare runs with the same folds")
+    r = paired_ttest(sa, sb)
+    typer.echo(f"paired t-test on fold-wise {metric} ({a.name} − {b.name}, n={r['n']}): mean difference {r['mean_diff']:+.4f}, "
+               f"95% CI [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}], t={r['t']:.3f}, p={r['p']:.4f}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

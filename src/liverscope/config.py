@@ -32,6 +32,7 @@ class DataConfig:
     val_frac: float = 0.15
     test_frac: float = 0.15
     allow_leak: bool = False  # warn instead of refusing when a test image has a duplicate in training
+    distinct_only: bool = False  # keep one copy of byte-identical files (faster epochs, each image counts once)
     num_workers: int = 0
 
 

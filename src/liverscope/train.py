@@ -169,33 +169,88 @@ def _log(msg: str) -> None:
     print(f"[liverscope] {msg}", file=sys.stderr, flush=True)
 
 
-def duplicate_groups(samples: Sequence[Sample]) -> list[str]:
-    """Group id per sample: the manifest's ``group`` (patient) when given, merged with exact and
-    near-duplicate images (see :mod:`liverscope.data.audit`), so no copy of an image straddles a split."""
-    from liverscope.data.audit import duplicate_group_ids
+@dataclass
+class CollectedData:
+    """Readable samples of a run with their duplicate groups (from the audit), before any split."""
 
-    return duplicate_group_ids(samples)
+    samples: list[Sample]
+    class_names: list[str]
+    groups: np.ndarray  # duplicate / patient group id per sample
+    cache: PreprocessCache
+    pp: Preprocessing
+    skipped: list[tuple[str, str]]
 
 
-def assign_splits(samples: Sequence[Sample], class_names: Sequence[str], cfg: RunConfig) -> np.ndarray:
-    """Hold-out split labels (``train``/``val``/``test``) by the configured strategy."""
+def collect_samples(cfg: RunConfig, run_dir: Path) -> CollectedData:
+    """List the data, drop unreadable files (listed in ``skipped.csv``), preprocess everything once into
+    the cache, and audit it (``audit.json``/``audit.html``): exact and near-duplicate groups, sources."""
+    from liverscope.data.audit import audit_dataset, write_audit
+
+    if not cfg.data.path:
+        raise LiverscopeError("no data given: pass a class-per-folder tree or a CSV manifest (or run `liverscope demo`)")
+    samples, class_names = load_samples(cfg.data.path)
+    pp = Preprocessing.from_data_config(cfg.data)
+    cache = PreprocessCache(pp, cfg.data.cache_dir)
+    samples, skipped = check_readable(samples)
+    t0 = time.perf_counter()
+    samples, bad = warm_cache(samples, cache, workers=max(1, torch.get_num_threads()))
+    skipped += bad
+    _log(f"{len(samples)} images ready ({cache.hits} from cache, {cache.misses} preprocessed) in {time.perf_counter() - t0:.1f}s")
+    if skipped:
+        _log(f"skipped {len(skipped)} unreadable file(s); see {run_dir / 'skipped.csv'}")
+        buf = io.StringIO()
+        csv.writer(buf).writerows([("path", "reason"), *skipped])
+        atomic_write_text(run_dir / "skipped.csv", buf.getvalue())
+    if not samples:
+        raise LiverscopeError(f"{cfg.data.path}: no readable images")
+    audit = audit_dataset(samples)
+    write_audit(audit, run_dir)
+    records = {r["path"]: r for r in audit["files"]}
+    for smp in samples:
+        rec = records[str(smp.path)]
+        smp.sha256 = smp.sha256 or rec.get("sha256") or file_sha256(smp.path)
+        smp.source = smp.source or rec.get("source")
+    groups = np.array([audit["group_id"][str(smp.path)] for smp in samples])
+    summary = audit["summary"]
+    _log(f"audit: {summary['files']} files, {summary['distinct']} distinct, {summary['groups']} duplicate groups, {summary['sources']} source(s)")
+    if cfg.data.distinct_only:
+        seen: set[str] = set()
+        keep = []
+        for i, smp in enumerate(samples):
+            if smp.sha256 not in seen:
+                seen.add(smp.sha256)
+                keep.append(i)
+        _log(f"distinct_only: keeping {len(keep)} byte-distinct images of {len(samples)}")
+        samples = [samples[i] for i in keep]
+        groups = groups[keep]
+    return CollectedData(samples, class_names, groups, cache, pp, skipped)
+
+
+def assign_splits(data: CollectedData, cfg: RunConfig) -> np.ndarray:
+    """Hold-out split labels (``train``/``val``/``test``) by the configured strategy.
+
+    ``grouped`` keeps every duplicate group (exact, near, and patient) on one side and refuses a leaking
+    split; ``stratified`` ignores duplicates; ``random`` is the legacy split the studies used.
+    """
     from liverscope.data import splits
 
     d = cfg.data
-    labels = np.array([s.label for s in samples])
+    labels = np.array([s.label for s in data.samples])
     seed = cfg.train.seed
     if d.split == "random":
-        return splits.random_split(labels, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
-    if d.split == "stratified":
-        return splits.holdout_split(labels, None, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
-    if d.split == "grouped":
-        groups = np.array(duplicate_groups(samples))
-        for s, g in zip(samples, groups):
-            s.group = s.group or str(g)
-        assignment = splits.holdout_split(labels, groups, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
-        splits.check_leakage(assignment, groups, allow=d.allow_leak)
-        return assignment
-    raise LiverscopeError(f"unknown split '{d.split}' (grouped, stratified, random)")
+        assignment = splits.random_split(labels, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
+    elif d.split == "stratified":
+        assignment = splits.holdout_split(labels, None, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
+    elif d.split == "grouped":
+        assignment = splits.holdout_split(labels, data.groups, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
+        splits.check_leakage(assignment, data.groups, allow=d.allow_leak)
+    else:
+        raise LiverscopeError(f"unknown split '{d.split}' (grouped, stratified, random)")
+    leaks = splits.find_leaks(assignment, data.groups)
+    if leaks and d.split != "grouped":
+        n_leaky = sum(len(idx) for _, idx in leaks)
+        _log(f"WARNING: {d.split} split: {n_leaky} validation/test images have a duplicate in training (use --split grouped)")
+    return assignment
 
 
 def write_split_csv(path: Path, samples: Sequence[Sample], assignment: Sequence[str]) -> None:
@@ -215,39 +270,27 @@ def read_split_csv(path: Path) -> tuple[list[Sample], np.ndarray]:
 
 
 def prepare_data(cfg: RunConfig, run_dir: Path, reuse_split: bool = True) -> PreparedData:
-    """List, validate, split and cache the data of a run (the split is reused on resume)."""
-    if not cfg.data.path:
-        raise LiverscopeError("no data given: pass a class-per-folder tree or a CSV manifest (or run `liverscope demo`)")
-    samples, class_names = load_samples(cfg.data.path)
-    pp = Preprocessing.from_data_config(cfg.data)
-    cache = PreprocessCache(pp, cfg.data.cache_dir)
+    """List, validate, audit, cache and split the data of a run (the split is reused on resume)."""
+    data = collect_samples(cfg, run_dir)
     split_path = run_dir / "split.csv"
-    samples, skipped = check_readable(samples)
-    t0 = time.perf_counter()
-    samples, bad = warm_cache(samples, cache, workers=max(1, torch.get_num_threads()))
-    skipped += bad
-    _log(f"{len(samples)} images ready ({cache.hits} from cache, {cache.misses} preprocessed) in {time.perf_counter() - t0:.1f}s")
-    if skipped:
-        _log(f"skipped {len(skipped)} unreadable file(s); see {run_dir / 'skipped.csv'}")
-        buf = io.StringIO()
-        csv.writer(buf).writerows([("path", "reason"), *skipped])
-        atomic_write_text(run_dir / "skipped.csv", buf.getvalue())
-    for s in samples:
-        s.sha256 = s.sha256 or file_sha256(s.path)
+    samples = data.samples
     if reuse_split and split_path.exists():
         prev, assignment = read_split_csv(split_path)
         by_path = {str(s.path): a for s, a in zip(prev, assignment)}
-        samples = [s for s in samples if str(s.path) in by_path]
+        keep = [i for i, s in enumerate(samples) if str(s.path) in by_path]
+        samples = [samples[i] for i in keep]
         assignment = np.array([by_path[str(s.path)] for s in samples])
         _log(f"reusing the split in {split_path}")
     else:
-        assignment = assign_splits(samples, class_names, cfg)
+        assignment = assign_splits(data, cfg)
+        for s, g in zip(samples, data.groups):
+            s.group = str(g)
         write_split_csv(split_path, samples, assignment)
     present = {s.label for s, a in zip(samples, assignment) if a == "train"}
-    missing = [c for c in class_names if c not in present]
+    missing = [c for c in data.class_names if c not in present]
     if missing:
         raise LiverscopeError(f"{cfg.data.path}: classes {missing} have no training images after the split; add images or merge classes")
-    return PreparedData(samples, class_names, assignment, cache, pp, skipped)
+    return PreparedData(samples, data.class_names, assignment, data.cache, data.pp, data.skipped)
 
 
 def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLoader, DataLoader, ImageDataset]:
@@ -317,9 +360,22 @@ def _load_best_weights(model: LiverNet, ckpt_path: str | Path) -> None:
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
 
 
+def _quiet_lightning() -> None:
+    """Keep Lightning's banners and advertising tips out of the user's terminal (our own log says what
+    device and data are used); real warnings still show."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
     t = cfg.train
     device = resolve_device(t.device)
+    _quiet_lightning()
+    _log(f"training on {device} ({t.precision})")
     return L.Trainer(
         max_epochs=t.epochs,
         accelerator="gpu" if device.startswith("cuda") else "cpu",
@@ -330,36 +386,34 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         default_root_dir=str(run_dir),
         enable_progress_bar=bool(t.progress),
         enable_model_summary=False,
-        limit_train_batches=t.max_train_batches if t.max_train_batches else 1.0,
+        limit_train_batches=t.max_train_batches or None,
         deterministic=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
 
 
-def fit(cfg: RunConfig, resume: bool = False) -> Path:
-    """Train one model by the recipe ``cfg`` and write its run directory.
+def _start_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    run_dir = cfg.run_dir
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if (run_dir / "model.json").exists() and last.exists() and not resume:
+        raise LiverscopeError(f"{run_dir} already holds a trained run; choose another --name, or --resume to continue it")
+    if resume and not last.exists():
+        raise LiverscopeError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt); start without --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
 
-    Args:
-        cfg: resolved configuration (data path, model, training).
-        resume: continue from ``checkpoints/last.ckpt`` of the same run (same split, same history).
 
-    Returns:
-        The run directory.
+def train_prepared(cfg: RunConfig, prep: PreparedData, run_dir: Path, resume: bool = False) -> Path:
+    """Train on already prepared (listed, split, cached) data and write ``run_dir``.
+
+    Used by :func:`fit` (one hold-out split) and :func:`cross_validate` (one call per fold).
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    run_dir = cfg.run_dir
-    if run_dir.exists() and (run_dir / "model.json").exists() and not resume and (run_dir / "checkpoints" / "last.ckpt").exists():
-        raise LiverscopeError(f"{run_dir} already holds a trained run; choose another --name, or --resume to continue it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise LiverscopeError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt); start without --resume")
     seed_everything(cfg.train.seed)
-    save_config(cfg, run_dir / "config.yaml")
-
-    prep = prepare_data(cfg, run_dir, reuse_split=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
     train_dl, val_dl, test_dl, train_ds = make_loaders(prep, cfg)
     counts = {k: int((prep.splits == k).sum()) for k in ("train", "val", "test")}
     _log(f"split ({cfg.data.split}): {counts}; classes: {prep.class_names}")
@@ -384,10 +438,25 @@ def fit(cfg: RunConfig, resume: bool = False) -> Path:
         _load_best_weights(model, ckpt.best_model_path)
 
     best_epoch = _best_epoch(run_dir / "history.csv", monitor, mode)
-    save_model(run_dir, model, prep.class_names, prep.pp, {"best_epoch": best_epoch, "monitor": monitor, "split": cfg.data.split})
+    save_model(run_dir, model, prep.class_names, prep.pp, {"best_epoch": best_epoch, "monitor": monitor, "split": cfg.data.split, "train_seconds": round(train_seconds, 1)})
     finish_run(run_dir, model, prep, val_dl, test_dl, cfg)
     _log(f"trained in {train_seconds:.0f}s; run directory: {run_dir}")
     return run_dir
+
+
+def fit(cfg: RunConfig, resume: bool = False) -> Path:
+    """Train one model by the recipe ``cfg`` and write its run directory.
+
+    Args:
+        cfg: resolved configuration (data path, model, training).
+        resume: continue from ``checkpoints/last.ckpt`` of the same run (same split, same history).
+
+    Returns:
+        The run directory.
+    """
+    run_dir = _start_run_dir(cfg, resume)
+    prep = prepare_data(cfg, run_dir, reuse_split=True)
+    return train_prepared(cfg, prep, run_dir, resume)
 
 
 def _best_epoch(history: Path, monitor: str, mode: str) -> int | None:
@@ -403,7 +472,7 @@ def _best_epoch(history: Path, monitor: str, mode: str) -> int | None:
 
 def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataLoader, test_dl: DataLoader, cfg: RunConfig) -> dict:
     """After training: calibrate on validation, score the test split, write metrics, plots and report."""
-    from liverscope.evaluate.metrics import compute_metrics
+    from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
     from liverscope.evaluate.report import plot_confusion_matrix, plot_training_curves
     from liverscope.evaluate.stats import expected_calibration_error, fit_temperature
 
@@ -413,6 +482,7 @@ def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataL
     if len(val_dl.dataset):
         val_logits, val_y = infer_logits(model, val_dl, device)
         temperature = float(fit_temperature(val_logits, val_y))
+        write_predictions_csv(run_dir / "predictions_val.csv", val_dl.dataset.samples, val_logits, prep.class_names, temperature)
         metrics["validation"] = compute_metrics(val_y, softmax(val_logits, temperature), prep.class_names)
         update_model_json(run_dir, temperature=temperature, validation={k: metrics["validation"].get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")})
     if len(test_dl.dataset):
@@ -424,6 +494,9 @@ def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataL
         metrics["test"]["ece_uncalibrated"] = float(expected_calibration_error(softmax(logits), y))
         metrics["test"]["ece"] = float(expected_calibration_error(probs, y))
         metrics["temperature"] = temperature
+        sources = [smp.source or "unknown" for smp in test_samples]
+        if len(set(sources)) > 1:
+            metrics["test_by_source"] = metrics_by_group(y, probs, sources, prep.class_names)
         cm = np.asarray(metrics["test"]["confusion_matrix"])
         plot_confusion_matrix(cm, prep.class_names, run_dir / "confusion_matrix.png")
     atomic_write_json(run_dir / "metrics.json", metrics)
@@ -438,4 +511,210 @@ def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataL
     return metrics
 
 
-__all__ = ["LitClassifier", "fit", "prepare_data", "make_loaders", "assign_splits", "save_model", "finish_run"]
+# --------------------------------------------------------------------------------------------------
+# Cross-validation and fold ensembles (the ResNet-50 + CBAM study's protocol, grouped)
+# --------------------------------------------------------------------------------------------------
+
+
+def read_predictions_csv(path: Path, class_names: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """``(paths, labels as indices, logits, sources)`` from a predictions CSV written by this module."""
+    index = {c: i for i, c in enumerate(class_names)}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    paths = [r["path"] for r in rows]
+    y = np.array([index[r["label"]] for r in rows], dtype=int)
+    logits = np.array([[float(r[f"logit_{c}"]) for c in class_names] for r in rows]).reshape(len(rows), len(class_names))
+    sources = [r.get("source") or "unknown" for r in rows]
+    return paths, y, logits, sources
+
+
+def ensemble_logits(fold_logits: Sequence[np.ndarray]) -> np.ndarray:
+    """The fold ensemble: the mean of the fold models' logits (softmax is applied afterwards)."""
+    return np.mean(np.stack([np.asarray(l, dtype=np.float64) for l in fold_logits]), axis=0)
+
+
+def cv_assignments(data: CollectedData, cfg: RunConfig, k: int, test_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """Outer hold-out (``test``/``dev``) and fold index (-1 for test) per sample.
+
+    ``grouped`` (default): duplicate groups never straddle the test hold-out or two folds.
+    ``random``: the leaky protocol of the published studies, kept to demonstrate the leak.
+    """
+    from liverscope.data import splits
+
+    labels = np.array([s.label for s in data.samples])
+    seed = cfg.train.seed
+    grouped = cfg.data.split == "grouped"
+    groups = data.groups if grouped else None
+    if test_frac > 0:
+        if cfg.data.split == "random":
+            outer = splits.random_split(labels, test_frac=test_frac, val_frac=0.0, seed=seed)
+        else:
+            outer = splits.holdout_split(labels, groups, test_frac=test_frac, val_frac=0.0, seed=seed)
+    else:
+        outer = np.array(["train"] * len(labels))
+    dev = np.nonzero(outer != "test")[0]
+    fold = np.full(len(labels), -1, dtype=int)
+    for i, (_, val_idx) in enumerate(splits.kfold_split(labels[dev], None if groups is None else groups[dev], k=k, seed=seed)):
+        fold[dev[val_idx]] = i
+    if grouped:
+        for i in range(k):
+            split_i = np.where(outer == "test", "test", np.where(fold == i, "val", "train"))
+            splits.check_leakage(split_i, data.groups, allow=cfg.data.allow_leak)
+    return np.where(outer == "test", "test", "dev"), fold
+
+
+def cross_validate(cfg: RunConfig, k: int = 5, test_frac: float = 0.2, folds: Sequence[int] | None = None, resume: bool = False) -> Path:
+    """Stratified (grouped) k-fold training with a hold-out test set and a logit-averaging ensemble.
+
+    The run directory gets ``split.csv`` (with the fold of every development image), ``folds/foldI/``
+    (a complete run per fold: its validation fold is the I-th fold), ``oof_predictions.csv`` (every
+    development image scored by the model that did not train on it), the ensemble's
+    ``predictions_test.csv``, ``cv_folds.csv`` and ``metrics.json`` (``oof``, ``ensemble``, ``folds``).
+    Finished folds are kept, so an interrupted ``cv`` resumes where it stopped.
+
+    Args:
+        cfg: the recipe (``data.split`` = grouped | stratified | random).
+        k: number of folds.
+        test_frac: share of the data held out for the ensemble's test (0 for CV only).
+        folds: train only these folds (e.g. one per GPU process); ``None`` = all, then aggregate.
+        resume: continue an interrupted fold from its last checkpoint.
+    """
+    import copy
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    data = collect_samples(cfg, run_dir)
+    split_path = run_dir / "split.csv"
+    if split_path.exists():
+        prev, outer = read_split_csv(split_path)
+        with open(split_path, newline="") as fh:
+            fold_of = {r["path"]: int(r["fold"]) for r in csv.DictReader(fh)}
+        by_path = {str(s.path): (s, a) for s, a in zip(prev, outer)}
+        keep = [i for i, s in enumerate(data.samples) if str(s.path) in by_path]
+        data.samples = [data.samples[i] for i in keep]
+        data.groups = data.groups[keep]
+        outer = np.array([by_path[str(s.path)][1] for s in data.samples])
+        fold = np.array([fold_of[str(s.path)] for s in data.samples])
+        _log(f"reusing the cross-validation split in {split_path}")
+    else:
+        outer, fold = cv_assignments(data, cfg, k, test_frac)
+        for s, g in zip(data.samples, data.groups):
+            s.group = str(g)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "label", "split", "fold", "group", "source", "sha256"])
+        for s, a, f in zip(data.samples, outer, fold):
+            w.writerow([str(s.path), s.label, a, f, s.group or "", s.source or "", s.sha256 or ""])
+        atomic_write_text(split_path, buf.getvalue())
+    k = int(fold.max()) + 1
+    todo = list(range(k)) if folds is None else list(folds)
+    for i in todo:
+        fold_cfg = copy.deepcopy(cfg)
+        fold_cfg.out_dir, fold_cfg.name = str(run_dir / "folds"), f"fold{i}"
+        fold_dir = fold_cfg.run_dir
+        if (fold_dir / "metrics.json").exists() and (fold_dir / "model.safetensors").exists():
+            _log(f"fold {i}: already trained, kept")
+            continue
+        fold_resume = resume and (fold_dir / "checkpoints" / "last.ckpt").exists()
+        _start_run_dir(fold_cfg, fold_resume)
+        assignment = np.where(outer == "test", "test", np.where(fold == i, "val", "train"))
+        write_split_csv(fold_dir / "split.csv", data.samples, assignment)
+        prep = PreparedData(data.samples, data.class_names, assignment, data.cache, data.pp, data.skipped)
+        _log(f"fold {i + 1}/{k}")
+        train_prepared(fold_cfg, prep, fold_dir, fold_resume)
+    if folds is not None and any(not (run_dir / "folds" / f"fold{i}" / "metrics.json").exists() for i in range(k)):
+        return run_dir  # other processes train the remaining folds; aggregate when all are done
+    aggregate_cv(run_dir, data.class_names, k, data.pp)
+    return run_dir
+
+
+def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preprocessing) -> dict:
+    """Out-of-fold metrics, the logit-averaging ensemble on the hold-out test set, and the fold table."""
+    from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
+    from liverscope.evaluate.report import plot_confusion_matrix
+
+    fold_dirs = [run_dir / "folds" / f"fold{i}" for i in range(k)]
+    oof_rows, fold_table, test_logits = [], [], []
+    test_paths: list[str] = []
+    for i, fd in enumerate(fold_dirs):
+        paths, y, logits, sources = read_predictions_csv(fd / "predictions_val.csv", class_names)
+        temperature = float(read_json(fd / "model.json").get("temperature") or 1.0)
+        oof_rows.append((paths, y, logits, sources, temperature))
+        fm = read_json(fd / "metrics.json")
+        row = {"fold": i, "n_val": len(y)}
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_kappa"):
+            row[f"val_{key}"] = (fm.get("validation") or {}).get(key)
+            row[f"test_{key}"] = (fm.get("test") or {}).get(key)
+        fold_table.append(row)
+        if (fd / "predictions_test.csv").exists():
+            tp, ty, tl, ts = read_predictions_csv(fd / "predictions_test.csv", class_names)
+            test_paths, test_y, test_sources = tp, ty, ts
+            test_logits.append(tl)
+
+    paths = [p for r in oof_rows for p in r[0]]
+    y = np.concatenate([r[1] for r in oof_rows])
+    logits = np.concatenate([r[2] for r in oof_rows])
+    sources = [s for r in oof_rows for s in r[3]]
+    probs = np.concatenate([softmax(r[2], r[4]) for r in oof_rows])
+    result: dict = {"k": k, "class_names": list(class_names)}
+    result["oof"] = compute_metrics(y, probs, class_names, ci=True)
+    if len(set(sources)) > 1:
+        result["oof_by_source"] = metrics_by_group(y, probs, sources, class_names)
+    oof_samples = [Sample(Path(p), class_names[t], None, s) for p, t, s in zip(paths, y, sources)]
+    write_predictions_csv(run_dir / "oof_predictions.csv", oof_samples, logits, class_names)
+
+    if test_logits:
+        ens = ensemble_logits(test_logits)
+        ens_probs = softmax(ens)
+        result["ensemble"] = compute_metrics(test_y, ens_probs, class_names, ci=True)
+        result["test"] = result["ensemble"]
+        if len(set(test_sources)) > 1:
+            result["ensemble_by_source"] = metrics_by_group(test_y, ens_probs, test_sources, class_names)
+            result["test_by_source"] = result["ensemble_by_source"]
+        test_samples = [Sample(Path(p), class_names[t], None, s) for p, t, s in zip(test_paths, test_y, test_sources)]
+        write_predictions_csv(run_dir / "predictions_test.csv", test_samples, ens, class_names)
+        plot_confusion_matrix(np.asarray(result["ensemble"]["confusion_matrix"]), list(class_names), run_dir / "confusion_matrix.png")
+    result["folds"] = fold_table
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fold_table[0]))
+    w.writeheader()
+    w.writerows(fold_table)
+    atomic_write_text(run_dir / "cv_folds.csv", buf.getvalue())
+    atomic_write_json(run_dir / "metrics.json", result)
+    first = read_json(fold_dirs[0] / "model.json")
+    atomic_write_json(run_dir / "model.json", {
+        "architecture": first["architecture"], "labels": list(class_names), "preprocessing": pp.to_dict(),
+        "weights_source": first.get("weights_source"), "temperature": None,
+        "ensemble": [str(fd.relative_to(run_dir)) for fd in fold_dirs],
+        "validation": {key: result["oof"].get(key) for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
+        "liverscope_version": __version__,
+    })
+    try:
+        from liverscope.evaluate.report import write_report
+
+        write_report(run_dir)
+    except Exception as exc:
+        _log(f"report not written: {type(exc).__name__}: {exc}")
+    return result
+
+
+def launch_folds_on_gpus(cfg_path: Path, k: int, n_gpus: int, extra_args: Sequence[str] = ()) -> None:
+    """Train the folds of a cross-validation in parallel, one process per GPU
+    (``CUDA_VISIBLE_DEVICES``), each running ``liverscope cv --fold I``; then aggregate."""
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> int:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % n_gpus))
+        cmd = [sys.executable, "-m", "liverscope.cli", "cv", "--recipe", str(cfg_path), "--fold", str(i), "--k", str(k), *extra_args]
+        return subprocess.run(cmd, env=env, check=False).returncode
+
+    with ThreadPoolExecutor(max_workers=n_gpus) as ex:
+        codes = list(ex.map(one, range(k)))
+    if any(codes):
+        raise LiverscopeError(f"fold processes failed with exit codes {codes}; rerun `liverscope cv` with the same --name to resume")
+
+
+__all__ = ["LitClassifier", "fit", "prepare_data", "make_loaders", "assign_splits", "save_model", "finish_run", "cross_validate", "aggregate_cv", "ensemble_logits"]

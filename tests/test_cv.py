@@ -1,0 +1,92 @@
+"""Cross-validation on phantoms: k fold models, out-of-fold predictions, the ensemble, a report."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from liverscope.utils import read_json
+
+from conftest import quick_config
+
+
+def test_ensemble_is_mean_of_logits():
+    from liverscope.predict import softmax
+    from liverscope.train import ensemble_logits
+
+    rng = np.random.default_rng(0)
+    folds = [rng.normal(size=(7, 4)) for _ in range(5)]
+    ens = ensemble_logits(folds)
+    assert np.allclose(ens, sum(folds) / 5)
+    # averaging logits then softmax differs from averaging probabilities
+    assert not np.allclose(softmax(ens), np.mean([softmax(f) for f in folds], axis=0))
+
+
+@pytest.fixture(scope="module")
+def cv_run(phantom_dir, tmp_path_factory):
+    from liverscope.train import cross_validate
+
+    out = tmp_path_factory.mktemp("cv")
+    cfg = quick_config(phantom_dir, out, "cv", **{"train.epochs": 3})
+    return cross_validate(cfg, k=3, test_frac=0.2)
+
+
+@pytest.mark.slow
+def test_cv_outputs(cv_run):
+    for i in range(3):
+        fold = cv_run / "folds" / f"fold{i}"
+        assert (fold / "model.safetensors").exists() and (fold / "predictions_val.csv").exists()
+    with open(cv_run / "split.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    dev = [r for r in rows if r["split"] == "dev"]
+    test = [r for r in rows if r["split"] == "test"]
+    assert dev and test and {int(r["fold"]) for r in dev} == {0, 1, 2}
+    # groups never straddle folds or the hold-out
+    where = {}
+    for r in rows:
+        where.setdefault(r["group"], set()).add((r["split"], r["fold"]))
+    assert all(len(v) == 1 for v in where.values())
+    with open(cv_run / "oof_predictions.csv") as fh:
+        oof = list(csv.DictReader(fh))
+    assert sorted(r["path"] for r in oof) == sorted(r["path"] for r in dev)  # every dev image exactly once
+    m = read_json(cv_run / "metrics.json")
+    assert m["k"] == 3 and len(m["folds"]) == 3
+    assert m["oof"]["n"] == len(dev) and m["ensemble"]["n"] == len(test)
+    assert (cv_run / "cv_folds.csv").exists() and (cv_run / "report.html").exists()
+    assert read_json(cv_run / "model.json")["ensemble"] == ["folds/fold0", "folds/fold1", "folds/fold2"]
+
+
+@pytest.mark.slow
+def test_cv_ensemble_predictions_are_mean_fold_logits(cv_run):
+    from liverscope.train import read_predictions_csv
+
+    names = read_json(cv_run / "model.json")["labels"]
+    paths, y, ens, _ = read_predictions_csv(cv_run / "predictions_test.csv", names)
+    fold_logits = []
+    for i in range(3):
+        p, _, lg, _ = read_predictions_csv(cv_run / "folds" / f"fold{i}" / "predictions_test.csv", names)
+        assert p == paths
+        fold_logits.append(lg)
+    assert np.allclose(ens, np.mean(fold_logits, axis=0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cv_resumes_and_keeps_finished_folds(cv_run):
+    from liverscope.config import read_run_config
+    from liverscope.train import cross_validate
+
+    before = (cv_run / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns
+    cross_validate(read_run_config(cv_run), k=3, test_frac=0.2)
+    assert (cv_run / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_evaluate_on_new_data_with_ensemble(cv_run, phantom_dir):
+    from liverscope.evaluate.external import evaluate_on_data
+
+    out = evaluate_on_data(cv_run, phantom_dir, name="phantoms", device="cpu")
+    m = read_json(out / "metrics.json")
+    assert m["test"]["n"] == 120 and m["test"]["accuracy"] > 0.4
+    assert (out / "report.html").exists()
