@@ -121,18 +121,23 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     paths: List[Path] = typer.Argument(..., help="Image files, DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Output file: .csv or .json."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: sized for the backend)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
+    precision: str = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode/preprocess threads (default: CPU count)."),
 ):
     """Predict the stage/class of new images; bad files are listed as skipped and the rest finish."""
     from liverscope.predict import Predictor, write_results
 
     try:
-        p = Predictor.from_run(run_dir, device=device, batch_size=batch_size)
+        p = Predictor.from_run(run_dir, backend=backend, device=device, batch_size=batch_size, precision=precision, workers=workers)
+        typer.echo(p.describe(), err=True)
         summary = write_results(p.predict_paths(paths), p.labels, out)
     except LiverscopeError as exc:
         _fail(exc)
-    typer.echo(f"predicted {summary['predicted']} image(s) → {summary['out']}")
+    rate = summary["predicted"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
+    typer.echo(f"predicted {summary['predicted']} image(s) in {summary['seconds']:.1f}s ({rate:.1f} images/s, {p.backend} {p.precision}) → {summary['out']}")
     if summary["skipped"]:
         typer.echo(f"skipped {len(summary['skipped'])} file(s):")
         for path, reason in summary["skipped"]:
@@ -319,6 +324,65 @@ def _compare_runs(a: Path, b: Path, metric: str) -> None:
     r = paired_ttest(sa, sb)
     typer.echo(f"paired t-test on fold-wise {metric} ({a.name} − {b.name}, n={r['n']}): mean difference {r['mean_diff']:+.4f}, "
                f"95% CI [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}], t={r['t']:.3f}, p={r['p']:.4f}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A trained run directory."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
+    atol: float = typer.Option(1e-3, "--atol", help="Largest accepted |logit difference| between ONNX Runtime and torch."),
+):
+    """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model."""
+    from liverscope.predict import export_onnx
+
+    try:
+        info = export_onnx(run_dir, opset=opset, atol=atol)
+    except LiverscopeError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {run_dir / info['file']} ({info['bytes'] / 2**20:.1f} MB, opset {info['opset']}, input {info['input_shape']})")
+    typer.echo(f"verified against torch on batches {info['checked_batches']}: max |logit difference| {info['max_abs_logit_diff']:.2e} (limit {info['atol']:.0e})")
+    typer.echo("`liverscope predict` and `liverscope serve` now use ONNX Runtime for this run (--backend torch to override)")
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A trained run directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but localhost exposes the app, which has NO authentication."),
+    port: int = typer.Option(8501, "--port", help="Port."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest accepted upload in MB."),
+):
+    """Start the clinician web app (Streamlit) for a run."""
+    import os
+    import subprocess
+
+    from liverscope.utils import read_json
+
+    try:
+        if not (run_dir / "model.json").exists():
+            raise LiverscopeError(f"{run_dir}: no model.json — train first (liverscope train) or check the run directory")
+        read_json(run_dir / "model.json")
+    except (LiverscopeError, ValueError) as exc:
+        _fail(exc)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(
+            f"warning: binding to {host}: the app has no authentication — anyone who can reach {host}:{port} can upload "
+            "images and read results. Put it behind the hospital's authenticating reverse proxy (HTTPS + login).",
+            fg=typer.colors.YELLOW, err=True,
+        )
+    app_path = Path(__file__).with_name("app.py")
+    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(app_path),
+        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+        "--server.maxUploadSize", str(max_upload_mb), "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+    ]
+    typer.echo(f"liverscope app for {run_dir} on http://{host}:{port} (Ctrl-C stops it)", err=True)
+    if os.name == "posix":
+        sys.stdout.flush(), sys.stderr.flush()
+        os.execve(sys.executable, cmd, env)  # become the server: one process to stop, signals go straight to it
+    raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 def main() -> None:  # pragma: no cover

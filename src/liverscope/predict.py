@@ -1,31 +1,66 @@
-"""Prediction on new images: load a run, score files and folders, write CSV/JSON.
+"""Prediction on new images: load a run, score files and folders fast, write CSV/JSON; ONNX export.
 
 ``Predictor`` is the Python entry point::
 
     from liverscope.predict import Predictor
-    p = Predictor.from_run("runs/demo")
+    p = Predictor.from_run("runs/demo")            # ONNX Runtime when runs/demo/model.onnx is current
     for result in p.predict_paths(["scan1.png", "folder/"]):
         print(result.path, result.label, result.probs)
+
+How it is fast on an ordinary CPU:
+
+* decoding and preprocessing run in a thread pool while the model scores the previous batch (PIL's
+  decoders, OpenCV's resize/NLM and NumPy's arithmetic release the GIL, so threads overlap for real and
+  nothing is pickled between processes);
+* only a bounded window of images is in flight, and results are yielded batch by batch, so memory stays
+  flat on a folder of any size; :func:`write_results` writes rows as they come into a temporary file
+  that replaces the output at the end;
+* two backends: ONNX Runtime (default when the run has a current ``model.onnx``, see
+  :func:`export_onnx`) and PyTorch (channels-last; bf16 autocast on CPUs with native bf16, checked
+  against fp32 on the first batch and abandoned when predictions move more than ``BF16_TOLERANCE``);
+* batch sizes per backend and device (:data:`DEFAULT_BATCH_SIZE`), measured in ``benchmarks/inference.py``.
 
 Bad files are not fatal: each is reported (``Result.error``) and the rest finish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
+import json
+import logging
+import os
+import time
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from liverscope.data.io import IMAGE_SUFFIXES, decode_image, read_bytes
 from liverscope.data.preprocess import Preprocessing, preprocess_array
-from liverscope.data.augment import ToTensorNormalised
 from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.utils import atomic_path, read_json, resolve_device
+from liverscope.utils import atomic_path, atomic_write_json, read_json, resolve_device
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("auto", "fp32", "bf16")
+#: Images per forward pass when none is given: ``(backend, device kind) -> size``. On a 2-core CPU both
+#: backends peak around 8 at 224 px (larger batches spill the caches); GPUs want big batches.
+DEFAULT_BATCH_SIZE = {("torch", "cpu"): 8, ("onnx", "cpu"): 8, ("torch", "cuda"): 64, ("onnx", "cuda"): 64}
+#: Largest change of any class probability that bf16 may cause on the check batch before the torch
+#: backend falls back to fp32 (the predicted class must not change either).
+BF16_TOLERANCE = 0.02
+#: Largest |logit(ONNX) - logit(torch)| that :func:`export_onnx` accepts.
+ONNX_ATOL = 1e-3
+ONNX_OPSET = 18
 
 
 @dataclass
@@ -42,17 +77,33 @@ class Result:
     def confidence(self) -> float | None:
         return max(self.probs.values()) if self.probs else None
 
+    @property
+    def endpoints(self) -> dict[str, float] | None:
+        """Fibrosis endpoints (≥F2, ≥F3, F4) when the labels are METAVIR stages, else ``None``."""
+        return fibrosis_endpoints(self.probs) if self.probs else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------------
+
 
 def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and image files found recursively in folders (sorted, ``masks/`` skipped)."""
+    """Files named directly, and image files found recursively in folders (``masks/`` and hidden files
+    skipped), yielded lazily in a stable order (sorted per folder, files before sub-folders) so a
+    folder of any size is never listed into memory at once."""
+    suffixes = IMAGE_SUFFIXES | {".jpe"}
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            for q in sorted(p.rglob("*")):
-                if q.is_file() and not q.name.startswith(".") and "masks" not in q.relative_to(p).parts[:-1] and q.suffix.lower() in IMAGE_SUFFIXES | {".jpe"}:
-                    yield q
-        else:
+        if not p.is_dir():
             yield p  # a named file is always tried, so a bad one is reported rather than ignored
+            continue
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if d != "masks" and not d.startswith("."))
+            for name in sorted(files):
+                q = Path(root) / name
+                if not name.startswith(".") and q.suffix.lower() in suffixes:
+                    yield q
 
 
 def infer_logits(model: torch.nn.Module, loader, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -67,10 +118,56 @@ def infer_logits(model: torch.nn.Module, loader, device: str = "cpu") -> tuple[n
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Numerically stable softmax over the last axis of ``logits / temperature``."""
     z = np.asarray(logits, np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def fibrosis_endpoints(probs: Mapping[str, float]) -> dict[str, float] | None:
+    """Probabilities of the clinical endpoints from METAVIR stage probabilities.
+
+    Significant fibrosis ``≥F2`` = P(F2)+P(F3)+P(F4), advanced fibrosis ``≥F3`` = P(F3)+P(F4),
+    cirrhosis ``F4`` = P(F4) — sums over the stages the model knows.
+
+    Args:
+        probs: class name → probability.
+
+    Returns:
+        ``{"≥F2": p, "≥F3": p, "F4": p}``, or ``None`` when the labels are not METAVIR stages.
+    """
+    from liverscope.data.datasets import is_metavir
+
+    if not is_metavir(list(probs)):
+        return None
+    stage = {c: int(c.upper()[1]) for c in probs}
+    return {
+        "≥F2": float(sum(p for c, p in probs.items() if stage[c] >= 2)),
+        "≥F3": float(sum(p for c, p in probs.items() if stage[c] >= 3)),
+        "F4": float(sum(p for c, p in probs.items() if stage[c] == 4)),
+    }
+
+
+def normalise_batch(images: Sequence[np.ndarray], pp: Preprocessing) -> np.ndarray:
+    """uint8 ``HxWx3`` images → float32 ``NxHxWx3`` normalised with the preprocessing's mean/std."""
+    return np.stack([_normalise(im, pp) for im in images])
+
+
+def _normalise(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    scale = np.float32(1 / 255)
+    mean = np.asarray(pp.mean, np.float32)
+    std = np.asarray(pp.std, np.float32)
+    return (img.astype(np.float32) * scale - mean) / std
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except Exception:  # older torch: no capability query, assume no
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def load_run_model(run_dir: str | Path):
@@ -89,32 +186,360 @@ def load_run_model(run_dir: str | Path):
     return model.eval(), meta
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: float32 NxHxWx3 normalised batch in, float32 logits out
+# --------------------------------------------------------------------------------------------------
+
+
+class TorchBackend:
+    """PyTorch inference: channels-last, ``inference_mode``, bf16 autocast where the hardware has it.
+
+    Args:
+        model: a :class:`~liverscope.models.registry.LiverNet` (or any ``NCHW -> logits`` module).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        precision: ``auto`` (bf16 on CPUs with native bf16 and on bf16-capable GPUs, else fp32), ``fp32``
+            or ``bf16`` (emulated where not native: slow, for checks).
+        channels_last: NHWC memory layout, which oneDNN/cuDNN convolutions run faster on.
+        tolerance: largest probability change bf16 may cause on the first batch (see :data:`BF16_TOLERANCE`).
+
+    After the first batch, :attr:`precision` says what is used and :attr:`bf16_check` what the check found.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: str = "auto", precision: str = "auto", channels_last: bool = True, tolerance: float = BF16_TOLERANCE):
+        if precision not in PRECISIONS:
+            raise LiverscopeError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        self.channels_last = channels_last
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if precision == "auto":
+            native = torch.cuda.is_bf16_supported() if self.device.startswith("cuda") else cpu_has_native_bf16()
+            precision = "bf16" if native else "fp32"
+        self.precision = precision
+        self.tolerance = tolerance
+        self.bf16_check: dict | None = None
+        self._checked = precision == "fp32"
+
+    @property
+    def device_kind(self) -> str:
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def _forward(self, x: torch.Tensor, bf16: bool) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
+            return self.model(x).float().cpu().numpy()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        # NHWC numpy → NCHW view whose memory is already channels-last: no copy on CPU
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        x = x.to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        if not self._checked:
+            return self._check_bf16(x)
+        return self._forward(x, self.precision == "bf16")
+
+    def _check_bf16(self, x: torch.Tensor) -> np.ndarray:
+        """Score the first batch in fp32 and bf16; keep bf16 only if no probability moves more than the tolerance."""
+        ref = self._forward(x, False)
+        low = self._forward(x, True)
+        p_ref, p_low = softmax(ref), softmax(low)
+        diff = float(np.abs(p_ref - p_low).max())
+        same = bool((p_ref.argmax(1) == p_low.argmax(1)).all())
+        ok = diff <= self.tolerance and same
+        self.bf16_check = {"max_abs_prob_diff": diff, "same_predictions": same, "tolerance": self.tolerance, "kept": ok}
+        if not ok:
+            warnings.warn(
+                f"bf16 changes predictions beyond tolerance (max probability change {diff:.4f} > {self.tolerance}, "
+                f"same classes: {same}); using fp32", RuntimeWarning, stacklevel=3,
+            )
+            self.precision = "fp32"
+        self._checked = True
+        return ref
+
+
+class OnnxBackend:
+    """ONNX Runtime inference of an exported run (``model.onnx``, dynamic batch).
+
+    Args:
+        path: the ``.onnx`` file.
+        device: ``auto``, ``cpu`` or ``cuda`` (CUDA execution provider when onnxruntime-gpu has it).
+        threads: intra-op threads (default: the CPU count).
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        # ORT's workers spin-wait between runs by default, burning the cores that the decode threads
+        # need while the next batch is being prepared
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        available = ort.get_available_providers()
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+            raise LiverscopeError(f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, or use --backend torch)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as exc:
+            raise LiverscopeError(f"{self.path}: cannot load the ONNX model ({type(exc).__name__}: {exc}); re-export it with `liverscope export`") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.device_kind = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.precision = "fp32"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX export
+# --------------------------------------------------------------------------------------------------
+
+
+def onnx_state(run_dir: str | Path) -> tuple[Path, str]:
+    """Where a run's ONNX export is and whether it can be used.
+
+    Returns:
+        ``(path, state)`` with state ``missing``, ``current`` (exported from the present weights) or
+        ``stale`` (the weights changed after the export, or it was not made by :func:`export_onnx`).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "model.onnx"
+    if not path.exists():
+        return path, "missing"
+    try:
+        info = read_json(run_dir / "model.json").get("onnx") or {}
+    except (OSError, ValueError):
+        return path, "stale"
+    weights = run_dir / "model.safetensors"
+    if not info or not weights.exists() or info.get("weights_sha256") != _sha256(weights) or info.get("onnx_sha256") != _sha256(path):
+        return path, "stale"
+    return path, "current"
+
+
+def _check_inputs(size: int, batch: int, seed: int) -> list[np.ndarray]:
+    """Inputs to compare the two runtimes on: normalised noise (batch 1 and ``batch``: exercises the
+    dynamic batch axis) and a smooth ultrasound-like ramp, whose activations are less extreme."""
+    g = np.random.default_rng(seed)
+    ramp = np.linspace(-2, 2, size, dtype=np.float32)
+    smooth = np.broadcast_to((ramp[:, None] + ramp[None, :])[None, None] / 2, (1, 3, size, size)).copy()
+    return [g.standard_normal((1, 3, size, size), dtype=np.float32), g.standard_normal((batch, 3, size, size), dtype=np.float32), smooth]
+
+
+def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX_ATOL, check_batch: int = 4, seed: int = 0) -> dict:
+    """Export a run's model to ``RUN_DIR/model.onnx`` (dynamic batch axis) and verify it.
+
+    The export goes to a temporary file, ONNX Runtime scores the check inputs, and the largest
+    absolute logit difference to the torch model must be at most ``atol``; only then does the file
+    replace ``model.onnx``. What was found is stored under ``"onnx"`` in ``model.json`` (with the
+    SHA-256 of the weights, so a later retraining marks the export stale).
+
+    Args:
+        run_dir: a trained run directory.
+        opset: ONNX opset version.
+        atol: largest accepted absolute logit difference.
+        check_batch: batch size of the second check input (the first has batch 1).
+        seed: seed of the check inputs.
+
+    Returns:
+        The ``onnx`` entry written to ``model.json``: ``file``, ``max_abs_logit_diff``, ``opset``,
+        ``checked_batches``, sizes and hashes.
+
+    Raises:
+        LiverscopeError: no trained model, or ONNX Runtime disagrees with torch beyond ``atol``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    run_dir = Path(run_dir)
+    model, meta = load_run_model(run_dir)
+    size = int(meta["preprocessing"]["size"])
+    out = run_dir / "model.onnx"
+    example = torch.zeros(1, 3, size, size)
+    t0 = time.perf_counter()
+    with atomic_path(out, suffix=".onnx") as tmp:
+        chatter = io.StringIO()
+        # the exporter prints its progress to stderr even with verbose=False; keep it for the error message
+        with warnings.catch_warnings(), contextlib.redirect_stderr(chatter), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")  # deprecation notes about exporter internals
+            try:
+                prog = torch.onnx.export(
+                    model, (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
+                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, verbose=False,
+                )
+                prog.save(str(tmp))
+            except Exception as exc:
+                tail = chatter.getvalue()[-500:]
+                raise LiverscopeError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}) {tail}") from None
+        # self-describing file: labels and preprocessing travel inside the .onnx too
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, {"labels": json.dumps(meta["labels"]), "preprocessing": json.dumps(meta["preprocessing"]), "producer": "liverscope"})
+        onnx.save(proto, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        diffs, batches = [], []
+        for x in _check_inputs(size, check_batch, seed):
+            with torch.inference_mode():
+                ref = model(torch.from_numpy(x)).numpy()
+            got = session.run(None, {session.get_inputs()[0].name: x})[0]
+            if got.shape != ref.shape:
+                raise LiverscopeError(f"{run_dir}: ONNX output shape {got.shape} != torch {ref.shape} for batch {len(x)}")
+            diffs.append(float(np.abs(got - ref).max()))
+            batches.append(len(x))
+        max_diff = max(diffs)
+        if not max_diff <= atol:
+            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); model.onnx not written")
+    info = {
+        "file": "model.onnx",
+        "opset": opset,
+        "input": "input",
+        "output": "logits",
+        "input_shape": ["batch", 3, size, size],
+        "max_abs_logit_diff": max_diff,
+        "atol": atol,
+        "checked_batches": batches,
+        "onnxruntime_version": ort.__version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "weights_sha256": _sha256(run_dir / "model.safetensors"),
+        "onnx_sha256": _sha256(out),
+        "bytes": out.stat().st_size,
+        "export_seconds": round(time.perf_counter() - t0, 2),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    meta = read_json(run_dir / "model.json")  # re-read: keep whatever else was added meanwhile
+    meta["onnx"] = info
+    atomic_write_json(run_dir / "model.json", meta)
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------------------
+
+
 class Predictor:
     """Scores images with a trained run.
 
     Args:
-        model: a :class:`~liverscope.models.registry.LiverNet`.
+        model: a :class:`~liverscope.models.registry.LiverNet` (``None`` with ``backend="onnx"``).
         meta: the run's ``model.json`` content (labels, preprocessing, temperature).
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: :data:`DEFAULT_BATCH_SIZE` for the backend).
         calibrated: apply the temperature stored with the model (when there is one).
+        backend: ``torch`` or ``onnx`` (``auto`` is resolved by :meth:`from_run`).
+        onnx_path: the ``.onnx`` file for the ONNX backend.
+        precision: torch backend: ``auto``, ``fp32`` or ``bf16`` (see :class:`TorchBackend`).
+        workers: decode/preprocess threads (default: the CPU count).
+        bf16_tolerance: see :data:`BF16_TOLERANCE`.
     """
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "auto", batch_size: int = 16, calibrated: bool = True):
-        self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
+        meta: dict,
+        device: str = "auto",
+        batch_size: int | None = None,
+        calibrated: bool = True,
+        backend: str = "torch",
+        onnx_path: str | Path | None = None,
+        precision: str = "auto",
+        workers: int | None = None,
+        bf16_tolerance: float = BF16_TOLERANCE,
+    ):
         self.meta = meta
         self.labels: list[str] = list(meta["labels"])
         self.pp = Preprocessing.from_dict(meta["preprocessing"])
-        self.to_tensor = ToTensorNormalised(self.pp)
-        self.batch_size = batch_size
         self.temperature = float(meta.get("temperature") or 1.0) if calibrated else 1.0
+        self._model = model
+        if backend == "onnx":
+            if onnx_path is None:
+                raise LiverscopeError("the ONNX backend needs onnx_path (use Predictor.from_run)")
+            self.engine: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, device)
+        elif backend == "torch":
+            if model is None:
+                raise LiverscopeError("the torch backend needs a model")
+            self.engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance)
+        else:
+            raise LiverscopeError(f"backend '{backend}': expected torch or onnx")
+        self.backend = backend
+        self.device = getattr(self.engine, "device", self.engine.device_kind)
+        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE[(backend, self.engine.device_kind)])
+        if self.batch_size < 1:
+            raise LiverscopeError(f"batch size must be at least 1, got {self.batch_size}")
+        self.workers = max(1, int(workers or os.cpu_count() or 1))
+        self.run_dir: Path | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, **kwargs) -> "Predictor":
-        model, meta = load_run_model(run_dir)
-        return cls(model, meta, **kwargs)
+    def from_run(cls, run_dir: str | Path, backend: str = "auto", **kwargs) -> "Predictor":
+        """Load a run directory.
 
+        Args:
+            run_dir: a trained run.
+            backend: ``auto`` (ONNX Runtime when ``model.onnx`` is current, else torch), ``torch`` or ``onnx``.
+            **kwargs: the other arguments of :class:`Predictor`.
+        """
+        run_dir = Path(run_dir)
+        if backend not in BACKENDS:
+            raise LiverscopeError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
+        onnx_path, state = onnx_state(run_dir)
+        if backend == "auto":
+            backend = "torch"
+            if state == "current":
+                try:
+                    import onnxruntime  # noqa: F401
+
+                    backend = "onnx"
+                except ImportError:
+                    log.warning("onnxruntime is not installed; using the torch backend")
+            elif state == "stale":
+                warnings.warn(f"{onnx_path} is older than the run's weights; using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
+        if not (run_dir / "model.json").exists():
+            raise LiverscopeError(f"{run_dir}: no model.json — train first (liverscope train) or check the run directory")
+        if backend == "onnx":
+            if state == "missing":
+                raise LiverscopeError(f"{run_dir}: no model.onnx — run `liverscope export {run_dir}` first, or use --backend torch")
+            if state == "stale":
+                raise LiverscopeError(f"{onnx_path} does not match the run's current weights — run `liverscope export {run_dir}` again")
+            meta = read_json(run_dir / "model.json")
+            p = cls(None, meta, backend="onnx", onnx_path=onnx_path, **kwargs)
+        else:
+            model, meta = load_run_model(run_dir)
+            p = cls(model, meta, backend="torch", **kwargs)
+        p.run_dir = run_dir
+        return p
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch model (loaded from the run on first use when the ONNX backend scores; CAMs need it)."""
+        if self._model is None:
+            if self.run_dir is None:
+                raise LiverscopeError("no torch model: this predictor was built from an ONNX file alone")
+            self._model, _ = load_run_model(self.run_dir)
+        return self._model
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    def describe(self) -> str:
+        """One line: backend, device, precision, batch size, workers."""
+        return f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}, {self.workers} decode thread(s)"
+
+    # ---------------------------------------------------------------- single images / arrays
     def prepare(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
         """Decode and preprocess one file (or its bytes) to uint8 ``size x size x 3``."""
         if data is None:
@@ -122,72 +547,175 @@ class Predictor:
         return preprocess_array(decode_image(data, path), self.pp)
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits of preprocessed uint8 images."""
-        x = torch.stack([self.to_tensor(im) for im in images]).to(self.device)
-        with torch.inference_mode():
-            return self.model(x).float().cpu().numpy()
+        """Logits of preprocessed uint8 images (``size x size x 3``), in batches of :attr:`batch_size`."""
+        out = [self.engine(normalise_batch(images[i : i + self.batch_size], self.pp)) for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
-    def _results(self, paths: list[str], logits: np.ndarray) -> list[Result]:
+    def _results(self, paths: Sequence[str], logits: np.ndarray) -> list[Result]:
         probs = softmax(logits, self.temperature)
-        out = []
-        for p, lg, pr in zip(paths, logits, probs):
-            out.append(Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg]))
-        return out
+        return [
+            Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg])
+            for p, lg, pr in zip(paths, logits, probs)
+        ]
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Result]:
+        """Results for preprocessed uint8 images (see :meth:`prepare`)."""
         names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
         return self._results(names, self.logits(images))
 
-    def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[Result]:
-        """Stream results for files and folders, batch by batch; unreadable files yield an error result."""
-        batch_paths: list[str] = []
-        batch_imgs: list[np.ndarray] = []
-        for path in iter_image_files(paths):
-            try:
-                img = self.prepare(path)
-            except ImageReadError as exc:
-                yield Result(str(path), error=f"{exc.reason} ({exc.fix})")
-                continue
-            batch_paths.append(str(path))
-            batch_imgs.append(img)
-            if len(batch_imgs) >= self.batch_size:
-                yield from self._results(batch_paths, self.logits(batch_imgs))
-                batch_paths, batch_imgs = [], []
-        if batch_imgs:
-            yield from self._results(batch_paths, self.logits(batch_imgs))
+    def predict_bytes(self, name: str, data: bytes) -> tuple[Result, np.ndarray | None]:
+        """Decode, preprocess and score one file's bytes (an upload).
+
+        Returns:
+            ``(result, preprocessed uint8 image)``; on a bad file the result carries the error and the image is ``None``.
+        """
+        try:
+            img = self.prepare(name, data)
+        except ImageReadError as exc:
+            return Result(name, error=f"{exc.reason} ({exc.fix})"), None
+        return self._results([name], self.logits([img]))[0], img
+
+    # ---------------------------------------------------------------- streaming over files
+    def _load(self, path: Path) -> np.ndarray:
+        """Worker: file → normalised float32 ``HxWx3`` (decode + preprocess + normalise, GIL mostly released)."""
+        return _normalise(self.prepare(path), self.pp)
+
+    def predict_paths(self, paths: Iterable[str | Path], window: int | None = None) -> Iterator[Result]:
+        """Stream results for files and folders in input order; unreadable files yield an error result.
+
+        Decoding runs ``workers`` threads ahead of the model; at most ``window`` files (default: two
+        batches plus one per worker) are decoded but not yet yielded, so memory does not grow with the
+        number of files.
+
+        Args:
+            paths: files and folders (searched recursively, see :func:`iter_image_files`).
+            window: files in flight.
+        """
+        window = int(window or 2 * self.batch_size + self.workers)
+        files = iter_image_files(paths)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="liverscope-decode") as pool:
+            pending: deque = deque()
+
+            def submit_next() -> bool:
+                path = next(files, None)
+                if path is None:
+                    return False
+                pending.append((path, pool.submit(self._load, path)))
+                return True
+
+            while len(pending) < window and submit_next():
+                pass
+            batch: list[tuple[str, np.ndarray | None, str | None]] = []
+            n_good = 0
+            while pending:
+                path, fut = pending.popleft()
+                submit_next()
+                try:
+                    batch.append((str(path), fut.result(), None))
+                    n_good += 1
+                except ImageReadError as exc:
+                    batch.append((str(path), None, f"{exc.reason} ({exc.fix})"))
+                except Exception as exc:  # a batch job lists a file it cannot process and goes on
+                    batch.append((str(path), None, f"cannot preprocess ({type(exc).__name__}: {exc})"))
+                if n_good >= self.batch_size:
+                    yield from self._score(batch)
+                    batch, n_good = [], 0
+            if batch:
+                yield from self._score(batch)
+
+    def _score(self, batch: list[tuple[str, np.ndarray | None, str | None]]) -> list[Result]:
+        """Results for one batch of decoded entries, in order; failed entries become error results."""
+        good = [(p, x) for p, x, _ in batch if x is not None]
+        scored = iter(self._results([p for p, _ in good], self.engine(np.stack([x for _, x in good])))) if good else iter(())
+        return [next(scored) if x is not None else Result(p, error=err) for p, x, err in batch]
 
 
-def write_results(results: Iterable[Result], labels: Sequence[str], out: str | Path) -> dict:
-    """Write results as CSV (``.csv``) or JSON (``.json``) atomically; returns counts.
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
 
-    CSV columns: ``file,prediction,confidence,prob_<label>...,error``.
+
+def result_row(r: Result, labels: Sequence[str]) -> list[str]:
+    """CSV row of one result (see :func:`csv_header`)."""
+    probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in labels]
+    row = [r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs]
+    from liverscope.data.datasets import is_metavir
+
+    if is_metavir(list(labels)):
+        ep = r.endpoints
+        row += [f"{ep[k]:.6f}" if ep else "" for k in ("≥F2", "≥F3", "F4")]
+    return row + [r.error or ""]
+
+
+def csv_header(labels: Sequence[str]) -> list[str]:
+    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],error`` (endpoints for METAVIR labels)."""
+    from liverscope.data.datasets import is_metavir
+
+    cols = ["file", "prediction", "confidence", *[f"prob_{c}" for c in labels]]
+    if is_metavir(list(labels)):
+        cols += ["p_ge_F2", "p_ge_F3", "p_F4"]
+    return cols + ["error"]
+
+
+def write_results(results: Iterable[Result], labels: Sequence[str], out: str | Path, progress=None) -> dict:
+    """Write results as CSV (``.csv``) or JSON (``.json``) while they stream in.
+
+    Rows go to a temporary file beside ``out`` as each result arrives (nothing is held in memory but
+    the list of skipped files); the temporary file replaces ``out`` in one step at the end, so a crash
+    never leaves a truncated output.
+
+    Args:
+        results: e.g. :meth:`Predictor.predict_paths`.
+        labels: class names (the probability columns).
+        out: ``.csv`` or ``.json`` path.
+        progress: optional callable ``progress(n_done)`` called after each row.
+
+    Returns:
+        ``{"predicted": n, "skipped": [(path, reason), ...], "out": str, "seconds": float}``.
     """
     out = Path(out)
-    rows, n_ok, skipped = [], 0, []
-    for r in results:
-        rows.append(r)
-        if r.error:
-            skipped.append((r.path, r.error))
+    fmt = "json" if out.suffix.lower() == ".json" else "csv"
+    n_ok, skipped, n = 0, [], 0
+    t0 = time.perf_counter()
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        if fmt == "csv":
+            w = csv.writer(fh)
+            w.writerow(csv_header(labels))
         else:
-            n_ok += 1
-    if out.suffix.lower() == ".json":
-        payload = [
-            {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs, "error": r.error}
-            for r in rows
-        ]
-        from liverscope.utils import atomic_write_json
+            fh.write("[")
+        for r in results:
+            if fmt == "csv":
+                w.writerow(result_row(r, labels))
+            else:
+                item = {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs, "error": r.error}
+                if r.endpoints:
+                    item["endpoints"] = r.endpoints
+                fh.write(("," if n else "") + "\n  " + json.dumps(item, ensure_ascii=False))
+            fh.flush()  # the row is on disk now: a long job's partial output can be watched (tail -f the temp file)
+            n += 1
+            if r.error:
+                skipped.append((r.path, r.error))
+            else:
+                n_ok += 1
+            if progress is not None:
+                progress(n)
+        if fmt == "json":
+            fh.write("\n]\n")
+    return {"predicted": n_ok, "skipped": skipped, "out": str(out), "seconds": time.perf_counter() - t0}
 
-        atomic_write_json(out, payload)
-    else:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["file", "prediction", "confidence", *[f"prob_{c}" for c in labels], "error"])
-        for r in rows:
-            probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in labels]
-            w.writerow([r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs, r.error or ""])
-        with atomic_path(out) as tmp:
-            tmp.write_text(buf.getvalue(), encoding="utf-8")
-    return {"predicted": n_ok, "skipped": skipped, "out": str(out)}
+
+def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:
+    """CSV text of results (same columns as :func:`write_results`), for downloads."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(csv_header(labels))
+    for r in results:
+        w.writerow(result_row(r, labels))
+    return buf.getvalue()
 
 
-__all__ = ["Predictor", "Result", "write_results", "iter_image_files", "infer_logits", "softmax", "load_run_model"]
+__all__ = [
+    "Predictor", "Result", "TorchBackend", "OnnxBackend", "export_onnx", "onnx_state", "write_results", "results_csv",
+    "csv_header", "result_row", "iter_image_files", "infer_logits", "softmax", "fibrosis_endpoints", "load_run_model",
+    "cpu_has_native_bf16", "normalise_batch", "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "ONNX_ATOL",
+]
