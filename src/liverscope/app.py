@@ -1,0 +1,450 @@
+"""The clinician web app (Streamlit): upload ultrasound images, see the stage and why.
+
+Start it with ``liverscope serve RUN_DIR`` (binds 127.0.0.1; ``--host`` to expose it, behind the
+hospital's authenticating proxy: the app has no login of its own). Directly:
+``LIVERSCOPE_RUN_DIR=runs/demo streamlit run src/liverscope/app.py``.
+
+Per uploaded image it shows the predicted class, the probability of every class (bar chart and
+table), the fibrosis endpoints ≥F2 / ≥F3 / F4 when the labels are METAVIR stages, the Grad-CAM
+overlay and, when the run holds a segmentation model, the outline of the regions it segments; the
+sidebar shows the model card (name, version, labels, validation figures). Results download as CSV.
+
+Privacy: DICOM header fields are never displayed or written. The only header values read are the
+patient identifiers, and only to remove them from file names and messages (:func:`redact`); for DICOM
+images everything outside the scan sector is blanked before display, which removes the burned-in
+patient text that ultrasound machines print in the border (best effort: text burned into the fan
+itself cannot be told from tissue). Uploaded files stay in memory; nothing is written to disk.
+
+The functions above :func:`main` are plain Python (tested without a browser); :func:`main` draws the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liverscope.errors import ImageReadError, LiverscopeError
+
+DISCLAIMER = (
+    "**Decision support, not a diagnosis.** liverscope estimates a fibrosis stage / class from one ultrasound "
+    "image with a model trained on a limited dataset. It can be wrong, and it has not been cleared as a medical "
+    "device. Interpret every result together with the clinical picture, elastography, laboratory values and, "
+    "where indicated, histology; the responsible clinician makes the diagnosis."
+)
+#: Default upload limit (MB); ``liverscope serve --max-upload-mb`` sets it through ``LIVERSCOPE_MAX_UPLOAD_MB``.
+DEFAULT_MAX_UPLOAD_MB = 50
+DISPLAY_MAX_SIDE = 640
+REDACTED = "[redacted]"
+
+#: DICOM attributes that identify the patient (PS3.15 Annex E basic profile, the ones that name or number
+#: a person or visit). Their values are read only to strip them from names and messages.
+IDENTIFYING_TAGS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientBirthDate",
+    "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "AccessionNumber",
+    "IssuerOfPatientID", "MedicalRecordLocator", "ReferringPhysicianName", "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician", "InstitutionName", "StudyID",
+    "AdmissionID", "PatientInsurancePlanCodeSequence", "ResponsiblePerson",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Privacy helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def dicom_identifiers(data: bytes) -> list[str]:
+    """Patient-identifying strings in a DICOM file's header (empty for other files).
+
+    Person names are split into their components (``DOE^JANE`` → ``DOE^JANE``, ``DOE``, ``JANE``) so a
+    file named ``jane_doe.dcm`` is caught too; fragments shorter than 2 characters are ignored.
+
+    Returns:
+        Distinct values, longest first (so a longer match is redacted before its parts).
+    """
+    from liverscope.data.io import sniff_format
+
+    if sniff_format(data) != "dicom":
+        return []
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return []
+    found: set[str] = set()
+
+    def add(value) -> None:
+        if value is None:
+            return
+        if isinstance(value, pydicom.Sequence):
+            for item in value:
+                for elem in item:
+                    add(elem.value)
+            return
+        values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+        for v in values:
+            text = str(v).strip()
+            if len(text) >= 2:
+                found.add(text)
+            for part in re.split(r"[\^=\s,/._-]+", text):
+                if len(part) >= 2:
+                    found.add(part)
+
+    for tag in IDENTIFYING_TAGS:
+        try:
+            elem = ds.get(tag)
+        except Exception:
+            continue
+        if elem is not None:
+            add(elem)
+    return sorted(found, key=lambda s: (-len(s), s))
+
+
+def redact(text: str, identifiers: list[str]) -> str:
+    """``text`` with every identifier replaced (case-insensitively) by ``[redacted]``."""
+    for ident in identifiers:
+        text = re.sub(re.escape(ident), REDACTED, text, flags=re.IGNORECASE)
+    return text
+
+
+def blank_outside_sector(img: np.ndarray) -> np.ndarray:
+    """Set everything outside the ultrasound scan sector to black (removes burned-in border text)."""
+    from liverscope.data.preprocess import sector_mask
+
+    mask = sector_mask(img)
+    out = img.copy()
+    out[~mask] = 0
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis of one upload (no Streamlit calls: testable)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Analysis:
+    """Everything the page shows for one upload.
+
+    Attributes:
+        name: display name (DICOM identifiers removed).
+        result: the prediction (``result.error`` set for a bad upload).
+        image: the upload for display (downscaled; DICOM: blanked outside the scan sector), or ``None``.
+        cam: Grad-CAM overlay on the model input (RGB uint8), or ``None``.
+        outline: segmentation outline overlay (RGB uint8), or ``None``.
+        notes: why a panel is missing (e.g. heatmap failed), shown as captions.
+    """
+
+    name: str
+    result: "object"
+    image: np.ndarray | None = None
+    cam: np.ndarray | None = None
+    outline: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result.error is None
+
+
+def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    s = max(h, w) / max_side
+    if s <= 1:
+        return img
+    return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
+
+
+def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
+    """Grad-CAM of ``class_index`` over the preprocessed image, blended onto it (RGB uint8).
+
+    Uses :mod:`liverscope.explain` when it offers ``cam_overlay``; otherwise pytorch-grad-cam on the
+    model's ``cam_layer`` (the same layer every liverscope CAM hooks).
+    """
+    try:
+        from liverscope import explain  # noqa: F401  (optional module)
+    except ImportError:
+        explain = None
+    if explain is not None and hasattr(explain, "cam_overlay"):
+        return explain.cam_overlay(model, model_input, pp, class_index)
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from liverscope.predict import normalise_batch
+
+    x = torch.from_numpy(normalise_batch([model_input], pp)).permute(0, 3, 1, 2).contiguous()
+    with GradCAM(model=model.eval(), target_layers=[model.cam_layer]) as cam:
+        heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])[0]
+    return show_cam_on_image(model_input.astype(np.float32) / 255.0, heat, use_rgb=True, image_weight=0.6)
+
+
+def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp) -> np.ndarray | None:
+    """Outline of the run's segmentation masks on the model input, when the run holds a segmentation
+    model and :mod:`liverscope.segment` offers ``load_segmenter``/``predict_mask``; else ``None``."""
+    if run_dir is None:
+        return None
+    try:
+        from liverscope import segment
+    except ImportError:
+        return None
+    load = getattr(segment, "load_segmenter", None)
+    predict_mask = getattr(segment, "predict_mask", None)
+    if load is None or predict_mask is None:
+        return None
+    segmenter = load(run_dir)
+    if segmenter is None:
+        return None
+    mask = np.asarray(predict_mask(segmenter, model_input)) > 0
+    return draw_outline(model_input, mask)
+
+
+def draw_outline(img: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
+    """Contours of a boolean mask drawn on an RGB uint8 image."""
+    import cv2
+
+    out = np.ascontiguousarray(img.copy())
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, colour, max(1, img.shape[0] // 160))
+    return out
+
+
+def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True) -> Analysis:
+    """Decode, score and explain one uploaded file; bad files become an :class:`Analysis` with the error.
+
+    Args:
+        predictor: a :class:`~liverscope.predict.Predictor`.
+        name: the uploaded file's name.
+        data: its bytes.
+        max_bytes: uploads larger than this are refused.
+        with_cam: compute the Grad-CAM overlay.
+    """
+    from liverscope.data.io import decode_image, sniff_format
+    from liverscope.data.preprocess import preprocess_array
+    from liverscope.predict import Result
+
+    ids = dicom_identifiers(data)
+    safe = redact(name, ids)
+    if len(data) > max_bytes:
+        msg = f"file is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB upload limit (export a single frame or a smaller image)"
+        return Analysis(safe, Result(safe, error=msg))
+    if len(data) == 0:
+        return Analysis(safe, Result(safe, error="file is empty (0 bytes) (re-export or re-copy the image)"))
+    try:
+        img = decode_image(data, safe)
+        model_input = preprocess_array(img, predictor.pp)
+    except ImageReadError as exc:
+        return Analysis(safe, Result(safe, error=redact(f"{exc.reason} ({exc.fix})", ids)))
+    except Exception as exc:  # keep the app alive whatever a strange file does to a decoder
+        return Analysis(safe, Result(safe, error=redact(f"cannot process this file ({type(exc).__name__}: {exc})", ids)))
+    result = predictor.predict_arrays([model_input], [safe])[0]
+    from liverscope.data.io import to_rgb
+
+    display = to_rgb(img)
+    is_dicom = sniff_format(data) == "dicom"
+    if is_dicom:
+        display = blank_outside_sector(display)
+    out = Analysis(safe, result, image=_downscale(display))
+    shown_input = blank_outside_sector(model_input) if is_dicom else model_input
+    if with_cam:
+        try:
+            out.cam = cam_overlay(predictor.model, model_input, predictor.pp, predictor.labels.index(result.label))
+            if is_dicom:
+                out.cam = np.where(blank_outside_sector(model_input) > 0, out.cam, 0).astype(np.uint8)
+        except Exception as exc:  # the prediction stands without its heatmap
+            out.notes.append(f"heatmap unavailable ({type(exc).__name__}: {exc})")
+    try:
+        out.outline = segmentation_outline(predictor.run_dir, shown_input, predictor.pp)
+    except Exception as exc:
+        out.notes.append(f"segmentation unavailable ({type(exc).__name__}: {exc})")
+    return out
+
+
+def model_card(run_dir: Path, predictor) -> dict:
+    """What the sidebar shows: name, version, labels, validation (and test) figures, backend."""
+    from liverscope.utils import read_json
+
+    meta = predictor.meta
+    arch = meta.get("architecture", {})
+    weights = run_dir / "model.safetensors"
+    model_id = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.exists() else "?"
+    card = {
+        "run": run_dir.name,
+        "model": f"{arch.get('name', '?')} ({arch.get('head', '?')} head)",
+        "version": f"liverscope {meta.get('liverscope_version', '?')}, trained {str(meta.get('created', '?'))[:10]}, model id {model_id}",
+        "labels": list(meta.get("labels", [])),
+        "input": f"{predictor.pp.size} px, denoising {'on' if predictor.pp.denoise else 'off'}",
+        "weights": meta.get("weights_source", "?"),
+        "calibration": f"temperature {meta['temperature']:.2f}" if meta.get("temperature") else "none",
+        "validation": {k: v for k, v in (meta.get("validation") or {}).items() if isinstance(v, (int, float))},
+        "test": {},
+        "split": meta.get("split", "?"),
+        "inference": predictor.describe(),
+    }
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        try:
+            test = read_json(metrics_path).get("test") or {}
+            card["test"] = {k: test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "n") if isinstance(test.get(k), (int, float))}
+        except (OSError, ValueError):
+            pass
+    return card
+
+
+def run_dir_from_env(argv: list[str] | None = None) -> Path | None:
+    """The run directory: ``LIVERSCOPE_RUN_DIR``, else the first argument after ``--`` of ``streamlit run``."""
+    env = os.environ.get("LIVERSCOPE_RUN_DIR")
+    if env:
+        return Path(env)
+    args = sys.argv[1:] if argv is None else argv
+    return Path(args[0]) if args else None
+
+
+def max_upload_bytes() -> int:
+    try:
+        mb = float(os.environ.get("LIVERSCOPE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
+    except ValueError:
+        mb = DEFAULT_MAX_UPLOAD_MB
+    return int(mb * 2**20)
+
+
+# --------------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------------
+
+# Streamlit lists uploaded file names under the uploader; a DICOM's file name may carry the patient's
+# name, so the list shows only counts and delete buttons, and each result panel shows the redacted name.
+_CSS = """
+<style>
+[data-testid="stFileChipName"] { display: none !important; }
+</style>
+"""
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _render_sidebar(st, card: dict) -> None:
+    sb = st.sidebar
+    sb.header("Model")
+    sb.markdown(f"**{card['model']}** — run `{card['run']}`")
+    sb.caption(card["version"])
+    sb.markdown("**Labels:** " + ", ".join(card["labels"]))
+    sb.markdown(f"**Input:** {card['input']}  \n**Weights:** {card['weights']}  \n**Calibration:** {card['calibration']}")
+    if card["validation"]:
+        sb.markdown("**Validation figures**  \n" + "  \n".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in card["validation"].items()))
+    else:
+        sb.markdown("**Validation figures:** none recorded")
+    if card["test"]:
+        sb.markdown(f"**Held-out test ({card['split']} split)**  \n" + "  \n".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in card["test"].items()))
+    sb.caption(f"Inference: {card['inference']}")
+
+
+def _render_analysis(st, a: Analysis, labels: list[str]) -> None:
+    import pandas as pd
+
+    with st.container(border=True):
+        st.subheader(a.name)
+        if not a.ok:
+            st.error(f"Could not analyse {a.name}: {a.result.error}")
+            return
+        r = a.result
+        left, right = st.columns([1, 1])
+        with left:
+            st.metric("Predicted class", r.label, f"probability {r.confidence:.1%}", delta_color="off")
+            probs = pd.DataFrame({"probability": [r.probs[c] for c in labels]}, index=pd.Index(labels, name="class"))
+            st.bar_chart(probs, y="probability", horizontal=True, height=40 + 32 * len(labels))
+            st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
+            ep = r.endpoints
+            if ep:
+                st.markdown("**Fibrosis endpoints** (sums of stage probabilities)")
+                cols = st.columns(3)
+                for col, (k, title) in zip(cols, [("≥F2", "≥F2 significant"), ("≥F3", "≥F3 advanced"), ("F4", "F4 cirrhosis")]):
+                    col.metric(title, f"{ep[k]:.1%}")
+        with right:
+            panels = [(a.image, "uploaded image")]
+            if a.cam is not None:
+                panels.append((a.cam, f"Grad-CAM: regions driving '{r.label}'"))
+            if a.outline is not None:
+                panels.append((a.outline, "segmented regions (outline)"))
+            for img, caption in panels:
+                if img is not None:
+                    st.image(img, caption=caption, width="stretch")
+            for note in a.notes:
+                st.caption(note)
+
+
+def main() -> None:
+    """Draw the page (run by ``streamlit run``)."""
+    import streamlit as st
+
+    from liverscope.predict import Predictor, results_csv
+
+    st.set_page_config(page_title="liverscope", layout="wide")
+    st.markdown(_CSS, unsafe_allow_html=True)
+    st.title("liverscope — liver ultrasound")
+    st.warning(DISCLAIMER, icon=":material/info:")
+
+    run_dir = run_dir_from_env()
+    if run_dir is None or not (run_dir / "model.json").exists():
+        st.error(f"No trained run to serve ({run_dir or 'none given'}). Start the app with `liverscope serve RUN_DIR`.")
+        st.stop()
+
+    @st.cache_resource(show_spinner="Loading the model…")
+    def load(run: str, backend: str) -> Predictor:
+        return Predictor.from_run(run, backend=backend, batch_size=1)
+
+    try:
+        predictor = load(str(run_dir), os.environ.get("LIVERSCOPE_BACKEND", "auto"))
+    except LiverscopeError as exc:
+        st.error(f"Cannot load the model: {exc}")
+        st.stop()
+    labels = predictor.labels
+    _render_sidebar(st, model_card(run_dir, predictor))
+
+    limit = max_upload_bytes()
+    uploads = st.file_uploader(
+        f"Ultrasound images — PNG, JPEG or DICOM, up to {limit / 2**20:.0f} MB each",
+        accept_multiple_files=True, key="uploads",
+    )
+    with_cam = st.toggle("Show Grad-CAM heatmaps", value=True)
+    if not uploads:
+        st.info("Upload one or several B-mode images to see the predicted stage, the probabilities and the heatmap.")
+        return
+
+    # results are kept per file content, so re-drawing the page (any widget change) does not re-run the model
+    cache: dict = st.session_state.setdefault("analyses", {})
+    keep = {}
+    analyses = []
+    for up in uploads:
+        data = up.getvalue()
+        key = (hashlib.sha256(data).hexdigest(), up.name, with_cam)
+        if key not in cache:
+            with st.spinner("Analysing…"):
+                cache[key] = analyse_upload(predictor, up.name, data, limit, with_cam)
+        keep[key] = cache[key]
+        analyses.append(cache[key])
+    st.session_state["analyses"] = keep  # forget removed uploads
+
+    n_bad = sum(not a.ok for a in analyses)
+    st.markdown(f"**{len(analyses) - n_bad} image(s) analysed**" + (f", {n_bad} could not be read" if n_bad else ""))
+    csv_text = results_csv([a.result for a in analyses], labels)
+    st.session_state["results_csv"] = csv_text
+    st.download_button("Download results (CSV)", csv_text, file_name=f"liverscope_{run_dir.name}_results.csv", mime="text/csv")
+    for a in analyses:
+        _render_analysis(st, a, labels)
+
+
+if __name__ == "__main__":
+    main()

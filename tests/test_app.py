@@ -1,0 +1,347 @@
+"""The Streamlit app (AppTest, no browser): results per upload, bad uploads, privacy of DICOM
+identifiers, model card, CSV download, and the `serve` command's binding and warning."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liverscope import app as appmod
+from liverscope.utils import read_json
+
+APP = str(Path(appmod.__file__).resolve())
+LABELS = ["F0", "F1", "F2", "F3", "F4"]
+SECRETS = ["DOE", "JANE", "998877", "19600101", "St Elsewhere"]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def dicom_bytes(pixels: np.ndarray | None, name="DOE^JANE", patient_id="MRN-998877") -> bytes:
+    """An ultrasound DICOM with patient identifiers in the header (no pixel data when ``pixels`` is None)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName = name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19600101"
+    ds.InstitutionName = "St Elsewhere"
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = pixels.astype(np.uint8).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def fan_with_burned_in_text(size: int = 128) -> np.ndarray:
+    """A grey image: speckled scan fan in the middle, a bright 'patient name' block in the top-left border."""
+    g = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    angle = np.degrees(np.arctan2(xx - size / 2, yy + size * 0.1))
+    r = np.hypot(xx - size / 2, yy + size * 0.1)
+    fan = (np.abs(angle) < 35) & (r > size * 0.2) & (r < size * 1.0)
+    img = np.where(fan, g.integers(60, 200, (size, size)), 0).astype(np.uint8)
+    img[3:10, 3:40] = 255  # burned-in text outside the fan
+    return img
+
+
+def all_text(at) -> str:
+    """Every element's protobuf text (labels, values, captions, table bytes) of a rendered AppTest page."""
+    out = []
+
+    def walk(node):
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+def png_bytes(path: Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory) -> Path:
+    """An untrained run with validation figures in model.json (the page's mechanics need no training)."""
+    import torch
+
+    from liverscope.data.preprocess import Preprocessing
+    from liverscope.models.registry import build_model
+    from liverscope.train import save_model, update_model_json
+
+    run = tmp_path_factory.mktemp("app-run") / "phantom-app"
+    run.mkdir()
+    torch.manual_seed(0)
+    # 64 px: resnet10t's last feature map is 2x2, so class activation maps have some structure
+    save_model(run, build_model("resnet10t", 5), LABELS, Preprocessing(size=64, denoise=False))
+    update_model_json(run, validation={"accuracy": 0.8125, "balanced_accuracy": 0.7937, "macro_f1": 0.7781}, temperature=1.3)
+    return run
+
+
+def start(run: Path, monkeypatch, **env):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LIVERSCOPE_RUN_DIR", str(run))
+    monkeypatch.setenv("LIVERSCOPE_BACKEND", "torch")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+# --------------------------------------------------------------------------------------------------
+# pure helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def test_dicom_identifiers_and_redaction():
+    data = dicom_bytes(np.zeros((16, 16), np.uint8))
+    ids = appmod.dicom_identifiers(data)
+    for s in ("DOE^JANE", "DOE", "JANE", "MRN-998877", "998877", "19600101", "St Elsewhere"):
+        assert s in ids
+    assert appmod.redact("doe_jane MRN-998877 scan.dcm", ids) == "[redacted]_[redacted] [redacted] scan.dcm"
+    assert appmod.dicom_identifiers(b"\x89PNG\r\n\x1a\n....") == []
+
+
+def test_blank_outside_sector_removes_burned_in_text():
+    img = np.repeat(fan_with_burned_in_text()[:, :, None], 3, axis=2)
+    out = appmod.blank_outside_sector(img)
+    assert img[3:10, 3:40].min() == 255 and out[3:10, 3:40].max() == 0
+    assert np.array_equal(out[80, 64], img[80, 64])  # inside the fan untouched
+
+
+def test_draw_outline_marks_the_mask_border():
+    img = np.zeros((40, 40, 3), np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    out = appmod.draw_outline(img, mask)
+    assert (out[10, 10:30] == (0, 255, 0)).all() and out[20, 20].max() == 0 and out[2, 2].max() == 0
+
+
+def test_analyse_upload_dicom(app_run):
+    from liverscope.predict import Predictor
+
+    p = Predictor.from_run(app_run, backend="torch")
+    a = appmod.analyse_upload(p, "DOE_JANE_998877.dcm", dicom_bytes(fan_with_burned_in_text()), 10 * 2**20)
+    assert a.ok and a.result.label in LABELS
+    assert a.name == "[redacted]_[redacted]_[redacted].dcm"
+    assert a.image[3:10, 3:40].max() == 0  # burned-in text blanked for display
+    assert a.cam is not None and a.cam.shape == (64, 64, 3) and a.cam.dtype == np.uint8
+    bad = appmod.analyse_upload(p, "DOE_JANE.dcm", dicom_bytes(None), 10 * 2**20)
+    assert not bad.ok and "no pixel data" in bad.result.error
+    assert "DOE" not in bad.result.error + bad.name
+
+
+def test_cam_overlay_depends_on_the_class(trained_run, phantom_dir):
+    """On a trained model the heatmap has structure and differs between classes."""
+    from liverscope.predict import Predictor
+
+    p = Predictor.from_run(trained_run, backend="torch")
+    _, img = p.predict_bytes("x.png", png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0]))
+    overlays = [appmod.cam_overlay(p.model, img, p.pp, k) for k in range(len(p.labels))]
+    assert all(o.shape == img.shape and o.dtype == np.uint8 for o in overlays)
+    assert any(not np.array_equal(o, overlays[0]) for o in overlays[1:])
+    assert any(o.reshape(-1, 3).std(0).max() > 1 for o in overlays)
+
+
+# --------------------------------------------------------------------------------------------------
+# the page
+# --------------------------------------------------------------------------------------------------
+
+
+def test_page_shows_disclaimer_and_model_card(app_run, monkeypatch):
+    at = start(app_run, monkeypatch)
+    assert "Decision support, not a diagnosis" in at.warning[0].value
+    side = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "resnet10t" in side and "F0, F1, F2, F3, F4" in side
+    assert "accuracy: 0.812" in side and "macro f1: 0.778" in side  # validation figures from model.json
+    assert "temperature 1.30" in side
+    assert "liverscope" in "\n".join(c.value for c in at.sidebar.caption)
+    assert len(at.file_uploader) == 1 and at.file_uploader[0].accept_multiple_files
+
+
+def test_page_without_a_run_says_how_to_start(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LIVERSCOPE_RUN_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert "liverscope serve" in at.error[0].value
+
+
+def test_uploads_good_and_bad_keep_the_app_working(app_run, phantom_dir, monkeypatch):
+    at = start(app_run, monkeypatch, LIVERSCOPE_MAX_UPLOAD_MB="0.05")
+    good = png_bytes(sorted((phantom_dir / "F4").glob("*.png"))[0])
+    big = b"\x89PNG\r\n\x1a\n" + bytes(60_000)
+    at.file_uploader[0].set_value([
+        ("liver1.png", good, "image/png"),
+        ("notes.png", b"just some text", "image/png"),
+        ("cut.png", good[:200], "image/png"),
+        ("huge.png", big, "image/png"),
+        ("report.dcm", dicom_bytes(None), "application/dicom"),
+        ("empty.png", b"", "image/png"),
+    ])
+    at.run()
+    assert not at.exception, at.exception
+    errors = {e.value.split(":")[0]: e.value for e in at.error}
+    assert set(errors) == {f"Could not analyse {n}" for n in ("notes.png", "cut.png", "huge.png", "report.dcm", "empty.png")}
+    assert "not a PNG, JPEG" in errors["Could not analyse notes.png"]
+    assert "truncated" in errors["Could not analyse cut.png"]
+    assert "upload limit" in errors["Could not analyse huge.png"]
+    assert "no pixel data" in errors["Could not analyse report.dcm"]
+    assert "empty" in errors["Could not analyse empty.png"]
+    # the good image still has its result
+    metric = {m.label: m.value for m in at.metric}
+    assert metric["Predicted class"] in LABELS
+    assert {"≥F2 significant", "≥F3 advanced", "F4 cirrhosis"} <= set(metric)
+    table = at.table[0].value
+    assert list(table.index) == LABELS and all(v.endswith("%") for v in table["probability"])
+    assert any("1 could not" in m.value or "5 could not" in m.value for m in at.markdown)
+    csv_text = at.session_state["results_csv"]
+    assert csv_text.count("\n") == 7 and "liver1.png," + metric["Predicted class"] in csv_text
+    assert len(at.get("download_button")) == 1
+
+    # the app keeps working: a new good upload after the bad ones is analysed
+    at.file_uploader[0].set_value([("liver2.png", png_bytes(sorted((phantom_dir / "F0").glob("*.png"))[0]), "image/png")])
+    at.run()
+    assert not at.exception and not at.error
+    assert [s.value for s in at.subheader] == ["liver2.png"]
+
+
+def test_probabilities_and_endpoints_match_the_predictor(app_run, phantom_dir, monkeypatch):
+    from liverscope.predict import Predictor
+
+    data = png_bytes(sorted((phantom_dir / "F2").glob("*.png"))[1])
+    ref, _ = Predictor.from_run(app_run, backend="torch").predict_bytes("p.png", data)
+    at = start(app_run, monkeypatch)
+    at.file_uploader[0].set_value(("p.png", data, "image/png"))
+    at.run()
+    table = at.table[0].value
+    for c in LABELS:
+        assert table.loc[c, "probability"] == f"{ref.probs[c]:.1%}"
+    metric = {m.label: m.value for m in at.metric}
+    assert metric["Predicted class"] == ref.label
+    assert metric["≥F2 significant"] == f"{ref.endpoints['≥F2']:.1%}"
+
+
+def test_dicom_identifiers_never_shown_or_written(app_run, monkeypatch):
+    at = start(app_run, monkeypatch)
+    at.file_uploader[0].set_value([
+        ("DOE_JANE_MRN-998877.dcm", dicom_bytes(fan_with_burned_in_text()), "application/dicom"),
+        ("jane-doe-19600101.dcm", dicom_bytes(None), "application/dicom"),
+    ])
+    at.run()
+    assert not at.exception
+    text = all_text(at)
+    assert "[redacted]" in text and "Predicted class" in text and "no pixel data" in text
+    csv_text = at.session_state["results_csv"]
+    for secret in SECRETS:
+        assert secret.lower() not in text.lower(), secret
+        assert secret.lower() not in csv_text.lower(), secret
+
+
+def test_non_metavir_labels_show_no_endpoints(app_run, phantom_dir, monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(app_run, run)
+    meta = read_json(run / "model.json")
+    meta["labels"] = ["normal", "fatty", "cirrhotic", "tumour", "other"]
+    from liverscope.utils import atomic_write_json
+
+    atomic_write_json(run / "model.json", meta)
+    at = start(run, monkeypatch)
+    at.file_uploader[0].set_value(("x.png", png_bytes(sorted((phantom_dir / "F1").glob("*.png"))[0]), "image/png"))
+    at.run()
+    assert [m.label for m in at.metric] == ["Predicted class"]
+    assert "p_ge_F2" not in at.session_state["results_csv"]
+
+
+@pytest.mark.slow
+def test_trained_run_predicts_an_obvious_phantom(trained_run, phantom_dir, monkeypatch):
+    """On the trained phantom run the page agrees with the Predictor, and shows the CAM overlay."""
+    from liverscope.predict import Predictor
+
+    at = start(trained_run, monkeypatch)
+    p = Predictor.from_run(trained_run, backend="torch")
+    files = sorted((phantom_dir / "F4").glob("*.png"))[-3:]
+    at.file_uploader[0].set_value([(f.name, f.read_bytes(), "image/png") for f in files])
+    at.run()
+    assert not at.exception and not at.error
+    shown = [m.value for m in at.metric if m.label == "Predicted class"]
+    assert shown == [r.label for r in p.predict_paths(files)]
+    captions = all_text(at)
+    assert "Grad-CAM" in captions
+
+
+# --------------------------------------------------------------------------------------------------
+# serve
+# --------------------------------------------------------------------------------------------------
+
+
+def _serve(monkeypatch, args):
+    import os
+
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+
+    calls = []
+
+    def fake_execve(exe, argv, env):
+        calls.append((argv, env))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", fake_execve)
+    res = CliRunner().invoke(app, ["serve", *args])
+    return res, calls
+
+
+def test_serve_binds_localhost_by_default(app_run, monkeypatch):
+    res, calls = _serve(monkeypatch, [str(app_run)])
+    assert res.exit_code == 0, res.output
+    argv, env = calls[0]
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert argv[argv.index("run") + 1].endswith("app.py")
+    assert env["LIVERSCOPE_RUN_DIR"] == str(app_run.resolve())
+    assert "no authentication" not in res.output
+
+
+def test_serve_elsewhere_warns_about_authentication(app_run, monkeypatch):
+    res, calls = _serve(monkeypatch, [str(app_run), "--host", "0.0.0.0", "--port", "9000", "--max-upload-mb", "20"])
+    assert res.exit_code == 0
+    assert "no authentication" in res.output and "proxy" in res.output
+    argv, env = calls[0]
+    assert argv[argv.index("--server.address") + 1] == "0.0.0.0"
+    assert argv[argv.index("--server.port") + 1] == "9000"
+    assert argv[argv.index("--server.maxUploadSize") + 1] == "20" and env["LIVERSCOPE_MAX_UPLOAD_MB"] == "20"
+
+
+def test_serve_refuses_a_folder_without_a_model(tmp_path, monkeypatch):
+    res, calls = _serve(monkeypatch, [str(tmp_path)])
+    assert res.exit_code == 2 and "train first" in res.output and not calls
