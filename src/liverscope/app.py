@@ -114,14 +114,32 @@ def redact(text: str, identifiers: list[str]) -> str:
     return text
 
 
-def blank_outside_sector(img: np.ndarray) -> np.ndarray:
-    """Set everything outside the ultrasound scan sector to black (removes burned-in border text)."""
+def blank_outside_sector(img: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Set everything outside the ultrasound scan sector (``mask``, found when not given) to black:
+    removes the burned-in text that ultrasound machines print in the border."""
     from liverscope.data.preprocess import sector_mask
 
-    mask = sector_mask(img)
+    mask = sector_mask(img) if mask is None else mask
     out = img.copy()
     out[~mask] = 0
     return out
+
+
+def mask_to_model_space(mask: np.ndarray, pp) -> np.ndarray:
+    """Carry a full-resolution boolean mask through the preprocessing geometry (sector crop when the
+    run crops, then the resize), so it lines up with the model input and its heatmaps."""
+    import cv2
+
+    if pp.crop_sector:  # preprocess_array crops to the bounding box of this same sector mask
+        ys, xs = np.nonzero(mask)
+        if len(ys):
+            mask = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return cv2.resize(mask.astype(np.uint8), (pp.size, pp.size), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def md_escape(text: str) -> str:
+    """Escape Markdown (and Streamlit's $…$ maths) in user-controlled text such as file names."""
+    return re.sub(r"([\\`*_{}\[\]<>#|~$])", r"\\\1", text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,17 +268,22 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     result = predictor.predict_arrays([model_input], [safe])[0]
     from liverscope.data.io import to_rgb
 
+    from liverscope.data.preprocess import sector_mask
+
     display = to_rgb(img)
+    shown_input = model_input
     is_dicom = sniff_format(data) == "dicom"
-    if is_dicom:
-        display = blank_outside_sector(display)
+    if is_dicom:  # blank burned-in border text (names, IDs, dates) in everything shown
+        mask = sector_mask(display)
+        display = blank_outside_sector(display, mask)
+        model_mask = mask_to_model_space(mask, predictor.pp)
+        shown_input = blank_outside_sector(model_input, model_mask)
     out = Analysis(safe, result, image=_downscale(display))
-    shown_input = blank_outside_sector(model_input) if is_dicom else model_input
     if with_cam:
         try:
             out.cam = cam_overlay(predictor.model, model_input, predictor.pp, predictor.labels.index(result.label))
             if is_dicom:
-                out.cam = np.where(blank_outside_sector(model_input) > 0, out.cam, 0).astype(np.uint8)
+                out.cam = blank_outside_sector(out.cam, model_mask)
         except Exception as exc:  # the prediction stands without its heatmap
             out.notes.append(f"heatmap unavailable ({type(exc).__name__}: {exc})")
     try:
@@ -351,18 +374,18 @@ def _render_sidebar(st, card: dict) -> None:
     sb.caption(f"Inference: {card['inference']}")
 
 
-def _render_analysis(st, a: Analysis, labels: list[str]) -> None:
+def _render_analysis(st, a: Analysis, labels: list[str], index: int) -> None:
     import pandas as pd
 
-    with st.container(border=True):
-        st.subheader(a.name)
+    with st.container(border=True, key=f"result-{index}"):
+        st.subheader(md_escape(a.name))
         if not a.ok:
-            st.error(f"Could not analyse {a.name}: {a.result.error}")
+            st.error(md_escape(f"Could not analyse {a.name}: {a.result.error}"))
             return
         r = a.result
         left, right = st.columns([1, 1])
         with left:
-            st.metric("Predicted class", r.label, f"probability {r.confidence:.1%}", delta_color="off")
+            st.metric("Predicted class", r.label, f"probability {r.confidence:.1%}", delta_color="off", delta_arrow="off")
             probs = pd.DataFrame({"probability": [r.probs[c] for c in labels]}, index=pd.Index(labels, name="class"))
             st.bar_chart(probs, y="probability", horizontal=True, height=40 + 32 * len(labels))
             st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
@@ -378,9 +401,9 @@ def _render_analysis(st, a: Analysis, labels: list[str]) -> None:
                 panels.append((a.cam, f"Grad-CAM: regions driving '{r.label}'"))
             if a.outline is not None:
                 panels.append((a.outline, "segmented regions (outline)"))
-            for img, caption in panels:
-                if img is not None:
-                    st.image(img, caption=caption, width="stretch")
+            panels = [(img, caption) for img, caption in panels if img is not None]
+            for col, (img, caption) in zip(st.columns(len(panels)), panels):
+                col.image(img, caption=caption, width="stretch")
             for note in a.notes:
                 st.caption(note)
 
@@ -442,8 +465,8 @@ def main() -> None:
     csv_text = results_csv([a.result for a in analyses], labels)
     st.session_state["results_csv"] = csv_text
     st.download_button("Download results (CSV)", csv_text, file_name=f"liverscope_{run_dir.name}_results.csv", mime="text/csv")
-    for a in analyses:
-        _render_analysis(st, a, labels)
+    for i, a in enumerate(analyses):
+        _render_analysis(st, a, labels, i)
 
 
 if __name__ == "__main__":

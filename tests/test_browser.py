@@ -1,0 +1,127 @@
+"""End-to-end: `liverscope serve` on the trained phantom run, driven by headless Chromium (Playwright).
+
+Needs Debian's ``chromium`` (``apt-get install chromium``) and pip ``playwright``; no browser is
+downloaded. Skips with a message when either is missing. A screenshot goes to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("LIVERSCOPE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install chromium) — browser test skipped")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright) — browser test skipped")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(run_dir: Path, log_path: Path):
+    """``liverscope serve RUN_DIR`` on a free port; yields the URL once the server answers."""
+    port = _free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "liverscope.cli", "serve", str(run_dir), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"liverscope serve exited ({proc.returncode}):\n{log_path.read_text()}")
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"liverscope serve did not answer in 90 s:\n{log_path.read_text()}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()  # `serve` exec'd Streamlit: this PID is the server itself
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_upload_through_the_page(browser, trained_run, phantom_dir, tmp_path):
+    from liverscope.predict import Predictor
+    from test_app import dicom_bytes, fan_with_burned_in_text  # tests/ is on sys.path (no package)
+
+    good = sorted((phantom_dir / "F4").glob("*.png"))[-1]
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(good.read_bytes()[:150])  # a truncated PNG
+    dicom = tmp_path / "DOE_JANE_998877.dcm"
+    dicom.write_bytes(dicom_bytes(fan_with_burned_in_text()))  # PatientName DOE^JANE, PatientID MRN-998877
+    expected = Predictor.from_run(trained_run).predict_paths([good])
+    expected = next(iter(expected))
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve(trained_run, tmp_path / "serve.log") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})  # tall: Streamlit scrolls inside the page, so a full-page shot is the viewport
+        try:
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_text("Decision support, not a diagnosis").wait_for(timeout=60_000)
+            page.locator('input[type="file"]').set_input_files([str(good), str(corrupt), str(dicom)])
+            page.get_by_text("Could not analyse broken.png").wait_for(timeout=90_000)
+            page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=90_000)
+            page.wait_for_timeout(1500)  # let the charts and images finish drawing for the screenshot
+            page.screenshot(path=str(ARTIFACTS / "app_upload.png"), full_page=True)
+
+            text = page.inner_text("body")
+            # the good image: its panel, predicted label and every class probability
+            panel_text = page.locator(".st-key-result-0").inner_text()  # the first upload's result panel
+            assert good.name in panel_text
+            assert "Predicted class" in panel_text
+            assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == expected.label
+            for c in expected.probs:
+                assert f"{expected.probs[c]:.1%}" in panel_text, (c, panel_text)
+            assert "≥F2 significant" in panel_text
+            # the corrupt file: a clear message, and the app carried on
+            assert "truncated" in text and "re-export" in text
+            # the DICOM: analysed, identifiers nowhere on the page
+            assert "[redacted]" in text
+            for secret in ("DOE", "JANE", "998877", "19600101"):
+                assert secret not in text, secret
+        finally:
+            page.close()
