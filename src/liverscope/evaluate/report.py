@@ -1,0 +1,1033 @@
+"""Plots (PNG) and the self-contained HTML report of a run directory.
+
+:func:`write_report` reads whatever a run directory holds (``metrics.json``, ``model.json``,
+``config.yaml``, ``history.csv``, ``split.csv``, ``predictions_test.csv``, ``audit.json``,
+``cv_folds.csv``, ``folds/*/history.csv``, ``cam_gallery/``) and renders one ``report.html`` with a
+section for each kind of result that is present; every image is embedded as base64, so the single file
+still works when it is mailed. Other modules add their own sections without editing this one::
+
+    write_report(run_dir, sections={
+        "Segmentation examples": run_dir / "seg_examples.png",      # an image file
+        "Notes": "<p>trained on the <b>night</b> queue</p>",         # trusted HTML
+        "Timing": {"train s": 812.4, "eval s": 3.1},                 # a mapping: a table
+        "Faithfulness": lambda run: build_html(run.metrics),         # a builder: RunData -> any of these
+        "ROC curves": None,                                          # drop a built-in section
+    })
+
+Plots use matplotlib's object-oriented API on an Agg canvas (no pyplot, no global backend switch), so
+they are safe inside the web app and in threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from liverscope.errors import LiverscopeError
+from liverscope.utils import atomic_path, atomic_write_text
+
+IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}
+
+#: Most CAM gallery images embedded in one report (each adds its bytes x 4/3 to the HTML).
+MAX_GALLERY_IMAGES = 60
+
+_DPI = 110
+_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=_DPI, facecolor="white")
+    return path
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalise: bool = True, title: str | None = None) -> Path:
+    """Confusion matrix as an annotated heat map (rows: true class, columns: predicted class).
+
+    Args:
+        cm: ``(K, K)`` counts.
+        class_names: the K labels.
+        path: output PNG.
+        normalise: colour by the fraction of each true class (cells show fraction and count); else by count.
+        title: figure title (default names the normalisation and n).
+
+    Returns:
+        ``path``.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    k = len(class_names)
+    if cm.shape != (k, k):
+        raise LiverscopeError(f"confusion matrix of shape {cm.shape} does not match {k} class names")
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.where(rows > 0, cm / np.where(rows > 0, rows, 1), 0.0)
+    values = frac if normalise else cm.astype(np.float64)
+    side = max(3.8, 0.85 * k + 2.2)
+    fig = _figure(side + 0.9, side)
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalise else max(1.0, float(values.max()))
+    im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class" if normalise else "images")
+    small = k > 8
+    for i in range(k):
+        for j in range(k):
+            text = f"{frac[i, j]:.2f}\n({cm[i, j]})" if normalise and not small else f"{cm[i, j]}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if small else 9,
+                    color="white" if values[i, j] > 0.55 * vmax else "#222")
+    ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45 if max(len(str(c)) for c in class_names) > 4 else 0, ha="right" if max(len(str(c)) for c in class_names) > 4 else "center")
+    ax.set_yticks(range(k), [str(c) for c in class_names])
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    n = int(cm.sum())
+    acc = np.trace(cm) / n if n else float("nan")
+    ax.set_title(title or f"Confusion matrix{' (row-normalised)' if normalise else ''}\nn = {n}, accuracy {acc:.3f}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_roc_curves(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str], path: str | Path, endpoints: Any = None) -> Path:
+    """One-vs-rest ROC curve of every class, and a second panel with the clinical endpoints
+    (≥F2, ≥F3, F4) when the labels are METAVIR stages.
+
+    Args:
+        y_true: ``(n,)`` true class indices.
+        probs: ``(n, K)`` probabilities.
+        class_names: the labels.
+        path: output PNG.
+        endpoints: see :func:`liverscope.evaluate.metrics.endpoint_definitions` (default: automatic).
+
+    Returns:
+        ``path``.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from liverscope.evaluate.metrics import endpoint_definitions
+
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    names = [str(c) for c in class_names]
+    defs = endpoint_definitions(names, endpoints)
+    fig = _figure(10.5 if defs else 5.6, 4.9)
+    axes = fig.subplots(1, 2 if defs else 1, squeeze=False)[0]
+
+    def panel(ax, curves, title):
+        ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="chance")
+        for i, (label, pos, score, point) in enumerate(curves):
+            if not 0 < pos.sum() < pos.size:
+                continue
+            fpr, tpr, _ = roc_curve(pos, score)
+            auc = roc_auc_score(pos, score)
+            colour = _COLOURS[i % len(_COLOURS)]
+            ax.plot(fpr, tpr, lw=1.8, color=colour, label=f"{label} (AUC {auc:.3f}, n+={int(pos.sum())})")
+            if point is not None:
+                ax.plot(*point, marker="o", ms=6, color=colour, mec="black", mew=0.6)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("False positive rate (1 − specificity)")
+        ax.set_ylabel("True positive rate (sensitivity)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
+
+    with np.errstate(invalid="ignore"):
+        aucs = [roc_auc_score(y == k, p[:, k]) for k in range(len(names)) if 0 < (y == k).sum() < y.size]
+    macro = f" (macro AUC {np.mean(aucs):.3f})" if aucs else ""
+    panel(axes[0], [(names[k], y == k, p[:, k], None) for k in range(len(names))], f"One class vs rest{macro}")
+    if defs:
+        pred = p.argmax(axis=1)
+        curves = []
+        for key, d in defs.items():
+            pos = np.isin(y, d["index"])
+            pred_pos = np.isin(pred, d["index"])
+            point = None
+            if 0 < pos.sum() < pos.size:  # the model's own (argmax) operating point
+                point = ((pred_pos & ~pos).sum() / (~pos).sum(), (pred_pos & pos).sum() / pos.sum())
+            curves.append((f"{key} {d['name']}", pos, p[:, d["index"]].sum(axis=1), point))
+        panel(axes[1], curves, "Clinical endpoints (dot: argmax decision)")
+    return _save(fig, path)
+
+
+def plot_reliability(probs: np.ndarray, y_true: Sequence[int], path: str | Path, n_bins: int = 15, calibrated: np.ndarray | None = None, labels: tuple[str, str] = ("uncalibrated", "temperature-scaled")) -> Path:
+    """Reliability diagram (confidence against accuracy per bin) above a histogram of confidences.
+
+    Args:
+        probs: ``(n, K)`` probabilities.
+        y_true: ``(n,)`` true class indices.
+        path: output PNG.
+        n_bins: equal-width confidence bins.
+        calibrated: optional second set of probabilities of the same cases (e.g. after temperature
+            scaling), drawn on the same axes.
+        labels: legend names of ``probs`` and ``calibrated``.
+
+    Returns:
+        ``path``.
+    """
+    from liverscope.evaluate.stats import expected_calibration_error, reliability_curve
+
+    sets = [(labels[0] if calibrated is not None else "model", probs)]
+    if calibrated is not None:
+        sets.append((labels[1], calibrated))
+    fig = _figure(5.4, 6.0)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1.2], sharex=True)
+    top.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="perfect calibration")
+    width = 1.0 / n_bins
+    for i, (label, pr) in enumerate(sets):
+        curve = reliability_curve(pr, y_true, n_bins)
+        ece = expected_calibration_error(pr, y_true, n_bins)
+        full = curve["count"] > 0
+        colour = _COLOURS[i]
+        top.plot(curve["confidence"][full], curve["accuracy"][full], marker="o", ms=4, lw=1.6, color=colour, label=f"{label} (ECE {ece:.3f})")
+        centres = curve["edges"][:-1] + width / 2
+        offset = (i - (len(sets) - 1) / 2) * width / max(len(sets), 1)
+        bottom.bar(centres + offset, curve["count"], width=width / len(sets), color=colour, alpha=0.75, label=label)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("Accuracy in bin")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(f"Reliability diagram ({n_bins} bins, top-label confidence)", fontsize=10)
+    bottom.set_xlabel("Confidence (highest class probability)")
+    bottom.set_ylabel("Images")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _read_csv(path: str | Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _column(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of the rows where ``key`` has a number."""
+    xs, ys = [], []
+    for i, r in enumerate(rows):
+        v = r.get(key)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            try:
+                xs.append(float(r.get("epoch", i)))
+            except (TypeError, ValueError):
+                xs.append(float(i))
+            ys.append(v)
+    return np.asarray(xs), np.asarray(ys)
+
+
+def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any], path: str | Path) -> Path:
+    """Loss, validation accuracy and learning rate per epoch.
+
+    Args:
+        history: ``history.csv`` (or its rows as dicts: ``epoch, train_loss, val_loss, val_acc,
+            val_balanced_acc, lr``), or a mapping ``{name: csv or rows}`` to overlay several runs (the
+            folds of a cross-validation).
+        path: output PNG.
+
+    Returns:
+        ``path``.
+    """
+    if isinstance(history, Mapping):
+        runs = {str(k): (_read_csv(v) if isinstance(v, (str, Path)) else list(v)) for k, v in history.items()}
+    else:
+        runs = {"": _read_csv(history) if isinstance(history, (str, Path)) else list(history)}
+    if not any(runs.values()):
+        raise LiverscopeError(f"no training history rows to plot for {path}")
+    has_lr = any(_column(rows, "lr")[0].size for rows in runs.values())
+    fig = _figure(4.2 * (3 if has_lr else 2), 3.6)
+    axes = fig.subplots(1, 3 if has_lr else 2)
+    ax_loss, ax_acc = axes[0], axes[1]
+    single = len(runs) == 1
+    for i, (name, rows) in enumerate(runs.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        prefix = f"{name} " if name else ""
+        for key, style, label in (("train_loss", "--", "train"), ("val_loss", "-", "validation")):
+            x, v = _column(rows, key)
+            if x.size:
+                ax_loss.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=colour if not single else (_COLOURS[0] if key == "train_loss" else _COLOURS[1]), label=f"{prefix}{label}")
+        if single:
+            x, v = _column(rows, "val_loss")
+            if x.size:
+                best = x[int(np.argmin(v))]
+                ax_loss.axvline(best, color="#555", ls=":", lw=1, label=f"lowest val. loss (epoch {best:g})")
+        for key, style, label in (("val_acc", "--", "accuracy"), ("val_balanced_acc", "-", "balanced accuracy")):
+            x, v = _column(rows, key)
+            if x.size:
+                ax_acc.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=colour if not single else (_COLOURS[2] if key == "val_acc" else _COLOURS[3]), label=f"{prefix}{label}")
+        if has_lr:
+            x, v = _column(rows, "lr")
+            if x.size:
+                axes[2].plot(x, v, color=colour, label=name or None)
+    ax_loss.set_title("Loss", fontsize=10)
+    ax_loss.set_ylabel("cross-entropy")
+    ax_acc.set_title("Validation accuracy", fontsize=10)
+    ax_acc.set_ylim(0, 1.02)
+    for ax in axes:
+        ax.set_xlabel("Epoch")
+        ax.grid(alpha=0.3)
+    for ax, loc in ((ax_loss, "best"), (ax_acc, "lower right")):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc=loc)
+    if has_lr:
+        axes[2].set_title("Learning rate", fontsize=10)
+        lrs = np.concatenate([_column(rows, "lr")[1] for rows in runs.values()])
+        if lrs.size and lrs.min() > 0 and lrs.max() / lrs.min() > 10:  # schedules that decay to 0 stay linear
+            axes[2].set_yscale("log")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML building blocks (public: other modules build their sections with them)
+# --------------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table: floats to ``digits`` decimals, ints as they are, ``None``/NaN as an em dash."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "—" if not math.isfinite(value) else f"{value:.{digits}f}"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if f.is_integer() and str(value).strip().lstrip("-").isdigit():
+        return str(int(f))
+    return "—" if not math.isfinite(f) else f"{f:.{digits}f}"
+
+
+def _label(key: Any) -> str:
+    """A data key as a column title: ``val_balanced_accuracy`` -> ``val balanced accuracy``."""
+    return str(key).replace("_", " ")
+
+
+def fmt_ci(value: Any, ci: Sequence[float] | None, digits: int = 3) -> str:
+    """``0.812 (0.781–0.840)``: a value and its 95% interval."""
+    if ci is None or value is None or any(v is None for v in ci):
+        return fmt(value, digits)
+    return f"{fmt(value, digits)} <span class=ci>({fmt(ci[0], digits)}–{fmt(ci[1], digits)})</span>"
+
+
+def table_html(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, raw: bool = False, first_col_header: bool = True, caption: str | None = None) -> str:
+    """An HTML table; cells are escaped and numbers formatted unless ``raw`` (cells already HTML).
+
+    Args:
+        header: column titles, or ``None`` for a key/value table without a header row.
+        rows: the cells, row by row.
+        raw: the cells are HTML already (escape them yourself).
+        first_col_header: render the first cell of each row as a row header.
+        caption: a title above the table.
+    """
+    out = ['<table class="kv">' if header is None else "<table>"]
+    if caption:
+        out.append(f"<caption>{html.escape(caption)}</caption>")
+    if header is not None:
+        out.append("<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead>")
+    out.append("<tbody>")
+    for row in rows:
+        cells = []
+        for j, v in enumerate(row):
+            text = str(v) if raw else (html.escape(fmt(v)) if not isinstance(v, str) else html.escape(v))
+            numeric = not isinstance(v, str) or raw
+            tag = "th" if j == 0 and first_col_header else "td"
+            cls = ' class="num"' if numeric and tag == "td" else ""
+            cells.append(f"<{tag}{cls}>{text}</{tag}>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def image_html(image: str | Path | bytes, alt: str = "", caption: str | None = None, mime: str = "image/png", width: str | None = None) -> str:
+    """An image embedded as a base64 data URI (no reference to a local file), in a ``<figure>``."""
+    if isinstance(image, (str, Path)):
+        p = Path(image)
+        mime = IMAGE_SUFFIXES.get(p.suffix.lower(), mime)
+        data = p.read_bytes()
+    else:
+        data = bytes(image)
+    b64 = base64.b64encode(data).decode("ascii")
+    style = f' style="max-width:{html.escape(width)}"' if width else ""
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="data:{mime};base64,{b64}" alt="{html.escape(alt)}"{style}>{cap}</figure>'
+
+
+def generic_html(obj: Any) -> str:
+    """Any JSON-like value as HTML: a mapping of mappings as a table (rows x keys), a flat mapping as a
+    two-column table, a list of mappings as a table, anything else as preformatted text."""
+    import json
+
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, Mapping) for v in obj.values()):
+        cols: list[str] = []
+        for v in obj.values():
+            cols += [c for c in v if c not in cols and not isinstance(v[c], (Mapping, list))]
+        if cols:
+            return table_html(["", *[_label(c) for c in cols]], [[str(k), *[v.get(c) for c in cols]] for k, v in obj.items()])
+    if isinstance(obj, Mapping) and obj and all(not isinstance(v, (Mapping, list)) for v in obj.values()):
+        return table_html(None, [[_label(k), v] for k, v in obj.items()])
+    if isinstance(obj, list) and obj and all(isinstance(r, Mapping) for r in obj):
+        cols = []
+        for r in obj:
+            cols += [c for c in r if c not in cols]
+        return table_html([_label(c) for c in cols], [[r.get(c) for c in cols] for r in obj], first_col_header=False)
+    return f"<pre>{html.escape(json.dumps(obj, indent=2, ensure_ascii=False, default=str))}</pre>"
+
+
+def _note(text: str, kind: str = "note") -> str:
+    return f'<div class="{kind}">{html.escape(text)}</div>'
+
+
+# --------------------------------------------------------------------------------------------------
+# what a run directory holds
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """The contents of a run directory that the report uses; missing files are ``None``/empty.
+
+    Attributes:
+        run_dir: the directory.
+        metrics: ``metrics.json``.
+        model: ``model.json``.
+        config_text: ``config.yaml`` as text.
+        audit: ``audit.json``.
+        history: ``{"": rows}`` from ``history.csv``, or ``{"fold0": rows, ...}`` from the folds.
+        split: rows of ``split.csv``.
+        predictions: ``{"y", "probs", "logits" (or None), "sources"}`` from ``predictions_test.csv``.
+        folds: rows of ``cv_folds.csv`` (or ``metrics["folds"]``).
+        class_names: the labels.
+        problems: files that exist but could not be read, with the reason.
+    """
+
+    run_dir: Path
+    metrics: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    config_text: str | None = None
+    audit: dict | None = None
+    history: dict[str, list[dict]] = field(default_factory=dict)
+    split: list[dict] | None = None
+    predictions: dict | None = None
+    folds: list[dict] | None = None
+    class_names: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def test(self) -> dict:
+        return self.metrics.get("test") or {}
+
+    @property
+    def temperature(self) -> float | None:
+        t = self.model.get("temperature") or self.metrics.get("temperature")
+        return float(t) if t else None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunData":
+        from liverscope.utils import read_json
+
+        run_dir = Path(run_dir)
+        data = cls(run_dir)
+
+        def attempt(name: str, fn: Callable[[Path], Any]) -> Any:
+            path = run_dir / name
+            if not path.exists():
+                return None
+            try:
+                return fn(path)
+            except Exception as exc:  # a damaged file costs its section, not the report
+                data.problems.append(f"{name}: {type(exc).__name__}: {exc}")
+                return None
+
+        data.metrics = attempt("metrics.json", read_json) or {}
+        data.model = attempt("model.json", read_json) or {}
+        data.config_text = attempt("config.yaml", lambda p: p.read_text(encoding="utf-8"))
+        data.audit = attempt("audit.json", read_json)
+        data.split = attempt("split.csv", _read_csv)
+        data.folds = attempt("cv_folds.csv", _read_csv) or data.metrics.get("folds") or None
+        own = attempt("history.csv", _read_csv)
+        if own:
+            data.history = {"": own}
+        else:
+            for fold_hist in sorted((run_dir / "folds").glob("*/history.csv"), key=lambda p: p.parent.name) if (run_dir / "folds").is_dir() else []:
+                rows = attempt(str(fold_hist.relative_to(run_dir)), _read_csv)
+                if rows:
+                    data.history[fold_hist.parent.name] = rows
+        data.class_names = [str(c) for c in (data.model.get("labels") or data.metrics.get("class_names") or data.test.get("class_names") or [])]
+        data.predictions = attempt("predictions_test.csv", data._read_predictions)
+        return data
+
+    def _read_predictions(self, path: Path) -> dict | None:
+        rows = _read_csv(path)
+        if not rows:
+            return None
+        names = self.class_names or [c[len("prob_"):] for c in rows[0] if c.startswith("prob_")]
+        if not self.class_names:
+            self.class_names = names
+        index = {c: i for i, c in enumerate(names)}
+        unknown = sorted({r["label"] for r in rows} - set(index))
+        if unknown:
+            raise LiverscopeError(f"labels {unknown} are not among the run's labels {names}")
+        missing = [f"prob_{c}" for c in names if f"prob_{c}" not in rows[0]]
+        if missing:
+            raise LiverscopeError(f"columns {missing} missing")
+        y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+        probs = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows], dtype=np.float64)
+        logits = None
+        if all(f"logit_{c}" in rows[0] for c in names):
+            logits = np.array([[float(r[f"logit_{c}"]) for c in names] for r in rows], dtype=np.float64)
+        sources = [r.get("source") or "unknown" for r in rows]
+        return {"y": y, "probs": probs, "logits": logits, "sources": sources}
+
+
+# --------------------------------------------------------------------------------------------------
+# the built-in sections: each returns HTML, or None when its data is absent
+# --------------------------------------------------------------------------------------------------
+
+_HEADLINE_ROWS = (
+    ("n", "images"),
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("macro_f1", "macro F1"),
+    ("weighted_f1", "weighted F1"),
+    ("macro_auc", "macro AUC (one vs rest)"),
+    ("quadratic_kappa", "quadratic-weighted kappa"),
+    ("ece", "expected calibration error"),
+)
+
+_EVAL_SETS = (("test", "hold-out test"), ("oof", "out-of-fold (cross-validation)"), ("validation", "validation"))
+
+
+def _headline_cell(m: Mapping[str, Any], key: str) -> str:
+    ci = (m.get("ci") or {}).get(key) or {}
+    return fmt_ci(m.get(key), ci.get("ci95"))
+
+
+def section_summary(run: RunData) -> str | None:
+    if not run.metrics and not run.model:
+        return None
+    parts = []
+    arch = run.model.get("architecture") or {}
+    facts = [
+        ("run", run.run_dir.name),
+        ("model", " / ".join(str(arch[k]) for k in ("name", "head") if arch.get(k)) or None),
+        ("weights", run.model.get("weights_source")),
+        ("labels", ", ".join(run.class_names) or None),
+        ("split", run.metrics.get("split")),
+        ("evaluated on", run.metrics.get("data")),
+        ("fold models in the ensemble", len(run.model["ensemble"]) if run.model.get("ensemble") else None),
+        ("temperature", fmt(run.temperature) if run.temperature else None),
+        ("liverscope", run.model.get("liverscope_version")),
+    ]
+    parts.append(table_html(None, [[k, str(v)] for k, v in facts if v not in (None, "")]))
+    sets = [(key, label) for key, label in _EVAL_SETS if run.metrics.get(key)]
+    if sets:
+        rows = []
+        for key, label in _HEADLINE_ROWS:
+            if any(run.metrics[s].get(key) is not None for s, _ in sets):
+                rows.append([label, *[_headline_cell(run.metrics[s], key) for s, _ in sets]])
+        parts.append(table_html(["figure", *[label for _, label in sets]], [[html.escape(r[0]), *r[1:]] for r in rows], raw=True))
+        if any(run.metrics[s].get("ci") for s, _ in sets):
+            method = next((run.metrics[s].get("ci_method") for s, _ in sets if run.metrics[s].get("ci_method")), {}) or {}
+            parts.append(_note(f"In brackets: 95% confidence intervals, percentile bootstrap over images ({method.get('n_boot', 1000)} resamples). "
+                               "Images of one patient or duplicate group are not independent, so these intervals are if anything too narrow."))
+    if run.metrics.get("split") == "random":
+        parts.append(_note("Random split: copies and near-copies of an image can sit in both training and test, so these figures overstate "
+                           "performance on new patients. Use the grouped split for honest figures.", "warn"))
+    if run.audit and (run.audit.get("summary") or {}).get("confounded"):
+        parts.append(_note("The audit found the class predictable from the acquisition source: check the per-source results.", "warn"))
+    if run.metrics.get("n_skipped"):
+        parts.append(_note(f"{run.metrics['n_skipped']} file(s) could not be read and were left out.", "warn"))
+    return "".join(parts)
+
+
+def section_audit(run: RunData) -> str | None:
+    if not run.audit:
+        return None
+    s = run.audit.get("summary") or {}
+    labels = [
+        ("files", "files"), ("distinct", "byte-distinct images"), ("groups", "independent groups (after merging near-duplicates)"),
+        ("duplicate_files", "redundant byte-identical copies"), ("max_copies", "most copies of one image"),
+        ("near_duplicate_files", "files in near-duplicate groups"), ("label_conflicts", "label conflicts"),
+        ("sources", "acquisition sources"), ("cramers_v", "class–source association (Cramér's V)"),
+        ("confounded", "class predictable from source"), ("unreadable", "unreadable files"),
+        ("extension_mismatches", "extension does not match content"),
+    ]
+    parts = [table_html(None, [[label, s.get(k)] for k, label in labels if k in s])]
+    for w in run.audit.get("warnings") or []:
+        parts.append(_note(w, "warn"))
+    if not run.audit.get("warnings"):
+        parts.append(_note("No duplicates, label conflicts, confounding or bad files found.", "ok"))
+    cont = run.audit.get("contingency") or {}
+    if cont.get("table") and len(cont.get("sources") or []) > 1:
+        rows = [[c, *r] for c, r in zip(cont["classes"], cont["table"])]
+        parts.append(table_html(["class \\ source", *cont["sources"]], rows, caption="Images per class and acquisition source"))
+    return "".join(parts)
+
+
+def section_split(run: RunData) -> str | None:
+    if not run.split:
+        return None
+    rows = run.split
+    labels = run.class_names or sorted({r["label"] for r in rows})
+    labels += sorted({r["label"] for r in rows} - set(labels))
+    has_fold = "fold" in rows[0]
+
+    def part_of(r: dict) -> str:
+        if has_fold and r.get("split") != "test" and str(r.get("fold", "")).lstrip("-").isdigit() and int(r["fold"]) >= 0:
+            return f"fold {r['fold']}"
+        return r.get("split") or "?"
+
+    order = {"train": 0, "val": 1, "dev": 2, "test": 9}
+    parts_ = sorted({part_of(r) for r in rows}, key=lambda s: (order.get(s, 5), s))
+    count: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (part_of(r), r["label"])
+        count[key] = count.get(key, 0) + 1
+    body = [[p, *[count.get((p, c), 0) for c in labels], sum(count.get((p, c), 0) for c in labels)] for p in parts_]
+    body.append(["total", *[sum(count.get((p, c), 0) for p in parts_) for c in labels], len(rows)])
+    out = [table_html(["split", *labels, "total"], body, caption="Images per split and class")]
+    sources = sorted({r.get("source") or "unknown" for r in rows})
+    if len(sources) > 1:
+        sc: dict[tuple[str, str], int] = {}
+        for r in rows:
+            key = (part_of(r), r.get("source") or "unknown")
+            sc[key] = sc.get(key, 0) + 1
+        out.append(table_html(["split", *sources], [[p, *[sc.get((p, s), 0) for s in sources]] for p in parts_], caption="Images per split and acquisition source"))
+    if rows and "group" in rows[0] and any(r.get("group") for r in rows):
+        sides: dict[str, set] = {}
+        for r in rows:
+            if r.get("group"):
+                sides.setdefault(r["group"], set()).add("test" if r.get("split") == "test" else part_of(r))
+        straddle = sum(1 for v in sides.values() if len(v) > 1)
+        n_groups = len(sides)
+        if straddle:
+            out.append(_note(f"{straddle} of {n_groups} duplicate/patient groups have images on more than one side of the split: "
+                             "those test images have copies in training.", "warn"))
+        else:
+            out.append(_note(f"{n_groups} duplicate/patient groups; none has images on more than one side of the split.", "ok"))
+    return "".join(out)
+
+
+def section_training(run: RunData) -> str | None:
+    if not run.history:
+        return None
+    path = run.run_dir / "curves.png"
+    plot_training_curves(run.history if len(run.history) > 1 or "" not in run.history else run.history[""], path)
+    what = "each fold's training (one colour per fold)" if len(run.history) > 1 else "training"
+    return image_html(path, "training curves", f"Loss, validation accuracy and learning rate per epoch of {what}.")
+
+
+def section_confusion(run: RunData) -> str | None:
+    cm = run.test.get("confusion_matrix")
+    if not cm or not run.class_names:
+        return None
+    path = plot_confusion_matrix(np.asarray(cm), run.class_names, run.run_dir / "confusion_matrix.png")
+    return image_html(path, "confusion matrix", "Rows: true class; columns: predicted class. Cells: fraction of the true class (count).", width="34em")
+
+
+def section_roc(run: RunData) -> str | None:
+    pr = run.predictions
+    if not pr or len(pr["y"]) == 0:
+        return None
+    path = plot_roc_curves(pr["y"], pr["probs"], run.class_names, run.run_dir / "roc_curves.png")
+    return image_html(path, "ROC curves", f"Test set, n = {len(pr['y'])}.")
+
+
+def section_per_class(run: RunData) -> str | None:
+    pc = run.test.get("per_class")
+    if not pc:
+        return None
+    cols = ["support", "precision", "recall", "specificity", "ppv", "npv", "f1", "auc", "tp", "fp", "fn", "tn"]
+    header = ["class", "n", "precision", "sensitivity (recall)", "specificity", "PPV", "NPV", "F1", "AUC", "TP", "FP", "FN", "TN"]
+    rows = [[name, *[v.get(c) for c in cols]] for name, v in pc.items()]
+    t = run.test
+    rows.append(["macro average", t.get("n"), t.get("macro_precision"), t.get("macro_recall"), t.get("macro_specificity"), None, None, t.get("macro_f1"), t.get("macro_auc"), None, None, None, None])
+    return table_html(header, rows) + _note("One class against the rest. PPV equals precision; — marks a figure that is undefined (no such images or predictions).")
+
+
+def section_endpoints(run: RunData) -> str | None:
+    ep = run.test.get("endpoints")
+    if not ep:
+        return None
+    rows = []
+    for key, e in ep.items():
+        rows.append([
+            html.escape(f"{key} {e.get('name', '')}"), html.escape(", ".join(e.get("positive", []))),
+            f"{e.get('n_positive', '—')} / {e.get('n', '—')}", fmt_ci(e.get("auc"), e.get("auc_ci95")),
+            *[fmt(e.get(c)) for c in ("sensitivity", "specificity", "ppv", "npv")],
+        ])
+    header = ["endpoint", "positive stages", "positive / n", "AUC (95% CI)", "sensitivity", "specificity", "PPV", "NPV"]
+    return table_html(header, rows, raw=True) + _note(
+        "Endpoint probability = sum of the probabilities of its stages (used for the AUC); sensitivity and specificity are "
+        "at the model's own decision (the most probable stage).")
+
+
+def section_calibration(run: RunData) -> str | None:
+    from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood, softmax
+
+    pr = run.predictions
+    t = run.test
+    if not pr and t.get("ece") is None:
+        return None
+    parts = []
+    temperature = run.temperature
+    if pr and pr["logits"] is not None:
+        raw = softmax(pr["logits"])
+        rows = [["uncalibrated (T = 1)", expected_calibration_error(raw, pr["y"]), negative_log_likelihood(pr["logits"], pr["y"])]]
+        cal = None
+        if temperature and abs(temperature - 1.0) > 1e-9:
+            cal = softmax(pr["logits"], temperature)
+            rows.append([f"temperature-scaled (T = {temperature:.3f})", expected_calibration_error(cal, pr["y"]), negative_log_likelihood(pr["logits"], pr["y"], temperature)])
+        parts.append(table_html(["test-set probabilities", "ECE (15 bins)", "NLL"], rows))
+        path = plot_reliability(raw, pr["y"], run.run_dir / "reliability.png", calibrated=cal)
+    elif pr:
+        parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [["as predicted", expected_calibration_error(pr["probs"], pr["y"])]]))
+        path = plot_reliability(pr["probs"], pr["y"], run.run_dir / "reliability.png")
+    else:
+        path = None
+        rows = [["uncalibrated", t.get("ece_uncalibrated")], ["temperature-scaled", t.get("ece")]]
+        parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [r for r in rows if r[1] is not None]))
+    if path is not None:
+        parts.append(image_html(path, "reliability diagram", "Points: mean confidence and accuracy of the images in each confidence bin; below: how many images fall in each bin.", width="30em"))
+    parts.append(_note("Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on the validation set; it changes "
+                       "confidences, never the predicted class." if temperature else
+                       "No temperature is stored with this model (a fold ensemble averages uncalibrated logits)."))
+    return "".join(parts)
+
+
+def _group_table(groups: Mapping[str, Mapping[str, Any]]) -> str:
+    keys = [("n", "n"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro F1"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "QW kappa")]
+    present = [(k, l) for k, l in keys if any(g.get(k) is not None for g in groups.values())]
+    return table_html(["source", *[l for _, l in present]], [[name, *[g.get(k) for k, _ in present]] for name, g in groups.items()])
+
+
+def section_by_source(run: RunData) -> str | None:
+    blocks = [(k, label) for k, label in (("test_by_source", "hold-out test"), ("oof_by_source", "out-of-fold (cross-validation)")) if (run.metrics.get(k) or {}).get("groups")]
+    if not blocks:
+        return None
+    parts = []
+    for key, label in blocks:
+        res = run.metrics[key]
+        parts.append(f"<h3>{html.escape(label)}</h3>" + _group_table(res["groups"]))
+        if res.get("note"):
+            parts.append(_note(res["note"]))
+    parts.append(_note("A figure that holds in the pooled data but not within each source may be learning the scanner, not the liver."))
+    return "".join(parts)
+
+
+def _mean_sd(values: list[Any]) -> str:
+    xs = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            xs.append(f)
+    if not xs:
+        return "—"
+    digits = 1 if all(x.is_integer() for x in xs) else 3  # counts (n_val) need no three decimals
+    return f"{np.mean(xs):.{digits}f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.{digits}f}"
+
+
+
+def section_folds(run: RunData) -> str | None:
+    if not run.folds:
+        return None
+    cols = [c for c in run.folds[0] if c != "fold"]
+    rows = [[f"fold {r.get('fold', i)}", *[r.get(c) for c in cols]] for i, r in enumerate(run.folds)]
+    rows = [[html.escape(str(r[0])), *[html.escape(fmt(v)) for v in r[1:]]] for r in rows]
+    rows.append(["<b>mean ± sd</b>", *[_mean_sd([r.get(c) for r in run.folds]) for c in cols]])
+    parts = [table_html(["", *[_label(c) for c in cols]], rows, raw=True)]
+    oof = run.metrics.get("oof")
+    if oof:
+        parts.append(_note(f"Out-of-fold (every development image scored by the fold model that did not train on it, n = {oof.get('n')}): "
+                           f"balanced accuracy {fmt(oof.get('balanced_accuracy'))}, macro AUC {fmt(oof.get('macro_auc'))}"
+                           + (f", QW kappa {fmt(oof.get('quadratic_kappa'))}" if oof.get("quadratic_kappa") is not None else "") + "."))
+    return "".join(parts)
+
+
+def section_ensemble(run: RunData) -> str | None:
+    ens = run.metrics.get("ensemble")
+    if not ens:
+        return None
+    keys = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro F1"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "QW kappa")]
+    keys = [(k, l) for k, l in keys if ens.get(k) is not None]
+    rows = []
+    fold_rows = run.folds or []
+    for i, r in enumerate(fold_rows):
+        if any(r.get(f"test_{k}") not in (None, "") for k, _ in keys):
+            rows.append([html.escape(f"fold {r.get('fold', i)} model"), *[html.escape(fmt(r.get(f"test_{k}"))) for k, _ in keys]])
+    if rows:
+        rows.append(["mean of the fold models", *[_mean_sd([r.get(f"test_{k}") for r in fold_rows]) for k, _ in keys]])
+    rows.append([f"<b>ensemble</b> (n = {ens.get('n')})", *[f"<b>{_headline_cell(ens, k)}</b>" for k, _ in keys]])
+    return table_html(["model (hold-out test)", *[l for _, l in keys]], rows, raw=True) + _note(
+        "The ensemble averages the fold models' logits, then applies softmax.")
+
+
+def section_gallery(run: RunData) -> str | None:
+    folder = run.run_dir / "cam_gallery"
+    if not folder.is_dir():
+        return None
+    from liverscope.utils import read_json
+
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        return None
+    captions = {}
+    if (folder / "captions.json").exists():
+        try:
+            captions = read_json(folder / "captions.json")
+        except Exception:
+            captions = {}
+    shown = images[:MAX_GALLERY_IMAGES]
+    cells = "".join(image_html(p, p.stem, captions.get(p.name) or p.stem.replace("_", " ")) for p in shown)
+    more = _note(f"{len(images) - len(shown)} more images in cam_gallery/.") if len(images) > len(shown) else ""
+    return f'<div class="gallery">{cells}</div>{more}'
+
+
+def section_segmentation(run: RunData) -> str | None:
+    seg = run.metrics.get("segmentation")
+    if not seg:
+        return None
+    if isinstance(seg, Mapping):
+        parts = []
+        flat = {k: v for k, v in seg.items() if not isinstance(v, (Mapping, list))}
+        if flat:
+            parts.append(generic_html(flat))
+        for k, v in seg.items():
+            if isinstance(v, (Mapping, list)):
+                parts.append(f"<h3>{html.escape(str(k).replace('_', ' '))}</h3>" + generic_html(v))
+        return "".join(parts)
+    return generic_html(seg)
+
+
+def section_config(run: RunData) -> str | None:
+    if not run.config_text:
+        return None
+    return f"<details><summary>config.yaml (the resolved recipe of this run)</summary><pre>{html.escape(run.config_text)}</pre></details>"
+
+
+#: The built-in sections in page order: (title, builder). A builder returns HTML or ``None`` (no data).
+SECTIONS: tuple[tuple[str, Callable[[RunData], str | None]], ...] = (
+    ("Summary", section_summary),
+    ("Data audit", section_audit),
+    ("Data split", section_split),
+    ("Training curves", section_training),
+    ("Confusion matrix", section_confusion),
+    ("ROC curves", section_roc),
+    ("Per-class metrics", section_per_class),
+    ("Clinical endpoints", section_endpoints),
+    ("Calibration", section_calibration),
+    ("Results by acquisition source", section_by_source),
+    ("Cross-validation folds", section_folds),
+    ("Fold ensemble", section_ensemble),
+    ("Class activation maps", section_gallery),
+    ("Segmentation", section_segmentation),
+    ("Configuration", section_config),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# the page
+# --------------------------------------------------------------------------------------------------
+
+_CSS = """
+*{box-sizing:border-box}
+body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2330;background:#f4f6f9;margin:0;line-height:1.45;font-size:15px}
+header{background:#17324d;color:#fff;padding:1.4em 2em 1.1em}
+header h1{margin:0;font-size:1.6em;font-weight:600}header p{margin:.3em 0 0;color:#c9d6e3;font-size:.92em}
+nav{background:#fff;border-bottom:1px solid #dde3ea;padding:.5em 2em;position:sticky;top:0;z-index:2;font-size:.88em}
+nav a{color:#17324d;text-decoration:none;margin-right:1.1em;white-space:nowrap;display:inline-block}nav a:hover{text-decoration:underline}
+main{max-width:1180px;margin:0 auto;padding:1em 2em 3em}
+section{background:#fff;border:1px solid #dde3ea;border-radius:6px;padding:.6em 1.5em 1.2em;margin:1.2em 0;overflow-x:auto}
+h2{font-size:1.25em;color:#17324d;border-bottom:2px solid #e6ecf2;padding-bottom:.3em}h3{font-size:1.02em;color:#2b4a6b;margin-bottom:.3em}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.9em}caption{text-align:left;font-weight:600;padding:.2em 0;color:#2b4a6b;white-space:nowrap}
+table.kv tbody th{color:#4a5866}
+th,td{border:1px solid #dfe5ec;padding:.3em .65em;text-align:left;vertical-align:top}
+thead th{background:#eef3f8;color:#17324d}tbody tr:nth-child(even){background:#f9fbfd}tbody th{font-weight:500;background:#fbfcfe}
+td.num{text-align:right;font-variant-numeric:tabular-nums}span.ci{color:#5d6b7a;font-size:.9em}
+figure{margin:.8em 0;display:inline-block;vertical-align:top}figure img{max-width:100%;border:1px solid #e3e8ee;border-radius:4px;background:#fff}
+figcaption{font-size:.85em;color:#5d6b7a;margin-top:.3em;max-width:60em}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:.8em}.gallery figure{margin:0}
+.note{color:#4a5866;font-size:.88em;margin:.4em 0}
+.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em;margin:.6em 0}
+.ok{background:#eafaf1;border-left:4px solid #27ae60;padding:.5em 1em;margin:.6em 0}
+pre{background:#f6f8fa;border:1px solid #e3e8ee;padding:.8em;overflow-x:auto;font-size:.85em}
+footer{color:#7a8794;font-size:.8em;text-align:center;padding:1em}
+"""
+
+_TEMPLATE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>{{ css }}</style>
+</head>
+<body>
+<header><h1>{{ title }}</h1><p>{{ subtitle }}</p></header>
+<nav>{% for s in sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav>
+<main>
+{% for p in problems %}<div class="warn">Could not read {{ p }}</div>{% endfor %}
+{% for s in sections %}
+<section id="{{ s.id }}"><h2>{{ s.title }}</h2>
+{{ s.html | safe }}
+</section>
+{% endfor %}
+</main>
+<footer>liverscope {{ version }} · generated {{ generated }} · self-contained: every image is embedded in this file</footer>
+</body>
+</html>
+"""
+
+
+@dataclass
+class Section:
+    """One rendered section of the report."""
+
+    title: str
+    html: str
+    id: str
+
+
+def _slug(title: str, taken: set[str]) -> str:
+    import re
+
+    base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+    slug, i = base, 2
+    while slug in taken:
+        slug, i = f"{base}-{i}", i + 1
+    taken.add(slug)
+    return slug
+
+
+def _render_extra(value: Any, run: RunData) -> str | None:
+    """An entry of ``sections``: HTML text, an image file, bytes of a PNG, a mapping/list (a table) or a
+    builder ``RunData -> any of these``."""
+    if callable(value):
+        value = value(run)
+    if value is None:
+        return None
+    if isinstance(value, Path) or (isinstance(value, str) and len(value) < 4096 and "<" not in value and Path(value).suffix.lower() in IMAGE_SUFFIXES):
+        path = Path(value)
+        if not path.is_absolute() and not path.exists():
+            path = run.run_dir / path
+        if not path.exists():
+            raise LiverscopeError(f"report section image {path} does not exist")
+        return image_html(path, path.stem)
+    if isinstance(value, (bytes, bytearray)):
+        return image_html(bytes(value))
+    if isinstance(value, str):
+        return value
+    return generic_html(value)
+
+
+def render_report(run: RunData, sections: Mapping[str, Any] | None = None, title: str | None = None) -> str:
+    """The report of ``run`` as an HTML string (see :func:`write_report`)."""
+    import jinja2
+
+    import liverscope
+
+    extra = dict(sections or {})
+    built: list[tuple[str, str]] = []
+    for name, builder in SECTIONS:
+        if name in extra:
+            body = _render_extra(extra.pop(name), run)  # a caller's entry replaces (or with None drops) a built-in
+        else:
+            try:
+                body = builder(run)
+            except Exception as exc:  # one failing plot must not cost the whole report
+                run.problems.append(f"the data of section {name!r}: {type(exc).__name__}: {exc}")
+                body = None
+        if body:
+            built.append((name, body))
+    for name, value in extra.items():
+        body = _render_extra(value, run)
+        if body:
+            built.append((str(name), body))
+    taken: set[str] = set()
+    rendered = [Section(t, b, _slug(t, taken)) for t, b in built]
+    arch = (run.model.get("architecture") or {}).get("name")
+    subtitle = " · ".join(x for x in (str(run.run_dir.resolve()), arch, ", ".join(run.class_names)) if x)
+    env = jinja2.Environment(autoescape=True)
+    return env.from_string(_TEMPLATE).render(
+        title=title or f"liverscope report — {run.run_dir.resolve().name}",
+        subtitle=subtitle,
+        css=_CSS,
+        sections=rendered,
+        problems=run.problems,
+        version=getattr(liverscope, "__version__", ""),
+        generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None, *, title: str | None = None, out: str | Path | None = None) -> Path:
+    """Write the self-contained ``report.html`` of a run directory.
+
+    Each built-in section (:data:`SECTIONS`) appears only when its data is in the run directory: audit,
+    split, training curves, confusion matrix, ROC curves, per-class table, clinical endpoints,
+    calibration, per-source results, fold table, fold ensemble, CAM gallery, segmentation scores,
+    configuration. The plots are also written beside it as PNGs (``curves.png``,
+    ``confusion_matrix.png``, ``roc_curves.png``, ``reliability.png``).
+
+    Args:
+        run_dir: a run directory (``train``, ``cv`` or ``evaluate`` output).
+        sections: extra sections, ``{title: value}`` appended in order; ``value`` is HTML text, an image
+            path (relative paths are looked up in ``run_dir``), PNG bytes, a mapping or list of mappings
+            (rendered as a table), or a callable ``RunData -> any of these``. A title equal to a built-in
+            one replaces that section; ``None`` drops it.
+        title: page title (default: the run's name).
+        out: output file (default ``run_dir/report.html``).
+
+    Returns:
+        The path of the report.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LiverscopeError(f"{run_dir}: not a directory (expected a liverscope run directory)")
+    run = RunData.load(run_dir)
+    text = render_report(run, sections, title)
+    return atomic_write_text(Path(out) if out else run_dir / "report.html", text)
+
+
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_roc_curves",
+    "plot_reliability",
+    "plot_training_curves",
+    "write_report",
+    "render_report",
+    "RunData",
+    "SECTIONS",
+    "table_html",
+    "image_html",
+    "generic_html",
+    "fmt",
+    "fmt_ci",
+]
