@@ -217,3 +217,7 @@ def test_plots_write_pngs(tmp_path):
 def test_write_report_needs_a_directory(tmp_path):
     with pytest.raises(LiverscopeError, match="not a directory"):
         R.write_report(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("not a run")
+    with pytest.raises(LiverscopeError, match="not a liverscope run directory"):
+        R.write_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()

@@ -987,6 +987,9 @@ def render_report(run: RunData, sections: Mapping[str, Any] | None = None, title
     )
 
 
+_RUN_FILES = ("metrics.json", "model.json", "history.csv", "split.csv", "audit.json", "predictions_test.csv", "cv_folds.csv")
+
+
 def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None, *, title: str | None = None, out: str | Path | None = None) -> Path:
     """Write the self-contained ``report.html`` of a run directory.
 
@@ -1007,10 +1010,16 @@ def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None,
 
     Returns:
         The path of the report.
+
+    Raises:
+        LiverscopeError: ``run_dir`` is not a directory or holds none of the files of a run.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LiverscopeError(f"{run_dir}: not a directory (expected a liverscope run directory)")
+    if not any((run_dir / f).exists() for f in _RUN_FILES):
+        # refuse rather than litter an arbitrary folder (say the repository root) with an empty page
+        raise LiverscopeError(f"{run_dir}: none of {', '.join(_RUN_FILES)} found — not a liverscope run directory")
     run = RunData.load(run_dir)
     text = render_report(run, sections, title)
     return atomic_write_text(Path(out) if out else run_dir / "report.html", text)
