@@ -391,10 +391,11 @@ def _render_analysis(st, a: Analysis, labels: list[str], index: int) -> None:
             st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
             ep = r.endpoints
             if ep:
+                from liverscope.evaluate.metrics import FIBROSIS_ENDPOINTS
+
                 st.markdown("**Fibrosis endpoints** (sums of stage probabilities)")
-                cols = st.columns(3)
-                for col, (k, title) in zip(cols, [("≥F2", "≥F2 significant"), ("≥F3", "≥F3 advanced"), ("F4", "F4 cirrhosis")]):
-                    col.metric(title, f"{ep[k]:.1%}")
+                for col, (k, p) in zip(st.columns(3), ep.items()):
+                    col.metric(f"{k} {FIBROSIS_ENDPOINTS[k][0].split()[0]}", f"{p:.1%}")
         with right:
             panels = [(a.image, "uploaded image")]
             if a.cam is not None:

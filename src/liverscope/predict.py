@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -129,24 +130,32 @@ def fibrosis_endpoints(probs: Mapping[str, float]) -> dict[str, float] | None:
     """Probabilities of the clinical endpoints from METAVIR stage probabilities.
 
     Significant fibrosis ``≥F2`` = P(F2)+P(F3)+P(F4), advanced fibrosis ``≥F3`` = P(F3)+P(F4),
-    cirrhosis ``F4`` = P(F4) — sums over the stages the model knows.
+    cirrhosis ``F4`` = P(F4) — sums over the stages the model knows; the endpoint definitions are
+    :func:`liverscope.evaluate.metrics.endpoint_definitions` (an endpoint needs a positive and a
+    negative stage among the labels), the same that the evaluation scores.
 
     Args:
         probs: class name → probability.
 
     Returns:
-        ``{"≥F2": p, "≥F3": p, "F4": p}``, or ``None`` when the labels are not METAVIR stages.
+        ``{"≥F2": p, "≥F3": p, "F4": p}`` (those that apply), or ``None`` when the labels are not METAVIR stages.
     """
-    from liverscope.data.datasets import is_metavir
-
-    if not is_metavir(list(probs)):
+    defs = _endpoint_definitions(tuple(probs))
+    if not defs:
         return None
-    stage = {c: int(c.upper()[1]) for c in probs}
-    return {
-        "≥F2": float(sum(p for c, p in probs.items() if stage[c] >= 2)),
-        "≥F3": float(sum(p for c, p in probs.items() if stage[c] >= 3)),
-        "F4": float(sum(p for c, p in probs.items() if stage[c] == 4)),
-    }
+    return {k: float(sum(probs[c] for c in d["positive"])) for k, d in defs.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _endpoint_definitions(labels: tuple[str, ...]) -> dict:
+    from liverscope.evaluate.metrics import endpoint_definitions
+
+    return endpoint_definitions(list(labels))
+
+
+def endpoint_column(key: str) -> str:
+    """CSV column of an endpoint: ``≥F2`` → ``p_ge_F2``, ``F4`` → ``p_F4``."""
+    return "p_" + key.replace("≥", "ge_")
 
 
 def normalise_batch(images: Sequence[np.ndarray], pp: Preprocessing) -> np.ndarray:
@@ -639,21 +648,15 @@ def result_row(r: Result, labels: Sequence[str]) -> list[str]:
     """CSV row of one result (see :func:`csv_header`)."""
     probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in labels]
     row = [r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs]
-    from liverscope.data.datasets import is_metavir
-
-    if is_metavir(list(labels)):
-        ep = r.endpoints
-        row += [f"{ep[k]:.6f}" if ep else "" for k in ("≥F2", "≥F3", "F4")]
+    ep = r.endpoints
+    row += [f"{ep[k]:.6f}" if ep else "" for k in _endpoint_definitions(tuple(labels))]
     return row + [r.error or ""]
 
 
 def csv_header(labels: Sequence[str]) -> list[str]:
     """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],error`` (endpoints for METAVIR labels)."""
-    from liverscope.data.datasets import is_metavir
-
     cols = ["file", "prediction", "confidence", *[f"prob_{c}" for c in labels]]
-    if is_metavir(list(labels)):
-        cols += ["p_ge_F2", "p_ge_F3", "p_F4"]
+    cols += [endpoint_column(k) for k in _endpoint_definitions(tuple(labels))]
     return cols + ["error"]
 
 
@@ -716,6 +719,6 @@ def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:
 
 __all__ = [
     "Predictor", "Result", "TorchBackend", "OnnxBackend", "export_onnx", "onnx_state", "write_results", "results_csv",
-    "csv_header", "result_row", "iter_image_files", "infer_logits", "softmax", "fibrosis_endpoints", "load_run_model",
+    "csv_header", "result_row", "endpoint_column", "iter_image_files", "infer_logits", "softmax", "fibrosis_endpoints", "load_run_model",
     "cpu_has_native_bf16", "normalise_batch", "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "ONNX_ATOL",
 ]
