@@ -457,3 +457,15 @@ def test_bf16_falls_back_to_fp32_beyond_tolerance(random_run):
 def test_bad_precision_is_a_clear_error(random_run):
     with pytest.raises(LiverscopeError, match="precision"):
         Predictor.from_run(random_run, backend="torch", precision="fp8")
+
+
+def test_torch_backend_uses_its_own_thread_count_and_restores_it(random_run):
+    from liverscope.predict import default_model_threads, load_run_model
+
+    before = torch.get_num_threads()
+    engine = TorchBackend(load_run_model(random_run)[0], "cpu", precision="fp32", threads=1)
+    seen = []
+    engine.model.register_forward_hook(lambda *a: seen.append(torch.get_num_threads()))
+    engine(np.zeros((2, 32, 32, 3), np.float32))
+    assert seen == [1] and torch.get_num_threads() == before
+    assert TorchBackend(load_run_model(random_run)[0], "cpu").threads == default_model_threads()

@@ -18,7 +18,10 @@ How it is fast on an ordinary CPU:
 * two backends: ONNX Runtime (default when the run has a current ``model.onnx``, see
   :func:`export_onnx`) and PyTorch (channels-last; bf16 autocast on CPUs with native bf16, checked
   against fp32 on the first batch and abandoned when predictions move more than ``BF16_TOLERANCE``);
-* batch sizes per backend and device (:data:`DEFAULT_BATCH_SIZE`), measured in ``benchmarks/inference.py``.
+* batch sizes per backend and device (:data:`DEFAULT_BATCH_SIZE`), measured in ``benchmarks/inference.py``;
+* the torch backend computes with half the cores (:func:`default_model_threads`) so that the decode
+  threads never make PyTorch's OpenMP team wait at its barriers: on a 2-core CPU that is busy with
+  anything else, 2 OpenMP threads run EfficientNet-B0 4x slower than 1 (``benchmarks/inference.py``).
 
 Bad files are not fatal: each is reported (``Result.error``) and the rest finish.
 """
@@ -170,6 +173,27 @@ def _normalise(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
     return (img.astype(np.float32) * scale - mean) / std
 
 
+def default_model_threads() -> int:
+    """Threads for the torch model while decode threads run beside it: half the cores, at least one."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` PyTorch intra-op threads, then restore the previous number."""
+    if not n:
+        yield
+        return
+    prev = torch.get_num_threads()
+    if prev != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if prev != n:
+            torch.set_num_threads(prev)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
     try:
@@ -218,13 +242,17 @@ class TorchBackend:
             or ``bf16`` (emulated where not native: slow, for checks).
         channels_last: NHWC memory layout, which oneDNN/cuDNN convolutions run faster on.
         tolerance: largest probability change bf16 may cause on the first batch (see :data:`BF16_TOLERANCE`).
+        threads: intra-op threads on CPU (default :func:`default_model_threads`; ``0`` leaves PyTorch's setting).
 
     After the first batch, :attr:`precision` says what is used and :attr:`bf16_check` what the check found.
     """
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: str = "auto", precision: str = "auto", channels_last: bool = True, tolerance: float = BF16_TOLERANCE):
+    def __init__(
+        self, model: torch.nn.Module, device: str = "auto", precision: str = "auto", channels_last: bool = True,
+        tolerance: float = BF16_TOLERANCE, threads: int | None = None,
+    ):
         if precision not in PRECISIONS:
             raise LiverscopeError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -239,13 +267,14 @@ class TorchBackend:
         self.tolerance = tolerance
         self.bf16_check: dict | None = None
         self._checked = precision == "fp32"
+        self.threads = (default_model_threads() if threads is None else int(threads)) if self.device == "cpu" else 0
 
     @property
     def device_kind(self) -> str:
         return "cuda" if self.device.startswith("cuda") else "cpu"
 
     def _forward(self, x: torch.Tensor, bf16: bool) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
+        with torch_threads(self.threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
             return self.model(x).float().cpu().numpy()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -282,7 +311,8 @@ class OnnxBackend:
     Args:
         path: the ``.onnx`` file.
         device: ``auto``, ``cpu`` or ``cuda`` (CUDA execution provider when onnxruntime-gpu has it).
-        threads: intra-op threads (default: the CPU count).
+        threads: intra-op threads (default: the CPU count; with spinning off, ORT shares cores with the
+            decode threads without slowing down, unlike an OpenMP team).
     """
 
     name = "onnx"
@@ -293,7 +323,8 @@ class OnnxBackend:
         self.path = Path(path)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        self.intra_threads = int(threads or os.cpu_count() or 1)
+        so.intra_op_num_threads = self.intra_threads
         # ORT's workers spin-wait between runs by default, burning the cores that the decode threads
         # need while the next batch is being prepared
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -453,6 +484,8 @@ class Predictor:
         onnx_path: the ``.onnx`` file for the ONNX backend.
         precision: torch backend: ``auto``, ``fp32`` or ``bf16`` (see :class:`TorchBackend`).
         workers: decode/preprocess threads (default: the CPU count).
+        threads: torch backend: intra-op threads on CPU (default :func:`default_model_threads`); ONNX
+            backend: ONNX Runtime intra-op threads (default: the CPU count).
         bf16_tolerance: see :data:`BF16_TOLERANCE`.
     """
 
@@ -468,6 +501,7 @@ class Predictor:
         precision: str = "auto",
         workers: int | None = None,
         bf16_tolerance: float = BF16_TOLERANCE,
+        threads: int | None = None,
     ):
         self.meta = meta
         self.labels: list[str] = list(meta["labels"])
@@ -477,11 +511,11 @@ class Predictor:
         if backend == "onnx":
             if onnx_path is None:
                 raise LiverscopeError("the ONNX backend needs onnx_path (use Predictor.from_run)")
-            self.engine: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, device)
+            self.engine: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, device, threads)
         elif backend == "torch":
             if model is None:
                 raise LiverscopeError("the torch backend needs a model")
-            self.engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance)
+            self.engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance, threads=threads)
         else:
             raise LiverscopeError(f"backend '{backend}': expected torch or onnx")
         self.backend = backend
@@ -545,8 +579,10 @@ class Predictor:
         return self.engine.precision
 
     def describe(self) -> str:
-        """One line: backend, device, precision, batch size, workers."""
-        return f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}, {self.workers} decode thread(s)"
+        """One line: backend, device, precision, batch size, threads."""
+        threads = getattr(self.engine, "threads", None) or getattr(self.engine, "intra_threads", None)
+        model_threads = f", {threads} model thread(s)" if threads else ""
+        return f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, {self.workers} decode thread(s)"
 
     # ---------------------------------------------------------------- single images / arrays
     def prepare(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
