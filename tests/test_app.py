@@ -172,6 +172,29 @@ def test_cam_overlay_depends_on_the_class(trained_run, phantom_dir):
     assert any(o.reshape(-1, 3).std(0).max() > 1 for o in overlays)
 
 
+def test_head_only_gradcam_equals_full_gradcam(trained_run, phantom_dir):
+    """Back-propagating through the head only gives exactly pytorch-grad-cam's Grad-CAM at cam_layer."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from liverscope.predict import Predictor, normalise_batch
+
+    p = Predictor.from_run(trained_run, backend="torch")
+    model = p.model.eval()
+    for f in sorted((phantom_dir / "F1").glob("*.png"))[:2]:
+        _, img = p.predict_bytes(f.name, f.read_bytes())
+        x = torch.from_numpy(normalise_batch([img], p.pp)).permute(0, 3, 1, 2).contiguous()
+        for k in (0, 3):
+            with GradCAM(model=model, target_layers=[model.cam_layer]) as cam:
+                full = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
+            model.zero_grad(set_to_none=True)
+            with GradCAM(model=appmod._HeadGradOnly(model), target_layers=[model.cam_layer]) as cam:
+                fast = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
+            np.testing.assert_allclose(fast, full, atol=1e-5)
+            assert all(q.grad is None for q in model.backbone.parameters())  # no backward through the backbone
+
+
 # --------------------------------------------------------------------------------------------------
 # the page
 # --------------------------------------------------------------------------------------------------
