@@ -16,7 +16,7 @@ off. End-to-end = decode → preprocess → model → CSV written (model loading
 Then the latency of one uploaded image through predict + Grad-CAM (what the app does) for
 ``efficientnet_b0``.
 
-    python benchmarks/inference.py [--data ../shared/data/liver-fibrosis] [--n 96] [--models efficientnet_b0 resnet50_cbam]
+    python benchmarks/inference.py [--data ../shared/data/liver-fibrosis] [--n 80] [--models efficientnet_b0 resnet50_cbam]
 
 The machine is shared: compare the ratios measured within one run, not absolute figures across runs.
 """
@@ -46,6 +46,7 @@ from liverscope.predict import (
     export_onnx,
     iter_image_files,
     softmax,
+    torch_threads,
     write_results,
 )
 from liverscope.utils import atomic_write_json, read_json
@@ -186,10 +187,25 @@ def bare_session_ips(onnx_path: Path, size: int, batch: int, n_images: int) -> f
 # --------------------------------------------------------------------------------------------------
 
 
-def latency(run: Path, files: list[Path], backend: str, repeats: int) -> dict:
+def full_backward_cam(model, img, pp, k):
+    """Grad-CAM as pytorch-grad-cam does it by default: backward through the whole network."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from liverscope.predict import normalise_batch
+
+    x = torch.from_numpy(normalise_batch([img], pp)).permute(0, 3, 1, 2).contiguous()
+    with GradCAM(model=model, target_layers=[model.cam_layer]) as cam:
+        heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
+    return show_cam_on_image(img.astype(np.float32) / 255.0, heat, use_rgb=True)
+
+
+def latency(run: Path, files: list[Path], backend: str, repeats: int, cam_fn=None) -> dict:
     """Median ms per uploaded image for decode+preprocess+predict, Grad-CAM, and both (as the app does)."""
     from liverscope.app import cam_overlay
 
+    cam_overlay = cam_fn or cam_overlay
     p = Predictor.from_run(run, backend=backend, batch_size=1)
     model = p.model.eval()
     data = [f.read_bytes() for f in files[:repeats]]
@@ -217,7 +233,7 @@ def latency(run: Path, files: list[Path], backend: str, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-fibrosis")
-    ap.add_argument("--n", type=int, default=96, help="images in the subset (spread over the classes)")
+    ap.add_argument("--n", type=int, default=80, help="images in the subset (spread over the classes)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--models", nargs="+", default=["efficientnet_b0", "resnet50_cbam"])
     ap.add_argument("--latency-repeats", type=int, default=20)
@@ -237,7 +253,7 @@ def main() -> None:
             im = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
             sizes[f"{im.shape[1]}x{im.shape[0]}"] = sizes.get(f"{im.shape[1]}x{im.shape[0]}", 0) + 1
         print(f"{len(files)} images from {args.data} ({', '.join(f'{k}: {v}' for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:4])})")
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
+        print(f"load average before: {os.getloadavg()[0]:.1f}; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
               f"torch threads {torch.get_num_threads()}, OpenCV threads {cv2.getNumThreads()}", flush=True)
         report: dict = {"n_images": len(files), "size": args.size, "cpu_count": os.cpu_count(), "models": {}}
         for model_name in args.models:
@@ -248,11 +264,13 @@ def main() -> None:
 
             model, _ = load_run_model(runs["off"])
             naive_model = model  # eager, fp32, contiguous NCHW: as in the studies' scripts
-            for denoise, key in ((True, "study NLM colour @ full res"), (False, "off")):
-                naive_predict(naive_model, files[:2], tmp / "warm.csv", args.size, denoise)  # warm-up
-                s = naive_predict(naive_model, files, tmp / "naive.csv", args.size, denoise)
-                res[("naive", key)] = len(files) / s
-                print(f"  (a) naive, denoise {key:28s} {len(files) / s:7.1f} images/s", flush=True)
+            for denoise, key, threads in ((True, "study NLM colour @ full res", None), (False, "off", None), (False, "off", 1)):
+                name = "naive" if threads is None else f"naive, torch {threads} thread"
+                with torch_threads(threads):  # None: PyTorch's default (all cores), as the studies ran it
+                    naive_predict(naive_model, files[:2], tmp / "warm.csv", args.size, denoise)  # warm-up
+                    s = naive_predict(naive_model, files, tmp / "naive.csv", args.size, denoise)
+                res[(name, key)] = len(files) / s
+                print(f"  (a) {name}, denoise {key:28s} {len(files) / s:7.1f} images/s", flush=True)
             for key, run in runs.items():
                 for backend in ("torch", "onnx"):
                     load_s, s, p = liverscope_predict(run, folder, tmp / f"{backend}.csv", backend)
@@ -267,6 +285,7 @@ def main() -> None:
                 res[("bare onnxruntime", f"batch {b}")] = bare_session_ips(runs["off"] / "model.onnx", args.size, b, max(32, len(files) // 2))
                 print(f"  (d) bare ONNX Runtime session, batch {b:2d}                   {res[('bare onnxruntime', f'batch {b}')]:7.1f} images/s", flush=True)
             ceiling = max(v for (k, _), v in res.items() if k == "bare onnxruntime")
+            res[("ceiling", "best bare batch")] = ceiling
             study = res[("naive", "study NLM colour @ full res")]
             summary = {
                 "onnx_default_vs_naive_study": res[("onnx", "liverscope NLM @ model res")] / study,
@@ -278,12 +297,14 @@ def main() -> None:
             print("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()), flush=True)
             entry = {"images_per_s": {f"{a} | {b}": round(v, 2) for (a, b), v in res.items()}, "ratios": {k: round(v, 3) for k, v in summary.items()}}
             if model_name == "efficientnet_b0":
-                for backend in ("onnx", "torch"):
-                    lat = latency(runs["liverscope NLM @ model res"], files, backend, args.latency_repeats)
-                    entry[f"latency_{backend}"] = {k: round(v, 1) for k, v in lat.items()}
-                    print(f"  single image, {backend} predict + Grad-CAM (NLM @ model res): median {lat['total_ms']:.0f} ms "
+                for backend, cam_name, cam_fn in (("onnx", "app", None), ("torch", "app", None), ("onnx", "full-backward", full_backward_cam)):
+                    lat = latency(runs["liverscope NLM @ model res"], files, backend, args.latency_repeats, cam_fn)
+                    entry[f"latency_{backend}_{cam_name}_cam"] = {k: round(v, 1) for k, v in lat.items()}
+                    print(f"  single image, {backend} predict + {cam_name} Grad-CAM (NLM @ model res): median {lat['total_ms']:.0f} ms "
                           f"(predict {lat['predict_ms']:.0f} ms, Grad-CAM {lat['gradcam_ms']:.0f} ms, p90 {lat['total_p90_ms']:.0f} ms, n={lat['n']})", flush=True)
             report["models"][model_name] = entry
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        report["load_average_after"] = os.getloadavg()[0]
         if args.json:
             atomic_write_json(args.json, report)
         print("\n" + json.dumps(report, indent=1))

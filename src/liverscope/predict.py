@@ -56,9 +56,11 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16")
-#: Images per forward pass when none is given: ``(backend, device kind) -> size``. On a 2-core CPU both
-#: backends peak around 8 at 224 px (larger batches spill the caches); GPUs want big batches.
-DEFAULT_BATCH_SIZE = {("torch", "cpu"): 8, ("onnx", "cpu"): 8, ("torch", "cuda"): 64, ("onnx", "cuda"): 64}
+#: Images per forward pass when none is given: ``(backend, device kind) -> size``. Measured at 224 px
+#: on a 2-core AVX-512 CPU (``benchmarks/inference.py``): ONNX Runtime is fastest at batch 1-2
+#: (EfficientNet-B0: 62 images/s at 2, 51 at 8, 43 at 16: larger batches spill the caches), PyTorch at
+#: 4 (39 vs 36 at 8, 28 at 16); GPUs want big batches.
+DEFAULT_BATCH_SIZE = {("torch", "cpu"): 4, ("onnx", "cpu"): 2, ("torch", "cuda"): 64, ("onnx", "cuda"): 64}
 #: Largest change of any class probability that bf16 may cause on the check batch before the torch
 #: backend falls back to fp32 (the predicted class must not change either).
 BF16_TOLERANCE = 0.02
