@@ -16,7 +16,7 @@ off. End-to-end = decode → preprocess → model → CSV written (model loading
 Then the latency of one uploaded image through predict + Grad-CAM (what the app does) for
 ``efficientnet_b0``.
 
-    python benchmarks/inference.py [--data ../shared/data/liver-fibrosis] [--n 80] [--models efficientnet_b0 resnet50_cbam]
+    python benchmarks/inference.py [--data ../shared/data/liver-fibrosis] [--n 64] [--models efficientnet_b0 resnet50_cbam]
 
 The machine is shared: compare the ratios measured within one run, not absolute figures across runs.
 """
@@ -233,7 +233,7 @@ def latency(run: Path, files: list[Path], backend: str, repeats: int, cam_fn=Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-fibrosis")
-    ap.add_argument("--n", type=int, default=80, help="images in the subset (spread over the classes)")
+    ap.add_argument("--n", type=int, default=64, help="images in the subset (spread over the classes)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--models", nargs="+", default=["efficientnet_b0", "resnet50_cbam"])
     ap.add_argument("--latency-repeats", type=int, default=20)
@@ -264,7 +264,8 @@ def main() -> None:
 
             model, _ = load_run_model(runs["off"])
             naive_model = model  # eager, fp32, contiguous NCHW: as in the studies' scripts
-            for denoise, key, threads in ((True, "study NLM colour @ full res", None), (False, "off", None), (False, "off", 1)):
+            study_key = "study NLM colour @ full res"
+            for denoise, key, threads in ((True, study_key, None), (False, "off", None), (True, study_key, 1), (False, "off", 1)):
                 name = "naive" if threads is None else f"naive, torch {threads} thread"
                 with torch_threads(threads):  # None: PyTorch's default (all cores), as the studies ran it
                     naive_predict(naive_model, files[:2], tmp / "warm.csv", args.size, denoise)  # warm-up
@@ -286,11 +287,14 @@ def main() -> None:
                 print(f"  (d) bare ONNX Runtime session, batch {b:2d}                   {res[('bare onnxruntime', f'batch {b}')]:7.1f} images/s", flush=True)
             ceiling = max(v for (k, _), v in res.items() if k == "bare onnxruntime")
             res[("ceiling", "best bare batch")] = ceiling
-            study = res[("naive", "study NLM colour @ full res")]
+            study = res[("naive", study_key)]
+            study1 = res[("naive, torch 1 thread", study_key)]
             summary = {
                 "onnx_default_vs_naive_study": res[("onnx", "liverscope NLM @ model res")] / study,
-                "onnx_fullres_nlm_vs_naive_study": res[("onnx", "liverscope NLM @ full res")] / study,
-                "torch_default_vs_naive_study": res[("torch", "liverscope NLM @ model res")] / study,
+                "onnx_default_vs_naive_study_1thread": res[("onnx", "liverscope NLM @ model res")] / study1,
+                "onnx_fullres_nlm_vs_naive_study_1thread": res[("onnx", "liverscope NLM @ full res")] / study1,
+                "torch_default_vs_naive_study_1thread": res[("torch", "liverscope NLM @ model res")] / study1,
+                "onnx_off_vs_naive_off_1thread": res[("onnx", "off")] / res[("naive, torch 1 thread", "off")],
                 "onnx_off_vs_ceiling": res[("onnx", "off")] / ceiling,
                 "torch_off_vs_ceiling": res[("torch", "off")] / ceiling,
             }

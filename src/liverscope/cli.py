@@ -126,12 +126,13 @@ def predict(
     backend: str = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
     precision: str = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode/preprocess threads (default: CPU count)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Model threads on CPU (default: torch half the cores, ONNX Runtime all)."),
 ):
     """Predict the stage/class of new images; bad files are listed as skipped and the rest finish."""
     from liverscope.predict import Predictor, write_results
 
     try:
-        p = Predictor.from_run(run_dir, backend=backend, device=device, batch_size=batch_size, precision=precision, workers=workers)
+        p = Predictor.from_run(run_dir, backend=backend, device=device, batch_size=batch_size, precision=precision, workers=workers, threads=threads)
         typer.echo(p.describe(), err=True)
         summary = write_results(p.predict_paths(paths), p.labels, out)
     except LiverscopeError as exc:
