@@ -249,6 +249,7 @@ def test_predict_paths_bounds_work_in_flight(random_run, phantom_dir, tmp_path, 
     assert max(ahead) <= window + p.batch_size
 
 
+@pytest.mark.slow
 def test_predict_memory_stays_flat_with_folder_size(random_run, phantom_dir, tmp_path):
     """Peak Python/NumPy memory while streaming 4x more files into a CSV grows by far less than 4x."""
     src = _phantom_files(phantom_dir, 1)[0]
@@ -364,6 +365,7 @@ def test_auto_backend_and_stale_export(exported_run, tmp_path):
     assert Predictor.from_run(run).backend == "torch"
 
 
+@pytest.mark.slow
 def test_export_refuses_a_model_that_disagrees(random_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(random_run, run)
@@ -380,6 +382,7 @@ def test_onnx_predictor_loads_torch_model_lazily_for_cams(exported_run):
     assert isinstance(p.model, torch.nn.Module) and p._model is not None
 
 
+@pytest.mark.slow
 def test_cli_export_and_onnx_predict(random_run, phantom_dir, tmp_path):
     from typer.testing import CliRunner
 
