@@ -369,3 +369,18 @@ def test_serve_elsewhere_warns_about_authentication(app_run, monkeypatch):
 def test_serve_refuses_a_folder_without_a_model(tmp_path, monkeypatch):
     res, calls = _serve(monkeypatch, [str(tmp_path)])
     assert res.exit_code == 2 and "train first" in res.output and not calls
+
+
+def test_heatmaps_from_concurrent_sessions_do_not_mix(trained_run, phantom_dir):
+    """Sessions share one model: heatmaps computed in parallel threads equal those computed alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from liverscope.predict import Predictor
+
+    p = Predictor.from_run(trained_run, backend="torch")
+    imgs = [p.predict_bytes(f.name, f.read_bytes())[1] for f in sorted((phantom_dir / "F2").glob("*.png"))[:2] + sorted((phantom_dir / "F4").glob("*.png"))[:2]]
+    alone = [appmod.cam_overlay(p.model, im, p.pp, k % 5) for k, im in enumerate(imgs)]
+    with ThreadPoolExecutor(4) as ex:
+        together = list(ex.map(lambda kv: appmod.cam_overlay(p.model, kv[1], p.pp, kv[0] % 5), list(enumerate(imgs)) * 3))
+    for k, got in enumerate(together):
+        np.testing.assert_array_equal(got, alone[k % len(imgs)])

@@ -25,6 +25,7 @@ import io
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,10 @@ DISCLAIMER = (
 DEFAULT_MAX_UPLOAD_MB = 50
 DISPLAY_MAX_SIDE = 640
 REDACTED = "[redacted]"
+# Streamlit serves every browser session from its own thread, all sharing one cached model. CAM methods
+# hook the model's cam_layer, and a hook sees every forward pass through it, whichever session made it:
+# heatmaps are computed one at a time so that no session's map mixes in another's activations.
+_CAM_LOCK = threading.Lock()
 
 #: DICOM attributes that identify the patient (PS3.15 Annex E basic profile, the ones that name or number
 #: a person or visit). Their values are read only to strip them from names and messages.
@@ -221,7 +226,8 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
     except ImportError:
         explain = None
     if explain is not None and hasattr(explain, "cam_overlay"):
-        return explain.cam_overlay(model, model_input, pp, class_index)
+        with _CAM_LOCK:
+            return explain.cam_overlay(model, model_input, pp, class_index)
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -231,7 +237,7 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
 
     x = torch.from_numpy(normalise_batch([model_input], pp)).permute(0, 3, 1, 2).contiguous()
     wrapped = _HeadGradOnly(model.eval())
-    with torch_threads(default_model_threads()), GradCAM(model=wrapped, target_layers=[model.cam_layer]) as cam:
+    with _CAM_LOCK, torch_threads(default_model_threads()), GradCAM(model=wrapped, target_layers=[model.cam_layer]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])[0]
     return show_cam_on_image(model_input.astype(np.float32) / 255.0, heat, use_rgb=True, image_weight=0.6)
 
