@@ -189,7 +189,7 @@ def test_head_only_gradcam_equals_full_gradcam(trained_run, phantom_dir):
             with GradCAM(model=model, target_layers=[model.cam_layer]) as cam:
                 full = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
             model.zero_grad(set_to_none=True)
-            with GradCAM(model=appmod._HeadGradOnly(model), target_layers=[model.cam_layer]) as cam:
+            with GradCAM(model=appmod.HeadGradOnly(model), target_layers=[model.cam_layer]) as cam:
                 fast = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
             np.testing.assert_allclose(fast, full, atol=1e-5)
             assert all(q.grad is None for q in model.backbone.parameters())  # no backward through the backbone

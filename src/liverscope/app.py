@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.predict import Result
 
 DISCLAIMER = (
     "**Decision support, not a diagnosis.** liverscope estimates a fibrosis stage / class from one ultrasound "
@@ -166,7 +169,7 @@ class Analysis:
     """
 
     name: str
-    result: "object"
+    result: Result
     image: np.ndarray | None = None
     cam: np.ndarray | None = None
     outline: np.ndarray | None = None
@@ -187,31 +190,24 @@ def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
 
 
-class _HeadGradOnly:
-    """Wraps a LiverNet so that Grad-CAM at ``cam_layer`` back-propagates through the head only.
+class HeadGradOnly(nn.Module):
+    """A LiverNet seen by a CAM method so that Grad-CAM at ``cam_layer`` back-propagates through the head only.
 
     Grad-CAM at the last feature map needs d(class score)/d(feature map), which depends on the head
-    alone; pytorch-grad-cam's ``backward()`` would otherwise run through the whole backbone (3x the
-    cost of the forward pass on a CPU). The backbone runs without autograd, the feature map becomes a
-    leaf that requires grad, and the library hooks ``cam_layer`` as usual: the same activations and
-    gradients, so the same map, at about the cost of one forward pass.
+    alone; pytorch-grad-cam's ``backward()`` would otherwise run through the whole backbone (~3x the
+    cost of the forward pass on a CPU). Here the backbone runs without autograd, its feature map becomes
+    a leaf that requires grad, and the library hooks ``cam_layer`` as usual: the same activations and
+    gradients, so the same map (tested), at about the cost of one forward pass.
     """
 
-    def __new__(cls, net):
-        import torch
-        from torch import nn
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
 
-        class HeadGradOnly(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = net
-
-            def forward(self, x):
-                with torch.no_grad():
-                    f = self.net.backbone.forward_features(x)
-                return self.net.forward_head(self.net.cam_layer(f.detach().requires_grad_(True)))
-
-        return HeadGradOnly()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.net.backbone.forward_features(x)
+        return self.net.forward_head(self.net.cam_layer(features.detach().requires_grad_(True)))
 
 
 def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
@@ -219,7 +215,7 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
 
     Uses :mod:`liverscope.explain` when it offers ``cam_overlay``; otherwise pytorch-grad-cam's
     ``GradCAM`` on the model's ``cam_layer`` (the layer every liverscope CAM hooks), back-propagating
-    through the head only (see :class:`_HeadGradOnly`).
+    through the head only (see :class:`HeadGradOnly`).
     """
     try:
         from liverscope import explain  # noqa: F401  (optional module)
@@ -228,7 +224,6 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
     if explain is not None and hasattr(explain, "cam_overlay"):
         with _CAM_LOCK:
             return explain.cam_overlay(model, model_input, pp, class_index)
-    import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -236,7 +231,7 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
     from liverscope.predict import default_model_threads, normalise_batch, torch_threads
 
     x = torch.from_numpy(normalise_batch([model_input], pp)).permute(0, 3, 1, 2).contiguous()
-    wrapped = _HeadGradOnly(model.eval())
+    wrapped = HeadGradOnly(model.eval())
     with _CAM_LOCK, torch_threads(default_model_threads()), GradCAM(model=wrapped, target_layers=[model.cam_layer]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])[0]
     return show_cam_on_image(model_input.astype(np.float32) / 255.0, heat, use_rgb=True, image_weight=0.6)
@@ -284,7 +279,6 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     """
     from liverscope.data.io import decode_image, sniff_format
     from liverscope.data.preprocess import preprocess_array
-    from liverscope.predict import Result
 
     ids = dicom_identifiers(data)
     safe = redact(name, ids)
