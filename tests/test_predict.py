@@ -472,3 +472,17 @@ def test_torch_backend_uses_its_own_thread_count_and_restores_it(random_run):
     engine(np.zeros((2, 32, 32, 3), np.float32))
     assert seen == [1] and torch.get_num_threads() == before
     assert TorchBackend(load_run_model(random_run)[0], "cpu").threads == default_model_threads()
+
+
+@pytest.mark.real
+def test_backends_agree_on_real_images(real_fibrosis, exported_run, tmp_path):
+    """Both acquisition sources of the real data (grey JPEGs, PNGs named .jpg) stream through both backends alike."""
+    files = [p for c in LABELS for p in sorted((real_fibrosis / c).iterdir())[:2]]
+    a = list(Predictor.from_run(exported_run, backend="torch", precision="fp32").predict_paths(files))
+    b = list(Predictor.from_run(exported_run, backend="onnx").predict_paths(files))
+    assert [r.path for r in a] == [str(f) for f in files] and all(r.error is None for r in a + b)
+    pa = np.array([[r.probs[c] for c in LABELS] for r in a])
+    pb = np.array([[r.probs[c] for c in LABELS] for r in b])
+    assert np.abs(pa - pb).max() < 1e-4
+    summary = write_results(iter(b), LABELS, tmp_path / "real.csv")
+    assert summary["predicted"] == len(files)
