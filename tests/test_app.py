@@ -384,3 +384,41 @@ def test_heatmaps_from_concurrent_sessions_do_not_mix(trained_run, phantom_dir):
         together = list(ex.map(lambda kv: appmod.cam_overlay(p.model, kv[1], p.pp, kv[0] % 5), list(enumerate(imgs)) * 3))
     for k, got in enumerate(together):
         np.testing.assert_array_equal(got, alone[k % len(imgs)])
+
+
+def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phantom_dir, monkeypatch):
+    """The page outlines the regions when liverscope.segment offers the run's segmenter, and not otherwise."""
+    import sys
+    import types
+
+    calls = []
+
+    def load_segmenter(run_dir):
+        calls.append(("load", Path(run_dir)))
+        return "segmenter" if Path(run_dir) == app_run else None
+
+    def predict_mask(segmenter, image):
+        calls.append(("mask", image.shape))
+        m = np.zeros(image.shape[:2], np.float32)
+        m[16:48, 16:48] = 0.9
+        return m
+
+    fake = types.ModuleType("liverscope.segment")
+    fake.load_segmenter, fake.predict_mask = load_segmenter, predict_mask
+    monkeypatch.setitem(sys.modules, "liverscope.segment", fake)
+    monkeypatch.setattr(appmod, "_SEGMENTERS", {})
+    at = start(app_run, monkeypatch)
+    data = png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0])
+    at.file_uploader[0].set_value([("a.png", data, "image/png"), ("b.png", data[::-1], "image/png"), ("c.png", data, "image/png")])
+    at.run()
+    assert not at.exception
+    captions = all_text(at)
+    assert captions.count("segmented regions (outline)") == 2  # a.png and c.png; b.png is not an image
+    assert [c for c in calls if c[0] == "load"] == [("load", app_run)]  # loaded once per run
+    from liverscope.predict import Predictor
+
+    p = Predictor.from_run(app_run, backend="torch")
+    a = appmod.analyse_upload(p, "x.png", data, 2**20)
+    assert a.outline is not None and (a.outline[16, 16:48] == (0, 255, 0)).all()
+    monkeypatch.setattr(appmod, "_SEGMENTERS", {str(app_run.resolve()): None})
+    assert appmod.analyse_upload(p, "x.png", data, 2**20).outline is None

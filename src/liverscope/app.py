@@ -237,9 +237,18 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
     return show_cam_on_image(model_input.astype(np.float32) / 255.0, heat, use_rgb=True, image_weight=0.6)
 
 
-def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp) -> np.ndarray | None:
-    """Outline of the run's segmentation masks on the model input, when the run holds a segmentation
-    model and :mod:`liverscope.segment` offers ``load_segmenter``/``predict_mask``; else ``None``."""
+_SEGMENTERS: dict[str, object] = {}
+
+
+def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, display: np.ndarray | None = None) -> np.ndarray | None:
+    """Outline of the run's segmentation mask, drawn on ``display`` (default: the model input), or
+    ``None`` when the run holds no segmentation model.
+
+    Contract with :mod:`liverscope.segment` (optional module): ``load_segmenter(run_dir)`` returns the
+    run's segmentation model or ``None`` when it has none; ``predict_mask(segmenter, image)`` takes the
+    preprocessed uint8 ``size x size x 3`` image and returns an ``size x size`` mask (bool, or
+    probabilities thresholded at 0.5). The segmenter is loaded once per run directory.
+    """
     if run_dir is None:
         return None
     try:
@@ -250,11 +259,16 @@ def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp) -> n
     predict_mask = getattr(segment, "predict_mask", None)
     if load is None or predict_mask is None:
         return None
-    segmenter = load(run_dir)
-    if segmenter is None:
-        return None
-    mask = np.asarray(predict_mask(segmenter, model_input)) > 0
-    return draw_outline(model_input, mask)
+    key = str(Path(run_dir).resolve())
+    with _CAM_LOCK:  # one load per run, and the model is used by one session at a time
+        if key not in _SEGMENTERS:
+            _SEGMENTERS[key] = load(run_dir)
+        segmenter = _SEGMENTERS[key]
+        if segmenter is None:
+            return None
+        mask = np.asarray(predict_mask(segmenter, model_input))
+    mask = mask > 0.5 if mask.dtype.kind == "f" else mask.astype(bool)
+    return draw_outline(model_input if display is None else display, mask)
 
 
 def draw_outline(img: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
@@ -316,7 +330,7 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
         except Exception as exc:  # the prediction stands without its heatmap
             out.notes.append(f"heatmap unavailable ({type(exc).__name__}: {exc})")
     try:
-        out.outline = segmentation_outline(predictor.run_dir, shown_input, predictor.pp)
+        out.outline = segmentation_outline(predictor.run_dir, model_input, predictor.pp, display=shown_input)
     except Exception as exc:
         out.notes.append(f"segmentation unavailable ({type(exc).__name__}: {exc})")
     return out
