@@ -328,6 +328,38 @@ def _compare_runs(a: Path, b: Path, metric: str) -> None:
 
 
 @app.command()
+def explain(
+    run_dir: Path = typer.Argument(..., help="A trained run directory."),
+    paths: List[Path] = typer.Argument(..., help="Image files, DICOM files or folders (searched recursively)."),
+    method: str = typer.Option("gradcam", "--method", help="CAM method: gradcam, gradcam++, hirescam, eigencam or layercam."),
+    class_label: Optional[str] = typer.Option(None, "--class", help="Explain this class (a label of the run) instead of the predicted one."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN_DIR/explain/)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per CAM batch."),
+    flip_average: bool = typer.Option(False, "--flip-average", help="Average each map with the map of the horizontally flipped image."),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score each map: deletion AUC and ROAD (slower: many forward passes per image)."),
+    sector: bool = typer.Option(True, "--sector/--no-sector", help="Restrict maps to the scan sector (text and borders outside the fan are not tissue)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+):
+    """Class activation maps: heatmap and overlay PNGs, raw maps (.npy) and cams.csv; bad files are skipped and listed."""
+    from liverscope.explain import explain_paths
+
+    try:
+        summary = explain_paths(
+            run_dir, paths, out_dir=out, method=method, class_label=class_label, batch_size=batch_size,
+            flip_average=flip_average, with_faithfulness=faithfulness, restrict_to_sector=sector, device=device,
+        )
+    except LiverscopeError as exc:
+        _fail(exc)
+    typer.echo(f"explained {summary['explained']} image(s) with {summary['method']} in {summary['seconds']:.1f}s → {summary['out']}")
+    for key, value in summary.get("means", {}).items():
+        typer.echo(f"  mean {key.replace('_', ' ')}: {value:.4f}")
+    if summary["skipped"]:
+        typer.echo(f"skipped {len(summary['skipped'])} file(s):")
+        for path, reason in summary["skipped"]:
+            typer.echo(f"  {path}: {reason}")
+
+
+@app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
