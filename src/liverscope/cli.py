@@ -418,6 +418,105 @@ def serve(
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
+segment_app = typer.Typer(help="Weakly supervised segmentation: CAM pseudo-masks, an Attention U-Net, IoU/Dice scores.", no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
+
+RuleOpt = typer.Option("threshold", "--rule", help="Pseudo-mask rule: threshold (CAM >= 0.5, the study's), otsu (Otsu over the sector) or top (top q% of the sector).")
+QOpt = typer.Option(20.0, "--q", help="Percentage of sector pixels kept by --rule top.")
+FlipOpt = typer.Option(False, "--flip-average/--no-flip-average", help="Average each CAM with the CAM of the mirrored image before thresholding.")
+MethodOpt = typer.Option("gradcam", "--method", help="CAM method (see `liverscope explain --help`).")
+
+
+@segment_app.command("pseudo")
+def segment_pseudo(
+    run_dir: Path = typer.Argument(..., help="A trained run directory (a `cv` run averages the CAMs of its fold models)."),
+    data: Path = typer.Argument(..., help="Image folder (searched recursively, masks/ skipped) or image file."),
+    rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN_DIR/pseudo_masks); mirrors DATA's relative paths. Never DATA itself."),
+):
+    """CAM pseudo-masks (PNG, 0/255, at each image's original size) for the images of DATA."""
+    from liverscope.segment import write_pseudo_masks
+
+    try:
+        summary = write_pseudo_masks(run_dir, data, out=out, rule=rule, q=q, flip_average=flip_average, method=method)
+    except LiverscopeError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {summary['written']} pseudo-mask(s) ({summary['rule']}) → {summary['out']}")
+    _echo_skipped(summary["skipped"])
+
+
+@segment_app.command("train")
+def segment_train(
+    run_dir: Path = typer.Argument(..., help="A trained run directory: the segmenter is saved into it."),
+    data: Path = typer.Argument(..., help="Class-per-folder tree or CSV manifest of the images to segment."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Train on these masks (same relative path or file name as the image) instead of CAM pseudo-masks."),
+    real_masks: Optional[Path] = typer.Option(None, "--real-masks", help="Expert masks (same file name, 0 = background, 255 = lesion): the held-out images are also scored against them."),
+    loss: str = typer.Option("bce", "--loss", help="bce (the study's) or bce+dice."),
+    epochs: int = typer.Option(30, "--epochs", help="Training epochs (the best validation Dice is kept)."),
+    size: Optional[int] = typer.Option(None, "--size", help="U-Net input size (multiple of 8; default: the classifier's input size)."),
+    channels: str = typer.Option("8,16,32,64", "--channels", help="U-Net channels per level, comma-separated."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
+    rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt,
+    seed: int = typer.Option(0, "--seed", help="Split and training seed."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+):
+    """Train an Attention U-Net on CAM pseudo-masks (or --masks) with a grouped split; scores go to the run's report."""
+    from liverscope.segment import train_segmenter
+
+    try:
+        chans = tuple(int(c) for c in channels.split(",") if c.strip())
+        result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, loss=loss, epochs=epochs, size=size, channels=chans,
+                                 batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device)
+    except ValueError as exc:
+        _fail(exc)
+    for line in result["summary_lines"]:
+        typer.echo(line)
+
+
+@segment_app.command("predict")
+def segment_predict(
+    run_dir: Path = typer.Argument(..., help="A run directory holding a segmenter (liverscope segment train)."),
+    paths: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    out: Path = typer.Option(Path("segmentations"), "--out", "-o", help="Output folder: NAME_mask.png (0/255) and NAME_outline.png at the original size."),
+):
+    """Segment new images with the run's U-Net; bad files are listed as skipped and the rest finish."""
+    from liverscope.segment import write_predictions
+
+    try:
+        summary = write_predictions(run_dir, paths, out)
+    except LiverscopeError as exc:
+        _fail(exc)
+    typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}")
+    _echo_skipped(summary["skipped"])
+
+
+@segment_app.command("score")
+def segment_score(
+    pred_dir: Path = typer.Argument(..., help="Predicted masks (PNG, lesion > 127)."),
+    true_dir: Path = typer.Argument(..., help="True masks: same relative path or file name (a NAME_mask.png also matches NAME.png)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the per-image scores to this CSV."),
+):
+    """IoU and Dice of every predicted mask against its true mask, and their means."""
+    from liverscope.segment import score_mask_dirs
+
+    try:
+        result = score_mask_dirs(pred_dir, true_dir, out=out)
+    except LiverscopeError as exc:
+        _fail(exc)
+    for r in result["images"]:
+        typer.echo(f"{r['name']}\tIoU {r['iou']:.3f}\tDice {r['dice']:.3f}")
+    typer.echo(f"mean over {result['n']} image(s): IoU {result['mean_iou']:.3f}, Dice {result['mean_dice']:.3f}")
+    _echo_skipped(result["skipped"])
+
+
+def _echo_skipped(skipped) -> None:
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} file(s):")
+        for path, reason in skipped:
+            typer.echo(f"  {path}: {reason}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
