@@ -45,7 +45,7 @@ def quick_config(data: Path, out_dir: Path, name: str, **overrides):
     values = {
         "data.path": str(data), "out_dir": str(out_dir), "name": name, "data.image_size": 64,
         "data.cache_dir": str(out_dir / "cache"), "train.epochs": 8, "train.progress": False,
-        "train.device": "cpu", "train.batch_size": 32,
+        "train.device": "cpu", "train.batch_size": 8,
     }
     values.update(overrides)
     return load_config("cpu-quick", values)
@@ -53,7 +53,7 @@ def quick_config(data: Path, out_dir: Path, name: str, **overrides):
 
 @pytest.fixture(scope="session")
 def trained_run(phantom_dir, tmp_path_factory) -> Path:
-    """A run trained on the phantoms (resnet10t, 64 px, a few epochs; ~15 s on 2 cores)."""
+    """A run trained on the phantoms (resnet10t, 64 px, a few epochs; batch 8 so BatchNorm statistics settle)."""
     from liverscope.train import fit
 
     out = tmp_path_factory.mktemp("runs")

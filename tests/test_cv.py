@@ -29,7 +29,7 @@ def cv_run(phantom_dir, tmp_path_factory):
     from liverscope.train import cross_validate
 
     out = tmp_path_factory.mktemp("cv")
-    cfg = quick_config(phantom_dir, out, "cv", **{"train.epochs": 3})
+    cfg = quick_config(phantom_dir, out, "cv", **{"train.epochs": 6})
     return cross_validate(cfg, k=3, test_frac=0.2)
 
 
