@@ -46,3 +46,22 @@ def test_saved_config_roundtrip(tmp_path):
     cfg = load_config("resnet50-cbam", {"name": "r"})
     save_config(cfg, tmp_path / "config.yaml")
     assert read_run_config(tmp_path).to_dict() == cfg.to_dict()
+
+
+def test_text_values_take_the_type_of_the_setting():
+    # `--set KEY=VALUE` passes text; numbers and booleans must not stay strings
+    cfg = load_config("cpu-quick", {"train.label_smoothing": "0.1", "data.distinct_only": "true", "train.epochs": "3"})
+    assert cfg.train.label_smoothing == 0.1 and cfg.data.distinct_only is True and cfg.train.epochs == 3
+    with pytest.raises(LiverscopeError, match="train.epochs"):
+        load_config("cpu-quick", {"train.epochs": "many"})
+    with pytest.raises(LiverscopeError, match="data.denoise"):
+        load_config("cpu-quick", {"data.denoise": "3"})
+
+
+def test_cli_set_and_flags_map_to_settings():
+    from liverscope.cli import _train_overrides
+
+    out = _train_overrides(epochs=2, distinct_only=True, crop_sector=None, settings=["train.lr=1e-3", "data.augment = light"])
+    assert out == {"train.epochs": 2, "data.distinct_only": True, "train.lr": "1e-3", "data.augment": "light"}
+    with pytest.raises(LiverscopeError, match="KEY=VALUE"):
+        _train_overrides(settings=["train.lr"])

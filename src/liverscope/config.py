@@ -89,6 +89,27 @@ class RunConfig:
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
+def _coerce(current: Any, value: Any, key: str, origin: str) -> Any:
+    """A value given as text (``--set train.lr=3e-4``) takes the type of the setting it replaces."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(current, bool):
+        if not isinstance(parsed, bool):
+            raise LiverscopeError(f"{origin}: '{key}' must be true or false, got '{value}'")
+        return parsed
+    if isinstance(current, (int, float)):
+        if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
+            raise LiverscopeError(f"{origin}: '{key}' must be a number, got '{value}'")
+        return float(parsed) if isinstance(current, float) else (int(parsed) if float(parsed).is_integer() else parsed)
+    return parsed
+
+
 def _apply(cfg: RunConfig, values: dict[str, Any], origin: str) -> None:
     for key, value in values.items():
         if key in _SECTIONS:
@@ -99,7 +120,7 @@ def _apply(cfg: RunConfig, values: dict[str, Any], origin: str) -> None:
             for k, v in value.items():
                 if k not in known:
                     raise LiverscopeError(f"{origin}: unknown setting '{key}.{k}' (known: {', '.join(sorted(known))})")
-                setattr(section, k, v)
+                setattr(section, k, _coerce(getattr(section, k), v, f"{key}.{k}", origin))
         elif key in ("name", "out_dir"):
             setattr(cfg, key, value)
         elif key == "recipe":  # informational
