@@ -35,12 +35,19 @@ def _train_overrides(**kw) -> dict:
         "optimizer": "train.optimizer", "scheduler": "train.scheduler", "balance": "train.balance", "seed": "train.seed",
         "device": "train.device", "precision": "train.precision", "early_stop": "train.early_stop_patience",
         "monitor": "train.monitor", "max_train_batches": "train.max_train_batches",
+        "distinct_only": "data.distinct_only", "crop_sector": "data.crop_sector",
     }
+    settings = kw.pop("settings", None) or []
     out = {}
     for k, v in kw.items():
         if v is None:
             continue
         out[mapping[k]] = str(v) if isinstance(v, Path) else v
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LiverscopeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.label_smoothing=0.1")
+        out[key.strip()] = value.strip()
     return out
 
 
@@ -73,6 +80,9 @@ MonitorOpt = typer.Option(None, "--monitor", help="Validation metric for early s
 WorkersOpt = typer.Option(None, "--num-workers", help="DataLoader worker processes.")
 CacheOpt = typer.Option(None, "--cache-dir", help="Preprocessing cache folder.")
 LimitOpt = typer.Option(None, "--max-train-batches", help="Limit training batches per epoch (quick checks).")
+DistinctOpt = typer.Option(None, "--distinct-only/--all-copies", help="Keep one file per duplicate group (the audit's groups).")
+CropOpt = typer.Option(None, "--crop-sector/--no-crop-sector", help="Crop each image to its scan sector before resizing.")
+SetOpt = typer.Option(None, "--set", help="Any recipe setting as KEY=VALUE (dotted, e.g. train.label_smoothing=0.1); repeatable.")
 
 
 @app.command()
@@ -87,7 +97,8 @@ def train(
     scheduler: Optional[str] = SchedOpt, balance: Optional[str] = BalanceOpt, seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt, precision: Optional[str] = PrecisionOpt, early_stop: Optional[int] = EarlyOpt,
     monitor: Optional[str] = MonitorOpt, num_workers: Optional[int] = WorkersOpt, cache_dir: Optional[str] = CacheOpt,
-    max_train_batches: Optional[int] = LimitOpt,
+    max_train_batches: Optional[int] = LimitOpt, distinct_only: Optional[bool] = DistinctOpt,
+    crop_sector: Optional[bool] = CropOpt, settings: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same --name) from its last checkpoint."),
 ):
     """Train a classifier on a labelled folder or manifest; writes runs/NAME/."""
@@ -241,7 +252,8 @@ def cv(
     scheduler: Optional[str] = SchedOpt, balance: Optional[str] = BalanceOpt, seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt, precision: Optional[str] = PrecisionOpt, early_stop: Optional[int] = EarlyOpt,
     monitor: Optional[str] = MonitorOpt, num_workers: Optional[int] = WorkersOpt, cache_dir: Optional[str] = CacheOpt,
-    max_train_batches: Optional[int] = LimitOpt,
+    max_train_batches: Optional[int] = LimitOpt, distinct_only: Optional[bool] = DistinctOpt,
+    crop_sector: Optional[bool] = CropOpt, settings: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fold from its last checkpoint (finished folds are always kept)."),
 ):
     """Grouped stratified k-fold CV with a hold-out test set and a logit-averaging fold ensemble."""
