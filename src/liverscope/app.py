@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.predict import Result
@@ -190,24 +189,8 @@ def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
 
 
-class HeadGradOnly(nn.Module):
-    """A LiverNet seen by a CAM method so that Grad-CAM at ``cam_layer`` back-propagates through the head only.
-
-    Grad-CAM at the last feature map needs d(class score)/d(feature map), which depends on the head
-    alone; pytorch-grad-cam's ``backward()`` would otherwise run through the whole backbone (~3x the
-    cost of the forward pass on a CPU). Here the backbone runs without autograd, its feature map becomes
-    a leaf that requires grad, and the library hooks ``cam_layer`` as usual: the same activations and
-    gradients, so the same map (tested), at about the cost of one forward pass.
-    """
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            features = self.net.backbone.forward_features(x)
-        return self.net.forward_head(self.net.cam_layer(features.detach().requires_grad_(True)))
+# Grad-CAM through the head only; defined with the other CAM code, kept importable from here.
+from liverscope.explain import HeadGradOnly  # noqa: E402,F401
 
 
 def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
