@@ -198,6 +198,19 @@ def test_unrestricted_gradcam_is_pytorch_grad_cams_gradcam():
         np.testing.assert_allclose(ours, ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("head", ["seed", "linear"])
+def test_hirescam_equals_gradcam_behind_a_pooled_head(head):
+    """Every liverscope head starts with global average pooling: the gradient is the same at every
+    position, so HiResCAM and Grad-CAM coincide (as docs/explain.md says)."""
+    torch.manual_seed(3)
+    model = build_model("resnet10t", 3, head=head)
+    imgs = phantom_inputs(2, size=96)
+    pp = Preprocessing(size=96, denoise=False)
+    g = explain.explain_batch(model, imgs, pp, targets=[0, 2], method="gradcam")
+    h = explain.explain_batch(model, imgs, pp, targets=[0, 2], method="hirescam")
+    np.testing.assert_allclose(g.raw, h.raw, rtol=1e-4, atol=1e-6)
+
+
 def test_flip_average_is_mirror_symmetric():
     """The flip-averaged map of the mirrored image is the mirror of the flip-averaged map."""
     torch.manual_seed(2)

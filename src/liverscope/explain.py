@@ -58,6 +58,8 @@ _METHOD_CLASSES = {
     "layercam": "LayerCAM",
 }
 DEFAULT_METHOD = "gradcam"
+#: How each method is named in captions and tables.
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM"}
 #: Share of the sector removed at each step of the deletion curve (0 → 1 in ``DELETION_STEPS`` steps).
 DELETION_STEPS = 10
 #: Shares of the sector's pixels that ROAD removes (most relevant first and least relevant first).
@@ -860,7 +862,7 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
     for old in folder.glob("*.png"):
         old.unlink()
     captions = {}
-    name = _cam_methods()[method_key(method)].__name__
+    name = METHOD_NAMES[method_key(method)]
     for j, (r, kind, inp) in enumerate(picks):
         true, p = labels[int(y[r])], labels[int(pred[r])]
         fname = f"{true}_{kind}_{j:02d}_{Path(paths[r]).stem}.png"
