@@ -406,6 +406,10 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
     fake = types.ModuleType("liverscope.segment")
     fake.load_segmenter, fake.predict_mask = load_segmenter, predict_mask
     monkeypatch.setitem(sys.modules, "liverscope.segment", fake)
+    import liverscope
+
+    # `from liverscope import segment` reads the package attribute once the real module was imported
+    monkeypatch.setattr(liverscope, "segment", fake, raising=False)
     monkeypatch.setattr(appmod, "_SEGMENTERS", {})
     at = start(app_run, monkeypatch)
     data = png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0])

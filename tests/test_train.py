@@ -24,6 +24,14 @@ def test_run_directory_is_complete(trained_run):
     assert meta["temperature"] is not None and meta["temperature"] > 0
 
 
+def test_run_report_has_cam_gallery(trained_run):
+    captions = read_json(trained_run / "cam_gallery" / "captions.json")
+    assert captions and all((trained_run / "cam_gallery" / name).exists() for name in captions)
+    report = (trained_run / "report.html").read_text(encoding="utf-8")
+    first = next(iter(captions.values()))
+    assert first.split(":")[0] in report  # the gallery section shows the captions
+
+
 def test_training_learns_phantoms(trained_run):
     m = read_json(trained_run / "metrics.json")["test"]
     assert m["n"] >= 15

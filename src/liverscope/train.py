@@ -502,6 +502,12 @@ def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataL
     atomic_write_json(run_dir / "metrics.json", metrics)
     if (run_dir / "history.csv").exists():
         plot_training_curves(run_dir / "history.csv", run_dir / "curves.png")
+    try:  # a few correct and wrong test cases per class with their Grad-CAM, for the report
+        from liverscope.explain import write_cam_gallery
+
+        write_cam_gallery(run_dir, data_root=cfg.data.path)
+    except Exception as exc:  # a convenience, like the report: never lose a trained model over it
+        _log(f"CAM gallery not written: {type(exc).__name__}: {exc}")
     try:
         from liverscope.evaluate.report import write_report
 
