@@ -177,8 +177,8 @@ def test_unet_learns_the_phantom_nodules():
     import torch
 
     torch.manual_seed(0)
-    before = test_iou(S.build_unet().eval())
-    model, info = S.fit_unet(imgs, masks, split, epochs=8, batch_size=4, lr=1e-2, seed=0)
+    before = test_iou(S.build_unet(channels=(8, 16, 32)).eval())
+    model, info = S.fit_unet(imgs, masks, split, channels=(8, 16, 32), epochs=8, batch_size=4, lr=1e-2, seed=0)
     after = test_iou(model)
     assert after > before + 0.2
     assert after > 0.35, info["history"]

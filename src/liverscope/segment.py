@@ -72,6 +72,17 @@ def _log(msg: str) -> None:
     print(f"[liverscope] {msg}", file=sys.stderr, flush=True)
 
 
+def _cpu_threads(device: str = "cpu"):
+    """On CPU, compute with half the cores (:func:`liverscope.predict.default_model_threads`): on a CPU
+    busy with anything else a full OpenMP team stalls at its barriers — measured here, 8 epochs of the
+    phantom U-Net took 12-65 s with 2 threads and 0.7-3.5 s with 1 on a busy 2-core machine."""
+    import contextlib
+
+    from liverscope.predict import default_model_threads, torch_threads
+
+    return torch_threads(default_model_threads()) if str(device).startswith("cpu") else contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------------------------------
 # Pseudo-mask rules (pure functions: arrays in, boolean masks out)
 # --------------------------------------------------------------------------------------------------
@@ -502,7 +513,7 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
     if not images:
         return np.zeros((0, pp.size, pp.size), np.float32), np.zeros(0, int)
     if targets is None and len(models) > 1:
-        with torch.inference_mode():
+        with torch.inference_mode(), _cpu_threads(str(next(models[0].parameters()).device)):
             logits = []
             for m in models:
                 out = [m.eval()(torch.from_numpy(normalise_batch(images[i : i + batch_size], pp)).permute(0, 3, 1, 2)).float()
@@ -513,8 +524,9 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
     for m in models:
         # flips: explain averages the raw maps of the scan and its mirror image (same class), then
         # normalises; fold models: their normalised maps are averaged (raw scales differ between models)
-        cams, classes = explain.compute_cams(m, images, pp, targets=None if targets is None else list(targets), method=method,
-                                             restrict_to_sector=True, batch_size=batch_size, aug_smooth_flip=flip_average)
+        with _cpu_threads(str(next(m.parameters()).device)):
+            cams, classes = explain.compute_cams(m, images, pp, targets=None if targets is None else list(targets), method=method,
+                                                 restrict_to_sector=True, batch_size=batch_size, aug_smooth_flip=flip_average)
         if targets is None:
             targets = np.asarray(classes)
         cams = np.asarray(cams, np.float32)
@@ -711,7 +723,7 @@ def predict_proba(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size
 
     out = []
     model = segmenter.model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _cpu_threads(segmenter.device):
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
             x = to_unet_input(chunk, segmenter.size, segmenter.in_channels).to(segmenter.device)
@@ -772,19 +784,18 @@ def _bce_dice_loss(kind: str):
     raise LiverscopeError(f"--loss {kind}: expected one of {', '.join(LOSSES)}")
 
 
-def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, size: int | None = None, in_channels: int = 1,
-             channels: Sequence[int] = DEFAULT_CHANNELS, loss: str = "bce", epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
-             seed: int = 0, device: str = "cpu", patience: int | None = None, flip: bool = True, verbose: bool = False,
-             max_steps: int | None = None) -> tuple[object, dict]:
+def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, device: str = "cpu", **kwargs) -> tuple[object, dict]:
     """Train an Attention U-Net on ``(image, mask)`` pairs; the weights of the best validation Dice are kept.
 
     A plain PyTorch loop (not Lightning): a few hundred steps of a small network on in-memory tensors
-    need no devices/precision/checkpoint machinery, and the loop stays fast in tests.
+    need no devices/precision/checkpoint machinery, and the loop stays fast in tests. On CPU it runs
+    with half the cores (see :func:`_cpu_threads`).
 
     Args:
         images: uint8 ``HxWx3`` images (resized to ``size``).
         masks: bool ``N x H x W`` targets.
         split: ``train`` / ``val`` / ``test`` per image (``test`` images are not touched).
+        device: ``cpu`` or ``cuda``.
         size: U-Net input size (default: the images' size); a multiple of 2**levels.
         in_channels: 1 (grey) or 3.
         channels: U-Net channels per level.
@@ -793,7 +804,6 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
         batch_size: images per step.
         lr: Adam learning rate.
         seed: initialisation and shuffling seed.
-        device: ``cpu`` or ``cuda``.
         patience: stop after this many epochs without a better validation Dice (``None``: never).
         flip: random horizontal flips of training pairs.
         max_steps: stop after this many optimiser steps (quick checks).
@@ -802,6 +812,15 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
         ``(model in eval mode with the best weights, info)``; ``info`` has ``best_epoch``, ``best_val_dice``,
         ``epochs_run``, ``history`` (per epoch: loss, val Dice), ``seconds``.
     """
+    with _cpu_threads(device):
+        return _fit_unet(images, masks, split, device=device, **kwargs)
+
+
+def _fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, size: int | None = None, in_channels: int = 1,
+             channels: Sequence[int] = DEFAULT_CHANNELS, loss: str = "bce", epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
+             seed: int = 0, device: str = "cpu", patience: int | None = None, flip: bool = True, verbose: bool = False,
+             max_steps: int | None = None) -> tuple[object, dict]:
+    """See :func:`fit_unet`."""
     import torch
 
     from liverscope.utils import seed_everything
@@ -882,7 +901,8 @@ def _predict_tensor(model, x, device: str, batch_size: int = 16) -> np.ndarray:
 
 def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu") -> np.ndarray:
     """Boolean masks (``size x size``) of a U-Net for uint8 images."""
-    return _predict_tensor(model, to_unet_input(images, size, in_channels), device)
+    with _cpu_threads(device):
+        return _predict_tensor(model, to_unet_input(images, size, in_channels), device)
 
 
 # --------------------------------------------------------------------------------------------------
