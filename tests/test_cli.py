@@ -34,7 +34,8 @@ def test_help_for_every_command(path):
 
 def test_main_commands_registered():
     names = {p[0] for p in _commands(app) if p}
-    assert {"demo", "train", "predict", "models"} <= names
+    assert {"demo", "train", "predict", "models", "audit", "cv", "evaluate", "explain", "segment", "export", "serve"} <= names
+    assert {p[1] for p in _commands(app) if len(p) == 2 and p[0] == "segment"} == {"pseudo", "train", "predict", "score"}
 
 
 def test_train_bad_data_is_a_clear_error(tmp_path):
