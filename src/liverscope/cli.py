@@ -198,7 +198,11 @@ def demo(
         run_dir = fit(cfg)
         _print_run_summary(run_dir)
         samples, assignment = read_split_csv(run_dir / "split.csv")
-        few = [s.path for s, a in zip(samples, assignment) if a == "test"][:8]
+        by_label: dict = {}
+        for s, a in zip(samples, assignment):
+            if a == "test":
+                by_label.setdefault(s.label, []).append(s.path)
+        few = [paths[i] for i in range(2) for paths in by_label.values() if i < len(paths)]  # two per class
         p = Predictor.from_run(run_dir, device=device or "auto")
         results = list(p.predict_paths(few))
         write_results(results, p.labels, run_dir / "demo_predictions.csv")
