@@ -295,7 +295,8 @@ def test_predict_bytes_and_arrays(random_run, phantom_dir):
     png = _phantom_files(phantom_dir, 1)[0].read_bytes()
     r, img = p.predict_bytes("scan.png", png)
     assert r.error is None and img.shape == (32, 32, 3) and img.dtype == np.uint8
-    assert p.predict_arrays([img], ["x"])[0].probs == pytest.approx(r.probs)
+    # same image, same model; float sums may run in another order (thread count, kernel choice)
+    assert p.predict_arrays([img], ["x"])[0].probs == pytest.approx(r.probs, abs=1e-4)
     bad, none = p.predict_bytes("broken.png", png[:50])
     assert bad.error and "truncated" in bad.error and none is None
 
