@@ -56,6 +56,7 @@ import numpy as np
 from liverscope.data.io import decode_image, read_bytes, to_grey
 from liverscope.data.preprocess import Preprocessing, preprocess_array, sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.explain import crop_box, normalise_in_region
 from liverscope.utils import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 RULES = ("threshold", "otsu", "top")
@@ -111,15 +112,7 @@ def normalise_map(cam: np.ndarray, sector: np.ndarray | None = None) -> np.ndarr
         float32 ``HxW`` in [0, 1].
     """
     cam, sec = _region(cam, sector)
-    out = np.zeros(cam.shape, np.float32)
-    if not sec.any():
-        return out
-    vals = cam[sec]
-    lo, hi = float(vals.min()), float(vals.max())
-    if hi - lo <= 1e-12:
-        return out
-    out[sec] = (vals - lo) / (hi - lo)
-    return out
+    return normalise_in_region(cam, sec)
 
 
 def threshold_mask(cam: np.ndarray, threshold: float = 0.5, sector: np.ndarray | None = None) -> np.ndarray:
@@ -309,18 +302,6 @@ def _summary(s: dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Geometry: original image <-> model input
 # --------------------------------------------------------------------------------------------------
-
-
-def crop_box(img: np.ndarray, pp: Preprocessing) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)`` of the region that :func:`~liverscope.data.preprocess.preprocess_array`
-    resizes to the model input (the scan sector's bounding box when ``pp.crop_sector``, else all)."""
-    h, w = img.shape[:2]
-    if not pp.crop_sector:
-        return 0, h, 0, w
-    ys, xs = np.nonzero(sector_mask(img))
-    if len(ys) == 0:
-        return 0, h, 0, w
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
 def mask_to_model(mask: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
