@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.predict import Result
@@ -194,30 +193,12 @@ from liverscope.explain import HeadGradOnly  # noqa: E402,F401
 
 
 def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
-    """Grad-CAM of ``class_index`` over the preprocessed image, blended onto it (RGB uint8).
+    """Grad-CAM of ``class_index`` over the preprocessed image, blended onto it (RGB uint8):
+    :func:`liverscope.explain.cam_overlay`, one session at a time (the CAM hooks sit on the shared model)."""
+    from liverscope import explain
 
-    Uses :mod:`liverscope.explain` when it offers ``cam_overlay``; otherwise pytorch-grad-cam's
-    ``GradCAM`` on the model's ``cam_layer`` (the layer every liverscope CAM hooks), back-propagating
-    through the head only (see :class:`HeadGradOnly`).
-    """
-    try:
-        from liverscope import explain  # noqa: F401  (optional module)
-    except ImportError:
-        explain = None
-    if explain is not None and hasattr(explain, "cam_overlay"):
-        with _CAM_LOCK:
-            return explain.cam_overlay(model, model_input, pp, class_index)
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from liverscope.predict import default_model_threads, normalise_batch, torch_threads
-
-    x = torch.from_numpy(normalise_batch([model_input], pp)).permute(0, 3, 1, 2).contiguous()
-    wrapped = HeadGradOnly(model.eval())
-    with _CAM_LOCK, torch_threads(default_model_threads()), GradCAM(model=wrapped, target_layers=[model.cam_layer]) as cam:
-        heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])[0]
-    return show_cam_on_image(model_input.astype(np.float32) / 255.0, heat, use_rgb=True, image_weight=0.6)
+    with _CAM_LOCK:
+        return explain.cam_overlay(model, model_input, pp, class_index)
 
 
 _SEGMENTERS: dict[str, object] = {}

@@ -43,7 +43,6 @@ import copy
 import csv
 import io
 import math
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from liverscope.data.io import decode_image, read_bytes, to_grey
 from liverscope.data.preprocess import Preprocessing, preprocess_array, sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.explain import crop_box, normalise_in_region
-from liverscope.utils import atomic_path, atomic_write_json, atomic_write_text, read_json
+from liverscope.utils import atomic_path, atomic_write_json, atomic_write_text, log, read_json
 
 RULES = ("threshold", "otsu", "top")
 LOSSES = ("bce", "bce+dice")
@@ -69,8 +68,7 @@ SEGMENTER_META = "segmenter.json"
 MASK_LEVEL = 127
 
 
-def _log(msg: str) -> None:
-    print(f"[liverscope] {msg}", file=sys.stderr, flush=True)
+_log = log  # progress lines: liverscope.utils.log
 
 
 def _cpu_threads(device: str = "cpu"):

@@ -38,7 +38,7 @@ from liverscope.data.preprocess import PreprocessCache, Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.models.registry import LiverNet, build_model
 from liverscope.predict import infer_logits, softmax
-from liverscope.utils import atomic_path, atomic_write_json, atomic_write_text, read_json, resolve_device, seed_everything
+from liverscope.utils import atomic_path, atomic_write_json, atomic_write_text, log, read_json, resolve_device, seed_everything
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,8 +165,7 @@ class PreparedData:
     skipped: list[tuple[str, str]]
 
 
-def _log(msg: str) -> None:
-    print(f"[liverscope] {msg}", file=sys.stderr, flush=True)
+_log = log  # progress lines: liverscope.utils.log
 
 
 @dataclass

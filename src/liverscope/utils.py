@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr, prefixed ``[liverscope]``."""
+    print(f"[liverscope] {msg}", file=sys.stderr, flush=True)
 
 
 @contextmanager
