@@ -93,8 +93,6 @@ def _coerce(current: Any, value: Any, key: str, origin: str) -> Any:
     """A value given as text (``--set train.lr=3e-4``) takes the type of the setting it replaces."""
     if not isinstance(value, str) or isinstance(current, str):
         return value
-    import yaml
-
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
@@ -180,16 +178,3 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     cfg = RunConfig()
     _apply(cfg, values, "config")
     return cfg
-
-
-def save_config(cfg: RunConfig, path: str | Path) -> Path:
-    from liverscope.utils import atomic_write_text
-
-    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def read_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise LiverscopeError(f"{run_dir}: no config.yaml — is this a liverscope run directory?")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {})

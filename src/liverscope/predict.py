@@ -28,10 +28,7 @@ Bad files are not fatal: each is reported (``Result.error``) and the rest finish
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import functools
-import hashlib
 import io
 import json
 import logging
@@ -42,15 +39,17 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from liverscope.data.io import IMAGE_SUFFIXES, decode_image, read_bytes
-from liverscope.data.preprocess import Preprocessing, preprocess_array
+from liverscope import rundir
+from liverscope.data.io import decode_image, iter_image_files, read_bytes
+from liverscope.data.preprocess import Preprocessing, normalise, normalise_batch, preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.utils import atomic_path, atomic_write_json, read_json, resolve_device
+from liverscope.labels import endpoint_column, endpoint_keys, endpoint_probabilities
+from liverscope.utils import atomic_path, cpu_has_native_bf16, default_model_threads, resolve_device, softmax, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +63,6 @@ DEFAULT_BATCH_SIZE = {("torch", "cpu"): 4, ("onnx", "cpu"): 2, ("torch", "cuda")
 #: Largest change of any class probability that bf16 may cause on the check batch before the torch
 #: backend falls back to fp32 (the predicted class must not change either).
 BF16_TOLERANCE = 0.02
-#: Largest |logit(ONNX) - logit(torch)| that :func:`export_onnx` accepts.
-ONNX_ATOL = 1e-3
-ONNX_OPSET = 18
 
 
 @dataclass
@@ -86,147 +82,7 @@ class Result:
     @property
     def endpoints(self) -> dict[str, float] | None:
         """Fibrosis endpoints (≥F2, ≥F3, F4) when the labels are METAVIR stages, else ``None``."""
-        return fibrosis_endpoints(self.probs) if self.probs else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and image files found recursively in folders (``masks/`` and hidden files
-    skipped), yielded lazily in a stable order (sorted per folder, files before sub-folders) so a
-    folder of any size is never listed into memory at once."""
-    suffixes = IMAGE_SUFFIXES | {".jpe"}
-    for p in paths:
-        p = Path(p)
-        if not p.is_dir():
-            yield p  # a named file is always tried, so a bad one is reported rather than ignored
-            continue
-        for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if d != "masks" and not d.startswith("."))
-            for name in sorted(files):
-                q = Path(root) / name
-                if not name.startswith(".") and q.suffix.lower() in suffixes:
-                    yield q
-
-
-def infer_logits(model: torch.nn.Module, loader, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Logits and targets of a model over a DataLoader of ``(x, y)`` batches (eval mode, no grad)."""
-    model.eval().to(device)
-    logits, targets = [], []
-    with torch.inference_mode():
-        for x, y in loader:
-            logits.append(model(x.to(device)).float().cpu())
-            targets.append(torch.as_tensor(y))
-    return torch.cat(logits).numpy(), torch.cat(targets).numpy()
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax over the last axis of ``logits / temperature``."""
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def fibrosis_endpoints(probs: Mapping[str, float]) -> dict[str, float] | None:
-    """Probabilities of the clinical endpoints from METAVIR stage probabilities.
-
-    Significant fibrosis ``≥F2`` = P(F2)+P(F3)+P(F4), advanced fibrosis ``≥F3`` = P(F3)+P(F4),
-    cirrhosis ``F4`` = P(F4) — sums over the stages the model knows; the endpoint definitions are
-    :func:`liverscope.evaluate.metrics.endpoint_definitions` (an endpoint needs a positive and a
-    negative stage among the labels), the same that the evaluation scores.
-
-    Args:
-        probs: class name → probability.
-
-    Returns:
-        ``{"≥F2": p, "≥F3": p, "F4": p}`` (those that apply), or ``None`` when the labels are not METAVIR stages.
-    """
-    defs = _endpoint_definitions(tuple(probs))
-    if not defs:
-        return None
-    return {k: float(sum(probs[c] for c in d["positive"])) for k, d in defs.items()}
-
-
-@functools.lru_cache(maxsize=32)
-def _endpoint_definitions(labels: tuple[str, ...]) -> dict:
-    from liverscope.evaluate.metrics import endpoint_definitions
-
-    return endpoint_definitions(list(labels))
-
-
-def endpoint_column(key: str) -> str:
-    """CSV column of an endpoint: ``≥F2`` → ``p_ge_F2``, ``F4`` → ``p_F4``."""
-    return "p_" + key.replace("≥", "ge_")
-
-
-def normalise_batch(images: Sequence[np.ndarray], pp: Preprocessing) -> np.ndarray:
-    """uint8 ``HxWx3`` images → float32 ``NxHxWx3`` normalised with the preprocessing's mean/std."""
-    return np.stack([_normalise(im, pp) for im in images])
-
-
-def _normalise(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
-    scale = np.float32(1 / 255)
-    mean = np.asarray(pp.mean, np.float32)
-    std = np.asarray(pp.std, np.float32)
-    return (img.astype(np.float32) * scale - mean) / std
-
-
-def default_model_threads() -> int:
-    """Threads for the torch model while decode threads run beside it: half the cores, at least one."""
-    return max(1, (os.cpu_count() or 1) // 2)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` PyTorch intra-op threads, then restore the previous number."""
-    if not n:
-        yield
-        return
-    prev = torch.get_num_threads()
-    if prev != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if prev != n:
-            torch.set_num_threads(prev)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
-    try:
-        caps = torch.cpu.get_capabilities()
-    except Exception:  # older torch: no capability query, assume no
-        return False
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-
-
-def load_run_model(run_dir: str | Path):
-    """Model (eval mode, CPU) and metadata of a run directory."""
-    from safetensors.torch import load_file
-
-    from liverscope.models.registry import model_from_arch
-
-    run_dir = Path(run_dir)
-    meta_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
-    if not meta_path.exists() or not weights_path.exists():
-        raise LiverscopeError(f"{run_dir}: no model.json/model.safetensors — train first (liverscope train) or check the run directory")
-    meta = read_json(meta_path)
-    model = model_from_arch(meta["architecture"])
-    model.load_state_dict(load_file(str(weights_path)))
-    return model.eval(), meta
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return endpoint_probabilities(self.probs) if self.probs else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,126 +205,6 @@ class OnnxBackend:
 
 
 # --------------------------------------------------------------------------------------------------
-# ONNX export
-# --------------------------------------------------------------------------------------------------
-
-
-def onnx_state(run_dir: str | Path) -> tuple[Path, str]:
-    """Where a run's ONNX export is and whether it can be used.
-
-    Returns:
-        ``(path, state)`` with state ``missing``, ``current`` (exported from the present weights) or
-        ``stale`` (the weights changed after the export, or it was not made by :func:`export_onnx`).
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "model.onnx"
-    if not path.exists():
-        return path, "missing"
-    try:
-        info = read_json(run_dir / "model.json").get("onnx") or {}
-    except (OSError, ValueError):
-        return path, "stale"
-    weights = run_dir / "model.safetensors"
-    if not info or not weights.exists() or info.get("weights_sha256") != _sha256(weights) or info.get("onnx_sha256") != _sha256(path):
-        return path, "stale"
-    return path, "current"
-
-
-def _check_inputs(size: int, batch: int, seed: int) -> list[np.ndarray]:
-    """Inputs to compare the two runtimes on: normalised noise (batch 1 and ``batch``: exercises the
-    dynamic batch axis) and a smooth ultrasound-like ramp, whose activations are less extreme."""
-    g = np.random.default_rng(seed)
-    ramp = np.linspace(-2, 2, size, dtype=np.float32)
-    smooth = np.broadcast_to((ramp[:, None] + ramp[None, :])[None, None] / 2, (1, 3, size, size)).copy()
-    return [g.standard_normal((1, 3, size, size), dtype=np.float32), g.standard_normal((batch, 3, size, size), dtype=np.float32), smooth]
-
-
-def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX_ATOL, check_batch: int = 4, seed: int = 0) -> dict:
-    """Export a run's model to ``RUN_DIR/model.onnx`` (dynamic batch axis) and verify it.
-
-    The export goes to a temporary file, ONNX Runtime scores the check inputs, and the largest
-    absolute logit difference to the torch model must be at most ``atol``; only then does the file
-    replace ``model.onnx``. What was found is stored under ``"onnx"`` in ``model.json`` (with the
-    SHA-256 of the weights, so a later retraining marks the export stale).
-
-    Args:
-        run_dir: a trained run directory.
-        opset: ONNX opset version.
-        atol: largest accepted absolute logit difference.
-        check_batch: batch size of the second check input (the first has batch 1).
-        seed: seed of the check inputs.
-
-    Returns:
-        The ``onnx`` entry written to ``model.json``: ``file``, ``max_abs_logit_diff``, ``opset``,
-        ``checked_batches``, sizes and hashes.
-
-    Raises:
-        LiverscopeError: no trained model, or ONNX Runtime disagrees with torch beyond ``atol``.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    run_dir = Path(run_dir)
-    model, meta = load_run_model(run_dir)
-    size = int(meta["preprocessing"]["size"])
-    out = run_dir / "model.onnx"
-    example = torch.zeros(1, 3, size, size)
-    t0 = time.perf_counter()
-    with atomic_path(out, suffix=".onnx") as tmp:
-        chatter = io.StringIO()
-        # the exporter prints its progress to stderr even with verbose=False; keep it for the error message
-        with warnings.catch_warnings(), contextlib.redirect_stderr(chatter), contextlib.redirect_stdout(chatter):
-            warnings.simplefilter("ignore")  # deprecation notes about exporter internals
-            try:
-                prog = torch.onnx.export(
-                    model, (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
-                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, verbose=False,
-                )
-                prog.save(str(tmp))
-            except Exception as exc:
-                tail = chatter.getvalue()[-500:]
-                raise LiverscopeError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}) {tail}") from None
-        # self-describing file: labels and preprocessing travel inside the .onnx too
-        proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, {"labels": json.dumps(meta["labels"]), "preprocessing": json.dumps(meta["preprocessing"]), "producer": "liverscope"})
-        onnx.save(proto, str(tmp))
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        diffs, batches = [], []
-        for x in _check_inputs(size, check_batch, seed):
-            with torch.inference_mode():
-                ref = model(torch.from_numpy(x)).numpy()
-            got = session.run(None, {session.get_inputs()[0].name: x})[0]
-            if got.shape != ref.shape:
-                raise LiverscopeError(f"{run_dir}: ONNX output shape {got.shape} != torch {ref.shape} for batch {len(x)}")
-            diffs.append(float(np.abs(got - ref).max()))
-            batches.append(len(x))
-        max_diff = max(diffs)
-        if not max_diff <= atol:
-            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); model.onnx not written")
-    info = {
-        "file": "model.onnx",
-        "opset": opset,
-        "input": "input",
-        "output": "logits",
-        "input_shape": ["batch", 3, size, size],
-        "max_abs_logit_diff": max_diff,
-        "atol": atol,
-        "checked_batches": batches,
-        "onnxruntime_version": ort.__version__,
-        "torch_version": torch.__version__.split("+")[0],
-        "weights_sha256": _sha256(run_dir / "model.safetensors"),
-        "onnx_sha256": _sha256(out),
-        "bytes": out.stat().st_size,
-        "export_seconds": round(time.perf_counter() - t0, 2),
-        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    meta = read_json(run_dir / "model.json")  # re-read: keep whatever else was added meanwhile
-    meta["onnx"] = info
-    atomic_write_json(run_dir / "model.json", meta)
-    return info
-
-
-# --------------------------------------------------------------------------------------------------
 # Predictor
 # --------------------------------------------------------------------------------------------------
 
@@ -508,7 +244,7 @@ class Predictor:
         self.meta = meta
         self.labels: list[str] = list(meta["labels"])
         self.pp = Preprocessing.from_dict(meta["preprocessing"])
-        self.temperature = float(meta.get("temperature") or 1.0) if calibrated else 1.0
+        self.temperature = rundir.temperature(meta) if calibrated else 1.0
         self._model = model
         if backend == "onnx":
             if onnx_path is None:
@@ -540,7 +276,7 @@ class Predictor:
         run_dir = Path(run_dir)
         if backend not in BACKENDS:
             raise LiverscopeError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
-        onnx_path, state = onnx_state(run_dir)
+        onnx_path, state = rundir.onnx_state(run_dir)
         if backend == "auto":
             backend = "torch"
             if state == "current":
@@ -552,17 +288,16 @@ class Predictor:
                     log.warning("onnxruntime is not installed; using the torch backend")
             elif state == "stale":
                 warnings.warn(f"{onnx_path} is older than the run's weights; using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
-        if not (run_dir / "model.json").exists():
-            raise LiverscopeError(f"{run_dir}: no model.json — train first (liverscope train) or check the run directory")
+        rundir.require_model(run_dir)
         if backend == "onnx":
             if state == "missing":
                 raise LiverscopeError(f"{run_dir}: no model.onnx — run `liverscope export {run_dir}` first, or use --backend torch")
             if state == "stale":
                 raise LiverscopeError(f"{onnx_path} does not match the run's current weights — run `liverscope export {run_dir}` again")
-            meta = read_json(run_dir / "model.json")
+            meta = rundir.read_model_meta(run_dir)
             p = cls(None, meta, backend="onnx", onnx_path=onnx_path, **kwargs)
         else:
-            model, meta = load_run_model(run_dir)
+            model, meta = rundir.load_model(run_dir)
             p = cls(model, meta, backend="torch", **kwargs)
         p.run_dir = run_dir
         return p
@@ -573,7 +308,7 @@ class Predictor:
         if self._model is None:
             if self.run_dir is None:
                 raise LiverscopeError("no torch model: this predictor was built from an ONNX file alone")
-            self._model, _ = load_run_model(self.run_dir)
+            self._model, _ = rundir.load_model(self.run_dir)
         return self._model
 
     @property
@@ -625,7 +360,7 @@ class Predictor:
     # ---------------------------------------------------------------- streaming over files
     def _load(self, path: Path) -> np.ndarray:
         """Worker: file → normalised float32 ``HxWx3`` (decode + preprocess + normalise, GIL mostly released)."""
-        return _normalise(self.prepare(path), self.pp)
+        return normalise(self.prepare(path), self.pp)
 
     def predict_paths(self, paths: Iterable[str | Path], window: int | None = None) -> Iterator[Result]:
         """Stream results for files and folders in input order; unreadable files yield an error result.
@@ -687,14 +422,14 @@ def result_row(r: Result, labels: Sequence[str]) -> list[str]:
     probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in labels]
     row = [r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs]
     ep = r.endpoints
-    row += [f"{ep[k]:.6f}" if ep else "" for k in _endpoint_definitions(tuple(labels))]
+    row += [f"{ep[k]:.6f}" if ep else "" for k in endpoint_keys(labels)]
     return row + [r.error or ""]
 
 
 def csv_header(labels: Sequence[str]) -> list[str]:
     """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],error`` (endpoints for METAVIR labels)."""
     cols = ["file", "prediction", "confidence", *[f"prob_{c}" for c in labels]]
-    cols += [endpoint_column(k) for k in _endpoint_definitions(tuple(labels))]
+    cols += [endpoint_column(k) for k in endpoint_keys(labels)]
     return cols + ["error"]
 
 
@@ -756,7 +491,6 @@ def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:
 
 
 __all__ = [
-    "Predictor", "Result", "TorchBackend", "OnnxBackend", "export_onnx", "onnx_state", "write_results", "results_csv",
-    "csv_header", "result_row", "endpoint_column", "iter_image_files", "infer_logits", "softmax", "fibrosis_endpoints", "load_run_model",
-    "cpu_has_native_bf16", "normalise_batch", "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "ONNX_ATOL",
+    "Predictor", "Result", "TorchBackend", "OnnxBackend", "write_results", "results_csv", "csv_header", "result_row",
+    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE",
 ]

@@ -1,7 +1,11 @@
-"""Small shared helpers: atomic writes, seeding, device choice."""
+"""Small shared helpers: atomic writes (text, JSON, CSV, PNG, NPY), file hashing, softmax, seeding,
+device choice, progress lines. The lowest layer: imports nothing of liverscope but :mod:`.errors`."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import os
 import random
@@ -9,9 +13,11 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from liverscope.errors import LiverscopeError
 
 
 def log(msg: str) -> None:
@@ -51,10 +57,61 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """Write a CSV (header + rows) atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header line, as dicts."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def atomic_write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write a uint8 grey (``HxW``) or RGB (``HxWx3``) image as PNG, atomically; a boolean mask is
+    written as 0/255."""
+    import cv2
+
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
+        raise LiverscopeError(f"{path}: cannot encode a {arr.dtype} array of shape {arr.shape} as PNG")
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        tmp.write_bytes(buf.tobytes())
     return Path(path)
+
+
+def atomic_write_npy(path: str | Path, arr: np.ndarray) -> Path:
+    """Write an array as ``.npy`` (no pickling), atomically."""
+    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+    return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Numerically stable softmax over the last axis of ``logits / temperature`` (float64)."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _json_default(obj: Any):
@@ -98,11 +155,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def default_model_threads() -> int:
+    """Threads for a torch model while decode threads run beside it: half the cores, at least one."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` PyTorch intra-op threads, then restore the previous number."""
+    if not n:
+        yield
+        return
+    import torch
+
+    prev = torch.get_num_threads()
+    if prev != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if prev != n:
+            torch.set_num_threads(prev)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
+    import torch
+
+    try:
+        caps = torch.cpu.get_capabilities()
+    except Exception:  # older torch: no capability query, assume no
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``."""
     import torch
-
-    from liverscope.errors import LiverscopeError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

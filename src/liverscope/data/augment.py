@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from liverscope.data.preprocess import Preprocessing
+from liverscope.data.preprocess import Preprocessing, normalise
 from liverscope.errors import LiverscopeError
 
 PRESETS = ("conservative", "ultrasound", "light", "none")
@@ -45,16 +45,16 @@ def _preset_ops(name: str) -> list:
 
 
 class ToTensorNormalised:
-    """uint8 ``HxWx3`` array (or ``3xHxW`` uint8 tensor) → float tensor normalised by mean/std."""
+    """uint8 ``HxWx3`` array (or a ``3xHxW`` uint8 / [0, 1] float tensor) → float tensor ``3xHxW``
+    normalised by :func:`~liverscope.data.preprocess.normalise`."""
 
     def __init__(self, pp: Preprocessing):
-        self.mean = torch.tensor(pp.mean).view(3, 1, 1)
-        self.std = torch.tensor(pp.std).view(3, 1, 1)
+        self.pp = pp
 
     def __call__(self, x) -> torch.Tensor:
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
-        return (x.float().div(255.0) - self.mean) / self.std
+        if isinstance(x, torch.Tensor):
+            x = x.permute(1, 2, 0).numpy()
+        return torch.from_numpy(normalise(x, self.pp)).permute(2, 0, 1)
 
 
 class _Augment:
@@ -72,8 +72,7 @@ class _Augment:
             x = self.ops(x)
         if self.noise is not None:
             # GaussianNoise works on floats in [0, 1]; apply before normalisation
-            f = self.noise(x.float().div(255.0)).clamp_(0, 1)
-            return (f - self.to_tensor.mean) / self.to_tensor.std
+            return self.to_tensor(self.noise(x.float().div(255.0)).clamp_(0, 1))
         return self.to_tensor(x)
 
 

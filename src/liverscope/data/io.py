@@ -10,10 +10,11 @@ picture for a truncated JPEG, while PIL raises; a clinician must never get a sta
 
 from __future__ import annotations
 
-import hashlib
 import io
+import os
 import warnings
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -59,13 +60,22 @@ def extension_matches(path: str | Path, fmt: str) -> bool:
     return suffix in expected.get(fmt, set())
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files named directly, and image files found recursively in folders (``masks/`` and hidden files
+    skipped), yielded lazily in a stable order (sorted per folder, files before sub-folders) so a
+    folder of any size is never listed into memory at once."""
+    suffixes = IMAGE_SUFFIXES | {".jpe"}
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            yield p  # a named file is always tried, so a bad one is reported rather than ignored
+            continue
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if d != "masks" and not d.startswith("."))
+            for name in sorted(files):
+                q = Path(root) / name
+                if not name.startswith(".") and q.suffix.lower() in suffixes:
+                    yield q
 
 
 def read_bytes(path: str | Path) -> bytes:

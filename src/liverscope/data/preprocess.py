@@ -16,10 +16,12 @@ import json
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
+from liverscope.data.geometry import Box, bounding_box
 from liverscope.data.io import decode_image, read_bytes, to_grey, to_rgb
 from liverscope.utils import atomic_path
 
@@ -110,11 +112,22 @@ def sector_mask(img: np.ndarray, threshold: int = 6) -> np.ndarray:
 
 def crop_to_sector(img: np.ndarray) -> np.ndarray:
     """Crop an image to the bounding box of its scan sector."""
-    mask = sector_mask(img)
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    box = bounding_box(sector_mask(img))
+    if box is None:
         return img
-    return img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    y0, y1, x0, x1 = box
+    return img[y0:y1, x0:x1]
+
+
+def crop_box(original: np.ndarray, pp: "Preprocessing") -> Box:
+    """``(y0, y1, x0, x1)``: the part of the original image that preprocessing resizes to the model
+    input (the scan sector's bounding box when the run crops to the sector, else the whole image)."""
+    h, w = original.shape[:2]
+    if getattr(pp, "crop_sector", False):
+        box = bounding_box(sector_mask(original))
+        if box is not None:
+            return box
+    return 0, h, 0, w
 
 
 def _nlm(img: np.ndarray, h: float) -> np.ndarray:
@@ -150,14 +163,20 @@ def preprocess_array(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(to_rgb(img))
 
 
-def normalise(img: np.ndarray, pp: Preprocessing):
-    """uint8 ``HxWx3`` → float tensor ``3xHxW`` normalised with the preprocessing's mean/std."""
-    import torch
+def normalise(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """uint8 ``HxWx3`` (or ``NxHxWx3``; floats are taken as already in [0, 1]) → float32 normalised
+    with the preprocessing's mean/std, channels last. The one image normaliser: training,
+    prediction and CAMs all use it."""
+    mean = np.asarray(pp.mean, np.float32)
+    std = np.asarray(pp.std, np.float32)
+    arr = np.asarray(img)
+    scaled = arr.astype(np.float32) * np.float32(1 / 255) if arr.dtype == np.uint8 else arr.astype(np.float32)
+    return (scaled - mean) / std
 
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(pp.mean).view(3, 1, 1)
-    std = torch.tensor(pp.std).view(3, 1, 1)
-    return (t - mean) / std
+
+def normalise_batch(images: Sequence[np.ndarray], pp: Preprocessing) -> np.ndarray:
+    """uint8 ``HxWx3`` images → float32 ``NxHxWx3`` normalised with the preprocessing's mean/std."""
+    return np.stack([normalise(im, pp) for im in images])
 
 
 class PreprocessCache:

@@ -8,9 +8,11 @@ channel-wise average and max); timm's ``CbamModule`` implements exactly that.
 
 from __future__ import annotations
 
-import timm
 from timm.layers.cbam import CbamModule
 from torch import nn
+
+from liverscope.models.registry import register_model
+from liverscope.models.weights import create_timm_backbone, load_backbone_weights, read_state_dict
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -36,15 +38,14 @@ def add_cbam(resnet: nn.Module) -> nn.Module:
     return resnet
 
 
+@register_model("resnet50_cbam", "resnet50", "ResNet-50 + CBAM after each stage (CBAM study)")
 def resnet50_cbam_backbone(pretrained: bool = False, weights=None) -> nn.Module:
     """timm ResNet-50 feature extractor with CBAM after every stage.
 
     ``pretrained``/``weights`` load a plain ResNet-50 checkpoint before CBAM is added (the CBAM blocks
     start from their own initialisation), or a liverscope ``resnet50_cbam`` checkpoint after.
     """
-    from liverscope.models.registry import _timm_backbone, load_backbone_weights, read_state_dict
-
-    resnet = _timm_backbone("resnet50", pretrained and weights is None)
+    resnet = create_timm_backbone("resnet50", pretrained and weights is None)
     if weights is None:
         return add_cbam(resnet)
     has_cbam = any(".cbam." in k for k in read_state_dict(weights))

@@ -1,0 +1,124 @@
+"""ONNX export of a run: ``RUN_DIR/model.onnx`` with a dynamic batch axis, verified against torch.
+
+The export is written to a temporary file, ONNX Runtime scores check inputs, and only when its logits
+agree with the torch model's within ``atol`` does the file replace ``model.onnx``; ``model.json``
+then records the export (with the SHA-256 of the weights, so retraining marks it stale:
+:func:`liverscope.rundir.onnx_state`). :class:`~liverscope.predict.Predictor` uses it by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from liverscope import rundir
+from liverscope.errors import LiverscopeError
+from liverscope.utils import atomic_path, file_sha256
+
+#: Largest |logit(ONNX) - logit(torch)| that :func:`export_onnx` accepts.
+ONNX_ATOL = 1e-3
+ONNX_OPSET = 18
+
+
+
+
+def _check_inputs(size: int, batch: int, seed: int) -> list[np.ndarray]:
+    """Inputs to compare the two runtimes on: normalised noise (batch 1 and ``batch``: exercises the
+    dynamic batch axis) and a smooth ultrasound-like ramp, whose activations are less extreme."""
+    g = np.random.default_rng(seed)
+    ramp = np.linspace(-2, 2, size, dtype=np.float32)
+    smooth = np.broadcast_to((ramp[:, None] + ramp[None, :])[None, None] / 2, (1, 3, size, size)).copy()
+    return [g.standard_normal((1, 3, size, size), dtype=np.float32), g.standard_normal((batch, 3, size, size), dtype=np.float32), smooth]
+
+
+def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX_ATOL, check_batch: int = 4, seed: int = 0) -> dict:
+    """Export a run's model to ``RUN_DIR/model.onnx`` (dynamic batch axis) and verify it.
+
+    The export goes to a temporary file, ONNX Runtime scores the check inputs, and the largest
+    absolute logit difference to the torch model must be at most ``atol``; only then does the file
+    replace ``model.onnx``. What was found is stored under ``"onnx"`` in ``model.json`` (with the
+    SHA-256 of the weights, so a later retraining marks the export stale).
+
+    Args:
+        run_dir: a trained run directory.
+        opset: ONNX opset version.
+        atol: largest accepted absolute logit difference.
+        check_batch: batch size of the second check input (the first has batch 1).
+        seed: seed of the check inputs.
+
+    Returns:
+        The ``onnx`` entry written to ``model.json``: ``file``, ``max_abs_logit_diff``, ``opset``,
+        ``checked_batches``, sizes and hashes.
+
+    Raises:
+        LiverscopeError: no trained model, or ONNX Runtime disagrees with torch beyond ``atol``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    run_dir = Path(run_dir)
+    model, meta = rundir.load_model(run_dir)
+    size = int(meta["preprocessing"]["size"])
+    out = run_dir / rundir.ONNX
+    example = torch.zeros(1, 3, size, size)
+    t0 = time.perf_counter()
+    with atomic_path(out, suffix=".onnx") as tmp:
+        chatter = io.StringIO()
+        # the exporter prints its progress to stderr even with verbose=False; keep it for the error message
+        with warnings.catch_warnings(), contextlib.redirect_stderr(chatter), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")  # deprecation notes about exporter internals
+            try:
+                prog = torch.onnx.export(
+                    model, (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
+                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, verbose=False,
+                )
+                prog.save(str(tmp))
+            except Exception as exc:
+                tail = chatter.getvalue()[-500:]
+                raise LiverscopeError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}) {tail}") from None
+        # self-describing file: labels and preprocessing travel inside the .onnx too
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, {"labels": json.dumps(meta["labels"]), "preprocessing": json.dumps(meta["preprocessing"]), "producer": "liverscope"})
+        onnx.save(proto, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        diffs, batches = [], []
+        for x in _check_inputs(size, check_batch, seed):
+            with torch.inference_mode():
+                ref = model(torch.from_numpy(x)).numpy()
+            got = session.run(None, {session.get_inputs()[0].name: x})[0]
+            if got.shape != ref.shape:
+                raise LiverscopeError(f"{run_dir}: ONNX output shape {got.shape} != torch {ref.shape} for batch {len(x)}")
+            diffs.append(float(np.abs(got - ref).max()))
+            batches.append(len(x))
+        max_diff = max(diffs)
+        if not max_diff <= atol:
+            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); model.onnx not written")
+    info = {
+        "file": "model.onnx",
+        "opset": opset,
+        "input": "input",
+        "output": "logits",
+        "input_shape": ["batch", 3, size, size],
+        "max_abs_logit_diff": max_diff,
+        "atol": atol,
+        "checked_batches": batches,
+        "onnxruntime_version": ort.__version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "weights_sha256": file_sha256(run_dir / rundir.MODEL_WEIGHTS),
+        "onnx_sha256": file_sha256(out),
+        "bytes": out.stat().st_size,
+        "export_seconds": round(time.perf_counter() - t0, 2),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    rundir.update_model_meta(run_dir, onnx=info)  # re-reads model.json: keeps whatever else was added meanwhile
+    return info
+
+
+__all__ = ["export_onnx", "ONNX_ATOL", "ONNX_OPSET"]

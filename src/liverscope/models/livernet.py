@@ -1,0 +1,70 @@
+"""The one model shape every registered backbone is wrapped in: backbone → ``cam_layer`` → head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from liverscope.errors import LiverscopeError
+
+HEADS = ("seed", "mlp128", "linear")
+
+
+def build_head(kind: str, in_features: int, num_classes: int, dropout: float, hidden: int) -> nn.Module:
+    """Global average pooling and one of the studies' heads (``seed``, ``mlp128``, ``linear``)."""
+    pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+    if kind == "seed":  # EfficientNet + Grad-CAM study: dropout → FC → BN → ReLU → dropout → FC
+        layers = [nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+    elif kind == "mlp128":  # MobileNetV2 study: GAP → dropout 0.5 → Dense 128 ReLU → Dense K
+        layers = [nn.Dropout(0.5), nn.Linear(in_features, 128), nn.ReLU(), nn.Linear(128, num_classes)]
+    elif kind == "linear":
+        layers = [nn.Dropout(dropout), nn.Linear(in_features, num_classes)]
+    else:
+        raise LiverscopeError(f"unknown head '{kind}' (choose from {', '.join(HEADS)})")
+    return nn.Sequential(*pool, *layers)
+
+
+class LiverNet(nn.Module):
+    """Backbone → ``cam_layer`` (identity on the final feature map) → head.
+
+    Args:
+        backbone: module with ``forward_features`` and ``num_features``.
+        num_classes: number of output logits.
+        head: ``seed``, ``mlp128`` or ``linear``.
+        dropout, hidden: head settings.
+        freeze_backbone: train the head only (the backbone's BatchNorm statistics stay fixed too).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "seed", dropout: float = 0.3, hidden: int = 256, freeze_backbone: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = int(backbone.num_features)
+        # CAM methods hook this layer: the same place (last feature map) for every backbone, and a
+        # fresh output tensor-free identity, so no in-place activation can overwrite what the hook saw.
+        self.cam_layer = nn.Identity()
+        self.head = build_head(head, self.num_features, num_classes, dropout, hidden)
+        self.num_classes = num_classes
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        self.arch: dict = {}
+        self.weights_source = "random init"
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cam_layer(self.backbone.forward_features(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+__all__ = ["HEADS", "build_head", "LiverNet"]

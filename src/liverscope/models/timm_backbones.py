@@ -1,0 +1,41 @@
+"""Plain timm backbones of the three studies and CPU-sized ones, each registered under its name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from liverscope.models.registry import register_model
+from liverscope.models.weights import create_timm_backbone, load_backbone_weights
+
+#: (registry name, timm name, description, CPU-sized)
+PLAIN_BACKBONES = [
+    ("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0 (seed study)", False),
+    ("efficientnet_b1", "efficientnet_b1", "EfficientNet-B1", False),
+    ("efficientnet_b2", "efficientnet_b2", "EfficientNet-B2", False),
+    ("efficientnet_b3", "efficientnet_b3", "EfficientNet-B3", False),
+    ("efficientnet_b4", "efficientnet_b4", "EfficientNet-B4", False),
+    ("resnet50", "resnet50", "ResNet-50", False),
+    ("densenet121", "densenet121", "DenseNet-121", False),
+    ("mobilenetv2", "mobilenetv2_100", "MobileNetV2 (multi-disease study)", True),
+    ("resnet18", "resnet18", "ResNet-18 (CPU-friendly)", True),
+    ("resnet10t", "resnet10t", "ResNet-10-T (fast on CPU)", True),
+    ("mobilenetv3_small", "mobilenetv3_small_100", "MobileNetV3-Small (fastest)", True),
+]
+
+
+def plain_builder(timm_name: str, name: str):
+    """``builder(pretrained, weights)`` of a timm backbone: hub weights, or a local file when given."""
+
+    def build(pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
+        backbone = create_timm_backbone(timm_name, pretrained and weights is None)
+        if weights is not None:
+            load_backbone_weights(backbone, weights, name)
+        return backbone
+
+    return build
+
+
+for _name, _timm, _desc, _small in PLAIN_BACKBONES:
+    register_model(_name, _timm, _desc, _small)(plain_builder(_timm, _name))
