@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/liverscope demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

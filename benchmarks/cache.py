@@ -79,7 +79,7 @@ def main() -> None:
     print(f"liverscope, epoch 2+: {t_later:8.1f} s/epoch  ({len(good) / t_later:6.1f} img/s)  → {t_base / t_later:.1f}x faster than no cache")
     print(f"new run, disk cache : {t_disk:8.1f} s/epoch  → {t_base / t_disk:.1f}x faster than no cache")
 
-    from liverscope.models.registry import build_model
+    from liverscope.models import build_model
 
     model = build_model(args.model, len(classes))
     opt = torch.optim.Adam(model.parameters(), 1e-4)

@@ -38,18 +38,14 @@ import cv2
 import numpy as np
 import torch
 
-from liverscope.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from liverscope.predict import (
-    DEFAULT_BATCH_SIZE,
-    OnnxBackend,
-    Predictor,
-    export_onnx,
-    iter_image_files,
-    softmax,
-    torch_threads,
-    write_results,
-)
-from liverscope.utils import atomic_write_json, read_json
+from liverscope.data.io import iter_image_files
+from liverscope.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, normalise_batch
+from liverscope.explain import cam_overlay
+from liverscope.export import export_onnx
+from liverscope.models import build_model
+from liverscope.predict import DEFAULT_BATCH_SIZE, OnnxBackend, Predictor, write_results
+from liverscope.rundir import load_model, save_model
+from liverscope.utils import atomic_write_json, read_json, softmax, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
@@ -78,8 +74,6 @@ def pick_subset(data: Path, n: int, out: Path) -> list[Path]:
 
 def make_runs(model_name: str, size: int, root: Path) -> dict[str, Path]:
     """One run directory per preprocessing variant, sharing random-init weights and one ONNX export."""
-    from liverscope.models.registry import build_model
-    from liverscope.train import save_model
 
     torch.manual_seed(0)
     model = build_model(model_name, len(LABELS))
@@ -193,8 +187,6 @@ def full_backward_cam(model, img, pp, k):
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from liverscope.predict import normalise_batch
-
     x = torch.from_numpy(normalise_batch([img], pp)).permute(0, 3, 1, 2).contiguous()
     with GradCAM(model=model, target_layers=[model.cam_layer]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
@@ -203,22 +195,20 @@ def full_backward_cam(model, img, pp, k):
 
 def latency(run: Path, files: list[Path], backend: str, repeats: int, cam_fn=None) -> dict:
     """Median ms per uploaded image for decode+preprocess+predict, Grad-CAM, and both (as the app does)."""
-    from liverscope.app import cam_overlay
-
-    cam_overlay = cam_fn or cam_overlay
+    cam_fn = cam_fn or cam_overlay
     p = Predictor.from_run(run, backend=backend, batch_size=1)
     model = p.model.eval()
     data = [f.read_bytes() for f in files[:repeats]]
     # warm-up (first calls allocate, JIT-select kernels)
     for d in data[:3]:
         r, img = p.predict_bytes("x", d)
-        cam_overlay(model, img, p.pp, p.labels.index(r.label))
+        cam_fn(model, img, p.pp, p.labels.index(r.label))
     pred_ms, cam_ms, total_ms = [], [], []
     for d in data:
         t0 = time.perf_counter()
         r, img = p.predict_bytes("x", d)
         t1 = time.perf_counter()
-        cam_overlay(model, img, p.pp, p.labels.index(r.label))
+        cam_fn(model, img, p.pp, p.labels.index(r.label))
         t2 = time.perf_counter()
         pred_ms.append(1e3 * (t1 - t0))
         cam_ms.append(1e3 * (t2 - t1))
@@ -260,9 +250,7 @@ def main() -> None:
             print(f"\n== {model_name} @ {args.size}px", flush=True)
             runs = make_runs(model_name, args.size, tmp / "runs")
             res: dict = {}
-            from liverscope.predict import load_run_model
-
-            model, _ = load_run_model(runs["off"])
+            model, _ = load_model(runs["off"])
             naive_model = model  # eager, fp32, contiguous NCHW: as in the studies' scripts
             study_key = "study NLM colour @ full res"
             for denoise, key, threads in ((True, study_key, None), (False, "off", None), (True, study_key, 1), (False, "off", 1)):

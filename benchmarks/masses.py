@@ -66,9 +66,13 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="Reuse a classifier already trained in OUT.")
     args = ap.parse_args()
 
+    from liverscope import rundir
     from liverscope import segment as S
     from liverscope.config import load_config
     from liverscope.data.datasets import load_samples
+    from liverscope.data.geometry import to_model
+    from liverscope.evaluate.masks import mask_scores
+    from liverscope.evaluate.report import write_report
     from liverscope.train import fit
     from liverscope.utils import atomic_write_json, read_json
 
@@ -92,12 +96,12 @@ def main() -> None:
     clf = read_json(run_dir / "metrics.json").get("test", {})
 
     # 2. CAMs of every image, pseudo-masks by rule, scores against the expert masks
-    pp = S.run_preprocessing(run_dir)
+    pp = rundir.read_preprocessing(run_dir)
     samples, _ = load_samples(data)
     items, bad = S.load_images([s.path for s in samples], pp, roots=[data])
     if bad:
         print(f"skipped: {bad}", file=sys.stderr)
-    truth = [S.mask_to_model(S.read_mask(S.find_mask(data / "masks", it.rel), it.shape), it.box, pp.size) for it in items]
+    truth = [to_model(S.read_mask(S.find_mask(data / "masks", it.rel), it.shape), it.box, pp.size) for it in items]
     inputs = [it.input for it in items]
     t0 = time.perf_counter()
     cams_plain = S.run_cams(run_dir, inputs, method=args.method)
@@ -120,9 +124,9 @@ def main() -> None:
         rows[name] = s
     sectors = pm.sectors
     # 3. baselines
-    whole = S.mask_scores(list(sectors), truth)
+    whole = mask_scores(list(sectors), truth)
     disc_masks = [centred_disc(sec, 0.2) for sec in sectors]
-    disc = S.mask_scores(disc_masks, truth)
+    disc = mask_scores(disc_masks, truth)
     centre_hits = []
     for sec, t in zip(sectors, truth):
         ys, xs = np.nonzero(sec)
@@ -150,8 +154,6 @@ def main() -> None:
             "dice_vs_targets": sc["dice_vs_targets"], "vs_expert": sc.get("unet_vs_real"), "pseudo_vs_expert": sc.get("pseudo_vs_real"),
             "seconds": round(time.perf_counter() - t0, 1),
         }
-    from liverscope.evaluate.report import write_report
-
     write_report(run_dir)
     total = time.perf_counter() - t_start
 

@@ -92,14 +92,14 @@ def app_run(tmp_path_factory) -> Path:
 
     from liverscope.data.preprocess import Preprocessing
     from liverscope.models.registry import build_model
-    from liverscope.train import save_model, update_model_json
+    from liverscope.rundir import save_model, update_model_meta
 
     run = tmp_path_factory.mktemp("app-run") / "phantom-app"
     run.mkdir()
     torch.manual_seed(0)
     # 64 px: resnet10t's last feature map is 2x2, so class activation maps have some structure
     save_model(run, build_model("resnet10t", 5), LABELS, Preprocessing(size=64, denoise=False))
-    update_model_json(run, validation={"accuracy": 0.8125, "balanced_accuracy": 0.7937, "macro_f1": 0.7781}, temperature=1.3)
+    update_model_meta(run, validation={"accuracy": 0.8125, "balanced_accuracy": 0.7937, "macro_f1": 0.7781}, temperature=1.3)
     return run
 
 
@@ -178,7 +178,9 @@ def test_head_only_gradcam_equals_full_gradcam(trained_run, phantom_dir):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from liverscope.predict import Predictor, normalise_batch
+    from liverscope.data.preprocess import normalise_batch
+    from liverscope.explain import HeadGradOnly
+    from liverscope.predict import Predictor
 
     p = Predictor.from_run(trained_run, backend="torch")
     model = p.model.eval()
@@ -189,7 +191,7 @@ def test_head_only_gradcam_equals_full_gradcam(trained_run, phantom_dir):
             with GradCAM(model=model, target_layers=[model.cam_layer]) as cam:
                 full = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
             model.zero_grad(set_to_none=True)
-            with GradCAM(model=appmod.HeadGradOnly(model), target_layers=[model.cam_layer]) as cam:
+            with GradCAM(model=HeadGradOnly(model), target_layers=[model.cam_layer]) as cam:
                 fast = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
             np.testing.assert_allclose(fast, full, atol=1e-5)
             assert all(q.grad is None for q in model.backbone.parameters())  # no backward through the backbone
@@ -388,8 +390,7 @@ def test_heatmaps_from_concurrent_sessions_do_not_mix(trained_run, phantom_dir):
 
 def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phantom_dir, monkeypatch):
     """The page outlines the regions when liverscope.segment offers the run's segmenter, and not otherwise."""
-    import sys
-    import types
+    from liverscope import segment
 
     calls = []
 
@@ -403,13 +404,9 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
         m[16:48, 16:48] = 0.9
         return m
 
-    fake = types.ModuleType("liverscope.segment")
-    fake.load_segmenter, fake.predict_mask = load_segmenter, predict_mask
-    monkeypatch.setitem(sys.modules, "liverscope.segment", fake)
-    import liverscope
-
-    # `from liverscope import segment` reads the package attribute once the real module was imported
-    monkeypatch.setattr(liverscope, "segment", fake, raising=False)
+    # the app calls segment.load_segmenter / segment.predict_mask through the module at call time
+    monkeypatch.setattr(segment, "load_segmenter", load_segmenter)
+    monkeypatch.setattr(segment, "predict_mask", predict_mask)
     monkeypatch.setattr(appmod, "_SEGMENTERS", {})
     at = start(app_run, monkeypatch)
     data = png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0])

@@ -14,16 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from liverscope.data.audit import (
-    audit_dataset,
-    dhash,
-    duplicate_group_ids,
-    find_near_pairs,
-    format_summary,
-    group_ids,
-    hamming,
-    write_audit,
-)
+from liverscope.data.audit import audit_dataset, duplicate_group_ids, group_ids
+from liverscope.data.audit_report import format_summary, write_audit
+from liverscope.data.hashing import dhash, find_near_pairs, hamming
 from liverscope.errors import LiverscopeError
 
 

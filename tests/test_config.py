@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from liverscope.config import CONFIG_DIR, load_config, read_run_config, save_config
+from liverscope.config import CONFIG_DIR, load_config
 from liverscope.errors import LiverscopeError
+from liverscope.rundir import read_config, write_config
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
@@ -44,8 +45,8 @@ def test_unknown_settings_are_errors(tmp_path):
 
 def test_saved_config_roundtrip(tmp_path):
     cfg = load_config("resnet50-cbam", {"name": "r"})
-    save_config(cfg, tmp_path / "config.yaml")
-    assert read_run_config(tmp_path).to_dict() == cfg.to_dict()
+    write_config(tmp_path, cfg)
+    assert read_config(tmp_path).to_dict() == cfg.to_dict()
 
 
 def test_text_values_take_the_type_of_the_setting():

@@ -13,8 +13,8 @@ from conftest import quick_config
 
 
 def test_ensemble_is_mean_of_logits():
-    from liverscope.predict import softmax
-    from liverscope.train import ensemble_logits
+    from liverscope.cv import ensemble_logits
+    from liverscope.utils import softmax
 
     rng = np.random.default_rng(0)
     folds = [rng.normal(size=(7, 4)) for _ in range(5)]
@@ -26,7 +26,7 @@ def test_ensemble_is_mean_of_logits():
 
 @pytest.fixture(scope="module")
 def cv_run(phantom_dir, tmp_path_factory):
-    from liverscope.train import cross_validate
+    from liverscope.cv import cross_validate
 
     out = tmp_path_factory.mktemp("cv")
     cfg = quick_config(phantom_dir, out, "cv", **{"train.epochs": 6})
@@ -60,13 +60,15 @@ def test_cv_outputs(cv_run):
 
 @pytest.mark.slow
 def test_cv_ensemble_predictions_are_mean_fold_logits(cv_run):
-    from liverscope.train import read_predictions_csv
+    from liverscope.rundir import read_predictions
 
     names = read_json(cv_run / "model.json")["labels"]
-    paths, y, ens, _ = read_predictions_csv(cv_run / "predictions_test.csv", names)
+    pred = read_predictions(cv_run / "predictions_test.csv", names)
+    paths, ens = pred.paths, pred.logits
     fold_logits = []
     for i in range(3):
-        p, _, lg, _ = read_predictions_csv(cv_run / "folds" / f"fold{i}" / "predictions_test.csv", names)
+        fold = read_predictions(cv_run / "folds" / f"fold{i}" / "predictions_test.csv", names)
+        p, lg = fold.paths, fold.logits
         assert p == paths
         fold_logits.append(lg)
     assert np.allclose(ens, np.mean(fold_logits, axis=0), atol=1e-5)
@@ -74,17 +76,17 @@ def test_cv_ensemble_predictions_are_mean_fold_logits(cv_run):
 
 @pytest.mark.slow
 def test_cv_resumes_and_keeps_finished_folds(cv_run):
-    from liverscope.config import read_run_config
-    from liverscope.train import cross_validate
+    from liverscope.rundir import read_config
+    from liverscope.cv import cross_validate
 
     before = (cv_run / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns
-    cross_validate(read_run_config(cv_run), k=3, test_frac=0.2)
+    cross_validate(read_config(cv_run), k=3, test_frac=0.2)
     assert (cv_run / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
 def test_evaluate_on_new_data_with_ensemble(cv_run, phantom_dir):
-    from liverscope.evaluate.external import evaluate_on_data
+    from liverscope.external import evaluate_on_data
 
     out = evaluate_on_data(cv_run, phantom_dir, name="phantoms", device="cpu")
     m = read_json(out / "metrics.json")

@@ -11,7 +11,6 @@ from liverscope.data.datasets import (
     ImageDataset,
     check_readable,
     inverse_frequency_weights,
-    is_metavir,
     load_samples,
     make_phantom,
     make_phantoms,
@@ -19,6 +18,7 @@ from liverscope.data.datasets import (
 )
 from liverscope.data.preprocess import PreprocessCache, Preprocessing
 from liverscope.errors import LiverscopeError
+from liverscope.labels import is_metavir
 
 
 def test_phantoms_are_deterministic_and_stage_dependent():

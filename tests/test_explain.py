@@ -13,9 +13,9 @@ import torch
 
 from liverscope import explain
 from liverscope.data.datasets import make_phantom
-from liverscope.data.preprocess import Preprocessing, preprocess_array, sector_mask
-from liverscope.models.registry import LiverNet, build_model, list_models
-from liverscope.predict import normalise_batch
+from liverscope.data.preprocess import Preprocessing, crop_box, normalise_batch, preprocess_array, sector_mask
+from liverscope.faithfulness import faithfulness
+from liverscope.models import LiverNet, build_model, list_models
 
 PP64 = Preprocessing(size=64, denoise=False)
 METHODS = ["gradcam", "gradcam++", "hirescam", "eigencam", "layercam"]
@@ -123,9 +123,9 @@ def test_faithfulness_prefers_gradcam_to_a_random_map(patch_model):
     imgs = imgs[:6]
     b = explain.explain_batch(model, imgs, PP64, targets=[1] * len(imgs), restrict_to_sector=False)
     full = [np.ones((PATCH_SIZE, PATCH_SIZE), bool)] * len(imgs)
-    good = explain.faithfulness(model, imgs, PP64, b.cams, b.targets, sectors=full, raw_cams=b.raw)
+    good = faithfulness(model, imgs, PP64, b.cams, b.targets, sectors=full, raw_cams=b.raw)
     rand_maps = np.random.default_rng(0).random(b.cams.shape).astype(np.float32)
-    rand = explain.faithfulness(model, imgs, PP64, rand_maps, b.targets, sectors=full)
+    rand = faithfulness(model, imgs, PP64, rand_maps, b.targets, sectors=full)
     for res in (good, rand):
         assert set(res["mean"]) == {"deletion_auc", "road", "road_morf", "road_lerf", "energy_outside_sector"}
         assert all(len(res[k]) == len(imgs) and np.all(np.isfinite(res[k])) for k in res["mean"])
@@ -281,7 +281,7 @@ def test_maps_go_back_into_the_crop_box():
     img = np.zeros((120, 200), np.uint8)
     cv2.ellipse(img, (90, 70), (50, 40), 0, 0, 360, 120, -1)
     pp = Preprocessing(size=64, denoise=False, crop_sector=True)
-    y0, y1, x0, x1 = explain.crop_box(img, pp)
+    y0, y1, x0, x1 = crop_box(img, pp)
     assert np.allclose((y0, y1, x0, x1), (30, 111, 40, 141), atol=2)
     full = explain.cam_to_original(np.ones((64, 64), np.float32), img, pp)
     assert full.shape == img.shape and full[y0:y1, x0:x1].min() == 1 and full.sum() == (y1 - y0) * (x1 - x0)

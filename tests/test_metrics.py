@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate import metrics as M
-from liverscope.evaluate.stats import softmax
+from liverscope.utils import softmax
 
 
 def _random_case(seed: int, n: int | None = None, k: int | None = None, absent: bool = False):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liverscope.models.registry import HEADS, build_model, list_models, model_from_arch
 from liverscope.errors import LiverscopeError
+from liverscope.models import HEADS, build_model, list_models, model_from_arch
 
 
 @pytest.mark.parametrize("name", list_models())

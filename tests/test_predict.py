@@ -14,20 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from liverscope.data.io import iter_image_files
 from liverscope.errors import LiverscopeError
-from liverscope.predict import (
-    DEFAULT_BATCH_SIZE,
-    Predictor,
-    Result,
-    TorchBackend,
-    cpu_has_native_bf16,
-    export_onnx,
-    fibrosis_endpoints,
-    iter_image_files,
-    onnx_state,
-    write_results,
-)
-from liverscope.utils import read_json
+from liverscope.export import export_onnx
+from liverscope.labels import endpoint_probabilities
+from liverscope.predict import DEFAULT_BATCH_SIZE, Predictor, Result, TorchBackend, write_results
+from liverscope.rundir import load_model as load_run_model
+from liverscope.rundir import onnx_state
+from liverscope.utils import cpu_has_native_bf16, read_json
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
 
@@ -40,8 +34,8 @@ LABELS = ["F0", "F1", "F2", "F3", "F4"]
 def _make_run(run_dir: Path, size: int = 32, seed: int = 0) -> Path:
     """A run directory holding an untrained resnet10t (prediction mechanics do not need training)."""
     from liverscope.data.preprocess import Preprocessing
-    from liverscope.models.registry import build_model
-    from liverscope.train import save_model
+    from liverscope.models import build_model
+    from liverscope.rundir import save_model
 
     torch.manual_seed(seed)
     save_model(run_dir, build_model("resnet10t", len(LABELS)), LABELS, Preprocessing(size=size, denoise=False))
@@ -282,12 +276,12 @@ def test_iter_image_files_recurses_skips_masks_and_hidden(tmp_path):
     assert found == ["a/x.dcm", "b/1.jpg", "b/2.png", "c/noext", "a/readme.txt"]
 
 
-def test_fibrosis_endpoints():
+def test_endpoint_probabilities():
     probs = dict(zip(LABELS, [0.1, 0.2, 0.3, 0.25, 0.15]))
-    ep = fibrosis_endpoints(probs)
+    ep = endpoint_probabilities(probs)
     assert ep == pytest.approx({"≥F2": 0.7, "≥F3": 0.4, "F4": 0.15})
-    assert fibrosis_endpoints({"normal": 0.5, "fatty": 0.5}) is None
-    assert fibrosis_endpoints({"F0": 0.3, "F4": 0.7}) == pytest.approx({"≥F2": 0.7, "≥F3": 0.7, "F4": 0.7})
+    assert endpoint_probabilities({"normal": 0.5, "fatty": 0.5}) is None
+    assert endpoint_probabilities({"F0": 0.3, "F4": 0.7}) == pytest.approx({"≥F2": 0.7, "≥F3": 0.7, "F4": 0.7})
 
 
 def test_predict_bytes_and_arrays(random_run, phantom_dir):
@@ -407,8 +401,6 @@ def test_cli_export_and_onnx_predict(random_run, phantom_dir, tmp_path):
 
 
 def test_torch_backend_is_channels_last_and_matches_eager(random_run):
-    from liverscope.predict import load_run_model
-
     model, _ = load_run_model(random_run)
     ref_model, _ = load_run_model(random_run)
     engine = TorchBackend(model, "cpu", precision="fp32")
@@ -432,8 +424,6 @@ def test_precision_auto_follows_the_hardware(random_run):
 
 
 def test_bf16_kept_within_tolerance_and_fp32_results_for_the_check_batch(random_run):
-    from liverscope.predict import load_run_model
-
     x = np.random.default_rng(1).standard_normal((4, 32, 32, 3)).astype(np.float32)
     fp32 = TorchBackend(load_run_model(random_run)[0], "cpu", precision="fp32")(x)
     engine = TorchBackend(load_run_model(random_run)[0], "cpu", precision="bf16", tolerance=1.0)
@@ -445,8 +435,6 @@ def test_bf16_kept_within_tolerance_and_fp32_results_for_the_check_batch(random_
 
 
 def test_bf16_falls_back_to_fp32_beyond_tolerance(random_run):
-    from liverscope.predict import load_run_model
-
     x = np.random.default_rng(2).standard_normal((4, 32, 32, 3)).astype(np.float32)
     engine = TorchBackend(load_run_model(random_run)[0], "cpu", precision="bf16", tolerance=0.0)
     with pytest.warns(RuntimeWarning, match="bf16 changes predictions"):
@@ -464,7 +452,7 @@ def test_bad_precision_is_a_clear_error(random_run):
 
 
 def test_torch_backend_uses_its_own_thread_count_and_restores_it(random_run):
-    from liverscope.predict import default_model_threads, load_run_model
+    from liverscope.utils import default_model_threads
 
     before = torch.get_num_threads()
     engine = TorchBackend(load_run_model(random_run)[0], "cpu", precision="fp32", threads=1)

@@ -14,7 +14,7 @@ import pytest
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate import report as R
 from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
-from liverscope.evaluate.stats import softmax
+from liverscope.utils import softmax
 
 NAMES = ["F0", "F1", "F2", "F3", "F4"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 
 from liverscope import segment as S
+from liverscope.data.geometry import to_model, to_original
+from liverscope.evaluate.masks import dice, iou, mask_scores, pointing_game
+from liverscope.rundir import read_preprocessing
+from liverscope.segment.unet import _bce_dice_loss
+from liverscope.utils import atomic_write_png
 
 # --------------------------------------------------------------------------------------------------
 # pseudo-mask rules on hand-made maps
@@ -104,16 +109,16 @@ def test_iou_and_dice_hand_computed():
     b = np.zeros((4, 4), bool)
     b[0, 2:] = True
     b[1, :] = True  # 6 pixels, 2 shared with a
-    assert S.iou(a, b) == pytest.approx(2 / 8)
-    assert S.dice(a, b) == pytest.approx(4 / 10)
-    assert S.iou(a, a) == 1.0 and S.dice(a, a) == 1.0
+    assert iou(a, b) == pytest.approx(2 / 8)
+    assert dice(a, b) == pytest.approx(4 / 10)
+    assert iou(a, a) == 1.0 and dice(a, a) == 1.0
     empty = np.zeros((4, 4), bool)
-    assert S.iou(empty, empty) == 1.0 and S.dice(empty, empty) == 1.0  # defined: agreeing that nothing is there
-    assert S.iou(a, empty) == 0.0 and S.dice(empty, a) == 0.0
+    assert iou(empty, empty) == 1.0 and dice(empty, empty) == 1.0  # defined: agreeing that nothing is there
+    assert iou(a, empty) == 0.0 and dice(empty, a) == 0.0
     region = np.zeros((4, 4), bool)
     region[0, :] = True  # inside row 0: a = 4 px, b = 2 px, shared 2
-    assert S.iou(a, b, region) == pytest.approx(2 / 4)
-    s = S.mask_scores([a, a], [b, a])
+    assert iou(a, b, region) == pytest.approx(2 / 4)
+    s = mask_scores([a, a], [b, a])
     assert s["n"] == 2 and s["iou"] == pytest.approx((0.25 + 1) / 2)
 
 
@@ -123,12 +128,12 @@ def test_pointing_game():
     cam[4, 4] = 1.0
     lesion = np.zeros((5, 5), bool)
     lesion[0:3, 0:3] = True
-    assert S.pointing_game(cam, lesion) is False  # the maximum (4,4) is outside the lesion
+    assert pointing_game(cam, lesion) is False  # the maximum (4,4) is outside the lesion
     sector = np.ones((5, 5), bool)
     sector[4, 4] = False
-    assert S.pointing_game(cam, lesion, sector) is True  # outside the sector does not count
-    assert S.pointing_game(np.full((5, 5), 0.3), lesion) is False  # a flat map points nowhere
-    assert S.pointing_game(cam, np.zeros((5, 5), bool)) is None  # no lesion: no answer
+    assert pointing_game(cam, lesion, sector) is True  # outside the sector does not count
+    assert pointing_game(np.full((5, 5), 0.3), lesion) is False  # a flat map points nowhere
+    assert pointing_game(cam, np.zeros((5, 5), bool)) is None  # no lesion: no answer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,11 +144,11 @@ def test_mask_geometry_round_trip_and_lookup(tmp_path):
     mask = np.zeros((40, 60), bool)
     mask[10:20, 30:50] = True
     box = (5, 35, 10, 58)
-    small = S.mask_to_model(mask, box, 16)
+    small = to_model(mask, box, 16)
     assert small.shape == (16, 16) and small.any()
-    back = S.mask_to_original(S.mask_to_model(mask, (0, 40, 0, 60), 120), (40, 60))
-    assert S.iou(back, mask) > 0.95
-    S.write_mask_png(tmp_path / "masks" / "a.png", mask)
+    back = to_original(to_model(mask, (0, 40, 0, 60), 120), (40, 60))
+    assert iou(back, mask) > 0.95
+    atomic_write_png(tmp_path / "masks" / "a.png", mask)
     assert np.array_equal(S.read_mask(tmp_path / "masks" / "a.png"), mask)
     assert S.find_mask(tmp_path / "masks", Path("benign/a.jpg")) == tmp_path / "masks" / "a.png"
     assert S.find_mask(tmp_path / "masks", Path("a_mask.png")) == tmp_path / "masks" / "a.png"
@@ -172,7 +177,7 @@ def test_unet_learns_the_phantom_nodules():
 
     def test_iou(model):
         pred = S.predict_masks_at(model, imgs[te], 64)
-        return S.mask_scores(list(pred), list(masks[te]))["iou"]
+        return mask_scores(list(pred), list(masks[te]))["iou"]
 
     import torch
 
@@ -204,7 +209,7 @@ def test_bad_unet_settings_are_clear_errors():
     with pytest.raises(ValueError, match="multiple of 8"):
         S.fit_unet(imgs, masks, ["train"] * 3, epochs=1)
     with pytest.raises(ValueError, match="loss"):
-        S._bce_dice_loss("focal")
+        _bce_dice_loss("focal")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,7 +282,7 @@ def test_pseudo_masks_of_a_run_follow_the_rule(trained_run, phantom_dir):
     from liverscope.data.io import read_image
     from liverscope.data.preprocess import preprocess_array
 
-    pp = S.run_preprocessing(trained_run)
+    pp = read_preprocessing(trained_run)
     files = sorted((phantom_dir / "F3").glob("*.png"))[:4]
     inputs = [preprocess_array(read_image(f), pp) for f in files]
     cams = S.run_cams(trained_run, inputs)
@@ -305,7 +310,7 @@ def test_pseudo_mask_scores_come_from_the_expert_masks(real_masses, tmp_path):
 
     from liverscope.data.preprocess import Preprocessing
     from liverscope.models.registry import build_model
-    from liverscope.train import save_model
+    from liverscope.rundir import save_model
 
     torch.manual_seed(0)
     pp = Preprocessing(size=96)
@@ -313,7 +318,7 @@ def test_pseudo_mask_scores_come_from_the_expert_masks(real_masses, tmp_path):
     files = sorted((real_masses / "benign").glob("*.png"))[:3] + sorted((real_masses / "malignant").glob("*.png"))[:3]
     items, bad = S.load_images(files, pp, roots=[real_masses])
     assert not bad and len(items) == 6
-    truth = [S.mask_to_model(S.read_mask(S.find_mask(real_masses / "masks", it.rel), it.shape), it.box, pp.size) for it in items]
+    truth = [to_model(S.read_mask(S.find_mask(real_masses / "masks", it.rel), it.shape), it.box, pp.size) for it in items]
     assert all(t.any() for t in truth)
     pm = S.pseudo_masks(tmp_path, [it.input for it in items], "otsu")
     s = S.score_pseudo_masks(pm, truth)

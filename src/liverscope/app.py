@@ -29,10 +29,18 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from liverscope import rundir, segment
+from liverscope.data.geometry import bounding_box, to_model
+from liverscope.data.io import decode_image, sniff_format, to_rgb
+from liverscope.data.preprocess import preprocess_array, sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.predict import Result
+from liverscope.explain import cam_overlay
+from liverscope.labels import FIBROSIS_ENDPOINTS
+from liverscope.predict import Predictor, Result, results_csv
+from liverscope.segment import draw_outline
 
 DISCLAIMER = (
     "**Decision support, not a diagnosis.** liverscope estimates a fibrosis stage / class from one ultrasound "
@@ -44,10 +52,9 @@ DISCLAIMER = (
 DEFAULT_MAX_UPLOAD_MB = 50
 DISPLAY_MAX_SIDE = 640
 REDACTED = "[redacted]"
-# Streamlit serves every browser session from its own thread, all sharing one cached model. CAM methods
-# hook the model's cam_layer, and a hook sees every forward pass through it, whichever session made it:
-# heatmaps are computed one at a time so that no session's map mixes in another's activations.
-_CAM_LOCK = threading.Lock()
+# Streamlit serves every browser session from its own thread, all sharing one segmenter per run: it is
+# loaded once and used by one session at a time. (Heatmaps take their own lock: explain.cam_overlay.)
+_SEGMENTER_LOCK = threading.Lock()
 
 #: DICOM attributes that identify the patient (PS3.15 Annex E basic profile, the ones that name or number
 #: a person or visit). Their values are read only to strip them from names and messages.
@@ -74,8 +81,6 @@ def dicom_identifiers(data: bytes) -> list[str]:
     Returns:
         Distinct values, longest first (so a longer match is redacted before its parts).
     """
-    from liverscope.data.io import sniff_format
-
     if sniff_format(data) != "dicom":
         return []
     import pydicom
@@ -123,8 +128,6 @@ def redact(text: str, identifiers: list[str]) -> str:
 def blank_outside_sector(img: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Set everything outside the ultrasound scan sector (``mask``, found when not given) to black:
     removes the burned-in text that ultrasound machines print in the border."""
-    from liverscope.data.preprocess import sector_mask
-
     mask = sector_mask(img) if mask is None else mask
     out = img.copy()
     out[~mask] = 0
@@ -134,13 +137,11 @@ def blank_outside_sector(img: np.ndarray, mask: np.ndarray | None = None) -> np.
 def mask_to_model_space(mask: np.ndarray, pp) -> np.ndarray:
     """Carry a full-resolution boolean mask through the preprocessing geometry (sector crop when the
     run crops, then the resize), so it lines up with the model input and its heatmaps."""
-    import cv2
-
-    if pp.crop_sector:  # preprocess_array crops to the bounding box of this same sector mask
-        ys, xs = np.nonzero(mask)
-        if len(ys):
-            mask = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    return cv2.resize(mask.astype(np.uint8), (pp.size, pp.size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    mask = np.asarray(mask, bool)
+    h, w = mask.shape[:2]
+    # preprocess_array crops to the bounding box of this same sector mask
+    box = bounding_box(mask) if pp.crop_sector else None
+    return to_model(mask, box or (0, h, 0, w), pp.size)
 
 
 def md_escape(text: str) -> str:
@@ -179,26 +180,11 @@ class Analysis:
 
 
 def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
-    import cv2
-
     h, w = img.shape[:2]
     s = max(h, w) / max_side
     if s <= 1:
         return img
     return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
-
-
-# Grad-CAM through the head only; defined with the other CAM code, kept importable from here.
-from liverscope.explain import HeadGradOnly  # noqa: E402,F401
-
-
-def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
-    """Grad-CAM of ``class_index`` over the preprocessed image, blended onto it (RGB uint8):
-    :func:`liverscope.explain.cam_overlay`, one session at a time (the CAM hooks sit on the shared model)."""
-    from liverscope import explain
-
-    with _CAM_LOCK:
-        return explain.cam_overlay(model, model_input, pp, class_index)
 
 
 _SEGMENTERS: dict[str, object] = {}
@@ -208,41 +194,23 @@ def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, disp
     """Outline of the run's segmentation mask, drawn on ``display`` (default: the model input), or
     ``None`` when the run holds no segmentation model.
 
-    Contract with :mod:`liverscope.segment` (optional module): ``load_segmenter(run_dir)`` returns the
-    run's segmentation model or ``None`` when it has none; ``predict_mask(segmenter, image)`` takes the
-    preprocessed uint8 ``size x size x 3`` image and returns an ``size x size`` mask (bool, or
-    probabilities thresholded at 0.5). The segmenter is loaded once per run directory.
+    Uses :mod:`liverscope.segment`: ``load_segmenter(run_dir)`` returns the run's segmentation model or
+    ``None`` when it has none; ``predict_mask(segmenter, image)`` takes the preprocessed uint8
+    ``size x size x 3`` image and returns an ``size x size`` mask (bool, or probabilities thresholded at
+    0.5). The segmenter is loaded once per run directory.
     """
     if run_dir is None:
         return None
-    try:
-        from liverscope import segment
-    except ImportError:
-        return None
-    load = getattr(segment, "load_segmenter", None)
-    predict_mask = getattr(segment, "predict_mask", None)
-    if load is None or predict_mask is None:
-        return None
     key = str(Path(run_dir).resolve())
-    with _CAM_LOCK:  # one load per run, and the model is used by one session at a time
+    with _SEGMENTER_LOCK:  # one load per run, and the model is used by one session at a time
         if key not in _SEGMENTERS:
-            _SEGMENTERS[key] = load(run_dir)
+            _SEGMENTERS[key] = segment.load_segmenter(run_dir)
         segmenter = _SEGMENTERS[key]
         if segmenter is None:
             return None
-        mask = np.asarray(predict_mask(segmenter, model_input))
+        mask = np.asarray(segment.predict_mask(segmenter, model_input))
     mask = mask > 0.5 if mask.dtype.kind == "f" else mask.astype(bool)
     return draw_outline(model_input if display is None else display, mask)
-
-
-def draw_outline(img: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
-    """Contours of a boolean mask drawn on an RGB uint8 image."""
-    import cv2
-
-    out = np.ascontiguousarray(img.copy())
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, colour, max(1, img.shape[0] // 160))
-    return out
 
 
 def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True) -> Analysis:
@@ -255,9 +223,6 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
         max_bytes: uploads larger than this are refused.
         with_cam: compute the Grad-CAM overlay.
     """
-    from liverscope.data.io import decode_image, sniff_format
-    from liverscope.data.preprocess import preprocess_array
-
     ids = dicom_identifiers(data)
     safe = redact(name, ids)
     if len(data) > max_bytes:
@@ -273,10 +238,6 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     except Exception as exc:  # keep the app alive whatever a strange file does to a decoder
         return Analysis(safe, Result(safe, error=redact(f"cannot process this file ({type(exc).__name__}: {exc})", ids)))
     result = predictor.predict_arrays([model_input], [safe])[0]
-    from liverscope.data.io import to_rgb
-
-    from liverscope.data.preprocess import sector_mask
-
     display = to_rgb(img)
     shown_input = model_input
     is_dicom = sniff_format(data) == "dicom"
@@ -302,12 +263,9 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
 
 def model_card(run_dir: Path, predictor) -> dict:
     """What the sidebar shows: name, version, labels, validation (and test) figures, backend."""
-    from liverscope.utils import read_json
-
     meta = predictor.meta
     arch = meta.get("architecture", {})
-    weights = run_dir / "model.safetensors"
-    model_id = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.exists() else "?"
+    model_id = (rundir.weights_sha256(run_dir) or "?")[:12]
     card = {
         "run": run_dir.name,
         "model": f"{arch.get('name', '?')} ({arch.get('head', '?')} head)",
@@ -321,13 +279,11 @@ def model_card(run_dir: Path, predictor) -> dict:
         "split": meta.get("split", "?"),
         "inference": predictor.describe(),
     }
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        try:
-            test = read_json(metrics_path).get("test") or {}
-            card["test"] = {k: test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "n") if isinstance(test.get(k), (int, float))}
-        except (OSError, ValueError):
-            pass
+    try:
+        test = rundir.read_metrics(run_dir).get("test") or {}
+        card["test"] = {k: test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "n") if isinstance(test.get(k), (int, float))}
+    except (OSError, ValueError):  # a damaged metrics.json costs the test figures, not the app
+        pass
     return card
 
 
@@ -398,8 +354,6 @@ def _render_analysis(st, a: Analysis, labels: list[str], index: int) -> None:
             st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
             ep = r.endpoints
             if ep:
-                from liverscope.evaluate.metrics import FIBROSIS_ENDPOINTS
-
                 st.markdown("**Fibrosis endpoints** (sums of stage probabilities)")
                 for col, (k, p) in zip(st.columns(3), ep.items()):
                     col.metric(f"{k} {FIBROSIS_ENDPOINTS[k][0].split()[0]}", f"{p:.1%}")
@@ -420,15 +374,13 @@ def main() -> None:
     """Draw the page (run by ``streamlit run``)."""
     import streamlit as st
 
-    from liverscope.predict import Predictor, results_csv
-
     st.set_page_config(page_title="liverscope", layout="wide")
     st.markdown(_CSS, unsafe_allow_html=True)
     st.title("liverscope — liver ultrasound")
     st.warning(DISCLAIMER, icon=":material/info:")
 
     run_dir = run_dir_from_env()
-    if run_dir is None or not (run_dir / "model.json").exists():
+    if run_dir is None or not (run_dir / rundir.MODEL_META).exists():
         st.error(f"No trained run to serve ({run_dir or 'none given'}). Start the app with `liverscope serve RUN_DIR`.")
         st.stop()
 

@@ -1,13 +1,24 @@
-"""The ``liverscope`` command line (Typer)."""
+"""The ``liverscope`` command line (Typer).
+
+Commands import the torch-side parts of liverscope (training, prediction, CAMs, segmentation: torch,
+Lightning, timm, MONAI) inside their bodies: ``liverscope --help`` and a mistyped command answer in a
+fraction of a second instead of the seconds those libraries take to load. Everything else is imported
+at the top.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
+from liverscope.config import load_config
 from liverscope.errors import LiverscopeError
 
 app = typer.Typer(
@@ -24,25 +35,53 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+#: The recipe settings that ``train`` and ``cv`` take as flags: (parameter, dotted setting, type, flags, help).
+#: One table, so the two commands cannot drift apart; ``--set KEY=VALUE`` reaches every other setting.
+RECIPE_OPTIONS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
+    ("name", "name", Optional[str], ("--name", "-n"), "Run name: outputs go to OUT_DIR/NAME."),
+    ("out_dir", "out_dir", Optional[Path], ("--out-dir", "-o"), "Folder for run directories (default runs/)."),
+    ("model", "model.name", Optional[str], ("--model", "-m"), "Model name (see `liverscope models`)."),
+    ("head", "model.head", Optional[str], ("--head",), "Head: seed, mlp128 or linear."),
+    ("pretrained", "model.pretrained", Optional[bool], ("--pretrained/--no-pretrained",), "ImageNet weights from the timm hub (needs internet)."),
+    ("weights", "model.weights", Optional[Path], ("--weights",), "Local backbone weights (.safetensors or .pth of the same timm architecture)."),
+    ("freeze_backbone", "model.freeze_backbone", Optional[bool], ("--freeze-backbone/--train-backbone",), "Train the head only."),
+    ("image_size", "data.image_size", Optional[int], ("--image-size",), "Model input size in pixels."),
+    ("denoise", "data.denoise", Optional[bool], ("--denoise/--no-denoise",), "Non-local-means denoising."),
+    ("augment", "data.augment", Optional[str], ("--augment",), "Augmentation preset: conservative, ultrasound, light, none."),
+    ("split", "data.split", Optional[str], ("--split",), "grouped (default: duplicates never straddle splits), stratified, or random (the leaky legacy split)."),
+    ("allow_leak", "data.allow_leak", Optional[bool], ("--allow-leak",), "Warn instead of refusing a split in which a test image has a duplicate in training."),
+    ("epochs", "train.epochs", Optional[int], ("--epochs",), "Maximum epochs."),
+    ("batch_size", "train.batch_size", Optional[int], ("--batch-size",), "Batch size."),
+    ("lr", "train.lr", Optional[float], ("--lr",), "Learning rate."),
+    ("weight_decay", "train.weight_decay", Optional[float], ("--weight-decay",), "Weight decay."),
+    ("optimizer", "train.optimizer", Optional[str], ("--optimizer",), "adam, adamw or sgd."),
+    ("scheduler", "train.scheduler", Optional[str], ("--scheduler",), "cosine, step, plateau or none."),
+    ("balance", "train.balance", Optional[str], ("--balance",), "none, sampler (inverse-frequency sampler) or weighted_ce."),
+    ("seed", "train.seed", Optional[int], ("--seed",), "Random seed."),
+    ("device", "train.device", Optional[str], ("--device",), "auto, cpu or cuda."),
+    ("precision", "train.precision", Optional[str], ("--precision",), "Lightning precision: 32-true, 16-mixed, bf16-mixed."),
+    ("early_stop", "train.early_stop_patience", Optional[int], ("--early-stop",), "Early-stopping patience in epochs (0 = off)."),
+    ("monitor", "train.monitor", Optional[str], ("--monitor",), "Validation metric for early stopping and best epoch."),
+    ("num_workers", "data.num_workers", Optional[int], ("--num-workers",), "DataLoader worker processes."),
+    ("cache_dir", "data.cache_dir", Optional[str], ("--cache-dir",), "Preprocessing cache folder."),
+    ("max_train_batches", "train.max_train_batches", Optional[int], ("--max-train-batches",), "Limit training batches per epoch (quick checks)."),
+    ("distinct_only", "data.distinct_only", Optional[bool], ("--distinct-only/--all-copies",), "Keep one file per duplicate group (the audit's groups)."),
+    ("crop_sector", "data.crop_sector", Optional[bool], ("--crop-sector/--no-crop-sector",), "Crop each image to its scan sector before resizing."),
+]
+_SETTING = {name: key for name, key, *_ in RECIPE_OPTIONS} | {"data": "data.path"}
+SetOpt = typer.Option(None, "--set", help="Any recipe setting as KEY=VALUE (dotted, e.g. train.label_smoothing=0.1); repeatable.")
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe file or name in configs/ (cpu-quick, effnet-b0-gradcam, mobilenetv2-multidisease, resnet50-cbam).")
+
+
 def _train_overrides(**kw) -> dict:
-    """CLI flag → dotted config key (``None`` = not given, keep the recipe's value)."""
-    mapping = {
-        "name": "name", "out_dir": "out_dir", "data": "data.path", "image_size": "data.image_size",
-        "denoise": "data.denoise", "augment": "data.augment", "split": "data.split", "allow_leak": "data.allow_leak",
-        "cache_dir": "data.cache_dir", "num_workers": "data.num_workers", "model": "model.name", "head": "model.head",
-        "pretrained": "model.pretrained", "weights": "model.weights", "freeze_backbone": "model.freeze_backbone",
-        "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "weight_decay": "train.weight_decay",
-        "optimizer": "train.optimizer", "scheduler": "train.scheduler", "balance": "train.balance", "seed": "train.seed",
-        "device": "train.device", "precision": "train.precision", "early_stop": "train.early_stop_patience",
-        "monitor": "train.monitor", "max_train_batches": "train.max_train_batches",
-        "distinct_only": "data.distinct_only", "crop_sector": "data.crop_sector",
-    }
+    """CLI flags → dotted config keys (``None`` = not given, keep the recipe's value); ``settings``
+    holds the ``--set KEY=VALUE`` items."""
     settings = kw.pop("settings", None) or []
     out = {}
     for k, v in kw.items():
         if v is None:
             continue
-        out[mapping[k]] = str(v) if isinstance(v, Path) else v
+        out[_SETTING[k]] = str(v) if isinstance(v, Path) else v
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -51,74 +90,54 @@ def _train_overrides(**kw) -> dict:
     return out
 
 
-# Options shared by train / cv / demo
-RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe file or name in configs/ (cpu-quick, effnet-b0-gradcam, mobilenetv2-multidisease, resnet50-cbam).")
-NameOpt = typer.Option(None, "--name", "-n", help="Run name: outputs go to OUT_DIR/NAME.")
-OutOpt = typer.Option(None, "--out-dir", "-o", help="Folder for run directories (default runs/).")
-ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `liverscope models`).")
-HeadOpt = typer.Option(None, "--head", help="Head: seed, mlp128 or linear.")
-PretrainedOpt = typer.Option(None, "--pretrained/--no-pretrained", help="ImageNet weights from the timm hub (needs internet).")
-WeightsOpt = typer.Option(None, "--weights", help="Local backbone weights (.safetensors or .pth of the same timm architecture).")
-FreezeOpt = typer.Option(None, "--freeze-backbone/--train-backbone", help="Train the head only.")
-SizeOpt = typer.Option(None, "--image-size", help="Model input size in pixels.")
-DenoiseOpt = typer.Option(None, "--denoise/--no-denoise", help="Non-local-means denoising.")
-AugmentOpt = typer.Option(None, "--augment", help="Augmentation preset: conservative, ultrasound, light, none.")
-SplitOpt = typer.Option(None, "--split", help="grouped (default: duplicates never straddle splits), stratified, or random (the leaky legacy split).")
-LeakOpt = typer.Option(None, "--allow-leak", help="Warn instead of refusing a split in which a test image has a duplicate in training.")
-EpochsOpt = typer.Option(None, "--epochs", help="Maximum epochs.")
-BatchOpt = typer.Option(None, "--batch-size", help="Batch size.")
-LrOpt = typer.Option(None, "--lr", help="Learning rate.")
-WdOpt = typer.Option(None, "--weight-decay", help="Weight decay.")
-OptimOpt = typer.Option(None, "--optimizer", help="adam, adamw or sgd.")
-SchedOpt = typer.Option(None, "--scheduler", help="cosine, step, plateau or none.")
-BalanceOpt = typer.Option(None, "--balance", help="none, sampler (inverse-frequency sampler) or weighted_ce.")
-SeedOpt = typer.Option(None, "--seed", help="Random seed.")
-DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda.")
-PrecisionOpt = typer.Option(None, "--precision", help="Lightning precision: 32-true, 16-mixed, bf16-mixed.")
-EarlyOpt = typer.Option(None, "--early-stop", help="Early-stopping patience in epochs (0 = off).")
-MonitorOpt = typer.Option(None, "--monitor", help="Validation metric for early stopping and best epoch.")
-WorkersOpt = typer.Option(None, "--num-workers", help="DataLoader worker processes.")
-CacheOpt = typer.Option(None, "--cache-dir", help="Preprocessing cache folder.")
-LimitOpt = typer.Option(None, "--max-train-batches", help="Limit training batches per epoch (quick checks).")
-DistinctOpt = typer.Option(None, "--distinct-only/--all-copies", help="Keep one file per duplicate group (the audit's groups).")
-CropOpt = typer.Option(None, "--crop-sector/--no-crop-sector", help="Crop each image to its scan sector before resizing.")
-SetOpt = typer.Option(None, "--set", help="Any recipe setting as KEY=VALUE (dotted, e.g. train.label_smoothing=0.1); repeatable.")
+def recipe_options(fn: Callable) -> Callable:
+    """Give a command every option of :data:`RECIPE_OPTIONS` and ``--set``; the command receives them
+    resolved as one ``overrides`` dict (for :func:`liverscope.config.load_config`)."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "overrides"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, *flags, help=text), annotation=typ)
+        for name, _, typ, flags, text in RECIPE_OPTIONS
+    ]
+    added.append(inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, default=SetOpt, annotation=Optional[List[str]]))
+    names = [p.name for p in added]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        flags = {n: kwargs.pop(n) for n in names}
+        data = kwargs.get("data")
+        try:
+            overrides = _train_overrides(data=data, **flags)
+        except LiverscopeError as exc:
+            _fail(exc)
+        return fn(**kwargs, overrides=overrides)
+
+    command.__signature__ = inspect.Signature(own + added)
+    command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "overrides"}, **{p.name: p.annotation for p in added}}
+    return command
 
 
 @app.command()
+@recipe_options
 def train(
     data: Path = typer.Argument(..., help="Class-per-folder tree or CSV manifest (path,label[,group][,source])."),
-    recipe: Optional[str] = RecipeOpt, name: Optional[str] = NameOpt, out_dir: Optional[Path] = OutOpt,
-    model: Optional[str] = ModelOpt, head: Optional[str] = HeadOpt, pretrained: Optional[bool] = PretrainedOpt,
-    weights: Optional[Path] = WeightsOpt, freeze_backbone: Optional[bool] = FreezeOpt, image_size: Optional[int] = SizeOpt,
-    denoise: Optional[bool] = DenoiseOpt, augment: Optional[str] = AugmentOpt, split: Optional[str] = SplitOpt,
-    allow_leak: Optional[bool] = LeakOpt, epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt,
-    lr: Optional[float] = LrOpt, weight_decay: Optional[float] = WdOpt, optimizer: Optional[str] = OptimOpt,
-    scheduler: Optional[str] = SchedOpt, balance: Optional[str] = BalanceOpt, seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt, precision: Optional[str] = PrecisionOpt, early_stop: Optional[int] = EarlyOpt,
-    monitor: Optional[str] = MonitorOpt, num_workers: Optional[int] = WorkersOpt, cache_dir: Optional[str] = CacheOpt,
-    max_train_batches: Optional[int] = LimitOpt, distinct_only: Optional[bool] = DistinctOpt,
-    crop_sector: Optional[bool] = CropOpt, settings: Optional[List[str]] = SetOpt,
+    recipe: Optional[str] = RecipeOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same --name) from its last checkpoint."),
+    overrides: Optional[dict] = None,
 ):
     """Train a classifier on a labelled folder or manifest; writes runs/NAME/."""
-    params = {k: v for k, v in locals().items() if k not in ("recipe", "resume")}
-    from liverscope.config import load_config
     from liverscope.train import fit
 
     try:
-        cfg = load_config(recipe, _train_overrides(**params))
-        run_dir = fit(cfg, resume=resume)
+        run_dir = fit(load_config(recipe, overrides), resume=resume)
     except LiverscopeError as exc:
         _fail(exc)
     _print_run_summary(run_dir)
 
 
 def _print_run_summary(run_dir: Path) -> None:
-    from liverscope.utils import read_json
+    from liverscope import rundir
 
-    m = read_json(run_dir / "metrics.json")
-    test = m.get("test") or {}
+    test = rundir.read_metrics(run_dir).get("test") or {}
     if test:
         typer.echo(f"test: accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, macro F1 {test['macro_f1']:.3f}, n={test.get('n', '?')}")
     typer.echo(f"run directory: {run_dir}")
@@ -159,9 +178,10 @@ def predict(
 @app.command("models")
 def models_cmd():
     """List the registered model names."""
-    from liverscope.models.registry import _REGISTRY
+    from liverscope.models import get_spec, list_models
 
-    for name, spec in _REGISTRY.items():
+    for name in list_models():
+        spec = get_spec(name)
         typer.echo(f"{name:20s} {spec.description}{'  [CPU-friendly]' if spec.small else ''}")
 
 
@@ -171,18 +191,18 @@ def demo(
     recipe: str = typer.Option("cpu-quick", "--recipe", "-r", help="Recipe to train."),
     name: str = typer.Option("demo", "--name", "-n", help="Run name."),
     out_dir: Path = typer.Option(Path("runs"), "--out-dir", "-o", help="Folder for run directories."),
-    epochs: Optional[int] = EpochsOpt,
-    device: Optional[str] = DeviceOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default: the recipe's)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
     fresh: bool = typer.Option(True, "--fresh/--keep", help="Replace an earlier demo run of the same name."),
 ):
     """The main job: phantoms (or --data) → train the quick recipe → evaluate → predict a few images."""
     import shutil
     import time
 
-    from liverscope.config import load_config
+    from liverscope import rundir
     from liverscope.data.datasets import make_phantoms
     from liverscope.predict import Predictor, write_results
-    from liverscope.train import fit, read_split_csv
+    from liverscope.train import fit
 
     t0 = time.perf_counter()
     try:
@@ -197,7 +217,7 @@ def demo(
         typer.echo(f"training recipe '{recipe}' ({cfg.model.name}, {cfg.data.image_size}px, {cfg.train.epochs} epochs) on {data} ...")
         run_dir = fit(cfg)
         _print_run_summary(run_dir)
-        samples, assignment = read_split_csv(run_dir / "split.csv")
+        samples, assignment, _ = rundir.read_split(run_dir / rundir.SPLIT)
         by_label: dict = {}
         for s, a in zip(samples, assignment):
             if a == "test":
@@ -224,7 +244,8 @@ def audit(
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when leakage risks are found (duplicates, label conflicts, source confounding)."),
 ):
     """Find duplicates, near-duplicates, label conflicts, acquisition sources, confounding and bad files."""
-    from liverscope.data.audit import audit_path, format_summary, write_audit
+    from liverscope.data.audit import audit_path
+    from liverscope.data.audit_report import format_summary, write_audit
 
     try:
         kwargs = {} if near_threshold is None else {"near_threshold": near_threshold}
@@ -241,45 +262,34 @@ def audit(
 
 
 @app.command()
+@recipe_options
 def cv(
     data: Optional[Path] = typer.Argument(None, help="Class-per-folder tree or CSV manifest (or set data.path in the recipe)."),
     k: int = typer.Option(5, "--k", help="Number of folds."),
     test_frac: float = typer.Option(0.2, "--test-frac", help="Share held out as the ensemble's test set (0 = CV only)."),
     fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this fold (repeatable); used to spread folds over GPUs."),
     gpus: int = typer.Option(0, "--gpus", help="Spread the folds over this many GPUs, one process each (0 = sequential)."),
-    recipe: Optional[str] = RecipeOpt, name: Optional[str] = NameOpt, out_dir: Optional[Path] = OutOpt,
-    model: Optional[str] = ModelOpt, head: Optional[str] = HeadOpt, pretrained: Optional[bool] = PretrainedOpt,
-    weights: Optional[Path] = WeightsOpt, freeze_backbone: Optional[bool] = FreezeOpt, image_size: Optional[int] = SizeOpt,
-    denoise: Optional[bool] = DenoiseOpt, augment: Optional[str] = AugmentOpt, split: Optional[str] = SplitOpt,
-    allow_leak: Optional[bool] = LeakOpt, epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt,
-    lr: Optional[float] = LrOpt, weight_decay: Optional[float] = WdOpt, optimizer: Optional[str] = OptimOpt,
-    scheduler: Optional[str] = SchedOpt, balance: Optional[str] = BalanceOpt, seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt, precision: Optional[str] = PrecisionOpt, early_stop: Optional[int] = EarlyOpt,
-    monitor: Optional[str] = MonitorOpt, num_workers: Optional[int] = WorkersOpt, cache_dir: Optional[str] = CacheOpt,
-    max_train_batches: Optional[int] = LimitOpt, distinct_only: Optional[bool] = DistinctOpt,
-    crop_sector: Optional[bool] = CropOpt, settings: Optional[List[str]] = SetOpt,
+    recipe: Optional[str] = RecipeOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fold from its last checkpoint (finished folds are always kept)."),
+    overrides: Optional[dict] = None,
 ):
     """Grouped stratified k-fold CV with a hold-out test set and a logit-averaging fold ensemble."""
-    params = {k_: v for k_, v in locals().items() if k_ not in ("recipe", "resume", "k", "test_frac", "fold", "gpus")}
-    from liverscope.config import load_config, save_config
-    from liverscope.train import cross_validate, launch_folds_on_gpus
+    from liverscope import rundir
+    from liverscope.cv import cross_validate, launch_folds_on_gpus
 
     try:
-        cfg = load_config(recipe, _train_overrides(**params))
+        cfg = load_config(recipe, overrides)
         if gpus > 1 and not fold:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, cfg.run_dir / "config.yaml")
+            rundir.write_config(cfg.run_dir, cfg)
             cross_validate(cfg, k=k, test_frac=test_frac, folds=[])  # writes the split once
-            launch_folds_on_gpus(cfg.run_dir / "config.yaml", k, gpus)
+            launch_folds_on_gpus(cfg.run_dir / rundir.CONFIG, k, gpus)
             run_dir = cross_validate(cfg, k=k, test_frac=test_frac)  # all folds done: aggregate
         else:
             run_dir = cross_validate(cfg, k=k, test_frac=test_frac, folds=fold or None, resume=resume)
     except LiverscopeError as exc:
         _fail(exc)
-    from liverscope.utils import read_json
-
-    m = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    m = rundir.read_metrics(run_dir)
     if "oof" in m:
         o = m["oof"]
         typer.echo(f"out-of-fold ({m['k']} folds): balanced accuracy {o['balanced_accuracy']:.3f}, macro AUC {o.get('macro_auc') or float('nan'):.3f}, accuracy {o['accuracy']:.3f}")
@@ -299,43 +309,33 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ):
     """Evaluate a run: metrics with CIs, per-source table, calibration and report.html."""
+    from liverscope import rundir
     from liverscope.evaluate.report import write_report
+    from liverscope.external import evaluate_on_data
 
     try:
         if data is not None:
-            from liverscope.evaluate.external import evaluate_on_data
-
             out = evaluate_on_data(run_dir, data, name, device)
         else:
-            if not (run_dir / "metrics.json").exists():
-                raise LiverscopeError(f"{run_dir}: no metrics.json — not a trained run directory")
+            if not (run_dir / rundir.METRICS).exists():
+                raise LiverscopeError(f"{run_dir}: no {rundir.METRICS} — not a trained run directory")
             out = run_dir
             write_report(run_dir)
         if compare is not None:
             _compare_runs(run_dir, compare, metric)
     except LiverscopeError as exc:
         _fail(exc)
-    from liverscope.utils import read_json
-
-    t = read_json(out / "metrics.json").get("test") or {}
+    t = rundir.read_metrics(out).get("test") or {}
     if t:
         typer.echo(f"accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, macro F1 {t['macro_f1']:.3f}, macro AUC {t.get('macro_auc') or float('nan'):.3f}")
     typer.echo(f"→ {out / 'report.html'}")
 
 
 def _compare_runs(a: Path, b: Path, metric: str) -> None:
-    import csv as _csv
-
+    from liverscope import rundir
     from liverscope.evaluate.stats import paired_ttest
 
-    def scores(run: Path) -> list[float]:
-        path = run / "cv_folds.csv"
-        if not path.exists():
-            raise LiverscopeError(f"{run}: no cv_folds.csv — --compare needs two `liverscope cv` runs")
-        with open(path, newline="") as fh:
-            return [float(r[f"val_{metric}"]) for r in _csv.DictReader(fh)]
-
-    sa, sb = scores(a), scores(b)
+    sa, sb = rundir.fold_scores(a, metric), rundir.fold_scores(b, metric)
     if len(sa) != len(sb):
         raise LiverscopeError(f"fold counts differ ({len(sa)} vs {len(sb)}): compare runs with the same folds")
     r = paired_ttest(sa, sb)
@@ -382,7 +382,7 @@ def export(
     atol: float = typer.Option(1e-3, "--atol", help="Largest accepted |logit difference| between ONNX Runtime and torch."),
 ):
     """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model."""
-    from liverscope.predict import export_onnx
+    from liverscope.export import export_onnx
 
     try:
         info = export_onnx(run_dir, opset=opset, atol=atol)
@@ -402,15 +402,10 @@ def serve(
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest accepted upload in MB."),
 ):
     """Start the clinician web app (Streamlit) for a run."""
-    import os
-    import subprocess
-
-    from liverscope.utils import read_json
+    from liverscope import rundir
 
     try:
-        if not (run_dir / "model.json").exists():
-            raise LiverscopeError(f"{run_dir}: no model.json — train first (liverscope train) or check the run directory")
-        read_json(run_dir / "model.json")
+        rundir.read_model_meta(run_dir)
     except (LiverscopeError, ValueError) as exc:
         _fail(exc)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -12,11 +12,8 @@ EigenCAM and LayerCAM. liverscope adds what ultrasound needs around them:
   by default a map is set to zero outside the sector (:func:`~liverscope.data.preprocess.sector_mask`
   of the model input) and min-max normalised over the sector's pixels only;
 * :func:`energy_outside_sector`: the share of the (unrestricted) map's energy that falls outside the fan
-  — a model that looks at text or borders is reading the scanner, not the liver;
-* :func:`faithfulness`: numbers that compare two methods — a deletion AUC (delete the most relevant
-  sector pixels first, watch the class probability fall; lower is more faithful) and ROAD (remove and
-  debias, Rong et al. 2022, https://arxiv.org/abs/2202.00449, with pytorch-grad-cam's noisy linear
-  imputer; higher is more faithful);
+  — a model that looks at text or borders is reading the scanner, not the liver; it and the numbers
+  that compare two methods (deletion AUC, ROAD) live in :mod:`liverscope.faithfulness`;
 * hooks are released after every call (pytorch-grad-cam's context manager), and gradient methods
   back-propagate through the head only (:class:`HeadGradOnly`: the same map at about the cost of one
   forward pass);
@@ -35,6 +32,7 @@ from __future__ import annotations
 import csv
 import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,27 +43,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from liverscope import rundir
+from liverscope.data.geometry import to_original
+from liverscope.data.io import iter_image_files, read_image, to_rgb
+from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array, sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.faithfulness import energy_outside_sector, faithfulness, input_tensor, model_device
+from liverscope.utils import atomic_path, atomic_write_json, atomic_write_npy, atomic_write_png, default_model_threads, resolve_device, softmax
+from liverscope.utils import torch_threads
 
 log = logging.getLogger(__name__)
 
 #: Method name → pytorch-grad-cam class name (the classes are imported on first use: see :data:`CAM_METHODS`).
-_METHOD_CLASSES = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "eigencam": "EigenCAM",
-    "layercam": "LayerCAM",
-}
+_METHOD_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM"}
 DEFAULT_METHOD = "gradcam"
 #: How each method is named in captions and tables.
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM"}
-#: Share of the sector removed at each step of the deletion curve (0 → 1 in ``DELETION_STEPS`` steps).
-DELETION_STEPS = 10
-#: Shares of the sector's pixels that ROAD removes (most relevant first and least relevant first).
-ROAD_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 #: Blend weight of the colour map in overlays.
 OVERLAY_ALPHA = 0.45
+# CAM methods hook the model's cam_layer, and a hook sees every forward pass through it, whichever thread
+# made it (the app serves every browser session from its own thread, all sharing one cached model):
+# cam_overlay computes one map at a time so that no caller's map mixes in another's activations.
+_CAM_LOCK = threading.Lock()
+#: The per-image columns that ``explain_paths(with_faithfulness=True)`` adds (keys of :func:`faithfulness`).
+FAITHFULNESS_COLUMNS = ("deletion_auc", "road", "road_morf", "road_lerf")
 
 
 def __getattr__(name: str):
@@ -83,17 +84,17 @@ def _cam_methods() -> dict[str, type]:
     return {name: getattr(pytorch_grad_cam, cls) for name, cls in _METHOD_CLASSES.items()}
 
 
-def cam_method(name: str) -> type:
-    """The pytorch-grad-cam class of a method name (see :data:`CAM_METHODS`)."""
+def method_key(name: str) -> str:
+    """The key of :data:`CAM_METHODS` a method name means (``Grad-CAM++``, ``gradcam_plusplus`` → ``gradcam++``)."""
     key = str(name).lower().replace("_", "").replace("-", "").replace("plusplus", "++")
     if key not in _METHOD_CLASSES:
         raise LiverscopeError(f"unknown CAM method '{name}'; choose from {', '.join(_METHOD_CLASSES)}")
-    return _cam_methods()[key]
+    return key
 
 
-def method_key(name: str) -> str:
-    cam_method(name)
-    return str(name).lower().replace("_", "").replace("-", "").replace("plusplus", "++")
+def cam_method(name: str) -> type:
+    """The pytorch-grad-cam class of a method name (see :data:`CAM_METHODS`)."""
+    return _cam_methods()[method_key(name)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,12 +169,6 @@ class CamBatch:
         return np.array([energy_outside_sector(r, s) for r, s in zip(self.raw, self.sectors)], dtype=np.float32)
 
 
-def _input_tensor(images: Sequence[np.ndarray], pp, device) -> torch.Tensor:
-    from liverscope.predict import normalise_batch
-
-    return torch.from_numpy(normalise_batch(images, pp)).permute(0, 3, 1, 2).contiguous().to(device)
-
-
 def _upsample(maps: np.ndarray, h: int, w: int) -> np.ndarray:
     """ReLU then bilinear resize of ``N x h' x w'`` maps to ``h x w`` (pytorch-grad-cam's order)."""
     maps = np.maximum(np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0), 0).astype(np.float32)
@@ -196,33 +191,6 @@ def normalise_in_region(cam: np.ndarray, region: np.ndarray | None = None) -> np
     if hi - lo > 1e-12 * max(1.0, abs(hi)):
         out[region] = (vals - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0)
-
-
-def energy_outside_sector(cam_raw: np.ndarray, sector: np.ndarray) -> float:
-    """Share of a map's energy (sum of its non-negative values) that falls outside the scan sector.
-
-    Args:
-        cam_raw: a map at the sector's resolution, not restricted to the sector (negative values count as 0).
-        sector: bool mask of the scan sector.
-
-    Returns:
-        A number in [0, 1]; 0 for an all-zero map.
-    """
-    cam = np.maximum(np.asarray(cam_raw, dtype=np.float64), 0)
-    sector = np.asarray(sector, bool)
-    if cam.shape != sector.shape:
-        raise ValueError(f"map {cam.shape} and sector {sector.shape} differ in shape")
-    total = cam.sum()
-    if not np.isfinite(total) or total <= 0:
-        return 0.0
-    return float(cam[~sector].sum() / total)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def _cam_view(model: nn.Module) -> nn.Module:
@@ -251,28 +219,19 @@ def _maps_once(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None,
 
 
 def explain_batch(
-    model: nn.Module,
-    images: Sequence[np.ndarray],
-    pp,
-    targets: Sequence[int] | None = None,
-    method: str = DEFAULT_METHOD,
-    restrict_to_sector: bool = True,
-    batch_size: int = 16,
-    aug_smooth_flip: bool = False,
-    sectors: Sequence[np.ndarray] | None = None,
+    model: nn.Module, images: Sequence[np.ndarray], pp, targets: Sequence[int] | None = None, method: str = DEFAULT_METHOD,
+    restrict_to_sector: bool = True, batch_size: int = 16, aug_smooth_flip: bool = False, sectors: Sequence[np.ndarray] | None = None,
 ) -> CamBatch:
     """Maps and everything around them for preprocessed images; see :func:`compute_cams`.
 
     Args:
         sectors: bool ``H x W`` scan-sector masks of the inputs (default: :func:`sector_mask` of each
             input; pass masks carried from the full-resolution image with
-            :func:`liverscope.app.mask_to_model_space` when the input is too small to find the fan).
+            :func:`liverscope.data.geometry.to_model` when the input is too small to find the fan).
 
     Returns:
         A :class:`CamBatch`.
     """
-    from liverscope.data.preprocess import sector_mask
-
     method = method_key(method)
     n = len(images)
     if n == 0:
@@ -286,7 +245,7 @@ def explain_batch(
     if sectors is not None and len(sectors) != n:
         raise ValueError(f"{len(sectors)} sector masks for {n} images")
     batch_size = max(1, int(batch_size))
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     raws, logits_all, target_all = [], [], []
@@ -294,7 +253,7 @@ def explain_batch(
         for i in range(0, n, batch_size):
             chunk = images[i : i + batch_size]
             h, w = chunk[0].shape[:2]
-            x = _input_tensor(chunk, pp, device)
+            x = input_tensor(chunk, pp, device)
             tgt = None if targets is None else [int(t) for t in targets[i : i + batch_size]]
             raw, logits = _maps_once(model, x, tgt, method)
             if tgt is None:
@@ -321,14 +280,8 @@ def explain_batch(
 
 
 def compute_cams(
-    model: nn.Module,
-    images: Sequence[np.ndarray],
-    pp,
-    targets: Sequence[int] | None = None,
-    method: str = DEFAULT_METHOD,
-    restrict_to_sector: bool = True,
-    batch_size: int = 16,
-    aug_smooth_flip: bool = False,
+    model: nn.Module, images: Sequence[np.ndarray], pp, targets: Sequence[int] | None = None, method: str = DEFAULT_METHOD,
+    restrict_to_sector: bool = True, batch_size: int = 16, aug_smooth_flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class activation maps of preprocessed images.
 
@@ -366,8 +319,6 @@ def heatmap_rgb(cam: np.ndarray) -> np.ndarray:
 def overlay(image: np.ndarray, cam: np.ndarray, region: np.ndarray | None = None, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """Blend a [0, 1] map onto an image (grey or RGB uint8 of the map's size); outside ``region`` the
     image is left as it is (no blue tint over the border and its text)."""
-    from liverscope.data.io import to_rgb
-
     img = to_rgb(np.asarray(image))
     if img.shape[:2] != cam.shape:
         raise ValueError(f"image {img.shape[:2]} and map {cam.shape} differ in size")
@@ -383,243 +334,26 @@ def overlay(image: np.ndarray, cam: np.ndarray, region: np.ndarray | None = None
 
 def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
     """Grad-CAM of ``class_index`` over one preprocessed image, restricted to the scan sector and
-    blended onto the image (RGB uint8, the input's size). Used by the app."""
-    from liverscope.data.preprocess import sector_mask
-    from liverscope.predict import default_model_threads, torch_threads
-
-    with torch_threads(default_model_threads()):
+    blended onto the image (RGB uint8, the input's size). Used by the app: safe to call from several
+    threads on one shared model (one map at a time)."""
+    with _CAM_LOCK, torch_threads(default_model_threads()):
         b = explain_batch(model, [model_input], pp, [int(class_index)], DEFAULT_METHOD, True, 1)
     return overlay(model_input, b.cams[0], b.sectors[0] if b.sectors[0].any() else sector_mask(model_input))
 
 
-def crop_box(original: np.ndarray, pp) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)``: the part of the original image that preprocessing resizes to the model
-    input (the scan sector's bounding box when the run crops to the sector, else the whole image)."""
-    from liverscope.data.preprocess import sector_mask
-
-    h, w = original.shape[:2]
-    if getattr(pp, "crop_sector", False):
-        ys, xs = np.nonzero(sector_mask(original))
-        if len(ys):
-            return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    return 0, h, 0, w
-
-
 def cam_to_original(cam: np.ndarray, original: np.ndarray, pp) -> np.ndarray:
     """Carry a model-input map back onto the original image: resized into the region preprocessing
-    took (see :func:`crop_box`), zero elsewhere. Returns float32 ``H x W`` of the original."""
-    h, w = original.shape[:2]
-    y0, y1, x0, x1 = crop_box(original, pp)
-    full = np.zeros((h, w), np.float32)
-    full[y0:y1, x0:x1] = cv2.resize(np.asarray(cam, np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    return np.clip(full, 0, 1)
+    took (see :func:`~liverscope.data.preprocess.crop_box`), zero elsewhere. Returns float32 ``H x W``
+    of the original in [0, 1] (bilinear resizing may overshoot a little)."""
+    return np.clip(to_original(np.asarray(cam, np.float32), original.shape, crop_box(original, pp)), 0, 1)
 
 
 def original_overlay(original: np.ndarray, cam: np.ndarray, pp, restrict_to_sector: bool = True) -> np.ndarray:
     """The map on the original image at its original size (RGB uint8); blended only inside the scan
     sector when restricted, inside the region the model saw otherwise."""
-    from liverscope.data.preprocess import sector_mask
-
     full = cam_to_original(cam, original, pp)
-    if restrict_to_sector:
-        region = sector_mask(original)
-    else:
-        y0, y1, x0, x1 = crop_box(original, pp)
-        region = np.zeros(full.shape, bool)
-        region[y0:y1, x0:x1] = True
+    region = sector_mask(original) if restrict_to_sector else to_original(np.ones(cam.shape, bool), original.shape, crop_box(original, pp))
     return overlay(original, full, region)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    from liverscope.utils import atomic_path
-
-    arr = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", arr)
-    if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
-        raise RuntimeError(f"cannot encode {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
-def _write_npy(path: Path, arr: np.ndarray) -> None:
-    from liverscope.utils import atomic_path
-
-    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-
-
-# --------------------------------------------------------------------------------------------------
-# Faithfulness
-# --------------------------------------------------------------------------------------------------
-
-
-def _relevance_order(cam: np.ndarray, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Flat indices of the region's pixels, most relevant first; ties broken at random (not by position)."""
-    idx = np.flatnonzero(region)
-    vals = cam.ravel()[idx]
-    return idx[np.lexsort((rng.random(len(idx)), -vals))]
-
-
-def _probs(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out.append(torch.softmax(model(x[i : i + batch_size]).float(), dim=1).cpu().numpy())
-    return np.concatenate(out)
-
-
-def deletion_curve(
-    model: nn.Module,
-    x: torch.Tensor,
-    cam: np.ndarray,
-    target: int,
-    region: np.ndarray,
-    steps: int = DELETION_STEPS,
-    batch_size: int = 16,
-    rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probability of ``target`` as the most relevant region pixels are deleted (replaced by a heavily
-    blurred copy of the image: removes the local structure, keeps the brightness and the fan's shape).
-
-    Args:
-        x: one normalised input ``3 x H x W``.
-        cam: its map ``H x W``.
-        region: the pixels that may be deleted (the sector).
-
-    Returns:
-        ``(fractions, probabilities)``, ``steps + 1`` points from nothing to the whole region deleted.
-    """
-    rng = rng or np.random.default_rng(0)
-    c, h, w = x.shape
-    order = _relevance_order(cam, region, rng)
-    xs = x.detach().cpu().numpy()
-    sigma = max(2.0, min(h, w) / 10)
-    blurred = np.stack([cv2.GaussianBlur(ch, (0, 0), sigma) for ch in xs])
-    fractions = np.linspace(0, 1, steps + 1)
-    batch = np.repeat(xs[None], steps + 1, axis=0).reshape(steps + 1, c, h * w)
-    flat_blur = blurred.reshape(c, h * w)
-    for k, f in enumerate(fractions):
-        gone = order[: int(round(f * len(order)))]
-        batch[k][:, gone] = flat_blur[:, gone]
-    t = torch.from_numpy(batch.reshape(steps + 1, c, h, w)).to(x.device)
-    return fractions, _probs(model, t, batch_size)[:, int(target)]
-
-
-def road_score(
-    model: nn.Module,
-    x: torch.Tensor,
-    cam: np.ndarray,
-    target: int,
-    region: np.ndarray,
-    fractions: Sequence[float] = ROAD_FRACTIONS,
-    batch_size: int = 16,
-    rng: np.random.Generator | None = None,
-) -> dict[str, float]:
-    """ROAD (RemOve And Debias, Rong et al. 2022): remove a share of the region's pixels — most relevant
-    first (MoRF) and least relevant first (LeRF) — fill them by pytorch-grad-cam's noisy linear
-    imputation (so the removal's shape does not leak the map), and measure the change of the target
-    probability. ``combined = (LeRF - MoRF) / 2`` averaged over the shares, as pytorch-grad-cam's
-    ``ROADCombined``: higher is more faithful. Pixels outside the region are never removed (the library's
-    whole-image percentiles would start with the sector's zeros).
-
-    Returns:
-        ``{"morf": mean change, "lerf": mean change, "combined": ...}`` (changes of probability; MoRF
-        should be negative for a faithful map).
-    """
-    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
-
-    rng = rng or np.random.default_rng(0)
-    c, h, w = x.shape
-    order = _relevance_order(cam, region, rng)
-    xc = x.detach().cpu().float()
-    imputer = NoisyLinearImputer()
-    perturbed = []
-    for most_first in (True, False):
-        ranked = order if most_first else order[::-1]
-        for f in fractions:
-            keep = np.ones(h * w, np.float32)
-            keep[ranked[: int(round(float(f) * len(ranked)))]] = 0
-            if keep.all():
-                perturbed.append(xc)
-                continue
-            with torch.random.fork_rng(devices=[]):  # the imputer's noise: reproducible, and the caller's RNG untouched
-                torch.manual_seed(int(rng.integers(2**31)))
-                perturbed.append(imputer(xc, torch.from_numpy(keep.reshape(h, w))))
-    t = torch.stack([xc, *perturbed]).to(x.device)
-    p = _probs(model, t, batch_size)[:, int(target)]
-    base, rest = p[0], p[1:] - p[0]
-    morf, lerf = float(rest[: len(fractions)].mean()), float(rest[len(fractions) :].mean())
-    return {"morf": morf, "lerf": lerf, "combined": (lerf - morf) / 2, "base": float(base)}
-
-
-def faithfulness(
-    model: nn.Module,
-    images: Sequence[np.ndarray],
-    pp,
-    cams: np.ndarray,
-    targets: Sequence[int],
-    sectors: Sequence[np.ndarray] | None = None,
-    raw_cams: np.ndarray | None = None,
-    deletion_steps: int = DELETION_STEPS,
-    road: bool = True,
-    road_fractions: Sequence[float] = ROAD_FRACTIONS,
-    batch_size: int = 16,
-    seed: int = 0,
-) -> dict:
-    """Numbers that say how faithful maps are to the model, so that methods compare by number, not by eye.
-
-    Args:
-        model: the model the maps explain.
-        images: preprocessed uint8 inputs (as for :func:`compute_cams`).
-        pp: the run's preprocessing.
-        cams: their maps ``N x H x W``.
-        targets: the class each map explains.
-        sectors: scan-sector masks (default: found on each input); deletion and ROAD remove sector pixels only.
-        raw_cams: the unrestricted maps (:attr:`CamBatch.raw`) for the energy share; default ``cams``.
-        deletion_steps: points of the deletion curve minus one.
-        road: also compute ROAD (solves a sparse system per removal: ~0.1 s per image at 64 px, seconds at 224).
-        road_fractions: shares of the sector ROAD removes.
-        batch_size: forward pass size.
-        seed: tie-breaking and imputation noise.
-
-    Returns:
-        ``{"deletion_auc": [N], "road": [N], "road_morf": [N], "road_lerf": [N],
-        "energy_outside_sector": [N], "mean": {name: mean over images}}`` (lists of floats; ROAD keys
-        only when ``road``). Deletion AUC: area under the target probability as the most relevant 0→100 %
-        of the sector is deleted, lower = more faithful. ROAD: higher = more faithful.
-    """
-    from liverscope.data.preprocess import sector_mask
-
-    n = len(images)
-    cams = np.asarray(cams, np.float32)
-    if len(cams) != n or len(targets) != n:
-        raise ValueError(f"{n} images, {len(cams)} maps, {len(targets)} targets")
-    secs = [sector_mask(im) for im in images] if sectors is None else [np.asarray(s, bool) for s in sectors]
-    rng = np.random.default_rng(seed)
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    out: dict = {"deletion_auc": [], "energy_outside_sector": []}
-    if road:
-        out.update(road=[], road_morf=[], road_lerf=[])
-    try:
-        for i in range(n):
-            x = _input_tensor([images[i]], pp, device)[0]
-            region = secs[i] if secs[i].any() else np.ones(secs[i].shape, bool)
-            fr, pr = deletion_curve(model, x, cams[i], targets[i], region, deletion_steps, batch_size, rng)
-            out["deletion_auc"].append(float(np.trapezoid(pr, fr) if hasattr(np, "trapezoid") else np.trapz(pr, fr)))
-            raw = cams[i] if raw_cams is None else raw_cams[i]
-            out["energy_outside_sector"].append(energy_outside_sector(raw, secs[i]))
-            if road:
-                r = road_score(model, x, cams[i], targets[i], region, road_fractions, batch_size, rng)
-                out["road"].append(r["combined"])
-                out["road_morf"].append(r["morf"])
-                out["road_lerf"].append(r["lerf"])
-    finally:
-        model.train(was_training)
-    out["mean"] = {k: (float(np.mean(v)) if len(v) else float("nan")) for k, v in out.items() if isinstance(v, list)}
-    return out
-
 
 # --------------------------------------------------------------------------------------------------
 # Files: `liverscope explain`
@@ -636,10 +370,8 @@ def _unique_stem(path: Path, taken: set[str]) -> str:
 
 
 def _load(path: Path, pp) -> tuple[np.ndarray, np.ndarray]:
-    from liverscope.data.io import decode_image, read_bytes
-    from liverscope.data.preprocess import preprocess_array
-
-    img = decode_image(read_bytes(path), path)
+    """A file's decoded image and its model input."""
+    img = read_image(path)
     return img, preprocess_array(img, pp)
 
 
@@ -684,7 +416,7 @@ def explain_paths(
 
     Args:
         run_dir: a trained run.
-        paths: files and folders (see :func:`liverscope.predict.iter_image_files`).
+        paths: files and folders (see :func:`liverscope.data.io.iter_image_files`).
         out_dir: default ``run_dir/explain``.
         method: a key of :data:`CAM_METHODS`.
         class_label: explain this class for every image (default: each image's predicted class).
@@ -698,17 +430,13 @@ def explain_paths(
         ``{"explained": n, "skipped": [(path, reason)], "out": str, "csv": str, "method": str,
         "seconds": float, "means": {column: mean}}``.
     """
-    from liverscope.data.preprocess import Preprocessing
-    from liverscope.predict import iter_image_files, load_run_model, softmax
-    from liverscope.utils import atomic_path, atomic_write_json, resolve_device
-
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     method = method_key(method)
-    model, meta = load_run_model(run_dir)
+    model, meta = rundir.load_model(run_dir)
     labels = list(meta["labels"])
     pp = Preprocessing.from_dict(meta["preprocessing"])
-    temperature = float(meta.get("temperature") or 1.0)
+    temperature = rundir.temperature(meta)
     target = None
     if class_label is not None:
         if class_label not in labels:
@@ -719,10 +447,8 @@ def explain_paths(
     model.to(resolve_device(device))
     out = Path(out_dir) if out_dir is not None else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["file", "predicted", "target", "prob_predicted", "prob_target", "energy_outside_sector"]
-    if with_faithfulness:
-        cols += ["deletion_auc", "road", "road_morf", "road_lerf"]
-    cols += ["heatmap", "overlay", "npy", "error"]
+    faith_cols = list(FAITHFULNESS_COLUMNS) if with_faithfulness else []
+    cols = ["file", "predicted", "target", "prob_predicted", "prob_target", "energy_outside_sector", *faith_cols, "heatmap", "overlay", "npy", "error"]
     taken: set[str] = set()
     skipped: list[tuple[str, str]] = []
     sums: dict[str, list[float]] = {}
@@ -744,16 +470,16 @@ def explain_paths(
                     stem = _unique_stem(p, taken)
                     files = {"heatmap": out / f"{stem}_heatmap.png", "overlay": out / f"{stem}_overlay.png", "npy": out / f"{stem}.npy"}
                     try:
-                        _write_png(files["heatmap"], heatmap_rgb(b.cams[i]))
-                        _write_png(files["overlay"], original_overlay(orig, b.cams[i], pp, restrict_to_sector))
-                        _write_npy(files["npy"], b.cams[i].astype(np.float32))
+                        atomic_write_png(files["heatmap"], heatmap_rgb(b.cams[i]))
+                        atomic_write_png(files["overlay"], original_overlay(orig, b.cams[i], pp, restrict_to_sector))
+                        atomic_write_npy(files["npy"], b.cams[i].astype(np.float32))
                     except Exception as exc:
                         rows[j]["error"] = f"cannot write outputs ({type(exc).__name__}: {exc})"
                         continue
                     pred, tgt = int(np.argmax(probs[i])), int(b.targets[i])
                     values = {"energy_outside_sector": float(energy[i])}
                     if faith is not None:
-                        values.update({k: float(faith[k][i]) for k in ("deletion_auc", "road", "road_morf", "road_lerf")})
+                        values.update({k: float(faith[k][i]) for k in FAITHFULNESS_COLUMNS})
                     for k, v in values.items():
                         sums.setdefault(k, []).append(v)
                     rows[j].update(
@@ -794,8 +520,6 @@ def _find_file(path: str, data_root: Path | None) -> Path | None:
 
 def _gallery_tile(model_input: np.ndarray, cam_rgb: np.ndarray) -> np.ndarray:
     """The model input and its overlay side by side, enlarged to at least ``GALLERY_MIN_SIDE`` px high."""
-    from liverscope.data.io import to_rgb
-
     tile = np.concatenate([to_rgb(model_input), np.full((model_input.shape[0], 4, 3), 255, np.uint8), cam_rgb], axis=1)
     scale = max(1, int(np.ceil(GALLERY_MIN_SIDE / tile.shape[0])))
     if scale > 1:
@@ -814,27 +538,25 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
     Returns:
         The gallery folder, or ``None`` when there is nothing to show (no test predictions, no readable image).
     """
-    from liverscope.data.preprocess import Preprocessing
-    from liverscope.predict import load_run_model, softmax
-    from liverscope.train import read_predictions_csv
-    from liverscope.utils import atomic_write_json
-
     run_dir = Path(run_dir)
-    pred_csv = run_dir / "predictions_test.csv"
-    if not pred_csv.exists() or not (run_dir / "model.json").exists():
+    pred_csv = run_dir / rundir.PREDICTIONS_TEST
+    if not pred_csv.exists() or not (run_dir / rundir.MODEL_META).exists():
         return None
     root = Path(data_root) if data_root is not None else None
-    model, meta = load_run_model(run_dir)
+    model, meta = rundir.load_model(run_dir)
     labels = list(meta["labels"])
     pp = Preprocessing.from_dict(meta["preprocessing"])
     try:
-        paths, y, logits, _ = read_predictions_csv(pred_csv, labels)
-    except (KeyError, ValueError, OSError) as exc:
+        predictions = rundir.read_predictions(pred_csv, labels)
+        if predictions.paths and predictions.logits is None:  # probabilities come from the logits at the run's temperature
+            raise LiverscopeError("no logit_* columns")
+    except (LiverscopeError, KeyError, ValueError, OSError) as exc:
         log.warning("CAM gallery skipped: cannot read %s (%s)", pred_csv, exc)
         return None
+    paths, y = predictions.paths, predictions.y
     if not len(paths):
         return None
-    probs = softmax(logits, float(meta.get("temperature") or 1.0))
+    probs = softmax(predictions.logits, rundir.temperature(meta))
     pred = probs.argmax(1)
     picks: list[tuple[int, str, np.ndarray]] = []  # (row, kind, model input)
     for k in range(len(labels)):
@@ -857,24 +579,19 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
     if not picks:
         return None
     b = explain_batch(model, [m for _, _, m in picks], pp, [int(pred[r]) for r, _, _ in picks], method, True, 8)
-    folder = run_dir / "cam_gallery"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
-        old.unlink()
-    captions = {}
+    tiles = []
     name = METHOD_NAMES[method_key(method)]
     for j, (r, kind, inp) in enumerate(picks):
         true, p = labels[int(y[r])], labels[int(pred[r])]
         fname = f"{true}_{kind}_{j:02d}_{Path(paths[r]).stem}.png"
         fname = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in fname)
-        _write_png(folder / fname, _gallery_tile(inp, overlay(inp, b.cams[j], b.sectors[j] if b.sectors[j].any() else None)))
-        captions[fname] = f"{Path(paths[r]).name}: true {true}, predicted {p} (p={probs[r, pred[r]]:.2f}) — {kind}; {name} of {p}"
-    atomic_write_json(folder / "captions.json", captions)
-    return folder
+        tile = _gallery_tile(inp, overlay(inp, b.cams[j], b.sectors[j] if b.sectors[j].any() else None))
+        tiles.append((fname, tile, f"{Path(paths[r]).name}: true {true}, predicted {p} (p={probs[r, pred[r]]:.2f}) — {kind}; {name} of {p}"))
+    return rundir.write_gallery(run_dir, tiles)
 
 
 __all__ = [
     "CAM_METHODS", "DEFAULT_METHOD", "CamBatch", "HeadGradOnly", "compute_cams", "explain_batch", "cam_overlay",
-    "energy_outside_sector", "normalise_in_region", "faithfulness", "deletion_curve", "road_score", "heatmap_rgb",
-    "overlay", "original_overlay", "cam_to_original", "crop_box", "explain_paths", "write_cam_gallery", "cam_method",
+    "energy_outside_sector", "normalise_in_region", "heatmap_rgb", "overlay", "original_overlay", "cam_to_original",
+    "explain_paths", "write_cam_gallery", "cam_method",
 ]

@@ -504,14 +504,11 @@ def write_gallery(run_dir: str | Path, tiles: Sequence[tuple[str, np.ndarray, st
     return folder
 
 
-_GALLERY_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
-
-
 def read_gallery(folder: Path) -> list[tuple[Path, str]]:
     """``[(image path, caption)]`` of a ``cam_gallery/`` folder, sorted by file name."""
     if not folder.is_dir():
         return []
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in _GALLERY_SUFFIXES and p.is_file())
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
     captions: dict = {}
     if (folder / GALLERY_CAPTIONS).exists():
         try:

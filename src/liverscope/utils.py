@@ -108,6 +108,8 @@ def file_sha256(path: str | Path) -> str:
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Numerically stable softmax over the last axis of ``logits / temperature`` (float64)."""
+    if not temperature > 0:
+        raise LiverscopeError(f"temperature must be positive, got {temperature}")
     z = np.asarray(logits, np.float64) / float(temperature)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)

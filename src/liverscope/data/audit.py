@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
+from liverscope.data.datasets import load_samples, natural_key
+from liverscope.data.hashing import connected_groups, dhash, find_near_pairs, hamming
 from liverscope.data.io import decode_image, extension_matches, read_bytes, sniff_format, to_grey
 from liverscope.errors import ImageReadError, LiverscopeError
 
@@ -48,102 +49,6 @@ NEAR_THRESHOLD = 2
 FINE_THRESHOLD = 6
 #: Cramer's V above which the class counts as predictable from the acquisition source.
 CONFOUND_V = 0.5
-#: Lists in the HTML page are cut to this many rows (the JSON keeps them all).
-HTML_ROWS = 200
-
-
-# --------------------------------------------------------------------------------------------------
-# hashing and the near-duplicate search
-
-
-def dhash(image: np.ndarray, hash_size: int = 8) -> int:
-    """Difference hash of an image: ``hash_size**2`` bits, one per horizontally adjacent pair of pixels
-    of the grey image shrunk to ``hash_size x (hash_size + 1)``, set where the right one is brighter.
-
-    Written here (10 lines) rather than adding the ``imagehash`` dependency; follows Krawetz's dHash.
-
-    Args:
-        image: ``HxW`` or ``HxWx3`` uint8 array.
-        hash_size: 8 gives the usual 64-bit hash, 16 a 256-bit one.
-
-    Returns:
-        The hash as a Python int (bit 0 = last pixel pair of the last row).
-    """
-    grey = to_grey(image)
-    # INTER_AREA averages every source pixel into the thumbnail, so speckle and JPEG noise cancel out
-    small = cv2.resize(grey, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA)
-    bits = small[:, 1:] > small[:, :-1]
-    return int.from_bytes(np.packbits(bits.ravel()).tobytes(), "big")
-
-
-def hamming(a: int, b: int) -> int:
-    """Number of differing bits between two hashes."""
-    return (a ^ b).bit_count()
-
-
-def _band_bounds(n_bands: int, n_bits: int = 64) -> list[tuple[int, int]]:
-    """Split ``n_bits`` into ``n_bands`` contiguous bands of near-equal width: ``[(shift, width), ...]``."""
-    widths = [n_bits // n_bands + (1 if i < n_bits % n_bands else 0) for i in range(n_bands)]
-    shifts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
-    return [(int(s), int(w)) for s, w in zip(shifts, widths)]
-
-
-def find_near_pairs(hashes: Sequence[int] | np.ndarray, threshold: int) -> np.ndarray:
-    """All index pairs ``(i, j)``, ``i < j``, of 64-bit hashes within Hamming distance ``threshold``.
-
-    Multi-index hashing (Norouzi et al., "Fast search in Hamming space with multi-index hashing", CVPR
-    2012), written here because no maintained library does it for plain 64-bit ints: the 64 bits are cut
-    into ``threshold + 1`` bands; two hashes within distance ``threshold`` agree exactly on at least one
-    band (pigeonhole), so only hashes sharing a band value (one sort per band) are compared. Time is
-    ``O(n log n)`` plus the number of candidate pairs, instead of ``O(n^2)``.
-
-    Args:
-        hashes: 64-bit hashes (ints or a ``uint64`` array).
-        threshold: the largest Hamming distance that counts as a match (0..63).
-
-    Returns:
-        ``int64`` array of shape ``(P, 2)``, rows sorted, each pair once.
-    """
-    h = np.asarray(hashes, dtype=np.uint64).ravel()
-    n = len(h)
-    if not 0 <= threshold < 64:
-        raise LiverscopeError(f"near-duplicate threshold {threshold} must lie in 0..63 bits")
-    if n < 2:
-        return np.empty((0, 2), np.int64)
-    chunks = []
-    for shift, width in _band_bounds(threshold + 1):
-        key = (h >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-        order = np.argsort(key)
-        ks = key[order]
-        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-        sizes = np.diff(np.r_[starts, n])
-        # every pair inside a bucket of equal band values, vectorised by offset d within the bucket:
-        # positions p and p + d of the sorted order pair up while p + d is still in p's bucket
-        run_end = np.repeat(starts + sizes, sizes)
-        active = np.flatnonzero(run_end - np.arange(n) > 1)
-        d = 1
-        while active.size:
-            chunks.append(np.stack([order[active], order[active + d]], axis=1))
-            d += 1
-            active = active[run_end[active] - active > d]
-    cand = np.sort(np.concatenate(chunks).astype(np.int64), axis=1) if chunks else np.empty((0, 2), np.int64)
-    if len(cand) == 0:
-        return cand
-    # a pair agreeing on several bands is found several times: de-duplicate on one int64 code per pair
-    codes = np.unique(cand[:, 0] * n + cand[:, 1])
-    cand = np.stack([codes // n, codes % n], axis=1)
-    dist = np.bitwise_count(h[cand[:, 0]] ^ h[cand[:, 1]])
-    return cand[dist <= threshold]
-
-
-def _connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Component label per node of the graph with the given edges (union of all chains of matches)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,8 +160,6 @@ def _confounding(labels: list[str], sources: list[str]) -> dict[str, Any]:
     """Class x source table, Cramer's V and the plain-language findings."""
     from scipy.stats.contingency import association
 
-    from liverscope.data.datasets import natural_key
-
     classes = sorted(set(labels), key=natural_key)
     names = sorted(set(sources), key=lambda s: (-sources.count(s), s))
     table = np.zeros((len(classes), len(names)), np.int64)
@@ -340,7 +243,7 @@ def audit_dataset(
         fine = [images[s].hash256 for s in shas]
         keep = [hamming(fine[i], fine[j]) <= fine_threshold for i, j in pairs]
         pairs = pairs[np.asarray(keep, bool)]
-    image_comp = _connected_groups(len(shas), pairs)
+    image_comp = connected_groups(len(shas), pairs)
 
     # -- file-level groups: same image component, or same patient group
     n = len(files)
@@ -356,7 +259,7 @@ def audit_dataset(
             keys.append(("group", str(f.group)))
         for key in keys:
             edges.append((k, node.setdefault(key, n + len(node))))
-    comp = _connected_groups(n + len(node), np.array(edges, np.int64).reshape(-1, 2))[:n]
+    comp = connected_groups(n + len(node), np.array(edges, np.int64).reshape(-1, 2))[:n]
     # stable, readable ids: numbered in order of each group's first path
     order = sorted(range(n), key=lambda k: files[k].path)
     names: dict[int, str] = {}
@@ -576,103 +479,8 @@ def duplicate_group_ids(samples: Sequence[Any], *, annotate: bool = True, **kwar
 
 def audit_path(data: str | Path, **kwargs) -> dict[str, Any]:
     """Audit a class-per-folder tree or CSV manifest (see :func:`liverscope.data.datasets.load_samples`)."""
-    from liverscope.data.datasets import load_samples
-
     samples, _ = load_samples(data)
     return audit_dataset(samples, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------------
-# output
-
-
-def format_summary(result: dict[str, Any]) -> str:
-    """Plain-text summary and warnings for the terminal."""
-    s = result["summary"]
-    lines = [
-        f"{s['files']} files, {s['distinct']} byte-distinct, {s['groups']} groups after merging near-duplicates "
-        f"(dHash radius {s['near_threshold']}), {s['label_conflicts']} label conflicts, {s['sources']} sources"
-        + (f" (Cramer's V {s['cramers_v']:.2f})" if s["cramers_v"] is not None else "")
-        + f", {s['unreadable']} unreadable, {s['extension_mismatches']} extension mismatches ({s['seconds']:.1f} s)",
-    ]
-    lines += [f"WARNING: {w}" for w in result["warnings"]]
-    if not result["warnings"]:
-        lines.append("No duplicates, conflicts, confounding or bad files found.")
-    return "\n".join(lines)
-
-
-_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>liverscope audit</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em;margin:.5em 0}
-.ok{background:#eafaf1;border-left:4px solid #27ae60;padding:.5em 1em}td.num{text-align:right}code{font-size:90%}
-</style></head><body>
-<h1>Data audit</h1>
-<table>{% for k, v in summary.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
-<h2>Warnings</h2>
-{% for w in warnings %}<div class="warn">{{ w }}</div>{% else %}<div class="ok">No duplicates, conflicts, confounding or bad files found.</div>{% endfor %}
-<h2>Class &times; source</h2>
-<table><tr><th>class</th>{% for s in cont.sources %}<th>{{ s }}</th>{% endfor %}</tr>
-{% for c in cont.classes %}<tr><th>{{ c }}</th>{% for n in cont.table[loop.index0] %}<td class="num">{{ n }}</td>{% endfor %}</tr>{% endfor %}
-</table>
-{% if conflicts %}<h2>Label conflicts</h2><table><tr><th>group</th><th>kind</th><th>files by label</th></tr>
-{% for c in conflicts[:rows] %}<tr><td>{{ c.group_id }}</td><td>{{ c.kind }}</td><td>{% for lab, ps in c.labels.items() %}<b>{{ lab }}</b>: {{ ps|join(', ') }}<br>{% endfor %}</td></tr>{% endfor %}</table>{% endif %}
-{% if exact %}<h2>Byte-identical copies ({{ exact|length }} sets{% if exact|length > rows %}, first {{ rows }}{% endif %})</h2>
-<table><tr><th>copies</th><th>labels</th><th>files</th></tr>{% for e in exact[:rows] %}<tr><td class="num">{{ e.count }}</td><td>{{ e.labels|join(', ') }}</td><td><code>{{ e.paths|join(', ') }}</code></td></tr>{% endfor %}</table>{% endif %}
-{% if near %}<h2>Near-duplicate groups ({{ near|length }}{% if near|length > rows %}, first {{ rows }}{% endif %})</h2>
-<table><tr><th>group</th><th>distinct images</th><th>labels</th><th>files</th></tr>{% for e in near[:rows] %}<tr><td>{{ e.group_id }}</td><td class="num">{{ e.distinct }}</td><td>{{ e.labels|join(', ') }}</td><td><code>{{ e.paths|join(', ') }}</code></td></tr>{% endfor %}</table>{% endif %}
-{% if unreadable %}<h2>Unreadable files</h2><table><tr><th>file</th><th>reason</th></tr>{% for e in unreadable[:rows] %}<tr><td><code>{{ e.path }}</code></td><td>{{ e.reason }}</td></tr>{% endfor %}</table>{% endif %}
-{% if mismatches %}<h2>Extension does not match content ({{ mismatches|length }})</h2><table><tr><th>file</th><th>content</th></tr>{% for e in mismatches[:rows] %}<tr><td><code>{{ e.path }}</code></td><td>{{ e.format }}</td></tr>{% endfor %}</table>{% endif %}
-<h2>Sources</h2><table><tr><th>source</th><th>files</th><th>classes</th><th>sizes</th><th>formats</th></tr>
-{% for name, s in sources.items() %}<tr><td>{{ name }}</td><td class="num">{{ s.files }}</td><td>{{ s.classes }}</td><td>{{ s.sizes }}</td><td>{{ s.formats }}</td></tr>{% endfor %}</table>
-</body></html>
-"""
-
-
-def render_html(result: dict[str, Any]) -> str:
-    """The audit as one self-contained HTML page."""
-    import jinja2
-
-    env = jinja2.Environment(autoescape=True)
-    return env.from_string(_HTML).render(
-        summary=result["summary"],
-        warnings=result["warnings"],
-        cont=result["contingency"],
-        conflicts=result["label_conflicts"],
-        exact=result["exact_duplicates"],
-        near=result["near_duplicates"],
-        unreadable=result["unreadable"],
-        mismatches=result["extension_mismatches"],
-        sources=result["sources"],
-        rows=HTML_ROWS,
-    )
-
-
-def write_audit(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``audit.json`` and ``audit.html`` into ``out_dir`` (atomically).
-
-    Returns:
-        ``(json_path, html_path)``.
-    """
-    from liverscope.utils import atomic_write_json, atomic_write_text
-
-    out_dir = Path(out_dir)
-    json_path = atomic_write_json(out_dir / "audit.json", result)
-    html_path = atomic_write_text(out_dir / "audit.html", render_html(result))
-    return json_path, html_path
-
-
-__all__ = [
-    "audit_dataset",
-    "audit_path",
-    "dhash",
-    "duplicate_group_ids",
-    "find_near_pairs",
-    "format_summary",
-    "group_ids",
-    "hamming",
-    "render_html",
-    "write_audit",
-]
+__all__ = ["audit_dataset", "audit_path", "duplicate_group_ids", "group_ids"]

@@ -22,10 +22,11 @@ import torch
 from liverscope.data.io import IMAGE_SUFFIXES, sniff_format
 from liverscope.data.preprocess import PreprocessCache
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.labels import METAVIR
+from liverscope.utils import atomic_write_png
 
 #: folder names under a dataset root that are not classes
 RESERVED_DIRS = {"masks", "mask", "__MACOSX"}
-METAVIR = ("F0", "F1", "F2", "F3", "F4")
 
 
 @dataclass
@@ -102,11 +103,6 @@ def load_samples(data: str | Path) -> tuple[list[Sample], list[str]]:
     if data.is_file() and data.suffix.lower() == ".csv":
         return read_manifest(data)
     return scan_folder(data)
-
-
-def is_metavir(class_names: Sequence[str]) -> bool:
-    """Whether the label set is (a subset of) METAVIR fibrosis stages F0..F4."""
-    return len(class_names) > 1 and all(c.upper() in METAVIR for c in class_names)
 
 
 def check_readable(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
@@ -272,28 +268,10 @@ def make_phantoms(
             if target.exists() and (not masks or mask_path.exists()):
                 continue
             img, mask = make_phantom(k, len(classes), size, seed * 100003 + i)
-            _write_png(target, img)
+            atomic_write_png(target, img)
             if masks:
-                _write_png(mask_path, mask.astype(np.uint8) * 255)
+                atomic_write_png(mask_path, mask)
     return out
-
-
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    from liverscope.utils import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", arr)
-    if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
-        raise RuntimeError(f"cannot encode {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
-def class_counts(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[str, int]:
-    counts = {c: 0 for c in class_names}
-    for s in samples:
-        counts[s.label] = counts.get(s.label, 0) + 1
-    return counts
 
 
 def inverse_frequency_weights(targets: Sequence[int], n_classes: int) -> np.ndarray:
@@ -310,13 +288,11 @@ __all__ = [
     "scan_folder",
     "read_manifest",
     "load_samples",
-    "is_metavir",
     "check_readable",
     "warm_cache",
     "ImageDataset",
     "make_phantom",
     "make_phantoms",
-    "class_counts",
     "inverse_frequency_weights",
     "natural_key",
 ]

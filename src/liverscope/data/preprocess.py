@@ -170,7 +170,7 @@ def normalise(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
     mean = np.asarray(pp.mean, np.float32)
     std = np.asarray(pp.std, np.float32)
     arr = np.asarray(img)
-    scaled = arr.astype(np.float32) * np.float32(1 / 255) if arr.dtype == np.uint8 else arr.astype(np.float32)
+    scaled = arr.astype(np.float32) / np.float32(255) if arr.dtype == np.uint8 else arr.astype(np.float32)
     return (scaled - mean) / std
 
 

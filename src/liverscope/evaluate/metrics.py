@@ -13,24 +13,15 @@ where a figure is undefined, e.g. the AUC of a class absent from the data).
 
 from __future__ import annotations
 
-import re
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from liverscope.errors import LiverscopeError
-
-#: METAVIR stage names (case-insensitive, a subset is fine): F0 no fibrosis ... F4 cirrhosis.
-_METAVIR = re.compile(r"^\s*F([0-4])\s*$", re.IGNORECASE)
-
-#: The binary clinical endpoints of fibrosis staging: key -> (name, lowest positive stage).
-FIBROSIS_ENDPOINTS: dict[str, tuple[str, int]] = {
-    "≥F2": ("significant fibrosis", 2),
-    "≥F3": ("advanced fibrosis", 3),
-    "F4": ("cirrhosis", 4),
-}
+from liverscope.evaluate.stats import bootstrap_ci
+from liverscope.labels import endpoint_definitions, metavir_stages
 
 #: Headline figures that get a bootstrap confidence interval with ``compute_metrics(..., ci=True)``.
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_kappa")
@@ -61,20 +52,6 @@ def _num(x: Any) -> float | None:
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
-
-
-def metavir_stages(class_names: Sequence[str]) -> list[int] | None:
-    """Stage numbers when the labels are METAVIR stages (``F0``..``F4``, any case, a subset of at least
-    two distinct stages), else ``None``."""
-    if len(class_names) < 2:
-        return None
-    stages = []
-    for c in class_names:
-        m = _METAVIR.match(str(c))
-        if m is None:
-            return None
-        stages.append(int(m.group(1)))
-    return stages if len(set(stages)) == len(stages) else None
 
 
 def _check_inputs(y_true: Any, probs: Any, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -206,46 +183,6 @@ def _binary_summary(y_pos: np.ndarray, pred_pos: np.ndarray, score: np.ndarray) 
     }
 
 
-def endpoint_definitions(class_names: Sequence[str], endpoints: Any = None) -> dict[str, dict[str, Any]]:
-    """Resolve which binary endpoints apply to a label set.
-
-    Args:
-        class_names: the model's labels.
-        endpoints: ``None`` (fibrosis endpoints when the labels are METAVIR stages), ``False`` (none),
-            ``True`` (fibrosis endpoints, error if the labels are not stages) or a mapping
-            ``{endpoint name: [positive class names]}`` for any other label set.
-
-    Returns:
-        ``{key: {"name", "positive": [class names], "index": [class indices]}}`` for each endpoint that
-        has both a positive and a negative class among the labels.
-    """
-    names = [str(c) for c in class_names]
-    if endpoints is False:
-        return {}
-    defs: dict[str, tuple[str, list[str]]] = {}
-    if isinstance(endpoints, Mapping):
-        for key, positive in endpoints.items():
-            positive = [positive] if isinstance(positive, str) else [str(c) for c in positive]
-            unknown = sorted(set(positive) - set(names))
-            if unknown:
-                raise LiverscopeError(f"endpoint {key!r}: classes {unknown} are not among {names}")
-            defs[str(key)] = (str(key), positive)
-    else:
-        stages = metavir_stages(names)
-        if stages is None:
-            if endpoints is True:
-                raise LiverscopeError(f"fibrosis endpoints need METAVIR stage labels (F0..F4), got {names}")
-            return {}
-        for key, (title, lowest) in FIBROSIS_ENDPOINTS.items():
-            defs[key] = (title, [c for c, s in zip(names, stages) if s >= lowest])
-    out = {}
-    for key, (title, positive) in defs.items():
-        idx = [names.index(c) for c in positive]
-        if 0 < len(idx) < len(names):  # F4 is not an endpoint of a model that only knows F0..F2
-            out[key] = {"name": title, "positive": positive, "index": idx}
-    return out
-
-
 def fibrosis_endpoints(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str], endpoints: Any = None) -> dict[str, dict] | None:
     """Binary clinical endpoints of fibrosis staging: ≥F2 (significant), ≥F3 (advanced), F4 (cirrhosis).
 
@@ -256,7 +193,7 @@ def fibrosis_endpoints(y_true: Sequence[int], probs: np.ndarray, class_names: Se
         y_true: ``(n,)`` true class indices.
         probs: ``(n, K)`` class probabilities.
         class_names: the labels (METAVIR stages, a subset is fine).
-        endpoints: see :func:`endpoint_definitions` (custom endpoints for other label sets).
+        endpoints: see :func:`liverscope.labels.endpoint_definitions` (custom endpoints for other label sets).
 
     Returns:
         ``{"≥F2": {"name", "positive", "n", "n_positive", "auc", "sensitivity", "specificity", "ppv",
@@ -413,7 +350,7 @@ def compute_metrics(
         ordered: whether the labels are ordinal (adds quadratic-weighted kappa). Default: ordinal when
             the labels are METAVIR stages (then ordered by stage, whatever their column order), else
             not; ``True`` declares ``class_names`` order as the ordinal order.
-        endpoints: binary endpoints, see :func:`endpoint_definitions` (default: ≥F2, ≥F3 and F4 for
+        endpoints: binary endpoints, see :func:`liverscope.labels.endpoint_definitions` (default: ≥F2, ≥F3 and F4 for
             METAVIR labels).
         ci: add percentile-bootstrap 95% confidence intervals of the headline figures under ``"ci"``.
         n_boot: bootstrap replicates.
@@ -490,8 +427,6 @@ def compute_metrics(
 
 
 def _bootstrap_headline(out: dict, y, pred, p, order, ordered, defs, n_boot, seed) -> dict[str, dict]:
-    from liverscope.evaluate.stats import bootstrap_ci
-
     keys = [h for h in HEADLINE if h != "quadratic_kappa" or ordered]
     ep = [(np.isin(y, d["index"]), p[:, d["index"]].sum(axis=1)) for d in defs.values()]
     fn = _headline_batched(y, pred, p, order, ordered, ep)
@@ -551,7 +486,6 @@ def metrics_by_group(
 
 
 __all__ = [
-    "FIBROSIS_ENDPOINTS",
     "HEADLINE",
     "compute_metrics",
     "metrics_by_group",
@@ -560,8 +494,6 @@ __all__ = [
     "quadratic_weighted_kappa",
     "one_vs_rest_auc",
     "fibrosis_endpoints",
-    "endpoint_definitions",
-    "metavir_stages",
     "batched_confusion",
     "batched_balanced_accuracy",
     "batched_macro_f1",

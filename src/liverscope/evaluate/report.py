@@ -1,10 +1,11 @@
-"""Plots (PNG) and the self-contained HTML report of a run directory.
+"""The self-contained HTML report of a run directory.
 
 :func:`write_report` reads whatever a run directory holds (``metrics.json``, ``model.json``,
 ``config.yaml``, ``history.csv``, ``split.csv``, ``predictions_test.csv``, ``audit.json``,
-``cv_folds.csv``, ``folds/*/history.csv``, ``cam_gallery/``) and renders one ``report.html`` with a
-section for each kind of result that is present; every image is embedded as base64, so the single file
-still works when it is mailed. Other modules add their own sections without editing this one::
+``cv_folds.csv``, ``folds/*/history.csv``, ``cam_gallery/``; see :class:`liverscope.rundir.RunData`) and
+renders one ``report.html`` with a section for each kind of result that is present; every image is
+embedded as base64, so the single file still works when it is mailed. Other modules add their own
+sections without editing this one::
 
     write_report(run_dir, sections={
         "Segmentation examples": run_dir / "seg_examples.png",      # an image file
@@ -14,494 +15,31 @@ still works when it is mailed. Other modules add their own sections without edit
         "ROC curves": None,                                          # drop a built-in section
     })
 
-Plots use matplotlib's object-oriented API on an Agg canvas (no pyplot, no global backend switch), so
-they are safe inside the web app and in threads.
+The plots come from :mod:`.plots`, the HTML building blocks from :mod:`.html`.
 """
 
 from __future__ import annotations
 
-import base64
-import csv
 import datetime as _dt
 import html
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from liverscope import __version__
 from liverscope.errors import LiverscopeError
-from liverscope.utils import atomic_path, atomic_write_text
-
-IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}
+from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, image_html, key_title, note, table_html
+from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
+from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
+from liverscope.rundir import GALLERY, REPORT, RUN_FILES, RunData
+from liverscope.utils import atomic_write_text, softmax
 
 #: Most CAM gallery images embedded in one report (each adds its bytes x 4/3 to the HTML).
 MAX_GALLERY_IMAGES = 60
-
-_DPI = 110
-_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-
-
-# --------------------------------------------------------------------------------------------------
-# plots
-# --------------------------------------------------------------------------------------------------
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=_DPI, facecolor="white")
-    return path
-
-
-def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalise: bool = True, title: str | None = None) -> Path:
-    """Confusion matrix as an annotated heat map (rows: true class, columns: predicted class).
-
-    Args:
-        cm: ``(K, K)`` counts.
-        class_names: the K labels.
-        path: output PNG.
-        normalise: colour by the fraction of each true class (cells show fraction and count); else by count.
-        title: figure title (default names the normalisation and n).
-
-    Returns:
-        ``path``.
-    """
-    cm = np.asarray(cm, dtype=np.int64)
-    k = len(class_names)
-    if cm.shape != (k, k):
-        raise LiverscopeError(f"confusion matrix of shape {cm.shape} does not match {k} class names")
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.where(rows > 0, cm / np.where(rows > 0, rows, 1), 0.0)
-    values = frac if normalise else cm.astype(np.float64)
-    side = max(3.8, 0.85 * k + 2.2)
-    fig = _figure(side + 0.9, side)
-    ax = fig.add_subplot()
-    vmax = 1.0 if normalise else max(1.0, float(values.max()))
-    im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class" if normalise else "images")
-    small = k > 8
-    for i in range(k):
-        for j in range(k):
-            text = f"{frac[i, j]:.2f}\n({cm[i, j]})" if normalise and not small else f"{cm[i, j]}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7 if small else 9,
-                    color="white" if values[i, j] > 0.55 * vmax else "#222")
-    ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45 if max(len(str(c)) for c in class_names) > 4 else 0, ha="right" if max(len(str(c)) for c in class_names) > 4 else "center")
-    ax.set_yticks(range(k), [str(c) for c in class_names])
-    ax.set_xlabel("Predicted class")
-    ax.set_ylabel("True class")
-    n = int(cm.sum())
-    acc = np.trace(cm) / n if n else float("nan")
-    ax.set_title(title or f"Confusion matrix{' (row-normalised)' if normalise else ''}\nn = {n}, accuracy {acc:.3f}", fontsize=10)
-    return _save(fig, path)
-
-
-def plot_roc_curves(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str], path: str | Path, endpoints: Any = None) -> Path:
-    """One-vs-rest ROC curve of every class, and a second panel with the clinical endpoints
-    (≥F2, ≥F3, F4) when the labels are METAVIR stages.
-
-    Args:
-        y_true: ``(n,)`` true class indices.
-        probs: ``(n, K)`` probabilities.
-        class_names: the labels.
-        path: output PNG.
-        endpoints: see :func:`liverscope.evaluate.metrics.endpoint_definitions` (default: automatic).
-
-    Returns:
-        ``path``.
-    """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    from liverscope.evaluate.metrics import endpoint_definitions
-
-    y = np.asarray(y_true, dtype=np.int64)
-    p = np.asarray(probs, dtype=np.float64)
-    names = [str(c) for c in class_names]
-    defs = endpoint_definitions(names, endpoints)
-    fig = _figure(10.5 if defs else 5.6, 4.9)
-    axes = fig.subplots(1, 2 if defs else 1, squeeze=False)[0]
-
-    def panel(ax, curves, title):
-        ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="chance")
-        for i, (label, pos, score, point) in enumerate(curves):
-            if not 0 < pos.sum() < pos.size:
-                continue
-            fpr, tpr, _ = roc_curve(pos, score)
-            auc = roc_auc_score(pos, score)
-            colour = _COLOURS[i % len(_COLOURS)]
-            ax.plot(fpr, tpr, lw=1.8, color=colour, label=f"{label} (AUC {auc:.3f}, n+={int(pos.sum())})")
-            if point is not None:
-                ax.plot(*point, marker="o", ms=6, color=colour, mec="black", mew=0.6)
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_aspect("equal")
-        ax.grid(alpha=0.3)
-        ax.set_xlabel("False positive rate (1 − specificity)")
-        ax.set_ylabel("True positive rate (sensitivity)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
-
-    with np.errstate(invalid="ignore"):
-        aucs = [roc_auc_score(y == k, p[:, k]) for k in range(len(names)) if 0 < (y == k).sum() < y.size]
-    macro = f" (macro AUC {np.mean(aucs):.3f})" if aucs else ""
-    panel(axes[0], [(names[k], y == k, p[:, k], None) for k in range(len(names))], f"One class vs rest{macro}")
-    if defs:
-        pred = p.argmax(axis=1)
-        curves = []
-        for key, d in defs.items():
-            pos = np.isin(y, d["index"])
-            pred_pos = np.isin(pred, d["index"])
-            point = None
-            if 0 < pos.sum() < pos.size:  # the model's own (argmax) operating point
-                point = ((pred_pos & ~pos).sum() / (~pos).sum(), (pred_pos & pos).sum() / pos.sum())
-            curves.append((f"{key} {d['name']}", pos, p[:, d["index"]].sum(axis=1), point))
-        panel(axes[1], curves, "Clinical endpoints (dot: argmax decision)")
-    return _save(fig, path)
-
-
-def plot_reliability(probs: np.ndarray, y_true: Sequence[int], path: str | Path, n_bins: int = 15, calibrated: np.ndarray | None = None, labels: tuple[str, str] = ("uncalibrated", "temperature-scaled")) -> Path:
-    """Reliability diagram (confidence against accuracy per bin) above a histogram of confidences.
-
-    Args:
-        probs: ``(n, K)`` probabilities.
-        y_true: ``(n,)`` true class indices.
-        path: output PNG.
-        n_bins: equal-width confidence bins.
-        calibrated: optional second set of probabilities of the same cases (e.g. after temperature
-            scaling), drawn on the same axes.
-        labels: legend names of ``probs`` and ``calibrated``.
-
-    Returns:
-        ``path``.
-    """
-    from liverscope.evaluate.stats import expected_calibration_error, reliability_curve
-
-    sets = [(labels[0] if calibrated is not None else "model", probs)]
-    if calibrated is not None:
-        sets.append((labels[1], calibrated))
-    fig = _figure(5.4, 6.0)
-    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1.2], sharex=True)
-    top.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="perfect calibration")
-    width = 1.0 / n_bins
-    for i, (label, pr) in enumerate(sets):
-        curve = reliability_curve(pr, y_true, n_bins)
-        ece = expected_calibration_error(pr, y_true, n_bins)
-        full = curve["count"] > 0
-        colour = _COLOURS[i]
-        top.plot(curve["confidence"][full], curve["accuracy"][full], marker="o", ms=4, lw=1.6, color=colour, label=f"{label} (ECE {ece:.3f})")
-        centres = curve["edges"][:-1] + width / 2
-        offset = (i - (len(sets) - 1) / 2) * width / max(len(sets), 1)
-        bottom.bar(centres + offset, curve["count"], width=width / len(sets), color=colour, alpha=0.75, label=label)
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1.02)
-    top.set_ylabel("Accuracy in bin")
-    top.grid(alpha=0.3)
-    top.legend(loc="upper left", fontsize=8)
-    top.set_title(f"Reliability diagram ({n_bins} bins, top-label confidence)", fontsize=10)
-    bottom.set_xlabel("Confidence (highest class probability)")
-    bottom.set_ylabel("Images")
-    bottom.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def _read_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _column(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs, values) of the rows where ``key`` has a number."""
-    xs, ys = [], []
-    for i, r in enumerate(rows):
-        v = r.get(key)
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(v):
-            try:
-                xs.append(float(r.get("epoch", i)))
-            except (TypeError, ValueError):
-                xs.append(float(i))
-            ys.append(v)
-    return np.asarray(xs), np.asarray(ys)
-
-
-def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any], path: str | Path) -> Path:
-    """Loss, validation accuracy and learning rate per epoch.
-
-    Args:
-        history: ``history.csv`` (or its rows as dicts: ``epoch, train_loss, val_loss, val_acc,
-            val_balanced_acc, lr``), or a mapping ``{name: csv or rows}`` to overlay several runs (the
-            folds of a cross-validation).
-        path: output PNG.
-
-    Returns:
-        ``path``.
-    """
-    if isinstance(history, Mapping):
-        runs = {str(k): (_read_csv(v) if isinstance(v, (str, Path)) else list(v)) for k, v in history.items()}
-    else:
-        runs = {"": _read_csv(history) if isinstance(history, (str, Path)) else list(history)}
-    if not any(runs.values()):
-        raise LiverscopeError(f"no training history rows to plot for {path}")
-    has_lr = any(_column(rows, "lr")[0].size for rows in runs.values())
-    fig = _figure(4.2 * (3 if has_lr else 2), 3.6)
-    axes = fig.subplots(1, 3 if has_lr else 2)
-    ax_loss, ax_acc = axes[0], axes[1]
-    single = len(runs) == 1
-    for i, (name, rows) in enumerate(runs.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
-        prefix = f"{name} " if name else ""
-        for key, style, label in (("train_loss", "--", "train"), ("val_loss", "-", "validation")):
-            x, v = _column(rows, key)
-            if x.size:
-                ax_loss.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=colour if not single else (_COLOURS[0] if key == "train_loss" else _COLOURS[1]), label=f"{prefix}{label}")
-        if single:
-            x, v = _column(rows, "val_loss")
-            if x.size:
-                best = x[int(np.argmin(v))]
-                ax_loss.axvline(best, color="#555", ls=":", lw=1, label=f"lowest val. loss (epoch {best:g})")
-        for key, style, label in (("val_acc", "--", "accuracy"), ("val_balanced_acc", "-", "balanced accuracy")):
-            x, v = _column(rows, key)
-            if x.size:
-                ax_acc.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=colour if not single else (_COLOURS[2] if key == "val_acc" else _COLOURS[3]), label=f"{prefix}{label}")
-        if has_lr:
-            x, v = _column(rows, "lr")
-            if x.size:
-                axes[2].plot(x, v, color=colour, label=name or None)
-    ax_loss.set_title("Loss", fontsize=10)
-    ax_loss.set_ylabel("cross-entropy")
-    ax_acc.set_title("Validation accuracy", fontsize=10)
-    ax_acc.set_ylim(0, 1.02)
-    for ax in axes:
-        ax.set_xlabel("Epoch")
-        ax.grid(alpha=0.3)
-    for ax, loc in ((ax_loss, "best"), (ax_acc, "lower right")):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc=loc)
-    if has_lr:
-        axes[2].set_title("Learning rate", fontsize=10)
-        lrs = np.concatenate([_column(rows, "lr")[1] for rows in runs.values()])
-        if lrs.size and lrs.min() > 0 and lrs.max() / lrs.min() > 10:  # schedules that decay to 0 stay linear
-            axes[2].set_yscale("log")
-    return _save(fig, path)
-
-
-# --------------------------------------------------------------------------------------------------
-# HTML building blocks (public: other modules build their sections with them)
-# --------------------------------------------------------------------------------------------------
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number for a table: floats to ``digits`` decimals, ints as they are, ``None``/NaN as an em dash."""
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return "—" if not math.isfinite(value) else f"{value:.{digits}f}"
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if f.is_integer() and str(value).strip().lstrip("-").isdigit():
-        return str(int(f))
-    return "—" if not math.isfinite(f) else f"{f:.{digits}f}"
-
-
-def _label(key: Any) -> str:
-    """A data key as a column title: ``val_balanced_accuracy`` -> ``val balanced accuracy``."""
-    return str(key).replace("_", " ")
-
-
-def fmt_ci(value: Any, ci: Sequence[float] | None, digits: int = 3) -> str:
-    """``0.812 (0.781–0.840)``: a value and its 95% interval."""
-    if ci is None or value is None or any(v is None for v in ci):
-        return fmt(value, digits)
-    return f"{fmt(value, digits)} <span class=ci>({fmt(ci[0], digits)}–{fmt(ci[1], digits)})</span>"
-
-
-def table_html(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, raw: bool = False, first_col_header: bool = True, caption: str | None = None) -> str:
-    """An HTML table; cells are escaped and numbers formatted unless ``raw`` (cells already HTML).
-
-    Args:
-        header: column titles, or ``None`` for a key/value table without a header row.
-        rows: the cells, row by row.
-        raw: the cells are HTML already (escape them yourself).
-        first_col_header: render the first cell of each row as a row header.
-        caption: a title above the table.
-    """
-    out = ['<table class="kv">' if header is None else "<table>"]
-    if caption:
-        out.append(f"<caption>{html.escape(caption)}</caption>")
-    if header is not None:
-        out.append("<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead>")
-    out.append("<tbody>")
-    for row in rows:
-        cells = []
-        for j, v in enumerate(row):
-            text = str(v) if raw else (html.escape(fmt(v)) if not isinstance(v, str) else html.escape(v))
-            numeric = not isinstance(v, str) or raw
-            tag = "th" if j == 0 and first_col_header else "td"
-            cls = ' class="num"' if numeric and tag == "td" else ""
-            cells.append(f"<{tag}{cls}>{text}</{tag}>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def image_html(image: str | Path | bytes, alt: str = "", caption: str | None = None, mime: str = "image/png", width: str | None = None) -> str:
-    """An image embedded as a base64 data URI (no reference to a local file), in a ``<figure>``."""
-    if isinstance(image, (str, Path)):
-        p = Path(image)
-        mime = IMAGE_SUFFIXES.get(p.suffix.lower(), mime)
-        data = p.read_bytes()
-    else:
-        data = bytes(image)
-    b64 = base64.b64encode(data).decode("ascii")
-    style = f' style="max-width:{html.escape(width)}"' if width else ""
-    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:{mime};base64,{b64}" alt="{html.escape(alt)}"{style}>{cap}</figure>'
-
-
-def generic_html(obj: Any) -> str:
-    """Any JSON-like value as HTML: a mapping of mappings as a table (rows x keys), a flat mapping as a
-    two-column table, a list of mappings as a table, anything else as preformatted text."""
-    import json
-
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, Mapping) for v in obj.values()):
-        cols: list[str] = []
-        for v in obj.values():
-            cols += [c for c in v if c not in cols and not isinstance(v[c], (Mapping, list))]
-        if cols:
-            return table_html(["", *[_label(c) for c in cols]], [[str(k), *[v.get(c) for c in cols]] for k, v in obj.items()])
-    if isinstance(obj, Mapping) and obj and all(not isinstance(v, (Mapping, list)) for v in obj.values()):
-        return table_html(None, [[_label(k), v] for k, v in obj.items()])
-    if isinstance(obj, list) and obj and all(isinstance(r, Mapping) for r in obj):
-        cols = []
-        for r in obj:
-            cols += [c for c in r if c not in cols]
-        return table_html([_label(c) for c in cols], [[r.get(c) for c in cols] for r in obj], first_col_header=False)
-    return f"<pre>{html.escape(json.dumps(obj, indent=2, ensure_ascii=False, default=str))}</pre>"
-
-
-def _note(text: str, kind: str = "note") -> str:
-    return f'<div class="{kind}">{html.escape(text)}</div>'
-
-
-# --------------------------------------------------------------------------------------------------
-# what a run directory holds
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunData:
-    """The contents of a run directory that the report uses; missing files are ``None``/empty.
-
-    Attributes:
-        run_dir: the directory.
-        metrics: ``metrics.json``.
-        model: ``model.json``.
-        config_text: ``config.yaml`` as text.
-        audit: ``audit.json``.
-        history: ``{"": rows}`` from ``history.csv``, or ``{"fold0": rows, ...}`` from the folds.
-        split: rows of ``split.csv``.
-        predictions: ``{"y", "probs", "logits" (or None), "sources"}`` from ``predictions_test.csv``.
-        folds: rows of ``cv_folds.csv`` (or ``metrics["folds"]``).
-        class_names: the labels.
-        problems: files that exist but could not be read, with the reason.
-    """
-
-    run_dir: Path
-    metrics: dict = field(default_factory=dict)
-    model: dict = field(default_factory=dict)
-    config_text: str | None = None
-    audit: dict | None = None
-    history: dict[str, list[dict]] = field(default_factory=dict)
-    split: list[dict] | None = None
-    predictions: dict | None = None
-    folds: list[dict] | None = None
-    class_names: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def test(self) -> dict:
-        return self.metrics.get("test") or {}
-
-    @property
-    def temperature(self) -> float | None:
-        t = self.model.get("temperature") or self.metrics.get("temperature")
-        return float(t) if t else None
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> "RunData":
-        from liverscope.utils import read_json
-
-        run_dir = Path(run_dir)
-        data = cls(run_dir)
-
-        def attempt(name: str, fn: Callable[[Path], Any]) -> Any:
-            path = run_dir / name
-            if not path.exists():
-                return None
-            try:
-                return fn(path)
-            except Exception as exc:  # a damaged file costs its section, not the report
-                data.problems.append(f"{name}: {type(exc).__name__}: {exc}")
-                return None
-
-        data.metrics = attempt("metrics.json", read_json) or {}
-        data.model = attempt("model.json", read_json) or {}
-        data.config_text = attempt("config.yaml", lambda p: p.read_text(encoding="utf-8"))
-        data.audit = attempt("audit.json", read_json)
-        data.split = attempt("split.csv", _read_csv)
-        data.folds = attempt("cv_folds.csv", _read_csv) or data.metrics.get("folds") or None
-        own = attempt("history.csv", _read_csv)
-        if own:
-            data.history = {"": own}
-        else:
-            for fold_hist in sorted((run_dir / "folds").glob("*/history.csv"), key=lambda p: p.parent.name) if (run_dir / "folds").is_dir() else []:
-                rows = attempt(str(fold_hist.relative_to(run_dir)), _read_csv)
-                if rows:
-                    data.history[fold_hist.parent.name] = rows
-        data.class_names = [str(c) for c in (data.model.get("labels") or data.metrics.get("class_names") or data.test.get("class_names") or [])]
-        data.predictions = attempt("predictions_test.csv", data._read_predictions)
-        return data
-
-    def _read_predictions(self, path: Path) -> dict | None:
-        rows = _read_csv(path)
-        if not rows:
-            return None
-        names = self.class_names or [c[len("prob_"):] for c in rows[0] if c.startswith("prob_")]
-        if not self.class_names:
-            self.class_names = names
-        index = {c: i for i, c in enumerate(names)}
-        unknown = sorted({r["label"] for r in rows} - set(index))
-        if unknown:
-            raise LiverscopeError(f"labels {unknown} are not among the run's labels {names}")
-        missing = [f"prob_{c}" for c in names if f"prob_{c}" not in rows[0]]
-        if missing:
-            raise LiverscopeError(f"columns {missing} missing")
-        y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
-        probs = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows], dtype=np.float64)
-        logits = None
-        if all(f"logit_{c}" in rows[0] for c in names):
-            logits = np.array([[float(r[f"logit_{c}"]) for c in names] for r in rows], dtype=np.float64)
-        sources = [r.get("source") or "unknown" for r in rows]
-        return {"y": y, "probs": probs, "logits": logits, "sources": sources}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,15 +91,15 @@ def section_summary(run: RunData) -> str | None:
         parts.append(table_html(["figure", *[label for _, label in sets]], [[html.escape(r[0]), *r[1:]] for r in rows], raw=True))
         if any(run.metrics[s].get("ci") for s, _ in sets):
             method = next((run.metrics[s].get("ci_method") for s, _ in sets if run.metrics[s].get("ci_method")), {}) or {}
-            parts.append(_note(f"In brackets: 95% confidence intervals, percentile bootstrap over images ({method.get('n_boot', 1000)} resamples). "
+            parts.append(note(f"In brackets: 95% confidence intervals, percentile bootstrap over images ({method.get('n_boot', 1000)} resamples). "
                                "Images of one patient or duplicate group are not independent, so these intervals are if anything too narrow."))
     if run.metrics.get("split") == "random":
-        parts.append(_note("Random split: copies and near-copies of an image can sit in both training and test, so these figures overstate "
+        parts.append(note("Random split: copies and near-copies of an image can sit in both training and test, so these figures overstate "
                            "performance on new patients. Use the grouped split for honest figures.", "warn"))
     if run.audit and (run.audit.get("summary") or {}).get("confounded"):
-        parts.append(_note("The audit found the class predictable from the acquisition source: check the per-source results.", "warn"))
+        parts.append(note("The audit found the class predictable from the acquisition source: check the per-source results.", "warn"))
     if run.metrics.get("n_skipped"):
-        parts.append(_note(f"{run.metrics['n_skipped']} file(s) could not be read and were left out.", "warn"))
+        parts.append(note(f"{run.metrics['n_skipped']} file(s) could not be read and were left out.", "warn"))
     return "".join(parts)
 
 
@@ -579,9 +117,9 @@ def section_audit(run: RunData) -> str | None:
     ]
     parts = [table_html(None, [[label, s.get(k)] for k, label in labels if k in s])]
     for w in run.audit.get("warnings") or []:
-        parts.append(_note(w, "warn"))
+        parts.append(note(w, "warn"))
     if not run.audit.get("warnings"):
-        parts.append(_note("No duplicates, label conflicts, confounding or bad files found.", "ok"))
+        parts.append(note("No duplicates, label conflicts, confounding or bad files found.", "ok"))
     cont = run.audit.get("contingency") or {}
     if cont.get("table") and len(cont.get("sources") or []) > 1:
         rows = [[c, *r] for c, r in zip(cont["classes"], cont["table"])]
@@ -626,10 +164,10 @@ def section_split(run: RunData) -> str | None:
         straddle = sum(1 for v in sides.values() if len(v) > 1)
         n_groups = len(sides)
         if straddle:
-            out.append(_note(f"{straddle} of {n_groups} duplicate/patient groups have images on more than one side of the split: "
+            out.append(note(f"{straddle} of {n_groups} duplicate/patient groups have images on more than one side of the split: "
                              "those test images have copies in training.", "warn"))
         else:
-            out.append(_note(f"{n_groups} duplicate/patient groups; none has images on more than one side of the split.", "ok"))
+            out.append(note(f"{n_groups} duplicate/patient groups; none has images on more than one side of the split.", "ok"))
     return "".join(out)
 
 
@@ -667,7 +205,7 @@ def section_per_class(run: RunData) -> str | None:
     rows = [[name, *[v.get(c) for c in cols]] for name, v in pc.items()]
     t = run.test
     rows.append(["macro average", t.get("n"), t.get("macro_precision"), t.get("macro_recall"), t.get("macro_specificity"), None, None, t.get("macro_f1"), t.get("macro_auc"), None, None, None, None])
-    return table_html(header, rows) + _note("One class against the rest. PPV equals precision; — marks a figure that is undefined (no such images or predictions).")
+    return table_html(header, rows) + note("One class against the rest. PPV equals precision; — marks a figure that is undefined (no such images or predictions).")
 
 
 def section_endpoints(run: RunData) -> str | None:
@@ -682,14 +220,12 @@ def section_endpoints(run: RunData) -> str | None:
             *[fmt(e.get(c)) for c in ("sensitivity", "specificity", "ppv", "npv")],
         ])
     header = ["endpoint", "positive stages", "positive / n", "AUC (95% CI)", "sensitivity", "specificity", "PPV", "NPV"]
-    return table_html(header, rows, raw=True) + _note(
+    return table_html(header, rows, raw=True) + note(
         "Endpoint probability = sum of the probabilities of its stages (used for the AUC); sensitivity and specificity are "
         "at the model's own decision (the most probable stage).")
 
 
 def section_calibration(run: RunData) -> str | None:
-    from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood, softmax
-
     pr = run.predictions
     t = run.test
     if not pr and t.get("ece") is None:
@@ -714,7 +250,7 @@ def section_calibration(run: RunData) -> str | None:
         parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [r for r in rows if r[1] is not None]))
     if path is not None:
         parts.append(image_html(path, "reliability diagram", "Points: mean confidence and accuracy of the images in each confidence bin; below: how many images fall in each bin.", width="30em"))
-    parts.append(_note("Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on the validation set; it changes "
+    parts.append(note("Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on the validation set; it changes "
                        "confidences, never the predicted class." if temperature else
                        "No temperature is stored with this model (a fold ensemble averages uncalibrated logits)."))
     return "".join(parts)
@@ -735,8 +271,8 @@ def section_by_source(run: RunData) -> str | None:
         res = run.metrics[key]
         parts.append(f"<h3>{html.escape(label)}</h3>" + _group_table(res["groups"]))
         if res.get("note"):
-            parts.append(_note(res["note"]))
-    parts.append(_note("A figure that holds in the pooled data but not within each source may be learning the scanner, not the liver."))
+            parts.append(note(res["note"]))
+    parts.append(note("A figure that holds in the pooled data but not within each source may be learning the scanner, not the liver."))
     return "".join(parts)
 
 
@@ -763,10 +299,10 @@ def section_folds(run: RunData) -> str | None:
     rows = [[f"fold {r.get('fold', i)}", *[r.get(c) for c in cols]] for i, r in enumerate(run.folds)]
     rows = [[html.escape(str(r[0])), *[html.escape(fmt(v)) for v in r[1:]]] for r in rows]
     rows.append(["<b>mean ± sd</b>", *[_mean_sd([r.get(c) for r in run.folds]) for c in cols]])
-    parts = [table_html(["", *[_label(c) for c in cols]], rows, raw=True)]
+    parts = [table_html(["", *[key_title(c) for c in cols]], rows, raw=True)]
     oof = run.metrics.get("oof")
     if oof:
-        parts.append(_note(f"Out-of-fold (every development image scored by the fold model that did not train on it, n = {oof.get('n')}): "
+        parts.append(note(f"Out-of-fold (every development image scored by the fold model that did not train on it, n = {oof.get('n')}): "
                            f"balanced accuracy {fmt(oof.get('balanced_accuracy'))}, macro AUC {fmt(oof.get('macro_auc'))}"
                            + (f", QW kappa {fmt(oof.get('quadratic_kappa'))}" if oof.get("quadratic_kappa") is not None else "") + "."))
     return "".join(parts)
@@ -786,28 +322,16 @@ def section_ensemble(run: RunData) -> str | None:
     if rows:
         rows.append(["mean of the fold models", *[_mean_sd([r.get(f"test_{k}") for r in fold_rows]) for k, _ in keys]])
     rows.append([f"<b>ensemble</b> (n = {ens.get('n')})", *[f"<b>{_headline_cell(ens, k)}</b>" for k, _ in keys]])
-    return table_html(["model (hold-out test)", *[l for _, l in keys]], rows, raw=True) + _note(
+    return table_html(["model (hold-out test)", *[l for _, l in keys]], rows, raw=True) + note(
         "The ensemble averages the fold models' logits, then applies softmax.")
 
 
 def section_gallery(run: RunData) -> str | None:
-    folder = run.run_dir / "cam_gallery"
-    if not folder.is_dir():
+    if not run.gallery:
         return None
-    from liverscope.utils import read_json
-
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        return None
-    captions = {}
-    if (folder / "captions.json").exists():
-        try:
-            captions = read_json(folder / "captions.json")
-        except Exception:
-            captions = {}
-    shown = images[:MAX_GALLERY_IMAGES]
-    cells = "".join(image_html(p, p.stem, captions.get(p.name) or p.stem.replace("_", " ")) for p in shown)
-    more = _note(f"{len(images) - len(shown)} more images in cam_gallery/.") if len(images) > len(shown) else ""
+    shown = run.gallery[:MAX_GALLERY_IMAGES]
+    cells = "".join(image_html(p, p.stem, caption) for p, caption in shown)
+    more = note(f"{len(run.gallery) - len(shown)} more images in {GALLERY}/.") if len(run.gallery) > len(shown) else ""
     return f'<div class="gallery">{cells}</div>{more}'
 
 
@@ -917,8 +441,6 @@ class Section:
 
 
 def _slug(title: str, taken: set[str]) -> str:
-    import re
-
     base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
     slug, i = base, 2
     while slug in taken:
@@ -952,8 +474,6 @@ def render_report(run: RunData, sections: Mapping[str, Any] | None = None, title
     """The report of ``run`` as an HTML string (see :func:`write_report`)."""
     import jinja2
 
-    import liverscope
-
     extra = dict(sections or {})
     built: list[tuple[str, str]] = []
     for name, builder in SECTIONS:
@@ -982,12 +502,9 @@ def render_report(run: RunData, sections: Mapping[str, Any] | None = None, title
         css=_CSS,
         sections=rendered,
         problems=run.problems,
-        version=getattr(liverscope, "__version__", ""),
+        version=__version__,
         generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     )
-
-
-_RUN_FILES = ("metrics.json", "model.json", "history.csv", "split.csv", "audit.json", "predictions_test.csv", "cv_folds.csv")
 
 
 def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None, *, title: str | None = None, out: str | Path | None = None) -> Path:
@@ -1017,26 +534,12 @@ def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LiverscopeError(f"{run_dir}: not a directory (expected a liverscope run directory)")
-    if not any((run_dir / f).exists() for f in _RUN_FILES):
+    if not any((run_dir / f).exists() for f in RUN_FILES):
         # refuse rather than litter an arbitrary folder (say the repository root) with an empty page
-        raise LiverscopeError(f"{run_dir}: none of {', '.join(_RUN_FILES)} found — not a liverscope run directory")
+        raise LiverscopeError(f"{run_dir}: none of {', '.join(RUN_FILES)} found — not a liverscope run directory")
     run = RunData.load(run_dir)
     text = render_report(run, sections, title)
-    return atomic_write_text(Path(out) if out else run_dir / "report.html", text)
+    return atomic_write_text(Path(out) if out else run_dir / REPORT, text)
 
 
-__all__ = [
-    "plot_confusion_matrix",
-    "plot_roc_curves",
-    "plot_reliability",
-    "plot_training_curves",
-    "write_report",
-    "render_report",
-    "RunData",
-    "SECTIONS",
-    "table_html",
-    "image_html",
-    "generic_html",
-    "fmt",
-    "fmt_ci",
-]
+__all__ = ["write_report", "render_report", "SECTIONS"]

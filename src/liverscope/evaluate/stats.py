@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from liverscope.errors import LiverscopeError
+from liverscope.utils import softmax
 
 # Replicates per chunk are chosen so one chunk holds about this many resampled elements: bounds the
 # memory of a vectorised bootstrap on large test sets (1000 replicates x 100k images would be 800 MB).
@@ -171,15 +172,6 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------------------------------
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax over the last axis of ``logits / temperature`` (float64)."""
-    from scipy.special import softmax as _softmax
-
-    if not temperature > 0:
-        raise LiverscopeError(f"temperature must be positive, got {temperature}")
-    return _softmax(np.asarray(logits, dtype=np.float64) / float(temperature), axis=-1)
-
-
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Calibrated probabilities ``softmax(logits / T)`` (temperature scaling; argmax is unchanged)."""
     return softmax(logits, temperature)
@@ -299,7 +291,6 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float,
 __all__ = [
     "paired_ttest",
     "bootstrap_ci",
-    "softmax",
     "apply_temperature",
     "reliability_curve",
     "expected_calibration_error",

@@ -1,36 +1,32 @@
-"""Evaluate a trained run (single model or fold ensemble) on a labelled folder or manifest.
+"""Score a trained run (single model or fold ensemble) on other labelled data: a workflow beside
+training, not a metric.
 
-Writes ``RUN_DIR/eval/<name>/``: ``predictions.csv``, ``metrics.json`` (with per-source metrics when the
-data has more than one acquisition source), ``confusion_matrix.png``, ``audit.json`` and ``report.html``.
+Writes ``RUN_DIR/eval/<name>/``: ``predictions_test.csv``, ``metrics.json`` (with per-source metrics when
+the data has more than one acquisition source), ``confusion_matrix.png``, ``audit.json`` and ``report.html``.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from liverscope import rundir
+from liverscope.cv import ensemble_logits
+from liverscope.data.audit import audit_dataset
+from liverscope.data.audit_report import write_audit
+from liverscope.data.datasets import load_samples
 from liverscope.errors import LiverscopeError
-from liverscope.utils import atomic_write_json, read_json
-
-
-def run_members(run_dir: Path) -> list[Path]:
-    """The run directories whose models make a run's prediction (the folds of a ``cv`` run, or itself)."""
-    meta_path = Path(run_dir) / "model.json"
-    if not meta_path.exists():
-        raise LiverscopeError(f"{run_dir}: no model.json — not a trained liverscope run directory")
-    meta = read_json(meta_path)
-    members = [Path(run_dir) / m for m in meta.get("ensemble") or []]
-    return members or [Path(run_dir)]
+from liverscope.evaluate.report import write_report
+from liverscope.evaluate.scoring import score_predictions
+from liverscope.predict import Predictor
 
 
 def ensemble_predict_logits(run_dir: Path, paths: list[Path], device: str = "auto") -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Logits of a run (mean over ensemble members) for files; returns ``(logits, ok_paths, skipped)``."""
-    from liverscope.predict import Predictor
-    from liverscope.train import ensemble_logits
-
     all_logits, ok, skipped = [], None, []
-    for member in run_members(run_dir):
+    for member in rundir.members(run_dir):
         pred = Predictor.from_run(member, device=device, calibrated=False)
         results = list(pred.predict_paths(paths))
         if ok is None:
@@ -52,21 +48,14 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     Returns:
         The output folder.
     """
-    from liverscope.data.audit import audit_dataset, write_audit
-    from liverscope.data.datasets import load_samples
-    from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
-    from liverscope.evaluate.report import plot_confusion_matrix, write_report
-    from liverscope.predict import softmax
-    from liverscope.train import write_predictions_csv
-
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / "model.json")
+    meta = rundir.read_model_meta(run_dir)
     labels = list(meta["labels"])
     samples, classes = load_samples(data)
     unknown = sorted(set(classes) - set(labels))
     if unknown:
         raise LiverscopeError(f"{data}: labels {unknown} are not among the model's labels {labels}")
-    out = run_dir / "eval" / (name or Path(data).stem)
+    out = rundir.eval_dir(run_dir, name or Path(data).stem)
     out.mkdir(parents=True, exist_ok=True)
     audit = audit_dataset(samples)
     write_audit(audit, out)
@@ -78,18 +67,14 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
         s.source = s.source or source_of.get(str(s.path))
     index = {c: i for i, c in enumerate(labels)}
     y = np.array([index[s.label] for s in kept])
-    temperature = float(meta.get("temperature") or 1.0)
-    probs = softmax(logits, temperature)
     metrics: dict = {"data": str(data), "n_skipped": len(skipped), "skipped": skipped, "class_names": labels}
-    metrics["test"] = compute_metrics(y, probs, labels, ci=True)
-    sources = [s.source or "unknown" for s in kept]
-    if len(set(sources)) > 1:
-        metrics["test_by_source"] = metrics_by_group(y, probs, sources, labels)
-    write_predictions_csv(out / "predictions_test.csv", kept, logits, labels, temperature)
-    plot_confusion_matrix(np.asarray(metrics["test"]["confusion_matrix"]), labels, out / "confusion_matrix.png")
-    atomic_write_json(out / "metrics.json", metrics)
-    for f in ("model.json", "config.yaml"):
+    scored = score_predictions(out, rundir.PREDICTIONS_TEST, kept, y, logits, labels, rundir.temperature(meta))
+    metrics["test"] = scored["metrics"]
+    if scored["by_source"]:
+        metrics["test_by_source"] = scored["by_source"]
+    rundir.write_metrics(out, metrics)
+    for f in (rundir.MODEL_META, rundir.CONFIG):  # the report of eval/NAME shows the model it scored
         if (run_dir / f).exists():
-            (out / f).write_bytes((run_dir / f).read_bytes())
+            shutil.copyfile(run_dir / f, out / f)
     write_report(out)
     return out

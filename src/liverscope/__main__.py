@@ -1,0 +1,5 @@
+"""``python -m liverscope`` runs the command line."""
+
+from liverscope.cli import main
+
+main()

@@ -1,0 +1,189 @@
+"""Pseudo-masks of a classifier run: its CAMs (single model or fold ensemble, optional flip averaging)
+cut by a rule of :mod:`liverscope.segment.rules`, scored against true masks, or written as PNGs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from liverscope.data.geometry import to_original
+from liverscope.data.preprocess import normalise_batch, sector_mask
+from liverscope.errors import LiverscopeError
+from liverscope.evaluate.masks import mask_scores, pointing_game
+from liverscope.explain import compute_cams
+from liverscope.rundir import PSEUDO_MASKS, load_model, members, read_preprocessing
+from liverscope.segment.images import list_images, load_images
+from liverscope.segment.rules import check_rule, describe_rule, normalise_map, pseudo_mask
+from liverscope.segment.unet import cpu_threads
+from liverscope.utils import atomic_write_json, atomic_write_png
+
+
+@dataclass
+class PseudoMasks:
+    """CAMs, sectors and pseudo-masks of a batch of model inputs."""
+
+    masks: np.ndarray  # bool N,H,W
+    cams: np.ndarray  # float32 N,H,W, normalised over the sector
+    sectors: np.ndarray  # bool N,H,W
+    classes: np.ndarray  # int N: the class the CAMs explain
+    rule: str
+
+
+def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Sequence[str | Path] | None = None, flip_average: bool = False,
+             method: str = "gradcam", targets: Sequence[int] | None = None, batch_size: int = 16, models: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CAMs of preprocessed model inputs, averaged over the fold models and/or the mirrored image.
+
+    The class explained is ``targets`` when given, else the predicted class (of the ensemble: mean of
+    the fold logits, as the ensemble predicts). With ``flip_average`` the raw map of the mirrored image
+    (explained for the same class) is mirrored back and averaged with the raw map before normalising
+    (:func:`liverscope.explain.compute_cams` ``aug_smooth_flip``); fold models' normalised maps are averaged.
+
+    Args:
+        run_dir: a run directory.
+        images: uint8 ``size x size x 3`` model inputs (:func:`~liverscope.data.preprocess.preprocess_array`).
+        ensemble: fold model directories (default: see :func:`liverscope.rundir.members`).
+        flip_average: also average over the horizontally mirrored image.
+        method: CAM method of :func:`liverscope.explain.compute_cams`.
+        targets: class index per image.
+        batch_size: images per CAM pass.
+        models: already loaded models (skips loading from ``run_dir``).
+
+    Returns:
+        ``(cams float32 N,H,W, class indices int N)``; the averaged map is *not* renormalised here.
+    """
+    import torch
+
+    pp = read_preprocessing(run_dir)
+    if models is None:
+        models = [load_model(d)[0] for d in members(run_dir, ensemble)]
+    images = [np.ascontiguousarray(im) for im in images]
+    if not images:
+        return np.zeros((0, pp.size, pp.size), np.float32), np.zeros(0, int)
+    if targets is None and len(models) > 1:
+        with torch.inference_mode(), cpu_threads(str(next(models[0].parameters()).device)):
+            logits = []
+            for m in models:
+                out = [m.eval()(torch.from_numpy(normalise_batch(images[i : i + batch_size], pp)).permute(0, 3, 1, 2)).float()
+                       for i in range(0, len(images), batch_size)]
+                logits.append(torch.cat(out).numpy())
+        targets = np.mean(logits, axis=0).argmax(axis=1)
+    total, count = None, 0
+    for m in models:
+        # flips: explain averages the raw maps of the scan and its mirror image (same class), then
+        # normalises; fold models: their normalised maps are averaged (raw scales differ between models)
+        with cpu_threads(str(next(m.parameters()).device)):
+            cams, classes = compute_cams(m, images, pp, targets=None if targets is None else list(targets), method=method,
+                                         restrict_to_sector=True, batch_size=batch_size, aug_smooth_flip=flip_average)
+        if targets is None:
+            targets = np.asarray(classes)
+        cams = np.asarray(cams, np.float32)
+        total = cams if total is None else total + cams
+        count += 1
+    return (total / count).astype(np.float32), np.asarray(targets, int)
+
+
+def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray], rule: str = "threshold", *, threshold: float = 0.5, q: float = 20.0,
+                 flip_average: bool = False, ensemble: Sequence[str | Path] | None = None, method: str = "gradcam", batch_size: int = 16,
+                 cams: tuple[np.ndarray, np.ndarray] | None = None) -> PseudoMasks:
+    """CAM pseudo-masks of preprocessed model inputs.
+
+    Each map (averaged over the ensemble / flips, see :func:`run_cams`) is normalised over its scan
+    sector (:func:`~liverscope.segment.rules.normalise_map`) and cut by ``rule``
+    (:func:`~liverscope.segment.rules.pseudo_mask`); masks never leave the sector.
+
+    Args:
+        run_dir: a run directory (a ``cv`` run: its fold models are averaged).
+        images: uint8 ``size x size x 3`` model inputs.
+        rule: ``threshold`` (default; ``threshold`` 0.5 as in the study), ``otsu`` or ``top`` (``q`` %).
+        cams: precomputed ``(cams, classes)`` of :func:`run_cams` (to try several rules on one pass).
+
+    Returns:
+        :class:`PseudoMasks`.
+    """
+    check_rule(rule)
+    if cams is None:
+        cams = run_cams(run_dir, images, ensemble=ensemble, flip_average=flip_average, method=method, batch_size=batch_size)
+    raw, classes = cams
+    sectors = np.stack([sector_mask(im) for im in images]) if len(images) else np.zeros((0,) + raw.shape[1:], bool)
+    norm = np.stack([normalise_map(c, s) for c, s in zip(raw, sectors)]) if len(images) else raw
+    masks = np.stack([pseudo_mask(c, s, rule, threshold=threshold, q=q) for c, s in zip(norm, sectors)]) if len(images) else np.zeros(raw.shape, bool)
+    n_models = len(members(run_dir, ensemble)) if run_dir is not None else 1
+    return PseudoMasks(masks, norm, sectors, np.asarray(classes), describe_rule(rule, threshold, q, flip_average, n_models))
+
+
+def score_pseudo_masks(pm: PseudoMasks, true_masks: Sequence[np.ndarray]) -> dict:
+    """Pseudo-masks (and their CAMs) against true masks on the model grid.
+
+    Returns:
+        ``{"n", "iou", "dice", "iou_sector", "dice_sector", "pointing_game", "pointing_n", "iou_per_image",
+        "dice_per_image", "hits"}`` — the ``_sector`` scores only count pixels inside the scan sector;
+        ``pointing_game`` is the hit rate over the ``pointing_n`` images whose true mask is not empty.
+    """
+    trues = [np.asarray(t, bool) for t in true_masks]
+    if len(trues) != len(pm.masks):
+        raise LiverscopeError(f"{len(pm.masks)} pseudo-masks for {len(trues)} true masks")
+    full = mask_scores(list(pm.masks), trues)
+    sec = mask_scores(list(pm.masks), trues, list(pm.sectors))
+    hits = [pointing_game(c, t, s) for c, t, s in zip(pm.cams, trues, pm.sectors)]
+    valid = [h for h in hits if h is not None]
+    return {
+        "n": full["n"], "iou": full["iou"], "dice": full["dice"], "iou_sector": sec["iou"], "dice_sector": sec["dice"],
+        "pointing_game": float(np.mean(valid)) if valid else float("nan"), "pointing_n": len(valid),
+        "iou_per_image": full["iou_per_image"], "dice_per_image": full["dice_per_image"], "hits": hits,
+    }
+
+
+def check_out_dir(out: Path, data_roots: Sequence[Path]) -> None:
+    """Refuse an output folder inside a data folder: masks are never written into the data."""
+    o = out.resolve()
+    for d in data_roots:
+        d = d.resolve()
+        root = d if d.is_dir() else d.parent
+        if o == root or root in o.parents:
+            raise LiverscopeError(f"--out {out} lies inside the data folder {root}: masks are never written into the data; choose another folder")
+
+
+def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | None = None, *, rule: str = "threshold", threshold: float = 0.5,
+                       q: float = 20.0, flip_average: bool = False, method: str = "gradcam", ensemble: Sequence[str | Path] | None = None,
+                       chunk: int = 64) -> dict:
+    """Pseudo-masks of every image of ``data`` as PNGs (0/255, original size) under ``out``, mirroring
+    ``data``'s relative paths (``.png`` suffix). ``out`` defaults to ``RUN_DIR/pseudo_masks`` and may not
+    lie inside ``data``.
+
+    Returns:
+        ``{"written", "out", "rule", "skipped": [(path, reason), ...]}``.
+    """
+    run_dir, data = Path(run_dir), Path(data)
+    if not data.exists():
+        raise LiverscopeError(f"{data}: does not exist (give an image folder or file)")
+    check_rule(rule)
+    out = Path(out) if out is not None else run_dir / PSEUDO_MASKS
+    check_out_dir(out, [data])
+    pp = read_preprocessing(run_dir)
+    member_dirs = members(run_dir, ensemble)
+    models = [load_model(d)[0] for d in member_dirs]
+    files = list_images([data])
+    written, skipped, desc = 0, [], describe_rule(rule, threshold, q, flip_average, len(models))
+    for start in range(0, len(files), chunk):
+        items, bad = load_images(files[start : start + chunk], pp, roots=[data])
+        skipped += bad
+        if not items:
+            continue
+        inputs = [it.input for it in items]
+        cams = run_cams(run_dir, inputs, flip_average=flip_average, method=method, models=models)
+        pm = pseudo_masks(run_dir, inputs, rule, threshold=threshold, q=q, ensemble=ensemble, cams=cams)
+        for it, m in zip(items, pm.masks):
+            atomic_write_png(out / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
+            written += 1
+    atomic_write_json(out / "pseudo_masks.json", {
+        "run": str(run_dir), "data": str(data), "rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average,
+        "method": method, "models": [str(d) for d in member_dirs], "description": desc, "written": written,
+        "skipped": [list(s) for s in skipped],
+    })
+    return {"written": written, "out": out, "rule": desc, "skipped": skipped}
+
+
+__all__ = ["PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "check_out_dir", "write_pseudo_masks"]
