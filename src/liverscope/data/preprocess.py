@@ -23,6 +23,7 @@ import numpy as np
 
 from liverscope.data.geometry import Box, bounding_box
 from liverscope.data.io import decode_image, read_bytes, to_grey, to_rgb
+from liverscope.errors import LiverscopeError
 from liverscope.utils import atomic_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,8 +44,6 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self):
-        from liverscope.errors import LiverscopeError
-
         if self.denoise_at not in ("model", "full"):
             raise LiverscopeError(f"denoise_at must be 'model' or 'full', got '{self.denoise_at}'")
         if not 16 <= int(self.size) <= 2048:
