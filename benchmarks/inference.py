@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from liverscope.data.io import iter_image_files
-from liverscope.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, normalise_batch
+from liverscope.config import IMAGENET_MEAN, IMAGENET_STD
+from liverscope.data.preprocess import Preprocessing, normalise_batch
 from liverscope.explain import cam_overlay
 from liverscope.export import export_onnx
 from liverscope.models import build_model

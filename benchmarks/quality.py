@@ -9,8 +9,11 @@ On ../shared/data/liver-fibrosis, with a CPU recipe (no ImageNet weights):
     quadratic-weighted kappa, overall and within each acquisition source.
 
     python benchmarks/quality.py [--data DIR] [--out runs/quality] [--epochs 30] [--image-size 96]
+    python benchmarks/quality.py --skip-leak --model tf_efficientnet_lite0 --pretrained --image-size 128 \
+        --epochs 15 --lr 1e-3 --name lite0-128 --lever "ImageNet Lite0, 128 px, 15 epochs"   # one experiment
 
-Results: printed as a Markdown table and saved to OUT/quality.json.
+Results: printed as a Markdown table and saved to OUT/quality.json; every cv experiment also appends
+one row (lever, OOF figures overall and per source, minutes) to OUT/experiments.jsonl.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ def recipe(args, name: str, **extra):
         "model.name": args.model, "model.head": "linear", "train.epochs": args.epochs, "train.batch_size": 32,
         "train.optimizer": "adamw", "train.lr": args.lr, "train.weight_decay": 5e-4, "train.scheduler": "cosine",
         "train.balance": "sampler", "train.label_smoothing": 0.1, "train.progress": False, "train.seed": args.seed,
-        "train.monitor": "val_balanced_acc",
+        "train.monitor": "val_balanced_acc", "model.pretrained": args.pretrained,
     }
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        values[key.strip()] = value.strip()
     values.update(extra)
     return load_config("cpu-quick", values)
 
@@ -62,11 +68,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-leak", action="store_true")
     ap.add_argument("--skip-cv", action="store_true", help="only the random-vs-grouped hold-out comparison")
+    ap.add_argument("--pretrained", action="store_true", help="ImageNet weights (hub, or the liverscope[imagenet] packages offline)")
+    ap.add_argument("--name", default="cv5-grouped", help="run name of the cross-validation under OUT")
+    ap.add_argument("--lever", default="", help="what this experiment changes (the row label in experiments.jsonl)")
+    ap.add_argument("--set", action="append", help="any recipe setting KEY=VALUE (repeatable)")
     args = ap.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} not found: this benchmark needs the real data (see ../shared/data/README.md)")
     t0 = time.perf_counter()
-    results: dict = {"command": " ".join(["python benchmarks/quality.py", f"--model {args.model}", f"--image-size {args.image_size}", f"--epochs {args.epochs}", f"--leak-epochs {args.leak_epochs}"])}
+    import sys
+
+    results: dict = {"command": " ".join(["python", *sys.argv])}
 
     if not args.skip_leak:
         for split in ("random", "grouped"):
@@ -79,11 +91,17 @@ def main() -> None:
             results[f"holdout_{split}"]["by_source"] = {s: headline(v) for s, v in (m.get("test_by_source") or {}).get("groups", {}).items()}
 
     if not args.skip_cv:
-        cv_run = cross_validate(recipe(args, "cv5-grouped", **{"data.split": "grouped", "data.distinct_only": True}), k=5, test_frac=0.0)
+        t_cv = time.perf_counter()
+        cv_run = cross_validate(recipe(args, args.name, **{"data.split": "grouped", "data.distinct_only": True}), k=5, test_frac=0.0)
         m = read_json(cv_run / "metrics.json")
         results["cv5_oof"] = headline(m["oof"])
         results["cv5_oof"]["ci"] = m["oof"].get("ci")
+        results["cv5_oof"]["endpoints"] = {k: v.get("auc") for k, v in (m["oof"].get("endpoints") or {}).items()}
         results["cv5_by_source"] = {s: headline(v) for s, v in (m.get("oof_by_source") or {}).get("groups", {}).items()}
+        row = {"lever": args.lever or args.name, "run": str(cv_run), "command": results["command"],
+               "minutes": round((time.perf_counter() - t_cv) / 60, 1), **results["cv5_oof"], "by_source": results["cv5_by_source"]}
+        with open(args.out / "experiments.jsonl", "a", encoding="utf-8") as fh:  # appended as each experiment ends
+            fh.write(json.dumps(row) + "\n")
     results["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     atomic_write_json(args.out / "quality.json", results)
 

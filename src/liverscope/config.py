@@ -18,6 +18,12 @@ from liverscope.errors import LiverscopeError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
+#: Input statistics of ImageNet-trained weights (torchvision / timm); a model registers its own when
+#: its weights expect others (EfficientNet-Lite: 0.5 / 0.5).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass
 class DataConfig:
     path: str | None = None  # class-per-folder root or CSV manifest (path,label[,group][,source])
@@ -66,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "32-true"  # Lightning precision string, e.g. 16-mixed, bf16-mixed
+    channels_last: bool = True  # NHWC memory layout: faster convolutions (benchmarks/train_speed.py)
     max_train_batches: float | int | None = None  # limit batches per epoch (quick checks)
     progress: bool = True
 

@@ -21,13 +21,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from liverscope.config import IMAGENET_MEAN, IMAGENET_STD
 from liverscope.data.geometry import Box, bounding_box
 from liverscope.data.io import decode_image, read_bytes, to_grey, to_rgb
 from liverscope.errors import LiverscopeError
 from liverscope.utils import atomic_path
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_VERSION = 1  # bump when the preprocessing code changes what it returns
 
 
@@ -50,13 +49,16 @@ class Preprocessing:
             raise LiverscopeError(f"image size {self.size} out of range (16..2048)")
 
     @classmethod
-    def from_data_config(cls, data) -> "Preprocessing":
+    def from_data_config(cls, data, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> "Preprocessing":
+        """The preprocessing of a recipe's ``data`` section, normalised as the model's weights expect."""
         return cls(
             size=int(data.image_size),
             denoise=bool(data.denoise),
             denoise_strength=float(data.denoise_strength),
             denoise_at=str(data.denoise_at),
             crop_sector=bool(data.crop_sector),
+            mean=tuple(mean),
+            std=tuple(std),
         )
 
     @classmethod

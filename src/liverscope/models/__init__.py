@@ -4,6 +4,7 @@ registers itself (:mod:`.timm_backbones`, :mod:`.cbam`). Importing this package 
 
 from liverscope.models import timm_backbones  # noqa: F401  isort: skip  (registration on import, plain backbones first)
 from liverscope.models import cbam  # noqa: F401  isort: skip
+from liverscope.models import efficientnet_lite  # noqa: F401  isort: skip
 from liverscope.models.livernet import HEADS, LiverNet
 from liverscope.models.registry import build_model, get_spec, is_model, list_models, model_from_arch, register_model
 

@@ -19,6 +19,7 @@ from typing import Callable
 
 from torch import nn
 
+from liverscope.config import IMAGENET_MEAN, IMAGENET_STD
 from liverscope.errors import LiverscopeError
 from liverscope.models.livernet import LiverNet
 
@@ -30,21 +31,26 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     description: str
     small: bool  # cheap enough to train on a laptop CPU
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation its ImageNet weights expect
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, timm_name: str, description: str = "", small: bool = False):
+def register_model(name: str, timm_name: str, description: str = "", small: bool = False,
+                   mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
     """Decorator registering ``builder(pretrained, weights) -> backbone`` under ``name``.
 
-    The backbone must expose ``forward_features(x) -> BxCxHxW`` and ``num_features``.
+    The backbone must expose ``forward_features(x) -> BxCxHxW`` and ``num_features``; it may set
+    ``weights_source`` to say where its weights came from. ``mean``/``std``: the input normalisation
+    its pretrained weights expect (ImageNet statistics unless given).
     """
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' registered twice")
-        _REGISTRY[name] = ModelSpec(name, timm_name, fn, description, small)
+        _REGISTRY[name] = ModelSpec(name, timm_name, fn, description, small, tuple(mean), tuple(std))
         return fn
 
     return deco
@@ -98,7 +104,7 @@ def build_model(
     if weights is not None:
         source = f"file: {Path(weights).name}"
     else:
-        source = f"ImageNet (timm hub: {spec.timm_name})" if pretrained else "random init"
+        source = getattr(backbone, "weights_source", None) or (f"ImageNet (timm hub: {spec.timm_name})" if pretrained else "random init")
     model = LiverNet(backbone, num_classes, head, dropout, hidden, freeze_backbone)
     model.arch = {"name": name, "num_classes": num_classes, "head": head, "dropout": dropout, "hidden": hidden, "freeze_backbone": freeze_backbone}
     model.weights_source = source
