@@ -106,3 +106,28 @@ def test_quick_recipe_on_real_fibrosis(real_fibrosis, tmp_path):
     results = list(Predictor.from_run(run, device="cpu").predict_paths(files))
     assert len(results) == 6 and all(r.error is None for r in results)
     assert all(abs(sum(r.probs.values()) - 1) < 1e-5 for r in results)
+
+
+@pytest.mark.slow
+def test_bf16_mixed_training_learns_and_its_run_is_like_any_other(phantom_dir, tmp_path):
+    """bf16-mixed (emulated on CPUs without native bf16: slow, so few epochs) still learns the phantoms,
+    and predict and export read the run as they read an fp32 one."""
+    from liverscope.export import export_onnx
+    from liverscope.predict import Predictor
+    from liverscope.train import fit
+
+    cfg = quick_config(phantom_dir, tmp_path, "bf16", **{"train.precision": "bf16-mixed", "train.epochs": 4})
+    run = fit(cfg)
+    test = read_json(run / "metrics.json")["test"]
+    assert test["balanced_accuracy"] > 0.5  # chance is 0.2 with five classes
+    files = sorted((phantom_dir / "F4").glob("*.png"))[:3]
+    results = list(Predictor.from_run(run, backend="torch", device="cpu").predict_paths(files))
+    assert all(r.error is None and abs(sum(r.probs.values()) - 1) < 1e-5 for r in results)
+    assert export_onnx(run)["max_abs_logit_diff"] <= 1e-3
+
+
+def test_auto_precision_is_fp32_on_cpu():
+    from liverscope.train import training_precision
+
+    assert training_precision("auto", "cpu") == "32-true"
+    assert training_precision("bf16-mixed", "cpu") == "bf16-mixed"

@@ -59,7 +59,7 @@ RECIPE_OPTIONS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
     ("balance", "train.balance", Optional[str], ("--balance",), "none, sampler (inverse-frequency sampler) or weighted_ce."),
     ("seed", "train.seed", Optional[int], ("--seed",), "Random seed."),
     ("device", "train.device", Optional[str], ("--device",), "auto, cpu or cuda."),
-    ("precision", "train.precision", Optional[str], ("--precision",), "Lightning precision: 32-true, 16-mixed, bf16-mixed."),
+    ("precision", "train.precision", Optional[str], ("--precision",), "auto (bf16-mixed on GPUs with bf16, else 32-true), or a Lightning precision: 32-true, 16-mixed, bf16-mixed."),
     ("early_stop", "train.early_stop_patience", Optional[int], ("--early-stop",), "Early-stopping patience in epochs (0 = off)."),
     ("monitor", "train.monitor", Optional[str], ("--monitor",), "Validation metric for early stopping and best epoch."),
     ("num_workers", "data.num_workers", Optional[int], ("--num-workers",), "DataLoader worker processes."),

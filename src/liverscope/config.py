@@ -71,7 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "32-true"  # Lightning precision string, e.g. 16-mixed, bf16-mixed
+    precision: str = "auto"  # auto (bf16-mixed on bf16 GPUs, else 32-true) or a Lightning precision: 32-true, 16-mixed, bf16-mixed
     channels_last: bool = True  # NHWC memory layout: faster convolutions (benchmarks/train_speed.py)
     max_train_batches: float | int | None = None  # limit batches per epoch (quick checks)
     progress: bool = True
