@@ -131,3 +131,22 @@ def test_auto_precision_is_fp32_on_cpu():
 
     assert training_precision("auto", "cpu") == "32-true"
     assert training_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_ordinal_penalty_costs_more_for_a_farther_stage():
+    import torch
+
+    from liverscope.config import TrainConfig
+    from liverscope.models import build_model
+    from liverscope.train import LitClassifier
+
+    model = build_model("resnet10t", 5, head="linear")
+    y = torch.tensor([0])
+    near = torch.tensor([[0.0, 5.0, 0.0, 0.0, 0.0]])  # true F0 called F1
+    far = torch.tensor([[0.0, 0.0, 0.0, 0.0, 5.0]])  # true F0 called F4: same cross-entropy
+    plain = LitClassifier(model, TrainConfig(ordinal_weight=0.0), stage_of_class=[0, 1, 2, 3, 4])
+    assert torch.isclose(plain.loss(near, y), plain.loss(far, y))
+    ordinal = LitClassifier(model, TrainConfig(ordinal_weight=1.0), stage_of_class=[0, 1, 2, 3, 4])
+    assert ordinal.loss(far, y) > ordinal.loss(near, y) > plain.loss(near, y)
+    unordered = LitClassifier(model, TrainConfig(ordinal_weight=1.0), stage_of_class=None)  # e.g. normal / fatty / tumour
+    assert torch.isclose(unordered.loss(near, y), unordered.loss(far, y))

@@ -69,6 +69,7 @@ class TrainConfig:
     monitor: str = "val_balanced_acc"  # metric for early stopping and best checkpoint
     balance: str = "none"  # none | sampler | weighted_ce
     label_smoothing: float = 0.0
+    ordinal_weight: float = 0.0  # METAVIR labels: weight of the expected-stage penalty added to cross-entropy
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16-mixed on bf16 GPUs, else 32-true) or a Lightning precision: 32-true, 16-mixed, bf16-mixed
