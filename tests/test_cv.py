@@ -92,3 +92,36 @@ def test_evaluate_on_new_data_with_ensemble(cv_run, phantom_dir):
     m = read_json(out / "metrics.json")
     assert m["test"]["n"] == 120 and m["test"]["accuracy"] > 0.4
     assert (out / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_cv_ensemble_temperature_is_fitted_on_out_of_fold_logits(cv_run):
+    from liverscope.evaluate.stats import fit_temperature_checked
+    from liverscope.rundir import read_predictions
+    from liverscope.utils import softmax
+
+    meta = read_json(cv_run / "model.json")
+    names = meta["labels"]
+    oof = read_predictions(cv_run / "oof_predictions.csv", names)
+    fit = fit_temperature_checked(oof.logits, oof.y)
+    assert meta["temperature_fit"]["fitted"] == pytest.approx(fit["fitted"], rel=1e-3)
+    assert meta["temperature_fit"]["at_edge"] == fit["at_edge"] and meta["temperature"] == pytest.approx(fit["temperature"], rel=1e-3)
+    m = read_json(cv_run / "metrics.json")
+    for key in ("ensemble", "oof"):  # ECE before and after temperature scaling, for both sets
+        assert 0 <= m[key]["ece"] <= 1 and 0 <= m[key]["ece_uncalibrated"] <= 1
+    test = read_predictions(cv_run / "predictions_test.csv", names)  # the ensemble's probabilities use that temperature
+    assert np.allclose(test.probs, softmax(test.logits, meta["temperature"]), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_with_an_ensemble_reports_the_majority_ood_flag(cv_run, phantom_dir):
+    from liverscope.external import evaluate_on_data
+
+    out = evaluate_on_data(cv_run, phantom_dir, name="phantoms-ood", device="cpu")
+    m = read_json(out / "metrics.json")
+    ood = m["ood"]
+    assert ood["n"] == 120 and len(ood["member_thresholds"]) == 3 and ood["threshold"] == 0.0 and "majority" in ood["ensemble"]
+    assert ood["share"] <= 0.3  # the kind of images the fold models were trained on
+    with open(out / "predictions_test.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(r["ood"] == "true" for r in rows) == ood["flagged"]

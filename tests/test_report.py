@@ -49,6 +49,9 @@ def make_run(root: Path, parts: set[str]) -> Path:
         metrics["test_by_source"] = metrics_by_group(y, probs, sources, NAMES)
     if "ensemble" in parts:
         metrics["ensemble"] = compute_metrics(y, probs, NAMES)
+    if "ood" in parts:
+        metrics["ood"] = {"method": "mahalanobis", "threshold": 812.5, "quantile": 0.95,
+                          "validation": {"n": 40, "flagged": 2, "share": 0.05, "threshold": 812.5}, "test": {"n": 90, "flagged": 9, "share": 0.1, "threshold": 812.5}}
     if "segmentation" in parts:
         metrics["segmentation"] = {"pseudo_mask_threshold": 0.5, "unet_vs_pseudo": {"iou": 0.43, "dice": 0.6}, "unet_vs_expert": {"iou": 0.31, "dice": 0.47}}
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -90,6 +93,7 @@ PART_SECTIONS = {
     "gallery": {"Class activation maps"},
     "segmentation": {"Segmentation"},
     "config": {"Configuration"},
+    "ood": {"Out-of-distribution flag"},
 }
 BASE_SECTIONS = {"Summary", "Confusion matrix", "Per-class metrics", "Clinical endpoints"}
 ALL_TITLES = {t for t, _ in R.SECTIONS}
@@ -221,3 +225,29 @@ def test_write_report_needs_a_directory(tmp_path):
     with pytest.raises(LiverscopeError, match="not a liverscope run directory"):
         R.write_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_ood_section_shows_threshold_shares_and_warns_on_a_set_that_does_not_transfer(tmp_path):
+    run = make_run(tmp_path, {"ood"})
+    page = R.write_report(run).read_text(encoding="utf-8")
+    assert "812.500" in page and "2 of 40 (5.0%)" in page and "9 of 90 (10.0%)" in page
+    assert "does not transfer" not in page
+    # `liverscope evaluate` on another site: most of it flagged
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["ood"] = {"method": "mahalanobis", "n": 50, "flagged": 41, "share": 0.82, "threshold": 812.5}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = R.write_report(run).read_text(encoding="utf-8")
+    assert "41 of 50 (82.0%)" in page and "does not transfer" in page
+
+
+def test_calibration_section_reports_a_refused_temperature(tmp_path):
+    run = make_run(tmp_path, {"predictions"})
+    model = json.loads((run / "model.json").read_text())
+    model["temperature"] = 1.0
+    model["temperature_fit"] = {"fitted": 0.1, "temperature": 1.0, "applied": False, "at_edge": True, "bounds": [0.1, 10.0],
+                                "warning": "temperature fit stopped at the lower edge of its range"}
+    (run / "model.json").write_text(json.dumps(model))
+    page = R.write_report(run).read_text(encoding="utf-8")
+    assert "Temperature not applied: temperature fit stopped at the lower edge" in page
+    assert "none applied (the fit stopped at the edge of its range)" in page
+    assert "temperature-scaled (T =" not in page

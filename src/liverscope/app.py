@@ -7,7 +7,10 @@ hospital's authenticating proxy: the app has no login of its own). Directly:
 Per uploaded image it shows the predicted class, the probability of every class (bar chart and
 table), the fibrosis endpoints ≥F2 / ≥F3 / F4 when the labels are METAVIR stages, the Grad-CAM
 overlay and, when the run holds a segmentation model, the outline of the regions it segments; the
-sidebar shows the model card (name, version, labels, validation figures). Results download as CSV.
+sidebar shows the model card (name, version, labels, validation figures). Probabilities are calibrated
+with the run's temperature when it has one. An image unlike the images the model was trained on (its
+out-of-distribution score above the run's threshold) gets :data:`OOD_WARNING` above its stage. Results
+download as CSV, with the flag.
 
 Privacy: DICOM header fields are never displayed or written. The only header values read are the
 patient identifiers, and only to remove them from file names and messages (:func:`redact`); for DICOM
@@ -48,6 +51,8 @@ DISCLAIMER = (
     "device. Interpret every result together with the clinical picture, elastography, laboratory values and, "
     "where indicated, histology; the responsible clinician makes the diagnosis."
 )
+#: Shown above the stage of an image flagged as out-of-distribution.
+OOD_WARNING = "unlike the images this model was trained on — do not rely on this result"
 #: Default upload limit (MB); ``liverscope serve --max-upload-mb`` sets it through ``LIVERSCOPE_MAX_UPLOAD_MB``.
 DEFAULT_MAX_UPLOAD_MB = 50
 DISPLAY_MAX_SIDE = 640
@@ -273,7 +278,8 @@ def model_card(run_dir: Path, predictor) -> dict:
         "labels": list(meta.get("labels", [])),
         "input": f"{predictor.pp.size} px, denoising {'on' if predictor.pp.denoise else 'off'}",
         "weights": meta.get("weights_source", "?"),
-        "calibration": f"temperature {meta['temperature']:.2f}" if meta.get("temperature") else "none",
+        "calibration": _calibration_text(meta),
+        "ood": _ood_text(predictor),
         "validation": {k: v for k, v in (meta.get("validation") or {}).items() if isinstance(v, (int, float))},
         "test": {},
         "split": meta.get("split", "?"),
@@ -285,6 +291,21 @@ def model_card(run_dir: Path, predictor) -> dict:
     except (OSError, ValueError):  # a damaged metrics.json costs the test figures, not the app
         pass
     return card
+
+
+def _calibration_text(meta: dict) -> str:
+    if (meta.get("temperature_fit") or {}).get("at_edge"):
+        return "none (the temperature fit stopped at the edge of its range; probabilities are uncalibrated)"
+    if meta.get("temperature") and meta["temperature"] != 1.0:
+        return f"temperature {meta['temperature']:.2f}"
+    return "none"
+
+
+def _ood_text(predictor) -> str:
+    ood = predictor.ood
+    if not ood:
+        return "none (this run has no out-of-distribution detector: retrain it to get the flag)"
+    return f"{ood['method']} score, threshold {ood['threshold']:.4g} ({ood.get('quantile', 0.95):.0%} of the validation images pass)"
 
 
 def run_dir_from_env(argv: list[str] | None = None) -> Path | None:
@@ -327,7 +348,8 @@ def _render_sidebar(st, card: dict) -> None:
     sb.markdown(f"**{card['model']}** — run `{card['run']}`")
     sb.caption(card["version"])
     sb.markdown("**Labels:** " + ", ".join(card["labels"]))
-    sb.markdown(f"**Input:** {card['input']}  \n**Weights:** {card['weights']}  \n**Calibration:** {card['calibration']}")
+    sb.markdown(f"**Input:** {card['input']}  \n**Weights:** {card['weights']}  \n**Calibration:** {card['calibration']}  \n"
+                f"**Unlike-the-training-data flag:** {card['ood']}")
     if card["validation"]:
         sb.markdown("**Validation figures**  \n" + "  \n".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in card["validation"].items()))
     else:
@@ -337,7 +359,7 @@ def _render_sidebar(st, card: dict) -> None:
     sb.caption(f"Inference: {card['inference']}")
 
 
-def _render_analysis(st, a: Analysis, labels: list[str], index: int) -> None:
+def _render_analysis(st, a: Analysis, labels: list[str], index: int, calibrated: bool = False) -> None:
     import pandas as pd
 
     with st.container(border=True, key=f"result-{index}"):
@@ -346,9 +368,11 @@ def _render_analysis(st, a: Analysis, labels: list[str], index: int) -> None:
             st.error(md_escape(f"Could not analyse {a.name}: {a.result.error}"))
             return
         r = a.result
+        if r.ood:
+            st.warning(OOD_WARNING, icon=":material/warning:")
         left, right = st.columns([1, 1])
         with left:
-            st.metric("Predicted class", r.label, f"probability {r.confidence:.1%}", delta_color="off", delta_arrow="off")
+            st.metric("Predicted class", r.label, f"{'calibrated ' if calibrated else ''}probability {r.confidence:.1%}", delta_color="off", delta_arrow="off")
             probs = pd.DataFrame({"probability": [r.probs[c] for c in labels]}, index=pd.Index(labels, name="class"))
             st.bar_chart(probs, y="probability", horizontal=True, height=40 + 32 * len(labels))
             st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
@@ -426,7 +450,7 @@ def main() -> None:
     st.session_state["results_csv"] = csv_text
     st.download_button("Download results (CSV)", csv_text, file_name=f"liverscope_{run_dir.name}_results.csv", mime="text/csv")
     for i, a in enumerate(analyses):
-        _render_analysis(st, a, labels, i)
+        _render_analysis(st, a, labels, i, calibrated=predictor.temperature != 1.0)
 
 
 if __name__ == "__main__":

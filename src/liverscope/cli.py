@@ -169,6 +169,8 @@ def predict(
         _fail(exc)
     rate = summary["predicted"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     typer.echo(f"predicted {summary['predicted']} image(s) in {summary['seconds']:.1f}s ({rate:.1f} images/s, {p.backend} {p.precision}) → {summary['out']}")
+    if summary["flagged"]:
+        typer.echo(f"{summary['flagged']} image(s) unlike the images this model was trained on (ood = true): do not rely on their predictions")
     if summary["skipped"]:
         typer.echo(f"skipped {len(summary['skipped'])} file(s):")
         for path, reason in summary["skipped"]:

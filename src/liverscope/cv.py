@@ -4,7 +4,8 @@
 straddle two of them), trains one complete run per fold (``folds/foldI/``, through
 :func:`liverscope.train.train_prepared`), then :func:`aggregate_cv` scores every development image
 with the fold model that did not train on it (out-of-fold) and the hold-out set with the ensemble: the
-mean of the fold models' logits, then softmax.
+mean of the fold models' logits, divided by one temperature fitted on the out-of-fold logits (refused,
+with a warning, when the fit lands on the edge of its range), then softmax.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from liverscope.data import splits
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.scoring import score_predictions
+from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.train import CollectedData, PreparedData, collect_samples, train_prepared, write_report_safely
 from liverscope.utils import log, softmax
 
@@ -122,7 +124,8 @@ def cross_validate(cfg: RunConfig, k: int = 5, test_frac: float = 0.2, folds: Se
 
 
 def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preprocessing) -> dict:
-    """Out-of-fold metrics, the logit-averaging ensemble on the hold-out test set, and the fold table."""
+    """Out-of-fold metrics, the ensemble's temperature (fitted on the out-of-fold logits), the
+    logit-averaging ensemble on the hold-out test set at that temperature, and the fold table."""
     names = list(class_names)
     fold_dirs = [rundir.fold_dir(run_dir, i) for i in range(k)]
     oof: list[tuple[rundir.Predictions, float]] = []
@@ -144,15 +147,22 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     result: dict = {"k": k, "class_names": names}
     oof_samples = [s for p, _ in oof for s in p.samples()]
     oof_y = np.concatenate([p.y for p, _ in oof])
+    oof_logits = np.concatenate([p.logits for p, _ in oof])
     oof_probs = np.concatenate([softmax(p.logits, t) for p, t in oof])  # each fold model at its own temperature
-    scored = score_predictions(run_dir, rundir.OOF_PREDICTIONS, oof_samples, oof_y, np.concatenate([p.logits for p, _ in oof]), names,
-                               probs=oof_probs, confusion_png=False)
+    scored = score_predictions(run_dir, rundir.OOF_PREDICTIONS, oof_samples, oof_y, oof_logits, names, probs=oof_probs, confusion_png=False)
     result["oof"] = scored["metrics"]
+    # the ensemble's one temperature: every development image is held out from the model that scored it
+    fit = fit_temperature_checked(oof_logits, oof_y)
+    if fit["warning"]:
+        log(f"WARNING: {fit['warning']}")
+    result["temperature_fit"] = fit
+    temperature = fit["temperature"]
     if scored["by_source"]:
         result["oof_by_source"] = scored["by_source"]
     if test is not None:
-        scored = score_predictions(run_dir, rundir.PREDICTIONS_TEST, test.samples(), test.y, ensemble_logits(test_logits), names)
+        scored = score_predictions(run_dir, rundir.PREDICTIONS_TEST, test.samples(), test.y, ensemble_logits(test_logits), names, temperature)
         result["ensemble"] = result["test"] = scored["metrics"]
+        result["temperature"] = temperature
         if scored["by_source"]:
             result["ensemble_by_source"] = result["test_by_source"] = scored["by_source"]
     result["folds"] = fold_table
@@ -161,7 +171,7 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     first = rundir.read_model_meta(fold_dirs[0])
     rundir.write_model_meta(run_dir, {
         "architecture": first["architecture"], "labels": names, "preprocessing": pp.to_dict(),
-        "weights_source": first.get("weights_source"), "temperature": None,
+        "weights_source": first.get("weights_source"), "temperature": temperature, "temperature_fit": fit,  # 1.0 when the fit is refused
         "ensemble": [str(fd.relative_to(run_dir)) for fd in fold_dirs],
         "validation": {key: result["oof"].get(key) for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
         "liverscope_version": __version__,

@@ -1,6 +1,8 @@
 """ONNX export of a run: ``RUN_DIR/model.onnx`` with a dynamic batch axis, verified against torch.
 
-The export is written to a temporary file, ONNX Runtime scores check inputs, and only when its logits
+The graph has two outputs from one forward pass: ``logits`` and ``features`` (the pooled last feature
+map, which the out-of-distribution score needs; an export without it counts as stale). The export is
+written to a temporary file, ONNX Runtime scores check inputs, and only when its logits (and features)
 agree with the torch model's within ``atol`` does the file replace ``model.onnx``; ``model.json``
 then records the export (with the SHA-256 of the weights, so retraining marks it stale:
 :func:`liverscope.rundir.onnx_state`). :class:`~liverscope.predict.Predictor` uses it by default.
@@ -20,12 +22,23 @@ import torch
 
 from liverscope import rundir
 from liverscope.errors import LiverscopeError
-from liverscope.utils import atomic_path, file_sha256
+from liverscope.utils import atomic_path, file_sha256, logits_and_features
 
 #: Largest |logit(ONNX) - logit(torch)| that :func:`export_onnx` accepts.
 ONNX_ATOL = 1e-3
 ONNX_OPSET = 18
+OUTPUTS = ("logits", "features")
 
+
+class LogitsAndFeatures(torch.nn.Module):
+    """The exported graph: a LiverNet returning ``(logits, pooled features)`` from one pass."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return logits_and_features(self.model, x)
 
 
 
@@ -42,8 +55,8 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
     """Export a run's model to ``RUN_DIR/model.onnx`` (dynamic batch axis) and verify it.
 
     The export goes to a temporary file, ONNX Runtime scores the check inputs, and the largest
-    absolute logit difference to the torch model must be at most ``atol``; only then does the file
-    replace ``model.onnx``. What was found is stored under ``"onnx"`` in ``model.json`` (with the
+    absolute logit difference to the torch model must be at most ``atol`` (and the largest feature
+    difference at most ``atol`` times the features' scale); only then does the file replace ``model.onnx``. What was found is stored under ``"onnx"`` in ``model.json`` (with the
     SHA-256 of the weights, so a later retraining marks the export stale).
 
     Args:
@@ -54,8 +67,8 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
         seed: seed of the check inputs.
 
     Returns:
-        The ``onnx`` entry written to ``model.json``: ``file``, ``max_abs_logit_diff``, ``opset``,
-        ``checked_batches``, sizes and hashes.
+        The ``onnx`` entry written to ``model.json``: ``file``, ``outputs``, ``max_abs_logit_diff``,
+        ``max_rel_feature_diff`` (relative to the features' largest magnitude), ``opset``, ``checked_batches``, sizes and hashes.
 
     Raises:
         LiverscopeError: no trained model, or ONNX Runtime disagrees with torch beyond ``atol``.
@@ -76,7 +89,7 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
             warnings.simplefilter("ignore")  # deprecation notes about exporter internals
             try:
                 prog = torch.onnx.export(
-                    model, (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
+                    LogitsAndFeatures(model), (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=list(OUTPUTS),
                     dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, verbose=False,
                 )
                 prog.save(str(tmp))
@@ -88,25 +101,31 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
         onnx.helper.set_model_props(proto, {"labels": json.dumps(meta["labels"]), "preprocessing": json.dumps(meta["preprocessing"]), "producer": "liverscope"})
         onnx.save(proto, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        diffs, batches = [], []
+        diffs, feature_diffs, batches = [], [], []
         for x in _check_inputs(size, check_batch, seed):
             with torch.inference_mode():
-                ref = model(torch.from_numpy(x)).numpy()
-            got = session.run(None, {session.get_inputs()[0].name: x})[0]
-            if got.shape != ref.shape:
-                raise LiverscopeError(f"{run_dir}: ONNX output shape {got.shape} != torch {ref.shape} for batch {len(x)}")
+                ref, ref_feat = (t.numpy() for t in logits_and_features(model, torch.from_numpy(x)))
+            got, got_feat = session.run(None, {session.get_inputs()[0].name: x})[:2]
+            if got.shape != ref.shape or got_feat.shape != ref_feat.shape:
+                raise LiverscopeError(f"{run_dir}: ONNX output shapes {got.shape}, {got_feat.shape} != torch {ref.shape}, {ref_feat.shape} for batch {len(x)}")
             diffs.append(float(np.abs(got - ref).max()))
+            # features are unbounded activations: compared relative to their own scale
+            feature_diffs.append(float(np.abs(got_feat - ref_feat).max() / max(1.0, float(np.abs(ref_feat).max()))))
             batches.append(len(x))
-        max_diff = max(diffs)
+        max_diff, max_feature_diff = max(diffs), max(feature_diffs)
         if not max_diff <= atol:
             raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); model.onnx not written")
+        if not max_feature_diff <= atol:
+            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch features disagree (max relative difference {max_feature_diff:.2e} > {atol:.0e}); model.onnx not written")
     info = {
         "file": "model.onnx",
         "opset": opset,
         "input": "input",
         "output": "logits",
+        "outputs": list(OUTPUTS),
         "input_shape": ["batch", 3, size, size],
         "max_abs_logit_diff": max_diff,
+        "max_rel_feature_diff": max_feature_diff,
         "atol": atol,
         "checked_batches": batches,
         "onnxruntime_version": ort.__version__,
@@ -121,4 +140,4 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
     return info
 
 
-__all__ = ["export_onnx", "ONNX_ATOL", "ONNX_OPSET"]
+__all__ = ["export_onnx", "LogitsAndFeatures", "ONNX_ATOL", "ONNX_OPSET"]

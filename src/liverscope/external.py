@@ -2,7 +2,9 @@
 training, not a metric.
 
 Writes ``RUN_DIR/eval/<name>/``: ``predictions_test.csv``, ``metrics.json`` (with per-source metrics when
-the data has more than one acquisition source), ``confusion_matrix.png``, ``audit.json`` and ``report.html``.
+the data has more than one acquisition source, and the share of images flagged as unlike the training
+data: a whole new site flagged means the model does not transfer there), ``confusion_matrix.png``,
+``audit.json`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -18,14 +20,27 @@ from liverscope.data.audit import audit_dataset
 from liverscope.data.audit_report import write_audit
 from liverscope.data.datasets import load_samples
 from liverscope.errors import LiverscopeError
+from liverscope.evaluate.ood import ensemble_margin, flag_summary
 from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.predict import Predictor
 
 
-def ensemble_predict_logits(run_dir: Path, paths: list[Path], device: str = "auto") -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """Logits of a run (mean over ensemble members) for files; returns ``(logits, ok_paths, skipped)``."""
-    all_logits, ok, skipped = [], None, []
+def ensemble_predict_logits(
+    run_dir: Path, paths: list[Path], device: str = "auto",
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]], tuple[np.ndarray, float, dict] | None]:
+    """Logits of a run (mean over ensemble members) for files, and their out-of-distribution scores.
+
+    A single model's OOD score is its own, against its own threshold. A fold ensemble's is
+    :func:`~liverscope.evaluate.ood.ensemble_margin`: each member scores the image relative to its own
+    threshold and the median of these margins is the ensemble's score, with threshold 0 — an image is
+    flagged when the majority of members (odd counts) flag it.
+
+    Returns:
+        ``(logits, ok_paths, skipped, ood)`` with ``ood = (scores, threshold, info)`` or ``None`` when
+        a member has no detector (a run trained before liverscope scored OOD).
+    """
+    all_logits, all_scores, thresholds, methods, ok, skipped = [], [], [], [], None, []
     for member in rundir.members(run_dir):
         pred = Predictor.from_run(member, device=device, calibrated=False)
         results = list(pred.predict_paths(paths))
@@ -33,7 +48,18 @@ def ensemble_predict_logits(run_dir: Path, paths: list[Path], device: str = "aut
             skipped = [(r.path, r.error) for r in results if r.error]
             ok = [r.path for r in results if not r.error]
         all_logits.append(np.array([r.logits for r in results if not r.error]))
-    return ensemble_logits(all_logits), ok or [], skipped
+        if pred.ood:
+            all_scores.append(np.array([r.ood_score for r in results if not r.error], dtype=np.float64))
+            thresholds.append(pred.ood_threshold)
+            methods.append(pred.ood["method"])
+    ood = None
+    if thresholds and len(thresholds) == len(all_logits):
+        if len(thresholds) == 1:
+            ood = (all_scores[0], thresholds[0], {"method": methods[0]})
+        else:
+            rule = "median over the fold models of (score - the model's threshold); flagged above 0 (the majority of models flag it)"
+            ood = (ensemble_margin(np.stack(all_scores), thresholds), 0.0, {"method": methods[0], "ensemble": rule, "member_thresholds": thresholds})
+    return ensemble_logits(all_logits), ok or [], skipped, ood
 
 
 def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto") -> Path:
@@ -60,7 +86,7 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     audit = audit_dataset(samples)
     write_audit(audit, out)
     source_of = {r["path"]: r.get("source") for r in audit["files"]}
-    logits, ok, skipped = ensemble_predict_logits(run_dir, [s.path for s in samples], device)
+    logits, ok, skipped, ood = ensemble_predict_logits(run_dir, [s.path for s in samples], device)
     by_path = {str(s.path): s for s in samples}
     kept = [by_path[p] for p in ok]
     for s in kept:
@@ -68,8 +94,10 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     index = {c: i for i, c in enumerate(labels)}
     y = np.array([index[s.label] for s in kept])
     metrics: dict = {"data": str(data), "n_skipped": len(skipped), "skipped": skipped, "class_names": labels}
-    scored = score_predictions(out, rundir.PREDICTIONS_TEST, kept, y, logits, labels, rundir.temperature(meta))
+    scored = score_predictions(out, rundir.PREDICTIONS_TEST, kept, y, logits, labels, rundir.temperature(meta), ood=ood[:2] if ood else None)
     metrics["test"] = scored["metrics"]
+    if ood:  # a whole new site flagged = the model does not transfer there
+        metrics["ood"] = dict(flag_summary(ood[0], ood[1]), **ood[2])
     if scored["by_source"]:
         metrics["test_by_source"] = scored["by_source"]
     rundir.write_metrics(out, metrics)

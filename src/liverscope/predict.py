@@ -24,6 +24,11 @@ How it is fast on an ordinary CPU:
   anything else, 2 OpenMP threads run EfficientNet-B0 4x slower than 1 (``benchmarks/inference.py``).
 
 Bad files are not fatal: each is reported (``Result.error``) and the rest finish.
+
+Every result of a run that holds an out-of-distribution detector (``model.json["ood"]``, fitted after
+training) carries ``ood_score`` and the flag ``ood`` (score above the threshold fitted on the run's own
+validation images): the image is unlike the training data and its prediction should not be relied on.
+Both backends get the logits and the pooled features from one forward pass.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from liverscope import rundir
 from liverscope.data.io import decode_image, iter_image_files, read_bytes
 from liverscope.data.preprocess import Preprocessing, normalise, normalise_batch, preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.evaluate.ood import ood_scores
 from liverscope.labels import endpoint_column, endpoint_keys, endpoint_probabilities
-from liverscope.utils import atomic_path, cpu_has_native_bf16, default_model_threads, resolve_device, softmax, torch_threads
+from liverscope.utils import atomic_path, cpu_has_native_bf16, default_model_threads, logits_and_features, resolve_device, softmax, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +73,19 @@ BF16_TOLERANCE = 0.02
 
 @dataclass
 class Result:
-    """Prediction for one file (``error`` set and ``label`` ``None`` when the file was skipped)."""
+    """Prediction for one file (``error`` set and ``label`` ``None`` when the file was skipped).
+
+    ``ood_score`` is the out-of-distribution score (higher = more unlike the training images) and ``ood``
+    whether it is above the run's threshold; both ``None`` for a run without a detector.
+    """
 
     path: str
     label: str | None = None
     probs: dict[str, float] = field(default_factory=dict)
     logits: list[float] = field(default_factory=list)
     error: str | None = None
+    ood_score: float | None = None
+    ood: bool | None = None
 
     @property
     def confidence(self) -> float | None:
@@ -131,18 +143,31 @@ class TorchBackend:
     def device_kind(self) -> str:
         return "cuda" if self.device.startswith("cuda") else "cpu"
 
-    def _forward(self, x: torch.Tensor, bf16: bool) -> np.ndarray:
+    def _forward(self, x: torch.Tensor, bf16: bool, features: bool = False):
         with torch_threads(self.threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
+            if features:
+                logits, pooled = logits_and_features(self.model, x)
+                return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
             return self.model(x).float().cpu().numpy()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def _input(self, batch: np.ndarray) -> torch.Tensor:
         # NHWC numpy → NCHW view whose memory is already channels-last: no copy on CPU
         x = torch.from_numpy(batch).permute(0, 3, 1, 2)
         x = x.to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = self._input(batch)
         if not self._checked:
             return self._check_bf16(x)
         return self._forward(x, self.precision == "bf16")
+
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled features (the out-of-distribution score's input) of one batch, one forward pass."""
+        x = self._input(batch)
+        if not self._checked:
+            self._check_bf16(x)  # decides the precision on this first batch
+        return self._forward(x, self.precision == "bf16", features=True)
 
     def _check_bf16(self, x: torch.Tensor) -> np.ndarray:
         """Score the first batch in fp32 and bf16; keep bf16 only if no probability moves more than the tolerance."""
@@ -199,9 +224,19 @@ class OnnxBackend:
         self.device_kind = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.precision = "fp32"
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
+        return self.session.run(None, {self.input_name: x})
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch)[0].astype(np.float32, copy=False)
+
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled features of one batch (an export by ``liverscope export`` has both outputs)."""
+        out = self._run(batch)
+        if len(out) < 2:
+            raise LiverscopeError(f"{self.path} has no 'features' output (exported by an older liverscope): run `liverscope export` again")
+        return out[0].astype(np.float32, copy=False), out[1].astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,6 +260,8 @@ class Predictor:
         threads: torch backend: intra-op threads on CPU (default :func:`default_model_threads`); ONNX
             backend: ONNX Runtime intra-op threads (default: the CPU count).
         bf16_tolerance: see :data:`BF16_TOLERANCE`.
+        ood: the run's out-of-distribution detector (:func:`liverscope.rundir.load_ood`); ``None``: results
+            carry no OOD score.
     """
 
     def __init__(
@@ -240,8 +277,10 @@ class Predictor:
         workers: int | None = None,
         bf16_tolerance: float = BF16_TOLERANCE,
         threads: int | None = None,
+        ood: dict | None = None,
     ):
         self.meta = meta
+        self.ood = ood
         self.labels: list[str] = list(meta["labels"])
         self.pp = Preprocessing.from_dict(meta["preprocessing"])
         self.temperature = rundir.temperature(meta) if calibrated else 1.0
@@ -287,7 +326,7 @@ class Predictor:
                 except ImportError:
                     log.warning("onnxruntime is not installed; using the torch backend")
             elif state == "stale":
-                warnings.warn(f"{onnx_path} is older than the run's weights; using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"{onnx_path} is older than the run's weights or than this liverscope's export (logits and features); using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
         rundir.require_model(run_dir)
         if backend == "onnx":
             if state == "missing":
@@ -295,10 +334,10 @@ class Predictor:
             if state == "stale":
                 raise LiverscopeError(f"{onnx_path} does not match the run's current weights — run `liverscope export {run_dir}` again")
             meta = rundir.read_model_meta(run_dir)
-            p = cls(None, meta, backend="onnx", onnx_path=onnx_path, **kwargs)
+            p = cls(None, meta, backend="onnx", onnx_path=onnx_path, ood=rundir.load_ood(run_dir, meta), **kwargs)
         else:
             model, meta = rundir.load_model(run_dir)
-            p = cls(model, meta, backend="torch", **kwargs)
+            p = cls(model, meta, backend="torch", ood=rundir.load_ood(run_dir, meta), **kwargs)
         p.run_dir = run_dir
         return p
 
@@ -333,17 +372,33 @@ class Predictor:
         out = [self.engine(normalise_batch(images[i : i + self.batch_size], self.pp)) for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
-    def _results(self, paths: Sequence[str], logits: np.ndarray) -> list[Result]:
+    @property
+    def ood_threshold(self) -> float | None:
+        """The run's out-of-distribution threshold (``None`` without a detector)."""
+        return float(self.ood["threshold"]) if self.ood else None
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits of a normalised batch, and its pooled features when the OOD score needs them."""
+        if self.ood and self.ood.get("method") != "energy":
+            return self.engine.logits_and_features(batch)
+        return self.engine(batch), None
+
+    def _results(self, paths: Sequence[str], logits: np.ndarray, features: np.ndarray | None = None) -> list[Result]:
         probs = softmax(logits, self.temperature)
+        scores = ood_scores(self.ood["method"], logits, features, self.ood) if self.ood else [None] * len(paths)
         return [
-            Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg])
-            for p, lg, pr in zip(paths, logits, probs)
+            Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg],
+                   ood_score=None if s is None else float(s), ood=None if s is None else bool(s > self.ood_threshold))
+            for p, lg, pr, s in zip(paths, logits, probs, scores)
         ]
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Result]:
         """Results for preprocessed uint8 images (see :meth:`prepare`)."""
         names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
-        return self._results(names, self.logits(images))
+        out: list[Result] = []
+        for i in range(0, len(images), self.batch_size):
+            out += self._results(names[i : i + self.batch_size], *self._infer(normalise_batch(images[i : i + self.batch_size], self.pp)))
+        return out
 
     def predict_bytes(self, name: str, data: bytes) -> tuple[Result, np.ndarray | None]:
         """Decode, preprocess and score one file's bytes (an upload).
@@ -355,7 +410,7 @@ class Predictor:
             img = self.prepare(name, data)
         except ImageReadError as exc:
             return Result(name, error=f"{exc.reason} ({exc.fix})"), None
-        return self._results([name], self.logits([img]))[0], img
+        return self.predict_arrays([img], [name])[0], img
 
     # ---------------------------------------------------------------- streaming over files
     def _load(self, path: Path) -> np.ndarray:
@@ -408,7 +463,7 @@ class Predictor:
     def _score(self, batch: list[tuple[str, np.ndarray | None, str | None]]) -> list[Result]:
         """Results for one batch of decoded entries, in order; failed entries become error results."""
         good = [(p, x) for p, x, _ in batch if x is not None]
-        scored = iter(self._results([p for p, _ in good], self.engine(np.stack([x for _, x in good])))) if good else iter(())
+        scored = iter(self._results([p for p, _ in good], *self._infer(np.stack([x for _, x in good])))) if good else iter(())
         return [next(scored) if x is not None else Result(p, error=err) for p, x, err in batch]
 
 
@@ -423,14 +478,16 @@ def result_row(r: Result, labels: Sequence[str]) -> list[str]:
     row = [r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs]
     ep = r.endpoints
     row += [f"{ep[k]:.6f}" if ep else "" for k in endpoint_keys(labels)]
+    row += ["" if r.ood_score is None else f"{r.ood_score:.6g}", "" if r.ood is None else str(r.ood).lower()]
     return row + [r.error or ""]
 
 
 def csv_header(labels: Sequence[str]) -> list[str]:
-    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],error`` (endpoints for METAVIR labels)."""
+    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],ood_score,ood,error`` (endpoints
+    for METAVIR labels; ``ood`` is ``true`` for an image unlike the training data, empty without a detector)."""
     cols = ["file", "prediction", "confidence", *[f"prob_{c}" for c in labels]]
     cols += [endpoint_column(k) for k in endpoint_keys(labels)]
-    return cols + ["error"]
+    return cols + ["ood_score", "ood", "error"]
 
 
 def write_results(results: Iterable[Result], labels: Sequence[str], out: str | Path, progress=None) -> dict:
@@ -447,11 +504,12 @@ def write_results(results: Iterable[Result], labels: Sequence[str], out: str | P
         progress: optional callable ``progress(n_done)`` called after each row.
 
     Returns:
-        ``{"predicted": n, "skipped": [(path, reason), ...], "out": str, "seconds": float}``.
+        ``{"predicted": n, "flagged": images flagged as unlike the training data, "skipped": [(path, reason), ...],
+        "out": str, "seconds": float}``.
     """
     out = Path(out)
     fmt = "json" if out.suffix.lower() == ".json" else "csv"
-    n_ok, skipped, n = 0, [], 0
+    n_ok, n_flagged, skipped, n = 0, 0, [], 0
     t0 = time.perf_counter()
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         if fmt == "csv":
@@ -463,7 +521,8 @@ def write_results(results: Iterable[Result], labels: Sequence[str], out: str | P
             if fmt == "csv":
                 w.writerow(result_row(r, labels))
             else:
-                item = {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs, "error": r.error}
+                item = {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs,
+                        "ood_score": r.ood_score, "ood": r.ood, "error": r.error}
                 if r.endpoints:
                     item["endpoints"] = r.endpoints
                 fh.write(("," if n else "") + "\n  " + json.dumps(item, ensure_ascii=False))
@@ -473,11 +532,12 @@ def write_results(results: Iterable[Result], labels: Sequence[str], out: str | P
                 skipped.append((r.path, r.error))
             else:
                 n_ok += 1
+                n_flagged += bool(r.ood)
             if progress is not None:
                 progress(n)
         if fmt == "json":
             fh.write("\n]\n")
-    return {"predicted": n_ok, "skipped": skipped, "out": str(out), "seconds": time.perf_counter() - t0}
+    return {"predicted": n_ok, "flagged": n_flagged, "skipped": skipped, "out": str(out), "seconds": time.perf_counter() - t0}
 
 
 def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:

@@ -21,7 +21,9 @@ who writes and who reads each file):
 ``audit.json``, ``audit.html``    the data audit (written by :mod:`liverscope.data.audit`)
 ``cam_gallery/``                  PNG tiles and ``captions.json`` for the report
 ``segmenter.safetensors/.json``   the U-Net of ``liverscope segment train``
-``model.onnx``                    the verified ONNX export
+``ood.safetensors``               class means and shared precision of the pooled training features
+                                  (the out-of-distribution score); method and threshold in ``model.json``
+``model.onnx``                    the verified ONNX export (outputs ``logits`` and ``features``)
 ``eval/NAME/``                    ``liverscope evaluate RUN DATA`` output (itself run-shaped)
 ================================  ===============================================================
 """
@@ -74,6 +76,7 @@ SEGMENTER_WEIGHTS = "segmenter.safetensors"
 SEGMENTER_META = "segmenter.json"
 PSEUDO_MASKS = "pseudo_masks"
 ONNX = "model.onnx"
+OOD_STATS = "ood.safetensors"
 REPORT = "report.html"
 EVAL = "eval"
 
@@ -245,7 +248,8 @@ def onnx_state(run_dir: str | Path) -> tuple[Path, str]:
 
     Returns:
         ``(path, state)`` with state ``missing``, ``current`` (exported from the present weights) or
-        ``stale`` (the weights changed after the export, or it was not made by ``liverscope export``).
+        ``stale`` (the weights changed after the export, it was not made by ``liverscope export``, or it
+        predates the ``features`` output that the out-of-distribution score needs).
     """
     run_dir = Path(run_dir)
     path = run_dir / ONNX
@@ -258,7 +262,45 @@ def onnx_state(run_dir: str | Path) -> tuple[Path, str]:
     weights = run_dir / MODEL_WEIGHTS
     if not info or not weights.exists() or info.get("weights_sha256") != file_sha256(weights) or info.get("onnx_sha256") != file_sha256(path):
         return path, "stale"
+    if "features" not in (info.get("outputs") or []):
+        return path, "stale"
     return path, "current"
+
+
+def save_ood(run_dir: str | Path, stats: dict[str, np.ndarray], info: dict) -> Path:
+    """``ood.safetensors`` (the arrays of the out-of-distribution score, e.g. class ``means`` and the
+    shared ``precision``) and ``model.json["ood"]`` = ``info`` (method, thresholds, quantile, shares)."""
+    from safetensors.numpy import save_file
+
+    run_dir = Path(run_dir)
+    path = run_dir / OOD_STATS
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in stats.items()}, str(tmp))
+    update_model_meta(run_dir, ood=dict(info, file=OOD_STATS, weights_sha256=weights_sha256(run_dir)))
+    return path
+
+
+def load_ood(run_dir: str | Path, meta: dict | None = None) -> dict | None:
+    """The out-of-distribution detector of a run: ``model.json["ood"]`` with the arrays of
+    ``ood.safetensors`` added (``means``, ``precision``, ...), or ``None`` for a run without one (trained
+    before liverscope scored OOD).
+
+    Raises:
+        LiverscopeError: ``model.json`` records a detector whose statistics file is missing or damaged.
+    """
+    from safetensors.numpy import load_file
+
+    run_dir = Path(run_dir)
+    info = (meta if meta is not None else read_model_meta(run_dir)).get("ood")
+    if not info:
+        return None
+    path = run_dir / info.get("file", OOD_STATS)
+    try:
+        arrays = load_file(str(path))
+    except Exception as exc:
+        raise LiverscopeError(f"{path}: cannot read the out-of-distribution statistics that model.json records ({type(exc).__name__}); "
+                              f"copy the whole run directory, or delete the \"ood\" entry of {run_dir / MODEL_META} to predict without the flag") from None
+    return dict(info, **arrays)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,13 +331,21 @@ def write_skipped(run_dir: str | Path, skipped: Sequence[tuple[str, str]]) -> Pa
     return atomic_write_csv(Path(run_dir) / SKIPPED, ("path", "reason"), skipped)
 
 
-def write_predictions(path: str | Path, samples: Sequence[Sample], logits: np.ndarray, class_names: Sequence[str], temperature: float = 1.0) -> Path:
-    """A predictions CSV: path, label, pred, source, group, ``prob_*`` (at ``temperature``), ``logit_*``."""
+def write_predictions(
+    path: str | Path, samples: Sequence[Sample], logits: np.ndarray, class_names: Sequence[str], temperature: float = 1.0,
+    ood: tuple[np.ndarray, float] | None = None,
+) -> Path:
+    """A predictions CSV: path, label, pred, source, group, ``prob_*`` (at ``temperature``), ``logit_*``,
+    and with ``ood = (scores, threshold)`` the out-of-distribution ``ood_score`` and flag ``ood``."""
     probs = softmax(logits, temperature)
     header = ["path", "label", "pred", "source", "group", *[f"prob_{c}" for c in class_names], *[f"logit_{c}" for c in class_names]]
+    scores = [None] * len(samples) if ood is None else [float(v) for v in ood[0]]
+    if ood is not None:
+        header += ["ood_score", "ood"]
     rows = (
-        [str(s.path), s.label, class_names[int(np.argmax(pr))], s.source or "", s.group or "", *[f"{v:.6f}" for v in pr], *[f"{v:.6f}" for v in lg]]
-        for s, lg, pr in zip(samples, logits, probs)
+        [str(s.path), s.label, class_names[int(np.argmax(pr))], s.source or "", s.group or "", *[f"{v:.6f}" for v in pr], *[f"{v:.6f}" for v in lg],
+         *([] if sc is None else [f"{sc:.6g}", str(sc > ood[1]).lower()])]
+        for s, lg, pr, sc in zip(samples, logits, probs, scores)
     )
     return atomic_write_csv(path, header, rows)
 

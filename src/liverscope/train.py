@@ -3,7 +3,10 @@
 ``fit(cfg)`` is the whole recipe, readable top to bottom like torchvision's reference scripts:
 list the data → drop unreadable files → split (grouped by duplicates by default) → preprocess once
 into the cache → train with Lightning (checkpoints, early stopping, resumable) → pick the best epoch →
-score the test split → write the run directory.
+score the test split → write the run directory. ``finish_run`` also calibrates the probabilities (a
+temperature on the validation logits, refused when the fit lands on the edge of its range) and fits the
+out-of-distribution detector (class means and shared covariance of the training split's pooled
+features, threshold on the validation images; :mod:`liverscope.evaluate.ood`).
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from liverscope.evaluate.metrics import compute_metrics
 from liverscope.evaluate.plots import plot_training_curves
 from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
-from liverscope.evaluate.stats import fit_temperature
+from liverscope.evaluate.ood import DEFAULT_METHOD, DEFAULT_QUANTILE, METHODS, fit_class_gaussian, fit_threshold, flag_summary, ood_scores
+from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.explain import write_cam_gallery
 from liverscope.labels import metavir_stages
 from liverscope.models import LiverNet, build_model, get_spec
-from liverscope.utils import file_sha256, log, resolve_device, seed_everything, softmax
+from liverscope.utils import file_sha256, log, logits_and_features, resolve_device, seed_everything, softmax
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,8 +292,6 @@ def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLo
     t = cfg.train
     sel = {k: [s for s, a in zip(prep.samples, prep.splits) if a == k] for k in ("train", "val", "test")}
     train_ds = ImageDataset(sel["train"], prep.class_names, prep.cache, build_transform(cfg.data.augment, prep.pp, train=True))
-    val_ds = ImageDataset(sel["val"], prep.class_names, prep.cache, build_transform("none", prep.pp, train=False))
-    test_ds = ImageDataset(sel["test"], prep.class_names, prep.cache, build_transform("none", prep.pp, train=False))
     gen = torch.Generator().manual_seed(t.seed)
     nw = int(cfg.data.num_workers)
     common = dict(batch_size=t.batch_size, num_workers=nw, persistent_workers=nw > 0)
@@ -299,9 +301,15 @@ def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLo
         train_dl = DataLoader(train_ds, sampler=sampler, drop_last=len(train_ds) > t.batch_size, **common)
     else:
         train_dl = DataLoader(train_ds, shuffle=True, generator=gen, drop_last=len(train_ds) > t.batch_size, **common)
-    val_dl = DataLoader(val_ds, shuffle=False, **common)
-    test_dl = DataLoader(test_ds, shuffle=False, **common)
-    return train_dl, val_dl, test_dl, train_ds
+    return train_dl, eval_loader(sel["val"], prep, cfg), eval_loader(sel["test"], prep, cfg), train_ds
+
+
+def eval_loader(samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig) -> DataLoader:
+    """The images in order through the evaluation transform (no augmentation): validation, test, and the
+    training split as the out-of-distribution detector sees it."""
+    ds = ImageDataset(samples, prep.class_names, prep.cache, build_transform("none", prep.pp, train=False))
+    nw = int(cfg.data.num_workers)
+    return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=False, num_workers=nw, persistent_workers=nw > 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,15 +317,18 @@ def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLo
 # --------------------------------------------------------------------------------------------------
 
 
-def infer_logits(model: torch.nn.Module, loader, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Logits and targets of a model over a DataLoader of ``(x, y)`` batches (eval mode, no grad)."""
+def infer_outputs(model: LiverNet, loader, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, pooled features and targets of a model over a DataLoader of ``(x, y)`` batches (eval
+    mode, no grad; one forward pass gives logits and features, see :func:`liverscope.utils.logits_and_features`)."""
     model.eval().to(device)
-    logits, targets = [], []
+    logits, feats, targets = [], [], []
     with torch.inference_mode():
         for x, y in loader:
-            logits.append(model(x.to(device)).float().cpu())
+            lg, f = logits_and_features(model, x.to(device))
+            logits.append(lg.float().cpu())
+            feats.append(f.float().cpu())
             targets.append(torch.as_tensor(y))
-    return torch.cat(logits).numpy(), torch.cat(targets).numpy()
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
 
 def _load_best_weights(model: LiverNet, ckpt_path: str | Path) -> None:
@@ -426,19 +437,38 @@ def _best_epoch(history: Path, monitor: str, mode: str) -> int | None:
 
 
 def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataLoader, test_dl: DataLoader, cfg: RunConfig) -> dict:
-    """After training: calibrate on validation, score the test split, write metrics, plots and report."""
+    """After training: calibrate on validation, fit the out-of-distribution detector, score the test
+    split, write metrics, plots and report."""
     device = resolve_device(cfg.train.device)
     metrics: dict = {"split": cfg.data.split, "class_names": prep.class_names}
-    temperature = 1.0
+    temperature, ood = 1.0, None
     if len(val_dl.dataset):
-        val_logits, val_y = infer_logits(model, val_dl, device)
-        temperature = float(fit_temperature(val_logits, val_y))
-        rundir.write_predictions(run_dir / rundir.PREDICTIONS_VAL, val_dl.dataset.samples, val_logits, prep.class_names, temperature)
+        val_logits, val_feats, val_y = infer_outputs(model, val_dl, device)
+        fit = fit_temperature_checked(val_logits, val_y)
+        if fit["warning"]:
+            log(f"WARNING: {fit['warning']}")
+        temperature = fit["temperature"]
         metrics["validation"] = compute_metrics(val_y, softmax(val_logits, temperature), prep.class_names)
-        rundir.update_model_meta(run_dir, temperature=temperature, validation={k: metrics["validation"].get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")})
+        rundir.update_model_meta(run_dir, temperature=temperature, temperature_fit=fit,  # 1.0 when the fit is refused
+                                 validation={k: metrics["validation"].get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")})
+        train_samples = [s for s, a in zip(prep.samples, prep.splits) if a == "train"]
+        try:
+            ood = fit_ood(run_dir, model, eval_loader(train_samples, prep, cfg), val_logits, val_feats, device)
+        except Exception as exc:  # the flag is a safeguard on top of the model: never lose a trained model over it
+            log(f"WARNING: out-of-distribution detector not fitted ({type(exc).__name__}: {exc}); predictions carry no OOD flag")
+        rundir.write_predictions(run_dir / rundir.PREDICTIONS_VAL, val_dl.dataset.samples, val_logits, prep.class_names, temperature,
+                                 ood=(ood["val_scores"], ood["threshold"]) if ood else None)
+        metrics["temperature_fit"] = fit
+        if ood:
+            metrics["ood"] = {k: ood[k] for k in ("method", "threshold", "thresholds", "quantile", "validation")}
     if len(test_dl.dataset):
-        logits, y = infer_logits(model, test_dl, device)
-        scored = score_predictions(run_dir, rundir.PREDICTIONS_TEST, test_dl.dataset.samples, y, logits, prep.class_names, temperature)
+        logits, feats, y = infer_outputs(model, test_dl, device)
+        test_ood = None
+        if ood:
+            scores = ood_scores(ood["method"], logits, feats, ood)
+            test_ood = (scores, ood["threshold"])
+            metrics["ood"]["test"] = flag_summary(scores, ood["threshold"])
+        scored = score_predictions(run_dir, rundir.PREDICTIONS_TEST, test_dl.dataset.samples, y, logits, prep.class_names, temperature, ood=test_ood)
         metrics["test"] = scored["metrics"]
         metrics["temperature"] = temperature
         if scored["by_source"]:
@@ -454,6 +484,60 @@ def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataL
     return metrics
 
 
+def fit_ood(run_dir: Path, model: LiverNet, train_loader: DataLoader, val_logits: np.ndarray, val_feats: np.ndarray, device: str = "cpu",
+            quantile: float = DEFAULT_QUANTILE) -> dict:
+    """Fit and store a run's out-of-distribution detector (``ood.safetensors``, ``model.json["ood"]``).
+
+    The class means and the shared, shrunk covariance come from the pooled features of the training
+    split seen without augmentation (``train_loader``); the threshold of every method in
+    :data:`~liverscope.evaluate.ood.METHODS` is the ``quantile`` of the validation images' scores, so
+    about that share of them pass. The run ships :data:`~liverscope.evaluate.ood.DEFAULT_METHOD`.
+
+    Returns:
+        ``model.json["ood"]`` plus the arrays (``means``, ``classes``, ``precision``) and ``val_scores``
+        (the validation images' scores under the shipped method).
+    """
+    _, train_feats, train_y = infer_outputs(model, train_loader, device)
+    gauss = fit_class_gaussian(train_feats, train_y, model.num_classes)
+    # stored as float32; the thresholds are fitted with exactly the stored statistics
+    stats = {"means": gauss["means"].astype(np.float32), "classes": gauss["classes"], "precision": gauss["precision"].astype(np.float32)}
+    val_scores = {m: ood_scores(m, val_logits, val_feats, stats) for m in METHODS}
+    thresholds = {m: fit_threshold(val_scores[m], quantile) for m in METHODS}
+    info = {
+        "method": DEFAULT_METHOD, "threshold": thresholds[DEFAULT_METHOD], "thresholds": thresholds, "quantile": quantile,
+        "validation": flag_summary(val_scores[DEFAULT_METHOD], thresholds[DEFAULT_METHOD]),
+        "validation_share_flagged": {m: flag_summary(val_scores[m], thresholds[m])["share"] for m in METHODS},
+        "n_train": int(len(train_y)), "feature_dim": int(train_feats.shape[1]),
+    }
+    rundir.save_ood(run_dir, stats, info)
+    log(f"out-of-distribution flag ({DEFAULT_METHOD}): threshold {info['threshold']:.4g} passes "
+        f"{info['validation']['n'] - info['validation']['flagged']} of {info['validation']['n']} validation images")
+    return dict(info, **stats, val_scores=val_scores[DEFAULT_METHOD])
+
+
+def fit_run_ood(run_dir: str | Path, device: str = "auto", quantile: float = DEFAULT_QUANTILE) -> dict:
+    """Fit the out-of-distribution detector of an already trained run (one trained before liverscope
+    scored OOD) from its own ``split.csv``: ``train`` rows for the class Gaussian, ``val`` rows for the
+    threshold. Images are read through the run's preprocessing cache (recomputed where it is gone).
+
+    Raises:
+        LiverscopeError: no trained model, or a split without training or validation rows.
+    """
+    run_dir = Path(run_dir)
+    model, meta = rundir.load_model(run_dir)
+    cfg = rundir.read_config(run_dir)
+    samples, assignment, _ = rundir.read_split(run_dir / rundir.SPLIT)
+    pp = Preprocessing.from_dict(meta["preprocessing"])
+    prep = PreparedData(samples, list(meta["labels"]), assignment, PreprocessCache(pp, cfg.data.cache_dir), pp, [])
+    part = {k: [s for s, a in zip(samples, assignment) if a == k] for k in ("train", "val")}
+    for k, rows in part.items():
+        if not rows:
+            raise LiverscopeError(f"{run_dir / rundir.SPLIT}: no '{k}' rows; the OOD detector needs training images (class means) and validation images (threshold)")
+    device = resolve_device(device)
+    val_logits, val_feats, _ = infer_outputs(model, eval_loader(part["val"], prep, cfg), device)
+    return fit_ood(run_dir, model, eval_loader(part["train"], prep, cfg), val_logits, val_feats, device, quantile)
+
+
 def write_report_safely(run_dir: Path) -> None:
     """The report is a convenience: a failure is logged, never allowed to lose a trained model."""
     try:
@@ -464,5 +548,5 @@ def write_report_safely(run_dir: Path) -> None:
 
 __all__ = [
     "LitClassifier", "HistoryWriter", "CollectedData", "PreparedData", "collect_samples", "assign_splits", "prepare_data",
-    "make_loaders", "infer_logits", "train_prepared", "fit", "finish_run", "write_report_safely",
+    "make_loaders", "eval_loader", "infer_outputs", "train_prepared", "fit", "finish_run", "fit_ood", "fit_run_ood", "write_report_safely",
 ]

@@ -54,6 +54,7 @@ _HEADLINE_ROWS = (
     ("weighted_f1", "weighted F1"),
     ("macro_auc", "macro AUC (one vs rest)"),
     ("quadratic_kappa", "quadratic-weighted kappa"),
+    ("ece_uncalibrated", "calibration error before temperature scaling"),
     ("ece", "expected calibration error"),
 )
 
@@ -78,7 +79,8 @@ def section_summary(run: RunData) -> str | None:
         ("split", run.metrics.get("split")),
         ("evaluated on", run.metrics.get("data")),
         ("fold models in the ensemble", len(run.model["ensemble"]) if run.model.get("ensemble") else None),
-        ("temperature", fmt(run.temperature) if run.temperature else None),
+        ("temperature", "none applied (the fit stopped at the edge of its range)" if (run.model.get("temperature_fit") or {}).get("at_edge")
+         else fmt(run.temperature) if run.temperature else None),
         ("liverscope", run.model.get("liverscope_version")),
     ]
     parts.append(table_html(None, [[k, str(v)] for k, v in facts if v not in (None, "")]))
@@ -250,9 +252,43 @@ def section_calibration(run: RunData) -> str | None:
         parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [r for r in rows if r[1] is not None]))
     if path is not None:
         parts.append(image_html(path, "reliability diagram", "Points: mean confidence and accuracy of the images in each confidence bin; below: how many images fall in each bin.", width="30em"))
-    parts.append(note("Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on the validation set; it changes "
-                       "confidences, never the predicted class." if temperature else
-                       "No temperature is stored with this model (a fold ensemble averages uncalibrated logits)."))
+    fit = run.model.get("temperature_fit") or run.metrics.get("temperature_fit") or {}
+    if fit.get("at_edge"):
+        parts.append(note(f"Temperature not applied: {fit.get('warning')}", "warn"))
+    parts.append(note("Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on held-out logits (the validation set; "
+                       "a fold ensemble's out-of-fold predictions); it changes confidences, never the predicted class."
+                       if temperature and abs(temperature - 1.0) > 1e-9 else
+                       "No temperature is applied to this model's probabilities."))
+    return "".join(parts)
+
+
+#: Share of a data set flagged as unlike the training images above which the report warns (a run's
+#: own validation images are flagged at about 5% by construction).
+OOD_WARN_SHARE = 0.25
+
+
+def section_ood(run: RunData) -> str | None:
+    ood = run.metrics.get("ood") or {}
+    info = run.model.get("ood") or {}
+    if not ood and not info:
+        return None
+    external = "flagged" in ood  # `liverscope evaluate` on other data: one share for the whole set
+    rows = [["score", ood.get("method") or info.get("method")], ["threshold", fmt(ood["threshold"] if "threshold" in ood else info.get("threshold"))]]
+    if info.get("quantile"):
+        rows.append(["threshold set so that this share of validation images pass", f"{info['quantile']:.0%}"])
+    sets = [("", "images of this data set flagged", ood)] if external else [(k, f"{k} images flagged", ood.get(k) or info.get(k) or {}) for k in ("validation", "test")]
+    for _, label, summary in sets:
+        if summary.get("n"):
+            rows.append([label, f"{summary['flagged']} of {summary['n']} ({summary['share']:.1%})"])
+    if ood.get("ensemble"):
+        rows.append(["fold ensemble", ood["ensemble"]])
+    parts = [table_html(None, rows)]
+    if external and ood.get("n") and ood["share"] > OOD_WARN_SHARE:
+        parts.append(note(f"{ood['share']:.0%} of these images are unlike the images the model was trained on (about 5% of its own validation "
+                           "images are): the model does not transfer to this data, and its figures here should not be relied on.", "warn"))
+    parts.append(note("Each prediction carries an out-of-distribution score (higher = more unlike the training images; Mahalanobis distance "
+                       "of the pooled features to the nearest class, Lee et al. 2018, or the energy of the logits, Liu et al. 2020) and is "
+                       "flagged above the threshold, which is fitted on the run's own validation images."))
     return "".join(parts)
 
 
@@ -368,6 +404,7 @@ SECTIONS: tuple[tuple[str, Callable[[RunData], str | None]], ...] = (
     ("Per-class metrics", section_per_class),
     ("Clinical endpoints", section_endpoints),
     ("Calibration", section_calibration),
+    ("Out-of-distribution flag", section_ood),
     ("Results by acquisition source", section_by_source),
     ("Cross-validation folds", section_folds),
     ("Fold ensemble", section_ensemble),

@@ -34,6 +34,7 @@ def score_predictions(
     *,
     probs: np.ndarray | None = None,
     confusion_png: bool = True,
+    ood: tuple[np.ndarray, float] | None = None,
 ) -> dict:
     """Score one labelled set and write its outputs into ``out_dir``.
 
@@ -48,6 +49,8 @@ def score_predictions(
         probs: probabilities to score instead of ``softmax(logits / temperature)`` (out-of-fold
             predictions, where each fold model has its own temperature).
         confusion_png: also plot the confusion matrix to ``confusion_matrix.png``.
+        ood: ``(scores, threshold)`` of the out-of-distribution detector: written as the ``ood_score`` and
+            ``ood`` columns of the predictions CSV.
 
     Returns:
         ``{"metrics": compute_metrics(..., ci=True) plus "ece" and "ece_uncalibrated",
@@ -57,7 +60,7 @@ def score_predictions(
     y = np.asarray(y)
     names = list(class_names)
     p = softmax(logits, temperature) if probs is None else np.asarray(probs)
-    rundir.write_predictions(out_dir / csv_name, samples, logits, names, temperature)
+    rundir.write_predictions(out_dir / csv_name, samples, logits, names, temperature, ood=ood)
     metrics = compute_metrics(y, p, names, ci=True)
     metrics["ece_uncalibrated"] = float(expected_calibration_error(softmax(logits), y))
     metrics["ece"] = float(expected_calibration_error(p, y))

@@ -247,31 +247,53 @@ def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, temperature:
     return float(-logp[np.arange(y.size), y].mean())
 
 
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Temperature scaling: the T > 0 that minimises the NLL of ``softmax(logits / T)`` on held-out data.
+#: Search range of the temperature. A fit that ends at (within :data:`TEMPERATURE_EDGE_TOL` of) either
+#: end is not a calibration but a symptom: perfectly separated validation logits drive T towards 0 (the
+#: NLL keeps falling as the logits are sharpened), near-random ones drive it up.
+TEMPERATURE_BOUNDS = (0.1, 10.0)
+#: How close (relative, on T) a fitted temperature may come to a bound before it counts as at the edge.
+TEMPERATURE_EDGE_TOL = 0.01
+
+
+def fit_temperature_checked(
+    logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS, edge_tol: float = TEMPERATURE_EDGE_TOL,
+) -> dict[str, Any]:
+    """Temperature scaling with a check: the T > 0 that minimises the NLL of ``softmax(logits / T)``,
+    applied only when the fit is an interior minimum of the search range.
 
     Guo, Pleiss, Sun & Weinberger (2017), *On Calibration of Modern Neural Networks*, ICML. One scalar
-    fitted on validation logits; it leaves the argmax (and so accuracy) unchanged and shrinks the
+    fitted on held-out logits; it leaves the argmax (and so accuracy) unchanged and shrinks the
     over-confidence typical of deep networks (T > 1) or the under-confidence of heavily regularised
     ones (T < 1).
 
     The NLL is minimised over ``log T`` (so T stays positive) with SciPy's bounded Brent method: the
-    objective is one-dimensional and unimodal, so no gradient machinery is needed.
+    objective is one-dimensional and unimodal, so no gradient machinery is needed. When every held-out
+    image is classified correctly the NLL decreases all the way to T = 0 and the optimiser stops at the
+    lower bound: such a "temperature" would multiply the logits by 1/T and make the model sure of
+    itself on anything; it is reported (``at_edge``, ``warning``) and not applied.
 
     Args:
-        logits: ``(n, K)`` validation logits (before softmax).
+        logits: ``(n, K)`` held-out logits (before softmax).
         y_true: ``(n,)`` true class indices.
         bounds: search interval for T.
+        edge_tol: a fit within this relative distance of a bound counts as at the edge.
 
     Returns:
-        The fitted temperature (1.0 when there is nothing to fit on).
+        ``{"fitted": T found (None with nothing to fit), "temperature": T to apply (1.0 unless applied),
+        "applied": bool, "at_edge": bool, "warning": text or None, "bounds": [lo, hi], "n": images,
+        "nll_uncalibrated", "nll_fitted"}``.
     """
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
 
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not 0 < lo < 1 < hi:
+        raise LiverscopeError(f"temperature bounds must satisfy 0 < low < 1 < high, got {bounds}")
     z, y = _check_probs_labels(logits, y_true)
+    out: dict[str, Any] = {"fitted": None, "temperature": 1.0, "applied": False, "at_edge": False, "warning": None,
+                           "bounds": [lo, hi], "n": int(y.size), "nll_uncalibrated": None, "nll_fitted": None}
     if y.size == 0 or z.shape[1] < 2:
-        return 1.0
+        return out
     if not np.all(np.isfinite(z)):
         raise LiverscopeError("fit_temperature: logits contain NaN or infinity")
     rows = np.arange(y.size)
@@ -279,13 +301,26 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float,
     def nll(log_t: float) -> float:
         return float(-log_softmax(z / np.exp(log_t), axis=1)[rows, y].mean())
 
-    lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
-    log_t = float(res.x)
-    # Brent may stop at a bound's neighbourhood without testing T = 1; never return worse than no scaling
-    if nll(0.0) <= nll(log_t):
-        return 1.0
-    return float(np.exp(log_t))
+    res = minimize_scalar(nll, bounds=(np.log(lo), np.log(hi)), method="bounded", options={"xatol": 1e-5})
+    t = float(np.exp(res.x))
+    out.update(fitted=t, nll_uncalibrated=nll(0.0), nll_fitted=nll(float(res.x)))
+    if t <= lo * (1 + edge_tol) or t >= hi / (1 + edge_tol):
+        side = "lower" if t <= lo * (1 + edge_tol) else "upper"
+        why = ("every held-out image is classified with a margin, so the NLL keeps falling as the logits are sharpened"
+               if side == "lower" else "the held-out logits carry almost no information about the class")
+        out.update(at_edge=True, warning=(
+            f"temperature fit stopped at the {side} edge of its range (T = {t:.3g}, range {lo:g}-{hi:g}) on {y.size} images: "
+            f"{why}; no temperature applied (probabilities stay uncalibrated). More (or harder) validation images give a real fit."))
+    elif out["nll_fitted"] < out["nll_uncalibrated"]:
+        # Brent may stop in a bound's neighbourhood without testing T = 1: never apply worse than no scaling
+        out.update(temperature=t, applied=True)
+    return out
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature to apply: :func:`fit_temperature_checked`'s ``temperature`` (1.0 when there is
+    nothing to fit on, when no scaling beats T = 1, or when the fit stopped at the edge of ``bounds``)."""
+    return float(fit_temperature_checked(logits, y_true, bounds)["temperature"])
 
 
 __all__ = [
@@ -296,4 +331,6 @@ __all__ = [
     "expected_calibration_error",
     "negative_log_likelihood",
     "fit_temperature",
+    "fit_temperature_checked",
+    "TEMPERATURE_BOUNDS",
 ]
