@@ -229,19 +229,18 @@ def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]] | Map
     for i, (name, rows) in enumerate(runs.items()):
         colour = _COLOURS[i % len(_COLOURS)]
         prefix = f"{name} " if name else ""
-        for key, style, label in (("train_loss", "--", "train"), ("val_loss", "-", "validation")):
+        # (axis, column, line style, label, colour of a single run's curve)
+        curves = ((ax_loss, "train_loss", "--", "train", 0), (ax_loss, "val_loss", "-", "validation", 1),
+                  (ax_acc, "val_acc", "--", "accuracy", 2), (ax_acc, "val_balanced_acc", "-", "balanced accuracy", 3))
+        for ax, key, style, label, own in curves:
             x, v = _column(rows, key)
             if x.size:
-                ax_loss.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=colour if not single else (_COLOURS[0] if key == "train_loss" else _COLOURS[1]), label=f"{prefix}{label}")
+                ax.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=_COLOURS[own] if single else colour, label=f"{prefix}{label}")
         if single:
             x, v = _column(rows, "val_loss")
             if x.size:
                 best = x[int(np.argmin(v))]
                 ax_loss.axvline(best, color="#555", ls=":", lw=1, label=f"lowest val. loss (epoch {best:g})")
-        for key, style, label in (("val_acc", "--", "accuracy"), ("val_balanced_acc", "-", "balanced accuracy")):
-            x, v = _column(rows, key)
-            if x.size:
-                ax_acc.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=colour if not single else (_COLOURS[2] if key == "val_acc" else _COLOURS[3]), label=f"{prefix}{label}")
         if has_lr:
             x, v = _column(rows, "lr")
             if x.size:

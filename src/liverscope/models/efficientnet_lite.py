@@ -8,12 +8,8 @@ mean = std = 0.5, which a run records in its preprocessing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from torch import nn
-
 from liverscope.models.registry import register_model
-from liverscope.models.weights import imagenet_backbone, load_backbone_weights
+from liverscope.models.weights import backbone_builder, imagenet_backbone
 
 LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)
 LITES = [
@@ -23,17 +19,5 @@ LITES = [
 ]
 
 
-def lite_builder(timm_name: str):
-    """``builder(pretrained, weights)``: a local file when given, else ImageNet (hub or package) or random."""
-
-    def build(pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
-        backbone = imagenet_backbone(timm_name, pretrained and weights is None)
-        if weights is not None:
-            load_backbone_weights(backbone, weights, timm_name)
-        return backbone
-
-    return build
-
-
 for _name, _desc, _small in LITES:
-    register_model(_name, _name, _desc, _small, mean=LITE_MEAN, std=LITE_STD)(lite_builder(_name))
+    register_model(_name, _name, _desc, _small, mean=LITE_MEAN, std=LITE_STD)(backbone_builder(_name, _name, imagenet_backbone))

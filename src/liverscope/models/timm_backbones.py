@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from torch import nn
-
 from liverscope.models.registry import register_model
-from liverscope.models.weights import create_timm_backbone, load_backbone_weights
+from liverscope.models.weights import backbone_builder
 
 #: (registry name, timm name, description, CPU-sized)
 PLAIN_BACKBONES = [
@@ -25,17 +21,5 @@ PLAIN_BACKBONES = [
 ]
 
 
-def plain_builder(timm_name: str, name: str):
-    """``builder(pretrained, weights)`` of a timm backbone: hub weights, or a local file when given."""
-
-    def build(pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
-        backbone = create_timm_backbone(timm_name, pretrained and weights is None)
-        if weights is not None:
-            load_backbone_weights(backbone, weights, name)
-        return backbone
-
-    return build
-
-
 for _name, _timm, _desc, _small in PLAIN_BACKBONES:
-    register_model(_name, _timm, _desc, _small)(plain_builder(_timm, _name))
+    register_model(_name, _timm, _desc, _small)(backbone_builder(_timm, _name))

@@ -160,6 +160,21 @@ def imagenet_backbone(timm_name: str, pretrained: bool) -> nn.Module:
     return backbone
 
 
+def backbone_builder(timm_name: str, name: str, create=None):
+    """``builder(pretrained, weights)`` for the registry: ``create(timm_name, pretrained)`` makes the
+    backbone (default :func:`create_timm_backbone`; :func:`imagenet_backbone` where a weights package
+    exists), then a user's local file, when given, replaces its weights."""
+    create = create or create_timm_backbone
+
+    def build(pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
+        backbone = create(timm_name, pretrained and weights is None)
+        if weights is not None:
+            load_backbone_weights(backbone, weights, name)
+        return backbone
+
+    return build
+
+
 def create_timm_backbone(timm_name: str, pretrained: bool) -> nn.Module:
     """A timm feature extractor (no classifier, no pooling); ``pretrained`` downloads ImageNet weights."""
     try:
@@ -175,5 +190,5 @@ def create_timm_backbone(timm_name: str, pretrained: bool) -> nn.Module:
 
 __all__ = [
     "read_state_dict", "strip_liverscope_prefix", "load_backbone_weights", "create_timm_backbone", "WEIGHT_PACKAGES",
-    "IMAGENET_EXTRA", "hub_reachable", "package_weights_path", "load_package_weights", "imagenet_backbone",
+    "IMAGENET_EXTRA", "hub_reachable", "backbone_builder", "package_weights_path", "load_package_weights", "imagenet_backbone",
 ]
