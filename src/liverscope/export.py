@@ -22,7 +22,7 @@ import torch
 
 from liverscope import rundir
 from liverscope.errors import LiverscopeError
-from liverscope.utils import atomic_path, file_sha256, logits_and_features
+from liverscope.utils import atomic_path, file_sha256
 
 #: Largest |logit(ONNX) - logit(torch)| that :func:`export_onnx` accepts.
 ONNX_ATOL = 1e-3
@@ -38,7 +38,7 @@ class LogitsAndFeatures(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        return logits_and_features(self.model, x)
+        return self.model.forward_with_features(x)
 
 
 
@@ -104,7 +104,7 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
         diffs, feature_diffs, batches = [], [], []
         for x in _check_inputs(size, check_batch, seed):
             with torch.inference_mode():
-                ref, ref_feat = (t.numpy() for t in logits_and_features(model, torch.from_numpy(x)))
+                ref, ref_feat = (t.numpy() for t in model.forward_with_features(torch.from_numpy(x)))
             got, got_feat = session.run(None, {session.get_inputs()[0].name: x})[:2]
             if got.shape != ref.shape or got_feat.shape != ref_feat.shape:
                 raise LiverscopeError(f"{run_dir}: ONNX output shapes {got.shape}, {got_feat.shape} != torch {ref.shape}, {ref_feat.shape} for batch {len(x)}")

@@ -55,7 +55,7 @@ from liverscope.data.preprocess import Preprocessing, normalise, normalise_batch
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.ood import ood_scores
 from liverscope.labels import endpoint_column, endpoint_keys, endpoint_probabilities
-from liverscope.utils import atomic_path, cpu_has_native_bf16, default_model_threads, logits_and_features, resolve_device, softmax, torch_threads
+from liverscope.utils import atomic_path, cpu_has_native_bf16, default_model_threads, resolve_device, softmax, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class TorchBackend:
     def _forward(self, x: torch.Tensor, bf16: bool, features: bool = False):
         with torch_threads(self.threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
             if features:
-                logits, pooled = logits_and_features(self.model, x)
+                logits, pooled = self.model.forward_with_features(x)
                 return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
             return self.model(x).float().cpu().numpy()
 

@@ -43,7 +43,7 @@ from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.explain import write_cam_gallery
 from liverscope.labels import metavir_stages
 from liverscope.models import LiverNet, build_model, get_spec
-from liverscope.utils import file_sha256, log, logits_and_features, resolve_device, seed_everything, softmax
+from liverscope.utils import file_sha256, log, resolve_device, seed_everything, softmax
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,12 +319,12 @@ def eval_loader(samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig) -
 
 def infer_outputs(model: LiverNet, loader, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, pooled features and targets of a model over a DataLoader of ``(x, y)`` batches (eval
-    mode, no grad; one forward pass gives logits and features, see :func:`liverscope.utils.logits_and_features`)."""
+    mode, no grad; one forward pass gives logits and features, see :meth:`liverscope.models.LiverNet.forward_with_features`)."""
     model.eval().to(device)
     logits, feats, targets = [], [], []
     with torch.inference_mode():
         for x, y in loader:
-            lg, f = logits_and_features(model, x.to(device))
+            lg, f = model.forward_with_features(x.to(device))
             logits.append(lg.float().cpu())
             feats.append(f.float().cpu())
             targets.append(torch.as_tensor(y))

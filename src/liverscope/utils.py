@@ -116,18 +116,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def logits_and_features(model, x):
-    """One forward pass of a :class:`~liverscope.models.LiverNet`: ``(logits, pooled features)``.
-
-    The head starts with global average pooling, so the pooled last feature map (what the
-    out-of-distribution score measures, :mod:`liverscope.evaluate.ood`) is
-    ``forward_features(x).mean((2, 3))``, and the logits are ``forward_head`` of the same map: the
-    backbone runs once for both.
-    """
-    fmap = model.forward_features(x)
-    return model.forward_head(fmap), fmap.mean((2, 3))
-
-
 def _json_default(obj: Any):
     if isinstance(obj, (np.integer,)):
         return int(obj)

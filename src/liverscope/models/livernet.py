@@ -66,5 +66,12 @@ class LiverNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, pooled features)`` from one backbone pass. The head starts with global average
+        pooling, so the pooled last feature map (what the out-of-distribution score measures,
+        :mod:`liverscope.evaluate.ood`) is ``forward_features(x).mean((2, 3))``."""
+        fmap = self.forward_features(x)
+        return self.forward_head(fmap), fmap.mean((2, 3))
+
 
 __all__ = ["HEADS", "build_head", "LiverNet"]
