@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-fast test-real bench-cache clean
 
-$(STAMP): pyproject.toml
+# Everything (the `all` extra: app, onnx, imagenet, test) at the tested versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,imagenet]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[all]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -370,7 +370,7 @@ def test_serve_elsewhere_warns_about_authentication(app_run, monkeypatch):
 
 def test_serve_refuses_a_folder_without_a_model(tmp_path, monkeypatch):
     res, calls = _serve(monkeypatch, [str(tmp_path)])
-    assert res.exit_code == 2 and "train first" in res.output and not calls
+    assert res.exit_code == 1 and "train first" in res.output and not calls
 
 
 def test_heatmaps_from_concurrent_sessions_do_not_mix(trained_run, phantom_dir):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from liverscope.config import CONFIG_DIR, load_config
-from liverscope.errors import LiverscopeError
+from liverscope.config import CHOICES, load_config, recipe_names
+from liverscope.errors import LiverscopeError, UsageError
 from liverscope.rundir import read_config, write_config
 
 
-@pytest.mark.parametrize("recipe", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("recipe", recipe_names())
 def test_recipes_load(recipe):
     cfg = load_config(recipe)
     assert cfg.model.name and cfg.train.epochs > 0
@@ -66,3 +66,29 @@ def test_cli_set_and_flags_map_to_settings():
     assert out == {"train.epochs": 2, "data.distinct_only": True, "train.lr": "1e-3", "data.augment": "light"}
     with pytest.raises(LiverscopeError, match="KEY=VALUE"):
         _train_overrides(settings=["train.lr"])
+
+
+def test_choices_are_checked_before_any_work_and_name_the_valid_values():
+    with pytest.raises(UsageError, match="choose one of: adam, adamw, sgd"):
+        load_config("cpu-quick", {"train.optimizer": "adma"})
+    with pytest.raises(UsageError, match="data.augment"):
+        load_config(None, {"data.augment": "strong"})
+    assert load_config(None, {"train.scheduler": "step"}).train.scheduler == "step"
+
+
+def test_config_choices_agree_with_the_modules_that_act_on_them():
+    from liverscope.data.augment import PRESETS
+    from liverscope.models.livernet import HEADS
+
+    from liverscope.predict import BACKENDS, PRECISIONS
+
+    assert CHOICES["data.augment"] == PRESETS and CHOICES["model.head"] == HEADS
+    assert CHOICES["predict.backend"] == BACKENDS and CHOICES["predict.precision"] == PRECISIONS
+
+
+def test_a_users_yaml_file_is_read_and_builtin_recipes_need_no_checkout(tmp_path, monkeypatch):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  name: resnet10t\ntrain:\n  epochs: 7\n")
+    monkeypatch.chdir(tmp_path)  # far from the repository: built-ins come from the package itself
+    assert load_config(mine).train.epochs == 7 and load_config("mine.yaml").model.name == "resnet10t"
+    assert "cpu-quick" in recipe_names() and load_config("cpu-quick").name == load_config("configs/cpu-quick.yaml").name

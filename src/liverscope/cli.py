@@ -8,8 +8,10 @@ at the top.
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -18,21 +20,76 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from liverscope.config import load_config
-from liverscope.errors import LiverscopeError
+from liverscope.config import CHOICES, load_config
+from liverscope.errors import LiverscopeError, UsageError
+from liverscope.utils import logger, set_progress
 
 app = typer.Typer(
-    help="liverscope — liver ultrasound fibrosis staging / disease classification with explanations, "
-    "weakly supervised segmentation and leakage-safe evaluation.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
+#: Exit codes: 0 success, 1 a failure while running (bad data, a run directory that is not one, a
+#: failed export; ``audit --strict`` with leakage risks), 2 a usage error found before any work
+#: (an unknown option or setting, a value outside its choices, a missing recipe).
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("liverscope")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"liverscope {_version()}")
+        raise typer.Exit()
+
+
+def _setup_logging(level: int) -> None:
+    """Messages of the ``liverscope`` logger on stderr, ``[liverscope] message``; one handler only."""
+    handler = next((h for h in logger.handlers if getattr(h, "_liverscope_cli", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler._liverscope_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    handler.setStream(sys.stderr)  # the current stderr (test runners swap it)
+    handler.setFormatter(logging.Formatter("[liverscope] %(message)s" if level > logging.DEBUG else "[liverscope %(name)s] %(message)s"))
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and results only: no progress messages or bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages."),
+):
+    """liverscope — liver ultrasound fibrosis staging / disease classification with explanations,
+    weakly supervised segmentation and leakage-safe evaluation.
+
+    Exit codes: 0 success, 1 failure while running, 2 usage error (before any work starts).
+    """
+    _setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    set_progress(not quiet)
+
+
+def _choice(setting: str) -> type[enum.Enum]:
+    """An Enum of a setting's choices (config.CHOICES): Typer checks the value before the command runs
+    and lists the choices in ``--help`` and in the error."""
+    name = "".join(part.title() for part in setting.replace("_", ".").split("."))
+    return enum.Enum(name, {v: v for v in CHOICES[setting]}, type=str)  # type: ignore[return-value]
 
 
 #: The recipe settings that ``train`` and ``cv`` take as flags: (parameter, dotted setting, type, flags, help).
@@ -41,25 +98,25 @@ RECIPE_OPTIONS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
     ("name", "name", Optional[str], ("--name", "-n"), "Run name: outputs go to OUT_DIR/NAME."),
     ("out_dir", "out_dir", Optional[Path], ("--out-dir", "-o"), "Folder for run directories (default runs/)."),
     ("model", "model.name", Optional[str], ("--model", "-m"), "Model name (see `liverscope models`)."),
-    ("head", "model.head", Optional[str], ("--head",), "Head: seed, mlp128 or linear."),
+    ("head", "model.head", Optional[_choice("model.head")], ("--head",), "Head: seed, mlp128 or linear."),
     ("pretrained", "model.pretrained", Optional[bool], ("--pretrained/--no-pretrained",), "ImageNet weights from the timm hub (needs internet)."),
     ("weights", "model.weights", Optional[Path], ("--weights",), "Local backbone weights (.safetensors or .pth of the same timm architecture)."),
     ("freeze_backbone", "model.freeze_backbone", Optional[bool], ("--freeze-backbone/--train-backbone",), "Train the head only."),
     ("image_size", "data.image_size", Optional[int], ("--image-size",), "Model input size in pixels."),
     ("denoise", "data.denoise", Optional[bool], ("--denoise/--no-denoise",), "Non-local-means denoising."),
-    ("augment", "data.augment", Optional[str], ("--augment",), "Augmentation preset: conservative, ultrasound, light, none."),
-    ("split", "data.split", Optional[str], ("--split",), "grouped (default: duplicates never straddle splits), stratified, or random (the leaky legacy split)."),
+    ("augment", "data.augment", Optional[_choice("data.augment")], ("--augment",), "Augmentation preset: conservative, ultrasound, light, none."),
+    ("split", "data.split", Optional[_choice("data.split")], ("--split",), "grouped (default: duplicates never straddle splits), stratified, or random (the leaky legacy split)."),
     ("allow_leak", "data.allow_leak", Optional[bool], ("--allow-leak",), "Warn instead of refusing a split in which a test image has a duplicate in training."),
     ("epochs", "train.epochs", Optional[int], ("--epochs",), "Maximum epochs."),
     ("batch_size", "train.batch_size", Optional[int], ("--batch-size",), "Batch size."),
     ("lr", "train.lr", Optional[float], ("--lr",), "Learning rate."),
     ("weight_decay", "train.weight_decay", Optional[float], ("--weight-decay",), "Weight decay."),
-    ("optimizer", "train.optimizer", Optional[str], ("--optimizer",), "adam, adamw or sgd."),
-    ("scheduler", "train.scheduler", Optional[str], ("--scheduler",), "cosine, step, plateau or none."),
-    ("balance", "train.balance", Optional[str], ("--balance",), "none, sampler (inverse-frequency sampler) or weighted_ce."),
+    ("optimizer", "train.optimizer", Optional[_choice("train.optimizer")], ("--optimizer",), "adam, adamw or sgd."),
+    ("scheduler", "train.scheduler", Optional[_choice("train.scheduler")], ("--scheduler",), "cosine, step, plateau or none."),
+    ("balance", "train.balance", Optional[_choice("train.balance")], ("--balance",), "none, sampler (inverse-frequency sampler) or weighted_ce."),
     ("seed", "train.seed", Optional[int], ("--seed",), "Random seed."),
     ("device", "train.device", Optional[str], ("--device",), "auto, cpu or cuda."),
-    ("precision", "train.precision", Optional[str], ("--precision",), "auto (bf16-mixed on GPUs with bf16, else 32-true), or a Lightning precision: 32-true, 16-mixed, bf16-mixed."),
+    ("precision", "train.precision", Optional[_choice("train.precision")], ("--precision",), "auto (bf16-mixed on GPUs with bf16, else 32-true), or a Lightning precision: 32-true, 16-mixed, bf16-mixed."),
     ("early_stop", "train.early_stop_patience", Optional[int], ("--early-stop",), "Early-stopping patience in epochs (0 = off)."),
     ("monitor", "train.monitor", Optional[str], ("--monitor",), "Validation metric for early stopping and best epoch."),
     ("num_workers", "data.num_workers", Optional[int], ("--num-workers",), "DataLoader worker processes."),
@@ -81,7 +138,7 @@ def _train_overrides(**kw) -> dict:
     for k, v in kw.items():
         if v is None:
             continue
-        out[_SETTING[k]] = str(v) if isinstance(v, Path) else v
+        out[_SETTING[k]] = str(v) if isinstance(v, Path) else v.value if isinstance(v, enum.Enum) else v
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -128,10 +185,22 @@ def train(
     from liverscope.train import fit
 
     try:
-        run_dir = fit(load_config(recipe, overrides), resume=resume)
+        cfg = _checked_config(recipe, overrides)
+        run_dir = fit(cfg, resume=resume)
     except LiverscopeError as exc:
         _fail(exc)
     _print_run_summary(run_dir)
+
+
+def _checked_config(recipe: Optional[str], overrides: Optional[dict]):
+    """The resolved configuration, with the model name checked against the registry before any work
+    (the audit and the preprocessing cache take minutes on a large set)."""
+    from liverscope.models import is_model, list_models
+
+    cfg = load_config(recipe, overrides)
+    if not is_model(cfg.model.name):
+        raise UsageError(f"model '{cfg.model.name}' is not registered; choose one of: {', '.join(list_models())} (`liverscope models` describes them)")
+    return cfg
 
 
 def _print_run_summary(run_dir: Path) -> None:
@@ -153,8 +222,8 @@ def predict(
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Output file: .csv or .json."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: sized for the backend)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    backend: str = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
-    precision: str = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
+    backend: _choice("predict.backend") = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
+    precision: _choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode/preprocess threads (default: CPU count)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Model threads on CPU (default: torch half the cores, ONNX Runtime all)."),
 ):
@@ -162,7 +231,7 @@ def predict(
     from liverscope.predict import Predictor, write_results
 
     try:
-        p = Predictor.from_run(run_dir, backend=backend, device=device, batch_size=batch_size, precision=precision, workers=workers, threads=threads)
+        p = Predictor.from_run(run_dir, backend=backend.value, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads)
         typer.echo(p.describe(), err=True)
         summary = write_results(p.predict_paths(paths), p.labels, out)
     except LiverscopeError as exc:
@@ -280,7 +349,7 @@ def cv(
     from liverscope.cv import cross_validate, launch_folds_on_gpus
 
     try:
-        cfg = load_config(recipe, overrides)
+        cfg = _checked_config(recipe, overrides)
         if gpus > 1 and not fold:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             rundir.write_config(cfg.run_dir, cfg)

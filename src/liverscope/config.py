@@ -8,20 +8,40 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from liverscope.errors import LiverscopeError
+from liverscope.errors import LiverscopeError, UsageError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The built-in recipes ship inside the package (``liverscope/recipes/*.yaml``) and are read through
+#: ``importlib.resources``, so they are found from a wheel, a zip or an editable checkout alike.
 
 
 #: Input statistics of ImageNet-trained weights (torchvision / timm); a model registers its own when
 #: its weights expect others (EfficientNet-Lite: 0.5 / 0.5).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+#: Settings whose value is one of a fixed set: checked when a recipe or flag is read (before any work
+#: starts) and offered as choices by the command line. The modules that act on them keep the same
+#: names (tests/test_config.py checks that they agree).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.augment": ("conservative", "ultrasound", "light", "none"),
+    "data.split": ("grouped", "stratified", "random"),
+    "data.denoise_at": ("model", "full"),
+    "model.head": ("seed", "mlp128", "linear"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.scheduler": ("cosine", "step", "plateau", "none"),
+    "train.balance": ("none", "sampler", "weighted_ce"),
+    "train.precision": ("auto", "32-true", "16-mixed", "bf16-mixed"),
+    # options of `predict` / `serve` (not recipe settings): the inference engine and its number format
+    "predict.backend": ("auto", "torch", "onnx"),
+    "predict.precision": ("auto", "fp32", "bf16"),
+}
 
 
 @dataclass
@@ -107,11 +127,11 @@ def _coerce(current: Any, value: Any, key: str, origin: str) -> Any:
         parsed = value
     if isinstance(current, bool):
         if not isinstance(parsed, bool):
-            raise LiverscopeError(f"{origin}: '{key}' must be true or false, got '{value}'")
+            raise UsageError(f"{origin}: '{key}' must be true or false, got '{value}'")
         return parsed
     if isinstance(current, (int, float)):
         if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
-            raise LiverscopeError(f"{origin}: '{key}' must be a number, got '{value}'")
+            raise UsageError(f"{origin}: '{key}' must be a number, got '{value}'")
         return float(parsed) if isinstance(current, float) else (int(parsed) if float(parsed).is_integer() else parsed)
     return parsed
 
@@ -120,38 +140,54 @@ def _apply(cfg: RunConfig, values: dict[str, Any], origin: str) -> None:
     for key, value in values.items():
         if key in _SECTIONS:
             if not isinstance(value, dict):
-                raise LiverscopeError(f"{origin}: '{key}' must be a mapping of settings")
+                raise UsageError(f"{origin}: '{key}' must be a mapping of settings")
             section = getattr(cfg, key)
             known = {f.name for f in fields(section)}
             for k, v in value.items():
                 if k not in known:
-                    raise LiverscopeError(f"{origin}: unknown setting '{key}.{k}' (known: {', '.join(sorted(known))})")
-                setattr(section, k, _coerce(getattr(section, k), v, f"{key}.{k}", origin))
+                    raise UsageError(f"{origin}: unknown setting '{key}.{k}' (known: {', '.join(sorted(known))})")
+                value_k = _coerce(getattr(section, k), v, f"{key}.{k}", origin)
+                allowed = CHOICES.get(f"{key}.{k}")
+                if allowed is not None and value_k not in allowed:
+                    raise UsageError(f"{origin}: '{key}.{k}' is '{value_k}'; choose one of: {', '.join(allowed)}")
+                setattr(section, k, value_k)
         elif key in ("name", "out_dir"):
             setattr(cfg, key, value)
         elif key == "recipe":  # informational
             continue
         else:
-            raise LiverscopeError(f"{origin}: unknown top-level setting '{key}' (use data:, model:, train:, name:)")
+            raise UsageError(f"{origin}: unknown top-level setting '{key}' (use data:, model:, train:, name:)")
 
 
-def find_recipe(recipe: str | Path) -> Path:
-    """A recipe is a YAML path or the name of one in ``configs/`` (``cpu-quick`` → configs/cpu-quick.yaml)."""
+def _recipe_dir():
+    return resources.files("liverscope").joinpath("recipes")
+
+
+def recipe_names() -> list[str]:
+    """The names of the built-in recipes (``cpu-quick``, ``resnet50-cbam`` …)."""
+    return sorted(f.name[: -len(".yaml")] for f in _recipe_dir().iterdir() if f.name.endswith(".yaml"))
+
+
+def read_recipe(recipe: str | Path) -> tuple[str, str]:
+    """The text of a recipe and where it came from: a YAML file the user names, or a built-in recipe
+    by name (``cpu-quick`` → ``liverscope/recipes/cpu-quick.yaml``). A user's file wins over a
+    built-in of the same name."""
     p = Path(recipe)
-    if p.exists():
-        return p
-    for cand in (CONFIG_DIR / f"{recipe}.yaml", CONFIG_DIR / str(recipe)):
-        if cand.exists():
-            return cand
-    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.exists() else []
-    raise LiverscopeError(f"recipe '{recipe}' not found: give a YAML file or one of: {', '.join(names)}")
+    if p.is_file():
+        return p.read_text(), str(p)
+    name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    if name in recipe_names() and (p.parent == Path(".") or p.parent.name in ("configs", "recipes")):
+        return _recipe_dir().joinpath(f"{name}.yaml").read_text(), f"recipe {name}"
+    raise UsageError(
+        f"recipe '{recipe}' not found: give a YAML file or one of the built-in recipes: {', '.join(recipe_names())}"
+    )
 
 
 def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Resolve a configuration.
 
     Args:
-        recipe: YAML file or recipe name in ``configs/``; ``None`` for the defaults.
+        recipe: YAML file or the name of a built-in recipe (:func:`recipe_names`); ``None`` for the defaults.
         overrides: dotted keys (``"train.lr"``) or nested dicts from the command line; ``None`` values
             are ignored so unset flags keep the recipe's value.
 
@@ -160,14 +196,14 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     """
     cfg = RunConfig()
     if recipe is not None:
-        path = find_recipe(recipe)
+        text, origin = read_recipe(recipe)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise LiverscopeError(f"{path}: not valid YAML ({exc})") from None
+            raise UsageError(f"{origin}: not valid YAML ({exc})") from None
         if not isinstance(values, dict):
-            raise LiverscopeError(f"{path}: expected a mapping at the top level")
-        _apply(cfg, values, str(path))
+            raise UsageError(f"{origin}: expected a mapping at the top level")
+        _apply(cfg, values, origin)
     if overrides:
         nested: dict[str, Any] = {}
         for key, value in overrides.items():

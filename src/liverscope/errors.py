@@ -6,7 +6,15 @@ from pathlib import Path
 
 
 class LiverscopeError(ValueError):
-    """Bad input that the user can fix: the message names the file and what to do."""
+    """Bad input that the user can fix: the message names the file and what to do.
+
+    The command line exits with code 1 for these (a failure while running) and 2 for a
+    :class:`UsageError`."""
+
+
+class UsageError(LiverscopeError):
+    """A command or setting used wrongly (an unknown setting, a value outside its choices, a recipe
+    that does not exist), found before any work starts; the command line exits with code 2."""
 
 
 class ImageReadError(LiverscopeError):

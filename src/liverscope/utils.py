@@ -1,5 +1,5 @@
 """Small shared helpers: atomic writes (text, JSON, CSV, PNG, NPY), file hashing, softmax, logits and
-pooled features in one pass, seeding, device choice, progress lines. The lowest layer: imports nothing of liverscope but :mod:`.errors`."""
+pooled features in one pass, seeding, device choice, the package logger and progress bars. The lowest layer: imports nothing of liverscope but :mod:`.errors`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import sys
@@ -20,9 +21,44 @@ import numpy as np
 from liverscope.errors import LiverscopeError
 
 
+#: The package logger: every message of liverscope goes through it (the CLI sets its level: ``-q``
+#: warnings only, ``-v`` debug). A library user configures it like any other ``logging`` logger.
+logger = logging.getLogger("liverscope")
+
+_PROGRESS = {"enabled": True}
+
+
 def log(msg: str) -> None:
-    """A progress line on stderr, prefixed ``[liverscope]``."""
-    print(f"[liverscope] {msg}", file=sys.stderr, flush=True)
+    """An INFO message of the ``liverscope`` logger (stderr through the CLI's handler)."""
+    logger.info(msg)
+
+
+def set_progress(enabled: bool) -> None:
+    """Turn progress bars on or off for this process (the CLI's ``-q/--quiet`` turns them off)."""
+    _PROGRESS["enabled"] = bool(enabled)
+
+
+def progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
+    """Iterate over ``items`` with a progress bar on stderr (rich, which Typer already brings).
+
+    No bar when output is not a terminal (logs, CI, a pipe), when switched off with
+    :func:`set_progress`, or for fewer than two items: then it is a plain loop.
+    """
+    if total is None:
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    if not _PROGRESS["enabled"] or not sys.stderr.isatty() or (total is not None and total < 2):
+        yield from items
+        return
+    from rich.progress import Progress  # rich is imported only when a bar is drawn: keeps imports light
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
 
 
 @contextmanager

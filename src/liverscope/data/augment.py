@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from liverscope.config import CHOICES
 from liverscope.data.preprocess import Preprocessing, normalise
 from liverscope.errors import LiverscopeError
 
-PRESETS = ("conservative", "ultrasound", "light", "none")
+PRESETS = CHOICES["data.augment"]
 
 
 def _preset_ops(name: str) -> list:
