@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -52,3 +56,51 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "model.safetensors").exists()
     assert (tmp_path / "demo" / "demo_predictions.csv").exists()
     assert (tmp_path / "phantoms" / "F4").is_dir()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal_and_not_when_quiet(monkeypatch):
+    from liverscope import utils
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert list(utils.progress(range(5), "files")) == [0, 1, 2, 3, 4] and sys.stderr.getvalue() == ""
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert list(utils.progress(iter(range(5)), "files", total=5)) == [0, 1, 2, 3, 4]
+    assert "files" in term.getvalue()  # the bar was drawn on stderr
+    utils.set_progress(False)
+    try:
+        quiet = _Terminal()
+        monkeypatch.setattr(sys, "stderr", quiet)
+        assert list(utils.progress(range(5), "files")) == [0, 1, 2, 3, 4] and quiet.getvalue() == ""
+    finally:
+        utils.set_progress(True)
+
+
+def test_quiet_and_verbose_set_the_package_logger(tmp_path):
+    from liverscope.utils import logger
+
+    for flags, level in ((["-q"], logging.WARNING), ([], logging.INFO), (["-v"], logging.DEBUG)):
+        res = runner.invoke(app, [*flags, "models"])
+        assert res.exit_code == 0 and logger.level == level, (flags, res.output)
+    runner.invoke(app, ["models"])
+
+
+def test_usage_errors_exit_2_before_any_work_and_list_the_choices(tmp_path):
+    res = runner.invoke(app, ["train", str(tmp_path / "missing"), "--optimizer", "adma"])
+    assert res.exit_code == 2 and "adamw" in res.output and "does not exist" not in res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "missing"), "--model", "resnet99"])
+    assert res.exit_code == 2 and "resnet10t" in res.output and "does not exist" not in res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "missing"), "--set", "train.scheduler=sometimes"])
+    assert res.exit_code == 2 and "cosine" in res.output
+    res = runner.invoke(app, ["train", "--help"])
+    assert "adam|adamw|sgd" in res.output.replace(" ", "")
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith("liverscope ")

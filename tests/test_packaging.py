@@ -75,3 +75,19 @@ def test_wheel_works_in_a_fresh_venv_outside_the_checkout(wheel, tmp_path):
     mine = work / "mine.yaml"
     mine.write_text("train:\n  epochs: 3\n")
     assert _run([str(py), "-c", "import liverscope.config as c; print(c.load_config('mine.yaml').train.epochs)"], cwd=work).stdout.strip() == "3"
+
+
+def test_a_missing_extra_names_the_pip_line(monkeypatch, tmp_path):
+    from liverscope.errors import LiverscopeError
+    from liverscope.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the [onnx] extra were not installed
+    with pytest.raises(LiverscopeError, match=r"pip install 'liverscope\[onnx\]'"):
+        export_onnx(tmp_path)
+
+
+def test_version_and_python_dash_m(tmp_path):
+    from liverscope import __version__
+
+    res = _run([sys.executable, "-m", "liverscope", "--version"], cwd=tmp_path)
+    assert res.stdout.strip() == f"liverscope {__version__}" and __version__ == "0.1.0"

@@ -57,14 +57,24 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that always writes to the current ``sys.stderr`` (test runners and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(level: int) -> None:
     """Messages of the ``liverscope`` logger on stderr, ``[liverscope] message``; one handler only."""
-    handler = next((h for h in logger.handlers if getattr(h, "_liverscope_cli", False)), None)
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
     if handler is None:
-        handler = logging.StreamHandler()
-        handler._liverscope_cli = True  # type: ignore[attr-defined]
+        handler = _StderrHandler()
         logger.addHandler(handler)
-    handler.setStream(sys.stderr)  # the current stderr (test runners swap it)
     handler.setFormatter(logging.Formatter("[liverscope] %(message)s" if level > logging.DEBUG else "[liverscope %(name)s] %(message)s"))
     logger.setLevel(level)
     logger.propagate = False

@@ -22,7 +22,7 @@ import torch
 
 from liverscope import rundir
 from liverscope.errors import LiverscopeError
-from liverscope.utils import atomic_path, file_sha256
+from liverscope.utils import atomic_path, file_sha256, import_optional
 
 #: Largest |logit(ONNX) - logit(torch)| that :func:`export_onnx` accepts.
 ONNX_ATOL = 1e-3
@@ -73,8 +73,9 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
     Raises:
         LiverscopeError: no trained model, or ONNX Runtime disagrees with torch beyond ``atol``.
     """
-    import onnx
-    import onnxruntime as ort
+    onnx = import_optional("onnx", "onnx", "ONNX export")
+    ort = import_optional("onnxruntime", "onnx", "checking the ONNX export")
+    import_optional("onnxscript", "onnx", "ONNX export")
 
     run_dir = Path(run_dir)
     model, meta = rundir.load_model(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -33,6 +34,20 @@ def log(msg: str) -> None:
     logger.info(msg)
 
 
+def import_optional(module: str, extra: str, purpose: str):
+    """Import a module of an optional extra, or fail with the ``pip install`` line that brings it.
+
+    Example: ``ort = import_optional("onnxruntime", "onnx", "the ONNX backend")``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LiverscopeError(
+            f"{purpose} needs the Python package '{module}', which is not installed: "
+            f"pip install 'liverscope[{extra}]'"
+        ) from None
+
+
 def set_progress(enabled: bool) -> None:
     """Turn progress bars on or off for this process (the CLI's ``-q/--quiet`` turns them off)."""
     _PROGRESS["enabled"] = bool(enabled)
@@ -52,9 +67,10 @@ def progress(items: Iterable, description: str, total: int | None = None) -> Ite
     if not _PROGRESS["enabled"] or not sys.stderr.isatty() or (total is not None and total < 2):
         yield from items
         return
-    from rich.progress import Progress  # rich is imported only when a bar is drawn: keeps imports light
+    from rich.console import Console  # rich is imported only when a bar is drawn: keeps imports light
+    from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    with Progress(console=Console(file=sys.stderr), transient=True) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item
