@@ -185,4 +185,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from liverscope.utils import configure_logging
+
+    configure_logging()  # the library's progress messages on stderr, as the CLI shows them
     main()

@@ -22,7 +22,7 @@ import typer
 
 from liverscope.config import CHOICES, load_config
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.utils import logger, set_progress
+from liverscope.utils import configure_logging, set_progress
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -57,29 +57,6 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-class _StderrHandler(logging.StreamHandler):
-    """A handler that always writes to the current ``sys.stderr`` (test runners and notebooks swap it)."""
-
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _setup_logging(level: int) -> None:
-    """Messages of the ``liverscope`` logger on stderr, ``[liverscope] message``; one handler only."""
-    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
-    if handler is None:
-        handler = _StderrHandler()
-        logger.addHandler(handler)
-    handler.setFormatter(logging.Formatter("[liverscope] %(message)s" if level > logging.DEBUG else "[liverscope %(name)s] %(message)s"))
-    logger.setLevel(level)
-    logger.propagate = False
-
-
 @app.callback()
 def _main_options(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
@@ -91,7 +68,7 @@ def _main_options(
 
     Exit codes: 0 success, 1 failure while running, 2 usage error (before any work starts).
     """
-    _setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     set_progress(not quiet)
 
 

@@ -34,6 +34,31 @@ def log(msg: str) -> None:
     logger.info(msg)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that always writes to the current ``sys.stderr`` (test runners and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Show liverscope's messages on stderr as ``[liverscope] message`` (the CLI calls this; scripts and
+    notebooks may too). A library does not configure logging by itself: without this call, Python's
+    defaults apply (warnings only). Calling it again changes the level, never adds a second handler."""
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter("[liverscope] %(message)s" if level > logging.DEBUG else "[liverscope %(name)s] %(message)s"))
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def import_optional(module: str, extra: str, purpose: str):
     """Import a module of an optional extra, or fail with the ``pip install`` line that brings it.
 
