@@ -438,17 +438,26 @@ def export(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     atol: float = typer.Option(1e-3, "--atol", help="Largest accepted |logit difference| between ONNX Runtime and torch."),
+    int8: bool = typer.Option(False, "--int8", help="Also write RUN_DIR/model.int8.onnx: static int8 quantisation calibrated on the run's validation images, reported against fp32 on its test images."),
+    calibration: int = typer.Option(128, "--calibration", help="--int8: largest number of validation images to calibrate on."),
 ):
-    """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model."""
-    from liverscope.export import export_onnx
+    """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model; --int8 adds a quantised model."""
+    from liverscope.export import export_int8, export_onnx
 
     try:
         info = export_onnx(run_dir, opset=opset, atol=atol)
+        q = export_int8(run_dir, calibration=calibration) if int8 else None
     except LiverscopeError as exc:
         _fail(exc)
     typer.echo(f"wrote {run_dir / info['file']} ({info['bytes'] / 2**20:.1f} MB, opset {info['opset']}, input {info['input_shape']})")
     typer.echo(f"verified against torch on batches {info['checked_batches']}: max |logit difference| {info['max_abs_logit_diff']:.2e} (limit {info['atol']:.0e})")
     typer.echo("`liverscope predict` and `liverscope serve` now use ONNX Runtime for this run (--backend torch to override)")
+    if q:
+        typer.echo(
+            f"wrote {run_dir / q['file']} ({q['bytes'] / 2**20:.1f} MB, calibrated on {q['calibration_images']} validation images); "
+            f"on {q['n']} {q['compared_on']} images: label agreement with fp32 {q['label_agreement']:.3f}, max probability difference "
+            f"{q['max_prob_diff']:.3f}, balanced accuracy {q['balanced_accuracy_int8']:.3f} (fp32 {q['balanced_accuracy_fp32']:.3f})"
+        )
 
 
 @app.command()
@@ -472,12 +481,18 @@ def serve(
             "images and read results. Put it behind the hospital's authenticating reverse proxy (HTTPS + login).",
             fg=typer.colors.YELLOW, err=True,
         )
+    if max_upload_mb < 1:
+        _fail(UsageError(f"--max-upload-mb {max_upload_mb}: the upload limit is a whole number of MB, at least 1 (default 50)"))
     app_path = Path(__file__).with_name("app.py")
     env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
+    # Streamlit's own settings as flags, which outrank its config files and STREAMLIT_* variables: the
+    # server refuses a larger upload body (HTTP 413) whatever the page's widget checks, and keeps XSRF
+    # protection on (uploads need the token of the session's cookie) with CORS, which it relies on.
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app_path),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--server.maxUploadSize", str(max_upload_mb), "--server.fileWatcherType", "none",
+        "--server.maxUploadSize", str(max_upload_mb), "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
+        "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
     ]
     typer.echo(f"liverscope app for {run_dir} on http://{host}:{port} (Ctrl-C stops it)", err=True)

@@ -1,0 +1,39 @@
+"""int8 export: ONNX Runtime's static quantisation calibrated on the run's own validation images,
+reported against the fp32 export on the run's test images."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from liverscope import rundir
+from liverscope.errors import LiverscopeError
+from liverscope.export import export_int8
+
+
+@pytest.mark.slow
+def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_path):
+    import onnxruntime as ort
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    info = export_int8(run, calibration=16)
+    assert (run / rundir.ONNX_INT8).exists() and rundir.onnx_state(run)[1] == "current"  # fp32 exported first
+    meta = rundir.read_model_meta(run)
+    assert meta["onnx_int8"] == info and info["calibration_images"] == 16 and info["compared_on"] == "test"
+    samples, assignment, _ = rundir.read_split(run / rundir.SPLIT)
+    assert info["n"] == int(np.sum(assignment == "test"))
+    # int8 keeps the decisions of fp32 on the phantoms (coarse: 64 px, tiny model)
+    assert info["label_agreement"] >= 0.8 and 0 <= info["max_prob_diff"] < 0.5
+    assert abs(info["balanced_accuracy_int8"] - info["balanced_accuracy_fp32"]) <= 0.2
+    sess = ort.InferenceSession(str(run / rundir.ONNX_INT8), providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in __import__("onnx").load(str(run / rundir.ONNX_INT8)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantised
+    assert [o.name for o in sess.get_outputs()][:2] == ["logits", "features"]
+
+
+def test_int8_needs_a_split(tmp_path):
+    with pytest.raises(LiverscopeError, match="split.csv"):
+        export_int8(tmp_path)
