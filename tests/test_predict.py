@@ -38,6 +38,7 @@ def _make_run(run_dir: Path, size: int = 32, seed: int = 0) -> Path:
     from liverscope.rundir import save_model
 
     torch.manual_seed(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_model(run_dir, build_model("resnet10t", len(LABELS)), LABELS, Preprocessing(size=size, denoise=False))
     return run_dir
 
@@ -293,6 +294,40 @@ def test_predict_bytes_and_arrays(random_run, phantom_dir):
     assert p.predict_arrays([img], ["x"])[0].probs == pytest.approx(r.probs, abs=1e-4)
     bad, none = p.predict_bytes("broken.png", png[:50])
     assert bad.error and "truncated" in bad.error and none is None
+
+
+def test_cv_run_predicts_as_its_fold_ensemble_with_evaluates_ood_rule(phantom_dir, tmp_path):
+    """A cv run (no weights of its own) is one predictor: the mean of the fold models' logits at the
+    run's temperature, and the out-of-distribution rule of `liverscope evaluate` (median margin)."""
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+    from liverscope.data.preprocess import Preprocessing
+    from liverscope.external import ensemble_predict_logits
+    from liverscope.predict import EnsemblePredictor
+    from liverscope.rundir import save_ood, write_model_meta
+    from liverscope.utils import softmax
+
+    cv = tmp_path / "cv"
+    folds = [_make_run(cv / "folds" / f"fold{i}", seed=i) for i in range(3)]
+    for i, f in enumerate(folds):
+        save_ood(f, {}, {"method": "energy", "threshold": -1.5 - 0.1 * i, "quantile": 0.95})
+    write_model_meta(cv, {"architecture": {"name": "resnet10t", "num_classes": 5}, "labels": LABELS, "temperature": 1.3,
+                          "preprocessing": Preprocessing(size=32, denoise=False).to_dict(), "ensemble": [str(f.relative_to(cv)) for f in folds]})
+    files = _phantom_files(phantom_dir, 1)
+    p = Predictor.from_run(cv, backend="torch", precision="fp32")
+    assert isinstance(p, EnsemblePredictor) and p.ood_threshold == 0.0
+    results = list(p.predict_paths(files))
+    logits, ok, _, (scores, threshold, _) = ensemble_predict_logits(cv, files)
+    assert ok == [str(f) for f in files] and threshold == 0.0
+    np.testing.assert_allclose([r.logits for r in results], logits, atol=1e-5)
+    np.testing.assert_allclose([[r.probs[c] for c in LABELS] for r in results], softmax(logits, 1.3), atol=1e-5)
+    np.testing.assert_allclose([r.ood_score for r in results], scores, atol=1e-5)
+    assert [r.ood for r in results] == [bool(s > 0) for s in scores]
+    out = tmp_path / "cv.csv"
+    res = CliRunner().invoke(app, ["predict", str(cv), *map(str, files), "--out", str(out), "--backend", "torch"])
+    assert res.exit_code == 0, res.output
+    assert f"predicted {len(files)} image(s)" in res.output
 
 
 def test_unknown_backend_and_missing_run(random_run, tmp_path):

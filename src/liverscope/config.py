@@ -60,6 +60,33 @@ class DataConfig:
     allow_leak: bool = False  # warn instead of refusing when a test image has a duplicate in training
     distinct_only: bool = False  # keep one copy of byte-identical files (faster epochs, each image counts once)
     num_workers: int = 0
+    frames: str = "middle"  # DICOM cine loops: middle | all | every:N (the frames of a loop that become samples)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # data.frames is not one of a fixed set (every:N), so it is checked on every assignment
+        # (default, recipe, flag) rather than through CHOICES
+        if name == "frames":
+            parse_frames(value)
+        super().__setattr__(name, value)
+
+
+#: The forms of ``data.frames``: which frames of a DICOM cine loop become samples.
+FRAME_FORMS = ("middle", "all", "every:N")
+
+
+def parse_frames(spec: Any) -> tuple[str, int]:
+    """``data.frames`` as ``(kind, step)``: ``middle`` → ``("middle", 1)``, ``all`` → ``("all", 1)``,
+    ``every:N`` → ``("every", N)``; anything else is a UsageError listing the valid forms."""
+    text = spec.strip().lower() if isinstance(spec, str) else ""
+    if text in ("middle", "all"):
+        return text, 1
+    step = text[len("every:"):].strip() if text.startswith("every:") else ""
+    if step.isdigit() and int(step) >= 1:
+        return "every", int(step)
+    raise UsageError(
+        f"data.frames (--frames) is {spec!r}; choose one of: middle (the middle frame of a cine loop, the default), "
+        "all (every frame), every:N (every N-th frame, N a whole number >= 1, e.g. every:2)"
+    )
 
 
 @dataclass

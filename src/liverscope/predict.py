@@ -1,11 +1,17 @@
 """Prediction on new images: load a run, score files and folders fast, write CSV/JSON; ONNX export.
 
-``Predictor`` is the Python entry point::
+``Predictor`` is the Python entry point (``liverscope.load_run`` returns one)::
 
-    from liverscope.predict import Predictor
-    p = Predictor.from_run("runs/demo")            # ONNX Runtime when runs/demo/model.onnx is current
+    import liverscope
+    p = liverscope.load_run("runs/demo")           # ONNX Runtime when runs/demo/model.onnx is current
+    p.predict("scan.dcm")                          # or bytes, a PIL image, an array, a tensor, a list
     for result in p.predict_paths(["scan1.png", "folder/"]):
         print(result.path, result.label, result.probs)
+
+:meth:`Predictor.predict` always applies the run's own preprocessing (the inputs it takes are
+described in :mod:`liverscope.data.inputs`); :meth:`Predictor.predict_arrays`, the low-level entry
+point, takes only images already preprocessed for the run and refuses anything else. A ``cv`` run is
+one predictor too (:class:`EnsemblePredictor`: the mean of its fold models' logits).
 
 How it is fast on an ordinary CPU:
 
@@ -15,7 +21,7 @@ How it is fast on an ordinary CPU:
 * only a bounded window of images is in flight, and results are yielded batch by batch, so memory stays
   flat on a folder of any size; :func:`write_results` writes rows as they come into a temporary file
   that replaces the output at the end;
-* two backends: ONNX Runtime (default when the run has a current ``model.onnx``, see
+* two backends (:mod:`liverscope.models.backends`): ONNX Runtime (default when the run has a current ``model.onnx``, see
   :func:`export_onnx`) and PyTorch (channels-last; bf16 autocast on CPUs with native bf16, checked
   against fp32 on the first batch and abandoned when predictions move more than ``BF16_TOLERANCE``);
 * batch sizes per backend and device (:data:`DEFAULT_BATCH_SIZE`), measured in ``benchmarks/inference.py``;
@@ -50,25 +56,24 @@ import numpy as np
 import torch
 
 from liverscope import rundir
-from liverscope.data.io import decode_image, iter_image_files, read_bytes
-from liverscope.data.preprocess import Preprocessing, normalise, normalise_batch, preprocess_array
+from liverscope.config import parse_frames
+from liverscope.data.inputs import check_model_input, input_name, load_input, split_batch
+from liverscope.data.io import decode_image, iter_image_files, read_frames
+from liverscope.data.preprocess import Preprocessing, normalise, preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.evaluate.ood import ood_scores
+from liverscope.evaluate.ood import ensemble_margin, ood_scores
 from liverscope.labels import endpoint_column, endpoint_keys, endpoint_probabilities
-from liverscope.utils import atomic_path, cpu_has_native_bf16, default_model_threads, resolve_device, softmax, torch_threads
+from liverscope.models.backends import BF16_TOLERANCE, PRECISIONS, OnnxBackend, TorchBackend
+from liverscope.utils import atomic_path, softmax
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = ("auto", "fp32", "bf16")
 #: Images per forward pass when none is given: ``(backend, device kind) -> size``. Measured at 224 px
 #: on a 2-core AVX-512 CPU (``benchmarks/inference.py``): ONNX Runtime is fastest at batch 1-2
 #: (EfficientNet-B0: 62 images/s at 2, 51 at 8, 43 at 16: larger batches spill the caches), PyTorch at
 #: 4 (39 vs 36 at 8, 28 at 16); GPUs want big batches.
 DEFAULT_BATCH_SIZE = {("torch", "cpu"): 4, ("onnx", "cpu"): 2, ("torch", "cuda"): 64, ("onnx", "cuda"): 64}
-#: Largest change of any class probability that bf16 may cause on the check batch before the torch
-#: backend falls back to fp32 (the predicted class must not change either).
-BF16_TOLERANCE = 0.02
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Result:
     error: str | None = None
     ood_score: float | None = None
     ood: bool | None = None
+    frames: int = 1  # frames of a cine loop averaged into this result (predict_paths(frames=...))
 
     @property
     def confidence(self) -> float | None:
@@ -95,148 +101,6 @@ class Result:
     def endpoints(self) -> dict[str, float] | None:
         """Fibrosis endpoints (≥F2, ≥F3, F4) when the labels are METAVIR stages, else ``None``."""
         return endpoint_probabilities(self.probs) if self.probs else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Backends: float32 NxHxWx3 normalised batch in, float32 logits out
-# --------------------------------------------------------------------------------------------------
-
-
-class TorchBackend:
-    """PyTorch inference: channels-last, ``inference_mode``, bf16 autocast where the hardware has it.
-
-    Args:
-        model: a :class:`~liverscope.models.registry.LiverNet` (or any ``NCHW -> logits`` module).
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        precision: ``auto`` (bf16 on CPUs with native bf16 and on bf16-capable GPUs, else fp32), ``fp32``
-            or ``bf16`` (emulated where not native: slow, for checks).
-        channels_last: NHWC memory layout, which oneDNN/cuDNN convolutions run faster on.
-        tolerance: largest probability change bf16 may cause on the first batch (see :data:`BF16_TOLERANCE`).
-        threads: intra-op threads on CPU (default :func:`default_model_threads`; ``0`` leaves PyTorch's setting).
-
-    After the first batch, :attr:`precision` says what is used and :attr:`bf16_check` what the check found.
-    """
-
-    name = "torch"
-
-    def __init__(
-        self, model: torch.nn.Module, device: str = "auto", precision: str = "auto", channels_last: bool = True,
-        tolerance: float = BF16_TOLERANCE, threads: int | None = None,
-    ):
-        if precision not in PRECISIONS:
-            raise LiverscopeError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
-        self.device = resolve_device(device)
-        self.channels_last = channels_last
-        self.model = model.eval().to(self.device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if precision == "auto":
-            native = torch.cuda.is_bf16_supported() if self.device.startswith("cuda") else cpu_has_native_bf16()
-            precision = "bf16" if native else "fp32"
-        self.precision = precision
-        self.tolerance = tolerance
-        self.bf16_check: dict | None = None
-        self._checked = precision == "fp32"
-        self.threads = (default_model_threads() if threads is None else int(threads)) if self.device == "cpu" else 0
-
-    @property
-    def device_kind(self) -> str:
-        return "cuda" if self.device.startswith("cuda") else "cpu"
-
-    def _forward(self, x: torch.Tensor, bf16: bool, features: bool = False):
-        with torch_threads(self.threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
-            if features:
-                logits, pooled = self.model.forward_with_features(x)
-                return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
-            return self.model(x).float().cpu().numpy()
-
-    def _input(self, batch: np.ndarray) -> torch.Tensor:
-        # NHWC numpy → NCHW view whose memory is already channels-last: no copy on CPU
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = self._input(batch)
-        if not self._checked:
-            return self._check_bf16(x)
-        return self._forward(x, self.precision == "bf16")
-
-    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and pooled features (the out-of-distribution score's input) of one batch, one forward pass."""
-        x = self._input(batch)
-        if not self._checked:
-            self._check_bf16(x)  # decides the precision on this first batch
-        return self._forward(x, self.precision == "bf16", features=True)
-
-    def _check_bf16(self, x: torch.Tensor) -> np.ndarray:
-        """Score the first batch in fp32 and bf16; keep bf16 only if no probability moves more than the tolerance."""
-        ref = self._forward(x, False)
-        low = self._forward(x, True)
-        p_ref, p_low = softmax(ref), softmax(low)
-        diff = float(np.abs(p_ref - p_low).max())
-        same = bool((p_ref.argmax(1) == p_low.argmax(1)).all())
-        ok = diff <= self.tolerance and same
-        self.bf16_check = {"max_abs_prob_diff": diff, "same_predictions": same, "tolerance": self.tolerance, "kept": ok}
-        if not ok:
-            warnings.warn(
-                f"bf16 changes predictions beyond tolerance (max probability change {diff:.4f} > {self.tolerance}, "
-                f"same classes: {same}); using fp32", RuntimeWarning, stacklevel=3,
-            )
-            self.precision = "fp32"
-        self._checked = True
-        return ref
-
-
-class OnnxBackend:
-    """ONNX Runtime inference of an exported run (``model.onnx``, dynamic batch).
-
-    Args:
-        path: the ``.onnx`` file.
-        device: ``auto``, ``cpu`` or ``cuda`` (CUDA execution provider when onnxruntime-gpu has it).
-        threads: intra-op threads (default: the CPU count; with spinning off, ORT shares cores with the
-            decode threads without slowing down, unlike an OpenMP team).
-    """
-
-    name = "onnx"
-
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.intra_threads = int(threads or os.cpu_count() or 1)
-        so.intra_op_num_threads = self.intra_threads
-        # ORT's workers spin-wait between runs by default, burning the cores that the decode threads
-        # need while the next batch is being prepared
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        available = ort.get_available_providers()
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
-            raise LiverscopeError(f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, or use --backend torch)")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
-        except Exception as exc:
-            raise LiverscopeError(f"{self.path}: cannot load the ONNX model ({type(exc).__name__}: {exc}); re-export it with `liverscope export`") from None
-        self.input_name = self.session.get_inputs()[0].name
-        self.device_kind = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        self.precision = "fp32"
-
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        return self.session.run(None, {self.input_name: x})
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(batch)[0].astype(np.float32, copy=False)
-
-    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and pooled features of one batch (an export by ``liverscope export`` has both outputs)."""
-        out = self._run(batch)
-        if len(out) < 2:
-            raise LiverscopeError(f"{self.path} has no 'features' output (exported by an older liverscope): run `liverscope export` again")
-        return out[0].astype(np.float32, copy=False), out[1].astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,7 +169,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, backend: str = "auto", **kwargs) -> "Predictor":
-        """Load a run directory.
+        """Load a run directory; a ``cv`` run gives an :class:`EnsemblePredictor` of its fold models.
 
         Args:
             run_dir: a trained run.
@@ -315,6 +179,11 @@ class Predictor:
         run_dir = Path(run_dir)
         if backend not in BACKENDS:
             raise LiverscopeError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
+        members = rundir.members(run_dir)
+        if members != [run_dir]:
+            calibrated = kwargs.pop("calibrated", True)
+            return EnsemblePredictor([cls.from_run(m, backend, calibrated=False, **kwargs) for m in members],
+                                     rundir.read_model_meta(run_dir), calibrated, run_dir)
         onnx_path, state = rundir.onnx_state(run_dir)
         if backend == "auto":
             backend = "torch"
@@ -327,7 +196,6 @@ class Predictor:
                     log.warning("onnxruntime is not installed; using the torch backend")
             elif state == "stale":
                 warnings.warn(f"{onnx_path} is older than the run's weights or than this liverscope's export (logits and features); using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
-        rundir.require_model(run_dir)
         if backend == "onnx":
             if state == "missing":
                 raise LiverscopeError(f"{run_dir}: no model.onnx — run `liverscope export {run_dir}` first, or use --backend torch")
@@ -360,16 +228,51 @@ class Predictor:
         model_threads = f", {threads} model thread(s)" if threads else ""
         return f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, {self.workers} decode thread(s)"
 
-    # ---------------------------------------------------------------- single images / arrays
-    def prepare(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
-        """Decode and preprocess one file (or its bytes) to uint8 ``size x size x 3``."""
-        if data is None:
-            data = read_bytes(path)
-        return preprocess_array(decode_image(data, path), self.pp)
+    # ---------------------------------------------------------------- any input, the run's preprocessing
+    def prepare(self, x, data: bytes | None = None) -> np.ndarray:
+        """Decode and preprocess one input to uint8 ``size x size x 3``: a file (or its name and ``data``,
+        its bytes), or anything :meth:`predict` takes."""
+        img = decode_image(data, x) if data is not None else load_input(x)
+        return preprocess_array(img, self.pp)
+
+    def predict(self, x, names: str | Sequence[str] | None = None) -> Result | list[Result]:
+        """Score images with the run's own preprocessing (sector crop, denoising, resize, normalisation).
+
+        Args:
+            x: a path to an image or DICOM file, ``bytes`` of one, a PIL image, a NumPy array (``HxW`` grey,
+                ``HxWx3`` RGB, ``HxWx4`` RGBA; uint8, 16-bit or float; any size), a torch tensor (``HxW`` or
+                ``CxHxW``, torchvision's convention), or a list of these (also a 4-D array ``NxHxWxC`` or
+                tensor ``NxCxHxW``). Conversions: :mod:`liverscope.data.inputs`.
+            names: what each result's ``path`` says (default: the path for files, ``image<i>`` otherwise).
+
+        Returns:
+            One :class:`Result` for one input, a list for a list (in order). An unreadable input raises
+            (:class:`~liverscope.errors.ImageReadError`); :meth:`predict_paths` lists bad files and goes on.
+        """
+        items, single = split_batch(x)
+        names = [names] if isinstance(names, str) else list(names or [input_name(it, i) for i, it in enumerate(items)])
+        if len(names) != len(items):
+            raise LiverscopeError(f"{len(names)} name(s) for {len(items)} input(s)")
+
+        def one(i: int) -> np.ndarray:
+            return preprocess_array(load_input(items[i], names[i]), self.pp)
+
+        if len(items) > 1:
+            with ThreadPoolExecutor(min(self.workers, len(items)), thread_name_prefix="liverscope-decode") as pool:
+                images = list(pool.map(one, range(len(items))))
+        else:
+            images = [one(i) for i in range(len(items))]
+        results = self.predict_arrays(images, names)
+        return results[0] if single else results
+
+    def _batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Checked model inputs (see :meth:`predict_arrays`) → normalised float32 ``NxHxWx3``."""
+        checked = check_model_input(images, self.pp.size, self.pp.mean, self.pp.std)
+        return np.stack([normalise(im, self.pp) if im.dtype == np.uint8 else im for im in checked])
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits of preprocessed uint8 images (``size x size x 3``), in batches of :attr:`batch_size`."""
-        out = [self.engine(normalise_batch(images[i : i + self.batch_size], self.pp)) for i in range(0, len(images), self.batch_size)]
+        """Logits of preprocessed images (as :meth:`predict_arrays` takes them), in batches of :attr:`batch_size`."""
+        out = [self._infer(self._batch(images[i : i + self.batch_size]))[0] for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     @property
@@ -378,26 +281,40 @@ class Predictor:
         return float(self.ood["threshold"]) if self.ood else None
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits of a normalised batch, and its pooled features when the OOD score needs them."""
-        if self.ood and self.ood.get("method") != "energy":
-            return self.engine.logits_and_features(batch)
-        return self.engine(batch), None
+        """Logits of a normalised batch, and its out-of-distribution scores (``None`` without a detector)."""
+        if not self.ood:
+            return self.engine(batch), None
+        if self.ood.get("method") == "energy":
+            logits, features = self.engine(batch), None
+        else:
+            logits, features = self.engine.logits_and_features(batch)
+        return logits, ood_scores(self.ood["method"], logits, features, self.ood)
 
-    def _results(self, paths: Sequence[str], logits: np.ndarray, features: np.ndarray | None = None) -> list[Result]:
+    def _results(self, paths: Sequence[str], logits: np.ndarray, scores: np.ndarray | None, counts: Sequence[int] | None = None) -> list[Result]:
+        """Results from logits; with ``counts``, consecutive rows are the frames of one file: its
+        probabilities are the mean of the frames' probabilities (logits: the mean logits), its
+        out-of-distribution score the median frame score (flagged when most frames are)."""
         probs = softmax(logits, self.temperature)
-        scores = ood_scores(self.ood["method"], logits, features, self.ood) if self.ood else [None] * len(paths)
-        return [
-            Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg],
-                   ood_score=None if s is None else float(s), ood=None if s is None else bool(s > self.ood_threshold))
-            for p, lg, pr, s in zip(paths, logits, probs, scores)
-        ]
+        counts = [1] * len(paths) if counts is None else list(counts)
+        ends = np.cumsum(counts)
+        out = []
+        for p, n, end in zip(paths, counts, ends):
+            rows = slice(int(end) - n, int(end))
+            pr, lg = probs[rows].mean(0), logits[rows].mean(0)
+            s = None if scores is None else float(np.median(np.asarray(scores)[rows]))
+            out.append(Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg],
+                              ood_score=s, ood=None if s is None else bool(s > self.ood_threshold), frames=n))
+        return out
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Result]:
-        """Results for preprocessed uint8 images (see :meth:`prepare`)."""
+        """The low-level entry point: results for images already preprocessed for this run, each
+        ``size x size x 3`` and either uint8 (:meth:`prepare`) or float32 normalised with the run's
+        mean/std (:func:`~liverscope.data.preprocess.normalise`). Anything else, a raw frame above all,
+        raises :class:`~liverscope.errors.LiverscopeError` pointing to :meth:`predict`."""
         names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
         out: list[Result] = []
         for i in range(0, len(images), self.batch_size):
-            out += self._results(names[i : i + self.batch_size], *self._infer(normalise_batch(images[i : i + self.batch_size], self.pp)))
+            out += self._results(names[i : i + self.batch_size], *self._infer(self._batch(images[i : i + self.batch_size])))
         return out
 
     def predict_bytes(self, name: str, data: bytes) -> tuple[Result, np.ndarray | None]:
@@ -413,11 +330,14 @@ class Predictor:
         return self.predict_arrays([img], [name])[0], img
 
     # ---------------------------------------------------------------- streaming over files
-    def _load(self, path: Path) -> np.ndarray:
-        """Worker: file → normalised float32 ``HxWx3`` (decode + preprocess + normalise, GIL mostly released)."""
-        return normalise(self.prepare(path), self.pp)
+    def _load(self, path: Path, frames: str = "middle") -> np.ndarray:
+        """Worker: file → normalised float32 ``FxHxWx3``, the ``frames`` of a cine loop (one frame for
+        a still image or ``middle``); decode + preprocess + normalise, GIL mostly released."""
+        if frames == "middle":
+            return normalise(self.prepare(path), self.pp)[None]
+        return np.stack([normalise(self.prepare(f), self.pp) for f in read_frames(path, frames)])
 
-    def predict_paths(self, paths: Iterable[str | Path], window: int | None = None) -> Iterator[Result]:
+    def predict_paths(self, paths: Iterable[str | Path], window: int | None = None, frames: str = "middle") -> Iterator[Result]:
         """Stream results for files and folders in input order; unreadable files yield an error result.
 
         Decoding runs ``workers`` threads ahead of the model; at most ``window`` files (default: two
@@ -427,7 +347,10 @@ class Predictor:
         Args:
             paths: files and folders (searched recursively, see :func:`iter_image_files`).
             window: files in flight.
+            frames: frames of a DICOM cine loop to score (``middle``, ``all``, ``every:N``); a file's
+                result averages the probabilities of its frames (:attr:`Result.frames` says how many).
         """
+        parse_frames(frames)  # a wrong setting fails before any file is read
         window = int(window or 2 * self.batch_size + self.workers)
         files = iter_image_files(paths)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="liverscope-decode") as pool:
@@ -437,7 +360,7 @@ class Predictor:
                 path = next(files, None)
                 if path is None:
                     return False
-                pending.append((path, pool.submit(self._load, path)))
+                pending.append((path, pool.submit(self._load, path, frames)))
                 return True
 
             while len(pending) < window and submit_next():
@@ -463,9 +386,68 @@ class Predictor:
     def _score(self, batch: list[tuple[str, np.ndarray | None, str | None]]) -> list[Result]:
         """Results for one batch of decoded entries, in order; failed entries become error results."""
         good = [(p, x) for p, x, _ in batch if x is not None]
-        scored = iter(self._results([p for p, _ in good], *self._infer(np.stack([x for _, x in good])))) if good else iter(())
+        scored = iter(self._results([p for p, _ in good], *self._infer(np.concatenate([x for _, x in good])), [len(x) for _, x in good])) if good else iter(())
         return [next(scored) if x is not None else Result(p, error=err) for p, x, err in batch]
 
+
+class EnsemblePredictor(Predictor):
+    """A ``cv`` run's fold models as one predictor: the mean of their logits (as ``liverscope cv`` scores
+    its hold-out test) at the run's one temperature. Its out-of-distribution score is the median over
+    the models of (score - the model's threshold), flagged above 0 (as ``liverscope evaluate``).
+
+    Made by :meth:`Predictor.from_run` (and :func:`load_run`) for a run whose ``model.json`` lists an
+    ``ensemble``; :attr:`members` are the fold models' predictors. There is no single :attr:`model`.
+    """
+
+    def __init__(self, members: Sequence[Predictor], meta: dict, calibrated: bool = True, run_dir: str | Path | None = None):
+        first = members[0]
+        self.members = list(members)
+        self.meta, self.labels, self.pp = meta, list(meta["labels"]), Preprocessing.from_dict(meta["preprocessing"])
+        if any(m.labels != self.labels or m.pp != self.pp for m in members):
+            raise LiverscopeError(f"{run_dir}: the fold models' labels or preprocessing differ from the run's model.json")
+        self.temperature = rundir.temperature(meta) if calibrated else 1.0
+        self.engine, self.backend, self.device, self.batch_size, self.workers = first.engine, first.backend, first.device, first.batch_size, first.workers
+        self._model, self.run_dir = None, None if run_dir is None else Path(run_dir)
+        oods = [m.ood for m in members]
+        self.ood = None if not all(oods) else {
+            "method": oods[0]["method"], "threshold": 0.0, "quantile": oods[0].get("quantile", 0.95),
+            "ensemble": "median over the fold models of (score - the model's threshold); flagged above 0",
+            "member_thresholds": [m.ood_threshold for m in members],
+        }
+
+    @property
+    def model(self) -> torch.nn.Module:
+        raise LiverscopeError(f"{self.run_dir} is a fold ensemble of {len(self.members)} models, not one: use .members[i].model")
+
+    def describe(self) -> str:
+        return f"fold ensemble of {len(self.members)} models; " + super().describe()
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outs = [m._infer(batch) for m in self.members]
+        logits = np.mean(np.stack([lg for lg, _ in outs]), axis=0)
+        if self.ood is None:
+            return logits, None
+        return logits, ensemble_margin(np.stack([s for _, s in outs]), self.ood["member_thresholds"])
+
+
+def load_run(path: str | Path, **kwargs) -> Predictor:
+    """Open a run directory (``liverscope train``'s, or a ``cv`` run's fold ensemble) for prediction.
+
+    Args:
+        path: the run directory (``runs/NAME``).
+        **kwargs: :meth:`Predictor.from_run`'s (``backend``, ``device``, ``batch_size``, ``calibrated`` ...).
+
+    Returns:
+        Its :class:`Predictor` (an :class:`EnsemblePredictor` for a ``cv`` run), which carries the run's
+        metadata too: ``labels``, ``pp`` (preprocessing), ``meta`` (``model.json``), ``run_dir``, ``model``.
+    """
+    path = Path(path)
+    if not (path / rundir.MODEL_META).is_file():
+        what = "does not exist" if not path.exists() else "is a file" if path.is_file() else f"has no {rundir.MODEL_META}"
+        hint = f" (its run directory is {path.parent}?)" if path.is_file() and (path.parent / rundir.MODEL_META).is_file() else ""
+        raise LiverscopeError(f"{path}: not a liverscope run directory: it {what}{hint}; a run is the folder that `liverscope train` "
+                              "or `liverscope cv` writes (runs/NAME, holding model.json)")
+    return Predictor.from_run(path, **kwargs)
 
 # --------------------------------------------------------------------------------------------------
 # Output
@@ -479,15 +461,16 @@ def result_row(r: Result, labels: Sequence[str]) -> list[str]:
     ep = r.endpoints
     row += [f"{ep[k]:.6f}" if ep else "" for k in endpoint_keys(labels)]
     row += ["" if r.ood_score is None else f"{r.ood_score:.6g}", "" if r.ood is None else str(r.ood).lower()]
-    return row + [r.error or ""]
+    return row + ["" if r.error else str(r.frames), r.error or ""]
 
 
 def csv_header(labels: Sequence[str]) -> list[str]:
-    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],ood_score,ood,error`` (endpoints
-    for METAVIR labels; ``ood`` is ``true`` for an image unlike the training data, empty without a detector)."""
+    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],ood_score,ood,frames,error``
+    (endpoints for METAVIR labels; ``ood`` is ``true`` for an image unlike the training data, empty
+    without a detector; ``frames``: frames of a cine loop averaged into the row, 1 for a still image)."""
     cols = ["file", "prediction", "confidence", *[f"prob_{c}" for c in labels]]
     cols += [endpoint_column(k) for k in endpoint_keys(labels)]
-    return cols + ["ood_score", "ood", "error"]
+    return cols + ["ood_score", "ood", "frames", "error"]
 
 
 def write_results(results: Iterable[Result], labels: Sequence[str], out: str | Path, progress=None) -> dict:
@@ -551,6 +534,6 @@ def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:
 
 
 __all__ = [
-    "Predictor", "Result", "TorchBackend", "OnnxBackend", "write_results", "results_csv", "csv_header", "result_row",
-    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE",
+    "Predictor", "EnsemblePredictor", "load_run", "Result", "TorchBackend", "OnnxBackend", "write_results", "results_csv", "csv_header", "result_row",
+    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "BACKENDS", "PRECISIONS",
 ]

@@ -16,6 +16,9 @@ training images. :func:`audit_dataset` finds
 Each distinct file content is decoded once; files are read once and hashed from those bytes, in a thread
 pool (hashlib, PIL and OpenCV release the GIL). The result is a JSON-able dict whose ``summary`` holds the
 headline counts and whose ``group_id`` maps every path to its duplicate group (what the grouped splits use).
+A group is the union of every constraint: exact copies, near copies, and patients (the manifest's
+``group``, or for a DICOM file without one the one-way hash of its PatientID or StudyInstanceUID); the
+identifiers themselves appear nowhere in the result. The frames of a cine loop are one file here.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ import numpy as np
 
 from liverscope.data.datasets import load_samples, natural_key
 from liverscope.data.hashing import connected_groups, dhash, find_near_pairs, hamming
-from liverscope.data.io import decode_image, extension_matches, read_bytes, sniff_format, to_grey
+from liverscope.data.io import decode_image, dicom_header, extension_matches, read_bytes, sniff_format, to_grey
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.utils import progress
 
 #: Hamming radius of the 64-bit dHash candidate search. Measured on ../shared/data/liver-fibrosis (1,216
 #: distinct images; groups with the 256-bit check at 6): radius 0 -> 1,149, 1 -> 1,120, 2 -> 1,104,
@@ -115,6 +119,9 @@ def _inspect_files(samples: Sequence[Any], workers: int) -> tuple[list[_File], d
             return
         f.sha256 = hashlib.sha256(data).hexdigest()
         f.fmt = sniff_format(data)
+        if f.fmt == "dicom" and f.group in (None, ""):
+            header = dicom_header(path)  # the patient's one-way hash (read once per file, cached)
+            f.group = header.group if header is not None else None
         with lock:  # decode each distinct content once, however many copies there are
             first = f.sha256 not in images
             if first:
@@ -125,13 +132,28 @@ def _inspect_files(samples: Sequence[Any], workers: int) -> tuple[list[_File], d
                 images[f.sha256] = desc
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, files))
+        list(progress(pool.map(work, files), "auditing files", total=len(files)))
     for f in files:
         if f.sha256 is not None:
             f.image = images[f.sha256]
             if f.image.error:
                 f.error = f.image.error
     return files, images
+
+
+def _one_per_file(samples: Sequence[Any]) -> list[Any]:
+    """The samples with the frames of a cine loop (samples told apart only by ``frame``) kept once:
+    the audit is about files, and its ``group_id`` (by path) covers every frame of one."""
+    seen: set[tuple] = set()
+    out = []
+    for s in samples:
+        if getattr(s, "frame", None) is not None:
+            key = (str(s.path), str(s.label), getattr(s, "group", None), getattr(s, "source", None))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(s)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +253,7 @@ def audit_dataset(
         raise LiverscopeError(f"fine_threshold {fine_threshold} must lie in 0..255 bits (or None)")
     t0 = time.perf_counter()
     workers = workers or min(8, os.cpu_count() or 1)
-    files, images = _inspect_files(samples, workers)
+    files, images = _inspect_files(_one_per_file(samples), workers)
 
     # -- near-duplicates among distinct readable contents
     shas = sorted(sha for sha, im in images.items() if im.error is None)

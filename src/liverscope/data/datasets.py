@@ -5,11 +5,18 @@ named ``masks`` beside the class folders holds segmentation masks, not a class, 
 Manifest layout: a CSV with columns ``path,label`` and optional ``group`` (patient or study ID: images
 of one group never straddle splits) and ``source`` (scanner / site); relative paths are taken from the
 manifest's folder.
+
+DICOM files name their patient: a DICOM sample without a manifest group gets the one-way hash of its
+PatientID (else StudyInstanceUID) as its group (:func:`liverscope.data.io.dicom_header`), so one
+patient's images never straddle a split. A cine loop is one sample (its middle frame) or, with
+``frames="all"`` / ``"every:N"``, one sample per selected frame, all of them in one group.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +26,12 @@ import cv2
 import numpy as np
 import torch
 
-from liverscope.data.io import IMAGE_SUFFIXES, sniff_format
+from liverscope.config import parse_frames
+from liverscope.data.io import IMAGE_SUFFIXES, dicom_header, frame_indices, sniff_format
 from liverscope.data.preprocess import PreprocessCache
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.labels import METAVIR
-from liverscope.utils import atomic_write_png
+from liverscope.utils import atomic_write_png, progress
 
 #: folder names under a dataset root that are not classes
 RESERVED_DIRS = {"masks", "mask", "__MACOSX"}
@@ -31,13 +39,14 @@ RESERVED_DIRS = {"masks", "mask", "__MACOSX"}
 
 @dataclass
 class Sample:
-    """One labelled image."""
+    """One labelled image: a file, or one frame of a DICOM cine loop."""
 
     path: Path
     label: str
     group: str | None = None
     source: str | None = None
     sha256: str | None = None
+    frame: int | None = None  # frame of a cine loop; None: a still image, or the loop's middle frame
 
 
 def _is_candidate(p: Path) -> bool:
@@ -95,14 +104,51 @@ def read_manifest(path: str | Path) -> tuple[list[Sample], list[str]]:
     return samples, classes
 
 
-def load_samples(data: str | Path) -> tuple[list[Sample], list[str]]:
-    """Samples and class names from a folder tree or a ``.csv`` manifest."""
+def load_samples(data: str | Path, frames: str = "middle") -> tuple[list[Sample], list[str]]:
+    """Samples and class names from a folder tree or a ``.csv`` manifest, with the patient groups and
+    cine frames of its DICOM files (:func:`dicom_samples`).
+
+    Args:
+        data: class-per-folder root or CSV manifest.
+        frames: ``middle`` (one sample per file), ``all`` or ``every:N`` (one per selected frame of a
+            cine loop), as ``data.frames``.
+    """
+    parse_frames(frames)  # a wrong setting fails before the data is listed
     data = Path(data)
     if not data.exists():
         raise LiverscopeError(f"{data}: does not exist (give a class-per-folder tree or a CSV manifest)")
     if data.is_file() and data.suffix.lower() == ".csv":
-        return read_manifest(data)
-    return scan_folder(data)
+        samples, classes = read_manifest(data)
+    else:
+        samples, classes = scan_folder(data)
+    return dicom_samples(samples, frames), classes
+
+
+def dicom_samples(samples: Sequence[Sample], frames: str = "middle") -> list[Sample]:
+    """The samples with their DICOM patient groups filled in and their cine loops expanded.
+
+    A DICOM sample without a group (none in the manifest) gets its patient's group, a one-way hash of
+    PatientID or else StudyInstanceUID (:func:`liverscope.data.io.dicom_header`; the identifier is never
+    kept). With ``frames`` ``all`` or ``every:N`` a multi-frame file becomes one sample per selected
+    frame (:func:`liverscope.data.io.frame_indices`), all in one group: the patient's, else one named
+    after a hash of the file's path. Other samples pass through unchanged (``middle``: one per file,
+    ``frame=None``, as a still image). Only headers are read, each once.
+    """
+    kind, _ = parse_frames(frames)
+    out: list[Sample] = []
+    for s in progress(samples, "reading DICOM headers"):
+        header = dicom_header(s.path)
+        if header is None:
+            out.append(s)
+            continue
+        group = s.group or header.group
+        if kind == "middle" or header.frames == 1:
+            out.append(dataclasses.replace(s, group=group))
+            continue
+        if group is None:  # no patient named: the loop's own frames must still stay together
+            group = "file-" + hashlib.sha256(str(s.path).encode()).hexdigest()[:16]
+        out.extend(dataclasses.replace(s, group=group, frame=i) for i in frame_indices(header.frames, frames))
+    return out
 
 
 def check_readable(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
@@ -130,7 +176,7 @@ def warm_cache(samples: list[Sample], cache: PreprocessCache, workers: int = 2) 
 
     def work(s: Sample):
         try:
-            cache.load(s.path)
+            cache.load(s.path, s.frame)
             return None
         except ImageReadError as exc:
             return (str(s.path), f"{exc.reason}")
@@ -172,7 +218,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def image(self, i: int) -> np.ndarray:
         if i in self._memory:
             return self._memory[i]
-        arr = self.cache.load(self.samples[i].path)
+        arr = self.cache.load(self.samples[i].path, self.samples[i].frame)
         if self.in_memory:
             self._memory[i] = arr
         return arr
@@ -288,6 +334,7 @@ __all__ = [
     "scan_folder",
     "read_manifest",
     "load_samples",
+    "dicom_samples",
     "check_readable",
     "warm_cache",
     "ImageDataset",

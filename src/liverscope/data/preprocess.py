@@ -27,7 +27,7 @@ from liverscope.data.io import decode_image, read_bytes, to_grey, to_rgb
 from liverscope.errors import LiverscopeError
 from liverscope.utils import atomic_path
 
-CACHE_VERSION = 1  # bump when the preprocessing code changes what it returns
+CACHE_VERSION = 2  # bump when the preprocessing code changes what it returns
 
 
 @dataclass(frozen=True)

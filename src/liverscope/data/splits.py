@@ -1,7 +1,7 @@
 """Grouped, stratified hold-out and k-fold splits, and the leakage check.
 
-Every duplicate group (exact and near copies from :mod:`liverscope.data.audit`, and patient IDs when the
-manifest has them) stays on one side of every split: scikit-learn's ``StratifiedGroupKFold`` does the
+Every duplicate group (exact and near copies from :mod:`liverscope.data.audit`, and patients: the manifest's
+groups, or the hashed PatientID of DICOM files) stays on one side of every split: scikit-learn's ``StratifiedGroupKFold`` does the
 grouping and stratification; this module only carves hold-out fractions out of its folds. Stratifying on
 ``label x source`` (``stratify_extra``) keeps each acquisition source's class mix in every split, so
 per-source metrics stay estimable. :func:`random_split` is the legacy leaky split, kept to measure the leak.

@@ -27,6 +27,11 @@ def build_head(kind: str, in_features: int, num_classes: int, dropout: float, hi
 class LiverNet(nn.Module):
     """Backbone → ``cam_layer`` (identity on the final feature map) → head.
 
+    A plain :class:`torch.nn.Module` (``NCHW`` float32 normalised with the run's mean/std → logits)
+    with timm's ``forward_features``/``forward_head``, ``num_features``, ``head_hidden_size``,
+    :meth:`get_classifier` and :meth:`reset_classifier`, so it can be fine-tuned or embedded in
+    other code (``liverscope.load_run(run).model``).
+
     Args:
         backbone: module with ``forward_features`` and ``num_features``.
         num_classes: number of output logits.
@@ -43,6 +48,7 @@ class LiverNet(nn.Module):
         # fresh output tensor-free identity, so no in-place activation can overwrite what the hook saw.
         self.cam_layer = nn.Identity()
         self.head = build_head(head, self.num_features, num_classes, dropout, hidden)
+        self.head_hidden_size = int(self.head[-1].in_features)  # what the final layer takes (timm's name)
         self.num_classes = num_classes
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
@@ -72,6 +78,28 @@ class LiverNet(nn.Module):
         :mod:`liverscope.evaluate.ood`) is ``forward_features(x).mean((2, 3))``."""
         fmap = self.forward_features(x)
         return self.forward_head(fmap), fmap.mean((2, 3))
+
+    def get_classifier(self, name_only: bool = False) -> nn.Module | str:
+        """The final layer that makes the logits (timm's convention), or its name (``head.N``) with
+        ``name_only``. The head's pooling and hidden layers stay in :attr:`head` before it."""
+        i = len(self.head) - 1
+        return f"head.{i}" if name_only else self.head[i]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the final layer by a new one with ``num_classes`` outputs (timm's convention;
+        ``0``: no layer, the model returns the features that fed it). The backbone and the head's
+        hidden layers keep their weights. Pooling is always global average: ``global_pool`` may
+        only be ``None`` or ``"avg"``."""
+        if global_pool not in (None, "avg"):
+            raise LiverscopeError(f"global_pool '{global_pool}': LiverNet pools by global average only ('avg')")
+        if num_classes < 0:
+            raise LiverscopeError(f"num_classes must be 0 or more, got {num_classes}")
+        new = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        ref = next(self.backbone.parameters(), None)
+        self.head[-1] = new if ref is None else new.to(device=ref.device, dtype=ref.dtype)
+        self.num_classes = num_classes
+        if self.arch:
+            self.arch = dict(self.arch, num_classes=num_classes)
 
 
 __all__ = ["HEADS", "build_head", "LiverNet"]

@@ -1,0 +1,164 @@
+"""The two ways a model scores a batch: PyTorch (:class:`TorchBackend`) and ONNX Runtime
+(:class:`OnnxBackend`). Both take a float32 ``NxHxWx3`` batch normalised for the run and return float32
+logits, or logits and pooled features from one forward pass (the out-of-distribution score's input).
+
+:class:`~liverscope.predict.Predictor` picks one per run; they are here, beside the models, because
+they know a model and a device and nothing of files, runs or preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from liverscope.errors import LiverscopeError
+from liverscope.utils import cpu_has_native_bf16, default_model_threads, import_optional, resolve_device, softmax, torch_threads
+
+PRECISIONS = ("auto", "fp32", "bf16")
+#: Largest change of any class probability that bf16 may cause on the check batch before the torch
+#: backend falls back to fp32 (the predicted class must not change either).
+BF16_TOLERANCE = 0.02
+
+
+class TorchBackend:
+    """PyTorch inference: channels-last, ``inference_mode``, bf16 autocast where the hardware has it.
+
+    Args:
+        model: a :class:`~liverscope.models.LiverNet` (or any ``NCHW -> logits`` module).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        precision: ``auto`` (bf16 on CPUs with native bf16 and on bf16-capable GPUs, else fp32), ``fp32``
+            or ``bf16`` (emulated where not native: slow, for checks).
+        channels_last: NHWC memory layout, which oneDNN/cuDNN convolutions run faster on.
+        tolerance: largest probability change bf16 may cause on the first batch (see :data:`BF16_TOLERANCE`).
+        threads: intra-op threads on CPU (default :func:`default_model_threads`; ``0`` leaves PyTorch's setting).
+
+    After the first batch, :attr:`precision` says what is used and :attr:`bf16_check` what the check found.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self, model: torch.nn.Module, device: str = "auto", precision: str = "auto", channels_last: bool = True,
+        tolerance: float = BF16_TOLERANCE, threads: int | None = None,
+    ):
+        if precision not in PRECISIONS:
+            raise LiverscopeError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        self.channels_last = channels_last
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if precision == "auto":
+            native = torch.cuda.is_bf16_supported() if self.device.startswith("cuda") else cpu_has_native_bf16()
+            precision = "bf16" if native else "fp32"
+        self.precision = precision
+        self.tolerance = tolerance
+        self.bf16_check: dict | None = None
+        self._checked = precision == "fp32"
+        self.threads = (default_model_threads() if threads is None else int(threads)) if self.device == "cpu" else 0
+
+    @property
+    def device_kind(self) -> str:
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def _forward(self, x: torch.Tensor, bf16: bool, features: bool = False):
+        with torch_threads(self.threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
+            if features:
+                logits, pooled = self.model.forward_with_features(x)
+                return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
+            return self.model(x).float().cpu().numpy()
+
+    def _input(self, batch: np.ndarray) -> torch.Tensor:
+        # NHWC numpy → NCHW view whose memory is already channels-last: no copy on CPU
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = self._input(batch)
+        if not self._checked:
+            return self._check_bf16(x)
+        return self._forward(x, self.precision == "bf16")
+
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled features (the out-of-distribution score's input) of one batch, one forward pass."""
+        x = self._input(batch)
+        if not self._checked:
+            self._check_bf16(x)  # decides the precision on this first batch
+        return self._forward(x, self.precision == "bf16", features=True)
+
+    def _check_bf16(self, x: torch.Tensor) -> np.ndarray:
+        """Score the first batch in fp32 and bf16; keep bf16 only if no probability moves more than the tolerance."""
+        ref = self._forward(x, False)
+        low = self._forward(x, True)
+        p_ref, p_low = softmax(ref), softmax(low)
+        diff = float(np.abs(p_ref - p_low).max())
+        same = bool((p_ref.argmax(1) == p_low.argmax(1)).all())
+        ok = diff <= self.tolerance and same
+        self.bf16_check = {"max_abs_prob_diff": diff, "same_predictions": same, "tolerance": self.tolerance, "kept": ok}
+        if not ok:
+            warnings.warn(
+                f"bf16 changes predictions beyond tolerance (max probability change {diff:.4f} > {self.tolerance}, "
+                f"same classes: {same}); using fp32", RuntimeWarning, stacklevel=3,
+            )
+            self.precision = "fp32"
+        self._checked = True
+        return ref
+
+
+class OnnxBackend:
+    """ONNX Runtime inference of an exported run (``model.onnx``, dynamic batch).
+
+    Args:
+        path: the ``.onnx`` file.
+        device: ``auto``, ``cpu`` or ``cuda`` (CUDA execution provider when onnxruntime-gpu has it).
+        threads: intra-op threads (default: the CPU count; with spinning off, ORT shares cores with the
+            decode threads without slowing down, unlike an OpenMP team).
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+        ort = import_optional("onnxruntime", "onnx", "the ONNX backend")
+
+        self.path = Path(path)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.intra_threads = int(threads or os.cpu_count() or 1)
+        so.intra_op_num_threads = self.intra_threads
+        # ORT's workers spin-wait between runs by default, burning the cores that the decode threads
+        # need while the next batch is being prepared
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        available = ort.get_available_providers()
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+            raise LiverscopeError(f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, or use --backend torch)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as exc:
+            raise LiverscopeError(f"{self.path}: cannot load the ONNX model ({type(exc).__name__}: {exc}); re-export it with `liverscope export`") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.device_kind = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.precision = "fp32"
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        return self.session.run(None, {self.input_name: x})
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch)[0].astype(np.float32, copy=False)
+
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled features of one batch (an export by ``liverscope export`` has both outputs)."""
+        out = self._run(batch)
+        if len(out) < 2:
+            raise LiverscopeError(f"{self.path} has no 'features' output (exported by an older liverscope): run `liverscope export` again")
+        return out[0].astype(np.float32, copy=False), out[1].astype(np.float32, copy=False)
+
+
+__all__ = ["PRECISIONS", "BF16_TOLERANCE", "TorchBackend", "OnnxBackend"]
