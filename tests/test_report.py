@@ -56,6 +56,8 @@ def make_run(root: Path, parts: set[str]) -> Path:
         metrics["segmentation"] = {"pseudo_mask_threshold": 0.5, "unet_vs_pseudo": {"iou": 0.43, "dice": 0.6}, "unet_vs_expert": {"iou": 0.31, "dice": 0.47}}
     (run / "metrics.json").write_text(json.dumps(metrics))
     model = {"architecture": {"name": "resnet10t", "head": "linear", "num_classes": 5}, "labels": NAMES, "temperature": temperature, "weights_source": "random init", "liverscope_version": "0.1.0"}
+    if "provenance" in parts:
+        model["provenance"] = PROVENANCE
     (run / "model.json").write_text(json.dumps(model))
     if "predictions" in parts:
         _write_csv(run / "predictions_test.csv", ["path", "label", "pred", "source", "group", *[f"prob_{c}" for c in NAMES], *[f"logit_{c}" for c in NAMES]],
@@ -81,6 +83,10 @@ def make_run(root: Path, parts: set[str]) -> Path:
     return run
 
 
+PROVENANCE = {"versions": {"liverscope": "0.1.0", "python": "3.11.7", "torch": "2.14.1", "timm": "1.0.31", "monai": "1.6.1", "numpy": "2.4.6"},
+              "seed": 0, "git": {"commit": "0123456789abcdef" * 2 + "01234567", "dirty": False}, "command": ["liverscope", "train", "--recipe", "cpu-quick"],
+              "split_sha256": "9e" * 32, "created": "2026-11-23T22:14:48+00:00"}
+
 # which optional part brings which sections (the base files bring the rest)
 PART_SECTIONS = {
     "predictions": {"ROC curves", "Calibration"},
@@ -94,6 +100,7 @@ PART_SECTIONS = {
     "segmentation": {"Segmentation"},
     "config": {"Configuration"},
     "ood": {"Out-of-distribution flag"},
+    "provenance": {"Provenance"},
 }
 BASE_SECTIONS = {"Summary", "Confusion matrix", "Per-class metrics", "Clinical endpoints"}
 ALL_TITLES = {t for t, _ in R.SECTIONS}
@@ -138,6 +145,16 @@ def test_minimal_run_has_only_its_sections(tmp_path):
 def test_each_section_appears_only_with_its_data(tmp_path, part):
     page = R.write_report(make_run(tmp_path, {part})).read_text(encoding="utf-8")
     assert headings(page) == BASE_SECTIONS | PART_SECTIONS[part]
+
+
+def test_provenance_section_shows_versions_commit_command_and_data_hash(tmp_path):
+    page = R.write_report(make_run(tmp_path, {"provenance"})).read_text(encoding="utf-8")
+    section = page[page.index('id="provenance"'):]
+    section = section[:section.index("</section>")]
+    for name, v in PROVENANCE["versions"].items():
+        assert f"{name} version" in section and v in section, name
+    assert PROVENANCE["git"]["commit"] in section and "uncommitted" not in section
+    assert "liverscope train --recipe cpu-quick" in section and PROVENANCE["split_sha256"] in section
 
 
 def test_non_metavir_run_has_no_endpoints(tmp_path):

@@ -42,6 +42,46 @@ def test_training_learns_phantoms(trained_run):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
 
+def test_model_json_records_provenance_and_the_report_shows_it(trained_run):
+    from test_provenance import check_provenance
+
+    meta = read_json(trained_run / "model.json")
+    check_provenance(meta["provenance"], trained_run / "split.csv", 0)
+    report = (trained_run / "report.html").read_text(encoding="utf-8")
+    assert 'id="provenance"' in report
+    for key in ("torch", "timm", "monai", "numpy"):
+        assert f"{key} version" in report and meta["provenance"]["versions"][key] in report
+    assert meta["provenance"]["split_sha256"] in report
+
+
+def test_history_is_the_csv_loggers_figures_one_row_per_epoch(trained_run):
+    from liverscope.lightning_module import HistoryWriter, epoch_rows
+
+    logged = epoch_rows(trained_run / "logs" / "csv" / "version_0" / "metrics.csv")
+    with open(trained_run / "history.csv") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == HistoryWriter.COLUMNS
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in logged] == [str(e) for e in range(8)]
+    for row, log in zip(rows, logged):
+        for key in ("train_loss", "val_loss", "val_acc", "val_balanced_acc", "lr", "epoch_seconds"):
+            assert log[key] and float(row[key]) == pytest.approx(float(log[key]), rel=5e-3, abs=5e-3), key  # lr: 3 digits, seconds: 2 decimals
+        assert f"{float(log['val_loss']):.6f}" == row["val_loss"]
+    assert all(0 <= float(r["val_balanced_acc"]) <= 1 and float(r["epoch_seconds"]) > 0 for r in rows)
+
+
+def test_epoch_rows_merge_lightnings_train_and_validation_rows(tmp_path):
+    from liverscope.lightning_module import epoch_rows
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,lr,step,train_loss,val_loss\n0,,4,,0.9\n0,0.01,4,1.5,\n1,,9,,0.7\n1,0.005,9,1.2,\n,,10,,\n")
+    assert epoch_rows(path) == [
+        {"epoch": "0", "lr": "0.01", "step": "4", "train_loss": "1.5", "val_loss": "0.9"},
+        {"epoch": "1", "lr": "0.005", "step": "9", "train_loss": "1.2", "val_loss": "0.7"},
+    ]
+    assert epoch_rows(tmp_path / "missing.csv") == []
+
+
 def test_split_is_stratified_and_disjoint(trained_run):
     with open(trained_run / "split.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -62,13 +102,18 @@ def test_resume_continues_interrupted_run(phantom_dir, tmp_path):
     cfg = quick_config(phantom_dir, tmp_path, "resumable", **{"train.epochs": 2, "train.scheduler": "none"})
     run = fit(cfg)
     split_before = (run / "split.csv").read_text()
+    with open(run / "history.csv") as fh:
+        history_before = list(csv.DictReader(fh))
     with pytest.raises(LiverscopeError, match="already holds a trained run"):
         fit(cfg)
     cfg.train.epochs = 4
     fit(cfg, resume=True)
     with open(run / "history.csv") as fh:
-        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
-    assert epochs == [0, 1, 2, 3]
+        history = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]
+    assert history[:2] == history_before  # the first session's epochs are kept as they were logged
+    # one CSV logger file per session: the resumed one holds epochs 2 and 3 only
+    assert sorted(p.name for p in (run / "logs" / "csv").iterdir()) == ["version_0", "version_1"]
     assert (run / "split.csv").read_text() == split_before
 
 
@@ -80,7 +125,7 @@ def test_resume_without_checkpoint_is_clear(phantom_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("balance,scheduler", [("weighted_ce", "plateau"), ("none", "step")])
+@pytest.mark.parametrize("balance,scheduler", [("weighted_ce", "plateau"), ("sampler", "step")])
 def test_other_recipes_options_run(phantom_dir, tmp_path, balance, scheduler):
     from liverscope.train import fit
 

@@ -27,6 +27,7 @@ from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.stats import fit_temperature_checked
+from liverscope.provenance import collect_provenance
 from liverscope.train import CollectedData, PreparedData, collect_samples, train_prepared, write_report_safely
 from liverscope.utils import log, softmax
 
@@ -175,6 +176,8 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
         "ensemble": [str(fd.relative_to(run_dir)) for fd in fold_dirs],
         "validation": {key: result["oof"].get(key) for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
         "liverscope_version": __version__,
+        # the ensemble's own: its split.csv (with the folds) fingerprints the data; each fold's model.json has its own
+        "provenance": collect_provenance(rundir.read_config(run_dir).train.seed, run_dir / rundir.SPLIT),
     })
     write_report_safely(run_dir)
     return result

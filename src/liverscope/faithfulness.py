@@ -115,6 +115,9 @@ def deletion_curve(
     return fractions, _probs(model, t, batch_size)[:, int(target)]
 
 
+# Hand-written around pytorch-grad-cam's NoisyLinearImputer rather than its ROADMostRelevantFirst /
+# ROADLeastRelevantFirst: those rank pixels by percentiles over the whole image, so least-relevant-first
+# would spend its shares on the black background outside the scan sector; no library restricts ROAD to a region.
 def road_score(
     model: nn.Module,
     x: torch.Tensor,

@@ -16,7 +16,8 @@ who writes and who reads each file):
 ``predictions_test.csv``,
 ``oof_predictions.csv``
 ``metrics.json``                  figures; other steps merge their own key (:func:`merge_metrics`)
-``history.csv``                   one row per epoch
+``history.csv``                   one row per epoch (made from the CSV logger's ``logs/csv/``)
+``logs/``                         Lightning's loggers (``csv/version_N/metrics.csv``, one per session)
 ``cv_folds.csv``, ``folds/foldI/``   a cv run's fold table and fold runs
 ``audit.json``, ``audit.html``    the data audit (written by :mod:`liverscope.data.audit`)
 ``cam_gallery/``                  PNG tiles and ``captions.json`` for the report
@@ -69,6 +70,7 @@ HISTORY = "history.csv"
 CV_FOLDS = "cv_folds.csv"
 FOLDS = "folds"
 CHECKPOINTS = "checkpoints"
+LOGS = "logs"
 AUDIT = "audit.json"
 GALLERY = "cam_gallery"
 GALLERY_CAPTIONS = "captions.json"
@@ -76,6 +78,7 @@ SEGMENTER_WEIGHTS = "segmenter.safetensors"
 SEGMENTER_META = "segmenter.json"
 PSEUDO_MASKS = "pseudo_masks"
 ONNX = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
 OOD_STATS = "ood.safetensors"
 REPORT = "report.html"
 EVAL = "eval"

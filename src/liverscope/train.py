@@ -1,4 +1,5 @@
-"""Training: a LightningModule around :class:`~liverscope.models.LiverNet` and ``fit``.
+"""Training: data preparation, ``fit`` and ``finish_run`` (the Lightning pieces are in
+:mod:`liverscope.lightning_module`).
 
 ``fit(cfg)`` is the whole recipe, readable top to bottom like torchvision's reference scripts:
 list the data → drop unreadable files → split (grouped by duplicates by default) → preprocess once
@@ -6,23 +7,21 @@ into the cache → train with Lightning (checkpoints, early stopping, resumable)
 score the test split → write the run directory. ``finish_run`` also calibrates the probabilities (a
 temperature on the validation logits, refused when the fit lands on the edge of its range) and fits the
 out-of-distribution detector (class means and shared covariance of the training split's pooled
-features, threshold on the validation images; :mod:`liverscope.evaluate.ood`).
+features, threshold on the validation images; :mod:`liverscope.evaluate.ood`). ``model.json`` records
+the run's provenance (:mod:`liverscope.provenance`: versions, seed, git commit, command, data hash).
 """
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from torch import nn
+from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from liverscope import rundir
@@ -31,7 +30,7 @@ from liverscope.data import splits
 from liverscope.data.audit import audit_dataset
 from liverscope.data.audit_report import write_audit
 from liverscope.data.augment import build_transform
-from liverscope.data.datasets import ImageDataset, Sample, check_readable, inverse_frequency_weights, load_samples, warm_cache
+from liverscope.data.datasets import ImageDataset, Sample, check_readable, load_samples, warm_cache
 from liverscope.data.preprocess import PreprocessCache, Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.metrics import compute_metrics
@@ -42,133 +41,15 @@ from liverscope.evaluate.ood import DEFAULT_METHOD, DEFAULT_QUANTILE, METHODS, f
 from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.explain import write_cam_gallery
 from liverscope.labels import metavir_stages
+from liverscope.lightning_module import (
+    HistoryWriter, LitClassifier, build_trainer, load_best_weights, quiet_lightning, seed_run, training_loggers, training_precision,
+)
 from liverscope.models import LiverNet, build_model, get_spec
-from liverscope.utils import file_sha256, log, resolve_device, seed_everything, softmax
+from liverscope.provenance import collect_provenance
+from liverscope.utils import file_sha256, log, resolve_device, softmax
 
-
-# --------------------------------------------------------------------------------------------------
-# LightningModule
-# --------------------------------------------------------------------------------------------------
-
-
-class LitClassifier(L.LightningModule):
-    """Cross-entropy training of a LiverNet with the recipe's optimiser and schedule.
-
-    Logs ``train_loss`` and, per validation epoch, ``val_loss``, ``val_acc``, ``val_balanced_acc``.
-    """
-
-    def __init__(self, model: LiverNet, train_cfg, class_weights: np.ndarray | None = None, stage_of_class: Sequence[int] | None = None):
-        super().__init__()
-        self.model = model
-        self.cfg = train_cfg
-        w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-        self.criterion = nn.CrossEntropyLoss(weight=w, label_smoothing=float(train_cfg.label_smoothing))
-        # ordered stages: an extra penalty on the squared distance between the expected stage under the
-        # predicted distribution and the true one, so that F0 called F4 costs more than F0 called F1
-        # (cross-entropy alone treats every wrong stage alike); 0 switches it off
-        self.ordinal_weight = float(getattr(train_cfg, "ordinal_weight", 0.0)) if stage_of_class is not None else 0.0
-        stages = torch.as_tensor(stage_of_class if stage_of_class is not None else [], dtype=torch.float32)
-        self.register_buffer("stages", (stages - stages.min()) / max(1.0, float(stages.max() - stages.min())) if stages.numel() else stages)
-        self._val_logits: list[torch.Tensor] = []
-        self._val_targets: list[torch.Tensor] = []
-        # channels-last: fp32 training steps 5-33% faster on this CPU (benchmarks/train_speed.py), and
-        # what cuDNN's tensor-core kernels want
-        self.memory_format = torch.channels_last if getattr(train_cfg, "channels_last", False) else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
-
-    def forward(self, x):
-        return self.model(x)
-
-    def on_before_batch_transfer(self, batch, dataloader_idx):
-        x, y = batch
-        return x.contiguous(memory_format=self.memory_format), y
-
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, plus ``ordinal_weight`` x the mean squared error of the expected stage (stages
-        scaled to [0, 1]) when the labels are ordered."""
-        loss = self.criterion(logits, y)
-        if self.ordinal_weight > 0:
-            expected = logits.float().softmax(1) @ self.stages
-            loss = loss + self.ordinal_weight * ((expected - self.stages[y]) ** 2).mean()
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss(self.model(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self._val_logits.append(self.model(x).float())
-        self._val_targets.append(y)
-
-    def on_validation_epoch_end(self):
-        if not self._val_logits:
-            return
-        logits = self.all_gather(torch.cat(self._val_logits)).reshape(-1, self.model.num_classes)
-        targets = self.all_gather(torch.cat(self._val_targets)).reshape(-1)
-        self._val_logits.clear()
-        self._val_targets.clear()
-        # unweighted loss: comparable across balancing strategies
-        loss = nn.functional.cross_entropy(logits, targets)
-        pred = logits.argmax(1)
-        acc = (pred == targets).float().mean()
-        recalls = [((pred == c) & (targets == c)).sum() / (targets == c).sum() for c in targets.unique()]
-        bal = torch.stack(recalls).float().mean()
-        self.log_dict({"val_loss": loss, "val_acc": acc, "val_balanced_acc": bal}, prog_bar=True, sync_dist=False)
-
-    def configure_optimizers(self):
-        c = self.cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if c.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        elif c.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        elif c.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=0.9, nesterov=True)
-        else:
-            raise LiverscopeError(f"unknown optimizer '{c.optimizer}' (adam, adamw, sgd)")
-        if c.scheduler == "none":
-            return opt
-        if c.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, c.epochs))
-        elif c.scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma)
-        elif c.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
-        else:
-            raise LiverscopeError(f"unknown scheduler '{c.scheduler}' (cosine, step, plateau, none)")
-        return {"optimizer": opt, "lr_scheduler": sched}
-
-
-class HistoryWriter(L.Callback):
-    """Writes ``history.csv`` (one row per epoch) atomically after every validation epoch, so the log
-    survives a crash and continues on ``--resume``."""
-
-    COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_balanced_acc", "lr", "epoch_seconds"]
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.rows: list[dict] = rundir.read_history(self.path)
-        self._t0 = time.perf_counter()
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._t0 = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        m = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch}
-        for k in ("train_loss", "val_loss", "val_acc", "val_balanced_acc"):
-            row[k] = f"{float(m[k]):.6f}" if k in m else ""
-        row["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}" if trainer.optimizers else ""
-        row["epoch_seconds"] = f"{time.perf_counter() - self._t0:.2f}"
-        self.rows = [r for r in self.rows if int(r["epoch"]) != trainer.current_epoch] + [row]
-        if trainer.is_global_zero:
-            rundir.write_history(self.path, self.COLUMNS, self.rows)
+# the names segment/training.py imports from here
+_load_best_weights, _quiet_lightning = load_best_weights, quiet_lightning
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,7 +84,7 @@ def collect_samples(cfg: RunConfig, run_dir: Path) -> CollectedData:
     the cache, and audit it (``audit.json``/``audit.html``): exact and near-duplicate groups, sources."""
     if not cfg.data.path:
         raise LiverscopeError("no data given: pass a class-per-folder tree or a CSV manifest (or run `liverscope demo`)")
-    samples, class_names = load_samples(cfg.data.path)
+    samples, class_names = load_samples(cfg.data.path, frames=cfg.data.frames)
     spec = get_spec(cfg.model.name)  # an unknown model fails here, before the audit and the cache warm-up
     pp = Preprocessing.from_data_config(cfg.data, spec.mean, spec.std)
     cache = PreprocessCache(pp, cfg.data.cache_dir)
@@ -296,12 +177,26 @@ def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLo
     nw = int(cfg.data.num_workers)
     common = dict(batch_size=t.batch_size, num_workers=nw, persistent_workers=nw > 0)
     if t.balance == "sampler":
-        w = inverse_frequency_weights(train_ds.targets, len(prep.class_names))[train_ds.targets]
+        w = class_weights(train_ds.targets, prep.class_names)[train_ds.targets]
         sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(train_ds), replacement=True, generator=gen)
         train_dl = DataLoader(train_ds, sampler=sampler, drop_last=len(train_ds) > t.batch_size, **common)
     else:
         train_dl = DataLoader(train_ds, shuffle=True, generator=gen, drop_last=len(train_ds) > t.batch_size, **common)
     return train_dl, eval_loader(sel["val"], prep, cfg), eval_loader(sel["test"], prep, cfg), train_ds
+
+
+def class_weights(targets: Sequence[int], class_names: Sequence[str]) -> np.ndarray:
+    """Inverse-frequency class weights w_i = N / (K n_i) of the training targets (the multi-disease
+    study's weighted cross-entropy; per image, the weighted sampler's): scikit-learn's ``balanced``.
+
+    Raises:
+        LiverscopeError: a class has no training image (its weight would be undefined).
+    """
+    targets = np.asarray(targets, dtype=int)
+    missing = [c for i, c in enumerate(class_names) if not np.any(targets == i)]
+    if missing:
+        raise LiverscopeError(f"classes {missing} have no training images in this split; add images of them or merge classes")
+    return compute_class_weight("balanced", classes=np.arange(len(class_names)), y=targets)
 
 
 def eval_loader(samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig) -> DataLoader:
@@ -331,57 +226,12 @@ def infer_outputs(model: LiverNet, loader, device: str = "cpu") -> tuple[np.ndar
     return torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
 
-def _load_best_weights(model: LiverNet, ckpt_path: str | Path) -> None:
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-
-
-def _quiet_lightning() -> None:
-    """Keep Lightning's banners and advertising tips out of the user's terminal (our own log says what
-    device and data are used); real warnings still show."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
-def training_precision(precision: str, device: str) -> str:
-    """Resolve ``auto``: bf16-mixed on a GPU with bf16, 32-true elsewhere. On CPUs without native bf16
-    (AVX-512-BF16/AMX) autocast emulates bf16 and a training step runs 6-20x slower than fp32 here
-    (benchmarks/train_speed.py); where it is native, ask for ``bf16-mixed`` and measure."""
-    if precision != "auto":
-        return precision
-    return "bf16-mixed" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
-    t = cfg.train
-    device = resolve_device(t.device)
-    _quiet_lightning()
-    precision = training_precision(t.precision, device)
-    log(f"training on {device} ({precision})")
-    return L.Trainer(
-        max_epochs=t.epochs,
-        accelerator="gpu" if device.startswith("cuda") else "cpu",
-        devices=1,
-        precision=precision,
-        callbacks=callbacks,
-        logger=False,
-        default_root_dir=str(run_dir),
-        enable_progress_bar=bool(t.progress),
-        enable_model_summary=False,
-        limit_train_batches=t.max_train_batches or None,
-        deterministic=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-
-
 def train_prepared(cfg: RunConfig, prep: PreparedData, run_dir: Path, resume: bool = False) -> Path:
     """Train on already prepared (listed, split, cached) data and write ``run_dir``.
 
     Used by :func:`fit` (one hold-out split) and :func:`cross_validate` (one call per fold).
     """
-    seed_everything(cfg.train.seed)
+    seed_run(cfg.train.seed)
     last = rundir.last_checkpoint(run_dir)
     train_dl, val_dl, test_dl, train_ds = make_loaders(prep, cfg)
     counts = {k: int((prep.splits == k).sum()) for k in ("train", "val", "test")}
@@ -389,25 +239,29 @@ def train_prepared(cfg: RunConfig, prep: PreparedData, run_dir: Path, resume: bo
 
     m = cfg.model
     model = build_model(m.name, len(prep.class_names), m.head, m.pretrained, m.weights, m.freeze_backbone, m.dropout, m.hidden)
-    class_weights = inverse_frequency_weights(train_ds.targets, len(prep.class_names)) if cfg.train.balance == "weighted_ce" else None
-    lit = LitClassifier(model, cfg.train, class_weights, metavir_stages(prep.class_names))
+    weights = class_weights(train_ds.targets, prep.class_names) if cfg.train.balance == "weighted_ce" else None
+    lit = LitClassifier(model, cfg.train, weights, metavir_stages(prep.class_names))
 
     has_val = counts["val"] > 0
     monitor = cfg.train.monitor if has_val else "train_loss"
     mode = "min" if monitor.endswith("loss") else "max"
     ckpt = ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor=monitor, mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks: list = [ckpt, HistoryWriter(run_dir / rundir.HISTORY)]
+    loggers = training_loggers(run_dir)  # CSV always (history.csv is made from it); more loggers go after it
+    callbacks: list = [ckpt, HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume)]
     if cfg.train.early_stop_patience > 0 and has_val:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
-    trainer = _trainer(cfg, run_dir, callbacks)
+    trainer = build_trainer(cfg, run_dir, callbacks, loggers)
     t0 = time.perf_counter()
     trainer.fit(lit, train_dataloaders=train_dl, val_dataloaders=val_dl if has_val else None, ckpt_path=str(last) if resume else None)
     train_seconds = time.perf_counter() - t0
     if ckpt.best_model_path:
-        _load_best_weights(model, ckpt.best_model_path)
+        load_best_weights(model, ckpt.best_model_path)
 
     best_epoch = _best_epoch(run_dir / rundir.HISTORY, monitor, mode)
-    rundir.save_model(run_dir, model, prep.class_names, prep.pp, {"best_epoch": best_epoch, "monitor": monitor, "split": cfg.data.split, "train_seconds": round(train_seconds, 1)})
+    rundir.save_model(run_dir, model, prep.class_names, prep.pp, {
+        "best_epoch": best_epoch, "monitor": monitor, "split": cfg.data.split, "train_seconds": round(train_seconds, 1),
+        "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
+    })
     finish_run(run_dir, model, prep, val_dl, test_dl, cfg)
     log(f"trained in {train_seconds:.0f}s; run directory: {run_dir}")
     return run_dir
@@ -548,5 +402,5 @@ def write_report_safely(run_dir: Path) -> None:
 
 __all__ = [
     "LitClassifier", "HistoryWriter", "CollectedData", "PreparedData", "collect_samples", "assign_splits", "prepare_data",
-    "make_loaders", "eval_loader", "infer_outputs", "train_prepared", "fit", "finish_run", "fit_ood", "fit_run_ood", "write_report_safely",
+    "make_loaders", "class_weights", "eval_loader", "training_precision", "infer_outputs", "train_prepared", "fit", "finish_run", "fit_ood", "fit_run_ood", "write_report_safely",
 ]

@@ -1,8 +1,8 @@
 """HTML building blocks of the report, public so other modules build their report sections with them.
 
 Numbers formatted for a table (:func:`fmt`, :func:`fmt_ci`), tables (:func:`table_html`), images
-embedded as base64 data URIs (:func:`image_html`), any JSON-like value (:func:`generic_html`) and notes
-(:func:`note`). Everything is escaped unless a function says it takes HTML.
+embedded as base64 data URIs (:func:`image_html`), any JSON-like value (:func:`generic_html`), notes
+(:func:`note`) and the provenance table of a model (:func:`provenance_html`). Everything is escaped unless a function says it takes HTML.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -117,4 +118,26 @@ def note(text: str, kind: str = "note") -> str:
     return f'<div class="{kind}">{html.escape(text)}</div>'
 
 
-__all__ = ["IMAGE_SUFFIXES", "fmt", "fmt_ci", "key_title", "table_html", "image_html", "generic_html", "note"]
+def provenance_html(prov: Mapping[str, Any] | None) -> str | None:
+    """The ``provenance`` of a ``model.json`` (:func:`liverscope.provenance.collect_provenance`) as a
+    table: versions, seed, git commit, command line, data fingerprint, time; ``None`` without one."""
+    if not prov:
+        return None
+    git = prov.get("git")
+    if git:
+        commit = f"{git.get('commit')}" + (" (with uncommitted changes)" if git.get("dirty") else "")
+    else:
+        commit = "not run from a git checkout"
+    command = prov.get("command")
+    rows = [[f"{name} version", v or "not installed"] for name, v in (prov.get("versions") or {}).items()]
+    rows += [
+        ["seed", str(prov.get("seed"))],
+        ["git commit", commit],
+        ["command", shlex.join(str(a) for a in command) if isinstance(command, list) else str(command or "—")],
+        ["split.csv SHA-256", str(prov.get("split_sha256") or "—")],
+        ["created", str(prov.get("created") or "—")],
+    ]
+    return table_html(None, rows) + note("The split.csv fingerprint names the exact images, labels and splits this model was trained and scored on.")
+
+
+__all__ = ["IMAGE_SUFFIXES", "fmt", "fmt_ci", "key_title", "table_html", "image_html", "generic_html", "note", "provenance_html"]

@@ -32,7 +32,7 @@ import numpy as np
 
 from liverscope import __version__
 from liverscope.errors import LiverscopeError
-from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, image_html, key_title, note, table_html
+from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, image_html, key_title, note, provenance_html, table_html
 from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
 from liverscope.rundir import GALLERY, REPORT, RUN_FILES, RunData
@@ -410,6 +410,7 @@ SECTIONS: tuple[tuple[str, Callable[[RunData], str | None]], ...] = (
     ("Fold ensemble", section_ensemble),
     ("Class activation maps", section_gallery),
     ("Segmentation", section_segmentation),
+    ("Provenance", lambda run: provenance_html(run.model.get("provenance"))),
     ("Configuration", section_config),
 )
 

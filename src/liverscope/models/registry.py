@@ -9,6 +9,9 @@ Weights: ``pretrained=True`` loads ImageNet weights through timm's hub (needs in
 ``weights=FILE`` loads a local ``.safetensors`` / ``.pth`` checkpoint of the same timm architecture
 (or a liverscope ``model.safetensors``); with neither the backbone is randomly initialised, and
 :attr:`LiverNet.weights_source` says which happened (it is written into every run's metadata).
+
+Input normalisation: the mean and std of a model are those of its timm architecture's default
+``pretrained_cfg`` (what its ImageNet weights were trained with), unless its family registers others.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from liverscope.config import IMAGENET_MEAN, IMAGENET_STD
 from liverscope.errors import LiverscopeError
 from liverscope.models.livernet import LiverNet
 
@@ -31,26 +35,36 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     description: str
     small: bool  # cheap enough to train on a laptop CPU
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation its ImageNet weights expect
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # input normalisation its ImageNet weights expect
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
+def pretrained_normalisation(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of the default ``pretrained_cfg`` of a timm architecture: the normalisation its
+    ImageNet weights were trained with (timm's ImageNet defaults for an architecture without one)."""
+    cfg = timm.get_pretrained_cfg(timm_name)
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+
+
 def register_model(name: str, timm_name: str, description: str = "", small: bool = False,
-                   mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
+                   mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None):
     """Decorator registering ``builder(pretrained, weights) -> backbone`` under ``name``.
 
     The backbone must expose ``forward_features(x) -> BxCxHxW`` and ``num_features``; it may set
     ``weights_source`` to say where its weights came from. ``mean``/``std``: the input normalisation
-    its pretrained weights expect (ImageNet statistics unless given).
+    its pretrained weights expect (default: :func:`pretrained_normalisation` of ``timm_name``).
     """
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' registered twice")
-        _REGISTRY[name] = ModelSpec(name, timm_name, fn, description, small, tuple(mean), tuple(std))
+        cfg_mean, cfg_std = pretrained_normalisation(timm_name)
+        _REGISTRY[name] = ModelSpec(name, timm_name, fn, description, small, tuple(mean or cfg_mean), tuple(std or cfg_std))
         return fn
 
     return deco
@@ -119,4 +133,4 @@ def model_from_arch(arch: dict) -> LiverNet:
     )
 
 
-__all__ = ["ModelSpec", "register_model", "list_models", "is_model", "get_spec", "build_model", "model_from_arch"]
+__all__ = ["ModelSpec", "pretrained_normalisation", "register_model", "list_models", "is_model", "get_spec", "build_model", "model_from_arch"]
