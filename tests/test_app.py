@@ -368,6 +368,54 @@ def test_serve_elsewhere_warns_about_authentication(app_run, monkeypatch):
     assert argv[argv.index("--server.maxUploadSize") + 1] == "20" and env["LIVERSCOPE_MAX_UPLOAD_MB"] == "20"
 
 
+def _flag(argv: list[str], name: str) -> str:
+    """The value of a flag on a command line; it must appear once (a later copy would override it)."""
+    assert argv.count(name) == 1, (name, argv)
+    return argv[argv.index(name) + 1]
+
+
+def test_serve_command_line_carries_the_upload_limit_and_xsrf(app_run, monkeypatch):
+    """Streamlit's own settings, as flags (which outrank its config files and STREAMLIT_* variables):
+    the server's upload limit follows --max-upload-mb (default 50) and XSRF protection (with CORS) is on."""
+    res, calls = _serve(monkeypatch, [str(app_run)])
+    assert res.exit_code == 0, res.output
+    argv, env = calls[0]
+    assert _flag(argv, "--server.maxUploadSize") == str(appmod.DEFAULT_MAX_UPLOAD_MB) == env["LIVERSCOPE_MAX_UPLOAD_MB"] == "50"
+    assert _flag(argv, "--server.enableXsrfProtection") == "true"
+    assert _flag(argv, "--server.enableCORS") == "true"
+    res, calls = _serve(monkeypatch, [str(app_run), "--max-upload-mb", "3"])
+    argv, env = calls[0]
+    assert _flag(argv, "--server.maxUploadSize") == "3" == env["LIVERSCOPE_MAX_UPLOAD_MB"]
+    assert _flag(argv, "--server.enableXsrfProtection") == "true"
+    res, calls = _serve(monkeypatch, [str(app_run), "--max-upload-mb", "0"])
+    assert res.exit_code == 2 and "--max-upload-mb" in res.output and not calls
+
+
+def test_page_upload_limit_never_exceeds_the_servers(monkeypatch):
+    monkeypatch.setenv("LIVERSCOPE_MAX_UPLOAD_MB", "20")
+    assert appmod.max_upload_bytes() == 20 * 2**20
+    assert appmod.max_upload_bytes(server_mb=5) == 5 * 2**20  # Streamlit started with a lower server.maxUploadSize
+    assert appmod.max_upload_bytes(server_mb=200) == 20 * 2**20
+    monkeypatch.delenv("LIVERSCOPE_MAX_UPLOAD_MB")
+    assert appmod.max_upload_bytes(server_mb=200) == appmod.DEFAULT_MAX_UPLOAD_MB * 2**20
+
+
+def test_page_refuses_to_run_without_xsrf_protection(app_run, monkeypatch):
+    from streamlit import config
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LIVERSCOPE_RUN_DIR", str(app_run))
+    config.set_option("server.enableXsrfProtection", False)
+    try:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.run()
+    finally:
+        config.set_option("server.enableXsrfProtection", True)
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [appmod.XSRF_OFF]
+    assert not at.file_uploader  # nothing can be uploaded
+
+
 def test_serve_refuses_a_folder_without_a_model(tmp_path, monkeypatch):
     res, calls = _serve(monkeypatch, [str(tmp_path)])
     assert res.exit_code == 1 and "train first" in res.output and not calls

@@ -60,13 +60,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(run_dir: Path, log_path: Path):
-    """``liverscope serve RUN_DIR`` on a free port; yields the URL once the server answers."""
+def serve(run_dir: Path, log_path: Path, *args: str, env: dict | None = None):
+    """``liverscope serve RUN_DIR [ARGS]`` on a free port; yields the URL once the server answers."""
     port = _free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "liverscope.cli", "serve", str(run_dir), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            [sys.executable, "-m", "liverscope.cli", "serve", str(run_dir), "--port", str(port), *args],
+            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -134,3 +134,92 @@ def test_upload_through_the_page(browser, trained_run, phantom_dir, tmp_path):
                 assert secret not in text, secret
         finally:
             page.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardening: sessions apart, the server's upload limit, XSRF
+# --------------------------------------------------------------------------------------------------
+
+LIMIT_MB = 1
+
+
+@pytest.fixture(scope="module")
+def hardened_url(trained_run, tmp_path_factory):
+    """``liverscope serve --max-upload-mb 1``, started with environment variables that try to lift the
+    limit and switch XSRF protection off: serve's flags must win."""
+    attack = {"STREAMLIT_SERVER_MAX_UPLOAD_SIZE": "500", "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION": "false"}
+    with serve(trained_run, tmp_path_factory.mktemp("serve") / "serve.log", "--max-upload-mb", str(LIMIT_MB), env=attack) as url:
+        yield url
+
+
+def _open(browser, url: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 2400})
+    page = context.new_page()
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Decision support, not a diagnosis").wait_for(timeout=60_000)
+    return context, page
+
+
+def test_two_sessions_at_once_each_see_their_own_result(browser, hardened_url, trained_run, phantom_dir, tmp_path):
+    """Two browser contexts (two users, two Streamlit sessions) upload different images at the same
+    time: each page shows its own image's result, and its CSV download holds only its own image."""
+    from playwright.sync_api import expect
+
+    from liverscope.predict import Predictor
+
+    files = [sorted((phantom_dir / "F0").glob("*.png"))[0], sorted((phantom_dir / "F4").glob("*.png"))[-1]]
+    expected = list(Predictor.from_run(trained_run).predict_paths(files))
+    assert expected[0].probs != expected[1].probs
+    sessions = [_open(browser, hardened_url) for _ in files]
+    try:
+        for (_, page), f in zip(sessions, files):  # both uploads start before either result is drawn
+            page.locator('input[type="file"]').set_input_files([str(f)])
+        for k, ((context, page), f, want) in enumerate(zip(sessions, files, expected)):
+            other = files[1 - k]
+            panel = page.locator(".st-key-result-0")
+            for c in want.probs:  # every class's probability, as the page finishes drawing its table
+                expect(panel).to_contain_text(f"{want.probs[c]:.1%}", timeout=120_000)
+            assert f.name in panel.inner_text() and other.name not in page.inner_text("body")
+            assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == want.label
+            assert page.locator(".st-key-result-1").count() == 0  # one upload, one result panel
+            with page.expect_download() as dl:
+                page.get_by_text("Download results (CSV)").click()
+            csv_text = Path(dl.value.path()).read_text()
+            assert f.name in csv_text and other.name not in csv_text
+    finally:
+        for context, _ in sessions:
+            context.close()
+
+
+def test_server_refuses_uploads_over_its_limit_and_without_the_xsrf_token(browser, hardened_url, phantom_dir):
+    """The page's own uploader request, replayed from the page with other bodies: the server answers a
+    body over ``--max-upload-mb`` with 413 (the limit holds without the widget's check), and a request
+    without the session's XSRF token with 403 (protection stayed on despite the environment)."""
+    from playwright.sync_api import expect
+
+    context, page = _open(browser, hardened_url)
+    try:
+        expect(page.get_by_text(f"up to {LIMIT_MB} MB each")).to_be_visible(timeout=60_000)  # the page's limit is the server's
+        urls: list[str] = []
+        page.on("request", lambda r: urls.append(r.url) if "/_stcore/upload_file/" in r.url and r.method == "PUT" else None)
+        page.locator('input[type="file"]').set_input_files([str(sorted((phantom_dir / "F2").glob("*.png"))[0])])
+        page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=120_000)
+        assert urls, "the uploader made no upload request"
+        token = next(c["value"] for c in context.cookies() if c["name"] == "_streamlit_xsrf")
+        put = """async ([url, size, token]) => {
+            const form = new FormData();
+            form.append("UploadedFile", new Blob([new Uint8Array(size)], {type: "image/png"}), "scan.png");
+            const headers = token ? {"X-Xsrftoken": token} : {};
+            try {
+                const r = await fetch(url, {method: "PUT", body: form, headers: headers, credentials: "same-origin"});
+                return r.status;
+            } catch (e) {
+                return "no answer: " + e;
+            }
+        }"""
+        small, big = 64 * 1024, (LIMIT_MB + 1) * 2**20
+        assert page.evaluate(put, [urls[-1], small, token]) in (200, 204)  # the replay itself is accepted
+        assert page.evaluate(put, [urls[-1], big, token]) == 413  # too large: refused by the server
+        assert page.evaluate(put, [urls[-1], small, None]) == 403  # no XSRF token: refused
+    finally:
+        context.close()

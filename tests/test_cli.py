@@ -104,3 +104,25 @@ def test_usage_errors_exit_2_before_any_work_and_list_the_choices(tmp_path):
 def test_version():
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.startswith("liverscope ")
+
+
+def _snapshot(folder):
+    from liverscope.utils import file_sha256
+
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_evaluate_writes_outside_the_run_unless_asked(trained_run, phantom_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(trained_run)
+    res = runner.invoke(app, ["evaluate", str(trained_run)])
+    assert res.exit_code == 0, res.output
+    report = tmp_path / "eval" / trained_run.name / "report"
+    assert (report / "report.html").exists() and (report / "confusion_matrix.png").exists()
+    res = runner.invoke(app, ["evaluate", str(trained_run), str(phantom_dir), "--out", str(tmp_path / "ext"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ext" / "metrics.json").exists() and (tmp_path / "ext" / "report.html").exists()
+    assert _snapshot(trained_run) == before  # nothing written into the run
+    res = runner.invoke(app, ["evaluate", str(trained_run), "--out", "x", "--in-run"])
+    assert res.exit_code == 2

@@ -60,12 +60,12 @@ def test_text_values_take_the_type_of_the_setting():
 
 
 def test_cli_set_and_flags_map_to_settings():
-    from liverscope.cli import _train_overrides
+    from liverscope.cli_options import train_overrides
 
-    out = _train_overrides(epochs=2, distinct_only=True, crop_sector=None, settings=["train.lr=1e-3", "data.augment = light"])
+    out = train_overrides(epochs=2, distinct_only=True, crop_sector=None, settings=["train.lr=1e-3", "data.augment = light"])
     assert out == {"train.epochs": 2, "data.distinct_only": True, "train.lr": "1e-3", "data.augment": "light"}
     with pytest.raises(LiverscopeError, match="KEY=VALUE"):
-        _train_overrides(settings=["train.lr"])
+        train_overrides(settings=["train.lr"])
 
 
 def test_choices_are_checked_before_any_work_and_name_the_valid_values():

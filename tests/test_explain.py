@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from liverscope import explain
+from liverscope import explain, explain_images
 from liverscope.data.datasets import make_phantom
 from liverscope.data.preprocess import Preprocessing, crop_box, normalise_batch, preprocess_array, sector_mask
 from liverscope.faithfulness import faithfulness
@@ -276,6 +276,44 @@ def test_normalise_in_region():
     assert explain.normalise_in_region(np.full((4, 4), 3.0)).max() == 0  # nothing stands out
 
 
+def test_pytorch_grad_cam_image_utils_against_ours():
+    """pytorch_grad_cam.utils.image on fixed arrays: where it gives liverscope's answer, and where it
+    does not (why explain._upsample, explain.normalise_in_region and explain_images.overlay stay)."""
+    from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
+
+    rng = np.random.default_rng(0)
+    coarse = (rng.random((3, 7, 7)) * 2e-3 - 5e-4).astype(np.float32)  # raw 7x7 maps, range 2e-3, some negative
+    unit = np.stack([explain.normalise_in_region(m) for m in np.maximum(coarse, 0)])
+    # upsampling: the same bilinear interpolation (on a [0, 1] map, where the library's min-max is a no-op)
+    np.testing.assert_allclose(scale_cam_image(unit, (48, 64)), explain._upsample(unit, 64, 48), atol=1e-6)
+    # normalisation: equal within 1e-7 / (max - min), but the library's map does not reach 1 and depends on the scale
+    up = explain._upsample(coarse, 64, 48)
+    ours = np.stack([explain.normalise_in_region(m) for m in up])
+    lib = scale_cam_image(up)
+    np.testing.assert_allclose(lib, ours, atol=1e-7 / float(np.ptp(up, axis=(1, 2)).min()) + 1e-6)
+    assert (ours.max(axis=(1, 2)) == 1).all() and (lib.max(axis=(1, 2)) < 1 - 2e-5).all()
+    np.testing.assert_allclose(np.stack([explain.normalise_in_region(m * 1000) for m in up]), ours, atol=1e-6)
+    assert np.abs(scale_cam_image(up * 1000) - lib).max() > 2e-5
+    # colours: the library's jet heatmap is ours on a map that spans the colour scale ...
+    black = np.zeros((64, 48, 3), np.float32)
+    np.testing.assert_array_equal(show_cam_on_image(black, ours[0], use_rgb=True, image_weight=0.0), explain_images.heatmap_rgb(ours[0]))
+    # ... but it rescales by the brightest value: a two-level map (dark blue and dark red in jet) turns bright
+    two = np.zeros((64, 48), np.float32)
+    two[:32] = 1
+    assert explain_images.heatmap_rgb(two).max() == 128 and show_cam_on_image(black, two, use_rgb=True, image_weight=0.0).max() == 255
+    # overlays: within 1 grey level (its truncation, our rounding) when a white pixel meets a saturated colour ...
+    bright = rng.integers(40, 150, (64, 48, 3)).astype(np.uint8)
+    bright[40, 20] = 255  # ours[0] at (40, 20) is mid-range: one jet channel is 255 there
+    assert explain_images.heatmap_rgb(ours[0])[40, 20].max() == 255
+    lib_ov = show_cam_on_image(bright / 255.0, ours[0], use_rgb=True, image_weight=1 - explain_images.OVERLAY_ALPHA)
+    assert np.abs(lib_ov.astype(int) - explain_images.overlay(bright, ours[0]).astype(int)).max() <= 1
+    # ... but a dim scan is brightened, grey levels of the ultrasound image change
+    dim = bright.copy()
+    dim[40, 20] = 100
+    lib_ov = show_cam_on_image(dim / 255.0, ours[0], use_rgb=True, image_weight=1 - explain_images.OVERLAY_ALPHA)
+    assert np.abs(lib_ov.astype(int) - explain_images.overlay(dim, ours[0]).astype(int)).max() > 10
+
+
 def test_maps_go_back_into_the_crop_box():
     """With crop_sector the model saw the fan's bounding box: the map goes back there, nowhere else."""
     img = np.zeros((120, 200), np.uint8)
@@ -319,7 +357,7 @@ def _png(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, tmp_path):
+def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from liverscope.cli import app
@@ -355,15 +393,14 @@ def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, t
     summary = json.loads((out / "cams_summary.json").read_text())
     assert summary["explained"] == 3 and summary["method"] == "gradcam++" and len(summary["skipped"]) == 1
 
+    monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["explain", str(trained_run), str(files[0]), "--class", "F0", "--flip-average", "--no-sector"])
     assert res.exit_code == 0, res.output
-    default_out = trained_run / "explain"
+    assert not (trained_run / "explain").exists()  # the input run is only read
+    default_out = tmp_path / "explain" / trained_run.name
     with open(default_out / "cams.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["target"] == "F0" and "deletion_auc" not in row
-    import shutil
-
-    shutil.rmtree(default_out)  # the run is shared with other tests
 
     res = CliRunner().invoke(app, ["explain", str(trained_run), str(files[0]), "--class", "F9", "--out", str(out)])
     assert res.exit_code == 1 and "not a label" in res.output
@@ -387,7 +424,7 @@ def test_cam_gallery_for_the_report(trained_run, tmp_path):
     captions = json.loads((folder / "captions.json").read_text())
     assert pngs and set(captions) == {p.name for p in pngs} and len(pngs) <= 2 * 5
     assert all("true" in c and "predicted" in c for c in captions.values())
-    assert all(cv2.imread(str(p)).shape[0] >= explain.GALLERY_MIN_SIDE for p in pngs)
+    assert all(cv2.imread(str(p)).shape[0] >= explain_images.GALLERY_MIN_SIDE for p in pngs)
     with open(run / "predictions_test.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     kinds = {("correct" if r["label"] == r["pred"] else "wrong", r["label"]) for r in rows}

@@ -33,6 +33,22 @@ def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_pa
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantised
     assert [o.name for o in sess.get_outputs()][:2] == ["logits", "features"]
 
+    # predict / serve use it when asked: the same labels as the fp32 export on the test images
+    from liverscope.predict import Predictor
+
+    test_files = [s.path for s, a in zip(samples, assignment) if a == "test"]
+    p8 = Predictor.from_run(run, int8=True)
+    p32 = Predictor.from_run(run, backend="onnx")
+    assert p8.precision == "int8" and "int8" in p8.describe() and p32.precision == "fp32"
+    r8, r32 = list(p8.predict_paths(test_files)), list(p32.predict_paths(test_files))
+    agree = np.mean([a.label == b.label for a, b in zip(r8, r32)])
+    assert abs(agree - info["label_agreement"]) < 1e-9
+    with pytest.raises(LiverscopeError, match="--backend onnx"):
+        Predictor.from_run(run, backend="torch", int8=True)
+    (run / rundir.ONNX_INT8).write_bytes(b"changed")  # a tampered or outdated file is not used
+    with pytest.raises(LiverscopeError, match="stale"):
+        Predictor.from_run(run, int8=True)
+
 
 def test_int8_needs_a_split(tmp_path):
     with pytest.raises(LiverscopeError, match="split.csv"):

@@ -13,7 +13,8 @@ from liverscope import segment as S
 from liverscope.data.geometry import to_model, to_original
 from liverscope.evaluate.masks import dice, iou, mask_scores, pointing_game
 from liverscope.rundir import read_preprocessing
-from liverscope.segment.unet import _bce_dice_loss
+from liverscope.errors import LiverscopeError
+from liverscope.segment.training import segmentation_loss
 from liverscope.utils import atomic_write_png
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +210,87 @@ def test_bad_unet_settings_are_clear_errors():
     with pytest.raises(ValueError, match="multiple of 8"):
         S.fit_unet(imgs, masks, ["train"] * 3, epochs=1)
     with pytest.raises(ValueError, match="loss"):
-        _bce_dice_loss("focal")
+        segmentation_loss("focal")
+
+
+def _bce_plus_dice_reference(logits, target):
+    """The U-Net's BCE + Dice loss before MONAI's DiceCELoss, written out: torch's ``BCEWithLogitsLoss``
+    (mean over pixels) + MONAI's ``DiceLoss(sigmoid=True)`` (per image and channel
+    ``1 - (2 sum(p t) + 1e-5) / (sum p + sum t + 1e-5)``, averaged)."""
+    import torch
+
+    bce = (logits.clamp(min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))).mean()
+    p = torch.sigmoid(logits)
+    dims = tuple(range(2, logits.ndim))
+    soft_dice = 1 - (2 * (p * target).sum(dims) + 1e-5) / (p.sum(dims) + target.sum(dims) + 1e-5)
+    return bce + soft_dice.mean()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_dicece_loss_equals_the_old_bce_plus_dice(dtype):
+    """MONAI's DiceCELoss as configured for a binary mask gives today's BCE + Dice (value and gradient)
+    on fixed tensors: within 1e-10 (float64) / 1e-6 relative (float32)."""
+    import torch
+    from monai.losses import DiceCELoss, DiceLoss
+
+    dt = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(5, 1, 16, 16, generator=g)).to(dt)
+    target = (torch.rand(5, 1, 16, 16, generator=g) < 0.3).to(dt)
+    target[1] = 0  # an image without foreground: the smoothing terms decide its Dice
+    target[2] = 1  # an image that is all foreground
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == "float64" else dict(rtol=1e-6, atol=1e-6)
+    ref_x = logits.clone().requires_grad_(True)
+    ref = _bce_plus_dice_reference(ref_x, target)
+    ref.backward()
+    old = torch.nn.BCEWithLogitsLoss()(logits, target) + DiceLoss(sigmoid=True)(logits, target)  # the old code
+    new_x = logits.clone().requires_grad_(True)
+    new = segmentation_loss("bce+dice")(new_x, target)
+    new.backward()
+    torch.testing.assert_close(new.detach(), ref.detach(), **tol)
+    torch.testing.assert_close(old, ref.detach(), **tol)
+    torch.testing.assert_close(new_x.grad, ref_x.grad, **tol)
+    # the configuration matters: without the sigmoid the Dice term sees raw logits
+    assert abs(float(DiceCELoss()(logits, target)) - float(ref.detach())) > 0.1
+    # the study's loss is plain BCE with logits
+    torch.testing.assert_close(segmentation_loss("bce")(logits, target), torch.nn.functional.binary_cross_entropy_with_logits(logits, target), **tol)
+
+
+def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
+    """Two epochs, then resume to four: the same history and weights as four epochs in one go (shuffles
+    and flips are seeded by epoch); resuming without a checkpoint is a clear error."""
+    imgs, masks = _phantom_set(10, size=32)
+    split = ["train"] * 7 + ["val"] * 2 + ["test"]
+    kw = dict(channels=(4, 8), batch_size=2, lr=1e-2, seed=3)
+    straight, info = S.fit_unet(imgs, masks, split, epochs=4, checkpoint_dir=tmp_path / "straight", **kw)
+    _, first = S.fit_unet(imgs, masks, split, epochs=2, checkpoint_dir=tmp_path / "resumed", **kw)
+    assert {p.name for p in (tmp_path / "resumed").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert first["epochs_run"] == 2 and first["steps"] == 2 * 3  # 7 images in batches of 2: the lone last one is dropped
+    resumed, again = S.fit_unet(imgs, masks, split, epochs=4, checkpoint_dir=tmp_path / "resumed", resume=True, **kw)
+    assert again["resumed"] and again["epochs_run"] == 4 and again["steps"] == 4 * 3
+    assert again["history"][:2] == first["history"]  # the history travels in the checkpoint
+    for a, b in zip(again["history"], info["history"]):
+        assert a["epoch"] == b["epoch"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
+    assert again["best_epoch"] == info["best_epoch"]
+    ref = straight.state_dict()
+    for k, v in resumed.state_dict().items():
+        np.testing.assert_allclose(v.float().numpy(), ref[k].float().numpy(), atol=1e-4, err_msg=k)
+    with pytest.raises(LiverscopeError, match="nothing to resume"):
+        S.fit_unet(imgs, masks, split, epochs=4, checkpoint_dir=tmp_path / "none", resume=True, **kw)
+
+
+def test_lightning_fit_stops_early_on_the_validation_dice():
+    """Early stopping watches the validation Dice: the fit ends ``patience`` epochs after its best epoch,
+    whose weights are kept."""
+    imgs, masks = _phantom_set(10, size=32)
+    split = ["train"] * 6 + ["val"] * 3 + ["test"]
+    model, info = S.fit_unet(imgs, masks, split, channels=(4, 8), epochs=40, batch_size=2, lr=3e-2, seed=0, patience=2)
+    dices = [h["val_dice"] for h in info["history"]]
+    best = info["best_epoch"]
+    assert info["epochs_run"] == best + 2 < 40, dices
+    assert info["best_val_dice"] == max(dices) == dices[best - 1] and max(dices[best:]) <= dices[best - 1]
+    pred = S.predict_masks_at(model, imgs[6:9], 32)
+    assert np.mean([dice(p, t) for p, t in zip(pred, masks[6:9])]) == pytest.approx(info["best_val_dice"], abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,6 +326,11 @@ def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path)
     assert "test" in read_json(run_copy / "metrics.json")  # the classifier's metrics are kept
     assert "Segmentation" in (run_copy / "report.html").read_text()
     assert len(list((run_copy / "pseudo_masks").rglob("*.png"))) == 120
+    # Lightning's checkpoints in the segmenter's folder of the run; resume continues from them
+    assert meta["engine"] == "lightning" and (run_copy / meta["checkpoints"] / "last.ckpt").exists()
+    resumed = S.train_segmenter(run_copy, phantom_dir, epochs=3, size=32, real_masks=phantom_dir / "masks", device="cpu",
+                                report=False, resume=True)["meta"]
+    assert resumed["resumed"] and resumed["epochs_run"] == 3 and resumed["history"][:2] == meta["history"]
     # the app's contract
     seg_model = S.load_segmenter(run_copy)
     assert S.predict_mask(seg_model, np.zeros((64, 64, 3), np.uint8)).shape == (64, 64)

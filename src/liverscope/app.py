@@ -18,6 +18,12 @@ images everything outside the scan sector is blanked before display, which remov
 patient text that ultrasound machines print in the border (best effort: text burned into the fan
 itself cannot be told from tissue). Uploaded files stay in memory; nothing is written to disk.
 
+Hardening: ``liverscope serve`` passes Streamlit's own ``server.maxUploadSize`` (the server answers a
+larger upload with HTTP 413, whatever the page does) and ``server.enableXsrfProtection=true`` as flags,
+which outrank config files and environment variables; the page refuses to run with XSRF protection off
+(:data:`XSRF_OFF`). Every browser session keeps its results in its own ``st.session_state``; only the
+model is shared between sessions (``st.cache_resource``; the segmenter and Grad-CAM take locks).
+
 The functions above :func:`main` are plain Python (tested without a browser); :func:`main` draws the page.
 """
 
@@ -53,8 +59,12 @@ DISCLAIMER = (
 )
 #: Shown above the stage of an image flagged as out-of-distribution.
 OOD_WARNING = "unlike the images this model was trained on — do not rely on this result"
-#: Default upload limit (MB); ``liverscope serve --max-upload-mb`` sets it through ``LIVERSCOPE_MAX_UPLOAD_MB``.
+#: Default upload limit (MB); ``liverscope serve --max-upload-mb`` sets it, for the server
+#: (``server.maxUploadSize``) and for the page (``LIVERSCOPE_MAX_UPLOAD_MB``).
 DEFAULT_MAX_UPLOAD_MB = 50
+#: Shown instead of the page when Streamlit runs without XSRF protection.
+XSRF_OFF = ("XSRF protection is off (server.enableXsrfProtection=false): another web site could upload to this app in a "
+            "user's name. Start the app with `liverscope serve RUN_DIR`, which turns it on.")
 DISPLAY_MAX_SIDE = 640
 REDACTED = "[redacted]"
 # Streamlit serves every browser session from its own thread, all sharing one segmenter per run: it is
@@ -317,11 +327,15 @@ def run_dir_from_env(argv: list[str] | None = None) -> Path | None:
     return Path(args[0]) if args else None
 
 
-def max_upload_bytes() -> int:
+def max_upload_bytes(server_mb: float | None = None) -> int:
+    """The page's upload limit in bytes: ``LIVERSCOPE_MAX_UPLOAD_MB`` (default :data:`DEFAULT_MAX_UPLOAD_MB`),
+    never above the server's own limit ``server_mb`` (Streamlit's ``server.maxUploadSize``)."""
     try:
         mb = float(os.environ.get("LIVERSCOPE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
     except ValueError:
         mb = DEFAULT_MAX_UPLOAD_MB
+    if server_mb is not None:
+        mb = min(mb, float(server_mb))
     return int(mb * 2**20)
 
 
@@ -402,6 +416,9 @@ def main() -> None:
     st.markdown(_CSS, unsafe_allow_html=True)
     st.title("liverscope — liver ultrasound")
     st.warning(DISCLAIMER, icon=":material/info:")
+    if not st.get_option("server.enableXsrfProtection"):
+        st.error(XSRF_OFF)
+        st.stop()
 
     run_dir = run_dir_from_env()
     if run_dir is None or not (run_dir / rundir.MODEL_META).exists():
@@ -409,18 +426,18 @@ def main() -> None:
         st.stop()
 
     @st.cache_resource(show_spinner="Loading the model…")
-    def load(run: str, backend: str) -> Predictor:
-        return Predictor.from_run(run, backend=backend, batch_size=1)
+    def load(run: str, backend: str, int8: bool) -> Predictor:
+        return Predictor.from_run(run, backend=backend, int8=int8, batch_size=1)
 
     try:
-        predictor = load(str(run_dir), os.environ.get("LIVERSCOPE_BACKEND", "auto"))
+        predictor = load(str(run_dir), os.environ.get("LIVERSCOPE_BACKEND", "auto"), os.environ.get("LIVERSCOPE_INT8", "0") == "1")
     except LiverscopeError as exc:
         st.error(f"Cannot load the model: {exc}")
         st.stop()
     labels = predictor.labels
     _render_sidebar(st, model_card(run_dir, predictor))
 
-    limit = max_upload_bytes()
+    limit = max_upload_bytes(st.get_option("server.maxUploadSize"))
     uploads = st.file_uploader(
         f"Ultrasound images — PNG, JPEG or DICOM, up to {limit / 2**20:.0f} MB each",
         accept_multiple_files=True, key="uploads",
@@ -430,7 +447,9 @@ def main() -> None:
         st.info("Upload one or several B-mode images to see the predicted stage, the probabilities and the heatmap.")
         return
 
-    # results are kept per file content, so re-drawing the page (any widget change) does not re-run the model
+    # results are kept per file content, so re-drawing the page (any widget change) does not re-run the
+    # model; in this browser session's own state: never in a module or a cached resource, which every
+    # session shares
     cache: dict = st.session_state.setdefault("analyses", {})
     keep = {}
     analyses = []

@@ -8,21 +8,19 @@ at the top.
 
 from __future__ import annotations
 
-import enum
-import functools
-import inspect
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
-from liverscope.config import CHOICES, load_config
+from liverscope.cli_options import RecipeOpt, choice, fail, recipe_options, show_version, train_overrides
+from liverscope.config import load_config
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.utils import configure_logging, set_progress
+from liverscope.utils import configure_logging, progress, set_progress
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -31,35 +29,9 @@ app = typer.Typer(
 )
 
 
-#: Exit codes: 0 success, 1 a failure while running (bad data, a run directory that is not one, a
-#: failed export; ``audit --strict`` with leakage risks), 2 a usage error found before any work
-#: (an unknown option or setting, a value outside its choices, a missing recipe).
-EXIT_FAILURE, EXIT_USAGE = 1, 2
-
-
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("liverscope")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        typer.echo(f"liverscope {_version()}")
-        raise typer.Exit()
-
-
 @app.callback()
 def _main_options(
-    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and results only: no progress messages or bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages."),
 ):
@@ -70,94 +42,6 @@ def _main_options(
     """
     configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     set_progress(not quiet)
-
-
-def _choice(setting: str) -> type[enum.Enum]:
-    """An Enum of a setting's choices (config.CHOICES): Typer checks the value before the command runs
-    and lists the choices in ``--help`` and in the error."""
-    name = "".join(part.title() for part in setting.replace("_", ".").split("."))
-    return enum.Enum(name, {v: v for v in CHOICES[setting]}, type=str)  # type: ignore[return-value]
-
-
-#: The recipe settings that ``train`` and ``cv`` take as flags: (parameter, dotted setting, type, flags, help).
-#: One table, so the two commands cannot drift apart; ``--set KEY=VALUE`` reaches every other setting.
-RECIPE_OPTIONS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
-    ("name", "name", Optional[str], ("--name", "-n"), "Run name: outputs go to OUT_DIR/NAME."),
-    ("out_dir", "out_dir", Optional[Path], ("--out-dir", "-o"), "Folder for run directories (default runs/)."),
-    ("model", "model.name", Optional[str], ("--model", "-m"), "Model name (see `liverscope models`)."),
-    ("head", "model.head", Optional[_choice("model.head")], ("--head",), "Head: seed, mlp128 or linear."),
-    ("pretrained", "model.pretrained", Optional[bool], ("--pretrained/--no-pretrained",), "ImageNet weights from the timm hub (needs internet)."),
-    ("weights", "model.weights", Optional[Path], ("--weights",), "Local backbone weights (.safetensors or .pth of the same timm architecture)."),
-    ("freeze_backbone", "model.freeze_backbone", Optional[bool], ("--freeze-backbone/--train-backbone",), "Train the head only."),
-    ("image_size", "data.image_size", Optional[int], ("--image-size",), "Model input size in pixels."),
-    ("denoise", "data.denoise", Optional[bool], ("--denoise/--no-denoise",), "Non-local-means denoising."),
-    ("augment", "data.augment", Optional[_choice("data.augment")], ("--augment",), "Augmentation preset: conservative, ultrasound, light, none."),
-    ("split", "data.split", Optional[_choice("data.split")], ("--split",), "grouped (default: duplicates never straddle splits), stratified, or random (the leaky legacy split)."),
-    ("allow_leak", "data.allow_leak", Optional[bool], ("--allow-leak",), "Warn instead of refusing a split in which a test image has a duplicate in training."),
-    ("epochs", "train.epochs", Optional[int], ("--epochs",), "Maximum epochs."),
-    ("batch_size", "train.batch_size", Optional[int], ("--batch-size",), "Batch size."),
-    ("lr", "train.lr", Optional[float], ("--lr",), "Learning rate."),
-    ("weight_decay", "train.weight_decay", Optional[float], ("--weight-decay",), "Weight decay."),
-    ("optimizer", "train.optimizer", Optional[_choice("train.optimizer")], ("--optimizer",), "adam, adamw or sgd."),
-    ("scheduler", "train.scheduler", Optional[_choice("train.scheduler")], ("--scheduler",), "cosine, step, plateau or none."),
-    ("balance", "train.balance", Optional[_choice("train.balance")], ("--balance",), "none, sampler (inverse-frequency sampler) or weighted_ce."),
-    ("seed", "train.seed", Optional[int], ("--seed",), "Random seed."),
-    ("device", "train.device", Optional[str], ("--device",), "auto, cpu or cuda."),
-    ("precision", "train.precision", Optional[_choice("train.precision")], ("--precision",), "auto (bf16-mixed on GPUs with bf16, else 32-true), or a Lightning precision: 32-true, 16-mixed, bf16-mixed."),
-    ("early_stop", "train.early_stop_patience", Optional[int], ("--early-stop",), "Early-stopping patience in epochs (0 = off)."),
-    ("monitor", "train.monitor", Optional[str], ("--monitor",), "Validation metric for early stopping and best epoch."),
-    ("num_workers", "data.num_workers", Optional[int], ("--num-workers",), "DataLoader worker processes."),
-    ("cache_dir", "data.cache_dir", Optional[str], ("--cache-dir",), "Preprocessing cache folder."),
-    ("max_train_batches", "train.max_train_batches", Optional[int], ("--max-train-batches",), "Limit training batches per epoch (quick checks)."),
-    ("distinct_only", "data.distinct_only", Optional[bool], ("--distinct-only/--all-copies",), "Keep one file per duplicate group (the audit's groups)."),
-    ("crop_sector", "data.crop_sector", Optional[bool], ("--crop-sector/--no-crop-sector",), "Crop each image to its scan sector before resizing."),
-]
-_SETTING = {name: key for name, key, *_ in RECIPE_OPTIONS} | {"data": "data.path"}
-SetOpt = typer.Option(None, "--set", help="Any recipe setting as KEY=VALUE (dotted, e.g. train.label_smoothing=0.1); repeatable.")
-RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe file or name in configs/ (cpu-quick, effnet-b0-gradcam, mobilenetv2-multidisease, resnet50-cbam).")
-
-
-def _train_overrides(**kw) -> dict:
-    """CLI flags → dotted config keys (``None`` = not given, keep the recipe's value); ``settings``
-    holds the ``--set KEY=VALUE`` items."""
-    settings = kw.pop("settings", None) or []
-    out = {}
-    for k, v in kw.items():
-        if v is None:
-            continue
-        out[_SETTING[k]] = str(v) if isinstance(v, Path) else v.value if isinstance(v, enum.Enum) else v
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise LiverscopeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.label_smoothing=0.1")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def recipe_options(fn: Callable) -> Callable:
-    """Give a command every option of :data:`RECIPE_OPTIONS` and ``--set``; the command receives them
-    resolved as one ``overrides`` dict (for :func:`liverscope.config.load_config`)."""
-    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "overrides"]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, *flags, help=text), annotation=typ)
-        for name, _, typ, flags, text in RECIPE_OPTIONS
-    ]
-    added.append(inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, default=SetOpt, annotation=Optional[List[str]]))
-    names = [p.name for p in added]
-
-    @functools.wraps(fn)
-    def command(**kwargs):
-        flags = {n: kwargs.pop(n) for n in names}
-        data = kwargs.get("data")
-        try:
-            overrides = _train_overrides(data=data, **flags)
-        except LiverscopeError as exc:
-            _fail(exc)
-        return fn(**kwargs, overrides=overrides)
-
-    command.__signature__ = inspect.Signature(own + added)
-    command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "overrides"}, **{p.name: p.annotation for p in added}}
-    return command
 
 
 @app.command()
@@ -175,7 +59,7 @@ def train(
         cfg = _checked_config(recipe, overrides)
         run_dir = fit(cfg, resume=resume)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     _print_run_summary(run_dir)
 
 
@@ -209,20 +93,24 @@ def predict(
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Output file: .csv or .json."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: sized for the backend)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    backend: _choice("predict.backend") = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
-    precision: _choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
+    backend: choice("predict.backend") = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
+    precision: choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode/preprocess threads (default: CPU count)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Model threads on CPU (default: torch half the cores, ONNX Runtime all)."),
+    frames: str = typer.Option("middle", "--frames", help="DICOM cine loops: middle, all or every:N frames, averaged into one result per file (column frames)."),
+    int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8): ONNX Runtime, int8."),
 ):
     """Predict the stage/class of new images; bad files are listed as skipped and the rest finish."""
+    from liverscope.data.io import iter_image_files
     from liverscope.predict import Predictor, write_results
 
     try:
-        p = Predictor.from_run(run_dir, backend=backend.value, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads)
+        p = Predictor.from_run(run_dir, backend=backend.value, int8=int8, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads)
         typer.echo(p.describe(), err=True)
-        summary = write_results(p.predict_paths(paths), p.labels, out)
+        total = sum(1 for _ in iter_image_files(paths))  # counted, not listed: the bar knows its total
+        summary = write_results(progress(p.predict_paths(paths, frames=frames), "predicting", total=total), p.labels, out)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     rate = summary["predicted"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     typer.echo(f"predicted {summary['predicted']} image(s) in {summary['seconds']:.1f}s ({rate:.1f} images/s, {p.backend} {p.precision}) → {summary['out']}")
     if summary["flagged"]:
@@ -271,7 +159,7 @@ def demo(
         run_dir = out_dir / name
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
-        cfg = load_config(recipe, _train_overrides(name=name, out_dir=out_dir, data=data, epochs=epochs, device=device))
+        cfg = load_config(recipe, train_overrides(name=name, out_dir=out_dir, data=data, epochs=epochs, device=device))
         typer.echo(f"training recipe '{recipe}' ({cfg.model.name}, {cfg.data.image_size}px, {cfg.train.epochs} epochs) on {data} ...")
         run_dir = fit(cfg)
         _print_run_summary(run_dir)
@@ -290,7 +178,7 @@ def demo(
             typer.echo(f"  {Path(r.path).name:18s} true {truth.get(r.path, '?'):4s} predicted {r.label:4s} (p={r.confidence:.2f})")
         typer.echo(f"  → {run_dir / 'demo_predictions.csv'}")
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s")
 
 
@@ -310,7 +198,7 @@ def audit(
         result = audit_path(data, **kwargs)
         json_path, html_path = write_audit(result, out)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(format_summary(result))
     typer.echo(f"→ {json_path}\n→ {html_path}")
     s = result["summary"]
@@ -346,7 +234,7 @@ def cv(
         else:
             run_dir = cross_validate(cfg, k=k, test_frac=test_frac, folds=fold or None, resume=resume)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     m = rundir.read_metrics(run_dir)
     if "oof" in m:
         o = m["oof"]
@@ -359,34 +247,43 @@ def cv(
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A trained run directory (train or cv)."),
+    run_dir: Path = typer.Argument(..., help="A trained run directory (train or cv); only read unless --in-run."),
     data: Optional[Path] = typer.Argument(None, help="Labelled folder or manifest to score; omit to rebuild the run's own report."),
-    name: Optional[str] = typer.Option(None, "--name", help="Output sub-folder under RUN_DIR/eval/ (default: the data folder's name)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: eval/RUN_NAME/DATA_NAME, or eval/RUN_NAME/report for the run's own report)."),
+    in_run: bool = typer.Option(False, "--in-run", help="Write into the run directory instead: RUN_DIR/eval/NAME, or RUN_DIR/report.html."),
+    name: Optional[str] = typer.Option(None, "--name", help="With --in-run: the sub-folder under RUN_DIR/eval/ (default: the data folder's name)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Another cv run: paired t-test of fold-wise scores."),
     metric: str = typer.Option("balanced_accuracy", "--metric", help="Fold-wise metric for --compare."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ):
-    """Evaluate a run: metrics with CIs, per-source table, calibration and report.html."""
+    """Evaluate a run: metrics with CIs, per-source table, calibration and report.html (written outside the run unless --in-run)."""
     from liverscope import rundir
     from liverscope.evaluate.report import write_report
     from liverscope.external import evaluate_on_data
 
     try:
+        if out is not None and in_run:
+            raise UsageError("--out and --in-run exclude each other: choose where the results go")
+        run_name = run_dir.resolve().name
         if data is not None:
-            out = evaluate_on_data(run_dir, data, name, device)
+            if out is None and not in_run:
+                out = Path("eval") / run_name / (name or data.resolve().stem)
+            out = evaluate_on_data(run_dir, data, name, device, out=out)
+            report = out / rundir.REPORT
         else:
             if not (run_dir / rundir.METRICS).exists():
                 raise LiverscopeError(f"{run_dir}: no {rundir.METRICS} — not a trained run directory")
+            report = run_dir / rundir.REPORT if in_run else (out or Path("eval") / run_name / "report") / rundir.REPORT
+            write_report(run_dir, out=report)
             out = run_dir
-            write_report(run_dir)
         if compare is not None:
             _compare_runs(run_dir, compare, metric)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     t = rundir.read_metrics(out).get("test") or {}
     if t:
         typer.echo(f"accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, macro F1 {t['macro_f1']:.3f}, macro AUC {t.get('macro_auc') or float('nan'):.3f}")
-    typer.echo(f"→ {out / 'report.html'}")
+    typer.echo(f"→ {report}")
 
 
 def _compare_runs(a: Path, b: Path, metric: str) -> None:
@@ -407,7 +304,7 @@ def explain(
     paths: List[Path] = typer.Argument(..., help="Image files, DICOM files or folders (searched recursively)."),
     method: str = typer.Option("gradcam", "--method", help="CAM method: gradcam, gradcam++, hirescam, eigencam or layercam."),
     class_label: Optional[str] = typer.Option(None, "--class", help="Explain this class (a label of the run) instead of the predicted one."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN_DIR/explain/)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: explain/RUN_NAME in the current folder; never inside RUN_DIR unless you name it)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per CAM batch."),
     flip_average: bool = typer.Option(False, "--flip-average", help="Average each map with the map of the horizontally flipped image."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score each map: deletion AUC and ROAD (slower: many forward passes per image)."),
@@ -419,11 +316,11 @@ def explain(
 
     try:
         summary = explain_paths(
-            run_dir, paths, out_dir=out, method=method, class_label=class_label, batch_size=batch_size,
+            run_dir, paths, out_dir=out or Path("explain") / run_dir.resolve().name, method=method, class_label=class_label, batch_size=batch_size,
             flip_average=flip_average, with_faithfulness=faithfulness, restrict_to_sector=sector, device=device,
         )
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"explained {summary['explained']} image(s) with {summary['method']} in {summary['seconds']:.1f}s → {summary['out']}")
     for key, value in summary.get("means", {}).items():
         typer.echo(f"  mean {key.replace('_', ' ')}: {value:.4f}")
@@ -448,7 +345,7 @@ def export(
         info = export_onnx(run_dir, opset=opset, atol=atol)
         q = export_int8(run_dir, calibration=calibration) if int8 else None
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"wrote {run_dir / info['file']} ({info['bytes'] / 2**20:.1f} MB, opset {info['opset']}, input {info['input_shape']})")
     typer.echo(f"verified against torch on batches {info['checked_batches']}: max |logit difference| {info['max_abs_logit_diff']:.2e} (limit {info['atol']:.0e})")
     typer.echo("`liverscope predict` and `liverscope serve` now use ONNX Runtime for this run (--backend torch to override)")
@@ -467,6 +364,7 @@ def serve(
     port: int = typer.Option(8501, "--port", help="Port."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest accepted upload in MB."),
+    int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8)."),
 ):
     """Start the clinician web app (Streamlit) for a run."""
     from liverscope import rundir
@@ -474,7 +372,7 @@ def serve(
     try:
         rundir.read_model_meta(run_dir)
     except (LiverscopeError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(
             f"warning: binding to {host}: the app has no authentication — anyone who can reach {host}:{port} can upload "
@@ -482,18 +380,14 @@ def serve(
             fg=typer.colors.YELLOW, err=True,
         )
     if max_upload_mb < 1:
-        _fail(UsageError(f"--max-upload-mb {max_upload_mb}: the upload limit is a whole number of MB, at least 1 (default 50)"))
+        fail(UsageError(f"--max-upload-mb {max_upload_mb}: the upload limit is a whole number of MB, at least 1 (default 50)"))
     app_path = Path(__file__).with_name("app.py")
-    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
-    # Streamlit's own settings as flags, which outrank its config files and STREAMLIT_* variables: the
-    # server refuses a larger upload body (HTTP 413) whatever the page's widget checks, and keeps XSRF
-    # protection on (uploads need the token of the session's cookie) with CORS, which it relies on.
+    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend, LIVERSCOPE_INT8="1" if int8 else "0", LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
+    # flags outrank Streamlit's config files and STREAMLIT_* variables: the server refuses larger uploads (413), XSRF stays on
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(app_path),
-        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+        sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--server.maxUploadSize", str(max_upload_mb), "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
     ]
     typer.echo(f"liverscope app for {run_dir} on http://{host}:{port} (Ctrl-C stops it)", err=True)
     if os.name == "posix":
@@ -516,15 +410,15 @@ def segment_pseudo(
     run_dir: Path = typer.Argument(..., help="A trained run directory (a `cv` run averages the CAMs of its fold models)."),
     data: Path = typer.Argument(..., help="Image folder (searched recursively, masks/ skipped) or image file."),
     rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN_DIR/pseudo_masks); mirrors DATA's relative paths. Never DATA itself."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: pseudo-masks/RUN_NAME in the current folder); mirrors DATA's relative paths. Never DATA itself."),
 ):
     """CAM pseudo-masks (PNG, 0/255, at each image's original size) for the images of DATA."""
     from liverscope.segment import write_pseudo_masks
 
     try:
-        summary = write_pseudo_masks(run_dir, data, out=out, rule=rule, q=q, flip_average=flip_average, method=method)
+        summary = write_pseudo_masks(run_dir, data, out=out or Path("pseudo-masks") / run_dir.resolve().name, rule=rule, q=q, flip_average=flip_average, method=method)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"wrote {summary['written']} pseudo-mask(s) ({summary['rule']}) → {summary['out']}")
     _echo_skipped(summary["skipped"])
 
@@ -544,6 +438,8 @@ def segment_train(
     rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt,
     seed: int = typer.Option(0, "--seed", help="Split and training seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation Dice (default: train all epochs)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted segmenter training from its last checkpoint."),
 ):
     """Train an Attention U-Net on CAM pseudo-masks (or --masks) with a grouped split; scores go to the run's report."""
     from liverscope.segment import train_segmenter
@@ -551,9 +447,10 @@ def segment_train(
     try:
         chans = tuple(int(c) for c in channels.split(",") if c.strip())
         result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, loss=loss, epochs=epochs, size=size, channels=chans,
-                                 batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device)
+                                 batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device,
+                                 patience=patience, resume=resume)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     for line in result["summary_lines"]:
         typer.echo(line)
 
@@ -570,7 +467,7 @@ def segment_predict(
     try:
         summary = write_predictions(run_dir, paths, out)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}")
     _echo_skipped(summary["skipped"])
 
@@ -587,7 +484,7 @@ def segment_score(
     try:
         result = score_mask_dirs(pred_dir, true_dir, out=out)
     except LiverscopeError as exc:
-        _fail(exc)
+        fail(exc)
     for r in result["images"]:
         typer.echo(f"{r['name']}\tIoU {r['iou']:.3f}\tDice {r['dice']:.3f}")
     typer.echo(f"mean over {result['n']} image(s): IoU {result['mean_iou']:.3f}, Dice {result['mean_dice']:.3f}")

@@ -44,13 +44,13 @@ import torch
 from torch import nn
 
 from liverscope import rundir
-from liverscope.data.geometry import to_original
-from liverscope.data.io import iter_image_files, read_image, to_rgb
-from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array, sector_mask
+from liverscope.data.io import iter_image_files, read_image
+from liverscope.data.preprocess import Preprocessing, preprocess_array, sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.explain_images import cam_to_original, gallery_tile, heatmap_rgb, original_overlay, overlay
 from liverscope.faithfulness import energy_outside_sector, faithfulness, input_tensor, model_device
 from liverscope.utils import atomic_path, atomic_write_json, atomic_write_npy, atomic_write_png, default_model_threads, resolve_device, softmax
-from liverscope.utils import torch_threads
+from liverscope.utils import progress, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ _METHOD_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hiresc
 DEFAULT_METHOD = "gradcam"
 #: How each method is named in captions and tables.
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM"}
-#: Blend weight of the colour map in overlays.
-OVERLAY_ALPHA = 0.45
 # CAM methods hook the model's cam_layer, and a hook sees every forward pass through it, whichever thread
 # made it (the app serves every browser session from its own thread, all sharing one cached model):
 # cam_overlay computes one map at a time so that no caller's map mixes in another's activations.
@@ -170,7 +168,12 @@ class CamBatch:
 
 
 def _upsample(maps: np.ndarray, h: int, w: int) -> np.ndarray:
-    """ReLU then bilinear resize of ``N x h' x w'`` maps to ``h x w`` (pytorch-grad-cam's order)."""
+    """ReLU then bilinear resize of ``N x h' x w'`` maps to ``h x w`` (pytorch-grad-cam's order).
+
+    Not ``pytorch_grad_cam.utils.image.scale_cam_image``: it resizes with the same bilinear
+    interpolation (the same numbers on a [0, 1] map, tested) but always min-max normalises first, and
+    the energy share outside the sector needs the raw map (subtracting its minimum changes the share).
+    """
     maps = np.maximum(np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0), 0).astype(np.float32)
     return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps]).clip(min=0)
 
@@ -179,6 +182,11 @@ def normalise_in_region(cam: np.ndarray, region: np.ndarray | None = None) -> np
     """Min-max normalise a map over ``region`` (default: everywhere); zero outside it.
 
     A map that is constant over the region (nothing stands out) becomes all zero.
+
+    Not ``scale_cam_image``, which divides by ``max - min + 1e-7`` over the whole array: a map then
+    tops out at ``1 - 1e-7 / (max - min)`` (0.9997 for an untrained model's Grad-CAM range of 3e-4,
+    measured), so ``>= 0.5`` pseudo-masks and "the map reaches 1" would depend on the map's scale;
+    here min-max is scale-free, and only the region's pixels count.
     """
     cam = np.asarray(cam, dtype=np.float32)
     if region is None:
@@ -310,28 +318,6 @@ def compute_cams(
 # --------------------------------------------------------------------------------------------------
 
 
-def heatmap_rgb(cam: np.ndarray) -> np.ndarray:
-    """A [0, 1] map as an RGB uint8 colour image (jet: blue low, red high)."""
-    u8 = np.uint8(np.clip(np.nan_to_num(cam), 0, 1) * 255)
-    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-
-
-def overlay(image: np.ndarray, cam: np.ndarray, region: np.ndarray | None = None, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Blend a [0, 1] map onto an image (grey or RGB uint8 of the map's size); outside ``region`` the
-    image is left as it is (no blue tint over the border and its text)."""
-    img = to_rgb(np.asarray(image))
-    if img.shape[:2] != cam.shape:
-        raise ValueError(f"image {img.shape[:2]} and map {cam.shape} differ in size")
-    heat = heatmap_rgb(cam).astype(np.float32)
-    out = img.astype(np.float32)
-    blend = (1 - alpha) * out + alpha * heat
-    if region is None:
-        out = blend
-    else:
-        out[region] = blend[region]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
     """Grad-CAM of ``class_index`` over one preprocessed image, restricted to the scan sector and
     blended onto the image (RGB uint8, the input's size). Used by the app: safe to call from several
@@ -340,20 +326,6 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
         b = explain_batch(model, [model_input], pp, [int(class_index)], DEFAULT_METHOD, True, 1)
     return overlay(model_input, b.cams[0], b.sectors[0] if b.sectors[0].any() else sector_mask(model_input))
 
-
-def cam_to_original(cam: np.ndarray, original: np.ndarray, pp) -> np.ndarray:
-    """Carry a model-input map back onto the original image: resized into the region preprocessing
-    took (see :func:`~liverscope.data.preprocess.crop_box`), zero elsewhere. Returns float32 ``H x W``
-    of the original in [0, 1] (bilinear resizing may overshoot a little)."""
-    return np.clip(to_original(np.asarray(cam, np.float32), original.shape, crop_box(original, pp)), 0, 1)
-
-
-def original_overlay(original: np.ndarray, cam: np.ndarray, pp, restrict_to_sector: bool = True) -> np.ndarray:
-    """The map on the original image at its original size (RGB uint8); blended only inside the scan
-    sector when restricted, inside the region the model saw otherwise."""
-    full = cam_to_original(cam, original, pp)
-    region = sector_mask(original) if restrict_to_sector else to_original(np.ones(cam.shape, bool), original.shape, crop_box(original, pp))
-    return overlay(original, full, region)
 
 # --------------------------------------------------------------------------------------------------
 # Files: `liverscope explain`
@@ -456,7 +428,7 @@ def explain_paths(
     with atomic_path(out / "cams.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
-        for chunk in _chunks(iter_image_files(paths), pp, int(batch_size)):
+        for chunk in progress(_chunks(iter_image_files(paths), pp, int(batch_size)), f"explaining ({method}, {int(batch_size)} images a step)"):
             rows = [{"file": str(p), "error": err or ""} for p, _, _, err in chunk]
             good = [j for j, (_, _, _, err) in enumerate(chunk) if err is None]
             if good:
@@ -507,24 +479,12 @@ def explain_paths(
 # Report gallery
 # --------------------------------------------------------------------------------------------------
 
-GALLERY_MIN_SIDE = 192
-
-
 def _find_file(path: str, data_root: Path | None) -> Path | None:
     p = Path(path)
     candidates = [p]
     if data_root is not None:
         candidates += [data_root / p, data_root / p.name, data_root / p.parent.name / p.name]
     return next((c for c in candidates if c.is_file()), None)
-
-
-def _gallery_tile(model_input: np.ndarray, cam_rgb: np.ndarray) -> np.ndarray:
-    """The model input and its overlay side by side, enlarged to at least ``GALLERY_MIN_SIDE`` px high."""
-    tile = np.concatenate([to_rgb(model_input), np.full((model_input.shape[0], 4, 3), 255, np.uint8), cam_rgb], axis=1)
-    scale = max(1, int(np.ceil(GALLERY_MIN_SIDE / tile.shape[0])))
-    if scale > 1:
-        tile = cv2.resize(tile, (tile.shape[1] * scale, tile.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-    return tile
 
 
 def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, per_class: int = 2, method: str = DEFAULT_METHOD) -> Path | None:
@@ -585,7 +545,7 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
         true, p = labels[int(y[r])], labels[int(pred[r])]
         fname = f"{true}_{kind}_{j:02d}_{Path(paths[r]).stem}.png"
         fname = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in fname)
-        tile = _gallery_tile(inp, overlay(inp, b.cams[j], b.sectors[j] if b.sectors[j].any() else None))
+        tile = gallery_tile(inp, overlay(inp, b.cams[j], b.sectors[j] if b.sectors[j].any() else None))
         tiles.append((fname, tile, f"{Path(paths[r]).name}: true {true}, predicted {p} (p={probs[r, pred[r]]:.2f}) — {kind}; {name} of {p}"))
     return rundir.write_gallery(run_dir, tiles)
 

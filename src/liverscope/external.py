@@ -62,14 +62,15 @@ def ensemble_predict_logits(
     return ensemble_logits(all_logits), ok or [], skipped, ood
 
 
-def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto") -> Path:
-    """Score a run on labelled data and write ``RUN_DIR/eval/<name>/``.
+def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto", out: str | Path | None = None) -> Path:
+    """Score a run on labelled data and write the results to ``out`` (default ``RUN_DIR/eval/<name>/``).
 
     Args:
-        run_dir: trained run (``train`` or ``cv``).
+        run_dir: trained run (``train`` or ``cv``); only read when ``out`` lies elsewhere.
         data: class-per-folder tree or CSV manifest; its labels must be among the run's labels.
-        name: output sub-folder (default: the data folder's name).
+        name: sub-folder under ``RUN_DIR/eval/`` when ``out`` is not given (default: the data folder's name).
         device: inference device.
+        out: output folder (self-contained: it gets a copy of the run's ``model.json`` and ``config.yaml``).
 
     Returns:
         The output folder.
@@ -81,7 +82,7 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     unknown = sorted(set(classes) - set(labels))
     if unknown:
         raise LiverscopeError(f"{data}: labels {unknown} are not among the model's labels {labels}")
-    out = rundir.eval_dir(run_dir, name or Path(data).stem)
+    out = Path(out) if out is not None else rundir.eval_dir(run_dir, name or Path(data).stem)
     out.mkdir(parents=True, exist_ok=True)
     audit = audit_dataset(samples)
     write_audit(audit, out)

@@ -168,12 +168,14 @@ class Predictor:
         self.run_dir: Path | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, backend: str = "auto", **kwargs) -> "Predictor":
+    def from_run(cls, run_dir: str | Path, backend: str = "auto", int8: bool = False, **kwargs) -> "Predictor":
         """Load a run directory; a ``cv`` run gives an :class:`EnsemblePredictor` of its fold models.
 
         Args:
             run_dir: a trained run.
             backend: ``auto`` (ONNX Runtime when ``model.onnx`` is current, else torch), ``torch`` or ``onnx``.
+            int8: score with the statically quantised ``model.int8.onnx`` (``liverscope export --int8``;
+                ONNX Runtime only). Its agreement with fp32 is in ``model.json["onnx_int8"]``.
             **kwargs: the other arguments of :class:`Predictor`.
         """
         run_dir = Path(run_dir)
@@ -182,9 +184,16 @@ class Predictor:
         members = rundir.members(run_dir)
         if members != [run_dir]:
             calibrated = kwargs.pop("calibrated", True)
-            return EnsemblePredictor([cls.from_run(m, backend, calibrated=False, **kwargs) for m in members],
+            return EnsemblePredictor([cls.from_run(m, backend, int8, calibrated=False, **kwargs) for m in members],
                                      rundir.read_model_meta(run_dir), calibrated, run_dir)
         onnx_path, state = rundir.onnx_state(run_dir)
+        if int8:
+            if backend == "torch":
+                raise LiverscopeError("int8 runs on ONNX Runtime: use --backend onnx (or auto) with --int8")
+            onnx_path, state = rundir.onnx_int8_state(run_dir)
+            if state != "current":
+                raise LiverscopeError(f"{run_dir}: no current {rundir.ONNX_INT8} ({state}) — run `liverscope export {run_dir} --int8` first")
+            backend = "onnx"
         if backend == "auto":
             backend = "torch"
             if state == "current":
@@ -203,6 +212,8 @@ class Predictor:
                 raise LiverscopeError(f"{onnx_path} does not match the run's current weights — run `liverscope export {run_dir}` again")
             meta = rundir.read_model_meta(run_dir)
             p = cls(None, meta, backend="onnx", onnx_path=onnx_path, ood=rundir.load_ood(run_dir, meta), **kwargs)
+            if int8:
+                p.engine.precision = "int8"
         else:
             model, meta = rundir.load_model(run_dir)
             p = cls(model, meta, backend="torch", ood=rundir.load_ood(run_dir, meta), **kwargs)
@@ -330,11 +341,15 @@ class Predictor:
         return self.predict_arrays([img], [name])[0], img
 
     # ---------------------------------------------------------------- streaming over files
-    def _load(self, path: Path, frames: str = "middle") -> np.ndarray:
-        """Worker: file → normalised float32 ``FxHxWx3``, the ``frames`` of a cine loop (one frame for
-        a still image or ``middle``); decode + preprocess + normalise, GIL mostly released."""
+    def _load(self, path: Path) -> np.ndarray:
+        """Worker: file → normalised float32 ``HxWx3`` (decode + preprocess + normalise, GIL mostly released)."""
+        return normalise(self.prepare(path), self.pp)
+
+    def _load_frames(self, path: Path, frames: str = "middle") -> np.ndarray:
+        """Worker: file → normalised float32 ``FxHxWx3``, the ``frames`` of a cine loop (one frame for a
+        still image or ``middle``)."""
         if frames == "middle":
-            return normalise(self.prepare(path), self.pp)[None]
+            return self._load(path)[None]
         return np.stack([normalise(self.prepare(f), self.pp) for f in read_frames(path, frames)])
 
     def predict_paths(self, paths: Iterable[str | Path], window: int | None = None, frames: str = "middle") -> Iterator[Result]:
@@ -360,7 +375,7 @@ class Predictor:
                 path = next(files, None)
                 if path is None:
                     return False
-                pending.append((path, pool.submit(self._load, path, frames)))
+                pending.append((path, pool.submit(self._load_frames, path, frames)))
                 return True
 
             while len(pending) < window and submit_next():

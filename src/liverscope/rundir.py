@@ -270,6 +270,23 @@ def onnx_state(run_dir: str | Path) -> tuple[Path, str]:
     return path, "current"
 
 
+def onnx_int8_state(run_dir: str | Path) -> tuple[Path, str]:
+    """Where a run's int8 export (``liverscope export --int8``) is and whether it can be used: ``missing``,
+    ``current`` (quantised from the present, current ``model.onnx``) or ``stale``."""
+    run_dir = Path(run_dir)
+    path = run_dir / ONNX_INT8
+    if not path.exists():
+        return path, "missing"
+    fp32, state = onnx_state(run_dir)
+    try:
+        info = read_json(run_dir / MODEL_META).get("onnx_int8") or {}
+    except (OSError, ValueError):
+        return path, "stale"
+    if state != "current" or info.get("fp32_onnx_sha256") != file_sha256(fp32) or info.get("onnx_sha256") != file_sha256(path):
+        return path, "stale"
+    return path, "current"
+
+
 def save_ood(run_dir: str | Path, stats: dict[str, np.ndarray], info: dict) -> Path:
     """``ood.safetensors`` (the arrays of the out-of-distribution score, e.g. class ``means`` and the
     shared ``precision``) and ``model.json["ood"]`` = ``info`` (method, thresholds, quantile, shares)."""
@@ -478,6 +495,8 @@ class RunData:
         gallery: ``[(png path, caption)]`` of ``cam_gallery/``.
         class_names: the labels.
         problems: files that exist but could not be read, with the reason.
+        plot_dir: where the report writes its PNG plots (default: the run directory; ``evaluate
+            --out`` points it elsewhere, so a read-only run can be reported on).
     """
 
     run_dir: Path
@@ -492,6 +511,12 @@ class RunData:
     gallery: list[tuple[Path, str]] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    plot_dir: Path | None = None
+
+    @property
+    def plots(self) -> Path:
+        """The folder of the report's PNG plots."""
+        return self.plot_dir or self.run_dir
 
     @property
     def test(self) -> dict:

@@ -108,11 +108,12 @@ def collect_samples(cfg: RunConfig, run_dir: Path) -> CollectedData:
     summary = audit["summary"]
     log(f"audit: {summary['files']} files, {summary['distinct']} distinct, {summary['groups']} duplicate groups, {summary['sources']} source(s)")
     if cfg.data.distinct_only:
-        seen: set[str] = set()
+        seen: set[tuple[str, int | None]] = set()
         keep = []
         for i, smp in enumerate(samples):
-            if smp.sha256 not in seen:
-                seen.add(smp.sha256)
+            key = (smp.sha256, getattr(smp, "frame", None))  # the frames of one cine file are distinct images
+            if key not in seen:
+                seen.add(key)
                 keep.append(i)
         log(f"distinct_only: keeping {len(keep)} byte-distinct images of {len(samples)}")
         samples = [samples[i] for i in keep]

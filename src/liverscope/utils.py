@@ -78,6 +78,12 @@ def set_progress(enabled: bool) -> None:
     _PROGRESS["enabled"] = bool(enabled)
 
 
+def progress_enabled() -> bool:
+    """Whether progress bars may be drawn (off after ``set_progress(False)``, the CLI's ``-q``); the
+    training loops ask it too, for Lightning's own bar."""
+    return _PROGRESS["enabled"]
+
+
 def progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
     """Iterate over ``items`` with a progress bar on stderr (rich, which Typer already brings).
 

@@ -176,7 +176,7 @@ def section_split(run: RunData) -> str | None:
 def section_training(run: RunData) -> str | None:
     if not run.history:
         return None
-    path = run.run_dir / "curves.png"
+    path = run.plots / "curves.png"
     plot_training_curves(run.history if len(run.history) > 1 or "" not in run.history else run.history[""], path)
     what = "each fold's training (one colour per fold)" if len(run.history) > 1 else "training"
     return image_html(path, "training curves", f"Loss, validation accuracy and learning rate per epoch of {what}.")
@@ -186,7 +186,7 @@ def section_confusion(run: RunData) -> str | None:
     cm = run.test.get("confusion_matrix")
     if not cm or not run.class_names:
         return None
-    path = plot_confusion_matrix(np.asarray(cm), run.class_names, run.run_dir / "confusion_matrix.png")
+    path = plot_confusion_matrix(np.asarray(cm), run.class_names, run.plots / "confusion_matrix.png")
     return image_html(path, "confusion matrix", "Rows: true class; columns: predicted class. Cells: fraction of the true class (count).", width="34em")
 
 
@@ -194,7 +194,7 @@ def section_roc(run: RunData) -> str | None:
     pr = run.predictions
     if not pr or len(pr["y"]) == 0:
         return None
-    path = plot_roc_curves(pr["y"], pr["probs"], run.class_names, run.run_dir / "roc_curves.png")
+    path = plot_roc_curves(pr["y"], pr["probs"], run.class_names, run.plots / "roc_curves.png")
     return image_html(path, "ROC curves", f"Test set, n = {len(pr['y'])}.")
 
 
@@ -242,10 +242,10 @@ def section_calibration(run: RunData) -> str | None:
             cal = softmax(pr["logits"], temperature)
             rows.append([f"temperature-scaled (T = {temperature:.3f})", expected_calibration_error(cal, pr["y"]), negative_log_likelihood(pr["logits"], pr["y"], temperature)])
         parts.append(table_html(["test-set probabilities", "ECE (15 bins)", "NLL"], rows))
-        path = plot_reliability(raw, pr["y"], run.run_dir / "reliability.png", calibrated=cal)
+        path = plot_reliability(raw, pr["y"], run.plots / "reliability.png", calibrated=cal)
     elif pr:
         parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [["as predicted", expected_calibration_error(pr["probs"], pr["y"])]]))
-        path = plot_reliability(pr["probs"], pr["y"], run.run_dir / "reliability.png")
+        path = plot_reliability(pr["probs"], pr["y"], run.plots / "reliability.png")
     else:
         path = None
         rows = [["uncalibrated", t.get("ece_uncalibrated")], ["temperature-scaled", t.get("ece")]]
@@ -561,7 +561,7 @@ def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None,
             (rendered as a table), or a callable ``RunData -> any of these``. A title equal to a built-in
             one replaces that section; ``None`` drops it.
         title: page title (default: the run's name).
-        out: output file (default ``run_dir/report.html``).
+        out: output file (default ``run_dir/report.html``); the plots are written beside it.
 
     Returns:
         The path of the report.
@@ -576,8 +576,11 @@ def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None,
         # refuse rather than litter an arbitrary folder (say the repository root) with an empty page
         raise LiverscopeError(f"{run_dir}: none of {', '.join(RUN_FILES)} found — not a liverscope run directory")
     run = RunData.load(run_dir)
+    target = Path(out) if out else run_dir / REPORT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    run.plot_dir = target.parent  # the plots go beside the report, never into a run that is only read
     text = render_report(run, sections, title)
-    return atomic_write_text(Path(out) if out else run_dir / REPORT, text)
+    return atomic_write_text(target, text)
 
 
 __all__ = ["write_report", "render_report", "SECTIONS"]

@@ -18,7 +18,9 @@ Where each part lives:
 * :mod:`.rules` — pseudo-mask rules (arrays in, boolean masks out);
 * :mod:`.pseudo` — CAMs of a run (fold ensemble, flips) → pseudo-masks, their scores, ``segment pseudo``;
 * :mod:`.images` — loading a folder's images and masks (model inputs, crop boxes, mask files);
-* :mod:`.unet` — the Attention U-Net: build, fit, predict, and the run's saved segmenter;
+* :mod:`.unet` — the Attention U-Net: build, predict, and the run's saved segmenter;
+* :mod:`.training` — fitting it with Lightning (checkpoints, early stopping, resume, devices; MONAI's
+  ``DiceCELoss`` for BCE + Dice);
 * :mod:`.commands` — ``segment train``, ``segment predict``, ``segment score``;
 * :mod:`.outline` — a mask's outline drawn on an image;
 * the mask metrics (IoU, Dice, pointing game) are pure functions in :mod:`liverscope.evaluate.masks`;
@@ -35,12 +37,12 @@ from liverscope.segment.images import LoadedImage, find_mask, list_images, load_
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import PseudoMasks, pseudo_masks, run_cams, score_pseudo_masks, write_pseudo_masks
 from liverscope.segment.rules import RULES, describe_rule, normalise_map, otsu_mask, pseudo_mask, threshold_mask, top_fraction_mask
+from liverscope.segment.training import LitSegmenter, fit_unet, segmentation_loss
 from liverscope.segment.unet import (
     DEFAULT_CHANNELS,
     LOSSES,
     Segmenter,
     build_unet,
-    fit_unet,
     load_segmenter,
     predict_mask,
     predict_masks_at,
@@ -53,7 +55,7 @@ from liverscope.segment.unet import (
 __all__ = [
     "RULES", "LOSSES", "DEFAULT_CHANNELS", "normalise_map", "threshold_mask", "otsu_mask", "top_fraction_mask", "pseudo_mask", "describe_rule",
     "PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "write_pseudo_masks", "LoadedImage", "load_images", "list_images",
-    "read_mask", "find_mask", "load_masks_for", "build_unet", "unet_arch", "to_unet_input", "fit_unet", "predict_masks_at", "Segmenter",
+    "read_mask", "find_mask", "load_masks_for", "build_unet", "unet_arch", "to_unet_input", "fit_unet", "LitSegmenter", "segmentation_loss", "predict_masks_at", "Segmenter",
     "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split", "train_segmenter", "write_predictions",
     "score_mask_dirs", "draw_outline",
 ]

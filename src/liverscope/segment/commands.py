@@ -24,11 +24,11 @@ from liverscope.segment.images import LoadedImage, find_mask, list_images, load_
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import check_out_dir, pseudo_masks
 from liverscope.segment.rules import check_rule
+from liverscope.segment.training import fit_unet
 from liverscope.segment.unet import (
     DEFAULT_CHANNELS,
     LOSSES,
     check_size,
-    fit_unet,
     load_segmenter,
     predict_masks_at,
     predict_proba,
@@ -36,9 +36,11 @@ from liverscope.segment.unet import (
     save_segmenter,
     unet_arch,
 )
-from liverscope.utils import atomic_write_csv, atomic_write_png, log, resolve_device
+from liverscope.utils import atomic_write_csv, atomic_write_png, log, progress, resolve_device
 
 SEG_SPLIT = "seg_split.csv"
+#: Lightning's checkpoints of ``segment train`` (``best.ckpt``, ``last.ckpt``: what ``resume`` continues from).
+SEGMENTER_CHECKPOINTS = "segmenter_checkpoints"
 
 
 def segmentation_split(items: Sequence[LoadedImage], *, test_frac: float = 0.2, val_frac: float = 0.2, seed: int = 0) -> np.ndarray:
@@ -61,15 +63,16 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
                     in_channels: int = 1, batch_size: int = 8, lr: float = 1e-3, rule: str = "threshold", threshold: float = 0.5,
                     q: float = 20.0, flip_average: bool = False, method: str = "gradcam", ensemble: Sequence[str | Path] | None = None,
                     seed: int = 0, device: str = "auto", test_frac: float = 0.2, val_frac: float = 0.2, patience: int | None = None,
-                    max_steps: int | None = None, write_pseudo: bool = True, report: bool = True) -> dict:
+                    max_steps: int | None = None, write_pseudo: bool = True, report: bool = True, resume: bool = False) -> dict:
     """``liverscope segment train``: pseudo-masks → grouped split → Attention U-Net → scores → run directory.
 
     Steps: decode and preprocess the images of ``data`` with the classifier's preprocessing; targets are
     the masks in ``masks`` (same relative path or file name) or CAM pseudo-masks by ``rule`` (also
     written to ``RUN_DIR/pseudo_masks/``); a grouped stratified split (``seg_split.csv``); training with
-    the best validation Dice kept; IoU/Dice of the held-out test images against their targets (the
-    study's figure) and, with ``real_masks``, against the expert masks — whole image and inside the scan
-    sector — plus the pseudo-masks' own scores against the expert masks. Saves ``segmenter.safetensors``
+    Lightning, the best validation Dice kept (checkpoints in ``RUN_DIR/segmenter_checkpoints/``; ``resume``
+    continues an interrupted fit from its ``last.ckpt``, given the same data and settings); IoU/Dice of
+    the held-out test images against their targets (the study's figure) and, with ``real_masks``, against
+    the expert masks — whole image and inside the scan sector — plus the pseudo-masks' own scores against the expert masks. Saves ``segmenter.safetensors``
     and ``segmenter.json``, merges the scores into ``metrics.json["segmentation"]`` and rewrites the report.
 
     Returns:
@@ -111,7 +114,8 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     split = segmentation_split(items, test_frac=test_frac, val_frac=val_frac, seed=seed)
     inputs = [it.input for it in items]
     model, info = fit_unet(inputs, target_arr, split, size=size, in_channels=in_channels, channels=channels, loss=loss, epochs=epochs,
-                           batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience, max_steps=max_steps)
+                           batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience, max_steps=max_steps,
+                           checkpoint_dir=run_dir / SEGMENTER_CHECKPOINTS, resume=resume)
     # scores on held-out test images, on the model grid of the classifier (pp.size)
     te = np.flatnonzero(split == "test")
     pred_small = predict_masks_at(model, [inputs[i] for i in te], size, in_channels, device)
@@ -151,7 +155,8 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         "loss": loss, "epochs": epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "lr": lr, "batch_size": batch_size,
         "seed": seed, "split": {"method": "grouped stratified hold-out", "test_frac": test_frac, "val_frac": val_frac,
                                 "counts": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "file": SEG_SPLIT},
-        "scores": scores, "train_seconds": info["seconds"], "history": info["history"],
+        "scores": scores, "train_seconds": info["seconds"], "history": info["history"], "engine": "lightning",
+        "checkpoints": SEGMENTER_CHECKPOINTS, "resumed": bool(resume),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "liverscope_version": __version__,
     }
@@ -198,7 +203,7 @@ def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str
     roots = [Path(p) for p in paths if Path(p).is_dir()]
     files = list_images(paths)
     written, skipped = 0, []
-    for start in range(0, len(files), chunk):
+    for start in progress(range(0, len(files), chunk), f"masks ({len(files)} images, {chunk} a step)"):
         items, bad = load_images(files[start : start + chunk], pp, roots=roots, keep_original=True)
         skipped += bad
         if not items:
@@ -254,4 +259,4 @@ def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path 
     return result
 
 
-__all__ = ["SEG_SPLIT", "segmentation_split", "train_segmenter", "write_predictions", "score_mask_dirs"]
+__all__ = ["SEG_SPLIT", "SEGMENTER_CHECKPOINTS", "segmentation_split", "train_segmenter", "write_predictions", "score_mask_dirs"]

@@ -18,7 +18,7 @@ from liverscope.rundir import PSEUDO_MASKS, load_model, members, read_preprocess
 from liverscope.segment.images import list_images, load_images
 from liverscope.segment.rules import check_rule, describe_rule, normalise_map, pseudo_mask
 from liverscope.segment.unet import cpu_threads
-from liverscope.utils import atomic_write_json, atomic_write_png
+from liverscope.utils import atomic_write_json, atomic_write_png, progress
 
 
 @dataclass
@@ -167,7 +167,7 @@ def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | 
     models = [load_model(d)[0] for d in member_dirs]
     files = list_images([data])
     written, skipped, desc = 0, [], describe_rule(rule, threshold, q, flip_average, len(models))
-    for start in range(0, len(files), chunk):
+    for start in progress(range(0, len(files), chunk), f"pseudo-masks ({len(files)} images, {chunk} a step)"):
         items, bad = load_images(files[start : start + chunk], pp, roots=[data])
         skipped += bad
         if not items:

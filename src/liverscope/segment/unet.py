@@ -1,8 +1,8 @@
-"""The Attention U-Net: building, fitting, predicting, and the run's saved segmenter.
+"""The Attention U-Net: building, predicting, and the run's saved segmenter.
 
 The network is MONAI's 2-D Attention U-Net (Oktay et al., "Attention U-Net: Learning Where to Look for
-the Pancreas", MIDL 2018) with one output channel, trained with binary cross-entropy (the study's loss)
-or BCE + soft Dice. The segmenter lives in the run directory: ``segmenter.safetensors`` (weights, never
+the Pancreas", MIDL 2018) with one output channel, trained (:mod:`liverscope.segment.training`, Lightning)
+with binary cross-entropy (the study's loss) or BCE + soft Dice (MONAI's ``DiceCELoss``). The segmenter lives in the run directory: ``segmenter.safetensors`` (weights, never
 pickled) and ``segmenter.json`` (architecture, input size, preprocessing, split, loss, scores). The app
 calls :func:`load_segmenter` and :func:`predict_mask`.
 """
@@ -10,8 +10,6 @@ calls :func:`load_segmenter` and :func:`predict_mask`.
 from __future__ import annotations
 
 import contextlib
-import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,9 +20,8 @@ import numpy as np
 from liverscope.data.geometry import to_original
 from liverscope.data.io import to_grey
 from liverscope.errors import LiverscopeError
-from liverscope.evaluate.masks import dice
 from liverscope.rundir import SEGMENTER_META, SEGMENTER_WEIGHTS, load_weights, save_weights
-from liverscope.utils import atomic_write_json, default_model_threads, log, read_json, resolve_device, seed_everything, torch_threads
+from liverscope.utils import atomic_write_json, default_model_threads, read_json, resolve_device, torch_threads
 
 LOSSES = ("bce", "bce+dice")
 #: U-Net channels per level: small enough to train on a laptop CPU in minutes at 128-160 px.
@@ -70,7 +67,8 @@ def unet_arch(in_channels: int = 1, channels: Sequence[int] = DEFAULT_CHANNELS, 
             "channels": channels, "strides": [int(s) for s in (strides or (2,) * (len(channels) - 1))], "dropout": float(dropout)}
 
 
-def _unet_from_arch(arch: dict):
+def unet_from_arch(arch: dict):
+    """The untrained network of an architecture record (:func:`unet_arch`, ``segmenter.json``)."""
     return build_unet(arch["in_channels"], arch["channels"], arch["strides"], arch.get("dropout", 0.0))
 
 
@@ -166,130 +164,14 @@ def load_segmenter(run_dir: str | Path, device: str = "cpu") -> Segmenter | None
         return None
     meta = read_json(meta_path)
     device = resolve_device(device)
-    model = _unet_from_arch(meta["architecture"])
+    model = unet_from_arch(meta["architecture"])
     model.load_state_dict(load_weights(weights_path))
     return Segmenter(model.to(device).eval(), meta, device)
 
 
 # --------------------------------------------------------------------------------------------------
-# fitting and predicting
+# predicting (fitting: liverscope.segment.training)
 # --------------------------------------------------------------------------------------------------
-
-
-def _bce_dice_loss(kind: str):
-    import torch
-
-    bce = torch.nn.BCEWithLogitsLoss()
-    if kind == "bce":
-        return bce
-    if kind == "bce+dice":
-        from monai.losses import DiceLoss
-
-        dl = DiceLoss(sigmoid=True)
-        return lambda logits, target: bce(logits, target) + dl(logits, target)
-    raise LiverscopeError(f"--loss {kind}: expected one of {', '.join(LOSSES)}")
-
-
-def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, device: str = "cpu", **kwargs) -> tuple[object, dict]:
-    """Train an Attention U-Net on ``(image, mask)`` pairs; the weights of the best validation Dice are kept.
-
-    A plain PyTorch loop (not Lightning): a few hundred steps of a small network on in-memory tensors
-    need no devices/precision/checkpoint machinery, and the loop stays fast in tests. On CPU it runs
-    with half the cores (see :func:`cpu_threads`).
-
-    Args:
-        images: uint8 ``HxWx3`` images (resized to ``size``).
-        masks: bool ``N x H x W`` targets.
-        split: ``train`` / ``val`` / ``test`` per image (``test`` images are not touched).
-        device: ``cpu`` or ``cuda``.
-        size: U-Net input size (default: the images' size); a multiple of 2**levels.
-        in_channels: 1 (grey) or 3.
-        channels: U-Net channels per level.
-        loss: ``bce`` (BCE with logits; the study's) or ``bce+dice`` (plus MONAI's soft Dice loss).
-        epochs: passes over the training images.
-        batch_size: images per step.
-        lr: Adam learning rate.
-        seed: initialisation and shuffling seed.
-        patience: stop after this many epochs without a better validation Dice (``None``: never).
-        flip: random horizontal flips of training pairs.
-        max_steps: stop after this many optimiser steps (quick checks).
-
-    Returns:
-        ``(model in eval mode with the best weights, info)``; ``info`` has ``best_epoch``, ``best_val_dice``,
-        ``epochs_run``, ``history`` (per epoch: loss, val Dice), ``seconds``.
-    """
-    with cpu_threads(device):
-        return _fit_unet(images, masks, split, device=device, **kwargs)
-
-
-def _fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, size: int | None = None, in_channels: int = 1,
-              channels: Sequence[int] = DEFAULT_CHANNELS, loss: str = "bce", epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
-              seed: int = 0, device: str = "cpu", patience: int | None = None, flip: bool = True, verbose: bool = False,
-              max_steps: int | None = None) -> tuple[object, dict]:
-    """See :func:`fit_unet`."""
-    import torch
-
-    split = np.asarray(split).astype(str)
-    masks = np.asarray(masks, bool)
-    if len(images) != len(masks) or len(images) != len(split):
-        raise LiverscopeError(f"{len(images)} images, {len(masks)} masks and {len(split)} split labels: they must match")
-    size = int(size or np.asarray(images[0]).shape[0])
-    arch = unet_arch(in_channels, channels)
-    check_size(size, arch["strides"])
-    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    if len(tr) == 0:
-        raise LiverscopeError("no training images for the U-Net (the split left none)")
-    seed_everything(seed)
-    model = _unet_from_arch(arch).to(device)
-    x_all = to_unet_input(images, size, in_channels)
-    y_all = torch.from_numpy(resize_masks(masks, size)[:, None].astype(np.float32))
-    criterion = _bce_dice_loss(loss)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    best = {"dice": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
-    history, steps, t0, stale = [], 0, time.perf_counter(), 0
-    for epoch in range(1, int(epochs) + 1):
-        model.train()
-        order = tr[torch.randperm(len(tr), generator=gen).numpy()]
-        losses = []
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2 and len(order) > 1:
-                continue  # BatchNorm needs two samples
-            xb, yb = x_all[idx].clone(), y_all[idx].clone()
-            if flip:
-                f = torch.rand(len(idx), generator=gen) < 0.5
-                xb[f], yb[f] = xb[f].flip(-1), yb[f].flip(-1)
-            xb, yb = xb.to(device), yb.to(device)
-            opt.zero_grad(set_to_none=True)
-            lo = criterion(model(xb), yb)
-            lo.backward()
-            opt.step()
-            losses.append(float(lo.item()))
-            steps += 1
-            if max_steps and steps >= max_steps:
-                break
-        val_dice = float("nan")
-        if len(va):
-            preds = _predict_tensor(model, x_all[va], device)
-            val_dice = float(np.mean([dice(p, t) for p, t in zip(preds, y_all[va, 0].numpy().astype(bool))]))
-        score = val_dice if len(va) else float(epoch)  # without validation images: keep the last epoch
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "val_dice": val_dice})
-        if verbose:
-            log(f"U-Net epoch {epoch}: loss {history[-1]['loss']:.4f}, val Dice {val_dice:.3f}")
-        if score > best["dice"]:
-            best = {"dice": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            stale = 0
-        else:
-            stale += 1
-        if (patience and stale >= patience) or (max_steps and steps >= max_steps):
-            break
-    model.load_state_dict(best["state"])
-    model.eval()
-    info = {"best_epoch": best["epoch"], "best_val_dice": best["dice"] if len(va) else None, "epochs_run": len(history), "steps": steps,
-            "history": history, "seconds": round(time.perf_counter() - t0, 1), "architecture": arch, "size": size, "loss": loss,
-            "lr": lr, "batch_size": batch_size, "seed": seed}
-    return model, info
 
 
 def _predict_tensor(model, x, device: str, batch_size: int = 16) -> np.ndarray:
@@ -311,5 +193,5 @@ def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels
 
 __all__ = [
     "LOSSES", "DEFAULT_CHANNELS", "cpu_threads", "build_unet", "unet_arch", "check_size", "to_unet_input", "resize_masks", "Segmenter",
-    "predict_proba", "predict_mask", "save_segmenter", "load_segmenter", "fit_unet", "predict_masks_at",
+    "predict_proba", "predict_mask", "save_segmenter", "load_segmenter", "predict_masks_at", "unet_from_arch",
 ]

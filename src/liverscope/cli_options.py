@@ -1,0 +1,122 @@
+"""The command line's shared option machinery: exit codes, the version, choices as enums, and the one
+table of recipe options that ``train`` and ``cv`` share (``@recipe_options``). Imported by :mod:`.cli`;
+it loads nothing torch-side."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from liverscope import __version__
+from liverscope.config import CHOICES
+from liverscope.errors import LiverscopeError, UsageError
+
+#: Exit codes: 0 success, 1 a failure while running (bad data, a run directory that is not one, a
+#: failed export; ``audit --strict`` with leakage risks), 2 a usage error found before any work
+#: (an unknown option or setting, a value outside its choices, a missing recipe).
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
+
+def fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"liverscope {__version__}")
+        raise typer.Exit()
+
+
+def choice(setting: str) -> type[enum.Enum]:
+    """An Enum of a setting's choices (config.CHOICES): Typer checks the value before the command runs
+    and lists the choices in ``--help`` and in the error."""
+    name = "".join(part.title() for part in setting.replace("_", ".").split("."))
+    return enum.Enum(name, {v: v for v in CHOICES[setting]}, type=str)  # type: ignore[return-value]
+
+
+#: The recipe settings that ``train`` and ``cv`` take as flags: (parameter, dotted setting, type, flags, help).
+#: One table, so the two commands cannot drift apart; ``--set KEY=VALUE`` reaches every other setting.
+RECIPE_OPTIONS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
+    ("name", "name", Optional[str], ("--name", "-n"), "Run name: outputs go to OUT_DIR/NAME."),
+    ("out_dir", "out_dir", Optional[Path], ("--out-dir", "-o"), "Folder for run directories (default runs/)."),
+    ("model", "model.name", Optional[str], ("--model", "-m"), "Model name (see `liverscope models`)."),
+    ("head", "model.head", Optional[choice("model.head")], ("--head",), "Head: seed, mlp128 or linear."),
+    ("pretrained", "model.pretrained", Optional[bool], ("--pretrained/--no-pretrained",), "ImageNet weights from the timm hub (needs internet)."),
+    ("weights", "model.weights", Optional[Path], ("--weights",), "Local backbone weights (.safetensors or .pth of the same timm architecture)."),
+    ("freeze_backbone", "model.freeze_backbone", Optional[bool], ("--freeze-backbone/--train-backbone",), "Train the head only."),
+    ("image_size", "data.image_size", Optional[int], ("--image-size",), "Model input size in pixels."),
+    ("denoise", "data.denoise", Optional[bool], ("--denoise/--no-denoise",), "Non-local-means denoising."),
+    ("augment", "data.augment", Optional[choice("data.augment")], ("--augment",), "Augmentation preset: conservative, ultrasound, light, none."),
+    ("split", "data.split", Optional[choice("data.split")], ("--split",), "grouped (default: duplicates never straddle splits), stratified, or random (the leaky legacy split)."),
+    ("allow_leak", "data.allow_leak", Optional[bool], ("--allow-leak",), "Warn instead of refusing a split in which a test image has a duplicate in training."),
+    ("epochs", "train.epochs", Optional[int], ("--epochs",), "Maximum epochs."),
+    ("batch_size", "train.batch_size", Optional[int], ("--batch-size",), "Batch size."),
+    ("lr", "train.lr", Optional[float], ("--lr",), "Learning rate."),
+    ("weight_decay", "train.weight_decay", Optional[float], ("--weight-decay",), "Weight decay."),
+    ("optimizer", "train.optimizer", Optional[choice("train.optimizer")], ("--optimizer",), "adam, adamw or sgd."),
+    ("scheduler", "train.scheduler", Optional[choice("train.scheduler")], ("--scheduler",), "cosine, step, plateau or none."),
+    ("balance", "train.balance", Optional[choice("train.balance")], ("--balance",), "none, sampler (inverse-frequency sampler) or weighted_ce."),
+    ("seed", "train.seed", Optional[int], ("--seed",), "Random seed."),
+    ("device", "train.device", Optional[str], ("--device",), "auto, cpu or cuda."),
+    ("precision", "train.precision", Optional[choice("train.precision")], ("--precision",), "auto (bf16-mixed on GPUs with bf16, else 32-true), or a Lightning precision: 32-true, 16-mixed, bf16-mixed."),
+    ("early_stop", "train.early_stop_patience", Optional[int], ("--early-stop",), "Early-stopping patience in epochs (0 = off)."),
+    ("monitor", "train.monitor", Optional[str], ("--monitor",), "Validation metric for early stopping and best epoch."),
+    ("num_workers", "data.num_workers", Optional[int], ("--num-workers",), "DataLoader worker processes."),
+    ("cache_dir", "data.cache_dir", Optional[str], ("--cache-dir",), "Preprocessing cache folder."),
+    ("max_train_batches", "train.max_train_batches", Optional[int], ("--max-train-batches",), "Limit training batches per epoch (quick checks)."),
+    ("distinct_only", "data.distinct_only", Optional[bool], ("--distinct-only/--all-copies",), "Keep one file per duplicate group (the audit's groups)."),
+    ("crop_sector", "data.crop_sector", Optional[bool], ("--crop-sector/--no-crop-sector",), "Crop each image to its scan sector before resizing."),
+    ("frames", "data.frames", Optional[str], ("--frames",), "DICOM cine loops: middle (default), all, or every:N frames as samples; a loop's frames never straddle a split."),
+]
+_SETTING = {name: key for name, key, *_ in RECIPE_OPTIONS} | {"data": "data.path"}
+SetOpt = typer.Option(None, "--set", help="Any recipe setting as KEY=VALUE (dotted, e.g. train.label_smoothing=0.1); repeatable.")
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="A YAML recipe file, or the name of a built-in recipe (cpu-quick, cpu-best, effnet-b0-gradcam, mobilenetv2-multidisease, resnet50-cbam).")
+
+
+def train_overrides(**kw) -> dict:
+    """CLI flags → dotted config keys (``None`` = not given, keep the recipe's value); ``settings``
+    holds the ``--set KEY=VALUE`` items."""
+    settings = kw.pop("settings", None) or []
+    out = {}
+    for k, v in kw.items():
+        if v is None:
+            continue
+        out[_SETTING[k]] = str(v) if isinstance(v, Path) else v.value if isinstance(v, enum.Enum) else v
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LiverscopeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.label_smoothing=0.1")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def recipe_options(fn: Callable) -> Callable:
+    """Give a command every option of :data:`RECIPE_OPTIONS` and ``--set``; the command receives them
+    resolved as one ``overrides`` dict (for :func:`liverscope.config.load_config`)."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "overrides"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, *flags, help=text), annotation=typ)
+        for name, _, typ, flags, text in RECIPE_OPTIONS
+    ]
+    added.append(inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, default=SetOpt, annotation=Optional[List[str]]))
+    names = [p.name for p in added]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        flags = {n: kwargs.pop(n) for n in names}
+        data = kwargs.get("data")
+        try:
+            overrides = train_overrides(data=data, **flags)
+        except LiverscopeError as exc:
+            fail(exc)
+        return fn(**kwargs, overrides=overrides)
+
+    command.__signature__ = inspect.Signature(own + added)
+    command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "overrides"}, **{p.name: p.annotation for p in added}}
+    return command

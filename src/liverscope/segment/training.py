@@ -1,0 +1,242 @@
+"""Fitting the Attention U-Net with Lightning, the engine that trains the classifier.
+
+:class:`LitSegmenter` wraps the network (:func:`liverscope.segment.unet.build_unet`) with its loss, the
+validation Dice and the epoch history; :func:`fit_unet` runs it through a ``lightning.Trainer`` built the
+way :mod:`liverscope.lightning_module` builds the classifier's (accelerator from the device, precision
+by :func:`~liverscope.lightning_module.training_precision`, Lightning's banners kept quiet): checkpoints
+(``best.ckpt``, the best validation Dice, and ``last.ckpt``) in a folder of the caller's choice (the run's
+``segmenter_checkpoints/`` for ``segment train``), early stopping on the validation Dice, and ``resume``
+from ``last.ckpt``. Shuffling and flips are seeded per epoch (and batch), so an interrupted and resumed
+fit sees the same batches as an uninterrupted one.
+
+The losses are library code: binary cross-entropy with logits (the study's, torch) and MONAI's
+``DiceCELoss`` for BCE + soft Dice (see :func:`segmentation_loss`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+from liverscope.errors import LiverscopeError
+from liverscope.evaluate.masks import dice
+from liverscope.segment.unet import DEFAULT_CHANNELS, LOSSES, check_size, cpu_threads, resize_masks, to_unet_input, unet_arch, unet_from_arch
+from liverscope.lightning_module import load_best_weights, quiet_lightning, training_precision
+from liverscope.utils import log, resolve_device, seed_everything
+
+#: What ``segment train`` monitors for the best checkpoint and early stopping (higher is better).
+MONITOR = "val_dice"
+_HISTORY_KEY = "liverscope_segmenter_history"
+
+
+def segmentation_loss(kind: str):
+    """The U-Net's loss on one-channel logits and a ``{0, 1}`` float target of the same shape.
+
+    ``bce`` is torch's ``BCEWithLogitsLoss`` (the study's). ``bce+dice`` is MONAI's ``DiceCELoss`` set up
+    for a binary mask: ``sigmoid=True`` (one output channel: a softmax over one channel is constantly 1
+    and its Dice would not depend on the network), ``include_background=True`` (with one channel it is the
+    foreground; ``False`` would be ignored with a warning), the default smoothing ``smooth_nr =
+    smooth_dr = 1e-5`` and per-image Dice (``batch=False``) averaged, weights ``lambda_ce = lambda_dice =
+    1``. With one channel its cross-entropy term is ``BCEWithLogitsLoss``, so it equals the BCE + MONAI
+    ``DiceLoss(sigmoid=True)`` sum liverscope used before (tests/test_segment.py keeps that formula).
+    """
+    if kind == "bce":
+        return torch.nn.BCEWithLogitsLoss()
+    if kind == "bce+dice":
+        from monai.losses import DiceCELoss
+
+        return DiceCELoss(sigmoid=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=False, lambda_ce=1.0, lambda_dice=1.0)
+    raise LiverscopeError(f"--loss {kind}: expected one of {', '.join(LOSSES)}")
+
+
+def _flip_generator(seed: int, epoch: int, batch_idx: int) -> torch.Generator:
+    """A generator for one batch's random flips, fixed by (seed, epoch, batch): a resumed fit draws the
+    same flips as an uninterrupted one (Lightning restores the epoch, not torch's random state)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) * 100_003 + int(batch_idx))
+
+
+class LitSegmenter(L.LightningModule):
+    """The Attention U-Net with its loss and optimiser; logs ``train_loss`` and ``val_dice``.
+
+    ``val_dice`` is the mean over validation images of the Dice of ``sigmoid(logits) > 0.5`` against the
+    target (:func:`liverscope.evaluate.masks.dice`: two empty masks agree, Dice 1). :attr:`history` holds
+    one row per epoch (``epoch``, ``loss``, ``val_dice``) and travels in the checkpoints, so a resumed fit
+    continues it.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss: str = "bce", lr: float = 1e-3, flip: bool = True, seed: int = 0, verbose: bool = False):
+        super().__init__()
+        self.model = model
+        self.criterion = segmentation_loss(loss)
+        self.lr, self.flip, self.seed, self.verbose = float(lr), bool(flip), int(seed), bool(verbose)
+        self.history: list[dict] = []
+        self._val_dice: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.flip:  # random horizontal flips of (image, mask) pairs
+            f = torch.rand(len(x), generator=_flip_generator(self.seed, self.current_epoch, batch_idx)) < 0.5
+            f = f.to(x.device)[:, None, None, None]
+            x, y = torch.where(f, x.flip(-1), x), torch.where(f, y.flip(-1), y)
+        loss = self.criterion(self.model(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        pred = (torch.sigmoid(self.model(x).float()) > 0.5).cpu().numpy()[:, 0]
+        truth = y[:, 0].cpu().numpy() > 0.5
+        self._val_dice.extend(dice(p, t) for p, t in zip(pred, truth))
+
+    def on_validation_epoch_end(self):
+        if self._val_dice:
+            self.log(MONITOR, float(np.mean(self._val_dice)))
+            self._val_dice.clear()
+
+    def on_train_epoch_end(self):
+        m = self.trainer.callback_metrics
+        row = {"epoch": self.current_epoch + 1, "loss": float(m["train_loss"]) if "train_loss" in m else float("nan"),
+               "val_dice": float(m[MONITOR]) if MONITOR in m and self.trainer.num_val_batches else float("nan")}
+        self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
+        if self.verbose:
+            log(f"U-Net epoch {row['epoch']}: loss {row['loss']:.4f}, val Dice {row['val_dice']:.3f}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[_HISTORY_KEY] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get(_HISTORY_KEY, []))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+
+def _loaders(x: torch.Tensor, y: torch.Tensor, tr: np.ndarray, va: np.ndarray, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader | None]:
+    train = TensorDataset(x[tr], y[tr])
+    # torch's DistributedSampler with one replica is a shuffle seeded by (seed, epoch): Lightning sets the
+    # epoch (restored on resume), so a resumed fit shuffles as an uninterrupted one would
+    sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=int(seed))
+    # BatchNorm needs two samples: a last batch of one image is dropped (unless there is only one image)
+    drop_last = len(tr) > 1 and len(tr) % batch_size == 1
+    train_dl = DataLoader(train, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    val_dl = DataLoader(TensorDataset(x[va], y[va]), batch_size=16, shuffle=False) if len(va) else None
+    return train_dl, val_dl
+
+
+def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, size: int | None = None, in_channels: int = 1,
+             channels: Sequence[int] = DEFAULT_CHANNELS, loss: str = "bce", epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
+             seed: int = 0, device: str = "cpu", precision: str = "auto", patience: int | None = None, flip: bool = True,
+             verbose: bool = False, max_steps: int | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
+             progress: bool = False) -> tuple[object, dict]:
+    """Train an Attention U-Net on ``(image, mask)`` pairs with Lightning; the weights of the best
+    validation Dice are kept. On CPU it runs with half the cores (see :func:`~liverscope.segment.unet.cpu_threads`).
+
+    Args:
+        images: uint8 ``HxWx3`` images (resized to ``size``).
+        masks: bool ``N x H x W`` targets.
+        split: ``train`` / ``val`` / ``test`` per image (``test`` images are not touched).
+        size: U-Net input size (default: the images' size); a multiple of 2**levels.
+        in_channels: 1 (grey) or 3.
+        channels: U-Net channels per level.
+        loss: ``bce`` (BCE with logits; the study's) or ``bce+dice`` (MONAI's ``DiceCELoss``).
+        epochs: passes over the training images (with ``resume``: the total, finished epochs included).
+        batch_size: images per step.
+        lr: Adam learning rate.
+        seed: initialisation, shuffling and flip seed.
+        device: ``auto``, ``cpu`` or ``cuda`` (one device, as the classifier trains).
+        precision: Lightning precision; ``auto`` as the classifier (:func:`~liverscope.lightning_module.training_precision`).
+        patience: stop after this many epochs without a better validation Dice (``None``: never).
+        flip: random horizontal flips of training pairs.
+        verbose: log every epoch.
+        max_steps: stop after this many optimiser steps (quick checks).
+        checkpoint_dir: where Lightning writes ``best.ckpt`` and ``last.ckpt`` (default: a temporary folder,
+            removed afterwards).
+        resume: continue from ``checkpoint_dir/last.ckpt`` (same data, split and settings).
+        progress: Lightning's progress bar.
+
+    Returns:
+        ``(model in eval mode with the best weights, on device, info)``; ``info`` has ``best_epoch``,
+        ``best_val_dice``, ``epochs_run``, ``steps``, ``history`` (per epoch: loss, val Dice), ``seconds``.
+
+    Raises:
+        LiverscopeError: mismatched inputs, no training images, a size the U-Net cannot take, or
+            ``resume`` without a checkpoint.
+    """
+    split = np.asarray(split).astype(str)
+    masks = np.asarray(masks, bool)
+    if len(images) != len(masks) or len(images) != len(split):
+        raise LiverscopeError(f"{len(images)} images, {len(masks)} masks and {len(split)} split labels: they must match")
+    if int(batch_size) < 1:
+        raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
+    size = int(size or np.asarray(images[0]).shape[0])
+    arch = unet_arch(in_channels, channels)
+    check_size(size, arch["strides"])
+    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if len(tr) == 0:
+        raise LiverscopeError("no training images for the U-Net (the split left none)")
+    if resume and checkpoint_dir is None:
+        raise LiverscopeError("resume needs the checkpoint folder of the interrupted fit (checkpoint_dir)")
+    device = resolve_device(device)
+    seed_everything(seed)
+    model = unet_from_arch(arch)
+    lit = LitSegmenter(model, loss, lr, flip, seed, verbose)
+    x_all = to_unet_input(images, size, in_channels)
+    y_all = torch.from_numpy(resize_masks(masks, size)[:, None].astype(np.float32))
+    train_dl, val_dl = _loaders(x_all, y_all, tr, va, int(batch_size), seed)
+
+    with contextlib.ExitStack() as stack:
+        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unet-ckpt-")))
+        last = ckpt_dir / "last.ckpt"
+        if resume and not last.exists():
+            raise LiverscopeError(f"{last}: nothing to resume from; train without resume first")
+        if not resume:  # a fresh fit: an earlier fit's checkpoints in this folder are not ours to pick from
+            for old in ("best.ckpt", "last.ckpt"):
+                (ckpt_dir / old).unlink(missing_ok=True)
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR if val_dl is not None else None, mode="max",
+                               save_last=True, save_top_k=1, enable_version_counter=False)
+        callbacks: list = [ckpt]
+        if patience and val_dl is not None:
+            callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=int(patience), strict=False))
+        quiet_lightning()
+        trainer = L.Trainer(
+            max_epochs=int(epochs), max_steps=int(max_steps) if max_steps else -1,
+            accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=training_precision(precision, device),
+            callbacks=callbacks, logger=False, default_root_dir=str(ckpt_dir), enable_progress_bar=bool(progress),
+            enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, deterministic=False,
+        )
+        t0 = time.perf_counter()
+        with cpu_threads(device), warnings.catch_warnings():
+            # resuming writes into the folder that holds last.ckpt: Lightning's "not empty" warning is expected
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            trainer.fit(lit, train_dataloaders=train_dl, val_dataloaders=val_dl, ckpt_path=str(last) if resume else None)
+        seconds = time.perf_counter() - t0
+        history = list(lit.history)
+        scored = [h for h in history if np.isfinite(h["val_dice"])]
+        if scored and ckpt.best_model_path:
+            load_best_weights(model, ckpt.best_model_path)
+            best = max(scored, key=lambda h: h["val_dice"])  # the first of equals, as the checkpoint keeps it
+            best_epoch, best_dice = int(best["epoch"]), float(best["val_dice"])
+        else:  # without validation images: the last epoch
+            best_epoch, best_dice = (int(history[-1]["epoch"]) if history else 0), None
+    model.to(device).eval()
+    info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history), "steps": int(trainer.global_step),
+            "history": history, "seconds": round(seconds, 1), "architecture": arch, "size": size, "loss": loss, "lr": lr,
+            "batch_size": batch_size, "seed": seed, "engine": "lightning", "resumed": bool(resume)}
+    return model, info
+
+
+__all__ = ["MONITOR", "segmentation_loss", "LitSegmenter", "fit_unet"]
