@@ -115,9 +115,10 @@ def main() -> None:
         t0 = time.perf_counter()
         truth = write_set(args.out / f"images-{n}", n, args.exact_rate, args.near_rate)
         written = time.perf_counter() - t0
+        load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
         seconds, peak_mib, audit = run_audit(args.out / f"images-{n}", args.out / f"audit-{n}")
         row = {"n": n, "seconds": round(seconds, 1), "ms_per_image": round(1000 * seconds / n, 3), "peak_rss_mib": round(peak_mib, 1),
-               **score(truth, audit), "write_seconds": round(written, 1), "cpus": os.cpu_count()}
+               **score(truth, audit), "write_seconds": round(written, 1), "cpus": os.cpu_count(), "load_before": round(load_before, 2)}
         rows.append(row)
         with open(args.out / "audit_scale.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")

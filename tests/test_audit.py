@@ -311,3 +311,13 @@ def test_real_fibrosis_audit_matches_readme(real_fibrosis):
     check_leakage(holdout_split(labels, groups, seed=0), groups)
     with pytest.raises(LiverscopeError, match="straddle"):
         check_leakage(random_split(labels, seed=0), groups, paths=[x.path for x in samples])
+
+
+def test_listing_and_auditing_data_never_import_torch():
+    # `liverscope audit` on 100k images: torch would add ~0.75 GB and seconds of start-up for nothing
+    import subprocess
+    import sys
+
+    code = "import sys, liverscope.data.audit, liverscope.data.audit_report, liverscope.data.datasets; print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"

@@ -24,7 +24,6 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 
 from liverscope.config import parse_frames
 from liverscope.data.io import IMAGE_SUFFIXES, dicom_header, frame_indices, sniff_format
@@ -188,8 +187,11 @@ def warm_cache(samples: list[Sample], cache: PreprocessCache, workers: int = 2) 
     return good, skipped
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Labelled images through the preprocessing cache and a transform.
+class ImageDataset:
+    """Labelled images through the preprocessing cache and a transform: a map-style dataset for
+    ``torch.utils.data.DataLoader`` (which needs only ``__len__`` and ``__getitem__``). It does not
+    subclass ``torch.utils.data.Dataset`` so that listing and auditing data never imports torch
+    (0.75 GB and ~3 s of start-up for ``liverscope audit``).
 
     Args:
         samples: the images.
