@@ -125,3 +125,88 @@ def test_evaluate_with_an_ensemble_reports_the_majority_ood_flag(cv_run, phantom
     with open(out / "predictions_test.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sum(r["ood"] == "true" for r in rows) == ood["flagged"]
+
+
+# --------------------------------------------------------------------------------------------------
+# cluster use: --prepare, --fold I into one shared run directory, --aggregate (docs/scaling.md)
+# --------------------------------------------------------------------------------------------------
+
+
+def _copy_of(cv_run, tmp_path, drop=()):
+    """A copy of the cv run under tmp_path/cv (its recipe pointing there), without the files in ``drop``."""
+    import shutil
+
+    from liverscope.rundir import read_config, write_config
+
+    copy = tmp_path / "cv"
+    shutil.copytree(cv_run, copy)
+    cfg = read_config(copy)
+    cfg.out_dir, cfg.name = str(tmp_path), "cv"
+    write_config(copy, cfg)
+    for rel in drop:
+        p = copy / rel
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return copy, cfg
+
+
+def test_prepare_audits_and_splits_once_and_trains_nothing(phantom_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+    from liverscope.rundir import read_config, read_split
+
+    args = ["cv", str(phantom_dir), "--k", "3", "--name", "prep", "--out-dir", str(tmp_path), "--recipe", "cpu-quick",
+            "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--prepare"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "prep"
+    _, outer, folds = read_split(run / "split.csv")
+    assert sorted(set(folds[outer == "dev"])) == [0, 1, 2] and (run / "audit.json").exists()
+    assert read_config(run).data.image_size == 32 and not (run / "folds").exists()
+    res = CliRunner().invoke(app, ["cv", "--recipe", str(run / "config.yaml"), "--fold", "5"])
+    assert res.exit_code == 2 and "folds 0..2" in res.output
+    res = CliRunner().invoke(app, ["cv", "--recipe", str(run / "config.yaml"), "--prepare", "--fold", "1"])
+    assert res.exit_code == 2 and "exclude each other" in res.output
+
+
+@pytest.mark.slow
+def test_a_fold_task_reads_the_shared_split_and_the_last_fold_aggregates(cv_run, tmp_path, monkeypatch):
+    """`cv --fold 2` into a run whose other folds are trained: no audit (the split is read), the fold
+    trains on the split's fold 2, and as the last fold it aggregates the run."""
+    import liverscope.train as train
+    from liverscope.cv import cross_validate
+    from liverscope.rundir import read_split
+
+    copy, cfg = _copy_of(cv_run, tmp_path, drop=["folds/fold2", "metrics.json", "oof_predictions.csv", "cv_folds.csv"])
+
+    def no_audit(samples):
+        raise AssertionError("a fold process audited the data again")
+
+    monkeypatch.setattr(train, "audit_dataset", no_audit)
+    cross_validate(cfg, folds=[2])
+    fold_split = read_split(copy / "folds" / "fold2" / "split.csv")
+    original = read_split(cv_run / "folds" / "fold2" / "split.csv")
+    assert [str(s.path) for s in fold_split[0]] == [str(s.path) for s in original[0]] and list(fold_split[1]) == list(original[1])
+    m = read_json(copy / "metrics.json")
+    assert m["k"] == 3 and m["oof"]["n"] == read_json(cv_run / "metrics.json")["oof"]["n"]
+    assert (copy / "folds" / "fold2" / "model.safetensors").exists() and (copy / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_aggregate_rebuilds_the_ensemble_from_the_run_directory(cv_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+
+    copy, _ = _copy_of(cv_run, tmp_path, drop=["metrics.json", "oof_predictions.csv", "cv_folds.csv", "predictions_test.csv"])
+    res = CliRunner().invoke(app, ["cv", "--recipe", str(copy / "config.yaml"), "--aggregate"])
+    assert res.exit_code == 0, res.output
+    assert "out-of-fold (3 folds)" in res.output
+    before, after = read_json(cv_run / "metrics.json"), read_json(copy / "metrics.json")
+    assert after["oof"]["balanced_accuracy"] == pytest.approx(before["oof"]["balanced_accuracy"])
+    assert after["ensemble"]["accuracy"] == pytest.approx(before["ensemble"]["accuracy"])
+    import shutil
+
+    shutil.rmtree(copy / "folds" / "fold1")
+    res = CliRunner().invoke(app, ["cv", "--recipe", str(copy / "config.yaml"), "--aggregate"])
+    assert res.exit_code == 1 and "folds [1] are not trained yet" in res.output

@@ -195,3 +195,17 @@ def test_ordinal_penalty_costs_more_for_a_farther_stage():
     assert ordinal.loss(far, y) > ordinal.loss(near, y) > plain.loss(near, y)
     unordered = LitClassifier(model, TrainConfig(ordinal_weight=1.0), stage_of_class=None)  # e.g. normal / fatty / tumour
     assert torch.isclose(unordered.loss(near, y), unordered.loss(far, y))
+
+
+@pytest.mark.slow
+def test_a_run_without_validation_images_keeps_the_best_training_loss(phantom_dir, tmp_path):
+    from liverscope.train import fit
+
+    run = fit(quick_config(phantom_dir, tmp_path, "noval", **{"data.val_frac": 0.0, "train.epochs": 2, "data.image_size": 32}))
+    meta = read_json(run / "model.json")
+    assert meta["monitor"] == "train_loss" and meta["processes"] == 1
+    with open(run / "split.csv") as fh:
+        assert "val" not in {r["split"] for r in csv.DictReader(fh)}
+    with open(run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(r["train_loss"] and not r["val_loss"] for r in rows)

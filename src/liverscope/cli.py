@@ -52,7 +52,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same --name) from its last checkpoint."),
     overrides: Optional[dict] = None,
 ):
-    """Train a classifier on a labelled folder or manifest; writes runs/NAME/."""
+    """Train a classifier on a labelled folder or manifest; writes runs/NAME/.
+
+    One device by default; --devices N --strategy ddp trains on N GPUs (or CPU processes), --num-nodes
+    on several machines, and the same command runs under torchrun or srun (docs/scaling.md)."""
+    from liverscope.lightning_module import global_rank
     from liverscope.train import fit
 
     try:
@@ -60,7 +64,8 @@ def train(
         run_dir = fit(cfg, resume=resume)
     except LiverscopeError as exc:
         fail(exc)
-    _print_run_summary(run_dir)
+    if global_rank() == 0:  # the other processes of a distributed run say nothing
+        _print_run_summary(run_dir)
 
 
 def _checked_config(recipe: Optional[str], overrides: Optional[dict]):
@@ -211,30 +216,40 @@ def audit(
 @recipe_options
 def cv(
     data: Optional[Path] = typer.Argument(None, help="Class-per-folder tree or CSV manifest (or set data.path in the recipe)."),
-    k: int = typer.Option(5, "--k", help="Number of folds."),
+    k: int = typer.Option(5, "--k", help="Number of folds (a run that has its split.csv keeps its own)."),
     test_frac: float = typer.Option(0.2, "--test-frac", help="Share held out as the ensemble's test set (0 = CV only)."),
-    fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this fold (repeatable); used to spread folds over GPUs."),
-    gpus: int = typer.Option(0, "--gpus", help="Spread the folds over this many GPUs, one process each (0 = sequential)."),
+    fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this fold (repeatable): e.g. one array task of a cluster job, into the shared run directory."),
+    gpus: int = typer.Option(0, "--gpus", help="Train the folds in parallel, one fold process per GPU at a time (0 = one after another)."),
+    prepare: bool = typer.Option(False, "--prepare", help="Audit the data and write the run's split.csv and config.yaml, train nothing (the step before --fold array tasks)."),
+    aggregate: bool = typer.Option(False, "--aggregate", help="Build the ensemble, out-of-fold figures and report from the trained folds of the run, train nothing."),
+    auto_aggregate: bool = typer.Option(True, "--auto-aggregate/--no-auto-aggregate", help="Aggregate when the last fold is trained, whichever process trained it."),
     recipe: Optional[str] = RecipeOpt,
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fold from its last checkpoint (finished folds are always kept)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue interrupted folds from their last checkpoints, also in --gpus fold processes (finished folds are always kept)."),
     overrides: Optional[dict] = None,
 ):
-    """Grouped stratified k-fold CV with a hold-out test set and a logit-averaging fold ensemble."""
+    """Grouped stratified k-fold CV with a hold-out test set and a logit-averaging fold ensemble.
+
+    On a cluster: `cv DATA --name X --prepare`, then `cv --recipe runs/X/config.yaml --fold I` as array
+    tasks (the last one to finish aggregates; or `cv --recipe runs/X/config.yaml --aggregate`); see docs/scaling.md."""
     from liverscope import rundir
-    from liverscope.cv import cross_validate, launch_folds_on_gpus
+    from liverscope.cv import aggregate_run, cross_validate, cross_validate_on_devices, visible_gpus
+    from liverscope.lightning_module import global_rank
 
     try:
+        if sum([prepare, aggregate, gpus > 1, bool(fold)]) > 1:
+            raise UsageError("--prepare, --aggregate, --gpus and --fold exclude each other: choose one way to run the folds")
         cfg = _checked_config(recipe, overrides)
-        if gpus > 1 and not fold:
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            rundir.write_config(cfg.run_dir, cfg)
-            cross_validate(cfg, k=k, test_frac=test_frac, folds=[])  # writes the split once
-            launch_folds_on_gpus(cfg.run_dir / rundir.CONFIG, k, gpus)
-            run_dir = cross_validate(cfg, k=k, test_frac=test_frac)  # all folds done: aggregate
+        if aggregate:
+            aggregate_run(cfg.run_dir)
+            run_dir = cfg.run_dir
+        elif gpus > 1:
+            run_dir = cross_validate_on_devices(cfg, k, test_frac, visible_gpus(gpus), resume=resume)
         else:
-            run_dir = cross_validate(cfg, k=k, test_frac=test_frac, folds=fold or None, resume=resume)
+            run_dir = cross_validate(cfg, k=k, test_frac=test_frac, folds=[] if prepare else (fold or None), resume=resume, aggregate=auto_aggregate)
     except LiverscopeError as exc:
         fail(exc)
+    if global_rank() != 0:  # the other processes of a distributed run say nothing
+        return
     m = rundir.read_metrics(run_dir)
     if "oof" in m:
         o = m["oof"]

@@ -73,6 +73,12 @@ RECIPE_OPTIONS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
     ("distinct_only", "data.distinct_only", Optional[bool], ("--distinct-only/--all-copies",), "Keep one file per duplicate group (the audit's groups)."),
     ("crop_sector", "data.crop_sector", Optional[bool], ("--crop-sector/--no-crop-sector",), "Crop each image to its scan sector before resizing."),
     ("frames", "data.frames", Optional[str], ("--frames",), "DICOM cine loops: middle (default), all, or every:N frames as samples; a loop's frames never straddle a split."),
+    ("accelerator", "train.accelerator", Optional[choice("train.accelerator")], ("--accelerator",), "Lightning accelerator: auto (follows --device), cpu, gpu, cuda or mps."),
+    ("devices", "train.devices", Optional[str], ("--devices",), "Devices per node: a number (2), -1 for all, auto, or GPU indices (0,1); more than one trains with DDP, one process each (docs/scaling.md)."),
+    ("strategy", "train.strategy", Optional[choice("train.strategy")], ("--strategy",), "Lightning strategy: auto, ddp (one process per device; also under torchrun or srun), ddp_spawn, ddp_find_unused_parameters_true."),
+    ("num_nodes", "train.num_nodes", Optional[int], ("--num-nodes",), "Machines of a multi-node DDP run (the same command on each, or srun / torchrun)."),
+    ("logger", "train.logger", Optional[choice("train.logger")], ("--logger",), "Experiment tracking besides logs/csv and history.csv: csv (nothing more), tensorboard (logs/tensorboard/), mlflow (./mlruns unless --mlflow-uri)."),
+    ("mlflow_uri", "train.mlflow_uri", Optional[str], ("--mlflow-uri",), "MLflow tracking URI (a server or a folder); default: a local mlruns/ folder in the working directory."),
 ]
 _SETTING = {name: key for name, key, *_ in RECIPE_OPTIONS} | {"data": "data.path"}
 SetOpt = typer.Option(None, "--set", help="Any recipe setting as KEY=VALUE (dotted, e.g. train.label_smoothing=0.1); repeatable.")

@@ -38,6 +38,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler": ("cosine", "step", "plateau", "none"),
     "train.balance": ("none", "sampler", "weighted_ce"),
     "train.precision": ("auto", "32-true", "16-mixed", "bf16-mixed"),
+    # Lightning's accelerators and the data-parallel strategies a run directory supports (docs/scaling.md)
+    "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+    "train.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
+    "train.logger": ("csv", "tensorboard", "mlflow"),
     # options of `predict` / `serve` (not recipe settings): the inference engine and its number format
     "predict.backend": ("auto", "torch", "onnx"),
     "predict.precision": ("auto", "fp32", "bf16"),
@@ -123,6 +127,41 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout: faster convolutions (benchmarks/train_speed.py)
     max_train_batches: float | int | None = None  # limit batches per epoch (quick checks)
     progress: bool = True
+    # where and on how many devices (Lightning's Trainer arguments; docs/scaling.md): "auto" follows
+    # train.device; devices per node: a count, auto, -1 (all) or GPU indices "0,1"
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
+    devices: str = "1"
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ddp_find_unused_parameters_true
+    num_nodes: int = 1
+    logger: str = "csv"  # csv (always kept: history.csv) | tensorboard | mlflow (in addition to the CSV logger)
+    mlflow_uri: str | None = None  # MLflow tracking URI; None: a local mlruns/ folder in the working directory
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # not one of a fixed set either: checked on every assignment (default, recipe, flag)
+        if name == "devices":
+            parse_devices(value)
+        elif name == "num_nodes" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"train.num_nodes (--num-nodes) is {value!r}; give a whole number >= 1")
+        super().__setattr__(name, value)
+
+
+def parse_devices(spec: Any) -> int | str | list[int]:
+    """``train.devices`` as Lightning's Trainer takes it: ``"2"`` → ``2``, ``"-1"`` → ``-1`` (every
+    device), ``"auto"``, ``"0,1"`` → ``[0, 1]`` (those GPU indices); anything else is a UsageError."""
+    if isinstance(spec, int) and not isinstance(spec, bool) and (spec >= 1 or spec == -1):
+        return spec
+    text = spec.strip().lower() if isinstance(spec, str) else ""
+    if text == "auto":
+        return text
+    if text.lstrip("-").isdigit() and (int(text) >= 1 or int(text) == -1):
+        return int(text)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if "," in text and parts and all(p.isdigit() for p in parts):
+        return [int(p) for p in parts]
+    raise UsageError(
+        f"train.devices (--devices) is {spec!r}; give a number of devices per node (e.g. 2), -1 for all of them, "
+        "auto, or GPU indices separated by commas (e.g. 0,1)"
+    )
 
 
 @dataclass

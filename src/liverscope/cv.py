@@ -6,17 +6,24 @@ straddle two of them), trains one complete run per fold (``folds/foldI/``, throu
 with the fold model that did not train on it (out-of-fold) and the hold-out set with the ensemble: the
 mean of the fold models' logits, divided by one temperature fitted on the out-of-fold logits (refused,
 with a warning, when the fit lands on the edge of its range), then softmax.
+
+Folds run one after another, or in parallel: :func:`cross_validate_on_devices` keeps exactly one fold
+process per GPU (a worker per GPU pulling folds from a queue, :func:`run_fold_queue`), and on a cluster
+``liverscope cv --fold I`` array tasks write into one shared run directory (docs/scaling.md). Either
+way the data is audited and split once (``split.csv``, then read by every fold), and the last fold to
+finish aggregates (or ``liverscope cv --aggregate``: :func:`aggregate_run`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import queue
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,14 +31,15 @@ from liverscope import __version__, rundir
 from liverscope.config import RunConfig
 from liverscope.data import splits
 from liverscope.data.preprocess import Preprocessing
-from liverscope.errors import LiverscopeError
+from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.stats import fit_temperature_checked
+from liverscope.lightning_module import global_rank
 from liverscope.provenance import collect_provenance
-from liverscope.train import CollectedData, PreparedData, collect_samples, train_prepared, write_report_safely
+from liverscope.train import (
+    CollectedData, Listing, RunData, collect_samples, list_data, run_preprocessing, samples_in_split, train_prepared, write_report_safely,
+)
 from liverscope.utils import log, softmax
-
-
 
 
 def ensemble_logits(fold_logits: Sequence[np.ndarray]) -> np.ndarray:
@@ -67,61 +75,126 @@ def cv_assignments(data: CollectedData, cfg: RunConfig, k: int, test_frac: float
     return np.where(outer == "test", "test", "dev"), fold
 
 
-def cross_validate(cfg: RunConfig, k: int = 5, test_frac: float = 0.2, folds: Sequence[int] | None = None, resume: bool = False) -> Path:
+def fold_count(split_path: Path) -> int:
+    """The number of folds of a cv run's ``split.csv``.
+
+    Raises:
+        LiverscopeError: the split has no ``fold`` column (a ``train`` run, not a cv run).
+    """
+    _, _, folds = rundir.read_split(split_path)
+    if folds is None or not len(folds):
+        raise LiverscopeError(f"{split_path}: no fold column; this is not the split of a cv run (use another --name)")
+    return int(folds.max()) + 1
+
+
+def ensure_cv_split(cfg: RunConfig, k: int, test_frac: float, listed: Listing) -> None:
+    """Write a cv run's ``config.yaml`` and, unless it has one, its ``split.csv``: the data audited,
+    cached and split into a hold-out test set and k folds. One process does it (global rank 0, or the
+    parent of fold processes); the folds read the split."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(run_dir, cfg)
+    split_path = run_dir / rundir.SPLIT
+    if split_path.exists():
+        log(f"reusing the cross-validation split in {split_path}")
+        return
+    data = collect_samples(cfg, run_dir, listed)
+    outer, fold = cv_assignments(data, cfg, k, test_frac)
+    for s, g in zip(data.samples, data.groups):
+        s.group = str(g)
+    rundir.write_split(split_path, data.samples, outer, folds=fold)
+
+
+class FoldData(RunData):
+    """Fold ``fold`` of a cv run as :class:`~liverscope.train.RunData`: its ``prepare`` (global rank 0)
+    makes sure the cv run's split exists, then writes the fold's ``split.csv`` (the fold is ``val``,
+    the hold-out ``test``, the other folds ``train``)."""
+
+    def __init__(self, cv_cfg: RunConfig, fold_cfg: RunConfig, listed: Listing, fold: int, k: int, test_frac: float):
+        super().__init__(fold_cfg, listed, has_val=True)
+        self.cv_cfg, self.fold, self.k, self.test_frac = cv_cfg, fold, k, test_frac
+
+    def prepare(self) -> None:
+        ensure_cv_split(self.cv_cfg, self.k, self.test_frac, self.listed)
+        samples, outer, folds = samples_in_split(self.listed[0], self.cv_cfg.run_dir / rundir.SPLIT)
+        assignment = np.where(outer == "test", "test", np.where(folds == self.fold, "val", "train"))
+        rundir.write_split(self.split_path, samples, assignment)
+
+
+def fold_config(cfg: RunConfig, i: int) -> RunConfig:
+    """The recipe of fold ``i``: the cv run's, written to ``folds/foldI/``."""
+    fold_cfg = copy.deepcopy(cfg)
+    fold_cfg.out_dir, fold_cfg.name = str(cfg.run_dir / rundir.FOLDS), f"fold{i}"
+    return fold_cfg
+
+
+def cross_validate(cfg: RunConfig, k: int = 5, test_frac: float = 0.2, folds: Sequence[int] | None = None, resume: bool = False,
+                   aggregate: bool = True) -> Path:
     """Stratified (grouped) k-fold training with a hold-out test set and a logit-averaging ensemble.
 
     The run directory gets ``split.csv`` (with the fold of every development image), ``folds/foldI/``
     (a complete run per fold: its validation fold is the I-th fold), ``oof_predictions.csv`` (every
     development image scored by the model that did not train on it), the ensemble's
     ``predictions_test.csv``, ``cv_folds.csv`` and ``metrics.json`` (``oof``, ``ensemble``, ``folds``).
-    Finished folds are kept, so an interrupted ``cv`` resumes where it stopped.
+    Finished folds are kept, so an interrupted ``cv`` resumes where it stopped. The data is audited
+    once, when the split is made; a run that has ``split.csv`` reads it (the folds of other processes).
+    Every process of a distributed run calls it (each fold's Trainer is placed by the recipe).
 
     Args:
         cfg: the recipe (``data.split`` = grouped | stratified | random).
-        k: number of folds.
+        k: number of folds (a run that has its split keeps the split's).
         test_frac: share of the data held out for the ensemble's test (0 for CV only).
-        folds: train only these folds (e.g. one per GPU process); ``None`` = all, then aggregate.
+        folds: train only these folds (e.g. an array task's); ``[]``: write the split only; ``None``: all.
         resume: continue an interrupted fold from its last checkpoint.
+        aggregate: aggregate (:func:`aggregate_cv`) once every fold is trained, whichever process
+            trained the last one.
     """
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(run_dir, cfg)
-    data = collect_samples(cfg, run_dir)
+    listed = list_data(cfg)
     split_path = run_dir / rundir.SPLIT
-    if split_path.exists():
-        prev, prev_outer, prev_fold = rundir.read_split(split_path)
-        by_path = {str(s.path): (a, f) for s, a, f in zip(prev, prev_outer, prev_fold)}
-        keep = [i for i, s in enumerate(data.samples) if str(s.path) in by_path]
-        data.samples = [data.samples[i] for i in keep]
-        data.groups = data.groups[keep]
-        outer = np.array([by_path[str(s.path)][0] for s in data.samples])
-        fold = np.array([by_path[str(s.path)][1] for s in data.samples])
-        log(f"reusing the cross-validation split in {split_path}")
-    else:
-        outer, fold = cv_assignments(data, cfg, k, test_frac)
-        for s, g in zip(data.samples, data.groups):
-            s.group = str(g)
-        rundir.write_split(split_path, data.samples, outer, folds=fold)
-    k = int(fold.max()) + 1
-    todo = list(range(k)) if folds is None else list(folds)
+    k = fold_count(split_path) if split_path.exists() else k
+    todo = list(range(k)) if folds is None else [int(i) for i in folds]
+    outside = [i for i in todo if not 0 <= i < k]
+    if outside:
+        raise UsageError(f"--fold {outside}: this cross-validation has folds 0..{k - 1}")
+    if not todo and global_rank() == 0:
+        ensure_cv_split(cfg, k, test_frac, listed)
     for i in todo:
-        fold_cfg = copy.deepcopy(cfg)
-        fold_cfg.out_dir, fold_cfg.name = str(run_dir / rundir.FOLDS), f"fold{i}"
+        fold_cfg = fold_config(cfg, i)
         fold_dir = fold_cfg.run_dir
         if rundir.is_trained(fold_dir):
             log(f"fold {i}: already trained, kept")
             continue
         fold_resume = resume and rundir.last_checkpoint(fold_dir).exists()
-        rundir.start_run(fold_cfg, fold_resume)
-        assignment = np.where(outer == "test", "test", np.where(fold == i, "val", "train"))
-        rundir.write_split(fold_dir / rundir.SPLIT, data.samples, assignment)
-        prep = PreparedData(data.samples, data.class_names, assignment, data.cache, data.pp, data.skipped)
-        log(f"fold {i + 1}/{k}")
-        train_prepared(fold_cfg, prep, fold_dir, fold_resume)
-    if folds is not None and any(not (rundir.fold_dir(run_dir, i) / rundir.METRICS).exists() for i in range(k)):
-        return run_dir  # other processes train the remaining folds; aggregate when all are done
-    aggregate_cv(run_dir, data.class_names, k, data.pp)
+        if global_rank() == 0:
+            log(f"fold {i + 1}/{k}")
+        train_prepared(fold_cfg, FoldData(cfg, fold_cfg, listed, i, k, test_frac), fold_dir, fold_resume)
+    if not todo or not aggregate or global_rank() != 0:
+        return run_dir
+    missing = [i for i in range(k) if not rundir.is_trained(rundir.fold_dir(run_dir, i))]
+    if missing:  # other processes (array tasks, GPUs) train them: the last one to finish aggregates
+        log(f"folds {missing} are not trained yet: the last of them to finish aggregates (or `liverscope cv --aggregate`)")
+        return run_dir
+    aggregate_cv(run_dir, listed[1], k, run_preprocessing(cfg))
     return run_dir
+
+
+def aggregate_run(run_dir: str | Path) -> dict:
+    """Aggregate the trained folds of an existing cv run (``liverscope cv --aggregate``): the ensemble,
+    out-of-fold figures and report, from the run directory alone (the data need not be at hand).
+
+    Raises:
+        LiverscopeError: not a cv run, or some folds are not trained yet (named, with the command that trains them).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / rundir.SPLIT).exists():
+        raise LiverscopeError(f"{run_dir}: no {rundir.SPLIT}; not a cross-validation run (start one with `liverscope cv DATA --name NAME`)")
+    k = fold_count(run_dir / rundir.SPLIT)
+    missing = [i for i in range(k) if not rundir.is_trained(rundir.fold_dir(run_dir, i))]
+    if missing:
+        raise LiverscopeError(f"{run_dir}: folds {missing} are not trained yet; train them (`liverscope cv --recipe {run_dir / rundir.CONFIG} --fold I`), then aggregate")
+    first = rundir.fold_dir(run_dir, 0)
+    return aggregate_cv(run_dir, rundir.read_model_meta(first)["labels"], k, rundir.read_preprocessing(first))
 
 
 def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preprocessing) -> dict:
@@ -183,18 +256,81 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     return result
 
 
-def launch_folds_on_gpus(cfg_path: Path, k: int, n_gpus: int, extra_args: Sequence[str] = ()) -> None:
-    """Train the folds of a cross-validation in parallel, one process per GPU
-    (``CUDA_VISIBLE_DEVICES``), each running ``liverscope cv --fold I``; then aggregate."""
-    def one(i: int) -> int:
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % n_gpus))
-        cmd = [sys.executable, "-m", "liverscope.cli", "cv", "--recipe", str(cfg_path), "--fold", str(i), "--k", str(k), *extra_args]
-        return subprocess.run(cmd, env=env, check=False).returncode
+def run_fold_queue(folds: Sequence[int], devices: Sequence[str], launch: Callable[[int, str], int]) -> dict[int, int]:
+    """Run ``launch(fold, device)`` for every fold, never two folds on one device at a time: one worker
+    per device pulls the next fold from a queue as soon as its last one has ended, so every device stays
+    busy while folds remain and the fastest device takes the most folds. (A pool that sends fold i to
+    device i mod N puts a fold beside another while a device that finished early sits idle.)
 
-    with ThreadPoolExecutor(max_workers=n_gpus) as ex:
-        codes = list(ex.map(one, range(k)))
-    if any(codes):
-        raise LiverscopeError(f"fold processes failed with exit codes {codes}; rerun `liverscope cv` with the same --name to resume")
+    Returns:
+        The exit code of every fold (``launch``'s return value).
+    """
+    if not devices:
+        raise UsageError("no devices to train folds on")
+    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for fold in folds:
+        pending.put(int(fold))
+    codes: dict[int, int] = {}
+
+    def worker(device: str) -> None:
+        while True:
+            try:
+                fold = pending.get_nowait()
+            except queue.Empty:
+                return
+            codes[fold] = launch(fold, device)
+
+    with ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="fold-worker") as pool:
+        for job in [pool.submit(worker, str(d)) for d in devices]:
+            job.result()
+    return codes
 
 
-__all__ = ["ensemble_logits", "cv_assignments", "cross_validate", "aggregate_cv", "launch_folds_on_gpus"]
+def fold_command(config_path: Path, fold: int, resume: bool = False) -> list[str]:
+    """The command line of one fold process: ``liverscope cv --recipe RUN/config.yaml --fold I`` (it
+    reads the run's split, so it audits nothing; its parent aggregates)."""
+    return [sys.executable, "-m", "liverscope", "cv", "--recipe", str(config_path), "--fold", str(fold), "--no-auto-aggregate",
+            *(["--resume"] if resume else [])]
+
+
+def fold_process_launcher(config_path: Path, resume: bool = False) -> Callable[[int, str], int]:
+    """``launch(fold, device)`` for :func:`run_fold_queue`: a fold process that sees one GPU (``CUDA_VISIBLE_DEVICES``)."""
+    def launch(fold: int, device: str) -> int:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
+        log(f"fold {fold}: starting on GPU {device}")
+        return subprocess.run(fold_command(config_path, fold, resume), env=env, check=False).returncode
+    return launch
+
+
+def visible_gpus(n: int) -> list[str]:
+    """``n`` GPU ids for fold processes: the first ``n`` of ``CUDA_VISIBLE_DEVICES`` when it is set
+    (e.g. a cluster's allocation), else ``0..n-1``."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if visible and len(visible) < n:
+        raise UsageError(f"--gpus {n}: CUDA_VISIBLE_DEVICES names only {len(visible)} GPU(s) ({','.join(visible)})")
+    return visible[:n] if visible else [str(i) for i in range(n)]
+
+
+def cross_validate_on_devices(cfg: RunConfig, k: int, test_frac: float, devices: Sequence[str], resume: bool = False,
+                              launch: Callable[[int, str], int] | None = None) -> Path:
+    """Cross-validation with the folds in parallel, one fold process per device at a time
+    (:func:`run_fold_queue`). This process audits and splits the data once and writes ``config.yaml``;
+    each fold process reads them (``resume`` reaches every one of them); when all have ended, it
+    aggregates. ``launch`` replaces the fold processes (tests)."""
+    if str(cfg.train.devices) != "1":
+        raise UsageError(f"--gpus trains one fold per GPU; train.devices is {cfg.train.devices}: leave it at 1 "
+                         "(or drop --gpus and train each fold on several devices with --devices N --strategy ddp)")
+    run_dir = cross_validate(cfg, k=k, test_frac=test_frac, folds=[])
+    k = fold_count(run_dir / rundir.SPLIT)
+    todo = [i for i in range(k) if not rundir.is_trained(rundir.fold_dir(run_dir, i))]
+    codes = run_fold_queue(todo, devices, launch or fold_process_launcher(run_dir / rundir.CONFIG, resume))
+    failed = {i: c for i, c in sorted(codes.items()) if c}
+    if failed:
+        raise LiverscopeError(f"fold processes failed (fold: exit code) {failed}; rerun the same command with --resume to continue them")
+    return cross_validate(cfg, k=k, test_frac=test_frac)
+
+
+__all__ = [
+    "ensemble_logits", "cv_assignments", "fold_count", "ensure_cv_split", "FoldData", "fold_config", "cross_validate", "aggregate_run",
+    "aggregate_cv", "run_fold_queue", "fold_command", "fold_process_launcher", "visible_gpus", "cross_validate_on_devices",
+]

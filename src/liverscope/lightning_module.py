@@ -4,9 +4,11 @@ loggers and the per-epoch history, the Trainer.
 :class:`LitClassifier` trains a :class:`~liverscope.models.LiverNet` with the recipe's loss, optimiser
 and schedule; its validation figures are torchmetrics metrics (accumulated over batches, synchronised
 across processes by torchmetrics). Every epoch's figures go to a list of Lightning loggers, of which
-Lightning's :class:`~lightning.pytorch.loggers.CSVLogger` is always one (:func:`training_loggers`);
-:class:`HistoryWriter` folds its ``metrics.csv`` into the run's ``history.csv`` after every epoch.
-:func:`liverscope.train.train_prepared` puts these together.
+Lightning's :class:`~lightning.pytorch.loggers.CSVLogger` is always one (:func:`training_loggers`;
+``train.logger`` adds TensorBoard or MLflow: :func:`tracking_loggers`); :class:`HistoryWriter` folds
+its ``metrics.csv`` into the run's ``history.csv`` after every epoch. :func:`build_trainer` places the
+run on Lightning's accelerator, devices, strategy and nodes (``train.accelerator``, ``devices``,
+``strategy``, ``num_nodes``; docs/scaling.md). :func:`liverscope.train.train_prepared` puts these together.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from typing import Sequence
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from liverscope import rundir
-from liverscope.config import RunConfig
+from liverscope.config import RunConfig, parse_devices
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.models import LiverNet
-from liverscope.utils import log, resolve_device
+from liverscope.utils import import_optional, log, logger, progress_enabled, resolve_device, set_progress
 
 #: The largest seed NumPy's global generator takes (Lightning refuses larger ones).
 MAX_SEED = 2**32 - 1
@@ -72,15 +76,20 @@ class LitClassifier(L.LightningModule):
     """Cross-entropy training of a LiverNet with the recipe's optimiser and schedule.
 
     Logs ``train_loss`` and, per validation epoch, ``val_loss`` (unweighted cross-entropy, comparable
-    across balancing strategies), ``val_acc``, ``val_balanced_acc``.
+    across balancing strategies), ``val_acc``, ``val_balanced_acc`` and ``val_images`` (how many
+    validation images the figures count: each exactly once, also across the processes of a distributed
+    run). ``config`` (the resolved recipe, ``RunConfig.to_dict()``) becomes the module's
+    hyper-parameters: Lightning logs them to every logger and keeps them in the checkpoints.
     """
 
-    def __init__(self, model: LiverNet, train_cfg, class_weights: np.ndarray | None = None, stage_of_class: Sequence[int] | None = None):
+    def __init__(self, model: LiverNet, train_cfg, class_weights: np.ndarray | None = None, stage_of_class: Sequence[int] | None = None,
+                 config: dict | None = None):
         super().__init__()
+        if config is not None:
+            self.save_hyperparameters(config)
         self.model = model
         self.cfg = train_cfg
-        w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-        self.criterion = nn.CrossEntropyLoss(weight=w, label_smoothing=float(train_cfg.label_smoothing))
+        self.set_class_weights(class_weights)
         # ordered stages: an extra penalty on the squared distance between the expected stage under the
         # predicted distribution and the true one, so that F0 called F4 costs more than F0 called F1
         # (cross-entropy alone treats every wrong stage alike); 0 switches it off
@@ -88,11 +97,18 @@ class LitClassifier(L.LightningModule):
         stages = torch.as_tensor(stage_of_class if stage_of_class is not None else [], dtype=torch.float32)
         self.register_buffer("stages", (stages - stages.min()) / max(1.0, float(stages.max() - stages.min())) if stages.numel() else stages)
         self.val_loss = MeanMetric()
+        self.val_images = SumMetric()
         self.val_metrics = validation_metrics(model.num_classes)
         # channels-last: fp32 training steps 5-33% faster on this CPU (benchmarks/train_speed.py), and
         # what cuDNN's tensor-core kernels want
         self.memory_format = torch.channels_last if getattr(train_cfg, "channels_last", False) else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+
+    def set_class_weights(self, class_weights: np.ndarray | None) -> None:
+        """The weights of the weighted cross-entropy (``None``: unweighted); set when the training split
+        is known, which in a distributed run is after Lightning's ``setup`` (:class:`liverscope.train.RunData`)."""
+        w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.criterion = nn.CrossEntropyLoss(weight=w, label_smoothing=float(self.cfg.label_smoothing))
 
     def forward(self, x):
         return self.model(x)
@@ -113,7 +129,8 @@ class LitClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self.model(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # sync_dist: the epoch's mean over every process's batches, not rank 0's alone (one reduction per epoch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -122,7 +139,9 @@ class LitClassifier(L.LightningModule):
         # the batch mean weighted by its size: the mean over every validation image at the epoch's end
         self.val_loss.update(nn.functional.cross_entropy(logits, y), weight=len(y))
         self.val_metrics.update(logits, y)
+        self.val_images.update(torch.tensor(float(len(y)), device=logits.device))
         self.log("val_loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val_images", self.val_images, on_step=False, on_epoch=True)
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
@@ -160,6 +179,71 @@ def training_loggers(run_dir: str | Path, extra: Sequence[Logger] = ()) -> list[
     (a new version per session, so a resumed run keeps the first session's file), then ``extra``
     (e.g. TensorBoard or MLflow loggers)."""
     return [CSVLogger(save_dir=Path(run_dir) / rundir.LOGS, name="csv"), *extra]
+
+
+#: The MLflow experiment every liverscope run is filed under (its MLflow run is named after the run directory).
+MLFLOW_EXPERIMENT = "liverscope"
+#: The local MLflow folder (in the working directory) when ``train.mlflow_uri`` names none.
+MLRUNS = "mlruns"
+
+
+def tracking_loggers(cfg: RunConfig, run_dir: str | Path) -> list[Logger]:
+    """The experiment tracker that ``train.logger`` asks for besides the CSV logger: TensorBoard event
+    files under ``logs/tensorboard/version_N/`` (``pip install 'liverscope[tensorboard]'``), or an MLflow
+    run (``pip install 'liverscope[mlflow]'``) in ``train.mlflow_uri``, by default a local ``mlruns/``
+    folder in the working directory (``mlruns/mlflow.db``, SQLite: MLflow 3 refuses its old plain-file
+    store; artifacts in ``mlruns/artifacts``; ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``).
+    ``MLFLOW_TRACKING_URI`` is not followed: a shell variable must not send a clinical data set's
+    figures to a server nobody named for this run.
+
+    Raises:
+        LiverscopeError: the extra of the chosen logger is not installed (names its ``pip install`` line).
+    """
+    kind = cfg.train.logger
+    if kind == "csv":
+        return []
+    if kind == "tensorboard":
+        import_optional("tensorboard", "tensorboard", "--logger tensorboard")
+        return [TensorBoardLogger(save_dir=Path(run_dir) / rundir.LOGS, name="tensorboard", default_hp_metric=False)]
+    if kind == "mlflow":
+        import_optional("mlflow", "mlflow", "--logger mlflow")
+        uri, artifacts = cfg.train.mlflow_uri, None
+        if not uri:
+            local = (Path.cwd() / MLRUNS).resolve()
+            local.mkdir(parents=True, exist_ok=True)
+            uri, artifacts = f"sqlite:///{local / 'mlflow.db'}", (local / "artifacts").as_uri()
+        return [MLFlowLogger(experiment_name=MLFLOW_EXPERIMENT, run_name=str(cfg.run_dir), tracking_uri=uri, artifact_location=artifacts,
+                             tags={"run_dir": str(Path(run_dir).resolve())})]
+    raise UsageError(f"train.logger is '{kind}'; choose one of: csv, tensorboard, mlflow")
+
+
+def final_figures(metrics: dict) -> dict[str, float]:
+    """The headline figures of a run's ``metrics.json`` as flat ``split/metric`` numbers for a tracker."""
+    out: dict[str, float] = {}
+    for split in ("test", "validation", "oof", "ensemble"):
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_kappa", "ece", "n"):
+            value = (metrics.get(split) or {}).get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                out[f"{split}/{key}"] = float(value)
+    if isinstance(metrics.get("temperature"), (int, float)):
+        out["temperature"] = float(metrics["temperature"])
+    return out
+
+
+def log_final_figures(loggers: Sequence[Logger], metrics: dict, step: int, config: dict | None = None) -> None:
+    """Send a finished run's figures to its trackers (the CSV logger's record of them is
+    ``metrics.json``), then close them: MLflow gets them as metrics at the last step; TensorBoard with
+    the resolved ``config`` as an hparams session, so its HPARAMS tab sets runs' settings beside their
+    figures. Lightning's loggers write on global rank 0 only."""
+    figures = final_figures(metrics)
+    for lg in loggers:
+        if isinstance(lg, CSVLogger) or not figures:
+            continue
+        if isinstance(lg, TensorBoardLogger) and config is not None:
+            lg.log_hyperparams(config, metrics=figures)
+        else:
+            lg.log_metrics(figures, step=step)
+        lg.finalize("success")
 
 
 def epoch_rows(metrics_csv: str | Path) -> list[dict[str, str]]:
@@ -202,9 +286,9 @@ class HistoryWriter(L.Callback):
         self.write(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.optimizers:
-            pl_module.log("lr", float(trainer.optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True)
-        pl_module.log("epoch_seconds", time.perf_counter() - self._t0, on_step=False, on_epoch=True)
+        if trainer.optimizers:  # the same on every process; sync_dist keeps Lightning from warning
+            pl_module.log("lr", float(trainer.optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log("epoch_seconds", time.perf_counter() - self._t0, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_end(self, trainer, pl_module):
         self.write(trainer)
@@ -245,6 +329,10 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # the module's channels-last hook is meant to run with the run's DataModule
+    warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer` in `LightningModule`.*")
+    # a run without validation images (data.val_frac=0) hands Lightning an empty list of validation loaders
+    warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero.*")
 
 
 def training_precision(precision: str, device: str) -> str:
@@ -256,31 +344,72 @@ def training_precision(precision: str, device: str) -> str:
     return "bf16-mixed" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Sequence[Logger]) -> L.Trainer:
-    """The Trainer of a run: one device, the recipe's epochs and precision, ``callbacks``, ``loggers``."""
-    t = cfg.train
+def placement(train_cfg) -> dict:
+    """Lightning's ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` of a recipe.
+
+    ``train.accelerator: auto`` keeps the meaning of ``train.device`` (``auto``: a CUDA GPU when one is
+    visible, else the CPU; ``cuda:N``: that GPU); any other accelerator, the devices, the strategy and
+    the nodes go to Lightning as they are."""
+    t = train_cfg
+    devices = parse_devices(t.devices)
+    if t.accelerator != "auto":
+        return {"accelerator": t.accelerator, "devices": devices, "strategy": t.strategy, "num_nodes": int(t.num_nodes)}
     device = resolve_device(t.device)
+    if device.startswith("cuda:") and devices == 1:
+        devices = [int(device.split(":", 1)[1])]  # --device cuda:1 trains on that GPU
+    return {"accelerator": "gpu" if device.startswith("cuda") else "cpu", "devices": devices, "strategy": t.strategy, "num_nodes": int(t.num_nodes)}
+
+
+def global_rank() -> int:
+    """This process's rank in a distributed run (0 in a plain one): Lightning's, exact once a Trainer
+    has been built in this process, before that read from the launcher's environment (``RANK``,
+    ``LOCAL_RANK``, ``SLURM_PROCID``)."""
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Sequence[Logger]) -> L.Trainer:
+    """The Trainer of a run: the recipe's placement (:func:`placement`), epochs and precision,
+    ``callbacks``, ``loggers``. On the processes of a distributed run other than global rank 0,
+    liverscope's messages and progress bars are switched off (they would repeat rank 0's).
+
+    Raises:
+        UsageError: Lightning refuses the accelerator, devices, strategy or nodes (e.g. GPUs asked for on
+            a machine without one).
+    """
+    t = cfg.train
+    where = placement(t)
     quiet_lightning()
-    precision = training_precision(t.precision, device)
-    log(f"training on {device} ({precision})")
-    return L.Trainer(
-        max_epochs=t.epochs,
-        accelerator="gpu" if device.startswith("cuda") else "cpu",
-        devices=1,
-        precision=precision,
-        callbacks=callbacks,
-        logger=list(loggers),
-        default_root_dir=str(run_dir),
-        enable_progress_bar=bool(t.progress),
-        enable_model_summary=False,
-        limit_train_batches=t.max_train_batches or None,
-        deterministic=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
+    on_gpu = where["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available()  # without one, Lightning refuses below
+    precision = training_precision(t.precision, "cuda" if on_gpu else str(where["accelerator"]))
+    try:
+        trainer = L.Trainer(
+            max_epochs=t.epochs,
+            **where,
+            precision=precision,
+            callbacks=callbacks,
+            logger=list(loggers),
+            default_root_dir=str(run_dir),
+            enable_progress_bar=bool(t.progress) and progress_enabled(),
+            enable_model_summary=False,
+            limit_train_batches=t.max_train_batches or None,
+            deterministic=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        raise UsageError(f"train.accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, num_nodes={t.num_nodes}: "
+                         f"Lightning refuses them ({exc}); see docs/scaling.md") from None
+    if trainer.is_global_zero:
+        world = trainer.world_size
+        what = f"{world} processes ({where['accelerator']}, {trainer.strategy.__class__.__name__}, {t.num_nodes} node(s))" if world > 1 else where["accelerator"]
+        log(f"training on {what} ({precision}); effective batch {t.batch_size * world} = {t.batch_size} per process x {world}")
+    else:
+        set_progress(False)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    return trainer
 
 
 __all__ = [
-    "MAX_SEED", "seed_run", "validation_metrics", "LitClassifier", "training_loggers", "epoch_rows", "HistoryWriter",
-    "load_best_weights", "quiet_lightning", "training_precision", "build_trainer",
+    "MAX_SEED", "seed_run", "validation_metrics", "LitClassifier", "training_loggers", "tracking_loggers", "final_figures", "log_final_figures",
+    "epoch_rows", "HistoryWriter", "load_best_weights", "quiet_lightning", "training_precision", "placement", "global_rank", "build_trainer",
 ]

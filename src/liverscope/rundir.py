@@ -102,8 +102,9 @@ def is_trained(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS).exists() and (Path(run_dir) / MODEL_WEIGHTS).exists()
 
 
-def start_run(cfg: RunConfig, resume: bool = False) -> Path:
-    """Create (or reopen, with ``resume``) ``cfg.run_dir`` and write its ``config.yaml``.
+def start_run(cfg: RunConfig, resume: bool = False, write: bool = True) -> Path:
+    """Create (or reopen, with ``resume``) ``cfg.run_dir`` and write its ``config.yaml`` (``write=False``:
+    the checks alone, on the processes of a distributed run that do not write).
 
     Raises:
         LiverscopeError: the run exists and ``resume`` is off, or there is nothing to resume.
@@ -114,8 +115,9 @@ def start_run(cfg: RunConfig, resume: bool = False) -> Path:
         raise LiverscopeError(f"{run_dir} already holds a trained run; choose another --name, or --resume to continue it")
     if resume and not last.exists():
         raise LiverscopeError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/last.ckpt); start without --resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, cfg)
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, cfg)
     return run_dir
 
 

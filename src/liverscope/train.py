@@ -9,18 +9,26 @@ temperature on the validation logits, refused when the fit lands on the edge of 
 out-of-distribution detector (class means and shared covariance of the training split's pooled
 features, threshold on the validation images; :mod:`liverscope.evaluate.ood`). ``model.json`` records
 the run's provenance (:mod:`liverscope.provenance`: versions, seed, git commit, command, data hash).
+
+The same code runs on one device or as every process of a distributed run (``train.devices``,
+``strategy``, ``num_nodes``; docs/scaling.md): the data preparation is :class:`RunData`'s
+``prepare_data``, which Lightning runs on global rank 0 alone while the other processes wait, and only
+global rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
@@ -42,7 +50,8 @@ from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.explain import write_cam_gallery
 from liverscope.labels import metavir_stages
 from liverscope.lightning_module import (
-    HistoryWriter, LitClassifier, build_trainer, load_best_weights, quiet_lightning, seed_run, training_loggers, training_precision,
+    HistoryWriter, LitClassifier, build_trainer, load_best_weights, log_final_figures, quiet_lightning, seed_run, tracking_loggers,
+    training_loggers, training_precision,
 )
 from liverscope.models import LiverNet, build_model, get_spec
 from liverscope.provenance import collect_provenance
@@ -79,14 +88,30 @@ class CollectedData:
     skipped: list[tuple[str, str]]
 
 
-def collect_samples(cfg: RunConfig, run_dir: Path) -> CollectedData:
-    """List the data, drop unreadable files (listed in ``skipped.csv``), preprocess everything once into
-    the cache, and audit it (``audit.json``/``audit.html``): exact and near-duplicate groups, sources."""
+Listing = tuple[list[Sample], list[str]]
+
+
+def list_data(cfg: RunConfig) -> Listing:
+    """The samples and class names of a recipe's data: a listing only, nothing is decoded or written
+    (every process of a distributed run lists the data: the class names size the model's head)."""
     if not cfg.data.path:
         raise LiverscopeError("no data given: pass a class-per-folder tree or a CSV manifest (or run `liverscope demo`)")
-    samples, class_names = load_samples(cfg.data.path, frames=cfg.data.frames)
-    spec = get_spec(cfg.model.name)  # an unknown model fails here, before the audit and the cache warm-up
-    pp = Preprocessing.from_data_config(cfg.data, spec.mean, spec.std)
+    return load_samples(cfg.data.path, frames=cfg.data.frames)
+
+
+def run_preprocessing(cfg: RunConfig) -> Preprocessing:
+    """The preprocessing of a recipe (its model's input normalisation); an unknown model fails here."""
+    spec = get_spec(cfg.model.name)
+    return Preprocessing.from_data_config(cfg.data, spec.mean, spec.std)
+
+
+def collect_samples(cfg: RunConfig, run_dir: Path, listed: Listing | None = None) -> CollectedData:
+    """List the data (or take ``listed``), drop unreadable files (listed in ``skipped.csv``), preprocess
+    everything once into the cache, and audit it (``audit.json``/``audit.html``): exact and
+    near-duplicate groups, sources."""
+    samples, class_names = listed or list_data(cfg)
+    samples = [dataclasses.replace(s) for s in samples]  # the audit fills in sha256 and source: not the caller's objects
+    pp = run_preprocessing(cfg)  # an unknown model fails here, before the audit and the cache warm-up
     cache = PreprocessCache(pp, cfg.data.cache_dir)
     samples, skipped = check_readable(samples)
     t0 = time.perf_counter()
@@ -146,44 +171,76 @@ def assign_splits(data: CollectedData, cfg: RunConfig) -> np.ndarray:
     return assignment
 
 
-def prepare_data(cfg: RunConfig, run_dir: Path, reuse_split: bool = True) -> PreparedData:
-    """List, validate, audit, cache and split the data of a run (the split is reused on resume)."""
-    data = collect_samples(cfg, run_dir)
-    split_path = run_dir / rundir.SPLIT
-    samples = data.samples
-    if reuse_split and split_path.exists():
-        prev, assignment, _ = rundir.read_split(split_path)
-        by_path = {str(s.path): a for s, a in zip(prev, assignment)}
-        keep = [i for i, s in enumerate(samples) if str(s.path) in by_path]
-        samples = [samples[i] for i in keep]
-        assignment = np.array([by_path[str(s.path)] for s in samples])
-        log(f"reusing the split in {split_path}")
-    else:
-        assignment = assign_splits(data, cfg)
-        for s, g in zip(samples, data.groups):
-            s.group = str(g)
-        rundir.write_split(split_path, samples, assignment)
+def samples_in_split(listed: Sequence[Sample], split_path: Path) -> tuple[list[Sample], np.ndarray, np.ndarray | None]:
+    """The listed samples that a ``split.csv`` holds, with its group, source and sha256, their split and
+    (for a cv run) fold. Matched by path: the frames of a cine loop share their file's split; files
+    listed but not in the split (added since), or in the split but gone, are left out."""
+    prev, assignment, folds = rundir.read_split(split_path)
+    row = {str(s.path): i for i, s in enumerate(prev)}
+    keep = [(s, row[str(s.path)]) for s in listed if str(s.path) in row]
+    samples = [dataclasses.replace(s, group=prev[i].group, source=prev[i].source or s.source, sha256=prev[i].sha256 or s.sha256) for s, i in keep]
+    index = np.array([i for _, i in keep], dtype=int)
+    return samples, assignment[index], None if folds is None else folds[index]
+
+
+def prepared_from_split(cfg: RunConfig, listed: Listing, split_path: Path) -> PreparedData:
+    """A run's data as its ``split.csv`` has it, read through the shared preprocessing cache.
+
+    Raises:
+        LiverscopeError: a class has no training image in the split.
+    """
+    samples, assignment, _ = samples_in_split(listed[0], split_path)
+    class_names = list(listed[1])
     present = {s.label for s, a in zip(samples, assignment) if a == "train"}
-    missing = [c for c in data.class_names if c not in present]
+    missing = [c for c in class_names if c not in present]
     if missing:
         raise LiverscopeError(f"{cfg.data.path}: classes {missing} have no training images after the split; add images or merge classes")
-    return PreparedData(samples, data.class_names, assignment, data.cache, data.pp, data.skipped)
+    pp = run_preprocessing(cfg)
+    return PreparedData(samples, class_names, assignment, PreprocessCache(pp, cfg.data.cache_dir), pp, [])
 
 
-def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLoader, DataLoader, ImageDataset]:
+def prepare_data(cfg: RunConfig, run_dir: Path, reuse_split: bool = True, listed: Listing | None = None) -> PreparedData:
+    """Validate, audit, cache and split the data of a run into ``split.csv``; a split already there is
+    reused (``--resume``: the same split, no second audit)."""
+    listed = listed or list_data(cfg)
+    split_path = run_dir / rundir.SPLIT
+    if reuse_split and split_path.exists():
+        log(f"reusing the split in {split_path}")
+        return prepared_from_split(cfg, listed, split_path)
+    data = collect_samples(cfg, run_dir, listed)
+    assignment = assign_splits(data, cfg)
+    for s, g in zip(data.samples, data.groups):
+        s.group = str(g)
+    rundir.write_split(split_path, data.samples, assignment)
+    prep = prepared_from_split(cfg, (data.samples, data.class_names), split_path)
+    prep.skipped = data.skipped
+    return prep
+
+
+def train_loader(prep: PreparedData, cfg: RunConfig, processes: int = 1) -> DataLoader:
+    """The training split, augmented, shuffled (or drawn by the weighted sampler), in batches of
+    ``train.batch_size``. Under a distributed strategy Lightning gives each of the ``processes`` its
+    share: a plain shuffle becomes its ``DistributedSampler``, the weighted sampler is wrapped by its
+    ``DistributedSamplerWrapper``, which splits one weighted draw (seeded alike on every process) between them."""
     t = cfg.train
-    sel = {k: [s for s, a in zip(prep.samples, prep.splits) if a == k] for k in ("train", "val", "test")}
-    train_ds = ImageDataset(sel["train"], prep.class_names, prep.cache, build_transform(cfg.data.augment, prep.pp, train=True))
+    train_ds = ImageDataset([s for s, a in zip(prep.samples, prep.splits) if a == "train"], prep.class_names, prep.cache,
+                            build_transform(cfg.data.augment, prep.pp, train=True))
     gen = torch.Generator().manual_seed(t.seed)
     nw = int(cfg.data.num_workers)
-    common = dict(batch_size=t.batch_size, num_workers=nw, persistent_workers=nw > 0)
+    share = -(-len(train_ds) // max(1, processes))  # what one process sees: drop a ragged last batch only if a full one is left
+    common = dict(batch_size=t.batch_size, num_workers=nw, persistent_workers=nw > 0, drop_last=share > t.batch_size)
     if t.balance == "sampler":
         w = class_weights(train_ds.targets, prep.class_names)[train_ds.targets]
         sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(train_ds), replacement=True, generator=gen)
-        train_dl = DataLoader(train_ds, sampler=sampler, drop_last=len(train_ds) > t.batch_size, **common)
-    else:
-        train_dl = DataLoader(train_ds, shuffle=True, generator=gen, drop_last=len(train_ds) > t.batch_size, **common)
-    return train_dl, eval_loader(sel["val"], prep, cfg), eval_loader(sel["test"], prep, cfg), train_ds
+        return DataLoader(train_ds, sampler=sampler, **common)
+    return DataLoader(train_ds, shuffle=True, generator=gen, **common)
+
+
+def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLoader, DataLoader, ImageDataset]:
+    """The single-process training, validation and test loaders and the training dataset."""
+    sel = {k: [s for s, a in zip(prep.samples, prep.splits) if a == k] for k in ("val", "test")}
+    train_dl = train_loader(prep, cfg)
+    return train_dl, eval_loader(sel["val"], prep, cfg), eval_loader(sel["test"], prep, cfg), train_dl.dataset
 
 
 def class_weights(targets: Sequence[int], class_names: Sequence[str]) -> np.ndarray:
@@ -200,12 +257,91 @@ def class_weights(targets: Sequence[int], class_names: Sequence[str]) -> np.ndar
     return compute_class_weight("balanced", classes=np.arange(len(class_names)), y=targets)
 
 
-def eval_loader(samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig) -> DataLoader:
+def eval_loader(samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig, shard: tuple[int, int] | None = None) -> DataLoader:
     """The images in order through the evaluation transform (no augmentation): validation, test, and the
-    training split as the out-of-distribution detector sees it."""
+    training split as the out-of-distribution detector sees it.
+
+    ``shard=(rank, processes)``: this process's part of them in a distributed run, through Lightning's
+    ``UnrepeatedDistributedSampler``, so that each image is scored by exactly one process. (Lightning
+    would otherwise give validation a ``DistributedSampler``, which pads the last part by repeating
+    images: an image counted twice in the epoch's figures.)"""
     ds = ImageDataset(samples, prep.class_names, prep.cache, build_transform("none", prep.pp, train=False))
     nw = int(cfg.data.num_workers)
-    return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=False, num_workers=nw, persistent_workers=nw > 0)
+    sampler = None if shard is None else UnrepeatedDistributedSampler(ds, num_replicas=shard[1], rank=shard[0], shuffle=False)
+    return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=False, sampler=sampler, num_workers=nw, persistent_workers=nw > 0)
+
+
+class RunData(L.LightningDataModule):
+    """The data of one training run as Lightning hands it to one process or many.
+
+    ``prepare_data`` runs on global rank 0 only, while Lightning holds the other processes at a barrier
+    without a time limit: the audit, the preprocessing cache (filled once, shared through the file
+    system) and ``split.csv`` (:meth:`prepare`). ``setup`` then runs on every process: the samples and
+    their split read back from ``split.csv``; the class weights of ``weighted_ce``. The loaders are
+    :func:`train_loader` and :func:`eval_loader` (validation sharded without repeats).
+
+    Args:
+        cfg: the run's recipe (``cfg.run_dir`` is the run directory).
+        listed: the data's samples and class names (:func:`list_data`).
+        has_val: whether the split has validation images (``None``: ``data.val_frac > 0``).
+    """
+
+    prepare_data_per_node = False  # one run directory and one cache, on a file system every node sees (docs/scaling.md)
+
+    def __init__(self, cfg: RunConfig, listed: Listing, has_val: bool | None = None):
+        super().__init__()
+        self.cfg, self.listed = cfg, listed
+        self.class_names = list(listed[1])
+        self.has_val = cfg.data.val_frac > 0 if has_val is None else has_val
+        self.prep: PreparedData | None = None
+
+    @property
+    def split_path(self) -> Path:
+        return self.cfg.run_dir / rundir.SPLIT
+
+    def prepare(self) -> None:
+        """Global rank 0, before every process reads ``split.csv``: audit, cache and split the data."""
+        prepare_data(self.cfg, self.cfg.run_dir, reuse_split=True, listed=self.listed)
+
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def prepared(self) -> PreparedData:
+        """The run's samples and split (read from ``split.csv`` on first use)."""
+        if self.prep is None:
+            self.prep = prepared_from_split(self.cfg, self.listed, self.split_path)
+        return self.prep
+
+    def _shard(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        prep = self.prepared()
+        counts = {k: int((prep.splits == k).sum()) for k in ("train", "val", "test")}
+        log(f"split ({self.cfg.data.split}): {counts}; classes: {prep.class_names}")
+        processes = self._shard()[1]
+        if self.has_val and counts["val"] < processes:
+            raise LiverscopeError(f"{self.split_path}: {counts['val']} validation image(s) for {processes} process(es); every process needs one: "
+                                  "add images, raise data.val_frac, or set data.val_frac=0 to train without validation")
+        if self.cfg.train.balance == "weighted_ce" and self.trainer is not None:
+            targets = [prep.class_names.index(s.label) for s, a in zip(prep.samples, prep.splits) if a == "train"]
+            self.trainer.lightning_module.set_class_weights(class_weights(targets, prep.class_names))
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(self.prepared(), self.cfg, self._shard()[1])
+
+    def val_dataloader(self):
+        prep = self.prepared()
+        if not self.has_val:
+            return []
+        rank, processes = self._shard()
+        val = [s for s, a in zip(prep.samples, prep.splits) if a == "val"]
+        return eval_loader(val, prep, self.cfg, shard=(rank, processes) if processes > 1 else None)
+
+    def loaders(self, split: str) -> DataLoader:
+        """One split in order, in this process alone (scoring after training)."""
+        prep = self.prepared()
+        return eval_loader([s for s, a in zip(prep.samples, prep.splits) if a == split], prep, self.cfg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,43 +363,46 @@ def infer_outputs(model: LiverNet, loader, device: str = "cpu") -> tuple[np.ndar
     return torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
 
-def train_prepared(cfg: RunConfig, prep: PreparedData, run_dir: Path, resume: bool = False) -> Path:
-    """Train on already prepared (listed, split, cached) data and write ``run_dir``.
+def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = False) -> Path:
+    """Train on a run's data (:class:`RunData`: prepared by global rank 0 inside ``trainer.fit``) and
+    write ``run_dir`` = ``cfg.run_dir``.
 
-    Used by :func:`fit` (one hold-out split) and :func:`cross_validate` (one call per fold).
+    Used by :func:`fit` (one hold-out split) and :func:`liverscope.cv.cross_validate` (one call per
+    fold). Every process of a distributed run calls it: they train together; global rank 0 alone then
+    scores the splits and writes the run directory, the others return at once.
     """
     seed_run(cfg.train.seed)
     last = rundir.last_checkpoint(run_dir)
-    train_dl, val_dl, test_dl, train_ds = make_loaders(prep, cfg)
-    counts = {k: int((prep.splits == k).sum()) for k in ("train", "val", "test")}
-    log(f"split ({cfg.data.split}): {counts}; classes: {prep.class_names}")
-
     m = cfg.model
-    model = build_model(m.name, len(prep.class_names), m.head, m.pretrained, m.weights, m.freeze_backbone, m.dropout, m.hidden)
-    weights = class_weights(train_ds.targets, prep.class_names) if cfg.train.balance == "weighted_ce" else None
-    lit = LitClassifier(model, cfg.train, weights, metavir_stages(prep.class_names))
+    model = build_model(m.name, len(data.class_names), m.head, m.pretrained, m.weights, m.freeze_backbone, m.dropout, m.hidden)
+    lit = LitClassifier(model, cfg.train, None, metavir_stages(data.class_names), config=cfg.to_dict())  # weighted_ce: RunData.setup
 
-    has_val = counts["val"] > 0
-    monitor = cfg.train.monitor if has_val else "train_loss"
+    monitor = cfg.train.monitor if data.has_val else "train_loss"
     mode = "min" if monitor.endswith("loss") else "max"
     ckpt = ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor=monitor, mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
-    loggers = training_loggers(run_dir)  # CSV always (history.csv is made from it); more loggers go after it
+    loggers = training_loggers(run_dir, tracking_loggers(cfg, run_dir))  # CSV always (history.csv is made from it), then the tracker
     callbacks: list = [ckpt, HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume)]
-    if cfg.train.early_stop_patience > 0 and has_val:
+    if cfg.train.early_stop_patience > 0 and data.has_val:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
     trainer = build_trainer(cfg, run_dir, callbacks, loggers)
+    rundir.start_run(cfg, resume, write=trainer.is_global_zero)  # every process checks; rank 0 writes config.yaml
     t0 = time.perf_counter()
-    trainer.fit(lit, train_dataloaders=train_dl, val_dataloaders=val_dl if has_val else None, ckpt_path=str(last) if resume else None)
+    trainer.fit(lit, datamodule=data, ckpt_path=str(last) if resume else None)
     train_seconds = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return run_dir
     if ckpt.best_model_path:
         load_best_weights(model, ckpt.best_model_path)
 
+    prep = data.prepared()
     best_epoch = _best_epoch(run_dir / rundir.HISTORY, monitor, mode)
     rundir.save_model(run_dir, model, prep.class_names, prep.pp, {
         "best_epoch": best_epoch, "monitor": monitor, "split": cfg.data.split, "train_seconds": round(train_seconds, 1),
-        "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
+        "processes": trainer.world_size, "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
     })
-    finish_run(run_dir, model, prep, val_dl, test_dl, cfg)
+    device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
+    metrics = finish_run(run_dir, model, prep, data.loaders("val"), data.loaders("test"), cfg, device=device)
+    log_final_figures(loggers, metrics, step=trainer.global_step, config=cfg.to_dict())
     log(f"trained in {train_seconds:.0f}s; run directory: {run_dir}")
     return run_dir
 
@@ -271,16 +410,17 @@ def train_prepared(cfg: RunConfig, prep: PreparedData, run_dir: Path, resume: bo
 def fit(cfg: RunConfig, resume: bool = False) -> Path:
     """Train one model by the recipe ``cfg`` and write its run directory.
 
+    Every process of a distributed run calls it (Lightning's launcher, ``torchrun`` or ``srun`` start
+    them); only global rank 0 audits, caches, splits and writes.
+
     Args:
-        cfg: resolved configuration (data path, model, training).
+        cfg: resolved configuration (data path, model, training, placement).
         resume: continue from ``checkpoints/last.ckpt`` of the same run (same split, same history).
 
     Returns:
         The run directory.
     """
-    run_dir = rundir.start_run(cfg, resume)
-    prep = prepare_data(cfg, run_dir, reuse_split=True)
-    return train_prepared(cfg, prep, run_dir, resume)
+    return train_prepared(cfg, RunData(cfg, list_data(cfg)), cfg.run_dir, resume)
 
 
 def _best_epoch(history: Path, monitor: str, mode: str) -> int | None:
@@ -291,10 +431,11 @@ def _best_epoch(history: Path, monitor: str, mode: str) -> int | None:
     return int(max(rows, key=key)["epoch"])
 
 
-def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataLoader, test_dl: DataLoader, cfg: RunConfig) -> dict:
+def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataLoader, test_dl: DataLoader, cfg: RunConfig,
+               device: str | None = None) -> dict:
     """After training: calibrate on validation, fit the out-of-distribution detector, score the test
-    split, write metrics, plots and report."""
-    device = resolve_device(cfg.train.device)
+    split, write metrics, plots and report (on ``device``, default ``train.device``)."""
+    device = resolve_device(device or cfg.train.device)
     metrics: dict = {"split": cfg.data.split, "class_names": prep.class_names}
     temperature, ood = 1.0, None
     if len(val_dl.dataset):
@@ -402,6 +543,7 @@ def write_report_safely(run_dir: Path) -> None:
 
 
 __all__ = [
-    "LitClassifier", "HistoryWriter", "CollectedData", "PreparedData", "collect_samples", "assign_splits", "prepare_data",
-    "make_loaders", "class_weights", "eval_loader", "training_precision", "infer_outputs", "train_prepared", "fit", "finish_run", "fit_ood", "fit_run_ood", "write_report_safely",
+    "LitClassifier", "HistoryWriter", "CollectedData", "PreparedData", "Listing", "list_data", "run_preprocessing", "collect_samples",
+    "assign_splits", "samples_in_split", "prepared_from_split", "prepare_data", "RunData", "train_loader", "make_loaders", "class_weights",
+    "eval_loader", "training_precision", "infer_outputs", "train_prepared", "fit", "finish_run", "fit_ood", "fit_run_ood", "write_report_safely",
 ]
