@@ -91,3 +91,28 @@ def test_version_and_python_dash_m(tmp_path):
 
     res = _run([sys.executable, "-m", "liverscope", "--version"], cwd=tmp_path)
     assert res.stdout.strip() == f"liverscope {__version__}" and __version__ == "0.1.0"
+
+
+def test_the_pinned_versions_satisfy_the_declared_ranges():
+    # `make install` is `pip install -c constraints.txt -e .[all]`: a range that excludes a pin makes
+    # the install impossible on a fresh machine
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra if not r.startswith("liverscope")]
+    checked = 0
+    for req in reqs:
+        pin = pins.get(canonicalize_name(req.name))
+        if pin is not None and not req.extras:
+            assert req.specifier.contains(pin, prereleases=True), f"{req} excludes the pinned {req.name}=={pin}"
+            checked += 1
+    assert checked >= 20

@@ -232,6 +232,8 @@ def export_int8(run_dir: str | Path, calibration: int = 128, per_channel: bool =
     if len(x) == 0:
         part = "val"
         x, labels, _ = _split_inputs(run_dir, "val", None)
+    if len(x) == 0:
+        raise LiverscopeError(f"{run_dir}: no readable test or validation images to compare int8 with fp32 on (check the paths in {rundir.SPLIT}); {out.name} was written but not checked")
     meta = rundir.read_model_meta(run_dir)
     t = rundir.temperature(meta)
     opts = ort.SessionOptions()

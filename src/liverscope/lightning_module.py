@@ -17,6 +17,7 @@ import csv
 import logging
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -344,6 +346,10 @@ def training_precision(precision: str, device: str) -> str:
     return "bf16-mixed" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "32-true"
 
 
+#: How long the processes of a DDP run wait for each other at a barrier (rank 0 preparing the data).
+DDP_TIMEOUT = timedelta(hours=12)
+
+
 def placement(train_cfg) -> dict:
     """Lightning's ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` of a recipe.
 
@@ -378,6 +384,11 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Seque
     """
     t = cfg.train
     where = placement(t)
+    if where["strategy"] in ("ddp", "ddp_find_unused_parameters_true"):
+        # the other ranks wait at a barrier while rank 0 audits and fills the cache (prepare_data), and
+        # between folds while it scores: torch.distributed's default 30-minute timeout is too short for
+        # a first pass over a large set
+        where["strategy"] = DDPStrategy(timeout=DDP_TIMEOUT, find_unused_parameters=where["strategy"].endswith("_true"))
     quiet_lightning()
     on_gpu = where["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available()  # without one, Lightning refuses below
     precision = training_precision(t.precision, "cuda" if on_gpu else str(where["accelerator"]))

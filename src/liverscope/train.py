@@ -57,8 +57,6 @@ from liverscope.models import LiverNet, build_model, get_spec
 from liverscope.provenance import collect_provenance
 from liverscope.utils import file_sha256, log, resolve_device, softmax
 
-# the names segment/training.py imports from here
-_load_best_weights, _quiet_lightning = load_best_weights, quiet_lightning
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,13 +234,6 @@ def train_loader(prep: PreparedData, cfg: RunConfig, processes: int = 1) -> Data
     return DataLoader(train_ds, shuffle=True, generator=gen, **common)
 
 
-def make_loaders(prep: PreparedData, cfg: RunConfig) -> tuple[DataLoader, DataLoader, DataLoader, ImageDataset]:
-    """The single-process training, validation and test loaders and the training dataset."""
-    sel = {k: [s for s, a in zip(prep.samples, prep.splits) if a == k] for k in ("val", "test")}
-    train_dl = train_loader(prep, cfg)
-    return train_dl, eval_loader(sel["val"], prep, cfg), eval_loader(sel["test"], prep, cfg), train_dl.dataset
-
-
 def class_weights(targets: Sequence[int], class_names: Sequence[str]) -> np.ndarray:
     """Inverse-frequency class weights w_i = N / (K n_i) of the training targets (the multi-disease
     study's weighted cross-entropy; per image, the weighted sampler's): scikit-learn's ``balanced``.
@@ -275,7 +266,7 @@ class RunData(L.LightningDataModule):
     """The data of one training run as Lightning hands it to one process or many.
 
     ``prepare_data`` runs on global rank 0 only, while Lightning holds the other processes at a barrier
-    without a time limit: the audit, the preprocessing cache (filled once, shared through the file
+    (``lightning_module.DDP_TIMEOUT``: 12 hours, not torch.distributed's 30 minutes): the audit, the preprocessing cache (filled once, shared through the file
     system) and ``split.csv`` (:meth:`prepare`). ``setup`` then runs on every process: the samples and
     their split read back from ``split.csv``; the class weights of ``weighted_ce``. The loaders are
     :func:`train_loader` and :func:`eval_loader` (validation sharded without repeats).
@@ -544,6 +535,6 @@ def write_report_safely(run_dir: Path) -> None:
 
 __all__ = [
     "LitClassifier", "HistoryWriter", "CollectedData", "PreparedData", "Listing", "list_data", "run_preprocessing", "collect_samples",
-    "assign_splits", "samples_in_split", "prepared_from_split", "prepare_data", "RunData", "train_loader", "make_loaders", "class_weights",
+    "assign_splits", "samples_in_split", "prepared_from_split", "prepare_data", "RunData", "train_loader", "class_weights",
     "eval_loader", "training_precision", "infer_outputs", "train_prepared", "fit", "finish_run", "fit_ood", "fit_run_ood", "write_report_safely",
 ]

@@ -1,5 +1,5 @@
 """Small shared helpers: atomic writes (text, JSON, CSV, PNG, NPY), file hashing, softmax, logits and
-pooled features in one pass, seeding, device choice, the package logger and progress bars. The lowest layer: imports nothing of liverscope but :mod:`.errors`."""
+pooled features in one pass, device choice, the package logger and progress bars. The lowest layer: imports nothing of liverscope but :mod:`.errors`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import os
-import random
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -229,15 +228,6 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def default_model_threads() -> int:

@@ -32,8 +32,8 @@ from torch.utils.data.distributed import DistributedSampler
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
 from liverscope.segment.unet import DEFAULT_CHANNELS, LOSSES, check_size, cpu_threads, resize_masks, to_unet_input, unet_arch, unet_from_arch
-from liverscope.lightning_module import load_best_weights, quiet_lightning, training_precision
-from liverscope.utils import log, resolve_device, seed_everything
+from liverscope.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
+from liverscope.utils import log, resolve_device
 
 #: What ``segment train`` monitors for the best checkpoint and early stopping (higher is better).
 MONITOR = "val_dice"
@@ -191,7 +191,7 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     if resume and checkpoint_dir is None:
         raise LiverscopeError("resume needs the checkpoint folder of the interrupted fit (checkpoint_dir)")
     device = resolve_device(device)
-    seed_everything(seed)
+    seed_run(seed)
     model = unet_from_arch(arch)
     lit = LitSegmenter(model, loss, lr, flip, seed, verbose)
     x_all = to_unet_input(images, size, in_channels)
@@ -214,7 +214,9 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
         quiet_lightning()
         trainer = L.Trainer(
             max_epochs=int(epochs), max_steps=int(max_steps) if max_steps else -1,
-            accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=training_precision(precision, device),
+            accelerator="gpu" if device.startswith("cuda") else "cpu",
+            devices=[int(device.split(":", 1)[1])] if device.startswith("cuda:") else 1,  # --device cuda:1 trains on that GPU
+            precision=training_precision(precision, device),
             callbacks=callbacks, logger=False, default_root_dir=str(ckpt_dir), enable_progress_bar=bool(progress),
             enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, deterministic=False,
         )
