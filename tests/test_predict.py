@@ -510,3 +510,18 @@ def test_backends_agree_on_real_images(real_fibrosis, exported_run, tmp_path):
     assert np.abs(pa - pb).max() < 1e-4
     summary = write_results(iter(b), LABELS, tmp_path / "real.csv")
     assert summary["predicted"] == len(files)
+
+
+def test_torch_backend_gives_the_model_every_core_when_decoding_is_cheap(random_run):
+    # with denoising off, decoding is cheap and half the cores for the model made the backend slower
+    # than a plain eager loop (docs/benchmarks.md); with denoising on, half stays
+    import os
+
+    from liverscope.utils import default_model_threads
+
+    model, meta = load_run_model(random_run)
+    for denoise, expect in ((False, os.cpu_count() or 1), (True, default_model_threads())):
+        m = dict(meta, preprocessing=dict(meta["preprocessing"], denoise=denoise))
+        assert Predictor(model, m, device="cpu", backend="torch").engine.threads == expect
+    m = dict(meta, preprocessing=dict(meta["preprocessing"], denoise=False))
+    assert Predictor(model, m, device="cpu", backend="torch", threads=1).engine.threads == 1  # asked for: kept

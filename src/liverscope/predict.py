@@ -121,7 +121,8 @@ class Predictor:
         onnx_path: the ``.onnx`` file for the ONNX backend.
         precision: torch backend: ``auto``, ``fp32`` or ``bf16`` (see :class:`TorchBackend`).
         workers: decode/preprocess threads (default: the CPU count).
-        threads: torch backend: intra-op threads on CPU (default :func:`default_model_threads`); ONNX
+        threads: torch backend: intra-op threads on CPU (default: every core when the run does not denoise,
+            else :func:`default_model_threads`, half of them, leaving the rest to denoising); ONNX
             backend: ONNX Runtime intra-op threads (default: the CPU count).
         bf16_tolerance: see :data:`BF16_TOLERANCE`.
         ood: the run's out-of-distribution detector (:func:`liverscope.rundir.load_ood`); ``None``: results
@@ -156,6 +157,11 @@ class Predictor:
         elif backend == "torch":
             if model is None:
                 raise LiverscopeError("the torch backend needs a model")
+            if threads is None and not self.pp.denoise:
+                # decoding without denoising is cheap: the model gets every core. Half of them (the
+                # default, right when NLM runs beside the model) made this backend slower than a plain
+                # eager loop (docs/benchmarks.md, "torch backend threads")
+                threads = os.cpu_count() or 1
             self.engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance, threads=threads)
         else:
             raise LiverscopeError(f"backend '{backend}': expected torch or onnx")
