@@ -34,6 +34,15 @@ def real_masses() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_lesions() -> Path:
+    """../shared/data/liver-lesions, or skip."""
+    p = SHARED_DATA / "liver-lesions"
+    if not p.is_dir():
+        pytest.skip(f"real data not found at {p} (tests marked 'real' need ../shared/data beside the repo)")
+    return p
+
+
+@pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A small phantom set: 5 classes x 24 images of 64 px, with masks."""
     from liverscope.data.datasets import make_phantoms

@@ -438,13 +438,15 @@ def test_heatmaps_from_concurrent_sessions_do_not_mix(trained_run, phantom_dir):
 
 def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phantom_dir, monkeypatch):
     """The page outlines the regions when liverscope.segment offers the run's segmenter, and not otherwise."""
+    from types import SimpleNamespace
+
     from liverscope import segment
 
     calls = []
 
-    def load_segmenter(run_dir):
+    def segmenters(run_dir):
         calls.append(("load", Path(run_dir)))
-        return "segmenter" if Path(run_dir) == app_run else None
+        return {"lesion": SimpleNamespace(meta={})} if Path(run_dir) == app_run else {}
 
     def predict_mask(segmenter, image):
         calls.append(("mask", image.shape))
@@ -452,8 +454,8 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
         m[16:48, 16:48] = 0.9
         return m
 
-    # the app calls segment.load_segmenter / segment.predict_mask through the module at call time
-    monkeypatch.setattr(segment, "load_segmenter", load_segmenter)
+    # the app calls segment.unet.segmenters / segment.predict_mask through the module at call time
+    monkeypatch.setattr(segment.unet, "segmenters", segmenters)
     monkeypatch.setattr(segment, "predict_mask", predict_mask)
     monkeypatch.setattr(appmod, "_SEGMENTERS", {})
     at = start(app_run, monkeypatch)
@@ -462,12 +464,12 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
     at.run()
     assert not at.exception
     captions = all_text(at)
-    assert captions.count("segmented regions (outline)") == 2  # a.png and c.png; b.png is not an image
+    assert captions.count("segmented regions (outline): lesion red") == 2  # a.png and c.png; b.png is not an image
     assert [c for c in calls if c[0] == "load"] == [("load", app_run)]  # loaded once per run
     from liverscope.predict import Predictor
 
     p = Predictor.from_run(app_run, backend="torch")
     a = appmod.analyse_upload(p, "x.png", data, 2**20)
-    assert a.outline is not None and (a.outline[16, 16:48] == (0, 255, 0)).all()
-    monkeypatch.setattr(appmod, "_SEGMENTERS", {str(app_run.resolve()): None})
+    assert a.outline is not None and (a.outline[16, 16:48] == (255, 48, 48)).all()  # lesions in red
+    monkeypatch.setattr(appmod, "_SEGMENTERS", {str(app_run.resolve()): {}})
     assert appmod.analyse_upload(p, "x.png", data, 2**20).outline is None

@@ -83,7 +83,8 @@ def test_masks_never_leave_the_sector(rule):
     sector = np.zeros((32, 32), bool)
     sector[8:28, 6:26] = True
     cam[~sector] = 1.0  # the hottest pixels are outside (text, border): they must not be chosen
-    m = S.pseudo_mask(S.normalise_map(cam, sector), sector, rule, q=30)
+    img = np.repeat((cam * 255).astype(np.uint8)[..., None], 3, axis=2)  # the image rules (GrabCut) need one
+    m = S.pseudo_mask(S.normalise_map(cam, sector), sector, rule, q=30, image=img)
     assert m.any() and not (m & ~sector).any()
 
 

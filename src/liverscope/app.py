@@ -6,7 +6,8 @@ hospital's authenticating proxy: the app has no login of its own). Directly:
 
 Per uploaded image it shows the predicted class, the probability of every class (bar chart and
 table), the fibrosis endpoints ≥F2 / ≥F3 / F4 when the labels are METAVIR stages, the Grad-CAM
-overlay and, when the run holds a segmentation model, the outline of the regions it segments; the
+overlay and, when the run holds segmentation models, the outline of what each segments (one colour per
+target: lesion red, liver green); the
 sidebar shows the model card (name, version, labels, validation figures). Probabilities are calibrated
 with the run's temperature when it has one. An image unlike the images the model was trained on (its
 out-of-distribution score above the run's threshold) gets :data:`OOD_WARNING` above its stage. Results
@@ -42,9 +43,9 @@ import cv2
 import numpy as np
 
 from liverscope import rundir, segment
-from liverscope.data.geometry import bounding_box, to_model
+from liverscope.data.geometry import bounding_box, to_model, to_original
 from liverscope.data.io import decode_image, sniff_format, to_rgb
-from liverscope.data.preprocess import preprocess_array, sector_mask
+from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array, sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.explain import cam_overlay
 from liverscope.labels import FIBROSIS_ENDPOINTS
@@ -178,7 +179,8 @@ class Analysis:
         result: the prediction (``result.error`` set for a bad upload).
         image: the upload for display (downscaled; DICOM: blanked outside the scan sector), or ``None``.
         cam: Grad-CAM overlay on the model input (RGB uint8), or ``None``.
-        outline: segmentation outline overlay (RGB uint8), or ``None``.
+        outline: segmentation outline overlay (RGB uint8, every target's outline), or ``None``.
+        outline_caption: its caption, naming each target and its colour.
         notes: why a panel is missing (e.g. heatmap failed), shown as captions.
     """
 
@@ -187,6 +189,7 @@ class Analysis:
     image: np.ndarray | None = None
     cam: np.ndarray | None = None
     outline: np.ndarray | None = None
+    outline_caption: str = "segmented regions (outline)"
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -202,30 +205,67 @@ def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
 
 
-_SEGMENTERS: dict[str, object] = {}
+_SEGMENTERS: dict[str, dict] = {}
 
 
-def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, display: np.ndarray | None = None) -> np.ndarray | None:
-    """Outline of the run's segmentation mask, drawn on ``display`` (default: the model input), or
-    ``None`` when the run holds no segmentation model.
+def _run_segmenters(run_dir: Path) -> dict:
+    """The run's segmenters by target (``liverscope.segment.unet.segmenters``), loaded once per run; call under the lock."""
+    key = str(Path(run_dir).resolve())
+    if key not in _SEGMENTERS:
+        _SEGMENTERS[key] = segment.unet.segmenters(run_dir)
+    return _SEGMENTERS[key] or {}
 
-    Uses :mod:`liverscope.segment`: ``load_segmenter(run_dir)`` returns the run's segmentation model or
-    ``None`` when it has none; ``predict_mask(segmenter, image)`` takes the preprocessed uint8
-    ``size x size x 3`` image and returns an ``size x size`` mask (bool, or probabilities thresholded at
-    0.5). The segmenter is loaded once per run directory.
+
+def _mask_on_input(segmenter, model_input: np.ndarray, pp, image: np.ndarray | None) -> np.ndarray:
+    """A segmenter's mask on the classifier's model input grid. A segmenter with its own preprocessing
+    (e.g. a larger input size) segments the original ``image`` preprocessed its way, and the mask is moved
+    to the model input's grid (through the original image); without ``image`` it segments the model input."""
+    own = segmenter.meta.get("preprocessing")
+    seg_pp = Preprocessing.from_dict(own) if own else pp
+    on_input = image is None or seg_pp == pp
+    mask = np.asarray(segment.predict_mask(segmenter, model_input if on_input else preprocess_array(image, seg_pp)))
+    mask = mask > 0.5 if mask.dtype.kind == "f" else mask.astype(bool)
+    if on_input:
+        return mask
+    return to_model(to_original(mask, image.shape[:2], crop_box(image, seg_pp)), crop_box(image, pp), model_input.shape[0])
+
+
+def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, display: np.ndarray | None = None,
+                         image: np.ndarray | None = None) -> np.ndarray | None:
+    """Outlines of every segmenter of the run (one per target, each in its colour:
+    ``liverscope.segment.unet.target_colours``, lesion red, liver green), drawn on ``display`` (default:
+    the model input), or ``None`` when the run holds no segmentation model.
+
+    Uses :mod:`liverscope.segment`: ``unet.segmenters(run_dir)`` returns the run's segmenters by target
+    (``{}`` when it has none); ``predict_mask(segmenter, image)`` takes a preprocessed uint8
+    ``size x size x 3`` image and returns a ``size x size`` mask (bool, or probabilities thresholded at
+    0.5). The segmenters are loaded once per run directory.
+
+    Args:
+        run_dir: the run directory (``None``: no outline).
+        model_input: the classifier's preprocessed input (``pp``).
+        pp: the classifier's preprocessing.
+        display: what the outlines are drawn on (the model input's size).
+        image: the decoded original; a segmenter trained with its own preprocessing segments it.
     """
     if run_dir is None:
         return None
-    key = str(Path(run_dir).resolve())
-    with _SEGMENTER_LOCK:  # one load per run, and the model is used by one session at a time
-        if key not in _SEGMENTERS:
-            _SEGMENTERS[key] = segment.load_segmenter(run_dir)
-        segmenter = _SEGMENTERS[key]
-        if segmenter is None:
-            return None
-        mask = np.asarray(segment.predict_mask(segmenter, model_input))
-    mask = mask > 0.5 if mask.dtype.kind == "f" else mask.astype(bool)
-    return draw_outline(model_input if display is None else display, mask)
+    with _SEGMENTER_LOCK:  # one load per run, and the models are used by one session at a time
+        masks = {t: _mask_on_input(seg, model_input, pp, image) for t, seg in _run_segmenters(run_dir).items()}
+    if not masks:
+        return None
+    out = model_input if display is None else display
+    for t, (colour, _) in segment.unet.target_colours(list(masks)).items():
+        out = draw_outline(out, masks[t], colour)
+    return out
+
+
+def outline_legend(run_dir: Path | None) -> str:
+    """The outline panel's caption: ``segmented regions (outline)`` and each target with its colour."""
+    with _SEGMENTER_LOCK:
+        targets = list(_run_segmenters(run_dir)) if run_dir is not None else []
+    names = ", ".join(f"{t} {name}" for t, (_, name) in segment.unet.target_colours(targets).items())
+    return "segmented regions (outline)" + (f": {names}" if names else "")
 
 
 def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True) -> Analysis:
@@ -270,7 +310,8 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
         except Exception as exc:  # the prediction stands without its heatmap
             out.notes.append(f"heatmap unavailable ({type(exc).__name__}: {exc})")
     try:
-        out.outline = segmentation_outline(predictor.run_dir, model_input, predictor.pp, display=shown_input)
+        out.outline = segmentation_outline(predictor.run_dir, model_input, predictor.pp, display=shown_input, image=img)
+        out.outline_caption = outline_legend(predictor.run_dir)
     except Exception as exc:
         out.notes.append(f"segmentation unavailable ({type(exc).__name__}: {exc})")
     return out
@@ -400,7 +441,7 @@ def _render_analysis(st, a: Analysis, labels: list[str], index: int, calibrated:
             if a.cam is not None:
                 panels.append((a.cam, f"Grad-CAM: regions driving '{r.label}'"))
             if a.outline is not None:
-                panels.append((a.outline, "segmented regions (outline)"))
+                panels.append((a.outline, a.outline_caption))
             panels = [(img, caption) for img, caption in panels if img is not None]
             for col, (img, caption) in zip(st.columns(len(panels)), panels):
                 col.image(img, caption=caption, width="stretch")

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from liverscope.cli_options import RecipeOpt, choice, fail, recipe_options, show_version, train_overrides
+from liverscope.cli_options import LAYERS_HELP, RecipeOpt, choice, fail, recipe_options, show_version, train_overrides
 from liverscope.config import load_config
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.utils import configure_logging, progress, set_progress
@@ -324,6 +324,7 @@ def explain(
     flip_average: bool = typer.Option(False, "--flip-average", help="Average each map with the map of the horizontally flipped image."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score each map: deletion AUC and ROAD (slower: many forward passes per image)."),
     sector: bool = typer.Option(True, "--sector/--no-sector", help="Restrict maps to the scan sector (text and borders outside the fan are not tissue)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ):
     """Class activation maps: heatmap and overlay PNGs, raw maps (.npy) and cams.csv; bad files are skipped and listed."""
@@ -332,7 +333,7 @@ def explain(
     try:
         summary = explain_paths(
             run_dir, paths, out_dir=out or Path("explain") / run_dir.resolve().name, method=method, class_label=class_label, batch_size=batch_size,
-            flip_average=flip_average, with_faithfulness=faithfulness, restrict_to_sector=sector, device=device,
+            flip_average=flip_average, with_faithfulness=faithfulness, restrict_to_sector=sector, device=device, layers=layers,
         )
     except LiverscopeError as exc:
         fail(exc)
@@ -414,7 +415,8 @@ def serve(
 segment_app = typer.Typer(help="Weakly supervised segmentation: CAM pseudo-masks, an Attention U-Net, IoU/Dice scores.", no_args_is_help=True)
 app.add_typer(segment_app, name="segment")
 
-RuleOpt = typer.Option("threshold", "--rule", help="Pseudo-mask rule: threshold (CAM >= 0.5, the study's), otsu (Otsu over the sector) or top (top q% of the sector).")
+RuleOpt = typer.Option("threshold", "--rule", help="Pseudo-mask rule: threshold (CAM >= 0.5, the study's), otsu (Otsu over the sector), top (top q% of the sector) or grabcut (the threshold mask refined by OpenCV's GrabCut on the image).")
+LayersOpt = typer.Option(None, "--layers", help=LAYERS_HELP)
 QOpt = typer.Option(20.0, "--q", help="Percentage of sector pixels kept by --rule top.")
 FlipOpt = typer.Option(False, "--flip-average/--no-flip-average", help="Average each CAM with the CAM of the mirrored image before thresholding.")
 MethodOpt = typer.Option("gradcam", "--method", help="CAM method (see `liverscope explain --help`).")
@@ -424,14 +426,15 @@ MethodOpt = typer.Option("gradcam", "--method", help="CAM method (see `liverscop
 def segment_pseudo(
     run_dir: Path = typer.Argument(..., help="A trained run directory (a `cv` run averages the CAMs of its fold models)."),
     data: Path = typer.Argument(..., help="Image folder (searched recursively, masks/ skipped) or image file."),
-    rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt,
+    rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt, layers: Optional[str] = LayersOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: pseudo-masks/RUN_NAME in the current folder); mirrors DATA's relative paths. Never DATA itself."),
 ):
     """CAM pseudo-masks (PNG, 0/255, at each image's original size) for the images of DATA."""
     from liverscope.segment import write_pseudo_masks
 
     try:
-        summary = write_pseudo_masks(run_dir, data, out=out or Path("pseudo-masks") / run_dir.resolve().name, rule=rule, q=q, flip_average=flip_average, method=method)
+        summary = write_pseudo_masks(run_dir, data, out=out or Path("pseudo-masks") / run_dir.resolve().name, rule=rule, q=q, flip_average=flip_average, method=method,
+                                     layers=layers)
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"wrote {summary['written']} pseudo-mask(s) ({summary['rule']}) → {summary['out']}")
@@ -443,27 +446,35 @@ def segment_train(
     run_dir: Path = typer.Argument(..., help="A trained run directory: the segmenter is saved into it."),
     data: Path = typer.Argument(..., help="Class-per-folder tree or CSV manifest of the images to segment."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Train on these masks (same relative path or file name as the image) instead of CAM pseudo-masks."),
-    real_masks: Optional[Path] = typer.Option(None, "--real-masks", help="Expert masks (same file name, 0 = background, 255 = lesion): the held-out images are also scored against them."),
+    real_masks: Optional[Path] = typer.Option(None, "--real-masks", help="Expert masks (same file name, 0 = background, 255 = foreground): the held-out images are scored against them (default: the --masks themselves)."),
+    target: str = typer.Option("lesion", "--target", help="What the masks outline (a lower-case name: lesion, liver, ...); a run holds one segmenter per target."),
     loss: str = typer.Option("bce", "--loss", help="bce (the study's) or bce+dice."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs (the best validation Dice is kept)."),
-    size: Optional[int] = typer.Option(None, "--size", help="U-Net input size (multiple of 8; default: the classifier's input size)."),
+    size: Optional[int] = typer.Option(None, "--size", help="U-Net input size (multiple of 8; default: the classifier's input size); larger than the classifier's, the images are preprocessed at this size."),
     channels: str = typer.Option("8,16,32,64", "--channels", help="U-Net channels per level, comma-separated."),
     batch_size: int = typer.Option(8, "--batch-size", help="Batch size."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
-    rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt,
+    rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt, layers: Optional[str] = LayersOpt,
+    positive: Optional[str] = typer.Option(None, "--positive", help="Comma-separated classes that have something to outline (e.g. benign,malignant): an image predicted as another class gets an empty pseudo-mask."),
+    confident: Optional[str] = typer.Option(None, "--confident", help="LOW,HIGH: train only on confident pixels of the CAM (>= HIGH foreground, <= LOW background, the rest ignored), e.g. 0.3,0.6."),
     seed: int = typer.Option(0, "--seed", help="Split and training seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation Dice (default: train all epochs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted segmenter training from its last checkpoint."),
 ):
-    """Train an Attention U-Net on CAM pseudo-masks (or --masks) with a grouped split; scores go to the run's report."""
+    """Train an Attention U-Net on CAM pseudo-masks (or --masks) with a grouped split; scores (against targets,
+    expert masks and trivial baselines) go to the run's report."""
     from liverscope.segment import train_segmenter
 
     try:
         chans = tuple(int(c) for c in channels.split(",") if c.strip())
-        result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, loss=loss, epochs=epochs, size=size, channels=chans,
+        conf = tuple(float(v) for v in confident.split(",")) if confident else None
+        if conf is not None and len(conf) != 2:
+            raise UsageError(f"--confident {confident}: expected LOW,HIGH, e.g. 0.3,0.6")
+        pos = [c.strip() for c in positive.split(",") if c.strip()] if positive else None
+        result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, target=target, loss=loss, epochs=epochs, size=size, channels=chans,
                                  batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device,
-                                 patience=patience, resume=resume)
+                                 patience=patience, resume=resume, layers=layers, confident=conf, positive=pos)
     except ValueError as exc:
         fail(exc)
     for line in result["summary_lines"]:
@@ -474,16 +485,16 @@ def segment_train(
 def segment_predict(
     run_dir: Path = typer.Argument(..., help="A run directory holding a segmenter (liverscope segment train)."),
     paths: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    out: Path = typer.Option(Path("segmentations"), "--out", "-o", help="Output folder: NAME_mask.png (0/255) and NAME_outline.png at the original size."),
+    out: Path = typer.Option(Path("segmentations"), "--out", "-o", help="Output folder: NAME_mask.png (lesion), NAME_T_mask.png (target T; 0/255) and NAME_outline.png at the original size."),
 ):
-    """Segment new images with the run's U-Net; bad files are listed as skipped and the rest finish."""
+    """Segment new images with every U-Net of the run (one per target); bad files are listed as skipped and the rest finish."""
     from liverscope.segment import write_predictions
 
     try:
         summary = write_predictions(run_dir, paths, out)
     except LiverscopeError as exc:
         fail(exc)
-    typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}")
+    typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}; outlines: " + ", ".join(f"{t} {c}" for t, c in summary["colours"].items()))
     _echo_skipped(summary["skipped"])
 
 

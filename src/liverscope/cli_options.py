@@ -126,3 +126,8 @@ def recipe_options(fn: Callable) -> Callable:
     command.__signature__ = inspect.Signature(own + added)
     command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "overrides"}, **{p.name: p.annotation for p in added}}
     return command
+
+
+#: ``--layers`` of ``explain`` and ``segment``: where the CAM is taken (liverscope.explain.resolve_layers).
+LAYERS_HELP = ("Layer(s) the CAM is taken at, comma-separated: 'last' (default: the final feature map), a stage name of the "
+               "backbone (e.g. layer3) or an index (-2 = the second-to-last stage); several are averaged (a multi-scale CAM).")

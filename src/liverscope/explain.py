@@ -17,6 +17,9 @@ EigenCAM and LayerCAM. liverscope adds what ultrasound needs around them:
 * hooks are released after every call (pytorch-grad-cam's context manager), and gradient methods
   back-propagate through the head only (:class:`HeadGradOnly`: the same map at about the cost of one
   forward pass);
+* ``layers``: maps from a shallower backbone stage (finer than the last feature map: 4x4 for resnet10t
+  at 128 px) or from several stages averaged (a multi-scale CAM); stages are timm's ``feature_info``
+  (:func:`cam_stages`, :func:`resolve_layers`);
 * :func:`explain_paths` (the ``liverscope explain`` command) writes heatmaps, overlays on the original
   image at its original size, the maps as ``.npy`` and ``cams.csv``; :func:`write_cam_gallery` writes
   the report's gallery of correct and wrong test cases.
@@ -97,19 +100,20 @@ def cam_method(name: str) -> type:
 
 @functools.lru_cache(maxsize=None)
 def _recording(cls: type) -> type:
-    """``cls`` keeping the map of its last call before pytorch-grad-cam's per-image min-max scaling.
+    """``cls`` keeping the maps of its call (one per target layer, in forward order) before
+    pytorch-grad-cam's per-image min-max scaling and its average over layers.
 
     ``get_cam_image`` is the library's extension point (every method implements or inherits it); the
     raw map is what energy shares need (the library's scaled map has its minimum subtracted) and what
-    sector-wise normalisation starts from.
+    sector-wise normalisation starts from. The caller sets ``raw_maps = []`` before each call.
     """
 
     class Recording(cls):
-        raw_map: np.ndarray | None = None
+        raw_maps: list
 
         def get_cam_image(self, *args, **kwargs):
             cam = super().get_cam_image(*args, **kwargs)
-            self.raw_map = np.asarray(cam, dtype=np.float32)
+            self.raw_maps.append(np.asarray(cam, dtype=np.float32))
             return cam
 
     Recording.__name__ = Recording.__qualname__ = cls.__name__
@@ -136,9 +140,7 @@ class HeadGradOnly(nn.Module):
         return self.net.forward_head(self.net.cam_layer(features.detach().requires_grad_(True)))
 
 
-# --------------------------------------------------------------------------------------------------
-# Maps
-# --------------------------------------------------------------------------------------------------
+# --- Maps ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -149,7 +151,9 @@ class CamBatch:
         cams: float32 ``N x H x W`` in [0, 1]: min-max normalised inside the sector (and zero outside it)
             when restricted, over the whole image otherwise.
         raw: float32 ``N x H x W`` ≥ 0: the method's map after its ReLU, upsampled, before any
-            normalisation or restriction (what :func:`energy_outside_sector` measures).
+            normalisation or restriction (what :func:`energy_outside_sector` measures); with several
+            layers the mean of their maps each scaled to peak 1 (``cams``: the mean of the layers'
+            normalised maps, normalised again).
         sectors: bool ``N x H x W``: the scan sector of each input.
         targets: int ``N``: the class each map explains.
         logits: float32 ``N x K``: the model's logits for the inputs.
@@ -208,27 +212,87 @@ def _cam_view(model: nn.Module) -> nn.Module:
     return model
 
 
-def _maps_once(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Raw maps (feature resolution) and logits of one batch; the hooks live only inside this call."""
+def cam_stages(model: nn.Module) -> list[str]:
+    """Module names (under ``model.backbone``) of the backbone's stages, shallow to deep, from timm's
+    ``feature_info`` (``layer1``..``layer4`` for ResNets, ``blocks.N`` for EfficientNets); ``[]`` without one."""
+    info = getattr(getattr(model, "backbone", None), "feature_info", None) or []
+    if hasattr(info, "module_name"):  # timm's FeatureInfo (a features_only model)
+        return [info.module_name(i) for i in range(len(info))]
+    return [str(d["module"]) for d in info if isinstance(d, dict) and "module" in d]
+
+
+def resolve_layers(model: nn.Module, layers: str | int | Sequence[str | int] | None) -> list[tuple[str, nn.Module]] | None:
+    """The ``(name, module)`` pairs of a ``layers`` option, shallow to deep (pytorch-grad-cam pairs target
+    layers with activations in forward order); ``None`` for the last feature map alone (the fast path).
+
+    Args:
+        layers: ``None`` / ``"last"``: ``model.cam_layer``; or stages of :func:`cam_stages` by name or
+            index (``-2``: second-to-last), ``"last"`` among them: a sequence or comma-separated string.
+
+    Raises:
+        LiverscopeError: a name or index that is not a stage (the message lists the stages).
+    """
+    if layers is None:
+        return None
+    items = layers.split(",") if isinstance(layers, str) else [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    stages = cam_stages(model)
+    n, keys = len(stages), set()
+    for item in items or [""]:
+        text = str(item).strip()
+        if text.lower() == "last":
+            keys.add(n)  # after every stage
+        elif text.removeprefix("-").isdigit() and -n <= int(text) < n:
+            keys.add(int(text) % n)
+        elif text in stages:
+            keys.add(stages.index(text))
+        else:
+            raise LiverscopeError(f"CAM layer '{text}' is not a stage of this {type(getattr(model, 'backbone', model)).__name__}: choose from last"
+                                  + (f", {', '.join(stages)} or an index -{n}..{n - 1}" if n else " (its backbone lists no stages)"))
+    if keys == {n}:
+        return None
+    return [("last", model.cam_layer) if k == n else (stages[k], model.backbone.get_submodule(stages[k])) for k in sorted(keys)]
+
+
+def _maps_once(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None, method: str,
+               layers: list[tuple[str, nn.Module]] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Raw maps (feature resolution, one per layer) and logits of one batch; the hooks live only inside this call.
+
+    The last feature map alone back-propagates through the head only (:class:`HeadGradOnly`); other
+    layers need the gradient through the backbone, so the model runs as is.
+    """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls = _recording(cam_method(method))
     tgt = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-    with torch.enable_grad(), cls(model=_cam_view(model), target_layers=[model.cam_layer]) as cam:
+    if layers is None:
+        view, hooked = _cam_view(model), [model.cam_layer]
+    else:  # an input that requires grad: a frozen backbone's stages still get gradients
+        view, hooked, x = model, [m for _, m in layers], x.detach().requires_grad_(True)
+    with torch.enable_grad(), cls(model=view, target_layers=hooked) as cam:
+        cam.raw_maps = []
         try:
             cam(input_tensor=x, targets=tgt)
         except IndexError as exc:  # pytorch-grad-cam's __exit__ would swallow (and print) an IndexError
             raise RuntimeError(f"CAM failed: {exc}") from exc
-        raw, logits = cam.raw_map, cam.outputs.detach().float().cpu().numpy()
-        cam.raw_map = None
-    if raw is None:
-        raise RuntimeError(f"{method}: no map was computed (is model.cam_layer part of the forward pass?)")
-    return raw, logits
+        raws, logits = cam.raw_maps, cam.outputs.detach().float().cpu().numpy()
+        cam.raw_maps = []
+    if len(raws) != len(hooked):  # a layer the forward pass never reached
+        raise RuntimeError(f"{method}: {len(raws)} map(s) for {len(hooked)} layer(s) (is every layer part of the forward pass?)")
+    return raws, logits
+
+
+def _combine(maps: np.ndarray, region: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw, cam)`` of one image from its ``L x H x W`` upsampled maps (one per layer): see :class:`CamBatch`."""
+    if len(maps) == 1:
+        return maps[0], normalise_in_region(maps[0], region)
+    raw = np.mean([m / m.max() if m.max() > 0 else m for m in maps], axis=0)
+    return raw.astype(np.float32), normalise_in_region(np.mean([normalise_in_region(m, region) for m in maps], axis=0), region)
 
 
 def explain_batch(
     model: nn.Module, images: Sequence[np.ndarray], pp, targets: Sequence[int] | None = None, method: str = DEFAULT_METHOD,
     restrict_to_sector: bool = True, batch_size: int = 16, aug_smooth_flip: bool = False, sectors: Sequence[np.ndarray] | None = None,
+    layers: str | int | Sequence[str | int] | None = None,
 ) -> CamBatch:
     """Maps and everything around them for preprocessed images; see :func:`compute_cams`.
 
@@ -241,6 +305,7 @@ def explain_batch(
         A :class:`CamBatch`.
     """
     method = method_key(method)
+    resolved = resolve_layers(model, layers)
     n = len(images)
     if n == 0:
         z = np.zeros((0, pp.size, pp.size), np.float32)
@@ -253,8 +318,7 @@ def explain_batch(
     if sectors is not None and len(sectors) != n:
         raise ValueError(f"{len(sectors)} sector masks for {n} images")
     batch_size = max(1, int(batch_size))
-    device = model_device(model)
-    was_training = model.training
+    device, was_training = model_device(model), model.training
     model.eval()
     raws, logits_all, target_all = [], [], []
     try:
@@ -263,38 +327,37 @@ def explain_batch(
             h, w = chunk[0].shape[:2]
             x = input_tensor(chunk, pp, device)
             tgt = None if targets is None else [int(t) for t in targets[i : i + batch_size]]
-            raw, logits = _maps_once(model, x, tgt, method)
+            maps, logits = _maps_once(model, x, tgt, method, resolved)
             if tgt is None:
                 tgt = [int(k) for k in np.argmax(logits, axis=1)]
-            up = _upsample(raw, h, w)
+            up = [_upsample(m, h, w) for m in maps]
             if aug_smooth_flip:  # the mirrored scan, explained for the same classes, mirrored back
-                raw_f, _ = _maps_once(model, torch.flip(x, dims=[3]), tgt, method)
-                up = 0.5 * (up + _upsample(raw_f, h, w)[:, :, ::-1])
-            raws.append(up)
+                flipped, _ = _maps_once(model, torch.flip(x, dims=[3]), tgt, method, resolved)
+                up = [0.5 * (u + _upsample(f, h, w)[:, :, ::-1]) for u, f in zip(up, flipped)]
+            raws.append(np.stack(up, axis=1))  # N x layers x H x W
             logits_all.append(logits)
             target_all.extend(tgt)
     finally:
         model.zero_grad(set_to_none=True)  # the head's gradients from the CAM's backward pass
         model.train(was_training)
-    raw = np.concatenate(raws).astype(np.float32)
-    if sectors is None:
-        sec = np.stack([sector_mask(im) for im in images])
-    else:
-        sec = np.stack([np.asarray(s, bool) for s in sectors])
-        if sec.shape != raw.shape:
-            raise ValueError(f"sector masks {sec.shape[1:]} do not match the inputs {raw.shape[1:]}")
-    cams = np.stack([normalise_in_region(r, s if restrict_to_sector else None) for r, s in zip(raw, sec)]).astype(np.float32)
+    per_layer = np.concatenate(raws).astype(np.float32)
+    sec = np.stack([sector_mask(im) for im in images]) if sectors is None else np.stack([np.asarray(s, bool) for s in sectors])
+    if sec.shape != (n, *per_layer.shape[2:]):
+        raise ValueError(f"sector masks {sec.shape[1:]} do not match the inputs {per_layer.shape[2:]}")
+    raw, cams = (np.stack(a).astype(np.float32) for a in zip(*(_combine(m, s if restrict_to_sector else None) for m, s in zip(per_layer, sec))))
     return CamBatch(cams, raw, sec, np.asarray(target_all, dtype=int), np.concatenate(logits_all).astype(np.float32))
 
 
 def compute_cams(
     model: nn.Module, images: Sequence[np.ndarray], pp, targets: Sequence[int] | None = None, method: str = DEFAULT_METHOD,
     restrict_to_sector: bool = True, batch_size: int = 16, aug_smooth_flip: bool = False,
+    layers: str | int | Sequence[str | int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class activation maps of preprocessed images.
 
     Args:
-        model: a :class:`~liverscope.models.registry.LiverNet` (maps are taken at its ``cam_layer``).
+        model: a :class:`~liverscope.models.registry.LiverNet` (maps are taken at its ``cam_layer``
+            unless ``layers`` says otherwise).
         images: model inputs, uint8 ``H x W x 3`` as returned by
             :func:`~liverscope.data.preprocess.preprocess_array`.
         pp: the run's :class:`~liverscope.data.preprocess.Preprocessing` (mean/std).
@@ -304,18 +367,18 @@ def compute_cams(
         batch_size: images per forward/backward pass.
         aug_smooth_flip: average each map with the (mirrored back) map of the horizontally flipped
             image, explained for the same class.
+        layers: where the maps are taken (:func:`resolve_layers`): ``None`` / ``"last"``: the last
+            feature map (the gradient runs through the head only); a shallower stage (``"layer3"``,
+            ``"blocks.4"``, ``-2``) gives a finer map (the gradient runs through the backbone: slower);
+            several stages give a *multi-scale CAM*: each layer's map is upsampled to the input size and
+            normalised (in the sector when restricted), the maps are averaged and normalised again.
 
     Returns:
         ``(cams, classes)``: float32 ``N x H x W`` in [0, 1] (zero outside the sector when restricted,
         each map min-max normalised inside it) and the explained class of each image (int ``N``).
     """
-    b = explain_batch(model, images, pp, targets, method, restrict_to_sector, batch_size, aug_smooth_flip)
+    b = explain_batch(model, images, pp, targets, method, restrict_to_sector, batch_size, aug_smooth_flip, layers=layers)
     return b.cams, b.targets
-
-
-# --------------------------------------------------------------------------------------------------
-# Pictures
-# --------------------------------------------------------------------------------------------------
 
 
 def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndarray:
@@ -327,9 +390,7 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
     return overlay(model_input, b.cams[0], b.sectors[0] if b.sectors[0].any() else sector_mask(model_input))
 
 
-# --------------------------------------------------------------------------------------------------
-# Files: `liverscope explain`
-# --------------------------------------------------------------------------------------------------
+# --- Files: `liverscope explain` -------------------------------------------------------------------
 
 
 def _unique_stem(path: Path, taken: set[str]) -> str:
@@ -367,16 +428,9 @@ def _chunks(paths: Iterable[Path], pp, size: int):
 
 
 def explain_paths(
-    run_dir: str | Path,
-    paths: Sequence[str | Path],
-    out_dir: str | Path | None = None,
-    method: str = DEFAULT_METHOD,
-    class_label: str | None = None,
-    batch_size: int = 8,
-    flip_average: bool = False,
-    with_faithfulness: bool = False,
-    restrict_to_sector: bool = True,
-    device: str = "auto",
+    run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path | None = None, method: str = DEFAULT_METHOD,
+    class_label: str | None = None, batch_size: int = 8, flip_average: bool = False, with_faithfulness: bool = False,
+    restrict_to_sector: bool = True, device: str = "auto", layers: str | int | Sequence[str | int] | None = None,
 ) -> dict:
     """Explain image files with a run's model and write, per image, into ``out_dir``:
 
@@ -397,6 +451,7 @@ def explain_paths(
         with_faithfulness: add deletion AUC and ROAD per image (many forward passes per image).
         restrict_to_sector: see :func:`compute_cams`.
         device: ``auto``, ``cpu`` or ``cuda``.
+        layers: where the maps are taken (see :func:`compute_cams`).
 
     Returns:
         ``{"explained": n, "skipped": [(path, reason)], "out": str, "csv": str, "method": str,
@@ -406,14 +461,13 @@ def explain_paths(
     run_dir = Path(run_dir)
     method = method_key(method)
     model, meta = rundir.load_model(run_dir)
+    resolve_layers(model, layers)  # a bad layer name fails before any file is read
     labels = list(meta["labels"])
     pp = Preprocessing.from_dict(meta["preprocessing"])
     temperature = rundir.temperature(meta)
-    target = None
-    if class_label is not None:
-        if class_label not in labels:
-            raise LiverscopeError(f"class '{class_label}' is not a label of {run_dir} (labels: {', '.join(labels)})")
-        target = labels.index(class_label)
+    if class_label is not None and class_label not in labels:
+        raise LiverscopeError(f"class '{class_label}' is not a label of {run_dir} (labels: {', '.join(labels)})")
+    target = None if class_label is None else labels.index(class_label)
     if int(batch_size) < 1:
         raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
     model.to(resolve_device(device))
@@ -421,10 +475,7 @@ def explain_paths(
     out.mkdir(parents=True, exist_ok=True)
     faith_cols = list(FAITHFULNESS_COLUMNS) if with_faithfulness else []
     cols = ["file", "predicted", "target", "prob_predicted", "prob_target", "energy_outside_sector", *faith_cols, "heatmap", "overlay", "npy", "error"]
-    taken: set[str] = set()
-    skipped: list[tuple[str, str]] = []
-    sums: dict[str, list[float]] = {}
-    n_done = 0
+    taken, skipped, sums, n_done = set(), [], {}, 0  # stems written, (file, reason), column -> values, files explained
     with atomic_path(out / "cams.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
@@ -433,7 +484,7 @@ def explain_paths(
             good = [j for j, (_, _, _, err) in enumerate(chunk) if err is None]
             if good:
                 inputs = [chunk[j][2] for j in good]
-                b = explain_batch(model, inputs, pp, None if target is None else [target] * len(good), method, restrict_to_sector, int(batch_size), flip_average)
+                b = explain_batch(model, inputs, pp, None if target is None else [target] * len(good), method, restrict_to_sector, int(batch_size), flip_average, layers=layers)
                 probs = softmax(b.logits, temperature)
                 faith = faithfulness(model, inputs, pp, b.cams, b.targets, b.sectors, b.raw, batch_size=int(batch_size)) if with_faithfulness else None
                 energy = b.energy_outside
@@ -458,32 +509,25 @@ def explain_paths(
                         predicted=labels[pred], target=labels[tgt], prob_predicted=f"{probs[i, pred]:.6f}",
                         prob_target=f"{probs[i, tgt]:.6f}", **{k: f"{v:.6f}" for k, v in values.items()}, **{k: v.name for k, v in files.items()},
                     )
-            for row in rows:
-                if row["error"]:
-                    skipped.append((row["file"], row["error"]))
-                else:
-                    n_done += 1
-                w.writerow(row)
+            skipped += [(row["file"], row["error"]) for row in rows if row["error"]]
+            n_done += sum(not row["error"] for row in rows)
+            w.writerows(rows)
             fh.flush()
     means = {k: float(np.mean(v)) for k, v in sums.items()}
     summary = {
         "explained": n_done, "skipped": skipped, "out": str(out), "csv": str(out / "cams.csv"), "method": method,
         "class": class_label, "flip_average": bool(flip_average), "restricted_to_sector": bool(restrict_to_sector),
-        "seconds": time.perf_counter() - t0, "means": means,
+        "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers), "seconds": time.perf_counter() - t0, "means": means,
     }
     atomic_write_json(out / "cams_summary.json", summary)
     return summary
 
 
-# --------------------------------------------------------------------------------------------------
-# Report gallery
-# --------------------------------------------------------------------------------------------------
+# --- Report gallery --------------------------------------------------------------------------------
 
 def _find_file(path: str, data_root: Path | None) -> Path | None:
     p = Path(path)
-    candidates = [p]
-    if data_root is not None:
-        candidates += [data_root / p, data_root / p.name, data_root / p.parent.name / p.name]
+    candidates = [p] + ([data_root / p, data_root / p.name, data_root / p.parent.name / p.name] if data_root is not None else [])
     return next((c for c in candidates if c.is_file()), None)
 
 
@@ -525,9 +569,7 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
             rows = rows[np.argsort(-probs[rows, pred[rows]], kind="stable")]
             found = 0
             for r in rows:
-                if found >= per_class:
-                    break
-                f = _find_file(paths[r], root)
+                f = _find_file(paths[r], root) if found < per_class else None
                 if f is None:
                     continue
                 try:
@@ -551,7 +593,7 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
 
 
 __all__ = [
-    "CAM_METHODS", "DEFAULT_METHOD", "CamBatch", "HeadGradOnly", "compute_cams", "explain_batch", "cam_overlay",
+    "CAM_METHODS", "DEFAULT_METHOD", "CamBatch", "HeadGradOnly", "compute_cams", "explain_batch", "cam_overlay", "cam_stages", "resolve_layers",
     "energy_outside_sector", "normalise_in_region", "heatmap_rgb", "overlay", "original_overlay", "cam_to_original",
     "explain_paths", "write_cam_gallery", "cam_method",
 ]

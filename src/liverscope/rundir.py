@@ -21,7 +21,7 @@ who writes and who reads each file):
 ``cv_folds.csv``, ``folds/foldI/``   a cv run's fold table and fold runs
 ``audit.json``, ``audit.html``    the data audit (written by :mod:`liverscope.data.audit`)
 ``cam_gallery/``                  PNG tiles and ``captions.json`` for the report
-``segmenter.safetensors/.json``   the U-Net of ``liverscope segment train``
+``segmenter.safetensors/.json``   the U-Net of ``segment train`` (target lesion; target T: ``segmenter-T.*``)
 ``ood.safetensors``               class means and shared precision of the pooled training features
                                   (the out-of-distribution score); method and threshold in ``model.json``
 ``model.onnx``                    the verified ONNX export (outputs ``logits`` and ``features``)

@@ -9,7 +9,13 @@ Definitions (tests pin them down):
   the first maximum (raster order) of a map, inside the region when one is given, is a hit when it
   lies in the true mask; a constant map points nowhere (a miss); an empty true mask has no answer
   (``None``, left out of hit rates);
-* :func:`mask_scores`: mean IoU and Dice over image pairs, and the per-image figures.
+* :func:`mask_scores`: mean IoU and Dice over image pairs, and the per-image figures;
+* :func:`expert_mask_summary`: what a clinic asks of a lesion segmenter (or of pseudo-masks) against
+  expert masks — Dice/IoU over the images that *have* a lesion, the detection rate (at least one
+  predicted pixel inside the lesion), the false-positive rate on images with no lesion (any predicted
+  pixel), each per class and per lesion-size quartile, and the pointing game of a map when one is given;
+* trivial baselines that use no expert mask of the image: :func:`centred_disc` (a disc of a given area
+  at the scan sector's centroid) and :func:`sector_centre` (the pointing game's "look at the middle").
 """
 
 from __future__ import annotations
@@ -149,4 +155,127 @@ def score_summary(scores: dict) -> dict:
     return {k: scores[k] for k in ("n", "iou", "dice")}
 
 
-__all__ = ["map_in_region", "iou", "dice", "pointing_game", "mask_scores", "score_summary"]
+def detected(pred: np.ndarray, true: np.ndarray) -> bool | None:
+    """Whether at least one predicted pixel lies inside the true lesion; ``None`` when there is no lesion."""
+    p, t = _pair(pred, true, None)
+    if not t.any():
+        return None
+    return bool((p & t).any())
+
+
+def size_quartiles(areas: Sequence[float]) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Quartile (1..4) of each non-zero area among the non-zero areas; 0 for an empty mask.
+
+    Args:
+        areas: one area per image (pixels, or share of the sector); 0 = no lesion.
+
+    Returns:
+        ``(quartile per image (int), [(lowest, highest) area of quartile 1..4])``; ties at an edge go to
+        the lower quartile (NumPy's linear quantiles as edges).
+    """
+    a = np.asarray(areas, float)
+    q = np.zeros(len(a), int)
+    nz = a > 0
+    if not nz.any():
+        return q, []
+    edges = np.quantile(a[nz], [0.25, 0.5, 0.75])
+    q[nz] = 1 + np.searchsorted(edges, a[nz], side="left")
+    ranges = []
+    for k in range(1, 5):
+        sel = a[q == k]
+        ranges.append((float(sel.min()), float(sel.max())) if len(sel) else (float("nan"), float("nan")))
+    return q, ranges
+
+
+def _group_figures(dices: list[float], ious: list[float], hits: list, fps: list) -> dict:
+    out: dict = {"n": len(dices) + len(fps)}
+    if dices:
+        out.update(n_lesion=len(dices), dice=float(np.mean(dices)), iou=float(np.mean(ious)),
+                   detection_rate=float(np.mean([bool(h) for h in hits])))
+    if fps:
+        out.update(n_empty=len(fps), false_positive_rate=float(np.mean(fps)))
+    return out
+
+
+def expert_mask_summary(preds: Sequence[np.ndarray], trues: Sequence[np.ndarray], classes: Sequence[str] | None = None,
+                        regions: Sequence[np.ndarray] | None = None, cams: Sequence[np.ndarray] | None = None,
+                        min_pixels: int = 1) -> dict:
+    """Predicted lesion masks against expert masks: overall, per class, per lesion-size quartile.
+
+    Images whose expert mask is empty (normal livers) are not averaged into Dice (every empty
+    prediction would score 1): they give the false-positive rate instead (``min_pixels`` or more
+    predicted pixels = a false alarm). Images with a lesion give Dice, IoU and the detection rate.
+
+    Args:
+        preds: predicted boolean ``HxW`` masks.
+        trues: expert masks, same shapes.
+        classes: class name per image (``by_class``); ``None``: no per-class table.
+        regions: per-image region (e.g. scan sector) the scores are restricted to; also the region
+            the lesion size is measured against (share of the region) and the pointing game searches.
+        cams: per-image maps for the pointing game (over the images with a lesion).
+        min_pixels: predicted pixels that make a false alarm on an image without a lesion.
+
+    Returns:
+        ``{"overall": {...}, "by_class": {name: {...}}, "by_size_quartile": {"Q1".."Q4": {..., "area_share": [lo, hi]}},
+        "pointing_game", "pointing_n"}`` where each ``{...}`` holds ``n`` and, as they apply,
+        ``n_lesion, dice, iou, detection_rate`` and ``n_empty, false_positive_rate``.
+    """
+    n = len(preds)
+    if len(trues) != n or any(x is not None and len(x) != n for x in (classes, regions, cams)):
+        raise LiverscopeError(f"expert_mask_summary: {n} predictions, {len(trues)} expert masks"
+                              + "".join(f", {len(x)} {name}" for name, x in (("classes", classes), ("regions", regions), ("maps", cams)) if x is not None))
+    regs = list(regions) if regions is not None else [None] * n
+    per = []
+    for p, t, r in zip(preds, trues, regs):
+        pp_, tt = _pair(p, t, r)
+        if tt.any():
+            per.append(("lesion", dice(pp_, tt), iou(pp_, tt), detected(pp_, tt), tt.sum() / max(1, (r if r is not None else np.ones_like(tt)).sum())))
+        else:
+            per.append(("empty", None, None, None, bool(np.count_nonzero(pp_) >= min_pixels)))
+
+    def figures(idx) -> dict:
+        les = [per[i] for i in idx if per[i][0] == "lesion"]
+        emp = [per[i] for i in idx if per[i][0] == "empty"]
+        return _group_figures([x[1] for x in les], [x[2] for x in les], [x[3] for x in les], [x[4] for x in emp])
+
+    out: dict = {"overall": figures(range(n))}
+    if classes is not None:
+        out["by_class"] = {c: figures([i for i in range(n) if classes[i] == c]) for c in sorted(set(classes))}
+    areas = [x[4] if x[0] == "lesion" else 0.0 for x in per]
+    quart, ranges = size_quartiles(areas)
+    out["by_size_quartile"] = {f"Q{k}": {**figures(np.flatnonzero(quart == k)), "area_share": list(ranges[k - 1])} for k in range(1, 5) if ranges}
+    if cams is not None:
+        hits = [pointing_game(c, t, r) for c, t, r in zip(cams, trues, regs)]
+        valid = [h for h in hits if h is not None]
+        out["pointing_game"] = float(np.mean(valid)) if valid else float("nan")
+        out["pointing_n"] = len(valid)
+    return out
+
+
+def centred_disc(sector: np.ndarray, area: float) -> np.ndarray:
+    """A disc of ``area`` pixels at the scan sector's centroid, clipped to the sector (a baseline with no model).
+
+    ``area`` is usually the median expert lesion area of *other* images (no mask of this image is used).
+    """
+    sector = np.asarray(sector, bool)
+    if not sector.any() or area <= 0:  # (a zero radius would still keep the centroid's pixel when it falls on the grid)
+        return np.zeros(sector.shape, bool)
+    ys, xs = np.nonzero(sector)
+    cy, cx = ys.mean(), xs.mean()
+    r2 = max(float(area), 0.0) / np.pi
+    yy, xx = np.mgrid[0 : sector.shape[0], 0 : sector.shape[1]]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r2) & sector
+
+
+def sector_centre(sector: np.ndarray) -> np.ndarray:
+    """A map that peaks at the scan sector's centroid (falls off with distance): the pointing game's trivial baseline."""
+    sector = np.asarray(sector, bool)
+    if not sector.any():
+        return np.zeros(sector.shape, np.float32)
+    ys, xs = np.nonzero(sector)
+    yy, xx = np.mgrid[0 : sector.shape[0], 0 : sector.shape[1]]
+    return (-((yy - ys.mean()) ** 2 + (xx - xs.mean()) ** 2)).astype(np.float32)
+
+
+__all__ = ["map_in_region", "iou", "dice", "pointing_game", "mask_scores", "score_summary", "detected", "size_quartiles",
+           "expert_mask_summary", "centred_disc", "sector_centre"]

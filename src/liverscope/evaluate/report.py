@@ -34,6 +34,7 @@ from liverscope import __version__
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, image_html, key_title, note, provenance_html, table_html
 from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
+from liverscope.evaluate.report_segment import section_segmentation
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
 from liverscope.rundir import GALLERY, REPORT, RUN_FILES, RunData
 from liverscope.utils import atomic_write_text, softmax
@@ -369,22 +370,6 @@ def section_gallery(run: RunData) -> str | None:
     cells = "".join(image_html(p, p.stem, caption) for p, caption in shown)
     more = note(f"{len(run.gallery) - len(shown)} more images in {GALLERY}/.") if len(run.gallery) > len(shown) else ""
     return f'<div class="gallery">{cells}</div>{more}'
-
-
-def section_segmentation(run: RunData) -> str | None:
-    seg = run.metrics.get("segmentation")
-    if not seg:
-        return None
-    if isinstance(seg, Mapping):
-        parts = []
-        flat = {k: v for k, v in seg.items() if not isinstance(v, (Mapping, list))}
-        if flat:
-            parts.append(generic_html(flat))
-        for k, v in seg.items():
-            if isinstance(v, (Mapping, list)):
-                parts.append(f"<h3>{html.escape(str(k).replace('_', ' '))}</h3>" + generic_html(v))
-        return "".join(parts)
-    return generic_html(seg)
 
 
 def section_config(run: RunData) -> str | None:

@@ -36,8 +36,19 @@ from liverscope.segment.commands import score_mask_dirs, segmentation_split, tra
 from liverscope.segment.images import LoadedImage, find_mask, list_images, load_images, load_masks_for, read_mask
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import PseudoMasks, pseudo_masks, run_cams, score_pseudo_masks, write_pseudo_masks
-from liverscope.segment.rules import RULES, describe_rule, normalise_map, otsu_mask, pseudo_mask, threshold_mask, top_fraction_mask
-from liverscope.segment.training import LitSegmenter, fit_unet, segmentation_loss
+from liverscope.segment.rules import (
+    IMAGE_RULES,
+    RULES,
+    confident_targets,
+    describe_rule,
+    grabcut_mask,
+    normalise_map,
+    otsu_mask,
+    pseudo_mask,
+    threshold_mask,
+    top_fraction_mask,
+)
+from liverscope.segment.training import LitSegmenter, fit_unet, segmentation_loss, weighted_segmentation_loss
 from liverscope.segment.unet import (
     DEFAULT_CHANNELS,
     LOSSES,
@@ -53,7 +64,8 @@ from liverscope.segment.unet import (
 )
 
 __all__ = [
-    "RULES", "LOSSES", "DEFAULT_CHANNELS", "normalise_map", "threshold_mask", "otsu_mask", "top_fraction_mask", "pseudo_mask", "describe_rule",
+    "RULES", "IMAGE_RULES", "LOSSES", "DEFAULT_CHANNELS", "normalise_map", "threshold_mask", "otsu_mask", "top_fraction_mask", "grabcut_mask",
+    "pseudo_mask", "confident_targets", "describe_rule", "weighted_segmentation_loss",
     "PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "write_pseudo_masks", "LoadedImage", "load_images", "list_images",
     "read_mask", "find_mask", "load_masks_for", "build_unet", "unet_arch", "to_unet_input", "fit_unet", "LitSegmenter", "segmentation_loss", "predict_masks_at", "Segmenter",
     "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split", "train_segmenter", "write_predictions",

@@ -1,8 +1,10 @@
-"""The ``liverscope segment`` commands: ``train`` (pseudo-masks → grouped split → U-Net → scores → run
-directory), ``predict`` (masks and outlines of new images) and ``score`` (two mask folders)."""
+"""The ``liverscope segment`` commands: ``train`` (pseudo-masks or masks → grouped split → U-Net → scores →
+run directory, one segmenter per target), ``predict`` (every target's masks and one outline overlay of new
+images) and ``score`` (two mask folders)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Sequence
@@ -12,35 +14,39 @@ import numpy as np
 from liverscope import __version__
 from liverscope.data.audit import duplicate_group_ids
 from liverscope.data.datasets import Sample, check_readable, load_samples
-from liverscope.data.geometry import to_original
+from liverscope.data.geometry import to_model, to_original
 from liverscope.data.io import IMAGE_SUFFIXES, to_rgb
-from liverscope.data.preprocess import Preprocessing, sector_mask
+from liverscope.data.preprocess import crop_box, preprocess_array, sector_mask
 from liverscope.data.splits import check_leakage, holdout_split
-from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.evaluate.masks import dice, iou, mask_scores, score_summary
+from liverscope.errors import ImageReadError, LiverscopeError, UsageError
+from liverscope.evaluate.masks import centred_disc, dice, expert_mask_summary, iou, mask_scores, score_summary
 from liverscope.evaluate.report import write_report
-from liverscope.rundir import PSEUDO_MASKS, SEGMENTER_META, SEGMENTER_WEIGHTS, merge_metrics, read_preprocessing, write_skipped
+from liverscope.rundir import MODEL_META, merge_metrics, read_preprocessing, write_skipped
 from liverscope.segment.images import LoadedImage, find_mask, list_images, load_images, load_masks_for, read_mask
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import check_out_dir, pseudo_masks
-from liverscope.segment.rules import check_rule
+from liverscope.segment.rules import check_rule, confident_targets
 from liverscope.segment.training import fit_unet
 from liverscope.segment.unet import (
     DEFAULT_CHANNELS,
+    DEFAULT_TARGET,
     LOSSES,
     check_size,
-    load_segmenter,
     predict_masks_at,
     predict_proba,
     resize_masks,
     save_segmenter,
+    segmenter_files,
+    segmenters,
+    target_colours,
     unet_arch,
 )
-from liverscope.utils import atomic_write_csv, atomic_write_png, log, progress, resolve_device
+from liverscope.utils import atomic_write_csv, atomic_write_png, log, progress, read_json, resolve_device
 
-SEG_SPLIT = "seg_split.csv"
+#: The ``lesion`` segmenter's split and checkpoint folder (another target's: :func:`segmenter_files`).
+SEG_SPLIT = segmenter_files()["split"]
 #: Lightning's checkpoints of ``segment train`` (``best.ckpt``, ``last.ckpt``: what ``resume`` continues from).
-SEGMENTER_CHECKPOINTS = "segmenter_checkpoints"
+SEGMENTER_CHECKPOINTS = segmenter_files()["checkpoints"]
 
 
 def segmentation_split(items: Sequence[LoadedImage], *, test_frac: float = 0.2, val_frac: float = 0.2, seed: int = 0) -> np.ndarray:
@@ -58,27 +64,87 @@ def _with_sector(full: dict, sector: dict) -> dict:
     return {**score_summary(full), "iou_sector": sector["iou"], "dice_sector": sector["dice"]}
 
 
-def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path | None = None, real_masks: str | Path | None = None,
-                    loss: str = "bce", epochs: int = 30, size: int | None = None, channels: Sequence[int] = DEFAULT_CHANNELS,
-                    in_channels: int = 1, batch_size: int = 8, lr: float = 1e-3, rule: str = "threshold", threshold: float = 0.5,
-                    q: float = 20.0, flip_average: bool = False, method: str = "gradcam", ensemble: Sequence[str | Path] | None = None,
-                    seed: int = 0, device: str = "auto", test_frac: float = 0.2, val_frac: float = 0.2, patience: int | None = None,
-                    max_steps: int | None = None, write_pseudo: bool = True, report: bool = True, resume: bool = False) -> dict:
-    """``liverscope segment train``: pseudo-masks → grouped split → Attention U-Net → scores → run directory.
+def _stack(masks: Sequence[np.ndarray], size: int) -> np.ndarray:
+    return np.stack(masks).astype(bool) if len(masks) else np.zeros((0, size, size), bool)
 
-    Steps: decode and preprocess the images of ``data`` with the classifier's preprocessing; targets are
-    the masks in ``masks`` (same relative path or file name) or CAM pseudo-masks by ``rule`` (also
-    written to ``RUN_DIR/pseudo_masks/``); a grouped stratified split (``seg_split.csv``); training with
-    Lightning, the best validation Dice kept (checkpoints in ``RUN_DIR/segmenter_checkpoints/``; ``resume``
-    continues an interrupted fit from its ``last.ckpt``, given the same data and settings); IoU/Dice of
-    the held-out test images against their targets (the study's figure) and, with ``real_masks``, against
-    the expert masks — whole image and inside the scan sector — plus the pseudo-masks' own scores against the expert masks. Saves ``segmenter.safetensors``
-    and ``segmenter.json``, merges the scores into ``metrics.json["segmentation"]`` and rewrites the report.
+
+def _baselines(truth: list, classes: list, sectors: list, area: float, against: str) -> dict:
+    """The trivial segmenters that see no mask of the image, scored like the U-Net: the whole scan sector,
+    and a disc of ``area`` pixels at the sector's centroid (:func:`centred_disc`)."""
+    return {"sector": {**expert_mask_summary(sectors, truth, classes, sectors), "against": against},
+            "centred_disc": {**expert_mask_summary([centred_disc(s, area) for s in sectors], truth, classes, sectors),
+                             "against": against, "area_px": area}}
+
+
+def _summary_line(name: str, summary: dict) -> str:
+    """One line of an :func:`expert_mask_summary`'s overall figures."""
+    o = summary.get("overall") or {}
+    parts = []
+    if o.get("n_lesion"):
+        parts.append(f"Dice {o['dice']:.3f}, IoU {o['iou']:.3f}, detected {o['detection_rate']:.2f} (n={o['n_lesion']} with a mask)")
+    if o.get("n_empty"):
+        parts.append(f"false alarms {o['false_positive_rate']:.2f} (n={o['n_empty']} empty)")
+    return f"{name}: " + ("; ".join(parts) or "no test image")
+
+
+def _segmenter_inputs(items: list[LoadedImage], pp, seg_pp, roots: list[Path]) -> list[LoadedImage]:
+    """``items`` preprocessed with ``seg_pp`` (the same files, loaded again) when it differs from ``pp``."""
+    if seg_pp == pp:
+        return items
+    again, _ = load_images([it.path for it in items], seg_pp, roots=roots, labels=[it.label for it in items])
+    if [it.path for it in again] != [it.path for it in items]:
+        raise LiverscopeError(f"images changed while being read ({len(items)} read once, {len(again)} again); run the command again")
+    return again
+
+
+def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path | None = None, real_masks: str | Path | None = None,
+                    target: str = DEFAULT_TARGET, loss: str = "bce", epochs: int = 30, size: int | None = None,
+                    channels: Sequence[int] = DEFAULT_CHANNELS, in_channels: int = 1, batch_size: int = 8, lr: float = 1e-3,
+                    rule: str = "threshold", threshold: float = 0.5, q: float = 20.0, flip_average: bool = False, method: str = "gradcam",
+                    ensemble: Sequence[str | Path] | None = None, seed: int = 0, device: str = "auto", test_frac: float = 0.2,
+                    val_frac: float = 0.2, patience: int | None = None, max_steps: int | None = None, write_pseudo: bool = True,
+                    report: bool = True, resume: bool = False, layers: Sequence[str | int] | str | None = None,
+                    confident: tuple[float, float] | None = None, positive: Sequence[str] | None = None) -> dict:
+    """``liverscope segment train``: targets → grouped split → Attention U-Net → scores → run directory.
+
+    Steps: decode and preprocess the images of ``data`` with the classifier's preprocessing — at ``size``
+    when that is larger than the classifier's input (so a bigger U-Net sees the detail, not an upsampled
+    image; the segmenter's ``.json`` records the preprocessing it used); targets are the masks in ``masks``
+    (same relative path or file name) or CAM pseudo-masks by ``rule`` (computed on the classifier's own
+    inputs, also written to ``RUN_DIR/pseudo_masks/``); a grouped stratified split; training with
+    Lightning, the best validation Dice kept (``resume`` continues an interrupted fit from its
+    ``last.ckpt``, given the same data and settings); scores of the held-out test images on the
+    segmenter's grid (the larger of ``size`` and the classifier's input size):
+
+    * against their targets: mean IoU/Dice (the study's figure) and :func:`expert_mask_summary` (``vs_targets``);
+    * against expert masks — ``real_masks``, else ``masks`` (given masks are taken as the experts'):
+      ``vs_expert`` (Dice/IoU over the images with a non-empty mask, detection rate, false alarms on
+      empty masks, per class and per size quartile), and for pseudo-masks ``pseudo_vs_expert``; with
+      ``real_masks`` also the mean IoU/Dice of before (``unet_vs_real``, ``pseudo_vs_real``);
+    * ``baselines`` scored the same way (against the experts when known, else the targets): the whole
+      scan sector, and a disc at the sector's centroid whose area is the median non-empty target area
+      of the *training* images (what the U-Net itself learnt from; no mask of a test image is used).
+
+    Pseudo-mask options: ``layers`` (the CAM's layers, :func:`liverscope.explain.resolve_layers`);
+    ``positive`` (class names, e.g. ``benign,malignant``): an image whose explained (predicted) class is
+    not among them gets an empty mask — a normal liver has no lesion to outline; ``confident=(low, high)``:
+    only confident pixels train the U-Net (:func:`~liverscope.segment.rules.confident_targets`: CAM ≥ high
+    foreground, ≤ low background, in between ignored by the loss).
+
+    Files: ``target`` names the segmenter (:func:`~liverscope.segment.unet.segmenter_files`); ``lesion``
+    writes ``segmenter.safetensors``/``.json``, ``seg_split.csv``, ``segmenter_checkpoints/`` and
+    ``metrics.json["segmentation"]`` as before targets; another target T ``segmenter-T.*``,
+    ``seg_split-T.csv``, ``segmenter-T_checkpoints/`` and ``metrics.json["segmentation_T"]``. The report is rewritten.
 
     Returns:
-        ``{"scores": ..., "meta": ..., "summary_lines": [...]}``.
+        ``{"scores": ..., "meta": ..., "summary_lines": [...], "split", "skipped"}``.
+
+    Raises:
+        UsageError: ``target`` is not a lower-case name (checked before any work).
+        LiverscopeError: an unknown loss or rule, a size the U-Net cannot take, fewer than 3 usable images.
     """
     run_dir, data = Path(run_dir), Path(data)
+    files = segmenter_files(target)
     if loss not in LOSSES:
         raise LiverscopeError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
     check_rule(rule)
@@ -86,92 +152,135 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     size = int(size or pp.size)
     arch = unet_arch(in_channels, channels)
     check_size(size, arch["strides"])
+    seg_pp = dataclasses.replace(pp, size=size) if size > pp.size else pp
+    grid = seg_pp.size
     device = resolve_device(device)
     t0 = time.perf_counter()
     samples, _ = load_samples(data)
     samples, skipped = check_readable(samples)
-    items, bad = load_images([s.path for s in samples], pp, roots=[data] if data.is_dir() else [data.parent], labels=[s.label for s in samples])
+    roots = [data] if data.is_dir() else [data.parent]
+    # given masks: straight at the segmenter's preprocessing; pseudo-masks: the classifier's first (its CAMs)
+    items, bad = load_images([s.path for s in samples], pp if masks is None else seg_pp, roots=roots, labels=[s.label for s in samples])
     skipped += bad
     if masks is not None:
-        targets, problems = load_masks_for(items, Path(masks), pp.size)
+        targets, problems = load_masks_for(items, Path(masks), grid)
         skipped += problems
         keep = [i for i, t in enumerate(targets) if t is not None]
         items, targets = [items[i] for i in keep], [targets[i] for i in keep]
         target_desc = f"masks from {masks}"
-        target_arr = np.stack(targets) if targets else np.zeros((0, pp.size, pp.size), bool)
-        sectors = np.stack([sector_mask(it.input) for it in items]) if items else target_arr
+        target_arr = _stack(targets, grid)
+        sectors = _stack([sector_mask(it.input) for it in items], grid)
     else:
+        pseudo_dir = run_dir / files["pseudo"]
         if write_pseudo:
-            check_out_dir(run_dir / PSEUDO_MASKS, [data])
-        pm = pseudo_masks(run_dir, [it.input for it in items], rule, threshold=threshold, q=q, flip_average=flip_average, ensemble=ensemble, method=method)
-        target_arr, sectors, target_desc = pm.masks, pm.sectors, f"CAM pseudo-masks ({pm.rule}, {method})"
+            check_out_dir(pseudo_dir, [data])
+        pm = pseudo_masks(run_dir, [it.input for it in items], rule, threshold=threshold, q=q, flip_average=flip_average, ensemble=ensemble,
+                          method=method, layers=layers)
+        target_desc = f"CAM pseudo-masks ({pm.rule}, {method})"
+        pseudo, weights = pm.masks.copy(), None
+        if confident is not None:
+            pseudo, weights = confident_targets(pm.cams, pm.sectors, *confident)
+            target_desc += f", confident pixels only (CAM <= {confident[0]} or >= {confident[1]})"
+        if positive:
+            names = read_json(run_dir / MODEL_META)["labels"]
+            unknown = sorted(set(positive) - set(names))
+            if unknown:
+                raise UsageError(f"--positive {','.join(positive)}: {unknown} not among the run's classes {names}")
+            off = np.array([names[int(c)] not in positive for c in pm.classes], bool)
+            pseudo[off] = False
+            if weights is not None:
+                weights[off] = 1.0
+            target_desc += f", empty unless the predicted class is {' or '.join(positive)}"
         if write_pseudo:
-            for it, m in zip(items, pm.masks):
-                atomic_write_png(run_dir / PSEUDO_MASKS / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
+            for it, m in zip(items, pseudo):
+                atomic_write_png(pseudo_dir / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
+        seg_items = _segmenter_inputs(items, pp, seg_pp, roots)  # the masks move to the segmenter's grid
+        if seg_items is items:
+            target_arr, sectors = pseudo, pm.sectors
+        else:
+            target_arr = _stack([to_model(to_original(m, c.shape, c.box), it.box, grid) for m, c, it in zip(pseudo, items, seg_items)], grid)
+            if weights is not None:
+                weights = np.stack([to_model(to_original(w, c.shape, c.box), it.box, grid) for w, c, it in zip(weights, items, seg_items)])
+            sectors = _stack([sector_mask(it.input) for it in seg_items], grid)
+            items = seg_items
     if len(items) < 3:
         raise LiverscopeError(f"{data}: {len(items)} usable image(s) with masks; the U-Net needs at least 3 (train, val, test)")
-    log(f"segmentation targets: {target_desc}; {len(items)} images")
+    log(f"segmentation targets ({target}): {target_desc}; {len(items)} images at {grid} px")
     split = segmentation_split(items, test_frac=test_frac, val_frac=val_frac, seed=seed)
     inputs = [it.input for it in items]
     model, info = fit_unet(inputs, target_arr, split, size=size, in_channels=in_channels, channels=channels, loss=loss, epochs=epochs,
                            batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience, max_steps=max_steps,
-                           checkpoint_dir=run_dir / SEGMENTER_CHECKPOINTS, resume=resume)
-    # scores on held-out test images, on the model grid of the classifier (pp.size)
+                           checkpoint_dir=run_dir / files["checkpoints"], resume=resume, weights=weights)
+    # scores on held-out test images, on the segmenter's grid
     te = np.flatnonzero(split == "test")
     pred_small = predict_masks_at(model, [inputs[i] for i in te], size, in_channels, device)
-    pred = resize_masks(pred_small, pp.size) if len(te) else np.zeros((0, pp.size, pp.size), bool)
+    pred = list(resize_masks(pred_small, grid)) if len(te) else []
     sec_te = [sectors[i] for i in te]
+    true_te = [target_arr[i] for i in te]
+    classes_te = [items[i].label or "all" for i in te]
     scores: dict = {
-        "masks": target_desc, "loss": loss, "size": size, "n_train": int((split == "train").sum()), "n_val": int((split == "val").sum()),
-        "n_test": int(len(te)), "best_epoch": info["best_epoch"], "best_val_dice": info["best_val_dice"],
+        "target": target, "masks": target_desc, "loss": loss, "size": size, "grid": grid, "n_train": int((split == "train").sum()),
+        "n_val": int((split == "val").sum()), "n_test": int(len(te)), "best_epoch": info["best_epoch"], "best_val_dice": info["best_val_dice"],
     }
-    vs_target = mask_scores(list(pred), [target_arr[i] for i in te])
-    vs_target_sec = mask_scores(list(pred), [target_arr[i] for i in te], sec_te)
+    vs_target = mask_scores(pred, true_te)
+    vs_target_sec = mask_scores(pred, true_te, sec_te)
     scores["iou_vs_targets"] = vs_target["iou"]
     scores["dice_vs_targets"] = vs_target["dice"]
     scores["iou_vs_targets_sector"] = vs_target_sec["iou"]
     scores["dice_vs_targets_sector"] = vs_target_sec["dice"]
+    scores["vs_targets"] = expert_mask_summary(pred, true_te, classes_te, sec_te)
     per_image = [{"path": str(items[i].path), "iou_vs_targets": a, "dice_vs_targets": b} for i, a, b in zip(te, vs_target["iou_per_image"], vs_target["dice_per_image"])]
+    # expert masks: --real-masks, else the given --masks themselves
+    have, experts = list(range(len(te))), (true_te if masks is not None else None)
     if real_masks is not None:
-        reals, problems = load_masks_for([items[i] for i in te], Path(real_masks), pp.size)
+        reals, problems = load_masks_for([items[i] for i in te], Path(real_masks), grid)
         have = [k for k, r in enumerate(reals) if r is not None]
         if problems:
             log(f"{len(problems)} test image(s) have no expert mask in {real_masks}; scored on the {len(have)} that do")
-        rp = [pred[k] for k in have]
-        rt = [reals[k] for k in have]
-        rs = [sec_te[k] for k in have]
-        real = mask_scores(rp, rt)
-        scores["unet_vs_real"] = _with_sector(real, mask_scores(rp, rt, rs))
+        experts = [reals[k] for k in have]
+        rp, rs = [pred[k] for k in have], [sec_te[k] for k in have]
+        real = mask_scores(rp, experts)
+        scores["unet_vs_real"] = _with_sector(real, mask_scores(rp, experts, rs))
         for k, a, b in zip(have, real["iou_per_image"], real["dice_per_image"]):
             per_image[k].update(iou_vs_real=a, dice_vs_real=b)
         if masks is None:
-            tp = [target_arr[te[k]] for k in have]
-            scores["pseudo_vs_real"] = _with_sector(mask_scores(tp, rt), mask_scores(tp, rt, rs))
+            tp = [true_te[k] for k in have]
+            scores["pseudo_vs_real"] = _with_sector(mask_scores(tp, experts), mask_scores(tp, experts, rs))
         scores["real_masks"] = str(real_masks)
+    cls_x, sec_x = [classes_te[k] for k in have], [sec_te[k] for k in have]
+    if experts is not None:
+        scores["expert_masks"] = str(real_masks if real_masks is not None else masks)
+        scores["vs_expert"] = expert_mask_summary([pred[k] for k in have], experts, cls_x, sec_x)
+        if masks is None:
+            scores["pseudo_vs_expert"] = expert_mask_summary([true_te[k] for k in have], experts, cls_x, sec_x)
+    train_areas = [int(target_arr[i].sum()) for i in np.flatnonzero(split == "train") if target_arr[i].any()]
+    area = float(np.median(train_areas)) if train_areas else 0.0
+    scores["baselines"] = (_baselines(experts, cls_x, sec_x, area, "expert masks") if experts is not None
+                           else _baselines(true_te, classes_te, sec_te, area, "targets"))
     meta = {
-        "architecture": arch, "size": size, "input": "grey" if in_channels == 1 else "rgb", "normalisation": "(x/255 - 0.5) / 0.25",
-        "preprocessing": pp.to_dict(), "classifier_run": str(run_dir), "data": str(data), "targets": target_desc,
-        "pseudo_masks": None if masks is not None else {"rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average, "method": method},
+        "target": target, "architecture": arch, "size": size, "input": "grey" if in_channels == 1 else "rgb", "normalisation": "(x/255 - 0.5) / 0.25",
+        "preprocessing": seg_pp.to_dict(), "classifier_size": pp.size, "classifier_run": str(run_dir), "data": str(data), "targets": target_desc,
+        "pseudo_masks": None if masks is not None else {"rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average, "method": method,
+                                                        "layers": layers, "confident": list(confident) if confident else None,
+                                                        "positive": list(positive) if positive else None},
         "loss": loss, "epochs": epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "lr": lr, "batch_size": batch_size,
         "seed": seed, "split": {"method": "grouped stratified hold-out", "test_frac": test_frac, "val_frac": val_frac,
-                                "counts": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "file": SEG_SPLIT},
+                                "counts": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "file": files["split"]},
         "scores": scores, "train_seconds": info["seconds"], "history": info["history"], "engine": "lightning",
-        "checkpoints": SEGMENTER_CHECKPOINTS, "resumed": bool(resume),
+        "checkpoints": files["checkpoints"], "resumed": bool(resume),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "liverscope_version": __version__,
     }
-    atomic_write_csv(run_dir / SEG_SPLIT, ["path", "split"], [(str(it.path), s) for it, s in zip(items, split)])
-    save_segmenter(run_dir, model, meta)
-    report_scores = dict(scores)
-    report_scores["test_images"] = per_image
-    merge_metrics(run_dir, "segmentation", report_scores)
+    atomic_write_csv(run_dir / files["split"], ["path", "split"], [(str(it.path), s) for it, s in zip(items, split)])
+    save_segmenter(run_dir, model, meta, target)
+    merge_metrics(run_dir, files["metrics"], {**scores, "test_images": per_image})
     if report:
         try:
             write_report(run_dir)
         except Exception as exc:  # the report is a convenience: never lose a trained segmenter over it
             log(f"report not written: {type(exc).__name__}: {exc}")
     lines = [
-        f"U-Net trained on {target_desc}: {scores['n_train']} train / {scores['n_val']} val / {scores['n_test']} test images, "
+        f"U-Net ({target}) trained on {target_desc} at {size} px: {scores['n_train']} train / {scores['n_val']} val / {scores['n_test']} test images, "
         f"best epoch {info['best_epoch']} of {info['epochs_run']} ({info['seconds']:.0f}s)",
         f"test vs targets: IoU {scores['iou_vs_targets']:.3f}, Dice {scores['dice_vs_targets']:.3f} (n={scores['n_test']})",
     ]
@@ -181,43 +290,66 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     if "pseudo_vs_real" in scores:
         r = scores["pseudo_vs_real"]
         lines.append(f"pseudo-masks vs expert masks (same test images): IoU {r['iou']:.3f}, Dice {r['dice']:.3f}")
-    lines.append(f"saved {run_dir / SEGMENTER_WEIGHTS} and {run_dir / SEGMENTER_META}")
+    against = "expert masks" if experts is not None else "targets"
+    for key, name in (("vs_expert", "U-Net vs expert masks"), ("pseudo_vs_expert", "pseudo-masks vs expert masks"), ("vs_targets", "U-Net vs targets")):
+        if key in scores and (key != "vs_targets" or experts is None):
+            lines.append(_summary_line(name, scores[key]))
+    lines.append(_summary_line(f"baseline, whole sector vs {against}", scores["baselines"]["sector"]))
+    lines.append(_summary_line(f"baseline, centred disc of {area:.0f} px vs {against}", scores["baselines"]["centred_disc"]))
+    lines.append(f"saved {run_dir / files['weights']} and {run_dir / files['meta']}")
     if skipped:
         lines.append(f"skipped {len(skipped)} file(s): " + "; ".join(f"{p} ({r})" for p, r in skipped[:10]))
     log(f"segmentation done in {time.perf_counter() - t0:.0f}s")
     return {"scores": scores, "meta": meta, "summary_lines": lines, "split": split, "skipped": skipped}
 
 
+def mask_file(stem: str | Path, target: str = DEFAULT_TARGET) -> str:
+    """The file name ``segment predict`` gives a mask: ``NAME_mask.png`` (lesion), ``NAME_T_mask.png`` (target T)."""
+    return f"{stem}_mask.png" if target == DEFAULT_TARGET else f"{stem}_{target}_mask.png"
+
+
 def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str | Path, chunk: int = 32) -> dict:
-    """Masks (``NAME_mask.png``, 0/255) and outline overlays (``NAME_outline.png``) at each image's
-    original size, mirroring folder-relative paths under ``out``. Bad files are skipped and listed.
+    """Every segmenter's masks (:func:`mask_file`, 0/255) and one outline overlay (``NAME_outline.png``,
+    each target's contour in its colour: :func:`~liverscope.segment.unet.target_colours`) at each image's
+    original size, mirroring folder-relative paths under ``out``. Each segmenter sees the images
+    preprocessed as it was trained (its ``.json``). Bad files are skipped and listed.
 
     Returns:
-        ``{"written", "out", "skipped": [(path, reason), ...]}``.
+        ``{"written", "out", "targets", "colours": {target: colour name}, "skipped": [(path, reason), ...]}``.
     """
     run_dir, out = Path(run_dir), Path(out)
-    seg = load_segmenter(run_dir)
-    if seg is None:
+    segs = segmenters(run_dir)
+    if not segs:
         raise LiverscopeError(f"{run_dir}: no segmenter — train one first (liverscope segment train {run_dir} DATA)")
-    pp = Preprocessing.from_dict(seg.meta["preprocessing"])
+    colours = target_colours(list(segs))
+    pps = {t: s.preprocessing or read_preprocessing(run_dir) for t, s in segs.items()}
+    first = next(iter(pps.values()))
     roots = [Path(p) for p in paths if Path(p).is_dir()]
     files = list_images(paths)
     written, skipped = 0, []
-    for start in progress(range(0, len(files), chunk), f"masks ({len(files)} images, {chunk} a step)"):
-        items, bad = load_images(files[start : start + chunk], pp, roots=roots, keep_original=True)
+    for start in progress(range(0, len(files), chunk), f"masks ({len(files)} images, {chunk} a step, {len(segs)} target(s))"):
+        items, bad = load_images(files[start : start + chunk], first, roots=roots, keep_original=True)
         skipped += bad
         if not items:
             continue
-        probs = predict_proba(seg, [it.input for it in items])
-        for it, p in zip(items, probs):
-            mask = to_original(p > 0.5, it.shape, it.box)
+        found = {}
+        for t, seg in segs.items():
+            pp = pps[t]
+            own = pp == first
+            inputs = [it.input if own else preprocess_array(it.extra["original"], pp) for it in items]
+            boxes = [it.box if own else crop_box(it.extra["original"], pp) for it in items]
+            found[t] = [to_original(p > 0.5, it.shape, box) for p, it, box in zip(predict_proba(seg, inputs), items, boxes)]
+        for k, it in enumerate(items):
             stem = it.rel.with_suffix("")
-            atomic_write_png(out / f"{stem}_mask.png", mask)
-            atomic_write_png(out / f"{stem}_outline.png", draw_outline(to_rgb(it.extra.pop("original")), mask))
+            overlay = to_rgb(it.extra.pop("original"))
+            for t in segs:
+                atomic_write_png(out / mask_file(stem, t), found[t][k])
+                overlay = draw_outline(overlay, found[t][k], colours[t][0])
+            atomic_write_png(out / f"{stem}_outline.png", overlay)
             written += 1
     if skipped:
         write_skipped(out, skipped)
-    return {"written": written, "out": out, "skipped": skipped}
+    return {"written": written, "out": out, "targets": list(segs), "colours": {t: c[1] for t, c in colours.items()}, "skipped": skipped}
 
 
 def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path | None = None) -> dict:
@@ -259,4 +391,4 @@ def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path 
     return result
 
 
-__all__ = ["SEG_SPLIT", "SEGMENTER_CHECKPOINTS", "segmentation_split", "train_segmenter", "write_predictions", "score_mask_dirs"]
+__all__ = ["SEG_SPLIT", "SEGMENTER_CHECKPOINTS", "segmentation_split", "train_segmenter", "mask_file", "write_predictions", "score_mask_dirs"]

@@ -1,5 +1,7 @@
-"""Pseudo-masks of a classifier run: its CAMs (single model or fold ensemble, optional flip averaging)
-cut by a rule of :mod:`liverscope.segment.rules`, scored against true masks, or written as PNGs."""
+"""Pseudo-masks of a classifier run: its CAMs (single model or fold ensemble, optional flip averaging,
+from the last feature map or other backbone stages) cut by a rule of :mod:`liverscope.segment.rules`
+(inside the scan sector, or inside a given region such as the liver), scored against true masks, or
+written as PNGs."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from liverscope.data.geometry import to_original
 from liverscope.data.preprocess import normalise_batch, sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import mask_scores, pointing_game
-from liverscope.explain import compute_cams
+from liverscope.explain import compute_cams, resolve_layers
 from liverscope.rundir import PSEUDO_MASKS, load_model, members, read_preprocessing
 from liverscope.segment.images import list_images, load_images
 from liverscope.segment.rules import check_rule, describe_rule, normalise_map, pseudo_mask
@@ -26,14 +28,21 @@ class PseudoMasks:
     """CAMs, sectors and pseudo-masks of a batch of model inputs."""
 
     masks: np.ndarray  # bool N,H,W
-    cams: np.ndarray  # float32 N,H,W, normalised over the sector
-    sectors: np.ndarray  # bool N,H,W
+    cams: np.ndarray  # float32 N,H,W, normalised over the search region (zero outside it)
+    sectors: np.ndarray  # bool N,H,W: the scan sectors
     classes: np.ndarray  # int N: the class the CAMs explain
     rule: str
+    regions: np.ndarray | None = None  # bool N,H,W: where masks and maxima were looked for (sector ∩ region; None: the sectors)
+
+    @property
+    def search_regions(self) -> np.ndarray:
+        """Where masks and CAM maxima were looked for: :attr:`regions`, else the sectors."""
+        return self.sectors if self.regions is None else self.regions
 
 
 def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Sequence[str | Path] | None = None, flip_average: bool = False,
-             method: str = "gradcam", targets: Sequence[int] | None = None, batch_size: int = 16, models: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+             method: str = "gradcam", targets: Sequence[int] | None = None, batch_size: int = 16, models: Sequence | None = None,
+             layers: str | int | Sequence[str | int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CAMs of preprocessed model inputs, averaged over the fold models and/or the mirrored image.
 
     The class explained is ``targets`` when given, else the predicted class (of the ensemble: mean of
@@ -50,6 +59,8 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
         targets: class index per image.
         batch_size: images per CAM pass.
         models: already loaded models (skips loading from ``run_dir``).
+        layers: where the maps are taken (:func:`liverscope.explain.compute_cams`: ``None`` the last
+            feature map; a stage such as ``"layer3"`` / ``-2`` or several, a multi-scale CAM).
 
     Returns:
         ``(cams float32 N,H,W, class indices int N)``; the averaged map is *not* renormalised here.
@@ -76,7 +87,7 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
         # normalises; fold models: their normalised maps are averaged (raw scales differ between models)
         with cpu_threads(str(next(m.parameters()).device)):
             cams, classes = compute_cams(m, images, pp, targets=None if targets is None else list(targets), method=method,
-                                         restrict_to_sector=True, batch_size=batch_size, aug_smooth_flip=flip_average)
+                                         restrict_to_sector=True, batch_size=batch_size, aug_smooth_flip=flip_average, layers=layers)
         if targets is None:
             targets = np.asarray(classes)
         cams = np.asarray(cams, np.float32)
@@ -87,31 +98,51 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
 
 def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray], rule: str = "threshold", *, threshold: float = 0.5, q: float = 20.0,
                  flip_average: bool = False, ensemble: Sequence[str | Path] | None = None, method: str = "gradcam", batch_size: int = 16,
-                 cams: tuple[np.ndarray, np.ndarray] | None = None) -> PseudoMasks:
+                 cams: tuple[np.ndarray, np.ndarray] | None = None, layers: str | int | Sequence[str | int] | None = None,
+                 regions: Sequence[np.ndarray] | None = None) -> PseudoMasks:
     """CAM pseudo-masks of preprocessed model inputs.
 
     Each map (averaged over the ensemble / flips, see :func:`run_cams`) is normalised over its scan
     sector (:func:`~liverscope.segment.rules.normalise_map`) and cut by ``rule``
-    (:func:`~liverscope.segment.rules.pseudo_mask`); masks never leave the sector.
+    (:func:`~liverscope.segment.rules.pseudo_mask`); masks never leave the sector. With ``regions``
+    the sector is first intersected with each image's region (e.g. the liver, expert or predicted):
+    maps are normalised, cut, and their maxima looked for (pointing game) inside the liver only.
 
     Args:
         run_dir: a run directory (a ``cv`` run: its fold models are averaged).
         images: uint8 ``size x size x 3`` model inputs.
-        rule: ``threshold`` (default; ``threshold`` 0.5 as in the study), ``otsu`` or ``top`` (``q`` %).
+        rule: ``threshold`` (default; ``threshold`` 0.5 as in the study), ``otsu``, ``top`` (``q`` %) or
+            ``grabcut`` (the threshold mask refined by the image's edges).
         cams: precomputed ``(cams, classes)`` of :func:`run_cams` (to try several rules on one pass).
+        layers: where the maps are taken (see :func:`run_cams`; ignored with ``cams``).
+        regions: bool ``size x size`` mask per image, intersected with its scan sector.
 
     Returns:
-        :class:`PseudoMasks`.
+        :class:`PseudoMasks` (``regions``: the sectors intersected with the given regions).
+
+    Raises:
+        LiverscopeError: ``regions`` that do not match the images in number or size.
     """
     check_rule(rule)
+    if regions is not None and len(regions) != len(images):
+        raise LiverscopeError(f"{len(regions)} region masks for {len(images)} images: give one per image")
     if cams is None:
-        cams = run_cams(run_dir, images, ensemble=ensemble, flip_average=flip_average, method=method, batch_size=batch_size)
+        cams = run_cams(run_dir, images, ensemble=ensemble, flip_average=flip_average, method=method, batch_size=batch_size, layers=layers)
     raw, classes = cams
-    sectors = np.stack([sector_mask(im) for im in images]) if len(images) else np.zeros((0,) + raw.shape[1:], bool)
-    norm = np.stack([normalise_map(c, s) for c, s in zip(raw, sectors)]) if len(images) else raw
-    masks = np.stack([pseudo_mask(c, s, rule, threshold=threshold, q=q) for c, s in zip(norm, sectors)]) if len(images) else np.zeros(raw.shape, bool)
+    n = len(images)
+    sectors = np.stack([sector_mask(im) for im in images]) if n else np.zeros((0,) + raw.shape[1:], bool)
+    search = sectors
+    if regions is not None and n:
+        reg = np.stack([np.asarray(r, bool) for r in regions]) if all(np.shape(r) == sectors.shape[1:] for r in regions) else None
+        if reg is None:
+            raise LiverscopeError(f"region masks must be the model input's size {sectors.shape[1:]}, got {sorted({np.shape(r) for r in regions})}")
+        search = sectors & reg
+    norm = np.stack([normalise_map(c, s) for c, s in zip(raw, search)]) if n else raw
+    masks = (np.stack([pseudo_mask(c, s, rule, threshold=threshold, q=q, image=im) for c, s, im in zip(norm, search, images)]) if n
+             else np.zeros(raw.shape, bool))
     n_models = len(members(run_dir, ensemble)) if run_dir is not None else 1
-    return PseudoMasks(masks, norm, sectors, np.asarray(classes), describe_rule(rule, threshold, q, flip_average, n_models))
+    return PseudoMasks(masks, norm, sectors, np.asarray(classes), describe_rule(rule, threshold, q, flip_average, n_models, layers),
+                       None if regions is None else search)
 
 
 def score_pseudo_masks(pm: PseudoMasks, true_masks: Sequence[np.ndarray]) -> dict:
@@ -120,14 +151,15 @@ def score_pseudo_masks(pm: PseudoMasks, true_masks: Sequence[np.ndarray]) -> dic
     Returns:
         ``{"n", "iou", "dice", "iou_sector", "dice_sector", "pointing_game", "pointing_n", "iou_per_image",
         "dice_per_image", "hits"}`` — the ``_sector`` scores only count pixels inside the scan sector;
-        ``pointing_game`` is the hit rate over the ``pointing_n`` images whose true mask is not empty.
+        ``pointing_game`` is the hit rate over the ``pointing_n`` images whose true mask is not empty
+        (the maximum is looked for in :attr:`PseudoMasks.search_regions`).
     """
     trues = [np.asarray(t, bool) for t in true_masks]
     if len(trues) != len(pm.masks):
         raise LiverscopeError(f"{len(pm.masks)} pseudo-masks for {len(trues)} true masks")
     full = mask_scores(list(pm.masks), trues)
     sec = mask_scores(list(pm.masks), trues, list(pm.sectors))
-    hits = [pointing_game(c, t, s) for c, t, s in zip(pm.cams, trues, pm.sectors)]
+    hits = [pointing_game(c, t, s) for c, t, s in zip(pm.cams, trues, pm.search_regions)]
     valid = [h for h in hits if h is not None]
     return {
         "n": full["n"], "iou": full["iou"], "dice": full["dice"], "iou_sector": sec["iou"], "dice_sector": sec["dice"],
@@ -148,10 +180,10 @@ def check_out_dir(out: Path, data_roots: Sequence[Path]) -> None:
 
 def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | None = None, *, rule: str = "threshold", threshold: float = 0.5,
                        q: float = 20.0, flip_average: bool = False, method: str = "gradcam", ensemble: Sequence[str | Path] | None = None,
-                       chunk: int = 64) -> dict:
+                       chunk: int = 64, layers: str | int | Sequence[str | int] | None = None) -> dict:
     """Pseudo-masks of every image of ``data`` as PNGs (0/255, original size) under ``out``, mirroring
     ``data``'s relative paths (``.png`` suffix). ``out`` defaults to ``RUN_DIR/pseudo_masks`` and may not
-    lie inside ``data``.
+    lie inside ``data``. ``layers``: where the maps are taken (see :func:`run_cams`).
 
     Returns:
         ``{"written", "out", "rule", "skipped": [(path, reason), ...]}``.
@@ -165,22 +197,24 @@ def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | 
     pp = read_preprocessing(run_dir)
     member_dirs = members(run_dir, ensemble)
     models = [load_model(d)[0] for d in member_dirs]
+    for m in models:  # a bad layer name fails before any image is read
+        resolve_layers(m, layers)
     files = list_images([data])
-    written, skipped, desc = 0, [], describe_rule(rule, threshold, q, flip_average, len(models))
+    written, skipped, desc = 0, [], describe_rule(rule, threshold, q, flip_average, len(models), layers)
     for start in progress(range(0, len(files), chunk), f"pseudo-masks ({len(files)} images, {chunk} a step)"):
         items, bad = load_images(files[start : start + chunk], pp, roots=[data])
         skipped += bad
         if not items:
             continue
         inputs = [it.input for it in items]
-        cams = run_cams(run_dir, inputs, flip_average=flip_average, method=method, models=models)
-        pm = pseudo_masks(run_dir, inputs, rule, threshold=threshold, q=q, ensemble=ensemble, cams=cams)
+        cams = run_cams(run_dir, inputs, flip_average=flip_average, method=method, models=models, layers=layers)
+        pm = pseudo_masks(run_dir, inputs, rule, threshold=threshold, q=q, ensemble=ensemble, cams=cams, layers=layers)
         for it, m in zip(items, pm.masks):
             atomic_write_png(out / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
             written += 1
     atomic_write_json(out / "pseudo_masks.json", {
         "run": str(run_dir), "data": str(data), "rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average,
-        "method": method, "models": [str(d) for d in member_dirs], "description": desc, "written": written,
+        "method": method, "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers), "models": [str(d) for d in member_dirs], "description": desc, "written": written,
         "skipped": [list(s) for s in skipped],
     })
     return {"written": written, "out": out, "rule": desc, "skipped": skipped}

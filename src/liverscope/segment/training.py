@@ -10,7 +10,9 @@ from ``last.ckpt``. Shuffling and flips are seeded per epoch (and batch), so an 
 fit sees the same batches as an uninterrupted one.
 
 The losses are library code: binary cross-entropy with logits (the study's, torch) and MONAI's
-``DiceCELoss`` for BCE + soft Dice (see :func:`segmentation_loss`).
+``DiceCELoss`` for BCE + soft Dice (see :func:`segmentation_loss`). Trained on confident pixels only
+(``fit_unet(weights=...)``, e.g. :func:`~liverscope.segment.rules.confident_targets`), the loss is
+:func:`weighted_segmentation_loss`: the same terms over the pixels with a weight.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -60,6 +63,34 @@ def segmentation_loss(kind: str):
     raise LiverscopeError(f"--loss {kind}: expected one of {', '.join(LOSSES)}")
 
 
+def weighted_segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """:func:`segmentation_loss` over the pixels that count: ``weight`` 0 ignores a pixel, 1 counts it.
+
+    ``bce``: the per-pixel BCE with logits averaged with the pixel weights (``sum(w * bce) / sum(w)``).
+    ``bce+dice`` adds the soft Dice of each image over its weighted pixels,
+    ``1 - (2 sum(w p t) + 1e-5) / (sum(w p) + sum(w t) + 1e-5)`` with ``p = sigmoid(logits)``, averaged
+    over images. With every weight 1 both equal :func:`segmentation_loss` (tested). Written out because
+    MONAI's ``DiceCELoss`` takes no per-pixel weight (only per-class ones) and torch's
+    ``BCEWithLogitsLoss(weight=...)`` still divides by every pixel, ignored or not.
+
+    Args:
+        logits: ``N x 1 x H x W`` network output.
+        target: ``{0, 1}`` float, same shape.
+        weight: ``>= 0`` float, same shape (a batch without any weighted pixel gives 0).
+        kind: ``bce`` or ``bce+dice``.
+    """
+    if kind not in LOSSES:
+        raise LiverscopeError(f"--loss {kind}: expected one of {', '.join(LOSSES)}")
+    weight = weight.to(logits.dtype)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    loss = (weight * bce).sum() / weight.sum().clamp(min=torch.finfo(logits.dtype).tiny)
+    if kind == "bce+dice":
+        p, dims = torch.sigmoid(logits), tuple(range(2, logits.ndim))
+        soft_dice = (2 * (weight * p * target).sum(dims) + 1e-5) / ((weight * p).sum(dims) + (weight * target).sum(dims) + 1e-5)
+        loss = loss + (1 - soft_dice).mean()
+    return loss
+
+
 def _flip_generator(seed: int, epoch: int, batch_idx: int) -> torch.Generator:
     """A generator for one batch's random flips, fixed by (seed, epoch, batch): a resumed fit draws the
     same flips as an uninterrupted one (Lightning restores the epoch, not torch's random state)."""
@@ -78,7 +109,7 @@ class LitSegmenter(L.LightningModule):
     def __init__(self, model: torch.nn.Module, loss: str = "bce", lr: float = 1e-3, flip: bool = True, seed: int = 0, verbose: bool = False):
         super().__init__()
         self.model = model
-        self.criterion = segmentation_loss(loss)
+        self.criterion, self.loss_kind = segmentation_loss(loss), loss
         self.lr, self.flip, self.seed, self.verbose = float(lr), bool(flip), int(seed), bool(verbose)
         self.history: list[dict] = []
         self._val_dice: list[float] = []
@@ -87,20 +118,22 @@ class LitSegmenter(L.LightningModule):
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        if self.flip:  # random horizontal flips of (image, mask) pairs
+        x, y, *w = batch  # (image, mask) or (image, mask, pixel weights)
+        if self.flip:  # random horizontal flips of (image, mask[, weights]) triples
             f = torch.rand(len(x), generator=_flip_generator(self.seed, self.current_epoch, batch_idx)) < 0.5
             f = f.to(x.device)[:, None, None, None]
-            x, y = torch.where(f, x.flip(-1), x), torch.where(f, y.flip(-1), y)
-        loss = self.criterion(self.model(x), y)
+            x, y, *w = (torch.where(f, t.flip(-1), t) for t in (x, y, *w))
+        logits = self.model(x)
+        loss = weighted_segmentation_loss(logits, y, w[0], self.loss_kind) if w else self.criterion(logits, y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, *w = batch
         pred = (torch.sigmoid(self.model(x).float()) > 0.5).cpu().numpy()[:, 0]
         truth = y[:, 0].cpu().numpy() > 0.5
-        self._val_dice.extend(dice(p, t) for p, t in zip(pred, truth))
+        counted = [None] * len(pred) if not w else list(w[0][:, 0].cpu().numpy() > 0)  # Dice over the weighted pixels
+        self._val_dice.extend(dice(p, t, r) for p, t, r in zip(pred, truth, counted))
 
     def on_validation_epoch_end(self):
         if self._val_dice:
@@ -125,15 +158,17 @@ class LitSegmenter(L.LightningModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
 
-def _loaders(x: torch.Tensor, y: torch.Tensor, tr: np.ndarray, va: np.ndarray, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader | None]:
-    train = TensorDataset(x[tr], y[tr])
+def _loaders(x: torch.Tensor, y: torch.Tensor, tr: np.ndarray, va: np.ndarray, batch_size: int, seed: int,
+             w: torch.Tensor | None = None) -> tuple[DataLoader, DataLoader | None]:
+    extra = [] if w is None else [w]
+    train = TensorDataset(x[tr], y[tr], *(t[tr] for t in extra))
     # torch's DistributedSampler with one replica is a shuffle seeded by (seed, epoch): Lightning sets the
     # epoch (restored on resume), so a resumed fit shuffles as an uninterrupted one would
     sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=int(seed))
     # BatchNorm needs two samples: a last batch of one image is dropped (unless there is only one image)
     drop_last = len(tr) > 1 and len(tr) % batch_size == 1
     train_dl = DataLoader(train, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
-    val_dl = DataLoader(TensorDataset(x[va], y[va]), batch_size=16, shuffle=False) if len(va) else None
+    val_dl = DataLoader(TensorDataset(x[va], y[va], *(t[va] for t in extra)), batch_size=16, shuffle=False) if len(va) else None
     return train_dl, val_dl
 
 
@@ -141,7 +176,7 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
              channels: Sequence[int] = DEFAULT_CHANNELS, loss: str = "bce", epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
              seed: int = 0, device: str = "cpu", precision: str = "auto", patience: int | None = None, flip: bool = True,
              verbose: bool = False, max_steps: int | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
-             progress: bool = False) -> tuple[object, dict]:
+             progress: bool = False, weights: np.ndarray | None = None) -> tuple[object, dict]:
     """Train an Attention U-Net on ``(image, mask)`` pairs with Lightning; the weights of the best
     validation Dice are kept. On CPU it runs with half the cores (see :func:`~liverscope.segment.unet.cpu_threads`).
 
@@ -167,6 +202,10 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
             removed afterwards).
         resume: continue from ``checkpoint_dir/last.ckpt`` (same data, split and settings).
         progress: Lightning's progress bar.
+        weights: float ``N x H x W`` per-pixel weights (0: ignore the pixel, 1: count it; e.g. from
+            :func:`~liverscope.segment.rules.confident_targets`), resized with the masks (nearest
+            neighbour); the loss is :func:`weighted_segmentation_loss` and the validation Dice counts
+            the weighted pixels only. ``None``: every pixel counts (:func:`segmentation_loss`).
 
     Returns:
         ``(model in eval mode with the best weights, on device, info)``; ``info`` has ``best_epoch``,
@@ -180,6 +219,10 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     masks = np.asarray(masks, bool)
     if len(images) != len(masks) or len(images) != len(split):
         raise LiverscopeError(f"{len(images)} images, {len(masks)} masks and {len(split)} split labels: they must match")
+    if weights is not None:
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != masks.shape or not np.isfinite(weights).all() or (weights < 0).any():
+            raise LiverscopeError(f"pixel weights must be finite, >= 0 and shaped like the masks {masks.shape}, got {weights.shape}")
     if int(batch_size) < 1:
         raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
     size = int(size or np.asarray(images[0]).shape[0])
@@ -196,7 +239,11 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     lit = LitSegmenter(model, loss, lr, flip, seed, verbose)
     x_all = to_unet_input(images, size, in_channels)
     y_all = torch.from_numpy(resize_masks(masks, size)[:, None].astype(np.float32))
-    train_dl, val_dl = _loaders(x_all, y_all, tr, va, int(batch_size), seed)
+    w_all = None
+    if weights is not None:  # nearest neighbour, as resize_masks resizes the targets: each weight stays on its pixel
+        w_all = torch.from_numpy(np.stack([w if w.shape == (size, size) else cv2.resize(w, (size, size), interpolation=cv2.INTER_NEAREST)
+                                           for w in weights])[:, None])
+    train_dl, val_dl = _loaders(x_all, y_all, tr, va, int(batch_size), seed, w_all)
 
     with contextlib.ExitStack() as stack:
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unet-ckpt-")))
@@ -237,8 +284,8 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     model.to(device).eval()
     info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history), "steps": int(trainer.global_step),
             "history": history, "seconds": round(seconds, 1), "architecture": arch, "size": size, "loss": loss, "lr": lr,
-            "batch_size": batch_size, "seed": seed, "engine": "lightning", "resumed": bool(resume)}
+            "batch_size": batch_size, "seed": seed, "engine": "lightning", "resumed": bool(resume), "pixel_weights": weights is not None}
     return model, info
 
 
-__all__ = ["MONITOR", "segmentation_loss", "LitSegmenter", "fit_unet"]
+__all__ = ["MONITOR", "segmentation_loss", "weighted_segmentation_loss", "LitSegmenter", "fit_unet"]

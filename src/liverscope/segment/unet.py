@@ -2,14 +2,21 @@
 
 The network is MONAI's 2-D Attention U-Net (Oktay et al., "Attention U-Net: Learning Where to Look for
 the Pancreas", MIDL 2018) with one output channel, trained (:mod:`liverscope.segment.training`, Lightning)
-with binary cross-entropy (the study's loss) or BCE + soft Dice (MONAI's ``DiceCELoss``). The segmenter lives in the run directory: ``segmenter.safetensors`` (weights, never
-pickled) and ``segmenter.json`` (architecture, input size, preprocessing, split, loss, scores). The app
-calls :func:`load_segmenter` and :func:`predict_mask`.
+with binary cross-entropy (the study's loss) or BCE + soft Dice (MONAI's ``DiceCELoss``).
+
+A run directory holds one segmenter per *target* (what it outlines: ``lesion``, ``liver``, ...): weights
+(safetensors, never pickled) and a ``.json`` (target, architecture, input size, its own preprocessing,
+split, loss, scores). The ``lesion`` target keeps the names runs had before targets existed
+(``segmenter.safetensors`` / ``segmenter.json``), so old runs load unchanged; another target T is
+``segmenter-T.safetensors`` / ``segmenter-T.json`` (:func:`segmenter_files` names every file of a target).
+The app calls :func:`segmenters`, :func:`predict_mask` and :func:`target_colours`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,13 +26,21 @@ import numpy as np
 
 from liverscope.data.geometry import to_original
 from liverscope.data.io import to_grey
-from liverscope.errors import LiverscopeError
-from liverscope.rundir import SEGMENTER_META, SEGMENTER_WEIGHTS, load_weights, save_weights
+from liverscope.data.preprocess import Preprocessing
+from liverscope.errors import LiverscopeError, UsageError
+from liverscope.rundir import PSEUDO_MASKS, SEGMENTER_META, SEGMENTER_WEIGHTS, load_weights, save_weights
 from liverscope.utils import atomic_write_json, default_model_threads, read_json, resolve_device, torch_threads
 
 LOSSES = ("bce", "bce+dice")
 #: U-Net channels per level: small enough to train on a laptop CPU in minutes at 128-160 px.
 DEFAULT_CHANNELS = (8, 16, 32, 64)
+#: The target of ``segment train`` without ``--target``; its files keep the names of runs made before targets.
+DEFAULT_TARGET = "lesion"
+#: What a target may be called: a lower-case name (it becomes part of file names and of a metrics key).
+TARGET_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+#: Outline colours (RGB, and their name for legends) of the usual targets; others take :data:`PALETTE` in name order.
+TARGET_COLOURS = {"lesion": ((255, 48, 48), "red"), "liver": ((0, 255, 0), "green"), "sector": ((64, 160, 255), "blue")}
+PALETTE = (((255, 210, 0), "yellow"), ((255, 0, 255), "magenta"), ((0, 230, 230), "cyan"), ((255, 140, 0), "orange"), ((255, 255, 255), "white"))
 
 
 def cpu_threads(device: str = "cpu"):
@@ -107,6 +122,55 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+def check_target(target: str) -> str:
+    """``target`` when it is a valid target name (``[a-z][a-z0-9_-]*``).
+
+    Raises:
+        UsageError: any other name (the command line exits with code 2).
+    """
+    if not isinstance(target, str) or not TARGET_NAME.fullmatch(target):
+        raise UsageError(f"segmentation target {target!r}: expected a lower-case name such as lesion or liver "
+                         "(letters a-z, digits, '_' and '-', starting with a letter)")
+    return target
+
+
+def segmenter_files(target: str = DEFAULT_TARGET) -> dict[str, str]:
+    """The names, inside a run directory, of everything that belongs to the segmenter of ``target``.
+
+    ``lesion`` keeps the names of runs made before targets: ``segmenter.safetensors``, ``segmenter.json``,
+    ``seg_split.csv``, ``segmenter_checkpoints/``, ``pseudo_masks/`` and the ``metrics.json`` key
+    ``segmentation``. Another target T adds ``-T`` to each file name (``segmenter-T.json``,
+    ``seg_split-T.csv``, ``segmenter-T_checkpoints/``, ``pseudo_masks-T/``) and ``_T`` to the key
+    (``segmentation_T``).
+
+    Returns:
+        ``{"weights", "meta", "split", "checkpoints", "pseudo", "metrics"}``.
+
+    Raises:
+        UsageError: ``target`` is not a valid name (:func:`check_target`).
+    """
+    check_target(target)
+    s = "" if target == DEFAULT_TARGET else f"-{target}"
+    return {"weights": SEGMENTER_WEIGHTS.replace(".", f"{s}.", 1), "meta": SEGMENTER_META.replace(".", f"{s}.", 1), "split": f"seg_split{s}.csv",
+            "checkpoints": f"segmenter{s}_checkpoints", "pseudo": f"{PSEUDO_MASKS}{s}", "metrics": "segmentation" + (f"_{target}" if s else "")}
+
+
+def segmenter_targets(run_dir: str | Path) -> list[str]:
+    """The targets a run holds a segmenter for (weights and ``.json`` both present): ``lesion`` first, then by name."""
+    run_dir = Path(run_dir)
+    named = sorted(p.stem[len("segmenter-"):] for p in run_dir.glob("segmenter-*.json"))
+    names = [DEFAULT_TARGET] + [t for t in named if t != DEFAULT_TARGET and TARGET_NAME.fullmatch(t)]
+    return [t for t in names if all((run_dir / segmenter_files(t)[k]).is_file() for k in ("weights", "meta"))]
+
+
+def target_colours(targets: Sequence[str]) -> dict[str, tuple[tuple[int, int, int], str]]:
+    """Outline colour (RGB) and its name per target: :data:`TARGET_COLOURS` for the usual targets
+    (lesion red, liver green, sector blue), the others :data:`PALETTE` in turn (name order); in the order given."""
+    spare = itertools.cycle(PALETTE)
+    others = {t: next(spare) for t in sorted(set(targets) - set(TARGET_COLOURS))}
+    return {t: TARGET_COLOURS.get(t) or others[t] for t in targets}
+
+
 @dataclass
 class Segmenter:
     """A trained Attention U-Net with its metadata (``segmenter.json``)."""
@@ -122,6 +186,17 @@ class Segmenter:
     @property
     def in_channels(self) -> int:
         return int(self.meta["architecture"]["in_channels"])
+
+    @property
+    def target(self) -> str:
+        """What it outlines (``lesion`` for a segmenter saved before targets)."""
+        return str(self.meta.get("target") or DEFAULT_TARGET)
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """The preprocessing its inputs were made with (``None`` when the ``.json`` records none)."""
+        pp = self.meta.get("preprocessing")
+        return Preprocessing.from_dict(pp) if pp else None
 
 
 def predict_proba(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
@@ -149,24 +224,34 @@ def predict_mask(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
     return predict_proba(segmenter, [image])[0] > 0.5
 
 
-def save_segmenter(run_dir: str | Path, model, meta: dict) -> None:
-    """``segmenter.safetensors`` (weights only) + ``segmenter.json``, each written atomically."""
-    run_dir = Path(run_dir)
-    save_weights(run_dir / SEGMENTER_WEIGHTS, model)
-    atomic_write_json(run_dir / SEGMENTER_META, meta)
+def save_segmenter(run_dir: str | Path, model, meta: dict, target: str = DEFAULT_TARGET) -> None:
+    """The weights (safetensors, weights only) and ``.json`` of ``target``'s segmenter (:func:`segmenter_files`),
+    each written atomically; the ``.json`` records ``target``."""
+    run_dir, files = Path(run_dir), segmenter_files(target)
+    save_weights(run_dir / files["weights"], model)
+    atomic_write_json(run_dir / files["meta"], {**meta, "target": target})
 
 
-def load_segmenter(run_dir: str | Path, device: str = "cpu") -> Segmenter | None:
-    """The run's segmenter, or ``None`` when the run has none (no ``segmenter.json``/``.safetensors``)."""
-    run_dir = Path(run_dir)
-    meta_path, weights_path = run_dir / SEGMENTER_META, run_dir / SEGMENTER_WEIGHTS
+def load_segmenter(run_dir: str | Path, device: str = "cpu", target: str = DEFAULT_TARGET) -> Segmenter | None:
+    """The run's segmenter of ``target``, or ``None`` when the run has none (no ``.json`` / ``.safetensors``).
+
+    A segmenter saved before targets existed (``segmenter.json`` without a ``target``) is the ``lesion`` one.
+    """
+    run_dir, files = Path(run_dir), segmenter_files(target)
+    meta_path, weights_path = run_dir / files["meta"], run_dir / files["weights"]
     if not meta_path.exists() or not weights_path.exists():
         return None
     meta = read_json(meta_path)
+    meta.setdefault("target", target)
     device = resolve_device(device)
     model = unet_from_arch(meta["architecture"])
     model.load_state_dict(load_weights(weights_path))
     return Segmenter(model.to(device).eval(), meta, device)
+
+
+def segmenters(run_dir: str | Path, device: str = "cpu") -> dict[str, Segmenter]:
+    """Every segmenter a run holds, by target (``lesion`` first; ``{}`` for a run without one)."""
+    return {t: load_segmenter(run_dir, device, t) for t in segmenter_targets(run_dir)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,6 +277,7 @@ def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels
 
 
 __all__ = [
-    "LOSSES", "DEFAULT_CHANNELS", "cpu_threads", "build_unet", "unet_arch", "check_size", "to_unet_input", "resize_masks", "Segmenter",
-    "predict_proba", "predict_mask", "save_segmenter", "load_segmenter", "predict_masks_at", "unet_from_arch",
+    "LOSSES", "DEFAULT_CHANNELS", "DEFAULT_TARGET", "TARGET_NAME", "TARGET_COLOURS", "PALETTE", "cpu_threads", "build_unet", "unet_arch",
+    "check_size", "to_unet_input", "resize_masks", "check_target", "segmenter_files", "segmenter_targets", "target_colours", "Segmenter",
+    "predict_proba", "predict_mask", "save_segmenter", "load_segmenter", "segmenters", "predict_masks_at", "unet_from_arch",
 ]
