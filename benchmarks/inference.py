@@ -1,22 +1,34 @@
-"""Benchmark: end-to-end prediction speed on a folder, and single-image predict + Grad-CAM latency (issue 5).
+"""Benchmark: prediction speed on a folder of real images against the naive pipelines and the bare
+ONNX Runtime session, int8, the faster denoising options, and single-image predict + Grad-CAM latency
+(issues 5 and 14).
 
 Measured in one run, on real images of ``../shared/data/liver-fibrosis`` (a class-stratified subset,
 both acquisition sources), for each model at 224 px with random-init weights (speed does not depend
-on the weights):
+on the weights). End to end = decode → preprocess → model → CSV row written (model loading excluded,
+every pipeline warmed up on a few images first). Per model:
 
-(a) naive baseline — what the studies describe, one image at a time: OpenCV decode, BGR→RGB, colour
-    non-local-means at full resolution, resize, ImageNet normalisation, eager fp32 PyTorch, a CSV row;
-(b) liverscope, torch backend — ``Predictor(backend="torch").predict_paths`` → ``write_results``;
-(c) liverscope, ONNX backend — the same with ONNX Runtime;
-(d) bare ONNX Runtime session on a ready-made batch: the model-only ceiling;
+1. item 1: at each setting (denoising off, liverscope's default NLM at model resolution, NLM at full
+   resolution) the torch backend (its default: decoding and the model take turns, model threads timed;
+   and its default before issue 14: decoding beside the model, half the cores when denoising) against
+   the naive eager loop with the same preprocessing (one image at a time, batch 1, PyTorch's default
+   threads); bf16 autocast where the CPU has native bf16, with its probability difference to fp32;
+2. item 2: denoising off, the ONNX backend (fp32 and int8; default, ``alternate`` with and without
+   spinning threads, process pool, batch of the best bare session) against the bare session on a
+   ready-made batch (batch 1-8, spinning on and off, fp32 and int8): the ceiling is the best of them;
+   decode + preprocess alone and the bound that their sum allows when the cores are shared;
+3. item 3: an int8 model per model (``export_int8``, calibrated on images outside the timed set):
+   bare and end-to-end speed, label agreement and largest probability difference to fp32 on the timed
+   images; with ``--run`` the same on a trained run's own split, with balanced accuracy;
+4. item 4: end to end with denoising on against the naive study pipeline (colour NLM at full
+   resolution, one image at a time), for today's default and each faster NLM option
+   (``Preprocessing.nlm_search``, ``denoise_region="sector"``): decode + preprocess alone (threads and
+   processes), end to end (ONNX fp32 and int8, torch), the grey-level difference of the preprocessed
+   image from today's, and the model's probability difference (random-init here; trained with ``--run``);
 
-with the denoising of each: the study's (colour NLM, full resolution), liverscope's default (NLM on
-the grey image at model resolution), liverscope with NLM at full resolution (the study's order), and
-off. End-to-end = decode → preprocess → model → CSV written (model loading excluded, reported apart).
-Then the latency of one uploaded image through predict + Grad-CAM (what the app does) for
-``efficientnet_b0``.
+then the latency of one uploaded image through predict + Grad-CAM (what the app does), EfficientNet-B0.
 
     python benchmarks/inference.py [--data ../shared/data/liver-fibrosis] [--n 64] [--models efficientnet_b0 resnet50_cbam]
+        [--run runs/NAME] [--json bench.json]
 
 The machine is shared: compare the ratios measured within one run, not absolute figures across runs.
 """
@@ -24,12 +36,12 @@ The machine is shared: compare the ratios measured within one run, not absolute 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,147 +50,27 @@ import cv2
 import numpy as np
 import torch
 
-from liverscope.data.io import iter_image_files
-from liverscope.config import IMAGENET_MEAN, IMAGENET_STD
-from liverscope.data.preprocess import Preprocessing, normalise_batch
+from liverscope import rundir
+from liverscope.data.preprocess import normalise_batch
 from liverscope.explain import cam_overlay
-from liverscope.export import export_onnx
-from liverscope.models import build_model
-from liverscope.predict import DEFAULT_BATCH_SIZE, OnnxBackend, Predictor, write_results
-from liverscope.rundir import load_model, save_model
-from liverscope.utils import atomic_write_json, read_json, softmax, torch_threads
+from liverscope.export import export_int8, export_onnx
+from liverscope.predict import DEFAULT_BATCH_SIZE, Predictor
+from liverscope.rundir import load_model
+from liverscope.utils import atomic_write_json, cpu_has_native_bf16, default_model_threads, torch_threads
 
-REPO = Path(__file__).resolve().parents[1]
-LABELS = ["F0", "F1", "F2", "F3", "F4"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_report import markdown, rounded  # noqa: E402
+from inference_setup import (  # noqa: E402,F401  (make_runs, naive_predict, pick_subset: benchmarks/torch_threads.py)
+    FAST, LABELS, REPO, SETTINGS, add_int8, bare_session_ips, decode_only, grey_diff, liverscope_e2e, make_runs, naive_liverscope,
+    naive_predict, pick_subset, prob_agreement, process_pool, trained_variant,
+)
 
-
-# --------------------------------------------------------------------------------------------------
-# set-up
-# --------------------------------------------------------------------------------------------------
-
-
-def pick_subset(data: Path, n: int, out: Path) -> list[Path]:
-    """A folder of symlinks to ``n`` files spread evenly over every class folder (data is not copied)."""
-    classes = sorted(d for d in data.iterdir() if d.is_dir())
-    per = max(1, n // len(classes))
-    picked = []
-    for c in classes:
-        files = sorted(p for p in c.iterdir() if p.is_file())
-        step = max(1, len(files) // per)
-        for p in files[::step][:per]:
-            link = out / c.name / p.name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(p.resolve())
-            picked.append(link)
-    return picked
-
-
-def make_runs(model_name: str, size: int, root: Path) -> dict[str, Path]:
-    """One run directory per preprocessing variant, sharing random-init weights and one ONNX export."""
-
-    torch.manual_seed(0)
-    model = build_model(model_name, len(LABELS))
-    variants = {
-        "liverscope NLM @ model res": Preprocessing(size=size, denoise=True, denoise_at="model"),
-        "liverscope NLM @ full res": Preprocessing(size=size, denoise=True, denoise_at="full"),
-        "off": Preprocessing(size=size, denoise=False),
-    }
-    runs = {}
-    first = None
-    for name, pp in variants.items():
-        run = root / f"{model_name}-{name.replace(' ', '_').replace('@', 'at')}"
-        save_model(run, model, LABELS, pp)
-        if first is None:
-            t0 = time.perf_counter()
-            info = export_onnx(run)
-            print(f"  exported {model_name} to ONNX in {time.perf_counter() - t0:.1f}s (max |logit diff| {info['max_abs_logit_diff']:.1e})", flush=True)
-            first = run
-        else:
-            shutil.copy(first / "model.onnx", run / "model.onnx")
-            meta = read_json(run / "model.json")
-            meta["onnx"] = read_json(first / "model.json")["onnx"]
-            atomic_write_json(run / "model.json", meta)
-        runs[name] = run
-    return runs
+#: Tolerance for a faster denoising option to count as today's output (item 4).
+MEAN_GREY_TOLERANCE = 1.0
 
 
 # --------------------------------------------------------------------------------------------------
-# (a) the naive baseline
-# --------------------------------------------------------------------------------------------------
-
-
-def naive_predict(model: torch.nn.Module, files: list[Path], out: Path, size: int, denoise: bool) -> float:
-    """The studies' pipeline, one image at a time; returns seconds for all files (CSV written)."""
-    mean = np.array(IMAGENET_MEAN, np.float32)
-    std = np.array(IMAGENET_STD, np.float32)
-    model = model.eval()
-    t0 = time.perf_counter()
-    with open(out, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["file", "prediction", *[f"prob_{c}" for c in LABELS]])
-        for f in files:
-            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if bgr is None:
-                w.writerow([str(f), "unreadable"])
-                continue
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            if denoise:
-                rgb = cv2.fastNlMeansDenoisingColored(rgb, None, 10, 10, 7, 21)
-            rgb = cv2.resize(rgb, (size, size))
-            x = (rgb.astype(np.float32) / 255.0 - mean) / std
-            t = torch.from_numpy(x).permute(2, 0, 1).unsqueeze(0).contiguous()
-            with torch.no_grad():
-                logits = model(t).numpy()
-            p = softmax(logits)[0]
-            w.writerow([str(f), LABELS[int(p.argmax())], *[f"{v:.6f}" for v in p]])
-    return time.perf_counter() - t0
-
-
-# --------------------------------------------------------------------------------------------------
-# (b), (c): liverscope; (d) the bare session
-# --------------------------------------------------------------------------------------------------
-
-
-def liverscope_predict(run: Path, folder: Path, out: Path, backend: str, batch_size: int | None = None) -> tuple[float, float, Predictor]:
-    """Returns (load seconds, predict seconds, predictor)."""
-    t0 = time.perf_counter()
-    p = Predictor.from_run(run, backend=backend, batch_size=batch_size)
-    t1 = time.perf_counter()
-    summary = write_results(p.predict_paths([folder]), p.labels, out)
-    t2 = time.perf_counter()
-    assert not summary["skipped"], summary["skipped"][:3]
-    return t1 - t0, t2 - t1, p
-
-
-def preprocess_only(run: Path, folder: Path, workers: int | None = None) -> float:
-    """Seconds to decode + preprocess every file with the predictor's thread pool and no model."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    p = Predictor.from_run(run, backend="onnx", workers=workers)
-    files = list(iter_image_files([folder]))
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(p.workers) as pool:
-        for _ in pool.map(p._load, files):
-            pass
-    return time.perf_counter() - t0
-
-
-def bare_session_ips(onnx_path: Path, size: int, batch: int, n_images: int) -> float:
-    """Images/s of an ONNX Runtime session (same options as the backend) on a ready-made batch."""
-    eng = OnnxBackend(onnx_path, "cpu")
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    feed = {eng.input_name: x}
-    eng.session.run(None, feed)
-    t0 = time.perf_counter()
-    done = 0
-    while done < n_images:
-        eng.session.run(None, feed)
-        done += batch
-    return done / (time.perf_counter() - t0)
-
-
-# --------------------------------------------------------------------------------------------------
-# single image: predict + Grad-CAM
+# single image: predict + Grad-CAM (issue 5, unchanged)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -219,14 +111,219 @@ def latency(run: Path, files: list[Path], backend: str, repeats: int, cam_fn=Non
 
 
 # --------------------------------------------------------------------------------------------------
+# one model
+# --------------------------------------------------------------------------------------------------
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def bench_model(model_name: str, args, files: list[Path], calib: list[Path], folder: Path, tmp: Path, processes, trained: dict | None) -> dict:
+    n = len(files)
+    warm = files[:12]  # three torch batches: its thread counts are timed in the warm-up
+    variants = {**SETTINGS, **{k: fields for k, (fields, _) in FAST.items()}}
+    runs = make_runs(model_name, args.size, tmp / "runs", variants, files, calib)
+    int8 = add_int8(runs, "default")
+    say(f"  int8 export in {int8['seconds']:.0f}s ({int8['calibration_images']} calibration images outside the timed set); on the timed images "
+        f"label agreement {int8['label_agreement']:.3f}, max probability difference {int8['max_prob_diff']:.4f} (random-init weights)")
+    model, _ = load_model(runs["off"])
+    csv_out = tmp / "out.csv"
+    res: dict = {"int8_export": {k: int8[k] for k in ("calibration_images", "compared_on", "n", "label_agreement", "max_prob_diff", "seconds", "bytes")}}
+
+    # the naive study pipeline: colour NLM at full resolution (and off), torch default threads and 1
+    study: dict = {}
+    for denoise in (True, False):
+        for threads in (None, 1):
+            key = f"{'colour NLM full res' if denoise else 'off'}, torch {threads or 'default'} thread(s)"
+            with torch_threads(threads):  # None: PyTorch's default (all cores), as the studies ran it
+                naive_predict(model, files[:2], csv_out, args.size, denoise)
+                study[key] = n / naive_predict(model, files, csv_out, args.size, denoise)
+            say(f"  (a) naive study pipeline, {key:40s} {study[key]:7.1f} images/s")
+    res["naive_study"] = study
+    study_ips = study["colour NLM full res, torch default thread(s)"]
+
+    # items 1, 2, 4: each setting through every pipeline
+    settings: dict = {}
+    probs: dict = {}
+    for key in SETTINGS:
+        run = runs[key]
+        pp = rundir.read_preprocessing(run)
+        naive_liverscope(model, files[:2], csv_out, pp)
+        s, _ = naive_liverscope(model, files, csv_out, pp)
+        row: dict = {"naive eager loop": n / s}
+        # the torch backend's default before issue 14: overlap, half the cores when denoising, else all
+        before = {"backend": "torch", "schedule": "overlap", "threads": default_model_threads() if pp.denoise else os.cpu_count() or 1}
+        pipelines = (("torch", {"backend": "torch"}), ("torch before", before),
+                     ("onnx", {"backend": "onnx"}), ("onnx alternate", {"backend": "onnx", "schedule": "alternate"}),
+                     ("onnx alternate spinning", {"backend": "onnx", "schedule": "alternate", "spinning": True}),
+                     ("onnx int8", {"backend": "onnx", "int8": True}))
+        if key != "full":
+            pipelines += (("onnx process pool", {"backend": "onnx", "pool": "process"}),)
+        for name, kw in pipelines:
+            r = liverscope_e2e(run, folder, csv_out, warm, **kw)
+            row[name], row[f"{name} | describe"] = r["ips"], r["describe"]
+            if r["thread_timings"]:
+                row[f"{name} | seconds per image by threads"] = r["thread_timings"]
+            probs[(key, name)] = r["probs"]
+        row["decode+preprocess threads"] = decode_only(pp, files, os.cpu_count() or 1, True, "thread", None)
+        row["decode+preprocess processes"] = decode_only(pp, files, os.cpu_count() or 1, True, "process", processes)
+        settings[key] = row
+        say(f"  {key:8s} naive {row['naive eager loop']:6.1f} | torch {row['torch']:6.1f} (before {row['torch before']:6.1f}) | onnx {row['onnx']:6.1f} "
+            f"(alternate {row['onnx alternate']:6.1f}, spinning {row['onnx alternate spinning']:6.1f}, int8 {row['onnx int8']:6.1f}, "
+            f"processes {row.get('onnx process pool', float('nan')):6.1f}) | "
+            f"decode+preprocess {row['decode+preprocess threads']:6.1f} (processes {row['decode+preprocess processes']:6.1f}) images/s")
+    res["settings"] = settings
+
+    # bf16 (item 1)
+    if cpu_has_native_bf16():
+        a = liverscope_e2e(runs["off"], folder, csv_out, warm, backend="torch", precision="fp32")
+        b = liverscope_e2e(runs["off"], folder, csv_out, warm, backend="torch", precision="bf16", bf16_tolerance=1.0)
+        res["bf16"] = {"supported": True, "fp32_ips": a["ips"], "bf16_ips": b["ips"], **prob_agreement(a["probs"], b["probs"])}
+    else:
+        res["bf16"] = {"supported": False, "note": f"not supported here: CPU capability {torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX "
+                                                   "(bf16 would be emulated, slower than fp32; --precision auto keeps fp32)"}
+    say(f"  bf16: {res['bf16']}")
+
+    # item 2: bare sessions, the ceiling, ONNX end to end with denoising off
+    bare: dict = {}
+    for prec, file in (("fp32", rundir.ONNX), ("int8", rundir.ONNX_INT8)):
+        for spinning in (False, True):
+            for b in (1, 2, 4, 8):
+                bare[f"{prec}, batch {b}, spinning {'on' if spinning else 'off'}"] = bare_session_ips(runs["off"] / file, args.size, b, max(32, n // 2), spinning)
+    res["bare_session"] = bare
+    best_fp32 = max((v, k) for k, v in bare.items() if k.startswith("fp32"))
+    best_int8 = max((v, k) for k, v in bare.items() if k.startswith("int8"))
+    say(f"  bare session: best fp32 {best_fp32[0]:.1f} ({best_fp32[1]}), best int8 {best_int8[0]:.1f} ({best_int8[1]}) images/s")
+    best_batch = int(best_fp32[1].split("batch ")[1].split(",")[0])
+    off = settings["off"]
+    if best_batch != DEFAULT_BATCH_SIZE[("onnx", "cpu")]:
+        off[f"onnx batch {best_batch}"] = liverscope_e2e(runs["off"], folder, csv_out, warm, backend="onnx", batch_size=best_batch)["ips"]
+    ceiling = max(best_fp32[0], best_int8[0])
+    decode = off["decode+preprocess threads"]
+    res["item2"] = {
+        "ceiling_ips": ceiling, "ceiling": best_fp32[1] if best_fp32[0] >= best_int8[0] else best_int8[1],
+        "onnx_off_vs_ceiling": off["onnx"] / ceiling, "onnx_off_vs_best_fp32": off["onnx"] / best_fp32[0],
+        "onnx_int8_off_vs_best_int8": off["onnx int8"] / best_int8[0],
+        "best_onnx_off_vs_ceiling": max(v for k, v in off.items() if k.startswith("onnx") and "|" not in k) / ceiling,
+        # decoding and the model on the same cores: the most that adding their costs allows
+        "additive_bound_fp32_vs_best_fp32": (1 / (1 / decode + 1 / best_fp32[0])) / best_fp32[0],
+    }
+
+    # item 3: int8 speed
+    res["item3"] = {"bare_int8_vs_fp32": best_int8[0] / best_fp32[0], "e2e_off_int8_vs_fp32": off["onnx int8"] / off["onnx"],
+                    "e2e_default_int8_vs_fp32": settings["default"]["onnx int8"] / settings["default"]["onnx"],
+                    "agreement_on_timed_images": prob_agreement(probs[("default", "onnx")], probs[("default", "onnx int8")])}
+
+    # item 4: the faster denoising options against today's output
+    fast: dict = {}
+    workers = os.cpu_count() or 1
+    for name, (fields, ref) in FAST.items():
+        run = runs[name]
+        pp, ref_pp = rundir.read_preprocessing(run), rundir.read_preprocessing(runs[ref])
+        row = {"reference": ref, "grey": grey_diff(files, pp, ref_pp, workers),
+               "decode+preprocess threads": decode_only(pp, files, workers, True, "thread", None),
+               "decode+preprocess processes": decode_only(pp, files, workers, True, "process", processes)}
+        for label, kw in (("onnx", {"backend": "onnx"}), ("onnx int8", {"backend": "onnx", "int8": True}), ("torch", {"backend": "torch"})):
+            r = liverscope_e2e(run, folder, csv_out, warm, **kw)
+            row[label] = r["ips"]
+            if label == "onnx":
+                row["model"] = prob_agreement(probs[(ref, "onnx")], r["probs"])
+        if trained:
+            row["trained"] = trained["variants"].get(name)
+        fast[name] = row
+        say(f"  {name:34s} decode+preprocess {row['decode+preprocess threads']:6.1f} (processes {row['decode+preprocess processes']:6.1f}) | "
+            f"onnx {row['onnx']:6.1f} (int8 {row['onnx int8']:6.1f}) | torch {row['torch']:6.1f} images/s | grey mean {row['grey']['mean_abs']:.2f} "
+            f"max {row['grey']['max_abs']:.0f} | max prob diff {row['model']['max_prob_diff']:.4f}, agreement {row['model']['label_agreement']:.3f}")
+    res["fast"] = fast
+    # random-init probabilities are near-uniform: only a trained model (--run) tests the predictions
+    within = [k for k, r in fast.items() if r["grey"]["mean_abs"] < MEAN_GREY_TOLERANCE and r["model"]["label_agreement"] == 1.0
+              and (not r.get("trained") or r["trained"]["label_agreement"] == 1.0) and r["reference"] == "default"]
+    best = max(within, key=lambda k: fast[k]["onnx"], default=None)
+    if best is not None:
+        fast[best]["onnx process pool"] = liverscope_e2e(runs[best], folder, csv_out, warm, backend="onnx", pool="process")["ips"]
+    denoised = {f"{k} | {b}": v for k in ("default", "full") for b, v in settings[k].items()
+                if "|" not in b and b.startswith(("onnx", "torch")) and "spinning" not in b}  # spinning: no predictor option
+    denoised.update({f"{k} | {b}": fast[k][b] for k in within for b in ("onnx", "onnx int8", "torch", "onnx process pool") if b in fast[k]})
+    top = max(denoised, key=denoised.get)
+    res["item4"] = {"tolerance": f"mean |grey difference| < {MEAN_GREY_TOLERANCE} and the same labels on every timed image"
+                    + (" and on the trained run's images" if trained else " (random-init weights: predictions unchecked without --run)"),
+                    "within_tolerance": within, "recommended": best, "study_ips": study_ips,
+                    "default_onnx_vs_study": settings["default"]["onnx"] / study_ips, "best_denoised": top,
+                    "best_denoised_vs_study": denoised[top] / study_ips}
+    say(f"  item 4: within tolerance {within}; best denoised end to end {top}: {denoised[top]:.1f} images/s = {denoised[top] / study_ips:.1f}x the naive study pipeline")
+
+    if model_name == "efficientnet_b0":
+        for backend, cam_name, cam_fn in (("onnx", "app", None), ("torch", "app", None), ("onnx", "full-backward", full_backward_cam)):
+            lat = latency(runs["default"], files, backend, args.latency_repeats, cam_fn)
+            res[f"latency_{backend}_{cam_name}_cam"] = lat
+            say(f"  single image, {backend} predict + {cam_name} Grad-CAM (NLM @ model res): median {lat['total_ms']:.0f} ms "
+                f"(predict {lat['predict_ms']:.0f} ms, Grad-CAM {lat['gradcam_ms']:.0f} ms, p90 {lat['total_p90_ms']:.0f} ms, n={lat['n']})")
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# a trained run (--run): int8 and the denoising options on its own split
+# --------------------------------------------------------------------------------------------------
+
+
+def trained_checks(run: Path, tmp: Path, calibration: int, limit: int | None = None) -> dict:
+    """int8 against fp32 (``export_int8`` on a copy: balanced accuracy on the run's test split, or its
+    validation images not used to calibrate) and each faster denoising option against the run's own
+    preprocessing (torch fp32 on the same images)."""
+    if not (run / rundir.SPLIT).is_file() or not (run / rundir.MODEL_WEIGHTS).is_file():
+        raise SystemExit(f"--run {run}: needs a single trained model with its split.csv (for a cv run, one of its folds: {run}/folds/fold0)")
+    copy = tmp / "trained-int8"
+    copy.mkdir(parents=True)
+    for f in (rundir.MODEL_WEIGHTS, rundir.MODEL_META, rundir.SPLIT):
+        shutil.copy(run / f, copy / f)
+    meta = rundir.read_model_meta(copy)
+    for key in ("onnx", "onnx_int8"):
+        meta.pop(key, None)
+    rundir.write_model_meta(copy, meta)
+    t0 = time.perf_counter()
+    export_onnx(copy)
+    info = export_int8(copy, calibration=calibration)
+    say(f"--run {run}: int8 in {time.perf_counter() - t0:.0f}s; on {info['n']} {info['compared_on']} images: agreement {info['label_agreement']:.3f}, "
+        f"max probability difference {info['max_prob_diff']:.4f}, balanced accuracy int8 {info['balanced_accuracy_int8']:.3f} vs fp32 {info['balanced_accuracy_fp32']:.3f}")
+    samples, assignment, _ = rundir.read_split(run / rundir.SPLIT)
+    part = "test" if (assignment == "test").any() else "val"
+    files = [s.path for s, a in zip(samples, assignment) if a == part][:limit]
+
+    def predict(r: Path) -> dict:
+        p = Predictor.from_run(r, backend="torch", precision="fp32")
+        return {x.path: np.array([x.probs[c] for c in p.labels]) for x in p.predict_paths(files)}
+
+    out = {"run": str(run), "int8": info, "images": f"{len(files)} {part} images", "variants": {}}
+    # a run that crops to the sector denoises its box already: the sector options are checked without the crop
+    # (reference and option alike), which is how the benchmark's 224 px runs preprocess
+    crops = rundir.read_preprocessing(run).crop_sector
+    refs: dict = {}
+    for name, (fields, ref) in FAST.items():
+        uncrop = {"crop_sector": False} if crops and fields.get("denoise_region") == "sector" else {}
+        key = (ref, bool(uncrop))
+        if key not in refs:
+            refs[key] = predict(trained_variant(run, tmp, f"ref-{ref}{'-uncropped' if uncrop else ''}", {**SETTINGS[ref], **uncrop}))
+        out["variants"][name] = {**prob_agreement(refs[key], predict(trained_variant(run, tmp, name, {**fields, **uncrop}))),
+                                 "without the run's sector crop": bool(uncrop)}
+        say(f"  trained, {name:34s} agreement {out['variants'][name]['label_agreement']:.3f}, max prob diff {out['variants'][name]['max_prob_diff']:.4f}"
+            + (" (without the run's sector crop)" if uncrop else ""))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-fibrosis")
-    ap.add_argument("--n", type=int, default=64, help="images in the subset (spread over the classes)")
+    ap.add_argument("--n", type=int, default=64, help="images in the timed subset (spread over the classes)")
+    ap.add_argument("--calibration", type=int, default=16, help="int8 calibration images (outside the timed subset)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--models", nargs="+", default=["efficientnet_b0", "resnet50_cbam"])
+    ap.add_argument("--run", type=Path, default=None, help="a trained run (one model with split.csv): int8 and the denoising options on its split")
+    ap.add_argument("--run-calibration", type=int, default=128, help="--run: int8 calibration images (its validation split)")
+    ap.add_argument("--run-n", type=int, default=None, help="--run: check the denoising options on at most this many of its images (default all)")
     ap.add_argument("--latency-repeats", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args()
@@ -234,74 +331,41 @@ def main() -> None:
         raise SystemExit(f"{args.data} not found: this benchmark needs the real data (see ../shared/data/README.md)")
 
     tmp = Path(tempfile.mkdtemp(prefix="liverscope-bench-"))
+    processes = None
     try:
         folder = tmp / "images"
         files = pick_subset(args.data, args.n, folder)
+        calib = pick_subset(args.data, args.calibration, tmp / "calibration", exclude=frozenset(f.resolve() for f in files))
         for f in files:  # page cache warm for every contender alike
             f.read_bytes()
-        sizes = {}
+        sizes: dict = {}
         for f in files:
             im = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
             sizes[f"{im.shape[1]}x{im.shape[0]}"] = sizes.get(f"{im.shape[1]}x{im.shape[0]}", 0) + 1
-        print(f"{len(files)} images from {args.data} ({', '.join(f'{k}: {v}' for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:4])})")
-        print(f"load average before: {os.getloadavg()[0]:.1f}; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
-              f"torch threads {torch.get_num_threads()}, OpenCV threads {cv2.getNumThreads()}", flush=True)
-        report: dict = {"n_images": len(files), "size": args.size, "cpu_count": os.cpu_count(), "models": {}}
+        machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, capability {torch.backends.cpu.get_cpu_capability()}, "
+                   f"native bf16 {cpu_has_native_bf16()}, torch {torch.__version__}, OpenCV {cv2.__version__}")
+        say(f"{len(files)} images from {args.data} ({', '.join(f'{k}: {v}' for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:4])}); "
+            f"{len(calib)} other images to calibrate int8")
+        say(f"load average before: {os.getloadavg()[0]:.1f}; machine: {machine}")
+        report: dict = {"n_images": len(files), "size": args.size, "machine": machine, "load_average_before": os.getloadavg()[0], "models": {}}
+        t0 = time.perf_counter()
+        processes = process_pool(os.cpu_count() or 1)
+        report["process_pool_spawn_s"] = time.perf_counter() - t0
+        trained = trained_checks(args.run, tmp, args.run_calibration, args.run_n) if args.run else None
+        report["trained_run"] = trained
         for model_name in args.models:
-            print(f"\n== {model_name} @ {args.size}px", flush=True)
-            runs = make_runs(model_name, args.size, tmp / "runs")
-            res: dict = {}
-            model, _ = load_model(runs["off"])
-            naive_model = model  # eager, fp32, contiguous NCHW: as in the studies' scripts
-            study_key = "study NLM colour @ full res"
-            for denoise, key, threads in ((True, study_key, None), (False, "off", None), (True, study_key, 1), (False, "off", 1)):
-                name = "naive" if threads is None else f"naive, torch {threads} thread"
-                with torch_threads(threads):  # None: PyTorch's default (all cores), as the studies ran it
-                    naive_predict(naive_model, files[:2], tmp / "warm.csv", args.size, denoise)  # warm-up
-                    s = naive_predict(naive_model, files, tmp / "naive.csv", args.size, denoise)
-                res[(name, key)] = len(files) / s
-                print(f"  (a) {name}, denoise {key:28s} {len(files) / s:7.1f} images/s", flush=True)
-            for key, run in runs.items():
-                for backend in ("torch", "onnx"):
-                    load_s, s, p = liverscope_predict(run, folder, tmp / f"{backend}.csv", backend)
-                    res[(backend, key)] = len(files) / s
-                    print(f"  ({'b' if backend == 'torch' else 'c'}) liverscope {backend:5s} ({p.precision}, batch {p.batch_size}), denoise {key:28s} "
-                          f"{len(files) / s:7.1f} images/s  (model load {load_s:.1f}s)", flush=True)
-                s = preprocess_only(run, folder)
-                res[("preprocess only", key)] = len(files) / s
-                print(f"      decode+preprocess only ({Predictor.from_run(run, backend='onnx').workers} threads), denoise {key:28s} {len(files) / s:7.1f} images/s", flush=True)
-            bs = DEFAULT_BATCH_SIZE[("onnx", "cpu")]
-            for b in sorted({1, bs}):
-                res[("bare onnxruntime", f"batch {b}")] = bare_session_ips(runs["off"] / "model.onnx", args.size, b, max(32, len(files) // 2))
-                print(f"  (d) bare ONNX Runtime session, batch {b:2d}                   {res[('bare onnxruntime', f'batch {b}')]:7.1f} images/s", flush=True)
-            ceiling = max(v for (k, _), v in res.items() if k == "bare onnxruntime")
-            res[("ceiling", "best bare batch")] = ceiling
-            study = res[("naive", study_key)]
-            study1 = res[("naive, torch 1 thread", study_key)]
-            summary = {
-                "onnx_default_vs_naive_study": res[("onnx", "liverscope NLM @ model res")] / study,
-                "onnx_default_vs_naive_study_1thread": res[("onnx", "liverscope NLM @ model res")] / study1,
-                "onnx_fullres_nlm_vs_naive_study_1thread": res[("onnx", "liverscope NLM @ full res")] / study1,
-                "torch_default_vs_naive_study_1thread": res[("torch", "liverscope NLM @ model res")] / study1,
-                "onnx_off_vs_naive_off_1thread": res[("onnx", "off")] / res[("naive, torch 1 thread", "off")],
-                "onnx_off_vs_ceiling": res[("onnx", "off")] / ceiling,
-                "torch_off_vs_ceiling": res[("torch", "off")] / ceiling,
-            }
-            print("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()), flush=True)
-            entry = {"images_per_s": {f"{a} | {b}": round(v, 2) for (a, b), v in res.items()}, "ratios": {k: round(v, 3) for k, v in summary.items()}}
-            if model_name == "efficientnet_b0":
-                for backend, cam_name, cam_fn in (("onnx", "app", None), ("torch", "app", None), ("onnx", "full-backward", full_backward_cam)):
-                    lat = latency(runs["liverscope NLM @ model res"], files, backend, args.latency_repeats, cam_fn)
-                    entry[f"latency_{backend}_{cam_name}_cam"] = {k: round(v, 1) for k, v in lat.items()}
-                    print(f"  single image, {backend} predict + {cam_name} Grad-CAM (NLM @ model res): median {lat['total_ms']:.0f} ms "
-                          f"(predict {lat['predict_ms']:.0f} ms, Grad-CAM {lat['gradcam_ms']:.0f} ms, p90 {lat['total_p90_ms']:.0f} ms, n={lat['n']})", flush=True)
-            report["models"][model_name] = entry
-        print(f"load average after: {os.getloadavg()[0]:.1f}")
+            say(f"\n== {model_name} @ {args.size}px")
+            report["models"][model_name] = bench_model(model_name, args, files, calib, folder, tmp, processes, trained)
         report["load_average_after"] = os.getloadavg()[0]
+        say(f"load average after: {report['load_average_after']:.1f}")
+        report = rounded(report)
         if args.json:
             atomic_write_json(args.json, report)
+        print("\n" + markdown(report))
         print("\n" + json.dumps(report, indent=1))
     finally:
+        if processes is not None:
+            processes.shutdown(cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -97,7 +97,7 @@ def classification(args) -> dict:
     out = {
         "run": str(run), "n": int(len(y)), "classes": names,
         "balanced_accuracy": with_ci(m, "balanced_accuracy"), "macro_auc": with_ci(m, "macro_auc"), "accuracy": m["accuracy"],
-        "per_class_auc": dict(zip(names, m.get("macro_auc_classes") or [])),
+        "per_class_auc": {c: (m["per_class"].get(c) or {}).get("auc") for c in names},
         "per_class_recall": {c: (m["per_class"].get(c) or {}).get("recall") for c in names},
         "endpoints": {k: {"auc": v["auc"], "ci95": v.get("auc_ci95")} for k, v in m["endpoints"].items()},
         "confusion_matrix": m["confusion_matrix"],
@@ -288,7 +288,7 @@ def main() -> None:
         return key not in results or key in redo
 
     if "cls" in stages or "classification" not in results:
-        if want("classification") or "cls" in redo:
+        if want("classification"):
             results["classification"] = classification(args)
             save(args.out, results)
     if "cams" in stages and want("cams"):
@@ -304,6 +304,10 @@ def main() -> None:
             if want(f"supervised-{target}"):
                 results[f"supervised-{target}"] = segmenter_stage(args, results, target, masks=args.data / "masks" / target)
                 save(args.out, results)
+    if "classification" in results:  # the run's report shows every segmenter beside its baselines
+        from liverscope.evaluate.report import write_report
+
+        write_report(Path(results["classification"]["run"]))
     print_tables(results)
     print(f"→ {path}")
 

@@ -80,10 +80,13 @@ def test_config_choices_agree_with_the_modules_that_act_on_them():
     from liverscope.data.augment import PRESETS
     from liverscope.models.livernet import HEADS
 
-    from liverscope.predict import BACKENDS, PRECISIONS
+    from liverscope.data.preprocess import DENOISE_REGIONS
+    from liverscope.predict import BACKENDS, POOLS, PRECISIONS, SCHEDULES
 
     assert CHOICES["data.augment"] == PRESETS and CHOICES["model.head"] == HEADS
     assert CHOICES["predict.backend"] == BACKENDS and CHOICES["predict.precision"] == PRECISIONS
+    assert CHOICES["predict.schedule"] == SCHEDULES and CHOICES["predict.pool"] == POOLS
+    assert CHOICES["data.denoise_region"] == DENOISE_REGIONS
 
 
 def test_a_users_yaml_file_is_read_and_builtin_recipes_need_no_checkout(tmp_path, monkeypatch):

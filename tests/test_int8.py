@@ -53,3 +53,30 @@ def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_pa
 def test_int8_needs_a_split(tmp_path):
     with pytest.raises(LiverscopeError, match="split.csv"):
         export_int8(tmp_path)
+
+
+def test_int8_without_test_split_compares_on_images_it_did_not_calibrate_on_and_keeps_the_ends_fp32(phantom_dir, tmp_path):
+    """A cv fold has no test split: the report uses the validation images the quantiser did not see;
+    the first convolution and the classifier stay fp32 (the layers quantisation hurts most)."""
+    import onnx
+    import torch
+
+    from liverscope.data.datasets import Sample
+    from liverscope.data.preprocess import Preprocessing
+    from liverscope.models import build_model
+
+    run = tmp_path / "fold"
+    torch.manual_seed(0)
+    labels = ["F0", "F1", "F2", "F3", "F4"]
+    rundir.save_model(run, build_model("resnet10t", len(labels)), labels, Preprocessing(size=32, denoise=False))
+    files = [p for c in labels for p in sorted((phantom_dir / c).glob("*.png"))[:2]]
+    rundir.write_split(run / rundir.SPLIT, [Sample(p, p.parent.name) for p in files], ["train"] * 4 + ["val"] * 6)
+    info = export_int8(run, calibration=4)
+    assert info["calibration_images"] == 4 and info["compared_on"] == "val (not used to calibrate)" and info["n"] == 2
+    assert "7-bit weights" in info["format"] and "in fp32" in info["format"]
+    graph = onnx.load(str(run / rundir.ONNX_INT8)).graph
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    gemms = [n for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert not set(convs[0].input) & dequantised and all(not set(n.input) & dequantised for n in gemms)  # fp32 ends
+    assert all(set(n.input) & dequantised for n in convs[1:])  # every other convolution is int8

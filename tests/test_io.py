@@ -172,3 +172,14 @@ def test_sniff_and_extension_mismatch(tmp_path):
     assert lio.sniff_format(b"hello") is None
     assert not lio.extension_matches("x.jpg", "png")
     assert lio.extension_matches("x.JPG", "jpeg")
+
+
+def test_image_read_error_crosses_a_process_boundary():
+    """A decode worker in another process raises ImageReadError: it must pickle with its fields intact."""
+    import pickle
+
+    from liverscope.errors import ImageReadError
+
+    e = pickle.loads(pickle.dumps(ImageReadError("scan.png", "truncated PNG", "re-export the file")))
+    assert isinstance(e, ImageReadError) and (e.path, e.reason, e.fix) == ("scan.png", "truncated PNG", "re-export the file")
+    assert str(e) == "scan.png: truncated PNG (re-export the file)"

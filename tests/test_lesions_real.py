@@ -12,7 +12,7 @@ from liverscope import segment as S
 from liverscope.data.datasets import load_samples
 from liverscope.data.geometry import to_model
 from liverscope.evaluate.masks import expert_mask_summary
-from tests.conftest import quick_config
+from conftest import quick_config
 
 pytestmark = pytest.mark.real
 

@@ -257,3 +257,45 @@ def test_pseudo_masks_move_to_a_larger_segmenter_grid(two_target_run, lesion_dat
         on_disk = S.read_mask(run / "pseudo_masks-cam" / Path(row["path"]).relative_to(lesion_data).with_suffix(".png"))
         np.testing.assert_array_equal(target, to_model(on_disk, (0, 64, 0, 64), LIVER_SIZE))
     assert U.segmenter_targets(run) == ["lesion", "cam", "liver"]
+
+
+def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confident_pixels_weigh(two_target_run, lesion_data):
+    """--positive: an image the classifier calls a non-positive class gets an empty pseudo-mask (a normal
+    liver has nothing to outline); --confident: the U-Net is fitted with pixel weights (0 in the band)."""
+    run = two_target_run["run"]
+    seen = {}
+    real_fit = C.fit_unet
+
+    def recording_fit(images, masks, split, **kw):
+        seen["masks"], seen["weights"] = np.asarray(masks), kw.get("weights")
+        return real_fit(images, masks, split, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(C, "fit_unet", recording_fit)
+    try:
+        r = S.train_segmenter(run, lesion_data, target="pseudo", epochs=1, size=CLF_SIZE, positive=["malignant"], confident=(0.3, 0.6), **QUICK)
+    finally:
+        mp.undo()
+    w = seen["weights"]
+    assert w is not None and w.shape == seen["masks"].shape and set(np.unique(w)) <= {0.0, 1.0} and (w == 0).any()
+    meta = read_json(run / "segmenter-pseudo.json")
+    assert meta["pseudo_masks"]["positive"] == ["malignant"] and meta["pseudo_masks"]["confident"] == [0.3, 0.6]
+    assert "empty unless the predicted class is malignant" in r["scores"]["masks"]
+    # which images the untrained classifier calls malignant: exactly those may have a non-empty mask
+    from liverscope.rundir import load_model, read_preprocessing
+
+    pp = read_preprocessing(run)
+    model = load_model(run)[0]
+    files = [Path(row["path"]) for row in read_csv_rows(run / "seg_split-pseudo.csv")]
+    items, _ = S.load_images(files, pp, roots=[lesion_data])
+    import torch
+
+    from liverscope.data.preprocess import normalise_batch
+
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(normalise_batch([it.input for it in items], pp)).permute(0, 3, 1, 2)).argmax(1).numpy()
+    called = np.array([CLASSES[k] == "malignant" for k in pred])
+    nonempty = seen["masks"].reshape(len(called), -1).any(axis=1)
+    assert not (nonempty & ~called).any()
+    with pytest.raises(UsageError, match="not among the run's classes"):
+        S.train_segmenter(run, lesion_data, target="pseudo", epochs=1, size=CLF_SIZE, positive=["tumour"], **QUICK)

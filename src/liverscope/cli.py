@@ -101,7 +101,9 @@ def predict(
     backend: choice("predict.backend") = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
     precision: choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode/preprocess threads (default: CPU count)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Model threads on CPU (default: torch half the cores, ONNX Runtime all)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Model threads on CPU (default: torch times every core against half of them and keeps the faster; ONNX Runtime all)."),
+    schedule: choice("predict.schedule") = typer.Option("auto", "--schedule", help="auto (torch on CPU: alternate; otherwise overlap), alternate (decode a window, then score it with every core) or overlap (decode ahead while the model scores)."),
+    pool: choice("predict.pool") = typer.Option("thread", "--pool", help="Decode workers: thread or process (processes sidestep the GIL when denoising dominates)."),
     frames: str = typer.Option("middle", "--frames", help="DICOM cine loops: middle, all or every:N frames, averaged into one result per file (column frames)."),
     int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8): ONNX Runtime, int8."),
 ):
@@ -110,7 +112,8 @@ def predict(
     from liverscope.predict import Predictor, write_results
 
     try:
-        p = Predictor.from_run(run_dir, backend=backend.value, int8=int8, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads)
+        p = Predictor.from_run(run_dir, backend=backend.value, int8=int8, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads,
+                               schedule=schedule.value, pool=pool.value)
         typer.echo(p.describe(), err=True)
         total = sum(1 for _ in iter_image_files(paths))  # counted, not listed: the bar knows its total
         summary = write_results(progress(p.predict_paths(paths, frames=frames), "predicting", total=total), p.labels, out)

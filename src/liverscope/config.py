@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.augment": ("conservative", "ultrasound", "light", "none"),
     "data.split": ("grouped", "stratified", "random"),
     "data.denoise_at": ("model", "full"),
+    "data.denoise_region": ("image", "sector"),
     "model.head": ("seed", "mlp128", "linear"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("cosine", "step", "plateau", "none"),
@@ -45,6 +46,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # options of `predict` / `serve` (not recipe settings): the inference engine and its number format
     "predict.backend": ("auto", "torch", "onnx"),
     "predict.precision": ("auto", "fp32", "bf16"),
+    "predict.schedule": ("auto", "alternate", "overlap"),
+    "predict.pool": ("thread", "process"),
 }
 
 
@@ -55,6 +58,9 @@ class DataConfig:
     denoise: bool = True  # non-local-means denoising (seed recipe)
     denoise_strength: float = 10.0  # NLM filter strength h
     denoise_at: str = "model"  # "model": denoise grey at model resolution (fast); "full": at full resolution
+    nlm_template: int = 7  # NLM template window (OpenCV's default; odd)
+    nlm_search: int = 21  # NLM search window (OpenCV's default; smaller is faster but changes the input: docs/benchmarks.md)
+    denoise_region: str = "image"  # image | sector: denoise only the scan sector's box (faster when the fan is small)
     crop_sector: bool = False  # crop to the bounding box of the scan sector before resizing
     augment: str = "conservative"  # conservative | ultrasound | light | none
     cache_dir: str | None = ".liverscope-cache"  # None disables the preprocessing cache

@@ -31,3 +31,7 @@ class ImageReadError(LiverscopeError):
         self.reason = reason
         self.fix = fix
         super().__init__(f"{self.path}: {reason} ({fix})")
+
+    def __reduce__(self):
+        # rebuilt from its three fields, so the error crosses a process pool (ValueError pickles its message only)
+        return (type(self), (self.path, self.reason, self.fix))

@@ -15,9 +15,13 @@ one predictor too (:class:`EnsemblePredictor`: the mean of its fold models' logi
 
 How it is fast on an ordinary CPU:
 
-* decoding and preprocessing run in a thread pool while the model scores the previous batch (PIL's
-  decoders, OpenCV's resize/NLM and NumPy's arithmetic release the GIL, so threads overlap for real and
-  nothing is pickled between processes);
+* decoding and preprocessing run in a thread pool (PIL's decoders, OpenCV's resize/NLM and the
+  normalisation table release the GIL; ``pool="process"``: processes). With the torch backend on a CPU
+  the pool and the model take turns (``schedule="alternate"``, :mod:`liverscope.data.stream`): the naive
+  loop's own use of the machine plus batching, so not slower than it, where running both at once makes
+  PyTorch's OpenMP team wait at its barriers for a core that a decode thread holds. ONNX Runtime's
+  threads do not stall so: its decoding runs ahead of the model (``"overlap"``, as on a GPU). Workers
+  hand over the model's own layout (``Nx3xHxW`` for ONNX Runtime): the main thread only stacks a batch;
 * only a bounded window of images is in flight, and results are yielded batch by batch, so memory stays
   flat on a folder of any size; :func:`write_results` writes rows as they come into a temporary file
   that replaces the output at the end;
@@ -25,9 +29,9 @@ How it is fast on an ordinary CPU:
   :func:`export_onnx`) and PyTorch (channels-last; bf16 autocast on CPUs with native bf16, checked
   against fp32 on the first batch and abandoned when predictions move more than ``BF16_TOLERANCE``);
 * batch sizes per backend and device (:data:`DEFAULT_BATCH_SIZE`), measured in ``benchmarks/inference.py``;
-* the torch backend computes with half the cores (:func:`default_model_threads`) so that the decode
-  threads never make PyTorch's OpenMP team wait at its barriers: on a 2-core CPU that is busy with
-  anything else, 2 OpenMP threads run EfficientNet-B0 4x slower than 1 (``benchmarks/inference.py``).
+* the torch backend times every core against half of them as it goes and keeps the faster: every
+  core on a quiet machine, half on a busy one, where 2 OpenMP threads run EfficientNet-B0 several
+  times slower than 1 on a 2-core CPU (:class:`TorchBackend`).
 
 Bad files are not fatal: each is reported (``Result.error``) and the rest finish.
 
@@ -46,8 +50,9 @@ import logging
 import os
 import time
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -58,8 +63,9 @@ import torch
 from liverscope import rundir
 from liverscope.config import parse_frames
 from liverscope.data.inputs import check_model_input, input_name, load_input, split_batch
-from liverscope.data.io import decode_image, iter_image_files, read_frames
-from liverscope.data.preprocess import Preprocessing, normalise, preprocess_array
+from liverscope.data.io import decode_image, iter_image_files
+from liverscope.data.preprocess import Preprocessing, load_model_input, normalise, preprocess_array
+from liverscope.data.stream import decoded, pool_load_model_input, process_pool
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.ood import ensemble_margin, ood_scores
 from liverscope.labels import endpoint_column, endpoint_keys, endpoint_probabilities
@@ -69,6 +75,12 @@ from liverscope.utils import atomic_path, softmax
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
+#: How decoding and the model share the machine in :meth:`Predictor.predict_paths`: ``alternate``
+#: (decode a window of files with every core, then score it with every core), ``overlap`` (decode ahead
+#: while the model scores), ``auto`` (alternate for the torch backend on a CPU, else overlap).
+SCHEDULES = ("auto", "alternate", "overlap")
+#: Decode/preprocess workers: threads, or processes (spawned, one OpenCV thread each).
+POOLS = ("thread", "process")
 #: Images per forward pass when none is given: ``(backend, device kind) -> size``. Measured at 224 px
 #: on a 2-core AVX-512 CPU (``benchmarks/inference.py``): ONNX Runtime is fastest at batch 1-2
 #: (EfficientNet-B0: 62 images/s at 2, 51 at 8, 43 at 16: larger batches spill the caches), PyTorch at
@@ -121,9 +133,13 @@ class Predictor:
         onnx_path: the ``.onnx`` file for the ONNX backend.
         precision: torch backend: ``auto``, ``fp32`` or ``bf16`` (see :class:`TorchBackend`).
         workers: decode/preprocess threads (default: the CPU count).
-        threads: torch backend: intra-op threads on CPU (default: every core when the run does not denoise,
-            else :func:`default_model_threads`, half of them, leaving the rest to denoising); ONNX
-            backend: ONNX Runtime intra-op threads (default: the CPU count).
+        threads: torch backend: intra-op threads on CPU (default: every core or half of them, whichever
+            runs faster, measured as it goes: :class:`TorchBackend`); ONNX backend: ONNX Runtime
+            intra-op threads (default: the CPU count).
+        schedule: ``auto``, ``alternate`` or ``overlap`` (see :data:`SCHEDULES`).
+        pool: :meth:`predict_paths`' decode workers, ``thread`` or ``process`` (see :data:`POOLS`): a
+            process pool is spawned on first use, kept for later calls and shut down by :meth:`close`;
+            the calling script needs the ``if __name__ == "__main__":`` guard that spawned processes require.
         bf16_tolerance: see :data:`BF16_TOLERANCE`.
         ood: the run's out-of-distribution detector (:func:`liverscope.rundir.load_ood`); ``None``: results
             carry no OOD score.
@@ -143,7 +159,13 @@ class Predictor:
         bf16_tolerance: float = BF16_TOLERANCE,
         threads: int | None = None,
         ood: dict | None = None,
+        schedule: str = "auto",
+        pool: str = "thread",
     ):
+        if schedule not in SCHEDULES:
+            raise LiverscopeError(f"schedule '{schedule}': expected one of {', '.join(SCHEDULES)}")
+        if pool not in POOLS:
+            raise LiverscopeError(f"pool '{pool}': expected one of {', '.join(POOLS)}")
         self.meta = meta
         self.ood = ood
         self.labels: list[str] = list(meta["labels"])
@@ -157,14 +179,17 @@ class Predictor:
         elif backend == "torch":
             if model is None:
                 raise LiverscopeError("the torch backend needs a model")
-            if threads is None and not self.pp.denoise:
-                # decoding without denoising is cheap: the model gets every core. Half of them (the
-                # default, right when NLM runs beside the model) made this backend slower than a plain
-                # eager loop (docs/benchmarks.md, "torch backend threads")
-                threads = os.cpu_count() or 1
+            # threads=None: the backend times every core against half of them and keeps the faster.
+            # A fixed half whenever the run denoised made it slower than a plain eager loop on a quiet
+            # machine; every core, fixed, makes it several times slower on a busy one (docs/benchmarks.md)
             self.engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance, threads=threads)
         else:
             raise LiverscopeError(f"backend '{backend}': expected torch or onnx")
+        if schedule == "auto":  # ONNX Runtime's threads (not spinning) share cores with decoding without stalling
+            schedule = "alternate" if backend == "torch" and self.engine.device_kind == "cpu" else "overlap"
+        self.schedule = schedule
+        self.pool = pool
+        self._processes: ProcessPoolExecutor | None = None
         self.backend = backend
         self.device = getattr(self.engine, "device", self.engine.device_kind)
         self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE[(backend, self.engine.device_kind)])
@@ -240,10 +265,26 @@ class Predictor:
         return self.engine.precision
 
     def describe(self) -> str:
-        """One line: backend, device, precision, batch size, threads."""
+        """One line: backend, device, precision, batch size, threads, schedule."""
         threads = getattr(self.engine, "threads", None) or getattr(self.engine, "intra_threads", None)
         model_threads = f", {threads} model thread(s)" if threads else ""
-        return f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, {self.workers} decode thread(s)"
+        choices = getattr(self.engine, "thread_choices", [])
+        if len(choices) > 1:
+            model_threads = f", {' or '.join(map(str, choices))} model threads, the faster kept (now {threads})"
+        return (f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, "
+                f"{self.workers} decode {self.pool}(s), {self.schedule}")
+
+    def close(self) -> None:
+        """Shut down the decode processes (``pool="process"``); a later call spawns them again."""
+        if self._processes is not None:
+            self._processes.shutdown(wait=True, cancel_futures=True)
+            self._processes = None
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        if self._processes is None:
+            self._processes = process_pool(self.workers)
+            weakref.finalize(self, self._processes.shutdown, wait=False, cancel_futures=True)
+        return self._processes
 
     # ---------------------------------------------------------------- any input, the run's preprocessing
     def prepare(self, x, data: bytes | None = None) -> np.ndarray:
@@ -297,14 +338,15 @@ class Predictor:
         """The run's out-of-distribution threshold (``None`` without a detector)."""
         return float(self.ood["threshold"]) if self.ood else None
 
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits of a normalised batch, and its out-of-distribution scores (``None`` without a detector)."""
+    def _infer(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits of a normalised batch (``NxHxWx3``, or ``Nx3xHxW`` with ``channels_first``), and its
+        out-of-distribution scores (``None`` without a detector)."""
         if not self.ood:
-            return self.engine(batch), None
+            return self.engine(batch, channels_first), None
         if self.ood.get("method") == "energy":
-            logits, features = self.engine(batch), None
+            logits, features = self.engine(batch, channels_first), None
         else:
-            logits, features = self.engine.logits_and_features(batch)
+            logits, features = self.engine.logits_and_features(batch, channels_first)
         return logits, ood_scores(self.ood["method"], logits, features, self.ood)
 
     def _results(self, paths: Sequence[str], logits: np.ndarray, scores: np.ndarray | None, counts: Sequence[int] | None = None) -> list[Result]:
@@ -348,22 +390,23 @@ class Predictor:
 
     # ---------------------------------------------------------------- streaming over files
     def _load(self, path: Path) -> np.ndarray:
-        """Worker: file → normalised float32 ``HxWx3`` (decode + preprocess + normalise, GIL mostly released)."""
-        return normalise(self.prepare(path), self.pp)
+        """Worker: file → the model's float32 input in the engine's layout (``HxWx3``, or ``3xHxW`` for
+        ONNX Runtime): decode + preprocess + normalise, the GIL mostly released."""
+        return load_model_input(path, self.pp, "middle", self.engine.channels_first)[0]
 
     def _load_frames(self, path: Path, frames: str = "middle") -> np.ndarray:
-        """Worker: file → normalised float32 ``FxHxWx3``, the ``frames`` of a cine loop (one frame for a
-        still image or ``middle``)."""
+        """Worker: file → the model's float32 inputs of the ``frames`` of a cine loop (``F`` x the layout
+        of :meth:`_load`; one frame for a still image or ``middle``)."""
         if frames == "middle":
             return self._load(path)[None]
-        return np.stack([normalise(self.prepare(f), self.pp) for f in read_frames(path, frames)])
+        return load_model_input(path, self.pp, frames, self.engine.channels_first)
 
     def predict_paths(self, paths: Iterable[str | Path], window: int | None = None, frames: str = "middle") -> Iterator[Result]:
         """Stream results for files and folders in input order; unreadable files yield an error result.
 
-        Decoding runs ``workers`` threads ahead of the model; at most ``window`` files (default: two
-        batches plus one per worker) are decoded but not yet yielded, so memory does not grow with the
-        number of files.
+        ``workers`` decode; at most ``window`` files are decoded but not yet yielded, so memory stays flat.
+        ``schedule="alternate"``: they decode a window (default: whole batches, two files per worker or
+        more), then the model scores it; ``"overlap"``: they run ahead (two batches plus one per worker).
 
         Args:
             paths: files and folders (searched recursively, see :func:`iter_image_files`).
@@ -372,42 +415,37 @@ class Predictor:
                 result averages the probabilities of its frames (:attr:`Result.frames` says how many).
         """
         parse_frames(frames)  # a wrong setting fails before any file is read
-        window = int(window or 2 * self.batch_size + self.workers)
+        alternate, b = self.schedule == "alternate", self.batch_size
+        window = int(window or (-(-max(b, 2 * self.workers) // b) * b if alternate else 2 * b + self.workers))
         files = iter_image_files(paths)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="liverscope-decode") as pool:
-            pending: deque = deque()
+        if self.pool == "process":
+            args = (self.pp, frames, self.engine.channels_first)
+            with nullcontext(self._process_pool()) as pool:  # kept between calls: spawning costs seconds
+                yield from self._stream(decoded(files, lambda path: pool.submit(pool_load_model_input, path, *args), window, alternate))
+        else:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="liverscope-decode") as pool:
+                yield from self._stream(decoded(files, lambda path: pool.submit(self._load_frames, path, frames), window, alternate))
 
-            def submit_next() -> bool:
-                path = next(files, None)
-                if path is None:
-                    return False
-                pending.append((path, pool.submit(self._load_frames, path, frames)))
-                return True
-
-            while len(pending) < window and submit_next():
-                pass
-            batch: list[tuple[str, np.ndarray | None, str | None]] = []
-            n_good = 0
-            while pending:
-                path, fut = pending.popleft()
-                submit_next()
-                try:
-                    batch.append((str(path), fut.result(), None))
-                    n_good += 1
-                except ImageReadError as exc:
-                    batch.append((str(path), None, f"{exc.reason} ({exc.fix})"))
-                except Exception as exc:  # a batch job lists a file it cannot process and goes on
-                    batch.append((str(path), None, f"cannot preprocess ({type(exc).__name__}: {exc})"))
-                if n_good >= self.batch_size:
-                    yield from self._score(batch)
-                    batch, n_good = [], 0
-            if batch:
+    def _stream(self, items: Iterator[tuple[Path, np.ndarray | None, str | None]]) -> Iterator[Result]:
+        """Batches of decoded files (:func:`~liverscope.data.stream.decoded`) scored, results in order."""
+        batch: list[tuple[str, np.ndarray | None, str | None]] = []
+        n_good = 0
+        for path, x, err in items:
+            batch.append((str(path), x, err))
+            n_good += x is not None
+            if n_good >= self.batch_size:
                 yield from self._score(batch)
+                batch, n_good = [], 0
+        if batch:
+            yield from self._score(batch)
 
     def _score(self, batch: list[tuple[str, np.ndarray | None, str | None]]) -> list[Result]:
         """Results for one batch of decoded entries, in order; failed entries become error results."""
         good = [(p, x) for p, x, _ in batch if x is not None]
-        scored = iter(self._results([p for p, _ in good], *self._infer(np.concatenate([x for _, x in good])), [len(x) for _, x in good])) if good else iter(())
+        if not good:
+            return [Result(p, error=err) for p, _, err in batch]
+        x = np.concatenate([x for _, x in good])  # in the layout the workers made: the engine's
+        scored = iter(self._results([p for p, _ in good], *self._infer(x, self.engine.channels_first), [len(x) for _, x in good]))
         return [next(scored) if x is not None else Result(p, error=err) for p, x, err in batch]
 
 
@@ -428,6 +466,7 @@ class EnsemblePredictor(Predictor):
             raise LiverscopeError(f"{run_dir}: the fold models' labels or preprocessing differ from the run's model.json")
         self.temperature = rundir.temperature(meta) if calibrated else 1.0
         self.engine, self.backend, self.device, self.batch_size, self.workers = first.engine, first.backend, first.device, first.batch_size, first.workers
+        self.schedule, self.pool, self._processes = first.schedule, first.pool, None
         self._model, self.run_dir = None, None if run_dir is None else Path(run_dir)
         oods = [m.ood for m in members]
         self.ood = None if not all(oods) else {
@@ -443,8 +482,8 @@ class EnsemblePredictor(Predictor):
     def describe(self) -> str:
         return f"fold ensemble of {len(self.members)} models; " + super().describe()
 
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        outs = [m._infer(batch) for m in self.members]
+    def _infer(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        outs = [m._infer(batch, channels_first) for m in self.members]
         logits = np.mean(np.stack([lg for lg, _ in outs]), axis=0)
         if self.ood is None:
             return logits, None
@@ -556,5 +595,5 @@ def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:
 
 __all__ = [
     "Predictor", "EnsemblePredictor", "load_run", "Result", "TorchBackend", "OnnxBackend", "write_results", "results_csv", "csv_header", "result_row",
-    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "BACKENDS", "PRECISIONS",
+    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "BACKENDS", "PRECISIONS", "SCHEDULES", "POOLS",
 ]

@@ -1,6 +1,9 @@
 """The two ways a model scores a batch: PyTorch (:class:`TorchBackend`) and ONNX Runtime
-(:class:`OnnxBackend`). Both take a float32 ``NxHxWx3`` batch normalised for the run and return float32
-logits, or logits and pooled features from one forward pass (the out-of-distribution score's input).
+(:class:`OnnxBackend`). Both take a float32 batch normalised for the run, ``NxHxWx3`` or, with
+``channels_first=True``, ``Nx3xHxW``, and return float32 logits, or logits and pooled features from one
+forward pass (the out-of-distribution score's input). :attr:`channels_first` says which layout a backend
+takes without a copy (PyTorch's channels-last memory is ``NxHxWx3``; ONNX Runtime wants ``Nx3xHxW``), so
+that a caller can build its batches that way.
 
 :class:`~liverscope.predict.Predictor` picks one per run; they are here, beside the models, because
 they know a model and a device and nothing of files, runs or preprocessing.
@@ -9,6 +12,7 @@ they know a model and a device and nothing of files, runs or preprocessing.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +26,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: Largest change of any class probability that bf16 may cause on the check batch before the torch
 #: backend falls back to fp32 (the predicted class must not change either).
 BF16_TOLERANCE = 0.02
+#: With ``threads=None`` on a CPU, the thread count that lost is timed again once the winner has run
+#: this many times as long as one pass of the loser takes: re-checking costs at most 1/RECHECK of the time.
+RECHECK = 20
 
 
 class TorchBackend:
@@ -34,12 +41,22 @@ class TorchBackend:
             or ``bf16`` (emulated where not native: slow, for checks).
         channels_last: NHWC memory layout, which oneDNN/cuDNN convolutions run faster on.
         tolerance: largest probability change bf16 may cause on the first batch (see :data:`BF16_TOLERANCE`).
-        threads: intra-op threads on CPU (default :func:`default_model_threads`; ``0`` leaves PyTorch's setting).
+        threads: intra-op threads on CPU; ``None`` (default): chosen by measurement, see below; ``0``
+            leaves PyTorch's setting.
 
     After the first batch, :attr:`precision` says what is used and :attr:`bf16_check` what the check found.
+
+    Threads on a CPU, by default: every core and :func:`default_model_threads` (half of them) are each
+    timed on a forward pass after the first (which allocates, on the fewer threads), the faster per
+    image is kept (:attr:`threads`) and the other timed again now and then (:data:`RECHECK`). Every core
+    is fastest on a quiet machine; on one where anything else runs (decode threads, another job) an
+    OpenMP team waits at each barrier for the thread that lost its core, and a 2-core CPU then runs
+    EfficientNet-B0 several times faster on one thread than on two (docs/benchmarks.md).
+    :attr:`thread_timings` holds the seconds per image of each.
     """
 
     name = "torch"
+    channels_first = False  # channels-last memory is NxHxWx3: no copy
 
     def __init__(
         self, model: torch.nn.Module, device: str = "auto", precision: str = "auto", channels_last: bool = True,
@@ -59,34 +76,67 @@ class TorchBackend:
         self.tolerance = tolerance
         self.bf16_check: dict | None = None
         self._checked = precision == "fp32"
-        self.threads = (default_model_threads() if threads is None else int(threads)) if self.device == "cpu" else 0
+        self.thread_choices = [int(threads)] if threads is not None else sorted({os.cpu_count() or 1, default_model_threads()}, reverse=True)
+        if self.device != "cpu":
+            self.thread_choices = [0]
+        self.threads = self.thread_choices[0]
+        self.thread_timings: dict[int, float] = {}  # threads -> seconds per image (running mean)
+        self._passes = 0
+        self._since_check = 0.0  # seconds the winner has run since the loser was last timed
 
     @property
     def device_kind(self) -> str:
         return "cuda" if self.device.startswith("cuda") else "cpu"
 
+    def _pick_threads(self, n_images: int) -> int:
+        """The thread count for the next forward pass (see the class notes)."""
+        self._passes += 1
+        if len(self.thread_choices) == 1:
+            return self.threads
+        if self._passes == 1:  # allocates: not timed, and cheap on a busy machine
+            return self.thread_choices[-1]
+        untried = [c for c in self.thread_choices if c not in self.thread_timings]
+        if untried:
+            return untried[0]
+        other = next(c for c in self.thread_choices if c != self.threads)
+        if self._since_check >= RECHECK * self.thread_timings[other] * n_images:  # has the machine's load changed?
+            self._since_check = 0.0
+            return other
+        return self.threads
+
     def _forward(self, x: torch.Tensor, bf16: bool, features: bool = False):
-        with torch_threads(self.threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
+        threads = self._pick_threads(len(x))
+        t0 = time.perf_counter()
+        with torch_threads(threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
             if features:
                 logits, pooled = self.model.forward_with_features(x)
-                return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
-            return self.model(x).float().cpu().numpy()
+                out = logits.float().cpu().numpy(), pooled.float().cpu().numpy()
+            else:
+                out = self.model(x).float().cpu().numpy()
+        if len(self.thread_choices) > 1 and self._passes > 1 and self._checked:
+            seconds = time.perf_counter() - t0
+            old = self.thread_timings.get(threads)
+            self.thread_timings[threads] = seconds / max(1, len(x)) if old is None else (old + seconds / max(1, len(x))) / 2
+            if threads == self.threads:
+                self._since_check += seconds
+            self.threads = min(self.thread_timings, key=self.thread_timings.get)
+        return out
 
-    def _input(self, batch: np.ndarray) -> torch.Tensor:
+    def _input(self, batch: np.ndarray, channels_first: bool = False) -> torch.Tensor:
         # NHWC numpy → NCHW view whose memory is already channels-last: no copy on CPU
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        x = torch.from_numpy(batch) if channels_first else torch.from_numpy(batch).permute(0, 3, 1, 2)
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = self._input(batch)
+    def __call__(self, batch: np.ndarray, channels_first: bool = False) -> np.ndarray:
+        x = self._input(batch, channels_first)
         if not self._checked:
             return self._check_bf16(x)
         return self._forward(x, self.precision == "bf16")
 
-    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_features(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Logits and pooled features (the out-of-distribution score's input) of one batch, one forward pass."""
-        x = self._input(batch)
+        x = self._input(batch, channels_first)
         if not self._checked:
             self._check_bf16(x)  # decides the precision on this first batch
         return self._forward(x, self.precision == "bf16", features=True)
@@ -116,13 +166,17 @@ class OnnxBackend:
     Args:
         path: the ``.onnx`` file.
         device: ``auto``, ``cpu`` or ``cuda`` (CUDA execution provider when onnxruntime-gpu has it).
-        threads: intra-op threads (default: the CPU count; with spinning off, ORT shares cores with the
-            decode threads without slowing down, unlike an OpenMP team).
+        threads: intra-op threads (default: the CPU count).
+        spinning: let the intra-op threads spin-wait between the operators of one run (ONNX Runtime's
+            own default) and stop them when the run returns. ``False`` (default): they never spin, so
+            they burn no core that decode threads or other jobs need; on a busy 2-core machine spinning
+            halved the bare session's speed (``benchmarks/inference.py`` measures both).
     """
 
     name = "onnx"
+    channels_first = True  # the graph's input is Nx3xHxW
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, spinning: bool = False):
         ort = import_optional("onnxruntime", "onnx", "the ONNX backend")
 
         self.path = Path(path)
@@ -130,9 +184,13 @@ class OnnxBackend:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.intra_threads = int(threads or os.cpu_count() or 1)
         so.intra_op_num_threads = self.intra_threads
-        # ORT's workers spin-wait between runs by default, burning the cores that the decode threads
-        # need while the next batch is being prepared
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spinning = bool(spinning)
+        if self.spinning:
+            # spin inside a run (no wake-up latency between operators), never after it: the decode
+            # threads get the cores back as soon as the batch is scored
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+        else:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         available = ort.get_available_providers()
         if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
@@ -146,16 +204,16 @@ class OnnxBackend:
         self.device_kind = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.precision = "fp32"
 
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    def _run(self, batch: np.ndarray, channels_first: bool = False) -> list[np.ndarray]:
+        x = np.ascontiguousarray(batch if channels_first else batch.transpose(0, 3, 1, 2))
         return self.session.run(None, {self.input_name: x})
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(batch)[0].astype(np.float32, copy=False)
+    def __call__(self, batch: np.ndarray, channels_first: bool = False) -> np.ndarray:
+        return self._run(batch, channels_first)[0].astype(np.float32, copy=False)
 
-    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_features(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Logits and pooled features of one batch (an export by ``liverscope export`` has both outputs)."""
-        out = self._run(batch)
+        out = self._run(batch, channels_first)
         if len(out) < 2:
             raise LiverscopeError(f"{self.path} has no 'features' output (exported by an older liverscope): run `liverscope export` again")
         return out[0].astype(np.float32, copy=False), out[1].astype(np.float32, copy=False)

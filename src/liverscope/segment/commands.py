@@ -162,6 +162,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     # given masks: straight at the segmenter's preprocessing; pseudo-masks: the classifier's first (its CAMs)
     items, bad = load_images([s.path for s in samples], pp if masks is None else seg_pp, roots=roots, labels=[s.label for s in samples])
     skipped += bad
+    weights = None  # per-pixel loss weights (--confident)
     if masks is not None:
         targets, problems = load_masks_for(items, Path(masks), grid)
         skipped += problems
@@ -177,7 +178,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         pm = pseudo_masks(run_dir, [it.input for it in items], rule, threshold=threshold, q=q, flip_average=flip_average, ensemble=ensemble,
                           method=method, layers=layers)
         target_desc = f"CAM pseudo-masks ({pm.rule}, {method})"
-        pseudo, weights = pm.masks.copy(), None
+        pseudo = pm.masks.copy()
         if confident is not None:
             pseudo, weights = confident_targets(pm.cams, pm.sectors, *confident)
             target_desc += f", confident pixels only (CAM <= {confident[0]} or >= {confident[1]})"
