@@ -57,6 +57,11 @@ def test_text_values_take_the_type_of_the_setting():
         load_config("cpu-quick", {"train.epochs": "many"})
     with pytest.raises(LiverscopeError, match="data.denoise"):
         load_config("cpu-quick", {"data.denoise": "3"})
+    # exponents without a dot are numbers too (YAML 1.1, which PyYAML reads, leaves "1e-3" a string)
+    cfg = load_config("cpu-quick", {"train.lr": "1e-3", "train.weight_decay": "5E-4"})
+    assert cfg.train.lr == 1e-3 and cfg.train.weight_decay == 5e-4
+    with pytest.raises(LiverscopeError, match="train.lr"):
+        load_config("cpu-quick", {"train.lr": "fast"})
 
 
 def test_cli_set_and_flags_map_to_settings():

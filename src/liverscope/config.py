@@ -201,6 +201,11 @@ def _coerce(current: Any, value: Any, key: str, origin: str) -> Any:
         if not isinstance(parsed, bool):
             raise UsageError(f"{origin}: '{key}' must be true or false, got '{value}'")
         return parsed
+    if isinstance(current, (int, float)) and isinstance(parsed, str):
+        try:  # PyYAML reads YAML 1.1, where "1e-3" (no dot) is a string, not a number
+            parsed = float(parsed) if any(c in parsed.lower() for c in ".en") else int(parsed)
+        except ValueError:
+            pass
     if isinstance(current, (int, float)):
         if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
             raise UsageError(f"{origin}: '{key}' must be a number, got '{value}'")
