@@ -24,7 +24,7 @@ every lesion, of the liver and of the scan sector in masks/), in one command:
    masks (``segment train --masks … --target lesion|liver``), scored per class and size quartile, with
    detection and false-positive rates.
 
-    python benchmarks/lesions.py [--data DIR] [--out runs/lesions] [--name r10t-128] [--recipe lesions]
+    python benchmarks/lesions.py [--data DIR] [--out runs/lesions] [--name lite0-128] [--recipe lesions]
         [--stages cls,cams,unet-pseudo,supervised] [--seg-size 128] [--seg-epochs 40]
 
 Results go to OUT/lesions.json after every stage (a stage already in it is not run again unless named
@@ -266,7 +266,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-lesions")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "lesions")
-    ap.add_argument("--name", default="r10t-128", help="the cv run under OUT (trained when absent)")
+    ap.add_argument("--name", default="lite0-128", help="the cv run under OUT (trained when absent)")
     ap.add_argument("--recipe", default="lesions")
     ap.add_argument("--set", action="append", help="recipe setting KEY=VALUE for the cv (repeatable)")
     ap.add_argument("--stages", default="cls,cams,unet-pseudo,supervised")
