@@ -15,31 +15,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def real_fibrosis() -> Path:
-    """../shared/data/liver-fibrosis, or skip."""
-    p = SHARED_DATA / "liver-fibrosis"
+def _real_folder(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test."""
+    p = SHARED_DATA / name
     if not p.is_dir():
         pytest.skip(f"real data not found at {p} (tests marked 'real' need ../shared/data beside the repo)")
     return p
+
+
+@pytest.fixture(scope="session")
+def real_fibrosis() -> Path:
+    """../shared/data/liver-fibrosis, or skip."""
+    return _real_folder("liver-fibrosis")
 
 
 @pytest.fixture(scope="session")
 def real_masses() -> Path:
     """../shared/data/liver-masses, or skip."""
-    p = SHARED_DATA / "liver-masses"
-    if not p.is_dir():
-        pytest.skip(f"real data not found at {p} (tests marked 'real' need ../shared/data beside the repo)")
-    return p
+    return _real_folder("liver-masses")
 
 
 @pytest.fixture(scope="session")
 def real_lesions() -> Path:
     """../shared/data/liver-lesions, or skip."""
-    p = SHARED_DATA / "liver-lesions"
-    if not p.is_dir():
-        pytest.skip(f"real data not found at {p} (tests marked 'real' need ../shared/data beside the repo)")
-    return p
+    return _real_folder("liver-lesions")
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +68,14 @@ def trained_run(phantom_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs")
     return fit(quick_config(phantom_dir, out, "phantom-run"))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small shared CPU two OpenMP threads wait on each other at every barrier."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

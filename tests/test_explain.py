@@ -27,12 +27,8 @@ def phantom_inputs(n: int = 3, size: int = 64) -> list[np.ndarray]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU two OpenMP threads wait on each other at every barrier."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Every test here on one intra-op thread (conftest's ``one_thread``)."""
 
 
 def n_hooks(model: torch.nn.Module) -> int:

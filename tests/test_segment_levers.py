@@ -20,12 +20,8 @@ PP64 = Preprocessing(size=64, denoise=False)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU two OpenMP threads wait on each other at every barrier."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Every test here on one intra-op thread (conftest's ``one_thread``)."""
 
 
 @pytest.fixture(scope="module")
