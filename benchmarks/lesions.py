@@ -22,10 +22,16 @@ every lesion, of the liver and of the scan sector in masks/), in one command:
    trained on confident pixels only (``--confident 0.3,0.6``);
 5. **supervised segmentation** — the same U-Net trained on the expert lesion masks and on the expert liver
    masks (``segment train --masks … --target lesion|liver``), scored per class and size quartile, with
-   detection and false-positive rates.
+   detection and false-positive rates;
+6. **CAMs inside the predicted liver** (``cams-liver``) — the liver segmenter of 5 (or ``--liver-from
+   RUN``'s) on the images it held out: every CAM variant and rule cut inside the sector, the predicted
+   liver and the expert liver of the same images, beside the whole predicted liver as a baseline;
+7. **U-Net on pseudo-masks inside the predicted liver** (``unet-pseudo-liver``: ``segment train --within
+   liver`` with the best variant of 2).
 
     python benchmarks/lesions.py [--data DIR] [--out runs/lesions] [--name lite0-128] [--recipe lesions]
-        [--stages cls,cams,unet-pseudo,supervised] [--seg-size 128] [--seg-epochs 40]
+        [--stages cls,cams,unet-pseudo,supervised,cams-liver,unet-pseudo-liver] [--seg-size 128] [--seg-epochs 40]
+        [--supervised lesion,liver] [--liver-from RUN]
 
 Results go to OUT/lesions.json after every stage (a stage already in it is not run again unless named
 with --redo), and print as Markdown tables. The data is read in place, never copied.
@@ -45,6 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = {"malignant": ["malignant"], "lesion": ["benign", "malignant"]}
 LESION_CLASSES = ("benign", "malignant")
+STAGES = ("cls", "cams", "supervised", "cams-liver", "unet-pseudo", "unet-pseudo-liver")
 # CAM variants: name -> (method, layers, flip-averaged)
 CAM_VARIANTS = {
     "Grad-CAM, last layer (study)": ("gradcam", None, False),
@@ -173,7 +180,6 @@ def headline(s: dict) -> dict:
 
 def pseudo_stage(args, results: dict) -> dict:
     from liverscope.evaluate.masks import expert_mask_summary, sector_centre
-    from liverscope.segment.rules import normalise_map, pseudo_mask
 
     run = Path(results["classification"]["run"])
     t0 = time.perf_counter()
@@ -190,28 +196,84 @@ def pseudo_stage(args, results: dict) -> dict:
                                                                                   cams=[sector_centre(s) for s in sectors]),
     }
     out["baselines"] = {k: {**headline(v), "summary": v} for k, v in base.items()}
+    variants = cam_variants(pp, data, models, names, {"sector": sectors, "expert liver": livers}, args.variants)
+    in_sector = [k for k, v in variants.items() if v["region"] == "sector"]
+    best = max(in_sector, key=lambda k: variants[k]["dice"] or 0.0)
+    out["variants"] = variants
+    out["best_in_sector"] = best
+    out["minutes"] = round((time.perf_counter() - t0) / 60, 1)
+    return out
+
+
+def cam_variants(pp, data, models, names, regions: dict[str, list], variant_filter: list[str] | None = None) -> dict:
+    """Every CAM variant (those whose name contains one of ``variant_filter``) × rule × region (name →
+    per-image masks, intersected with the sector), scored against the experts."""
+    from liverscope.evaluate.masks import expert_mask_summary
+    from liverscope.segment.rules import normalise_map, pseudo_mask
+
+    labels = [d["item"].label for d in data]
+    truth = [d["lesion"] for d in data]
+    sectors = [d["sector"] for d in data]
     variants: dict = {}
-    best = (-1.0, None)
     for vname, (method, layers, flip) in CAM_VARIANTS.items():
+        if variant_filter and not any(f.lower() in vname.lower() for f in variant_filter):
+            continue
         tv = time.perf_counter()
         raw, classes = fold_cams(pp, data, models, method, layers, flip)
         cam_s = time.perf_counter() - tv
         gate = np.array([names[c] in LESION_CLASSES for c in classes])
-        for region_name, regions in (("sector", sectors), ("expert liver", livers)):
-            norm = [normalise_map(c, r) for c, r in zip(raw, regions)]
+        for region_name, regs in regions.items():
+            norm = [normalise_map(c, r) for c, r in zip(raw, regs)]
             for rname, (rule, kw) in RULES.items():
                 masks = [pseudo_mask(c, r, rule, image=d["item"].input, **kw) if g else np.zeros_like(r)
-                         for c, r, d, g in zip(norm, regions, data, gate)]
+                         for c, r, d, g in zip(norm, regs, data, gate)]
                 s = expert_mask_summary(masks, truth, labels, sectors, cams=norm)
                 key = f"{vname} | {rname} | in {region_name}"
                 variants[key] = {**headline(s), "cam": vname, "rule": rname, "region": region_name, "cam_seconds": round(cam_s, 1), "summary": s}
-                if region_name == "sector" and (s["overall"].get("dice") or 0) > best[0]:
-                    best = (s["overall"]["dice"], key)
         print(f"  {vname}: {time.perf_counter() - tv:.0f}s", file=sys.stderr)
-    out["variants"] = variants
-    out["best_in_sector"] = best[1]
-    out["minutes"] = round((time.perf_counter() - t0) / 60, 1)
-    return out
+    return variants
+
+
+def liver_stage(args, results: dict) -> dict:
+    """CAMs cut inside the *predicted* liver: the liver segmenter (``--liver-from``, default the cv run) on
+    the images it held out (its test split), beside the sector and the expert liver on the same images."""
+    from liverscope import segment as S
+    from liverscope.evaluate.masks import (
+        expert_mask_summary,
+        mask_scores,
+        sector_centre,
+    )
+
+    run = Path(results["classification"]["run"])
+    liver_run = Path(args.liver_from or run)
+    t0 = time.perf_counter()
+    split = liver_run / S.segmenter_files("liver")["split"]
+    if not split.exists():
+        raise SystemExit(f"{liver_run}: no liver segmenter — run the 'supervised' stage first, or give --liver-from RUN")
+    with open(split, newline="") as fh:
+        held = {r["path"] for r in csv.DictReader(fh) if r["split"] == "test"}
+    pp, data, models = load_oof(args, run)
+    areas = disc_baseline(data)  # the disc's area from the other folds' lesions, before the subset
+    data, areas = zip(*[(d, a) for d, a in zip(data, areas) if str(d["item"].path) in held]) if data else ((), ())
+    data, areas = list(data), list(areas)
+    if not data:
+        raise SystemExit(f"{split}: none of its test images is among the cv run's images")
+    names = results["classification"]["classes"]
+    predicted = S.predicted_regions(liver_run, "liver", [d["item"] for d in data], pp, [args.data])
+    sectors = [d["sector"] for d in data]
+    truth, labels = [d["lesion"] for d in data], [d["item"].label for d in data]
+    pred_liver = [p & s for p, s in zip(predicted, sectors)]
+    exp_liver = [d["liver"] & s for d, s in zip(data, sectors)]
+    centres = [sector_centre(s) for s in sectors]
+    base = {"whole scan sector": expert_mask_summary(sectors, truth, labels, sectors, cams=centres),
+            "whole predicted liver": expert_mask_summary(pred_liver, truth, labels, sectors, cams=centres),
+            "centred disc, median lesion area of the other folds": expert_mask_summary(areas, truth, labels, sectors, cams=centres)}
+    variants = cam_variants(pp, data, models, names, {"sector": sectors, "predicted liver": pred_liver, "expert liver": exp_liver},
+                            args.variants)
+    liver_dice = mask_scores(pred_liver, exp_liver)["dice"]
+    return {"liver_run": str(liver_run), "n_images": len(data), "n_lesion": int(sum(t.any() for t in truth)), "liver_dice": liver_dice,
+            "baselines": {k: {**headline(v), "summary": v} for k, v in base.items()}, "variants": variants,
+            "minutes": round((time.perf_counter() - t0) / 60, 1)}
 
 
 def segmenter_stage(args, results: dict, target: str, masks: Path | None = None, **pseudo) -> dict:
@@ -254,7 +316,14 @@ def print_tables(results: dict) -> None:
         print("| --- | --- | --- | --- | --- | --- |")
         for k, v in {**{f"baseline: {k}": v for k, v in p["baselines"].items()}, **p["variants"]}.items():
             print(f"| {k} | {fmt(v['dice'])} | {fmt(v['iou'])} | {fmt(v['detection_rate'])} | {fmt(v['false_positive_rate'])} | {fmt(v['pointing_game'])} |")
-    for key in ("unet-pseudo", "unet-pseudo-confident", "supervised-lesion", "supervised-liver"):
+    p = results.get("cams-liver")
+    if p:
+        print(f"\n## CAMs inside the predicted liver ({p['n_images']} test images of the liver segmenter, liver Dice {fmt(p['liver_dice'])})\n")
+        print("| variant | Dice (lesion images) | IoU | detection | false alarms on normal | pointing game |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for k, v in {**{f"baseline: {k}": v for k, v in p["baselines"].items()}, **p["variants"]}.items():
+            print(f"| {k} | {fmt(v['dice'])} | {fmt(v['iou'])} | {fmt(v['detection_rate'])} | {fmt(v['false_positive_rate'])} | {fmt(v['pointing_game'])} |")
+    for key in [k for k in results if k.startswith(("unet-pseudo", "supervised-"))]:
         u = results.get(key)
         if u and u.get("vs_expert"):
             o = u["vs_expert"]["overall"]
@@ -269,11 +338,15 @@ def main() -> None:
     ap.add_argument("--name", default="lite0-128", help="the cv run under OUT (trained when absent)")
     ap.add_argument("--recipe", default="lesions")
     ap.add_argument("--set", action="append", help="recipe setting KEY=VALUE for the cv (repeatable)")
-    ap.add_argument("--stages", default="cls,cams,unet-pseudo,supervised")
+    ap.add_argument("--stages", default=",".join(STAGES), help="run in this order: " + ", ".join(STAGES))
     ap.add_argument("--redo", default="", help="stages to run again although lesions.json has them")
     ap.add_argument("--seg-size", type=int, default=128)
     ap.add_argument("--seg-epochs", type=int, default=40)
     ap.add_argument("--seg-patience", type=int, default=10)
+    ap.add_argument("--supervised", default="lesion,liver", help="expert-mask targets of the supervised stage")
+    ap.add_argument("--liver-from", type=Path, default=None, help="run holding the liver segmenter for cams-liver (default: the cv run)")
+    ap.add_argument("--variants", type=lambda v: [x for x in v.split(",") if x.strip()], default=None,
+                    help="CAM variants whose name contains one of these comma-separated words (default: all five)")
     ap.add_argument("--limit", type=int, default=0, help="images per fold for the CAM stage (a quick check; 0 = all)")
     args = ap.parse_args()
     if not (args.data / "masks" / "lesion").is_dir():
@@ -294,16 +367,23 @@ def main() -> None:
     if "cams" in stages and want("cams"):
         results["cams"] = pseudo_stage(args, results)
         save(args.out, results)
+    if "supervised" in stages:
+        for target in args.supervised.split(","):
+            key = f"supervised-{target}" + (f"-{args.seg_size}" if args.seg_size != 128 else "")
+            if want(key):
+                results[key] = segmenter_stage(args, results, target, masks=args.data / "masks" / target)
+                save(args.out, results)
+    if "cams-liver" in stages and want("cams-liver"):
+        results["cams-liver"] = liver_stage(args, results)
+        save(args.out, results)
     if "unet-pseudo" in stages:
         for key, target, extra in (("unet-pseudo", "pseudo", {}), ("unet-pseudo-confident", "pseudo-confident", {"confident": (0.3, 0.6)})):
             if want(key):
                 results[key] = segmenter_stage(args, results, target, **pseudo_options(results), **extra)
                 save(args.out, results)
-    if "supervised" in stages:
-        for target in ("lesion", "liver"):
-            if want(f"supervised-{target}"):
-                results[f"supervised-{target}"] = segmenter_stage(args, results, target, masks=args.data / "masks" / target)
-                save(args.out, results)
+    if "unet-pseudo-liver" in stages and want("unet-pseudo-liver"):  # needs the run's own liver segmenter
+        results["unet-pseudo-liver"] = segmenter_stage(args, results, "pseudo-liver", **pseudo_options(results), within="liver")
+        save(args.out, results)
     if "classification" in results:  # the run's report shows every segmenter beside its baselines
         from liverscope.evaluate.report import write_report
 

@@ -14,7 +14,7 @@ from liverscope import segment as S
 from liverscope.data.geometry import to_model, to_original
 from liverscope.data.io import read_image, to_rgb
 from liverscope.data.preprocess import crop_box, preprocess_array, sector_mask
-from liverscope.errors import UsageError
+from liverscope.errors import LiverscopeError, UsageError
 from liverscope.segment import commands as C
 from liverscope.segment import unet as U
 from liverscope.utils import atomic_write_png, read_csv_rows, read_json
@@ -299,3 +299,62 @@ def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confi
     assert not (nonempty & ~called).any()
     with pytest.raises(UsageError, match="not among the run's classes"):
         S.train_segmenter(run, lesion_data, target="pseudo", epochs=1, size=CLF_SIZE, positive=["tumour"], **QUICK)
+
+
+def test_predicted_regions_follow_the_segmenters_own_preprocessing(two_target_run, lesion_data):
+    """The 64 px liver segmenter reads each file at its own size; its mask comes back on the classifier's 32 px grid."""
+    from liverscope.rundir import read_preprocessing
+
+    run = two_target_run["run"]
+    pp = read_preprocessing(run)
+    files = sorted(lesion_data.glob("*/*.png"))[:5]
+    items, _ = S.load_images(files, pp, roots=[lesion_data])
+    got = S.predicted_regions(run, "liver", items, pp, [lesion_data])
+    seg = U.load_segmenter(run, target="liver")
+    for f, m in zip(files, got):
+        img = read_image(f)
+        own = seg.preprocessing
+        expected = to_model(to_original(S.predict_mask(seg, preprocess_array(img, own)), img.shape[:2], crop_box(img, own)), crop_box(img, pp), CLF_SIZE)
+        np.testing.assert_array_equal(m, expected)
+    assert all(m.shape == (CLF_SIZE, CLF_SIZE) and m.dtype == bool for m in got) and any(m.any() for m in got)
+    with pytest.raises(LiverscopeError, match="no 'sector' segmenter .* --target sector"):
+        S.predicted_regions(run, "sector", items, pp, [lesion_data])
+
+
+def test_pseudo_masks_within_the_predicted_liver(two_target_run, lesion_data, tmp_path, monkeypatch):
+    """--within liver: the CAMs are cut inside the liver segmenter's prediction, not the whole sector."""
+    run = tmp_path / "run"
+    shutil.copytree(two_target_run["run"], run, ignore=shutil.ignore_patterns("*_checkpoints"))
+    asked, seen = {}, {}
+
+    def left_half(run_dir, target, items, pp, roots):  # a region the CAMs would not respect by chance
+        asked["target"] = target
+        half = np.zeros((pp.size, pp.size), bool)
+        half[:, : pp.size // 2] = True
+        return [half] * len(items)
+
+    real_fit = C.fit_unet
+
+    def recording_fit(images, masks, split, **kw):
+        seen["masks"] = np.asarray(masks)
+        return real_fit(images, masks, split, **kw)
+
+    monkeypatch.setattr(C, "predicted_regions", left_half)
+    monkeypatch.setattr(C, "fit_unet", recording_fit)
+    r = S.train_segmenter(run, lesion_data, target="inliver", within="liver", rule="top", q=30.0, epochs=1, size=CLF_SIZE, max_steps=1, **QUICK)
+    assert asked["target"] == "liver" and r["meta"]["pseudo_masks"]["within"] == "liver"
+    assert "inside the predicted liver" in r["scores"]["masks"]
+    m = seen["masks"]
+    assert m.any() and not m[:, :, CLF_SIZE // 2 :].any()
+
+
+def test_within_a_target_the_run_lacks_says_how_to_train_it(two_target_run, lesion_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(two_target_run["run"], run, ignore=shutil.ignore_patterns("*_checkpoints"))
+    r = CliRunner().invoke(app, ["segment", "train", str(run), str(lesion_data), "--target", "x", "--within", "vessels", "--epochs", "1"])
+    assert r.exit_code == 1 and "no 'vessels' segmenter" in r.output and "--target vessels" in r.output
+    assert not (run / "segmenter-x.json").exists()

@@ -460,6 +460,7 @@ def segment_train(
     rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt, layers: Optional[str] = LayersOpt,
     positive: Optional[str] = typer.Option(None, "--positive", help="Comma-separated classes that have something to outline (e.g. benign,malignant): an image predicted as another class gets an empty pseudo-mask."),
     confident: Optional[str] = typer.Option(None, "--confident", help="LOW,HIGH: train only on confident pixels of the CAM (>= HIGH foreground, <= LOW background, the rest ignored), e.g. 0.3,0.6."),
+    within: Optional[str] = typer.Option(None, "--within", help="A target of the run (e.g. liver, from an earlier `segment train --masks ... --target liver`): CAMs are cut inside its predicted mask instead of the whole scan sector."),
     seed: int = typer.Option(0, "--seed", help="Split and training seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation Dice (default: train all epochs)."),
@@ -477,7 +478,8 @@ def segment_train(
         pos = [c.strip() for c in positive.split(",") if c.strip()] if positive else None
         result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, target=target, loss=loss, epochs=epochs, size=size, channels=chans,
                                  batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device,
-                                 patience=patience, resume=resume, layers=layers, confident=conf, positive=pos)
+                                 patience=patience, resume=resume, layers=layers, confident=conf, positive=pos,
+                                 within=within)
     except ValueError as exc:
         fail(exc)
     for line in result["summary_lines"]:

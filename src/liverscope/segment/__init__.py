@@ -32,7 +32,7 @@ The segmenter lives in the run directory (``segmenter.safetensors`` + ``segmente
 
 from __future__ import annotations
 
-from liverscope.segment.commands import score_mask_dirs, segmentation_split, train_segmenter, write_predictions
+from liverscope.segment.commands import predicted_regions, score_mask_dirs, segmentation_split, train_segmenter, write_predictions
 from liverscope.segment.images import LoadedImage, find_mask, list_images, load_images, load_masks_for, read_mask
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import PseudoMasks, pseudo_masks, run_cams, score_pseudo_masks, write_pseudo_masks
@@ -69,5 +69,5 @@ __all__ = [
     "PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "write_pseudo_masks", "LoadedImage", "load_images", "list_images",
     "read_mask", "find_mask", "load_masks_for", "build_unet", "unet_arch", "to_unet_input", "fit_unet", "LitSegmenter", "segmentation_loss", "predict_masks_at", "Segmenter",
     "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split", "train_segmenter", "write_predictions",
-    "score_mask_dirs", "draw_outline",
+    "score_mask_dirs", "draw_outline", "predicted_regions",
 ]

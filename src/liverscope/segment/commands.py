@@ -32,6 +32,7 @@ from liverscope.segment.unet import (
     DEFAULT_TARGET,
     LOSSES,
     check_size,
+    load_segmenter,
     predict_masks_at,
     predict_proba,
     resize_masks,
@@ -97,6 +98,28 @@ def _segmenter_inputs(items: list[LoadedImage], pp, seg_pp, roots: list[Path]) -
     return again
 
 
+def predicted_regions(run_dir: str | Path, target: str, items: list[LoadedImage], pp, roots: Sequence[Path]) -> list[np.ndarray]:
+    """Masks of the run's ``target`` segmenter (e.g. ``liver``) on ``items`` — model inputs made with
+    ``pp`` — on the items' grid (probability > 0.5). A segmenter that took its inputs at another size or
+    crop reads the same files again with its own preprocessing; its masks are mapped back through the
+    original image. Normalisation does not matter: the U-Net takes the uint8 inputs.
+
+    Raises:
+        LiverscopeError: the run has no ``target`` segmenter (says how to train one).
+    """
+    seg = load_segmenter(run_dir, target=target)
+    if seg is None:
+        raise LiverscopeError(f"{run_dir}: no '{target}' segmenter to restrict the CAMs to; train one first with "
+                              f"`liverscope segment train {run_dir} DATA --masks MASK_DIR --target {target}`")
+    own = seg.preprocessing
+    seg_pp = pp if own is None else dataclasses.replace(own, mean=pp.mean, std=pp.std)
+    seg_items = _segmenter_inputs(items, pp, seg_pp, list(roots))
+    probs = predict_proba(seg, [it.input for it in seg_items])
+    if seg_items is items:
+        return [p > 0.5 for p in probs]
+    return [to_model(to_original(p > 0.5, s.shape, s.box), it.box, pp.size) for p, s, it in zip(probs, seg_items, items)]
+
+
 def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path | None = None, real_masks: str | Path | None = None,
                     target: str = DEFAULT_TARGET, loss: str = "bce", epochs: int = 30, size: int | None = None,
                     channels: Sequence[int] = DEFAULT_CHANNELS, in_channels: int = 1, batch_size: int = 8, lr: float = 1e-3,
@@ -104,7 +127,8 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
                     ensemble: Sequence[str | Path] | None = None, seed: int = 0, device: str = "auto", test_frac: float = 0.2,
                     val_frac: float = 0.2, patience: int | None = None, max_steps: int | None = None, write_pseudo: bool = True,
                     report: bool = True, resume: bool = False, layers: Sequence[str | int] | str | None = None,
-                    confident: tuple[float, float] | None = None, positive: Sequence[str] | None = None) -> dict:
+                    confident: tuple[float, float] | None = None, positive: Sequence[str] | None = None,
+                    within: str | None = None) -> dict:
     """``liverscope segment train``: targets → grouped split → Attention U-Net → scores → run directory.
 
     Steps: decode and preprocess the images of ``data`` with the classifier's preprocessing — at ``size``
@@ -129,7 +153,9 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     ``positive`` (class names, e.g. ``benign,malignant``): an image whose explained (predicted) class is
     not among them gets an empty mask — a normal liver has no lesion to outline; ``confident=(low, high)``:
     only confident pixels train the U-Net (:func:`~liverscope.segment.rules.confident_targets`: CAM ≥ high
-    foreground, ≤ low background, in between ignored by the loss).
+    foreground, ≤ low background, in between ignored by the loss); ``within`` (a target of the run, e.g.
+    ``liver``): CAMs are normalised and cut inside that segmenter's prediction (:func:`predicted_regions`)
+    instead of the whole scan sector.
 
     Files: ``target`` names the segmenter (:func:`~liverscope.segment.unet.segmenter_files`); ``lesion``
     writes ``segmenter.safetensors``/``.json``, ``seg_split.csv``, ``segmenter_checkpoints/`` and
@@ -175,9 +201,10 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         pseudo_dir = run_dir / files["pseudo"]
         if write_pseudo:
             check_out_dir(pseudo_dir, [data])
+        regions = predicted_regions(run_dir, within, items, pp, roots) if within else None
         pm = pseudo_masks(run_dir, [it.input for it in items], rule, threshold=threshold, q=q, flip_average=flip_average, ensemble=ensemble,
-                          method=method, layers=layers)
-        target_desc = f"CAM pseudo-masks ({pm.rule}, {method})"
+                          method=method, layers=layers, regions=regions)
+        target_desc = f"CAM pseudo-masks ({pm.rule}, {method}" + (f", inside the predicted {within})" if within else ")")
         pseudo = pm.masks.copy()
         if confident is not None:
             pseudo, weights = confident_targets(pm.cams, pm.sectors, *confident)
@@ -263,7 +290,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         "preprocessing": seg_pp.to_dict(), "classifier_size": pp.size, "classifier_run": str(run_dir), "data": str(data), "targets": target_desc,
         "pseudo_masks": None if masks is not None else {"rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average, "method": method,
                                                         "layers": layers, "confident": list(confident) if confident else None,
-                                                        "positive": list(positive) if positive else None},
+                                                        "positive": list(positive) if positive else None, "within": within},
         "loss": loss, "epochs": epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "lr": lr, "batch_size": batch_size,
         "seed": seed, "split": {"method": "grouped stratified hold-out", "test_frac": test_frac, "val_frac": val_frac,
                                 "counts": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "file": files["split"]},
