@@ -238,24 +238,21 @@ def liver_stage(args, results: dict) -> dict:
     """CAMs cut inside the *predicted* liver: the liver segmenter (``--liver-from``, default the cv run) on
     the images it held out (its test split), beside the sector and the expert liver on the same images."""
     from liverscope import segment as S
-    from liverscope.evaluate.masks import (
-        expert_mask_summary,
-        mask_scores,
-        sector_centre,
-    )
+    from liverscope.evaluate.masks import expert_mask_summary, mask_scores, sector_centre
+    from liverscope.segment.unet import segmenter_files
 
     run = Path(results["classification"]["run"])
     liver_run = Path(args.liver_from or run)
     t0 = time.perf_counter()
-    split = liver_run / S.segmenter_files("liver")["split"]
+    split = liver_run / segmenter_files("liver")["split"]
     if not split.exists():
         raise SystemExit(f"{liver_run}: no liver segmenter — run the 'supervised' stage first, or give --liver-from RUN")
     with open(split, newline="") as fh:
         held = {r["path"] for r in csv.DictReader(fh) if r["split"] == "test"}
     pp, data, models = load_oof(args, run)
-    areas = disc_baseline(data)  # the disc's area from the other folds' lesions, before the subset
-    data, areas = zip(*[(d, a) for d, a in zip(data, areas) if str(d["item"].path) in held]) if data else ((), ())
-    data, areas = list(data), list(areas)
+    discs = disc_baseline(data)  # each disc's area from the other folds' lesions: computed before the subset
+    keep = [i for i, d in enumerate(data) if str(d["item"].path) in held]
+    data, discs = [data[i] for i in keep], [discs[i] for i in keep]
     if not data:
         raise SystemExit(f"{split}: none of its test images is among the cv run's images")
     names = results["classification"]["classes"]
@@ -267,7 +264,7 @@ def liver_stage(args, results: dict) -> dict:
     centres = [sector_centre(s) for s in sectors]
     base = {"whole scan sector": expert_mask_summary(sectors, truth, labels, sectors, cams=centres),
             "whole predicted liver": expert_mask_summary(pred_liver, truth, labels, sectors, cams=centres),
-            "centred disc, median lesion area of the other folds": expert_mask_summary(areas, truth, labels, sectors, cams=centres)}
+            "centred disc, median lesion area of the other folds": expert_mask_summary(discs, truth, labels, sectors, cams=centres)}
     variants = cam_variants(pp, data, models, names, {"sector": sectors, "predicted liver": pred_liver, "expert liver": exp_liver},
                             args.variants)
     liver_dice = mask_scores(pred_liver, exp_liver)["dice"]
