@@ -353,9 +353,13 @@ def main() -> None:
         report["process_pool_spawn_s"] = time.perf_counter() - t0
         trained = trained_checks(args.run, tmp, args.run_calibration, args.run_n) if args.run else None
         report["trained_run"] = trained
+        if args.json:
+            atomic_write_json(args.json, rounded({**report, "partial": True}))
         for model_name in args.models:
             say(f"\n== {model_name} @ {args.size}px")
             report["models"][model_name] = bench_model(model_name, args, files, calib, folder, tmp, processes, trained)
+            if args.json:  # what is measured is kept if a later model fails
+                atomic_write_json(args.json, rounded({**report, "partial": True}))
         report["load_average_after"] = os.getloadavg()[0]
         say(f"load average after: {report['load_average_after']:.1f}")
         report = rounded(report)

@@ -239,7 +239,11 @@ def export_int8(run_dir: str | Path, calibration: int = 128, per_channel: bool =
         prep = Path(scratch) / "model.prep.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            shape_inference.quant_pre_process(str(fp32_path), str(prep))
+            try:
+                shape_inference.quant_pre_process(str(fp32_path), str(prep))
+            except Exception as exc:  # ORT's symbolic shape inference fails on some graphs (ResNet-50 + CBAM): ONNX's own shapes suffice
+                log(f"symbolic shape inference failed ({type(exc).__name__}); preparing with ONNX shape inference only")
+                shape_inference.quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
             keep = _end_nodes(prep) if fp32_ends else []
             quant.quantize_static(
                 str(prep), str(tmp), _Reader(calib), quant_format=quant.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
