@@ -29,7 +29,7 @@ every lesion, of the liver and of the scan sector in masks/), in one command:
 7. **U-Net on pseudo-masks inside the predicted liver** (``unet-pseudo-liver``: ``segment train --within
    liver`` with the best variant of 2).
 
-    python benchmarks/lesions.py [--data DIR] [--out runs/lesions] [--name lite0-128] [--recipe lesions]
+    python benchmarks/lesions.py [--data DIR] [--out runs/lesions] [--name lite0-192] [--recipe lesions]
         [--stages cls,cams,unet-pseudo,supervised,cams-liver,unet-pseudo-liver] [--seg-size 128] [--seg-epochs 40]
         [--supervised lesion,liver] [--liver-from RUN]
 
@@ -332,7 +332,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-lesions")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "lesions")
-    ap.add_argument("--name", default="lite0-128", help="the cv run under OUT (trained when absent)")
+    ap.add_argument("--name", default="lite0-192", help="the cv run under OUT (trained when absent)")
     ap.add_argument("--recipe", default="lesions")
     ap.add_argument("--set", action="append", help="recipe setting KEY=VALUE for the cv (repeatable)")
     ap.add_argument("--stages", default=",".join(STAGES), help="run in this order: " + ", ".join(STAGES))
