@@ -281,7 +281,7 @@ def segmenter_stage(args, results: dict, target: str, masks: Path | None = None,
     run = Path(results["classification"]["run"])
     t0 = time.perf_counter()
     r = S.train_segmenter(run, args.data, masks=masks, real_masks=args.data / "masks" / ("liver" if target == "liver" else "lesion"),
-                          target=target, loss="bce+dice", epochs=args.seg_epochs, size=args.seg_size, seed=0, device="cpu",
+                          target=target, loss="bce+dice", epochs=args.seg_epochs, size=args.seg_size, seed=0, device="cpu", channels=args.seg_channels,
                           patience=args.seg_patience, report=False, **pseudo)
     sc = r["scores"]
     return {"target": target, "masks": sc["masks"], "n_train": sc["n_train"], "n_val": sc["n_val"], "n_test": sc["n_test"],
@@ -329,6 +329,8 @@ def print_tables(results: dict) -> None:
 
 
 def main() -> None:
+    from liverscope.segment.unet import DEFAULT_CHANNELS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-lesions")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "lesions")
@@ -340,6 +342,8 @@ def main() -> None:
     ap.add_argument("--seg-size", type=int, default=128)
     ap.add_argument("--seg-epochs", type=int, default=40)
     ap.add_argument("--seg-patience", type=int, default=10)
+    ap.add_argument("--seg-channels", type=lambda v: tuple(int(c) for c in v.split(",")), default=DEFAULT_CHANNELS,
+                    help="U-Net channels per level (default: liverscope's, 8,16,32,64)")
     ap.add_argument("--supervised", default="lesion,liver", help="expert-mask targets of the supervised stage")
     ap.add_argument("--liver-from", type=Path, default=None, help="run holding the liver segmenter for cams-liver (default: the cv run)")
     ap.add_argument("--variants", type=lambda v: [x for x in v.split(",") if x.strip()], default=None,
@@ -366,7 +370,8 @@ def main() -> None:
         save(args.out, results)
     if "supervised" in stages:
         for target in args.supervised.split(","):
-            key = f"supervised-{target}" + (f"-{args.seg_size}" if args.seg_size != 128 else "")
+            key = (f"supervised-{target}" + (f"-{args.seg_size}" if args.seg_size != 128 else "")
+                   + (f"-c{'-'.join(map(str, args.seg_channels))}" if args.seg_channels != DEFAULT_CHANNELS else ""))
             if want(key):
                 results[key] = segmenter_stage(args, results, target, masks=args.data / "masks" / target)
                 save(args.out, results)
