@@ -358,3 +358,5 @@ def test_within_a_target_the_run_lacks_says_how_to_train_it(two_target_run, lesi
     r = CliRunner().invoke(app, ["segment", "train", str(run), str(lesion_data), "--target", "x", "--within", "vessels", "--epochs", "1"])
     assert r.exit_code == 1 and "no 'vessels' segmenter" in r.output and "--target vessels" in r.output
     assert not (run / "segmenter-x.json").exists()
+    r = CliRunner().invoke(app, ["segment", "train", str(run), str(lesion_data), "--masks", str(lesion_data / "masks"), "--within", "liver"])
+    assert r.exit_code == 2 and "--within liver restricts CAM pseudo-masks" in r.output

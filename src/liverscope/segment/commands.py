@@ -166,13 +166,15 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         ``{"scores": ..., "meta": ..., "summary_lines": [...], "split", "skipped"}``.
 
     Raises:
-        UsageError: ``target`` is not a lower-case name (checked before any work).
+        UsageError: ``target`` is not a lower-case name, or ``within`` with ``masks`` (checked before any work).
         LiverscopeError: an unknown loss or rule, a size the U-Net cannot take, fewer than 3 usable images.
     """
     run_dir, data = Path(run_dir), Path(data)
     files = segmenter_files(target)
     if loss not in LOSSES:
         raise LiverscopeError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
+    if within and masks is not None:
+        raise UsageError(f"--within {within} restricts CAM pseudo-masks; with --masks the targets are given: drop one of the two")
     check_rule(rule)
     pp = read_preprocessing(run_dir)
     size = int(size or pp.size)
