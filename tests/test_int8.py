@@ -13,6 +13,22 @@ from liverscope.errors import LiverscopeError
 from liverscope.export import export_int8
 
 
+def _fold_run(run, phantom_dir, model_name: str):
+    """An untrained 32 px run like a cv fold (train and val only): 2 phantoms per stage, 4 train, 6 val."""
+    import torch
+
+    from liverscope.data.datasets import Sample
+    from liverscope.data.preprocess import Preprocessing
+    from liverscope.models import build_model
+
+    torch.manual_seed(0)
+    labels = ["F0", "F1", "F2", "F3", "F4"]
+    rundir.save_model(run, build_model(model_name, len(labels)), labels, Preprocessing(size=32, denoise=False))
+    files = [p for c in labels for p in sorted((phantom_dir / c).glob("*.png"))[:2]]
+    rundir.write_split(run / rundir.SPLIT, [Sample(p, p.parent.name) for p in files], ["train"] * 4 + ["val"] * 6)
+    return run
+
+
 @pytest.mark.slow
 def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_path):
     import onnxruntime as ort
@@ -59,18 +75,8 @@ def test_int8_without_test_split_compares_on_images_it_did_not_calibrate_on_and_
     """A cv fold has no test split: the report uses the validation images the quantiser did not see;
     the first convolution and the classifier stay fp32 (the layers quantisation hurts most)."""
     import onnx
-    import torch
 
-    from liverscope.data.datasets import Sample
-    from liverscope.data.preprocess import Preprocessing
-    from liverscope.models import build_model
-
-    run = tmp_path / "fold"
-    torch.manual_seed(0)
-    labels = ["F0", "F1", "F2", "F3", "F4"]
-    rundir.save_model(run, build_model("resnet10t", len(labels)), labels, Preprocessing(size=32, denoise=False))
-    files = [p for c in labels for p in sorted((phantom_dir / c).glob("*.png"))[:2]]
-    rundir.write_split(run / rundir.SPLIT, [Sample(p, p.parent.name) for p in files], ["train"] * 4 + ["val"] * 6)
+    run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
     info = export_int8(run, calibration=4)
     assert info["calibration_images"] == 4 and info["compared_on"] == "val (not used to calibrate)" and info["n"] == 2
     assert "7-bit weights" in info["format"] and "in fp32" in info["format"]
@@ -87,18 +93,8 @@ def test_int8_export_of_resnet50_cbam(phantom_dir, tmp_path):
     own shape inference and still writes a quantised model that runs."""
     import onnx
     import onnxruntime as ort
-    import torch
 
-    from liverscope.data.datasets import Sample
-    from liverscope.data.preprocess import Preprocessing
-    from liverscope.models import build_model
-
-    run = tmp_path / "cbam"
-    torch.manual_seed(0)
-    labels = ["F0", "F1", "F2", "F3", "F4"]
-    rundir.save_model(run, build_model("resnet50_cbam", len(labels)), labels, Preprocessing(size=32, denoise=False))
-    files = [p for c in labels for p in sorted((phantom_dir / c).glob("*.png"))[:2]]
-    rundir.write_split(run / rundir.SPLIT, [Sample(p, p.parent.name) for p in files], ["train"] * 4 + ["val"] * 6)
+    run = _fold_run(tmp_path / "cbam", phantom_dir, "resnet50_cbam")
     info = export_int8(run, calibration=4)
     assert info["n"] == 2 and 0.0 <= info["label_agreement"] <= 1.0
     ops = {n.op_type for n in onnx.load(str(run / rundir.ONNX_INT8)).graph.node}
