@@ -30,7 +30,7 @@ every lesion, of the liver and of the scan sector in masks/), in one command:
    liver`` with the best variant of 2).
 
     python benchmarks/lesions.py [--data DIR] [--out runs/lesions] [--name lite0-192] [--recipe lesions]
-        [--stages cls,cams,unet-pseudo,supervised,cams-liver,unet-pseudo-liver] [--seg-size 128] [--seg-epochs 40]
+        [--stages cls,cams,supervised,cams-liver,unet-pseudo,unet-pseudo-liver] [--seg-size 128] [--seg-epochs 40]
         [--supervised lesion,liver] [--liver-from RUN]
 
 Results go to OUT/lesions.json after every stage (a stage already in it is not run again unless named
@@ -306,16 +306,12 @@ def print_tables(results: dict) -> None:
               f"per-class AUC {{{', '.join(f'{k}: {fmt(v)}' for k, v in c['per_class_auc'].items())}}}")
         for k, v in c["endpoints"].items():
             print(f"{k}-vs-rest AUC {fmt(v['auc'])} {v['ci95']}")
-    p = results.get("cams")
-    if p:
-        print("\n## Pseudo-masks against the experts (out of fold)\n")
-        print("| variant | Dice (lesion images) | IoU | detection | false alarms on normal | pointing game |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for k, v in {**{f"baseline: {k}": v for k, v in p["baselines"].items()}, **p["variants"]}.items():
-            print(f"| {k} | {fmt(v['dice'])} | {fmt(v['iou'])} | {fmt(v['detection_rate'])} | {fmt(v['false_positive_rate'])} | {fmt(v['pointing_game'])} |")
-    p = results.get("cams-liver")
-    if p:
-        print(f"\n## CAMs inside the predicted liver ({p['n_images']} test images of the liver segmenter, liver Dice {fmt(p['liver_dice'])})\n")
+    for stage in ("cams", "cams-liver"):
+        p = results.get(stage)
+        if not p:
+            continue
+        print("\n## Pseudo-masks against the experts (out of fold)\n" if stage == "cams" else
+              f"\n## CAMs inside the predicted liver ({p['n_images']} test images of the liver segmenter, liver Dice {fmt(p['liver_dice'])})\n")
         print("| variant | Dice (lesion images) | IoU | detection | false alarms on normal | pointing game |")
         print("| --- | --- | --- | --- | --- | --- |")
         for k, v in {**{f"baseline: {k}": v for k, v in p["baselines"].items()}, **p["variants"]}.items():
