@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from liverscope.errors import LiverscopeError
+from liverscope.rundir import read_config
 from liverscope.utils import read_json
 
 from conftest import quick_config
@@ -169,6 +170,21 @@ def test_bf16_mixed_training_learns_and_its_run_is_like_any_other(phantom_dir, t
     results = list(Predictor.from_run(run, backend="torch", device="cpu").predict_paths(files))
     assert all(r.error is None and abs(sum(r.probs.values()) - 1) < 1e-5 for r in results)
     assert export_onnx(run)["max_abs_logit_diff"] <= 1e-3
+
+
+@pytest.mark.slow
+def test_training_on_tissue_windows_learns_and_predicts_on_whole_images(phantom_dir, tmp_path):
+    """``data.train_crop``: trained on 40 px windows of the 64 px input, the model is validated, tested
+    and used for prediction on the whole 64 px image, and it still learns the phantoms."""
+    from liverscope.predict import Predictor
+    from liverscope.train import fit
+
+    run = fit(quick_config(phantom_dir, tmp_path, "windows", **{"data.train_crop": 40}))
+    assert read_config(run).data.train_crop == 40
+    assert read_json(run / "metrics.json")["test"]["balanced_accuracy"] > 0.5  # chance is 0.2
+    files = sorted((phantom_dir / "F4").glob("*.png"))[:2]
+    results = list(Predictor.from_run(run, backend="torch", device="cpu").predict_paths(files))
+    assert all(r.error is None for r in results)
 
 
 def test_auto_precision_is_fp32_on_cpu():

@@ -63,6 +63,7 @@ class DataConfig:
     denoise_region: str = "image"  # image | sector: denoise only the scan sector's box (faster when the fan is small)
     crop_sector: bool = False  # crop to the bounding box of the scan sector before resizing
     augment: str = "conservative"  # conservative | ultrasound | light | none
+    train_crop: int = 0  # >0: train on random tissue windows of this size from the image_size input, evaluate on the whole input
     cache_dir: str | None = ".liverscope-cache"  # None disables the preprocessing cache
     split: str = "grouped"  # grouped | stratified | random (random is the leaky legacy split)
     val_frac: float = 0.15

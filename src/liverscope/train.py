@@ -222,7 +222,7 @@ def train_loader(prep: PreparedData, cfg: RunConfig, processes: int = 1) -> Data
     ``DistributedSamplerWrapper``, which splits one weighted draw (seeded alike on every process) between them."""
     t = cfg.train
     train_ds = ImageDataset([s for s, a in zip(prep.samples, prep.splits) if a == "train"], prep.class_names, prep.cache,
-                            build_transform(cfg.data.augment, prep.pp, train=True))
+                            build_transform(cfg.data.augment, prep.pp, train=True, crop=cfg.data.train_crop))
     gen = torch.Generator().manual_seed(t.seed)
     nw = int(cfg.data.num_workers)
     share = -(-len(train_ds) // max(1, processes))  # what one process sees: drop a ragged last batch only if a full one is left
