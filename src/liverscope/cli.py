@@ -106,6 +106,7 @@ def predict(
     pool: choice("predict.pool") = typer.Option("thread", "--pool", help="Decode workers: thread or process (processes sidestep the GIL when denoising dominates)."),
     frames: str = typer.Option("middle", "--frames", help="DICOM cine loops: middle, all or every:N frames, averaged into one result per file (column frames)."),
     int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8): ONNX Runtime, int8."),
+    tta: choice("predict.tta") = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average each image's logits with its mirror's; twice the model time, a little more accurate: docs/benchmarks.md)."),
 ):
     """Predict the stage/class of new images; bad files are listed as skipped and the rest finish."""
     from liverscope.data.io import iter_image_files
@@ -113,7 +114,7 @@ def predict(
 
     try:
         p = Predictor.from_run(run_dir, backend=backend.value, int8=int8, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads,
-                               schedule=schedule.value, pool=pool.value)
+                               schedule=schedule.value, pool=pool.value, tta=tta.value)
         typer.echo(p.describe(), err=True)
         total = sum(1 for _ in iter_image_files(paths))  # counted, not listed: the bar knows its total
         summary = write_results(progress(p.predict_paths(paths, frames=frames), "predicting", total=total), p.labels, out)

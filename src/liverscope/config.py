@@ -48,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "predict.precision": ("auto", "fp32", "bf16"),
     "predict.schedule": ("auto", "alternate", "overlap"),
     "predict.pool": ("thread", "process"),
+    "predict.tta": ("none", "flip"),
 }
 
 

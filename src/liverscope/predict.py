@@ -43,17 +43,12 @@ Both backends get the logits and the pooled features from one forward pass.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
-import time
 import warnings
 import weakref
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -61,16 +56,16 @@ import numpy as np
 import torch
 
 from liverscope import rundir
-from liverscope.config import parse_frames
+from liverscope.config import CHOICES, parse_frames
 from liverscope.data.inputs import check_model_input, input_name, load_input, split_batch
 from liverscope.data.io import decode_image, iter_image_files
 from liverscope.data.preprocess import Preprocessing, load_model_input, normalise, preprocess_array
 from liverscope.data.stream import decoded, pool_load_model_input, process_pool
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.ood import ensemble_margin, ood_scores
-from liverscope.labels import endpoint_column, endpoint_keys, endpoint_probabilities
-from liverscope.models.backends import BF16_TOLERANCE, PRECISIONS, OnnxBackend, TorchBackend
-from liverscope.utils import atomic_path, softmax
+from liverscope.models.backends import BF16_TOLERANCE, PRECISIONS, FlipAverage, OnnxBackend, TorchBackend
+from liverscope.results import Result, csv_header, result_row, results_csv, write_results
+from liverscope.utils import softmax
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +76,13 @@ BACKENDS = ("auto", "torch", "onnx")
 SCHEDULES = ("auto", "alternate", "overlap")
 #: Decode/preprocess workers: threads, or processes (spawned, one OpenCV thread each).
 POOLS = ("thread", "process")
+#: Test-time augmentation: none, or ``flip`` (:class:`~liverscope.models.backends.FlipAverage`).
+TTA = CHOICES["predict.tta"]
 #: Images per forward pass when none is given: ``(backend, device kind) -> size``. Measured at 224 px
 #: on a 2-core AVX-512 CPU (``benchmarks/inference.py``): ONNX Runtime is fastest at batch 1-2
 #: (EfficientNet-B0: 62 images/s at 2, 51 at 8, 43 at 16: larger batches spill the caches), PyTorch at
 #: 4 (39 vs 36 at 8, 28 at 16); GPUs want big batches.
 DEFAULT_BATCH_SIZE = {("torch", "cpu"): 4, ("onnx", "cpu"): 2, ("torch", "cuda"): 64, ("onnx", "cuda"): 64}
-
-
-@dataclass
-class Result:
-    """Prediction for one file (``error`` set and ``label`` ``None`` when the file was skipped).
-
-    ``ood_score`` is the out-of-distribution score (higher = more unlike the training images) and ``ood``
-    whether it is above the run's threshold; both ``None`` for a run without a detector.
-    """
-
-    path: str
-    label: str | None = None
-    probs: dict[str, float] = field(default_factory=dict)
-    logits: list[float] = field(default_factory=list)
-    error: str | None = None
-    ood_score: float | None = None
-    ood: bool | None = None
-    frames: int = 1  # frames of a cine loop averaged into this result (predict_paths(frames=...))
-
-    @property
-    def confidence(self) -> float | None:
-        return max(self.probs.values()) if self.probs else None
-
-    @property
-    def endpoints(self) -> dict[str, float] | None:
-        """Fibrosis endpoints (≥F2, ≥F3, F4) when the labels are METAVIR stages, else ``None``."""
-        return endpoint_probabilities(self.probs) if self.probs else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,6 +113,8 @@ class Predictor:
         bf16_tolerance: see :data:`BF16_TOLERANCE`.
         ood: the run's out-of-distribution detector (:func:`liverscope.rundir.load_ood`); ``None``: results
             carry no OOD score.
+        tta: ``none`` or ``flip`` (the mean of the logits of each image and its mirror:
+            :class:`~liverscope.models.backends.FlipAverage`; twice the model time).
     """
 
     def __init__(
@@ -161,7 +133,10 @@ class Predictor:
         ood: dict | None = None,
         schedule: str = "auto",
         pool: str = "thread",
+        tta: str = "none",
     ):
+        if tta not in TTA:
+            raise LiverscopeError(f"tta '{tta}': expected one of {', '.join(TTA)}")
         if schedule not in SCHEDULES:
             raise LiverscopeError(f"schedule '{schedule}': expected one of {', '.join(SCHEDULES)}")
         if pool not in POOLS:
@@ -185,6 +160,9 @@ class Predictor:
             self.engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance, threads=threads)
         else:
             raise LiverscopeError(f"backend '{backend}': expected torch or onnx")
+        self.tta = tta
+        if tta == "flip":
+            self.engine = FlipAverage(self.engine)
         if schedule == "auto":  # ONNX Runtime's threads (not spinning) share cores with decoding without stalling
             schedule = "alternate" if backend == "torch" and self.engine.device_kind == "cpu" else "overlap"
         self.schedule = schedule
@@ -272,7 +250,7 @@ class Predictor:
         if len(choices) > 1:
             model_threads = f", {' or '.join(map(str, choices))} model threads, the faster kept (now {threads})"
         return (f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, "
-                f"{self.workers} decode {self.pool}(s), {self.schedule}")
+                f"{self.workers} decode {self.pool}(s), {self.schedule}" + (", flip-averaged" if self.tta == "flip" else ""))
 
     def close(self) -> None:
         """Shut down the decode processes (``pool="process"``); a later call spawns them again."""
@@ -466,7 +444,7 @@ class EnsemblePredictor(Predictor):
             raise LiverscopeError(f"{run_dir}: the fold models' labels or preprocessing differ from the run's model.json")
         self.temperature = rundir.temperature(meta) if calibrated else 1.0
         self.engine, self.backend, self.device, self.batch_size, self.workers = first.engine, first.backend, first.device, first.batch_size, first.workers
-        self.schedule, self.pool, self._processes = first.schedule, first.pool, None
+        self.schedule, self.pool, self._processes, self.tta = first.schedule, first.pool, None, first.tta
         self._model, self.run_dir = None, None if run_dir is None else Path(run_dir)
         oods = [m.ood for m in members]
         self.ood = None if not all(oods) else {
@@ -508,90 +486,6 @@ def load_run(path: str | Path, **kwargs) -> Predictor:
         raise LiverscopeError(f"{path}: not a liverscope run directory: it {what}{hint}; a run is the folder that `liverscope train` "
                               "or `liverscope cv` writes (runs/NAME, holding model.json)")
     return Predictor.from_run(path, **kwargs)
-
-# --------------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------------
-
-
-def result_row(r: Result, labels: Sequence[str]) -> list[str]:
-    """CSV row of one result (see :func:`csv_header`)."""
-    probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in labels]
-    row = [r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs]
-    ep = r.endpoints
-    row += [f"{ep[k]:.6f}" if ep else "" for k in endpoint_keys(labels)]
-    row += ["" if r.ood_score is None else f"{r.ood_score:.6g}", "" if r.ood is None else str(r.ood).lower()]
-    return row + ["" if r.error else str(r.frames), r.error or ""]
-
-
-def csv_header(labels: Sequence[str]) -> list[str]:
-    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],ood_score,ood,frames,error``
-    (endpoints for METAVIR labels; ``ood`` is ``true`` for an image unlike the training data, empty
-    without a detector; ``frames``: frames of a cine loop averaged into the row, 1 for a still image)."""
-    cols = ["file", "prediction", "confidence", *[f"prob_{c}" for c in labels]]
-    cols += [endpoint_column(k) for k in endpoint_keys(labels)]
-    return cols + ["ood_score", "ood", "frames", "error"]
-
-
-def write_results(results: Iterable[Result], labels: Sequence[str], out: str | Path, progress=None) -> dict:
-    """Write results as CSV (``.csv``) or JSON (``.json``) while they stream in.
-
-    Rows go to a temporary file beside ``out`` as each result arrives (nothing is held in memory but
-    the list of skipped files); the temporary file replaces ``out`` in one step at the end, so a crash
-    never leaves a truncated output.
-
-    Args:
-        results: e.g. :meth:`Predictor.predict_paths`.
-        labels: class names (the probability columns).
-        out: ``.csv`` or ``.json`` path.
-        progress: optional callable ``progress(n_done)`` called after each row.
-
-    Returns:
-        ``{"predicted": n, "flagged": images flagged as unlike the training data, "skipped": [(path, reason), ...],
-        "out": str, "seconds": float}``.
-    """
-    out = Path(out)
-    fmt = "json" if out.suffix.lower() == ".json" else "csv"
-    n_ok, n_flagged, skipped, n = 0, 0, [], 0
-    t0 = time.perf_counter()
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        if fmt == "csv":
-            w = csv.writer(fh)
-            w.writerow(csv_header(labels))
-        else:
-            fh.write("[")
-        for r in results:
-            if fmt == "csv":
-                w.writerow(result_row(r, labels))
-            else:
-                item = {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs,
-                        "ood_score": r.ood_score, "ood": r.ood, "error": r.error}
-                if r.endpoints:
-                    item["endpoints"] = r.endpoints
-                fh.write(("," if n else "") + "\n  " + json.dumps(item, ensure_ascii=False))
-            fh.flush()  # the row is on disk now: a long job's partial output can be watched (tail -f the temp file)
-            n += 1
-            if r.error:
-                skipped.append((r.path, r.error))
-            else:
-                n_ok += 1
-                n_flagged += bool(r.ood)
-            if progress is not None:
-                progress(n)
-        if fmt == "json":
-            fh.write("\n]\n")
-    return {"predicted": n_ok, "flagged": n_flagged, "skipped": skipped, "out": str(out), "seconds": time.perf_counter() - t0}
-
-
-def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:
-    """CSV text of results (same columns as :func:`write_results`), for downloads."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(csv_header(labels))
-    for r in results:
-        w.writerow(result_row(r, labels))
-    return buf.getvalue()
-
 
 __all__ = [
     "Predictor", "EnsemblePredictor", "load_run", "Result", "TorchBackend", "OnnxBackend", "write_results", "results_csv", "csv_header", "result_row",

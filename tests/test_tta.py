@@ -1,0 +1,43 @@
+"""Flip test-time augmentation (``Predictor(tta="flip")``, ``predict --tta flip``): each image's logits
+are the mean of the model's logits on it and on its mirror, with either backend, and the
+out-of-distribution score stays the one of the image as it is."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from liverscope.errors import LiverscopeError
+from liverscope.export import export_onnx
+from liverscope.predict import Predictor
+
+
+def _images(phantom_dir, predictor, n=3):
+    files = [sorted((phantom_dir / c).glob("*.png"))[0] for c in ("F0", "F2", "F4")][:n]
+    return [predictor.prepare(f) for f in files]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_flip_averages_the_logits_of_the_image_and_its_mirror(trained_run, phantom_dir, tmp_path, backend):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "*.ckpt"))
+    if backend == "onnx":
+        export_onnx(run)
+    kwargs = dict(backend=backend, precision="fp32") if backend == "torch" else dict(backend=backend)
+    plain = Predictor.from_run(run, **kwargs)
+    flip = Predictor.from_run(run, tta="flip", **kwargs)
+    images = _images(phantom_dir, plain)
+    mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    expected = (plain.logits(images) + plain.logits(mirrored)) / 2
+    assert np.abs(flip.logits(images) - expected).max() < 1e-4
+    assert not np.allclose(plain.logits(images), plain.logits(mirrored), atol=1e-4)  # the mirror is a different input
+    a, b = plain.predict_arrays(images), flip.predict_arrays(images)
+    assert [r.ood_score for r in a] == pytest.approx([r.ood_score for r in b], rel=1e-4)
+    assert "flip-averaged" in flip.describe() and flip.precision == plain.precision
+
+
+def test_unknown_tta_is_a_clear_error(trained_run):
+    with pytest.raises(LiverscopeError, match="tta 'rotate'"):
+        Predictor.from_run(trained_run, backend="torch", tta="rotate")
