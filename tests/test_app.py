@@ -213,6 +213,15 @@ def test_page_shows_disclaimer_and_model_card(app_run, monkeypatch):
     assert len(at.file_uploader) == 1 and at.file_uploader[0].accept_multiple_files
 
 
+def test_serve_tta_reaches_the_app_predictor(app_run, monkeypatch):
+    """``serve --tta flip`` sets LIVERSCOPE_TTA; the app then scores with the flip average and says so."""
+    at = start(app_run, monkeypatch, LIVERSCOPE_TTA="flip")
+    inference = [c.value for c in at.sidebar.caption if c.value.startswith("Inference:")]
+    assert inference and "flip-averaged" in inference[0]
+    plain = start(app_run, monkeypatch, LIVERSCOPE_TTA="none")
+    assert not any("flip-averaged" in c.value for c in plain.sidebar.caption)
+
+
 def test_page_without_a_run_says_how_to_start(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 

@@ -467,11 +467,12 @@ def main() -> None:
         st.stop()
 
     @st.cache_resource(show_spinner="Loading the model…")
-    def load(run: str, backend: str, int8: bool) -> Predictor:
-        return Predictor.from_run(run, backend=backend, int8=int8, batch_size=1)
+    def load(run: str, backend: str, int8: bool, tta: str) -> Predictor:
+        return Predictor.from_run(run, backend=backend, int8=int8, batch_size=1, tta=tta)
 
     try:
-        predictor = load(str(run_dir), os.environ.get("LIVERSCOPE_BACKEND", "auto"), os.environ.get("LIVERSCOPE_INT8", "0") == "1")
+        predictor = load(str(run_dir), os.environ.get("LIVERSCOPE_BACKEND", "auto"), os.environ.get("LIVERSCOPE_INT8", "0") == "1",
+                         os.environ.get("LIVERSCOPE_TTA", "none"))
     except LiverscopeError as exc:
         st.error(f"Cannot load the model: {exc}")
         st.stop()

@@ -385,6 +385,7 @@ def serve(
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest accepted upload in MB."),
     int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8)."),
+    tta: choice("predict.tta") = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (each image averaged with its mirror)."),
 ):
     """Start the clinician web app (Streamlit) for a run."""
     from liverscope import rundir
@@ -402,7 +403,7 @@ def serve(
     if max_upload_mb < 1:
         fail(UsageError(f"--max-upload-mb {max_upload_mb}: the upload limit is a whole number of MB, at least 1 (default 50)"))
     app_path = Path(__file__).with_name("app.py")
-    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend, LIVERSCOPE_INT8="1" if int8 else "0", LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
+    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend, LIVERSCOPE_INT8="1" if int8 else "0", LIVERSCOPE_TTA=tta.value, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
     # flags outrank Streamlit's config files and STREAMLIT_* variables: the server refuses larger uploads (413), XSRF stays on
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host, "--server.port", str(port), "--server.headless", "true",
