@@ -177,14 +177,28 @@ def test_training_on_tissue_windows_learns_and_predicts_on_whole_images(phantom_
     """``data.train_crop``: trained on 40 px windows of the 64 px input, the model is validated, tested
     and used for prediction on the whole 64 px image, and it still learns the phantoms."""
     from liverscope.predict import Predictor
-    from liverscope.train import fit
+    from liverscope.train import eval_loader, fit, prepare_data, train_loader
 
-    run = fit(quick_config(phantom_dir, tmp_path, "windows", **{"data.train_crop": 40}))
+    cfg = quick_config(phantom_dir, tmp_path, "windows", **{"data.train_crop": 40})
+    run = fit(cfg)
     assert read_config(run).data.train_crop == 40
+    prep = prepare_data(cfg, run)  # the run's own split, read back
+    images, _ = next(iter(train_loader(prep, cfg)))
+    assert images.shape[-2:] == (40, 40)  # training batches are windows
+    images, _ = next(iter(eval_loader(prep.samples[:4], prep, cfg)))
+    assert images.shape[-2:] == (64, 64)  # evaluation sees the whole input
     assert read_json(run / "metrics.json")["test"]["balanced_accuracy"] > 0.5  # chance is 0.2
     files = sorted((phantom_dir / "F4").glob("*.png"))[:2]
     results = list(Predictor.from_run(run, backend="torch", device="cpu").predict_paths(files))
     assert all(r.error is None for r in results)
+
+
+def test_a_training_window_as_large_as_the_input_fails_before_any_data_is_read(phantom_dir, tmp_path):
+    from liverscope.train import fit
+
+    with pytest.raises(LiverscopeError, match="train_crop is 64"):
+        fit(quick_config(phantom_dir, tmp_path, "bad-window", **{"data.train_crop": 64}))
+    assert not (tmp_path / "cache").exists()  # failed before the preprocessing cache was filled
 
 
 def test_auto_precision_is_fp32_on_cpu():

@@ -38,6 +38,28 @@ def test_flip_averages_the_logits_of_the_image_and_its_mirror(trained_run, phant
     assert "flip-averaged" in flip.describe() and flip.precision == plain.precision
 
 
+def test_flip_on_files_through_the_onnx_layout_and_energy_ood(trained_run, phantom_dir, tmp_path):
+    """``predict_paths`` with ONNX Runtime builds channels-first batches: the mirror must flip their
+    width there too. The energy score stays the one of the plain logits."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "*.ckpt"))
+    export_onnx(run)
+    plain = Predictor.from_run(run, backend="onnx")
+    flip = Predictor.from_run(run, backend="onnx", tta="flip")
+    assert flip.engine.channels_first
+    files = [sorted((phantom_dir / c).glob("*.png"))[1] for c in ("F0", "F2", "F4")]
+    images = [plain.prepare(f) for f in files]
+    mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    expected = (plain.logits(images) + plain.logits(mirrored)) / 2
+    got = np.array([r.logits for r in flip.predict_paths(files)])
+    assert np.abs(got - expected).max() < 1e-4
+    for p in (plain, flip):
+        p.ood = {"method": "energy", "threshold": 0.0}
+    a, b = plain.predict_arrays(images), flip.predict_arrays(images)
+    assert [r.ood_score for r in a] == pytest.approx([r.ood_score for r in b], rel=1e-5)
+    assert not np.allclose([r.logits for r in a], [r.logits for r in b], atol=1e-4)
+
+
 def test_unknown_tta_is_a_clear_error(trained_run):
     with pytest.raises(LiverscopeError, match="tta 'rotate'"):
         Predictor.from_run(trained_run, backend="torch", tta="rotate")

@@ -28,7 +28,7 @@ _LAZY = {
     "load_run": "liverscope.predict",
     "Predictor": "liverscope.predict",
     "EnsemblePredictor": "liverscope.predict",
-    "Result": "liverscope.predict",
+    "Result": "liverscope.results",
     "load_config": "liverscope.config",
     "RunConfig": "liverscope.config",
     "build_model": "liverscope.models",

@@ -321,10 +321,13 @@ class Predictor:
         out-of-distribution scores (``None`` without a detector)."""
         if not self.ood:
             return self.engine(batch, channels_first), None
-        if self.ood.get("method") == "energy":
-            logits, features = self.engine(batch, channels_first), None
-        else:
-            logits, features = self.engine.logits_and_features(batch, channels_first)
+        if self.ood.get("method") == "energy":  # scored on the plain logits, as the detector was fitted
+            if isinstance(self.engine, FlipAverage):
+                logits, plain = self.engine.averaged_and_plain(batch, channels_first)
+            else:
+                logits = plain = self.engine(batch, channels_first)
+            return logits, ood_scores("energy", plain, None, self.ood)
+        logits, features = self.engine.logits_and_features(batch, channels_first)
         return logits, ood_scores(self.ood["method"], logits, features, self.ood)
 
     def _results(self, paths: Sequence[str], logits: np.ndarray, scores: np.ndarray | None, counts: Sequence[int] | None = None) -> list[Result]:
@@ -489,5 +492,5 @@ def load_run(path: str | Path, **kwargs) -> Predictor:
 
 __all__ = [
     "Predictor", "EnsemblePredictor", "load_run", "Result", "TorchBackend", "OnnxBackend", "write_results", "results_csv", "csv_header", "result_row",
-    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "BACKENDS", "PRECISIONS", "SCHEDULES", "POOLS",
+    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "BACKENDS", "PRECISIONS", "SCHEDULES", "POOLS", "TTA", "FlipAverage",
 ]

@@ -37,7 +37,7 @@ from liverscope.config import RunConfig
 from liverscope.data import splits
 from liverscope.data.audit import audit_dataset
 from liverscope.data.audit_report import write_audit
-from liverscope.data.augment import build_transform
+from liverscope.data.augment import build_transform, check_train_crop
 from liverscope.data.datasets import ImageDataset, Sample, check_readable, load_samples, warm_cache
 from liverscope.data.preprocess import PreprocessCache, Preprocessing
 from liverscope.errors import LiverscopeError
@@ -98,8 +98,10 @@ def list_data(cfg: RunConfig) -> Listing:
 
 
 def run_preprocessing(cfg: RunConfig) -> Preprocessing:
-    """The preprocessing of a recipe (its model's input normalisation); an unknown model fails here."""
+    """The preprocessing of a recipe (its model's input normalisation); an unknown model or a training
+    window larger than the input fails here, before any data is read."""
     spec = get_spec(cfg.model.name)
+    check_train_crop(cfg.data.train_crop, cfg.data.image_size)
     return Preprocessing.from_data_config(cfg.data, spec.mean, spec.std)
 
 

@@ -131,6 +131,11 @@ def build_transform(preset: str, pp: Preprocessing, train: bool, crop: int = 0):
         raise LiverscopeError(f"unknown augmentation preset '{preset}' (choose from {', '.join(PRESETS)})")
     if not train:
         return ToTensorNormalised(pp)
-    if crop and not 8 <= int(crop) < int(pp.size):
-        raise LiverscopeError(f"data.train_crop is {crop}: it must be 0 (off) or between 8 and data.image_size - 1 ({int(pp.size) - 1})")
+    check_train_crop(crop, pp.size)
     return _Augment(preset, pp, int(crop))
+
+
+def check_train_crop(crop: int, size: int) -> None:
+    """``data.train_crop`` must be 0 (off) or a window inside the ``size``-pixel input."""
+    if crop and not 8 <= int(crop) < int(size):
+        raise LiverscopeError(f"data.train_crop is {crop}: it must be 0 (off) or between 8 and data.image_size - 1 ({int(size) - 1})")

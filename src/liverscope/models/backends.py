@@ -219,9 +219,6 @@ class OnnxBackend:
         return out[0].astype(np.float32, copy=False), out[1].astype(np.float32, copy=False)
 
 
-__all__ = ["PRECISIONS", "BF16_TOLERANCE", "TorchBackend", "OnnxBackend"]
-
-
 class FlipAverage:
     """Flip test-time augmentation around either backend: the mean of its logits on the batch and on
     the batch mirrored left-right (a liver image mirrored is still a liver image, and the training
@@ -236,6 +233,8 @@ class FlipAverage:
         object.__setattr__(self, "inner", engine)
 
     def __getattr__(self, name):
+        if name == "inner":  # not set yet (a copy or unpickling in progress): no endless lookup
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def __setattr__(self, name, value):
@@ -245,8 +244,16 @@ class FlipAverage:
         return np.ascontiguousarray(batch[..., ::-1] if channels_first else batch[:, :, ::-1])
 
     def __call__(self, batch: np.ndarray, channels_first: bool = False) -> np.ndarray:
-        return (self.inner(batch, channels_first) + self.inner(self._mirror(batch, channels_first), channels_first)) / 2
+        return self.averaged_and_plain(batch, channels_first)[0]
+
+    def averaged_and_plain(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The flip-averaged logits and the logits of the batch as it is (the energy score's input)."""
+        plain = self.inner(batch, channels_first)
+        return (plain + self.inner(self._mirror(batch, channels_first), channels_first)) / 2, plain
 
     def logits_and_features(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self.inner.logits_and_features(batch, channels_first)
         return (logits + self.inner(self._mirror(batch, channels_first), channels_first)) / 2, features
+
+
+__all__ = ["PRECISIONS", "BF16_TOLERANCE", "TorchBackend", "OnnxBackend", "FlipAverage"]
