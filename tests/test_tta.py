@@ -4,14 +4,18 @@ out-of-distribution score stays the one of the image as it is."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from liverscope.cli import app
 from liverscope.errors import LiverscopeError
 from liverscope.export import export_onnx
 from liverscope.predict import Predictor
+from liverscope.utils import read_json
 
 
 def _images(phantom_dir, predictor, n=3):
@@ -58,6 +62,27 @@ def test_flip_on_files_through_the_onnx_layout_and_energy_ood(trained_run, phant
     a, b = plain.predict_arrays(images), flip.predict_arrays(images)
     assert [r.ood_score for r in a] == pytest.approx([r.ood_score for r in b], rel=1e-5)
     assert not np.allclose([r.logits for r in a], [r.logits for r in b], atol=1e-4)
+
+
+def test_evaluate_on_new_data_with_flip(trained_run, phantom_dir, tmp_path):
+    """``liverscope evaluate RUN DATA --tta flip`` scores each image with the flip average and says so."""
+    data = tmp_path / "site"
+    for c in ("F0", "F2", "F4"):
+        (data / c).mkdir(parents=True)
+        for f in sorted((phantom_dir / c).glob("*.png"))[:2]:
+            shutil.copy(f, data / c / f.name)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", str(trained_run), str(data), "--out", str(out), "--device", "cpu", "--tta", "flip"])
+    assert result.exit_code == 0, result.output
+    assert read_json(out / "metrics.json")["tta"] == "flip"
+    plain = Predictor.from_run(trained_run, backend="torch", precision="fp32", calibrated=False)
+    rows = {r["path"]: r for r in csv.DictReader(open(out / "predictions_test.csv"))}
+    flip = Predictor.from_run(trained_run, backend="torch", precision="fp32", tta="flip", calibrated=False)
+    files = sorted(data.rglob("*.png"))
+    for r, q in zip(flip.predict_paths(files), plain.predict_paths(files)):
+        got = [float(rows[r.path][f"logit_{c}"]) for c in flip.labels]
+        assert got == pytest.approx(r.logits, abs=1e-3)
+        assert np.abs(np.array(r.logits) - q.logits).max() > 1e-2  # what plain scoring would have written differs
 
 
 def test_unknown_tta_is_a_clear_error(trained_run):

@@ -274,6 +274,7 @@ def evaluate(
     compare: Optional[Path] = typer.Option(None, "--compare", help="Another cv run: paired t-test of fold-wise scores."),
     metric: str = typer.Option("balanced_accuracy", "--metric", help="Fold-wise metric for --compare."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    tta: choice("predict.tta") = typer.Option("none", "--tta", help="With DATA: none, or flip (score each image averaged with its mirror, as predict --tta flip)."),
 ):
     """Evaluate a run: metrics with CIs, per-source table, calibration and report.html (written outside the run unless --in-run)."""
     from liverscope import rundir
@@ -287,7 +288,7 @@ def evaluate(
         if data is not None:
             if out is None and not in_run:
                 out = Path("eval") / run_name / (name or data.resolve().stem)
-            out = evaluate_on_data(run_dir, data, name, device, out=out)
+            out = evaluate_on_data(run_dir, data, name, device, out=out, tta=tta.value)
             report = out / rundir.REPORT
         else:
             if not (run_dir / rundir.METRICS).exists():

@@ -27,7 +27,7 @@ from liverscope.predict import Predictor
 
 
 def ensemble_predict_logits(
-    run_dir: Path, paths: list[Path], device: str = "auto",
+    run_dir: Path, paths: list[Path], device: str = "auto", tta: str = "none",
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]], tuple[np.ndarray, float, dict] | None]:
     """Logits of a run (mean over ensemble members) for files, and their out-of-distribution scores.
 
@@ -42,7 +42,7 @@ def ensemble_predict_logits(
     """
     all_logits, all_scores, thresholds, methods, ok, skipped = [], [], [], [], None, []
     for member in rundir.members(run_dir):
-        pred = Predictor.from_run(member, device=device, calibrated=False)
+        pred = Predictor.from_run(member, device=device, calibrated=False, tta=tta)
         results = list(pred.predict_paths(paths))
         if ok is None:
             skipped = [(r.path, r.error) for r in results if r.error]
@@ -62,7 +62,8 @@ def ensemble_predict_logits(
     return ensemble_logits(all_logits), ok or [], skipped, ood
 
 
-def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto", out: str | Path | None = None) -> Path:
+def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto", out: str | Path | None = None,
+                     tta: str = "none") -> Path:
     """Score a run on labelled data and write the results to ``out`` (default ``RUN_DIR/eval/<name>/``).
 
     Args:
@@ -71,6 +72,7 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
         name: sub-folder under ``RUN_DIR/eval/`` when ``out`` is not given (default: the data folder's name).
         device: inference device.
         out: output folder (self-contained: it gets a copy of the run's ``model.json`` and ``config.yaml``).
+        tta: ``none`` or ``flip`` (each image's logits averaged with its mirror's; recorded in ``metrics.json``).
 
     Returns:
         The output folder.
@@ -87,14 +89,14 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     audit = audit_dataset(samples)
     write_audit(audit, out)
     source_of = {r["path"]: r.get("source") for r in audit["files"]}
-    logits, ok, skipped, ood = ensemble_predict_logits(run_dir, [s.path for s in samples], device)
+    logits, ok, skipped, ood = ensemble_predict_logits(run_dir, [s.path for s in samples], device, tta)
     by_path = {str(s.path): s for s in samples}
     kept = [by_path[p] for p in ok]
     for s in kept:
         s.source = s.source or source_of.get(str(s.path))
     index = {c: i for i, c in enumerate(labels)}
     y = np.array([index[s.label] for s in kept])
-    metrics: dict = {"data": str(data), "n_skipped": len(skipped), "skipped": skipped, "class_names": labels}
+    metrics: dict = {"data": str(data), "n_skipped": len(skipped), "skipped": skipped, "class_names": labels, "tta": tta}
     scored = score_predictions(out, rundir.PREDICTIONS_TEST, kept, y, logits, labels, rundir.temperature(meta), ood=ood[:2] if ood else None)
     metrics["test"] = scored["metrics"]
     if ood:  # a whole new site flagged = the model does not transfer there
