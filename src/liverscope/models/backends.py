@@ -240,8 +240,11 @@ class FlipAverage:
     def __setattr__(self, name, value):
         setattr(self.inner, name, value)
 
-    def _mirror(self, batch: np.ndarray, channels_first: bool) -> np.ndarray:
-        return np.ascontiguousarray(batch[..., ::-1] if channels_first else batch[:, :, ::-1])
+    def _mirror_logits(self, batch: np.ndarray, channels_first: bool) -> np.ndarray:
+        """The wrapped backend's logits of the batch mirrored left-right (width is the last axis of
+        ``Nx3xHxW``, the third of ``NxHxWx3``)."""
+        mirrored = np.ascontiguousarray(batch[..., ::-1] if channels_first else batch[:, :, ::-1])
+        return self.inner(mirrored, channels_first)
 
     def __call__(self, batch: np.ndarray, channels_first: bool = False) -> np.ndarray:
         return self.averaged_and_plain(batch, channels_first)[0]
@@ -249,11 +252,11 @@ class FlipAverage:
     def averaged_and_plain(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The flip-averaged logits and the logits of the batch as it is (the energy score's input)."""
         plain = self.inner(batch, channels_first)
-        return (plain + self.inner(self._mirror(batch, channels_first), channels_first)) / 2, plain
+        return (plain + self._mirror_logits(batch, channels_first)) / 2, plain
 
     def logits_and_features(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self.inner.logits_and_features(batch, channels_first)
-        return (logits + self.inner(self._mirror(batch, channels_first), channels_first)) / 2, features
+        return (logits + self._mirror_logits(batch, channels_first)) / 2, features
 
 
 __all__ = ["PRECISIONS", "BF16_TOLERANCE", "TorchBackend", "OnnxBackend", "FlipAverage"]
