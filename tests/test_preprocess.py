@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from liverscope.data.datasets import make_phantom, make_phantoms
-from liverscope.data.preprocess import PreprocessCache, Preprocessing, crop_to_sector, normalise, preprocess_array, sector_mask
+from liverscope.data.preprocess import PreprocessCache, Preprocessing, crop_to_sector, normalise, preprocess_array
+from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 
 

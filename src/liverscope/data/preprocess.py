@@ -1,4 +1,4 @@
-"""Preprocessing: scan-sector mask and crop, resize, non-local-means denoising, and a cache.
+"""Preprocessing: scan-sector crop (the sector itself: :mod:`liverscope.data.sector`), resize, non-local-means denoising, and a cache.
 
 The seed study (EfficientNet + Grad-CAM) denoises each colour image with OpenCV's non-local means at
 full resolution, then resizes to 224 and normalises with ImageNet statistics. NLM on a 640x480 colour
@@ -38,6 +38,7 @@ import numpy as np
 
 from liverscope.config import IMAGENET_MEAN, IMAGENET_STD
 from liverscope.data.geometry import Box, bounding_box
+from liverscope.data.sector import SECTOR_METHODS, sector_mask
 from liverscope.data.io import decode_image, read_bytes, read_frames, read_image, to_grey, to_rgb
 from liverscope.errors import LiverscopeError
 from liverscope.utils import atomic_path
@@ -47,7 +48,7 @@ NLM_TEMPLATE, NLM_SEARCH = 7, 21  # OpenCV's defaults, and liverscope's before t
 DENOISE_REGIONS = ("image", "sector")
 #: The settings added after runs were first saved, with the behaviour those runs had: a saved
 #: ``preprocessing`` without them reads back as that behaviour, and they stay out of the cache key at it.
-_LATER_FIELDS = {"nlm_template": NLM_TEMPLATE, "nlm_search": NLM_SEARCH, "denoise_region": "image"}
+_LATER_FIELDS = {"nlm_template": NLM_TEMPLATE, "nlm_search": NLM_SEARCH, "denoise_region": "image", "sector": "threshold"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Preprocessing:
     nlm_template: int = NLM_TEMPLATE  # NLM patch size (odd)
     nlm_search: int = NLM_SEARCH  # NLM search window (odd): cost ~ its square
     denoise_region: str = "image"  # image | sector (the scan sector's bounding box only)
+    sector: str = "fan"  # how the scan sector is found (liverscope.data.sector): fan | threshold (runs before issue 21)
 
     def __post_init__(self):
         if self.denoise_at not in ("model", "full"):
@@ -72,6 +74,8 @@ class Preprocessing:
             raise LiverscopeError(f"image size {self.size} out of range (16..2048)")
         if self.denoise_region not in DENOISE_REGIONS:
             raise LiverscopeError(f"denoise_region must be one of {', '.join(DENOISE_REGIONS)}, got '{self.denoise_region}'")
+        if self.sector not in SECTOR_METHODS:
+            raise LiverscopeError(f"sector must be one of {', '.join(SECTOR_METHODS)}, got '{self.sector}'")
         t, s = self.nlm_template, self.nlm_search
         if not (float(t).is_integer() and float(s).is_integer() and int(t) % 2 == 1 and int(s) % 2 == 1 and 1 <= int(t) <= int(s) <= 35):
             raise LiverscopeError(f"NLM windows must be odd integers with 1 <= template <= search <= 35, got template {t}, search {s}")
@@ -96,7 +100,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         """From a saved ``preprocessing`` (``model.json``); settings it lacks keep the behaviour it was saved with."""
-        d = dict(d)
+        d = {**_LATER_FIELDS, **d}
         for k in ("mean", "std"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -116,40 +120,9 @@ class Preprocessing:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def sector_mask(img: np.ndarray, threshold: int = 6) -> np.ndarray:
-    """Boolean mask of the ultrasound scan sector (the fan of tissue), excluding the black border,
-    text and calibration marks outside it.
-
-    Hand-written (no library finds scan sectors): threshold the blurred grey image, open away thin
-    text strokes, keep the largest connected region, close small gaps and fill its holes.
-    Falls back to the whole image when nothing sensible is found.
-    """
-    grey = to_grey(img)
-    h, w = grey.shape
-    blur = cv2.GaussianBlur(grey, (0, 0), sigmaX=max(1.0, min(h, w) / 200))
-    fg = (blur > threshold).astype(np.uint8)
-    k = max(3, int(round(min(h, w) / 60)) | 1)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    if n <= 1:
-        return np.ones((h, w), bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    if stats[largest, cv2.CC_STAT_AREA] < 0.05 * h * w:
-        return np.ones((h, w), bool)
-    region = (labels == largest).astype(np.uint8)
-    region = cv2.morphologyEx(region, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
-    # fill holes (anechoic vessels, cysts and shadows inside the fan are still inside the sector):
-    # flood the background from the image border; what the flood cannot reach is inside
-    padded = np.pad(region, 1)
-    flood = padded.copy()
-    cv2.floodFill(flood, None, (0, 0), 1)
-    mask = (region | (1 - flood[1:-1, 1:-1])).astype(np.uint8)
-    return mask.astype(bool)
-
-
-def crop_to_sector(img: np.ndarray) -> np.ndarray:
-    """Crop an image to the bounding box of its scan sector."""
-    box = bounding_box(sector_mask(img))
+def crop_to_sector(img: np.ndarray, method: str = "fan") -> np.ndarray:
+    """Crop an image to the bounding box of its scan sector (found by ``method``: :mod:`liverscope.data.sector`)."""
+    box = bounding_box(sector_mask(img, method))
     if box is None:
         return img
     y0, y1, x0, x1 = box
@@ -161,7 +134,7 @@ def crop_box(original: np.ndarray, pp: "Preprocessing") -> Box:
     input (the scan sector's bounding box when the run crops to the sector, else the whole image)."""
     h, w = original.shape[:2]
     if getattr(pp, "crop_sector", False):
-        box = bounding_box(sector_mask(original))
+        box = bounding_box(sector_mask(original, getattr(pp, "sector", "fan")))
         if box is not None:
             return box
     return 0, h, 0, w
@@ -183,7 +156,7 @@ def denoise(img: np.ndarray, pp: "Preprocessing") -> np.ndarray:
     """
     h, t, s = pp.denoise_strength, pp.nlm_template, pp.nlm_search
     if pp.denoise_region == "sector":
-        box = bounding_box(sector_mask(img))
+        box = bounding_box(sector_mask(img, pp.sector))
         if box is not None:
             rows, cols = img.shape[:2]
             y0, y1, x0, x1 = box
@@ -205,7 +178,7 @@ def _preprocess(img: np.ndarray, pp: "Preprocessing") -> np.ndarray:
         if np.array_equal(img[..., 0], grey) and np.array_equal(img[..., 1], grey):
             img = grey
     if pp.crop_sector:
-        img = crop_to_sector(img)
+        img = crop_to_sector(img, pp.sector)
     if pp.denoise and pp.denoise_at == "full":
         img = denoise(img, pp)
     h, w = img.shape[:2]
