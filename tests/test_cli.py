@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -126,3 +127,40 @@ def test_evaluate_writes_outside_the_run_unless_asked(trained_run, phantom_dir, 
     assert _snapshot(trained_run) == before  # nothing written into the run
     res = runner.invoke(app, ["evaluate", str(trained_run), "--out", "x", "--in-run"])
     assert res.exit_code == 2
+
+
+def test_models_says_cpu_friendly_once_per_model():
+    from liverscope.models import get_spec, list_models
+
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[0]: line for line in res.output.splitlines() if line.strip()}
+    assert set(lines) == set(list_models())
+    for name, line in lines.items():
+        assert line.count("CPU-friendly") == (1 if get_spec(name).small else 0), line
+
+
+def test_recipe_help_lists_every_shipped_recipe():
+    import re
+
+    from liverscope.cli_options import RECIPES_HELP
+    from liverscope.config import recipe_names
+
+    shipped = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "src" / "liverscope" / "recipes").glob("*.yaml"))
+    assert recipe_names() == shipped and "lesions" in shipped
+    for command in ("train", "cv", "demo"):
+        res = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+        text = re.sub(r"[\s│]+", " ", res.output)
+        assert all(name in text for name in shipped), (command, text)
+    assert all(name in RECIPES_HELP for name in shipped)
+
+
+def test_docs_give_the_output_folders_the_commands_use():
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    explain, segment = (docs / "explain.md").read_text(), (docs / "segment.md").read_text()
+    assert "RUN_DIR/explain" not in explain and "runs/quick/explain" not in explain
+    assert "`explain/RUN_NAME/`" in explain
+    assert "default `RUN_DIR/pseudo_masks/`" not in segment and "default `pseudo-masks/RUN_NAME/`" in segment
+    # ... which are the defaults the command line names
+    assert "explain/RUN_NAME" in runner.invoke(app, ["explain", "--help"], env={"COLUMNS": "250"}).output
+    assert "pseudo-masks/RUN_NAME" in runner.invoke(app, ["segment", "pseudo", "--help"], env={"COLUMNS": "250"}).output

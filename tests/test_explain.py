@@ -399,9 +399,9 @@ def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, t
     assert row["target"] == "F0" and "deletion_auc" not in row
 
     res = CliRunner().invoke(app, ["explain", str(trained_run), str(files[0]), "--class", "F9", "--out", str(out)])
-    assert res.exit_code == 1 and "not a label" in res.output
+    assert res.exit_code == 2 and "not a label" in res.output  # a usage error, before any work
     res = CliRunner().invoke(app, ["explain", str(trained_run), str(files[0]), "--method", "magic", "--out", str(out)])
-    assert res.exit_code == 1 and "unknown CAM method" in res.output
+    assert res.exit_code == 2 and "unknown CAM method" in res.output
 
 
 def test_cam_gallery_for_the_report(trained_run, tmp_path):

@@ -17,8 +17,9 @@ from typing import List, Optional
 
 import typer
 
-from liverscope.cli_options import LAYERS_HELP, RecipeOpt, choice, fail, recipe_options, show_version, train_overrides
-from liverscope.config import load_config
+from liverscope.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usage, check_choice, check_conflict, check_out_format, check_processed, choice, echo_skipped, fail, numbers
+from liverscope.cli_options import recipe_options, show_version, train_overrides
+from liverscope.config import check_device, load_config, parse_frames
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.utils import configure_logging, progress, set_progress
 
@@ -38,7 +39,8 @@ def _main_options(
     """liverscope — liver ultrasound fibrosis staging / disease classification with explanations,
     weakly supervised segmentation and leakage-safe evaluation.
 
-    Exit codes: 0 success, 1 failure while running, 2 usage error (before any work starts).
+    Exit codes (the README's table): 0 success, 1 a failure while running (also: nothing to process, every
+    input failed), 2 a usage error (before any work starts).
     """
     configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     set_progress(not quiet)
@@ -96,27 +98,30 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     paths: List[Path] = typer.Argument(..., help="Image files, DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Output file: .csv or .json."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: sized for the backend)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: sized for the backend)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     backend: choice("predict.backend") = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
     precision: choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode/preprocess threads (default: CPU count)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Model threads on CPU (default: torch times every core against half of them and keeps the faster; ONNX Runtime all)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode/preprocess threads (default: CPU count)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model threads on CPU (default: torch times every core against half of them and keeps the faster; ONNX Runtime all)."),
     schedule: choice("predict.schedule") = typer.Option("auto", "--schedule", help="auto (torch on CPU: alternate; otherwise overlap), alternate (decode a window, then score it with every core) or overlap (decode ahead while the model scores)."),
     pool: choice("predict.pool") = typer.Option("thread", "--pool", help="Decode workers: thread or process (processes sidestep the GIL when denoising dominates)."),
     frames: str = typer.Option("middle", "--frames", help="DICOM cine loops: middle, all or every:N frames, averaged into one result per file (column frames)."),
     int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8): ONNX Runtime, int8."),
     tta: choice("predict.tta") = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average each image's logits with its mirror's; twice the model time, a little more accurate: docs/benchmarks.md)."),
 ):
-    """Predict the stage/class of new images; bad files are listed as skipped and the rest finish."""
-    from liverscope.data.io import iter_image_files
+    """Predict the stage/class of new images; bad files are listed as skipped and the rest finish (exit 1 when none could be read)."""
     from liverscope.predict import Predictor, write_results
 
     try:
+        check_out_format(out), check_device(device), parse_frames(frames)
+        check_conflict(("--int8", int8), ("--backend torch", backend.value == "torch"), hint="int8 scores with ONNX Runtime: --backend onnx or auto")
+        onnx = "--int8" if int8 else "--backend onnx" if backend.value == "onnx" else None
+        check_conflict(("--precision " + precision.value, precision.value != "auto"), (onnx, onnx is not None), hint="--precision sets the torch backend's number format")
+        total = _count_inputs(paths)  # counted, not listed: the bar knows its total
         p = Predictor.from_run(run_dir, backend=backend.value, int8=int8, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads,
                                schedule=schedule.value, pool=pool.value, tta=tta.value)
         typer.echo(p.describe(), err=True)
-        total = sum(1 for _ in iter_image_files(paths))  # counted, not listed: the bar knows its total
         summary = write_results(progress(p.predict_paths(paths, frames=frames), "predicting", total=total), p.labels, out)
     except LiverscopeError as exc:
         fail(exc)
@@ -124,10 +129,23 @@ def predict(
     typer.echo(f"predicted {summary['predicted']} image(s) in {summary['seconds']:.1f}s ({rate:.1f} images/s, {p.backend} {p.precision}) → {summary['out']}")
     if summary["flagged"]:
         typer.echo(f"{summary['flagged']} image(s) unlike the images this model was trained on (ood = true): do not rely on their predictions")
-    if summary["skipped"]:
-        typer.echo(f"skipped {len(summary['skipped'])} file(s):")
-        for path, reason in summary["skipped"]:
-            typer.echo(f"  {path}: {reason}")
+    echo_skipped(summary["skipped"])
+    check_processed(summary["predicted"], summary["skipped"], "predicted")
+
+
+def _count_inputs(paths: List[Path]) -> int:
+    """The number of input files, counted before any work (not listed: a folder may hold millions);
+    a LiverscopeError when every path is missing or no image file is found."""
+    from liverscope.data.io import IMAGE_SUFFIXES, iter_image_files
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing and len(missing) == len(paths):
+        raise LiverscopeError(f"{', '.join(missing)}: does not exist (check the path)")
+    total = sum(1 for _ in iter_image_files(paths))
+    if total == 0:
+        kinds = ", ".join(sorted(s for s in IMAGE_SUFFIXES if s)) + " or no extension (DICOM)"
+        raise LiverscopeError(f"no image files in {', '.join(map(str, paths))} (searched recursively for {kinds}; masks/ and hidden files are skipped)")
+    return total
 
 
 @app.command("models")
@@ -135,15 +153,17 @@ def models_cmd():
     """List the registered model names."""
     from liverscope.models import get_spec, list_models
 
-    for name in list_models():
+    names = list_models()
+    width = max(map(len, names))
+    for name in names:
         spec = get_spec(name)
-        typer.echo(f"{name:20s} {spec.description}{'  [CPU-friendly]' if spec.small else ''}")
+        typer.echo(f"{name:{width}s}  {spec.description}{'  [CPU-friendly]' if spec.small else ''}")
 
 
 @app.command()
 def demo(
     data: Optional[Path] = typer.Option(None, "--data", help="Run on a real class-per-folder tree instead of the built-in phantoms."),
-    recipe: str = typer.Option("cpu-quick", "--recipe", "-r", help="Recipe to train."),
+    recipe: str = typer.Option("cpu-quick", "--recipe", "-r", help=RECIPES_HELP),
     name: str = typer.Option("demo", "--name", "-n", help="Run name."),
     out_dir: Path = typer.Option(Path("runs"), "--out-dir", "-o", help="Folder for run directories."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default: the recipe's)."),
@@ -161,14 +181,14 @@ def demo(
 
     t0 = time.perf_counter()
     try:
-        if data is None:
-            data = out_dir / "phantoms"
+        phantoms = data is None
+        data = out_dir / "phantoms" if phantoms else data
+        cfg = _checked_config(recipe, train_overrides(name=name, out_dir=out_dir, data=data, epochs=epochs, device=device))  # before any work
+        if phantoms:
             typer.echo(f"generating the synthetic phantom set (F0..F4, 60 each) in {data} ...")
             make_phantoms(data, n_per_class=60, size=128, seed=0)
-        run_dir = out_dir / name
-        if fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
-        cfg = load_config(recipe, train_overrides(name=name, out_dir=out_dir, data=data, epochs=epochs, device=device))
+        if fresh and cfg.run_dir.exists():
+            shutil.rmtree(cfg.run_dir)
         typer.echo(f"training recipe '{recipe}' ({cfg.model.name}, {cfg.data.image_size}px, {cfg.train.epochs} epochs) on {data} ...")
         run_dir = fit(cfg)
         _print_run_summary(run_dir)
@@ -220,10 +240,10 @@ def audit(
 @recipe_options
 def cv(
     data: Optional[Path] = typer.Argument(None, help="Class-per-folder tree or CSV manifest (or set data.path in the recipe)."),
-    k: int = typer.Option(5, "--k", help="Number of folds (a run that has its split.csv keeps its own)."),
+    k: int = typer.Option(5, "--k", min=2, help="Number of folds (a run that has its split.csv keeps its own)."),
     test_frac: float = typer.Option(0.2, "--test-frac", help="Share held out as the ensemble's test set (0 = CV only)."),
     fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this fold (repeatable): e.g. one array task of a cluster job, into the shared run directory."),
-    gpus: int = typer.Option(0, "--gpus", help="Train the folds in parallel, one fold process per GPU at a time (0 = one after another)."),
+    gpus: int = typer.Option(0, "--gpus", min=0, help="Train the folds in parallel, one fold process per GPU at a time (0 = one after another)."),
     prepare: bool = typer.Option(False, "--prepare", help="Audit the data and write the run's split.csv and config.yaml, train nothing (the step before --fold array tasks)."),
     aggregate: bool = typer.Option(False, "--aggregate", help="Build the ensemble, out-of-fold figures and report from the trained folds of the run, train nothing."),
     auto_aggregate: bool = typer.Option(True, "--auto-aggregate/--no-auto-aggregate", help="Aggregate when the last fold is trained, whichever process trained it."),
@@ -242,6 +262,8 @@ def cv(
     try:
         if sum([prepare, aggregate, gpus > 1, bool(fold)]) > 1:
             raise UsageError("--prepare, --aggregate, --gpus and --fold exclude each other: choose one way to run the folds")
+        if not 0 <= test_frac < 1:
+            raise UsageError(f"--test-frac {test_frac}: the held-out share is at least 0 and below 1 (0 = CV only)")
         cfg = _checked_config(recipe, overrides)
         if aggregate:
             aggregate_run(cfg.run_dir)
@@ -282,8 +304,10 @@ def evaluate(
     from liverscope.external import evaluate_on_data
 
     try:
-        if out is not None and in_run:
-            raise UsageError("--out and --in-run exclude each other: choose where the results go")
+        check_device(device)
+        check_conflict(("--out", out is not None), ("--in-run", in_run), hint="choose where the results go")
+        if tta.value != "none" and data is None:
+            raise UsageError(f"--tta {tta.value} scores the images of DATA; without DATA the run's own report is rebuilt from its stored predictions: give DATA or drop --tta")
         run_name = run_dir.resolve().name
         if data is not None:
             if out is None and not in_run:
@@ -325,17 +349,24 @@ def explain(
     method: str = typer.Option("gradcam", "--method", help="CAM method: gradcam, gradcam++, hirescam, eigencam or layercam."),
     class_label: Optional[str] = typer.Option(None, "--class", help="Explain this class (a label of the run) instead of the predicted one."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: explain/RUN_NAME in the current folder; never inside RUN_DIR unless you name it)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per CAM batch."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per CAM batch."),
     flip_average: bool = typer.Option(False, "--flip-average", help="Average each map with the map of the horizontally flipped image."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score each map: deletion AUC and ROAD (slower: many forward passes per image)."),
     sector: bool = typer.Option(True, "--sector/--no-sector", help="Restrict maps to the scan sector (text and borders outside the fan are not tissue)."),
     layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ):
-    """Class activation maps: heatmap and overlay PNGs, raw maps (.npy) and cams.csv; bad files are skipped and listed."""
-    from liverscope.explain import explain_paths
+    """Class activation maps: heatmap and overlay PNGs, raw maps (.npy) and cams.csv; bad files are skipped and listed (exit 1 when none could be read)."""
+    from liverscope import rundir
+    from liverscope.explain import explain_paths, method_key
 
     try:
+        check_device(device)
+        method = as_usage(method_key, method)
+        labels = rundir.read_model_meta(run_dir)["labels"]
+        if class_label is not None and class_label not in labels:
+            raise UsageError(f"--class {class_label}: not a label of {run_dir} (labels: {', '.join(labels)})")
+        _count_inputs(paths)
         summary = explain_paths(
             run_dir, paths, out_dir=out or Path("explain") / run_dir.resolve().name, method=method, class_label=class_label, batch_size=batch_size,
             flip_average=flip_average, with_faithfulness=faithfulness, restrict_to_sector=sector, device=device, layers=layers,
@@ -345,10 +376,8 @@ def explain(
     typer.echo(f"explained {summary['explained']} image(s) with {summary['method']} in {summary['seconds']:.1f}s → {summary['out']}")
     for key, value in summary.get("means", {}).items():
         typer.echo(f"  mean {key.replace('_', ' ')}: {value:.4f}")
-    if summary["skipped"]:
-        typer.echo(f"skipped {len(summary['skipped'])} file(s):")
-        for path, reason in summary["skipped"]:
-            typer.echo(f"  {path}: {reason}")
+    echo_skipped(summary["skipped"])
+    check_processed(summary["explained"], summary["skipped"], "explained")
 
 
 @app.command()
@@ -357,7 +386,7 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     atol: float = typer.Option(1e-3, "--atol", help="Largest accepted |logit difference| between ONNX Runtime and torch."),
     int8: bool = typer.Option(False, "--int8", help="Also write RUN_DIR/model.int8.onnx: static int8 quantisation calibrated on the run's validation images, reported against fp32 on its test images."),
-    calibration: int = typer.Option(128, "--calibration", help="--int8: largest number of validation images to calibrate on."),
+    calibration: int = typer.Option(128, "--calibration", min=1, help="--int8: largest number of validation images to calibrate on."),
 ):
     """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model; --int8 adds a quantised model."""
     from liverscope.export import export_int8, export_onnx
@@ -383,7 +412,7 @@ def serve(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but localhost exposes the app, which has NO authentication."),
     port: int = typer.Option(8501, "--port", help="Port."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    backend: choice("predict.backend") = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest accepted upload in MB."),
     int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8)."),
     tta: choice("predict.tta") = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (each image averaged with its mirror)."),
@@ -392,6 +421,9 @@ def serve(
     from liverscope import rundir
 
     try:
+        if max_upload_mb < 1:
+            raise UsageError(f"--max-upload-mb {max_upload_mb}: the upload limit is a whole number of MB, at least 1 (default 50)")
+        check_conflict(("--int8", int8), ("--backend torch", backend.value == "torch"), hint="int8 scores with ONNX Runtime: --backend onnx or auto")
         rundir.read_model_meta(run_dir)
     except (LiverscopeError, ValueError) as exc:
         fail(exc)
@@ -401,10 +433,8 @@ def serve(
             "images and read results. Put it behind the hospital's authenticating reverse proxy (HTTPS + login).",
             fg=typer.colors.YELLOW, err=True,
         )
-    if max_upload_mb < 1:
-        fail(UsageError(f"--max-upload-mb {max_upload_mb}: the upload limit is a whole number of MB, at least 1 (default 50)"))
     app_path = Path(__file__).with_name("app.py")
-    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend, LIVERSCOPE_INT8="1" if int8 else "0", LIVERSCOPE_TTA=tta.value, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
+    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend.value, LIVERSCOPE_INT8="1" if int8 else "0", LIVERSCOPE_TTA=tta.value, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
     # flags outrank Streamlit's config files and STREAMLIT_* variables: the server refuses larger uploads (413), XSRF stays on
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host, "--server.port", str(port), "--server.headless", "true",
@@ -423,7 +453,7 @@ app.add_typer(segment_app, name="segment")
 
 RuleOpt = typer.Option("threshold", "--rule", help="Pseudo-mask rule: threshold (CAM >= 0.5, the study's), otsu (Otsu over the sector), top (top q% of the sector) or grabcut (the threshold mask refined by OpenCV's GrabCut on the image).")
 LayersOpt = typer.Option(None, "--layers", help=LAYERS_HELP)
-QOpt = typer.Option(20.0, "--q", help="Percentage of sector pixels kept by --rule top.")
+QOpt = typer.Option(20.0, "--q", min=0.0, max=100.0, help="Percentage of sector pixels kept by --rule top.")
 FlipOpt = typer.Option(False, "--flip-average/--no-flip-average", help="Average each CAM with the CAM of the mirrored image before thresholding.")
 MethodOpt = typer.Option("gradcam", "--method", help="CAM method (see `liverscope explain --help`).")
 
@@ -435,16 +465,27 @@ def segment_pseudo(
     rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt, layers: Optional[str] = LayersOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: pseudo-masks/RUN_NAME in the current folder); mirrors DATA's relative paths. Never DATA itself."),
 ):
-    """CAM pseudo-masks (PNG, 0/255, at each image's original size) for the images of DATA."""
+    """CAM pseudo-masks (PNG, 0/255, at each image's original size) for the images of DATA (exit 1 when none could be made)."""
     from liverscope.segment import write_pseudo_masks
 
     try:
+        method = _check_cam_options(rule, method)
         summary = write_pseudo_masks(run_dir, data, out=out or Path("pseudo-masks") / run_dir.resolve().name, rule=rule, q=q, flip_average=flip_average, method=method,
                                      layers=layers)
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"wrote {summary['written']} pseudo-mask(s) ({summary['rule']}) → {summary['out']}")
-    _echo_skipped(summary["skipped"])
+    echo_skipped(summary["skipped"])
+    check_processed(summary["written"], summary["skipped"], "given a pseudo-mask")
+
+
+def _check_cam_options(rule: str, method: str) -> str:
+    """The CAM method's key, once the pseudo-mask rule and the method are known to be valid (a UsageError otherwise)."""
+    from liverscope.explain import method_key
+    from liverscope.segment.rules import RULES
+
+    check_choice(rule, RULES, "--rule")
+    return as_usage(method_key, method)
 
 
 @segment_app.command("train")
@@ -455,10 +496,10 @@ def segment_train(
     real_masks: Optional[Path] = typer.Option(None, "--real-masks", help="Expert masks (same file name, 0 = background, 255 = foreground): the held-out images are scored against them (default: the --masks themselves)."),
     target: str = typer.Option("lesion", "--target", help="What the masks outline (a lower-case name: lesion, liver, ...); a run holds one segmenter per target."),
     loss: str = typer.Option("bce", "--loss", help="bce (the study's) or bce+dice."),
-    epochs: int = typer.Option(30, "--epochs", help="Training epochs (the best validation Dice is kept)."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs (the best validation Dice is kept)."),
     size: Optional[int] = typer.Option(None, "--size", help="U-Net input size (multiple of 8; default: the classifier's input size); larger than the classifier's, the images are preprocessed at this size."),
     channels: str = typer.Option("8,16,32,64", "--channels", help="U-Net channels per level, comma-separated."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Batch size."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Batch size."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
     rule: str = RuleOpt, q: float = QOpt, flip_average: bool = FlipOpt, method: str = MethodOpt, layers: Optional[str] = LayersOpt,
     positive: Optional[str] = typer.Option(None, "--positive", help="Comma-separated classes that have something to outline (e.g. benign,malignant): an image predicted as another class gets an empty pseudo-mask."),
@@ -466,18 +507,23 @@ def segment_train(
     within: Optional[str] = typer.Option(None, "--within", help="A target of the run (e.g. liver, from an earlier `segment train --masks ... --target liver`): CAMs are cut inside its predicted mask instead of the whole scan sector."),
     seed: int = typer.Option(0, "--seed", help="Split and training seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation Dice (default: train all epochs)."),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better validation Dice (default: train all epochs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted segmenter training from its last checkpoint."),
 ):
     """Train an Attention U-Net on CAM pseudo-masks (or --masks) with a grouped split; scores (against targets,
     expert masks and trivial baselines) go to the run's report."""
     from liverscope.segment import train_segmenter
+    from liverscope.segment.unet import LOSSES, check_size, unet_arch
 
     try:
-        chans = tuple(int(c) for c in channels.split(",") if c.strip())
-        conf = tuple(float(v) for v in confident.split(",")) if confident else None
-        if conf is not None and len(conf) != 2:
-            raise UsageError(f"--confident {confident}: expected LOW,HIGH, e.g. 0.3,0.6")
+        check_choice(loss, LOSSES, "--loss"), check_device(device)
+        method = _check_cam_options(rule, method)
+        chans = numbers(channels, int, "--channels", "8,16,32,64")
+        if size is not None:
+            as_usage(check_size, size, unet_arch(1, chans)["strides"])
+        conf = numbers(confident, float, "--confident", "0.3,0.6") if confident else None
+        if conf is not None and not (len(conf) == 2 and 0 <= conf[0] < conf[1] <= 1):
+            raise UsageError(f"--confident {confident}: expected LOW,HIGH with 0 <= LOW < HIGH <= 1, e.g. 0.3,0.6")
         pos = [c.strip() for c in positive.split(",") if c.strip()] if positive else None
         result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, target=target, loss=loss, epochs=epochs, size=size, channels=chans,
                                  batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device,
@@ -499,11 +545,13 @@ def segment_predict(
     from liverscope.segment import write_predictions
 
     try:
+        _count_inputs(paths)
         summary = write_predictions(run_dir, paths, out)
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}; outlines: " + ", ".join(f"{t} {c}" for t, c in summary["colours"].items()))
-    _echo_skipped(summary["skipped"])
+    echo_skipped(summary["skipped"])
+    check_processed(summary["written"], summary["skipped"], "segmented")
 
 
 @segment_app.command("score")
@@ -522,14 +570,7 @@ def segment_score(
     for r in result["images"]:
         typer.echo(f"{r['name']}\tIoU {r['iou']:.3f}\tDice {r['dice']:.3f}")
     typer.echo(f"mean over {result['n']} image(s): IoU {result['mean_iou']:.3f}, Dice {result['mean_dice']:.3f}")
-    _echo_skipped(result["skipped"])
-
-
-def _echo_skipped(skipped) -> None:
-    if skipped:
-        typer.echo(f"skipped {len(skipped)} file(s):")
-        for path, reason in skipped:
-            typer.echo(f"  {path}: {reason}")
+    echo_skipped(result["skipped"])
 
 
 def main() -> None:  # pragma: no cover

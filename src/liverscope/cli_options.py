@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from liverscope import __version__
-from liverscope.config import CHOICES
+from liverscope.config import CHOICES, recipe_names
 from liverscope.errors import LiverscopeError, UsageError
 
 #: Exit codes: 0 success, 1 a failure while running (bad data, a run directory that is not one, a
@@ -25,6 +25,71 @@ EXIT_FAILURE, EXIT_USAGE = 1, 2
 def fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE)
+
+
+def as_usage(check: Callable, *args, **kwargs):
+    """``check(*args, **kwargs)``, a check of an option's value that raises :class:`LiverscopeError`
+    (a CAM method, a pseudo-mask rule, a device), with the error raised as a :class:`UsageError`: the
+    command line calls it before any work, so a bad value exits 2."""
+    try:
+        return check(*args, **kwargs)
+    except UsageError:
+        raise
+    except LiverscopeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_choice(value: str, choices, option: str) -> str:
+    """``value`` when it is one of ``choices``; otherwise a UsageError that lists them."""
+    if value not in choices:
+        raise UsageError(f"{option} {value!r}: choose one of: {', '.join(choices)}")
+    return value
+
+
+def check_conflict(*given: tuple[str | None, bool], hint: str = "") -> None:
+    """A UsageError when more than one of ``(option, given)`` is given: options that exclude each other
+    (``hint`` says why)."""
+    names = [str(name) for name, on in given if on]
+    if len(names) > 1:
+        raise UsageError(f"{' and '.join(names)} exclude each other{f' ({hint})' if hint else ''}: choose one")
+
+
+#: The formats of ``predict --out``, by the output file's extension. (Parquet would need pandas and
+#: pyarrow, which liverscope does not depend on.)
+OUT_FORMATS = (".csv", ".json")
+
+
+def check_out_format(out: Path) -> Path:
+    """``out`` when its extension names a format of :data:`OUT_FORMATS`, else a UsageError (a file
+    named ``x.txt`` is never silently written as CSV)."""
+    if out.suffix.lower() not in OUT_FORMATS:
+        raise UsageError(f"--out {out}: the format follows the extension; name a {' or '.join(OUT_FORMATS)} file (e.g. --out {out.with_suffix('.csv')})")
+    return out
+
+
+def check_processed(done: int, skipped: list, what: str) -> None:
+    """A command that processed nothing fails (exit 1), so a script can tell: ``done`` inputs were
+    processed, ``skipped`` (``(path, reason)`` pairs, already listed) were not; ``what`` is the past
+    participle (``predicted``)."""
+    if done == 0:
+        why = f"all {len(skipped)} input file(s) failed (listed above with the reason)" if skipped else "no input file was found"
+        fail(LiverscopeError(f"no image {what}: {why}; fix or replace the files and run again"))
+
+
+def numbers(text: str, kind: type, option: str, example: str) -> tuple:
+    """Comma-separated numbers of an option (``--channels 8,16,32``), or a UsageError."""
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text}: expected comma-separated numbers, e.g. {example}") from None
+
+
+def echo_skipped(skipped) -> None:
+    """List the inputs a command skipped, each with its reason."""
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} file(s):")
+        for path, reason in skipped:
+            typer.echo(f"  {path}: {reason}")
 
 
 def show_version(value: bool) -> None:
@@ -82,7 +147,8 @@ RECIPE_OPTIONS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
 ]
 _SETTING = {name: key for name, key, *_ in RECIPE_OPTIONS} | {"data": "data.path"}
 SetOpt = typer.Option(None, "--set", help="Any recipe setting as KEY=VALUE (dotted, e.g. train.label_smoothing=0.1); repeatable.")
-RecipeOpt = typer.Option(None, "--recipe", "-r", help="A YAML recipe file, or the name of a built-in recipe (cpu-quick, cpu-best, effnet-b0-gradcam, mobilenetv2-multidisease, resnet50-cbam).")
+RECIPES_HELP = f"A YAML recipe file, or the name of a built-in recipe ({', '.join(recipe_names())})."
+RecipeOpt = typer.Option(None, "--recipe", "-r", help=RECIPES_HELP)
 
 
 def train_overrides(**kw) -> dict:

@@ -148,9 +148,24 @@ class TrainConfig:
         # not one of a fixed set either: checked on every assignment (default, recipe, flag)
         if name == "devices":
             parse_devices(value)
+        elif name == "device":
+            check_device(value, "train.device (--device)")
         elif name == "num_nodes" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"train.num_nodes (--num-nodes) is {value!r}; give a whole number >= 1")
+        elif name == "epochs" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            # 0 epochs would write a complete run of an untrained model
+            raise UsageError(f"train.epochs (--epochs) is {value!r}; give a whole number >= 1 (a run needs at least one epoch of training)")
         super().__setattr__(name, value)
+
+
+def check_device(spec: Any, option: str = "--device") -> str:
+    """A device as the commands take it: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; anything else is a
+    UsageError (whether a GPU is there is only known when the command runs)."""
+    text = spec if isinstance(spec, str) else ""
+    index = text[len("cuda:"):] if text.startswith("cuda:") else ""
+    if text in ("auto", "cpu", "cuda") or index.isdigit():
+        return text
+    raise UsageError(f"{option} is {spec!r}; choose one of: auto, cpu, cuda, cuda:N (a GPU index, e.g. cuda:1)")
 
 
 def parse_devices(spec: Any) -> int | str | list[int]:

@@ -13,7 +13,7 @@ from liverscope.models.registry import register_model
 from liverscope.models.weights import backbone_builder, imagenet_backbone
 
 LITES = [
-    ("tf_efficientnet_lite0", "EfficientNet-Lite0 (ImageNet weights offline, CPU-friendly)", True),
+    ("tf_efficientnet_lite0", "EfficientNet-Lite0 (ImageNet weights offline)", True),
     ("tf_efficientnet_lite1", "EfficientNet-Lite1 (ImageNet weights offline)", False),
     ("tf_efficientnet_lite2", "EfficientNet-Lite2 (ImageNet weights offline)", False),
 ]

@@ -15,7 +15,7 @@ PLAIN_BACKBONES = [
     ("resnet50", "resnet50", "ResNet-50", False),
     ("densenet121", "densenet121", "DenseNet-121", False),
     ("mobilenetv2", "mobilenetv2_100", "MobileNetV2 (multi-disease study)", True),
-    ("resnet18", "resnet18", "ResNet-18 (CPU-friendly)", True),
+    ("resnet18", "resnet18", "ResNet-18", True),
     ("resnet10t", "resnet10t", "ResNet-10-T (fast on CPU)", True),
     ("mobilenetv3_small", "mobilenetv3_small_100", "MobileNetV3-Small (fastest)", True),
 ]
