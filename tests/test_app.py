@@ -482,3 +482,87 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
     assert a.outline is not None and (a.outline[16, 16:48] == (255, 48, 48)).all()  # lesions in red
     monkeypatch.setattr(appmod, "_SEGMENTERS", {str(app_run.resolve()): {}})
     assert appmod.analyse_upload(p, "x.png", data, 2**20).outline is None
+
+
+# --------------------------------------------------------------------------------------------------
+# a flagged image is shown as such; where the figures come from
+# --------------------------------------------------------------------------------------------------
+
+
+def _result_block(at, index: int):
+    """The bordered container of the ``index``-th upload's result (``st.container(key="result-I")``)."""
+    return at.main.get_by_key(f"result-{index}")
+
+
+def test_flagged_image_has_no_headline_stage_and_a_red_warning(app_run, phantom_dir, monkeypatch, tmp_path):
+    """Of two uploads, the one above the run's out-of-distribution threshold shows "not assessable" with a
+    red warning that says why, its stage only in the "Show anyway" expander; the other shows its stage;
+    the CSV keeps every number of both."""
+    import csv
+
+    from liverscope import rundir
+    from liverscope.evaluate.notices import NOT_ASSESSABLE, UNLIKE_TRAINING
+    from liverscope.evaluate.ood import energy_score
+    from liverscope.predict import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(app_run, run)
+    files = [sorted((phantom_dir / c).glob("*.png"))[0] for c in ("F0", "F4")]
+    p = Predictor.from_run(run, backend="torch")
+    energy = {f.name: float(energy_score(np.array([p.predict_paths([f]).__next__().logits]))[0]) for f in files}
+    assert len(set(energy.values())) == 2
+    flagged, kept = sorted(energy, key=energy.get, reverse=True)  # energy: higher = more unlike
+    threshold = sum(energy.values()) / 2
+    rundir.save_ood(run, {}, {"method": "energy", "threshold": threshold, "quantile": 0.95})  # energy needs no statistics
+
+    at = start(run, monkeypatch)
+    at.file_uploader[0].set_value([(f.name, f.read_bytes(), "image/png") for f in files])
+    at.run()
+    assert not at.exception, at.exception
+    order = [f.name for f in files]
+    bad, good = _result_block(at, order.index(flagged)), _result_block(at, order.index(kept))
+
+    # the flagged image: "not assessable" as the headline, the reason in red, the stage only behind "Show anyway"
+    assert [(m.label, m.value) for m in bad.metric if m.label == "Predicted class"] == [("Predicted class", NOT_ASSESSABLE)]
+    assert len(bad.error) == 1 and UNLIKE_TRAINING in bad.error[0].value
+    assert f"{energy[flagged]:.4g}" in bad.error[0].value and f"{threshold:.4g}" in bad.error[0].value  # score vs threshold
+    assert not bad.warning  # not the yellow of the general disclaimer
+    (anyway,) = bad.expander
+    assert anyway.label.startswith("Show anyway")
+    inside = {m.label: m.value for m in anyway.metric}
+    assert inside["The model's class (not assessable)"] in LABELS and "≥F2 significant" in inside
+    outside = [m.value for m in bad.metric if m.label != "The model's class (not assessable)" and not m.label.startswith(("≥F", "F4 "))]
+    assert outside == [NOT_ASSESSABLE]  # no stage as a headline: the only figure outside the expander
+    bad_text = "\n".join(str(e.proto) for e in bad if getattr(e, "proto", None) is not None)
+    assert "regions driving the model" in bad_text and "regions driving \\'" not in bad_text  # the heatmap caption names no stage
+
+    # the other image still shows its stage
+    assert {m.label: m.value for m in good.metric}["Predicted class"] in LABELS
+    assert "regions driving \\'" in "\n".join(str(e.proto) for e in good if getattr(e, "proto", None) is not None)
+    assert not good.error and not good.expander
+    # the page says how many are not assessable; the only yellow box is the decision-support notice
+    assert any("1 not assessable" in m.value for m in at.markdown)
+    assert [w.value for w in at.warning] == [appmod.DECISION_SUPPORT]
+    # the CSV keeps every number of both
+    rows = {r["file"]: r for r in csv.DictReader(at.session_state["results_csv"].splitlines())}
+    assert rows[flagged]["ood"] == "true" and rows[kept]["ood"] == "false"
+    assert all(rows[n]["prediction"] in LABELS and rows[n]["p_ge_F2"] and rows[n]["ood_score"] for n in rows)
+    assert "energy score" in "\n".join(m.value for m in at.sidebar.markdown)
+
+
+def test_sidebar_names_the_training_data_and_says_phantoms(app_run, monkeypatch, tmp_path):
+    from liverscope import rundir
+    from liverscope.evaluate.notices import PHANTOMS
+
+    at = start(app_run, monkeypatch)
+    side = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "Trained on: not recorded" in side and not at.sidebar.error  # an old run says it does not know
+    for phantoms in (True, False):
+        run = tmp_path / f"run-{phantoms}"
+        shutil.copytree(app_run, run)
+        rundir.update_model_meta(run, training_data={"path": "/data/liver_us", "images": 312, "sources": {"640x480 jpeg grey": 300, "mixed sizes png rgb": 12},
+                                                     "synthetic_phantoms": phantoms})
+        at = start(run, monkeypatch)
+        side = "\n".join(m.value for m in at.sidebar.markdown)
+        assert "/data/liver\\_us: 312 images from 2 acquisition sources (640x480 jpeg grey (300); mixed sizes png rgb (12))" in side
+        assert [e.value for e in at.sidebar.error] == ([PHANTOMS] if phantoms else [])

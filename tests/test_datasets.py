@@ -10,6 +10,7 @@ from liverscope.data.augment import build_transform
 from liverscope.data.datasets import (
     ImageDataset,
     check_readable,
+    describe_data,
     inverse_frequency_weights,
     load_samples,
     make_phantom,
@@ -86,3 +87,16 @@ def test_image_dataset_items(tmp_path):
 def test_inverse_frequency_weights():
     w = inverse_frequency_weights([0, 0, 0, 1], 2)
     assert np.allclose(w, [4 / (2 * 3), 4 / (2 * 1)])
+
+
+def test_describe_data_says_when_the_data_are_the_phantoms(tmp_path):
+    phantoms = make_phantoms(tmp_path / "phantoms", n_per_class=2, classes=["F0", "F1"], size=32)
+    d = describe_data(phantoms, ["128x128 png grey", "128x128 png grey", None, "640x480 jpeg rgb"])
+    assert d == {"path": str(phantoms.resolve()), "images": 4, "sources": {"128x128 png grey": 2, "unknown": 1, "640x480 jpeg rgb": 1},
+                 "synthetic_phantoms": True}
+    real = tmp_path / "real"
+    (real / "F0").mkdir(parents=True)
+    (real / "F0" / "a.png").write_bytes((phantoms / "F0" / "F0_0000.png").read_bytes())  # phantom images copied elsewhere: no marker
+    assert describe_data(real, ["x"])["synthetic_phantoms"] is False
+    assert describe_data(tmp_path / "gone", None) == {"path": str(tmp_path / "gone"), "images": None, "sources": {}, "synthetic_phantoms": None}
+    assert load_samples(phantoms)[1] == ["F0", "F1"]  # the marker file is not data

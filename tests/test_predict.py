@@ -170,7 +170,7 @@ def test_json_output(random_run, mixed_folder, tmp_path):
     ok = [i for i in items if i["error"] is None]
     assert set(ok[0]["probabilities"]) == set(LABELS)
     assert ok[0]["prediction"] == max(ok[0]["probabilities"], key=ok[0]["probabilities"].get)
-    assert ok[0]["endpoints"]["≥F3"] == pytest.approx(ok[0]["probabilities"]["F3"] + ok[0]["probabilities"]["F4"])
+    assert ok[0]["p_ge_F3"] == pytest.approx(ok[0]["probabilities"]["F3"] + ok[0]["probabilities"]["F4"])  # the CSV's name
     assert all(i["prediction"] is None for i in items if i["error"])
 
 

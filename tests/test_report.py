@@ -268,3 +268,74 @@ def test_calibration_section_reports_a_refused_temperature(tmp_path):
     assert "Temperature not applied: temperature fit stopped at the lower edge" in page
     assert "none applied (the fit stopped at the edge of its range)" in page
     assert "temperature-scaled (T =" not in page
+
+
+# --------------------------------------------------------------------------------------------------
+# where the figures come from; the decision-support notice; flagged gallery images
+# --------------------------------------------------------------------------------------------------
+
+
+def _header(page: str) -> str:
+    return page[page.index("<header>"):page.index("</header>")]
+
+
+def test_header_names_the_training_data_and_says_when_it_was_the_phantoms(tmp_path):
+    import html
+
+    from liverscope.evaluate.notices import DECISION_SUPPORT, PHANTOMS
+
+    run = make_run(tmp_path, set())
+    data = {"path": "/data/liver_us", "images": 312, "sources": {"640x480 jpeg grey": 300, "mixed sizes png rgb": 12}, "synthetic_phantoms": False}
+    model = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps(dict(model, training_data=data)))
+    page = R.write_report(run).read_text(encoding="utf-8")
+    header = _header(page)
+    assert "Trained on /data/liver_us: 312 images from 2 acquisition sources (640x480 jpeg grey (300); mixed sizes png rgb (12))." in header
+    assert "phantoms" not in header
+    page = html.unescape(page)
+    assert DECISION_SUPPORT in page and page.index(DECISION_SUPPORT) < page.index("<section")  # above every section
+
+    (run / "model.json").write_text(json.dumps(dict(model, training_data=dict(data, synthetic_phantoms=True))))
+    header = html.unescape(_header(R.write_report(run).read_text(encoding="utf-8")))
+    assert "the built-in synthetic phantoms." in header and f'<p class="phantoms">{PHANTOMS}</p>' in header
+
+
+def test_run_from_before_the_record_names_its_data_from_config_and_split(tmp_path):
+    """A run trained before model.json recorded its data: config.yaml's data path, split.csv's images and
+    sources, and the phantom marker of the folder when it is still there."""
+    from liverscope.data.datasets import make_phantoms
+
+    phantoms = make_phantoms(tmp_path / "phantoms", n_per_class=1, classes=["F0", "F1"], size=32)
+    run = make_run(tmp_path, {"split"})
+    (run / "config.yaml").write_text(f"data:\n  path: {phantoms}\nmodel:\n  name: resnet10t\n")
+    header = _header(R.write_report(run).read_text(encoding="utf-8"))
+    assert f"Trained on {phantoms.resolve()}: 60 images from 2 acquisition sources (A (30); B (30)), the built-in synthetic phantoms." in header
+    assert 'class="phantoms"' in header
+    (run / "config.yaml").write_text(f"data:\n  path: {tmp_path / 'gone'}\n")
+    header = _header(R.write_report(run).read_text(encoding="utf-8"))
+    assert f"Trained on {tmp_path / 'gone'}: 60 images" in header and "phantoms" not in header  # cannot tell any more: not claimed
+    (run / "config.yaml").unlink()
+    assert "Trained on: not recorded in this run." in _header(R.write_report(run).read_text(encoding="utf-8"))
+
+
+def test_gallery_tile_of_a_flagged_image_shows_not_assessable(tmp_path):
+    """A flagged image's tile leads with "not assessable (flagged)" and keeps its stage behind "show anyway";
+    the others keep their caption."""
+    from liverscope import rundir
+
+    run = make_run(tmp_path, set())
+    tile = np.full((8, 8, 3), 128, np.uint8)
+    rundir.write_gallery(run, [("F0_correct_00_a.png", tile, "a.png: true F0, predicted F0 (p=0.91)"),
+                               ("F4_wrong_01_b.png", tile, "b.png: true F4, predicted F1 (p=0.88)")], flagged=["F4_wrong_01_b.png"])
+    page = R.write_report(run).read_text(encoding="utf-8")
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page[page.index('<div class="gallery">'):])
+    assert captions[0] == "a.png: true F0, predicted F0 (p=0.91)"
+    assert captions[1].startswith('<b class="flag">not assessable (flagged)</b>: unlike the images this model was trained on')
+    assert "<details><summary>show anyway</summary>b.png: true F4, predicted F1 (p=0.88)</details>" in captions[1]
+    # a gallery written without the flags (older liverscope) says so when the run has a detector
+    (run / "cam_gallery" / "flagged.json").unlink()
+    model = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps(dict(model, ood={"method": "energy", "threshold": 1.0})))
+    page = R.write_report(run).read_text(encoding="utf-8")
+    assert "not assessable" not in page and "does not record which of its images were flagged" in page
+    assert rundir.read_gallery(run / "cam_gallery")[1][2] is None

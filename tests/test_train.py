@@ -33,6 +33,24 @@ def test_run_report_has_cam_gallery(trained_run):
     assert first.split(":")[0] in report  # the gallery section shows the captions
 
 
+def test_run_records_its_training_data_and_flagged_gallery_images(trained_run, phantom_dir):
+    """model.json names the data (path, images, the audit's sources, phantoms: yes), the report says so,
+    and the gallery records which of its images the run's detector flags."""
+    data = read_json(trained_run / "model.json")["training_data"]
+    with open(trained_run / "split.csv", newline="") as fh:
+        split = list(csv.DictReader(fh))
+    assert data["path"] == str(phantom_dir.resolve()) and data["synthetic_phantoms"] is True
+    assert data["images"] == len(split) and data["sources"] == {s: sum(r["source"] == s for r in split) for s in {r["source"] for r in split}}
+    report = (trained_run / "report.html").read_text(encoding="utf-8")
+    assert f"Trained on {phantom_dir.resolve()}: {len(split)} images" in report and 'class="phantoms"' in report
+    with open(trained_run / "predictions_test.csv", newline="") as fh:
+        ood = {row["path"].rsplit("/", 1)[-1]: row["ood"] == "true" for row in csv.DictReader(fh)}
+    captions = read_json(trained_run / "cam_gallery" / "captions.json")
+    flagged = set(read_json(trained_run / "cam_gallery" / "flagged.json"))
+    assert flagged <= set(captions)
+    assert all((name in flagged) == ood[caption.split(":")[0]] for name, caption in captions.items())
+
+
 def test_training_learns_phantoms(trained_run):
     m = read_json(trained_run / "metrics.json")["test"]
     assert m["n"] >= 15

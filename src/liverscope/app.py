@@ -8,10 +8,12 @@ Per uploaded image it shows the predicted class, the probability of every class 
 table), the fibrosis endpoints ≥F2 / ≥F3 / F4 when the labels are METAVIR stages, the Grad-CAM
 overlay and, when the run holds segmentation models, the outline of what each segments (one colour per
 target: lesion red, liver green); the
-sidebar shows the model card (name, version, labels, validation figures). Probabilities are calibrated
-with the run's temperature when it has one. An image unlike the images the model was trained on (its
-out-of-distribution score above the run's threshold) gets :data:`OOD_WARNING` above its stage. Results
-download as CSV, with the flag.
+sidebar shows the model card (name, version, labels, the data it was trained on, said plainly when they
+were the built-in synthetic phantoms, validation figures). Probabilities are calibrated with the run's
+temperature when it has one. An image unlike the images the model was trained on (its
+out-of-distribution score above the run's threshold) is shown as *not assessable*, with a red warning
+that says why; its stage and probabilities only behind a "Show anyway" expander. Results download as
+CSV, with every number and the flag.
 
 Privacy: DICOM header fields are never displayed or written. The only header values read are the
 patient identifiers, and only to remove them from file names and messages (:func:`redact`); for DICOM
@@ -47,19 +49,15 @@ from liverscope.data.geometry import bounding_box, to_model, to_original
 from liverscope.data.io import decode_image, sniff_format, to_rgb
 from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array, sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE, PHANTOMS, UNLIKE_TRAINING, flag_reason, is_phantoms, trained_on
 from liverscope.explain import cam_overlay
 from liverscope.labels import FIBROSIS_ENDPOINTS
 from liverscope.predict import Predictor, Result, results_csv
+from liverscope.rundata import RunData
 from liverscope.segment import draw_outline
 
-DISCLAIMER = (
-    "**Decision support, not a diagnosis.** liverscope estimates a fibrosis stage / class from one ultrasound "
-    "image with a model trained on a limited dataset. It can be wrong, and it has not been cleared as a medical "
-    "device. Interpret every result together with the clinical picture, elastography, laboratory values and, "
-    "where indicated, histology; the responsible clinician makes the diagnosis."
-)
-#: Shown above the stage of an image flagged as out-of-distribution.
-OOD_WARNING = "unlike the images this model was trained on — do not rely on this result"
+#: The label of the expander that holds a flagged image's stage and probabilities.
+SHOW_ANYWAY = "Show anyway: the model's output for this image"
 #: Default upload limit (MB); ``liverscope serve --max-upload-mb`` sets it, for the server
 #: (``server.maxUploadSize``) and for the page (``LIVERSCOPE_MAX_UPLOAD_MB``).
 DEFAULT_MAX_UPLOAD_MB = 50
@@ -322,11 +320,14 @@ def model_card(run_dir: Path, predictor) -> dict:
     meta = predictor.meta
     arch = meta.get("architecture", {})
     model_id = (rundir.weights_sha256(run_dir) or "?")[:12]
+    data = RunData.load(run_dir).training_data
     card = {
         "run": run_dir.name,
         "model": f"{arch.get('name', '?')} ({arch.get('head', '?')} head)",
         "version": f"liverscope {meta.get('liverscope_version', '?')}, trained {str(meta.get('created', '?'))[:10]}, model id {model_id}",
         "labels": list(meta.get("labels", [])),
+        "trained_on": trained_on(data),
+        "phantoms": is_phantoms(data),
         "input": f"{predictor.pp.size} px, denoising {'on' if predictor.pp.denoise else 'off'}",
         "weights": meta.get("weights_source", "?"),
         "calibration": _calibration_text(meta),
@@ -403,6 +404,9 @@ def _render_sidebar(st, card: dict) -> None:
     sb.markdown(f"**{card['model']}** — run `{card['run']}`")
     sb.caption(card["version"])
     sb.markdown("**Labels:** " + ", ".join(card["labels"]))
+    sb.markdown(md_escape(card["trained_on"]))
+    if card["phantoms"]:
+        sb.error(PHANTOMS, icon=":material/science:")
     sb.markdown(f"**Input:** {card['input']}  \n**Weights:** {card['weights']}  \n**Calibration:** {card['calibration']}  \n"
                 f"**Unlike-the-training-data flag:** {card['ood']}")
     if card["validation"]:
@@ -414,32 +418,43 @@ def _render_sidebar(st, card: dict) -> None:
     sb.caption(f"Inference: {card['inference']}")
 
 
-def _render_analysis(st, a: Analysis, labels: list[str], index: int, calibrated: bool = False) -> None:
+def _render_output(st, r: Result, labels: list[str], headline: str, calibrated: bool) -> None:
+    """The model's output for one image: its class, the probability of every class, the endpoints."""
     import pandas as pd
 
+    st.metric(headline, r.label, f"{'calibrated ' if calibrated else ''}probability {r.confidence:.1%}", delta_color="off", delta_arrow="off")
+    probs = pd.DataFrame({"probability": [r.probs[c] for c in labels]}, index=pd.Index(labels, name="class"))
+    st.bar_chart(probs, y="probability", horizontal=True, height=40 + 32 * len(labels))
+    st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
+    ep = r.endpoints
+    if ep:
+        st.markdown("**Fibrosis endpoints** (sums of stage probabilities)")
+        for col, (k, p) in zip(st.columns(3), ep.items()):
+            col.metric(f"{k} {FIBROSIS_ENDPOINTS[k][0].split()[0]}", f"{p:.1%}")
+
+
+def _render_analysis(st, a: Analysis, labels: list[str], index: int, calibrated: bool = False, threshold: float | None = None,
+                     ensemble: bool = False) -> None:
     with st.container(border=True, key=f"result-{index}"):
         st.subheader(md_escape(a.name))
         if not a.ok:
             st.error(md_escape(f"Could not analyse {a.name}: {a.result.error}"))
             return
         r = a.result
-        if r.ood:
-            st.warning(OOD_WARNING, icon=":material/warning:")
+        if r.ood:  # not assessable: no stage as a headline; the reason in red; the output behind an expander
+            st.error(flag_reason(r.ood_score, threshold, ensemble), icon=":material/block:")
         left, right = st.columns([1, 1])
         with left:
-            st.metric("Predicted class", r.label, f"{'calibrated ' if calibrated else ''}probability {r.confidence:.1%}", delta_color="off", delta_arrow="off")
-            probs = pd.DataFrame({"probability": [r.probs[c] for c in labels]}, index=pd.Index(labels, name="class"))
-            st.bar_chart(probs, y="probability", horizontal=True, height=40 + 32 * len(labels))
-            st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
-            ep = r.endpoints
-            if ep:
-                st.markdown("**Fibrosis endpoints** (sums of stage probabilities)")
-                for col, (k, p) in zip(st.columns(3), ep.items()):
-                    col.metric(f"{k} {FIBROSIS_ENDPOINTS[k][0].split()[0]}", f"{p:.1%}")
+            if r.ood:
+                st.metric("Predicted class", NOT_ASSESSABLE, UNLIKE_TRAINING, delta_color="off", delta_arrow="off")
+                with st.expander(SHOW_ANYWAY):
+                    _render_output(st, r, labels, "The model's class (not assessable)", calibrated)
+            else:
+                _render_output(st, r, labels, "Predicted class", calibrated)
         with right:
             panels = [(a.image, "uploaded image")]
             if a.cam is not None:
-                panels.append((a.cam, f"Grad-CAM: regions driving '{r.label}'"))
+                panels.append((a.cam, "Grad-CAM: regions driving the model's output" if r.ood else f"Grad-CAM: regions driving '{r.label}'"))
             if a.outline is not None:
                 panels.append((a.outline, a.outline_caption))
             panels = [(img, caption) for img, caption in panels if img is not None]
@@ -456,7 +471,7 @@ def main() -> None:
     st.set_page_config(page_title="liverscope", layout="wide")
     st.markdown(_CSS, unsafe_allow_html=True)
     st.title("liverscope — liver ultrasound")
-    st.warning(DISCLAIMER, icon=":material/info:")
+    st.warning(DECISION_SUPPORT, icon=":material/info:")
     if not st.get_option("server.enableXsrfProtection"):
         st.error(XSRF_OFF)
         st.stop()
@@ -505,13 +520,15 @@ def main() -> None:
         analyses.append(cache[key])
     st.session_state["analyses"] = keep  # forget removed uploads
 
-    n_bad = sum(not a.ok for a in analyses)
-    st.markdown(f"**{len(analyses) - n_bad} image(s) analysed**" + (f", {n_bad} could not be read" if n_bad else ""))
+    n_bad, n_flagged = sum(not a.ok for a in analyses), sum(a.ok and bool(a.result.ood) for a in analyses)
+    st.markdown(f"**{len(analyses) - n_bad} image(s) analysed**" + (f", {n_flagged} not assessable ({UNLIKE_TRAINING})" if n_flagged else "")
+                + (f", {n_bad} could not be read" if n_bad else ""))
     csv_text = results_csv([a.result for a in analyses], labels)
     st.session_state["results_csv"] = csv_text
     st.download_button("Download results (CSV)", csv_text, file_name=f"liverscope_{run_dir.name}_results.csv", mime="text/csv")
+    ensemble = bool((predictor.ood or {}).get("ensemble"))
     for i, a in enumerate(analyses):
-        _render_analysis(st, a, labels, i, calibrated=predictor.temperature != 1.0)
+        _render_analysis(st, a, labels, i, calibrated=predictor.temperature != 1.0, threshold=predictor.ood_threshold, ensemble=ensemble)
 
 
 if __name__ == "__main__":

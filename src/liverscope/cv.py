@@ -246,6 +246,7 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     rundir.write_model_meta(run_dir, {
         "architecture": first["architecture"], "labels": names, "preprocessing": pp.to_dict(),
         "weights_source": first.get("weights_source"), "temperature": temperature, "temperature_fit": fit,  # 1.0 when the fit is refused
+        "training_data": first.get("training_data"),  # every fold's split holds all the run's images
         "ensemble": [str(fd.relative_to(run_dir)) for fd in fold_dirs],
         "validation": {key: result["oof"].get(key) for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
         "liverscope_version": __version__,

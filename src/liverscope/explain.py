@@ -537,7 +537,7 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
 
     Reads ``run_dir/predictions_test.csv``; files that cannot be found (``data_root`` is tried as a
     prefix and as a parent folder) or read are skipped. Writes ``run_dir/cam_gallery/*.png`` and
-    ``captions.json`` (replacing an earlier gallery), which :func:`liverscope.evaluate.report.write_report` shows.
+    ``captions.json`` (replacing an earlier gallery; ``flagged.json``: tiles of images flagged out-of-distribution), for the report.
 
     Returns:
         The gallery folder, or ``None`` when there is nothing to show (no test predictions, no readable image).
@@ -589,7 +589,7 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
         fname = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in fname)
         tile = gallery_tile(inp, overlay(inp, b.cams[j], b.sectors[j] if b.sectors[j].any() else None))
         tiles.append((fname, tile, f"{Path(paths[r]).name}: true {true}, predicted {p} (p={probs[r, pred[r]]:.2f}) — {kind}; {name} of {p}"))
-    return rundir.write_gallery(run_dir, tiles)
+    return rundir.write_gallery(run_dir, tiles, None if predictions.ood is None else [t[0] for t, (r, _, _) in zip(tiles, picks) if predictions.ood[r]])
 
 
 __all__ = [

@@ -65,7 +65,8 @@ def csv_header(labels: Sequence[str]) -> list[str]:
 
 
 def write_results(results: Iterable[Result], labels: Sequence[str], out: str | Path, progress=None) -> dict:
-    """Write results as CSV (``.csv``) or JSON (``.json``) while they stream in.
+    """Write results as CSV (``.csv``) or JSON (``.json``: one object per result with the CSV's fields by
+    the same names, the probabilities as one ``probabilities`` object) while they stream in.
 
     Rows go to a temporary file beside ``out`` as each result arrives (nothing is held in memory but
     the list of skipped files); the temporary file replaces ``out`` in one step at the end, so a crash
@@ -97,8 +98,8 @@ def write_results(results: Iterable[Result], labels: Sequence[str], out: str | P
             else:
                 item = {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs,
                         "ood_score": r.ood_score, "ood": r.ood, "error": r.error}
-                if r.endpoints:
-                    item["endpoints"] = r.endpoints
+                ep = r.endpoints  # by the CSV's names (p_ge_F2, ...), and the CSV's frames
+                item.update({endpoint_column(k): ep[k] if ep else None for k in endpoint_keys(labels)}, frames=None if r.error else r.frames)
                 fh.write(("," if n else "") + "\n  " + json.dumps(item, ensure_ascii=False))
             fh.flush()  # the row is on disk now: a long job's partial output can be watched (tail -f the temp file)
             n += 1

@@ -7,7 +7,8 @@ who writes and who reads each file):
 ================================  ===============================================================
 ``config.yaml``                   the resolved recipe (:func:`write_config` / :func:`read_config`)
 ``model.safetensors``             weights only, never pickled (:func:`save_model` / :func:`load_model`)
-``model.json``                    architecture, labels, preprocessing, temperature, provenance; a cv
+``model.json``                    architecture, labels, preprocessing, temperature, provenance, the
+                                  training data (``training_data``); a cv
                                   run lists its fold models under ``ensemble``; ``onnx`` describes
                                   the export (:func:`read_model_meta`, :func:`update_model_meta`)
 ``split.csv``                     path, label, split, [fold,] group, source, sha256 per image
@@ -20,7 +21,7 @@ who writes and who reads each file):
 ``logs/``                         Lightning's loggers (``csv/version_N/metrics.csv``, one per session)
 ``cv_folds.csv``, ``folds/foldI/``   a cv run's fold table and fold runs
 ``audit.json``, ``audit.html``    the data audit (written by :mod:`liverscope.data.audit`)
-``cam_gallery/``                  PNG tiles and ``captions.json`` for the report
+``cam_gallery/``                  PNG tiles, ``captions.json`` and ``flagged.json`` for the report
 ``segmenter.safetensors/.json``   the U-Net of ``segment train`` (target lesion; target T: ``segmenter-T.*``)
 ``ood.safetensors``               class means and shared precision of the pooled training features
                                   (the out-of-distribution score); method and threshold in ``model.json``
@@ -32,9 +33,9 @@ who writes and who reads each file):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import yaml
@@ -74,6 +75,7 @@ LOGS = "logs"
 AUDIT = "audit.json"
 GALLERY = "cam_gallery"
 GALLERY_CAPTIONS = "captions.json"
+GALLERY_FLAGGED = "flagged.json"
 SEGMENTER_WEIGHTS = "segmenter.safetensors"
 SEGMENTER_META = "segmenter.json"
 PSEUDO_MASKS = "pseudo_masks"
@@ -383,6 +385,7 @@ class Predictions:
         logits: ``(n, K)`` logits, or ``None`` for a file without ``logit_*`` columns.
         sources: acquisition source per image (``unknown`` when none).
         class_names: the labels, in column order.
+        ood: the out-of-distribution flag per image, or ``None`` for a file without an ``ood`` column.
     """
 
     paths: list[str]
@@ -391,6 +394,7 @@ class Predictions:
     logits: np.ndarray | None
     sources: list[str]
     class_names: list[str]
+    ood: np.ndarray | None = None
 
     def samples(self) -> list[Sample]:
         """The rows as :class:`Sample` (path, label, source)."""
@@ -423,7 +427,8 @@ def read_predictions(path: str | Path, class_names: Sequence[str] | None = None)
     if rows and all(f"logit_{c}" in rows[0] for c in names):
         logits = np.array([[float(r[f"logit_{c}"]) for c in names] for r in rows], dtype=np.float64).reshape(len(rows), k)
     sources = [r.get("source") or "unknown" for r in rows]
-    return Predictions([r["path"] for r in rows], y, probs, logits, sources, names)
+    ood = np.array([r["ood"] == "true" for r in rows], dtype=bool) if rows and "ood" in rows[0] else None
+    return Predictions([r["path"] for r in rows], y, probs, logits, sources, names, ood)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,123 +481,37 @@ def fold_scores(run_dir: str | Path, metric: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------------
-# everything a report shows
+# the report's CAM gallery
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunData:
-    """The contents of a run directory that the report uses; missing files are ``None``/empty.
-
-    Attributes:
-        run_dir: the directory.
-        metrics: ``metrics.json``.
-        model: ``model.json``.
-        config_text: ``config.yaml`` as text.
-        audit: ``audit.json``.
-        history: ``{"": rows}`` from ``history.csv``, or ``{"fold0": rows, ...}`` from the folds.
-        split: rows of ``split.csv``.
-        predictions: ``{"y", "probs", "logits" (or None), "sources"}`` from ``predictions_test.csv``.
-        folds: rows of ``cv_folds.csv`` (or ``metrics["folds"]``).
-        gallery: ``[(png path, caption)]`` of ``cam_gallery/``.
-        class_names: the labels.
-        problems: files that exist but could not be read, with the reason.
-        plot_dir: where the report writes its PNG plots (default: the run directory; ``evaluate
-            --out`` points it elsewhere, so a read-only run can be reported on).
-    """
-
-    run_dir: Path
-    metrics: dict = field(default_factory=dict)
-    model: dict = field(default_factory=dict)
-    config_text: str | None = None
-    audit: dict | None = None
-    history: dict[str, list[dict]] = field(default_factory=dict)
-    split: list[dict] | None = None
-    predictions: dict | None = None
-    folds: list[dict] | None = None
-    gallery: list[tuple[Path, str]] = field(default_factory=list)
-    class_names: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    plot_dir: Path | None = None
-
-    @property
-    def plots(self) -> Path:
-        """The folder of the report's PNG plots."""
-        return self.plot_dir or self.run_dir
-
-    @property
-    def test(self) -> dict:
-        return self.metrics.get("test") or {}
-
-    @property
-    def temperature(self) -> float | None:
-        t = self.model.get("temperature") or self.metrics.get("temperature")
-        return float(t) if t else None
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> "RunData":
-        run_dir = Path(run_dir)
-        data = cls(run_dir)
-
-        def attempt(name: str, fn: Callable[[Path], Any]) -> Any:
-            path = run_dir / name
-            if not path.exists():
-                return None
-            try:
-                return fn(path)
-            except Exception as exc:  # a damaged file costs its section, not the report
-                data.problems.append(f"{name}: {type(exc).__name__}: {exc}")
-                return None
-
-        data.metrics = attempt(METRICS, read_json) or {}
-        data.model = attempt(MODEL_META, read_json) or {}
-        data.config_text = attempt(CONFIG, lambda p: p.read_text(encoding="utf-8"))
-        data.audit = attempt(AUDIT, read_json)
-        data.split = attempt(SPLIT, read_csv_rows)
-        data.folds = attempt(CV_FOLDS, read_csv_rows) or data.metrics.get("folds") or None
-        own = attempt(HISTORY, read_csv_rows)
-        if own:
-            data.history = {"": own}
-        elif (run_dir / FOLDS).is_dir():
-            for fold_hist in sorted((run_dir / FOLDS).glob(f"*/{HISTORY}"), key=lambda p: p.parent.name):
-                rows = attempt(str(fold_hist.relative_to(run_dir)), read_csv_rows)
-                if rows:
-                    data.history[fold_hist.parent.name] = rows
-        data.class_names = [str(c) for c in (data.model.get("labels") or data.metrics.get("class_names") or data.test.get("class_names") or [])]
-        data.predictions = attempt(PREDICTIONS_TEST, data._read_predictions)
-        data.gallery = attempt(GALLERY, read_gallery) or []
-        return data
-
-    def _read_predictions(self, path: Path) -> dict | None:
-        pred = read_predictions(path, self.class_names or None)
-        if not pred.paths:
-            return None
-        if not self.class_names:
-            self.class_names = pred.class_names
-        return {"y": pred.y, "probs": pred.probs, "logits": pred.logits, "sources": pred.sources}
-
-
-def write_gallery(run_dir: str | Path, tiles: Sequence[tuple[str, np.ndarray, str]]) -> Path:
-    """Replace ``cam_gallery/`` with ``tiles`` (file name, RGB image, caption) and their ``captions.json``."""
+def write_gallery(run_dir: str | Path, tiles: Sequence[tuple[str, np.ndarray, str]], flagged: Sequence[str] | None = None) -> Path:
+    """Replace ``cam_gallery/`` with ``tiles`` (file name, RGB image, caption), their ``captions.json``
+    and ``flagged.json``: the file names of the tiles whose image is flagged as unlike the training data
+    (``flagged=None``: the run has no out-of-distribution detector, and no ``flagged.json`` is written)."""
     folder = Path(run_dir) / GALLERY
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
+    for old in [*folder.glob("*.png"), *folder.glob(GALLERY_FLAGGED)]:
         old.unlink()
     for fname, image, _ in tiles:
         atomic_write_png(folder / fname, image)
     atomic_write_json(folder / GALLERY_CAPTIONS, {fname: caption for fname, _, caption in tiles})
+    if flagged is not None:
+        atomic_write_json(folder / GALLERY_FLAGGED, sorted(flagged))
     return folder
 
 
-def read_gallery(folder: Path) -> list[tuple[Path, str]]:
-    """``[(image path, caption)]`` of a ``cam_gallery/`` folder, sorted by file name."""
+def read_gallery(folder: Path) -> list[tuple[Path, str, bool | None]]:
+    """``[(image path, caption, flagged)]`` of a ``cam_gallery/`` folder, sorted by file name; ``flagged``
+    is ``None`` for a gallery that does not record the out-of-distribution flag (written before it did)."""
     if not folder.is_dir():
         return []
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
     captions: dict = {}
-    if (folder / GALLERY_CAPTIONS).exists():
-        try:
-            captions = read_json(folder / GALLERY_CAPTIONS)
-        except Exception:  # a damaged caption file costs the captions, not the gallery
-            captions = {}
-    return [(p, captions.get(p.name) or p.stem.replace("_", " ")) for p in images]
+    flagged: set | None = None
+    try:  # a damaged caption or flag file costs the captions or the flags, not the gallery
+        captions = read_json(folder / GALLERY_CAPTIONS) if (folder / GALLERY_CAPTIONS).exists() else {}
+        flagged = set(read_json(folder / GALLERY_FLAGGED)) if (folder / GALLERY_FLAGGED).exists() else None
+    except Exception:
+        pass
+    return [(p, captions.get(p.name) or p.stem.replace("_", " "), None if flagged is None else p.name in flagged) for p in images]

@@ -38,7 +38,7 @@ from liverscope.data import splits
 from liverscope.data.audit import audit_dataset
 from liverscope.data.audit_report import write_audit
 from liverscope.data.augment import build_transform, check_train_crop
-from liverscope.data.datasets import ImageDataset, Sample, check_readable, load_samples, warm_cache
+from liverscope.data.datasets import ImageDataset, Sample, check_readable, describe_data, load_samples, warm_cache
 from liverscope.data.preprocess import PreprocessCache, Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.metrics import compute_metrics
@@ -392,6 +392,7 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     rundir.save_model(run_dir, model, prep.class_names, prep.pp, {
         "best_epoch": best_epoch, "monitor": monitor, "split": cfg.data.split, "train_seconds": round(train_seconds, 1),
         "processes": trainer.world_size, "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
+        "training_data": describe_data(cfg.data.path, [s.source for s in prep.samples]),  # the report and the app name it
     })
     device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
     metrics = finish_run(run_dir, model, prep, data.loaders("val"), data.loaders("test"), cfg, device=device)

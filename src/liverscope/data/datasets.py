@@ -1,4 +1,5 @@
-"""Datasets: class-per-folder trees, CSV manifests, and the synthetic phantom generator.
+"""Datasets: class-per-folder trees, CSV manifests, the synthetic phantom generator, and what a run
+was trained on (:func:`describe_data`: path, images, sources, whether the data were the phantoms).
 
 Folder layout (what ``torchvision.datasets.ImageFolder`` reads): ``ROOT/<label>/<image>``; a folder
 named ``masks`` beside the class folders holds segmentation masks, not a class, and is skipped.
@@ -17,10 +18,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -30,10 +32,13 @@ from liverscope.data.io import IMAGE_SUFFIXES, dicom_header, frame_indices, snif
 from liverscope.data.preprocess import PreprocessCache
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.labels import METAVIR
-from liverscope.utils import atomic_write_png, progress
+from liverscope.utils import atomic_write_json, atomic_write_png, progress
 
 #: folder names under a dataset root that are not classes
 RESERVED_DIRS = {"masks", "mask", "__MACOSX"}
+#: The file :func:`make_phantoms` leaves in a phantom set, so a run trained on it can say its data were
+#: synthetic phantoms (:func:`describe_data`, recorded in ``model.json["training_data"]``).
+PHANTOM_MARKER = "liverscope-phantoms.json"
 
 
 @dataclass
@@ -307,6 +312,9 @@ def make_phantoms(
         ``out_dir``.
     """
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / PHANTOM_MARKER, {"generator": "liverscope.data.datasets.make_phantoms", "classes": list(classes),
+                                             "n_per_class": n_per_class, "size": size, "seed": seed})
     for k, c in enumerate(classes):
         (out / c).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
@@ -320,6 +328,28 @@ def make_phantoms(
             if masks:
                 atomic_write_png(mask_path, mask)
     return out
+
+
+def is_phantom_set(path: str | Path) -> bool:
+    """Whether ``path`` is a folder :func:`make_phantoms` wrote (it holds :data:`PHANTOM_MARKER`)."""
+    return (Path(path) / PHANTOM_MARKER).is_file()
+
+
+def describe_data(path: str | Path, sources: Iterable[str | None] | None) -> dict:
+    """What a model was trained on, as ``model.json["training_data"]`` records it.
+
+    Args:
+        path: the data folder or manifest (made absolute when it exists).
+        sources: the acquisition source of every image (the audit's; ``None``: not known).
+
+    Returns:
+        ``{"path", "images" (None: not known), "sources": {name: images}, "synthetic_phantoms"}``;
+        ``synthetic_phantoms`` is ``None`` when ``path`` no longer exists to tell.
+    """
+    p = Path(path)
+    counts = Counter(s or "unknown" for s in sources) if sources is not None else Counter()
+    return {"path": str(p.resolve() if p.exists() else p), "images": sum(counts.values()) if sources is not None else None,
+            "sources": dict(counts.most_common()), "synthetic_phantoms": is_phantom_set(p) if p.exists() else None}
 
 
 def inverse_frequency_weights(targets: Sequence[int], n_classes: int) -> np.ndarray:
@@ -342,6 +372,9 @@ __all__ = [
     "ImageDataset",
     "make_phantom",
     "make_phantoms",
+    "PHANTOM_MARKER",
+    "is_phantom_set",
+    "describe_data",
     "inverse_frequency_weights",
     "natural_key",
 ]

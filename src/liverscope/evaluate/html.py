@@ -80,8 +80,10 @@ def table_html(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, r
     return "".join(out)
 
 
-def image_html(image: str | Path | bytes, alt: str = "", caption: str | None = None, mime: str = "image/png", width: str | None = None) -> str:
-    """An image embedded as a base64 data URI (no reference to a local file), in a ``<figure>``."""
+def image_html(image: str | Path | bytes, alt: str = "", caption: str | None = None, mime: str = "image/png", width: str | None = None,
+               caption_html: str | None = None) -> str:
+    """An image embedded as a base64 data URI (no reference to a local file), in a ``<figure>``; its
+    caption is ``caption`` (text, escaped) or ``caption_html`` (HTML, escape it yourself)."""
     if isinstance(image, (str, Path)):
         p = Path(image)
         mime = IMAGE_SUFFIXES.get(p.suffix.lower(), mime)
@@ -90,7 +92,7 @@ def image_html(image: str | Path | bytes, alt: str = "", caption: str | None = N
         data = bytes(image)
     b64 = base64.b64encode(data).decode("ascii")
     style = f' style="max-width:{html.escape(width)}"' if width else ""
-    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    cap = f"<figcaption>{caption_html if caption_html is not None else html.escape(caption)}</figcaption>" if caption or caption_html else ""
     return f'<figure><img src="data:{mime};base64,{b64}" alt="{html.escape(alt)}"{style}>{cap}</figure>'
 
 

@@ -2,7 +2,7 @@
 
 :func:`write_report` reads whatever a run directory holds (``metrics.json``, ``model.json``,
 ``config.yaml``, ``history.csv``, ``split.csv``, ``predictions_test.csv``, ``audit.json``,
-``cv_folds.csv``, ``folds/*/history.csv``, ``cam_gallery/``; see :class:`liverscope.rundir.RunData`) and
+``cv_folds.csv``, ``folds/*/history.csv``, ``cam_gallery/``; see :class:`liverscope.rundata.RunData`) and
 renders one ``report.html`` with a section for each kind of result that is present; every image is
 embedded as base64, so the single file still works when it is mailed. Other modules add their own
 sections without editing this one::
@@ -33,10 +33,12 @@ import numpy as np
 from liverscope import __version__
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, image_html, key_title, note, provenance_html, table_html
+from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE_FLAGGED, PHANTOMS, UNLIKE_TRAINING, is_phantoms, trained_on
 from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
 from liverscope.evaluate.report_segment import section_segmentation
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
-from liverscope.rundir import GALLERY, REPORT, RUN_FILES, RunData
+from liverscope.rundata import RunData
+from liverscope.rundir import GALLERY, REPORT, RUN_FILES
 from liverscope.utils import atomic_write_text, softmax
 
 #: Most CAM gallery images embedded in one report (each adds its bytes x 4/3 to the HTML).
@@ -363,12 +365,23 @@ def section_ensemble(run: RunData) -> str | None:
         "The ensemble averages the fold models' logits, then applies softmax.")
 
 
+def _gallery_tile(path: Path, caption: str, flagged: bool | None) -> str:
+    """A gallery tile; a flagged image's shows "not assessable (flagged)", its stage only behind "show anyway"."""
+    if not flagged:
+        return image_html(path, path.stem, caption)
+    why = f'<b class="flag">{html.escape(NOT_ASSESSABLE_FLAGGED)}</b>: {html.escape(UNLIKE_TRAINING)}'
+    return image_html(path, path.stem, caption_html=f"{why}<details><summary>show anyway</summary>{html.escape(caption)}</details>")
+
+
 def section_gallery(run: RunData) -> str | None:
     if not run.gallery:
         return None
     shown = run.gallery[:MAX_GALLERY_IMAGES]
-    cells = "".join(image_html(p, p.stem, caption) for p, caption in shown)
+    cells = "".join(_gallery_tile(*tile) for tile in shown)
     more = note(f"{len(run.gallery) - len(shown)} more images in {GALLERY}/.") if len(run.gallery) > len(shown) else ""
+    if run.model.get("ood") and any(flagged is None for _, _, flagged in shown):
+        more += note("This gallery does not record which of its images were flagged as unlike the training images (it was made "
+                     "by an older liverscope).", "warn")
     return f'<div class="gallery">{cells}</div>{more}'
 
 
@@ -425,6 +438,8 @@ figcaption{font-size:.85em;color:#5d6b7a;margin-top:.3em;max-width:60em}
 .note{color:#4a5866;font-size:.88em;margin:.4em 0}
 .warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em;margin:.6em 0}
 .ok{background:#eafaf1;border-left:4px solid #27ae60;padding:.5em 1em;margin:.6em 0}
+header p.phantoms{background:#b03a2e;color:#fff;padding:.4em .8em;border-radius:4px;font-weight:600}b.flag{color:#b03a2e}
+.notice{background:#fff4e5;border:1px solid #e67e22;border-radius:6px;padding:.6em 1.2em;margin:1.2em 0;font-size:.92em}
 pre{background:#f6f8fa;border:1px solid #e3e8ee;padding:.8em;overflow-x:auto;font-size:.85em}
 footer{color:#7a8794;font-size:.8em;text-align:center;padding:1em}
 """
@@ -438,9 +453,11 @@ _TEMPLATE = """<!doctype html>
 <style>{{ css }}</style>
 </head>
 <body>
-<header><h1>{{ title }}</h1><p>{{ subtitle }}</p></header>
+<header><h1>{{ title }}</h1><p>{{ subtitle }}</p><p class="trained">{{ trained_on }}</p>
+{% if phantoms %}<p class="phantoms">{{ phantoms }}</p>{% endif %}</header>
 <nav>{% for s in sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav>
 <main>
+<div class="notice" id="decision-support">{{ notice }}</div>
 {% for p in problems %}<div class="warn">Could not read {{ p }}</div>{% endfor %}
 {% for s in sections %}
 <section id="{{ s.id }}"><h2>{{ s.title }}</h2>
@@ -522,6 +539,9 @@ def render_report(run: RunData, sections: Mapping[str, Any] | None = None, title
     return env.from_string(_TEMPLATE).render(
         title=title or f"liverscope report — {run.run_dir.resolve().name}",
         subtitle=subtitle,
+        trained_on=trained_on(run.training_data),
+        phantoms=PHANTOMS if is_phantoms(run.training_data) else None,
+        notice=DECISION_SUPPORT,
         css=_CSS,
         sections=rendered,
         problems=run.problems,
