@@ -119,7 +119,7 @@ def load_oof(args, run: Path):
     """Every image of the cv run with the fold model that held it out: inputs, expert masks, labels."""
     from liverscope import segment as S
     from liverscope.data.geometry import to_model
-    from liverscope.data.preprocess import sector_mask
+    from liverscope.data.sector import sector_mask
     from liverscope.rundir import load_model, read_preprocessing
 
     pp = read_preprocessing(run)

@@ -13,7 +13,8 @@ import torch
 
 from liverscope import explain, explain_images
 from liverscope.data.datasets import make_phantom
-from liverscope.data.preprocess import Preprocessing, crop_box, normalise_batch, preprocess_array, sector_mask
+from liverscope.data.preprocess import Preprocessing, crop_box, normalise_batch, preprocess_array
+from liverscope.data.sector import sector_mask
 from liverscope.faithfulness import faithfulness
 from liverscope.models import LiverNet, build_model, list_models
 

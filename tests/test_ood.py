@@ -85,7 +85,7 @@ def test_mahalanobis_flags_shifted_features_and_the_threshold_passes_95_percent(
     g = O.fit_class_gaussian(train, y_train)
     assert g["means"].shape == (3, 40) and g["precision"].shape == (40, 40) and list(g["classes"]) == [0, 1, 2]
     s_val, s_far = O.mahalanobis_score(val, g["means"], g["precision"]), O.mahalanobis_score(far, g["means"], g["precision"])
-    t = O.fit_threshold(s_val)
+    t = O.fit_threshold(s_val, 0.95)
     assert O.flag_summary(s_val, t)["share"] == pytest.approx(0.05, abs=0.002)
     assert O.flag_summary(s_far, t)["share"] == 1.0
     assert O.ood_auroc(s_val, s_far) == 1.0 and O.ood_auroc(s_far, s_val) == 0.0
@@ -104,11 +104,11 @@ def test_conformal_threshold_keeps_the_flag_rate_of_new_familiar_images_at_most_
     for _ in range(400):
         val, new = rng.gamma(3.0, 1.0, 45), rng.gamma(3.0, 1.0, 500)
         plain.append((new > np.quantile(val, 0.95)).mean())
-        conformal.append(O.flag_summary(new, O.fit_threshold(val))["share"])
+        conformal.append(O.flag_summary(new, O.fit_threshold(val, 0.95))["share"])
     assert np.mean(plain) > 0.055
     assert 0.03 < np.mean(conformal) <= 0.05
-    assert O.fit_threshold(np.arange(10.0)) == 9.0  # too few scores for the rank: the largest
-    assert O.fit_threshold(np.arange(1.0, 100.0)) == 95.0  # ceil(100 * 0.95) = 95th smallest of 1..99
+    assert O.fit_threshold(np.arange(10.0), 0.95) == 9.0  # too few scores for the rank: the largest
+    assert O.fit_threshold(np.arange(1.0, 100.0), 0.95) == 95.0  # ceil(100 * 0.95) = 95th smallest of 1..99
 
 
 def test_energy_score_and_method_dispatch():
@@ -237,7 +237,7 @@ def test_trained_run_records_calibration_and_detector(trained_run):
     else:
         assert 0.1 < meta["temperature"] < 10
     ood = meta["ood"]
-    assert ood["method"] == O.DEFAULT_METHOD and set(ood["thresholds"]) == set(O.METHODS) and ood["quantile"] == 0.95
+    assert ood["method"] == O.DEFAULT_METHOD and set(ood["thresholds"]) == set(O.METHODS) and ood["quantile"] == O.DEFAULT_QUANTILE
     assert (trained_run / "ood.safetensors").exists()
     m = read_json(trained_run / "metrics.json")
     assert m["ood"]["validation"]["share"] <= 0.1 and "test" in m["ood"]

@@ -47,7 +47,8 @@ import numpy as np
 from liverscope import rundir, segment
 from liverscope.data.geometry import bounding_box, to_model, to_original
 from liverscope.data.io import decode_image, sniff_format, to_rgb
-from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array, sector_mask
+from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array
+from liverscope.data.sector import sector_mask
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE, PHANTOMS, UNLIKE_TRAINING, flag_reason, is_phantoms, trained_on
 from liverscope.explain import cam_overlay
@@ -357,7 +358,7 @@ def _ood_text(predictor) -> str:
     ood = predictor.ood
     if not ood:
         return "none (this run has no out-of-distribution detector: retrain it to get the flag)"
-    return f"{ood['method']} score, threshold {ood['threshold']:.4g} ({ood.get('quantile', 0.95):.0%} of the validation images pass)"
+    return f"{ood['method']} score, threshold {ood['threshold']:.4g} (set so that at least {ood.get('quantile', 0.95):.1%} of images like the validation images pass)"
 
 
 def run_dir_from_env(argv: list[str] | None = None) -> Path | None:

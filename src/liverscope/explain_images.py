@@ -22,7 +22,8 @@ import numpy as np
 
 from liverscope.data.geometry import to_original
 from liverscope.data.io import to_rgb
-from liverscope.data.preprocess import crop_box, sector_mask
+from liverscope.data.preprocess import crop_box
+from liverscope.data.sector import sector_mask
 
 #: Blend weight of the colour map in overlays.
 OVERLAY_ALPHA = 0.45

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from liverscope.data.preprocess import normalise_batch, sector_mask
+from liverscope.data.preprocess import normalise_batch
+from liverscope.data.sector import sector_mask
 
 #: Share of the sector removed at each step of the deletion curve (0 → 1 in ``DELETION_STEPS`` steps).
 DELETION_STEPS = 10

@@ -134,12 +134,13 @@ def _near_arc(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple] | None
     frame cut at the image top, a linear probe's straight edge, anything not on one circle)."""
     cols = np.nonzero(region.any(0))[0]
     top = region[:, cols].argmax(0).astype(np.float64)
+    top = cv2.medianBlur(top.astype(np.float32).reshape(1, -1), 5).ravel().astype(np.float64)  # speckle-ragged edge
     depth = np.nonzero(region.any(1))[0][-1] - top.min()
-    smooth = np.convolve(np.pad(top, 2, mode="edge"), np.ones(5) / 5, mode="valid")
+    smooth = np.convolve(np.pad(top, 4, mode="edge"), np.ones(9) / 9, mode="valid")
     flat = np.nonzero((np.abs(np.gradient(smooth)) < 0.5) & (top <= top.min() + 0.15 * depth))[0]
     if not len(flat):
         return None
-    run = max(np.split(flat, np.nonzero(np.diff(flat) > 2)[0] + 1), key=len)  # the longest flat run
+    run = max(np.split(flat, np.nonzero(np.diff(flat) > 6)[0] + 1), key=len)  # the longest flat run
     if len(run) < 0.1 * len(cols) or top[run].min() <= 1:
         return None
     circle = _circle(cols[run].astype(np.float64), top[run])

@@ -85,6 +85,7 @@ def section_summary(run: RunData) -> str | None:
         ("temperature", "none applied (the fit stopped at the edge of its range)" if (run.model.get("temperature_fit") or {}).get("at_edge")
          else fmt(run.temperature) if run.temperature else None),
         ("liverscope", run.model.get("liverscope_version")),
+        ("numeric precision", ", ".join(sorted({str(run.metrics[k]["precision"]) for k, _ in _EVAL_SETS if (run.metrics.get(k) or {}).get("precision")})) or None),
     ]
     parts.append(table_html(None, [[k, str(v)] for k, v in facts if v not in (None, "")]))
     sets = [(key, label) for key, label in _EVAL_SETS if run.metrics.get(key)]
@@ -278,7 +279,7 @@ def section_ood(run: RunData) -> str | None:
     external = "flagged" in ood  # `liverscope evaluate` on other data: one share for the whole set
     rows = [["score", ood.get("method") or info.get("method")], ["threshold", fmt(ood["threshold"] if "threshold" in ood else info.get("threshold"))]]
     if info.get("quantile"):
-        rows.append(["threshold set so that this share of validation images pass", f"{info['quantile']:.0%}"])
+        rows.append(["threshold set so that at least this share of images like the validation images pass (conformal)", f"{info['quantile']:.1%}"])
     sets = [("", "images of this data set flagged", ood)] if external else [(k, f"{k} images flagged", ood.get(k) or info.get(k) or {}) for k in ("validation", "test")]
     for _, label, summary in sets:
         if summary.get("n"):

@@ -16,7 +16,8 @@ from liverscope.data.audit import duplicate_group_ids
 from liverscope.data.datasets import Sample, check_readable, load_samples
 from liverscope.data.geometry import to_model, to_original
 from liverscope.data.io import IMAGE_SUFFIXES, to_rgb
-from liverscope.data.preprocess import crop_box, preprocess_array, sector_mask
+from liverscope.data.preprocess import crop_box, preprocess_array
+from liverscope.data.sector import sector_mask
 from liverscope.data.splits import check_leakage, holdout_split
 from liverscope.errors import ImageReadError, LiverscopeError, UsageError
 from liverscope.evaluate.masks import centred_disc, dice, expert_mask_summary, iou, mask_scores, score_summary

@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from liverscope.data.geometry import to_original
-from liverscope.data.preprocess import normalise_batch, sector_mask
+from liverscope.data.preprocess import normalise_batch
+from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import mask_scores, pointing_game
 from liverscope.explain import compute_cams, resolve_layers
