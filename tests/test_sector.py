@@ -99,11 +99,11 @@ def test_a_run_saved_before_the_fan_method_reads_its_images_the_old_way():
 @pytest.mark.real
 def test_sector_against_the_aul_expert_outlines(real_lesions):
     """The 623 expert sector masks (issue 21 asks mean IoU >= 0.97 and 5th percentile >= 0.90; measured
-    0.963 / 0.871, docs/benchmarks.md): this guards what was reached."""
+    0.968 / 0.892, docs/benchmarks.md): this guards what was reached."""
     ious = []
     for mask_path in sorted((real_lesions / "masks" / "sector").glob("*.png")):
         image = next(real_lesions / c / mask_path.name for c in ("benign", "malignant", "normal") if (real_lesions / c / mask_path.name).exists())
         truth = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
         ious.append(iou(sector_mask(cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)), truth))
     assert len(ious) > 500
-    assert np.mean(ious) >= 0.955 and np.percentile(ious, 5) >= 0.85
+    assert np.mean(ious) >= 0.96 and np.percentile(ious, 5) >= 0.87

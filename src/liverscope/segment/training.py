@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
-from liverscope.segment.unet import DEFAULT_CHANNELS, LOSSES, check_size, cpu_threads, resize_masks, to_unet_input, unet_arch, unet_from_arch
+from liverscope.segment.unet import DEFAULT_CHANNELS, LOSSES, check_size, cpu_threads, normalisation, resize_masks, to_unet_input, unet_arch, unet_from_arch
 from liverscope.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
 from liverscope.utils import log, resolve_device
 
@@ -176,7 +176,7 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
              channels: Sequence[int] = DEFAULT_CHANNELS, loss: str = "bce", epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
              seed: int = 0, device: str = "cpu", precision: str = "auto", patience: int | None = None, flip: bool = True,
              verbose: bool = False, max_steps: int | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
-             progress: bool = False, weights: np.ndarray | None = None) -> tuple[object, dict]:
+             progress: bool = False, weights: np.ndarray | None = None, arch: dict | None = None) -> tuple[object, dict]:
     """Train an Attention U-Net on ``(image, mask)`` pairs with Lightning; the weights of the best
     validation Dice are kept. On CPU it runs with half the cores (see :func:`~liverscope.segment.unet.cpu_threads`).
 
@@ -206,6 +206,8 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
             :func:`~liverscope.segment.rules.confident_targets`), resized with the masks (nearest
             neighbour); the loss is :func:`weighted_segmentation_loss` and the validation Dice counts
             the weighted pixels only. ``None``: every pixel counts (:func:`segmentation_loss`).
+        arch: the architecture record (:func:`~liverscope.segment.unet.make_arch`); default the Attention
+            U-Net of ``in_channels`` and ``channels``. An encoder U-Net starts from its ImageNet weights.
 
     Returns:
         ``(model in eval mode with the best weights, on device, info)``; ``info`` has ``best_epoch``,
@@ -226,7 +228,8 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     if int(batch_size) < 1:
         raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
     size = int(size or np.asarray(images[0]).shape[0])
-    arch = unet_arch(in_channels, channels)
+    arch = arch or unet_arch(in_channels, channels)
+    in_channels = int(arch["in_channels"])
     check_size(size, arch["strides"])
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if len(tr) == 0:
@@ -235,9 +238,9 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
         raise LiverscopeError("resume needs the checkpoint folder of the interrupted fit (checkpoint_dir)")
     device = resolve_device(device)
     seed_run(seed)
-    model = unet_from_arch(arch)
+    model = unet_from_arch(arch, pretrained=not resume)  # resuming: the checkpoint holds the weights
     lit = LitSegmenter(model, loss, lr, flip, seed, verbose)
-    x_all = to_unet_input(images, size, in_channels)
+    x_all = to_unet_input(images, size, in_channels, normalisation(arch))
     y_all = torch.from_numpy(resize_masks(masks, size)[:, None].astype(np.float32))
     w_all = None
     if weights is not None:  # nearest neighbour, as resize_masks resizes the targets: each weight stays on its pixel
@@ -284,7 +287,8 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     model.to(device).eval()
     info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history), "steps": int(trainer.global_step),
             "history": history, "seconds": round(seconds, 1), "architecture": arch, "size": size, "loss": loss, "lr": lr,
-            "batch_size": batch_size, "seed": seed, "engine": "lightning", "resumed": bool(resume), "pixel_weights": weights is not None}
+            "batch_size": batch_size, "seed": seed, "engine": "lightning", "resumed": bool(resume), "pixel_weights": weights is not None,
+            "initial_weights": getattr(model, "weights_source", "random initialisation")}
     return model, info
 
 

@@ -1,4 +1,5 @@
-"""The Attention U-Net: building, predicting, and the run's saved segmenter.
+"""The segmenters' networks (the Attention U-Net; encoder U-Nets from :mod:`~liverscope.segment.encoder_unet`):
+building, predicting, and the run's saved segmenter.
 
 The network is MONAI's 2-D Attention U-Net (Oktay et al., "Attention U-Net: Learning Where to Look for
 the Pancreas", MIDL 2018) with one output channel, trained (:mod:`liverscope.segment.training`, Lightning)
@@ -28,10 +29,22 @@ from liverscope.data.geometry import to_original
 from liverscope.data.io import to_grey
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
+from liverscope.segment.gate import apply_gate
+from liverscope.segment.encoder_unet import ENCODERS, build_encoder_unet, encoder_unet_arch
+from liverscope.segment.nnunet import NNUNET_ARCH, build_nnunet
 from liverscope.rundir import PSEUDO_MASKS, SEGMENTER_META, SEGMENTER_WEIGHTS, load_weights, save_weights
 from liverscope.utils import atomic_write_json, default_model_threads, read_json, resolve_device, torch_threads
 
 LOSSES = ("bce", "bce+dice")
+#: ``segment train --arch``: the seed study's Attention U-Net, or a U-Net on an ImageNet encoder (:mod:`~liverscope.segment.encoder_unet`).
+ARCHS = ("attention-unet",) + tuple(ENCODERS)
+#: The default of ``segment train --masks`` (expert targets); CAM pseudo-masks keep the Attention U-Net.
+DEFAULT_MASKS_ARCH = "unet-lite0"
+#: ``segment train`` defaults on expert masks (measured best: docs/benchmarks.md, issue 22) and on CAM pseudo-masks.
+MASKS_DEFAULTS = {"arch": DEFAULT_MASKS_ARCH, "loss": "bce+dice", "epochs": 20, "size": 256}
+PSEUDO_DEFAULTS = {"arch": "attention-unet", "loss": "bce", "epochs": 30, "size": None}
+#: Input scaling of the Attention U-Net (and of every segmenter saved before encoder U-Nets): (x/255 - mean) / std.
+ATTENTION_NORMALISATION = {"mean": 0.5, "std": 0.25}
 #: U-Net channels per level: small enough to train on a laptop CPU in minutes at 128-160 px.
 DEFAULT_CHANNELS = (8, 16, 32, 64)
 #: The target of ``segment train`` without ``--target``; its files keep the names of runs made before targets.
@@ -82,9 +95,36 @@ def unet_arch(in_channels: int = 1, channels: Sequence[int] = DEFAULT_CHANNELS, 
             "channels": channels, "strides": [int(s) for s in (strides or (2,) * (len(channels) - 1))], "dropout": float(dropout)}
 
 
-def unet_from_arch(arch: dict):
-    """The untrained network of an architecture record (:func:`unet_arch`, ``segmenter.json``)."""
+def make_arch(name: str, in_channels: int = 1, channels: Sequence[int] = DEFAULT_CHANNELS) -> dict:
+    """The architecture record of an ``--arch`` name (:data:`ARCHS`); ``in_channels`` and ``channels``
+    shape the Attention U-Net only (an encoder U-Net takes RGB at its backbone's widths)."""
+    if name == "attention-unet":
+        return unet_arch(in_channels, channels)
+    if name in ENCODERS:
+        return encoder_unet_arch(name)
+    raise UsageError(f"--arch {name}: expected one of {', '.join(ARCHS)}")
+
+
+def segmenter_defaults(masks: bool, arch: str | None = None, loss: str | None = None, epochs: int | None = None) -> tuple[str, str, int]:
+    """``(arch, loss, epochs)`` with the defaults of training on expert masks or on CAM pseudo-masks
+    filled in where ``None``."""
+    d = MASKS_DEFAULTS if masks else PSEUDO_DEFAULTS
+    return arch or d["arch"], loss or d["loss"], int(epochs or d["epochs"])
+
+
+def unet_from_arch(arch: dict, pretrained: bool = False):
+    """The network of an architecture record (:func:`make_arch`, ``segmenter.json``); ``pretrained``
+    loads an encoder U-Net's ImageNet weights (a saved segmenter's come from its own file)."""
+    if arch.get("name") == "smp.Unet":
+        return build_encoder_unet(arch, pretrained)
+    if arch.get("name") == NNUNET_ARCH:  # trained by nnU-Net (segment train --engine nnunet)
+        return build_nnunet(arch)
     return build_unet(arch["in_channels"], arch["channels"], arch["strides"], arch.get("dropout", 0.0))
+
+
+def normalisation(arch: dict) -> dict:
+    """``{"mean", "std"}`` of the input scaling (x/255 - mean) / std an architecture record was trained with."""
+    return dict(arch.get("normalisation") or ATTENTION_NORMALISATION)
 
 
 def check_size(size: int, strides: Sequence[int]) -> None:
@@ -94,8 +134,9 @@ def check_size(size: int, strides: Sequence[int]) -> None:
         raise LiverscopeError(f"U-Net input size {size} must be a multiple of {step} (the product of the strides) and at least {2 * step}")
 
 
-def to_unet_input(images: Sequence[np.ndarray], size: int, in_channels: int = 1):
-    """uint8 ``HxWx3`` images → float tensor ``N x C x size x size`` scaled to about [-2, 2]."""
+def to_unet_input(images: Sequence[np.ndarray], size: int, in_channels: int = 1, norm: dict | None = None):
+    """uint8 ``HxWx3`` images → float tensor ``N x C x size x size``, (x/255 - mean) / std (``norm``;
+    default the Attention U-Net's, about [-2, 2])."""
     import torch
 
     arrs = []
@@ -107,7 +148,8 @@ def to_unet_input(images: Sequence[np.ndarray], size: int, in_channels: int = 1)
         a = to_grey(im)[None] if in_channels == 1 else np.moveaxis(im if im.ndim == 3 else np.repeat(im[..., None], 3, 2), 2, 0)
         arrs.append(a)
     x = torch.from_numpy(np.stack(arrs).astype(np.float32))
-    return (x / 255.0 - 0.5) / 0.25
+    norm = norm or ATTENTION_NORMALISATION
+    return (x / 255.0 - float(norm["mean"])) / float(norm["std"])
 
 
 def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
@@ -188,6 +230,10 @@ class Segmenter:
         return int(self.meta["architecture"]["in_channels"])
 
     @property
+    def norm(self) -> dict:
+        return normalisation(self.meta["architecture"])
+
+    @property
     def target(self) -> str:
         """What it outlines (``lesion`` for a segmenter saved before targets)."""
         return str(self.meta.get("target") or DEFAULT_TARGET)
@@ -208,7 +254,7 @@ def predict_proba(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size
     with torch.inference_mode(), cpu_threads(segmenter.device):
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
-            x = to_unet_input(chunk, segmenter.size, segmenter.in_channels).to(segmenter.device)
+            x = to_unet_input(chunk, segmenter.size, segmenter.in_channels, segmenter.norm).to(segmenter.device)
             probs = torch.sigmoid(model(x)).float().cpu().numpy()[:, 0]
             for im, p in zip(chunk, probs):
                 h, w = np.asarray(im).shape[:2]
@@ -217,11 +263,20 @@ def predict_proba(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size
 
 
 def predict_mask(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
-    """Boolean mask of one preprocessed model input (uint8 ``HxWx3``) at its ``HxW``: probability > 0.5.
+    """Boolean mask of one preprocessed model input (uint8 ``HxWx3``) at its ``HxW``: probability > 0.5,
+    through the segmenter's lesion gate when it has one (:func:`gated_masks`).
 
     This is the app's contract (``liverscope.app.segmentation_outline``).
     """
-    return predict_proba(segmenter, [image])[0] > 0.5
+    return gated_masks(segmenter, predict_proba(segmenter, [image]))[0][0]
+
+
+def gated_masks(segmenter: Segmenter, probs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """``(masks, suppressed)``: the segmenter's probability maps through its gate (``segmenter.json``
+    ``gate``: :func:`~liverscope.segment.gate.apply_gate`; none for a segmenter saved without one), and
+    how many non-empty raw masks the gate emptied."""
+    out = [apply_gate(p, segmenter.meta.get("gate")) for p in probs]
+    return [m for m, _ in out], sum(s for _, s in out)
 
 
 def save_segmenter(run_dir: str | Path, model, meta: dict, target: str = DEFAULT_TARGET) -> None:
@@ -266,18 +321,23 @@ def _predict_tensor(model, x, device: str, batch_size: int = 16) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            out.append((torch.sigmoid(model(x[i : i + batch_size].to(device))) > 0.5).cpu().numpy()[:, 0])
-    return np.concatenate(out) if out else np.zeros((0,) + tuple(x.shape[-2:]), bool)
+            out.append(torch.sigmoid(model(x[i : i + batch_size].to(device))).float().cpu().numpy()[:, 0])
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
 
 
-def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu") -> np.ndarray:
-    """Boolean masks (``size x size``) of a U-Net for uint8 images."""
+def predict_probs_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu", norm: dict | None = None) -> np.ndarray:
+    """Foreground probabilities (``N x size x size``) of a U-Net for uint8 images."""
     with cpu_threads(device):
-        return _predict_tensor(model, to_unet_input(images, size, in_channels), device)
+        return _predict_tensor(model, to_unet_input(images, size, in_channels, norm), device)
+
+
+def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu", norm: dict | None = None) -> np.ndarray:
+    """Boolean masks (``size x size``, probability > 0.5, no gate) of a U-Net for uint8 images."""
+    return predict_probs_at(model, images, size, in_channels, device, norm) > 0.5
 
 
 __all__ = [
-    "LOSSES", "DEFAULT_CHANNELS", "DEFAULT_TARGET", "TARGET_NAME", "TARGET_COLOURS", "PALETTE", "cpu_threads", "build_unet", "unet_arch",
+    "LOSSES", "ARCHS", "DEFAULT_MASKS_ARCH", "ATTENTION_NORMALISATION", "make_arch", "normalisation", "MASKS_DEFAULTS", "PSEUDO_DEFAULTS", "segmenter_defaults", "DEFAULT_CHANNELS", "DEFAULT_TARGET", "TARGET_NAME", "TARGET_COLOURS", "PALETTE", "cpu_threads", "build_unet", "unet_arch",
     "check_size", "to_unet_input", "resize_masks", "check_target", "segmenter_files", "segmenter_targets", "target_colours", "Segmenter",
-    "predict_proba", "predict_mask", "save_segmenter", "load_segmenter", "segmenters", "predict_masks_at", "unet_from_arch",
+    "predict_proba", "predict_mask", "gated_masks", "predict_probs_at", "save_segmenter", "load_segmenter", "segmenters", "predict_masks_at", "unet_from_arch",
 ]

@@ -1,0 +1,51 @@
+"""The lesion gate (issue 22): no outline on a normal liver, the lesion kept on a lesion image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from liverscope.data.datasets import make_phantom
+from liverscope.segment.gate import apply_gate, fit_gate, gate_score
+
+
+def _probs(stage: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom's lesion mask (stage 0: none) and what an imperfect segmenter gives: the lesions as
+    confident blobs, and on every image a few small, unsure specks (the raw mask's false alarms)."""
+    _, mask = make_phantom(stage, size=96, seed=seed)
+    if stage == 0:
+        mask[:] = False
+    rng = np.random.default_rng(seed)
+    prob = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.0) * 0.98
+    for _ in range(3):
+        y, x = rng.integers(10, 86, 2)
+        cv2.circle(prob, (int(x), int(y)), 1, float(rng.uniform(0.52, 0.7)), -1)
+    return np.clip(prob, 0, 1), mask
+
+
+def test_the_gate_empties_normal_livers_and_keeps_lesions():
+    val = [_probs(stage, seed) for stage in (0, 4) for seed in range(6)]
+    gate = fit_gate([p for p, _ in val], [m for _, m in val])
+    assert gate["min_area"] > 0 or gate["min_peak"] >= 0.7
+    assert gate["validation"]["gated"]["empty_left_empty"] == 1.0 and gate["validation"]["raw"]["empty_left_empty"] == 0.0
+    normal, _ = _probs(0, 99)
+    lesion, truth = _probs(4, 99)
+    raw, _ = apply_gate(normal, None)
+    assert raw.any()  # without the gate the normal liver gets an outline
+    gated, suppressed = apply_gate(normal, gate)
+    assert not gated.any() and suppressed
+    kept, suppressed = apply_gate(lesion, gate)
+    assert not suppressed and kept.any() and (kept & truth).sum() / kept.sum() > 0.9
+    n, _ = cv2.connectedComponents(kept.astype(np.uint8))
+    assert n == 2  # one region: the largest
+
+
+def test_gate_score_counts_lesion_dice_and_empty_images_apart():
+    truth = np.zeros((20, 20), bool)
+    truth[5:10, 5:10] = True
+    hit = truth.astype(np.float32)
+    empty = np.zeros((20, 20), np.float32)
+    s = gate_score([hit, empty], [truth, np.zeros_like(truth)], None)
+    assert s == {"dice": 1.0, "empty_left_empty": 1.0, "score": 1.0}
+    s = gate_score([empty, hit], [truth, np.zeros_like(truth)], None)
+    assert s["dice"] == 0.0 and s["empty_left_empty"] == 0.0
