@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-fast test-real bench-cache clean
 
-# Everything (the `all` extra: app, onnx, imagenet, test) at the tested versions of constraints.txt.
+# Everything (the `all` extra: app, onnx, imagenet, tensorboard, nnunet, test) at the tested versions of constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -197,3 +197,12 @@ def recipe_options(fn: Callable) -> Callable:
 #: ``--layers`` of ``explain`` and ``segment``: where the CAM is taken (liverscope.explain.resolve_layers).
 LAYERS_HELP = ("Layer(s) the CAM is taken at, comma-separated: 'last' (default: the final feature map), a stage name of the "
                "backbone (e.g. layer3) or an index (-2 = the second-to-last stage); several are averaged (a multi-scale CAM).")
+
+#: ``segment train --engine`` (:data:`liverscope.segment.nnunet.ENGINES`, repeated: this module loads nothing torch-side).
+ENGINES = ("liverscope", "nnunet")
+EngineOpt = typer.Option("liverscope", "--engine", help="liverscope (its own U-Nets, Lightning) or nnunet (nnU-Net plans, preprocesses and trains "
+                         "on the same images and split; needs the nnunet extra, meant for a GPU; its folders go to RUN_DIR/nnunet/). "
+                         "With nnunet, --epochs overrides the nnU-Net trainer's (1000 of 250 iterations); --arch, --loss, --lr, --batch-size, "
+                         "--channels and --patience do not apply.")
+NnunetTrainerOpt = typer.Option("nnUNetTrainer", "--nnunet-trainer", help="With --engine nnunet: the nnU-Net trainer class by name "
+                                "(e.g. nnUNetTrainer_250epochs).")

@@ -21,6 +21,8 @@ Where each part lives:
 * :mod:`.unet` — the Attention U-Net: build, predict, and the run's saved segmenter;
 * :mod:`.training` — fitting it with Lightning (checkpoints, early stopping, resume, devices; MONAI's
   ``DiceCELoss`` for BCE + Dice);
+* :mod:`.nnunet` — nnU-Net as the engine of ``segment train --engine nnunet`` (the ``nnunetv2`` package
+  plans, preprocesses and trains; its network then serves as the run's segmenter);
 * :mod:`.commands` — ``segment train``, ``segment predict``, ``segment score``;
 * :mod:`.outline` — a mask's outline drawn on an image;
 * the mask metrics (IoU, Dice, pointing game) are pure functions in :mod:`liverscope.evaluate.masks`;
