@@ -18,7 +18,7 @@ from typing import List, Optional
 import typer
 
 from liverscope.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usage, check_choice, check_conflict, check_out_format, check_processed, choice, echo_skipped, fail, numbers
-from liverscope.cli_options import recipe_options, show_version, train_overrides
+from liverscope.cli_options import EngineOpt, NnunetTrainerOpt, recipe_options, show_version, train_overrides
 from liverscope.config import check_device, load_config, parse_frames
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.utils import configure_logging, progress, set_progress
@@ -509,6 +509,7 @@ def segment_train(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better validation Dice (default: train all epochs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted segmenter training from its last checkpoint."),
+    engine: str = EngineOpt, nnunet_trainer: str = NnunetTrainerOpt,
 ):
     """Train an Attention U-Net on CAM pseudo-masks (or --masks) with a grouped split; scores (against targets,
     expert masks and trivial baselines) go to the run's report."""
@@ -516,6 +517,7 @@ def segment_train(
     from liverscope.segment.unet import LOSSES, check_size, unet_arch
 
     try:
+        nnunet = {"trainer": nnunet_trainer, "epochs": epochs}  # nnU-Net's own epochs unless --epochs is given
         check_choice(loss, LOSSES, "--loss"), check_device(device)
         method = _check_cam_options(rule, method)
         chans = numbers(channels, int, "--channels", "8,16,32,64")
@@ -528,7 +530,7 @@ def segment_train(
         result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, target=target, loss=loss, epochs=epochs, size=size, channels=chans,
                                  batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device,
                                  patience=patience, resume=resume, layers=layers, confident=conf, positive=pos,
-                                 within=within)
+                                 within=within, engine=engine, nnunet=nnunet)
     except ValueError as exc:
         fail(exc)
     for line in result["summary_lines"]:

@@ -27,6 +27,7 @@ from liverscope.segment.images import LoadedImage, find_mask, list_images, load_
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import check_out_dir, pseudo_masks
 from liverscope.segment.rules import check_rule, confident_targets
+from liverscope.segment.nnunet import check_engine, fit_nnunet, nnunet_dir
 from liverscope.segment.training import fit_unet
 from liverscope.segment.unet import (
     DEFAULT_CHANNELS,
@@ -34,6 +35,7 @@ from liverscope.segment.unet import (
     LOSSES,
     check_size,
     load_segmenter,
+    normalisation,
     predict_masks_at,
     predict_proba,
     resize_masks,
@@ -129,7 +131,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
                     val_frac: float = 0.2, patience: int | None = None, max_steps: int | None = None, write_pseudo: bool = True,
                     report: bool = True, resume: bool = False, layers: Sequence[str | int] | str | None = None,
                     confident: tuple[float, float] | None = None, positive: Sequence[str] | None = None,
-                    within: str | None = None) -> dict:
+                    within: str | None = None, engine: str = "liverscope", nnunet: dict | None = None) -> dict:
     """``liverscope segment train``: targets → grouped split → Attention U-Net → scores → run directory.
 
     Steps: decode and preprocess the images of ``data`` with the classifier's preprocessing — at ``size``
@@ -158,6 +160,11 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     ``liver``): CAMs are normalised and cut inside that segmenter's prediction (:func:`predicted_regions`)
     instead of the whole scan sector.
 
+    ``engine="nnunet"`` trains with nnU-Net instead of Lightning, on the same images, targets and split
+    (:func:`~liverscope.segment.nnunet.fit_nnunet`, whose options ``nnunet`` passes on, e.g.
+    ``{"trainer": "nnUNetTrainer_100epochs"}``; its folders in ``RUN_DIR/nnunet[-T]/``); ``arch``, ``loss``,
+    ``epochs``, ``lr``, ``batch_size``, ``patience`` and ``seed`` are then nnU-Net's own.
+
     Files: ``target`` names the segmenter (:func:`~liverscope.segment.unet.segmenter_files`); ``lesion``
     writes ``segmenter.safetensors``/``.json``, ``seg_split.csv``, ``segmenter_checkpoints/`` and
     ``metrics.json["segmentation"]`` as before targets; another target T ``segmenter-T.*``,
@@ -172,6 +179,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     """
     run_dir, data = Path(run_dir), Path(data)
     files = segmenter_files(target)
+    check_engine(engine, confident=confident)
     if loss not in LOSSES:
         raise LiverscopeError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
     if within and masks is not None:
@@ -239,12 +247,17 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     log(f"segmentation targets ({target}): {target_desc}; {len(items)} images at {grid} px")
     split = segmentation_split(items, test_frac=test_frac, val_frac=val_frac, seed=seed)
     inputs = [it.input for it in items]
-    model, info = fit_unet(inputs, target_arr, split, size=size, in_channels=in_channels, channels=channels, loss=loss, epochs=epochs,
-                           batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience, max_steps=max_steps,
-                           checkpoint_dir=run_dir / files["checkpoints"], resume=resume, weights=weights)
+    if engine == "nnunet":  # nnU-Net's own planning, preprocessing and trainer on the same images, targets and split
+        model, info = fit_nnunet(inputs, target_arr, split, size=size, paths=[str(it.path) for it in items], work_dir=run_dir / nnunet_dir(target),
+                                 label=target, device=device, resume=resume, **(nnunet or {}))
+        arch, arch_name, in_channels, loss, epochs, lr, batch_size = (info[k] for k in ("architecture", "arch", "in_channels", "loss", "epochs", "lr", "batch_size"))
+    else:
+        model, info = fit_unet(inputs, target_arr, split, size=size, in_channels=in_channels, channels=channels, loss=loss, epochs=epochs,
+                               batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience, max_steps=max_steps,
+                               checkpoint_dir=run_dir / files["checkpoints"], resume=resume, weights=weights)
     # scores on held-out test images, on the segmenter's grid
     te = np.flatnonzero(split == "test")
-    pred_small = predict_masks_at(model, [inputs[i] for i in te], size, in_channels, device)
+    pred_small = predict_masks_at(model, [inputs[i] for i in te], size, in_channels, device, normalisation(arch))
     pred = list(resize_masks(pred_small, grid)) if len(te) else []
     sec_te = [sectors[i] for i in te]
     true_te = [target_arr[i] for i in te]
@@ -297,7 +310,8 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         "loss": loss, "epochs": epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "lr": lr, "batch_size": batch_size,
         "seed": seed, "split": {"method": "grouped stratified hold-out", "test_frac": test_frac, "val_frac": val_frac,
                                 "counts": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "file": files["split"]},
-        "scores": scores, "train_seconds": info["seconds"], "history": info["history"], "engine": "lightning",
+        "scores": scores, "train_seconds": info["seconds"], "history": info["history"], "engine": info["engine"],
+        **{k: info[k] for k in ("nnunet",) if k in info},
         "checkpoints": files["checkpoints"], "resumed": bool(resume),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "liverscope_version": __version__,
