@@ -495,9 +495,10 @@ def segment_train(
     masks: Optional[Path] = typer.Option(None, "--masks", help="Train on these masks (same relative path or file name as the image) instead of CAM pseudo-masks."),
     real_masks: Optional[Path] = typer.Option(None, "--real-masks", help="Expert masks (same file name, 0 = background, 255 = foreground): the held-out images are scored against them (default: the --masks themselves)."),
     target: str = typer.Option("lesion", "--target", help="What the masks outline (a lower-case name: lesion, liver, ...); a run holds one segmenter per target."),
-    loss: str = typer.Option("bce", "--loss", help="bce (the study's) or bce+dice."),
-    epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs (the best validation Dice is kept)."),
-    size: Optional[int] = typer.Option(None, "--size", help="U-Net input size (multiple of 8; default: the classifier's input size); larger than the classifier's, the images are preprocessed at this size."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="attention-unet (the study's), unet-lite0/1/2 (a U-Net on an ImageNet EfficientNet-Lite encoder). Default: unet-lite0 with --masks, attention-unet on pseudo-masks."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="bce (the study's) or bce+dice. Default: bce+dice with --masks, bce on pseudo-masks."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (the best validation Dice is kept). Default: 12 with --masks, 30 on pseudo-masks."),
+    size: Optional[int] = typer.Option(None, "--size", help="U-Net input size (a multiple of 8, of 32 for unet-lite*; default: 192 with --masks, else the classifier's input size); larger than the classifier's, the images are preprocessed at this size."),
     channels: str = typer.Option("8,16,32,64", "--channels", help="U-Net channels per level, comma-separated."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Batch size."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
@@ -511,18 +512,20 @@ def segment_train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted segmenter training from its last checkpoint."),
     engine: str = EngineOpt, nnunet_trainer: str = NnunetTrainerOpt,
 ):
-    """Train an Attention U-Net on CAM pseudo-masks (or --masks) with a grouped split; scores (against targets,
-    expert masks and trivial baselines) go to the run's report."""
+    """Train a segmenter on --masks (default: a U-Net on an ImageNet encoder) or on CAM pseudo-masks (the
+    study's Attention U-Net) with a grouped split; scores (against targets, expert masks and trivial
+    baselines) go to the run's report."""
     from liverscope.segment import train_segmenter
-    from liverscope.segment.unet import LOSSES, check_size, unet_arch
+    from liverscope.segment.unet import ARCHS, LOSSES, check_size, make_arch, segmenter_defaults
 
     try:
         nnunet = {"trainer": nnunet_trainer, "epochs": epochs}  # nnU-Net's own epochs unless --epochs is given
-        check_choice(loss, LOSSES, "--loss"), check_device(device)
+        arch, loss, epochs = segmenter_defaults(masks is not None, arch, loss, epochs)
+        check_choice(loss, LOSSES, "--loss"), check_choice(arch, ARCHS, "--arch"), check_device(device)
         method = _check_cam_options(rule, method)
         chans = numbers(channels, int, "--channels", "8,16,32,64")
         if size is not None:
-            as_usage(check_size, size, unet_arch(1, chans)["strides"])
+            as_usage(check_size, size, make_arch(arch, 1, chans)["strides"])
         conf = numbers(confident, float, "--confident", "0.3,0.6") if confident else None
         if conf is not None and not (len(conf) == 2 and 0 <= conf[0] < conf[1] <= 1):
             raise UsageError(f"--confident {confident}: expected LOW,HIGH with 0 <= LOW < HIGH <= 1, e.g. 0.3,0.6")
@@ -530,7 +533,7 @@ def segment_train(
         result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, target=target, loss=loss, epochs=epochs, size=size, channels=chans,
                                  batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device,
                                  patience=patience, resume=resume, layers=layers, confident=conf, positive=pos,
-                                 within=within, engine=engine, nnunet=nnunet)
+                                 within=within, arch=arch, engine=engine, nnunet=nnunet)
     except ValueError as exc:
         fail(exc)
     for line in result["summary_lines"]:
@@ -553,6 +556,8 @@ def segment_predict(
         fail(exc)
     typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}; outlines: " + ", ".join(f"{t} {c}" for t, c in summary["colours"].items()))
     echo_skipped(summary["skipped"])
+    for t, n in summary.get("suppressed", {}).items():
+        typer.echo(f"{t} gate: no outline on {n} image(s) whose raw mask held only a small or unsure region")
     check_processed(summary["written"], summary["skipped"], "segmented")
 
 

@@ -27,23 +27,27 @@ from liverscope.segment.images import LoadedImage, find_mask, list_images, load_
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import check_out_dir, pseudo_masks
 from liverscope.segment.rules import check_rule, confident_targets
+from liverscope.segment.gate import apply_gate, fit_gate
 from liverscope.segment.nnunet import check_engine, fit_nnunet, nnunet_dir
 from liverscope.segment.training import fit_unet
 from liverscope.segment.unet import (
     DEFAULT_CHANNELS,
     DEFAULT_TARGET,
     LOSSES,
+    MASKS_DEFAULTS,
     check_size,
     load_segmenter,
-    normalisation,
-    predict_masks_at,
+    gated_masks,
+    predict_probs_at,
     predict_proba,
     resize_masks,
     save_segmenter,
+    segmenter_defaults,
     segmenter_files,
     segmenters,
+    make_arch,
+    normalisation,
     target_colours,
-    unet_arch,
 )
 from liverscope.utils import atomic_write_csv, atomic_write_png, log, progress, read_json, resolve_device
 
@@ -85,9 +89,10 @@ def _summary_line(name: str, summary: dict) -> str:
     o = summary.get("overall") or {}
     parts = []
     if o.get("n_lesion"):
-        parts.append(f"Dice {o['dice']:.3f}, IoU {o['iou']:.3f}, detected {o['detection_rate']:.2f} (n={o['n_lesion']} with a mask)")
+        parts.append(f"Dice {o['dice']:.3f}, IoU {o['iou']:.3f} over the {o['n_lesion']} images with something to outline, "
+                     f"detected {o['detection_rate']:.2f}")
     if o.get("n_empty"):
-        parts.append(f"false alarms {o['false_positive_rate']:.2f} (n={o['n_empty']} empty)")
+        parts.append(f"false alarms on {o['false_positive_rate']:.0%} of the {o['n_empty']} images with nothing to outline")
     return f"{name}: " + ("; ".join(parts) or "no test image")
 
 
@@ -123,16 +128,33 @@ def predicted_regions(run_dir: str | Path, target: str, items: list[LoadedImage]
     return [to_model(to_original(p > 0.5, s.shape, s.box), it.box, pp.size) for p, s, it in zip(probs, seg_items, items)]
 
 
+def _fit_gate_on_validation(model, inputs: list, targets: np.ndarray, split: np.ndarray, size: int, arch: dict, device: str) -> dict | None:
+    """The lesion gate (:func:`~liverscope.segment.gate.fit_gate`) fitted on the validation images, when
+    they hold both images with something to outline and images with nothing (else ``None``: no gate)."""
+    va = np.flatnonzero(split == "val")
+    truths = resize_masks(targets[va], size) if len(va) else np.zeros((0, size, size), bool)
+    has = truths.reshape(len(va), -1).any(1)
+    if not (has.any() and (~has).any()):
+        return None
+    probs = predict_probs_at(model, [inputs[i] for i in va], size, int(arch["in_channels"]), device, normalisation(arch))
+    return fit_gate(list(probs), list(truths))
+
+
 def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path | None = None, real_masks: str | Path | None = None,
-                    target: str = DEFAULT_TARGET, loss: str = "bce", epochs: int = 30, size: int | None = None,
+                    target: str = DEFAULT_TARGET, loss: str | None = None, epochs: int | None = None, size: int | None = None,
                     channels: Sequence[int] = DEFAULT_CHANNELS, in_channels: int = 1, batch_size: int = 8, lr: float = 1e-3,
                     rule: str = "threshold", threshold: float = 0.5, q: float = 20.0, flip_average: bool = False, method: str = "gradcam",
                     ensemble: Sequence[str | Path] | None = None, seed: int = 0, device: str = "auto", test_frac: float = 0.2,
                     val_frac: float = 0.2, patience: int | None = None, max_steps: int | None = None, write_pseudo: bool = True,
                     report: bool = True, resume: bool = False, layers: Sequence[str | int] | str | None = None,
                     confident: tuple[float, float] | None = None, positive: Sequence[str] | None = None,
-                    within: str | None = None, engine: str = "liverscope", nnunet: dict | None = None) -> dict:
-    """``liverscope segment train``: targets → grouped split → Attention U-Net → scores → run directory.
+                    within: str | None = None, arch: str | None = None, engine: str = "liverscope", nnunet: dict | None = None) -> dict:
+    """``liverscope segment train``: targets → grouped split → segmenter → scores → run directory.
+
+    ``arch`` (:data:`~liverscope.segment.unet.ARCHS`), ``loss``, ``epochs`` and ``size`` default to
+    :data:`~liverscope.segment.unet.MASKS_DEFAULTS` with ``masks`` (expert targets: the ImageNet-encoder
+    U-Net, BCE + Dice, 192 px) and to :data:`~liverscope.segment.unet.PSEUDO_DEFAULTS` on CAM pseudo-masks
+    (the seed study's Attention U-Net of ``channels``/``in_channels``, BCE, the classifier's size).
 
     Steps: decode and preprocess the images of ``data`` with the classifier's preprocessing — at ``size``
     when that is larger than the classifier's input (so a bigger U-Net sees the detail, not an upsampled
@@ -180,6 +202,9 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     run_dir, data = Path(run_dir), Path(data)
     files = segmenter_files(target)
     check_engine(engine, confident=confident)
+    arch_name, loss, epochs = segmenter_defaults(masks is not None, arch, loss, epochs)
+    if masks is not None and size is None:
+        size = MASKS_DEFAULTS["size"]
     if loss not in LOSSES:
         raise LiverscopeError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
     if within and masks is not None:
@@ -187,7 +212,8 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     check_rule(rule)
     pp = read_preprocessing(run_dir)
     size = int(size or pp.size)
-    arch = unet_arch(in_channels, channels)
+    arch = make_arch(arch_name, in_channels, channels)
+    in_channels = int(arch["in_channels"])
     check_size(size, arch["strides"])
     seg_pp = dataclasses.replace(pp, size=size) if size > pp.size else pp
     grid = seg_pp.size
@@ -254,11 +280,13 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     else:
         model, info = fit_unet(inputs, target_arr, split, size=size, in_channels=in_channels, channels=channels, loss=loss, epochs=epochs,
                                batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience, max_steps=max_steps,
-                               checkpoint_dir=run_dir / files["checkpoints"], resume=resume, weights=weights)
+                               checkpoint_dir=run_dir / files["checkpoints"], resume=resume, weights=weights, arch=arch)
     # scores on held-out test images, on the segmenter's grid
+    gate = _fit_gate_on_validation(model, inputs, target_arr, split, size, arch, device)
     te = np.flatnonzero(split == "test")
-    pred_small = predict_masks_at(model, [inputs[i] for i in te], size, in_channels, device, normalisation(arch))
-    pred = list(resize_masks(pred_small, grid)) if len(te) else []
+    probs_te = predict_probs_at(model, [inputs[i] for i in te], size, in_channels, device, normalisation(arch))
+    pred = [to_original(apply_gate(p, gate)[0], (grid, grid)) for p in probs_te]
+    pred_raw = [to_original(p > 0.5, (grid, grid)) for p in probs_te]
     sec_te = [sectors[i] for i in te]
     true_te = [target_arr[i] for i in te]
     classes_te = [items[i].label or "all" for i in te]
@@ -292,9 +320,12 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
             scores["pseudo_vs_real"] = _with_sector(mask_scores(tp, experts), mask_scores(tp, experts, rs))
         scores["real_masks"] = str(real_masks)
     cls_x, sec_x = [classes_te[k] for k in have], [sec_te[k] for k in have]
+    scores["gate"] = gate
     if experts is not None:
         scores["expert_masks"] = str(real_masks if real_masks is not None else masks)
         scores["vs_expert"] = expert_mask_summary([pred[k] for k in have], experts, cls_x, sec_x)
+        if gate:
+            scores["vs_expert_ungated"] = expert_mask_summary([pred_raw[k] for k in have], experts, cls_x, sec_x)
         if masks is None:
             scores["pseudo_vs_expert"] = expert_mask_summary([true_te[k] for k in have], experts, cls_x, sec_x)
     train_areas = [int(target_arr[i].sum()) for i in np.flatnonzero(split == "train") if target_arr[i].any()]
@@ -302,7 +333,8 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     scores["baselines"] = (_baselines(experts, cls_x, sec_x, area, "expert masks") if experts is not None
                            else _baselines(true_te, classes_te, sec_te, area, "targets"))
     meta = {
-        "target": target, "architecture": arch, "size": size, "input": "grey" if in_channels == 1 else "rgb", "normalisation": "(x/255 - 0.5) / 0.25",
+        "target": target, "architecture": arch, "size": size, "arch": arch_name, "input": "grey" if in_channels == 1 else "rgb",
+        "normalisation": "(x/255 - {mean}) / {std}".format(**normalisation(arch)), "initial_weights": info["initial_weights"],
         "preprocessing": seg_pp.to_dict(), "classifier_size": pp.size, "classifier_run": str(run_dir), "data": str(data), "targets": target_desc,
         "pseudo_masks": None if masks is not None else {"rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average, "method": method,
                                                         "layers": layers, "confident": list(confident) if confident else None,
@@ -310,7 +342,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         "loss": loss, "epochs": epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "lr": lr, "batch_size": batch_size,
         "seed": seed, "split": {"method": "grouped stratified hold-out", "test_frac": test_frac, "val_frac": val_frac,
                                 "counts": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "file": files["split"]},
-        "scores": scores, "train_seconds": info["seconds"], "history": info["history"], "engine": info["engine"],
+        "gate": gate, "scores": scores, "train_seconds": info["seconds"], "history": info["history"], "engine": info["engine"],
         **{k: info[k] for k in ("nnunet",) if k in info},
         "checkpoints": files["checkpoints"], "resumed": bool(resume),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -327,17 +359,16 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     lines = [
         f"U-Net ({target}) trained on {target_desc} at {size} px: {scores['n_train']} train / {scores['n_val']} val / {scores['n_test']} test images, "
         f"best epoch {info['best_epoch']} of {info['epochs_run']} ({info['seconds']:.0f}s)",
-        f"test vs targets: IoU {scores['iou_vs_targets']:.3f}, Dice {scores['dice_vs_targets']:.3f} (n={scores['n_test']})",
     ]
-    if "unet_vs_real" in scores:
-        r = scores["unet_vs_real"]
-        lines.append(f"test vs expert masks: IoU {r['iou']:.3f}, Dice {r['dice']:.3f} (sector: IoU {r['iou_sector']:.3f}, Dice {r['dice_sector']:.3f}; n={r['n']})")
-    if "pseudo_vs_real" in scores:
-        r = scores["pseudo_vs_real"]
-        lines.append(f"pseudo-masks vs expert masks (same test images): IoU {r['iou']:.3f}, Dice {r['dice']:.3f}")
+    # headline figures never count an empty prediction on an empty mask as a perfect Dice: Dice over the
+    # images with something to outline, false alarms on the others (expert_mask_summary)
     against = "expert masks" if experts is not None else "targets"
-    for key, name in (("vs_expert", "U-Net vs expert masks"), ("pseudo_vs_expert", "pseudo-masks vs expert masks"), ("vs_targets", "U-Net vs targets")):
-        if key in scores and (key != "vs_targets" or experts is None):
+    if gate:
+        lines.append(f"lesion gate (fitted on the validation images): largest region only, at least {gate['min_area']:.2%} of the grid "
+                     f"and a peak probability of {gate['min_peak']:.2f}")
+    for key, name in (("vs_expert", "test vs expert masks"), ("vs_expert_ungated", "the same without the gate"),
+                      ("pseudo_vs_expert", "pseudo-masks vs expert masks"), ("vs_targets", "test vs targets")):
+        if key in scores and (key != "vs_targets" or experts is None or masks is None):
             lines.append(_summary_line(name, scores[key]))
     lines.append(_summary_line(f"baseline, whole sector vs {against}", scores["baselines"]["sector"]))
     lines.append(_summary_line(f"baseline, centred disc of {area:.0f} px vs {against}", scores["baselines"]["centred_disc"]))
@@ -359,8 +390,11 @@ def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str
     original size, mirroring folder-relative paths under ``out``. Each segmenter sees the images
     preprocessed as it was trained (its ``.json``). Bad files are skipped and listed.
 
+    A segmenter with a lesion gate (``segmenter.json["gate"]``) outlines only where the gate lets a
+    region through; ``suppressed`` counts, per target, the images whose raw mask the gate emptied.
+
     Returns:
-        ``{"written", "out", "targets", "colours": {target: colour name}, "skipped": [(path, reason), ...]}``.
+        ``{"written", "out", "targets", "colours": {target: colour name}, "skipped": [(path, reason), ...], "suppressed"}``.
     """
     run_dir, out = Path(run_dir), Path(out)
     segs = segmenters(run_dir)
@@ -371,7 +405,7 @@ def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str
     first = next(iter(pps.values()))
     roots = [Path(p) for p in paths if Path(p).is_dir()]
     files = list_images(paths)
-    written, skipped = 0, []
+    written, skipped, suppressed = 0, [], {}
     for start in progress(range(0, len(files), chunk), f"masks ({len(files)} images, {chunk} a step, {len(segs)} target(s))"):
         items, bad = load_images(files[start : start + chunk], first, roots=roots, keep_original=True)
         skipped += bad
@@ -383,7 +417,9 @@ def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str
             own = pp == first
             inputs = [it.input if own else preprocess_array(it.extra["original"], pp) for it in items]
             boxes = [it.box if own else crop_box(it.extra["original"], pp) for it in items]
-            found[t] = [to_original(p > 0.5, it.shape, box) for p, it, box in zip(predict_proba(seg, inputs), items, boxes)]
+            masks, n_off = gated_masks(seg, predict_proba(seg, inputs))
+            suppressed[t] = suppressed.get(t, 0) + n_off
+            found[t] = [to_original(m, it.shape, box) for m, it, box in zip(masks, items, boxes)]
         for k, it in enumerate(items):
             stem = it.rel.with_suffix("")
             overlay = to_rgb(it.extra.pop("original"))
@@ -394,7 +430,8 @@ def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str
             written += 1
     if skipped:
         write_skipped(out, skipped)
-    return {"written": written, "out": out, "targets": list(segs), "colours": {t: c[1] for t, c in colours.items()}, "skipped": skipped}
+    return {"written": written, "out": out, "targets": list(segs), "colours": {t: c[1] for t, c in colours.items()}, "skipped": skipped,
+            "suppressed": suppressed}
 
 
 def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path | None = None) -> dict:
