@@ -177,7 +177,7 @@ def test_ddp_validation_figures_count_each_image_once(ddp_run):
 
 @pytest.mark.slow
 def test_a_ddp_run_is_read_by_predict_evaluate_explain_and_serve(ddp_run, ddp_phantoms, tmp_path, monkeypatch):
-    from liverscope.explain import explain_paths
+    from liverscope.explain_files import explain_paths
     from liverscope.external import evaluate_on_data
     from liverscope.predict import Predictor
 

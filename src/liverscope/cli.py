@@ -101,7 +101,7 @@ def predict(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: sized for the backend)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     backend: choice("predict.backend") = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
-    precision: choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto (bf16 where the CPU/GPU has it, checked against fp32), fp32 or bf16."),
+    precision: choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto or fp32 (fp32 on every machine: the same answers everywhere), or bf16 (faster where native, checked against fp32 on the first batch; can change answers: docs/benchmarks.md)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode/preprocess threads (default: CPU count)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model threads on CPU (default: torch times every core against half of them and keeps the faster; ONNX Runtime all)."),
     schedule: choice("predict.schedule") = typer.Option("auto", "--schedule", help="auto (torch on CPU: alternate; otherwise overlap), alternate (decode a window, then score it with every core) or overlap (decode ahead while the model scores)."),
@@ -358,7 +358,8 @@ def explain(
 ):
     """Class activation maps: heatmap and overlay PNGs, raw maps (.npy) and cams.csv; bad files are skipped and listed (exit 1 when none could be read)."""
     from liverscope import rundir
-    from liverscope.explain import explain_paths, method_key
+    from liverscope.explain import method_key
+    from liverscope.explain_files import explain_paths
 
     try:
         check_device(device)

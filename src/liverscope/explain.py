@@ -20,8 +20,9 @@ EigenCAM and LayerCAM. liverscope adds what ultrasound needs around them:
 * ``layers``: maps from a shallower backbone stage (finer than the last feature map: 4x4 for resnet10t
   at 128 px) or from several stages averaged (a multi-scale CAM); stages are timm's ``feature_info``
   (:func:`cam_stages`, :func:`resolve_layers`);
-* :func:`explain_paths` (the ``liverscope explain`` command) writes heatmaps, overlays on the original
-  image at its original size, the maps as ``.npy`` and ``cams.csv``; :func:`write_cam_gallery` writes
+* :func:`liverscope.explain_files.explain_paths` (the ``liverscope explain`` command) writes heatmaps,
+  overlays on the original image at its original size, the maps as ``.npy`` and ``cams.csv``, with the
+  probabilities of the run's :class:`~liverscope.predict.Predictor`; :func:`write_cam_gallery` writes
   the report's gallery of correct and wrong test cases.
 
 Python use::
@@ -32,14 +33,12 @@ Python use::
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -47,13 +46,13 @@ import torch
 from torch import nn
 
 from liverscope import rundir
-from liverscope.data.io import iter_image_files, read_image
+from liverscope.data.io import read_image
 from liverscope.data.preprocess import Preprocessing, preprocess_array, sector_mask
-from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.errors import LiverscopeError
+from liverscope.evaluate.masks import is_flat
 from liverscope.explain_images import cam_to_original, gallery_tile, heatmap_rgb, original_overlay, overlay
-from liverscope.faithfulness import energy_outside_sector, faithfulness, input_tensor, model_device
-from liverscope.utils import atomic_path, atomic_write_json, atomic_write_npy, atomic_write_png, default_model_threads, resolve_device, softmax
-from liverscope.utils import progress, torch_threads
+from liverscope.faithfulness import energy_outside_sector, input_tensor, model_device
+from liverscope.utils import default_model_threads, softmax, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "H
 # made it (the app serves every browser session from its own thread, all sharing one cached model):
 # cam_overlay computes one map at a time so that no caller's map mixes in another's activations.
 _CAM_LOCK = threading.Lock()
-#: The per-image columns that ``explain_paths(with_faithfulness=True)`` adds (keys of :func:`faithfulness`).
+#: The per-image columns that ``explain_paths(with_faithfulness=True)`` adds (keys of :func:`~liverscope.faithfulness.faithfulness`).
 FAITHFULNESS_COLUMNS = ("deletion_auc", "road", "road_morf", "road_lerf")
 
 
@@ -185,7 +184,9 @@ def _upsample(maps: np.ndarray, h: int, w: int) -> np.ndarray:
 def normalise_in_region(cam: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     """Min-max normalise a map over ``region`` (default: everywhere); zero outside it.
 
-    A map that is constant over the region (nothing stands out) becomes all zero.
+    A map that is constant over the region (nothing stands out) becomes all zero; constant up to float
+    rounding counts (:func:`~liverscope.evaluate.masks.is_flat`): a map from rounding ripples would
+    differ between CPUs.
 
     Not ``scale_cam_image``, which divides by ``max - min + 1e-7`` over the whole array: a map then
     tops out at ``1 - 1e-7 / (max - min)`` (0.9997 for an untrained model's Grad-CAM range of 3e-4,
@@ -200,7 +201,7 @@ def normalise_in_region(cam: np.ndarray, region: np.ndarray | None = None) -> np
         return out
     vals = cam[region]
     lo, hi = float(vals.min()), float(vals.max())
-    if hi - lo > 1e-12 * max(1.0, abs(hi)):
+    if not is_flat(lo, hi):
         out[region] = (vals - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0)
 
@@ -390,139 +391,6 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
     return overlay(model_input, b.cams[0], b.sectors[0] if b.sectors[0].any() else sector_mask(model_input))
 
 
-# --- Files: `liverscope explain` -------------------------------------------------------------------
-
-
-def _unique_stem(path: Path, taken: set[str]) -> str:
-    stem = path.stem or "image"
-    name, k = stem, 2
-    while name in taken:
-        name, k = f"{stem}_{k}", k + 1
-    taken.add(name)
-    return name
-
-
-def _load(path: Path, pp) -> tuple[np.ndarray, np.ndarray]:
-    """A file's decoded image and its model input."""
-    img = read_image(path)
-    return img, preprocess_array(img, pp)
-
-
-def _chunks(paths: Iterable[Path], pp, size: int):
-    """Lists of ``(path, original, model input, error)``, ``size`` readable images per list."""
-    chunk, good = [], 0
-    for p in paths:
-        try:
-            orig, inp = _load(p, pp)
-            chunk.append((p, orig, inp, None))
-            good += 1
-        except ImageReadError as exc:
-            chunk.append((p, None, None, f"{exc.reason} ({exc.fix})"))
-        except Exception as exc:  # a batch job lists a file it cannot process and goes on
-            chunk.append((p, None, None, f"cannot preprocess ({type(exc).__name__}: {exc})"))
-        if good >= size:
-            yield chunk
-            chunk, good = [], 0
-    if chunk:
-        yield chunk
-
-
-def explain_paths(
-    run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path | None = None, method: str = DEFAULT_METHOD,
-    class_label: str | None = None, batch_size: int = 8, flip_average: bool = False, with_faithfulness: bool = False,
-    restrict_to_sector: bool = True, device: str = "auto", layers: str | int | Sequence[str | int] | None = None,
-) -> dict:
-    """Explain image files with a run's model and write, per image, into ``out_dir``:
-
-    * ``<stem>_heatmap.png``: the map at model resolution as a colour image;
-    * ``<stem>_overlay.png``: the map on the original image at its original size;
-    * ``<stem>.npy``: the map, float32 ``size x size`` in [0, 1] (zero outside the sector when restricted);
-
-    and ``cams.csv`` (one row per file, skipped files with their reason) and ``cams_summary.json``.
-
-    Args:
-        run_dir: a trained run.
-        paths: files and folders (see :func:`liverscope.data.io.iter_image_files`).
-        out_dir: default ``run_dir/explain``.
-        method: a key of :data:`CAM_METHODS`.
-        class_label: explain this class for every image (default: each image's predicted class).
-        batch_size: images per CAM pass.
-        flip_average: average with the map of the mirrored image.
-        with_faithfulness: add deletion AUC and ROAD per image (many forward passes per image).
-        restrict_to_sector: see :func:`compute_cams`.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        layers: where the maps are taken (see :func:`compute_cams`).
-
-    Returns:
-        ``{"explained": n, "skipped": [(path, reason)], "out": str, "csv": str, "method": str,
-        "seconds": float, "means": {column: mean}}``.
-    """
-    t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    method = method_key(method)
-    model, meta = rundir.load_model(run_dir)
-    resolve_layers(model, layers)  # a bad layer name fails before any file is read
-    labels = list(meta["labels"])
-    pp = Preprocessing.from_dict(meta["preprocessing"])
-    temperature = rundir.temperature(meta)
-    if class_label is not None and class_label not in labels:
-        raise LiverscopeError(f"class '{class_label}' is not a label of {run_dir} (labels: {', '.join(labels)})")
-    target = None if class_label is None else labels.index(class_label)
-    if int(batch_size) < 1:
-        raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
-    model.to(resolve_device(device))
-    out = Path(out_dir) if out_dir is not None else run_dir / "explain"
-    out.mkdir(parents=True, exist_ok=True)
-    faith_cols = list(FAITHFULNESS_COLUMNS) if with_faithfulness else []
-    cols = ["file", "predicted", "target", "prob_predicted", "prob_target", "energy_outside_sector", *faith_cols, "heatmap", "overlay", "npy", "error"]
-    taken, skipped, sums, n_done = set(), [], {}, 0  # stems written, (file, reason), column -> values, files explained
-    with atomic_path(out / "cams.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for chunk in progress(_chunks(iter_image_files(paths), pp, int(batch_size)), f"explaining ({method}, {int(batch_size)} images a step)"):
-            rows = [{"file": str(p), "error": err or ""} for p, _, _, err in chunk]
-            good = [j for j, (_, _, _, err) in enumerate(chunk) if err is None]
-            if good:
-                inputs = [chunk[j][2] for j in good]
-                b = explain_batch(model, inputs, pp, None if target is None else [target] * len(good), method, restrict_to_sector, int(batch_size), flip_average, layers=layers)
-                probs = softmax(b.logits, temperature)
-                faith = faithfulness(model, inputs, pp, b.cams, b.targets, b.sectors, b.raw, batch_size=int(batch_size)) if with_faithfulness else None
-                energy = b.energy_outside
-                for i, j in enumerate(good):
-                    p, orig = chunk[j][0], chunk[j][1]
-                    stem = _unique_stem(p, taken)
-                    files = {"heatmap": out / f"{stem}_heatmap.png", "overlay": out / f"{stem}_overlay.png", "npy": out / f"{stem}.npy"}
-                    try:
-                        atomic_write_png(files["heatmap"], heatmap_rgb(b.cams[i]))
-                        atomic_write_png(files["overlay"], original_overlay(orig, b.cams[i], pp, restrict_to_sector))
-                        atomic_write_npy(files["npy"], b.cams[i].astype(np.float32))
-                    except Exception as exc:
-                        rows[j]["error"] = f"cannot write outputs ({type(exc).__name__}: {exc})"
-                        continue
-                    pred, tgt = int(np.argmax(probs[i])), int(b.targets[i])
-                    values = {"energy_outside_sector": float(energy[i])}
-                    if faith is not None:
-                        values.update({k: float(faith[k][i]) for k in FAITHFULNESS_COLUMNS})
-                    for k, v in values.items():
-                        sums.setdefault(k, []).append(v)
-                    rows[j].update(
-                        predicted=labels[pred], target=labels[tgt], prob_predicted=f"{probs[i, pred]:.6f}",
-                        prob_target=f"{probs[i, tgt]:.6f}", **{k: f"{v:.6f}" for k, v in values.items()}, **{k: v.name for k, v in files.items()},
-                    )
-            skipped += [(row["file"], row["error"]) for row in rows if row["error"]]
-            n_done += sum(not row["error"] for row in rows)
-            w.writerows(rows)
-            fh.flush()
-    means = {k: float(np.mean(v)) for k, v in sums.items()}
-    summary = {
-        "explained": n_done, "skipped": skipped, "out": str(out), "csv": str(out / "cams.csv"), "method": method,
-        "class": class_label, "flip_average": bool(flip_average), "restricted_to_sector": bool(restrict_to_sector),
-        "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers), "seconds": time.perf_counter() - t0, "means": means,
-    }
-    atomic_write_json(out / "cams_summary.json", summary)
-    return summary
-
-
 # --- Report gallery --------------------------------------------------------------------------------
 
 def _find_file(path: str, data_root: Path | None) -> Path | None:
@@ -573,7 +441,7 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
                 if f is None:
                     continue
                 try:
-                    _, inp = _load(f, pp)
+                    inp = preprocess_array(read_image(f), pp)
                 except Exception:  # unreadable now: not shown
                     continue
                 picks.append((int(r), kind, inp))
@@ -595,5 +463,5 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
 __all__ = [
     "CAM_METHODS", "DEFAULT_METHOD", "CamBatch", "HeadGradOnly", "compute_cams", "explain_batch", "cam_overlay", "cam_stages", "resolve_layers",
     "energy_outside_sector", "normalise_in_region", "heatmap_rgb", "overlay", "original_overlay", "cam_to_original",
-    "explain_paths", "write_cam_gallery", "cam_method",
+    "write_cam_gallery", "cam_method",
 ]

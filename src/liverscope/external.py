@@ -5,6 +5,10 @@ Writes ``RUN_DIR/eval/<name>/``: ``predictions_test.csv``, ``metrics.json`` (wit
 the data has more than one acquisition source, and the share of images flagged as unlike the training
 data: a whole new site flagged means the model does not transfer there), ``confusion_matrix.png``,
 ``audit.json`` and ``report.html``.
+
+Figures of record are computed in fp32 (``precision="fp32"``, the default), the same on every machine;
+``precision="bf16"`` can move them far (docs/benchmarks.md, "bf16 against fp32"). The precision used is
+written to ``metrics.json`` (``test.precision``), to every row of the predictions CSV and to the report.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from liverscope.predict import Predictor
 
 
 def ensemble_predict_logits(
-    run_dir: Path, paths: list[Path], device: str = "auto", tta: str = "none",
-) -> tuple[np.ndarray, list[str], list[tuple[str, str]], tuple[np.ndarray, float, dict] | None]:
+    run_dir: Path, paths: list[Path], device: str = "auto", tta: str = "none", precision: str = "fp32",
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]], tuple[np.ndarray, float, dict] | None, str]:
     """Logits of a run (mean over ensemble members) for files, and their out-of-distribution scores.
 
     A single model's OOD score is its own, against its own threshold. A fold ensemble's is
@@ -36,14 +40,20 @@ def ensemble_predict_logits(
     threshold and the median of these margins is the ensemble's score, with threshold 0 — an image is
     flagged when the majority of members (odd counts) flag it.
 
+    ``precision``: ``fp32`` (or ``auto``, the same) scores with ONNX Runtime where the run has a current
+    export (fp32 too), else PyTorch; ``bf16`` needs PyTorch (:class:`~liverscope.models.backends.TorchBackend`).
+
     Returns:
-        ``(logits, ok_paths, skipped, ood)`` with ``ood = (scores, threshold, info)`` or ``None`` when
-        a member has no detector (a run trained before liverscope scored OOD).
+        ``(logits, ok_paths, skipped, ood, precision)`` with ``ood = (scores, threshold, info)`` or ``None``
+        when a member has no detector (a run trained before liverscope scored OOD), and the precision
+        the models ran in (``bf16+fp32`` when bf16's first-batch check kept it for some members only).
     """
-    all_logits, all_scores, thresholds, methods, ok, skipped = [], [], [], [], None, []
+    all_logits, all_scores, thresholds, methods, ok, skipped, used = [], [], [], [], None, [], set()
     for member in rundir.members(run_dir):
-        pred = Predictor.from_run(member, device=device, calibrated=False, tta=tta)
+        backend = "torch" if precision == "bf16" else "auto"
+        pred = Predictor.from_run(member, backend=backend, device=device, calibrated=False, tta=tta, precision=precision)
         results = list(pred.predict_paths(paths))
+        used.add(pred.precision)
         if ok is None:
             skipped = [(r.path, r.error) for r in results if r.error]
             ok = [r.path for r in results if not r.error]
@@ -59,11 +69,11 @@ def ensemble_predict_logits(
         else:
             rule = "median over the fold models of (score - the model's threshold); flagged above 0 (the majority of models flag it)"
             ood = (ensemble_margin(np.stack(all_scores), thresholds), 0.0, {"method": methods[0], "ensemble": rule, "member_thresholds": thresholds})
-    return ensemble_logits(all_logits), ok or [], skipped, ood
+    return ensemble_logits(all_logits), ok or [], skipped, ood, "+".join(sorted(used))
 
 
 def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto", out: str | Path | None = None,
-                     tta: str = "none") -> Path:
+                     tta: str = "none", precision: str = "fp32") -> Path:
     """Score a run on labelled data and write the results to ``out`` (default ``RUN_DIR/eval/<name>/``).
 
     Args:
@@ -73,6 +83,8 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
         device: inference device.
         out: output folder (self-contained: it gets a copy of the run's ``model.json`` and ``config.yaml``).
         tta: ``none`` or ``flip`` (each image's logits averaged with its mirror's; recorded in ``metrics.json``).
+        precision: ``fp32`` (default: the same figures on every machine; ``auto`` is the same) or ``bf16``;
+            the precision used is recorded in ``metrics.json`` (``test.precision``) and the predictions CSV.
 
     Returns:
         The output folder.
@@ -89,7 +101,7 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     audit = audit_dataset(samples)
     write_audit(audit, out)
     source_of = {r["path"]: r.get("source") for r in audit["files"]}
-    logits, ok, skipped, ood = ensemble_predict_logits(run_dir, [s.path for s in samples], device, tta)
+    logits, ok, skipped, ood, used = ensemble_predict_logits(run_dir, [s.path for s in samples], device, tta, precision)
     by_path = {str(s.path): s for s in samples}
     kept = [by_path[p] for p in ok]
     for s in kept:
@@ -97,7 +109,8 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     index = {c: i for i, c in enumerate(labels)}
     y = np.array([index[s.label] for s in kept])
     metrics: dict = {"data": str(data), "n_skipped": len(skipped), "skipped": skipped, "class_names": labels, "tta": tta}
-    scored = score_predictions(out, rundir.PREDICTIONS_TEST, kept, y, logits, labels, rundir.temperature(meta), ood=ood[:2] if ood else None)
+    scored = score_predictions(out, rundir.PREDICTIONS_TEST, kept, y, logits, labels, rundir.temperature(meta), ood=ood[:2] if ood else None,
+                               precision=used)
     metrics["test"] = scored["metrics"]
     if ood:  # a whole new site flagged = the model does not transfer there
         metrics["ood"] = dict(flag_summary(ood[0], ood[1]), **ood[2])

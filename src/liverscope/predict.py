@@ -26,8 +26,9 @@ How it is fast on an ordinary CPU:
   flat on a folder of any size; :func:`write_results` writes rows as they come into a temporary file
   that replaces the output at the end;
 * two backends (:mod:`liverscope.models.backends`): ONNX Runtime (default when the run has a current ``model.onnx``, see
-  :func:`export_onnx`) and PyTorch (channels-last; bf16 autocast on CPUs with native bf16, checked
-  against fp32 on the first batch and abandoned when predictions move more than ``BF16_TOLERANCE``);
+  :func:`export_onnx`) and PyTorch (channels-last; fp32 unless ``precision="bf16"`` asks for bf16
+  autocast, checked against fp32 on the first batch and abandoned when predictions move more than
+  ``BF16_TOLERANCE``; every result says its ``precision``);
 * batch sizes per backend and device (:data:`DEFAULT_BATCH_SIZE`), measured in ``benchmarks/inference.py``;
 * the torch backend times every core against half of them as it goes and keeps the faster: every
   core on a quiet machine, half on a busy one, where 2 OpenMP threads run EfficientNet-B0 several
@@ -240,6 +241,7 @@ class Predictor:
 
     @property
     def precision(self) -> str:
+        """What the model computes in: ``fp32`` (``auto`` too), ``bf16`` (torch, asked for and kept by the first-batch check) or ``int8``."""
         return self.engine.precision
 
     def describe(self) -> str:
@@ -265,11 +267,17 @@ class Predictor:
         return self._processes
 
     # ---------------------------------------------------------------- any input, the run's preprocessing
-    def prepare(self, x, data: bytes | None = None) -> np.ndarray:
-        """Decode and preprocess one input to uint8 ``size x size x 3``: a file (or its name and ``data``,
-        its bytes), or anything :meth:`predict` takes."""
+    def load(self, x, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and preprocess one input: a file (or its name and ``data``, its bytes), or anything
+        :meth:`predict` takes. Returns ``(decoded image, uint8 size x size x 3 model input)``: the one
+        path that ``predict``, ``explain`` and the app read an image by (the decoded image is what
+        ``explain`` draws its overlay on)."""
         img = decode_image(data, x) if data is not None else load_input(x)
-        return preprocess_array(img, self.pp)
+        return img, preprocess_array(img, self.pp)
+
+    def prepare(self, x, data: bytes | None = None) -> np.ndarray:
+        """The model input of one input (:meth:`load`): uint8 ``size x size x 3``."""
+        return self.load(x, data)[1]
 
     def predict(self, x, names: str | Sequence[str] | None = None) -> Result | list[Result]:
         """Score images with the run's own preprocessing (sector crop, denoising, resize, normalisation).
@@ -343,7 +351,7 @@ class Predictor:
             pr, lg = probs[rows].mean(0), logits[rows].mean(0)
             s = None if scores is None else float(np.median(np.asarray(scores)[rows]))
             out.append(Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg],
-                              ood_score=s, ood=None if s is None else bool(s > self.ood_threshold), frames=n))
+                              ood_score=s, ood=None if s is None else bool(s > self.ood_threshold), frames=n, precision=self.precision))
         return out
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Result]:
@@ -459,6 +467,11 @@ class EnsemblePredictor(Predictor):
     @property
     def model(self) -> torch.nn.Module:
         raise LiverscopeError(f"{self.run_dir} is a fold ensemble of {len(self.members)} models, not one: use .members[i].model")
+
+    @property
+    def precision(self) -> str:
+        """The fold models' precision; ``bf16+fp32`` when their first-batch checks settled differently."""
+        return "+".join(sorted({m.precision for m in self.members}))
 
     def describe(self) -> str:
         return f"fold ensemble of {len(self.members)} models; " + super().describe()

@@ -22,7 +22,8 @@ class Result:
     """Prediction for one file (``error`` set and ``label`` ``None`` when the file was skipped).
 
     ``ood_score`` is the out-of-distribution score (higher = more unlike the training images) and ``ood``
-    whether it is above the run's threshold; both ``None`` for a run without a detector.
+    whether it is above the run's threshold; both ``None`` for a run without a detector. ``precision``
+    is the numeric precision the model ran in (``fp32``, ``bf16``, ``int8``).
     """
 
     path: str
@@ -33,6 +34,7 @@ class Result:
     ood_score: float | None = None
     ood: bool | None = None
     frames: int = 1  # frames of a cine loop averaged into this result (predict_paths(frames=...))
+    precision: str | None = None  # what the model computed in: fp32, bf16, int8 (None: not scored)
 
     @property
     def confidence(self) -> float | None:
@@ -51,17 +53,18 @@ def result_row(r: Result, labels: Sequence[str]) -> list[str]:
     row = [r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs]
     ep = r.endpoints
     row += [f"{ep[k]:.6f}" if ep else "" for k in endpoint_keys(labels)]
-    row += ["" if r.ood_score is None else f"{r.ood_score:.6g}", "" if r.ood is None else str(r.ood).lower()]
+    row += ["" if r.ood_score is None else f"{r.ood_score:.6g}", "" if r.ood is None else str(r.ood).lower(), r.precision or ""]
     return row + ["" if r.error else str(r.frames), r.error or ""]
 
 
 def csv_header(labels: Sequence[str]) -> list[str]:
-    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],ood_score,ood,frames,error``
+    """``file,prediction,confidence,prob_<label>...[,p_ge_F2,p_ge_F3,p_F4],ood_score,ood,precision,frames,error``
     (endpoints for METAVIR labels; ``ood`` is ``true`` for an image unlike the training data, empty
-    without a detector; ``frames``: frames of a cine loop averaged into the row, 1 for a still image)."""
+    without a detector; ``precision``: what the model computed in, ``fp32``, ``bf16`` or ``int8``;
+    ``frames``: frames of a cine loop averaged into the row, 1 for a still image)."""
     cols = ["file", "prediction", "confidence", *[f"prob_{c}" for c in labels]]
     cols += [endpoint_column(k) for k in endpoint_keys(labels)]
-    return cols + ["ood_score", "ood", "frames", "error"]
+    return cols + ["ood_score", "ood", "precision", "frames", "error"]
 
 
 def write_results(results: Iterable[Result], labels: Sequence[str], out: str | Path, progress=None) -> dict:
@@ -97,7 +100,7 @@ def write_results(results: Iterable[Result], labels: Sequence[str], out: str | P
                 w.writerow(result_row(r, labels))
             else:
                 item = {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs,
-                        "ood_score": r.ood_score, "ood": r.ood, "error": r.error}
+                        "ood_score": r.ood_score, "ood": r.ood, "precision": r.precision, "error": r.error}
                 ep = r.endpoints  # by the CSV's names (p_ge_F2, ...), and the CSV's frames
                 item.update({endpoint_column(k): ep[k] if ep else None for k in endpoint_keys(labels)}, frames=None if r.error else r.frames)
                 fh.write(("," if n else "") + "\n  " + json.dumps(item, ensure_ascii=False))

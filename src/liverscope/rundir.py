@@ -357,18 +357,20 @@ def write_skipped(run_dir: str | Path, skipped: Sequence[tuple[str, str]]) -> Pa
 
 def write_predictions(
     path: str | Path, samples: Sequence[Sample], logits: np.ndarray, class_names: Sequence[str], temperature: float = 1.0,
-    ood: tuple[np.ndarray, float] | None = None,
+    ood: tuple[np.ndarray, float] | None = None, precision: str | None = None,
 ) -> Path:
     """A predictions CSV: path, label, pred, source, group, ``prob_*`` (at ``temperature``), ``logit_*``,
-    and with ``ood = (scores, threshold)`` the out-of-distribution ``ood_score`` and flag ``ood``."""
+    with ``ood = (scores, threshold)`` the out-of-distribution ``ood_score`` and flag ``ood``, and with
+    ``precision`` (what the logits were computed in: ``fp32``, ``bf16``) a ``precision`` column."""
     probs = softmax(logits, temperature)
     header = ["path", "label", "pred", "source", "group", *[f"prob_{c}" for c in class_names], *[f"logit_{c}" for c in class_names]]
     scores = [None] * len(samples) if ood is None else [float(v) for v in ood[0]]
     if ood is not None:
         header += ["ood_score", "ood"]
+    header += ["precision"] if precision else []
     rows = (
         [str(s.path), s.label, class_names[int(np.argmax(pr))], s.source or "", s.group or "", *[f"{v:.6f}" for v in pr], *[f"{v:.6f}" for v in lg],
-         *([] if sc is None else [f"{sc:.6g}", str(sc > ood[1]).lower()])]
+         *([] if sc is None else [f"{sc:.6g}", str(sc > ood[1]).lower()]), *([precision] if precision else [])]
         for s, lg, pr, sc in zip(samples, logits, probs, scores)
     )
     return atomic_write_csv(path, header, rows)

@@ -55,7 +55,7 @@ from liverscope.lightning_module import (
 )
 from liverscope.models import LiverNet, build_model, get_spec
 from liverscope.provenance import collect_provenance
-from liverscope.utils import file_sha256, log, resolve_device, softmax
+from liverscope.utils import file_sha256, log, resolve_device, softmax, strict_fp32
 
 
 
@@ -344,10 +344,12 @@ class RunData(L.LightningDataModule):
 
 def infer_outputs(model: LiverNet, loader, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, pooled features and targets of a model over a DataLoader of ``(x, y)`` batches (eval
-    mode, no grad; one forward pass gives logits and features, see :meth:`liverscope.models.LiverNet.forward_with_features`)."""
+    mode, no grad; one forward pass gives logits and features, see :meth:`liverscope.models.LiverNet.forward_with_features`).
+    In true fp32 whatever the training precision (TF32 off on a GPU: :func:`~liverscope.utils.strict_fp32`): the
+    split's figures in ``metrics.json`` say ``"precision": "fp32"``."""
     model.eval().to(device)
     logits, feats, targets = [], [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), strict_fp32(device):
         for x, y in loader:
             lg, f = model.forward_with_features(x.to(device))
             logits.append(lg.float().cpu())

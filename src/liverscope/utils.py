@@ -264,6 +264,24 @@ def cpu_has_native_bf16() -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
+@contextmanager
+def strict_fp32(device: str) -> Iterator[None]:
+    """Run a block in true fp32 on a CUDA device: cuDNN convolutions (and matmuls) without TF32, which
+    PyTorch allows for convolutions by default and which keeps only 10 mantissa bits on Ampere and later
+    GPUs. On a CPU nothing changes (its fp32 is fp32). The previous settings come back afterwards."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    import torch
+
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``."""
     import torch

@@ -7,8 +7,8 @@ Definitions (tests pin them down):
   1.0 (perfect agreement that nothing is there), an empty and a non-empty mask score 0.0;
 * :func:`pointing_game` (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016):
   the first maximum (raster order) of a map, inside the region when one is given, is a hit when it
-  lies in the true mask; a constant map points nowhere (a miss); an empty true mask has no answer
-  (``None``, left out of hit rates);
+  lies in the true mask; a constant map (:func:`is_flat`) points nowhere (a miss); an empty true mask
+  has no answer (``None``, left out of hit rates);
 * :func:`mask_scores`: mean IoU and Dice over image pairs, and the per-image figures;
 * :func:`expert_mask_summary`: what a clinic asks of a lesion segmenter (or of pseudo-masks) against
   expert masks — Dice/IoU over the images that *have* a lesion, the detection rate (at least one
@@ -25,6 +25,16 @@ from typing import Sequence
 import numpy as np
 
 from liverscope.errors import LiverscopeError
+
+#: A map whose range over its region is at most this share of its largest magnitude is constant there
+#: (:func:`is_flat`): float32 rounding is no pattern. Resizing a 1x1 feature map leaves ripples of a few
+#: ulps (1e-7 relative) whose place differs between CPUs' SIMD code; a real CAM spans far more than 1e-5.
+FLAT_RANGE = 1e-5
+
+
+def is_flat(lo: float, hi: float) -> bool:
+    """Whether a map whose values run from ``lo`` to ``hi`` is constant up to float rounding (:data:`FLAT_RANGE`, scale-free)."""
+    return float(hi) - float(lo) <= FLAT_RANGE * max(abs(float(lo)), abs(float(hi)))
 
 
 def map_in_region(cam: np.ndarray, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +130,7 @@ def pointing_game(cam: np.ndarray, true_mask: np.ndarray, sector: np.ndarray | N
     if not sec.any():
         return False
     vals = np.where(sec, cam, -np.inf)
-    if float(cam[sec].max()) - float(cam[sec].min()) <= 1e-12:
+    if is_flat(cam[sec].min(), cam[sec].max()):
         return False
     return bool(true_mask.ravel()[int(np.argmax(vals))])
 
@@ -277,5 +287,5 @@ def sector_centre(sector: np.ndarray) -> np.ndarray:
     return (-((yy - ys.mean()) ** 2 + (xx - xs.mean()) ** 2)).astype(np.float32)
 
 
-__all__ = ["map_in_region", "iou", "dice", "pointing_game", "mask_scores", "score_summary", "detected", "size_quartiles",
+__all__ = ["FLAT_RANGE", "is_flat", "map_in_region", "iou", "dice", "pointing_game", "mask_scores", "score_summary", "detected", "size_quartiles",
            "expert_mask_summary", "centred_disc", "sector_centre"]

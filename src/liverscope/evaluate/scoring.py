@@ -35,6 +35,7 @@ def score_predictions(
     probs: np.ndarray | None = None,
     confusion_png: bool = True,
     ood: tuple[np.ndarray, float] | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Score one labelled set and write its outputs into ``out_dir``.
 
@@ -51,19 +52,22 @@ def score_predictions(
         confusion_png: also plot the confusion matrix to ``confusion_matrix.png``.
         ood: ``(scores, threshold)`` of the out-of-distribution detector: written as the ``ood_score`` and
             ``ood`` columns of the predictions CSV.
+        precision: what the model computed the logits in (``fp32``: training's own scoring of its splits;
+            ``evaluate`` says what it used): the ``precision`` column of the CSV and ``metrics["precision"]``.
 
     Returns:
-        ``{"metrics": compute_metrics(..., ci=True) plus "ece" and "ece_uncalibrated",
+        ``{"metrics": compute_metrics(..., ci=True) plus "ece", "ece_uncalibrated" and "precision",
         "by_source": per-source metrics or None when the set has one source}``.
     """
     out_dir = Path(out_dir)
     y = np.asarray(y)
     names = list(class_names)
     p = softmax(logits, temperature) if probs is None else np.asarray(probs)
-    rundir.write_predictions(out_dir / csv_name, samples, logits, names, temperature, ood=ood)
+    rundir.write_predictions(out_dir / csv_name, samples, logits, names, temperature, ood=ood, precision=precision)
     metrics = compute_metrics(y, p, names, ci=True)
     metrics["ece_uncalibrated"] = float(expected_calibration_error(softmax(logits), y))
     metrics["ece"] = float(expected_calibration_error(p, y))
+    metrics["precision"] = precision
     sources = [s.source or "unknown" for s in samples]
     by_source = metrics_by_group(y, p, sources, names) if len(set(sources)) > 1 else None
     if confusion_png:

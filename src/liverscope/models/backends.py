@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from liverscope.errors import LiverscopeError
-from liverscope.utils import cpu_has_native_bf16, default_model_threads, import_optional, resolve_device, softmax, torch_threads
+from liverscope.utils import default_model_threads, import_optional, resolve_device, softmax, strict_fp32, torch_threads
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Largest change of any class probability that bf16 may cause on the check batch before the torch
@@ -32,19 +32,25 @@ RECHECK = 20
 
 
 class TorchBackend:
-    """PyTorch inference: channels-last, ``inference_mode``, bf16 autocast where the hardware has it.
+    """PyTorch inference: channels-last, ``inference_mode``, fp32, or bf16 autocast when asked.
 
     Args:
         model: a :class:`~liverscope.models.LiverNet` (or any ``NCHW -> logits`` module).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        precision: ``auto`` (bf16 on CPUs with native bf16 and on bf16-capable GPUs, else fp32), ``fp32``
-            or ``bf16`` (emulated where not native: slow, for checks).
+        precision: ``fp32`` (true fp32, TF32 off on a GPU: :func:`~liverscope.utils.strict_fp32`), ``auto``
+            (the same: fp32 on every CPU and GPU, so that a run gives the same answers on every machine)
+            or ``bf16`` (autocast, checked against fp32 on the first batch; fast on CPUs with native bf16,
+            :func:`~liverscope.utils.cpu_has_native_bf16`, and on GPUs, emulated and slow elsewhere).
+            bf16 is never chosen for you: on a real EfficientNet-Lite0 fibrosis run it changed the
+            predicted stage of 12% of the images (docs/benchmarks.md, "bf16 against fp32").
         channels_last: NHWC memory layout, which oneDNN/cuDNN convolutions run faster on.
         tolerance: largest probability change bf16 may cause on the first batch (see :data:`BF16_TOLERANCE`).
         threads: intra-op threads on CPU; ``None`` (default): chosen by measurement, see below; ``0``
             leaves PyTorch's setting.
 
     After the first batch, :attr:`precision` says what is used and :attr:`bf16_check` what the check found.
+    Every batch is scored in that one precision, the first included: an image's logits do not depend
+    on whether it came first.
 
     Threads on a CPU, by default: every core and :func:`default_model_threads` (half of them) are each
     timed on a forward pass after the first (which allocates, on the fewer threads), the faster per
@@ -69,13 +75,10 @@ class TorchBackend:
         self.model = model.eval().to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if precision == "auto":
-            native = torch.cuda.is_bf16_supported() if self.device.startswith("cuda") else cpu_has_native_bf16()
-            precision = "bf16" if native else "fp32"
-        self.precision = precision
+        self.precision = "fp32" if precision == "auto" else precision
         self.tolerance = tolerance
         self.bf16_check: dict | None = None
-        self._checked = precision == "fp32"
+        self._checked = self.precision == "fp32"
         self.thread_choices = [int(threads)] if threads is not None else sorted({os.cpu_count() or 1, default_model_threads()}, reverse=True)
         if self.device != "cpu":
             self.thread_choices = [0]
@@ -107,7 +110,8 @@ class TorchBackend:
     def _forward(self, x: torch.Tensor, bf16: bool, features: bool = False):
         threads = self._pick_threads(len(x))
         t0 = time.perf_counter()
-        with torch_threads(threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16):
+        with torch_threads(threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16), \
+                strict_fp32("cpu" if bf16 else self.device):
             if features:
                 logits, pooled = self.model.forward_with_features(x)
                 out = logits.float().cpu().numpy(), pooled.float().cpu().numpy()
@@ -142,7 +146,8 @@ class TorchBackend:
         return self._forward(x, self.precision == "bf16", features=True)
 
     def _check_bf16(self, x: torch.Tensor) -> np.ndarray:
-        """Score the first batch in fp32 and bf16; keep bf16 only if no probability moves more than the tolerance."""
+        """Score the first batch in fp32 and bf16; keep bf16 only if no probability moves more than the
+        tolerance, and return the logits of the precision kept."""
         ref = self._forward(x, False)
         low = self._forward(x, True)
         p_ref, p_low = softmax(ref), softmax(low)
@@ -157,7 +162,7 @@ class TorchBackend:
             )
             self.precision = "fp32"
         self._checked = True
-        return ref
+        return low if ok else ref
 
 
 class OnnxBackend:

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from liverscope.errors import LiverscopeError
-from liverscope.evaluate.masks import map_in_region
+from liverscope.evaluate.masks import is_flat, map_in_region
 from liverscope.explain import normalise_in_region
 
 RULES = ("threshold", "otsu", "top", "grabcut")
@@ -87,7 +87,7 @@ def otsu_mask(cam: np.ndarray, sector: np.ndarray | None = None) -> np.ndarray:
     if vals.size == 0:
         return mask
     lo, hi = float(vals.min()), float(vals.max())
-    if hi - lo <= 1e-12:
+    if is_flat(lo, hi):
         return mask
     q = np.clip(np.rint((vals - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
     t, _ = cv2.threshold(q.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
