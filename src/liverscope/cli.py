@@ -556,9 +556,9 @@ def segment_predict(
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}; outlines: " + ", ".join(f"{t} {c}" for t, c in summary["colours"].items()))
-    echo_skipped(summary["skipped"])
     for t, n in summary.get("suppressed", {}).items():
         typer.echo(f"{t} gate: no outline on {n} image(s) whose raw mask held only a small or unsure region")
+    echo_skipped(summary["skipped"])
     check_processed(summary["written"], summary["skipped"], "segmented")
 
 

@@ -47,7 +47,8 @@ from torch import nn
 
 from liverscope import rundir
 from liverscope.data.io import read_image
-from liverscope.data.preprocess import Preprocessing, preprocess_array, sector_mask
+from liverscope.data.preprocess import Preprocessing, preprocess_array
+from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import is_flat
 from liverscope.explain_images import cam_to_original, gallery_tile, heatmap_rgb, original_overlay, overlay
