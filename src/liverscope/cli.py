@@ -353,6 +353,7 @@ def explain(
     flip_average: bool = typer.Option(False, "--flip-average", help="Average each map with the map of the horizontally flipped image."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score each map: deletion AUC and ROAD (slower: many forward passes per image)."),
     sector: bool = typer.Option(True, "--sector/--no-sector", help="Restrict maps to the scan sector (text and borders outside the fan are not tissue)."),
+    full_size: bool = typer.Option(False, "--full-size", help="Draw overlays at the original size however large (default: at most 2048 px on the longer side)."),
     layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ):
@@ -371,6 +372,7 @@ def explain(
         summary = explain_paths(
             run_dir, paths, out_dir=out or Path("explain") / run_dir.resolve().name, method=method, class_label=class_label, batch_size=batch_size,
             flip_average=flip_average, with_faithfulness=faithfulness, restrict_to_sector=sector, device=device, layers=layers,
+            **({"overlay_side": None} if full_size else {}),
         )
     except LiverscopeError as exc:
         fail(exc)

@@ -21,7 +21,7 @@ import numpy as np
 from liverscope.data.io import iter_image_files
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.explain import DEFAULT_METHOD, FAITHFULNESS_COLUMNS, explain_batch, method_key, resolve_layers
-from liverscope.explain_images import heatmap_rgb, original_overlay
+from liverscope.explain_images import PREVIEW_SIDE, heatmap_rgb, original_overlay
 from liverscope.faithfulness import faithfulness
 from liverscope.predict import EnsemblePredictor, Predictor
 from liverscope.utils import atomic_path, atomic_write_json, atomic_write_npy, atomic_write_png, progress, resolve_device
@@ -59,12 +59,13 @@ def explain_paths(
     run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path | None = None, method: str = DEFAULT_METHOD,
     class_label: str | None = None, batch_size: int = 8, flip_average: bool = False, with_faithfulness: bool = False,
     restrict_to_sector: bool = True, device: str = "auto", layers: str | int | Sequence[str | int] | None = None,
-    backend: str = "auto", precision: str = "auto",
+    backend: str = "auto", precision: str = "auto", overlay_side: int | None = PREVIEW_SIDE,
 ) -> dict:
     """Explain image files with a run's model and write, per image, into ``out_dir``:
 
     * ``<stem>_heatmap.png``: the map at model resolution as a colour image;
-    * ``<stem>_overlay.png``: the map on the original image at its original size;
+    * ``<stem>_overlay.png``: the map on the original image, at its original size up to ``overlay_side``
+      px on the longer side (a larger scan is drawn on a preview of that size; ``None``: always the original size);
     * ``<stem>.npy``: the map, float32 ``size x size`` in [0, 1] (zero outside the sector when restricted);
 
     and ``cams.csv`` (one row per file, skipped files with their reason) and ``cams_summary.json``
@@ -83,6 +84,7 @@ def explain_paths(
         device: ``auto``, ``cpu`` or ``cuda``.
         layers: where the maps are taken (see :func:`~liverscope.explain.compute_cams`).
         backend, precision: the probabilities' :class:`~liverscope.predict.Predictor` (defaults as ``liverscope predict``).
+        overlay_side: longest side of the overlay (default :data:`~liverscope.explain_images.PREVIEW_SIDE`).
 
     Returns:
         ``{"explained": n, "skipped": [(path, reason)], "out": str, "csv": str, "method": str,
@@ -125,7 +127,7 @@ def explain_paths(
                     files = {"heatmap": out / f"{stem}_heatmap.png", "overlay": out / f"{stem}_overlay.png", "npy": out / f"{stem}.npy"}
                     try:
                         atomic_write_png(files["heatmap"], heatmap_rgb(b.cams[i]))
-                        atomic_write_png(files["overlay"], original_overlay(orig, b.cams[i], predictor.pp, restrict_to_sector))
+                        atomic_write_png(files["overlay"], original_overlay(orig, b.cams[i], predictor.pp, restrict_to_sector, overlay_side))
                         atomic_write_npy(files["npy"], b.cams[i].astype(np.float32))
                     except Exception as exc:
                         rows[j]["error"] = f"cannot write outputs ({type(exc).__name__}: {exc})"

@@ -29,6 +29,8 @@ from liverscope.data.sector import sector_mask
 OVERLAY_ALPHA = 0.45
 #: The report gallery's tiles are enlarged to at least this height (px).
 GALLERY_MIN_SIDE = 192
+#: Longest side of an overlay drawn on the original image (``explain --full-size`` lifts it).
+PREVIEW_SIDE = 2048
 
 
 def heatmap_rgb(cam: np.ndarray) -> np.ndarray:
@@ -61,9 +63,15 @@ def cam_to_original(cam: np.ndarray, original: np.ndarray, pp) -> np.ndarray:
     return np.clip(to_original(np.asarray(cam, np.float32), original.shape, crop_box(original, pp)), 0, 1)
 
 
-def original_overlay(original: np.ndarray, cam: np.ndarray, pp, restrict_to_sector: bool = True) -> np.ndarray:
-    """The map on the original image at its original size (RGB uint8); blended only inside the scan
-    sector when restricted, inside the region the model saw otherwise."""
+def original_overlay(original: np.ndarray, cam: np.ndarray, pp, restrict_to_sector: bool = True, max_side: int | None = PREVIEW_SIDE) -> np.ndarray:
+    """The map on the original image (RGB uint8); blended only inside the scan sector when restricted,
+    inside the region the model saw otherwise. An original whose longer side exceeds ``max_side`` is
+    drawn on a preview of that size (an 8000x8000 scan: 2048x2048, the same picture at a fraction of
+    the cost); ``max_side=None`` keeps the original size."""
+    h, w = original.shape[:2]
+    if max_side is not None and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        original = cv2.resize(original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     full = cam_to_original(cam, original, pp)
     region = sector_mask(original) if restrict_to_sector else to_original(np.ones(cam.shape, bool), original.shape, crop_box(original, pp))
     return overlay(original, full, region)
