@@ -49,3 +49,15 @@ def test_gate_score_counts_lesion_dice_and_empty_images_apart():
     assert s == {"dice": 1.0, "empty_left_empty": 1.0, "score": 1.0}
     s = gate_score([empty, hit], [truth, np.zeros_like(truth)], None)
     assert s["dice"] == 0.0 and s["empty_left_empty"] == 0.0
+
+
+def test_the_report_says_what_the_gate_removed():
+    from liverscope.evaluate.report_segment import _target_html
+
+    def summary(dice, fa):
+        return {"overall": {"n": 3, "n_lesion": 2, "dice": dice, "iou": dice / 2, "detection_rate": 1.0, "n_empty": 1, "false_positive_rate": fa}}
+
+    seg = {"target": "lesion", "vs_expert": summary(0.5, 0.0), "vs_expert_ungated": summary(0.6, 1.0), "gate": {"min_area": 0.008, "min_peak": 0.98}}
+    page = _target_html("lesion", seg)
+    assert "U-Net without the lesion gate vs expert masks" in page and "lesion gate (fitted on the validation images)" in page
+    assert "0.80% of the grid" in page and "peak probability at least 0.98" in page

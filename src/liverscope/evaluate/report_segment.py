@@ -30,7 +30,7 @@ FACTS = (("masks", "trained on"), ("expert_masks", "expert masks"), ("loss", "lo
          ("best_epoch", "best epoch"), ("best_val_dice", "best validation Dice"))
 MEANS = (("iou_vs_targets", "IoU vs targets"), ("dice_vs_targets", "Dice vs targets"), ("iou_vs_targets_sector", "IoU vs targets, in sector"),
          ("dice_vs_targets_sector", "Dice vs targets, in sector"))
-SUMMARIES = ("vs_targets", "vs_expert", "pseudo_vs_expert", "baselines", "unet_vs_real", "pseudo_vs_real", "test_images", "target", "real_masks")
+SUMMARIES = ("vs_targets", "vs_expert", "vs_expert_ungated", "gate", "pseudo_vs_expert", "baselines", "unet_vs_real", "pseudo_vs_real", "test_images", "target", "real_masks")
 
 
 def segmentation_targets(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,6 +47,7 @@ def _scorers(seg: Mapping[str, Any]) -> tuple[list[tuple[str, Mapping]], str]:
     base = seg.get("baselines") or {}
     against = next((b.get("against") for b in base.values() if isinstance(b, Mapping) and b.get("against")), "expert masks")
     rows = [("U-Net vs its targets", seg.get("vs_targets")), ("U-Net vs expert masks", seg.get("vs_expert")),
+            ("U-Net without the lesion gate vs expert masks", seg.get("vs_expert_ungated")),
             ("pseudo-masks vs expert masks", seg.get("pseudo_vs_expert")),
             (f"baseline: whole scan sector vs {against}", base.get("sector")), (f"baseline: centred disc vs {against}", base.get("centred_disc"))]
     return [(label, s) for label, s in rows if isinstance(s, Mapping)], against
@@ -78,6 +79,10 @@ def _breakdown(scored: Sequence[tuple[str, Mapping]], part: str, title: str, cap
 def _target_html(target: str, seg: Mapping[str, Any]) -> str:
     parts = [f"<h3>Target: {html.escape(str(seg.get('target') or target))}</h3>"]
     facts = [[t, seg[k]] for k, t in FACTS if seg.get(k) is not None]
+    gate = seg.get("gate")
+    if isinstance(gate, Mapping):  # what the gate suppresses: its rule here, its effect in the tables below
+        facts.append(["lesion gate (fitted on the validation images)", f"largest region only, at least {100 * gate['min_area']:.2f}% of the grid, "
+                      f"peak probability at least {gate['min_peak']:.2f}; the row without the gate shows what it removed"])
     if facts:
         parts.append(table_html(None, [[t, v if isinstance(v, (int, float)) else str(v)] for t, v in facts]))
     scored, against = _scorers(seg)
