@@ -61,3 +61,33 @@ def test_the_report_says_what_the_gate_removed():
     page = _target_html("lesion", seg)
     assert "U-Net without the lesion gate vs expert masks" in page and "lesion gate (fitted on the validation images)" in page
     assert "0.80% of the grid" in page and "peak probability at least 0.98" in page
+
+
+def test_the_app_draws_no_gated_outline_and_says_so(tmp_path):
+    import torch
+
+    from liverscope import app as appmod
+    from liverscope.data.preprocess import Preprocessing, preprocess_array
+    from liverscope.models.registry import build_model
+    from liverscope.rundir import save_model
+    from liverscope.segment import unet as U
+
+    pp = Preprocessing(size=32, denoise=False)
+    save_model(tmp_path, build_model("resnet10t", 2, head="linear"), ["normal", "lesion"], pp)
+    rec = U.make_arch("attention-unet", 1, (4, 8))
+    torch.manual_seed(0)
+    net = U.unet_from_arch(rec)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.bias.fill_(5.0)  # every pixel "lesion" with probability 0.99: a raw mask over the whole image
+    image, _ = make_phantom(0, size=32, seed=0)
+    model_input = preprocess_array(image, pp)
+    for gate, expect in ((None, []), ({"min_area": 2.0, "min_peak": 0.5}, ["lesion"])):
+        U.save_segmenter(tmp_path, net, {"architecture": rec, "size": 32, "gate": gate}, target="lesion")
+        appmod._SEGMENTERS.clear()
+        found: list = []
+        outlined = appmod.segmentation_outline(tmp_path, model_input, pp, suppressed=found)
+        assert found == expect
+        assert np.array_equal(outlined, model_input) == bool(expect)  # gated: nothing drawn

@@ -215,22 +215,24 @@ def _run_segmenters(run_dir: Path) -> dict:
     return _SEGMENTERS[key] or {}
 
 
-def _mask_on_input(segmenter, model_input: np.ndarray, pp, image: np.ndarray | None) -> np.ndarray:
+def _mask_on_input(segmenter, model_input: np.ndarray, pp, image: np.ndarray | None) -> tuple[np.ndarray, bool]:
     """A segmenter's mask on the classifier's model input grid. A segmenter with its own preprocessing
     (e.g. a larger input size) segments the original ``image`` preprocessed its way, and the mask is moved
-    to the model input's grid (through the original image); without ``image`` it segments the model input."""
+    to the model input's grid (through the original image); without ``image`` it segments the model input.
+    Also says whether the segmenter's lesion gate emptied the raw mask."""
     own = segmenter.meta.get("preprocessing")
     seg_pp = Preprocessing.from_dict(own) if own else pp
     on_input = image is None or seg_pp == pp
-    mask = np.asarray(segment.predict_mask(segmenter, model_input if on_input else preprocess_array(image, seg_pp)))
-    mask = mask > 0.5 if mask.dtype.kind == "f" else mask.astype(bool)
+    seg_input = model_input if on_input else preprocess_array(image, seg_pp)
+    masks, suppressed = segment.unet.gated_masks(segmenter, segment.unet.predict_proba(segmenter, [seg_input]))  # the lesion gate, if any
+    mask = np.asarray(masks[0], bool)
     if on_input:
-        return mask
-    return to_model(to_original(mask, image.shape[:2], crop_box(image, seg_pp)), crop_box(image, pp), model_input.shape[0])
+        return mask, bool(suppressed)
+    return to_model(to_original(mask, image.shape[:2], crop_box(image, seg_pp)), crop_box(image, pp), model_input.shape[0]), bool(suppressed)
 
 
 def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, display: np.ndarray | None = None,
-                         image: np.ndarray | None = None) -> np.ndarray | None:
+                         image: np.ndarray | None = None, suppressed: list | None = None) -> np.ndarray | None:
     """Outlines of every segmenter of the run (one per target, each in its colour:
     ``liverscope.segment.unet.target_colours``, lesion red, liver green), drawn on ``display`` (default:
     the model input), or ``None`` when the run holds no segmentation model.
@@ -246,17 +248,25 @@ def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, disp
         pp: the classifier's preprocessing.
         display: what the outlines are drawn on (the model input's size).
         image: the decoded original; a segmenter trained with its own preprocessing segments it.
+        suppressed: when given, the targets whose outline the lesion gate removed are appended to it.
     """
     if run_dir is None:
         return None
     with _SEGMENTER_LOCK:  # one load per run, and the models are used by one session at a time
-        masks = {t: _mask_on_input(seg, model_input, pp, image) for t, seg in _run_segmenters(run_dir).items()}
-    if not masks:
+        found = {t: _mask_on_input(seg, model_input, pp, image) for t, seg in _run_segmenters(run_dir).items()}
+    if not found:
         return None
+    masks = {t: m for t, (m, _) in found.items()}
+    if suppressed is not None:
+        suppressed += [t for t, (_, off) in found.items() if off]
     out = model_input if display is None else display
     for t, (colour, _) in segment.unet.target_colours(list(masks)).items():
         out = draw_outline(out, masks[t], colour)
     return out
+
+
+#: Caption of a target whose outline the lesion gate removed (segment.gate).
+GATED = "what the segmenter found was too small or too unsure to be a lesion (lesion gate)"
 
 
 def outline_legend(run_dir: Path | None) -> str:
@@ -309,8 +319,9 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
         except Exception as exc:  # the prediction stands without its heatmap
             out.notes.append(f"heatmap unavailable ({type(exc).__name__}: {exc})")
     try:
-        out.outline = segmentation_outline(predictor.run_dir, model_input, predictor.pp, display=shown_input, image=img)
-        out.outline_caption = outline_legend(predictor.run_dir)
+        gated: list[str] = []
+        out.outline = segmentation_outline(predictor.run_dir, model_input, predictor.pp, display=shown_input, image=img, suppressed=gated)
+        out.outline_caption = outline_legend(predictor.run_dir) + "".join(f"; no {t} outline: {GATED}" for t in gated)
     except Exception as exc:
         out.notes.append(f"segmentation unavailable ({type(exc).__name__}: {exc})")
     return out
