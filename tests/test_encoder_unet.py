@@ -44,7 +44,7 @@ def test_make_arch_and_defaults():
     rec = U.make_arch("unet-lite1")
     assert rec["encoder"] == "tf_efficientnet_lite1" and rec["in_channels"] == 3 and np.prod(rec["strides"]) == 32
     assert U.normalisation(rec) == {"mean": 0.5, "std": 0.5} and U.normalisation(U.make_arch("attention-unet")) == {"mean": 0.5, "std": 0.25}
-    assert U.segmenter_defaults(True) == ("unet-lite0", "bce+dice", 12)
+    assert U.segmenter_defaults(True) == ("unet-lite0", "bce+dice", 30)
     assert U.segmenter_defaults(False) == ("attention-unet", "bce", 30)
     assert U.segmenter_defaults(True, "attention-unet", "bce", 5) == ("attention-unet", "bce", 5)
     with pytest.raises(Exception, match="--arch"):

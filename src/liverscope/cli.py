@@ -500,7 +500,7 @@ def segment_train(
     target: str = typer.Option("lesion", "--target", help="What the masks outline (a lower-case name: lesion, liver, ...); a run holds one segmenter per target."),
     arch: Optional[str] = typer.Option(None, "--arch", help="attention-unet (the study's), unet-lite0/1/2 (a U-Net on an ImageNet EfficientNet-Lite encoder). Default: unet-lite0 with --masks, attention-unet on pseudo-masks."),
     loss: Optional[str] = typer.Option(None, "--loss", help="bce (the study's) or bce+dice. Default: bce+dice with --masks, bce on pseudo-masks."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (the best validation Dice is kept). Default: 12 with --masks, 30 on pseudo-masks."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (the best validation Dice is kept). Default: 30."),
     size: Optional[int] = typer.Option(None, "--size", help="U-Net input size (a multiple of 8, of 32 for unet-lite*; default: 192 with --masks, else the classifier's input size); larger than the classifier's, the images are preprocessed at this size."),
     channels: str = typer.Option("8,16,32,64", "--channels", help="U-Net channels per level, comma-separated."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Batch size."),

@@ -41,7 +41,7 @@ ARCHS = ("attention-unet",) + tuple(ENCODERS)
 #: The default of ``segment train --masks`` (expert targets); CAM pseudo-masks keep the Attention U-Net.
 DEFAULT_MASKS_ARCH = "unet-lite0"
 #: ``segment train`` defaults on expert masks (measured best: docs/benchmarks.md, issue 22) and on CAM pseudo-masks.
-MASKS_DEFAULTS = {"arch": DEFAULT_MASKS_ARCH, "loss": "bce+dice", "epochs": 12, "size": 192}
+MASKS_DEFAULTS = {"arch": DEFAULT_MASKS_ARCH, "loss": "bce+dice", "epochs": 30, "size": 192}
 PSEUDO_DEFAULTS = {"arch": "attention-unet", "loss": "bce", "epochs": 30, "size": None}
 #: Input scaling of the Attention U-Net (and of every segmenter saved before encoder U-Nets): (x/255 - mean) / std.
 ATTENTION_NORMALISATION = {"mean": 0.5, "std": 0.25}
