@@ -465,15 +465,15 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
         calls.append(("load", Path(run_dir)))
         return {"lesion": SimpleNamespace(meta={})} if Path(run_dir) == app_run else {}
 
-    def predict_mask(segmenter, image):
-        calls.append(("mask", image.shape))
-        m = np.zeros(image.shape[:2], np.float32)
+    def predict_proba(segmenter, images):
+        calls.append(("mask", images[0].shape))
+        m = np.zeros(images[0].shape[:2], np.float32)
         m[16:48, 16:48] = 0.9
-        return m
+        return [m]
 
-    # the app calls segment.unet.segmenters / segment.predict_mask through the module at call time
+    # the app calls segment.unet.segmenters / predict_proba (then the segmenter's gate) through the module at call time
     monkeypatch.setattr(segment.unet, "segmenters", segmenters)
-    monkeypatch.setattr(segment, "predict_mask", predict_mask)
+    monkeypatch.setattr(segment.unet, "predict_proba", predict_proba)
     monkeypatch.setattr(appmod, "_SEGMENTERS", {})
     at = start(app_run, monkeypatch)
     data = png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0])
