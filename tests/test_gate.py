@@ -91,3 +91,10 @@ def test_the_app_draws_no_gated_outline_and_says_so(tmp_path):
         outlined = appmod.segmentation_outline(tmp_path, model_input, pp, suppressed=found)
         assert found == expect
         assert np.array_equal(outlined, model_input) == bool(expect)  # gated: nothing drawn
+
+
+def test_no_gate_when_no_gate_beats_the_raw_masks():
+    truth = np.zeros((40, 40), bool)
+    truth[10:20, 10:20] = True
+    prob = truth.astype(np.float32) * 0.99  # a perfect segmenter: nothing to gain from a gate
+    assert fit_gate([prob, np.zeros_like(prob)], [truth, np.zeros_like(truth)]) is None

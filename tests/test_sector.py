@@ -107,3 +107,16 @@ def test_sector_against_the_aul_expert_outlines(real_lesions):
         ious.append(iou(sector_mask(cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)), truth))
     assert len(ious) > 500
     assert np.mean(ious) >= 0.96 and np.percentile(ious, 5) >= 0.87
+
+
+def test_a_frame_that_fills_the_image_and_a_one_column_region_are_the_whole_image():
+    rng = np.random.default_rng(3)
+    tissue = np.clip(60 + 40 * rng.rayleigh(1.0, (400, 500)), 0, 255).astype(np.uint8)  # cropped inside the fan
+    cv2.ellipse(tissue, (250, 200), (120, 60), 0, 0, 360, 230, -1)
+    cv2.circle(tissue, (120, 300), 50, 5, -1)  # a dark cyst
+    mask, why = find_fan(tissue)
+    assert mask is None and "fills the image" in why and sector_mask(tissue).all()
+    narrow = np.zeros((3000, 4), np.uint8)
+    narrow[:, 1:3] = 120  # one column wide once reduced to the 512 px working copy
+    assert sector_mask(narrow).shape == (3000, 4)
+    assert sector_mask(np.full((20, 2), 90, np.uint8)).shape == (20, 2)

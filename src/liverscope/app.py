@@ -306,7 +306,7 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     shown_input = model_input
     is_dicom = sniff_format(data) == "dicom"
     if is_dicom:  # blank burned-in border text (names, IDs, dates) in everything shown
-        mask = sector_mask(display)
+        mask = sector_mask(display, getattr(predictor.pp, "sector", "fan"))  # the run's method: the same box its crop took
         display = blank_outside_sector(display, mask)
         model_mask = mask_to_model_space(mask, predictor.pp)
         shown_input = blank_outside_sector(model_input, model_mask)
@@ -369,7 +369,7 @@ def _ood_text(predictor) -> str:
     ood = predictor.ood
     if not ood:
         return "none (this run has no out-of-distribution detector: retrain it to get the flag)"
-    return f"{ood['method']} score, threshold {ood['threshold']:.4g} (set so that at least {ood.get('quantile', 0.95):.1%} of images like the validation images pass)"
+    return f"{ood['method']} score, threshold {ood['threshold']:.4g} (the {ood.get('quantile', 0.95):.1%} conformal quantile of the validation images' scores)"
 
 
 def run_dir_from_env(argv: list[str] | None = None) -> Path | None:

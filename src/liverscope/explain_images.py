@@ -73,7 +73,7 @@ def original_overlay(original: np.ndarray, cam: np.ndarray, pp, restrict_to_sect
         scale = max_side / max(h, w)
         original = cv2.resize(original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     full = cam_to_original(cam, original, pp)
-    region = sector_mask(original) if restrict_to_sector else to_original(np.ones(cam.shape, bool), original.shape, crop_box(original, pp))
+    region = sector_mask(original, getattr(pp, "sector", "fan")) if restrict_to_sector else to_original(np.ones(cam.shape, bool), original.shape, crop_box(original, pp))
     return overlay(original, full, region)
 
 

@@ -31,6 +31,9 @@ from liverscope.utils import logger
 SECTOR_METHODS = ("fan", "threshold")
 WORK_SIDE = 512  # the sector is found on a copy whose longer side is at most this (a few ms per image)
 _DENSITY = 0.2  # share of a window's pixels that must differ from the background for it to be foreground
+#: Noise level of the border band above which the border is tissue (a frame cropped to the fan's inside):
+#: a scanner's background, black or grey, JPEG or not, stays far below (0-6 on the real sets).
+TEXTURED_BORDER = 15.0
 _FAN_GATE = 1.2  # the fan model replaces the hull only when it is this much larger (dark lateral parts)
 
 
@@ -55,6 +58,8 @@ def find_fan(img: np.ndarray) -> tuple[np.ndarray | None, str]:
     h, w = grey.shape
     scale = min(1.0, WORK_SIDE / max(h, w))
     small = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else grey
+    if _background(small)[1] > TEXTURED_BORDER:
+        return None, "the frame fills the image (its border is tissue, not background)"
     region = _foreground(small)
     if region is None:
         return None, "no region differs from the background over 5% of the image"
@@ -133,6 +138,8 @@ def _near_arc(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple] | None
     """The near-field arc along the region's top edge: its columns, rows and circle, or ``None`` (a
     frame cut at the image top, a linear probe's straight edge, anything not on one circle)."""
     cols = np.nonzero(region.any(0))[0]
+    if len(cols) < 9:  # too narrow for an arc (and for the smoothing window)
+        return None
     top = region[:, cols].argmax(0).astype(np.float64)
     top = cv2.medianBlur(top.astype(np.float32).reshape(1, -1), 5).ravel().astype(np.float64)  # speckle-ragged edge
     depth = np.nonzero(region.any(1))[0][-1] - top.min()

@@ -150,7 +150,8 @@ def fit_threshold(val_scores: np.ndarray, quantile: float = DEFAULT_QUANTILE) ->
     (Vovk et al. 2005; Angelopoulos & Bates 2021, *A Gentle Introduction to Conformal Prediction*)
     takes the ``ceil((n + 1) * quantile)``-th smallest of the ``n`` scores, so that an exchangeable new
     score exceeds it with probability at most ``1 - quantile``; with ``n < quantile / (1 - quantile)``
-    that rank does not exist and the largest score is used (fewer flags than promised are then possible).
+    that rank does not exist and the largest score is used (a new image is then flagged with probability
+    ``1 / (n + 1)``, more than promised).
 
     Args:
         val_scores: ``(n,)`` scores of the validation images.

@@ -132,7 +132,9 @@ def _fit_gate_on_validation(model, inputs: list, targets: np.ndarray, split: np.
     """The lesion gate (:func:`~liverscope.segment.gate.fit_gate`) fitted on the validation images, when
     they hold both images with something to outline and images with nothing (else ``None``: no gate)."""
     va = np.flatnonzero(split == "val")
-    truths = resize_masks(targets[va], size) if len(va) else np.zeros((0, size, size), bool)
+    if not len(va):
+        return None
+    truths = resize_masks(targets[va], size)
     has = truths.reshape(len(va), -1).any(1)
     if not (has.any() and (~has).any()):
         return None
@@ -418,7 +420,8 @@ def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str
             inputs = [it.input if own else preprocess_array(it.extra["original"], pp) for it in items]
             boxes = [it.box if own else crop_box(it.extra["original"], pp) for it in items]
             masks, n_off = gated_masks(seg, predict_proba(seg, inputs))
-            suppressed[t] = suppressed.get(t, 0) + n_off
+            if seg.meta.get("gate"):
+                suppressed[t] = suppressed.get(t, 0) + n_off
             found[t] = [to_original(m, it.shape, box) for m, it, box in zip(masks, items, boxes)]
         for k, it in enumerate(items):
             stem = it.rel.with_suffix("")

@@ -53,9 +53,10 @@ def gate_score(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], gate: 
     return {"dice": dice, "empty_left_empty": clear, "score": float(np.nanmean([dice, clear]))}
 
 
-def fit_gate(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict:
+def fit_gate(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict | None:
     """The gate (``{"min_area", "min_peak", "fitted_on", "validation"}``) whose :func:`gate_score` is best
-    on these images (the validation split), the first of equals (the mildest)."""
+    on these images (the validation split), the first of equals (the mildest); ``None`` when no gate
+    scores better than the raw masks."""
     truths = [np.asarray(t, bool) for t in truths]
     best, best_score = None, -1.0
     for area in MIN_AREAS:
@@ -64,8 +65,10 @@ def fit_gate(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict:
             score = gate_score(probs, truths, gate)["score"]
             if score > best_score + 1e-9:
                 best, best_score = gate, score
-    return {**best, "fitted_on": f"{len(truths)} validation images",
-            "validation": {"gated": gate_score(probs, truths, best), "raw": gate_score(probs, truths, None)}}
+    raw = gate_score(probs, truths, None)
+    if not best_score > raw["score"]:
+        return None
+    return {**best, "fitted_on": f"{len(truths)} validation images", "validation": {"gated": gate_score(probs, truths, best), "raw": raw}}
 
 
 __all__ = ["MIN_AREAS", "MIN_PEAKS", "apply_gate", "gate_score", "fit_gate"]
