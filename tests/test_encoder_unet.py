@@ -70,3 +70,20 @@ def test_segmenter_contract_save_load_predict_at_original_size(arch, tmp_path):
         x = U.to_unet_input(images[1:], 64, rec["in_channels"], U.normalisation(rec))
         assert np.allclose(torch.sigmoid(model(x)).numpy()[0, 0], probs[1], atol=1e-5)
     assert U.predict_mask(seg, images[0]).dtype == bool
+
+
+def test_offline_without_the_weights_package_fails_before_any_work(tmp_path, monkeypatch):
+    from liverscope.data.preprocess import Preprocessing
+    from liverscope.errors import LiverscopeError
+    from liverscope.models.registry import build_model
+    from liverscope.rundir import save_model
+    from liverscope.segment import commands as C
+    from liverscope.segment import encoder_unet as E
+
+    monkeypatch.setattr(E, "package_weights_path", lambda name: None)
+    monkeypatch.setattr(E, "hub_reachable", lambda: False)
+    E.check_encoder_weights(U.make_arch("attention-unet"))  # needs no weights
+    save_model(tmp_path, build_model("resnet10t", 2, head="linear"), ["a", "b"], Preprocessing(size=32, denoise=False))
+    with pytest.raises(LiverscopeError, match="attention-unet") as err:
+        C.train_segmenter(tmp_path, tmp_path / "no-such-data", masks=tmp_path / "masks", device="cpu", report=False)
+    assert "liverscope[imagenet]" in str(err.value)

@@ -27,6 +27,7 @@ from liverscope.segment.images import LoadedImage, find_mask, list_images, load_
 from liverscope.segment.outline import draw_outline
 from liverscope.segment.pseudo import check_out_dir, pseudo_masks
 from liverscope.segment.rules import check_rule, confident_targets
+from liverscope.segment.encoder_unet import check_encoder_weights
 from liverscope.segment.gate import apply_gate, fit_gate
 from liverscope.segment.nnunet import check_engine, fit_nnunet, nnunet_dir
 from liverscope.segment.training import fit_unet
@@ -216,6 +217,8 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     size = int(size or pp.size)
     arch = make_arch(arch_name, in_channels, channels)
     in_channels = int(arch["in_channels"])
+    if engine != "nnunet" and not resume:
+        check_encoder_weights(arch)  # offline without the weights package: say so before any image is read
     check_size(size, arch["strides"])
     seg_pp = dataclasses.replace(pp, size=size) if size > pp.size else pp
     grid = seg_pp.size

