@@ -19,6 +19,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from liverscope.evaluate.masks import dice
+
 #: Grid of :func:`fit_gate`: smallest region (share of the grid) and smallest peak probability.
 MIN_AREAS = (0.0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
 MIN_PEAKS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -38,19 +40,14 @@ def apply_gate(prob: np.ndarray, gate: dict | None) -> tuple[np.ndarray, bool]:
     return region, False
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
-
-
 def gate_score(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], gate: dict | None) -> dict:
     """Mean Dice over the images with a lesion, share of lesion-free images left empty, and their mean."""
     masks = [apply_gate(p, gate)[0] for p in probs]
-    lesion = [_dice(m, t) for m, t in zip(masks, truths) if t.any()]
+    lesion = [dice(m, t) for m, t in zip(masks, truths) if t.any()]
     empty = [not m.any() for m, t in zip(masks, truths) if not t.any()]
-    dice = float(np.mean(lesion)) if lesion else float("nan")
+    lesion_dice = float(np.mean(lesion)) if lesion else float("nan")
     clear = float(np.mean(empty)) if empty else float("nan")
-    return {"dice": dice, "empty_left_empty": clear, "score": float(np.nanmean([dice, clear]))}
+    return {"dice": lesion_dice, "empty_left_empty": clear, "score": float(np.nanmean([lesion_dice, clear]))}
 
 
 def fit_gate(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict | None:
