@@ -58,9 +58,10 @@ def find_fan(img: np.ndarray) -> tuple[np.ndarray | None, str]:
     h, w = grey.shape
     scale = min(1.0, WORK_SIDE / max(h, w))
     small = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else grey
-    if _background(small)[1] > TEXTURED_BORDER:
+    level, noise = _background(small)
+    if noise > TEXTURED_BORDER:
         return None, "the frame fills the image (its border is tissue, not background)"
-    region = _foreground(small)
+    region = _foreground(small, level, noise)
     if region is None:
         return None, "no region differs from the background over 5% of the image"
     mask, how = _hull(region), "hull"
@@ -93,10 +94,9 @@ def _ellipse(k: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
 
 
-def _foreground(grey: np.ndarray) -> np.ndarray | None:
-    """Pixels that differ from the background, inside the largest region where they are dense; ``None``
-    when that region covers under 5% of the image."""
-    level, noise = _background(grey)
+def _foreground(grey: np.ndarray, level: float, noise: float) -> np.ndarray | None:
+    """Pixels that differ from the background (``level``, ``noise``: :func:`_background`), inside the
+    largest region where they are dense; ``None`` when that region covers under 5% of the image."""
     differs = (np.abs(grey.astype(np.float32) - level) > noise).astype(np.float32)
     k = max(3, int(round(min(grey.shape) / 60)) | 1)
     dense = (cv2.blur(differs, (k, k)) > _DENSITY).astype(np.uint8)
