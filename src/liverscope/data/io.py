@@ -344,10 +344,27 @@ _GROUP_SALT = b"liverscope/patient-group/v1\x00"
 
 @dataclass(frozen=True)
 class DicomHeader:
-    """What is read from a DICOM header besides the pixels: the frame count and the patient group."""
+    """What is read from a DICOM header besides the pixels: the frame count, the patient group, and the
+    pseudonyms of the patient (``pt-``...) and study (``st-``...) alone (:func:`pseudonym`; ``None``
+    where the header has no PatientID / StudyInstanceUID): the exam records' keys."""
 
     frames: int
     group: str | None
+    patient: str | None = None
+    study: str | None = None
+
+
+def pseudonym(ds, keyword: str) -> str | None:
+    """The one-way hash of one identifying attribute (``PatientID`` → ``pt-``, ``StudyInstanceUID`` →
+    ``st-``, then 16 hex digits of a salted SHA-256), or ``None`` when the header lacks it."""
+    value = str(ds.get(keyword, "") or "").strip()
+    if not value:
+        return None
+    digest = hashlib.sha256(_GROUP_SALT + keyword.encode() + b"=" + value.encode("utf-8", "replace"))
+    return f"{_PSEUDONYM_PREFIX[keyword]}-{digest.hexdigest()[:16]}"
+
+
+_PSEUDONYM_PREFIX = {"PatientID": "pt", "StudyInstanceUID": "st"}
 
 
 def patient_group(ds) -> str | None:
@@ -356,12 +373,7 @@ def patient_group(ds) -> str | None:
     never kept. Pseudonymous rather than anonymous: the prefix is fixed, so someone holding a list of
     candidate IDs could test them against a group name; liverscope writes the audit's group numbers
     (``g001``...), not these."""
-    for keyword, prefix in (("PatientID", "pt"), ("StudyInstanceUID", "st")):
-        value = str(ds.get(keyword, "") or "").strip()
-        if value:
-            digest = hashlib.sha256(_GROUP_SALT + keyword.encode() + b"=" + value.encode("utf-8", "replace"))
-            return f"{prefix}-{digest.hexdigest()[:16]}"
-    return None
+    return pseudonym(ds, "PatientID") or pseudonym(ds, "StudyInstanceUID")
 
 
 def dicom_header(path: str | Path) -> DicomHeader | None:
@@ -390,4 +402,4 @@ def _dicom_header(path: str, size: int, mtime_ns: int) -> DicomHeader | None:
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
     except Exception:  # not readable as DICOM: the decoder names the problem when the file is used
         return None
-    return DicomHeader(frame_count(ds), patient_group(ds))
+    return DicomHeader(frame_count(ds), patient_group(ds), pseudonym(ds, "PatientID"), pseudonym(ds, "StudyInstanceUID"))
