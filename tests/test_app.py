@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from liverscope import app as appmod
+from liverscope.segment import panels
 from liverscope.utils import read_json
 
 APP = str(Path(appmod.__file__).resolve())
@@ -146,10 +147,12 @@ def test_blank_outside_sector_removes_burned_in_text():
 
 
 def test_draw_outline_marks_the_mask_border():
+    from liverscope.segment.outline import draw_outline
+
     img = np.zeros((40, 40, 3), np.uint8)
     mask = np.zeros((40, 40), bool)
     mask[10:30, 10:30] = True
-    out = appmod.draw_outline(img, mask)
+    out = draw_outline(img, mask)
     assert (out[10, 10:30] == (0, 255, 0)).all() and out[20, 20].max() == 0 and out[2, 2].max() == 0
 
 
@@ -474,7 +477,7 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
     # the app calls segment.unet.segmenters / predict_proba (then the segmenter's gate) through the module at call time
     monkeypatch.setattr(segment.unet, "segmenters", segmenters)
     monkeypatch.setattr(segment.unet, "predict_proba", predict_proba)
-    monkeypatch.setattr(appmod, "_SEGMENTERS", {})
+    monkeypatch.setattr(panels, "_SEGMENTERS", {})
     at = start(app_run, monkeypatch)
     data = png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0])
     at.file_uploader[0].set_value([("a.png", data, "image/png"), ("b.png", data[::-1], "image/png"), ("c.png", data, "image/png")])
@@ -488,7 +491,7 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
     p = Predictor.from_run(app_run, backend="torch")
     a = appmod.analyse_upload(p, "x.png", data, 2**20)
     assert a.outline is not None and (a.outline[16, 16:48] == (255, 48, 48)).all()  # lesions in red
-    monkeypatch.setattr(appmod, "_SEGMENTERS", {str(app_run.resolve()): {}})
+    monkeypatch.setattr(panels, "_SEGMENTERS", {str(app_run.resolve()): {}})
     assert appmod.analyse_upload(p, "x.png", data, 2**20).outline is None
 
 

@@ -70,6 +70,7 @@ def test_the_app_draws_no_gated_outline_and_says_so(tmp_path):
     from liverscope.data.preprocess import Preprocessing, preprocess_array
     from liverscope.models.registry import build_model
     from liverscope.rundir import save_model
+    from liverscope.segment import panels
     from liverscope.segment import unet as U
 
     pp = Preprocessing(size=32, denoise=False)
@@ -86,7 +87,7 @@ def test_the_app_draws_no_gated_outline_and_says_so(tmp_path):
     model_input = preprocess_array(image, pp)
     for gate, expect in ((None, []), ({"min_area": 2.0, "min_peak": 0.5}, ["lesion"])):
         U.save_segmenter(tmp_path, net, {"architecture": rec, "size": 32, "gate": gate}, target="lesion")
-        appmod._SEGMENTERS.clear()
+        panels._SEGMENTERS.clear()
         found: list = []
         outlined = appmod.segmentation_outline(tmp_path, model_input, pp, suppressed=found)
         assert found == expect

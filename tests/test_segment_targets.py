@@ -184,9 +184,10 @@ def test_segment_predict_writes_every_target_and_one_overlay(two_target_run, les
 
 def test_the_app_outlines_every_target(two_target_run, lesion_data, monkeypatch):
     from liverscope import app as appmod
+    from liverscope.segment import panels
     from liverscope.rundir import read_preprocessing
 
-    monkeypatch.setattr(appmod, "_SEGMENTERS", {})
+    monkeypatch.setattr(panels, "_SEGMENTERS", {})
     run = two_target_run["run"]
     img = read_image(sorted((lesion_data / "benign").glob("*.png"))[0])
     pp = read_preprocessing(run)

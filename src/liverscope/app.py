@@ -37,25 +37,23 @@ import io
 import os
 import re
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from liverscope import rundir, segment
-from liverscope.data.geometry import bounding_box, to_model, to_original
-from liverscope.data.io import decode_image, sniff_format, to_rgb
-from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array
-from liverscope.data.sector import sector_mask
+from liverscope import rundir
+from liverscope.data.io import decode_image, sniff_format
+from liverscope.data.preprocess import preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE, PHANTOMS, UNLIKE_TRAINING, flag_reason, is_phantoms, trained_on
-from liverscope.explain import cam_overlay
+from liverscope.explain import cam_overlay  # noqa: F401 (the app's heatmap, reached as app.cam_overlay by tests)
 from liverscope.labels import FIBROSIS_ENDPOINTS
 from liverscope.predict import Predictor, Result, results_csv
 from liverscope.rundata import RunData
-from liverscope.segment import draw_outline
+# the pictures of an image, shared with the filed reports; the names stay reachable from the app
+from liverscope.segment.panels import blank_outside_sector, image_panels, outline_legend, segmentation_outline  # noqa: F401
 
 #: The label of the expander that holds a flagged image's stage and probabilities.
 SHOW_ANYWAY = "Show anyway: the model's output for this image"
@@ -67,9 +65,6 @@ XSRF_OFF = ("XSRF protection is off (server.enableXsrfProtection=false): another
             "user's name. Start the app with `liverscope serve RUN_DIR`, which turns it on.")
 DISPLAY_MAX_SIDE = 640
 REDACTED = "[redacted]"
-# Streamlit serves every browser session from its own thread, all sharing one segmenter per run: it is
-# loaded once and used by one session at a time. (Heatmaps take their own lock: explain.cam_overlay.)
-_SEGMENTER_LOCK = threading.Lock()
 
 #: DICOM attributes that identify the patient (PS3.15 Annex E basic profile, the ones that name or number
 #: a person or visit). Their values are read only to strip them from names and messages.
@@ -140,25 +135,6 @@ def redact(text: str, identifiers: list[str]) -> str:
     return text
 
 
-def blank_outside_sector(img: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Set everything outside the ultrasound scan sector (``mask``, found when not given) to black:
-    removes the burned-in text that ultrasound machines print in the border."""
-    mask = sector_mask(img) if mask is None else mask
-    out = img.copy()
-    out[~mask] = 0
-    return out
-
-
-def mask_to_model_space(mask: np.ndarray, pp) -> np.ndarray:
-    """Carry a full-resolution boolean mask through the preprocessing geometry (sector crop when the
-    run crops, then the resize), so it lines up with the model input and its heatmaps."""
-    mask = np.asarray(mask, bool)
-    h, w = mask.shape[:2]
-    # preprocess_array crops to the bounding box of this same sector mask
-    box = bounding_box(mask) if pp.crop_sector else None
-    return to_model(mask, box or (0, h, 0, w), pp.size)
-
-
 def md_escape(text: str) -> str:
     """Escape Markdown (and Streamlit's $…$ maths) in user-controlled text such as file names."""
     return re.sub(r"([\\`*_{}\[\]<>#|~$])", r"\\\1", text)
@@ -204,79 +180,6 @@ def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
 
 
-_SEGMENTERS: dict[str, dict] = {}
-
-
-def _run_segmenters(run_dir: Path) -> dict:
-    """The run's segmenters by target (``liverscope.segment.unet.segmenters``), loaded once per run; call under the lock."""
-    key = str(Path(run_dir).resolve())
-    if key not in _SEGMENTERS:
-        _SEGMENTERS[key] = segment.unet.segmenters(run_dir)
-    return _SEGMENTERS[key] or {}
-
-
-def _mask_on_input(segmenter, model_input: np.ndarray, pp, image: np.ndarray | None) -> tuple[np.ndarray, bool]:
-    """A segmenter's mask on the classifier's model input grid. A segmenter with its own preprocessing
-    (e.g. a larger input size) segments the original ``image`` preprocessed its way, and the mask is moved
-    to the model input's grid (through the original image); without ``image`` it segments the model input.
-    Also says whether the segmenter's lesion gate emptied the raw mask."""
-    own = segmenter.meta.get("preprocessing")
-    seg_pp = Preprocessing.from_dict(own) if own else pp
-    on_input = image is None or seg_pp == pp
-    seg_input = model_input if on_input else preprocess_array(image, seg_pp)
-    masks, suppressed = segment.unet.gated_masks(segmenter, segment.unet.predict_proba(segmenter, [seg_input]))  # the lesion gate, if any
-    mask = np.asarray(masks[0], bool)
-    if on_input:
-        return mask, bool(suppressed)
-    return to_model(to_original(mask, image.shape[:2], crop_box(image, seg_pp)), crop_box(image, pp), model_input.shape[0]), bool(suppressed)
-
-
-def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, display: np.ndarray | None = None,
-                         image: np.ndarray | None = None, suppressed: list | None = None) -> np.ndarray | None:
-    """Outlines of every segmenter of the run (one per target, each in its colour:
-    ``liverscope.segment.unet.target_colours``, lesion red, liver green), drawn on ``display`` (default:
-    the model input), or ``None`` when the run holds no segmentation model.
-
-    Uses :mod:`liverscope.segment`: ``unet.segmenters(run_dir)`` returns the run's segmenters by target
-    (``{}`` when it has none); ``predict_mask(segmenter, image)`` takes a preprocessed uint8
-    ``size x size x 3`` image and returns a ``size x size`` mask (bool, or probabilities thresholded at
-    0.5). The segmenters are loaded once per run directory.
-
-    Args:
-        run_dir: the run directory (``None``: no outline).
-        model_input: the classifier's preprocessed input (``pp``).
-        pp: the classifier's preprocessing.
-        display: what the outlines are drawn on (the model input's size).
-        image: the decoded original; a segmenter trained with its own preprocessing segments it.
-        suppressed: when given, the targets whose outline the lesion gate removed are appended to it.
-    """
-    if run_dir is None:
-        return None
-    with _SEGMENTER_LOCK:  # one load per run, and the models are used by one session at a time
-        found = {t: _mask_on_input(seg, model_input, pp, image) for t, seg in _run_segmenters(run_dir).items()}
-    if not found:
-        return None
-    masks = {t: m for t, (m, _) in found.items()}
-    if suppressed is not None:
-        suppressed += [t for t, (_, off) in found.items() if off]
-    out = model_input if display is None else display
-    for t, (colour, _) in segment.unet.target_colours(list(masks)).items():
-        out = draw_outline(out, masks[t], colour)
-    return out
-
-
-#: Caption of a target whose outline the lesion gate removed (segment.gate).
-GATED = "what the segmenter found was too small or too unsure to be a lesion (lesion gate)"
-
-
-def outline_legend(run_dir: Path | None) -> str:
-    """The outline panel's caption: ``segmented regions (outline)`` and each target with its colour."""
-    with _SEGMENTER_LOCK:
-        targets = list(_run_segmenters(run_dir)) if run_dir is not None else []
-    names = ", ".join(f"{t} {name}" for t, (_, name) in segment.unet.target_colours(targets).items())
-    return "segmented regions (outline)" + (f": {names}" if names else "")
-
-
 def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True) -> Analysis:
     """Decode, score and explain one uploaded file; bad files become an :class:`Analysis` with the error.
 
@@ -302,29 +205,9 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     except Exception as exc:  # keep the app alive whatever a strange file does to a decoder
         return Analysis(safe, Result(safe, error=redact(f"cannot process this file ({type(exc).__name__}: {exc})", ids)))
     result = predictor.predict_arrays([model_input], [safe])[0]
-    display = to_rgb(img)
-    shown_input = model_input
-    is_dicom = sniff_format(data) == "dicom"
-    if is_dicom:  # blank burned-in border text (names, IDs, dates) in everything shown
-        mask = sector_mask(display, getattr(predictor.pp, "sector", "fan"))  # the run's method: the same box its crop took
-        display = blank_outside_sector(display, mask)
-        model_mask = mask_to_model_space(mask, predictor.pp)
-        shown_input = blank_outside_sector(model_input, model_mask)
-    out = Analysis(safe, result, image=_downscale(display))
-    if with_cam:
-        try:
-            out.cam = cam_overlay(predictor.model, model_input, predictor.pp, predictor.labels.index(result.label))
-            if is_dicom:
-                out.cam = blank_outside_sector(out.cam, model_mask)
-        except Exception as exc:  # the prediction stands without its heatmap
-            out.notes.append(f"heatmap unavailable ({type(exc).__name__}: {exc})")
-    try:
-        gated: list[str] = []
-        out.outline = segmentation_outline(predictor.run_dir, model_input, predictor.pp, display=shown_input, image=img, suppressed=gated)
-        out.outline_caption = outline_legend(predictor.run_dir) + "".join(f"; no {t} outline: {GATED}" for t in gated)
-    except Exception as exc:
-        out.notes.append(f"segmentation unavailable ({type(exc).__name__}: {exc})")
-    return out
+    panels = image_panels(predictor, img, model_input, result.label, sniff_format(data) == "dicom", with_cam)
+    return Analysis(safe, result, image=_downscale(panels.display), cam=panels.cam, outline=panels.outline,
+                    outline_caption=panels.outline_caption, notes=panels.notes)
 
 
 def model_card(run_dir: Path, predictor) -> dict:
