@@ -43,6 +43,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "train.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
     "train.logger": ("csv", "tensorboard", "mlflow"),
+    # the weights a run keeps: best (the epoch with the best train.monitor, chosen on the validation
+    # images), last (the final epoch: the validation images choose nothing), auto (last in cv folds,
+    # whose validation images are the out-of-fold ones; best otherwise)
+    "train.select": ("auto", "best", "last"),
+    # `evaluate --ablation`: the part of the scan sector blanked before re-scoring (the shortcut check)
+    "evaluate.ablation": ("tissue", "periphery"),
     # options of `predict` / `serve` (not recipe settings): the inference engine and its number format
     "predict.backend": ("auto", "torch", "onnx"),
     "predict.precision": ("auto", "fp32", "bf16"),
@@ -126,6 +132,7 @@ class TrainConfig:
     plateau_patience: int = 10
     early_stop_patience: int = 0  # 0 disables early stopping
     monitor: str = "val_balanced_acc"  # metric for early stopping and best checkpoint
+    select: str = "auto"  # auto | best | last: the weights kept (CHOICES["train.select"])
     balance: str = "none"  # none | sampler | weighted_ce
     label_smoothing: float = 0.0
     ordinal_weight: float = 0.0  # METAVIR labels: weight of the expected-stage penalty added to cross-entropy

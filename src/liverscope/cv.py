@@ -122,9 +122,13 @@ class FoldData(RunData):
 
 
 def fold_config(cfg: RunConfig, i: int) -> RunConfig:
-    """The recipe of fold ``i``: the cv run's, written to ``folds/foldI/``."""
+    """The recipe of fold ``i``: the cv run's, written to ``folds/foldI/``. ``train.select: auto`` becomes
+    ``last``: the fold's validation images are its out-of-fold images, so they choose nothing (no best
+    epoch, no early stopping); ``best`` keeps the old way (out-of-fold figures a little optimistic)."""
     fold_cfg = copy.deepcopy(cfg)
     fold_cfg.out_dir, fold_cfg.name = str(cfg.run_dir / rundir.FOLDS), f"fold{i}"
+    if fold_cfg.train.select == "auto":
+        fold_cfg.train.select = "last"
     return fold_cfg
 
 
@@ -203,11 +207,12 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     names = list(class_names)
     fold_dirs = [rundir.fold_dir(run_dir, i) for i in range(k)]
     oof: list[tuple[rundir.Predictions, float]] = []
-    fold_table, test_logits = [], []
+    fold_table, test_logits, selects = [], [], []
     test: rundir.Predictions | None = None
     for i, fd in enumerate(fold_dirs):
-        val = rundir.read_predictions(fd / rundir.PREDICTIONS_VAL, names)
-        oof.append((val, rundir.temperature(rundir.read_model_meta(fd))))
+        val, meta = rundir.read_predictions(fd / rundir.PREDICTIONS_VAL, names), rundir.read_model_meta(fd)
+        oof.append((val, rundir.temperature(meta)))
+        selects.append(meta.get("select", "best"))  # folds trained before train.select kept their best epoch
         fm = rundir.read_metrics(fd)
         row = {"fold": i, "n_val": len(val.y)}
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_kappa"):
@@ -219,6 +224,12 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
             test_logits.append(test.logits)
 
     result: dict = {"k": k, "class_names": names}
+    protocol = oof_protocol(selects)
+    if protocol["temperature"] == "cross-fitted":
+        oof = list(zip([p for p, _ in oof], cross_fitted_temperatures([p.logits for p, _ in oof], [p.y for p, _ in oof])))
+    elif protocol["warning"]:
+        log(f"WARNING: {protocol['warning']}")
+    result["oof_protocol"] = dict(protocol, fold_temperatures=[t for _, t in oof])
     oof_samples = [s for p, _ in oof for s in p.samples()]
     oof_y = np.concatenate([p.y for p, _ in oof])
     oof_logits = np.concatenate([p.logits for p, _ in oof])
@@ -239,6 +250,7 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
         result["temperature"] = temperature
         if scored["by_source"]:
             result["ensemble_by_source"] = result["test_by_source"] = scored["by_source"]
+        result["ensemble_vs_oof"] = ensemble_vs_oof(result)
     result["folds"] = fold_table
     rundir.write_fold_table(run_dir, fold_table)
     rundir.write_metrics(run_dir, result)
@@ -255,6 +267,57 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     })
     write_report_safely(run_dir)
     return result
+
+
+def oof_protocol(selects: Sequence[str]) -> dict:
+    """How a cv run's out-of-fold figures were made, from its folds' ``select`` (``model.json``).
+
+    ``last`` in every fold: the out-of-fold images chose nothing; each fold's probabilities take a
+    temperature fitted on the other folds' out-of-fold logits (:func:`cross_fitted_temperatures`).
+    ``best`` (the old way, and every cv run trained before ``train.select``): each fold's out-of-fold images
+    chose its best epoch and fitted its temperature, so the figures are a little optimistic."""
+    kind = selects[0] if len(set(selects)) == 1 else "mixed"
+    honest = kind == "last"
+    warning = None if honest else (
+        "out-of-fold images chose the fold models' best epochs and fitted their temperatures (train.select best): "
+        "the out-of-fold figures are a little optimistic; train.select auto or last makes them honest")
+    if kind == "mixed":
+        warning = f"folds trained with different train.select ({', '.join(selects)}): {warning}"
+    return {"select": kind, "honest": honest, "warning": warning,
+            "temperature": "cross-fitted" if honest else "each fold's own, fitted on its validation (out-of-fold) images"}
+
+
+def cross_fitted_temperatures(logits: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> list[float]:
+    """One temperature per fold, each fitted on the out-of-fold logits of the other folds (never on the
+    fold's own images: they are the ones it scores); 1.0 where the fit is refused (at the edge of its range)."""
+    temps = []
+    for i in range(len(logits)):
+        others = [j for j in range(len(logits)) if j != i]
+        fit = fit_temperature_checked(np.concatenate([logits[j] for j in others]), np.concatenate([y[j] for j in others]))
+        temps.append(float(fit["temperature"]))
+    return temps
+
+
+#: The figures set side by side by :func:`ensemble_vs_oof`.
+GAP_KEYS = ("balanced_accuracy", "macro_auc", "quadratic_kappa", "accuracy", "macro_f1")
+
+
+def ensemble_vs_oof(result: dict) -> dict:
+    """The fold ensemble on the hold-out (the product users run) beside the out-of-fold figures (the
+    estimate): each figure of :data:`GAP_KEYS`, overall and per source, and ``gap`` = ensemble - out-of-fold."""
+    def row(oof: dict, ens: dict) -> dict:
+        out = {}
+        for key in GAP_KEYS:
+            a, b = oof.get(key), ens.get(key)
+            if a is not None and b is not None:
+                out[key] = {"oof": a, "ensemble": b, "gap": float(b) - float(a)}
+        return dict(out, n_oof=oof.get("n"), n_ensemble=ens.get("n"))
+
+    table = {"overall": row(result["oof"], result["ensemble"])}
+    oof_src = (result.get("oof_by_source") or {}).get("groups") or {}
+    ens_src = (result.get("ensemble_by_source") or {}).get("groups") or {}
+    table["by_source"] = {s: row(oof_src[s], ens_src[s]) for s in oof_src if s in ens_src}
+    return table
 
 
 def run_fold_queue(folds: Sequence[int], devices: Sequence[str], launch: Callable[[int, str], int]) -> dict[int, int]:
@@ -333,5 +396,5 @@ def cross_validate_on_devices(cfg: RunConfig, k: int, test_frac: float, devices:
 
 __all__ = [
     "ensemble_logits", "cv_assignments", "fold_count", "ensure_cv_split", "FoldData", "fold_config", "cross_validate", "aggregate_run",
-    "aggregate_cv", "run_fold_queue", "fold_command", "fold_process_launcher", "visible_gpus", "cross_validate_on_devices",
+    "aggregate_cv", "oof_protocol", "cross_fitted_temperatures", "ensemble_vs_oof", "GAP_KEYS", "run_fold_queue", "fold_command", "fold_process_launcher", "visible_gpus", "cross_validate_on_devices",
 ]

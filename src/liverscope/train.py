@@ -377,7 +377,8 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     ckpt = ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor=monitor, mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
     loggers = training_loggers(run_dir, tracking_loggers(cfg, run_dir))  # CSV always (history.csv is made from it), then the tracker
     callbacks: list = [ckpt, HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume)]
-    if cfg.train.early_stop_patience > 0 and data.has_val:
+    select = selection(cfg)
+    if cfg.train.early_stop_patience > 0 and data.has_val and select == "best":
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
     trainer = build_trainer(cfg, run_dir, callbacks, loggers)
     rundir.start_run(cfg, resume, write=trainer.is_global_zero)  # every process checks; rank 0 writes config.yaml
@@ -386,13 +387,14 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     train_seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return run_dir
-    if ckpt.best_model_path:
-        load_best_weights(model, ckpt.best_model_path)
+    kept = ckpt.last_model_path if select == "last" else ckpt.best_model_path
+    if kept:
+        load_best_weights(model, kept)
 
     prep = data.prepared()
-    best_epoch = _best_epoch(run_dir / rundir.HISTORY, monitor, mode)
+    best_epoch = _best_epoch(run_dir / rundir.HISTORY, None if select == "last" else monitor, mode)
     rundir.save_model(run_dir, model, prep.class_names, prep.pp, {
-        "best_epoch": best_epoch, "monitor": monitor, "split": cfg.data.split, "train_seconds": round(train_seconds, 1),
+        "best_epoch": best_epoch, "monitor": monitor, "select": select, "split": cfg.data.split, "train_seconds": round(train_seconds, 1),
         "processes": trainer.world_size, "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
         "training_data": describe_data(cfg.data.path, [s.source for s in prep.samples]),  # the report and the app name it
     })
@@ -419,10 +421,24 @@ def fit(cfg: RunConfig, resume: bool = False) -> Path:
     return train_prepared(cfg, RunData(cfg, list_data(cfg)), cfg.run_dir, resume)
 
 
-def _best_epoch(history: Path, monitor: str, mode: str) -> int | None:
-    rows = [r for r in rundir.read_history(history) if r.get(monitor)]
+def selection(cfg: RunConfig) -> str:
+    """The weights a run keeps (``train.select``): ``best`` (the epoch with the best ``train.monitor``) or
+    ``last`` (the final epoch, chosen by nothing). ``auto`` is ``best`` here; :func:`liverscope.cv.fold_config`
+    makes it ``last`` for cv folds, whose validation images are the out-of-fold ones. Under ``last`` early
+    stopping is off: it too would choose the epoch on the validation images."""
+    select = "best" if cfg.train.select == "auto" else cfg.train.select
+    if select == "last" and cfg.train.early_stop_patience > 0:
+        log("train.select last: early stopping is off (it would choose the epoch on the validation images); every epoch is trained")
+    return select
+
+
+def _best_epoch(history: Path, monitor: str | None, mode: str) -> int | None:
+    """The epoch whose weights were kept: the best by ``monitor``, or (``None``) the last one trained."""
+    rows = [r for r in rundir.read_history(history) if r.get(monitor or "epoch") not in (None, "")]
     if not rows:
         return None
+    if monitor is None:
+        return max(int(r["epoch"]) for r in rows)
     key = (lambda r: float(r[monitor])) if mode == "max" else (lambda r: -float(r[monitor]))
     return int(max(rows, key=key)["epoch"])
 
@@ -540,6 +556,6 @@ def write_report_safely(run_dir: Path) -> None:
 
 __all__ = [
     "LitClassifier", "HistoryWriter", "CollectedData", "PreparedData", "Listing", "list_data", "run_preprocessing", "collect_samples",
-    "assign_splits", "samples_in_split", "prepared_from_split", "prepare_data", "RunData", "train_loader", "class_weights",
+    "assign_splits", "samples_in_split", "prepared_from_split", "prepare_data", "RunData", "train_loader", "class_weights", "selection",
     "eval_loader", "training_precision", "infer_outputs", "train_prepared", "fit", "finish_run", "fit_ood", "fit_run_ood", "write_report_safely",
 ]
