@@ -13,7 +13,7 @@ from PIL import Image
 
 from liverscope.models import weights as W
 from liverscope.segment import unet as U
-from liverscope.segment.encoder_unet import build_encoder_unet, encoder_unet_arch
+from liverscope.segment.encoder_unet import build_encoder_unet, encoder_unet_arch, mask_and_score
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
@@ -68,7 +68,10 @@ def test_segmenter_contract_save_load_predict_at_original_size(arch, tmp_path):
     assert [p.shape for p in probs] == [(90, 70), (64, 64)]
     with torch.inference_mode():  # the loaded weights are the saved ones: the same output as the model saved
         x = U.to_unet_input(images[1:], 64, rec["in_channels"], U.normalisation(rec))
-        assert np.allclose(torch.sigmoid(model(x)).numpy()[0, 0], probs[1], atol=1e-5)
+        assert np.allclose(torch.sigmoid(mask_and_score(model(x))[0]).numpy()[0, 0], probs[1], atol=1e-5)
+    maps, image = U.predict_proba(seg, images, scores=True)
+    assert [p.shape for p in maps] == [(90, 70), (64, 64)]
+    assert (image == [None, None]) if arch == "attention-unet" else all(0.0 <= s <= 1.0 for s in image)
     assert U.predict_mask(seg, images[0]).dtype == bool
 
 
@@ -87,3 +90,25 @@ def test_offline_without_the_weights_package_fails_before_any_work(tmp_path, mon
     with pytest.raises(LiverscopeError, match="attention-unet") as err:
         C.train_segmenter(tmp_path, tmp_path / "no-such-data", masks=tmp_path / "masks", device="cpu", report=False)
     assert "liverscope[imagenet]" in str(err.value)
+
+
+def test_the_image_level_head_is_trained_with_the_mask():
+    """An encoder U-Net carries an image-level head (anything to outline?) whose loss joins the mask's:
+    one optimiser step moves the head's weights, and a segmenter saved without a head loads without one."""
+    from liverscope.segment.training import LitSegmenter
+
+    rec = U.make_arch("unet-lite0")
+    assert rec["image_head"] is True
+    torch.manual_seed(0)
+    model = U.unet_from_arch(rec)
+    lit = LitSegmenter(model, "bce+dice", lr=1e-2, flip=False)
+    x = torch.randn(4, 3, 64, 64)
+    y = torch.zeros(4, 1, 64, 64)
+    y[:2, :, 20:40, 20:40] = 1.0  # two images with something to outline, two without
+    head = [p.detach().clone() for p in model.classification_head.parameters()]
+    opt = lit.configure_optimizers()
+    lit.training_step((x, y), 0).backward()
+    opt.step()
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(head, model.classification_head.parameters()))
+    old = {k: v for k, v in rec.items() if k != "image_head"}
+    assert U.unet_from_arch(old).classification_head is None

@@ -99,3 +99,28 @@ def test_no_gate_when_no_gate_beats_the_raw_masks():
     truth[10:20, 10:20] = True
     prob = truth.astype(np.float32) * 0.99  # a perfect segmenter: nothing to gain from a gate
     assert fit_gate([prob, np.zeros_like(prob)], [truth, np.zeros_like(truth)]) is None
+
+
+def test_the_image_level_score_gates_whole_images():
+    """With an image-level head's scores the gate also learns a smallest score: a normal liver whose raw
+    mask holds a confident blob is emptied because the head says there is nothing to outline."""
+    rng = np.random.default_rng(1)
+    val, scores = [], []
+    for stage in (0, 4):
+        for seed in range(6):
+            prob, mask = _probs(stage, seed)
+            if stage == 0:  # a confident false blob that area and peak cannot tell from a lesion
+                cv2.circle(prob, (48, 48), 8, 0.99, -1)
+            val.append((prob, mask))
+            scores.append(float(rng.uniform(0.0, 0.3) if stage == 0 else rng.uniform(0.7, 1.0)))
+    probs, truths = [p for p, _ in val], [m for _, m in val]
+    without = fit_gate(probs, truths)
+    gate = fit_gate(probs, truths, scores)
+    assert "min_score" in gate and 0.3 <= gate["min_score"] <= 0.7
+    assert gate["validation"]["gated"]["empty_left_empty"] == 1.0
+    assert without is None or without["validation"]["gated"]["empty_left_empty"] < 1.0
+    blob, _ = val[0]
+    assert not apply_gate(blob, gate, 0.1)[0].any() and apply_gate(blob, gate, 0.1)[1]
+    lesion, truth = _probs(4, 99)
+    assert apply_gate(lesion, gate, 0.9)[0].any()
+    assert apply_gate(lesion, gate, None)[0].any()  # a segmenter without a head: the score is not applied

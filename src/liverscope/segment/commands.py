@@ -38,7 +38,7 @@ from liverscope.segment.unet import (
     MASKS_DEFAULTS,
     check_size,
     load_segmenter,
-    gated_masks,
+    segment_images,
     predict_probs_at,
     predict_proba,
     resize_masks,
@@ -139,8 +139,19 @@ def _fit_gate_on_validation(model, inputs: list, targets: np.ndarray, split: np.
     has = truths.reshape(len(va), -1).any(1)
     if not (has.any() and (~has).any()):
         return None
-    probs = predict_probs_at(model, [inputs[i] for i in va], size, int(arch["in_channels"]), device, normalisation(arch))
-    return fit_gate(list(probs), list(truths))
+    probs, image = predict_probs_at(model, [inputs[i] for i in va], size, int(arch["in_channels"]), device, normalisation(arch), scores=True)
+    return fit_gate(list(probs), list(truths), None if image is None else list(image))
+
+
+def _image_head_auc(image: Sequence[float | None], truths: Sequence[np.ndarray]) -> float | None:
+    """ROC AUC of the image-level head (anything to outline vs nothing) on the test images; ``None``
+    without a head or without both kinds of image."""
+    present = [bool(np.asarray(t).any()) for t in truths]
+    if any(s is None for s in image) or len(set(present)) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return round(float(roc_auc_score(present, image)), 4)
 
 
 def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path | None = None, real_masks: str | Path | None = None,
@@ -289,8 +300,9 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     # scores on held-out test images, on the segmenter's grid
     gate = _fit_gate_on_validation(model, inputs, target_arr, split, size, arch, device)
     te = np.flatnonzero(split == "test")
-    probs_te = predict_probs_at(model, [inputs[i] for i in te], size, in_channels, device, normalisation(arch))
-    pred = [to_original(apply_gate(p, gate)[0], (grid, grid)) for p in probs_te]
+    probs_te, image_te = predict_probs_at(model, [inputs[i] for i in te], size, in_channels, device, normalisation(arch), scores=True)
+    image_te = [None] * len(te) if image_te is None else list(image_te)
+    pred = [to_original(apply_gate(p, gate, s)[0], (grid, grid)) for p, s in zip(probs_te, image_te)]
     pred_raw = [to_original(p > 0.5, (grid, grid)) for p in probs_te]
     sec_te = [sectors[i] for i in te]
     true_te = [target_arr[i] for i in te]
@@ -326,6 +338,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
         scores["real_masks"] = str(real_masks)
     cls_x, sec_x = [classes_te[k] for k in have], [sec_te[k] for k in have]
     scores["gate"] = gate
+    scores["image_head_auc"] = _image_head_auc(image_te, true_te)
     if experts is not None:
         scores["expert_masks"] = str(real_masks if real_masks is not None else masks)
         scores["vs_expert"] = expert_mask_summary([pred[k] for k in have], experts, cls_x, sec_x)
@@ -370,7 +383,10 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
     against = "expert masks" if experts is not None else "targets"
     if gate:
         lines.append(f"lesion gate (fitted on the validation images): largest region only, at least {gate['min_area']:.2%} of the grid "
-                     f"and a peak probability of {gate['min_peak']:.2f}")
+                     f"and a peak probability of {gate['min_peak']:.2f}"
+                     + (f", on images the image-level head scores at least {gate['min_score']:.2f}" if "min_score" in gate else ""))
+    if scores["image_head_auc"] is not None:
+        lines.append(f"image-level head (anything to outline?): test ROC AUC {scores['image_head_auc']:.3f}")
     for key, name in (("vs_expert", "test vs expert masks"), ("vs_expert_ungated", "the same without the gate"),
                       ("pseudo_vs_expert", "pseudo-masks vs expert masks"), ("vs_targets", "test vs targets")):
         if key in scores and (key != "vs_targets" or experts is None or masks is None):
@@ -422,7 +438,7 @@ def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str
             own = pp == first
             inputs = [it.input if own else preprocess_array(it.extra["original"], pp) for it in items]
             boxes = [it.box if own else crop_box(it.extra["original"], pp) for it in items]
-            masks, n_off = gated_masks(seg, predict_proba(seg, inputs))
+            masks, n_off = segment_images(seg, inputs)
             if seg.meta.get("gate"):
                 suppressed[t] = suppressed.get(t, 0) + n_off
             found[t] = [to_original(m, it.shape, box) for m, it, box in zip(masks, items, boxes)]

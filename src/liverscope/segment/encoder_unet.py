@@ -20,6 +20,8 @@ ENCODERS = {"unet-lite0": "tf_efficientnet_lite0", "unet-lite1": "tf_efficientne
 #: Decoder channels, deepest first: about half of smp's default (256 ... 16), which costs 4x the
 #: decoder compute at 256 px for no measured gain on a CPU budget.
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
+#: Dropout before the image-level head (smp's ``aux_params``): the head sees one pooled vector per image.
+IMAGE_HEAD_DROPOUT = 0.2
 #: tf_efficientnet_lite's input normalisation (timm's pretrained_cfg: mean 0.5, std 0.5 per channel).
 LITE_NORMALISATION = {"mean": 0.5, "std": 0.5}
 
@@ -29,7 +31,7 @@ def encoder_unet_arch(arch: str) -> dict:
     if arch not in ENCODERS:
         raise LiverscopeError(f"unknown encoder U-Net '{arch}' (choose from {', '.join(ENCODERS)})")
     return {"name": "smp.Unet", "encoder": ENCODERS[arch], "in_channels": 3, "out_channels": 1, "strides": [2] * 5,
-            "decoder_channels": list(DECODER_CHANNELS), "normalisation": dict(LITE_NORMALISATION)}
+            "decoder_channels": list(DECODER_CHANNELS), "normalisation": dict(LITE_NORMALISATION), "image_head": True}
 
 
 def check_encoder_weights(arch: dict) -> None:
@@ -54,11 +56,22 @@ def build_encoder_unet(arch: dict, pretrained: bool = False):
     """
     import segmentation_models_pytorch as smp  # heavy (pulls in the hub client): imported when a network is built
 
+    # the image-level head (does this image hold anything to outline?) is smp's classification head on the
+    # encoder's deepest features; segmenters saved before it existed have none
+    aux = {"classes": 1, "dropout": IMAGE_HEAD_DROPOUT} if arch.get("image_head") else None
     model = smp.Unet(encoder_name=f"tu-{arch['encoder']}", encoder_weights=None, in_channels=int(arch["in_channels"]),
-                     classes=int(arch["out_channels"]), decoder_channels=tuple(arch["decoder_channels"]))
+                     classes=int(arch["out_channels"]), decoder_channels=tuple(arch["decoder_channels"]), aux_params=aux)
     if pretrained:
         load_imagenet_encoder(model, arch["encoder"])
     return model
+
+
+def mask_and_score(out):
+    """``(mask logits N x 1 x H x W, image-level logits N x 1 or None)`` of a segmenter's forward output:
+    a network with an image-level head returns both (smp's ``aux_params``), the others the mask only."""
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1]
+    return out, None
 
 
 def load_imagenet_encoder(model, timm_name: str) -> str:
@@ -76,4 +89,4 @@ def load_imagenet_encoder(model, timm_name: str) -> str:
 
 
 __all__ = ["ENCODERS", "DECODER_CHANNELS", "LITE_NORMALISATION", "encoder_unet_arch", "check_encoder_weights", "build_encoder_unet",
-           "load_imagenet_encoder"]
+           "load_imagenet_encoder", "mask_and_score", "IMAGE_HEAD_DROPOUT"]

@@ -68,7 +68,7 @@ def _mask_on_input(segmenter, model_input: np.ndarray, pp, image: np.ndarray | N
     seg_pp = Preprocessing.from_dict(own) if own else pp
     on_input = image is None or seg_pp == pp
     seg_input = model_input if on_input else preprocess_array(image, seg_pp)
-    masks, suppressed = unet.gated_masks(segmenter, unet.predict_proba(segmenter, [seg_input]))  # the lesion gate, if any
+    masks, suppressed = unet.segment_images(segmenter, [seg_input])  # through the lesion gate, if any
     mask = np.asarray(masks[0], bool)
     if on_input:
         return mask, bool(suppressed)

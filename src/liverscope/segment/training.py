@@ -34,6 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
+from liverscope.segment.encoder_unet import mask_and_score
 from liverscope.segment.unet import DEFAULT_CHANNELS, LOSSES, check_size, cpu_threads, normalisation, resize_masks, to_unet_input, unet_arch, unet_from_arch
 from liverscope.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
 from liverscope.utils import log, resolve_device
@@ -41,6 +42,8 @@ from liverscope.utils import log, resolve_device
 #: What ``segment train`` monitors for the best checkpoint and early stopping (higher is better).
 MONITOR = "val_dice"
 _HISTORY_KEY = "liverscope_segmenter_history"
+#: Weight of the image-level head's loss (BCE: does the image hold any target pixel?) beside the mask loss.
+IMAGE_HEAD_WEIGHT = 0.5
 
 
 def segmentation_loss(kind: str):
@@ -115,7 +118,7 @@ class LitSegmenter(L.LightningModule):
         self._val_dice: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return mask_and_score(self.model(x))[0]
 
     def training_step(self, batch, batch_idx):
         x, y, *w = batch  # (image, mask) or (image, mask, pixel weights)
@@ -123,14 +126,17 @@ class LitSegmenter(L.LightningModule):
             f = torch.rand(len(x), generator=_flip_generator(self.seed, self.current_epoch, batch_idx)) < 0.5
             f = f.to(x.device)[:, None, None, None]
             x, y, *w = (torch.where(f, t.flip(-1), t) for t in (x, y, *w))
-        logits = self.model(x)
+        logits, score = mask_and_score(self.model(x))
         loss = weighted_segmentation_loss(logits, y, w[0], self.loss_kind) if w else self.criterion(logits, y)
+        if score is not None:  # the image-level head learns whether the image holds anything to outline
+            present = (y.flatten(1).amax(1) > 0.5).to(score.dtype)
+            loss = loss + IMAGE_HEAD_WEIGHT * torch.nn.functional.binary_cross_entropy_with_logits(score[:, 0], present)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y, *w = batch
-        pred = (torch.sigmoid(self.model(x).float()) > 0.5).cpu().numpy()[:, 0]
+        pred = (torch.sigmoid(mask_and_score(self.model(x))[0].float()) > 0.5).cpu().numpy()[:, 0]
         truth = y[:, 0].cpu().numpy() > 0.5
         counted = [None] * len(pred) if not w else list(w[0][:, 0].cpu().numpy() > 0)  # Dice over the weighted pixels
         self._val_dice.extend(dice(p, t, r) for p, t, r in zip(pred, truth, counted))
@@ -292,4 +298,4 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     return model, info
 
 
-__all__ = ["MONITOR", "segmentation_loss", "weighted_segmentation_loss", "LitSegmenter", "fit_unet"]
+__all__ = ["MONITOR", "IMAGE_HEAD_WEIGHT", "segmentation_loss", "weighted_segmentation_loss", "LitSegmenter", "fit_unet"]

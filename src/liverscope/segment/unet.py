@@ -30,7 +30,7 @@ from liverscope.data.io import to_grey
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.segment.gate import apply_gate
-from liverscope.segment.encoder_unet import ENCODERS, build_encoder_unet, encoder_unet_arch
+from liverscope.segment.encoder_unet import ENCODERS, build_encoder_unet, encoder_unet_arch, mask_and_score
 from liverscope.segment.nnunet import NNUNET_ARCH, build_nnunet
 from liverscope.rundir import PSEUDO_MASKS, SEGMENTER_META, SEGMENTER_WEIGHTS, load_weights, save_weights
 from liverscope.utils import atomic_write_json, default_model_threads, read_json, resolve_device, torch_threads
@@ -245,21 +245,28 @@ class Segmenter:
         return Preprocessing.from_dict(pp) if pp else None
 
 
-def predict_proba(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
-    """Foreground probabilities of model inputs, each at its own ``HxW`` (bilinear resize back)."""
-    import torch
-
+def predict_proba(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16, scores: bool = False):
+    """Foreground probabilities of model inputs, each at its own ``HxW`` (bilinear resize back); with
+    ``scores``, ``(maps, image scores)``: the image-level head's probability per image (``None`` each
+    for a segmenter without one)."""
+    with cpu_threads(segmenter.device):
+        x = to_unet_input(images, segmenter.size, segmenter.in_channels, segmenter.norm)
+        maps, image = _predict_tensor(segmenter.model, x, segmenter.device, batch_size)
     out = []
-    model = segmenter.model.eval()
-    with torch.inference_mode(), cpu_threads(segmenter.device):
-        for i in range(0, len(images), batch_size):
-            chunk = images[i : i + batch_size]
-            x = to_unet_input(chunk, segmenter.size, segmenter.in_channels, segmenter.norm).to(segmenter.device)
-            probs = torch.sigmoid(model(x)).float().cpu().numpy()[:, 0]
-            for im, p in zip(chunk, probs):
-                h, w = np.asarray(im).shape[:2]
-                out.append(p if (h, w) == p.shape else to_original(p, (h, w)))
-    return out
+    for im, p in zip(images, maps):
+        h, w = np.asarray(im).shape[:2]
+        out.append(p if (h, w) == p.shape else to_original(p, (h, w)))
+    if not scores:
+        return out
+    return out, [None] * len(out) if image is None else [float(v) for v in image]
+
+
+def segment_images(segmenter: Segmenter, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """``(masks, suppressed)``: boolean masks of preprocessed model inputs (uint8 ``HxWx3``, each at its
+    ``HxW``) through the segmenter's gate (:func:`gated_masks`), and how many raw masks the gate emptied.
+    ``segment predict``, the app and the report all draw outlines through this one function."""
+    probs, image = predict_proba(segmenter, images, scores=True)
+    return gated_masks(segmenter, probs, image)
 
 
 def predict_mask(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
@@ -268,14 +275,15 @@ def predict_mask(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
 
     This is the app's contract (``liverscope.app.segmentation_outline``).
     """
-    return gated_masks(segmenter, predict_proba(segmenter, [image]))[0][0]
+    return segment_images(segmenter, [image])[0][0]
 
 
-def gated_masks(segmenter: Segmenter, probs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
+def gated_masks(segmenter: Segmenter, probs: Sequence[np.ndarray], scores: Sequence[float | None] | None = None) -> tuple[list[np.ndarray], int]:
     """``(masks, suppressed)``: the segmenter's probability maps through its gate (``segmenter.json``
-    ``gate``: :func:`~liverscope.segment.gate.apply_gate`; none for a segmenter saved without one), and
-    how many non-empty raw masks the gate emptied."""
-    out = [apply_gate(p, segmenter.meta.get("gate")) for p in probs]
+    ``gate``: :func:`~liverscope.segment.gate.apply_gate`; none for a segmenter saved without one), with
+    the image-level head's ``scores`` where it has one, and how many non-empty raw masks the gate emptied."""
+    scores = [None] * len(probs) if scores is None else list(scores)
+    out = [apply_gate(p, segmenter.meta.get("gate"), s) for p, s in zip(probs, scores)]
     return [m for m, _ in out], sum(s for _, s in out)
 
 
@@ -314,21 +322,29 @@ def segmenters(run_dir: str | Path, device: str = "cpu") -> dict[str, Segmenter]
 # --------------------------------------------------------------------------------------------------
 
 
-def _predict_tensor(model, x, device: str, batch_size: int = 16) -> np.ndarray:
+def _predict_tensor(model, x, device: str, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(N x H x W foreground probabilities, N image-level probabilities or None)`` of a network."""
     import torch
 
     model.eval()
-    out = []
+    maps, image = [], []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            out.append(torch.sigmoid(model(x[i : i + batch_size].to(device))).float().cpu().numpy()[:, 0])
-    return np.concatenate(out) if out else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
+            logits, score = mask_and_score(model(x[i : i + batch_size].to(device)))
+            maps.append(torch.sigmoid(logits).float().cpu().numpy()[:, 0])
+            if score is not None:
+                image.append(torch.sigmoid(score).float().cpu().numpy()[:, 0])
+    maps_arr = np.concatenate(maps) if maps else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
+    return maps_arr, (np.concatenate(image) if image else None)
 
 
-def predict_probs_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu", norm: dict | None = None) -> np.ndarray:
-    """Foreground probabilities (``N x size x size``) of a U-Net for uint8 images."""
+def predict_probs_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu", norm: dict | None = None,
+                     scores: bool = False):
+    """Foreground probabilities (``N x size x size``) of a U-Net for uint8 images; with ``scores``,
+    ``(maps, image-level probabilities or None)``."""
     with cpu_threads(device):
-        return _predict_tensor(model, to_unet_input(images, size, in_channels, norm), device)
+        maps, image = _predict_tensor(model, to_unet_input(images, size, in_channels, norm), device)
+    return (maps, image) if scores else maps
 
 
 def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu", norm: dict | None = None) -> np.ndarray:
@@ -339,5 +355,5 @@ def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels
 __all__ = [
     "LOSSES", "ARCHS", "DEFAULT_MASKS_ARCH", "ATTENTION_NORMALISATION", "make_arch", "normalisation", "MASKS_DEFAULTS", "PSEUDO_DEFAULTS", "segmenter_defaults", "DEFAULT_CHANNELS", "DEFAULT_TARGET", "TARGET_NAME", "TARGET_COLOURS", "PALETTE", "cpu_threads", "build_unet", "unet_arch",
     "check_size", "to_unet_input", "resize_masks", "check_target", "segmenter_files", "segmenter_targets", "target_colours", "Segmenter",
-    "predict_proba", "predict_mask", "gated_masks", "predict_probs_at", "save_segmenter", "load_segmenter", "segmenters", "predict_masks_at", "unet_from_arch",
+    "predict_proba", "predict_mask", "segment_images", "gated_masks", "predict_probs_at", "save_segmenter", "load_segmenter", "segmenters", "predict_masks_at", "unet_from_arch",
 ]
