@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("PYTHONHASHSEED", "0")
 # tests never touch the network: timm's hub is "offline", so --pretrained takes the weights packages
 os.environ["HF_HUB_OFFLINE"] = "1"
+# timings measured by tests (training precision, prediction backend) stay out of the user's cache
+os.environ.setdefault("LIVERSCOPE_TIMINGS", "off")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

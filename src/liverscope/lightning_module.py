@@ -373,9 +373,9 @@ def global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Sequence[Logger]) -> L.Trainer:
+def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Sequence[Logger], precision: str | None = None) -> L.Trainer:
     """The Trainer of a run: the recipe's placement (:func:`placement`), epochs and precision,
-    ``callbacks``, ``loggers``. On the processes of a distributed run other than global rank 0,
+    ``callbacks``, ``loggers`` (``precision``: one chosen by measurement, see :mod:`liverscope.speed.training`). On the processes of a distributed run other than global rank 0,
     liverscope's messages and progress bars are switched off (they would repeat rank 0's).
 
     Raises:
@@ -391,7 +391,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Seque
         where["strategy"] = DDPStrategy(timeout=DDP_TIMEOUT, find_unused_parameters=where["strategy"].endswith("_true"))
     quiet_lightning()
     on_gpu = where["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available()  # without one, Lightning refuses below
-    precision = training_precision(t.precision, "cuda" if on_gpu else str(where["accelerator"]))
+    precision = precision or training_precision(t.precision, "cuda" if on_gpu else str(where["accelerator"]))
     try:
         trainer = L.Trainer(
             max_epochs=t.epochs,

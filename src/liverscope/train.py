@@ -50,11 +50,12 @@ from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.explain import write_cam_gallery
 from liverscope.labels import metavir_stages
 from liverscope.lightning_module import (
-    HistoryWriter, LitClassifier, build_trainer, load_best_weights, log_final_figures, quiet_lightning, seed_run, tracking_loggers,
+    HistoryWriter, LitClassifier, build_trainer, load_best_weights, log_final_figures, placement, quiet_lightning, seed_run, tracking_loggers,
     training_loggers, training_precision,
 )
 from liverscope.models import LiverNet, build_model, get_spec
 from liverscope.provenance import collect_provenance
+from liverscope.speed.training import choose_training_precision
 from liverscope.utils import file_sha256, log, resolve_device, softmax, strict_fp32
 
 
@@ -358,6 +359,25 @@ def infer_outputs(model: LiverNet, loader, device: str = "cpu") -> tuple[np.ndar
     return torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
 
+def measured_precision(cfg: RunConfig, model: LiverNet) -> dict | None:
+    """``train.precision: auto`` on one CPU or one GPU: chosen by timing a few steps of ``model`` at the run's
+    batch and input size in fp32 and bf16-mixed (:func:`~liverscope.speed.training.choose_training_precision`).
+    ``None`` for a precision asked for, and for a run of several processes, whose ranks must agree
+    (``training_precision`` then decides, without timing)."""
+    t, where = cfg.train, placement(cfg.train)
+    devices = where["devices"]
+    single = devices == 1 or (isinstance(devices, list) and len(devices) == 1)
+    if t.precision != "auto" or not single or where["num_nodes"] != 1 or where["accelerator"] not in ("cpu", "gpu", "cuda"):
+        return None
+    device = "cpu" if where["accelerator"] == "cpu" else f"cuda:{devices[0] if isinstance(devices, list) else 0}"
+    if device != "cpu" and not torch.cuda.is_available():
+        return None  # Lightning says why when the trainer is built
+    size = cfg.data.train_crop or cfg.data.image_size
+    choice = choose_training_precision(model, cfg.model.name, t.batch_size, size, device, t.channels_last)
+    log(f"train.precision auto → {choice['precision']} ({choice['reason']})")
+    return choice
+
+
 def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = False) -> Path:
     """Train on a run's data (:class:`RunData`: prepared by global rank 0 inside ``trainer.fit``) and
     write ``run_dir`` = ``cfg.run_dir``.
@@ -380,7 +400,8 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     select = selection(cfg)
     if cfg.train.early_stop_patience > 0 and data.has_val and select == "best":
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
-    trainer = build_trainer(cfg, run_dir, callbacks, loggers)
+    chosen = measured_precision(cfg, model)
+    trainer = build_trainer(cfg, run_dir, callbacks, loggers, precision=chosen and chosen["precision"])
     rundir.start_run(cfg, resume, write=trainer.is_global_zero)  # every process checks; rank 0 writes config.yaml
     t0 = time.perf_counter()
     trainer.fit(lit, datamodule=data, ckpt_path=str(last) if resume else None)
@@ -395,7 +416,8 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     best_epoch = _best_epoch(run_dir / rundir.HISTORY, None if select == "last" else monitor, mode)
     rundir.save_model(run_dir, model, prep.class_names, prep.pp, {
         "best_epoch": best_epoch, "monitor": monitor, "select": select, "split": cfg.data.split, "train_seconds": round(train_seconds, 1),
-        "processes": trainer.world_size, "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
+        "processes": trainer.world_size, "training_precision": chosen or {"precision": str(trainer.precision), "reason": f"train.precision {cfg.train.precision}"},
+        "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
         "training_data": describe_data(cfg.data.path, [s.source for s in prep.samples]),  # the report and the app name it
     })
     device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
