@@ -283,6 +283,8 @@ def cv(
     if "ensemble" in m:
         e = m["ensemble"]
         typer.echo(f"ensemble on hold-out test: balanced accuracy {e['balanced_accuracy']:.3f}, macro AUC {e.get('macro_auc') or float('nan'):.3f}, accuracy {e['accuracy']:.3f}")
+    if m.get("ensemble_vs_oof"):
+        typer.echo("ensemble - out-of-fold: " + ", ".join(f"{k.replace('_', ' ')} {v['gap']:+.3f}" for k, v in m.get("ensemble_vs_oof", {}).get("overall", {}).items() if isinstance(v, dict)))
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -297,6 +299,7 @@ def evaluate(
     metric: str = typer.Option("balanced_accuracy", "--metric", help="Fold-wise metric for --compare."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     tta: choice("predict.tta") = typer.Option("none", "--tta", help="With DATA: none, or flip (score each image averaged with its mirror, as predict --tta flip)."),
+    ablation: Optional[List[str]] = typer.Option(None, "--ablation", help="With DATA, the shortcut check: re-score with the scan sector's tissue and/or periphery blanked (tissue, periphery; repeatable or a comma list)."),
 ):
     """Evaluate a run: metrics with CIs, per-source table, calibration and report.html (written outside the run unless --in-run)."""
     from liverscope import rundir
@@ -306,13 +309,15 @@ def evaluate(
     try:
         check_device(device)
         check_conflict(("--out", out is not None), ("--in-run", in_run), hint="choose where the results go")
+        if data is None and ablation:
+            raise UsageError("--ablation re-scores the images of DATA: give DATA (labelled images the model did not train on)")
         if tta.value != "none" and data is None:
             raise UsageError(f"--tta {tta.value} scores the images of DATA; without DATA the run's own report is rebuilt from its stored predictions: give DATA or drop --tta")
         run_name = run_dir.resolve().name
         if data is not None:
             if out is None and not in_run:
                 out = Path("eval") / run_name / (name or data.resolve().stem)
-            out = evaluate_on_data(run_dir, data, name, device, out=out, tta=tta.value)
+            out = evaluate_on_data(run_dir, data, name, device, out=out, tta=tta.value, ablation=ablation)
             report = out / rundir.REPORT
         else:
             if not (run_dir / rundir.METRICS).exists():
@@ -327,6 +332,10 @@ def evaluate(
     t = rundir.read_metrics(out).get("test") or {}
     if t:
         typer.echo(f"accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, macro F1 {t['macro_f1']:.3f}, macro AUC {t.get('macro_auc') or float('nan'):.3f}")
+    sc = rundir.read_metrics(out).get("shortcut") or {}
+    if sc:
+        skills = ", ".join(f"{c} {(sc['overall'].get(c) or {}).get('skill', float('nan')):+.3f}" for c in ("plain", *sc["regions"]))
+        typer.echo(f"shortcut check, skill above chance: {skills}: {sc['message']}")
     typer.echo(f"→ {report}")
 
 

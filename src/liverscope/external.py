@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from liverscope import rundir
 from liverscope.cv import ensemble_logits
+from liverscope.data.ablation import parse_ablations
 from liverscope.data.audit import audit_dataset
 from liverscope.data.audit_report import write_audit
 from liverscope.data.datasets import load_samples
@@ -28,6 +30,7 @@ from liverscope.evaluate.ood import ensemble_margin, flag_summary
 from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.predict import Predictor
+from liverscope.shortcut import shortcut_check
 
 
 def ensemble_predict_logits(
@@ -73,7 +76,7 @@ def ensemble_predict_logits(
 
 
 def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto", out: str | Path | None = None,
-                     tta: str = "none", precision: str = "fp32") -> Path:
+                     tta: str = "none", precision: str = "fp32", ablation: Sequence[str] | str | None = None) -> Path:
     """Score a run on labelled data and write the results to ``out`` (default ``RUN_DIR/eval/<name>/``).
 
     Args:
@@ -85,11 +88,15 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
         tta: ``none`` or ``flip`` (each image's logits averaged with its mirror's; recorded in ``metrics.json``).
         precision: ``fp32`` (default: the same figures on every machine; ``auto`` is the same) or ``bf16``;
             the precision used is recorded in ``metrics.json`` (``test.precision``) and the predictions CSV.
+        ablation: ``tissue`` and/or ``periphery`` (a list or a comma list): the shortcut check
+            (:func:`liverscope.shortcut.shortcut_check`), checked before any image is read; its figures go to
+            ``metrics.json["shortcut"]`` and the report.
 
     Returns:
         The output folder.
     """
     run_dir = Path(run_dir)
+    regions = parse_ablations(ablation)
     meta = rundir.read_model_meta(run_dir)
     labels = list(meta["labels"])
     samples, classes = load_samples(data)
@@ -116,6 +123,8 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
         metrics["ood"] = dict(flag_summary(ood[0], ood[1]), **ood[2])
     if scored["by_source"]:
         metrics["test_by_source"] = scored["by_source"]
+    if regions:
+        metrics["shortcut"] = shortcut_check(run_dir, kept, y, logits, regions, device, tta)
     rundir.write_metrics(out, metrics)
     for f in (rundir.MODEL_META, rundir.CONFIG):  # the report of eval/NAME shows the model it scored
         if (run_dir / f).exists():

@@ -80,6 +80,12 @@ def find_fan(img: np.ndarray) -> tuple[np.ndarray | None, str]:
     return mask.astype(bool), how
 
 
+def background_level(img: np.ndarray) -> float:
+    """Grey level of an image's background: the median of a band along its border (the level the scan
+    sector is found against; text in the band does not move it)."""
+    return _background(to_grey(img))[0]
+
+
 def _background(grey: np.ndarray) -> tuple[float, float]:
     """Grey level of the background and the smallest difference from it that is not noise, from a
     band along the image border (median and median absolute deviation: text there does not move them)."""

@@ -35,6 +35,7 @@ from liverscope.errors import LiverscopeError
 from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, image_html, key_title, note, provenance_html, table_html
 from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE_FLAGGED, PHANTOMS, UNLIKE_TRAINING, is_phantoms, trained_on
 from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
+from liverscope.evaluate.report_checks import section_oof_vs_ensemble, section_shortcut
 from liverscope.evaluate.report_segment import section_segmentation
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
 from liverscope.rundata import RunData
@@ -405,8 +406,10 @@ SECTIONS: tuple[tuple[str, Callable[[RunData], str | None]], ...] = (
     ("Calibration", section_calibration),
     ("Out-of-distribution flag", section_ood),
     ("Results by acquisition source", section_by_source),
+    ("Shortcut check", section_shortcut),
     ("Cross-validation folds", section_folds),
     ("Fold ensemble", section_ensemble),
+    ("Out of fold and the fold ensemble", section_oof_vs_ensemble),
     ("Class activation maps", section_gallery),
     ("Segmentation", section_segmentation),
     ("Provenance", lambda run: provenance_html(run.model.get("provenance"))),
