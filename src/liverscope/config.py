@@ -30,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: starts) and offered as choices by the command line. The modules that act on them keep the same
 #: names (tests/test_config.py checks that they agree).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.augment": ("conservative", "ultrasound", "light", "none"),
+    "data.augment": ("conservative", "ultrasound", "light", "strong", "none"),
     "data.split": ("grouped", "stratified", "random"),
     "data.denoise_at": ("model", "full"),
     "data.denoise_region": ("image", "sector"),
@@ -136,6 +136,11 @@ class TrainConfig:
     balance: str = "none"  # none | sampler | weighted_ce
     label_smoothing: float = 0.0
     ordinal_weight: float = 0.0  # METAVIR labels: weight of the expected-stage penalty added to cross-entropy
+    mixup: float = 0.0  # mixup alpha (timm's Mixup on each training batch; 0 = off)
+    cutmix: float = 0.0  # cutmix alpha (with mixup too: one or the other per batch; 0 = off)
+    warmup_epochs: int = 0  # epochs that train the head only (backbone frozen) before the whole network trains
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate is lr x this (differential learning rates; the head's is lr)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0 = off; e.g. 0.99)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16-mixed on bf16 GPUs, else 32-true) or a Lightning precision: 32-true, 16-mixed, bf16-mixed
@@ -159,10 +164,23 @@ class TrainConfig:
             check_device(value, "train.device (--device)")
         elif name == "num_nodes" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"train.num_nodes (--num-nodes) is {value!r}; give a whole number >= 1")
+        elif name in _UNIT_RANGES and not _in_range(value, *_UNIT_RANGES[name]):
+            lo, hi = _UNIT_RANGES[name]
+            raise UsageError(f"train.{name} is {value!r}; give a number in [{lo}, {hi})")
+        elif name == "warmup_epochs" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise UsageError(f"train.warmup_epochs is {value!r}; give a whole number >= 0")
         elif name == "epochs" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             # 0 epochs would write a complete run of an untrained model
             raise UsageError(f"train.epochs (--epochs) is {value!r}; give a whole number >= 1 (a run needs at least one epoch of training)")
         super().__setattr__(name, value)
+
+
+#: Numeric training settings and their range [low, high): mixing alphas, learning-rate multiplier, EMA decay.
+_UNIT_RANGES = {"mixup": (0.0, 10.0), "cutmix": (0.0, 10.0), "backbone_lr_mult": (0.0, 100.0), "ema": (0.0, 1.0)}
+
+
+def _in_range(value: Any, lo: float, hi: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= float(value) < hi
 
 
 def check_device(spec: Any, option: str = "--device") -> str:

@@ -105,6 +105,7 @@ class LitClassifier(L.LightningModule):
         # what cuDNN's tensor-core kernels want
         self.memory_format = torch.channels_last if getattr(train_cfg, "channels_last", False) else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        self.mixer = batch_mixer(train_cfg, model.num_classes)
 
     def set_class_weights(self, class_weights: np.ndarray | None) -> None:
         """The weights of the weighted cross-entropy (``None``: unweighted); set when the training split
@@ -121,15 +122,30 @@ class LitClassifier(L.LightningModule):
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, plus ``ordinal_weight`` x the mean squared error of the expected stage (stages
-        scaled to [0, 1]) when the labels are ordered."""
-        loss = self.criterion(logits, y)
+        scaled to [0, 1]) when the labels are ordered. ``y`` is class indices, or soft targets (``N x K``,
+        mixup/cutmix: timm's, label smoothing already in them)."""
+        soft = y.ndim == 2
+        if soft and self.criterion.weight is not None:
+            raise LiverscopeError("train.mixup / train.cutmix mix the labels, which a class-weighted loss cannot weigh: use train.balance sampler or none")
+        loss = -(y * logits.float().log_softmax(1)).sum(1).mean() if soft else self.criterion(logits, y)
         if self.ordinal_weight > 0:
             expected = logits.float().softmax(1) @ self.stages
-            loss = loss + self.ordinal_weight * ((expected - self.stages[y]) ** 2).mean()
+            truth = y.float() @ self.stages if soft else self.stages[y]
+            loss = loss + self.ordinal_weight * ((expected - truth) ** 2).mean()
         return loss
+
+    def on_train_epoch_start(self):
+        # head-only warm-up: the backbone's weights get no gradient (AdamW then leaves them alone) until
+        # train.warmup_epochs have passed; a backbone frozen by the recipe stays frozen
+        warm = int(getattr(self.cfg, "warmup_epochs", 0) or 0)
+        if warm and not self.model.freeze_backbone:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(self.current_epoch >= warm)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.mixer is not None and len(y) % 2 == 0:  # timm's batch mixing pairs images: an odd last batch trains unmixed
+            x, y = self.mixer(x, y)
         loss = self.loss(self.model(x), y)
         # sync_dist: the epoch's mean over every process's batches, not rank 0's alone (one reduction per epoch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
@@ -148,7 +164,7 @@ class LitClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = parameter_groups(self.model, c.lr, float(getattr(c, "backbone_lr_mult", 1.0)))
         if c.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
         elif c.optimizer == "adamw":
@@ -169,6 +185,41 @@ class LitClassifier(L.LightningModule):
         else:
             raise LiverscopeError(f"unknown scheduler '{c.scheduler}' (cosine, step, plateau, none)")
         return {"optimizer": opt, "lr_scheduler": sched}
+
+
+def batch_mixer(train_cfg, num_classes: int):
+    """timm's ``Mixup`` for ``train.mixup`` / ``train.cutmix`` (one of the two per batch when both are on;
+    label smoothing folded into its soft targets), or ``None`` when both are 0."""
+    mixup, cutmix = float(getattr(train_cfg, "mixup", 0.0) or 0.0), float(getattr(train_cfg, "cutmix", 0.0) or 0.0)
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=float(train_cfg.label_smoothing), num_classes=int(num_classes))
+
+
+def parameter_groups(model: LiverNet, lr: float, backbone_lr_mult: float = 1.0) -> list:
+    """The optimiser's parameters: one group at ``lr``, or — differential learning rates — the backbone
+    at ``lr x backbone_lr_mult`` and the rest (the head) at ``lr``. A backbone frozen by the recipe
+    (``requires_grad`` off) is left out."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr_mult == 1.0:
+        return trainable
+    backbone = {id(p) for p in model.backbone.parameters()}
+    groups = [{"params": [p for p in trainable if id(p) in backbone], "lr": lr * backbone_lr_mult},
+              {"params": [p for p in trainable if id(p) not in backbone], "lr": lr}]
+    return [g for g in groups if g["params"]]
+
+
+def weight_averaging(train_cfg) -> list:
+    """Lightning's EMA callback for ``train.ema`` (the decay; the averaged weights are validated,
+    checkpointed and kept), or nothing."""
+    decay = float(getattr(train_cfg, "ema", 0.0) or 0.0)
+    if decay <= 0:
+        return []
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    return [EMAWeightAveraging(decay=decay)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,6 +472,6 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Seque
 
 
 __all__ = [
-    "MAX_SEED", "seed_run", "validation_metrics", "LitClassifier", "training_loggers", "tracking_loggers", "final_figures", "log_final_figures",
+    "batch_mixer", "parameter_groups", "weight_averaging", "MAX_SEED", "seed_run", "validation_metrics", "LitClassifier", "training_loggers", "tracking_loggers", "final_figures", "log_final_figures",
     "epoch_rows", "HistoryWriter", "load_best_weights", "quiet_lightning", "training_precision", "placement", "global_rank", "build_trainer",
 ]

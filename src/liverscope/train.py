@@ -50,7 +50,7 @@ from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.explain import write_cam_gallery
 from liverscope.labels import metavir_stages
 from liverscope.lightning_module import (
-    HistoryWriter, LitClassifier, build_trainer, load_best_weights, log_final_figures, placement, quiet_lightning, seed_run, tracking_loggers,
+    HistoryWriter, LitClassifier, build_trainer, load_best_weights, weight_averaging, log_final_figures, placement, quiet_lightning, seed_run, tracking_loggers,
     training_loggers, training_precision,
 )
 from liverscope.models import LiverNet, build_model, get_spec
@@ -396,7 +396,7 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     mode = "min" if monitor.endswith("loss") else "max"
     ckpt = ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor=monitor, mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
     loggers = training_loggers(run_dir, tracking_loggers(cfg, run_dir))  # CSV always (history.csv is made from it), then the tracker
-    callbacks: list = [ckpt, HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume)]
+    callbacks: list = [ckpt, HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume), *weight_averaging(cfg.train)]
     select = selection(cfg)
     if cfg.train.early_stop_patience > 0 and data.has_val and select == "best":
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))

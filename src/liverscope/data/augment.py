@@ -5,6 +5,9 @@
   elastic distortion (EfficientNet + Grad-CAM study; elastic stands in for albumentations' grid
   distortion, which torchvision does not have).
 - ``light``: zoom ±10%, brightness ±20%, flip, rotation ±15° (MobileNetV2 multi-disease study).
+- ``strong``: random resized crop (60-100% of the area, aspect 3:4-4:3, back to the input size),
+  rotation ±20°, brightness and contrast ±30%, flip (the honest ResNet-18 reference on the public
+  fibrosis set; issue 23).
 - ``none``: no augmentation.
 
 Every preset takes a uint8 ``HxWx3`` array and returns a normalised float tensor ``3xHxW``.
@@ -29,7 +32,14 @@ from liverscope.errors import LiverscopeError
 PRESETS = CHOICES["data.augment"]
 
 
-def _preset_ops(name: str) -> list:
+def _preset_ops(name: str, size: int = 224) -> list:
+    if name == "strong":
+        return [
+            v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.75, 4 / 3), antialias=True),
+            v2.RandomRotation(20),
+            v2.ColorJitter(brightness=0.3, contrast=0.3),
+            v2.RandomHorizontalFlip(p=0.5),
+        ]
     if name == "none":
         return []
     if name == "conservative":
@@ -107,7 +117,7 @@ class _Augment:
 
     def __init__(self, preset: str, pp: Preprocessing, crop: int = 0):
         self.crop = TissueCrop(crop) if crop else None
-        self.ops = v2.Compose(_preset_ops(preset)) if preset != "none" else None
+        self.ops = v2.Compose(_preset_ops(preset, int(crop) or pp.size)) if preset != "none" else None
         self.noise = v2.RandomApply([v2.GaussianNoise(mean=0.0, sigma=0.03)], p=0.3) if preset == "ultrasound" else None
         self.to_tensor = ToTensorNormalised(pp)
         self.preset = preset
