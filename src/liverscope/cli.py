@@ -17,11 +17,13 @@ from typing import List, Optional
 
 import typer
 
-from liverscope.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usage, check_choice, check_conflict, check_out_format, check_processed, choice, echo_skipped, fail, numbers
+from liverscope.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usage, check_choice, check_conflict, check_processed, choice, echo_skipped, fail, numbers
 from liverscope.cli_options import EngineOpt, NnunetTrainerOpt, recipe_options, show_version, train_overrides
-from liverscope.config import check_device, load_config, parse_frames
+from liverscope.cli_predict import count_inputs, predict
+from liverscope.cli_records import records_app
+from liverscope.config import check_device, load_config
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.utils import configure_logging, progress, set_progress
+from liverscope.utils import configure_logging, set_progress
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -93,59 +95,7 @@ def _print_run_summary(run_dir: Path) -> None:
             typer.echo(f"  {run_dir / f}")
 
 
-@app.command()
-def predict(
-    run_dir: Path = typer.Argument(..., help="A trained run directory."),
-    paths: List[Path] = typer.Argument(..., help="Image files, DICOM files or folders (searched recursively)."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Output file: .csv or .json."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: sized for the backend)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    backend: choice("predict.backend") = typer.Option("auto", "--backend", help="auto (ONNX Runtime when RUN_DIR/model.onnx is current, else torch), torch or onnx."),
-    precision: choice("predict.precision") = typer.Option("auto", "--precision", help="torch backend: auto or fp32 (fp32 on every machine: the same answers everywhere), or bf16 (faster where native, checked against fp32 on the first batch; can change answers: docs/benchmarks.md)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode/preprocess threads (default: CPU count)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model threads on CPU (default: torch times every core against half of them and keeps the faster; ONNX Runtime all)."),
-    schedule: choice("predict.schedule") = typer.Option("auto", "--schedule", help="auto (torch on CPU: alternate; otherwise overlap), alternate (decode a window, then score it with every core) or overlap (decode ahead while the model scores)."),
-    pool: choice("predict.pool") = typer.Option("thread", "--pool", help="Decode workers: thread or process (processes sidestep the GIL when denoising dominates)."),
-    frames: str = typer.Option("middle", "--frames", help="DICOM cine loops: middle, all or every:N frames, averaged into one result per file (column frames)."),
-    int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8): ONNX Runtime, int8."),
-    tta: choice("predict.tta") = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average each image's logits with its mirror's; twice the model time, a little more accurate: docs/benchmarks.md)."),
-):
-    """Predict the stage/class of new images; bad files are listed as skipped and the rest finish (exit 1 when none could be read)."""
-    from liverscope.predict import Predictor, write_results
-
-    try:
-        check_out_format(out), check_device(device), parse_frames(frames)
-        check_conflict(("--int8", int8), ("--backend torch", backend.value == "torch"), hint="int8 scores with ONNX Runtime: --backend onnx or auto")
-        onnx = "--int8" if int8 else "--backend onnx" if backend.value == "onnx" else None
-        check_conflict(("--precision " + precision.value, precision.value != "auto"), (onnx, onnx is not None), hint="--precision sets the torch backend's number format")
-        total = _count_inputs(paths)  # counted, not listed: the bar knows its total
-        p = Predictor.from_run(run_dir, backend=backend.value, int8=int8, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads,
-                               schedule=schedule.value, pool=pool.value, tta=tta.value)
-        typer.echo(p.describe(), err=True)
-        summary = write_results(progress(p.predict_paths(paths, frames=frames), "predicting", total=total), p.labels, out)
-    except LiverscopeError as exc:
-        fail(exc)
-    rate = summary["predicted"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
-    typer.echo(f"predicted {summary['predicted']} image(s) in {summary['seconds']:.1f}s ({rate:.1f} images/s, {p.backend} {p.precision}) → {summary['out']}")
-    if summary["flagged"]:
-        typer.echo(f"{summary['flagged']} image(s) unlike the images this model was trained on (ood = true): do not rely on their predictions")
-    echo_skipped(summary["skipped"])
-    check_processed(summary["predicted"], summary["skipped"], "predicted")
-
-
-def _count_inputs(paths: List[Path]) -> int:
-    """The number of input files, counted before any work (not listed: a folder may hold millions);
-    a LiverscopeError when every path is missing or no image file is found."""
-    from liverscope.data.io import IMAGE_SUFFIXES, iter_image_files
-
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing and len(missing) == len(paths):
-        raise LiverscopeError(f"{', '.join(missing)}: does not exist (check the path)")
-    total = sum(1 for _ in iter_image_files(paths))
-    if total == 0:
-        kinds = ", ".join(sorted(s for s in IMAGE_SUFFIXES if s)) + " or no extension (DICOM)"
-        raise LiverscopeError(f"no image files in {', '.join(map(str, paths))} (searched recursively for {kinds}; masks/ and hidden files are skipped)")
-    return total
+app.command()(predict)
 
 
 @app.command("models")
@@ -377,7 +327,7 @@ def explain(
         labels = rundir.read_model_meta(run_dir)["labels"]
         if class_label is not None and class_label not in labels:
             raise UsageError(f"--class {class_label}: not a label of {run_dir} (labels: {', '.join(labels)})")
-        _count_inputs(paths)
+        count_inputs(paths)
         summary = explain_paths(
             run_dir, paths, out_dir=out or Path("explain") / run_dir.resolve().name, method=method, class_label=class_label, batch_size=batch_size,
             flip_average=flip_average, with_faithfulness=faithfulness, restrict_to_sector=sector, device=device, layers=layers,
@@ -459,6 +409,8 @@ def serve(
         os.execve(sys.executable, cmd, env)  # become the server: one process to stop, signals go straight to it
     raise typer.Exit(subprocess.call(cmd, env=env))
 
+
+app.add_typer(records_app, name="records")  # liverscope records list|show|review|export (cli_records.py)
 
 segment_app = typer.Typer(help="Weakly supervised segmentation: CAM pseudo-masks, an Attention U-Net, IoU/Dice scores.", no_args_is_help=True)
 app.add_typer(segment_app, name="segment")
@@ -562,7 +514,7 @@ def segment_predict(
     from liverscope.segment import write_predictions
 
     try:
-        _count_inputs(paths)
+        count_inputs(paths)
         summary = write_predictions(run_dir, paths, out)
     except LiverscopeError as exc:
         fail(exc)

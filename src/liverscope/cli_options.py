@@ -206,3 +206,5 @@ EngineOpt = typer.Option("liverscope", "--engine", help="liverscope (its own U-N
                          "--channels and --patience do not apply.")
 NnunetTrainerOpt = typer.Option("nnUNetTrainer", "--nnunet-trainer", help="With --engine nnunet: the nnU-Net trainer class by name "
                                 "(e.g. nnUNetTrainer_250epochs).")
+DbOpt = typer.Option(None, "--db", help="Records database: a file path or a URL (postgresql+psycopg://user@host/db); default $LIVERSCOPE_DB, "
+                     "else records.sqlite in the user's data folder (docs/records.md).")

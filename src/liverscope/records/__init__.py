@@ -23,8 +23,8 @@ _LAZY = {
     "AnalysisRecord": "views", "ImageRecord": "views", "ReviewRecord": "views", "ExamAnswer": "views", "ExamRecord": "views",
     "exam_answer": "views", "pool_probabilities": "views",
     "database_url": "engine", "default_database": "engine",
-    "run_info": "runinfo", "image_input": "runinfo",
-    "Recorder": "recorder", "BY": "recorder",
+    "run_info": "runinfo", "image_input": "runinfo", "bytes_input": "runinfo", "run_fingerprint": "runinfo",
+    "Recorder": "recorder", "BY": "recorder", "prediction_inputs": "recorder", "exam_line": "recorder", "write_exams": "recorder",
     "export_manifest": "export",
 }
 
