@@ -159,3 +159,69 @@ def test_dicom_outputs_of_png_input_carry_no_identifier(png_report, tmp_path):
         raw = path.read_bytes()
         for f in files:  # no file name either (one may carry a patient's name)
             assert f.name.encode() not in raw and f.stem.encode() not in raw
+
+
+# --------------------------------------------------------------------------------------------------
+# liverscope records report KEY --pdf FILE --dicom DIR (a stored exam)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stored_exam(predictor, study, tmp_path_factory):
+    """The DICOM study's images analysed and recorded in a fresh SQLite store under one exam key."""
+    pytest.importorskip("sqlalchemy")
+    from liverscope.records import ExamKey, open_store
+    from liverscope.records.runinfo import image_input, run_info
+
+    paths, _ = study
+    db = tmp_path_factory.mktemp("records") / "records.sqlite"
+    with open_store(db) as store:
+        for path, r in zip(paths, predictor.predict_paths(paths)):
+            store.record(ExamKey("st-00000000000000aa", "study"), image_input(path), r, run_info(predictor))
+    return db
+
+
+def test_records_report_writes_the_pdf_and_the_dicom_of_a_stored_exam(stored_exam, study, tmp_path):
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+
+    paths, study_uid = study
+    res = CliRunner().invoke(app, ["records", "report", "st-00000000000000aa", "--db", str(stored_exam), "--pdf", str(tmp_path / "r.pdf"),
+                                   "--dicom", str(tmp_path / "dcm")])
+    assert res.exit_code == 0, res.output
+    pages, text = _pdf_text(tmp_path / "r.pdf")
+    assert pages == 1 and "st-00000000000000aa" in text and _flat(DECISION_SUPPORT) in text
+    assert not any(s.lower() in text.lower() for s in SECRETS)
+    sr = pydicom.dcmread(tmp_path / "dcm" / "st-00000000000000aa-sr.dcm")
+    assert sr.StudyInstanceUID == study_uid
+    assert {s.SOPInstanceUID for s in map(pydicom.dcmread, paths)} <= _referenced(sr)
+    assert len(list((tmp_path / "dcm").glob("*-sc-*.dcm"))) == len(paths)
+
+
+def test_records_report_says_what_is_missing(stored_exam, tmp_path):
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["records", "report", "st-00000000000000aa", "--db", str(stored_exam)])
+    assert res.exit_code == 2 and "--pdf FILE, --dicom DIR, or both" in res.output
+    res = runner.invoke(app, ["records", "report", "st-nosuchexam", "--db", str(stored_exam), "--pdf", str(tmp_path / "x.pdf")])
+    assert res.exit_code == 1 and "st-nosuchexam" in res.output and not (tmp_path / "x.pdf").exists()
+
+
+def test_a_stored_image_whose_file_changed_gets_a_note_not_an_overlay(stored_exam, predictor, study, tmp_path):
+    from liverscope.records import open_store
+    from liverscope.records.runinfo import run_fingerprint
+    from liverscope.reports.build import NO_FILE, OTHER_MODEL, from_exam
+
+    with open_store(stored_exam) as store:
+        exam = store.get_exam("st-00000000000000aa")
+    moved = replace(exam, images=[replace(exam.images[0], path=str(tmp_path / "gone.dcm")), *exam.images[1:]])
+    report = from_exam(moved, predictor, run_fingerprint(predictor.run_dir))
+    assert report.images[0].overlay_png is None and report.images[0].overlay_note == NO_FILE
+    assert all(im.overlay_png for im in report.images[1:])
+    other = from_exam(exam, predictor, "another-model")
+    assert all(im.overlay_png is None and im.overlay_note == OTHER_MODEL for im in other.images)
+    assert report.answer.label == exam.answer.label  # the stored numbers, not new ones

@@ -21,6 +21,7 @@ from liverscope.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usag
 from liverscope.cli_options import EngineOpt, NnunetTrainerOpt, recipe_options, show_version, train_overrides
 from liverscope.cli_predict import count_inputs, predict
 from liverscope.cli_records import records_app
+from liverscope.cli_reports import pacs, report
 from liverscope.config import check_device, load_config
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.utils import configure_logging, set_progress
@@ -411,6 +412,8 @@ def serve(
 
 
 app.add_typer(records_app, name="records")  # liverscope records list|show|review|export (cli_records.py)
+records_app.command("report")(report)  # records report KEY --pdf/--dicom, and pacs (cli_reports.py)
+app.command("pacs")(pacs)
 
 segment_app = typer.Typer(help="Weakly supervised segmentation: CAM pseudo-masks, an Attention U-Net, IoU/Dice scores.", no_args_is_help=True)
 app.add_typer(segment_app, name="segment")
