@@ -11,8 +11,10 @@ The database is a URL or a path:
   read as psycopg 3's).
 
 SQLite is set for several writers at once (the app's users and a ``predict --record`` batch): WAL
-journal (readers never wait for the writer), ``synchronous=FULL`` (a committed record survives a crash
-and a power cut), a 30 s busy timeout, and ``BEGIN IMMEDIATE`` for writes, so a writer waits for the
+journal (readers never wait for the writer), ``synchronous=NORMAL`` (a committed record survives a
+crash of the program, kill -9 included; a power cut or an OS crash may take back the last commits, never
+corrupting the file; ``LIVERSCOPE_DB_SYNC=FULL`` syncs every commit to disk, about twice the time per
+record: docs/benchmarks.md), a 30 s busy timeout, and ``BEGIN IMMEDIATE`` for writes, so a writer waits for the
 lock at the start of its transaction instead of failing half-way (a deferred transaction that reads
 then writes can only fail with "database is locked"). Transactions are short (one image's record);
 :func:`retrying` repeats one that still met a locked database or a concurrent insert of the same exam.
@@ -37,6 +39,8 @@ from liverscope.errors import LiverscopeError
 log = logging.getLogger(__name__)
 
 ENV_DB = "LIVERSCOPE_DB"
+ENV_SYNC = "LIVERSCOPE_DB_SYNC"
+SYNC_MODES = ("NORMAL", "FULL")
 DEFAULT_FILE = "records.sqlite"
 BUSY_TIMEOUT_S = 30.0
 #: attempts of one write transaction before the error reaches the user (each after the busy timeout)
@@ -70,7 +74,7 @@ def database_url(db: str | Path | None = None) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get their folder, WAL, FULL sync, foreign keys and immediate writes."""
+    """An engine for ``url``; SQLite files get their folder, WAL, the sync mode, foreign keys and immediate writes."""
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -79,13 +83,16 @@ def make_engine(url: str) -> Engine:
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LiverscopeError(f"{u.database}: cannot create its folder ({exc}); choose another --db") from None
+    sync = os.environ.get(ENV_SYNC, "NORMAL").upper()
+    if sync not in SYNC_MODES:
+        raise LiverscopeError(f"${ENV_SYNC}={sync}: expected one of {', '.join(SYNC_MODES)}")
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _sqlite_setup(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # the driver's own BEGIN is off: the "begin" listener below says which
         cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", f"busy_timeout={int(BUSY_TIMEOUT_S * 1000)}"):
+        for pragma in ("journal_mode=WAL", f"synchronous={sync}", "foreign_keys=ON", f"busy_timeout={int(BUSY_TIMEOUT_S * 1000)}"):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
 
