@@ -44,7 +44,8 @@ def test_wheel_carries_recipes_licence_and_ranges(wheel):
     assert "==" not in torch_req and "<3" in torch_req, torch_req  # a range, not this machine's pin
     core = [r for r in requires if "extra ==" not in r]
     assert not any(name in r for r in core for name in ("streamlit", "onnxruntime", "pytest")), core  # web/ONNX/test stacks are extras
-    for extra in ("app", "onnx", "imagenet", "test", "all"):
+    assert {"liverscope/records/migrations/env.py", "liverscope/records/migrations/versions/0001_initial.py"} <= set(names)  # Alembic's, run on open
+    for extra in ("app", "onnx", "imagenet", "records", "test", "all"):
         assert f"Provides-Extra: {extra}" in meta
 
 
@@ -75,6 +76,9 @@ def test_wheel_works_in_a_fresh_venv_outside_the_checkout(wheel, tmp_path):
     mine = work / "mine.yaml"
     mine.write_text("train:\n  epochs: 3\n")
     assert _run([str(py), "-c", "import liverscope.config as c; print(c.load_config('mine.yaml').train.epochs)"], cwd=work).stdout.strip() == "3"
+    # the exam records migrate a new database from the migrations inside the wheel
+    listed = _run([str(venv / "bin" / "liverscope"), "records", "list", "--db", str(work / "r.sqlite")], cwd=work).stdout
+    assert "no exams in sqlite:///" in listed, listed
 
 
 def test_a_missing_extra_names_the_pip_line(monkeypatch, tmp_path):
