@@ -210,3 +210,30 @@ def test_aggregate_rebuilds_the_ensemble_from_the_run_directory(cv_run, tmp_path
     shutil.rmtree(copy / "folds" / "fold1")
     res = CliRunner().invoke(app, ["cv", "--recipe", str(copy / "config.yaml"), "--aggregate"])
     assert res.exit_code == 1 and "folds [1] are not trained yet" in res.output
+
+
+@pytest.mark.slow
+def test_cv_folds_choose_nothing_on_their_oof_images_and_the_ensemble_sits_beside_the_oof_figures(cv_run):
+    """Issue 23: the folds keep their last epoch (train.select auto), the out-of-fold probabilities take
+    temperatures fitted on the other folds, and the ensemble on the hold-out is reported beside the OOF figures."""
+    from liverscope.cv import cross_fitted_temperatures
+    from liverscope.evaluate.stats import expected_calibration_error
+    from liverscope.rundir import read_predictions
+    from liverscope.utils import softmax
+
+    m = read_json(cv_run / "metrics.json")
+    for i in range(3):
+        meta = read_json(cv_run / "folds" / f"fold{i}" / "model.json")
+        assert meta["select"] == "last" and meta["best_epoch"] == 5  # the sixth epoch of six, chosen by nothing
+    assert m["oof_protocol"]["honest"] and m["oof_protocol"]["temperature"] == "cross-fitted"
+    names = m["class_names"]
+    folds = [read_predictions(cv_run / "folds" / f"fold{i}" / "predictions_val.csv", names) for i in range(3)]
+    temps = cross_fitted_temperatures([f.logits for f in folds], [f.y for f in folds])
+    assert m["oof_protocol"]["fold_temperatures"] == pytest.approx(temps)
+    oof_probs = np.concatenate([softmax(f.logits, t) for f, t in zip(folds, temps)])
+    assert m["oof"]["ece"] == pytest.approx(expected_calibration_error(oof_probs, np.concatenate([f.y for f in folds])), abs=1e-9)
+    gap = m["ensemble_vs_oof"]["overall"]["balanced_accuracy"]
+    assert gap["oof"] == m["oof"]["balanced_accuracy"] and gap["ensemble"] == m["ensemble"]["balanced_accuracy"]
+    assert gap["gap"] == pytest.approx(gap["ensemble"] - gap["oof"])
+    page = (cv_run / "report.html").read_text()
+    assert "Out of fold and the fold ensemble" in page and "chose nothing" in page

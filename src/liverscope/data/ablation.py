@@ -9,7 +9,9 @@ reads the scanner, not the liver.
 The blanking is done on the decoded image, before the run's preprocessing, so the model sees exactly what
 it would see of such a frame, with one difference kept on purpose: a run that crops to the scan sector
 crops the blanked frame to the *original* frame's sector box (a tissue-blanked frame has no sector left to
-find, and a different crop would change the geometry the check is about).
+find, and a different crop would change the geometry the check is about). A run that denoises the sector's
+box only (``denoise_region="sector"``) finds that box on the blanked frame: with the tissue blanked there
+is none, and the whole frame is denoised (the periphery's text a little smoother than the model saw it).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def skill_row(y: Sequence[int], preds: Mapping[str, Sequence[int]]) -> dict:
     plain = (row.get("plain") or {}).get("skill")
     for region in REGIONS:
         s = (row.get(region) or {}).get("skill")
-        if s is not None and plain:
+        if s is not None and plain is not None and plain > 0:
             row[region]["share_of_plain"] = s / plain
     row["verdict"] = verdict(row)
     return row
