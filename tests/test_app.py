@@ -272,7 +272,7 @@ def test_uploads_good_and_bad_keep_the_app_working(app_run, phantom_dir, monkeyp
     assert any("1 could not" in m.value or "5 could not" in m.value for m in at.markdown)
     csv_text = at.session_state["results_csv"]
     assert csv_text.count("\n") == 7 and "liver1.png," + metric["Predicted class"] in csv_text
-    assert len(at.get("download_button")) == 1
+    assert len(at.get("download_button")) == 2  # the CSV and the exam's PDF (app_reports)
 
     # the app keeps working: a new good upload after the bad ones is analysed
     at.file_uploader[0].set_value([("liver2.png", png_bytes(sorted((phantom_dir / "F0").glob("*.png"))[0]), "image/png")])

@@ -186,6 +186,9 @@ def test_two_sessions_at_once_each_see_their_own_result(browser, hardened_url, t
                 page.get_by_text("Download results (CSV)").click()
             csv_text = Path(dl.value.path()).read_text()
             assert f.name in csv_text and other.name not in csv_text
+            with page.expect_download() as dl:  # the exam's one-page PDF (app_reports)
+                page.get_by_text("Download the exam report (PDF)").click()
+            assert Path(dl.value.path()).read_bytes().startswith(b"%PDF")
     finally:
         for context, _ in sessions:
             context.close()

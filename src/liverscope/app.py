@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from liverscope import rundir
+from liverscope.app_reports import render_pdf_download
 from liverscope.data.io import decode_image, sniff_format
 from liverscope.data.preprocess import preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
@@ -156,6 +157,7 @@ class Analysis:
         cam: Grad-CAM overlay on the model input (RGB uint8), or ``None``.
         outline: segmentation outline overlay (RGB uint8, every target's outline), or ``None``.
         outline_caption: its caption, naming each target and its colour.
+        combined: the outlines on the Grad-CAM overlay (the PDF report's picture), or ``None``.
         notes: why a panel is missing (e.g. heatmap failed), shown as captions.
     """
 
@@ -166,6 +168,7 @@ class Analysis:
     outline: np.ndarray | None = None
     outline_caption: str = "segmented regions (outline)"
     notes: list[str] = field(default_factory=list)
+    combined: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -207,7 +210,7 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     result = predictor.predict_arrays([model_input], [safe])[0]
     panels = image_panels(predictor, img, model_input, result.label, sniff_format(data) == "dicom", with_cam)
     return Analysis(safe, result, image=_downscale(panels.display), cam=panels.cam, outline=panels.outline,
-                    outline_caption=panels.outline_caption, notes=panels.notes)
+                    outline_caption=panels.outline_caption, notes=panels.notes, combined=panels.combined)
 
 
 def model_card(run_dir: Path, predictor) -> dict:
@@ -421,6 +424,7 @@ def main() -> None:
     csv_text = results_csv([a.result for a in analyses], labels)
     st.session_state["results_csv"] = csv_text
     st.download_button("Download results (CSV)", csv_text, file_name=f"liverscope_{run_dir.name}_results.csv", mime="text/csv")
+    render_pdf_download(st, analyses, [(up.name, up.getvalue()) for up in uploads], labels, run_dir)  # the exam's one-page PDF
     ensemble = bool((predictor.ood or {}).get("ensemble"))
     for i, a in enumerate(analyses):
         _render_analysis(st, a, labels, i, calibrated=predictor.temperature != 1.0, threshold=predictor.ood_threshold, ensemble=ensemble)

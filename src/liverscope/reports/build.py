@@ -11,6 +11,7 @@ store's rule (:func:`liverscope.records.views.exam_answer`), for scored files as
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,7 @@ from liverscope.data.io import sniff_format
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.records.views import AnalysisRecord, ExamAnswer, ExamRecord, ImageRecord, exam_answer
 from liverscope.reports.content import ExamReport, ExamSummary, ModelCard, ReportImage
+from liverscope.results import Result
 from liverscope.segment.panels import image_panels
 
 #: Said instead of an overlay when the image's file is gone or changed since it was analysed.
@@ -57,7 +59,7 @@ def score_exam(predictor, key: str, items: Sequence[tuple[str, bytes]], sources:
     Returns:
         ``(report, skipped)``: skipped lists ``(name, reason)`` of files that could not be read.
     """
-    images, skipped, results = [], [], []
+    scored, skipped = [], []
     for i, (name, data) in enumerate(items):
         try:
             img, model_input = predictor.load(name, data)
@@ -67,12 +69,28 @@ def score_exam(predictor, key: str, items: Sequence[tuple[str, bytes]], sources:
         r = predictor.predict_arrays([model_input], [name])[0]
         panels = image_panels(predictor, img, model_input, r.label, sniff_format(data) == "dicom")
         source = sources[i] if sources is not None else None
-        images.append(ReportImage(len(images) + 1, hashlib.sha256(data).hexdigest(), source, None if source else data,
-                                  None if panels.combined is None else png_bytes(panels.combined), r.label, dict(r.probs), r.endpoints,
-                                  r.ood_score, r.ood, "; ".join(panels.notes) or None))
-        results.append(r)
-    answer = exam_answer([_as_record(i, r, predictor.labels) for i, r in enumerate(results)])
-    return ExamReport(key, images, summary(answer), ModelCard.from_run(predictor.run_dir)), skipped
+        scored.append(Scored(r, hashlib.sha256(data).hexdigest(), panels.combined, source, None if source else data, "; ".join(panels.notes) or None))
+    return report_of(key, scored, predictor.labels, predictor.run_dir), skipped
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One image scored now: its result, digest, overlay (RGB, or ``None``), and file or bytes."""
+
+    result: Result
+    sha256: str
+    overlay: np.ndarray | None
+    source: str | None = None
+    data: bytes | None = None
+    note: str | None = None
+
+
+def report_of(key: str, scored: Sequence[Scored], labels: Sequence[str], run_dir: str | Path) -> ExamReport:
+    """The report of images scored now (by :func:`score_exam`, or by the app), answered by the store's rule."""
+    images = [ReportImage(k + 1, s.sha256, s.source, s.data, None if s.overlay is None else png_bytes(s.overlay), s.result.label,
+                          dict(s.result.probs), s.result.endpoints, s.result.ood_score, s.result.ood, s.note) for k, s in enumerate(scored)]
+    answer = exam_answer([_as_record(i, s.result, labels) for i, s in enumerate(scored)])
+    return ExamReport(key, images, summary(answer), ModelCard.from_run(run_dir))
 
 
 def _as_record(i: int, r, labels: Sequence[str]) -> ImageRecord:
@@ -139,4 +157,4 @@ def _stored_run(exam: ExamRecord) -> Path:
     raise LiverscopeError(f"exam {exam.key}: no analysis names the run directory that made it (give --run RUN_DIR)")
 
 
-__all__ = ["NO_FILE", "OTHER_MODEL", "from_exam", "overlay_png", "png_bytes", "score_exam", "summary"]
+__all__ = ["NO_FILE", "OTHER_MODEL", "Scored", "from_exam", "overlay_png", "png_bytes", "report_of", "score_exam", "summary"]

@@ -136,6 +136,19 @@ def _card_lines(report: ExamReport) -> list[str]:
 
 def write_pdf(report: ExamReport, out: str | Path) -> Path:
     """Write the exam's one-page PDF (atomically) and return its path."""
+    page = _draw(report)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        page.pdf.output(str(tmp))
+    return out
+
+
+def pdf_bytes(report: ExamReport) -> bytes:
+    """The exam's one-page PDF as bytes (the app's download)."""
+    return bytes(_draw(report).pdf.output())
+
+
+def _draw(report: ExamReport) -> _Page:
     page = _Page(report)
     a = report.answer
     page.text("liverscope — liver ultrasound exam report", size=14, bold=True, gap=0.5)
@@ -159,11 +172,7 @@ def write_pdf(report: ExamReport, out: str | Path) -> Path:
     page.text("Model card", size=10, bold=True, gap=0.5)
     for line in card:
         page.text(line, size=7.5, gap=0.6)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        page.pdf.output(str(tmp))
-    return out
+    return page
 
 
-__all__ = ["MAX_PICTURES", "MAX_ROWS", "write_pdf"]
+__all__ = ["MAX_PICTURES", "MAX_ROWS", "pdf_bytes", "write_pdf"]
