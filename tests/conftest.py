@@ -43,6 +43,15 @@ def real_lesions() -> Path:
     return _real_folder("liver-lesions")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def records_db(tmp_path_factory) -> Path:
+    """Exam records written by tests (``liverscope serve`` records by default) go to a temporary file,
+    never to the user's data folder."""
+    path = tmp_path_factory.mktemp("records") / "records.sqlite"
+    os.environ["LIVERSCOPE_DB"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A small phantom set: 5 classes x 24 images of 64 px, with masks."""

@@ -45,6 +45,7 @@ import numpy as np
 
 from liverscope import rundir
 from liverscope.app_reports import render_pdf_download
+from liverscope.app_records import render_records
 from liverscope.data.io import decode_image, sniff_format
 from liverscope.data.preprocess import preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
@@ -400,6 +401,7 @@ def main() -> None:
     with_cam = st.toggle("Show Grad-CAM heatmaps", value=True)
     if not uploads:
         st.info("Upload one or several B-mode images to see the predicted stage, the probabilities and the heatmap.")
+        render_records(st, predictor, [], [])  # the past exams
         return
 
     # results are kept per file content, so re-drawing the page (any widget change) does not re-run the
@@ -425,6 +427,7 @@ def main() -> None:
     st.session_state["results_csv"] = csv_text
     st.download_button("Download results (CSV)", csv_text, file_name=f"liverscope_{run_dir.name}_results.csv", mime="text/csv")
     render_pdf_download(st, analyses, [(up.name, up.getvalue()) for up in uploads], labels, run_dir)  # the exam's one-page PDF
+    render_records(st, predictor, analyses, [(up.name, up.getvalue()) for up in uploads])  # recorded; the exam's one answer, review, past exams
     ensemble = bool((predictor.ood or {}).get("ensemble"))
     for i, a in enumerate(analyses):
         _render_analysis(st, a, labels, i, calibrated=predictor.temperature != 1.0, threshold=predictor.ood_threshold, ensemble=ensemble)

@@ -18,7 +18,7 @@ from typing import List, Optional
 import typer
 
 from liverscope.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usage, check_choice, check_conflict, check_processed, choice, echo_skipped, fail, numbers
-from liverscope.cli_options import EngineOpt, NnunetTrainerOpt, recipe_options, show_version, train_overrides
+from liverscope.cli_options import DbOpt, EngineOpt, NnunetTrainerOpt, recipe_options, show_version, train_overrides
 from liverscope.cli_predict import count_inputs, predict
 from liverscope.cli_records import records_app
 from liverscope.cli_reports import pacs, report
@@ -379,6 +379,7 @@ def serve(
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest accepted upload in MB."),
     int8: bool = typer.Option(False, "--int8", help="Score with RUN_DIR/model.int8.onnx (liverscope export --int8)."),
     tta: choice("predict.tta") = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (each image averaged with its mirror)."),
+    db: Optional[str] = DbOpt, record: bool = typer.Option(True, "--record/--no-record", help="Record every analysis in the exam records (--db; docs/records.md)."),
 ):
     """Start the clinician web app (Streamlit) for a run."""
     from liverscope import rundir
@@ -397,7 +398,8 @@ def serve(
             fg=typer.colors.YELLOW, err=True,
         )
     app_path = Path(__file__).with_name("app.py")
-    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend.value, LIVERSCOPE_INT8="1" if int8 else "0", LIVERSCOPE_TTA=tta.value, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb))
+    env = dict(os.environ, LIVERSCOPE_RUN_DIR=str(run_dir.resolve()), LIVERSCOPE_BACKEND=backend.value, LIVERSCOPE_INT8="1" if int8 else "0", LIVERSCOPE_TTA=tta.value, LIVERSCOPE_MAX_UPLOAD_MB=str(max_upload_mb),
+               LIVERSCOPE_RECORD="1" if record else "0", **({"LIVERSCOPE_DB": db} if db else {}))
     # flags outrank Streamlit's config files and STREAMLIT_* variables: the server refuses larger uploads (413), XSRF stays on
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host, "--server.port", str(port), "--server.headless", "true",
