@@ -15,7 +15,7 @@ SRC = ROOT / "src" / "liverscope"
 MAX_LINES = 600
 #: The command line imports its torch-side commands inside them (see its docstring): `liverscope
 #: --help` must not wait for torch, Lightning and MONAI to load.
-LAZY_OWN_IMPORTS_ALLOWED = {"cli.py", "cli_predict.py", "cli_records.py"}  # cli_options.py needs no exemption: it loads nothing torch-side; cli_predict and cli_records are commands split out of cli.py
+LAZY_OWN_IMPORTS_ALLOWED = {"cli.py", "cli_predict.py", "cli_records.py", "cli_reports.py"}  # cli_options.py needs no exemption: it loads nothing torch-side; cli_predict, cli_records and cli_reports are commands split out of cli.py
 
 
 def _sources() -> list[Path]:
