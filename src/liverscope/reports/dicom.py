@@ -182,7 +182,8 @@ def write_dicom(report: ExamReport, out_dir: str | Path) -> DicomOutputs:
     first = next((r for r in refs if r is not None), None)
     study_uid = first.StudyInstanceUID if first is not None else pydicom.uid.generate_uid(entropy_srcs=["liverscope exam", report.key])
     if not any(im.overlay_png for im in report.images):
-        raise LiverscopeError(f"exam {report.key}: no image has an overlay to capture (the images' files are gone or the run is not at hand; give --run)")
+        raise LiverscopeError(f"exam {report.key}: no image has an overlay to capture: the images' files are gone (the app keeps no uploads) "
+                              "or the run that made the analyses is not at hand (give --run RUN_DIR)")
     sc_series, stem = hd.UID(), _file_stem(report.key)
     captures, groups, evidence = [], [], []
     for im, ref in zip(report.images, refs):
