@@ -52,6 +52,16 @@ def make_run(root: Path, parts: set[str]) -> Path:
     if "ood" in parts:
         metrics["ood"] = {"method": "mahalanobis", "threshold": 812.5, "quantile": 0.95,
                           "validation": {"n": 40, "flagged": 2, "share": 0.05, "threshold": 812.5}, "test": {"n": 90, "flagged": 9, "share": 0.1, "threshold": 812.5}}
+    if "shortcut" in parts:  # evaluate --ablation (issue 23)
+        from liverscope.evaluate.shortcut import shortcut_table
+
+        pred = probs.argmax(1)
+        metrics["shortcut"] = dict(shortcut_table(y, {"plain": pred, "tissue": pred, "periphery": np.zeros_like(y)}, sources),
+                                   regions=["tissue", "periphery"], sector_method="fan", no_sector=0)
+    if "ensemble_vs_oof" in parts:  # a cv run with a hold-out (issue 23)
+        gap = {"balanced_accuracy": {"oof": 0.70, "ensemble": 0.74, "gap": 0.04}, "n_oof": 80, "n_ensemble": 20}
+        metrics["ensemble_vs_oof"] = {"overall": gap, "by_source": {"scannerA": gap}}
+        metrics["oof_protocol"] = {"select": "last", "honest": True, "warning": None, "temperature": "cross-fitted"}
     if "segmentation" in parts:
         metrics["segmentation"] = {"pseudo_mask_threshold": 0.5, "unet_vs_pseudo": {"iou": 0.43, "dice": 0.6}, "unet_vs_expert": {"iou": 0.31, "dice": 0.47}}
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -96,6 +106,8 @@ PART_SECTIONS = {
     "audit": {"Data audit"},
     "by_source": {"Results by acquisition source"},
     "ensemble": {"Fold ensemble"},
+    "ensemble_vs_oof": {"Out of fold and the fold ensemble"},
+    "shortcut": {"Shortcut check"},
     "gallery": {"Class activation maps"},
     "segmentation": {"Segmentation"},
     "config": {"Configuration"},
