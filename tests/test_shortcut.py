@@ -113,9 +113,9 @@ def test_cli_rejects_a_bad_ablation_and_one_without_data(tmp_path):
 
     runner = CliRunner()
     res = runner.invoke(app, ["evaluate", str(tmp_path), str(tmp_path), "--ablation", "tissue,scanner"])
-    assert res.exit_code != 0 and "--ablation scanner: choose tissue or periphery" in res.output
+    assert res.exit_code == 2 and "--ablation scanner: choose tissue or periphery" in res.output
     res = runner.invoke(app, ["evaluate", str(tmp_path), "--ablation", "tissue"])
-    assert res.exit_code != 0 and "--ablation re-scores the images of DATA" in res.output
+    assert res.exit_code == 2 and "--ablation re-scores the images of DATA" in res.output
 
 
 def test_skill_table_and_verdicts():
