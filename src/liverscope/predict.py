@@ -66,7 +66,8 @@ from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.ood import ensemble_margin, ood_scores
 from liverscope.models.backends import BF16_TOLERANCE, PRECISIONS, FlipAverage, OnnxBackend, TorchBackend
 from liverscope.results import Result, csv_header, result_row, results_csv, write_results
-from liverscope.utils import softmax
+from liverscope.speed.serving import choose_backend
+from liverscope.utils import resolve_device, softmax
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class Predictor:
             raise LiverscopeError(f"batch size must be at least 1, got {self.batch_size}")
         self.workers = max(1, int(workers or os.cpu_count() or 1))
         self.run_dir: Path | None = None
+        self.backend_choice: dict | None = None  # set by from_run when backend='auto' measured the candidates
 
     @classmethod
     def from_run(cls, run_dir: str | Path, backend: str = "auto", int8: bool = False, **kwargs) -> "Predictor":
@@ -183,7 +185,10 @@ class Predictor:
 
         Args:
             run_dir: a trained run.
-            backend: ``auto`` (ONNX Runtime when ``model.onnx`` is current, else torch), ``torch`` or ``onnx``.
+            backend: ``auto``, ``torch`` or ``onnx``. ``auto``: with a current ``model.onnx``, the fastest of
+                torch fp32/bf16 and ONNX fp32/int8 on this machine that keeps the fp32 labels, measured on a
+                few of the run's images (:func:`~liverscope.speed.serving.choose_backend`; kept in
+                :attr:`backend_choice` and logged) unless a torch ``precision`` is given; else torch.
             int8: score with the statically quantised ``model.int8.onnx`` (``liverscope export --int8``;
                 ONNX Runtime only). Its agreement with fp32 is in ``model.json["onnx_int8"]``.
             **kwargs: the other arguments of :class:`Predictor`.
@@ -204,15 +209,16 @@ class Predictor:
             if state != "current":
                 raise LiverscopeError(f"{run_dir}: no current {rundir.ONNX_INT8} ({state}) — run `liverscope export {run_dir} --int8` first")
             backend = "onnx"
+        choice = None
         if backend == "auto":
             backend = "torch"
-            if state == "current":
-                try:
-                    import onnxruntime  # noqa: F401
-
-                    backend = "onnx"
-                except ImportError:
-                    log.warning("onnxruntime is not installed; using the torch backend")
+            if state == "current" and kwargs.get("precision", "auto") == "auto":
+                device = kwargs.get("device", "auto")
+                choice = choose_backend(run_dir, device, _candidate_batches(kwargs.get("batch_size"), device))
+                log.info(choice["reason"])
+                backend, int8 = choice["backend"], choice["precision"] == "int8"
+                kwargs = {**kwargs, "precision": "bf16"} if choice["precision"] == "bf16" else kwargs
+                onnx_path = rundir.onnx_int8_state(run_dir)[0] if int8 else onnx_path
             elif state == "stale":
                 warnings.warn(f"{onnx_path} is older than the run's weights or than this liverscope's export (logits and features); using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
         if backend == "onnx":
@@ -227,7 +233,7 @@ class Predictor:
         else:
             model, meta = rundir.load_model(run_dir)
             p = cls(model, meta, backend="torch", ood=rundir.load_ood(run_dir, meta), **kwargs)
-        p.run_dir = run_dir
+        p.run_dir, p.backend_choice = run_dir, choice
         return p
 
     @property
@@ -252,7 +258,8 @@ class Predictor:
         if len(choices) > 1:
             model_threads = f", {' or '.join(map(str, choices))} model threads, the faster kept (now {threads})"
         return (f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, "
-                f"{self.workers} decode {self.pool}(s), {self.schedule}" + (", flip-averaged" if self.tta == "flip" else ""))
+                f"{self.workers} decode {self.pool}(s), {self.schedule}" + (", flip-averaged" if self.tta == "flip" else "")
+                + (", chosen by measurement" if self.backend_choice else ""))
 
     def close(self) -> None:
         """Shut down the decode processes (``pool="process"``); a later call spawns them again."""
@@ -456,6 +463,7 @@ class EnsemblePredictor(Predictor):
         self.temperature = rundir.temperature(meta) if calibrated else 1.0
         self.engine, self.backend, self.device, self.batch_size, self.workers = first.engine, first.backend, first.device, first.batch_size, first.workers
         self.schedule, self.pool, self._processes, self.tta = first.schedule, first.pool, None, first.tta
+        self.backend_choice = first.backend_choice
         self._model, self.run_dir = None, None if run_dir is None else Path(run_dir)
         oods = [m.ood for m in members]
         self.ood = None if not all(oods) else {
@@ -482,6 +490,13 @@ class EnsemblePredictor(Predictor):
         if self.ood is None:
             return logits, None
         return logits, ensemble_margin(np.stack([s for _, s in outs]), self.ood["member_thresholds"])
+
+
+def _candidate_batches(batch_size: int | None, device: str) -> dict[str, int]:
+    """Images per pass of each candidate backend for :func:`~liverscope.speed.serving.choose_backend`:
+    ``batch_size`` when given, else the backend's default on the device (:data:`DEFAULT_BATCH_SIZE`)."""
+    kind = "cuda" if resolve_device(device).startswith("cuda") else "cpu"
+    return {f"{b}-{p}": int(batch_size or DEFAULT_BATCH_SIZE[(b, kind)]) for b in ("torch", "onnx") for p in ("fp32", "bf16", "int8")}
 
 
 def load_run(path: str | Path, **kwargs) -> Predictor:
