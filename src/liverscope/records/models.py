@@ -86,7 +86,7 @@ class Analysis(Base):
     labels: Mapped[list] = mapped_column(JSON, nullable=False)  # the model's class names, in order
     probabilities: Mapped[list] = mapped_column(JSON, nullable=False)  # calibrated, one per label, in that order
     label: Mapped[str] = mapped_column(String(64), nullable=False)
-    endpoints: Mapped[dict | None] = mapped_column(JSON)  # {"ge_F2": p, ...} for METAVIR labels
+    endpoints: Mapped[dict | None] = mapped_column(JSON)  # {"≥F2": p, "≥F3": p, "F4": p} for METAVIR labels
     ood_score: Mapped[float | None] = mapped_column(Float)
     ood: Mapped[bool | None] = mapped_column(Boolean)
     frames: Mapped[int] = mapped_column(Integer, nullable=False, default=1)  # frames averaged into this result

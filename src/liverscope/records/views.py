@@ -47,7 +47,7 @@ class AnalysisRecord:
     labels: list[str]
     probabilities: dict[str, float]  # calibrated, every class, in the model's label order
     label: str
-    endpoints: dict[str, float] | None  # ge_F2, ge_F3, F4 for METAVIR labels
+    endpoints: dict[str, float] | None  # "≥F2", "≥F3", "F4" for METAVIR labels
     ood_score: float | None
     ood: bool | None
     frames: int
