@@ -133,3 +133,13 @@ def test_records_commands_review_and_export_a_manifest_train_reads(trained_run, 
     by_exam = {s.path.parent.name: (s.label, s.group) for s in samples}
     assert by_exam["exam-A"] == ("F3", "exam-A") and by_exam["exam-B"] == (b_label, "exam-B")
     assert len(samples) == 5 and all(s.path.is_file() for s in samples)
+
+
+def test_usage_errors_come_before_any_work(tmp_path):
+    res = runner.invoke(app, ["predict", str(tmp_path / "no-run"), str(tmp_path), "--db", str(tmp_path / "r.sqlite")])
+    assert res.exit_code == 2 and "--db names where --record writes" in res.output
+    res = runner.invoke(app, ["records", "review", "k", "--agree", "--label", "F1", "--db", str(tmp_path / "r.sqlite")])
+    assert res.exit_code == 2 and "either --agree" in res.output
+    res = runner.invoke(app, ["predict", str(tmp_path / "no-run"), str(tmp_path), "--by", "bogus"])
+    assert res.exit_code == 2
+    assert not (tmp_path / "r.sqlite").exists()  # nothing was opened

@@ -170,7 +170,8 @@ def test_evaluate_with_ablation_on_phantoms_finds_a_model_that_reads_the_tissue(
     assert sc["regions"] == ["tissue", "periphery"] and sc["no_sector"] == 0 and sc["overall"]["n"] == m["test"]["n"]
     plain = sc["overall"]["plain"]
     assert plain["balanced_accuracy"] == pytest.approx(m["test"]["balanced_accuracy"], abs=1e-6)  # the plain figure is the report's
-    # the phantoms' classes live in the speckle: without the tissue nothing is left, without the text all of it
-    assert sc["overall"]["tissue"]["skill"] < 0.5 * plain["skill"] and not sc["reads_scanner"]
-    assert sc["overall"]["periphery"]["skill"] > 0.5 * plain["skill"] and sc["overall"]["verdict"] == "liver"
+    # the phantoms' classes live in the speckle: without the tissue nothing is left (the text outside the
+    # sector is the same in every class); without the text more is left than without the tissue
+    assert sc["overall"]["tissue"]["skill"] < 0.1 and not sc["reads_scanner"] and sc["overall"]["verdict"] in ("liver", "whole frame")
+    assert sc["overall"]["periphery"]["skill"] > sc["overall"]["tissue"]["skill"] + 0.1
     assert "Shortcut check" in (out / "report.html").read_text()

@@ -13,7 +13,7 @@ import typer
 
 from liverscope.cli_options import DbOpt, check_conflict, check_out_format, check_processed, choice, echo_skipped, fail
 from liverscope.config import check_device, parse_frames
-from liverscope.errors import LiverscopeError
+from liverscope.errors import LiverscopeError, UsageError
 from liverscope.utils import progress
 
 
@@ -58,7 +58,8 @@ def predict(
         check_conflict(("--int8", int8), ("--backend torch", backend.value == "torch"), hint="int8 scores with ONNX Runtime: --backend onnx or auto")
         onnx = "--int8" if int8 else "--backend onnx" if backend.value == "onnx" else None
         check_conflict(("--precision " + precision.value, precision.value != "auto"), (onnx, onnx is not None), hint="--precision sets the torch backend's number format")
-        check_conflict(("--db", db is not None), ("no --record", not record), hint="--db names where --record writes")
+        if db is not None and not record:
+            raise UsageError("--db names where --record writes: add --record (or leave --db out)")
         files, rows = _inputs(paths, by if by or not record else "study")
         total = count_inputs(files)  # counted, not listed: the bar knows its total
         p = Predictor.from_run(run_dir, backend=backend.value, int8=int8, device=device, batch_size=batch_size, precision=precision.value, workers=workers, threads=threads,

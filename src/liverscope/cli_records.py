@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from liverscope.cli_options import DbOpt, echo_skipped, fail
-from liverscope.errors import LiverscopeError
+from liverscope.errors import LiverscopeError, UsageError
 
 records_app = typer.Typer(help="Exam records: every recorded analysis, one answer per exam, clinician reviews, a manifest of reviewed cases for training.",
                           no_args_is_help=True)
@@ -99,6 +99,8 @@ def review_cmd(
     db: Optional[str] = DbOpt,
 ):
     """Review an exam: --agree, or --label L; stored beside the analyses, never changing them."""
+    if agree == (label is not None):
+        fail(UsageError("give either --agree (the exam's answer is right) or --label L (the right label), not both or neither"))
     try:
         with _store(db) as store:
             r = store.review(key, label, agree, note, reviewer)

@@ -10,6 +10,11 @@ The rule (:func:`verdict`): where the plain skill is at least :data:`MIN_SKILL`,
 the tissue blanked keeps at least :data:`SURVIVES` of the plain skill reads the scanner, not the liver; one
 whose skill with the periphery blanked keeps that share (and not with the tissue blanked) reads the liver;
 one that keeps it under neither needs the whole frame.
+
+Only a score that survives proves something: blanking also takes a frame away from the frames the model
+learned on, so a score can fall for that reason alone. A phantom run whose classes live in the speckle lost
+most of its skill when the text and depth scale outside the sector (the same in every class) were blanked:
+its answers drifted to one class (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ READS_SCANNER = "this model reads the scanner, not the liver"
 VERDICTS = {
     "scanner": READS_SCANNER,
     "liver": "this model reads the liver: its skill survives without the scanner's periphery, not without the tissue",
-    "whole frame": "neither the tissue nor the periphery alone keeps half of this model's skill: it needs the whole frame",
+    "whole frame": ("neither the tissue nor the periphery alone keeps half of this model's skill: it needs the whole frame, or blanking "
+                    "moves the frames off those it learned (a lost score is no proof; only a score that survives is)"),
     "no skill": "no skill above chance to explain",
 }
 RULE = (f"skill = balanced accuracy - 1/K (K: classes present); where the plain skill is at least {MIN_SKILL}, "
