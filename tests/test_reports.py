@@ -225,3 +225,18 @@ def test_a_stored_image_whose_file_changed_gets_a_note_not_an_overlay(stored_exa
     other = from_exam(exam, predictor, "another-model")
     assert all(im.overlay_png is None and im.overlay_note == OTHER_MODEL for im in other.images)
     assert report.answer.label == exam.answer.label  # the stored numbers, not new ones
+
+
+def test_dicom_outputs_pass_the_dicom3tools_validator(dicom_report, png_report, tmp_path):
+    """dciodvfy (David Clunie's dicom3tools, Debian's dicom3tools; .ci/run installs it) finds no error in
+    the SR or the Secondary Captures, for DICOM and for PNG input."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed (Debian's dicom3tools; .ci/run installs it)")
+    outputs = [write_dicom(dicom_report, tmp_path / "dcm"), write_dicom(png_report[0], tmp_path / "png")]
+    for path in [p for o in outputs for p in (o.sr, *o.captures)]:
+        res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{path.name}: {errors}"

@@ -102,6 +102,8 @@ def _capture(hd, im: ReportImage, ref, series_uid: str, number: int, report: Exa
     # highdicom asks an orientation of every image in the patient's frame; the standard lets it be empty
     # (Type 2C) when unknown, which it is for an overlay on a cropped ultrasound sector: none is claimed.
     sc.PatientOrientation = None
+    # what the images show is the liver (liverscope's one subject), an unpaired organ: no Laterality (Type 2C)
+    sc.BodyPartExamined = "LIVER"
     sc.ImageComments = _ascii(f"{im.name}: {'not assessable (flagged)' if im.ood else im.label}")
     return sc
 
