@@ -468,11 +468,11 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
         calls.append(("load", Path(run_dir)))
         return {"lesion": SimpleNamespace(meta={})} if Path(run_dir) == app_run else {}
 
-    def predict_proba(segmenter, images):
+    def predict_proba(segmenter, images, scores=False):
         calls.append(("mask", images[0].shape))
         m = np.zeros(images[0].shape[:2], np.float32)
         m[16:48, 16:48] = 0.9
-        return [m]
+        return ([m], [None]) if scores else [m]  # scores: segment_images asks for the image-level head's (none here)
 
     # the app calls segment.unet.segmenters / predict_proba (then the segmenter's gate) through the module at call time
     monkeypatch.setattr(segment.unet, "segmenters", segmenters)
