@@ -51,6 +51,12 @@ def fmt_ci(value: Any, ci: Sequence[float] | None, digits: int = 3) -> str:
     return f"{fmt(value, digits)} <span class=ci>({fmt(ci[0], digits)}–{fmt(ci[1], digits)})</span>"
 
 
+def headline_cell(metrics: Mapping[str, Any], key: str) -> str:
+    """A figure of a metrics dict with its 95% interval (``metrics["ci"][key]["ci95"]``) when it has one (HTML)."""
+    ci = (metrics.get("ci") or {}).get(key) or {}
+    return fmt_ci(metrics.get(key), ci.get("ci95"))
+
+
 def table_html(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, raw: bool = False, first_col_header: bool = True, caption: str | None = None) -> str:
     """An HTML table; cells are escaped and numbers formatted unless ``raw`` (cells already HTML).
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,11 @@ import numpy as np
 
 from liverscope import __version__
 from liverscope.errors import LiverscopeError
-from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, image_html, key_title, note, provenance_html, table_html
+from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, headline_cell, image_html, note, provenance_html, table_html
 from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE_FLAGGED, PHANTOMS, UNLIKE_TRAINING, is_phantoms, trained_on
 from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
-from liverscope.evaluate.report_checks import section_oof_vs_ensemble, section_shortcut
+from liverscope.evaluate.report_cv import section_ensemble, section_folds, section_oof_vs_ensemble
+from liverscope.evaluate.report_shortcut import section_shortcut
 from liverscope.evaluate.report_segment import section_segmentation
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
 from liverscope.rundata import RunData
@@ -65,11 +65,6 @@ _HEADLINE_ROWS = (
 _EVAL_SETS = (("test", "hold-out test"), ("oof", "out-of-fold (cross-validation)"), ("validation", "validation"))
 
 
-def _headline_cell(m: Mapping[str, Any], key: str) -> str:
-    ci = (m.get("ci") or {}).get(key) or {}
-    return fmt_ci(m.get(key), ci.get("ci95"))
-
-
 def section_summary(run: RunData) -> str | None:
     if not run.metrics and not run.model:
         return None
@@ -94,7 +89,7 @@ def section_summary(run: RunData) -> str | None:
         rows = []
         for key, label in _HEADLINE_ROWS:
             if any(run.metrics[s].get(key) is not None for s, _ in sets):
-                rows.append([label, *[_headline_cell(run.metrics[s], key) for s, _ in sets]])
+                rows.append([label, *[headline_cell(run.metrics[s], key) for s, _ in sets]])
         parts.append(table_html(["figure", *[label for _, label in sets]], [[html.escape(r[0]), *r[1:]] for r in rows], raw=True))
         if any(run.metrics[s].get("ci") for s, _ in sets):
             method = next((run.metrics[s].get("ci_method") for s, _ in sets if run.metrics[s].get("ci_method")), {}) or {}
@@ -315,56 +310,6 @@ def section_by_source(run: RunData) -> str | None:
             parts.append(note(res["note"]))
     parts.append(note("A figure that holds in the pooled data but not within each source may be learning the scanner, not the liver."))
     return "".join(parts)
-
-
-def _mean_sd(values: list[Any]) -> str:
-    xs = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            xs.append(f)
-    if not xs:
-        return "—"
-    digits = 1 if all(x.is_integer() for x in xs) else 3  # counts (n_val) need no three decimals
-    return f"{np.mean(xs):.{digits}f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.{digits}f}"
-
-
-
-def section_folds(run: RunData) -> str | None:
-    if not run.folds:
-        return None
-    cols = [c for c in run.folds[0] if c != "fold"]
-    rows = [[f"fold {r.get('fold', i)}", *[r.get(c) for c in cols]] for i, r in enumerate(run.folds)]
-    rows = [[html.escape(str(r[0])), *[html.escape(fmt(v)) for v in r[1:]]] for r in rows]
-    rows.append(["<b>mean ± sd</b>", *[_mean_sd([r.get(c) for r in run.folds]) for c in cols]])
-    parts = [table_html(["", *[key_title(c) for c in cols]], rows, raw=True)]
-    oof = run.metrics.get("oof")
-    if oof:
-        parts.append(note(f"Out-of-fold (every development image scored by the fold model that did not train on it, n = {oof.get('n')}): "
-                           f"balanced accuracy {fmt(oof.get('balanced_accuracy'))}, macro AUC {fmt(oof.get('macro_auc'))}"
-                           + (f", QW kappa {fmt(oof.get('quadratic_kappa'))}" if oof.get("quadratic_kappa") is not None else "") + "."))
-    return "".join(parts)
-
-
-def section_ensemble(run: RunData) -> str | None:
-    ens = run.metrics.get("ensemble")
-    if not ens:
-        return None
-    keys = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro F1"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "QW kappa")]
-    keys = [(k, l) for k, l in keys if ens.get(k) is not None]
-    rows = []
-    fold_rows = run.folds or []
-    for i, r in enumerate(fold_rows):
-        if any(r.get(f"test_{k}") not in (None, "") for k, _ in keys):
-            rows.append([html.escape(f"fold {r.get('fold', i)} model"), *[html.escape(fmt(r.get(f"test_{k}"))) for k, _ in keys]])
-    if rows:
-        rows.append(["mean of the fold models", *[_mean_sd([r.get(f"test_{k}") for r in fold_rows]) for k, _ in keys]])
-    rows.append([f"<b>ensemble</b> (n = {ens.get('n')})", *[f"<b>{_headline_cell(ens, k)}</b>" for k, _ in keys]])
-    return table_html(["model (hold-out test)", *[l for _, l in keys]], rows, raw=True) + note(
-        "The ensemble averages the fold models' logits, then applies softmax.")
 
 
 def _gallery_tile(path: Path, caption: str, flagged: bool | None) -> str:
