@@ -240,3 +240,20 @@ def test_dicom_outputs_pass_the_dicom3tools_validator(dicom_report, png_report, 
         res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{path.name}: {errors}"
+
+
+def test_a_stored_exam_whose_run_has_moved_still_gets_its_page(stored_exam, tmp_path):
+    """Without the run, the numbers are the stored ones, no overlay is drawn, and the card says what the
+    analyses recorded of their model (and that the run is not at hand) instead of inventing figures."""
+    from liverscope.records import open_store
+    from liverscope.reports.build import from_exam
+
+    with open_store(stored_exam) as store:
+        exam = store.get_exam("st-00000000000000aa")
+    gone = str(tmp_path / "moved-run")
+    moved = replace(exam, images=[replace(im, analyses=[replace(a, run_dir=gone) for a in im.analyses]) for im in exam.images])
+    report = from_exam(moved)
+    assert all(im.overlay_png is None for im in report.images)
+    assert report.card.labels == exam.images[0].latest.labels and report.card.figures == []
+    pages, text = _pdf_text(write_pdf(report, tmp_path / "moved.pdf"))
+    assert pages == 1 and "moved-run) is not at hand" in text and f"Exam result: {exam.answer.label}" in text

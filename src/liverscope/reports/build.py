@@ -128,12 +128,11 @@ def from_exam(exam: ExamRecord, predictor=None, fingerprint: str | None = None) 
             png, note = _stored_overlay(predictor, im, a, fingerprint)
         images.append(ReportImage(len(images) + 1, im.sha256, im.path, data, png, a.label, dict(a.probabilities), a.endpoints,
                                   a.ood_score, a.ood, note))
-    run_dir = predictor.run_dir if predictor is not None else _stored_run(exam)
     review = None
     if exam.review is not None:
         r = exam.review
         review = f"{'agreed' if r.verdict == 'agree' else 'corrected to ' + r.label} by {r.reviewer or 'a reviewer'} on {r.created_at:%Y-%m-%d}"
-    return ExamReport(exam.key, images, summary(exam.answer), ModelCard.from_run(run_dir), review)
+    return ExamReport(exam.key, images, summary(exam.answer), _card(exam, predictor), review)
 
 
 def _stored_overlay(predictor, im: ImageRecord, a: AnalysisRecord, fingerprint: str | None) -> tuple[bytes | None, str | None]:
@@ -148,13 +147,18 @@ def _stored_overlay(predictor, im: ImageRecord, a: AnalysisRecord, fingerprint: 
     return overlay_png(predictor, im.name, data, a.label), None
 
 
-def _stored_run(exam: ExamRecord) -> Path:
-    """The run directory the exam's analyses recorded (the card is read from it)."""
-    for im in exam.images:
-        for a in im.analyses:
-            if a.run_fingerprint == exam.answer.run_fingerprint and a.run_dir:
-                return Path(a.run_dir)
-    raise LiverscopeError(f"exam {exam.key}: no analysis names the run directory that made it (give --run RUN_DIR)")
+def _card(exam: ExamRecord, predictor) -> ModelCard:
+    """The model card: from the run at hand, else from the run directory the analyses recorded, else
+    from what the analyses themselves say of their model."""
+    if predictor is not None:
+        return ModelCard.from_run(predictor.run_dir)
+    made = [a for im in exam.images for a in im.analyses if a.run_fingerprint == exam.answer.run_fingerprint]
+    run_dir = next((Path(a.run_dir) for a in made if a.run_dir), None)
+    if run_dir is not None and run_dir.is_dir():
+        return ModelCard.from_run(run_dir)
+    if not made:
+        raise LiverscopeError(f"exam {exam.key} has no analysis to report")
+    return ModelCard.from_analysis(made[-1])
 
 
 __all__ = ["NO_FILE", "OTHER_MODEL", "Scored", "from_exam", "overlay_png", "png_bytes", "report_of", "score_exam", "summary"]

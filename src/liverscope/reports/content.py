@@ -118,6 +118,16 @@ class ModelCard:
             trained_with=f"liverscope {meta.get('liverscope_version', '?')}, trained {str(meta.get('created', '?'))[:10]}",
         )
 
+    @classmethod
+    def from_analysis(cls, a) -> "ModelCard":
+        """What a stored analysis says of its model (:class:`liverscope.records.views.AnalysisRecord`), when
+        its run directory is not at hand: no training data and no figures can be read."""
+        missing = f"the run directory ({a.run_dir or 'not recorded'}) is not at hand"
+        return cls(run=Path(a.run_dir).name if a.run_dir else a.model_id, architecture=a.model_id, model_id=f"fingerprint {a.run_fingerprint[:12]}",
+                   labels=list(a.labels), trained_on=f"Trained on: not known here ({missing}).", phantoms=False, figures=[], figures_source=missing,
+                   calibration=f"temperature {a.temperature:.2f}" if a.temperature != 1.0 else "none",
+                   trained_with=f"analysed with liverscope {a.liverscope_version}")
+
     @property
     def notices(self) -> list[str]:
         """The notices printed with the card: where the figures come from when they are phantoms'."""
