@@ -53,7 +53,8 @@ import torch
 from liverscope import rundir
 from liverscope.data.preprocess import normalise_batch
 from liverscope.explain import cam_overlay
-from liverscope.export import export_int8, export_onnx
+from liverscope.export import export_onnx
+from liverscope.quantize import export_int8
 from liverscope.predict import DEFAULT_BATCH_SIZE, Predictor
 from liverscope.rundir import load_model
 from liverscope.utils import atomic_write_json, cpu_has_native_bf16, default_model_threads, torch_threads
@@ -283,7 +284,7 @@ def trained_checks(run: Path, tmp: Path, calibration: int, limit: int | None = N
     rundir.write_model_meta(copy, meta)
     t0 = time.perf_counter()
     export_onnx(copy)
-    info = export_int8(copy, calibration=calibration)
+    info = export_int8(copy, calibration=calibration, force=True)  # reported whether or not it keeps the labels
     say(f"--run {run}: int8 in {time.perf_counter() - t0:.0f}s; on {info['n']} {info['compared_on']} images: agreement {info['label_agreement']:.3f}, "
         f"max probability difference {info['max_prob_diff']:.4f}, balanced accuracy int8 {info['balanced_accuracy_int8']:.3f} vs fp32 {info['balanced_accuracy_fp32']:.3f}")
     samples, assignment, _ = rundir.read_split(run / rundir.SPLIT)

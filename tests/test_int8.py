@@ -10,7 +10,8 @@ import pytest
 
 from liverscope import rundir
 from liverscope.errors import LiverscopeError
-from liverscope.export import export_int8
+from liverscope import quantize
+from liverscope.quantize import export_int8, layer_sensitivity
 
 
 def _fold_run(run, phantom_dir, model_name: str):
@@ -35,7 +36,7 @@ def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_pa
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    info = export_int8(run, calibration=16)
+    info = export_int8(run, calibration=16, force=True)
     assert (run / rundir.ONNX_INT8).exists() and rundir.onnx_state(run)[1] == "current"  # fp32 exported first
     meta = rundir.read_model_meta(run)
     assert meta["onnx_int8"] == info and info["calibration_images"] == 16 and info["compared_on"] == "test"
@@ -43,6 +44,8 @@ def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_pa
     assert info["n"] == int(np.sum(assignment == "test"))
     # int8 keeps the decisions of fp32 on the phantoms (coarse: 64 px, tiny model)
     assert info["label_agreement"] >= 0.8 and 0 <= info["max_prob_diff"] < 0.5
+    assert info["meets_bar"] == (info["label_agreement"] >= 0.99 and info["balanced_accuracy_fp32"] - info["balanced_accuracy_int8"] <= 0.005)
+    assert info["forced"] == (not info["meets_bar"])
     assert abs(info["balanced_accuracy_int8"] - info["balanced_accuracy_fp32"]) <= 0.2
     sess = ort.InferenceSession(str(run / rundir.ONNX_INT8), providers=["CPUExecutionProvider"])
     ops = {n.op_type for n in __import__("onnx").load(str(run / rundir.ONNX_INT8)).graph.node}
@@ -77,9 +80,9 @@ def test_int8_without_test_split_compares_on_images_it_did_not_calibrate_on_and_
     import onnx
 
     run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
-    info = export_int8(run, calibration=4)
+    info = export_int8(run, calibration=4, force=True)
     assert info["calibration_images"] == 4 and info["compared_on"] == "val (not used to calibrate)" and info["n"] == 2
-    assert "7-bit weights" in info["format"] and "in fp32" in info["format"]
+    assert "8-bit weights" in info["format"] and "in fp32" in info["format"]
     graph = onnx.load(str(run / rundir.ONNX_INT8)).graph
     dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
@@ -95,10 +98,61 @@ def test_int8_export_of_resnet50_cbam(phantom_dir, tmp_path):
     import onnxruntime as ort
 
     run = _fold_run(tmp_path / "cbam", phantom_dir, "resnet50_cbam")
-    info = export_int8(run, calibration=4)
+    info = export_int8(run, calibration=4, force=True)
     assert info["n"] == 2 and 0.0 <= info["label_agreement"] <= 1.0
     ops = {n.op_type for n in onnx.load(str(run / rundir.ONNX_INT8)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     sess = ort.InferenceSession(str(run / rundir.ONNX_INT8), providers=["CPUExecutionProvider"])
     out = sess.run(["logits"], {"input": np.zeros((1, 3, 32, 32), np.float32)})[0]
     assert out.shape == (1, 5) and np.isfinite(out).all()
+
+
+def test_int8_below_the_bar_is_refused_unless_forced(phantom_dir, tmp_path, monkeypatch):
+    """Nothing is written when int8 does not keep the labels; --force writes it flagged, and prediction's
+    backend choice never times it."""
+    from typer.testing import CliRunner
+
+    from liverscope.cli import app
+    from liverscope.speed.serving import candidates
+
+    run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # a bar no model meets
+    with pytest.raises(LiverscopeError, match="does not keep the labels.*--force"):
+        export_int8(run, calibration=4)
+    assert not (run / rundir.ONNX_INT8).exists() and "onnx_int8" not in rundir.read_model_meta(run)
+    res = CliRunner().invoke(app, ["export", str(run), "--int8", "--calibration", "4"])
+    assert res.exit_code == 1 and "does not keep the labels" in res.output and not (run / rundir.ONNX_INT8).exists()
+    res = CliRunner().invoke(app, ["export", str(run), "--int8", "--calibration", "4", "--force"])
+    assert res.exit_code == 0 and "WARNING" in res.output and (run / rundir.ONNX_INT8).exists()
+    meta = rundir.read_model_meta(run)["onnx_int8"]
+    assert meta["forced"] and not meta["meets_bar"] and meta["bar"] == {"min_label_agreement": 1.01, "max_balanced_accuracy_drop": 0.005}
+    assert rundir.onnx_int8_state(run)[1] == "current" and "onnx-int8" not in candidates(run, "cpu")
+
+
+def test_the_most_sensitive_convolutions_stay_fp32(phantom_dir, tmp_path):
+    import onnx
+
+    run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
+    info = export_int8(run, calibration=4, sensitive=2, force=True)
+    extra = info["fp32_nodes"]["sensitive"]
+    assert len(extra) == 2 and "2 most sensitive convolutions in fp32" in info["format"]
+    graph = onnx.load(str(run / rundir.ONNX_INT8)).graph
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    # left in fp32: their weights are not quantised (their input may be the dequantised output of a shared tensor)
+    assert all(convs[name].input[1] not in dequantised for name in extra)
+    assert sum(n.input[1] in dequantised for n in convs.values()) == len(convs) - 3  # every other but the first
+
+
+def test_layer_sensitivity_ranks_the_quantised_convolutions(phantom_dir, tmp_path):
+    from liverscope.speed.serving import split_inputs
+
+    run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
+    export_int8(run, calibration=4, force=True)
+    prep = quantize.prepare(run / rundir.ONNX, tmp_path / "prep.onnx")
+    x, _, _ = split_inputs(run, "val", 4)
+    drops = layer_sensitivity(prep, run / rundir.ONNX_INT8, x)
+    values = list(drops.values())
+    assert drops and values == sorted(values, reverse=True) and all(np.isfinite(values))
+    conv_names = {n.name for n in __import__("onnx").load(str(prep)).graph.node if n.op_type == "Conv"}
+    assert set(drops) <= conv_names

@@ -350,24 +350,29 @@ def export(
     atol: float = typer.Option(1e-3, "--atol", help="Largest accepted |logit difference| between ONNX Runtime and torch."),
     int8: bool = typer.Option(False, "--int8", help="Also write RUN_DIR/model.int8.onnx: static int8 quantisation calibrated on the run's validation images, reported against fp32 on its test images."),
     calibration: int = typer.Option(128, "--calibration", min=1, help="--int8: largest number of validation images to calibrate on."),
+    sensitive: int = typer.Option(0, "--int8-sensitive", min=0, help="--int8: keep this many more convolutions in fp32, those int8 damages most (measured)."),
+    force: bool = typer.Option(False, "--force", help="--int8: write the int8 model even when it does not keep the labels (agreement < 0.99 or balanced accuracy 0.005 below fp32)."),
 ):
-    """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model; --int8 adds a quantised model."""
-    from liverscope.export import export_int8, export_onnx
+    """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model; --int8 adds a quantised model, only if it keeps the labels."""
+    from liverscope.export import export_onnx
+    from liverscope.quantize import export_int8
 
     try:
         info = export_onnx(run_dir, opset=opset, atol=atol)
-        q = export_int8(run_dir, calibration=calibration) if int8 else None
+        q = export_int8(run_dir, calibration=calibration, sensitive=sensitive, force=force) if int8 else None
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"wrote {run_dir / info['file']} ({info['bytes'] / 2**20:.1f} MB, opset {info['opset']}, input {info['input_shape']})")
     typer.echo(f"verified against torch on batches {info['checked_batches']}: max |logit difference| {info['max_abs_logit_diff']:.2e} (limit {info['atol']:.0e})")
-    typer.echo("`liverscope predict` and `liverscope serve` now use ONNX Runtime for this run (--backend torch to override)")
+    typer.echo("`liverscope predict` and `liverscope serve` now time ONNX Runtime against torch on this machine and use the faster (--backend to choose)")
     if q:
         typer.echo(
             f"wrote {run_dir / q['file']} ({q['bytes'] / 2**20:.1f} MB, calibrated on {q['calibration_images']} validation images); "
             f"on {q['n']} {q['compared_on']} images: label agreement with fp32 {q['label_agreement']:.3f}, max probability difference "
             f"{q['max_prob_diff']:.3f}, balanced accuracy {q['balanced_accuracy_int8']:.3f} (fp32 {q['balanced_accuracy_fp32']:.3f})"
         )
+        if q["forced"]:
+            typer.secho("WARNING: this int8 model does not keep the fp32 labels (written because of --force); predict uses it only with --int8", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

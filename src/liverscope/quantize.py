@@ -1,0 +1,208 @@
+"""int8 export of a run that keeps its labels: ``RUN_DIR/model.int8.onnx`` (issue 26, item 3).
+
+ONNX Runtime's quantiser does the work (``quant_pre_process``, then ``quantize_static`` in QDQ format:
+u8 activations, s8 weights per output channel). What this module adds is the check and the layers
+that stay in fp32:
+
+* the first convolution (its input is the image itself) and the classifier stay in fp32 (a few percent
+  of the compute, the layers quantisation hurts most);
+* with ``sensitive`` > 0, the convolutions whose int8 output differs most from their fp32 output
+  (the signal-to-quantisation-noise ratio of each node's output over the calibration images, measured
+  with ONNX Runtime's ``qdq_loss_debug``: :func:`layer_sensitivity`) stay in fp32 too, the worst first;
+* the quantised model is scored against the fp32 export on the run's test images (for a ``cv`` fold:
+  the validation images it did not calibrate on), and written only when it keeps the labels: label
+  agreement at least :data:`MIN_AGREEMENT` and balanced accuracy within :data:`MAX_BA_DROP` of fp32
+  (``force=True`` writes it anyway, flagged ``meets_bar: false``, and prediction's backend choice
+  never picks it).
+
+Measured on trained EfficientNet-Lite0 models in docs/benchmarks.md ("int8 that keeps the labels").
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score
+
+from liverscope import rundir
+from liverscope.errors import LiverscopeError
+from liverscope.export import export_onnx
+from liverscope.speed.serving import split_inputs
+from liverscope.utils import atomic_path, file_sha256, import_optional, log, softmax
+
+#: The bar an int8 model must meet against fp32 on the run's held-out images to be written.
+MIN_AGREEMENT = 0.99
+MAX_BA_DROP = 0.005
+CALIBRATION_BATCH = 8
+
+
+def _reader(quant, x: np.ndarray):
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": x[i:i + CALIBRATION_BATCH]} for i in range(0, len(x), CALIBRATION_BATCH)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    return Reader()
+
+
+def prepare(fp32_path: Path, out: Path) -> Path:
+    """ONNX Runtime's pre-processing (shape inference, graph optimisation) of the fp32 export."""
+    shape_inference = import_optional("onnxruntime.quantization.shape_inference", "onnx", "int8 export")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            shape_inference.quant_pre_process(str(fp32_path), str(out))
+        except Exception as exc:  # ORT's symbolic shape inference fails on some graphs (ResNet-50 + CBAM): ONNX's own shapes suffice
+            log(f"symbolic shape inference failed ({type(exc).__name__}); preparing with ONNX shape inference only")
+            shape_inference.quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def end_nodes(model_path: Path) -> list[str]:
+    """Names of the graph's first convolution and of the classifier: the ``Gemm``/``MatMul`` nodes after
+    the last convolution (not those inside blocks, e.g. CBAM's channel attention)."""
+    onnx = import_optional("onnx", "onnx", "int8 export")
+    nodes = list(onnx.load(str(model_path)).graph.node)  # topologically sorted
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    if not convs:
+        return []
+    return [nodes[convs[0]].name, *(n.name for n in nodes[convs[-1] + 1 :] if n.op_type in ("Gemm", "MatMul"))]
+
+
+def quantize(prep: Path, out: Path, calib: np.ndarray, exclude: list[str], per_channel: bool = True, reduce_range: bool = False,
+             method: str = "minmax") -> Path:
+    """Static QDQ quantisation of the prepared model ``prep`` into ``out``, calibrated on ``calib``,
+    leaving the nodes in ``exclude`` in fp32. ``method``: ``minmax`` or ``percentile`` (99.999%)."""
+    quant = import_optional("onnxruntime.quantization", "onnx", "int8 export")
+    methods = {"minmax": quant.CalibrationMethod.MinMax, "percentile": quant.CalibrationMethod.Percentile}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant.quantize_static(
+            str(prep), str(out), _reader(quant, calib), quant_format=quant.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+            activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,  # u8s8: the VNNI fast path on x86
+            nodes_to_exclude=list(exclude), calibrate_method=methods[method],
+        )
+    return out
+
+
+def layer_sensitivity(prep: Path, qdq: Path, x: np.ndarray) -> dict[str, float]:
+    """Signal-to-quantisation-noise ratio (dB) of each quantised convolution's output in ``qdq``
+    against the fp32 model ``prep`` over inputs ``x`` (ONNX Runtime's ``qdq_loss_debug``), lowest
+    (most damaged) first. The error a node adds is its output's ratio minus its input's; the ranking
+    uses that drop, so a layer is not blamed for the noise it was handed."""
+    onnx = import_optional("onnx", "onnx", "int8 export")
+    debug = import_optional("onnxruntime.quantization.qdq_loss_debug", "onnx", "int8 export")
+    with tempfile.TemporaryDirectory() as scratch:
+        acts = {}
+        for name, path in (("float", prep), ("qdq", qdq)):
+            aug = Path(scratch) / f"{name}.onnx"
+            debug.modify_model_output_intermediate_tensors(str(path), str(aug))
+            acts[name] = debug.collect_activations(str(aug), _reader(import_optional("onnxruntime.quantization", "onnx", "int8"), x))
+    errors = debug.compute_activation_error(debug.create_activation_matching(acts["qdq"], acts["float"]))
+    sqnr = {t: e.get("xmodel_err") for t, e in errors.items() if e.get("xmodel_err") is not None}
+    drops = {}
+    for node in onnx.load(str(prep)).graph.node:
+        if node.op_type != "Conv" or node.output[0] not in sqnr:
+            continue
+        before = sqnr.get(node.input[0], 100.0)  # the graph's input: not quantised noise
+        drops[node.name] = float(before - sqnr[node.output[0]])
+    return dict(sorted(drops.items(), key=lambda kv: -kv[1]))
+
+
+def compare(fp32_path: Path, int8_path: Path, x: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> dict:
+    """Label agreement, largest probability difference and balanced accuracy of each model on ``x``."""
+    ort = import_optional("onnxruntime", "onnx", "int8 export")
+    probs = []
+    for f in (fp32_path, int8_path):
+        s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        probs.append(softmax(np.concatenate([s.run(["logits"], {name: x[i:i + 32]})[0] for i in range(0, len(x), 32)]), temperature))
+    p32, p8 = probs
+    out = {"n": int(len(x)), "label_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))), "max_prob_diff": float(np.abs(p32 - p8).max()),
+           "balanced_accuracy_fp32": float(balanced_accuracy_score(y, p32.argmax(1))), "balanced_accuracy_int8": float(balanced_accuracy_score(y, p8.argmax(1)))}
+    out["meets_bar"] = bool(out["label_agreement"] >= MIN_AGREEMENT and out["balanced_accuracy_fp32"] - out["balanced_accuracy_int8"] <= MAX_BA_DROP)
+    return out
+
+
+def _held_out(run_dir: Path, calib_paths: list[str], labels: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """The images int8 is checked on: the run's test split, else the validation images not used to calibrate."""
+    part = "test"
+    x, names, _ = split_inputs(run_dir, "test", None)
+    if len(x) == 0:  # a run without a test split (a cv fold): its validation images the quantiser did not see
+        part = "val (not used to calibrate)"
+        x, names, _ = split_inputs(run_dir, "val", None, exclude=frozenset(calib_paths))
+    if len(x) == 0:
+        raise LiverscopeError(f"{run_dir}: no test images and no validation images left after calibration to check int8 against fp32 on "
+                              f"(check the paths in {rundir.SPLIT}, or calibrate on fewer with --calibration)")
+    return x, np.array([labels.index(n) for n in names]), part
+
+
+def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0, per_channel: bool = True, reduce_range: bool = False,
+                method: str = "minmax", fp32_ends: bool = True, force: bool = False) -> dict:
+    """Write ``RUN_DIR/model.int8.onnx`` when it keeps the fp32 labels (see the module notes).
+
+    Args:
+        run_dir: a trained single-model run (or ``cv`` fold) with a ``split.csv``.
+        calibration: at most this many validation images calibrate (a seeded sample).
+        sensitive: this many more convolutions stay in fp32, the most damaged by int8 first (:func:`layer_sensitivity`).
+        per_channel: per-output-channel weight scales (depthwise convolutions need them).
+        reduce_range: 7-bit weights, for x86 CPUs without VNNI, whose u8 x s8 products can saturate.
+        method: activation calibration, ``minmax`` or ``percentile``.
+        fp32_ends: keep the first convolution and the classifier in fp32.
+        force: write it even below the bar (flagged ``meets_bar: false``).
+
+    Returns:
+        The ``onnx_int8`` entry written to ``model.json``.
+
+    Raises:
+        LiverscopeError: nothing to calibrate or check on; or below the bar without ``force`` (nothing written).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / rundir.SPLIT).exists():
+        raise LiverscopeError(f"{run_dir}: no {rundir.SPLIT} — int8 calibration uses the run's own validation images (a single `train` run)")
+    fp32_path, state = rundir.onnx_state(run_dir)
+    if state != "current":
+        log(f"exporting the fp32 model first ({state})")
+        export_onnx(run_dir)
+    calib, _, calib_paths = split_inputs(run_dir, "val", calibration)
+    if len(calib) == 0:
+        calib, _, calib_paths = split_inputs(run_dir, "train", calibration)
+    if len(calib) == 0:
+        raise LiverscopeError(f"{run_dir}: no readable validation or training images to calibrate on (check the paths in {rundir.SPLIT})")
+    meta = rundir.read_model_meta(run_dir)
+    x, y, part = _held_out(run_dir, calib_paths, list(meta["labels"]))
+    out, t0 = run_dir / rundir.ONNX_INT8, time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        prep = prepare(fp32_path, Path(scratch) / "model.prep.onnx")
+        keep = end_nodes(prep) if fp32_ends else []
+        trial = quantize(prep, Path(scratch) / "trial.onnx", calib, keep, per_channel, reduce_range, method)
+        worst = list(layer_sensitivity(prep, trial, calib[:16]))[:sensitive] if sensitive else []
+        final = quantize(prep, Path(scratch) / "final.onnx", calib, keep + worst, per_channel, reduce_range, method) if worst else trial
+        check = compare(fp32_path, final, x, y, rundir.temperature(meta))
+        if not check["meets_bar"] and not force:
+            raise LiverscopeError(
+                f"{run_dir}: int8 does not keep the labels (on {check['n']} {part} images: agreement with fp32 {check['label_agreement']:.3f} < "
+                f"{MIN_AGREEMENT} or balanced accuracy {check['balanced_accuracy_int8']:.3f} vs fp32 {check['balanced_accuracy_fp32']:.3f}, more than "
+                f"{MAX_BA_DROP} lower); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway")
+        with atomic_path(out, suffix=".onnx") as tmp:
+            tmp.write_bytes(final.read_bytes())
+    info = {
+        "file": rundir.ONNX_INT8,
+        "format": (f"QDQ ({method} calibration), u8 activations, {'7' if reduce_range else '8'}-bit weights per {'channel' if per_channel else 'tensor'}"
+                   + (", first convolution and classifier in fp32" if fp32_ends else "") + (f", {len(worst)} most sensitive convolutions in fp32" if worst else "")),
+        "fp32_nodes": {"ends": keep, "sensitive": worst}, "calibration_images": int(len(calib)), "compared_on": part, **check,
+        "bar": {"min_label_agreement": MIN_AGREEMENT, "max_balanced_accuracy_drop": MAX_BA_DROP}, "forced": bool(force and not check["meets_bar"]),
+        "fp32_onnx_sha256": file_sha256(fp32_path), "onnx_sha256": file_sha256(out), "bytes": out.stat().st_size,
+        "quantize_seconds": round(time.perf_counter() - t0, 2),
+    }
+    rundir.update_model_meta(run_dir, onnx_int8=info)
+    return info
+
+
+__all__ = ["MIN_AGREEMENT", "MAX_BA_DROP", "prepare", "end_nodes", "quantize", "layer_sensitivity", "compare", "export_int8"]
