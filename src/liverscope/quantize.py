@@ -143,7 +143,16 @@ def _held_out(run_dir: Path, calib_paths: list[str], labels: list[str]) -> tuple
     return x, np.array([labels.index(n) for n in names]), part
 
 
-def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0, per_channel: bool = True, reduce_range: bool = False,
+def cpu_has_vnni() -> bool:
+    """Whether this CPU multiplies u8 x s8 in 32-bit sums (AVX-512-VNNI, AVX-VNNI or AMX): ``/proc/cpuinfo`` flags."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0, per_channel: bool = True, reduce_range: bool | None = None,
                 method: str = "minmax", fp32_ends: bool = True, force: bool = False) -> dict:
     """Write ``RUN_DIR/model.int8.onnx`` when it keeps the fp32 labels (see the module notes).
 
@@ -152,7 +161,10 @@ def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0,
         calibration: at most this many validation images calibrate (a seeded sample).
         sensitive: this many more convolutions stay in fp32, the most damaged by int8 first (:func:`layer_sensitivity`).
         per_channel: per-output-channel weight scales (depthwise convolutions need them).
-        reduce_range: 7-bit weights, for x86 CPUs without VNNI, whose u8 x s8 products can saturate.
+        reduce_range: 7-bit weights, which x86 CPUs without VNNI need (their u8 x s8 pair sums saturate at
+            16 bits); ``None``: 7-bit only where this CPU lacks VNNI (:func:`cpu_has_vnni`). Full 8-bit
+            weights kept more labels (docs/benchmarks.md); a model exported on a VNNI CPU with them may
+            saturate on one without: export it there.
         method: activation calibration, ``minmax`` or ``percentile``.
         fp32_ends: keep the first convolution and the classifier in fp32.
         force: write it even below the bar (flagged ``meets_bar: false``).
@@ -164,6 +176,7 @@ def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0,
         LiverscopeError: nothing to calibrate or check on; or below the bar without ``force`` (nothing written).
     """
     run_dir = Path(run_dir)
+    reduce_range = not cpu_has_vnni() if reduce_range is None else reduce_range
     if not (run_dir / rundir.SPLIT).exists():
         raise LiverscopeError(f"{run_dir}: no {rundir.SPLIT} — int8 calibration uses the run's own validation images (a single `train` run)")
     fp32_path, state = rundir.onnx_state(run_dir)
@@ -205,4 +218,4 @@ def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0,
     return info
 
 
-__all__ = ["MIN_AGREEMENT", "MAX_BA_DROP", "prepare", "end_nodes", "quantize", "layer_sensitivity", "compare", "export_int8"]
+__all__ = ["MIN_AGREEMENT", "MAX_BA_DROP", "cpu_has_vnni", "prepare", "end_nodes", "quantize", "layer_sensitivity", "compare", "export_int8"]

@@ -135,8 +135,10 @@ def pick(timings: dict[str, dict]) -> str:
 
 
 def _describe(name: str, timings: dict[str, dict], cached: bool, inputs: str) -> str:
-    figures = ", ".join(f"{n} {1 / t['seconds_per_image']:.1f} img/s" + ("" if t["label_agreement"] == 1.0 and t["precision_kept"] else " (labels differ)")
-                        for n, t in sorted(timings.items(), key=lambda kv: kv[1]["seconds_per_image"]))
+    def note(t: dict) -> str:
+        return " (fell back to fp32 on its own check)" if not t["precision_kept"] else "" if t["label_agreement"] == 1.0 else " (labels differ)"
+
+    figures = ", ".join(f"{n} {1 / t['seconds_per_image']:.1f} img/s{note(t)}" for n, t in sorted(timings.items(), key=lambda kv: kv[1]["seconds_per_image"]))
     return f"backend chosen by measurement{' (earlier, on this machine)' if cached else f' on {inputs}'}: {name} ({figures})"
 
 
