@@ -143,7 +143,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0 = off; e.g. 0.99)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16-mixed on bf16 GPUs, else 32-true) or a Lightning precision: 32-true, 16-mixed, bf16-mixed
+    precision: str = "auto"  # auto (one device: the faster of 32-true and bf16-mixed, timed where bf16 is native: speed/training.py) or a Lightning precision: 32-true, 16-mixed, bf16-mixed
     channels_last: bool = True  # NHWC memory layout: faster convolutions (benchmarks/train_speed.py)
     max_train_batches: float | int | None = None  # limit batches per epoch (quick checks)
     progress: bool = True
