@@ -77,7 +77,7 @@ def test_choices_are_checked_before_any_work_and_name_the_valid_values():
     with pytest.raises(UsageError, match="choose one of: adam, adamw, sgd"):
         load_config("cpu-quick", {"train.optimizer": "adma"})
     with pytest.raises(UsageError, match="data.augment"):
-        load_config(None, {"data.augment": "strong"})
+        load_config(None, {"data.augment": "wild"})
     assert load_config(None, {"train.scheduler": "step"}).train.scheduler == "step"
 
 
