@@ -71,6 +71,8 @@ HISTORY = "history.csv"
 CV_FOLDS = "cv_folds.csv"
 FOLDS = "folds"
 CHECKPOINTS = "checkpoints"
+#: The training precision ``train.precision: auto`` chose by measurement, kept so that a resumed run trains as it began.
+TRAINING_PRECISION = "checkpoints/training_precision.json"
 LOGS = "logs"
 AUDIT = "audit.json"
 GALLERY = "cam_gallery"

@@ -56,7 +56,7 @@ from liverscope.lightning_module import (
 from liverscope.models import LiverNet, build_model, get_spec
 from liverscope.provenance import collect_provenance
 from liverscope.speed.training import choose_training_precision
-from liverscope.utils import file_sha256, log, resolve_device, softmax, strict_fp32
+from liverscope.utils import atomic_write_json, file_sha256, log, read_json, resolve_device, softmax, strict_fp32
 
 
 
@@ -400,9 +400,14 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     select = selection(cfg)
     if cfg.train.early_stop_patience > 0 and data.has_val and select == "best":
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
-    chosen = measured_precision(cfg, model)
+    precision_file = run_dir / rundir.TRAINING_PRECISION
+    # a resumed run trains in the precision its first session measured (timings differ from call to call)
+    chosen = read_json(precision_file) if resume and precision_file.exists() else measured_precision(cfg, model)
     trainer = build_trainer(cfg, run_dir, callbacks, loggers, precision=chosen and chosen["precision"])
     rundir.start_run(cfg, resume, write=trainer.is_global_zero)  # every process checks; rank 0 writes config.yaml
+    if chosen and trainer.is_global_zero:
+        precision_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(precision_file, chosen)
     t0 = time.perf_counter()
     trainer.fit(lit, datamodule=data, ckpt_path=str(last) if resume else None)
     train_seconds = time.perf_counter() - t0

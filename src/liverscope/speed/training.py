@@ -89,7 +89,9 @@ def choose_training_precision(model: torch.nn.Module, model_name: str, batch: in
     timings = cache.lookup(CACHE_KIND, key, device) if use_cache else None
     out["cached"] = timings is not None
     if timings is None:
-        timings = time_training_steps(model, batch, size, device, channels_last)
+        # the timing draws random input: the run's seeded random streams must not see it
+        with torch.random.fork_rng(devices=[] if not str(device).startswith("cuda") else None):
+            timings = time_training_steps(model, batch, size, device, channels_last)
         if use_cache:
             cache.store(CACHE_KIND, key, timings, device)
     speedup = timings[FP32] / timings[BF16]
