@@ -25,7 +25,7 @@ from liverscope.data.preprocess import PreprocessCache
 from liverscope.evaluate.metrics import compute_metrics
 from liverscope.labels import endpoint_probabilities, is_metavir
 from liverscope.models.backends import BF16_TOLERANCE
-from liverscope.predict import Predictor
+from liverscope.inference.predict import Predictor
 from liverscope.utils import atomic_write_json, cpu_has_native_bf16, softmax
 
 KEYS = ("accuracy", "balanced_accuracy", "macro_auc", "quadratic_kappa")

@@ -21,7 +21,7 @@ from liverscope import rundir
 from liverscope.data.io import iter_image_files
 from liverscope.data.preprocess import Preprocessing
 from liverscope.models import build_model
-from liverscope.predict import Predictor
+from liverscope.inference.predict import Predictor
 from liverscope.speed.training import BF16, FP32, time_training_steps
 
 #: (model, input size, training batch): cpu-best's network, and the 224 px recipes' networks.

@@ -52,10 +52,10 @@ import torch
 
 from liverscope import rundir
 from liverscope.data.preprocess import normalise_batch
-from liverscope.explain import cam_overlay
-from liverscope.export import export_onnx
-from liverscope.quantize import export_int8
-from liverscope.predict import DEFAULT_BATCH_SIZE, Predictor
+from liverscope.explain.cams import cam_overlay
+from liverscope.inference.export import export_onnx
+from liverscope.inference.quantize import export_int8
+from liverscope.inference.predict import DEFAULT_BATCH_SIZE, Predictor
 from liverscope.rundir import load_model
 from liverscope.utils import atomic_write_json, cpu_has_native_bf16, default_model_threads, torch_threads
 

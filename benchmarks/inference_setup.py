@@ -25,10 +25,10 @@ from liverscope.data.datasets import Sample
 from liverscope.data.io import read_image
 from liverscope.data.preprocess import Preprocessing, load_model_input, normalise, preprocess_array
 from liverscope.data.stream import process_pool as spawn_pool
-from liverscope.export import export_onnx
-from liverscope.quantize import export_int8
+from liverscope.inference.export import export_onnx
+from liverscope.inference.quantize import export_int8
 from liverscope.models import build_model
-from liverscope.predict import OnnxBackend, Predictor, write_results
+from liverscope.inference.predict import OnnxBackend, Predictor, write_results
 from liverscope.rundir import save_model
 from liverscope.utils import atomic_write_json, read_json, softmax
 

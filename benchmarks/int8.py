@@ -1,12 +1,12 @@
 """Why static int8 loses labels, and what keeps them (issue 26, item 3).
 
-On a trained run (a copy: the run is not touched), each variant of :mod:`liverscope.quantize` is
+On a trained run (a copy: the run is not touched), each variant of :mod:`liverscope.inference.quantize` is
 calibrated on the same validation images and checked against the fp32 export on the same held-out
 images (the run's test split, else the validation images it did not calibrate on): label agreement,
 largest probability difference, balanced accuracy of each, and the int8 session's speed against fp32
 (batch 2, as ``predict`` runs ONNX Runtime on a CPU). Variants: the old default (7-bit weights), full
 8-bit weights, percentile calibration, more calibration images, the depthwise convolutions in fp32,
-the N convolutions that int8 damages most in fp32 (:func:`liverscope.quantize.layer_sensitivity`), and
+the N convolutions that int8 damages most in fp32 (:func:`liverscope.inference.quantize.layer_sensitivity`), and
 ONNX Runtime's dynamic quantisation (int8 weights, activations quantised on the fly).
 
     python benchmarks/int8.py runs/NAME [--calibration 64] [--sensitive 4 8 16] [--out docs/int8.md]
@@ -28,8 +28,8 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from liverscope import rundir
-from liverscope.export import export_onnx
-from liverscope.quantize import _held_out, compare, end_nodes, layer_sensitivity, prepare, quantize
+from liverscope.inference.export import export_onnx
+from liverscope.inference.quantize import _held_out, compare, end_nodes, layer_sensitivity, prepare, quantize
 from liverscope.speed.serving import split_inputs
 
 

@@ -82,7 +82,7 @@ def with_ci(m: dict, key: str) -> dict:
 
 def classification(args) -> dict:
     from liverscope.config import load_config
-    from liverscope.cv import cross_validate
+    from liverscope.training.cv import cross_validate
     from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
 
     run = args.out / args.name
@@ -146,7 +146,7 @@ def load_oof(args, run: Path):
 
 def fold_cams(pp, data, models, method, layers, flip) -> tuple[np.ndarray, np.ndarray]:
     """Raw CAMs (each fold model on the images it held out) and the explained (predicted) classes."""
-    from liverscope.explain import explain_batch
+    from liverscope.explain.cams import explain_batch
 
     cams = np.zeros((len(data), pp.size, pp.size), np.float32)
     classes = np.zeros(len(data), int)

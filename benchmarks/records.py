@@ -29,7 +29,7 @@ import numpy as np
 from liverscope.data.datasets import make_phantoms
 from liverscope.records import ExamKey, ImageInput, RunInfo, open_store
 from liverscope.records.recorder import Recorder
-from liverscope.results import Result
+from liverscope.inference.results import Result
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
 RUN = RunInfo("bench:resnet10t", "b" * 64, "bench", "torch", "none", 1.2, "/runs/bench")

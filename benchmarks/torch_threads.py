@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, "benchmarks")
 import torch
 from inference import make_runs, naive_predict, pick_subset
-from liverscope.predict import Predictor, write_results
+from liverscope.inference.predict import Predictor, write_results
 from liverscope.rundir import load_model
 from liverscope.utils import torch_threads
 

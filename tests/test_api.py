@@ -19,7 +19,7 @@ import liverscope
 from liverscope.data.preprocess import Preprocessing, normalise
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.models import build_model
-from liverscope.predict import EnsemblePredictor, Predictor, Result
+from liverscope.inference.predict import EnsemblePredictor, Predictor, Result
 from liverscope.rundir import save_model, write_model_meta
 from liverscope.utils import softmax
 
@@ -89,13 +89,13 @@ def test_import_liverscope_and_help_do_not_load_torch(tmp_path):
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "liverscope", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0 and "predict" in res.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
-    assert "liverscope.cli" in imported and not {m for m in imported if m.split(".")[0] == "torch"}
+    assert "liverscope.ui.cli" in imported and not {m for m in imported if m.split(".")[0] == "torch"}
 
 
 def test_top_level_names_resolve_lazily():
     from importlib.metadata import version
 
-    from liverscope import predict
+    from liverscope.inference import predict
 
     assert liverscope.__version__ == version("liverscope")
     assert liverscope.load_run is predict.load_run and liverscope.Predictor is Predictor

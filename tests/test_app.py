@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liverscope import app as appmod
+from liverscope.ui import app as appmod
 from liverscope.segment import panels
 from liverscope.utils import read_json
 
@@ -157,7 +157,7 @@ def test_draw_outline_marks_the_mask_border():
 
 
 def test_analyse_upload_dicom(app_run):
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     p = Predictor.from_run(app_run, backend="torch")
     a = appmod.analyse_upload(p, "DOE_JANE_998877.dcm", dicom_bytes(fan_with_burned_in_text()), 10 * 2**20)
@@ -173,7 +173,7 @@ def test_analyse_upload_dicom(app_run):
 
 def test_cam_overlay_depends_on_the_class(trained_run, phantom_dir):
     """On a trained model the heatmap has structure and differs between classes."""
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     p = Predictor.from_run(trained_run, backend="torch")
     _, img = p.predict_bytes("x.png", png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0]))
@@ -190,8 +190,8 @@ def test_head_only_gradcam_equals_full_gradcam(trained_run, phantom_dir):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from liverscope.data.preprocess import normalise_batch
-    from liverscope.explain import HeadGradOnly
-    from liverscope.predict import Predictor
+    from liverscope.explain.cams import HeadGradOnly
+    from liverscope.inference.predict import Predictor
 
     p = Predictor.from_run(trained_run, backend="torch")
     model = p.model.eval()
@@ -282,7 +282,7 @@ def test_uploads_good_and_bad_keep_the_app_working(app_run, phantom_dir, monkeyp
 
 
 def test_probabilities_and_endpoints_match_the_predictor(app_run, phantom_dir, monkeypatch):
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     data = png_bytes(sorted((phantom_dir / "F2").glob("*.png"))[1])
     ref, _ = Predictor.from_run(app_run, backend="torch").predict_bytes("p.png", data)
@@ -331,7 +331,7 @@ def test_non_metavir_labels_show_no_endpoints(app_run, phantom_dir, monkeypatch,
 @pytest.mark.slow
 def test_trained_run_predicts_an_obvious_phantom(trained_run, phantom_dir, monkeypatch):
     """On the trained phantom run the page agrees with the Predictor, and shows the CAM overlay."""
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     at = start(trained_run, monkeypatch)
     p = Predictor.from_run(trained_run, backend="torch")
@@ -355,7 +355,7 @@ def _serve(monkeypatch, args):
 
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     calls = []
 
@@ -445,7 +445,7 @@ def test_heatmaps_from_concurrent_sessions_do_not_mix(trained_run, phantom_dir):
     """Sessions share one model: heatmaps computed in parallel threads equal those computed alone."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     p = Predictor.from_run(trained_run, backend="torch")
     imgs = [p.predict_bytes(f.name, f.read_bytes())[1] for f in sorted((phantom_dir / "F2").glob("*.png"))[:2] + sorted((phantom_dir / "F4").glob("*.png"))[:2]]
@@ -486,7 +486,7 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
     captions = all_text(at)
     assert captions.count("segmented regions (outline): lesion red") == 2  # a.png and c.png; b.png is not an image
     assert [c for c in calls if c[0] == "load"] == [("load", app_run)]  # loaded once per run
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     p = Predictor.from_run(app_run, backend="torch")
     a = appmod.analyse_upload(p, "x.png", data, 2**20)
@@ -514,7 +514,7 @@ def test_flagged_image_has_no_headline_stage_and_a_red_warning(app_run, phantom_
     from liverscope import rundir
     from liverscope.evaluate.notices import NOT_ASSESSABLE, UNLIKE_TRAINING
     from liverscope.evaluate.ood import energy_score
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     run = tmp_path / "run"
     shutil.copytree(app_run, run)

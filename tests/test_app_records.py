@@ -10,7 +10,7 @@ pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pi
 
 from test_app import LABELS, app_run, png_bytes, start  # noqa: F401  (app_run: the fixture)
 
-from liverscope.app_records import HISTORY
+from liverscope.ui.app_records import HISTORY
 from liverscope.records import open_store, pool_probabilities
 
 

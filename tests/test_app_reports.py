@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from liverscope import app as appmod
-from liverscope import app_reports
+from liverscope.ui import app as appmod
+from liverscope.ui import app_reports
 from liverscope.evaluate.notices import DECISION_SUPPORT
 from synthetic_study import PATIENT_ID, PATIENT_NAME, write_study
 
@@ -28,7 +28,7 @@ def test_the_pdf_of_dicom_uploads_is_keyed_by_the_study_hash_and_names_no_one(tr
     import pydicom
 
     from liverscope.data.io import pseudonym
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     files = sorted((phantom_dir / "F0").glob("*.png"))[:2]
     paths, _ = write_study(tmp_path, [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files])

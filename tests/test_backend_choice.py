@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from liverscope import predict, rundir
-from liverscope.export import export_onnx
-from liverscope.predict import Predictor
+from liverscope import rundir
+from liverscope.inference import predict
+from liverscope.inference.export import export_onnx
+from liverscope.inference.predict import Predictor
 from liverscope.speed import cache, serving
 from liverscope.speed.serving import candidates, choose_backend, pick
 

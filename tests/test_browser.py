@@ -65,7 +65,7 @@ def serve(run_dir: Path, log_path: Path, *args: str, env: dict | None = None):
     port = _free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "liverscope.cli", "serve", str(run_dir), "--port", str(port), *args],
+            [sys.executable, "-m", "liverscope.ui.cli", "serve", str(run_dir), "--port", str(port), *args],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         )
         try:
@@ -94,7 +94,7 @@ def serve(run_dir: Path, log_path: Path, *args: str, env: dict | None = None):
 
 
 def test_upload_through_the_page(browser, trained_run, phantom_dir, tmp_path):
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
     from test_app import dicom_bytes, fan_with_burned_in_text  # tests/ is on sys.path (no package)
 
     good = sorted((phantom_dir / "F4").glob("*.png"))[-1]
@@ -165,7 +165,7 @@ def test_two_sessions_at_once_each_see_their_own_result(browser, hardened_url, t
     time: each page shows its own image's result, and its CSV download holds only its own image."""
     from playwright.sync_api import expect
 
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     files = [sorted((phantom_dir / "F0").glob("*.png"))[0], sorted((phantom_dir / "F4").glob("*.png"))[-1]]
     expected = list(Predictor.from_run(trained_run).predict_paths(files))

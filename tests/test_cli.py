@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from liverscope.cli import app
+from liverscope.ui.cli import app
 
 runner = CliRunner()
 
@@ -143,7 +143,7 @@ def test_models_says_cpu_friendly_once_per_model():
 def test_recipe_help_lists_every_shipped_recipe():
     import re
 
-    from liverscope.cli_options import RECIPES_HELP
+    from liverscope.ui.cli_options import RECIPES_HELP
     from liverscope.config import recipe_names
 
     shipped = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "src" / "liverscope" / "recipes").glob("*.yaml"))

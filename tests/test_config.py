@@ -65,7 +65,7 @@ def test_text_values_take_the_type_of_the_setting():
 
 
 def test_cli_set_and_flags_map_to_settings():
-    from liverscope.cli_options import train_overrides
+    from liverscope.ui.cli_options import train_overrides
 
     out = train_overrides(epochs=2, distinct_only=True, crop_sector=None, settings=["train.lr=1e-3", "data.augment = light"])
     assert out == {"train.epochs": 2, "data.distinct_only": True, "train.lr": "1e-3", "data.augment": "light"}
@@ -86,7 +86,7 @@ def test_config_choices_agree_with_the_modules_that_act_on_them():
     from liverscope.models.livernet import HEADS
 
     from liverscope.data.preprocess import DENOISE_REGIONS
-    from liverscope.predict import BACKENDS, POOLS, PRECISIONS, SCHEDULES
+    from liverscope.inference.predict import BACKENDS, POOLS, PRECISIONS, SCHEDULES
 
     assert CHOICES["data.augment"] == PRESETS and CHOICES["model.head"] == HEADS
     assert CHOICES["predict.backend"] == BACKENDS and CHOICES["predict.precision"] == PRECISIONS

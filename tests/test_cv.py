@@ -13,7 +13,7 @@ from conftest import quick_config
 
 
 def test_ensemble_is_mean_of_logits():
-    from liverscope.cv import ensemble_logits
+    from liverscope.training.cv import ensemble_logits
     from liverscope.utils import softmax
 
     rng = np.random.default_rng(0)
@@ -26,7 +26,7 @@ def test_ensemble_is_mean_of_logits():
 
 @pytest.fixture(scope="module")
 def cv_run(phantom_dir, tmp_path_factory):
-    from liverscope.cv import cross_validate
+    from liverscope.training.cv import cross_validate
 
     out = tmp_path_factory.mktemp("cv")
     cfg = quick_config(phantom_dir, out, "cv", **{"train.epochs": 6})
@@ -77,7 +77,7 @@ def test_cv_ensemble_predictions_are_mean_fold_logits(cv_run):
 @pytest.mark.slow
 def test_cv_resumes_and_keeps_finished_folds(cv_run):
     from liverscope.rundir import read_config
-    from liverscope.cv import cross_validate
+    from liverscope.training.cv import cross_validate
 
     before = (cv_run / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns
     cross_validate(read_config(cv_run), k=3, test_frac=0.2)
@@ -86,7 +86,7 @@ def test_cv_resumes_and_keeps_finished_folds(cv_run):
 
 @pytest.mark.slow
 def test_evaluate_on_new_data_with_ensemble(cv_run, phantom_dir):
-    from liverscope.external import evaluate_on_data
+    from liverscope.training.external import evaluate_on_data
 
     out = evaluate_on_data(cv_run, phantom_dir, name="phantoms", device="cpu")
     m = read_json(out / "metrics.json")
@@ -115,7 +115,7 @@ def test_cv_ensemble_temperature_is_fitted_on_out_of_fold_logits(cv_run):
 
 @pytest.mark.slow
 def test_evaluate_with_an_ensemble_reports_the_majority_ood_flag(cv_run, phantom_dir):
-    from liverscope.external import evaluate_on_data
+    from liverscope.training.external import evaluate_on_data
 
     out = evaluate_on_data(cv_run, phantom_dir, name="phantoms-ood", device="cpu")
     m = read_json(out / "metrics.json")
@@ -152,7 +152,7 @@ def _copy_of(cv_run, tmp_path, drop=()):
 def test_prepare_audits_and_splits_once_and_trains_nothing(phantom_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
     from liverscope.rundir import read_config, read_split
 
     args = ["cv", str(phantom_dir), "--k", "3", "--name", "prep", "--out-dir", str(tmp_path), "--recipe", "cpu-quick",
@@ -173,8 +173,8 @@ def test_prepare_audits_and_splits_once_and_trains_nothing(phantom_dir, tmp_path
 def test_a_fold_task_reads_the_shared_split_and_the_last_fold_aggregates(cv_run, tmp_path, monkeypatch):
     """`cv --fold 2` into a run whose other folds are trained: no audit (the split is read), the fold
     trains on the split's fold 2, and as the last fold it aggregates the run."""
-    import liverscope.train as train
-    from liverscope.cv import cross_validate
+    import liverscope.training.train as train
+    from liverscope.training.cv import cross_validate
     from liverscope.rundir import read_split
 
     copy, cfg = _copy_of(cv_run, tmp_path, drop=["folds/fold2", "metrics.json", "oof_predictions.csv", "cv_folds.csv"])
@@ -196,7 +196,7 @@ def test_a_fold_task_reads_the_shared_split_and_the_last_fold_aggregates(cv_run,
 def test_aggregate_rebuilds_the_ensemble_from_the_run_directory(cv_run, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     copy, _ = _copy_of(cv_run, tmp_path, drop=["metrics.json", "oof_predictions.csv", "cv_folds.csv", "predictions_test.csv"])
     res = CliRunner().invoke(app, ["cv", "--recipe", str(copy / "config.yaml"), "--aggregate"])
@@ -216,7 +216,7 @@ def test_aggregate_rebuilds_the_ensemble_from_the_run_directory(cv_run, tmp_path
 def test_cv_folds_choose_nothing_on_their_oof_images_and_the_ensemble_sits_beside_the_oof_figures(cv_run):
     """Issue 23: the folds keep their last epoch (train.select auto), the out-of-fold probabilities take
     temperatures fitted on the other folds, and the ensemble on the hold-out is reported beside the OOF figures."""
-    from liverscope.cv import cross_fitted_temperatures
+    from liverscope.training.cv import cross_fitted_temperatures
     from liverscope.evaluate.stats import expected_calibration_error
     from liverscope.rundir import read_predictions
     from liverscope.utils import softmax

@@ -247,7 +247,7 @@ def test_bad_frames_setting_is_a_clear_usage_error(bad, tmp_path):
 def test_frames_setting_and_flag():
     assert load_config(None, {}).data.frames == "middle"
     assert load_config("cpu-quick", {"data.frames": "every:3"}).data.frames == "every:3"
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     res = CliRunner().invoke(app, ["train", "nowhere", "--frames", "every:zero"])
     assert res.exit_code == 2 and "every:N" in res.output
@@ -291,7 +291,7 @@ def test_cache_keys_and_dataset_items_are_per_frame(tmp_path):
 def test_training_on_dicom_cine_writes_no_identifier(dicom_set, tmp_path):
     """End to end: ``fit`` with every frame of the loop as a sample; the patients stay on one side of
     the split and no file of the run (nor the cache) holds a PatientID, StudyInstanceUID or name."""
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     root, who = dicom_set
     cfg = quick_config(root, tmp_path, "dicom-run", **{"data.frames": "all", "data.image_size": 32, "train.epochs": 1, "data.denoise": False})
@@ -413,8 +413,8 @@ def test_ybr_colour_is_converted_once(tmp_path):
 def test_predict_averages_the_frames_of_a_cine_loop(trained_run, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
-    from liverscope.predict import Predictor
+    from liverscope.ui.cli import app
+    from liverscope.inference.predict import Predictor
 
     frames = np.stack([_image(60 + f, f % 5) for f in range(CINE_FRAMES)])
     loop = write_dicom(tmp_path / "loop.dcm", frames, patient_id="PAT-LOOP")

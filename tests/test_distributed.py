@@ -39,7 +39,7 @@ def test_devices_take_lightnings_forms_and_bad_ones_fail_before_any_work():
 
 
 def test_placement_follows_train_device_unless_an_accelerator_is_named():
-    from liverscope.lightning_module import placement
+    from liverscope.training.lightning_module import placement
 
     assert placement(TrainConfig(device="cpu")) == {"accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1}
     named = TrainConfig(accelerator="cpu", devices="2", strategy="ddp", num_nodes=3)
@@ -49,7 +49,7 @@ def test_placement_follows_train_device_unless_an_accelerator_is_named():
 def test_a_placement_lightning_refuses_is_a_usage_error(tmp_path):
     import torch
 
-    from liverscope.lightning_module import build_trainer
+    from liverscope.training.lightning_module import build_trainer
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -66,7 +66,7 @@ def test_a_placement_lightning_refuses_is_a_usage_error(tmp_path):
 def _prepared(labels: list[str], splits: list[str]):
     from liverscope.data.datasets import Sample
     from liverscope.data.preprocess import PreprocessCache, Preprocessing
-    from liverscope.train import PreparedData
+    from liverscope.training.train import PreparedData
 
     pp = Preprocessing(size=32, denoise=False)
     samples = [Sample(Path(f"/nowhere/{i}.png"), lab) for i, lab in enumerate(labels)]  # listed, never read
@@ -78,7 +78,7 @@ def test_the_weighted_draw_is_split_between_processes_not_drawn_twice():
     its share of that one draw: together they see exactly the single-process epoch."""
     from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
-    from liverscope.train import train_loader
+    from liverscope.training.train import train_loader
 
     labels = ["F0"] * 24 + ["F1"] * 6 + ["F2"] * 2  # 32 images: shares divide evenly, no padding
     prep = _prepared(labels, ["train"] * 32)
@@ -98,7 +98,7 @@ def test_the_weighted_draw_is_split_between_processes_not_drawn_twice():
 def test_validation_shards_count_every_image_once():
     import torch.utils.data
 
-    from liverscope.train import eval_loader
+    from liverscope.training.train import eval_loader
 
     prep = _prepared(["F0", "F1"] * 2 + ["F0"], ["val"] * 5)
     cfg = load_config("cpu-quick")
@@ -177,9 +177,9 @@ def test_ddp_validation_figures_count_each_image_once(ddp_run):
 
 @pytest.mark.slow
 def test_a_ddp_run_is_read_by_predict_evaluate_explain_and_serve(ddp_run, ddp_phantoms, tmp_path, monkeypatch):
-    from liverscope.explain_files import explain_paths
-    from liverscope.external import evaluate_on_data
-    from liverscope.predict import Predictor
+    from liverscope.explain.files import explain_paths
+    from liverscope.training.external import evaluate_on_data
+    from liverscope.inference.predict import Predictor
 
     run, _ = ddp_run
     files = sorted(ddp_phantoms.glob("F*/*.png"))[::8]

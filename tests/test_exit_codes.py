@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from liverscope.cli import app
+from liverscope.ui.cli import app
 from liverscope.data.datasets import make_phantoms
 from liverscope.data.preprocess import Preprocessing
 from liverscope.models import build_model

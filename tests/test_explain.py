@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from liverscope import explain, explain_images
+from liverscope.explain import cams as explain
+from liverscope.explain import images as explain_images
+from liverscope.explain.faithfulness import energy_outside_sector
+from liverscope.explain.gallery import write_cam_gallery
 from liverscope.data.datasets import make_phantom
 from liverscope.data.preprocess import Preprocessing, crop_box, normalise_batch, preprocess_array
 from liverscope.data.sector import sector_mask
-from liverscope.faithfulness import faithfulness
+from liverscope.explain.faithfulness import faithfulness
 from liverscope.models import LiverNet, build_model, list_models
 
 PP64 = Preprocessing(size=64, denoise=False)
@@ -240,7 +243,7 @@ def test_sector_restriction_zeroes_the_phantoms_border():
             assert cam[sec].max() == pytest.approx(1.0) and cam[sec].min() == 0.0  # normalised over the fan
     e = b.energy_outside
     assert e.shape == (3,) and np.all((e >= 0) & (e <= 1))
-    assert e == pytest.approx([explain.energy_outside_sector(r, s) for r, s in zip(b.raw, b.sectors)])
+    assert e == pytest.approx([energy_outside_sector(r, s) for r, s in zip(b.raw, b.sectors)])
     free = explain.explain_batch(model, imgs, pp, targets=[0, 1, 2], restrict_to_sector=False)
     np.testing.assert_allclose(free.raw, b.raw, atol=1e-6)  # restriction changes the shown map, not the measurement
     assert np.allclose(free.cams, [explain.normalise_in_region(r) for r in free.raw])
@@ -250,16 +253,16 @@ def test_energy_outside_sector_on_hand_made_maps():
     sector = np.zeros((10, 10), bool)
     sector[2:8, 2:8] = True
     inside = np.where(sector, 1.0, 0.0)
-    assert explain.energy_outside_sector(inside, sector) == 0.0
-    assert explain.energy_outside_sector(1 - inside, sector) == 1.0
-    assert explain.energy_outside_sector(np.ones((10, 10)), sector) == pytest.approx(64 / 100)
+    assert energy_outside_sector(inside, sector) == 0.0
+    assert energy_outside_sector(1 - inside, sector) == 1.0
+    assert energy_outside_sector(np.ones((10, 10)), sector) == pytest.approx(64 / 100)
     two_to_one = np.where(sector, 2.0, 0.0)
     two_to_one[0, 0] = 2 * 36  # as much energy in one border pixel as in the whole fan
-    assert explain.energy_outside_sector(two_to_one, sector) == pytest.approx(0.5)
-    assert explain.energy_outside_sector(np.zeros((10, 10)), sector) == 0.0
-    assert explain.energy_outside_sector(np.where(sector, 1.0, -5.0), sector) == 0.0  # negative values carry no energy
+    assert energy_outside_sector(two_to_one, sector) == pytest.approx(0.5)
+    assert energy_outside_sector(np.zeros((10, 10)), sector) == 0.0
+    assert energy_outside_sector(np.where(sector, 1.0, -5.0), sector) == 0.0  # negative values carry no energy
     with pytest.raises(ValueError, match="shape"):
-        explain.energy_outside_sector(np.ones((5, 5)), sector)
+        energy_outside_sector(np.ones((5, 5)), sector)
 
 
 def test_normalise_in_region():
@@ -318,16 +321,16 @@ def test_maps_go_back_into_the_crop_box():
     pp = Preprocessing(size=64, denoise=False, crop_sector=True)
     y0, y1, x0, x1 = crop_box(img, pp)
     assert np.allclose((y0, y1, x0, x1), (30, 111, 40, 141), atol=2)
-    full = explain.cam_to_original(np.ones((64, 64), np.float32), img, pp)
+    full = explain_images.cam_to_original(np.ones((64, 64), np.float32), img, pp)
     assert full.shape == img.shape and full[y0:y1, x0:x1].min() == 1 and full.sum() == (y1 - y0) * (x1 - x0)
     cam = np.zeros((64, 64), np.float32)
     cam[:, :32] = 1  # left half of the model input = left half of the box
-    full = explain.cam_to_original(cam, img, pp)
+    full = explain_images.cam_to_original(cam, img, pp)
     assert full[70, x0 + 5] == 1 and full[70, x1 - 5] == 0 and full[:, :x0].max() == 0
-    ov = explain.original_overlay(img, cam, pp)
+    ov = explain_images.original_overlay(img, cam, pp)
     assert ov.shape == (120, 200, 3) and ov.dtype == np.uint8
     assert np.array_equal(ov[:10, :10], np.zeros((10, 10, 3), np.uint8))  # outside the fan the image is untouched
-    no_crop = explain.cam_to_original(cam, img, Preprocessing(size=64, denoise=False))
+    no_crop = explain_images.cam_to_original(cam, img, Preprocessing(size=64, denoise=False))
     assert no_crop[:, :95].min() == 1 and no_crop[:, 105:].max() == 0
 
 
@@ -357,7 +360,7 @@ def _png(path: Path, arr: np.ndarray) -> Path:
 def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     src = tmp_path / "in"
     src.mkdir()
@@ -415,7 +418,7 @@ def test_cam_gallery_for_the_report(trained_run, tmp_path):
     for f in ("model.json", "model.safetensors", "predictions_test.csv", "metrics.json"):
         if (trained_run / f).exists():
             shutil.copy(trained_run / f, run / f)
-    folder = explain.write_cam_gallery(run, per_class=1)
+    folder = write_cam_gallery(run, per_class=1)
     assert folder == run / "cam_gallery"
     pngs = sorted(folder.glob("*.png"))
     captions = json.loads((folder / "captions.json").read_text())
@@ -440,18 +443,18 @@ def test_cam_gallery_for_the_report(trained_run, tmp_path):
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    assert explain.write_cam_gallery(run, per_class=1) is None
-    assert explain.write_cam_gallery(run, data_root=data, per_class=1) == folder
+    assert write_cam_gallery(run, per_class=1) is None
+    assert write_cam_gallery(run, data_root=data, per_class=1) == folder
     assert len(list(folder.glob("*.png"))) == len(kinds)
     (run / "predictions_test.csv").unlink()
-    assert explain.write_cam_gallery(run) is None
+    assert write_cam_gallery(run) is None
 
 
 def test_explain_draws_a_huge_scan_on_a_bounded_preview(trained_run, phantom_dir, tmp_path):
     """Issue 21: an overlay of a very large image is drawn on a preview of at most PREVIEW_SIDE px
     (the original size on request), with the same map and probabilities."""
-    from liverscope.explain_files import explain_paths
-    from liverscope.explain_images import PREVIEW_SIDE
+    from liverscope.explain.files import explain_paths
+    from liverscope.explain.images import PREVIEW_SIDE
 
     src = tmp_path / "huge"
     src.mkdir()

@@ -40,7 +40,7 @@ class FakeFolds:
 
 
 def test_two_workers_five_folds_never_two_folds_on_one_device():
-    from liverscope.cv import run_fold_queue
+    from liverscope.training.cv import run_fold_queue
 
     # fold 0 is slow: a pool sending fold i to device i % 2 would queue folds 2 and 4 behind it on
     # device "0" while device "1" sat idle after fold 3
@@ -60,7 +60,7 @@ def test_two_workers_five_folds_never_two_folds_on_one_device():
 
 
 def test_a_failed_fold_is_reported_and_the_others_still_run():
-    from liverscope.cv import run_fold_queue
+    from liverscope.training.cv import run_fold_queue
 
     fake = FakeFolds({}, codes={2: 3})
     codes = run_fold_queue([0, 1, 2, 3], ["a", "b", "c"], fake)
@@ -71,7 +71,7 @@ def test_a_failed_fold_is_reported_and_the_others_still_run():
 
 
 def test_fold_processes_see_one_gpu_and_get_resume(monkeypatch, tmp_path):
-    import liverscope.cv as cv
+    import liverscope.training.cv as cv
 
     seen = []
 
@@ -94,7 +94,7 @@ def test_fold_processes_see_one_gpu_and_get_resume(monkeypatch, tmp_path):
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
-    from liverscope.cv import visible_gpus
+    from liverscope.training.cv import visible_gpus
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert visible_gpus(3) == ["0", "1", "2"]
@@ -114,8 +114,8 @@ def small_phantoms(tmp_path_factory) -> Path:
 def test_the_parent_audits_once_and_queues_every_fold(small_phantoms, tmp_path, monkeypatch):
     """cv on devices: the parent writes config.yaml and the split (the one audit), the queue gets every
     fold, and a failed fold stops the aggregation with a message that says how to continue."""
-    import liverscope.train as train
-    from liverscope.cv import cross_validate_on_devices
+    import liverscope.training.train as train
+    from liverscope.training.cv import cross_validate_on_devices
     from liverscope.rundir import read_config, read_split
 
     audits = []
@@ -135,7 +135,7 @@ def test_the_parent_audits_once_and_queues_every_fold(small_phantoms, tmp_path, 
 
 
 def test_gpus_with_several_devices_per_fold_is_refused(small_phantoms, tmp_path):
-    from liverscope.cv import cross_validate_on_devices
+    from liverscope.training.cv import cross_validate_on_devices
 
     cfg = quick_config(small_phantoms, tmp_path, "both", **{"train.devices": "2"})
     with pytest.raises(UsageError, match="one fold per GPU"):

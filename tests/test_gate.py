@@ -66,7 +66,7 @@ def test_the_report_says_what_the_gate_removed():
 def test_the_app_draws_no_gated_outline_and_says_so(tmp_path):
     import torch
 
-    from liverscope import app as appmod
+    from liverscope.ui import app as appmod
     from liverscope.data.preprocess import Preprocessing, preprocess_array
     from liverscope.models.registry import build_model
     from liverscope.rundir import save_model

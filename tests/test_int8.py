@@ -10,8 +10,8 @@ import pytest
 
 from liverscope import rundir
 from liverscope.errors import LiverscopeError
-from liverscope import quantize
-from liverscope.quantize import export_int8, layer_sensitivity
+from liverscope.inference import quantize
+from liverscope.inference.quantize import export_int8, layer_sensitivity
 
 
 def _fold_run(run, phantom_dir, model_name: str):
@@ -53,7 +53,7 @@ def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_pa
     assert [o.name for o in sess.get_outputs()][:2] == ["logits", "features"]
 
     # predict / serve use it when asked: the same labels as the fp32 export on the test images
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     test_files = [s.path for s, a in zip(samples, assignment) if a == "test"]
     p8 = Predictor.from_run(run, int8=True)
@@ -112,7 +112,7 @@ def test_int8_below_the_bar_is_refused_unless_forced(phantom_dir, tmp_path, monk
     backend choice never times it."""
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
     from liverscope.speed.serving import candidates
 
     run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")

@@ -13,7 +13,7 @@ from liverscope.config import load_config
 from liverscope.data.augment import build_transform
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.lightning_module import LitClassifier, batch_mixer, parameter_groups, weight_averaging
+from liverscope.training.lightning_module import LitClassifier, batch_mixer, parameter_groups, weight_averaging
 from liverscope.models import build_model
 
 
@@ -84,7 +84,7 @@ def test_strong_augmentation_crops_rotates_and_keeps_the_input_size():
 
 def test_a_run_trains_with_every_lever_on(phantom_dir, tmp_path):
     from conftest import quick_config
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     cfg = quick_config(phantom_dir, tmp_path, "levers", **{"train.epochs": 2, "train.mixup": 0.2, "train.cutmix": 1.0,
                                                           "train.warmup_epochs": 1, "train.backbone_lr_mult": 0.1, "train.ema": 0.9,

@@ -16,9 +16,9 @@ from torchmetrics import MeanMetric
 
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate import stats as S
-from liverscope.lightning_module import seed_run, validation_metrics
+from liverscope.training.lightning_module import seed_run, validation_metrics
 from liverscope.models import get_spec, list_models
-from liverscope.train import class_weights
+from liverscope.training.train import class_weights
 
 
 # --------------------------------------------------------------------------------------------------

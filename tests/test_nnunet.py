@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverscope import cli_options
-from liverscope.cli import app
+from liverscope.ui import cli_options
+from liverscope.ui.cli import app
 from liverscope.data.datasets import make_phantoms
 from liverscope.data.io import read_image, to_grey
 from liverscope.data.preprocess import Preprocessing

@@ -16,7 +16,7 @@ from liverscope import rundir
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate import ood as O
 from liverscope.evaluate import stats as S
-from liverscope.predict import Predictor, write_results
+from liverscope.inference.predict import Predictor, write_results
 from liverscope.utils import read_json, softmax
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
@@ -199,7 +199,7 @@ def test_predictor_scores_and_flags_with_the_stored_detector(phantom_dir, tmp_pa
 def test_onnx_export_carries_the_features_and_old_exports_are_stale(phantom_dir, tmp_path):
     import onnxruntime as ort
 
-    from liverscope.export import export_onnx
+    from liverscope.inference.export import export_onnx
 
     run = _make_run(tmp_path / "run")
     _fit_detector_on(run, [f for c in LABELS for f in sorted((phantom_dir / c).glob("*.png"))[:6]])
@@ -273,8 +273,8 @@ def test_phantom_model_flags_real_ultrasound(trained_run, real_fibrosis):
 
 @pytest.mark.slow
 def test_refit_after_the_fact_and_evaluate_reports_the_flagged_share(trained_run, phantom_dir, tmp_path):
-    from liverscope.external import evaluate_on_data
-    from liverscope.train import fit_run_ood
+    from liverscope.training.external import evaluate_on_data
+    from liverscope.training.train import fit_run_ood
 
     run = tmp_path / "old-run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "eval"))

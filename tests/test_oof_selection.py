@@ -25,8 +25,8 @@ def test_select_is_validated_before_any_work():
 
 
 def test_cv_folds_keep_the_last_epoch_unless_told_otherwise(phantom_dir, tmp_path):
-    from liverscope.cv import fold_config
-    from liverscope.train import selection
+    from liverscope.training.cv import fold_config
+    from liverscope.training.train import selection
 
     auto = quick_config(phantom_dir, tmp_path, "cv")
     assert selection(auto) == "best"  # a train run: its validation images are not its test images
@@ -37,7 +37,7 @@ def test_cv_folds_keep_the_last_epoch_unless_told_otherwise(phantom_dir, tmp_pat
 
 
 def test_oof_protocol_names_the_old_way():
-    from liverscope.cv import oof_protocol
+    from liverscope.training.cv import oof_protocol
 
     honest = oof_protocol(["last"] * 5)
     assert honest["honest"] and honest["temperature"] == "cross-fitted" and honest["warning"] is None
@@ -48,7 +48,7 @@ def test_oof_protocol_names_the_old_way():
 
 
 def test_each_folds_temperature_is_fitted_on_the_other_folds_only():
-    from liverscope.cv import cross_fitted_temperatures
+    from liverscope.training.cv import cross_fitted_temperatures
     from liverscope.evaluate.stats import fit_temperature_checked
 
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def test_each_folds_temperature_is_fitted_on_the_other_folds_only():
 
 
 def test_ensemble_vs_oof_sets_the_figures_side_by_side_with_the_gap():
-    from liverscope.cv import ensemble_vs_oof
+    from liverscope.training.cv import ensemble_vs_oof
 
     result = {
         "oof": {"n": 80, "balanced_accuracy": 0.70, "macro_auc": 0.90},
@@ -86,7 +86,7 @@ def _weights(path, key="state_dict"):
 @pytest.mark.slow
 def test_select_last_keeps_the_final_epoch_and_trains_every_epoch(phantom_dir, tmp_path):
     from liverscope import rundir
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     common = {"train.epochs": 3, "data.image_size": 32, "train.early_stop_patience": 1, "train.lr": 3e-2}
     run = fit(quick_config(phantom_dir, tmp_path, "last", **common, **{"train.select": "last"}))

@@ -83,7 +83,7 @@ def test_wheel_works_in_a_fresh_venv_outside_the_checkout(wheel, tmp_path):
 
 def test_a_missing_extra_names_the_pip_line(monkeypatch, tmp_path):
     from liverscope.errors import LiverscopeError
-    from liverscope.export import export_onnx
+    from liverscope.inference.export import export_onnx
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if the [onnx] extra were not installed
     with pytest.raises(LiverscopeError, match=r"pip install 'liverscope\[onnx\]'"):

@@ -90,7 +90,7 @@ def _series(orthanc: str, study_id: str) -> list[dict]:
 
 
 def test_pacs_round_trip_puts_the_report_into_the_same_study(orthanc, stored_study, trained_run, tmp_path):
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     study_id, study_uid, sources = stored_study
     res = CliRunner().invoke(app, ["pacs", str(trained_run), study_uid, "--url", orthanc, "--out", str(tmp_path / "out")])
@@ -112,7 +112,7 @@ def test_pacs_round_trip_puts_the_report_into_the_same_study(orthanc, stored_stu
 
 
 def test_pacs_leaves_its_own_series_alone_and_names_a_missing_study(orthanc, stored_study, trained_run, tmp_path):
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     study_id, _, _ = stored_study
     runner = CliRunner()

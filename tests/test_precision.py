@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from liverscope import utils
-from liverscope.external import evaluate_on_data
+from liverscope.training.external import evaluate_on_data
 from liverscope.models import backends, build_model
 from liverscope.models.backends import BF16_TOLERANCE, TorchBackend
-from liverscope.predict import Predictor, write_results
+from liverscope.inference.predict import Predictor, write_results
 from liverscope.utils import read_json, softmax, strict_fp32
 
 

@@ -16,9 +16,9 @@ import torch
 
 from liverscope.data.io import iter_image_files
 from liverscope.errors import LiverscopeError
-from liverscope.export import export_onnx
+from liverscope.inference.export import export_onnx
 from liverscope.labels import endpoint_probabilities
-from liverscope.predict import DEFAULT_BATCH_SIZE, Predictor, Result, TorchBackend, write_results
+from liverscope.inference.predict import DEFAULT_BATCH_SIZE, Predictor, Result, TorchBackend, write_results
 from liverscope.rundir import load_model as load_run_model
 from liverscope.rundir import onnx_state
 from liverscope.utils import read_json
@@ -133,7 +133,7 @@ def test_results_keep_input_order_with_bad_files_between(random_run, mixed_folde
 def test_cli_predict_lists_skipped_files_and_writes_csv(trained_run, mixed_folder, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     folder, good, bad = mixed_folder
     out = tmp_path / "pred.csv"
@@ -301,10 +301,10 @@ def test_cv_run_predicts_as_its_fold_ensemble_with_evaluates_ood_rule(phantom_di
     run's temperature, and the out-of-distribution rule of `liverscope evaluate` (median margin)."""
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
     from liverscope.data.preprocess import Preprocessing
-    from liverscope.external import ensemble_predict_logits
-    from liverscope.predict import EnsemblePredictor
+    from liverscope.training.external import ensemble_predict_logits
+    from liverscope.inference.predict import EnsemblePredictor
     from liverscope.rundir import save_ood, write_model_meta
     from liverscope.utils import softmax
 
@@ -417,7 +417,7 @@ def test_onnx_predictor_loads_torch_model_lazily_for_cams(exported_run):
 def test_cli_export_and_onnx_predict(random_run, phantom_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     run = tmp_path / "run"
     shutil.copytree(random_run, run)

@@ -16,11 +16,11 @@ import pytest
 
 from liverscope import __version__, rundir
 from liverscope.config import RunConfig
-from liverscope.cv import aggregate_cv
+from liverscope.training.cv import aggregate_cv
 from liverscope.data.datasets import Sample
 from liverscope.data.preprocess import Preprocessing
 from liverscope.evaluate.html import provenance_html
-from liverscope.provenance import collect_provenance, git_state, package_versions
+from liverscope.training.provenance import collect_provenance, git_state, package_versions
 from liverscope.utils import read_json
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "liverscope"
@@ -89,7 +89,7 @@ def test_git_state_of_this_checkout():
 
 
 def test_package_versions_name_a_missing_package_none(monkeypatch):
-    import liverscope.provenance as P
+    import liverscope.training.provenance as P
 
     monkeypatch.setitem(P.PACKAGES, "no-such-distribution-xyz", "missing")
     assert P.package_versions()["missing"] is None

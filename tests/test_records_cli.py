@@ -15,7 +15,7 @@ pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pi
 
 from test_dicom import write_dicom  # tests/ is on sys.path (no package)
 
-from liverscope.cli import app
+from liverscope.ui.cli import app
 from liverscope.data.datasets import make_phantom, read_manifest
 from liverscope.records import open_store
 

@@ -15,7 +15,7 @@ pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pi
 from liverscope.errors import LiverscopeError
 from liverscope.records import ExamKey, ImageInput, RunInfo, open_store, pool_probabilities
 from liverscope.records.engine import current_revision, database_url, head_revision
-from liverscope.results import Result
+from liverscope.inference.results import Result
 
 PG_ENV = "LIVERSCOPE_TEST_PG"
 LABELS = ["F0", "F1", "F2", "F3", "F4"]

@@ -39,7 +39,7 @@ def _pdf_text(path: Path) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def predictor(trained_run):
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
 
     return Predictor.from_run(trained_run, backend="torch")
 
@@ -184,7 +184,7 @@ def stored_exam(predictor, study, tmp_path_factory):
 def test_records_report_writes_the_pdf_and_the_dicom_of_a_stored_exam(stored_exam, study, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     paths, study_uid = study
     res = CliRunner().invoke(app, ["records", "report", "st-00000000000000aa", "--db", str(stored_exam), "--pdf", str(tmp_path / "r.pdf"),
@@ -202,7 +202,7 @@ def test_records_report_writes_the_pdf_and_the_dicom_of_a_stored_exam(stored_exa
 def test_records_report_says_what_is_missing(stored_exam, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["records", "report", "st-00000000000000aa", "--db", str(stored_exam)])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from liverscope.results import Result, csv_header, write_results
+from liverscope.inference.results import Result, csv_header, write_results
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
 

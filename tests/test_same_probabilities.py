@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-import liverscope.app as appmod
-from liverscope.explain_files import explain_paths
-from liverscope.export import export_onnx
-from liverscope.predict import Predictor
+import liverscope.ui.app as appmod
+from liverscope.explain.files import explain_paths
+from liverscope.inference.export import export_onnx
+from liverscope.inference.predict import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -309,7 +309,7 @@ def run_copy(trained_run, tmp_path) -> Path:
 def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
     from liverscope.utils import read_json
 
     runner = CliRunner()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from liverscope import explain
+from liverscope.explain import cams as explain
 from liverscope import segment as S
 from liverscope.data.datasets import make_phantom
 from liverscope.data.preprocess import Preprocessing, preprocess_array

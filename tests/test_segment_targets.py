@@ -160,7 +160,7 @@ def test_a_run_with_only_the_legacy_files_loads_as_lesion(two_target_run, tmp_pa
 def test_segment_predict_writes_every_target_and_one_overlay(two_target_run, lesion_data, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     run, img_path = two_target_run["run"], sorted((lesion_data / "malignant").glob("*.png"))[0]
     out = tmp_path / "seg"
@@ -183,7 +183,7 @@ def test_segment_predict_writes_every_target_and_one_overlay(two_target_run, les
 
 
 def test_the_app_outlines_every_target(two_target_run, lesion_data, monkeypatch):
-    from liverscope import app as appmod
+    from liverscope.ui import app as appmod
     from liverscope.segment import panels
     from liverscope.rundir import read_preprocessing
 
@@ -207,7 +207,7 @@ def test_the_app_outlines_every_target(two_target_run, lesion_data, monkeypatch)
 def test_bad_target_name_is_a_usage_error(two_target_run, lesion_data):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     r = CliRunner().invoke(app, ["segment", "train", str(two_target_run["run"]), str(lesion_data), "--masks", str(lesion_data / "masks"),
                                  "--target", "Liver/../x"])
@@ -359,7 +359,7 @@ def test_pseudo_masks_within_the_predicted_liver(two_target_run, lesion_data, tm
 def test_within_a_target_the_run_lacks_says_how_to_train_it(two_target_run, lesion_data, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     run = tmp_path / "run"
     shutil.copytree(two_target_run["run"], run, ignore=shutil.ignore_patterns("*_checkpoints"))

@@ -109,7 +109,7 @@ def test_ablation_values_are_checked():
 def test_cli_rejects_a_bad_ablation_and_one_without_data(tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["evaluate", str(tmp_path), str(tmp_path), "--ablation", "tissue,scanner"])
@@ -162,7 +162,7 @@ def test_report_section_renders_the_check_and_says_when_the_model_reads_the_scan
 
 @pytest.mark.slow
 def test_evaluate_with_ablation_on_phantoms_finds_a_model_that_reads_the_tissue(trained_run, phantom_dir, tmp_path):
-    from liverscope.external import evaluate_on_data
+    from liverscope.training.external import evaluate_on_data
 
     out = evaluate_on_data(trained_run, phantom_dir, out=tmp_path / "eval", device="cpu", ablation=["tissue,periphery"])
     m = read_json(out / "metrics.json")

@@ -32,7 +32,7 @@ def test_tensorboard_gets_the_recipe_the_epochs_and_the_final_figures(phantom_di
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     run = fit(quick_config(phantom_dir, tmp_path, "tb", **{"train.epochs": 2, "data.image_size": 32, "train.logger": "tensorboard"}))
     events = EventAccumulator(str(run / "logs" / "tensorboard" / "version_0"))
@@ -53,7 +53,7 @@ def test_tensorboard_gets_the_recipe_the_epochs_and_the_final_figures(phantom_di
 def test_mlflow_without_its_extra_names_the_pip_line_before_any_work(phantom_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from liverscope.cli import app
+    from liverscope.ui.cli import app
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if `liverscope[mlflow]` were not installed
     res = CliRunner().invoke(app, ["train", str(phantom_dir), "--recipe", "cpu-quick", "--name", "ml", "--out-dir", str(tmp_path), "--logger", "mlflow"])
@@ -63,7 +63,7 @@ def test_mlflow_without_its_extra_names_the_pip_line_before_any_work(phantom_dir
 
 def test_mlflow_defaults_to_a_local_folder_never_a_server_from_the_environment(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
-    from liverscope.lightning_module import tracking_loggers
+    from liverscope.training.lightning_module import tracking_loggers
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example.org")

@@ -74,7 +74,7 @@ def test_model_json_records_provenance_and_the_report_shows_it(trained_run):
 
 
 def test_history_is_the_csv_loggers_figures_one_row_per_epoch(trained_run):
-    from liverscope.lightning_module import HistoryWriter, epoch_rows
+    from liverscope.training.lightning_module import HistoryWriter, epoch_rows
 
     logged = epoch_rows(trained_run / "logs" / "csv" / "version_0" / "metrics.csv")
     with open(trained_run / "history.csv") as fh:
@@ -90,7 +90,7 @@ def test_history_is_the_csv_loggers_figures_one_row_per_epoch(trained_run):
 
 
 def test_epoch_rows_merge_lightnings_train_and_validation_rows(tmp_path):
-    from liverscope.lightning_module import epoch_rows
+    from liverscope.training.lightning_module import epoch_rows
 
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,lr,step,train_loss,val_loss\n0,,4,,0.9\n0,0.01,4,1.5,\n1,,9,,0.7\n1,0.005,9,1.2,\n,,10,,\n")
@@ -116,7 +116,7 @@ def test_split_is_stratified_and_disjoint(trained_run):
 
 @pytest.mark.slow
 def test_resume_continues_interrupted_run(phantom_dir, tmp_path):
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     cfg = quick_config(phantom_dir, tmp_path, "resumable", **{"train.epochs": 2, "train.scheduler": "none"})
     run = fit(cfg)
@@ -137,7 +137,7 @@ def test_resume_continues_interrupted_run(phantom_dir, tmp_path):
 
 
 def test_resume_without_checkpoint_is_clear(phantom_dir, tmp_path):
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     with pytest.raises(LiverscopeError, match="nothing to resume"):
         fit(quick_config(phantom_dir, tmp_path, "fresh"), resume=True)
@@ -146,7 +146,7 @@ def test_resume_without_checkpoint_is_clear(phantom_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("balance,scheduler", [("weighted_ce", "plateau"), ("sampler", "step")])
 def test_other_recipes_options_run(phantom_dir, tmp_path, balance, scheduler):
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     cfg = quick_config(phantom_dir, tmp_path, f"{balance}-{scheduler}", **{
         "train.epochs": 1, "train.balance": balance, "train.scheduler": scheduler, "model.head": "mlp128",
@@ -159,8 +159,8 @@ def test_other_recipes_options_run(phantom_dir, tmp_path, balance, scheduler):
 @pytest.mark.slow
 def test_quick_recipe_on_real_fibrosis(real_fibrosis, tmp_path):
     """One short epoch of the quick recipe on ../shared/data/liver-fibrosis, then predict on it."""
-    from liverscope.predict import Predictor
-    from liverscope.train import fit
+    from liverscope.inference.predict import Predictor
+    from liverscope.training.train import fit
 
     cfg = quick_config(real_fibrosis, tmp_path, "real", **{"train.epochs": 1, "train.max_train_batches": 4, "data.image_size": 64})
     run = fit(cfg)
@@ -176,9 +176,9 @@ def test_quick_recipe_on_real_fibrosis(real_fibrosis, tmp_path):
 def test_bf16_mixed_training_learns_and_its_run_is_like_any_other(phantom_dir, tmp_path):
     """bf16-mixed (emulated on CPUs without native bf16: slow, so few epochs) still learns the phantoms,
     and predict and export read the run as they read an fp32 one."""
-    from liverscope.export import export_onnx
-    from liverscope.predict import Predictor
-    from liverscope.train import fit
+    from liverscope.inference.export import export_onnx
+    from liverscope.inference.predict import Predictor
+    from liverscope.training.train import fit
 
     cfg = quick_config(phantom_dir, tmp_path, "bf16", **{"train.precision": "bf16-mixed", "train.epochs": 4})
     run = fit(cfg)
@@ -194,8 +194,8 @@ def test_bf16_mixed_training_learns_and_its_run_is_like_any_other(phantom_dir, t
 def test_training_on_tissue_windows_learns_and_predicts_on_whole_images(phantom_dir, tmp_path):
     """``data.train_crop``: trained on 40 px windows of the 64 px input, the model is validated, tested
     and used for prediction on the whole 64 px image, and it still learns the phantoms."""
-    from liverscope.predict import Predictor
-    from liverscope.train import eval_loader, fit, prepare_data, train_loader
+    from liverscope.inference.predict import Predictor
+    from liverscope.training.train import eval_loader, fit, prepare_data, train_loader
 
     cfg = quick_config(phantom_dir, tmp_path, "windows", **{"data.train_crop": 40})
     run = fit(cfg)
@@ -212,7 +212,7 @@ def test_training_on_tissue_windows_learns_and_predicts_on_whole_images(phantom_
 
 
 def test_a_training_window_as_large_as_the_input_fails_before_any_data_is_read(phantom_dir, tmp_path):
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     with pytest.raises(LiverscopeError, match="train_crop is 64"):
         fit(quick_config(phantom_dir, tmp_path, "bad-window", **{"data.train_crop": 64}))
@@ -220,7 +220,7 @@ def test_a_training_window_as_large_as_the_input_fails_before_any_data_is_read(p
 
 
 def test_auto_precision_is_fp32_on_cpu():
-    from liverscope.train import training_precision
+    from liverscope.training.train import training_precision
 
     assert training_precision("auto", "cpu") == "32-true"
     assert training_precision("bf16-mixed", "cpu") == "bf16-mixed"
@@ -231,7 +231,7 @@ def test_ordinal_penalty_costs_more_for_a_farther_stage():
 
     from liverscope.config import TrainConfig
     from liverscope.models import build_model
-    from liverscope.train import LitClassifier
+    from liverscope.training.train import LitClassifier
 
     model = build_model("resnet10t", 5, head="linear")
     y = torch.tensor([0])
@@ -247,7 +247,7 @@ def test_ordinal_penalty_costs_more_for_a_farther_stage():
 
 @pytest.mark.slow
 def test_a_run_without_validation_images_keeps_the_best_training_loss(phantom_dir, tmp_path):
-    from liverscope.train import fit
+    from liverscope.training.train import fit
 
     run = fit(quick_config(phantom_dir, tmp_path, "noval", **{"data.val_frac": 0.0, "train.epochs": 2, "data.image_size": 32}))
     meta = read_json(run / "model.json")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverscope.cli import app
+from liverscope.ui.cli import app
 from liverscope.errors import LiverscopeError
-from liverscope.export import export_onnx
-from liverscope.predict import Predictor
+from liverscope.inference.export import export_onnx
+from liverscope.inference.predict import Predictor
 from liverscope.utils import read_json
 
 

@@ -18,6 +18,10 @@ from importlib import import_module as _import_module
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from liverscope import _moved
+
+_moved.install()  # old import paths (liverscope.predict, ...) keep working for one release
+
 try:
     __version__ = _version("liverscope")
 except _PackageNotFoundError:  # a source tree on sys.path that was never installed
@@ -25,10 +29,10 @@ except _PackageNotFoundError:  # a source tree on sys.path that was never instal
 
 #: public name → the module that defines it
 _LAZY = {
-    "load_run": "liverscope.predict",
-    "Predictor": "liverscope.predict",
-    "EnsemblePredictor": "liverscope.predict",
-    "Result": "liverscope.results",
+    "load_run": "liverscope.inference.predict",
+    "Predictor": "liverscope.inference.predict",
+    "EnsemblePredictor": "liverscope.inference.predict",
+    "Result": "liverscope.inference.results",
     "load_config": "liverscope.config",
     "RunConfig": "liverscope.config",
     "build_model": "liverscope.models",

@@ -1,5 +1,5 @@
 """``python -m liverscope`` runs the command line."""
 
-from liverscope.cli import main
+from liverscope.ui.cli import main
 
 main()

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from liverscope.errors import LiverscopeError, UsageError
+from liverscope.errors import UsageError
 
 #: The built-in recipes ship inside the package (``liverscope/recipes/*.yaml``) and are read through
 #: ``importlib.resources``, so they are found from a wheel, a zip or an editable checkout alike.

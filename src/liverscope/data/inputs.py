@@ -1,4 +1,4 @@
-"""What a Python caller hands to :meth:`liverscope.predict.Predictor.predict`, turned into the decoded
+"""What a Python caller hands to :meth:`liverscope.inference.predict.Predictor.predict`, turned into the decoded
 image a file becomes, and the check of the low-level entry point that takes preprocessed images.
 
 :func:`load_input` accepts a path (image or DICOM file), ``bytes`` (an encoded file), a PIL image, a

@@ -1,5 +1,5 @@
 """Decoding files ahead of a model: the window of files in flight that
-:meth:`liverscope.predict.Predictor.predict_paths` streams through, and its process pool.
+:meth:`liverscope.inference.predict.Predictor.predict_paths` streams through, and its process pool.
 
 Two schedules (:func:`decoded`): ``overlap`` keeps the window full, so the workers decode while the
 caller scores what came before; ``alternate`` decodes a whole window, hands it over, and decodes the next

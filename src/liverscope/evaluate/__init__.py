@@ -6,5 +6,5 @@ calibration (:mod:`.stats`), out-of-distribution scores (:mod:`.ood`), the one s
 reads the run directory through :mod:`liverscope.rundir`. The submodules are imported on use
 (``from liverscope.evaluate.metrics import compute_metrics``), so importing one does not pull in
 matplotlib or scikit-learn for the others. Scoring a run on new labelled data is a workflow and lives
-in :mod:`liverscope.external`.
+in :mod:`liverscope.training.external`.
 """

@@ -127,7 +127,7 @@ def note(text: str, kind: str = "note") -> str:
 
 
 def provenance_html(prov: Mapping[str, Any] | None) -> str | None:
-    """The ``provenance`` of a ``model.json`` (:func:`liverscope.provenance.collect_provenance`) as a
+    """The ``provenance`` of a ``model.json`` (:func:`liverscope.training.provenance.collect_provenance`) as a
     table: versions, seed, git commit, command line, data fingerprint, time; ``None`` without one."""
     if not prov:
         return None

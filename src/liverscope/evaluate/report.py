@@ -2,7 +2,7 @@
 
 :func:`write_report` reads whatever a run directory holds (``metrics.json``, ``model.json``,
 ``config.yaml``, ``history.csv``, ``split.csv``, ``predictions_test.csv``, ``audit.json``,
-``cv_folds.csv``, ``folds/*/history.csv``, ``cam_gallery/``; see :class:`liverscope.rundata.RunData`) and
+``cv_folds.csv``, ``folds/*/history.csv``, ``cam_gallery/``; see :class:`liverscope.rundir.bundle.RunData`) and
 renders one ``report.html`` with a section for each kind of result that is present; every image is
 embedded as base64, so the single file still works when it is mailed. Other modules add their own
 sections without editing this one::
@@ -38,7 +38,7 @@ from liverscope.evaluate.report_cv import section_ensemble, section_folds, secti
 from liverscope.evaluate.report_shortcut import section_shortcut
 from liverscope.evaluate.report_segment import section_segmentation
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
-from liverscope.rundata import RunData
+from liverscope.rundir.bundle import RunData
 from liverscope.rundir import GALLERY, REPORT, RUN_FILES
 from liverscope.utils import atomic_write_text, softmax
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from liverscope.evaluate.html import fmt, headline_cell, key_title, note, table_html
-from liverscope.rundata import RunData
+from liverscope.rundir.bundle import RunData
 
 _GAP_TITLES = (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "QW kappa"),
                ("accuracy", "accuracy"), ("macro_f1", "macro F1"))

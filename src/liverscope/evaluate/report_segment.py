@@ -15,7 +15,7 @@ import html
 from typing import Any, Mapping, Sequence
 
 from liverscope.evaluate.html import fmt, generic_html, note, table_html
-from liverscope.rundata import RunData
+from liverscope.rundir.bundle import RunData
 
 #: The target whose scores sit under the plain ``"segmentation"`` key (``liverscope.segment.unet.DEFAULT_TARGET``;
 #: that module is above this layer, so the name is repeated here).

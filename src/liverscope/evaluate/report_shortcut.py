@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from liverscope.evaluate.html import fmt, note, table_html
 from liverscope.evaluate.shortcut import CONDITIONS, READS_SCANNER, RULE, VERDICTS
-from liverscope.rundata import RunData
+from liverscope.rundir.bundle import RunData
 
 _CONDITION_TITLES = {"plain": "plain", "tissue": "tissue blanked", "periphery": "periphery blanked"}
 

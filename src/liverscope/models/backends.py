@@ -5,7 +5,7 @@ forward pass (the out-of-distribution score's input). :attr:`channels_first` say
 takes without a copy (PyTorch's channels-last memory is ``NxHxWx3``; ONNX Runtime wants ``Nx3xHxW``), so
 that a caller can build its batches that way.
 
-:class:`~liverscope.predict.Predictor` picks one per run; they are here, beside the models, because
+:class:`~liverscope.inference.predict.Predictor` picks one per run; they are here, beside the models, because
 they know a model and a device and nothing of files, runs or preprocessing.
 """
 

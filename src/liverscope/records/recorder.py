@@ -27,7 +27,7 @@ from liverscope.labels import endpoint_column, endpoint_keys
 from liverscope.records.runinfo import image_input
 from liverscope.records.store import ExamKey, ImageInput, RunInfo, Store
 from liverscope.records.views import ExamRecord
-from liverscope.results import Result
+from liverscope.inference.results import Result
 from liverscope.utils import atomic_write_csv
 
 BY = ("study", "folder", "group")

@@ -2,7 +2,7 @@
 
 * :func:`run_info`: the run's name and architecture, a fingerprint of everything that decides its
   answers (:func:`run_fingerprint`), liverscope's version, the backend, test-time augmentation and
-  temperature of a :class:`~liverscope.predict.Predictor`;
+  temperature of a :class:`~liverscope.inference.predict.Predictor`;
 * :func:`image_input`: a file's SHA-256, size and frame count (DICOM header), read once.
 """
 

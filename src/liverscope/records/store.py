@@ -30,7 +30,7 @@ from liverscope.errors import LiverscopeError
 from liverscope.records.engine import ENV_DB, database_url, make_engine, migrate, retrying, writer
 from liverscope.records.models import Analysis, Exam, Image, Review
 from liverscope.records.views import AnalysisRecord, ExamRecord, ImageRecord, ReviewRecord, exam_answer
-from liverscope.results import Result
+from liverscope.inference.results import Result
 
 VERDICTS = ("agree", "correct")
 KEY_SOURCES = ("study", "folder", "group", "file", "user")

@@ -23,7 +23,7 @@ from liverscope.data.io import sniff_format
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.records.views import AnalysisRecord, ExamAnswer, ExamRecord, ImageRecord, exam_answer
 from liverscope.reports.content import ExamReport, ExamSummary, ModelCard, ReportImage
-from liverscope.results import Result
+from liverscope.inference.results import Result
 from liverscope.segment.panels import image_panels
 
 #: Said instead of an overlay when the image's file is gone or changed since it was analysed.
@@ -51,7 +51,7 @@ def score_exam(predictor, key: str, items: Sequence[tuple[str, bytes]], sources:
     """Score an exam's images now and build its report.
 
     Args:
-        predictor: a :class:`~liverscope.predict.Predictor` loaded from a run directory.
+        predictor: a :class:`~liverscope.inference.predict.Predictor` loaded from a run directory.
         key: the exam's pseudonymous key.
         items: ``(name, bytes)`` of each image (the name is used in error messages only).
         sources: the file each came from (``None``: keep the bytes in the report, e.g. for DICOM references).

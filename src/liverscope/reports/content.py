@@ -15,7 +15,7 @@ from pathlib import Path
 
 from liverscope import __version__, rundir
 from liverscope.evaluate.notices import DECISION_SUPPORT, PHANTOMS, is_phantoms, trained_on
-from liverscope.rundata import RunData
+from liverscope.rundir.bundle import RunData
 
 #: The test figures a model card states, in this order, with their names as printed.
 FIGURES = (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "quadratic-weighted kappa"),

@@ -188,7 +188,7 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
       scan sector, and a disc at the sector's centroid whose area is the median non-empty target area
       of the *training* images (what the U-Net itself learnt from; no mask of a test image is used).
 
-    Pseudo-mask options: ``layers`` (the CAM's layers, :func:`liverscope.explain.resolve_layers`);
+    Pseudo-mask options: ``layers`` (the CAM's layers, :func:`liverscope.explain.cams.resolve_layers`);
     ``positive`` (class names, e.g. ``benign,malignant``): an image whose explained (predicted) class is
     not among them gets an empty mask — a normal liver has no lesion to outline; ``confident=(low, high)``:
     only confident pixels train the U-Net (:func:`~liverscope.segment.rules.confident_targets`: CAM ≥ high

@@ -6,7 +6,7 @@ One place for these pictures, so the app's panels and a report's overlay (:func:
 ``combined`` picture: outlines drawn on the heatmap) are the same pixels. The segmenters are loaded once
 per run directory (:data:`_SEGMENTERS`) and used by one caller at a time (Streamlit serves every browser
 session from its own thread, all sharing one segmenter per run; heatmaps take their own lock:
-:func:`liverscope.explain.cam_overlay`).
+:func:`liverscope.explain.cams.cam_overlay`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from liverscope.data.geometry import bounding_box, to_model, to_original
 from liverscope.data.io import to_rgb
 from liverscope.data.preprocess import Preprocessing, crop_box, preprocess_array
 from liverscope.data.sector import sector_mask
-from liverscope.explain import cam_overlay
+from liverscope.explain.cams import cam_overlay
 from liverscope.segment import unet
 from liverscope.segment.outline import draw_outline
 

@@ -16,7 +16,7 @@ from liverscope.data.preprocess import normalise_batch
 from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import mask_scores, pointing_game
-from liverscope.explain import compute_cams, resolve_layers
+from liverscope.explain.cams import compute_cams, resolve_layers
 from liverscope.rundir import PSEUDO_MASKS, load_model, members, read_preprocessing
 from liverscope.segment.images import list_images, load_images
 from liverscope.segment.rules import check_rule, describe_rule, normalise_map, pseudo_mask
@@ -49,18 +49,18 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
     The class explained is ``targets`` when given, else the predicted class (of the ensemble: mean of
     the fold logits, as the ensemble predicts). With ``flip_average`` the raw map of the mirrored image
     (explained for the same class) is mirrored back and averaged with the raw map before normalising
-    (:func:`liverscope.explain.compute_cams` ``aug_smooth_flip``); fold models' normalised maps are averaged.
+    (:func:`liverscope.explain.cams.compute_cams` ``aug_smooth_flip``); fold models' normalised maps are averaged.
 
     Args:
         run_dir: a run directory.
         images: uint8 ``size x size x 3`` model inputs (:func:`~liverscope.data.preprocess.preprocess_array`).
         ensemble: fold model directories (default: see :func:`liverscope.rundir.members`).
         flip_average: also average over the horizontally mirrored image.
-        method: CAM method of :func:`liverscope.explain.compute_cams`.
+        method: CAM method of :func:`liverscope.explain.cams.compute_cams`.
         targets: class index per image.
         batch_size: images per CAM pass.
         models: already loaded models (skips loading from ``run_dir``).
-        layers: where the maps are taken (:func:`liverscope.explain.compute_cams`: ``None`` the last
+        layers: where the maps are taken (:func:`liverscope.explain.cams.compute_cams`: ``None`` the last
             feature map; a stage such as ``"layer3"`` / ``-2`` or several, a multi-scale CAM).
 
     Returns:

@@ -30,7 +30,7 @@ import numpy as np
 
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import is_flat, map_in_region
-from liverscope.explain import normalise_in_region
+from liverscope.explain.cams import normalise_in_region
 
 RULES = ("threshold", "otsu", "top", "grabcut")
 #: Rules that need the model input image besides the map.

@@ -2,8 +2,8 @@
 
 :class:`LitSegmenter` wraps the network (:func:`liverscope.segment.unet.build_unet`) with its loss, the
 validation Dice and the epoch history; :func:`fit_unet` runs it through a ``lightning.Trainer`` built the
-way :mod:`liverscope.lightning_module` builds the classifier's (accelerator from the device, precision
-by :func:`~liverscope.lightning_module.training_precision`, Lightning's banners kept quiet): checkpoints
+way :mod:`liverscope.training.lightning_module` builds the classifier's (accelerator from the device, precision
+by :func:`~liverscope.training.lightning_module.training_precision`, Lightning's banners kept quiet): checkpoints
 (``best.ckpt``, the best validation Dice, and ``last.ckpt``) in a folder of the caller's choice (the run's
 ``segmenter_checkpoints/`` for ``segment train``), early stopping on the validation Dice, and ``resume``
 from ``last.ckpt``. Shuffling and flips are seeded per epoch (and batch), so an interrupted and resumed
@@ -36,7 +36,7 @@ from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
 from liverscope.segment.encoder_unet import mask_and_score
 from liverscope.segment.unet import DEFAULT_CHANNELS, LOSSES, check_size, cpu_threads, normalisation, resize_masks, to_unet_input, unet_arch, unet_from_arch
-from liverscope.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
+from liverscope.training.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
 from liverscope.utils import log, resolve_device
 
 #: What ``segment train`` monitors for the best checkpoint and early stopping (higher is better).
@@ -199,7 +199,7 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
         lr: Adam learning rate.
         seed: initialisation, shuffling and flip seed.
         device: ``auto``, ``cpu`` or ``cuda`` (one device, as the classifier trains).
-        precision: Lightning precision; ``auto`` as the classifier (:func:`~liverscope.lightning_module.training_precision`).
+        precision: Lightning precision; ``auto`` as the classifier (:func:`~liverscope.training.lightning_module.training_precision`).
         patience: stop after this many epochs without a better validation Dice (``None``: never).
         flip: random horizontal flips of training pairs.
         verbose: log every epoch.

@@ -273,7 +273,7 @@ def predict_mask(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
     """Boolean mask of one preprocessed model input (uint8 ``HxWx3``) at its ``HxW``: probability > 0.5,
     through the segmenter's lesion gate when it has one (:func:`gated_masks`).
 
-    This is the app's contract (``liverscope.app.segmentation_outline``).
+    This is the app's contract (``liverscope.ui.app.segmentation_outline``).
     """
     return segment_images(segmenter, [image])[0][0]
 

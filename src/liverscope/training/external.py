@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from liverscope import rundir
-from liverscope.cv import ensemble_logits
+from liverscope.training.cv import ensemble_logits
 from liverscope.data.ablation import parse_ablations
 from liverscope.data.audit import audit_dataset
 from liverscope.data.audit_report import write_audit
@@ -29,8 +29,8 @@ from liverscope.errors import LiverscopeError
 from liverscope.evaluate.ood import ensemble_margin, flag_summary
 from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
-from liverscope.predict import Predictor
-from liverscope.shortcut import shortcut_check
+from liverscope.inference.predict import Predictor
+from liverscope.training.shortcut_check import shortcut_check
 
 
 def ensemble_predict_logits(
@@ -89,7 +89,7 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
         precision: ``fp32`` (default: the same figures on every machine; ``auto`` is the same) or ``bf16``;
             the precision used is recorded in ``metrics.json`` (``test.precision``) and the predictions CSV.
         ablation: ``tissue`` and/or ``periphery`` (a list or a comma list): the shortcut check
-            (:func:`liverscope.shortcut.shortcut_check`), checked before any image is read; its figures go to
+            (:func:`liverscope.training.shortcut_check.shortcut_check`), checked before any image is read; its figures go to
             ``metrics.json["shortcut"]`` and the report.
 
     Returns:

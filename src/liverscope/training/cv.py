@@ -2,7 +2,7 @@
 
 ``cross_validate`` audits the data once, carves a hold-out test set and k folds (duplicate groups never
 straddle two of them), trains one complete run per fold (``folds/foldI/``, through
-:func:`liverscope.train.train_prepared`), then :func:`aggregate_cv` scores every development image
+:func:`liverscope.training.train.train_prepared`), then :func:`aggregate_cv` scores every development image
 with the fold model that did not train on it (out-of-fold) and the hold-out set with the ensemble: the
 mean of the fold models' logits, divided by one temperature fitted on the out-of-fold logits (refused,
 with a warning, when the fit lands on the edge of its range), then softmax.
@@ -34,9 +34,9 @@ from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.stats import fit_temperature_checked
-from liverscope.lightning_module import global_rank
-from liverscope.provenance import collect_provenance
-from liverscope.train import (
+from liverscope.training.lightning_module import global_rank
+from liverscope.training.provenance import collect_provenance
+from liverscope.training.train import (
     CollectedData, Listing, RunData, collect_samples, list_data, run_preprocessing, samples_in_split, train_prepared, write_report_safely,
 )
 from liverscope.utils import log, softmax
@@ -106,7 +106,7 @@ def ensure_cv_split(cfg: RunConfig, k: int, test_frac: float, listed: Listing) -
 
 
 class FoldData(RunData):
-    """Fold ``fold`` of a cv run as :class:`~liverscope.train.RunData`: its ``prepare`` (global rank 0)
+    """Fold ``fold`` of a cv run as :class:`~liverscope.training.train.RunData`: its ``prepare`` (global rank 0)
     makes sure the cv run's split exists, then writes the fold's ``split.csv`` (the fold is ``val``,
     the hold-out ``test``, the other folds ``train``)."""
 

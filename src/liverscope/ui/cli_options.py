@@ -194,7 +194,7 @@ def recipe_options(fn: Callable) -> Callable:
     return command
 
 
-#: ``--layers`` of ``explain`` and ``segment``: where the CAM is taken (liverscope.explain.resolve_layers).
+#: ``--layers`` of ``explain`` and ``segment``: where the CAM is taken (liverscope.explain.cams.resolve_layers).
 LAYERS_HELP = ("Layer(s) the CAM is taken at, comma-separated: 'last' (default: the final feature map), a stage name of the "
                "backbone (e.g. layer3) or an index (-2 = the second-to-last stage); several are averaged (a multi-scale CAM).")
 

@@ -24,7 +24,7 @@ from liverscope.utils import file_sha256
 PACKAGES = {"torch": "torch", "timm": "timm", "monai": "monai", "numpy": "numpy", "lightning": "lightning", "torchmetrics": "torchmetrics"}
 
 #: The folder of the liverscope package; in a source checkout it is tracked by git.
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the liverscope package (this file is in training/)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -1,7 +1,7 @@
 """What a prediction is and how it is written: :class:`Result` (one file's label, probabilities,
 fibrosis endpoints and out-of-distribution flag, or the reason it was skipped), the CSV/JSON columns,
 and the streaming, atomic writer that ``liverscope predict`` and the app use. No model here: the
-:class:`~liverscope.predict.Predictor` makes the results."""
+:class:`~liverscope.inference.predict.Predictor` makes the results."""
 
 from __future__ import annotations
 

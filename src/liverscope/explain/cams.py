@@ -13,21 +13,21 @@ EigenCAM and LayerCAM. liverscope adds what ultrasound needs around them:
   of the model input) and min-max normalised over the sector's pixels only;
 * :func:`energy_outside_sector`: the share of the (unrestricted) map's energy that falls outside the fan
   — a model that looks at text or borders is reading the scanner, not the liver; it and the numbers
-  that compare two methods (deletion AUC, ROAD) live in :mod:`liverscope.faithfulness`;
+  that compare two methods (deletion AUC, ROAD) live in :mod:`liverscope.explain.faithfulness`;
 * hooks are released after every call (pytorch-grad-cam's context manager), and gradient methods
   back-propagate through the head only (:class:`HeadGradOnly`: the same map at about the cost of one
   forward pass);
 * ``layers``: maps from a shallower backbone stage (finer than the last feature map: 4x4 for resnet10t
   at 128 px) or from several stages averaged (a multi-scale CAM); stages are timm's ``feature_info``
   (:func:`cam_stages`, :func:`resolve_layers`);
-* :func:`liverscope.explain_files.explain_paths` (the ``liverscope explain`` command) writes heatmaps,
+* :func:`liverscope.explain.files.explain_paths` (the ``liverscope explain`` command) writes heatmaps,
   overlays on the original image at its original size, the maps as ``.npy`` and ``cams.csv``, with the
-  probabilities of the run's :class:`~liverscope.predict.Predictor`; :func:`write_cam_gallery` writes
-  the report's gallery of correct and wrong test cases.
+  probabilities of the run's :class:`~liverscope.inference.predict.Predictor`;
+  :func:`liverscope.explain.gallery.write_cam_gallery` writes the report's gallery of correct and wrong test cases.
 
 Python use::
 
-    from liverscope.explain import compute_cams
+    from liverscope.explain.cams import compute_cams
     cams, classes = compute_cams(model, preprocessed_images, pp, method="gradcam++")
 """
 
@@ -37,7 +37,6 @@ import functools
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -45,15 +44,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from liverscope import rundir
-from liverscope.data.io import read_image
-from liverscope.data.preprocess import Preprocessing, preprocess_array
 from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import is_flat
-from liverscope.explain_images import cam_to_original, gallery_tile, heatmap_rgb, original_overlay, overlay
-from liverscope.faithfulness import energy_outside_sector, input_tensor, model_device
-from liverscope.utils import default_model_threads, softmax, torch_threads
+from liverscope.explain.images import overlay
+from liverscope.explain.faithfulness import energy_outside_sector, input_tensor, model_device
+from liverscope.utils import default_model_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +62,7 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "H
 # made it (the app serves every browser session from its own thread, all sharing one cached model):
 # cam_overlay computes one map at a time so that no caller's map mixes in another's activations.
 _CAM_LOCK = threading.Lock()
-#: The per-image columns that ``explain_paths(with_faithfulness=True)`` adds (keys of :func:`~liverscope.faithfulness.faithfulness`).
+#: The per-image columns that ``explain_paths(with_faithfulness=True)`` adds (keys of :func:`~liverscope.explain.faithfulness.faithfulness`).
 FAITHFULNESS_COLUMNS = ("deletion_auc", "road", "road_morf", "road_lerf")
 
 
@@ -392,77 +388,7 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
     return overlay(model_input, b.cams[0], b.sectors[0] if b.sectors[0].any() else sector_mask(model_input))
 
 
-# --- Report gallery --------------------------------------------------------------------------------
-
-def _find_file(path: str, data_root: Path | None) -> Path | None:
-    p = Path(path)
-    candidates = [p] + ([data_root / p, data_root / p.name, data_root / p.parent.name / p.name] if data_root is not None else [])
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, per_class: int = 2, method: str = DEFAULT_METHOD) -> Path | None:
-    """The report's CAM gallery: for each true class, the ``per_class`` most confident correct and wrong
-    test predictions, each as the model input beside its map (of the predicted class).
-
-    Reads ``run_dir/predictions_test.csv``; files that cannot be found (``data_root`` is tried as a
-    prefix and as a parent folder) or read are skipped. Writes ``run_dir/cam_gallery/*.png`` and
-    ``captions.json`` (replacing an earlier gallery; ``flagged.json``: tiles of images flagged out-of-distribution), for the report.
-
-    Returns:
-        The gallery folder, or ``None`` when there is nothing to show (no test predictions, no readable image).
-    """
-    run_dir = Path(run_dir)
-    pred_csv = run_dir / rundir.PREDICTIONS_TEST
-    if not pred_csv.exists() or not (run_dir / rundir.MODEL_META).exists():
-        return None
-    root = Path(data_root) if data_root is not None else None
-    model, meta = rundir.load_model(run_dir)
-    labels = list(meta["labels"])
-    pp = Preprocessing.from_dict(meta["preprocessing"])
-    try:
-        predictions = rundir.read_predictions(pred_csv, labels)
-        if predictions.paths and predictions.logits is None:  # probabilities come from the logits at the run's temperature
-            raise LiverscopeError("no logit_* columns")
-    except (LiverscopeError, KeyError, ValueError, OSError) as exc:
-        log.warning("CAM gallery skipped: cannot read %s (%s)", pred_csv, exc)
-        return None
-    paths, y = predictions.paths, predictions.y
-    if not len(paths):
-        return None
-    probs = softmax(predictions.logits, rundir.temperature(meta))
-    pred = probs.argmax(1)
-    picks: list[tuple[int, str, np.ndarray]] = []  # (row, kind, model input)
-    for k in range(len(labels)):
-        for kind, sel in (("correct", (y == k) & (pred == k)), ("wrong", (y == k) & (pred != k))):
-            rows = np.flatnonzero(sel)
-            rows = rows[np.argsort(-probs[rows, pred[rows]], kind="stable")]
-            found = 0
-            for r in rows:
-                f = _find_file(paths[r], root) if found < per_class else None
-                if f is None:
-                    continue
-                try:
-                    inp = preprocess_array(read_image(f), pp)
-                except Exception:  # unreadable now: not shown
-                    continue
-                picks.append((int(r), kind, inp))
-                found += 1
-    if not picks:
-        return None
-    b = explain_batch(model, [m for _, _, m in picks], pp, [int(pred[r]) for r, _, _ in picks], method, True, 8)
-    tiles = []
-    name = METHOD_NAMES[method_key(method)]
-    for j, (r, kind, inp) in enumerate(picks):
-        true, p = labels[int(y[r])], labels[int(pred[r])]
-        fname = f"{true}_{kind}_{j:02d}_{Path(paths[r]).stem}.png"
-        fname = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in fname)
-        tile = gallery_tile(inp, overlay(inp, b.cams[j], b.sectors[j] if b.sectors[j].any() else None))
-        tiles.append((fname, tile, f"{Path(paths[r]).name}: true {true}, predicted {p} (p={probs[r, pred[r]]:.2f}) — {kind}; {name} of {p}"))
-    return rundir.write_gallery(run_dir, tiles, None if predictions.ood is None else [t[0] for t, (r, _, _) in zip(tiles, picks) if predictions.ood[r]])
-
-
 __all__ = [
-    "CAM_METHODS", "DEFAULT_METHOD", "CamBatch", "HeadGradOnly", "compute_cams", "explain_batch", "cam_overlay", "cam_stages", "resolve_layers",
-    "energy_outside_sector", "normalise_in_region", "heatmap_rgb", "overlay", "original_overlay", "cam_to_original",
-    "write_cam_gallery", "cam_method",
+    "CAM_METHODS", "DEFAULT_METHOD", "METHOD_NAMES", "CamBatch", "HeadGradOnly", "compute_cams", "explain_batch", "cam_overlay",
+    "cam_stages", "resolve_layers", "normalise_in_region", "cam_method", "method_key",
 ]

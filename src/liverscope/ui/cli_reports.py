@@ -1,6 +1,6 @@
 """The report commands: ``liverscope records report KEY --pdf FILE --dicom DIR`` (a stored exam's one-page
 PDF and its DICOM Secondary Captures + Structured Report) and ``liverscope pacs RUN_DIR STUDY`` (pull a
-study from Orthanc, analyse it, push the report back). Registered by :mod:`liverscope.cli` in two lines;
+study from Orthanc, analyse it, push the report back). Registered by :mod:`liverscope.ui.cli` in two lines;
 the work is :mod:`liverscope.reports` (docs/records.md, "Reports"). Heavy imports stay inside the
 commands, as in cli.py, so that ``liverscope --help`` answers at once."""
 
@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from liverscope.cli_options import DbOpt, echo_skipped, fail
+from liverscope.ui.cli_options import DbOpt, echo_skipped, fail
 from liverscope.errors import LiverscopeError, UsageError
 
 
@@ -31,7 +31,7 @@ def report(
     db: Optional[str] = DbOpt,
 ):
     """A stored exam's report: a one-page PDF (--pdf) and/or DICOM objects for a PACS (--dicom); both flags write both."""
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
     from liverscope.records import open_store
     from liverscope.records.runinfo import run_fingerprint
     from liverscope.reports.build import from_exam
@@ -70,7 +70,7 @@ def pacs(
     push: bool = typer.Option(True, "--push/--no-push", help="Store the Structured Report and the Secondary Captures in Orthanc (default) or only write them."),
 ):
     """Pull a study from an Orthanc PACS, analyse its images, and push the Structured Report and the overlays' Secondary Captures back into the study."""
-    from liverscope.predict import Predictor
+    from liverscope.inference.predict import Predictor
     from liverscope.reports.pacs import round_trip
     from liverscope.reports.pdf import write_pdf
 

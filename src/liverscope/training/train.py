@@ -1,5 +1,5 @@
 """Training: data preparation, ``fit`` and ``finish_run`` (the Lightning pieces are in
-:mod:`liverscope.lightning_module`).
+:mod:`liverscope.training.lightning_module`).
 
 ``fit(cfg)`` is the whole recipe, readable top to bottom like torchvision's reference scripts:
 list the data → drop unreadable files → split (grouped by duplicates by default) → preprocess once
@@ -8,7 +8,7 @@ score the test split → write the run directory. ``finish_run`` also calibrates
 temperature on the validation logits, refused when the fit lands on the edge of its range) and fits the
 out-of-distribution detector (class means and shared covariance of the training split's pooled
 features, threshold on the validation images; :mod:`liverscope.evaluate.ood`). ``model.json`` records
-the run's provenance (:mod:`liverscope.provenance`: versions, seed, git commit, command, data hash).
+the run's provenance (:mod:`liverscope.training.provenance`: versions, seed, git commit, command, data hash).
 
 The same code runs on one device or as every process of a distributed run (``train.devices``,
 ``strategy``, ``num_nodes``; docs/scaling.md): the data preparation is :class:`RunData`'s
@@ -47,14 +47,14 @@ from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.ood import DEFAULT_METHOD, DEFAULT_QUANTILE, METHODS, fit_class_gaussian, fit_threshold, flag_summary, ood_scores
 from liverscope.evaluate.stats import fit_temperature_checked
-from liverscope.explain import write_cam_gallery
+from liverscope.explain.gallery import write_cam_gallery
 from liverscope.labels import metavir_stages
-from liverscope.lightning_module import (
-    HistoryWriter, LitClassifier, build_trainer, load_best_weights, weight_averaging, log_final_figures, placement, quiet_lightning, seed_run, tracking_loggers,
+from liverscope.training.lightning_module import (
+    HistoryWriter, LitClassifier, build_trainer, load_best_weights, weight_averaging, log_final_figures, placement, seed_run, tracking_loggers,
     training_loggers, training_precision,
 )
 from liverscope.models import LiverNet, build_model, get_spec
-from liverscope.provenance import collect_provenance
+from liverscope.training.provenance import collect_provenance
 from liverscope.speed.training import choose_training_precision
 from liverscope.utils import atomic_write_json, file_sha256, log, read_json, resolve_device, softmax, strict_fp32
 
@@ -382,7 +382,7 @@ def train_prepared(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = 
     """Train on a run's data (:class:`RunData`: prepared by global rank 0 inside ``trainer.fit``) and
     write ``run_dir`` = ``cfg.run_dir``.
 
-    Used by :func:`fit` (one hold-out split) and :func:`liverscope.cv.cross_validate` (one call per
+    Used by :func:`fit` (one hold-out split) and :func:`liverscope.training.cv.cross_validate` (one call per
     fold). Every process of a distributed run calls it: they train together; global rank 0 alone then
     scores the splits and writes the run directory, the others return at once.
     """
@@ -450,7 +450,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> Path:
 
 def selection(cfg: RunConfig) -> str:
     """The weights a run keeps (``train.select``): ``best`` (the epoch with the best ``train.monitor``) or
-    ``last`` (the final epoch, chosen by nothing). ``auto`` is ``best`` here; :func:`liverscope.cv.fold_config`
+    ``last`` (the final epoch, chosen by nothing). ``auto`` is ``best`` here; :func:`liverscope.training.cv.fold_config`
     makes it ``last`` for cv folds, whose validation images are the out-of-fold ones. Under ``last`` early
     stopping is off: it too would choose the epoch on the validation images."""
     select = "best" if cfg.train.select == "auto" else cfg.train.select

@@ -1,6 +1,6 @@
 """Faithfulness scores of class activation maps: numbers that compare CAM methods, not pictures.
 
-Kept apart from the methods (:mod:`liverscope.explain`), as pytorch-grad-cam keeps its ``metrics/``
+Kept apart from the methods (:mod:`liverscope.explain.cams`), as pytorch-grad-cam keeps its ``metrics/``
 apart from its CAM classes: these functions take any maps (a method's, a random baseline's) and the
 model they claim to explain.
 
@@ -184,12 +184,12 @@ def faithfulness(
 
     Args:
         model: the model the maps explain.
-        images: preprocessed uint8 inputs (as for :func:`liverscope.explain.compute_cams`).
+        images: preprocessed uint8 inputs (as for :func:`liverscope.explain.cams.compute_cams`).
         pp: the run's preprocessing.
         cams: their maps ``N x H x W``.
         targets: the class each map explains.
         sectors: scan-sector masks (default: found on each input); deletion and ROAD remove sector pixels only.
-        raw_cams: the unrestricted maps (:attr:`liverscope.explain.CamBatch.raw`) for the energy share; default ``cams``.
+        raw_cams: the unrestricted maps (:attr:`liverscope.explain.cams.CamBatch.raw`) for the energy share; default ``cams``.
         deletion_steps: points of the deletion curve minus one.
         road: also compute ROAD (solves a sparse system per removal: ~0.1 s per image at 64 px, seconds at 224).
         road_fractions: shares of the sector ROAD removes.

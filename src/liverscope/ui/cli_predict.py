@@ -1,4 +1,4 @@
-"""``liverscope predict`` (registered by :mod:`liverscope.cli`): score files, write CSV/JSON, and with
+"""``liverscope predict`` (registered by :mod:`liverscope.ui.cli`): score files, write CSV/JSON, and with
 ``--record`` keep each analysis in the exam records (``--by`` groups the files into exams and prints
 each exam's one answer; docs/records.md). Like cli.py, it imports the torch side inside the command."""
 
@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from liverscope.cli_options import DbOpt, check_conflict, check_out_format, check_processed, choice, echo_skipped, fail
+from liverscope.ui.cli_options import DbOpt, check_conflict, check_out_format, check_processed, choice, echo_skipped, fail
 from liverscope.config import check_device, parse_frames
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.utils import progress
@@ -50,7 +50,7 @@ def predict(
     by: Optional[By] = typer.Option(None, "--by", help=BY_HELP),
 ):
     """Predict the stage/class of new images; bad files are listed as skipped and the rest finish (exit 1 when none could be read)."""
-    from liverscope.predict import Predictor, write_results
+    from liverscope.inference.predict import Predictor, write_results
 
     by = by.value if by else None
     try:

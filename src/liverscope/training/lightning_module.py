@@ -8,7 +8,7 @@ Lightning's :class:`~lightning.pytorch.loggers.CSVLogger` is always one (:func:`
 ``train.logger`` adds TensorBoard or MLflow: :func:`tracking_loggers`); :class:`HistoryWriter` folds
 its ``metrics.csv`` into the run's ``history.csv`` after every epoch. :func:`build_trainer` places the
 run on Lightning's accelerator, devices, strategy and nodes (``train.accelerator``, ``devices``,
-``strategy``, ``num_nodes``; docs/scaling.md). :func:`liverscope.train.train_prepared` puts these together.
+``strategy``, ``num_nodes``; docs/scaling.md). :func:`liverscope.training.train.train_prepared` puts these together.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class LitClassifier(L.LightningModule):
 
     def set_class_weights(self, class_weights: np.ndarray | None) -> None:
         """The weights of the weighted cross-entropy (``None``: unweighted); set when the training split
-        is known, which in a distributed run is after Lightning's ``setup`` (:class:`liverscope.train.RunData`)."""
+        is known, which in a distributed run is after Lightning's ``setup`` (:class:`liverscope.training.train.RunData`)."""
         w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.criterion = nn.CrossEntropyLoss(weight=w, label_smoothing=float(self.cfg.label_smoothing))
 

@@ -65,7 +65,7 @@ from liverscope.data.stream import decoded, pool_load_model_input, process_pool
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.ood import ensemble_margin, ood_scores
 from liverscope.models.backends import BF16_TOLERANCE, PRECISIONS, FlipAverage, OnnxBackend, TorchBackend
-from liverscope.results import Result, csv_header, result_row, results_csv, write_results
+from liverscope.inference.results import Result, csv_header, result_row, results_csv, write_results
 from liverscope.speed.serving import choose_backend
 from liverscope.utils import resolve_device, softmax
 

@@ -17,7 +17,7 @@ from liverscope.data.ablation import ablated_inputs, parse_ablations
 from liverscope.data.datasets import Sample
 from liverscope.data.io import read_image
 from liverscope.evaluate.shortcut import shortcut_table
-from liverscope.predict import Predictor
+from liverscope.inference.predict import Predictor
 from liverscope.utils import log
 
 #: Images decoded and blanked at a time (memory stays flat on large sets).

@@ -1,5 +1,5 @@
 """``liverscope records``: the exam records from the command line (list, show, review, export;
-docs/records.md). Registered by :mod:`liverscope.cli` with ``app.add_typer(records_app, name="records")``;
+docs/records.md). Registered by :mod:`liverscope.ui.cli` with ``app.add_typer(records_app, name="records")``;
 other record commands (the reports') register on :data:`records_app` the same way. Every command takes
 ``--db``. The store is imported inside the commands, as cli.py does, so ``--help`` loads no SQLAlchemy."""
 
@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from liverscope.cli_options import DbOpt, echo_skipped, fail
+from liverscope.ui.cli_options import DbOpt, echo_skipped, fail
 from liverscope.errors import LiverscopeError, UsageError
 
 records_app = typer.Typer(help="Exam records: every recorded analysis, one answer per exam, clinician reviews, a manifest of reviewed cases for training.",

@@ -30,7 +30,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from liverscope import rundir
 from liverscope.errors import LiverscopeError
-from liverscope.export import export_onnx
+from liverscope.inference.export import export_onnx
 from liverscope.speed.serving import split_inputs
 from liverscope.utils import atomic_path, file_sha256, import_optional, log, softmax
 

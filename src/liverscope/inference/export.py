@@ -5,8 +5,8 @@ map, which the out-of-distribution score needs; an export without it counts as s
 written to a temporary file, ONNX Runtime scores check inputs, and only when its logits (and features)
 agree with the torch model's within ``atol`` does the file replace ``model.onnx``; ``model.json``
 then records the export (with the SHA-256 of the weights, so retraining marks it stale:
-:func:`liverscope.rundir.onnx_state`). :class:`~liverscope.predict.Predictor` then times it against the
-torch model and uses the faster (:mod:`liverscope.speed.serving`). The int8 export is :mod:`liverscope.quantize`.
+:func:`liverscope.rundir.onnx_state`). :class:`~liverscope.inference.predict.Predictor` then times it against the
+torch model and uses the faster (:mod:`liverscope.speed.serving`). The int8 export is :mod:`liverscope.inference.quantize`.
 """
 
 from __future__ import annotations

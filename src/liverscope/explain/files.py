@@ -1,12 +1,12 @@
 """``liverscope explain`` on files: per image a heatmap, an overlay on the original image, the map as
 ``.npy``, a row of ``cams.csv``; and ``cams_summary.json``.
 
-Each file goes through the run's :class:`~liverscope.predict.Predictor`, as ``liverscope predict`` and
-the app read it: its decoding and preprocessing (:meth:`~liverscope.predict.Predictor.load`), its
+Each file goes through the run's :class:`~liverscope.inference.predict.Predictor`, as ``liverscope predict`` and
+the app read it: its decoding and preprocessing (:meth:`~liverscope.inference.predict.Predictor.load`), its
 backend and precision, its calibrated probabilities. The class a map explains by default is the class
 the predictor gives, so ``explain``, ``predict`` and the app give an image the same probabilities (to
 rounding, for the same backend and precision: tested) and the map explains what the user was told.
-The maps themselves come from :mod:`liverscope.explain` on the run's PyTorch model, in fp32.
+The maps themselves come from :mod:`liverscope.explain.cams` on the run's PyTorch model, in fp32.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numpy as np
 
 from liverscope.data.io import iter_image_files
 from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.explain import DEFAULT_METHOD, FAITHFULNESS_COLUMNS, explain_batch, method_key, resolve_layers
-from liverscope.explain_images import PREVIEW_SIDE, heatmap_rgb, original_overlay
-from liverscope.faithfulness import faithfulness
-from liverscope.predict import EnsemblePredictor, Predictor
+from liverscope.explain.cams import DEFAULT_METHOD, FAITHFULNESS_COLUMNS, explain_batch, method_key, resolve_layers
+from liverscope.explain.images import PREVIEW_SIDE, heatmap_rgb, original_overlay
+from liverscope.explain.faithfulness import faithfulness
+from liverscope.inference.predict import EnsemblePredictor, Predictor
 from liverscope.utils import atomic_path, atomic_write_json, atomic_write_npy, atomic_write_png, progress, resolve_device
 
 
@@ -75,16 +75,16 @@ def explain_paths(
         run_dir: a trained run (one model: a ``cv`` run's fold models are explained one at a time).
         paths: files and folders (see :func:`liverscope.data.io.iter_image_files`).
         out_dir: default ``run_dir/explain``.
-        method: a key of :data:`~liverscope.explain.CAM_METHODS`.
+        method: a key of :data:`~liverscope.explain.cams.CAM_METHODS`.
         class_label: explain this class for every image (default: each image's predicted class).
         batch_size: images per CAM pass (and per forward pass of the predictor).
         flip_average: average with the map of the mirrored image.
         with_faithfulness: add deletion AUC and ROAD per image (many forward passes per image).
-        restrict_to_sector: see :func:`~liverscope.explain.compute_cams`.
+        restrict_to_sector: see :func:`~liverscope.explain.cams.compute_cams`.
         device: ``auto``, ``cpu`` or ``cuda``.
-        layers: where the maps are taken (see :func:`~liverscope.explain.compute_cams`).
-        backend, precision: the probabilities' :class:`~liverscope.predict.Predictor` (defaults as ``liverscope predict``).
-        overlay_side: longest side of the overlay (default :data:`~liverscope.explain_images.PREVIEW_SIDE`).
+        layers: where the maps are taken (see :func:`~liverscope.explain.cams.compute_cams`).
+        backend, precision: the probabilities' :class:`~liverscope.inference.predict.Predictor` (defaults as ``liverscope predict``).
+        overlay_side: longest side of the overlay (default :data:`~liverscope.explain.images.PREVIEW_SIDE`).
 
     Returns:
         ``{"explained": n, "skipped": [(path, reason)], "out": str, "csv": str, "method": str,

@@ -17,11 +17,11 @@ from typing import List, Optional
 
 import typer
 
-from liverscope.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usage, check_choice, check_conflict, check_processed, choice, echo_skipped, fail, numbers
-from liverscope.cli_options import DbOpt, EngineOpt, NnunetTrainerOpt, recipe_options, show_version, train_overrides
-from liverscope.cli_predict import count_inputs, predict
-from liverscope.cli_records import records_app
-from liverscope.cli_reports import pacs, report
+from liverscope.ui.cli_options import LAYERS_HELP, RECIPES_HELP, RecipeOpt, as_usage, check_choice, check_conflict, check_processed, choice, echo_skipped, fail, numbers
+from liverscope.ui.cli_options import DbOpt, EngineOpt, NnunetTrainerOpt, recipe_options, show_version, train_overrides
+from liverscope.ui.cli_predict import count_inputs, predict
+from liverscope.ui.cli_records import records_app
+from liverscope.ui.cli_reports import pacs, report
 from liverscope.config import check_device, load_config
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.utils import configure_logging, set_progress
@@ -61,8 +61,8 @@ def train(
 
     One device by default; --devices N --strategy ddp trains on N GPUs (or CPU processes), --num-nodes
     on several machines, and the same command runs under torchrun or srun (docs/scaling.md)."""
-    from liverscope.lightning_module import global_rank
-    from liverscope.train import fit
+    from liverscope.training.lightning_module import global_rank
+    from liverscope.training.train import fit
 
     try:
         cfg = _checked_config(recipe, overrides)
@@ -127,8 +127,8 @@ def demo(
 
     from liverscope import rundir
     from liverscope.data.datasets import make_phantoms
-    from liverscope.predict import Predictor, write_results
-    from liverscope.train import fit
+    from liverscope.inference.predict import Predictor, write_results
+    from liverscope.training.train import fit
 
     t0 = time.perf_counter()
     try:
@@ -207,8 +207,8 @@ def cv(
     On a cluster: `cv DATA --name X --prepare`, then `cv --recipe runs/X/config.yaml --fold I` as array
     tasks (the last one to finish aggregates; or `cv --recipe runs/X/config.yaml --aggregate`); see docs/scaling.md."""
     from liverscope import rundir
-    from liverscope.cv import aggregate_run, cross_validate, cross_validate_on_devices, visible_gpus
-    from liverscope.lightning_module import global_rank
+    from liverscope.training.cv import aggregate_run, cross_validate, cross_validate_on_devices, visible_gpus
+    from liverscope.training.lightning_module import global_rank
 
     try:
         if sum([prepare, aggregate, gpus > 1, bool(fold)]) > 1:
@@ -255,7 +255,7 @@ def evaluate(
     """Evaluate a run: metrics with CIs, per-source table, calibration and report.html (written outside the run unless --in-run)."""
     from liverscope import rundir
     from liverscope.evaluate.report import write_report
-    from liverscope.external import evaluate_on_data
+    from liverscope.training.external import evaluate_on_data
 
     try:
         check_device(device)
@@ -319,8 +319,8 @@ def explain(
 ):
     """Class activation maps: heatmap and overlay PNGs, raw maps (.npy) and cams.csv; bad files are skipped and listed (exit 1 when none could be read)."""
     from liverscope import rundir
-    from liverscope.explain import method_key
-    from liverscope.explain_files import explain_paths
+    from liverscope.explain.cams import method_key
+    from liverscope.explain.files import explain_paths
 
     try:
         check_device(device)
@@ -354,8 +354,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="--int8: write the int8 model even when it does not keep the labels (agreement < 0.99 or balanced accuracy 0.005 below fp32)."),
 ):
     """Export RUN_DIR/model.onnx (dynamic batch) and verify it against the torch model; --int8 adds a quantised model, only if it keeps the labels."""
-    from liverscope.export import export_onnx
-    from liverscope.quantize import export_int8
+    from liverscope.inference.export import export_onnx
+    from liverscope.inference.quantize import export_int8
 
     try:
         info = export_onnx(run_dir, opset=opset, atol=atol)
@@ -455,7 +455,7 @@ def segment_pseudo(
 
 def _check_cam_options(rule: str, method: str) -> str:
     """The CAM method's key, once the pseudo-mask rule and the method are known to be valid (a UsageError otherwise)."""
-    from liverscope.explain import method_key
+    from liverscope.explain.cams import method_key
     from liverscope.segment.rules import RULES
 
     check_choice(rule, RULES, "--rule")

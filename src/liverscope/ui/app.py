@@ -2,7 +2,7 @@
 
 Start it with ``liverscope serve RUN_DIR`` (binds 127.0.0.1; ``--host`` to expose it, behind the
 hospital's authenticating proxy: the app has no login of its own). Directly:
-``LIVERSCOPE_RUN_DIR=runs/demo streamlit run src/liverscope/app.py``.
+``LIVERSCOPE_RUN_DIR=runs/demo streamlit run src/liverscope/ui/app.py``.
 
 Per uploaded image it shows the predicted class, the probability of every class (bar chart and
 table), the fibrosis endpoints ≥F2 / ≥F3 / F4 when the labels are METAVIR stages, the Grad-CAM
@@ -44,16 +44,16 @@ import cv2
 import numpy as np
 
 from liverscope import rundir
-from liverscope.app_reports import render_pdf_download
-from liverscope.app_records import render_records
+from liverscope.ui.app_reports import render_pdf_download
+from liverscope.ui.app_records import render_records
 from liverscope.data.io import decode_image, sniff_format
 from liverscope.data.preprocess import preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE, PHANTOMS, UNLIKE_TRAINING, flag_reason, is_phantoms, trained_on
-from liverscope.explain import cam_overlay  # noqa: F401 (the app's heatmap, reached as app.cam_overlay by tests)
+from liverscope.explain.cams import cam_overlay  # noqa: F401 (the app's heatmap, reached as app.cam_overlay by tests)
 from liverscope.labels import FIBROSIS_ENDPOINTS
-from liverscope.predict import Predictor, Result, results_csv
-from liverscope.rundata import RunData
+from liverscope.inference.predict import Predictor, Result, results_csv
+from liverscope.rundir.bundle import RunData
 # the pictures of an image, shared with the filed reports; the names stay reachable from the app
 from liverscope.segment.panels import blank_outside_sector, image_panels, outline_legend, segmentation_outline  # noqa: F401
 
@@ -188,7 +188,7 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     """Decode, score and explain one uploaded file; bad files become an :class:`Analysis` with the error.
 
     Args:
-        predictor: a :class:`~liverscope.predict.Predictor`.
+        predictor: a :class:`~liverscope.inference.predict.Predictor`.
         name: the uploaded file's name.
         data: its bytes.
         max_bytes: uploads larger than this are refused.
