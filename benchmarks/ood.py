@@ -18,7 +18,7 @@ the validation logits; for a run without a test split, ECE on each half of the v
 the temperature fitted on the other half (2-fold cross-fitting).
 
 A run trained before liverscope fitted the detector is copied to ``--work-dir`` (the run itself is left
-untouched) and fitted there from its ``split.csv`` (:func:`liverscope.training.train.fit_run_ood`: train rows for
+untouched) and fitted there from its ``split.csv`` (:func:`liverscope.training.postrun.fit_run_ood`: train rows for
 the class Gaussian, val rows for the threshold).
 
     python benchmarks/ood.py RUN_DIR --other ../shared/data/liver-lesions [--other DIR ...] [--work-dir /tmp/ood-bench]
@@ -43,7 +43,7 @@ from liverscope.errors import ImageReadError
 from liverscope.evaluate import ood as O
 from liverscope.evaluate.stats import expected_calibration_error, fit_temperature_checked
 from liverscope.inference.predict import Predictor
-from liverscope.training.train import fit_run_ood
+from liverscope.training.postrun import fit_run_ood
 from liverscope.utils import atomic_write_json, softmax
 
 PHOTOS = (("matplotlib", "sample_data/grace_hopper.jpg"), ("matplotlib", "sample_data/Minduka_Present_Blue_Pack.png"),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from liverscope.config import load_config
 from liverscope.training.cv import cross_validate
-from liverscope.training.train import fit
+from liverscope.training.run import fit
 from liverscope.utils import atomic_write_json, read_json
 
 REPO = Path(__file__).resolve().parents[1]

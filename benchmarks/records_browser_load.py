@@ -32,7 +32,7 @@ from liverscope.records import open_store  # noqa: E402
 
 def _train(root: Path) -> Path:
     from liverscope.config import load_config
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     data = make_phantoms(root / "ph", n_per_class=24, size=64, seed=1)
     cfg = load_config("cpu-quick", {"data.path": str(data), "out_dir": str(root / "runs"), "name": "load", "data.image_size": 64,

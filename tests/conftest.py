@@ -75,7 +75,7 @@ def quick_config(data: Path, out_dir: Path, name: str, **overrides):
 @pytest.fixture(scope="session")
 def trained_run(phantom_dir, tmp_path_factory) -> Path:
     """A run trained on the phantoms (resnet10t, 64 px, a few epochs; batch 8 so BatchNorm statistics settle)."""
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     out = tmp_path_factory.mktemp("runs")
     return fit(quick_config(phantom_dir, out, "phantom-run"))

@@ -173,7 +173,7 @@ def test_prepare_audits_and_splits_once_and_trains_nothing(phantom_dir, tmp_path
 def test_a_fold_task_reads_the_shared_split_and_the_last_fold_aggregates(cv_run, tmp_path, monkeypatch):
     """`cv --fold 2` into a run whose other folds are trained: no audit (the split is read), the fold
     trains on the split's fold 2, and as the last fold it aggregates the run."""
-    import liverscope.training.train as train
+    import liverscope.training.datamodule as train
     from liverscope.training.cv import cross_validate
     from liverscope.rundir import read_split
 

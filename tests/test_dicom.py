@@ -291,7 +291,7 @@ def test_cache_keys_and_dataset_items_are_per_frame(tmp_path):
 def test_training_on_dicom_cine_writes_no_identifier(dicom_set, tmp_path):
     """End to end: ``fit`` with every frame of the loop as a sample; the patients stay on one side of
     the split and no file of the run (nor the cache) holds a PatientID, StudyInstanceUID or name."""
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     root, who = dicom_set
     cfg = quick_config(root, tmp_path, "dicom-run", **{"data.frames": "all", "data.image_size": 32, "train.epochs": 1, "data.denoise": False})

@@ -66,7 +66,7 @@ def test_a_placement_lightning_refuses_is_a_usage_error(tmp_path):
 def _prepared(labels: list[str], splits: list[str]):
     from liverscope.data.datasets import Sample
     from liverscope.data.preprocess import PreprocessCache, Preprocessing
-    from liverscope.training.train import PreparedData
+    from liverscope.training.datamodule import PreparedData
 
     pp = Preprocessing(size=32, denoise=False)
     samples = [Sample(Path(f"/nowhere/{i}.png"), lab) for i, lab in enumerate(labels)]  # listed, never read
@@ -78,7 +78,7 @@ def test_the_weighted_draw_is_split_between_processes_not_drawn_twice():
     its share of that one draw: together they see exactly the single-process epoch."""
     from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
-    from liverscope.training.train import train_loader
+    from liverscope.training.datamodule import train_loader
 
     labels = ["F0"] * 24 + ["F1"] * 6 + ["F2"] * 2  # 32 images: shares divide evenly, no padding
     prep = _prepared(labels, ["train"] * 32)
@@ -98,7 +98,7 @@ def test_the_weighted_draw_is_split_between_processes_not_drawn_twice():
 def test_validation_shards_count_every_image_once():
     import torch.utils.data
 
-    from liverscope.training.train import eval_loader
+    from liverscope.training.datamodule import eval_loader
 
     prep = _prepared(["F0", "F1"] * 2 + ["F0"], ["val"] * 5)
     cfg = load_config("cpu-quick")

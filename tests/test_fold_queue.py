@@ -114,7 +114,7 @@ def small_phantoms(tmp_path_factory) -> Path:
 def test_the_parent_audits_once_and_queues_every_fold(small_phantoms, tmp_path, monkeypatch):
     """cv on devices: the parent writes config.yaml and the split (the one audit), the queue gets every
     fold, and a failed fold stops the aggregation with a message that says how to continue."""
-    import liverscope.training.train as train
+    import liverscope.training.datamodule as train
     from liverscope.training.cv import cross_validate_on_devices
     from liverscope.rundir import read_config, read_split
 

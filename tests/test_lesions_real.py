@@ -24,7 +24,7 @@ def test_the_masks_folder_is_not_a_class(real_lesions):
 
 
 def test_a_few_steps_then_pseudo_masks_scored_against_the_experts(real_lesions, tmp_path):
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     files = {c: sorted((real_lesions / c).glob("*.png"))[:8] for c in ("benign", "malignant", "normal")}
     manifest = tmp_path / "subset.csv"

@@ -84,7 +84,7 @@ def test_strong_augmentation_crops_rotates_and_keeps_the_input_size():
 
 def test_a_run_trains_with_every_lever_on(phantom_dir, tmp_path):
     from conftest import quick_config
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     cfg = quick_config(phantom_dir, tmp_path, "levers", **{"train.epochs": 2, "train.mixup": 0.2, "train.cutmix": 1.0,
                                                           "train.warmup_epochs": 1, "train.backbone_lr_mult": 0.1, "train.ema": 0.9,

@@ -18,7 +18,7 @@ from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate import stats as S
 from liverscope.training.lightning_module import seed_run, validation_metrics
 from liverscope.models import get_spec, list_models
-from liverscope.training.train import class_weights
+from liverscope.training.datamodule import class_weights
 
 
 # --------------------------------------------------------------------------------------------------

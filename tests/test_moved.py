@@ -13,11 +13,26 @@ from liverscope._moved import MOVED
 @pytest.mark.parametrize("old", sorted(MOVED))
 def test_old_path_is_the_new_module_and_warns(old):
     sys.modules.pop(old, None)  # only the alias: the new module stays loaded
-    with pytest.warns(DeprecationWarning, match=MOVED[old].replace(".", r"\.")):
+    homes = (MOVED[old],) if isinstance(MOVED[old], str) else MOVED[old]
+    with pytest.warns(DeprecationWarning, match=homes[0].replace(".", r"\.")):
         mod = importlib.import_module(old)
-    new = importlib.import_module(MOVED[old])
-    assert mod is new
-    assert new.__name__ == MOVED[old] and new.__spec__.name == MOVED[old]  # the alias did not rename it
+    new = importlib.import_module(homes[0])
+    if len(homes) == 1:
+        assert mod is new
+        assert new.__name__ == MOVED[old] and new.__spec__.name == MOVED[old]  # the alias did not rename it
+
+
+def test_a_split_module_finds_each_name_where_it_lives_now():
+    sys.modules.pop("liverscope.train", None)
+    with pytest.warns(DeprecationWarning):
+        import liverscope.train as old
+    from liverscope.training.datamodule import prepare_data
+    from liverscope.training.run import fit
+    from liverscope.training.train import train_prepared
+
+    assert old.fit is fit and old.prepare_data is prepare_data and old.train_prepared is train_prepared
+    with pytest.raises(AttributeError, match="split into"):
+        old.no_such_name  # noqa: B018
 
 
 def test_old_explain_names_resolve_with_a_warning():

@@ -274,7 +274,7 @@ def test_phantom_model_flags_real_ultrasound(trained_run, real_fibrosis):
 @pytest.mark.slow
 def test_refit_after_the_fact_and_evaluate_reports_the_flagged_share(trained_run, phantom_dir, tmp_path):
     from liverscope.training.external import evaluate_on_data
-    from liverscope.training.train import fit_run_ood
+    from liverscope.training.postrun import fit_run_ood
 
     run = tmp_path / "old-run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "eval"))

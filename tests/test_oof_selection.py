@@ -86,7 +86,7 @@ def _weights(path, key="state_dict"):
 @pytest.mark.slow
 def test_select_last_keeps_the_final_epoch_and_trains_every_epoch(phantom_dir, tmp_path):
     from liverscope import rundir
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     common = {"train.epochs": 3, "data.image_size": 32, "train.early_stop_patience": 1, "train.lr": 3e-2}
     run = fit(quick_config(phantom_dir, tmp_path, "last", **common, **{"train.select": "last"}))

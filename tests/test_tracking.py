@@ -32,7 +32,7 @@ def test_tensorboard_gets_the_recipe_the_epochs_and_the_final_figures(phantom_di
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     run = fit(quick_config(phantom_dir, tmp_path, "tb", **{"train.epochs": 2, "data.image_size": 32, "train.logger": "tensorboard"}))
     events = EventAccumulator(str(run / "logs" / "tensorboard" / "version_0"))

@@ -116,7 +116,7 @@ def test_split_is_stratified_and_disjoint(trained_run):
 
 @pytest.mark.slow
 def test_resume_continues_interrupted_run(phantom_dir, tmp_path):
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     cfg = quick_config(phantom_dir, tmp_path, "resumable", **{"train.epochs": 2, "train.scheduler": "none"})
     run = fit(cfg)
@@ -137,7 +137,7 @@ def test_resume_continues_interrupted_run(phantom_dir, tmp_path):
 
 
 def test_resume_without_checkpoint_is_clear(phantom_dir, tmp_path):
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     with pytest.raises(LiverscopeError, match="nothing to resume"):
         fit(quick_config(phantom_dir, tmp_path, "fresh"), resume=True)
@@ -146,7 +146,7 @@ def test_resume_without_checkpoint_is_clear(phantom_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("balance,scheduler", [("weighted_ce", "plateau"), ("sampler", "step")])
 def test_other_recipes_options_run(phantom_dir, tmp_path, balance, scheduler):
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     cfg = quick_config(phantom_dir, tmp_path, f"{balance}-{scheduler}", **{
         "train.epochs": 1, "train.balance": balance, "train.scheduler": scheduler, "model.head": "mlp128",
@@ -160,7 +160,7 @@ def test_other_recipes_options_run(phantom_dir, tmp_path, balance, scheduler):
 def test_quick_recipe_on_real_fibrosis(real_fibrosis, tmp_path):
     """One short epoch of the quick recipe on ../shared/data/liver-fibrosis, then predict on it."""
     from liverscope.inference.predict import Predictor
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     cfg = quick_config(real_fibrosis, tmp_path, "real", **{"train.epochs": 1, "train.max_train_batches": 4, "data.image_size": 64})
     run = fit(cfg)
@@ -178,7 +178,7 @@ def test_bf16_mixed_training_learns_and_its_run_is_like_any_other(phantom_dir, t
     and predict and export read the run as they read an fp32 one."""
     from liverscope.inference.export import export_onnx
     from liverscope.inference.predict import Predictor
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     cfg = quick_config(phantom_dir, tmp_path, "bf16", **{"train.precision": "bf16-mixed", "train.epochs": 4})
     run = fit(cfg)
@@ -195,7 +195,8 @@ def test_training_on_tissue_windows_learns_and_predicts_on_whole_images(phantom_
     """``data.train_crop``: trained on 40 px windows of the 64 px input, the model is validated, tested
     and used for prediction on the whole 64 px image, and it still learns the phantoms."""
     from liverscope.inference.predict import Predictor
-    from liverscope.training.train import eval_loader, fit, prepare_data, train_loader
+    from liverscope.training.datamodule import eval_loader, prepare_data, train_loader
+    from liverscope.training.run import fit
 
     cfg = quick_config(phantom_dir, tmp_path, "windows", **{"data.train_crop": 40})
     run = fit(cfg)
@@ -212,7 +213,7 @@ def test_training_on_tissue_windows_learns_and_predicts_on_whole_images(phantom_
 
 
 def test_a_training_window_as_large_as_the_input_fails_before_any_data_is_read(phantom_dir, tmp_path):
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     with pytest.raises(LiverscopeError, match="train_crop is 64"):
         fit(quick_config(phantom_dir, tmp_path, "bad-window", **{"data.train_crop": 64}))
@@ -220,7 +221,7 @@ def test_a_training_window_as_large_as_the_input_fails_before_any_data_is_read(p
 
 
 def test_auto_precision_is_fp32_on_cpu():
-    from liverscope.training.train import training_precision
+    from liverscope.training.lightning_module import training_precision
 
     assert training_precision("auto", "cpu") == "32-true"
     assert training_precision("bf16-mixed", "cpu") == "bf16-mixed"
@@ -231,7 +232,7 @@ def test_ordinal_penalty_costs_more_for_a_farther_stage():
 
     from liverscope.config import TrainConfig
     from liverscope.models import build_model
-    from liverscope.training.train import LitClassifier
+    from liverscope.training.lightning_module import LitClassifier
 
     model = build_model("resnet10t", 5, head="linear")
     y = torch.tensor([0])
@@ -247,7 +248,7 @@ def test_ordinal_penalty_costs_more_for_a_farther_stage():
 
 @pytest.mark.slow
 def test_a_run_without_validation_images_keeps_the_best_training_loss(phantom_dir, tmp_path):
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     run = fit(quick_config(phantom_dir, tmp_path, "noval", **{"data.val_frac": 0.0, "train.epochs": 2, "data.image_size": 32}))
     meta = read_json(run / "model.json")

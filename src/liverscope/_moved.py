@@ -13,13 +13,18 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
-#: old module → new module; removed in the release after 0.2.
+#: old module → new module (or the modules its names are in now, looked up in order); removed in the
+#: release after 0.2.
 MOVED = {
     **{f"liverscope.{m}": f"liverscope.ui.{m}" for m in
        ("cli", "cli_options", "cli_predict", "cli_records", "cli_reports", "app", "app_records", "app_reports")},
-    **{f"liverscope.{m}": f"liverscope.training.{m}" for m in ("train", "cv", "lightning_module", "external", "provenance")},
+    **{f"liverscope.{m}": f"liverscope.training.{m}" for m in ("cv", "lightning_module", "external", "provenance")},
+    # train.py was split: training itself, its data, the post-run steps and the whole run (fit)
+    "liverscope.train": ("liverscope.training.train", "liverscope.training.datamodule", "liverscope.training.postrun",
+                         "liverscope.training.run", "liverscope.training.lightning_module"),
     "liverscope.shortcut": "liverscope.training.shortcut_check",
     **{f"liverscope.{m}": f"liverscope.inference.{m}" for m in ("predict", "export", "results", "quantize")},
     "liverscope.explain_images": "liverscope.explain.images",
@@ -30,12 +35,16 @@ MOVED = {
 
 
 class _Alias(importlib.abc.Loader):
-    def __init__(self, new: str):
+    def __init__(self, new: str | tuple[str, ...]):
         self.new = new
 
     def create_module(self, spec):
-        warnings.warn(f"{spec.name} has moved to {self.new}; the old path goes in the next release",
+        where = self.new if isinstance(self.new, str) else " / ".join(self.new)
+        warnings.warn(f"{spec.name} has moved to {where}; the old path goes in the next release",
                       DeprecationWarning, stacklevel=2)
+        if not isinstance(self.new, str):
+            self.own_spec = spec
+            return _split_module(spec.name, self.new)
         module = importlib.import_module(self.new)
         self.own_spec = module.__spec__
         return module
@@ -44,6 +53,22 @@ class _Alias(importlib.abc.Loader):
         # the new module is already executed; the import system just set its __spec__ to the old
         # path's, which would make it report the wrong name: give it back its own
         module.__spec__ = self.own_spec
+
+
+def _split_module(name: str, homes: tuple[str, ...]) -> types.ModuleType:
+    """A module for an old path whose names now live in several modules: each name is looked up in
+    ``homes`` in order."""
+    module = types.ModuleType(name, f"Deprecated: see {', '.join(homes)}.")
+
+    def __getattr__(attr: str):
+        for home in homes:
+            mod = importlib.import_module(home)
+            if hasattr(mod, attr):
+                return getattr(mod, attr)
+        raise AttributeError(f"module {name!r} has no attribute {attr!r} (it was split into {', '.join(homes)})")
+
+    module.__getattr__ = __getattr__
+    return module
 
 
 class MovedFinder(importlib.abc.MetaPathFinder):

@@ -2,7 +2,7 @@
 
 ``cross_validate`` audits the data once, carves a hold-out test set and k folds (duplicate groups never
 straddle two of them), trains one complete run per fold (``folds/foldI/``, through
-:func:`liverscope.training.train.train_prepared`), then :func:`aggregate_cv` scores every development image
+:func:`liverscope.training.train.train_prepared` and :func:`liverscope.training.postrun.finish`), then :func:`aggregate_cv` scores every development image
 with the fold model that did not train on it (out-of-fold) and the hold-out set with the ensemble: the
 mean of the fold models' logits, divided by one temperature fitted on the out-of-fold logits (refused,
 with a warning, when the fit lands on the edge of its range), then softmax.
@@ -36,9 +36,11 @@ from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.stats import fit_temperature_checked
 from liverscope.training.lightning_module import global_rank
 from liverscope.training.provenance import collect_provenance
-from liverscope.training.train import (
-    CollectedData, Listing, RunData, collect_samples, list_data, run_preprocessing, samples_in_split, train_prepared, write_report_safely,
+from liverscope.training.datamodule import (
+    CollectedData, Listing, RunDataModule, collect_samples, list_data, run_preprocessing, samples_in_split,
 )
+from liverscope.training.postrun import finish, write_report_safely
+from liverscope.training.train import train_prepared
 from liverscope.utils import log, softmax
 
 
@@ -105,8 +107,8 @@ def ensure_cv_split(cfg: RunConfig, k: int, test_frac: float, listed: Listing) -
     rundir.write_split(split_path, data.samples, outer, folds=fold)
 
 
-class FoldData(RunData):
-    """Fold ``fold`` of a cv run as :class:`~liverscope.training.train.RunData`: its ``prepare`` (global rank 0)
+class FoldDataModule(RunDataModule):
+    """Fold ``fold`` of a cv run as a :class:`~liverscope.training.datamodule.RunDataModule`: its ``prepare`` (global rank 0)
     makes sure the cv run's split exists, then writes the fold's ``split.csv`` (the fold is ``val``,
     the hold-out ``test``, the other folds ``train``)."""
 
@@ -172,7 +174,9 @@ def cross_validate(cfg: RunConfig, k: int = 5, test_frac: float = 0.2, folds: Se
         fold_resume = resume and rundir.last_checkpoint(fold_dir).exists()
         if global_rank() == 0:
             log(f"fold {i + 1}/{k}")
-        train_prepared(fold_cfg, FoldData(cfg, fold_cfg, listed, i, k, test_frac), fold_dir, fold_resume)
+        trained = train_prepared(fold_cfg, FoldDataModule(cfg, fold_cfg, listed, i, k, test_frac), fold_resume)
+        if trained is not None:  # global rank 0: calibrate, fit the OOD flag, score, report
+            finish(trained)
     if not todo or not aggregate or global_rank() != 0:
         return run_dir
     missing = [i for i in range(k) if not rundir.is_trained(rundir.fold_dir(run_dir, i))]
@@ -395,6 +399,6 @@ def cross_validate_on_devices(cfg: RunConfig, k: int, test_frac: float, devices:
 
 
 __all__ = [
-    "ensemble_logits", "cv_assignments", "fold_count", "ensure_cv_split", "FoldData", "fold_config", "cross_validate", "aggregate_run",
+    "ensemble_logits", "cv_assignments", "fold_count", "ensure_cv_split", "FoldDataModule", "fold_config", "cross_validate", "aggregate_run",
     "aggregate_cv", "oof_protocol", "cross_fitted_temperatures", "ensemble_vs_oof", "GAP_KEYS", "run_fold_queue", "fold_command", "fold_process_launcher", "visible_gpus", "cross_validate_on_devices",
 ]

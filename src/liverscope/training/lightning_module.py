@@ -33,7 +33,7 @@ from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from liverscope import rundir
-from liverscope.config import RunConfig, parse_devices
+from liverscope.config import RunConfig, TrainConfig, parse_devices
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.models import LiverNet
 from liverscope.utils import import_optional, log, logger, progress_enabled, resolve_device, set_progress
@@ -84,7 +84,7 @@ class LitClassifier(L.LightningModule):
     hyper-parameters: Lightning logs them to every logger and keeps them in the checkpoints.
     """
 
-    def __init__(self, model: LiverNet, train_cfg, class_weights: np.ndarray | None = None, stage_of_class: Sequence[int] | None = None,
+    def __init__(self, model: LiverNet, train_cfg: TrainConfig, class_weights: np.ndarray | None = None, stage_of_class: Sequence[int] | None = None,
                  config: dict | None = None):
         super().__init__()
         if config is not None:
@@ -95,7 +95,7 @@ class LitClassifier(L.LightningModule):
         # ordered stages: an extra penalty on the squared distance between the expected stage under the
         # predicted distribution and the true one, so that F0 called F4 costs more than F0 called F1
         # (cross-entropy alone treats every wrong stage alike); 0 switches it off
-        self.ordinal_weight = float(getattr(train_cfg, "ordinal_weight", 0.0)) if stage_of_class is not None else 0.0
+        self.ordinal_weight = float(train_cfg.ordinal_weight) if stage_of_class is not None else 0.0
         stages = torch.as_tensor(stage_of_class if stage_of_class is not None else [], dtype=torch.float32)
         self.register_buffer("stages", (stages - stages.min()) / max(1.0, float(stages.max() - stages.min())) if stages.numel() else stages)
         self.val_loss = MeanMetric()
@@ -103,13 +103,13 @@ class LitClassifier(L.LightningModule):
         self.val_metrics = validation_metrics(model.num_classes)
         # channels-last: fp32 training steps 5-33% faster on this CPU (benchmarks/train_speed.py), and
         # what cuDNN's tensor-core kernels want
-        self.memory_format = torch.channels_last if getattr(train_cfg, "channels_last", False) else torch.contiguous_format
+        self.memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.mixer = batch_mixer(train_cfg, model.num_classes)
 
     def set_class_weights(self, class_weights: np.ndarray | None) -> None:
         """The weights of the weighted cross-entropy (``None``: unweighted); set when the training split
-        is known, which in a distributed run is after Lightning's ``setup`` (:class:`liverscope.training.train.RunData`)."""
+        is known, which in a distributed run is after Lightning's ``setup`` (:class:`liverscope.training.datamodule.RunDataModule`)."""
         w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.criterion = nn.CrossEntropyLoss(weight=w, label_smoothing=float(self.cfg.label_smoothing))
 
@@ -137,7 +137,7 @@ class LitClassifier(L.LightningModule):
     def on_train_epoch_start(self):
         # head-only warm-up: the backbone's weights get no gradient (AdamW then leaves them alone) until
         # train.warmup_epochs have passed; a backbone frozen by the recipe stays frozen
-        warm = int(getattr(self.cfg, "warmup_epochs", 0) or 0)
+        warm = int(self.cfg.warmup_epochs)
         if warm and not self.model.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(self.current_epoch >= warm)
@@ -164,7 +164,7 @@ class LitClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        params = parameter_groups(self.model, c.lr, float(getattr(c, "backbone_lr_mult", 1.0)))
+        params = parameter_groups(self.model, c.lr, float(c.backbone_lr_mult))
         if c.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
         elif c.optimizer == "adamw":
@@ -187,10 +187,10 @@ class LitClassifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-def batch_mixer(train_cfg, num_classes: int):
+def batch_mixer(train_cfg: TrainConfig, num_classes: int):
     """timm's ``Mixup`` for ``train.mixup`` / ``train.cutmix`` (one of the two per batch when both are on;
     label smoothing folded into its soft targets), or ``None`` when both are 0."""
-    mixup, cutmix = float(getattr(train_cfg, "mixup", 0.0) or 0.0), float(getattr(train_cfg, "cutmix", 0.0) or 0.0)
+    mixup, cutmix = float(train_cfg.mixup), float(train_cfg.cutmix)
     if mixup <= 0 and cutmix <= 0:
         return None
     from timm.data import Mixup
@@ -211,10 +211,10 @@ def parameter_groups(model: LiverNet, lr: float, backbone_lr_mult: float = 1.0) 
     return [g for g in groups if g["params"]]
 
 
-def weight_averaging(train_cfg) -> list:
+def weight_averaging(train_cfg: TrainConfig) -> list:
     """Lightning's EMA callback for ``train.ema`` (the decay; the averaged weights are validated,
     checkpointed and kept), or nothing."""
-    decay = float(getattr(train_cfg, "ema", 0.0) or 0.0)
+    decay = float(train_cfg.ema)
     if decay <= 0:
         return []
     from lightning.pytorch.callbacks import EMAWeightAveraging
@@ -401,7 +401,7 @@ def training_precision(precision: str, device: str) -> str:
 DDP_TIMEOUT = timedelta(hours=12)
 
 
-def placement(train_cfg) -> dict:
+def placement(train_cfg: TrainConfig) -> dict:
     """Lightning's ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` of a recipe.
 
     ``train.accelerator: auto`` keeps the meaning of ``train.device`` (``auto``: a CUDA GPU when one is
