@@ -254,114 +254,11 @@ def audit_dataset(
     t0 = time.perf_counter()
     workers = workers or min(8, os.cpu_count() or 1)
     files, images = _inspect_files(_one_per_file(samples), workers)
-
-    # -- near-duplicates among distinct readable contents
-    shas = sorted(sha for sha, im in images.items() if im.error is None)
-    index = {sha: k for k, sha in enumerate(shas)}
-    h64 = np.array([images[s].hash64 for s in shas], dtype=np.uint64)
-    pairs = find_near_pairs(h64, near_threshold)
-    n_candidates = len(pairs)
-    if fine_threshold is not None and len(pairs):
-        fine = [images[s].hash256 for s in shas]
-        keep = [hamming(fine[i], fine[j]) <= fine_threshold for i, j in pairs]
-        pairs = pairs[np.asarray(keep, bool)]
-    image_comp = connected_groups(len(shas), pairs)
-
-    # -- file-level groups: same image component, or same patient group
-    n = len(files)
-    node = {}  # extra graph nodes: image components and patient groups
-    edges = []
-    for k, f in enumerate(files):
-        keys = []
-        if f.error is None:
-            keys.append(("image", int(image_comp[index[f.sha256]])))
-        elif f.sha256 is not None:
-            keys.append(("bytes", f.sha256))  # undecodable copies of one file still belong together
-        if f.group not in (None, ""):
-            keys.append(("group", str(f.group)))
-        for key in keys:
-            edges.append((k, node.setdefault(key, n + len(node))))
-    comp = connected_groups(n + len(node), np.array(edges, np.int64).reshape(-1, 2))[:n]
-    # stable, readable ids: numbered in order of each group's first path
-    order = sorted(range(n), key=lambda k: files[k].path)
-    names: dict[int, str] = {}
-    width = len(str(len(set(comp.tolist()))))
-    for k in order:
-        names.setdefault(int(comp[k]), f"g{len(names) + 1:0{width}d}")
-    gid = [names[int(c)] for c in comp]
-
-    # -- exact duplicates
-    by_sha: dict[str, list[int]] = defaultdict(list)
-    for k, f in enumerate(files):
-        if f.sha256 is not None:
-            by_sha[f.sha256].append(k)
-    exact = [
-        {
-            "sha256": sha,
-            "count": len(ks),
-            "labels": sorted({files[k].label for k in ks}),
-            "paths": sorted(files[k].path for k in ks),
-        }
-        for sha, ks in by_sha.items()
-        if len(ks) > 1
-    ]
-    exact.sort(key=lambda e: (-e["count"], e["paths"][0]))
-
-    # -- near-duplicate groups and label conflicts, on image components (not patient groups)
-    by_comp: dict[int, list[int]] = defaultdict(list)
-    for k, f in enumerate(files):
-        if f.error is None:
-            by_comp[int(image_comp[index[f.sha256]])].append(k)
-    near, conflicts = [], []
-    near_files = 0
-    for ks in by_comp.values():
-        distinct = {files[k].sha256 for k in ks}
-        labels = sorted({files[k].label for k in ks})
-        group = gid[ks[0]]
-        if len(distinct) > 1:
-            near_files += len(ks)
-            near.append(
-                {
-                    "group_id": group,
-                    "distinct": len(distinct),
-                    "labels": labels,
-                    "paths": sorted(files[k].path for k in ks),
-                }
-            )
-        if len(labels) > 1:
-            per_label = defaultdict(list)
-            for k in ks:
-                per_label[files[k].label].append(files[k].path)
-            exact_clash = any(len({files[k].label for k in by_sha[s]}) > 1 for s in distinct)
-            conflicts.append(
-                {
-                    "group_id": group,
-                    "kind": "exact" if exact_clash else "near",
-                    "labels": {lab: sorted(p) for lab, p in sorted(per_label.items())},
-                }
-            )
-    near.sort(key=lambda e: (-len(e["paths"]), e["paths"][0]))
-    conflicts.sort(key=lambda e: e["group_id"])
-
-    # -- sources and confounding (readable files only)
-    inferred = _infer_sources(files)
-    given = any(f.source not in (None, "") for f in files)
-    src = {f.path: (str(f.source) if f.source not in (None, "") else inferred.get(f.path)) for f in files}
-    ok = [f for f in files if f.error is None]
-    conf = _confounding([f.label for f in ok], [src[f.path] for f in ok])
-    sources = {}
-    for f in ok:
-        s = sources.setdefault(src[f.path], {"files": 0, "classes": Counter(), "formats": Counter(), "sizes": Counter(), "layouts": Counter()})
-        s["files"] += 1
-        s["classes"][f.label] += 1
-        s["formats"][f.fmt] += 1
-        s["sizes"][f"{f.image.width}x{f.image.height}"] += 1
-        s["layouts"][f.image.layout] += 1
-    sources = {
-        name: {k: (dict(v.most_common(20)) if isinstance(v, Counter) else v) for k, v in d.items()}
-        for name, d in sorted(sources.items(), key=lambda kv: -kv[1]["files"])
-    }
-
+    comps = _image_components(images, near_threshold, fine_threshold)
+    gid = _file_groups(files, comps)
+    exact, by_sha = _exact_duplicates(files)
+    near, conflicts, near_files = _near_duplicates_and_conflicts(files, comps, gid, by_sha)
+    src, sources, conf, given = _sources_and_confounding(files)
     unreadable = sorted(({"path": f.path, "reason": f.error} for f in files if f.error), key=lambda e: e["path"])
     mismatches = sorted(
         (
@@ -371,17 +268,15 @@ def audit_dataset(
         ),
         key=lambda e: e["path"],
     )
-
-    n_distinct = len({f.sha256 for f in files if f.sha256 is not None})
-    n_groups = len(set(gid))
+    n, n_groups = len(files), len(set(gid))
     summary = {
         "files": n,
-        "distinct": n_distinct,
+        "distinct": len({f.sha256 for f in files if f.sha256 is not None}),
         "groups": n_groups,
         "duplicate_files": sum(e["count"] - 1 for e in exact),
         "max_copies": max((e["count"] for e in exact), default=1),
         "near_duplicate_files": near_files,
-        "near_duplicate_merges": len(shas) - len(set(image_comp.tolist())),
+        "near_duplicate_merges": comps.merges,
         "label_conflicts": len(conflicts),
         "sources": len(conf["sources"]),
         "sources_given": given,
@@ -391,7 +286,7 @@ def audit_dataset(
         "extension_mismatches": len(mismatches),
         "near_threshold": near_threshold,
         "fine_threshold": fine_threshold,
-        "near_candidates": n_candidates,
+        "near_candidates": comps.candidates,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     summary["leakage_risk"] = bool(n_groups < n - len(unreadable) or conflicts or conf["confounded"])
@@ -405,25 +300,140 @@ def audit_dataset(
         "contingency": {k: conf[k] for k in ("classes", "sources", "table", "cramers_v", "findings")},
         "unreadable": unreadable,
         "extension_mismatches": mismatches,
-        "files": [
-            {
-                "path": f.path,
-                "label": f.label,
-                "group_id": g,
-                "source": src[f.path],
-                "sha256": f.sha256,
-                "format": f.fmt,
-                "width": f.image.width if f.error is None else None,
-                "height": f.image.height if f.error is None else None,
-                "layout": f.image.layout if f.error is None else None,
-                "dhash": f"{f.image.hash64:016x}" if f.error is None else None,
-            }
-            for f, g in zip(files, gid)
-        ],
+        "files": [_file_record(f, g, src[f.path]) for f, g in zip(files, gid)],
         "group_id": {f.path: g for f, g in zip(files, gid)},
     }
     result["warnings"] = _warnings(result)
     return result
+
+
+@dataclass
+class _Components:
+    """Near-duplicate components of the distinct readable contents (by SHA-256)."""
+
+    index: dict[str, int]  # sha256 -> row of ``comp``
+    comp: np.ndarray  # component per distinct content
+    candidates: int  # pairs within the 64-bit radius, before the 256-bit check
+    merges: int  # distinct contents folded into another's component
+
+    def of(self, sha: str) -> int:
+        return int(self.comp[self.index[sha]])
+
+
+def _image_components(images: dict, near_threshold: int, fine_threshold: int | None) -> _Components:
+    """Near-duplicates among the distinct readable contents: 64-bit dHash pairs within ``near_threshold``
+    bits, confirmed by the 256-bit dHash within ``fine_threshold`` (``None``: not checked)."""
+    shas = sorted(sha for sha, im in images.items() if im.error is None)
+    h64 = np.array([images[s].hash64 for s in shas], dtype=np.uint64)
+    pairs = find_near_pairs(h64, near_threshold)
+    n_candidates = len(pairs)
+    if fine_threshold is not None and len(pairs):
+        fine = [images[s].hash256 for s in shas]
+        keep = [hamming(fine[i], fine[j]) <= fine_threshold for i, j in pairs]
+        pairs = pairs[np.asarray(keep, bool)]
+    comp = connected_groups(len(shas), pairs)
+    return _Components({sha: k for k, sha in enumerate(shas)}, comp, n_candidates, len(shas) - len(set(comp.tolist())))
+
+
+def _file_groups(files: list, comps: _Components) -> list[str]:
+    """The split group of every file: files of one image component (copies, near copies; undecodable
+    copies of one file by their bytes) or of one patient ``group`` share it. Ids ``g01``, ``g02``, ...
+    numbered in order of each group's first path."""
+    n = len(files)
+    node: dict[tuple, int] = {}  # extra graph nodes: image components and patient groups
+    edges = []
+    for k, f in enumerate(files):
+        keys = []
+        if f.error is None:
+            keys.append(("image", comps.of(f.sha256)))
+        elif f.sha256 is not None:
+            keys.append(("bytes", f.sha256))
+        if f.group not in (None, ""):
+            keys.append(("group", str(f.group)))
+        for key in keys:
+            edges.append((k, node.setdefault(key, n + len(node))))
+    comp = connected_groups(n + len(node), np.array(edges, np.int64).reshape(-1, 2))[:n]
+    names: dict[int, str] = {}
+    width = len(str(len(set(comp.tolist()))))
+    for k in sorted(range(n), key=lambda k: files[k].path):
+        names.setdefault(int(comp[k]), f"g{len(names) + 1:0{width}d}")
+    return [names[int(c)] for c in comp]
+
+
+def _exact_duplicates(files: list) -> tuple[list[dict], dict[str, list[int]]]:
+    """Byte-identical files (most copies first) and the files of each SHA-256."""
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for k, f in enumerate(files):
+        if f.sha256 is not None:
+            by_sha[f.sha256].append(k)
+    exact = [
+        {"sha256": sha, "count": len(ks), "labels": sorted({files[k].label for k in ks}), "paths": sorted(files[k].path for k in ks)}
+        for sha, ks in by_sha.items()
+        if len(ks) > 1
+    ]
+    exact.sort(key=lambda e: (-e["count"], e["paths"][0]))
+    return exact, by_sha
+
+
+def _near_duplicates_and_conflicts(files: list, comps: _Components, gid: list[str],
+                                   by_sha: dict[str, list[int]]) -> tuple[list[dict], list[dict], int]:
+    """Near-duplicate groups and label conflicts, on image components (not patient groups), and how
+    many files the near-duplicate groups hold."""
+    by_comp: dict[int, list[int]] = defaultdict(list)
+    for k, f in enumerate(files):
+        if f.error is None:
+            by_comp[comps.of(f.sha256)].append(k)
+    near, conflicts, near_files = [], [], 0
+    for ks in by_comp.values():
+        distinct = {files[k].sha256 for k in ks}
+        labels = sorted({files[k].label for k in ks})
+        group = gid[ks[0]]
+        if len(distinct) > 1:
+            near_files += len(ks)
+            near.append({"group_id": group, "distinct": len(distinct), "labels": labels, "paths": sorted(files[k].path for k in ks)})
+        if len(labels) > 1:
+            per_label = defaultdict(list)
+            for k in ks:
+                per_label[files[k].label].append(files[k].path)
+            exact_clash = any(len({files[k].label for k in by_sha[s]}) > 1 for s in distinct)
+            conflicts.append({"group_id": group, "kind": "exact" if exact_clash else "near",
+                              "labels": {lab: sorted(p) for lab, p in sorted(per_label.items())}})
+    near.sort(key=lambda e: (-len(e["paths"]), e["paths"][0]))
+    conflicts.sort(key=lambda e: e["group_id"])
+    return near, conflicts, near_files
+
+
+def _sources_and_confounding(files: list) -> tuple[dict[str, Any], dict[str, dict], dict, bool]:
+    """The source of every file (given, else inferred), the table of sources (readable files only), the
+    class-by-source confounding and whether any source was given."""
+    inferred = _infer_sources(files)
+    given = any(f.source not in (None, "") for f in files)
+    src = {f.path: (str(f.source) if f.source not in (None, "") else inferred.get(f.path)) for f in files}
+    ok = [f for f in files if f.error is None]
+    conf = _confounding([f.label for f in ok], [src[f.path] for f in ok])
+    sources: dict[Any, dict] = {}
+    for f in ok:
+        s = sources.setdefault(src[f.path], {"files": 0, "classes": Counter(), "formats": Counter(), "sizes": Counter(), "layouts": Counter()})
+        s["files"] += 1
+        s["classes"][f.label] += 1
+        s["formats"][f.fmt] += 1
+        s["sizes"][f"{f.image.width}x{f.image.height}"] += 1
+        s["layouts"][f.image.layout] += 1
+    table = {
+        name: {k: (dict(v.most_common(20)) if isinstance(v, Counter) else v) for k, v in d.items()}
+        for name, d in sorted(sources.items(), key=lambda kv: -kv[1]["files"])
+    }
+    return src, table, conf, given
+
+
+def _file_record(f, group: str, source: Any) -> dict[str, Any]:
+    """One file of ``audit.json["files"]``."""
+    ok = f.error is None
+    return {
+        "path": f.path, "label": f.label, "group_id": group, "source": source, "sha256": f.sha256, "format": f.fmt,
+        "width": f.image.width if ok else None, "height": f.image.height if ok else None, "layout": f.image.layout if ok else None,
+        "dhash": f"{f.image.hash64:016x}" if ok else None,
+    }
 
 
 def _warnings(result: dict[str, Any]) -> list[str]:
