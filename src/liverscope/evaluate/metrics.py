@@ -367,8 +367,6 @@ def compute_metrics(
         count an undefined precision/recall as 0 and average over the classes present in ``y_true``
         or the predictions (scikit-learn's conventions); the per-class table shows ``None`` instead.
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
-
     names = [str(c) for c in class_names]
     y, p = _check_inputs(y_true, probs, names)
     k = len(names)
@@ -382,6 +380,28 @@ def compute_metrics(
     position[order] = np.arange(k)
 
     out: dict[str, Any] = {"n": int(y.size), "class_names": names, "metavir": stages is not None, "ordered": bool(ordered)}
+    out.update(_class_figures(y, pred, p, names))
+    if ordered:
+        out["quadratic_kappa"] = _num(quadratic_weighted_kappa(position[y], position[pred], k))
+        out["ordinal_order"] = [names[i] for i in order]
+
+    defs = endpoint_definitions(names, endpoints)
+    if defs:
+        out["endpoints"] = fibrosis_endpoints(y, p, names, endpoints)
+
+    if ci:
+        out["ci"] = _bootstrap_headline(out, y, pred, p, order, bool(ordered), defs, n_boot, seed)
+        out["ci_method"] = {"method": "percentile bootstrap over cases", "level": 0.95, "n_boot": int(n_boot), "seed": int(seed)}
+    return out
+
+
+def _class_figures(y: np.ndarray, pred: np.ndarray, p: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro/weighted precision-recall-F1, macro AUC and specificity, the
+    confusion matrices and the per-class table of :func:`compute_metrics`."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
+
+    k = len(names)
+    out: dict[str, Any] = {}
     with _quiet():
         out["accuracy"] = _num(accuracy_score(y, pred))
         out["balanced_accuracy"] = _num(balanced_accuracy_score(y, pred))
@@ -412,17 +432,6 @@ def compute_metrics(
         }
         for i, name in enumerate(names)
     }
-    if ordered:
-        out["quadratic_kappa"] = _num(quadratic_weighted_kappa(position[y], position[pred], k))
-        out["ordinal_order"] = [names[i] for i in order]
-
-    defs = endpoint_definitions(names, endpoints)
-    if defs:
-        out["endpoints"] = fibrosis_endpoints(y, p, names, endpoints)
-
-    if ci:
-        out["ci"] = _bootstrap_headline(out, y, pred, p, order, bool(ordered), defs, n_boot, seed)
-        out["ci_method"] = {"method": "percentile bootstrap over cases", "level": 0.95, "n_boot": int(n_boot), "seed": int(seed)}
     return out
 
 
