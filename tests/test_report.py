@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from liverscope.errors import LiverscopeError
+from liverscope.evaluate import plots as P
 from liverscope.evaluate import report as R
 from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
 from liverscope.utils import softmax
@@ -87,7 +88,7 @@ def make_run(root: Path, parts: set[str]) -> Path:
         (run / "audit.json").write_text(json.dumps(audit))
     if "gallery" in parts:
         (run / "cam_gallery").mkdir(exist_ok=True)
-        R.plot_confusion_matrix(np.eye(2, dtype=int) * 3, ["a", "b"], run / "cam_gallery" / "F0_correct_01.png")
+        P.plot_confusion_matrix(np.eye(2, dtype=int) * 3, ["a", "b"], run / "cam_gallery" / "F0_correct_01.png")
     if "config" in parts:
         (run / "config.yaml").write_text("model:\n  name: resnet10t\ntrain:\n  epochs: 6\n")
     return run
@@ -182,7 +183,7 @@ def test_non_metavir_run_has_no_endpoints(tmp_path):
 
 def test_extra_sections_from_other_modules(tmp_path):
     run = make_run(tmp_path, set())
-    img = R.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "extra.png")
+    img = P.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "extra.png")
     page = R.write_report(run, sections={
         "Faithfulness": "<p>deletion AUC <b>0.21</b></p>",
         "Segmentation examples": img,
@@ -231,20 +232,20 @@ def test_plots_write_pngs(tmp_path):
     y, logits, _ = _case(60, seed=2)
     p = softmax(logits)
     files = [
-        R.plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ["normal", "abnormal"], tmp_path / "cm.png", normalise=False),
-        R.plot_roc_curves(y, p, NAMES, tmp_path / "roc.png"),
-        R.plot_reliability(p, y, tmp_path / "rel.png", calibrated=softmax(logits, 2.0)),
-        R.plot_training_curves([{"epoch": 0, "train_loss": 1.0, "val_loss": 1.1, "val_acc": 0.5}, {"epoch": 1, "train_loss": 0.8, "val_loss": ""}], tmp_path / "curves.png"),
+        P.plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ["normal", "abnormal"], tmp_path / "cm.png", normalise=False),
+        P.plot_roc_curves(y, p, NAMES, tmp_path / "roc.png"),
+        P.plot_reliability(p, y, tmp_path / "rel.png", calibrated=softmax(logits, 2.0)),
+        P.plot_training_curves([{"epoch": 0, "train_loss": 1.0, "val_loss": 1.1, "val_acc": 0.5}, {"epoch": 1, "train_loss": 0.8, "val_loss": ""}], tmp_path / "curves.png"),
     ]
     for f in files:
         assert f.read_bytes()[:8] == PNG_MAGIC and f.stat().st_size > 5000
     with pytest.raises(LiverscopeError):
-        R.plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b"], tmp_path / "bad.png")
+        P.plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b"], tmp_path / "bad.png")
     with pytest.raises(LiverscopeError):
-        R.plot_training_curves([], tmp_path / "empty.png")
+        P.plot_training_curves([], tmp_path / "empty.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a cosine schedule ending at lr 0 must not break the log axis
-        R.plot_training_curves([{"epoch": e, "train_loss": 1 / (e + 1), "lr": 1e-3 * (4 - e) / 4} for e in range(5)], tmp_path / "lr0.png")
+        P.plot_training_curves([{"epoch": e, "train_loss": 1 / (e + 1), "lr": 1e-3 * (4 - e) / 4} for e in range(5)], tmp_path / "lr0.png")
 
 
 def test_write_report_needs_a_directory(tmp_path):

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from liverscope.rundir import SPLIT
+
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}
 
 
@@ -142,10 +144,10 @@ def provenance_html(prov: Mapping[str, Any] | None) -> str | None:
         ["seed", str(prov.get("seed"))],
         ["git commit", commit],
         ["command", shlex.join(str(a) for a in command) if isinstance(command, list) else str(command or "—")],
-        ["split.csv SHA-256", str(prov.get("split_sha256") or "—")],
+        [f"{SPLIT} SHA-256", str(prov.get("split_sha256") or "—")],
         ["created", str(prov.get("created") or "—")],
     ]
-    return table_html(None, rows) + note("The split.csv fingerprint names the exact images, labels and splits this model was trained and scored on.")
+    return table_html(None, rows) + note(f"The {SPLIT} fingerprint names the exact images, labels and splits this model was trained and scored on.")
 
 
 __all__ = ["IMAGE_SUFFIXES", "fmt", "fmt_ci", "key_title", "table_html", "image_html", "generic_html", "note", "provenance_html"]

@@ -27,19 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 
 from liverscope import __version__
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, headline_cell, image_html, note, provenance_html, table_html
 from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE_FLAGGED, PHANTOMS, UNLIKE_TRAINING, is_phantoms, trained_on
-from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
+from liverscope.evaluate.figures import write_confusion, write_curves, write_reliability, write_roc
 from liverscope.evaluate.report_cv import section_ensemble, section_folds, section_oof_vs_ensemble
 from liverscope.evaluate.report_shortcut import section_shortcut
 from liverscope.evaluate.report_segment import section_segmentation
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
 from liverscope.rundir.bundle import RunData
-from liverscope.rundir import GALLERY, REPORT, RUN_FILES
+from liverscope.rundir import CONFIG, GALLERY, REPORT_HTML, RUN_FILES
 from liverscope.utils import atomic_write_text, softmax
 
 #: Most CAM gallery images embedded in one report (each adds its bytes x 4/3 to the HTML).
@@ -176,8 +175,7 @@ def section_split(run: RunData) -> str | None:
 def section_training(run: RunData) -> str | None:
     if not run.history:
         return None
-    path = run.plots / "curves.png"
-    plot_training_curves(run.history if len(run.history) > 1 or "" not in run.history else run.history[""], path)
+    path = write_curves(run.plots, run.history if len(run.history) > 1 or "" not in run.history else run.history[""])
     what = "each fold's training (one colour per fold)" if len(run.history) > 1 else "training"
     return image_html(path, "training curves", f"Loss, validation accuracy and learning rate per epoch of {what}.")
 
@@ -186,7 +184,7 @@ def section_confusion(run: RunData) -> str | None:
     cm = run.test.get("confusion_matrix")
     if not cm or not run.class_names:
         return None
-    path = plot_confusion_matrix(np.asarray(cm), run.class_names, run.plots / "confusion_matrix.png")
+    path = write_confusion(run.plots, cm, run.class_names)
     return image_html(path, "confusion matrix", "Rows: true class; columns: predicted class. Cells: fraction of the true class (count).", width="34em")
 
 
@@ -194,7 +192,7 @@ def section_roc(run: RunData) -> str | None:
     pr = run.predictions
     if not pr or len(pr["y"]) == 0:
         return None
-    path = plot_roc_curves(pr["y"], pr["probs"], run.class_names, run.plots / "roc_curves.png")
+    path = write_roc(run.plots, pr["y"], pr["probs"], run.class_names)
     return image_html(path, "ROC curves", f"Test set, n = {len(pr['y'])}.")
 
 
@@ -242,10 +240,10 @@ def section_calibration(run: RunData) -> str | None:
             cal = softmax(pr["logits"], temperature)
             rows.append([f"temperature-scaled (T = {temperature:.3f})", expected_calibration_error(cal, pr["y"]), negative_log_likelihood(pr["logits"], pr["y"], temperature)])
         parts.append(table_html(["test-set probabilities", "ECE (15 bins)", "NLL"], rows))
-        path = plot_reliability(raw, pr["y"], run.plots / "reliability.png", calibrated=cal)
+        path = write_reliability(run.plots, raw, pr["y"], calibrated=cal)
     elif pr:
         parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [["as predicted", expected_calibration_error(pr["probs"], pr["y"])]]))
-        path = plot_reliability(pr["probs"], pr["y"], run.plots / "reliability.png")
+        path = write_reliability(run.plots, pr["probs"], pr["y"])
     else:
         path = None
         rows = [["uncalibrated", t.get("ece_uncalibrated")], ["temperature-scaled", t.get("ece")]]
@@ -335,7 +333,7 @@ def section_gallery(run: RunData) -> str | None:
 def section_config(run: RunData) -> str | None:
     if not run.config_text:
         return None
-    return f"<details><summary>config.yaml (the resolved recipe of this run)</summary><pre>{html.escape(run.config_text)}</pre></details>"
+    return f"<details><summary>{CONFIG} (the resolved recipe of this run)</summary><pre>{html.escape(run.config_text)}</pre></details>"
 
 
 #: The built-in sections in page order: (title, builder). A builder returns HTML or ``None`` (no data).
@@ -530,7 +528,7 @@ def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None,
         # refuse rather than litter an arbitrary folder (say the repository root) with an empty page
         raise LiverscopeError(f"{run_dir}: none of {', '.join(RUN_FILES)} found — not a liverscope run directory")
     run = RunData.load(run_dir)
-    target = Path(out) if out else run_dir / REPORT
+    target = Path(out) if out else run_dir / REPORT_HTML
     target.parent.mkdir(parents=True, exist_ok=True)
     run.plot_dir = target.parent  # the plots go beside the report, never into a run that is only read
     text = render_report(run, sections, title)

@@ -2,7 +2,7 @@
 
 ``liverscope segment train`` merges each target's scores into ``metrics.json``: ``"segmentation"`` for
 the ``lesion`` target (the key of runs made before targets), ``"segmentation_T"`` for target T (see
-``liverscope.segment.unet.segmenter_files``). Each part shows the training facts, the test images'
+``liverscope.rundir.segmenter_files``). Each part shows the training facts, the test images'
 figures (:func:`liverscope.evaluate.masks.expert_mask_summary`: Dice/IoU over images with a non-empty
 mask, detection rate, false alarms on empty masks) of the U-Net against its targets and the expert masks
 beside the trivial baselines, the same per class and per size quartile, and the mean IoU/Dice over all
@@ -15,12 +15,9 @@ import html
 from typing import Any, Mapping, Sequence
 
 from liverscope.evaluate.html import fmt, generic_html, note, table_html
+from liverscope.rundir import SEGMENTATION_KEY, SEGMENTER_TARGET
 from liverscope.rundir.bundle import RunData
 
-#: The target whose scores sit under the plain ``"segmentation"`` key (``liverscope.segment.unet.DEFAULT_TARGET``;
-#: that module is above this layer, so the name is repeated here).
-DEFAULT_TARGET = "lesion"
-KEY = "segmentation"
 #: The columns of an :func:`~liverscope.evaluate.masks.expert_mask_summary` group: (key, title).
 FIGURES = (("n_lesion", "with a mask"), ("dice", "Dice"), ("iou", "IoU"), ("detection_rate", "detected"),
            ("n_empty", "empty"), ("false_positive_rate", "false alarms"))
@@ -37,9 +34,9 @@ def segmentation_targets(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The segmenters' scores of a ``metrics.json`` by target: ``lesion`` first, then by name."""
     found = {}
     for key, value in metrics.items():
-        if value and (key == KEY or key.startswith(f"{KEY}_")):
-            found[DEFAULT_TARGET if key == KEY else key[len(KEY) + 1:]] = value
-    return dict(sorted(found.items(), key=lambda kv: (kv[0] != DEFAULT_TARGET, kv[0])))
+        if value and (key == SEGMENTATION_KEY or key.startswith(f"{SEGMENTATION_KEY}_")):
+            found[SEGMENTER_TARGET if key == SEGMENTATION_KEY else key[len(SEGMENTATION_KEY) + 1:]] = value
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] != SEGMENTER_TARGET, kv[0])))
 
 
 def _scorers(seg: Mapping[str, Any]) -> tuple[list[tuple[str, Mapping]], str]:

@@ -16,11 +16,9 @@ import numpy as np
 from liverscope import rundir
 from liverscope.data.datasets import Sample
 from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
-from liverscope.evaluate.plots import plot_confusion_matrix
+from liverscope.evaluate.figures import write_confusion
 from liverscope.evaluate.stats import expected_calibration_error
 from liverscope.utils import softmax
-
-CONFUSION_PNG = "confusion_matrix.png"
 
 
 def score_predictions(
@@ -49,7 +47,7 @@ def score_predictions(
         temperature: the calibration temperature applied to the probabilities.
         probs: probabilities to score instead of ``softmax(logits / temperature)`` (out-of-fold
             predictions, where each fold model has its own temperature).
-        confusion_png: also plot the confusion matrix to ``confusion_matrix.png``.
+        confusion_png: also plot the confusion matrix (:func:`~liverscope.evaluate.figures.write_confusion`).
         ood: ``(scores, threshold)`` of the out-of-distribution detector: written as the ``ood_score`` and
             ``ood`` columns of the predictions CSV.
         precision: what the model computed the logits in (``fp32``: training's own scoring of its splits;
@@ -71,8 +69,8 @@ def score_predictions(
     sources = [s.source or "unknown" for s in samples]
     by_source = metrics_by_group(y, p, sources, names) if len(set(sources)) > 1 else None
     if confusion_png:
-        plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), names, out_dir / CONFUSION_PNG)
+        write_confusion(out_dir, metrics["confusion_matrix"], names)
     return {"metrics": metrics, "by_source": by_source}
 
 
-__all__ = ["score_predictions", "CONFUSION_PNG"]
+__all__ = ["score_predictions"]

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from liverscope import rundir
 from liverscope.data.io import iter_image_files
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.explain.cams import DEFAULT_METHOD, FAITHFULNESS_COLUMNS, explain_batch, method_key, resolve_layers
@@ -103,12 +104,12 @@ def explain_paths(
     if class_label is not None and class_label not in labels:
         raise LiverscopeError(f"class '{class_label}' is not a label of {run_dir} (labels: {', '.join(labels)})")
     model.to(resolve_device(device))
-    out = Path(out_dir) if out_dir is not None else run_dir / "explain"
+    out = Path(out_dir) if out_dir is not None else run_dir / rundir.EXPLAIN
     out.mkdir(parents=True, exist_ok=True)
     faith_cols = list(FAITHFULNESS_COLUMNS) if with_faithfulness else []
     cols = ["file", "predicted", "target", "prob_predicted", "prob_target", "energy_outside_sector", *faith_cols, "heatmap", "overlay", "npy", "error"]
     taken, skipped, sums, n_done = set(), [], {}, 0  # stems written, (file, reason), column -> values, files explained
-    with atomic_path(out / "cams.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+    with atomic_path(out / rundir.CAMS_CSV) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for chunk in progress(_chunks(iter_image_files(paths), predictor, int(batch_size)), f"explaining ({method}, {int(batch_size)} images a step)"):
@@ -148,12 +149,12 @@ def explain_paths(
             fh.flush()
     means = {k: float(np.mean(v)) for k, v in sums.items()}
     summary = {
-        "explained": n_done, "skipped": skipped, "out": str(out), "csv": str(out / "cams.csv"), "method": method,
+        "explained": n_done, "skipped": skipped, "out": str(out), "csv": str(out / rundir.CAMS_CSV), "method": method,
         "class": class_label, "flip_average": bool(flip_average), "restricted_to_sector": bool(restrict_to_sector),
         "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers), "seconds": time.perf_counter() - t0, "means": means,
         "backend": predictor.backend, "precision": predictor.precision,
     }
-    atomic_write_json(out / "cams_summary.json", summary)
+    atomic_write_json(out / rundir.CAMS_SUMMARY, summary)
     return summary
 
 

@@ -116,11 +116,11 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
             batches.append(len(x))
         max_diff, max_feature_diff = max(diffs), max(feature_diffs)
         if not max_diff <= atol:
-            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); model.onnx not written")
+            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written")
         if not max_feature_diff <= atol:
-            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch features disagree (max relative difference {max_feature_diff:.2e} > {atol:.0e}); model.onnx not written")
+            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch features disagree (max relative difference {max_feature_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written")
     info = {
-        "file": "model.onnx",
+        "file": rundir.ONNX,
         "opset": opset,
         "input": "input",
         "output": "logits",

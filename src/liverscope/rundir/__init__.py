@@ -1,4 +1,5 @@
-"""THE run-directory contract: every file a run holds is written and read here, and only here.
+"""THE run-directory contract: every file a run holds is named here, and written and read here or by the
+one function this table names.
 
 A run directory (``runs/NAME/``) is the unit of output; everything downstream (evaluate, explain,
 segment, predict, the app, export) takes one. What it holds (``docs/architecture.md`` has the table of
@@ -20,16 +21,20 @@ who writes and who reads each file):
 ``history.csv``                   one row per epoch (made from the CSV logger's ``logs/csv/``)
 ``logs/``                         Lightning's loggers (``csv/version_N/metrics.csv``, one per session)
 ``cv_folds.csv``, ``folds/foldI/``   a cv run's fold table and fold runs
-``audit.json``, ``audit.html``    the data audit (written by :mod:`liverscope.data.audit`)
+``audit.json``, ``audit.html``    the data audit (named and written by :mod:`liverscope.data.audit_report`)
 ``cam_gallery/``                  PNG tiles, ``captions.json`` and ``flagged.json`` for the report
 ``segmenter.safetensors/.json``   the U-Net of ``segment train`` (target lesion; target T: ``segmenter-T.*``)
 ``ood.safetensors``               class means and shared precision of the pooled training features
                                   (the out-of-distribution score); method and threshold in ``model.json``
 ``model.onnx``                    the verified ONNX export (outputs ``logits`` and ``features``)
 ``eval/NAME/``                    ``liverscope evaluate RUN DATA`` output (itself run-shaped)
+``report.html``, ``curves.png``,  the report and its figures (:mod:`liverscope.evaluate.figures`)
+``confusion_matrix.png``, ...
+``explain/``                      ``liverscope explain``'s default output (``cams.csv``, ``cams_summary.json``)
 ================================  ===============================================================
 """
 
+# ruff: noqa: F405  (the run-file names come from .names by the star import below)
 from __future__ import annotations
 
 import time
@@ -46,6 +51,7 @@ from liverscope.data.datasets import Sample
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.models import model_from_arch
+from liverscope.rundir.names import *  # noqa: F403  every name of a run directory (names.__all__): rundir.CURVES_PNG, ...
 from liverscope.utils import (
     atomic_path,
     atomic_write_csv,
@@ -58,38 +64,6 @@ from liverscope.utils import (
     softmax,
 )
 
-CONFIG = "config.yaml"
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_META = "model.json"
-SPLIT = "split.csv"
-SKIPPED = "skipped.csv"
-PREDICTIONS_VAL = "predictions_val.csv"
-PREDICTIONS_TEST = "predictions_test.csv"
-OOF_PREDICTIONS = "oof_predictions.csv"
-METRICS = "metrics.json"
-HISTORY = "history.csv"
-CV_FOLDS = "cv_folds.csv"
-FOLDS = "folds"
-CHECKPOINTS = "checkpoints"
-#: The training precision ``train.precision: auto`` chose by measurement, kept so that a resumed run trains as it began.
-TRAINING_PRECISION = "checkpoints/training_precision.json"
-LOGS = "logs"
-AUDIT = "audit.json"
-GALLERY = "cam_gallery"
-GALLERY_CAPTIONS = "captions.json"
-GALLERY_FLAGGED = "flagged.json"
-SEGMENTER_WEIGHTS = "segmenter.safetensors"
-SEGMENTER_META = "segmenter.json"
-PSEUDO_MASKS = "pseudo_masks"
-ONNX = "model.onnx"
-ONNX_INT8 = "model.int8.onnx"
-OOD_STATS = "ood.safetensors"
-REPORT = "report.html"
-EVAL = "eval"
-
-#: The files whose presence makes a folder a run directory (a report is refused elsewhere).
-RUN_FILES = (METRICS, MODEL_META, HISTORY, SPLIT, AUDIT, PREDICTIONS_TEST, CV_FOLDS)
-
 
 # --------------------------------------------------------------------------------------------------
 # the directory and its configuration
@@ -98,7 +72,7 @@ RUN_FILES = (METRICS, MODEL_META, HISTORY, SPLIT, AUDIT, PREDICTIONS_TEST, CV_FO
 
 def last_checkpoint(run_dir: str | Path) -> Path:
     """Lightning's ``checkpoints/last.ckpt`` of a run (what ``--resume`` continues from)."""
-    return Path(run_dir) / CHECKPOINTS / "last.ckpt"
+    return Path(run_dir) / CHECKPOINTS / LAST_CKPT
 
 
 def is_trained(run_dir: str | Path) -> bool:
@@ -118,7 +92,7 @@ def start_run(cfg: RunConfig, resume: bool = False, write: bool = True) -> Path:
     if (run_dir / MODEL_META).exists() and last.exists() and not resume:
         raise LiverscopeError(f"{run_dir} already holds a trained run; choose another --name, or --resume to continue it")
     if resume and not last.exists():
-        raise LiverscopeError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/last.ckpt); start without --resume")
+        raise LiverscopeError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/{LAST_CKPT}); start without --resume")
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, cfg)
@@ -324,7 +298,7 @@ def load_ood(run_dir: str | Path, meta: dict | None = None) -> dict | None:
     try:
         arrays = load_file(str(path))
     except Exception as exc:
-        raise LiverscopeError(f"{path}: cannot read the out-of-distribution statistics that model.json records ({type(exc).__name__}); "
+        raise LiverscopeError(f"{path}: cannot read the out-of-distribution statistics that {MODEL_META} records ({type(exc).__name__}); "
                               f"copy the whole run directory, or delete the \"ood\" entry of {run_dir / MODEL_META} to predict without the flag") from None
     return dict(info, **arrays)
 

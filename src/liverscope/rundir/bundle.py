@@ -12,7 +12,7 @@ import yaml
 
 from liverscope.data.datasets import describe_data
 from liverscope.rundir import (
-    AUDIT,
+    AUDIT_JSON,
     CONFIG,
     CV_FOLDS,
     FOLDS,
@@ -110,7 +110,7 @@ class RunData:
         data.metrics = attempt(METRICS, read_json) or {}
         data.model = attempt(MODEL_META, read_json) or {}
         data.config_text = attempt(CONFIG, lambda p: p.read_text(encoding="utf-8"))
-        data.audit = attempt(AUDIT, read_json)
+        data.audit = attempt(AUDIT_JSON, read_json)
         data.split = attempt(SPLIT, read_csv_rows)
         data.folds = attempt(CV_FOLDS, read_csv_rows) or data.metrics.get("folds") or None
         own = attempt(HISTORY, read_csv_rows)

@@ -91,7 +91,7 @@ def _print_run_summary(run_dir: Path) -> None:
     if test:
         typer.echo(f"test: accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, macro F1 {test['macro_f1']:.3f}, n={test.get('n', '?')}")
     typer.echo(f"run directory: {run_dir}")
-    for f in ("model.safetensors", "model.json", "metrics.json", "history.csv", "curves.png", "confusion_matrix.png", "predictions_test.csv", "report.html"):
+    for f in rundir.SUMMARY_FILES:
         if (run_dir / f).exists():
             typer.echo(f"  {run_dir / f}")
 
@@ -151,12 +151,12 @@ def demo(
         few = [paths[i] for i in range(2) for paths in by_label.values() if i < len(paths)]  # two per class
         p = Predictor.from_run(run_dir, device=device or "auto")
         results = list(p.predict_paths(few))
-        write_results(results, p.labels, run_dir / "demo_predictions.csv")
+        write_results(results, p.labels, run_dir / rundir.DEMO_PREDICTIONS)
         truth = {str(s.path): s.label for s in samples}
         typer.echo("predictions on a few test images:")
         for r in results:
             typer.echo(f"  {Path(r.path).name:18s} true {truth.get(r.path, '?'):4s} predicted {r.label:4s} (p={r.confidence:.2f})")
-        typer.echo(f"  → {run_dir / 'demo_predictions.csv'}")
+        typer.echo(f"  → {run_dir / rundir.DEMO_PREDICTIONS}")
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s")
@@ -269,11 +269,11 @@ def evaluate(
             if out is None and not in_run:
                 out = Path("eval") / run_name / (name or data.resolve().stem)
             out = evaluate_on_data(run_dir, data, name, device, out=out, tta=tta.value, ablation=ablation)
-            report = out / rundir.REPORT
+            report = out / rundir.REPORT_HTML
         else:
             if not (run_dir / rundir.METRICS).exists():
                 raise LiverscopeError(f"{run_dir}: no {rundir.METRICS} — not a trained run directory")
-            report = run_dir / rundir.REPORT if in_run else (out or Path("eval") / run_name / "report") / rundir.REPORT
+            report = run_dir / rundir.REPORT_HTML if in_run else (out or Path("eval") / run_name / "report") / rundir.REPORT_HTML
             write_report(run_dir, out=report)
             out = run_dir
         if compare is not None:
