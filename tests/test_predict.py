@@ -330,6 +330,19 @@ def test_cv_run_predicts_as_its_fold_ensemble_with_evaluates_ood_rule(phantom_di
     assert f"predicted {len(files)} image(s)" in res.output
 
 
+def test_a_fold_ensemble_has_every_attribute_of_a_predictor(random_run):
+    """EnsemblePredictor is built through Predictor's own constructor path: an attribute a Predictor gains
+    cannot go missing for a fold ensemble (issue 25)."""
+    from liverscope.inference.predict import EnsemblePredictor
+
+    members = [Predictor.from_run(random_run, backend="torch", tta="flip", batch_size=3, workers=2) for _ in range(2)]
+    ens = EnsemblePredictor(members, members[0].meta, run_dir=random_run)
+    assert set(vars(members[0])) <= set(vars(ens))
+    assert (ens.engine, ens.backend, ens.device, ens.batch_size, ens.workers, ens.schedule, ens.pool, ens.tta) == (
+        members[0].engine, "torch", members[0].device, 3, 2, members[0].schedule, "thread", "flip")
+    assert ens.run_dir == random_run and ens.ood is None and ens._processes is None
+
+
 def test_unknown_backend_and_missing_run(random_run, tmp_path):
     with pytest.raises(LiverscopeError, match="backend"):
         Predictor.from_run(random_run, backend="tensorrt")

@@ -51,7 +51,7 @@ from liverscope.explain.images import overlay
 from liverscope.explain.faithfulness import energy_outside_sector, input_tensor, model_device
 from liverscope.utils import default_model_threads, torch_threads
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Method name → pytorch-grad-cam class name (the classes are imported on first use: see :data:`CAM_METHODS`).
 _METHOD_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM"}

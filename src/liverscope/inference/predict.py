@@ -69,7 +69,7 @@ from liverscope.inference.results import Result, csv_header, result_row, results
 from liverscope.speed.serving import choose_backend
 from liverscope.utils import resolve_device, softmax
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
 #: How decoding and the model share the machine in :meth:`Predictor.predict_paths`: ``alternate``
@@ -143,41 +143,53 @@ class Predictor:
             raise LiverscopeError(f"schedule '{schedule}': expected one of {', '.join(SCHEDULES)}")
         if pool not in POOLS:
             raise LiverscopeError(f"pool '{pool}': expected one of {', '.join(POOLS)}")
-        self.meta = meta
-        self.ood = ood
-        self.labels: list[str] = list(meta["labels"])
-        self.pp = Preprocessing.from_dict(meta["preprocessing"])
-        self.temperature = rundir.temperature(meta) if calibrated else 1.0
-        self._model = model
+        self._attach_run(meta, calibrated, model, ood)
         if backend == "onnx":
             if onnx_path is None:
                 raise LiverscopeError("the ONNX backend needs onnx_path (use Predictor.from_run)")
-            self.engine: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, device, threads)
+            engine: TorchBackend | OnnxBackend | FlipAverage = OnnxBackend(onnx_path, device, threads)
         elif backend == "torch":
             if model is None:
                 raise LiverscopeError("the torch backend needs a model")
             # threads=None: the backend times every core against half of them and keeps the faster.
             # A fixed half whenever the run denoised made it slower than a plain eager loop on a quiet
             # machine; every core, fixed, makes it several times slower on a busy one (docs/benchmarks.md)
-            self.engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance, threads=threads)
+            engine = TorchBackend(model, device, precision, tolerance=bf16_tolerance, threads=threads)
         else:
             raise LiverscopeError(f"backend '{backend}': expected torch or onnx")
-        self.tta = tta
         if tta == "flip":
-            self.engine = FlipAverage(self.engine)
+            engine = FlipAverage(engine)
+        self._attach_engine(engine, backend, tta, schedule, pool, batch_size, workers)
+
+    # The one constructor path: every attribute of a predictor is set by these two methods, which both
+    # Predictor and EnsemblePredictor (its first member's engine and settings) call, so that no attribute
+    # can go missing for a fold ensemble.
+    def _attach_run(self, meta: dict, calibrated: bool, model: torch.nn.Module | None, ood: dict | None) -> None:
+        """What the run says: ``model.json`` (labels, preprocessing, temperature), the torch model, the OOD detector."""
+        self.meta = meta
+        self.ood = ood
+        self.labels: list[str] = list(meta["labels"])
+        self.pp = Preprocessing.from_dict(meta["preprocessing"])
+        self.temperature = rundir.temperature(meta) if calibrated else 1.0
+        self._model = model
+        self.run_dir: Path | None = None
+        self.backend_choice: dict | None = None  # set by from_run when backend='auto' measured the candidates
+
+    def _attach_engine(self, engine, backend: str, tta: str, schedule: str, pool: str, batch_size: int | None, workers: int | None) -> None:
+        """How it scores: the engine (flip-averaged already for ``tta="flip"``) and the serving settings."""
+        self.engine = engine
+        self.tta = tta
         if schedule == "auto":  # ONNX Runtime's threads (not spinning) share cores with decoding without stalling
-            schedule = "alternate" if backend == "torch" and self.engine.device_kind == "cpu" else "overlap"
+            schedule = "alternate" if backend == "torch" and engine.device_kind == "cpu" else "overlap"
         self.schedule = schedule
         self.pool = pool
         self._processes: ProcessPoolExecutor | None = None
         self.backend = backend
-        self.device = getattr(self.engine, "device", self.engine.device_kind)
-        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE[(backend, self.engine.device_kind)])
+        self.device = getattr(engine, "device", engine.device_kind)
+        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE[(backend, engine.device_kind)])
         if self.batch_size < 1:
             raise LiverscopeError(f"batch size must be at least 1, got {self.batch_size}")
         self.workers = max(1, int(workers or os.cpu_count() or 1))
-        self.run_dir: Path | None = None
-        self.backend_choice: dict | None = None  # set by from_run when backend='auto' measured the candidates
 
     @classmethod
     def from_run(cls, run_dir: str | Path, backend: str = "auto", int8: bool = False, **kwargs) -> "Predictor":
@@ -215,7 +227,7 @@ class Predictor:
             if state == "current" and kwargs.get("precision", "auto") == "auto":
                 device = kwargs.get("device", "auto")
                 choice = choose_backend(run_dir, device, _candidate_batches(kwargs.get("batch_size"), device))
-                log.info(choice["reason"])
+                logger.info(choice["reason"])
                 backend, int8 = choice["backend"], choice["precision"] == "int8"
                 kwargs = {**kwargs, "precision": "bf16"} if choice["precision"] == "bf16" else kwargs
                 onnx_path = rundir.onnx_int8_state(run_dir)[0] if int8 else onnx_path
@@ -223,7 +235,7 @@ class Predictor:
                 warnings.warn(f"{onnx_path} is older than the run's weights or than this liverscope's export (logits and features); using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
         if backend == "onnx":
             if state == "missing":
-                raise LiverscopeError(f"{run_dir}: no model.onnx — run `liverscope export {run_dir}` first, or use --backend torch")
+                raise LiverscopeError(f"{run_dir}: no {rundir.ONNX} — run `liverscope export {run_dir}` first, or use --backend torch")
             if state == "stale":
                 raise LiverscopeError(f"{onnx_path} does not match the run's current weights — run `liverscope export {run_dir}` again")
             meta = rundir.read_model_meta(run_dir)
@@ -452,19 +464,18 @@ class EnsemblePredictor(Predictor):
 
     Made by :meth:`Predictor.from_run` (and :func:`load_run`) for a run whose ``model.json`` lists an
     ``ensemble``; :attr:`members` are the fold models' predictors. There is no single :attr:`model`.
+    Built through :class:`Predictor`'s own constructor path (``_attach_run``, ``_attach_engine``) with
+    the first member's engine and settings; the scoring is delegated to the members (:meth:`_infer`).
     """
 
     def __init__(self, members: Sequence[Predictor], meta: dict, calibrated: bool = True, run_dir: str | Path | None = None):
         first = members[0]
         self.members = list(members)
-        self.meta, self.labels, self.pp = meta, list(meta["labels"]), Preprocessing.from_dict(meta["preprocessing"])
+        self._attach_run(meta, calibrated, None, None)
         if any(m.labels != self.labels or m.pp != self.pp for m in members):
-            raise LiverscopeError(f"{run_dir}: the fold models' labels or preprocessing differ from the run's model.json")
-        self.temperature = rundir.temperature(meta) if calibrated else 1.0
-        self.engine, self.backend, self.device, self.batch_size, self.workers = first.engine, first.backend, first.device, first.batch_size, first.workers
-        self.schedule, self.pool, self._processes, self.tta = first.schedule, first.pool, None, first.tta
-        self.backend_choice = first.backend_choice
-        self._model, self.run_dir = None, None if run_dir is None else Path(run_dir)
+            raise LiverscopeError(f"{run_dir}: the fold models' labels or preprocessing differ from the run's {rundir.MODEL_META}")
+        self._attach_engine(first.engine, first.backend, first.tta, first.schedule, first.pool, first.batch_size, first.workers)
+        self.run_dir, self.backend_choice = None if run_dir is None else Path(run_dir), first.backend_choice
         oods = [m.ood for m in members]
         self.ood = None if not all(oods) else {
             "method": oods[0]["method"], "threshold": 0.0, "quantile": oods[0].get("quantile", 0.95),
@@ -515,7 +526,7 @@ def load_run(path: str | Path, **kwargs) -> Predictor:
         what = "does not exist" if not path.exists() else "is a file" if path.is_file() else f"has no {rundir.MODEL_META}"
         hint = f" (its run directory is {path.parent}?)" if path.is_file() and (path.parent / rundir.MODEL_META).is_file() else ""
         raise LiverscopeError(f"{path}: not a liverscope run directory: it {what}{hint}; a run is the folder that `liverscope train` "
-                              "or `liverscope cv` writes (runs/NAME, holding model.json)")
+                              f"or `liverscope cv` writes (runs/NAME, holding {rundir.MODEL_META})")
     return Predictor.from_run(path, **kwargs)
 
 __all__ = [

@@ -36,7 +36,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from liverscope.errors import LiverscopeError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 ENV_DB = "LIVERSCOPE_DB"
 ENV_SYNC = "LIVERSCOPE_DB_SYNC"
@@ -151,7 +151,7 @@ def migrate(engine: Engine) -> None:
             command.upgrade(_alembic_config(conn), "head")
 
     retrying(upgrade, f"migrating {_safe_url(engine)}")
-    log.info("records database %s at schema %s", _safe_url(engine), head)
+    logger.info("records database %s at schema %s", _safe_url(engine), head)
 
 
 def _known_revisions() -> set[str]:
@@ -183,7 +183,7 @@ def retrying(work: Callable[[], T], what: str, attempts: int = ATTEMPTS) -> T:
             if attempt == attempts:
                 raise LiverscopeError(f"{what}: the database stayed busy through {attempts} attempts ({getattr(exc, 'orig', exc)}); "
                                       "another program holds it: try again, or use a PostgreSQL server (--db postgresql+psycopg://...)") from None
-            log.debug("%s: %s; attempt %d of %d", what, getattr(exc, "orig", exc), attempt, attempts)
+            logger.debug("%s: %s; attempt %d of %d", what, getattr(exc, "orig", exc), attempt, attempts)
             time.sleep(random.uniform(0.01, 0.05) * attempt)
     raise AssertionError("unreachable")
 

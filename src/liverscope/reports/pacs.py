@@ -102,7 +102,7 @@ class Orthanc:
         return json.loads(self._request("/instances", data, "application/dicom"))["ID"]
 
 
-def exam_key(data: bytes) -> str:
+def study_exam_key(data: bytes) -> str:
     """The exam key of a pulled study: the salted one-way hash of its Study Instance UID (as
     ``predict --record --by study`` keys it)."""
     import io
@@ -121,7 +121,7 @@ def round_trip(predictor, study: str, out_dir: str | Path, url: str | None = Non
     if not ids:
         raise LiverscopeError(f"study {study} on {server.url} has no image series to analyse" + "".join(f"; {w}: {why}" for w, why in skipped))
     items = [(f"instance {i}", server.instance_file(i)) for i in ids]
-    report, unreadable = score_exam(predictor, exam_key(items[0][1]), items)
+    report, unreadable = score_exam(predictor, study_exam_key(items[0][1]), items)
     skipped += unreadable
     if not report.images:
         raise LiverscopeError(f"no image of study {study} could be read: " + "; ".join(f"{w}: {why}" for w, why in skipped))
@@ -132,4 +132,4 @@ def round_trip(predictor, study: str, out_dir: str | Path, url: str | None = Non
     return result
 
 
-__all__ = ["DEFAULT_URL", "ENV_URL", "Orthanc", "PacsResult", "exam_key", "round_trip"]
+__all__ = ["DEFAULT_URL", "ENV_URL", "Orthanc", "PacsResult", "study_exam_key", "round_trip"]

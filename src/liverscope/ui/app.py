@@ -148,7 +148,7 @@ def md_escape(text: str) -> str:
 
 
 @dataclass
-class Analysis:
+class UploadAnalysis:
     """Everything the page shows for one upload.
 
     Attributes:
@@ -184,8 +184,8 @@ def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
 
 
-def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True) -> Analysis:
-    """Decode, score and explain one uploaded file; bad files become an :class:`Analysis` with the error.
+def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True) -> UploadAnalysis:
+    """Decode, score and explain one uploaded file; bad files become an :class:`UploadAnalysis` with the error.
 
     Args:
         predictor: a :class:`~liverscope.inference.predict.Predictor`.
@@ -198,19 +198,19 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
     safe = redact(name, ids)
     if len(data) > max_bytes:
         msg = f"file is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB upload limit (export a single frame or a smaller image)"
-        return Analysis(safe, Result(safe, error=msg))
+        return UploadAnalysis(safe, Result(safe, error=msg))
     if len(data) == 0:
-        return Analysis(safe, Result(safe, error="file is empty (0 bytes) (re-export or re-copy the image)"))
+        return UploadAnalysis(safe, Result(safe, error="file is empty (0 bytes) (re-export or re-copy the image)"))
     try:
         img = decode_image(data, safe)
         model_input = preprocess_array(img, predictor.pp)
     except ImageReadError as exc:
-        return Analysis(safe, Result(safe, error=redact(f"{exc.reason} ({exc.fix})", ids)))
+        return UploadAnalysis(safe, Result(safe, error=redact(f"{exc.reason} ({exc.fix})", ids)))
     except Exception as exc:  # keep the app alive whatever a strange file does to a decoder
-        return Analysis(safe, Result(safe, error=redact(f"cannot process this file ({type(exc).__name__}: {exc})", ids)))
+        return UploadAnalysis(safe, Result(safe, error=redact(f"cannot process this file ({type(exc).__name__}: {exc})", ids)))
     result = predictor.predict_arrays([model_input], [safe])[0]
     panels = image_panels(predictor, img, model_input, result.label, sniff_format(data) == "dicom", with_cam)
-    return Analysis(safe, result, image=_downscale(panels.display), cam=panels.cam, outline=panels.outline,
+    return UploadAnalysis(safe, result, image=_downscale(panels.display), cam=panels.cam, outline=panels.outline,
                     outline_caption=panels.outline_caption, notes=panels.notes, combined=panels.combined)
 
 
@@ -332,7 +332,7 @@ def _render_output(st, r: Result, labels: list[str], headline: str, calibrated: 
             col.metric(f"{k} {FIBROSIS_ENDPOINTS[k][0].split()[0]}", f"{p:.1%}")
 
 
-def _render_analysis(st, a: Analysis, labels: list[str], index: int, calibrated: bool = False, threshold: float | None = None,
+def _render_analysis(st, a: UploadAnalysis, labels: list[str], index: int, calibrated: bool = False, threshold: float | None = None,
                      ensemble: bool = False) -> None:
     with st.container(border=True, key=f"result-{index}"):
         st.subheader(md_escape(a.name))

@@ -34,7 +34,7 @@ def upload_key(uploads: list[tuple[str, bytes]]) -> str:
 
 
 def record_uploads(store, run, key: str, analyses, uploads: list[tuple[str, bytes]], done: set, user: str = "app") -> int:
-    """Record the analysed uploads (``app.Analysis`` each, beside its name and bytes) into exam ``key``,
+    """Record the analysed uploads (``app.UploadAnalysis`` each, beside its name and bytes) into exam ``key``,
     each once (``done`` holds what this session recorded); returns how many were recorded now."""
     n = 0
     for a, (name, data) in zip(analyses, uploads):

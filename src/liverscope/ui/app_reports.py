@@ -37,7 +37,7 @@ def default_key(uploads: list[tuple[str, bytes]]) -> str:
 
 
 def exam_pdf(analyses, uploads: list[tuple[str, bytes]], labels, run_dir, key: str) -> bytes:
-    """The one-page PDF of the analysed uploads (``app.Analysis`` each, the upload's name and bytes beside it);
+    """The one-page PDF of the analysed uploads (``app.UploadAnalysis`` each, the upload's name and bytes beside it);
     uploads that could not be read are left out."""
     scored = [Scored(a.result, hashlib.sha256(data).hexdigest(), a.combined, note="; ".join(a.notes) or None)
               for a, (_, data) in zip(analyses, uploads) if a.ok]

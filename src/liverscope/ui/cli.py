@@ -49,9 +49,9 @@ def _main_options(
     set_progress(not quiet)
 
 
-@app.command()
+@app.command("train")
 @recipe_options
-def train(
+def train_cmd(
     data: Path = typer.Argument(..., help="Class-per-folder tree or CSV manifest (path,label[,group][,source])."),
     recipe: Optional[str] = RecipeOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same --name) from its last checkpoint."),
