@@ -52,8 +52,6 @@ TO_MOVE = {
     # TODO(segment): rundir.NNUNET_CONFIG / NNUNET_TRAINED / NNUNET_WEIGHTS / NNUNET_LOG; cases.csv is ours, not nnU-Net's
     ("segment/nnunet.py", "config.json"), ("segment/nnunet.py", "trained.json"), ("segment/nnunet.py", "weights.safetensors"),
     ("segment/nnunet.py", "log.txt"), ("segment/nnunet.py", "cases.csv"),
-    # TODO(lead, training/postrun.py): liverscope.evaluate.figures.write_curves(run_dir, run_dir / rundir.HISTORY)
-    ("training/postrun.py", "curves.png"),
 }
 
 

@@ -19,9 +19,9 @@ from liverscope import rundir
 from liverscope.config import RunConfig
 from liverscope.data.preprocess import PreprocessCache, Preprocessing
 from liverscope.errors import LiverscopeError
+from liverscope.evaluate.figures import write_curves
 from liverscope.evaluate.metrics import compute_metrics
 from liverscope.evaluate.ood import DEFAULT_METHOD, DEFAULT_QUANTILE, METHODS, fit_class_gaussian, fit_threshold, flag_summary, ood_scores
-from liverscope.evaluate.plots import plot_training_curves
 from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.stats import fit_temperature_checked
@@ -144,7 +144,7 @@ def plot_curves(run_dir: Path) -> Path | None:
     """The training curves of ``history.csv`` as ``curves.png`` (``None`` without a history)."""
     if not (run_dir / rundir.HISTORY).exists():
         return None
-    return plot_training_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
+    return write_curves(run_dir, run_dir / rundir.HISTORY)
 
 
 def write_gallery_safely(run_dir: Path, data_root: str | Path | None) -> Path | None:

@@ -62,7 +62,7 @@ def train_cmd(
     One device by default; --devices N --strategy ddp trains on N GPUs (or CPU processes), --num-nodes
     on several machines, and the same command runs under torchrun or srun (docs/scaling.md)."""
     from liverscope.training.lightning_module import global_rank
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     try:
         cfg = _checked_config(recipe, overrides)
@@ -128,7 +128,7 @@ def demo(
     from liverscope import rundir
     from liverscope.data.datasets import make_phantoms
     from liverscope.inference.predict import Predictor, write_results
-    from liverscope.training.train import fit
+    from liverscope.training.run import fit
 
     t0 = time.perf_counter()
     try:
