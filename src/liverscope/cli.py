@@ -521,11 +521,11 @@ def segment_predict(
     out: Path = typer.Option(Path("segmentations"), "--out", "-o", help="Output folder: NAME_mask.png (lesion), NAME_T_mask.png (target T; 0/255) and NAME_outline.png at the original size."),
 ):
     """Segment new images with every U-Net of the run (one per target); bad files are listed as skipped and the rest finish."""
-    from liverscope.segment import write_predictions
+    from liverscope.segment import write_segmentations
 
     try:
         count_inputs(paths)
-        summary = write_predictions(run_dir, paths, out)
+        summary = write_segmentations(run_dir, paths, out)
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}; outlines: " + ", ".join(f"{t} {c}" for t, c in summary["colours"].items()))
