@@ -40,7 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("target", nargs="?", default="lesion")
-    ap.add_argument("overrides", nargs="?", default="{}", help="JSON: segment train flags by name (liverscope.segment.segment_config), and resume")
+    ap.add_argument("overrides", nargs="?", default="{}",
+                    help="JSON: segment train flags by name (liverscope.segment.segment_config), and resume")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-lesions")
     args = ap.parse_args()
     make_run(args.run, args.data)

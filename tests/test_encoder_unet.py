@@ -89,7 +89,8 @@ def test_offline_without_the_weights_package_fails_before_any_work(tmp_path, mon
     E.check_encoder_weights(U.make_arch("attention-unet"))  # needs no weights
     save_model(tmp_path, build_model("resnet10t", 2, head="linear"), ["a", "b"], Preprocessing(size=32, denoise=False))
     with pytest.raises(LiverscopeError, match="attention-unet") as err:
-        C.train_segmenter(tmp_path, tmp_path / "no-such-data", segment_config(masks=tmp_path / "masks", device="cpu"), report=False)
+        cfg = segment_config(masks=tmp_path / "masks", device="cpu")
+        C.train_segmenter(tmp_path, tmp_path / "no-such-data", cfg, report=False)
     assert "liverscope[imagenet]" in str(err.value)
 
 

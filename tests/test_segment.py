@@ -186,7 +186,8 @@ def test_unet_learns_the_phantom_nodules():
 
     torch.manual_seed(0)
     before = test_iou(S.build_unet(channels=(8, 16, 32)).eval())
-    model, info = S.fit_unet(imgs, masks, split, FitConfig(epochs=8, batch_size=4, lr=1e-2, seed=0, device="cpu"), arch=S.unet_arch(channels=(8, 16, 32)))
+    fit = FitConfig(epochs=8, batch_size=4, lr=1e-2, seed=0, device="cpu")
+    model, info = S.fit_unet(imgs, masks, split, fit, arch=S.unet_arch(channels=(8, 16, 32)))
     after = test_iou(model)
     assert after > before + 0.2
     assert after > 0.35, info["history"]
@@ -195,7 +196,8 @@ def test_unet_learns_the_phantom_nodules():
 
 def test_segmenter_save_load_round_trip(tmp_path):
     imgs, masks = _phantom_set(6, size=32)
-    model, info = S.fit_unet(imgs, masks, ["train"] * 4 + ["val"] * 2, FitConfig(epochs=1, batch_size=2, device="cpu"), arch=S.unet_arch(channels=(4, 8)))
+    fit = FitConfig(epochs=1, batch_size=2, device="cpu")
+    model, info = S.fit_unet(imgs, masks, ["train"] * 4 + ["val"] * 2, fit, arch=S.unet_arch(channels=(4, 8)))
     assert S.load_segmenter(tmp_path) is None  # a run without a segmenter
     S.save_segmenter(tmp_path, model, {"architecture": info["architecture"], "size": 32})
     seg = S.load_segmenter(tmp_path)
@@ -268,10 +270,12 @@ def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
     straight, info = S.fit_unet(
         imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=tmp_path / "straight", **kw
     )
-    _, first = S.fit_unet(imgs, masks, split, FitConfig(epochs=2, **fit), checkpoint_dir=tmp_path / "resumed", **kw)
+    resumed_dir = tmp_path / "resumed"
+    _, first = S.fit_unet(imgs, masks, split, FitConfig(epochs=2, **fit), checkpoint_dir=resumed_dir, **kw)
     assert {p.name for p in (tmp_path / "resumed").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert first["epochs_run"] == 2 and first["steps"] == 2 * 3  # 7 images in batches of 2: the lone last one is dropped
-    resumed, again = S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=tmp_path / "resumed", resume=True, **kw)
+    resumed, again = S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=resumed_dir,
+                                resume=True, **kw)
     assert again["resumed"] and again["epochs_run"] == 4 and again["steps"] == 4 * 3
     assert again["history"][:2] == first["history"]  # the history travels in the checkpoint
     for a, b in zip(again["history"], info["history"]):
@@ -281,7 +285,8 @@ def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
     for k, v in resumed.state_dict().items():
         np.testing.assert_allclose(v.float().numpy(), ref[k].float().numpy(), atol=1e-4, err_msg=k)
     with pytest.raises(LiverscopeError, match="nothing to resume"):
-        S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=tmp_path / "none", resume=True, **kw)
+        S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=tmp_path / "none",
+                   resume=True, **kw)
 
 
 def test_lightning_fit_stops_early_on_the_validation_dice():
@@ -339,7 +344,8 @@ def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path)
     assert len(list((run_copy / "pseudo_masks").rglob("*.png"))) == 120
     # Lightning's checkpoints in the segmenter's folder of the run; resume continues from them
     assert meta["engine"] == "lightning" and (run_copy / meta["checkpoints"] / "last.ckpt").exists()
-    resumed = S.train_segmenter(run_copy, phantom_dir, segment_config(epochs=3, size=32, real_masks=phantom_dir / "masks", device="cpu"),
+    cfg = segment_config(epochs=3, size=32, real_masks=phantom_dir / "masks", device="cpu")
+    resumed = S.train_segmenter(run_copy, phantom_dir, cfg,
                                 report=False, resume=True)["meta"]
     assert resumed["resumed"] and resumed["epochs_run"] == 3 and resumed["history"][:2] == meta["history"]
     # the app's contract

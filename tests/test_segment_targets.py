@@ -346,7 +346,8 @@ def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confi
     nonempty = seen["masks"].reshape(len(called), -1).any(axis=1)
     assert not (nonempty & ~called).any()
     with pytest.raises(UsageError, match="not among the run's classes"):
-        S.train_segmenter(run, lesion_data, segment_config(target="pseudo", epochs=1, size=CLF_SIZE, positive=["tumour"], **QUICK), report=False)
+        cfg = segment_config(target="pseudo", epochs=1, size=CLF_SIZE, positive=["tumour"], **QUICK)
+        S.train_segmenter(run, lesion_data, cfg, report=False)
 
 
 def test_predicted_regions_follow_the_segmenters_own_preprocessing(two_target_run, lesion_data):

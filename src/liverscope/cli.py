@@ -463,8 +463,8 @@ def _check_cam_options(rule: str, method: str) -> str:
 
 
 SEGMENT_CONFIG_HELP = ("A YAML file of segment settings (target, masks, pseudo:, network:, train:, engine:), "
-                       "or a segmenter's .json (reruns its saved config); the flags given and --set override it "
-                       "(docs/segment.md).")
+                       "or a segmenter's .json (reruns its saved config); the flags given and --set "
+                       "override it (docs/segment.md).")
 SEGMENT_SET_HELP = ("Any segment setting as KEY=VALUE (dotted, e.g. train.lr=3e-4, pseudo.threshold=0.4, "
                     "engine.iterations=50); repeatable; overrides the flags.")
 

@@ -76,7 +76,7 @@ __all__ = [
     "pseudo_mask", "confident_targets", "describe_rule", "weighted_segmentation_loss",
     "PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "write_pseudo_masks", "LoadedImage", "load_images", "list_images",
     "read_mask", "find_mask", "load_masks_for", "build_unet", "unet_arch", "to_unet_input", "fit_unet", "LitSegmenter", "segmentation_loss", "predict_masks_at", "Segmenter",
-    "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split", "train_segmenter",
-    "write_segmentations", "score_mask_dirs", "draw_outline", "predicted_regions",
+    "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split",
+    "train_segmenter", "write_segmentations", "score_mask_dirs", "draw_outline", "predicted_regions",
     "SegmentConfig", "load_segment_config", "segment_config", "PseudoOptions",
 ]

@@ -289,7 +289,8 @@ class NnunetOptions:
     #: an nnU-Net trainer class by name (``nnUNetTrainer``: 1000 epochs of 250 iterations;
     #: ``nnUNetTrainer_100epochs`` and the like are nnU-Net's shorter ones)
     trainer: str = DEFAULT_TRAINER
-    #: override the trainer's epochs, iterations per epoch, validation iterations (a subclass: :func:`short_trainer`)
+    #: override the trainer's epochs, iterations per epoch, validation iterations
+    #: (a subclass: :func:`short_trainer`)
     epochs: int | None = None
     iterations: int | None = None
     val_iterations: int | None = None
@@ -326,7 +327,8 @@ def fit_nnunet(
         paths: each image's source (``cases.csv``).
         work_dir: the engine's folder in the run (``raw/``, ``preprocessed/``, ``results/``, ``log.txt``).
         label: the foreground's name in ``dataset.json`` (the target).
-        options: the trainer and its overrides, processes and threads (:class:`NnunetOptions`; default: nnU-Net's).
+        options: the trainer and its overrides, processes and threads (:class:`NnunetOptions`;
+            default: nnU-Net's).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         resume: continue nnU-Net's interrupted training from its latest checkpoint.
 
@@ -476,5 +478,5 @@ def build_nnunet(arch: dict) -> NnUNetNetwork:
 
 
 __all__ = ["ENGINES", "NNUNET_ARCH", "DATASET_ID", "PIXELS", "nnunet_dir", "dataset_name", "check_engine", "grey_at", "write_raw_dataset",
-           "nnunet_splits", "write_splits", "short_trainer", "run_worker", "nnunet_env", "fit_nnunet", "nnunet_arch", "NnUNetNetwork", "build_nnunet",
-           "NnunetOptions"]
+           "nnunet_splits", "write_splits", "short_trainer", "run_worker", "nnunet_env", "fit_nnunet",
+           "nnunet_arch", "NnUNetNetwork", "build_nnunet", "NnunetOptions"]

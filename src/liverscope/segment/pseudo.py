@@ -147,7 +147,8 @@ def pseudo_masks(
         cams: precomputed ``(cams, classes)`` of :func:`run_cams` (to try several rules on one pass).
         regions: bool ``size x size`` mask per image, intersected with its scan sector.
         batch_size: images per CAM pass.
-        changes: fields of :class:`PseudoOptions` by name (``q=30``, ``layers="layer3"``) that replace ``options``'.
+        changes: fields of :class:`PseudoOptions` by name (``q=30``, ``layers="layer3"``) that
+            replace ``options``'.
 
     Returns:
         :class:`PseudoMasks` (``regions``: the sectors intersected with the given regions).
@@ -183,7 +184,8 @@ def pseudo_masks(
     masks = (np.stack([pseudo_mask(c, s, rule, threshold=threshold, q=q, image=im) for c, s, im in zip(norm, search, images)]) if n
              else np.zeros(raw.shape, bool))
     n_models = len(members(run_dir, o.ensemble)) if run_dir is not None else 1
-    return PseudoMasks(masks, norm, sectors, np.asarray(classes), describe_rule(rule, threshold, q, o.flip_average, n_models, o.layers),
+    described = describe_rule(rule, threshold, q, o.flip_average, n_models, o.layers)
+    return PseudoMasks(masks, norm, sectors, np.asarray(classes), described,
                        None if regions is None else search)
 
 
@@ -238,7 +240,8 @@ def write_pseudo_masks(
     """
     run_dir, data = Path(run_dir), Path(data)
     o = PseudoOptions.of(options, **changes)
-    rule, threshold, q, flip_average, method, ensemble, layers = o.rule, o.threshold, o.q, o.flip_average, o.method, o.ensemble, o.layers
+    rule, threshold, q, flip_average = o.rule, o.threshold, o.q, o.flip_average
+    method, ensemble, layers = o.method, o.ensemble, o.layers
     if not data.exists():
         raise LiverscopeError(f"{data}: does not exist (give an image folder or file)")
     check_rule(rule)
@@ -270,4 +273,5 @@ def write_pseudo_masks(
     return {"written": written, "out": out, "rule": desc, "skipped": skipped}
 
 
-__all__ = ["PseudoMasks", "PseudoOptions", "run_cams", "pseudo_masks", "score_pseudo_masks", "check_out_dir", "write_pseudo_masks"]
+__all__ = ["PseudoMasks", "PseudoOptions", "run_cams", "pseudo_masks", "score_pseudo_masks", "check_out_dir",
+           "write_pseudo_masks"]

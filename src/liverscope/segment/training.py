@@ -36,7 +36,8 @@ from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
 from liverscope.segment.config import FitConfig, fit_defaults
 from liverscope.segment.encoder_unet import mask_and_score
-from liverscope.segment.unet import LOSSES, check_size, cpu_threads, normalisation, resize_masks, to_unet_input, unet_arch, unet_from_arch
+from liverscope.segment.unet import LOSSES, check_size, cpu_threads, normalisation, resize_masks
+from liverscope.segment.unet import to_unet_input, unet_arch, unet_from_arch
 from liverscope.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
 from liverscope.utils import log, resolve_device
 
@@ -107,7 +108,8 @@ class LitSegmenter(L.LightningModule):
     ``val_dice`` is the mean over validation images of the Dice of ``sigmoid(logits) > 0.5`` against the
     target (:func:`liverscope.evaluate.masks.dice`: two empty masks agree, Dice 1). :attr:`history` holds
     one row per epoch (``epoch``, ``loss``, ``val_dice``) and travels in the checkpoints, so a resumed fit
-    continues it. ``settings`` gives the loss (``None``: ``bce``), the learning rate, the flips and their seed.
+    continues it. ``settings`` gives the loss (``None``: ``bce``), the learning rate, the flips and
+    their seed.
     """
 
     def __init__(self, model: torch.nn.Module, settings: FitConfig | None = None, verbose: bool = False):
@@ -115,7 +117,8 @@ class LitSegmenter(L.LightningModule):
         fit = fit_defaults(settings or FitConfig())
         self.model = model
         self.criterion, self.loss_kind = segmentation_loss(fit.loss), fit.loss
-        self.lr, self.flip, self.seed, self.verbose = float(fit.lr), bool(fit.flip), int(fit.seed), bool(verbose)
+        self.lr, self.flip, self.seed = float(fit.lr), bool(fit.flip), int(fit.seed)
+        self.verbose = bool(verbose)
         self.history: list[dict] = []
         self._val_dice: list[float] = []
 
@@ -198,7 +201,8 @@ def _checked_inputs(
         weights = np.asarray(weights, np.float32)
         if weights.shape != masks.shape or not np.isfinite(weights).all() or (weights < 0).any():
             raise LiverscopeError(
-                f"pixel weights must be finite, >= 0 and shaped like the masks {masks.shape}, got {weights.shape}"
+                f"pixel weights must be finite, >= 0 and shaped like the masks {masks.shape}, "
+                f"got {weights.shape}"
             )
     if int(batch_size) < 1:
         raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
@@ -231,7 +235,8 @@ def _tensors(
 def _trainer(
     fit: FitConfig, device: str, ckpt_dir: Path, validated: bool, progress: bool
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Lightning's Trainer as the classifier's is built: checkpoints (best validation Dice, last), early stopping."""
+    """Lightning's Trainer as the classifier's is built: checkpoints (best validation Dice, last),
+    early stopping."""
     ckpt = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -265,6 +270,18 @@ def _trainer(
     return trainer, ckpt
 
 
+def _checkpoints_ready(ckpt_dir: Path, resume: bool) -> Path:
+    """``ckpt_dir/last.ckpt``, which ``resume`` needs; a fresh fit removes an earlier fit's checkpoints
+    from the folder (they are not ours to pick from)."""
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.exists():
+        raise LiverscopeError(f"{last}: nothing to resume from; train without resume first")
+    if not resume:
+        for old in ("best.ckpt", "last.ckpt"):
+            (ckpt_dir / old).unlink(missing_ok=True)
+    return last
+
+
 def _best(model, lit: LitSegmenter, ckpt: ModelCheckpoint) -> tuple[list[dict], int, float | None]:
     """``(history, best epoch, its validation Dice)``; the best epoch's weights loaded into ``model``."""
     history = list(lit.history)
@@ -280,19 +297,10 @@ def _best(model, lit: LitSegmenter, ckpt: ModelCheckpoint) -> tuple[list[dict], 
     )  # without validation images: the last epoch
 
 
-def fit_unet(
-    images: Sequence[np.ndarray],
-    masks: np.ndarray,
-    split: Sequence[str],
-    settings: FitConfig | None = None,
-    *,
-    arch: dict | None = None,
-    weights: np.ndarray | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    verbose: bool = False,
-    progress: bool = False,
-) -> tuple[object, dict]:
+def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str],
+             settings: FitConfig | None = None, *, arch: dict | None = None,
+             weights: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
+             resume: bool = False, verbose: bool = False, progress: bool = False) -> tuple[object, dict]:
     """Train a U-Net on ``(image, mask)`` pairs with Lightning; the weights of the best validation Dice
     are kept. On CPU it runs with half the cores (see :func:`~liverscope.segment.unet.cpu_threads`).
 
@@ -347,13 +355,9 @@ def fit_unet(
     train_dl, val_dl = _loaders(x_all, y_all, tr, va, int(fit.batch_size), fit.seed, w_all)
 
     with contextlib.ExitStack() as stack:
-        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unet-ckpt-")))
-        last = ckpt_dir / "last.ckpt"
-        if resume and not last.exists():
-            raise LiverscopeError(f"{last}: nothing to resume from; train without resume first")
-        if not resume:  # a fresh fit: an earlier fit's checkpoints in this folder are not ours to pick from
-            for old in ("best.ckpt", "last.ckpt"):
-                (ckpt_dir / old).unlink(missing_ok=True)
+        temporary = None if checkpoint_dir else tempfile.TemporaryDirectory(prefix="unet-ckpt-")
+        ckpt_dir = Path(checkpoint_dir or stack.enter_context(temporary))
+        last = _checkpoints_ready(ckpt_dir, resume)
         trainer, ckpt = _trainer(fit, device, ckpt_dir, val_dl is not None, progress)
         t0 = time.perf_counter()
         with cpu_threads(device), warnings.catch_warnings():
@@ -363,24 +367,11 @@ def fit_unet(
         seconds = time.perf_counter() - t0
         history, best_epoch, best_dice = _best(model, lit, ckpt)
     model.to(device).eval()
-    info = {
-        "best_epoch": best_epoch,
-        "best_val_dice": best_dice,
-        "epochs_run": len(history),
-        "steps": int(trainer.global_step),
-        "history": history,
-        "seconds": round(seconds, 1),
-        "architecture": arch,
-        "size": size,
-        "loss": fit.loss,
-        "lr": fit.lr,
-        "batch_size": fit.batch_size,
-        "seed": fit.seed,
-        "engine": "lightning",
-        "resumed": bool(resume),
-        "pixel_weights": weights is not None,
-        "initial_weights": getattr(model, "weights_source", "random initialisation"),
-    }
+    info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history),
+            "steps": int(trainer.global_step), "history": history, "seconds": round(seconds, 1),
+            "architecture": arch, "size": size, "loss": fit.loss, "lr": fit.lr, "batch_size": fit.batch_size,
+            "seed": fit.seed, "engine": "lightning", "resumed": bool(resume), "pixel_weights": weights is not None,
+            "initial_weights": getattr(model, "weights_source", "random initialisation")}
     return model, info
 
 
