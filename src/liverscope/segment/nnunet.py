@@ -303,19 +303,10 @@ class NnunetOptions:
     threads: int | None = None
 
 
-def fit_nnunet(
-    images: Sequence[np.ndarray],
-    masks: np.ndarray,
-    split: Sequence[str],
-    options: NnunetOptions | None = None,
-    *,
-    size: int,
-    paths: Sequence[str],
-    work_dir: str | Path,
-    label: str = "lesion",
-    device: str = "cpu",
-    resume: bool = False,
-) -> tuple[NnUNetNetwork, dict]:
+def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str],
+               options: NnunetOptions | None = None, *, size: int, paths: Sequence[str], work_dir: str | Path,
+               label: str = "lesion", device: str = "cpu", resume: bool = False
+               ) -> tuple[NnUNetNetwork, dict]:
     """Train nnU-Net on ``(image, mask)`` pairs with the given split, as ``fit_unet`` trains liverscope's U-Nets.
 
     Args:
@@ -339,14 +330,8 @@ def fit_nnunet(
     """
     check_engine("nnunet")
     o = options or NnunetOptions()
-    trainer, epochs, iterations, val_iterations, threads = (
-        o.trainer,
-        o.epochs,
-        o.iterations,
-        o.val_iterations,
-        o.threads,
-    )
-    augment_processes = o.augment_processes
+    trainer, epochs, iterations, val_iterations = o.trainer, o.epochs, o.iterations, o.val_iterations
+    threads, augment_processes = o.threads, o.augment_processes
     work_dir = Path(work_dir).resolve()
     masks, split = np.asarray(masks, bool), np.asarray(split).astype(str)
     name = dataset_name(label)

@@ -120,16 +120,10 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
     return (total / count).astype(np.float32), np.asarray(targets, int)
 
 
-def pseudo_masks(
-    run_dir: str | Path,
-    images: Sequence[np.ndarray],
-    options: PseudoOptions | str = "threshold",
-    *,
-    cams: tuple[np.ndarray, np.ndarray] | None = None,
-    regions: Sequence[np.ndarray] | None = None,
-    batch_size: int = 16,
-    **changes,
-) -> PseudoMasks:
+def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray],
+                 options: PseudoOptions | str = "threshold", *,
+                 cams: tuple[np.ndarray, np.ndarray] | None = None,
+                 regions: Sequence[np.ndarray] | None = None, batch_size: int = 16, **changes) -> PseudoMasks:
     """CAM pseudo-masks of preprocessed model inputs.
 
     Each map (averaged over the ensemble / flips, see :func:`run_cams`) is normalised over its scan
@@ -162,15 +156,8 @@ def pseudo_masks(
     if regions is not None and len(regions) != len(images):
         raise LiverscopeError(f"{len(regions)} region masks for {len(images)} images: give one per image")
     if cams is None:
-        cams = run_cams(
-            run_dir,
-            images,
-            ensemble=o.ensemble,
-            flip_average=o.flip_average,
-            method=o.method,
-            batch_size=batch_size,
-            layers=o.layers,
-        )
+        cams = run_cams(run_dir, images, ensemble=o.ensemble, flip_average=o.flip_average, method=o.method,
+                        batch_size=batch_size, layers=o.layers)
     raw, classes = cams
     n = len(images)
     sectors = np.stack([sector_mask(im) for im in images]) if n else np.zeros((0,) + raw.shape[1:], bool)
@@ -185,8 +172,8 @@ def pseudo_masks(
              else np.zeros(raw.shape, bool))
     n_models = len(members(run_dir, o.ensemble)) if run_dir is not None else 1
     described = describe_rule(rule, threshold, q, o.flip_average, n_models, o.layers)
-    return PseudoMasks(masks, norm, sectors, np.asarray(classes), described,
-                       None if regions is None else search)
+    searched = None if regions is None else search
+    return PseudoMasks(masks, norm, sectors, np.asarray(classes), described, searched)
 
 
 def score_pseudo_masks(pm: PseudoMasks, true_masks: Sequence[np.ndarray]) -> dict:
@@ -222,15 +209,8 @@ def check_out_dir(out: Path, data_roots: Sequence[Path]) -> None:
             raise LiverscopeError(f"--out {out} lies inside the data folder {root}: masks are never written into the data; choose another folder")
 
 
-def write_pseudo_masks(
-    run_dir: str | Path,
-    data: str | Path,
-    out: str | Path | None = None,
-    options: PseudoOptions | str = "threshold",
-    *,
-    chunk: int = 64,
-    **changes,
-) -> dict:
+def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | None = None,
+                       options: PseudoOptions | str = "threshold", *, chunk: int = 64, **changes) -> dict:
     """Pseudo-masks of every image of ``data`` as PNGs (0/255, original size) under ``out``, mirroring
     ``data``'s relative paths (``.png`` suffix). ``out`` defaults to ``RUN_DIR/pseudo_masks`` and may not
     lie inside ``data``. ``options`` and ``changes`` as :func:`pseudo_masks`'.

@@ -370,7 +370,8 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
     info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history),
             "steps": int(trainer.global_step), "history": history, "seconds": round(seconds, 1),
             "architecture": arch, "size": size, "loss": fit.loss, "lr": fit.lr, "batch_size": fit.batch_size,
-            "seed": fit.seed, "engine": "lightning", "resumed": bool(resume), "pixel_weights": weights is not None,
+            "seed": fit.seed, "engine": "lightning", "resumed": bool(resume),
+            "pixel_weights": weights is not None,
             "initial_weights": getattr(model, "weights_source", "random initialisation")}
     return model, info
 
