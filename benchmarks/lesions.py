@@ -275,14 +275,25 @@ def liver_stage(args, results: dict) -> dict:
 
 def segmenter_stage(args, results: dict, target: str, masks: Path | None = None, **pseudo) -> dict:
     """``segment train`` into the cv run: on expert ``masks``, or on the run's CAM pseudo-masks (``pseudo``
-    options of :func:`liverscope.segment.train_segmenter`); scored against the experts on its test images."""
+    options of :func:`liverscope.segment.segment_config`); scored against the experts on its test images."""
     from liverscope import segment as S
 
     run = Path(results["classification"]["run"])
     t0 = time.perf_counter()
-    r = S.train_segmenter(run, args.data, masks=masks, real_masks=args.data / "masks" / ("liver" if target == "liver" else "lesion"),
-                          target=target, loss="bce+dice", epochs=args.seg_epochs, size=args.seg_size, seed=0, device="cpu", channels=args.seg_channels,
-                          patience=args.seg_patience, report=False, **pseudo)
+    cfg = S.segment_config(
+        masks=masks,
+        real_masks=args.data / "masks" / ("liver" if target == "liver" else "lesion"),
+        target=target,
+        loss="bce+dice",
+        epochs=args.seg_epochs,
+        size=args.seg_size,
+        seed=0,
+        device="cpu",
+        channels=args.seg_channels,
+        patience=args.seg_patience,
+        **pseudo,
+    )
+    r = S.train_segmenter(run, args.data, cfg, report=False)
     sc = r["scores"]
     return {"target": target, "masks": sc["masks"], "n_train": sc["n_train"], "n_val": sc["n_val"], "n_test": sc["n_test"],
             "best_epoch": sc["best_epoch"], "dice_vs_targets": sc["dice_vs_targets"], "vs_expert": sc.get("vs_expert"),

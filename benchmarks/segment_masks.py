@@ -40,13 +40,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("target", nargs="?", default="lesion")
-    ap.add_argument("overrides", nargs="?", default="{}", help="JSON: keyword arguments of liverscope.segment.train_segmenter")
+    ap.add_argument("overrides", nargs="?", default="{}",
+                    help="JSON: segment train flags by name (liverscope.segment.segment_config), and resume")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-lesions")
     args = ap.parse_args()
     make_run(args.run, args.data)
     extra = json.loads(args.overrides)
     t0 = time.perf_counter()
-    r = S.train_segmenter(args.run, args.data, masks=args.data / "masks" / args.target, target=args.target, device="cpu", report=False, seed=0, **extra)
+    flags = {k: v for k, v in extra.items() if k != "resume"}
+    cfg = S.segment_config(
+        masks=args.data / "masks" / args.target, target=args.target, device="cpu", seed=0, **flags
+    )
+    r = S.train_segmenter(args.run, args.data, cfg, report=False, resume=bool(extra.get("resume")))
     print(json.dumps({"target": args.target, "overrides": extra, "minutes": round((time.perf_counter() - t0) / 60, 1), "scores": r["scores"]}, default=str))
     for line in r["summary_lines"]:
         print(line)

@@ -82,26 +82,29 @@ def test_offline_without_the_weights_package_fails_before_any_work(tmp_path, mon
     from liverscope.rundir import save_model
     from liverscope.segment import commands as C
     from liverscope.segment import encoder_unet as E
+    from liverscope.segment.config import segment_config
 
     monkeypatch.setattr(E, "package_weights_path", lambda name: None)
     monkeypatch.setattr(E, "hub_reachable", lambda: False)
     E.check_encoder_weights(U.make_arch("attention-unet"))  # needs no weights
     save_model(tmp_path, build_model("resnet10t", 2, head="linear"), ["a", "b"], Preprocessing(size=32, denoise=False))
     with pytest.raises(LiverscopeError, match="attention-unet") as err:
-        C.train_segmenter(tmp_path, tmp_path / "no-such-data", masks=tmp_path / "masks", device="cpu", report=False)
+        cfg = segment_config(masks=tmp_path / "masks", device="cpu")
+        C.train_segmenter(tmp_path, tmp_path / "no-such-data", cfg, report=False)
     assert "liverscope[imagenet]" in str(err.value)
 
 
 def test_the_image_level_head_is_trained_with_the_mask():
     """An encoder U-Net carries an image-level head (anything to outline?) whose loss joins the mask's:
     one optimiser step moves the head's weights, and a segmenter saved without a head loads without one."""
+    from liverscope.segment.config import FitConfig
     from liverscope.segment.training import LitSegmenter
 
     rec = U.make_arch("unet-lite0")
     assert rec["image_head"] is True
     torch.manual_seed(0)
     model = U.unet_from_arch(rec)
-    lit = LitSegmenter(model, "bce+dice", lr=1e-2, flip=False)
+    lit = LitSegmenter(model, FitConfig(loss="bce+dice", lr=1e-2, flip=False))
     x = torch.randn(4, 3, 64, 64)
     y = torch.zeros(4, 1, 64, 64)
     y[:2, :, 20:40, 20:40] = 1.0  # two images with something to outline, two without

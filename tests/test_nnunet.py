@@ -25,6 +25,7 @@ from liverscope.segment import nnunet as N
 from liverscope.segment import train_segmenter
 from liverscope.segment import unet as U
 from liverscope.segment.commands import segmentation_split
+from liverscope.segment.config import EngineConfig, FitConfig, SegmentConfig
 from liverscope.segment.images import load_images
 from liverscope.utils import read_csv_rows, read_json
 
@@ -170,8 +171,12 @@ def nnunet_run(tmp_path_factory):
     run.mkdir()
     torch.manual_seed(0)
     save_model(run, build_model("resnet10t", len(CLASSES), head="linear"), list(CLASSES), Preprocessing(size=64, denoise=False))
-    result = train_segmenter(run, data, masks=data / "masks", engine="nnunet", size=64, device="cpu", report=False, seed=0,
-                             nnunet={"epochs": 1, "iterations": 10, "val_iterations": 2, "processes": 1})
+    cfg = SegmentConfig(
+        masks=str(data / "masks"),
+        train=FitConfig(size=64, device="cpu", seed=0),
+        engine=EngineConfig(name="nnunet", epochs=1, iterations=10, val_iterations=2, processes=1),
+    )
+    result = train_segmenter(run, data, cfg, report=False)
     return {"run": run, "data": data, "result": result}
 
 

@@ -14,6 +14,7 @@ from liverscope.data.geometry import to_model, to_original
 from liverscope.evaluate.masks import dice, iou, mask_scores, pointing_game
 from liverscope.rundir import read_preprocessing
 from liverscope.errors import LiverscopeError
+from liverscope.segment.config import FitConfig, segment_config
 from liverscope.segment.training import segmentation_loss
 from liverscope.utils import atomic_write_png
 
@@ -185,7 +186,8 @@ def test_unet_learns_the_phantom_nodules():
 
     torch.manual_seed(0)
     before = test_iou(S.build_unet(channels=(8, 16, 32)).eval())
-    model, info = S.fit_unet(imgs, masks, split, channels=(8, 16, 32), epochs=8, batch_size=4, lr=1e-2, seed=0)
+    fit = FitConfig(epochs=8, batch_size=4, lr=1e-2, seed=0, device="cpu")
+    model, info = S.fit_unet(imgs, masks, split, fit, arch=S.unet_arch(channels=(8, 16, 32)))
     after = test_iou(model)
     assert after > before + 0.2
     assert after > 0.35, info["history"]
@@ -194,7 +196,8 @@ def test_unet_learns_the_phantom_nodules():
 
 def test_segmenter_save_load_round_trip(tmp_path):
     imgs, masks = _phantom_set(6, size=32)
-    model, info = S.fit_unet(imgs, masks, ["train"] * 4 + ["val"] * 2, channels=(4, 8), epochs=1, batch_size=2)
+    fit = FitConfig(epochs=1, batch_size=2, device="cpu")
+    model, info = S.fit_unet(imgs, masks, ["train"] * 4 + ["val"] * 2, fit, arch=S.unet_arch(channels=(4, 8)))
     assert S.load_segmenter(tmp_path) is None  # a run without a segmenter
     S.save_segmenter(tmp_path, model, {"architecture": info["architecture"], "size": 32})
     seg = S.load_segmenter(tmp_path)
@@ -209,7 +212,7 @@ def test_segmenter_save_load_round_trip(tmp_path):
 def test_bad_unet_settings_are_clear_errors():
     imgs, masks = _phantom_set(3, size=36)
     with pytest.raises(ValueError, match="multiple of 8"):
-        S.fit_unet(imgs, masks, ["train"] * 3, epochs=1)
+        S.fit_unet(imgs, masks, ["train"] * 3, FitConfig(epochs=1, device="cpu"))
     with pytest.raises(ValueError, match="loss"):
         segmentation_loss("focal")
 
@@ -262,12 +265,17 @@ def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
     and flips are seeded by epoch); resuming without a checkpoint is a clear error."""
     imgs, masks = _phantom_set(10, size=32)
     split = ["train"] * 7 + ["val"] * 2 + ["test"]
-    kw = dict(channels=(4, 8), batch_size=2, lr=1e-2, seed=3)
-    straight, info = S.fit_unet(imgs, masks, split, epochs=4, checkpoint_dir=tmp_path / "straight", **kw)
-    _, first = S.fit_unet(imgs, masks, split, epochs=2, checkpoint_dir=tmp_path / "resumed", **kw)
+    kw = dict(arch=S.unet_arch(channels=(4, 8)))
+    fit = dict(batch_size=2, lr=1e-2, seed=3, device="cpu")
+    straight, info = S.fit_unet(
+        imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=tmp_path / "straight", **kw
+    )
+    resumed_dir = tmp_path / "resumed"
+    _, first = S.fit_unet(imgs, masks, split, FitConfig(epochs=2, **fit), checkpoint_dir=resumed_dir, **kw)
     assert {p.name for p in (tmp_path / "resumed").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert first["epochs_run"] == 2 and first["steps"] == 2 * 3  # 7 images in batches of 2: the lone last one is dropped
-    resumed, again = S.fit_unet(imgs, masks, split, epochs=4, checkpoint_dir=tmp_path / "resumed", resume=True, **kw)
+    resumed, again = S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=resumed_dir,
+                                resume=True, **kw)
     assert again["resumed"] and again["epochs_run"] == 4 and again["steps"] == 4 * 3
     assert again["history"][:2] == first["history"]  # the history travels in the checkpoint
     for a, b in zip(again["history"], info["history"]):
@@ -277,7 +285,8 @@ def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
     for k, v in resumed.state_dict().items():
         np.testing.assert_allclose(v.float().numpy(), ref[k].float().numpy(), atol=1e-4, err_msg=k)
     with pytest.raises(LiverscopeError, match="nothing to resume"):
-        S.fit_unet(imgs, masks, split, epochs=4, checkpoint_dir=tmp_path / "none", resume=True, **kw)
+        S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=tmp_path / "none",
+                   resume=True, **kw)
 
 
 def test_lightning_fit_stops_early_on_the_validation_dice():
@@ -285,7 +294,13 @@ def test_lightning_fit_stops_early_on_the_validation_dice():
     whose weights are kept."""
     imgs, masks = _phantom_set(10, size=32)
     split = ["train"] * 6 + ["val"] * 3 + ["test"]
-    model, info = S.fit_unet(imgs, masks, split, channels=(4, 8), epochs=40, batch_size=2, lr=3e-2, seed=0, patience=2)
+    model, info = S.fit_unet(
+        imgs,
+        masks,
+        split,
+        FitConfig(epochs=40, batch_size=2, lr=3e-2, seed=0, patience=2, device="cpu"),
+        arch=S.unet_arch(channels=(4, 8)),
+    )
     dices = [h["val_dice"] for h in info["history"]]
     best = info["best_epoch"]
     assert info["epochs_run"] == best + 2 < 40, dices
@@ -329,7 +344,8 @@ def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path)
     assert len(list((run_copy / "pseudo_masks").rglob("*.png"))) == 120
     # Lightning's checkpoints in the segmenter's folder of the run; resume continues from them
     assert meta["engine"] == "lightning" and (run_copy / meta["checkpoints"] / "last.ckpt").exists()
-    resumed = S.train_segmenter(run_copy, phantom_dir, epochs=3, size=32, real_masks=phantom_dir / "masks", device="cpu",
+    cfg = segment_config(epochs=3, size=32, real_masks=phantom_dir / "masks", device="cpu")
+    resumed = S.train_segmenter(run_copy, phantom_dir, cfg,
                                 report=False, resume=True)["meta"]
     assert resumed["resumed"] and resumed["epochs_run"] == 3 and resumed["history"][:2] == meta["history"]
     # the app's contract

@@ -14,6 +14,7 @@ from liverscope.data.preprocess import Preprocessing, preprocess_array
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
 from liverscope.models import build_model
+from liverscope.segment.config import FitConfig
 from liverscope.segment.training import segmentation_loss, weighted_segmentation_loss
 
 PP64 = Preprocessing(size=64, denoise=False)
@@ -291,22 +292,30 @@ def test_fit_unet_with_weights_ignores_the_zero_weight_pixels():
     rng = np.random.default_rng(0)
     weights = (rng.random(masks.shape) < 0.5).astype(np.float32)
     noisy = np.where(weights == 0, ~masks, masks)
-    kw = {"channels": (4, 8), "batch_size": 2, "lr": 1e-2, "seed": 0, "epochs": 1, "max_steps": 2}
-    clean_model, clean = S.fit_unet(imgs, masks, split, weights=weights, **kw)
-    noisy_model, info = S.fit_unet(imgs, noisy, split, weights=weights, **kw)
+    fit = FitConfig(batch_size=2, lr=1e-2, seed=0, epochs=1, max_steps=2, device="cpu")
+    kw = {"arch": S.unet_arch(channels=(4, 8))}
+    clean_model, clean = S.fit_unet(imgs, masks, split, fit, weights=weights, **kw)
+    noisy_model, info = S.fit_unet(imgs, noisy, split, fit, weights=weights, **kw)
     assert info["steps"] == 2 and info["pixel_weights"] is True
     assert info["history"][0]["val_dice"] == pytest.approx(clean["history"][0]["val_dice"], abs=1e-9)
     ref = clean_model.state_dict()
     for k, v in noisy_model.state_dict().items():
         np.testing.assert_allclose(v.float().numpy(), ref[k].float().numpy(), atol=1e-6, err_msg=k)
-    unweighted, _ = S.fit_unet(imgs, noisy, split, **kw)
+    unweighted, _ = S.fit_unet(imgs, noisy, split, fit, **kw)
     assert any(not torch.allclose(v.float(), ref[k].float(), atol=1e-4) for k, v in unweighted.state_dict().items())
     with pytest.raises(LiverscopeError, match="pixel weights"):
-        S.fit_unet(imgs, masks, split, weights=weights[:, :16], **kw)
+        S.fit_unet(imgs, masks, split, fit, weights=weights[:, :16], **kw)
 
 
 def test_fit_unet_resizes_weights_with_the_targets():
     imgs, masks = _phantoms(4, size=64)
     masks_w, weights = S.confident_targets(np.stack([m.astype(np.float32) for m in masks]))
-    _, info = S.fit_unet(imgs, masks_w, ["train"] * 4, size=32, weights=weights, channels=(4, 8), batch_size=2, epochs=1, max_steps=1)
+    _, info = S.fit_unet(
+        imgs,
+        masks_w,
+        ["train"] * 4,
+        FitConfig(size=32, batch_size=2, epochs=1, max_steps=1, device="cpu"),
+        weights=weights,
+        arch=S.unet_arch(channels=(4, 8)),
+    )
     assert info["steps"] == 1 and info["size"] == 32

@@ -18,6 +18,7 @@ from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.segment import commands as C
 from liverscope.segment import unet as U
+from liverscope.segment.config import segment_config
 from liverscope.utils import atomic_write_png, read_csv_rows, read_json
 
 CLASSES = ("benign", "malignant", "normal")
@@ -25,7 +26,7 @@ CLF_SIZE, LIVER_SIZE = 32, 64
 #: Where the classifier's CAMs are taken: resnet10t's last feature map is 1x1 at 32 px, a flat map
 #: (no pseudo-mask, no confidence band; float rounding is not a pattern), layer3's is 4x4.
 CAM_LAYERS = "layer3"
-QUICK = dict(arch="attention-unet", channels=(4, 8), batch_size=4, lr=3e-2, device="cpu", report=False, seed=0)
+QUICK = dict(arch="attention-unet", channels=(4, 8), batch_size=4, lr=3e-2, device="cpu", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +64,29 @@ def two_target_run(lesion_data, liver_masks, tmp_path_factory):
     seen = {}
     real_fit = C.fit_unet
 
-    def recording_fit(images, masks, split, **kw):
-        seen[len(seen)] = {"image_shapes": {np.asarray(im).shape for im in images}, "mask_shape": np.asarray(masks).shape[1:], "size": kw["size"]}
-        return real_fit(images, masks, split, **kw)
+    def recording_fit(images, masks, split, settings, **kw):
+        seen[len(seen)] = {
+            "image_shapes": {np.asarray(im).shape for im in images},
+            "mask_shape": np.asarray(masks).shape[1:],
+            "size": settings.size,
+        }
+        return real_fit(images, masks, split, settings, **kw)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(C, "fit_unet", recording_fit)
     try:
-        lesion = S.train_segmenter(run, lesion_data, masks=lesion_data / "masks", epochs=2, size=CLF_SIZE, **QUICK)
-        liver = S.train_segmenter(run, lesion_data, masks=liver_masks, target="liver", epochs=8, size=LIVER_SIZE, **QUICK)
+        lesion = S.train_segmenter(
+            run,
+            lesion_data,
+            segment_config(masks=lesion_data / "masks", epochs=2, size=CLF_SIZE, **QUICK),
+            report=False,
+        )
+        liver = S.train_segmenter(
+            run,
+            lesion_data,
+            segment_config(masks=liver_masks, target="liver", epochs=8, size=LIVER_SIZE, **QUICK),
+            report=False,
+        )
     finally:
         mp.undo()
     return {"run": run, "lesion": lesion, "liver": liver, "seen": seen}
@@ -245,12 +260,25 @@ def test_pseudo_masks_move_to_a_larger_segmenter_grid(two_target_run, lesion_dat
     given = {}
     real_fit = C.fit_unet
 
-    def recording_fit(images, masks, split, **kw):
+    def recording_fit(images, masks, split, *args, **kw):
         given.update(images=images, masks=np.asarray(masks))
-        return real_fit(images, masks, split, **kw)
+        return real_fit(images, masks, split, *args, **kw)
 
     monkeypatch.setattr(C, "fit_unet", recording_fit)
-    r = S.train_segmenter(run, lesion_data, real_masks=lesion_data / "masks", target="cam", epochs=1, size=LIVER_SIZE, max_steps=1, layers=CAM_LAYERS, **QUICK)
+    r = S.train_segmenter(
+        run,
+        lesion_data,
+        segment_config(
+            real_masks=lesion_data / "masks",
+            target="cam",
+            epochs=1,
+            size=LIVER_SIZE,
+            max_steps=1,
+            layers=CAM_LAYERS,
+            **QUICK,
+        ),
+        report=False,
+    )
     assert r["meta"]["preprocessing"]["size"] == LIVER_SIZE and r["meta"]["pseudo_masks"]["rule"] == "threshold"
     assert len(sorted((run / "pseudo_masks-cam").rglob("*.png"))) == 18 and not (run / "pseudo_masks").exists()  # lesion's folder untouched
     sc = r["scores"]
@@ -273,15 +301,27 @@ def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confi
     seen = {}
     real_fit = C.fit_unet
 
-    def recording_fit(images, masks, split, **kw):
+    def recording_fit(images, masks, split, *args, **kw):
         seen["masks"], seen["weights"] = np.asarray(masks), kw.get("weights")
-        return real_fit(images, masks, split, **kw)
+        return real_fit(images, masks, split, *args, **kw)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(C, "fit_unet", recording_fit)
     try:
-        r = S.train_segmenter(run, lesion_data, target="pseudo", epochs=1, size=CLF_SIZE, positive=["malignant"], confident=(0.3, 0.6),
-                              layers=CAM_LAYERS, **QUICK)
+        r = S.train_segmenter(
+            run,
+            lesion_data,
+            segment_config(
+                target="pseudo",
+                epochs=1,
+                size=CLF_SIZE,
+                positive=["malignant"],
+                confident=(0.3, 0.6),
+                layers=CAM_LAYERS,
+                **QUICK,
+            ),
+            report=False,
+        )
     finally:
         mp.undo()
     w = seen["weights"]
@@ -306,7 +346,8 @@ def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confi
     nonempty = seen["masks"].reshape(len(called), -1).any(axis=1)
     assert not (nonempty & ~called).any()
     with pytest.raises(UsageError, match="not among the run's classes"):
-        S.train_segmenter(run, lesion_data, target="pseudo", epochs=1, size=CLF_SIZE, positive=["tumour"], **QUICK)
+        cfg = segment_config(target="pseudo", epochs=1, size=CLF_SIZE, positive=["tumour"], **QUICK)
+        S.train_segmenter(run, lesion_data, cfg, report=False)
 
 
 def test_predicted_regions_follow_the_segmenters_own_preprocessing(two_target_run, lesion_data):
@@ -343,13 +384,27 @@ def test_pseudo_masks_within_the_predicted_liver(two_target_run, lesion_data, tm
 
     real_fit = C.fit_unet
 
-    def recording_fit(images, masks, split, **kw):
+    def recording_fit(images, masks, split, *args, **kw):
         seen["masks"] = np.asarray(masks)
-        return real_fit(images, masks, split, **kw)
+        return real_fit(images, masks, split, *args, **kw)
 
     monkeypatch.setattr(C, "predicted_regions", left_half)
     monkeypatch.setattr(C, "fit_unet", recording_fit)
-    r = S.train_segmenter(run, lesion_data, target="inliver", within="liver", rule="top", q=30.0, epochs=1, size=CLF_SIZE, max_steps=1, **QUICK)
+    r = S.train_segmenter(
+        run,
+        lesion_data,
+        segment_config(
+            target="inliver",
+            within="liver",
+            rule="top",
+            q=30.0,
+            epochs=1,
+            size=CLF_SIZE,
+            max_steps=1,
+            **QUICK,
+        ),
+        report=False,
+    )
     assert asked["target"] == "liver" and r["meta"]["pseudo_masks"]["within"] == "liver"
     assert "inside the predicted liver" in r["scores"]["masks"]
     m = seen["masks"]

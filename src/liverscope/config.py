@@ -252,24 +252,51 @@ def _coerce(current: Any, value: Any, key: str, origin: str) -> Any:
         if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
             raise UsageError(f"{origin}: '{key}' must be a number, got '{value}'")
         return float(parsed) if isinstance(current, float) else (int(parsed) if float(parsed).is_integer() else parsed)
+    if isinstance(current, list) and not isinstance(parsed, list):  # a list as text: "8,16,32"
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        return [_coerce(current[0], v, key, origin) if current else v for v in items]
     return parsed
+
+
+def check_setting(key: str, value: Any, origin: str, choices: dict[str, tuple] = CHOICES) -> Any:
+    """``value`` when ``key`` has no fixed set of ``choices`` or it is one of them; else a UsageError
+    that names the setting and lists the choices."""
+    allowed = choices.get(key)
+    if allowed is not None and value not in allowed:
+        raise UsageError(f"{origin}: '{key}' is '{value}'; choose one of: {', '.join(allowed)}")
+    return value
+
+
+_NULLS = (None, "null", "none", "~", "")
+
+
+def apply_section(section: Any, values: Any, prefix: str, origin: str, choices: dict[str, tuple] = CHOICES,
+                  kinds: dict[str, Any] | None = None) -> None:
+    """Set ``values`` (a mapping read from YAML or the command line) on the dataclass ``section`` whose
+    settings are named ``prefix.NAME``: unknown names are errors, text takes the type of the setting
+    (:func:`_coerce`) and enumerated settings are checked against ``choices``. ``kinds`` gives an
+    example value of each setting whose default is ``None`` (its type; such a setting also takes
+    ``null``); without it a ``None`` setting keeps the value as YAML reads it."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{origin}: '{prefix}' must be a mapping of settings")
+    known = {f.name for f in fields(section)}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in known:
+            raise UsageError(f"{origin}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+        kind = (kinds or {}).get(key)
+        if kind is not None and (v is None or (isinstance(v, str) and v.strip().lower() in _NULLS)):
+            setattr(section, k, None)
+            continue
+        current = getattr(section, k)
+        value_k = _coerce(kind if current is None and kind is not None else current, v, key, origin)
+        setattr(section, k, check_setting(key, value_k, origin, choices))
 
 
 def _apply(cfg: RunConfig, values: dict[str, Any], origin: str) -> None:
     for key, value in values.items():
         if key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise UsageError(f"{origin}: '{key}' must be a mapping of settings")
-            section = getattr(cfg, key)
-            known = {f.name for f in fields(section)}
-            for k, v in value.items():
-                if k not in known:
-                    raise UsageError(f"{origin}: unknown setting '{key}.{k}' (known: {', '.join(sorted(known))})")
-                value_k = _coerce(getattr(section, k), v, f"{key}.{k}", origin)
-                allowed = CHOICES.get(f"{key}.{k}")
-                if allowed is not None and value_k not in allowed:
-                    raise UsageError(f"{origin}: '{key}.{k}' is '{value_k}'; choose one of: {', '.join(allowed)}")
-                setattr(section, k, value_k)
+            apply_section(getattr(cfg, key), value, key, origin)
         elif key in ("name", "out_dir"):
             setattr(cfg, key, value)
         elif key == "recipe":  # informational
@@ -316,25 +343,36 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     cfg = RunConfig()
     if recipe is not None:
         text, origin = read_recipe(recipe)
-        try:
-            values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{origin}: not valid YAML ({exc})") from None
-        if not isinstance(values, dict):
-            raise UsageError(f"{origin}: expected a mapping at the top level")
-        _apply(cfg, values, origin)
+        _apply(cfg, yaml_mapping(text, origin), origin)
     if overrides:
-        nested: dict[str, Any] = {}
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if "." in key:
-                section, sub = key.split(".", 1)
-                nested.setdefault(section, {})[sub] = value
-            else:
-                nested[key] = value
-        _apply(cfg, nested, "command line")
+        _apply(cfg, nested_settings(overrides), "command line")
     return cfg
+
+
+def yaml_mapping(text: str, origin: str) -> dict[str, Any]:
+    """The settings of a YAML text: a mapping at the top level (empty text: none), else a UsageError."""
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{origin}: not valid YAML ({exc})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{origin}: expected a mapping at the top level")
+    return values
+
+
+def nested_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys (``{"train.lr": 3e-4}``) as the nested mapping a YAML file gives; ``None`` values
+    (a flag not given) are left out."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            section, sub = key.split(".", 1)
+            nested.setdefault(section, {})[sub] = value
+        else:
+            nested[key] = value
+    return nested
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:

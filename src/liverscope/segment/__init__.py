@@ -23,7 +23,10 @@ Where each part lives:
   ``DiceCELoss`` for BCE + Dice);
 * :mod:`.nnunet` — nnU-Net as the engine of ``segment train --engine nnunet`` (the ``nnunetv2`` package
   plans, preprocesses and trains; its network then serves as the run's segmenter);
-* :mod:`.commands` — ``segment train``, ``segment predict``, ``segment score``;
+* :mod:`.config` — :class:`SegmentConfig`, the typed settings of ``segment train`` (defaults < YAML <
+  flags < ``--set``);
+* :mod:`.commands` — ``segment train`` (:func:`train_segmenter` and its steps);
+* :mod:`.mask_files` — ``segment predict`` (:func:`write_segmentations`) and ``segment score`` on files;
 * :mod:`.outline` — a mask's outline drawn on an image;
 * the mask metrics (IoU, Dice, pointing game) are pure functions in :mod:`liverscope.evaluate.masks`;
   the mapping between original image and model grid is :mod:`liverscope.data.geometry`.
@@ -34,10 +37,13 @@ The segmenter lives in the run directory (``segmenter.safetensors`` + ``segmente
 
 from __future__ import annotations
 
-from liverscope.segment.commands import predicted_regions, score_mask_dirs, segmentation_split, train_segmenter, write_predictions
+from liverscope.segment.commands import predicted_regions, segmentation_split, train_segmenter
+from liverscope.segment.config import SegmentConfig, load_segment_config, segment_config
 from liverscope.segment.images import LoadedImage, find_mask, list_images, load_images, load_masks_for, read_mask
+from liverscope.segment.mask_files import score_mask_dirs, write_segmentations
 from liverscope.segment.outline import draw_outline
-from liverscope.segment.pseudo import PseudoMasks, pseudo_masks, run_cams, score_pseudo_masks, write_pseudo_masks
+from liverscope.segment.pseudo import PseudoMasks, PseudoOptions, pseudo_masks, run_cams, score_pseudo_masks
+from liverscope.segment.pseudo import write_pseudo_masks
 from liverscope.segment.rules import (
     IMAGE_RULES,
     RULES,
@@ -70,6 +76,7 @@ __all__ = [
     "pseudo_mask", "confident_targets", "describe_rule", "weighted_segmentation_loss",
     "PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "write_pseudo_masks", "LoadedImage", "load_images", "list_images",
     "read_mask", "find_mask", "load_masks_for", "build_unet", "unet_arch", "to_unet_input", "fit_unet", "LitSegmenter", "segmentation_loss", "predict_masks_at", "Segmenter",
-    "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split", "train_segmenter", "write_predictions",
-    "score_mask_dirs", "draw_outline", "predicted_regions",
+    "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split",
+    "train_segmenter", "write_segmentations", "score_mask_dirs", "draw_outline", "predicted_regions",
+    "SegmentConfig", "load_segment_config", "segment_config", "PseudoOptions",
 ]

@@ -1,6 +1,7 @@
-"""The ``liverscope segment`` commands: ``train`` (pseudo-masks or masks → grouped split → U-Net → scores →
-run directory, one segmenter per target), ``predict`` (every target's masks and one outline overlay of new
-images) and ``score`` (two mask folders)."""
+"""``liverscope segment train``: pseudo-masks or masks → grouped split → U-Net → scores → run directory,
+one segmenter per target, configured by a :class:`~liverscope.segment.config.SegmentConfig`
+(:func:`train_segmenter` and its steps). ``segment predict`` and ``segment score`` work on files:
+:mod:`liverscope.segment.mask_files`."""
 
 from __future__ import annotations
 
@@ -11,46 +12,32 @@ from typing import Sequence
 
 import numpy as np
 
-from liverscope import __version__
 from liverscope.data.audit import duplicate_group_ids
 from liverscope.data.datasets import Sample, check_readable, load_samples
 from liverscope.data.geometry import to_model, to_original
-from liverscope.data.io import IMAGE_SUFFIXES, to_rgb
-from liverscope.data.preprocess import crop_box, preprocess_array
 from liverscope.data.sector import sector_mask
 from liverscope.data.splits import check_leakage, holdout_split
-from liverscope.errors import ImageReadError, LiverscopeError, UsageError
-from liverscope.evaluate.masks import centred_disc, dice, expert_mask_summary, iou, mask_scores, score_summary
-from liverscope.evaluate.report import write_report
-from liverscope.rundir import MODEL_META, merge_metrics, read_preprocessing, write_skipped
-from liverscope.segment.images import LoadedImage, find_mask, list_images, load_images, load_masks_for, read_mask
-from liverscope.segment.outline import draw_outline
-from liverscope.segment.pseudo import check_out_dir, pseudo_masks
-from liverscope.segment.rules import check_rule, confident_targets
+from liverscope.errors import LiverscopeError, UsageError
+from liverscope.rundir import MODEL_META, read_preprocessing
+from liverscope.segment.config import SegmentConfig, checked
 from liverscope.segment.encoder_unet import check_encoder_weights
-from liverscope.segment.gate import apply_gate, fit_gate
-from liverscope.segment.nnunet import check_engine, fit_nnunet, nnunet_dir
-from liverscope.segment.training import fit_unet
-from liverscope.segment.unet import (
-    DEFAULT_CHANNELS,
-    DEFAULT_TARGET,
-    LOSSES,
-    MASKS_DEFAULTS,
-    check_size,
-    load_segmenter,
-    segment_images,
-    predict_probs_at,
-    predict_proba,
-    resize_masks,
-    save_segmenter,
-    segmenter_defaults,
-    segmenter_files,
-    segmenters,
-    make_arch,
-    normalisation,
-    target_colours,
+from liverscope.segment.heldout import (
+    FittedSegmenter,
+    SegmentSetup,
+    SegmentTargets,
+    predict_held_out,
+    score_held_out,
+    segmenter_meta,
+    summary_lines,
+    write_segmenter,
 )
-from liverscope.utils import atomic_write_csv, atomic_write_png, log, progress, read_json, resolve_device
+from liverscope.segment.images import LoadedImage, load_images, load_masks_for
+from liverscope.segment.nnunet import check_engine, fit_nnunet, nnunet_dir
+from liverscope.segment.pseudo import check_out_dir, pseudo_masks
+from liverscope.segment.rules import confident_targets
+from liverscope.segment.training import fit_unet
+from liverscope.segment.unet import check_size, load_segmenter, make_arch, predict_proba, segmenter_files
+from liverscope.utils import atomic_write_png, log, read_json, resolve_device
 
 #: The ``lesion`` segmenter's split and checkpoint folder (another target's: :func:`segmenter_files`).
 SEG_SPLIT = segmenter_files()["split"]
@@ -68,33 +55,8 @@ def segmentation_split(items: Sequence[LoadedImage], *, test_frac: float = 0.2, 
     return split
 
 
-def _with_sector(full: dict, sector: dict) -> dict:
-    """``{"n", "iou", "dice", "iou_sector", "dice_sector"}`` of two :func:`mask_scores` (whole image, sector)."""
-    return {**score_summary(full), "iou_sector": sector["iou"], "dice_sector": sector["dice"]}
-
-
 def _stack(masks: Sequence[np.ndarray], size: int) -> np.ndarray:
     return np.stack(masks).astype(bool) if len(masks) else np.zeros((0, size, size), bool)
-
-
-def _baselines(truth: list, classes: list, sectors: list, area: float, against: str) -> dict:
-    """The trivial segmenters that see no mask of the image, scored like the U-Net: the whole scan sector,
-    and a disc of ``area`` pixels at the sector's centroid (:func:`centred_disc`)."""
-    return {"sector": {**expert_mask_summary(sectors, truth, classes, sectors), "against": against},
-            "centred_disc": {**expert_mask_summary([centred_disc(s, area) for s in sectors], truth, classes, sectors),
-                             "against": against, "area_px": area}}
-
-
-def _summary_line(name: str, summary: dict) -> str:
-    """One line of an :func:`expert_mask_summary`'s overall figures."""
-    o = summary.get("overall") or {}
-    parts = []
-    if o.get("n_lesion"):
-        parts.append(f"Dice {o['dice']:.3f}, IoU {o['iou']:.3f} over the {o['n_lesion']} images with something to outline, "
-                     f"detected {o['detection_rate']:.2f}")
-    if o.get("n_empty"):
-        parts.append(f"false alarms on {o['false_positive_rate']:.0%} of the {o['n_empty']} images with nothing to outline")
-    return f"{name}: " + ("; ".join(parts) or "no test image")
 
 
 def _segmenter_inputs(items: list[LoadedImage], pp, seg_pp, roots: list[Path]) -> list[LoadedImage]:
@@ -129,55 +91,174 @@ def predicted_regions(run_dir: str | Path, target: str, items: list[LoadedImage]
     return [to_model(to_original(p > 0.5, s.shape, s.box), it.box, pp.size) for p, s, it in zip(probs, seg_items, items)]
 
 
-def _fit_gate_on_validation(model, inputs: list, targets: np.ndarray, split: np.ndarray, size: int, arch: dict, device: str) -> dict | None:
-    """The lesion gate (:func:`~liverscope.segment.gate.fit_gate`) fitted on the validation images, when
-    they hold both images with something to outline and images with nothing (else ``None``: no gate)."""
-    va = np.flatnonzero(split == "val")
-    if not len(va):
-        return None
-    truths = resize_masks(targets[va], size)
-    has = truths.reshape(len(va), -1).any(1)
-    if not (has.any() and (~has).any()):
-        return None
-    probs, image = predict_probs_at(model, [inputs[i] for i in va], size, int(arch["in_channels"]), device, normalisation(arch), scores=True)
-    return fit_gate(list(probs), list(truths), None if image is None else list(image))
+def _setup(run_dir: str | Path, data: str | Path, cfg: SegmentConfig, resume: bool) -> SegmentSetup:
+    """The configuration checked and everything that needs no image: the classifier's preprocessing,
+    the segmenter's size and grid, its architecture (and its ImageNet weights), the device."""
+    check_engine(cfg.engine.name, confident=cfg.pseudo.confident)
+    cfg = checked(cfg)
+    run_dir, data = Path(run_dir), Path(data)
+    files = segmenter_files(cfg.target)
+    pp = read_preprocessing(run_dir)
+    cfg.train.size = size = int(cfg.train.size or pp.size)
+    arch = make_arch(cfg.network.arch, cfg.network.in_channels, cfg.network.channels)
+    if cfg.engine.name != "nnunet" and not resume:
+        check_encoder_weights(arch)  # offline without the weights package: say so before any image is read
+    check_size(size, arch["strides"])
+    seg_pp = dataclasses.replace(pp, size=size) if size > pp.size else pp
+    roots = [data] if data.is_dir() else [data.parent]
+    return SegmentSetup(run_dir, data, cfg, files, pp, seg_pp, arch, resolve_device(cfg.train.device), roots)
 
 
-def _image_head_auc(image: Sequence[float | None], truths: Sequence[np.ndarray]) -> float | None:
-    """ROC AUC of the image-level head (anything to outline vs nothing) on the test images; ``None``
-    without a head or without both kinds of image."""
-    present = [bool(np.asarray(t).any()) for t in truths]
-    if any(s is None for s in image) or len(set(present)) < 2:
-        return None
-    from sklearn.metrics import roc_auc_score
+def _load_targets(s: SegmentSetup, write_pseudo: bool) -> SegmentTargets:
+    """The images of the data decoded and preprocessed, with their targets: the given masks, or CAM
+    pseudo-masks (:func:`_pseudo_targets`); images without a mask and unreadable files are skipped."""
+    samples, _ = load_samples(s.data)
+    samples, skipped = check_readable(samples)
+    # given masks: straight at the segmenter's preprocessing; pseudo-masks: the classifier's first (its CAMs)
+    pp = s.pp if s.cfg.masks is None else s.seg_pp
+    items, bad = load_images([x.path for x in samples], pp, roots=s.roots, labels=[x.label for x in samples])
+    t = _pseudo_targets(s, items, write_pseudo) if s.cfg.masks is None else _given_masks(s, items)
+    t.skipped = skipped + bad + t.skipped
+    if len(t.items) < 3:
+        raise LiverscopeError(
+            f"{s.data}: {len(t.items)} usable image(s) with masks; "
+            "the U-Net needs at least 3 (train, val, test)"
+        )
+    log(f"segmentation targets ({s.cfg.target}): {t.desc}; {len(t.items)} images at {s.seg_pp.size} px")
+    return t
 
-    return round(float(roc_auc_score(present, image)), 4)
+
+def _given_masks(s: SegmentSetup, items: list[LoadedImage]) -> SegmentTargets:
+    grid = s.seg_pp.size
+    targets, problems = load_masks_for(items, Path(s.cfg.masks), grid)
+    keep = [i for i, t in enumerate(targets) if t is not None]
+    items, targets = [items[i] for i in keep], [targets[i] for i in keep]
+    sectors = _stack([sector_mask(it.input) for it in items], grid)
+    return SegmentTargets(items, _stack(targets, grid), sectors, None, f"masks from {s.cfg.masks}", problems)
 
 
-def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path | None = None, real_masks: str | Path | None = None,
-                    target: str = DEFAULT_TARGET, loss: str | None = None, epochs: int | None = None, size: int | None = None,
-                    channels: Sequence[int] = DEFAULT_CHANNELS, in_channels: int = 1, batch_size: int = 8, lr: float = 1e-3,
-                    rule: str = "threshold", threshold: float = 0.5, q: float = 20.0, flip_average: bool = False, method: str = "gradcam",
-                    ensemble: Sequence[str | Path] | None = None, seed: int = 0, device: str = "auto", test_frac: float = 0.2,
-                    val_frac: float = 0.2, patience: int | None = None, max_steps: int | None = None, write_pseudo: bool = True,
-                    report: bool = True, resume: bool = False, layers: Sequence[str | int] | str | None = None,
-                    confident: tuple[float, float] | None = None, positive: Sequence[str] | None = None,
-                    within: str | None = None, arch: str | None = None, engine: str = "liverscope", nnunet: dict | None = None) -> dict:
+def _only_positive(
+    run_dir: Path, positive: list[str], classes: np.ndarray, pseudo: np.ndarray, weights: np.ndarray | None
+) -> None:
+    """Empty the pseudo-masks (and count every pixel) of images whose explained class is not ``positive``."""
+    names = read_json(run_dir / MODEL_META)["labels"]
+    unknown = sorted(set(positive) - set(names))
+    if unknown:
+        raise UsageError(f"--positive {','.join(positive)}: {unknown} not among the run's classes {names}")
+    off = np.array([names[int(c)] not in positive for c in classes], bool)
+    pseudo[off] = False
+    if weights is not None:
+        weights[off] = 1.0
+
+
+def _pseudo_targets(s: SegmentSetup, items: list[LoadedImage], write_pseudo: bool) -> SegmentTargets:
+    """CAM pseudo-masks on the classifier's inputs (written to ``RUN_DIR/pseudo_masks[-T]/``), moved to
+    the segmenter's grid when it differs."""
+    p, grid, weights = s.cfg.pseudo, s.seg_pp.size, None
+    pseudo_dir = s.run_dir / s.files["pseudo"]
+    if write_pseudo:
+        check_out_dir(pseudo_dir, [s.data])
+    regions = predicted_regions(s.run_dir, p.within, items, s.pp, s.roots) if p.within else None
+    pm = pseudo_masks(s.run_dir, [it.input for it in items], p, regions=regions)
+    desc = f"CAM pseudo-masks ({pm.rule}, {p.method}" + (
+        f", inside the predicted {p.within})" if p.within else ")"
+    )
+    pseudo = pm.masks.copy()
+    if p.confident is not None:
+        pseudo, weights = confident_targets(pm.cams, pm.sectors, *p.confident)
+        desc += f", confident pixels only (CAM <= {p.confident[0]} or >= {p.confident[1]})"
+    if p.positive:
+        _only_positive(s.run_dir, p.positive, pm.classes, pseudo, weights)
+        desc += f", empty unless the predicted class is {' or '.join(p.positive)}"
+    if write_pseudo:
+        for it, m in zip(items, pseudo):
+            atomic_write_png(pseudo_dir / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
+    seg_items = _segmenter_inputs(items, s.pp, s.seg_pp, s.roots)  # the masks move to the segmenter's grid
+    if seg_items is items:
+        return SegmentTargets(items, pseudo, pm.sectors, weights, desc)
+
+    def moved(arrays):
+        return [
+            to_model(to_original(m, c.shape, c.box), it.box, grid)
+            for m, c, it in zip(arrays, items, seg_items)
+        ]
+
+    weights = None if weights is None else np.stack(moved(weights))
+    sectors = _stack([sector_mask(it.input) for it in seg_items], grid)
+    return SegmentTargets(seg_items, _stack(moved(pseudo), grid), sectors, weights, desc)
+
+
+def _fit(s: SegmentSetup, t: SegmentTargets, split: np.ndarray, resume: bool) -> FittedSegmenter:
+    """The segmenter trained by the configured engine on the training images (validation: the val images)."""
+    cfg, inputs = s.cfg, [it.input for it in t.items]
+    if (
+        cfg.engine.name == "nnunet"
+    ):  # nnU-Net's own planning, preprocessing and trainer on the same images, targets and split
+        model, info = fit_nnunet(
+            inputs,
+            t.masks,
+            split,
+            cfg.engine,
+            size=cfg.train.size,
+            paths=[str(it.path) for it in t.items],
+            work_dir=s.run_dir / nnunet_dir(cfg.target),
+            label=cfg.target,
+            device=s.device,
+            resume=resume,
+        )
+        return FittedSegmenter(
+            model, info, *(info[k] for k in ("architecture", "arch", "loss", "epochs", "lr", "batch_size"))
+        )
+    fit = dataclasses.replace(cfg.train, device=s.device)
+    model, info = fit_unet(
+        inputs,
+        t.masks,
+        split,
+        fit,
+        arch=s.arch,
+        weights=t.weights,
+        checkpoint_dir=s.run_dir / s.files["checkpoints"],
+        resume=resume,
+    )
+    return FittedSegmenter(
+        model,
+        info,
+        s.arch,
+        cfg.network.arch,
+        cfg.train.loss,
+        cfg.train.epochs,
+        cfg.train.lr,
+        cfg.train.batch_size,
+    )
+
+
+def train_segmenter(
+    run_dir: str | Path,
+    data: str | Path,
+    cfg: SegmentConfig | None = None,
+    *,
+    resume: bool = False,
+    report: bool = True,
+    write_pseudo: bool = True,
+) -> dict:
     """``liverscope segment train``: targets → grouped split → segmenter → scores → run directory.
 
-    ``arch`` (:data:`~liverscope.segment.unet.ARCHS`), ``loss``, ``epochs`` and ``size`` default to
-    :data:`~liverscope.segment.unet.MASKS_DEFAULTS` with ``masks`` (expert targets: the ImageNet-encoder
-    U-Net, BCE + Dice, 192 px) and to :data:`~liverscope.segment.unet.PSEUDO_DEFAULTS` on CAM pseudo-masks
-    (the seed study's Attention U-Net of ``channels``/``in_channels``, BCE, the classifier's size).
+    ``cfg`` (:class:`~liverscope.segment.config.SegmentConfig`; default: every default) says what to
+    train; :func:`~liverscope.segment.config.checked` checks it first (nothing is read before) and fills in
+    the defaults that depend on ``masks``: ``network.arch``, ``train.loss``, ``train.epochs`` and
+    ``train.size`` are :data:`~liverscope.segment.unet.MASKS_DEFAULTS` with ``masks`` (expert targets: the
+    ImageNet-encoder U-Net, BCE + Dice, 192 px) and :data:`~liverscope.segment.unet.PSEUDO_DEFAULTS` on CAM
+    pseudo-masks (the seed study's Attention U-Net of ``network.channels``/``in_channels``, BCE, the
+    classifier's size). The resolved configuration is saved in the segmenter's ``.json`` (``config``).
 
-    Steps: decode and preprocess the images of ``data`` with the classifier's preprocessing — at ``size``
-    when that is larger than the classifier's input (so a bigger U-Net sees the detail, not an upsampled
-    image; the segmenter's ``.json`` records the preprocessing it used); targets are the masks in ``masks``
-    (same relative path or file name) or CAM pseudo-masks by ``rule`` (computed on the classifier's own
-    inputs, also written to ``RUN_DIR/pseudo_masks/``); a grouped stratified split; training with
-    Lightning, the best validation Dice kept (``resume`` continues an interrupted fit from its
-    ``last.ckpt``, given the same data and settings); scores of the held-out test images on the
-    segmenter's grid (the larger of ``size`` and the classifier's input size):
+    Steps: :func:`_setup` (the run's preprocessing, the segmenter's size — larger than the classifier's
+    input, the images are preprocessed at it, so a bigger U-Net sees the detail; the ``.json`` records
+    the preprocessing used — and architecture); :func:`_load_targets` (the masks in ``masks``, same
+    relative path or file name, or CAM pseudo-masks by ``pseudo.rule`` on the classifier's own inputs,
+    also written to ``RUN_DIR/pseudo_masks/`` unless ``write_pseudo`` is false); a grouped stratified
+    split (:func:`segmentation_split`); :func:`_fit` (Lightning, the best validation Dice kept;
+    ``resume`` continues an interrupted fit from its ``last.ckpt``, given the same data and settings);
+    :func:`~liverscope.segment.heldout.score_held_out` of the held-out test images on the segmenter's grid:
 
     * against their targets: mean IoU/Dice (the study's figure) and :func:`expert_mask_summary` (``vs_targets``);
     * against expert masks — ``real_masks``, else ``masks`` (given masks are taken as the experts'):
@@ -188,311 +269,48 @@ def train_segmenter(run_dir: str | Path, data: str | Path, *, masks: str | Path 
       scan sector, and a disc at the sector's centroid whose area is the median non-empty target area
       of the *training* images (what the U-Net itself learnt from; no mask of a test image is used).
 
-    Pseudo-mask options: ``layers`` (the CAM's layers, :func:`liverscope.explain.cams.resolve_layers`);
+    Pseudo-mask settings (``pseudo``): ``layers`` (the CAM's layers,
+    :func:`liverscope.explain.cams.resolve_layers`);
     ``positive`` (class names, e.g. ``benign,malignant``): an image whose explained (predicted) class is
-    not among them gets an empty mask — a normal liver has no lesion to outline; ``confident=(low, high)``:
+    not among them gets an empty mask — a normal liver has no lesion to outline; ``confident=[low, high]``:
     only confident pixels train the U-Net (:func:`~liverscope.segment.rules.confident_targets`: CAM ≥ high
     foreground, ≤ low background, in between ignored by the loss); ``within`` (a target of the run, e.g.
     ``liver``): CAMs are normalised and cut inside that segmenter's prediction (:func:`predicted_regions`)
     instead of the whole scan sector.
 
-    ``engine="nnunet"`` trains with nnU-Net instead of Lightning, on the same images, targets and split
-    (:func:`~liverscope.segment.nnunet.fit_nnunet`, whose options ``nnunet`` passes on, e.g.
-    ``{"trainer": "nnUNetTrainer_100epochs"}``; its folders in ``RUN_DIR/nnunet[-T]/``); ``arch``, ``loss``,
-    ``epochs``, ``lr``, ``batch_size``, ``patience`` and ``seed`` are then nnU-Net's own.
+    ``engine.name: nnunet`` trains with nnU-Net instead of Lightning, on the same images, targets and
+    split (:func:`~liverscope.segment.nnunet.fit_nnunet` with the ``engine`` settings, e.g. ``trainer:
+    nnUNetTrainer_100epochs``; its folders in ``RUN_DIR/nnunet[-T]/``); ``network``, ``loss``, ``lr``,
+    ``batch_size`` and ``patience`` are then nnU-Net's own, and ``epochs`` overrides its trainer's.
 
     Files: ``target`` names the segmenter (:func:`~liverscope.segment.unet.segmenter_files`); ``lesion``
     writes ``segmenter.safetensors``/``.json``, ``seg_split.csv``, ``segmenter_checkpoints/`` and
     ``metrics.json["segmentation"]`` as before targets; another target T ``segmenter-T.*``,
-    ``seg_split-T.csv``, ``segmenter-T_checkpoints/`` and ``metrics.json["segmentation_T"]``. The report is rewritten.
+    ``seg_split-T.csv``, ``segmenter-T_checkpoints/`` and ``metrics.json["segmentation_T"]``. The report
+    is rewritten unless ``report`` is false.
 
     Returns:
         ``{"scores": ..., "meta": ..., "summary_lines": [...], "split", "skipped"}``.
 
     Raises:
-        UsageError: ``target`` is not a lower-case name, or ``within`` with ``masks`` (checked before any work).
-        LiverscopeError: an unknown loss or rule, a size the U-Net cannot take, fewer than 3 usable images.
+        UsageError: a setting outside its choices or range, ``target`` not a lower-case name, or
+            ``within`` with ``masks`` (checked before any work).
+        LiverscopeError: fewer than 3 usable images, a run without what the settings need.
     """
-    run_dir, data = Path(run_dir), Path(data)
-    files = segmenter_files(target)
-    check_engine(engine, confident=confident)
-    arch_name, loss, epochs = segmenter_defaults(masks is not None, arch, loss, epochs)
-    if masks is not None and size is None:
-        size = MASKS_DEFAULTS["size"]
-    if loss not in LOSSES:
-        raise LiverscopeError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
-    if within and masks is not None:
-        raise UsageError(f"--within {within} restricts CAM pseudo-masks; with --masks the targets are given: drop one of the two")
-    check_rule(rule)
-    pp = read_preprocessing(run_dir)
-    size = int(size or pp.size)
-    arch = make_arch(arch_name, in_channels, channels)
-    in_channels = int(arch["in_channels"])
-    if engine != "nnunet" and not resume:
-        check_encoder_weights(arch)  # offline without the weights package: say so before any image is read
-    check_size(size, arch["strides"])
-    seg_pp = dataclasses.replace(pp, size=size) if size > pp.size else pp
-    grid = seg_pp.size
-    device = resolve_device(device)
+    s = _setup(run_dir, data, cfg or SegmentConfig(), resume)
     t0 = time.perf_counter()
-    samples, _ = load_samples(data)
-    samples, skipped = check_readable(samples)
-    roots = [data] if data.is_dir() else [data.parent]
-    # given masks: straight at the segmenter's preprocessing; pseudo-masks: the classifier's first (its CAMs)
-    items, bad = load_images([s.path for s in samples], pp if masks is None else seg_pp, roots=roots, labels=[s.label for s in samples])
-    skipped += bad
-    weights = None  # per-pixel loss weights (--confident)
-    if masks is not None:
-        targets, problems = load_masks_for(items, Path(masks), grid)
-        skipped += problems
-        keep = [i for i, t in enumerate(targets) if t is not None]
-        items, targets = [items[i] for i in keep], [targets[i] for i in keep]
-        target_desc = f"masks from {masks}"
-        target_arr = _stack(targets, grid)
-        sectors = _stack([sector_mask(it.input) for it in items], grid)
-    else:
-        pseudo_dir = run_dir / files["pseudo"]
-        if write_pseudo:
-            check_out_dir(pseudo_dir, [data])
-        regions = predicted_regions(run_dir, within, items, pp, roots) if within else None
-        pm = pseudo_masks(run_dir, [it.input for it in items], rule, threshold=threshold, q=q, flip_average=flip_average, ensemble=ensemble,
-                          method=method, layers=layers, regions=regions)
-        target_desc = f"CAM pseudo-masks ({pm.rule}, {method}" + (f", inside the predicted {within})" if within else ")")
-        pseudo = pm.masks.copy()
-        if confident is not None:
-            pseudo, weights = confident_targets(pm.cams, pm.sectors, *confident)
-            target_desc += f", confident pixels only (CAM <= {confident[0]} or >= {confident[1]})"
-        if positive:
-            names = read_json(run_dir / MODEL_META)["labels"]
-            unknown = sorted(set(positive) - set(names))
-            if unknown:
-                raise UsageError(f"--positive {','.join(positive)}: {unknown} not among the run's classes {names}")
-            off = np.array([names[int(c)] not in positive for c in pm.classes], bool)
-            pseudo[off] = False
-            if weights is not None:
-                weights[off] = 1.0
-            target_desc += f", empty unless the predicted class is {' or '.join(positive)}"
-        if write_pseudo:
-            for it, m in zip(items, pseudo):
-                atomic_write_png(pseudo_dir / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
-        seg_items = _segmenter_inputs(items, pp, seg_pp, roots)  # the masks move to the segmenter's grid
-        if seg_items is items:
-            target_arr, sectors = pseudo, pm.sectors
-        else:
-            target_arr = _stack([to_model(to_original(m, c.shape, c.box), it.box, grid) for m, c, it in zip(pseudo, items, seg_items)], grid)
-            if weights is not None:
-                weights = np.stack([to_model(to_original(w, c.shape, c.box), it.box, grid) for w, c, it in zip(weights, items, seg_items)])
-            sectors = _stack([sector_mask(it.input) for it in seg_items], grid)
-            items = seg_items
-    if len(items) < 3:
-        raise LiverscopeError(f"{data}: {len(items)} usable image(s) with masks; the U-Net needs at least 3 (train, val, test)")
-    log(f"segmentation targets ({target}): {target_desc}; {len(items)} images at {grid} px")
-    split = segmentation_split(items, test_frac=test_frac, val_frac=val_frac, seed=seed)
-    inputs = [it.input for it in items]
-    if engine == "nnunet":  # nnU-Net's own planning, preprocessing and trainer on the same images, targets and split
-        model, info = fit_nnunet(inputs, target_arr, split, size=size, paths=[str(it.path) for it in items], work_dir=run_dir / nnunet_dir(target),
-                                 label=target, device=device, resume=resume, **(nnunet or {}))
-        arch, arch_name, in_channels, loss, epochs, lr, batch_size = (info[k] for k in ("architecture", "arch", "in_channels", "loss", "epochs", "lr", "batch_size"))
-    else:
-        model, info = fit_unet(inputs, target_arr, split, size=size, in_channels=in_channels, channels=channels, loss=loss, epochs=epochs,
-                               batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience, max_steps=max_steps,
-                               checkpoint_dir=run_dir / files["checkpoints"], resume=resume, weights=weights, arch=arch)
-    # scores on held-out test images, on the segmenter's grid
-    gate = _fit_gate_on_validation(model, inputs, target_arr, split, size, arch, device)
-    te = np.flatnonzero(split == "test")
-    probs_te, image_te = predict_probs_at(model, [inputs[i] for i in te], size, in_channels, device, normalisation(arch), scores=True)
-    image_te = [None] * len(te) if image_te is None else list(image_te)
-    pred = [to_original(apply_gate(p, gate, s)[0], (grid, grid)) for p, s in zip(probs_te, image_te)]
-    pred_raw = [to_original(p > 0.5, (grid, grid)) for p in probs_te]
-    sec_te = [sectors[i] for i in te]
-    true_te = [target_arr[i] for i in te]
-    classes_te = [items[i].label or "all" for i in te]
-    scores: dict = {
-        "target": target, "masks": target_desc, "loss": loss, "size": size, "grid": grid, "n_train": int((split == "train").sum()),
-        "n_val": int((split == "val").sum()), "n_test": int(len(te)), "best_epoch": info["best_epoch"], "best_val_dice": info["best_val_dice"],
-    }
-    vs_target = mask_scores(pred, true_te)
-    vs_target_sec = mask_scores(pred, true_te, sec_te)
-    scores["iou_vs_targets"] = vs_target["iou"]
-    scores["dice_vs_targets"] = vs_target["dice"]
-    scores["iou_vs_targets_sector"] = vs_target_sec["iou"]
-    scores["dice_vs_targets_sector"] = vs_target_sec["dice"]
-    scores["vs_targets"] = expert_mask_summary(pred, true_te, classes_te, sec_te)
-    per_image = [{"path": str(items[i].path), "iou_vs_targets": a, "dice_vs_targets": b} for i, a, b in zip(te, vs_target["iou_per_image"], vs_target["dice_per_image"])]
-    # expert masks: --real-masks, else the given --masks themselves
-    have, experts = list(range(len(te))), (true_te if masks is not None else None)
-    if real_masks is not None:
-        reals, problems = load_masks_for([items[i] for i in te], Path(real_masks), grid)
-        have = [k for k, r in enumerate(reals) if r is not None]
-        if problems:
-            log(f"{len(problems)} test image(s) have no expert mask in {real_masks}; scored on the {len(have)} that do")
-        experts = [reals[k] for k in have]
-        rp, rs = [pred[k] for k in have], [sec_te[k] for k in have]
-        real = mask_scores(rp, experts)
-        scores["unet_vs_real"] = _with_sector(real, mask_scores(rp, experts, rs))
-        for k, a, b in zip(have, real["iou_per_image"], real["dice_per_image"]):
-            per_image[k].update(iou_vs_real=a, dice_vs_real=b)
-        if masks is None:
-            tp = [true_te[k] for k in have]
-            scores["pseudo_vs_real"] = _with_sector(mask_scores(tp, experts), mask_scores(tp, experts, rs))
-        scores["real_masks"] = str(real_masks)
-    cls_x, sec_x = [classes_te[k] for k in have], [sec_te[k] for k in have]
-    scores["gate"] = gate
-    scores["image_head_auc"] = _image_head_auc(image_te, true_te)
-    if experts is not None:
-        scores["expert_masks"] = str(real_masks if real_masks is not None else masks)
-        scores["vs_expert"] = expert_mask_summary([pred[k] for k in have], experts, cls_x, sec_x)
-        if gate:
-            scores["vs_expert_ungated"] = expert_mask_summary([pred_raw[k] for k in have], experts, cls_x, sec_x)
-        if masks is None:
-            scores["pseudo_vs_expert"] = expert_mask_summary([true_te[k] for k in have], experts, cls_x, sec_x)
-    train_areas = [int(target_arr[i].sum()) for i in np.flatnonzero(split == "train") if target_arr[i].any()]
-    area = float(np.median(train_areas)) if train_areas else 0.0
-    scores["baselines"] = (_baselines(experts, cls_x, sec_x, area, "expert masks") if experts is not None
-                           else _baselines(true_te, classes_te, sec_te, area, "targets"))
-    meta = {
-        "target": target, "architecture": arch, "size": size, "arch": arch_name, "input": "grey" if in_channels == 1 else "rgb",
-        "normalisation": "(x/255 - {mean}) / {std}".format(**normalisation(arch)), "initial_weights": info["initial_weights"],
-        "preprocessing": seg_pp.to_dict(), "classifier_size": pp.size, "classifier_run": str(run_dir), "data": str(data), "targets": target_desc,
-        "pseudo_masks": None if masks is not None else {"rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average, "method": method,
-                                                        "layers": layers, "confident": list(confident) if confident else None,
-                                                        "positive": list(positive) if positive else None, "within": within},
-        "loss": loss, "epochs": epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "lr": lr, "batch_size": batch_size,
-        "seed": seed, "split": {"method": "grouped stratified hold-out", "test_frac": test_frac, "val_frac": val_frac,
-                                "counts": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "file": files["split"]},
-        "gate": gate, "scores": scores, "train_seconds": info["seconds"], "history": info["history"], "engine": info["engine"],
-        **{k: info[k] for k in ("nnunet",) if k in info},
-        "checkpoints": files["checkpoints"], "resumed": bool(resume),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "liverscope_version": __version__,
-    }
-    atomic_write_csv(run_dir / files["split"], ["path", "split"], [(str(it.path), s) for it, s in zip(items, split)])
-    save_segmenter(run_dir, model, meta, target)
-    merge_metrics(run_dir, files["metrics"], {**scores, "test_images": per_image})
-    if report:
-        try:
-            write_report(run_dir)
-        except Exception as exc:  # the report is a convenience: never lose a trained segmenter over it
-            log(f"report not written: {type(exc).__name__}: {exc}")
-    lines = [
-        f"U-Net ({target}) trained on {target_desc} at {size} px: {scores['n_train']} train / {scores['n_val']} val / {scores['n_test']} test images, "
-        f"best epoch {info['best_epoch']} of {info['epochs_run']} ({info['seconds']:.0f}s)",
-    ]
-    # headline figures never count an empty prediction on an empty mask as a perfect Dice: Dice over the
-    # images with something to outline, false alarms on the others (expert_mask_summary)
-    against = "expert masks" if experts is not None else "targets"
-    if gate:
-        lines.append(f"lesion gate (fitted on the validation images): largest region only, at least {gate['min_area']:.2%} of the grid "
-                     f"and a peak probability of {gate['min_peak']:.2f}"
-                     + (f", on images the image-level head scores at least {gate['min_score']:.2f}" if "min_score" in gate else ""))
-    if scores["image_head_auc"] is not None:
-        lines.append(f"image-level head (anything to outline?): test ROC AUC {scores['image_head_auc']:.3f}")
-    for key, name in (("vs_expert", "test vs expert masks"), ("vs_expert_ungated", "the same without the gate"),
-                      ("pseudo_vs_expert", "pseudo-masks vs expert masks"), ("vs_targets", "test vs targets")):
-        if key in scores and (key != "vs_targets" or experts is None or masks is None):
-            lines.append(_summary_line(name, scores[key]))
-    lines.append(_summary_line(f"baseline, whole sector vs {against}", scores["baselines"]["sector"]))
-    lines.append(_summary_line(f"baseline, centred disc of {area:.0f} px vs {against}", scores["baselines"]["centred_disc"]))
-    lines.append(f"saved {run_dir / files['weights']} and {run_dir / files['meta']}")
-    if skipped:
-        lines.append(f"skipped {len(skipped)} file(s): " + "; ".join(f"{p} ({r})" for p, r in skipped[:10]))
+    t = _load_targets(s, write_pseudo)
+    split = segmentation_split(
+        t.items, test_frac=s.cfg.train.test_frac, val_frac=s.cfg.train.val_frac, seed=s.cfg.train.seed
+    )
+    f = _fit(s, t, split, resume)
+    gate, test = predict_held_out(s, t, split, f)
+    scores, per_image = score_held_out(s, t, split, f, gate, test)
+    meta = segmenter_meta(s, t, split, f, scores, resume)
+    write_segmenter(s, t, split, f, meta, per_image, report)
+    lines = summary_lines(s, t, f, scores)
     log(f"segmentation done in {time.perf_counter() - t0:.0f}s")
-    return {"scores": scores, "meta": meta, "summary_lines": lines, "split": split, "skipped": skipped}
+    return {"scores": scores, "meta": meta, "summary_lines": lines, "split": split, "skipped": t.skipped}
 
 
-def mask_file(stem: str | Path, target: str = DEFAULT_TARGET) -> str:
-    """The file name ``segment predict`` gives a mask: ``NAME_mask.png`` (lesion), ``NAME_T_mask.png`` (target T)."""
-    return f"{stem}_mask.png" if target == DEFAULT_TARGET else f"{stem}_{target}_mask.png"
-
-
-def write_predictions(run_dir: str | Path, paths: Sequence[str | Path], out: str | Path, chunk: int = 32) -> dict:
-    """Every segmenter's masks (:func:`mask_file`, 0/255) and one outline overlay (``NAME_outline.png``,
-    each target's contour in its colour: :func:`~liverscope.segment.unet.target_colours`) at each image's
-    original size, mirroring folder-relative paths under ``out``. Each segmenter sees the images
-    preprocessed as it was trained (its ``.json``). Bad files are skipped and listed.
-
-    A segmenter with a lesion gate (``segmenter.json["gate"]``) outlines only where the gate lets a
-    region through; ``suppressed`` counts, per target, the images whose raw mask the gate emptied.
-
-    Returns:
-        ``{"written", "out", "targets", "colours": {target: colour name}, "skipped": [(path, reason), ...], "suppressed"}``.
-    """
-    run_dir, out = Path(run_dir), Path(out)
-    segs = segmenters(run_dir)
-    if not segs:
-        raise LiverscopeError(f"{run_dir}: no segmenter — train one first (liverscope segment train {run_dir} DATA)")
-    colours = target_colours(list(segs))
-    pps = {t: s.preprocessing or read_preprocessing(run_dir) for t, s in segs.items()}
-    first = next(iter(pps.values()))
-    roots = [Path(p) for p in paths if Path(p).is_dir()]
-    files = list_images(paths)
-    written, skipped, suppressed = 0, [], {}
-    for start in progress(range(0, len(files), chunk), f"masks ({len(files)} images, {chunk} a step, {len(segs)} target(s))"):
-        items, bad = load_images(files[start : start + chunk], first, roots=roots, keep_original=True)
-        skipped += bad
-        if not items:
-            continue
-        found = {}
-        for t, seg in segs.items():
-            pp = pps[t]
-            own = pp == first
-            inputs = [it.input if own else preprocess_array(it.extra["original"], pp) for it in items]
-            boxes = [it.box if own else crop_box(it.extra["original"], pp) for it in items]
-            masks, n_off = segment_images(seg, inputs)
-            if seg.meta.get("gate"):
-                suppressed[t] = suppressed.get(t, 0) + n_off
-            found[t] = [to_original(m, it.shape, box) for m, it, box in zip(masks, items, boxes)]
-        for k, it in enumerate(items):
-            stem = it.rel.with_suffix("")
-            overlay = to_rgb(it.extra.pop("original"))
-            for t in segs:
-                atomic_write_png(out / mask_file(stem, t), found[t][k])
-                overlay = draw_outline(overlay, found[t][k], colours[t][0])
-            atomic_write_png(out / f"{stem}_outline.png", overlay)
-            written += 1
-    if skipped:
-        write_skipped(out, skipped)
-    return {"written": written, "out": out, "targets": list(segs), "colours": {t: c[1] for t, c in colours.items()}, "skipped": skipped,
-            "suppressed": suppressed}
-
-
-def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path | None = None) -> dict:
-    """IoU and Dice of every mask in ``pred_dir`` against its counterpart in ``true_dir`` (:func:`find_mask`).
-
-    A predicted mask of another size is resized (nearest neighbour) to the true mask's size. Predicted
-    masks without a counterpart, and unreadable files, are listed in ``skipped``.
-
-    Returns:
-        ``{"n", "mean_iou", "mean_dice", "images": [{"name", "iou", "dice"}, ...], "skipped": [...]}``.
-    """
-    pred_dir, true_dir = Path(pred_dir), Path(true_dir)
-    for d in (pred_dir, true_dir):
-        if not d.is_dir():
-            raise LiverscopeError(f"{d}: not a folder of masks")
-    files = sorted(p for p in pred_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                   and not p.stem.endswith("_outline"))
-    rows, skipped = [], []
-    for p in files:
-        rel = p.relative_to(pred_dir)
-        t = find_mask(true_dir, rel)
-        if t is None:
-            skipped.append((str(p), f"no true mask in {true_dir}"))
-            continue
-        try:
-            tm = read_mask(t)
-            pm = read_mask(p, tm.shape)
-        except ImageReadError as exc:
-            skipped.append((exc.path, exc.reason))
-            continue
-        rows.append({"name": str(rel), "true": str(t), "iou": iou(pm, tm), "dice": dice(pm, tm)})
-    if not rows:
-        raise LiverscopeError(f"no predicted mask in {pred_dir} has a counterpart in {true_dir} (same relative path or file name)")
-    result = {"n": len(rows), "mean_iou": float(np.mean([r["iou"] for r in rows])), "mean_dice": float(np.mean([r["dice"] for r in rows])),
-              "images": rows, "skipped": skipped}
-    if out is not None:
-        columns = ["name", "true", "iou", "dice"]
-        atomic_write_csv(out, columns, ([r[c] for c in columns] for r in rows))
-    return result
-
-
-__all__ = ["SEG_SPLIT", "SEGMENTER_CHECKPOINTS", "segmentation_split", "train_segmenter", "mask_file", "write_predictions", "score_mask_dirs"]
+__all__ = ["SEG_SPLIT", "SEGMENTER_CHECKPOINTS", "segmentation_split", "predicted_regions", "train_segmenter"]

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -281,10 +282,31 @@ def _run_child(config: Path, env: dict, log_path: Path) -> None:
         raise LiverscopeError(f"nnU-Net failed (exit {rc}); its output is in {log_path}. Last lines:\n" + "\n".join(tail))
 
 
-def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, size: int, paths: Sequence[str], work_dir: str | Path,
-               label: str = "lesion", device: str = "cpu", trainer: str = DEFAULT_TRAINER, epochs: int | None = None, iterations: int | None = None,
-               val_iterations: int | None = None, resume: bool = False, processes: int | None = None, augment_processes: int | None = None,
-               threads: int | None = None) -> tuple[NnUNetNetwork, dict]:
+@dataclass
+class NnunetOptions:
+    """How nnU-Net trains (:func:`fit_nnunet`; the ``engine`` settings of ``segment train``)."""
+
+    #: an nnU-Net trainer class by name (``nnUNetTrainer``: 1000 epochs of 250 iterations;
+    #: ``nnUNetTrainer_100epochs`` and the like are nnU-Net's shorter ones)
+    trainer: str = DEFAULT_TRAINER
+    #: override the trainer's epochs, iterations per epoch, validation iterations
+    #: (a subclass: :func:`short_trainer`)
+    epochs: int | None = None
+    iterations: int | None = None
+    val_iterations: int | None = None
+    #: nnU-Net's worker processes for fingerprint, preprocessing and export (default: the
+    #: ``nnUNet_def_n_proc`` environment variable, else up to 8)
+    processes: int | None = None
+    #: data-augmentation processes (``nnUNet_n_proc_DA``; default nnU-Net's, 0 on CPU)
+    augment_processes: int | None = None
+    #: torch threads of the training process on CPU (default: half the cores)
+    threads: int | None = None
+
+
+def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str],
+               options: NnunetOptions | None = None, *, size: int, paths: Sequence[str], work_dir: str | Path,
+               label: str = "lesion", device: str = "cpu", resume: bool = False
+               ) -> tuple[NnUNetNetwork, dict]:
     """Train nnU-Net on ``(image, mask)`` pairs with the given split, as ``fit_unet`` trains liverscope's U-Nets.
 
     Args:
@@ -296,15 +318,10 @@ def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[
         paths: each image's source (``cases.csv``).
         work_dir: the engine's folder in the run (``raw/``, ``preprocessed/``, ``results/``, ``log.txt``).
         label: the foreground's name in ``dataset.json`` (the target).
+        options: the trainer and its overrides, processes and threads (:class:`NnunetOptions`;
+            default: nnU-Net's).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
-        trainer: an nnU-Net trainer class by name (``nnUNetTrainer``: 1000 epochs of 250 iterations;
-            ``nnUNetTrainer_100epochs`` and the like are nnU-Net's shorter ones).
-        epochs, iterations, val_iterations: override the trainer's (a subclass, :func:`short_trainer`).
         resume: continue nnU-Net's interrupted training from its latest checkpoint.
-        processes: nnU-Net's worker processes for fingerprint, preprocessing and export (default: the
-            ``nnUNet_def_n_proc`` environment variable, else up to 8).
-        augment_processes: data-augmentation processes (``nnUNet_n_proc_DA``; default nnU-Net's, 0 on CPU).
-        threads: torch threads of the training process on CPU (default: half the cores).
 
     Returns:
         ``(network on device in eval mode, info)``; ``info`` as ``fit_unet``'s (``history``, ``best_epoch``,
@@ -312,10 +329,13 @@ def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[
         ``nnunet`` (trainer, plans identifier, patch and batch size, folders).
     """
     check_engine("nnunet")
+    o = options or NnunetOptions()
+    trainer, epochs, iterations, val_iterations = o.trainer, o.epochs, o.iterations, o.val_iterations
+    threads, augment_processes = o.threads, o.augment_processes
     work_dir = Path(work_dir).resolve()
     masks, split = np.asarray(masks, bool), np.asarray(split).astype(str)
     name = dataset_name(label)
-    processes = int(processes or os.environ.get("nnUNet_def_n_proc") or min(8, os.cpu_count() or 1))
+    processes = int(o.processes or os.environ.get("nnUNet_def_n_proc") or min(8, os.cpu_count() or 1))
     if augment_processes is None and device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
         augment_processes = 0  # on a CPU the network is the bottleneck: augment in the training process itself
     env, child_device = nnunet_env(work_dir, device, processes)
@@ -443,4 +463,5 @@ def build_nnunet(arch: dict) -> NnUNetNetwork:
 
 
 __all__ = ["ENGINES", "NNUNET_ARCH", "DATASET_ID", "PIXELS", "nnunet_dir", "dataset_name", "check_engine", "grey_at", "write_raw_dataset",
-           "nnunet_splits", "write_splits", "short_trainer", "run_worker", "nnunet_env", "fit_nnunet", "nnunet_arch", "NnUNetNetwork", "build_nnunet"]
+           "nnunet_splits", "write_splits", "short_trainer", "run_worker", "nnunet_env", "fit_nnunet",
+           "nnunet_arch", "NnUNetNetwork", "build_nnunet", "NnunetOptions"]

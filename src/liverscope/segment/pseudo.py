@@ -5,6 +5,7 @@ written as PNGs."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +40,28 @@ class PseudoMasks:
     def search_regions(self) -> np.ndarray:
         """Where masks and CAM maxima were looked for: :attr:`regions`, else the sectors."""
         return self.sectors if self.regions is None else self.regions
+
+
+@dataclass
+class PseudoOptions:
+    """How CAMs become pseudo-masks (:func:`pseudo_masks`, ``segment pseudo``; the ``pseudo`` settings of
+    ``segment train``)."""
+
+    rule: str = "threshold"  # threshold | otsu | top | grabcut (:data:`~liverscope.segment.rules.RULES`)
+    threshold: float = 0.5  # rule threshold (and grabcut's start): CAM >= this, as in the study
+    q: float = 20.0  # rule top: the percentage of sector pixels kept
+    flip_average: bool = False  # average each CAM with the mirrored image's
+    method: str = "gradcam"  # CAM method (:func:`liverscope.explain.cams.method_key`)
+    layers: str | int | list | None = (
+        None  # where the maps are taken (None: the last feature map; see :func:`run_cams`)
+    )
+    ensemble: list[str] | None = None  # fold model directories (default: :func:`liverscope.rundir.members`)
+
+    @classmethod
+    def of(cls, options: "PseudoOptions | str", **changes) -> "PseudoOptions":
+        """``options`` (or a rule name) with ``changes`` (keyword names of the fields) applied."""
+        base = cls(rule=options) if isinstance(options, str) else options
+        return dataclasses.replace(base, **changes) if changes else base
 
 
 def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Sequence[str | Path] | None = None, flip_average: bool = False,
@@ -97,10 +120,10 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
     return (total / count).astype(np.float32), np.asarray(targets, int)
 
 
-def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray], rule: str = "threshold", *, threshold: float = 0.5, q: float = 20.0,
-                 flip_average: bool = False, ensemble: Sequence[str | Path] | None = None, method: str = "gradcam", batch_size: int = 16,
-                 cams: tuple[np.ndarray, np.ndarray] | None = None, layers: str | int | Sequence[str | int] | None = None,
-                 regions: Sequence[np.ndarray] | None = None) -> PseudoMasks:
+def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray],
+                 options: PseudoOptions | str = "threshold", *,
+                 cams: tuple[np.ndarray, np.ndarray] | None = None,
+                 regions: Sequence[np.ndarray] | None = None, batch_size: int = 16, **changes) -> PseudoMasks:
     """CAM pseudo-masks of preprocessed model inputs.
 
     Each map (averaged over the ensemble / flips, see :func:`run_cams`) is normalised over its scan
@@ -112,11 +135,14 @@ def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray], rule: str = 
     Args:
         run_dir: a run directory (a ``cv`` run: its fold models are averaged).
         images: uint8 ``size x size x 3`` model inputs.
-        rule: ``threshold`` (default; ``threshold`` 0.5 as in the study), ``otsu``, ``top`` (``q`` %) or
-            ``grabcut`` (the threshold mask refined by the image's edges).
+        options: :class:`PseudoOptions`, or a rule name: ``threshold`` (default; ``threshold`` 0.5 as in
+            the study), ``otsu``, ``top`` (``q`` %) or ``grabcut`` (the threshold mask refined by the
+            image's edges). ``layers`` is ignored with ``cams``.
         cams: precomputed ``(cams, classes)`` of :func:`run_cams` (to try several rules on one pass).
-        layers: where the maps are taken (see :func:`run_cams`; ignored with ``cams``).
         regions: bool ``size x size`` mask per image, intersected with its scan sector.
+        batch_size: images per CAM pass.
+        changes: fields of :class:`PseudoOptions` by name (``q=30``, ``layers="layer3"``) that
+            replace ``options``'.
 
     Returns:
         :class:`PseudoMasks` (``regions``: the sectors intersected with the given regions).
@@ -124,11 +150,14 @@ def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray], rule: str = 
     Raises:
         LiverscopeError: ``regions`` that do not match the images in number or size.
     """
+    o = PseudoOptions.of(options, **changes)
+    rule, threshold, q = o.rule, o.threshold, o.q
     check_rule(rule)
     if regions is not None and len(regions) != len(images):
         raise LiverscopeError(f"{len(regions)} region masks for {len(images)} images: give one per image")
     if cams is None:
-        cams = run_cams(run_dir, images, ensemble=ensemble, flip_average=flip_average, method=method, batch_size=batch_size, layers=layers)
+        cams = run_cams(run_dir, images, ensemble=o.ensemble, flip_average=o.flip_average, method=o.method,
+                        batch_size=batch_size, layers=o.layers)
     raw, classes = cams
     n = len(images)
     sectors = np.stack([sector_mask(im) for im in images]) if n else np.zeros((0,) + raw.shape[1:], bool)
@@ -141,9 +170,10 @@ def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray], rule: str = 
     norm = np.stack([normalise_map(c, s) for c, s in zip(raw, search)]) if n else raw
     masks = (np.stack([pseudo_mask(c, s, rule, threshold=threshold, q=q, image=im) for c, s, im in zip(norm, search, images)]) if n
              else np.zeros(raw.shape, bool))
-    n_models = len(members(run_dir, ensemble)) if run_dir is not None else 1
-    return PseudoMasks(masks, norm, sectors, np.asarray(classes), describe_rule(rule, threshold, q, flip_average, n_models, layers),
-                       None if regions is None else search)
+    n_models = len(members(run_dir, o.ensemble)) if run_dir is not None else 1
+    described = describe_rule(rule, threshold, q, o.flip_average, n_models, o.layers)
+    searched = None if regions is None else search
+    return PseudoMasks(masks, norm, sectors, np.asarray(classes), described, searched)
 
 
 def score_pseudo_masks(pm: PseudoMasks, true_masks: Sequence[np.ndarray]) -> dict:
@@ -179,17 +209,19 @@ def check_out_dir(out: Path, data_roots: Sequence[Path]) -> None:
             raise LiverscopeError(f"--out {out} lies inside the data folder {root}: masks are never written into the data; choose another folder")
 
 
-def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | None = None, *, rule: str = "threshold", threshold: float = 0.5,
-                       q: float = 20.0, flip_average: bool = False, method: str = "gradcam", ensemble: Sequence[str | Path] | None = None,
-                       chunk: int = 64, layers: str | int | Sequence[str | int] | None = None) -> dict:
+def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | None = None,
+                       options: PseudoOptions | str = "threshold", *, chunk: int = 64, **changes) -> dict:
     """Pseudo-masks of every image of ``data`` as PNGs (0/255, original size) under ``out``, mirroring
     ``data``'s relative paths (``.png`` suffix). ``out`` defaults to ``RUN_DIR/pseudo_masks`` and may not
-    lie inside ``data``. ``layers``: where the maps are taken (see :func:`run_cams`).
+    lie inside ``data``. ``options`` and ``changes`` as :func:`pseudo_masks`'.
 
     Returns:
         ``{"written", "out", "rule", "skipped": [(path, reason), ...]}``.
     """
     run_dir, data = Path(run_dir), Path(data)
+    o = PseudoOptions.of(options, **changes)
+    rule, threshold, q, flip_average = o.rule, o.threshold, o.q, o.flip_average
+    method, ensemble, layers = o.method, o.ensemble, o.layers
     if not data.exists():
         raise LiverscopeError(f"{data}: does not exist (give an image folder or file)")
     check_rule(rule)
@@ -209,7 +241,7 @@ def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | 
             continue
         inputs = [it.input for it in items]
         cams = run_cams(run_dir, inputs, flip_average=flip_average, method=method, models=models, layers=layers)
-        pm = pseudo_masks(run_dir, inputs, rule, threshold=threshold, q=q, ensemble=ensemble, cams=cams, layers=layers)
+        pm = pseudo_masks(run_dir, inputs, o, cams=cams)
         for it, m in zip(items, pm.masks):
             atomic_write_png(out / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
             written += 1
@@ -221,4 +253,5 @@ def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | 
     return {"written": written, "out": out, "rule": desc, "skipped": skipped}
 
 
-__all__ = ["PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "check_out_dir", "write_pseudo_masks"]
+__all__ = ["PseudoMasks", "PseudoOptions", "run_cams", "pseudo_masks", "score_pseudo_masks", "check_out_dir",
+           "write_pseudo_masks"]

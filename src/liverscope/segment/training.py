@@ -11,7 +11,7 @@ fit sees the same batches as an uninterrupted one.
 
 The losses are library code: binary cross-entropy with logits (the study's, torch) and MONAI's
 ``DiceCELoss`` for BCE + soft Dice (see :func:`segmentation_loss`). Trained on confident pixels only
-(``fit_unet(weights=...)``, e.g. :func:`~liverscope.segment.rules.confident_targets`), the loss is
+(``fit_unet(..., weights=...)``, e.g. :func:`~liverscope.segment.rules.confident_targets`), the loss is
 :func:`weighted_segmentation_loss`: the same terms over the pixels with a weight.
 """
 
@@ -34,8 +34,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
+from liverscope.segment.config import FitConfig, fit_defaults
 from liverscope.segment.encoder_unet import mask_and_score
-from liverscope.segment.unet import DEFAULT_CHANNELS, LOSSES, check_size, cpu_threads, normalisation, resize_masks, to_unet_input, unet_arch, unet_from_arch
+from liverscope.segment.unet import LOSSES, check_size, cpu_threads, normalisation, resize_masks
+from liverscope.segment.unet import to_unet_input, unet_arch, unet_from_arch
 from liverscope.training.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
 from liverscope.utils import log, resolve_device
 
@@ -106,14 +108,17 @@ class LitSegmenter(L.LightningModule):
     ``val_dice`` is the mean over validation images of the Dice of ``sigmoid(logits) > 0.5`` against the
     target (:func:`liverscope.evaluate.masks.dice`: two empty masks agree, Dice 1). :attr:`history` holds
     one row per epoch (``epoch``, ``loss``, ``val_dice``) and travels in the checkpoints, so a resumed fit
-    continues it.
+    continues it. ``settings`` gives the loss (``None``: ``bce``), the learning rate, the flips and
+    their seed.
     """
 
-    def __init__(self, model: torch.nn.Module, loss: str = "bce", lr: float = 1e-3, flip: bool = True, seed: int = 0, verbose: bool = False):
+    def __init__(self, model: torch.nn.Module, settings: FitConfig | None = None, verbose: bool = False):
         super().__init__()
+        fit = fit_defaults(settings or FitConfig())
         self.model = model
-        self.criterion, self.loss_kind = segmentation_loss(loss), loss
-        self.lr, self.flip, self.seed, self.verbose = float(lr), bool(flip), int(seed), bool(verbose)
+        self.criterion, self.loss_kind = segmentation_loss(fit.loss), fit.loss
+        self.lr, self.flip, self.seed = float(fit.lr), bool(fit.flip), int(fit.seed)
+        self.verbose = bool(verbose)
         self.history: list[dict] = []
         self._val_dice: list[float] = []
 
@@ -178,42 +183,151 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, tr: np.ndarray, va: np.ndarray, b
     return train_dl, val_dl
 
 
-def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], *, size: int | None = None, in_channels: int = 1,
-             channels: Sequence[int] = DEFAULT_CHANNELS, loss: str = "bce", epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
-             seed: int = 0, device: str = "cpu", precision: str = "auto", patience: int | None = None, flip: bool = True,
-             verbose: bool = False, max_steps: int | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
-             progress: bool = False, weights: np.ndarray | None = None, arch: dict | None = None) -> tuple[object, dict]:
-    """Train an Attention U-Net on ``(image, mask)`` pairs with Lightning; the weights of the best
-    validation Dice are kept. On CPU it runs with half the cores (see :func:`~liverscope.segment.unet.cpu_threads`).
+def _checked_inputs(
+    images: Sequence[np.ndarray],
+    masks: np.ndarray,
+    split: Sequence[str],
+    weights: np.ndarray | None,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(split, masks, weights)`` as arrays, or a LiverscopeError for inputs that do not fit together."""
+    split = np.asarray(split).astype(str)
+    masks = np.asarray(masks, bool)
+    if len(images) != len(masks) or len(images) != len(split):
+        raise LiverscopeError(
+            f"{len(images)} images, {len(masks)} masks and {len(split)} split labels: they must match"
+        )
+    if weights is not None:
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != masks.shape or not np.isfinite(weights).all() or (weights < 0).any():
+            raise LiverscopeError(
+                f"pixel weights must be finite, >= 0 and shaped like the masks {masks.shape}, "
+                f"got {weights.shape}"
+            )
+    if int(batch_size) < 1:
+        raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
+    return split, masks, weights
+
+
+def _tensors(
+    images: Sequence[np.ndarray], masks: np.ndarray, weights: np.ndarray | None, size: int, arch: dict
+):
+    """Inputs, targets and pixel weights as the network takes them (``N x C x size x size``)."""
+    x_all = to_unet_input(images, size, int(arch["in_channels"]), normalisation(arch))
+    y_all = torch.from_numpy(resize_masks(masks, size)[:, None].astype(np.float32))
+    w_all = None
+    if (
+        weights is not None
+    ):  # nearest neighbour, as resize_masks resizes the targets: each weight stays on its pixel
+        w_all = torch.from_numpy(
+            np.stack(
+                [
+                    w
+                    if w.shape == (size, size)
+                    else cv2.resize(w, (size, size), interpolation=cv2.INTER_NEAREST)
+                    for w in weights
+                ]
+            )[:, None]
+        )
+    return x_all, y_all, w_all
+
+
+def _trainer(
+    fit: FitConfig, device: str, ckpt_dir: Path, validated: bool, progress: bool
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """Lightning's Trainer as the classifier's is built: checkpoints (best validation Dice, last),
+    early stopping."""
+    ckpt = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=MONITOR if validated else None,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks: list = [ckpt]
+    if fit.patience and validated:
+        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=int(fit.patience), strict=False))
+    quiet_lightning()
+    trainer = L.Trainer(
+        max_epochs=int(fit.epochs),
+        max_steps=int(fit.max_steps) if fit.max_steps else -1,
+        accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=[int(device.split(":", 1)[1])]
+        if device.startswith("cuda:")
+        else 1,  # --device cuda:1 trains on that GPU
+        precision=training_precision(fit.precision, device),
+        callbacks=callbacks,
+        logger=False,
+        default_root_dir=str(ckpt_dir),
+        enable_progress_bar=bool(progress),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        deterministic=False,
+    )
+    return trainer, ckpt
+
+
+def _checkpoints_ready(ckpt_dir: Path, resume: bool) -> Path:
+    """``ckpt_dir/last.ckpt``, which ``resume`` needs; a fresh fit removes an earlier fit's checkpoints
+    from the folder (they are not ours to pick from)."""
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.exists():
+        raise LiverscopeError(f"{last}: nothing to resume from; train without resume first")
+    if not resume:
+        for old in ("best.ckpt", "last.ckpt"):
+            (ckpt_dir / old).unlink(missing_ok=True)
+    return last
+
+
+def _best(model, lit: LitSegmenter, ckpt: ModelCheckpoint) -> tuple[list[dict], int, float | None]:
+    """``(history, best epoch, its validation Dice)``; the best epoch's weights loaded into ``model``."""
+    history = list(lit.history)
+    scored = [h for h in history if np.isfinite(h["val_dice"])]
+    if scored and ckpt.best_model_path:
+        load_best_weights(model, ckpt.best_model_path)
+        best = max(scored, key=lambda h: h["val_dice"])  # the first of equals, as the checkpoint keeps it
+        return history, int(best["epoch"]), float(best["val_dice"])
+    return (
+        history,
+        (int(history[-1]["epoch"]) if history else 0),
+        None,
+    )  # without validation images: the last epoch
+
+
+def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str],
+             settings: FitConfig | None = None, *, arch: dict | None = None,
+             weights: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
+             resume: bool = False, verbose: bool = False, progress: bool = False) -> tuple[object, dict]:
+    """Train a U-Net on ``(image, mask)`` pairs with Lightning; the weights of the best validation Dice
+    are kept. On CPU it runs with half the cores (see :func:`~liverscope.segment.unet.cpu_threads`).
 
     Args:
-        images: uint8 ``HxWx3`` images (resized to ``size``).
+        images: uint8 ``HxWx3`` images (resized to ``settings.size``).
         masks: bool ``N x H x W`` targets.
         split: ``train`` / ``val`` / ``test`` per image (``test`` images are not touched).
-        size: U-Net input size (default: the images' size); a multiple of 2**levels.
-        in_channels: 1 (grey) or 3.
-        channels: U-Net channels per level.
-        loss: ``bce`` (BCE with logits; the study's) or ``bce+dice`` (MONAI's ``DiceCELoss``).
-        epochs: passes over the training images (with ``resume``: the total, finished epochs included).
-        batch_size: images per step.
-        lr: Adam learning rate.
-        seed: initialisation, shuffling and flip seed.
-        device: ``auto``, ``cpu`` or ``cuda`` (one device, as the classifier trains).
-        precision: Lightning precision; ``auto`` as the classifier (:func:`~liverscope.training.lightning_module.training_precision`).
-        patience: stop after this many epochs without a better validation Dice (``None``: never).
-        flip: random horizontal flips of training pairs.
-        verbose: log every epoch.
-        max_steps: stop after this many optimiser steps (quick checks).
-        checkpoint_dir: where Lightning writes ``best.ckpt`` and ``last.ckpt`` (default: a temporary folder,
-            removed afterwards).
-        resume: continue from ``checkpoint_dir/last.ckpt`` (same data, split and settings).
-        progress: Lightning's progress bar.
+        settings: the fit (:class:`~liverscope.segment.config.FitConfig`): ``size`` (default: the images'
+            size; a multiple of 2**levels), ``loss`` (``bce``, the study's, by default, or ``bce+dice``:
+            MONAI's ``DiceCELoss``), ``epochs`` (default 30; with ``resume`` the total, finished epochs
+            included), ``batch_size``, ``lr`` (Adam), ``seed`` (initialisation, shuffling and flips),
+            ``device`` (``auto``, ``cpu``, ``cuda``: one device, as the classifier trains), ``precision``
+            (``auto`` as the classifier: :func:`~liverscope.training.lightning_module.training_precision`),
+            ``patience`` (stop after this many epochs without a better validation Dice; ``None``: never),
+            ``flip`` (random horizontal flips), ``max_steps`` (optimiser steps, quick checks).
+        arch: the architecture record (:func:`~liverscope.segment.unet.make_arch`); default the seed
+            study's Attention U-Net (grey, channels 8, 16, 32, 64). An encoder U-Net starts from its
+            ImageNet weights.
         weights: float ``N x H x W`` per-pixel weights (0: ignore the pixel, 1: count it; e.g. from
             :func:`~liverscope.segment.rules.confident_targets`), resized with the masks (nearest
             neighbour); the loss is :func:`weighted_segmentation_loss` and the validation Dice counts
             the weighted pixels only. ``None``: every pixel counts (:func:`segmentation_loss`).
-        arch: the architecture record (:func:`~liverscope.segment.unet.make_arch`); default the Attention
-            U-Net of ``in_channels`` and ``channels``. An encoder U-Net starts from its ImageNet weights.
+        checkpoint_dir: where Lightning writes ``best.ckpt`` and ``last.ckpt`` (default: a temporary folder,
+            removed afterwards).
+        resume: continue from ``checkpoint_dir/last.ckpt`` (same data, split and settings).
+        verbose: log every epoch.
+        progress: Lightning's progress bar.
 
     Returns:
         ``(model in eval mode with the best weights, on device, info)``; ``info`` has ``best_epoch``,
@@ -223,77 +337,41 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
         LiverscopeError: mismatched inputs, no training images, a size the U-Net cannot take, or
             ``resume`` without a checkpoint.
     """
-    split = np.asarray(split).astype(str)
-    masks = np.asarray(masks, bool)
-    if len(images) != len(masks) or len(images) != len(split):
-        raise LiverscopeError(f"{len(images)} images, {len(masks)} masks and {len(split)} split labels: they must match")
-    if weights is not None:
-        weights = np.asarray(weights, np.float32)
-        if weights.shape != masks.shape or not np.isfinite(weights).all() or (weights < 0).any():
-            raise LiverscopeError(f"pixel weights must be finite, >= 0 and shaped like the masks {masks.shape}, got {weights.shape}")
-    if int(batch_size) < 1:
-        raise LiverscopeError(f"batch size must be at least 1, got {batch_size}")
-    size = int(size or np.asarray(images[0]).shape[0])
-    arch = arch or unet_arch(in_channels, channels)
-    in_channels = int(arch["in_channels"])
+    fit = fit_defaults(settings or FitConfig())
+    split, masks, weights = _checked_inputs(images, masks, split, weights, fit.batch_size)
+    size = int(fit.size or np.asarray(images[0]).shape[0])
+    arch = arch or unet_arch()
     check_size(size, arch["strides"])
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if len(tr) == 0:
         raise LiverscopeError("no training images for the U-Net (the split left none)")
     if resume and checkpoint_dir is None:
         raise LiverscopeError("resume needs the checkpoint folder of the interrupted fit (checkpoint_dir)")
-    device = resolve_device(device)
-    seed_run(seed)
+    device = resolve_device(fit.device)
+    seed_run(fit.seed)
     model = unet_from_arch(arch, pretrained=not resume)  # resuming: the checkpoint holds the weights
-    lit = LitSegmenter(model, loss, lr, flip, seed, verbose)
-    x_all = to_unet_input(images, size, in_channels, normalisation(arch))
-    y_all = torch.from_numpy(resize_masks(masks, size)[:, None].astype(np.float32))
-    w_all = None
-    if weights is not None:  # nearest neighbour, as resize_masks resizes the targets: each weight stays on its pixel
-        w_all = torch.from_numpy(np.stack([w if w.shape == (size, size) else cv2.resize(w, (size, size), interpolation=cv2.INTER_NEAREST)
-                                           for w in weights])[:, None])
-    train_dl, val_dl = _loaders(x_all, y_all, tr, va, int(batch_size), seed, w_all)
+    lit = LitSegmenter(model, fit, verbose)
+    x_all, y_all, w_all = _tensors(images, masks, weights, size, arch)
+    train_dl, val_dl = _loaders(x_all, y_all, tr, va, int(fit.batch_size), fit.seed, w_all)
 
     with contextlib.ExitStack() as stack:
-        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unet-ckpt-")))
-        last = ckpt_dir / "last.ckpt"
-        if resume and not last.exists():
-            raise LiverscopeError(f"{last}: nothing to resume from; train without resume first")
-        if not resume:  # a fresh fit: an earlier fit's checkpoints in this folder are not ours to pick from
-            for old in ("best.ckpt", "last.ckpt"):
-                (ckpt_dir / old).unlink(missing_ok=True)
-        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR if val_dl is not None else None, mode="max",
-                               save_last=True, save_top_k=1, enable_version_counter=False)
-        callbacks: list = [ckpt]
-        if patience and val_dl is not None:
-            callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=int(patience), strict=False))
-        quiet_lightning()
-        trainer = L.Trainer(
-            max_epochs=int(epochs), max_steps=int(max_steps) if max_steps else -1,
-            accelerator="gpu" if device.startswith("cuda") else "cpu",
-            devices=[int(device.split(":", 1)[1])] if device.startswith("cuda:") else 1,  # --device cuda:1 trains on that GPU
-            precision=training_precision(precision, device),
-            callbacks=callbacks, logger=False, default_root_dir=str(ckpt_dir), enable_progress_bar=bool(progress),
-            enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, deterministic=False,
-        )
+        temporary = None if checkpoint_dir else tempfile.TemporaryDirectory(prefix="unet-ckpt-")
+        ckpt_dir = Path(checkpoint_dir or stack.enter_context(temporary))
+        last = _checkpoints_ready(ckpt_dir, resume)
+        trainer, ckpt = _trainer(fit, device, ckpt_dir, val_dl is not None, progress)
         t0 = time.perf_counter()
         with cpu_threads(device), warnings.catch_warnings():
             # resuming writes into the folder that holds last.ckpt: Lightning's "not empty" warning is expected
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
             trainer.fit(lit, train_dataloaders=train_dl, val_dataloaders=val_dl, ckpt_path=str(last) if resume else None)
         seconds = time.perf_counter() - t0
-        history = list(lit.history)
-        scored = [h for h in history if np.isfinite(h["val_dice"])]
-        if scored and ckpt.best_model_path:
-            load_best_weights(model, ckpt.best_model_path)
-            best = max(scored, key=lambda h: h["val_dice"])  # the first of equals, as the checkpoint keeps it
-            best_epoch, best_dice = int(best["epoch"]), float(best["val_dice"])
-        else:  # without validation images: the last epoch
-            best_epoch, best_dice = (int(history[-1]["epoch"]) if history else 0), None
+        history, best_epoch, best_dice = _best(model, lit, ckpt)
     model.to(device).eval()
-    info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history), "steps": int(trainer.global_step),
-            "history": history, "seconds": round(seconds, 1), "architecture": arch, "size": size, "loss": loss, "lr": lr,
-            "batch_size": batch_size, "seed": seed, "engine": "lightning", "resumed": bool(resume), "pixel_weights": weights is not None,
+    info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history),
+            "steps": int(trainer.global_step), "history": history, "seconds": round(seconds, 1),
+            "architecture": arch, "size": size, "loss": fit.loss, "lr": fit.lr, "batch_size": fit.batch_size,
+            "seed": fit.seed, "engine": "lightning", "resumed": bool(resume),
+            "pixel_weights": weights is not None,
             "initial_weights": getattr(model, "weights_source", "random initialisation")}
     return model, info
 

@@ -462,8 +462,22 @@ def _check_cam_options(rule: str, method: str) -> str:
     return as_usage(method_key, method)
 
 
+SEGMENT_CONFIG_HELP = ("A YAML file of segment settings (target, masks, pseudo:, network:, train:, engine:), "
+                       "or a segmenter's .json (reruns its saved config); the flags given and --set "
+                       "override it (docs/segment.md).")
+SEGMENT_SET_HELP = ("Any segment setting as KEY=VALUE (dotted, e.g. train.lr=3e-4, pseudo.threshold=0.4, "
+                    "engine.iterations=50); repeatable; overrides the flags.")
+
+
+def _is_default(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` kept its default (was not given); Typer ships its own click, so its
+    ParameterSource is compared by name."""
+    return getattr(ctx.get_parameter_source(name), "name", "") == "DEFAULT"
+
+
 @segment_app.command("train")
 def segment_train(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A trained run directory: the segmenter is saved into it."),
     data: Path = typer.Argument(..., help="Class-per-folder tree or CSV manifest of the images to segment."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Train on these masks (same relative path or file name as the image) instead of CAM pseudo-masks."),
@@ -485,29 +499,25 @@ def segment_train(
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better validation Dice (default: train all epochs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted segmenter training from its last checkpoint."),
     engine: str = EngineOpt, nnunet_trainer: str = NnunetTrainerOpt,
+    config: Optional[Path] = typer.Option(None, "--config", help=SEGMENT_CONFIG_HELP),
+    settings: Optional[List[str]] = typer.Option(None, "--set", help=SEGMENT_SET_HELP),
 ):
     """Train a segmenter on --masks (default: a U-Net on an ImageNet encoder) or on CAM pseudo-masks (the
     study's Attention U-Net) with a grouped split; scores (against targets, expert masks and trivial
-    baselines) go to the run's report."""
+    baselines) go to the run's report. The resolved settings are saved in the segmenter's .json (config)."""
     from liverscope.segment import train_segmenter
-    from liverscope.segment.unet import ARCHS, LOSSES, check_size, make_arch, segmenter_defaults
+    from liverscope.segment.config import FLAGS, load_segment_config
 
-    try:
-        nnunet = {"trainer": nnunet_trainer, "epochs": epochs}  # nnU-Net's own epochs unless --epochs is given
-        arch, loss, epochs = segmenter_defaults(masks is not None, arch, loss, epochs)
-        check_choice(loss, LOSSES, "--loss"), check_choice(arch, ARCHS, "--arch"), check_device(device)
-        method = _check_cam_options(rule, method)
-        chans = numbers(channels, int, "--channels", "8,16,32,64")
-        if size is not None:
-            as_usage(check_size, size, make_arch(arch, 1, chans)["strides"])
-        conf = numbers(confident, float, "--confident", "0.3,0.6") if confident else None
-        if conf is not None and not (len(conf) == 2 and 0 <= conf[0] < conf[1] <= 1):
-            raise UsageError(f"--confident {confident}: expected LOW,HIGH with 0 <= LOW < HIGH <= 1, e.g. 0.3,0.6")
-        pos = [c.strip() for c in positive.split(",") if c.strip()] if positive else None
-        result = train_segmenter(run_dir, data, masks=masks, real_masks=real_masks, target=target, loss=loss, epochs=epochs, size=size, channels=chans,
-                                 batch_size=batch_size, lr=lr, rule=rule, q=q, flip_average=flip_average, method=method, seed=seed, device=device,
-                                 patience=patience, resume=resume, layers=layers, confident=conf, positive=pos,
-                                 within=within, arch=arch, engine=engine, nnunet=nnunet)
+    try:  # defaults < --config < the flags given < --set
+        given = {k: v for k, v in ctx.params.items() if k in FLAGS and not _is_default(ctx, k)}
+        if "channels" in given:
+            given["channels"] = numbers(channels, int, "--channels", "8,16,32,64")
+        if "confident" in given:
+            given["confident"] = numbers(confident, float, "--confident", "0.3,0.6") if confident else None
+        if "positive" in given:
+            given["positive"] = [c.strip() for c in positive.split(",") if c.strip()] if positive else None
+        cfg = load_segment_config(config, given, settings or ())
+        result = train_segmenter(run_dir, data, cfg, resume=resume)
     except ValueError as exc:
         fail(exc)
     for line in result["summary_lines"]:
@@ -521,11 +531,11 @@ def segment_predict(
     out: Path = typer.Option(Path("segmentations"), "--out", "-o", help="Output folder: NAME_mask.png (lesion), NAME_T_mask.png (target T; 0/255) and NAME_outline.png at the original size."),
 ):
     """Segment new images with every U-Net of the run (one per target); bad files are listed as skipped and the rest finish."""
-    from liverscope.segment import write_predictions
+    from liverscope.segment import write_segmentations
 
     try:
         count_inputs(paths)
-        summary = write_predictions(run_dir, paths, out)
+        summary = write_segmentations(run_dir, paths, out)
     except LiverscopeError as exc:
         fail(exc)
     typer.echo(f"segmented {summary['written']} image(s) → {summary['out']}; outlines: " + ", ".join(f"{t} {c}" for t, c in summary["colours"].items()))
