@@ -44,15 +44,7 @@ NOT_RUN_FILES = {
 }
 #: Literals still to move onto rundir's names, (module, name); each entry names who moves it. An entry no
 #: longer needed fails the test, so the list only shrinks.
-TO_MOVE = {
-    # TODO(segment, after the seg-config merge): rundir.LAST_CKPT / BEST_CKPT
-    ("segment/training.py", "last.ckpt"), ("segment/training.py", "best.ckpt"),
-    # TODO(segment): rundir.PSEUDO_MASKS_SUMMARY
-    ("segment/pseudo.py", "pseudo_masks.json"),
-    # TODO(segment): rundir.NNUNET_CONFIG / NNUNET_TRAINED / NNUNET_WEIGHTS / NNUNET_LOG; cases.csv is ours, not nnU-Net's
-    ("segment/nnunet.py", "config.json"), ("segment/nnunet.py", "trained.json"), ("segment/nnunet.py", "weights.safetensors"),
-    ("segment/nnunet.py", "log.txt"), ("segment/nnunet.py", "cases.csv"),
-}
+TO_MOVE: set[tuple[str, str]] = set()  # every run-file name now lives in rundir
 
 
 def run_file_names() -> set[str]:

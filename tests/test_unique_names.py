@@ -13,12 +13,6 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "liverscope"
 #: Names that may be defined in more than one module, each with why.
 ALLOWED = {
     "main": "the entry point of a program: ui/cli.py (the `liverscope` script) and ui/app.py (streamlit run)",
-    # TODO(segment helper): segment/commands.py's write_predictions (it writes masks) gets its own name
-    "write_predictions": "until the rename",
-    # TODO(lead, after the seg-config merge): segment/unet.py re-exports rundir's check_target and segmenter_files
-    # (`from liverscope.rundir import TARGET_NAME, check_target, segmenter_files`) instead of defining them
-    "check_target": "until segment/unet.py imports it from rundir",
-    "segmenter_files": "until segment/unet.py imports it from rundir",
 }
 
 

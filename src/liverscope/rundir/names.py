@@ -65,6 +65,7 @@ NNUNET_CONFIG = "config.json"
 NNUNET_TRAINED = "trained.json"
 NNUNET_WEIGHTS = "weights.safetensors"
 NNUNET_LOG = "log.txt"
+NNUNET_CASES = "cases.csv"  # which raw case is which image, and its split (ours, beside nnU-Net's files)
 
 #: What ``liverscope train`` and ``demo`` list after training (those that exist).
 SUMMARY_FILES = (MODEL_WEIGHTS, MODEL_META, METRICS, HISTORY, CURVES_PNG, CONFUSION_PNG, PREDICTIONS_TEST, REPORT_HTML)

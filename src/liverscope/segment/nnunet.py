@@ -44,7 +44,7 @@ import torch
 
 from liverscope.data.io import to_grey
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.rundir import load_weights
+from liverscope.rundir import NNUNET_CASES, NNUNET_CONFIG, NNUNET_LOG, NNUNET_TRAINED, NNUNET_WEIGHTS, load_weights
 from liverscope.utils import atomic_write_csv, atomic_write_json, atomic_write_png, import_optional, log, read_json
 
 #: ``segment train --engine``: liverscope's own U-Nets (Lightning) or nnU-Net.
@@ -128,7 +128,7 @@ def write_raw_dataset(folder: str | Path, images: Sequence[np.ndarray], masks: n
         "overwrite_image_reader_writer": "NaturalImage2DIO", "name": folder.name,
         "description": f"liverscope segmenter inputs ({size} px, grey) and '{label}' masks; test images in imagesTs",
     })
-    atomic_write_csv(folder / "cases.csv", ["case", "path", "split"], zip(cases, paths, split))
+    atomic_write_csv(folder / NNUNET_CASES, ["case", "path", "split"], zip(cases, paths, split))
     return {"folder": folder, "cases": cases, "splits": nnunet_splits(cases, split)}
 
 
@@ -231,10 +231,10 @@ def run_worker(config_path: str) -> None:
     trainer.perform_actual_validation(False)
     final = Path(trainer.output_folder) / "checkpoint_final.pth"
     ckpt = torch.load(final, map_location="cpu", weights_only=False)  # nnU-Net's own checkpoint, just written
-    save_file({k: v.contiguous() for k, v in unique_tensors(ckpt["network_weights"]).items()}, str(out / "weights.safetensors"))
+    save_file({k: v.contiguous() for k, v in unique_tensors(ckpt["network_weights"]).items()}, str(out / NNUNET_WEIGHTS))
     summary = Path(trainer.output_folder) / "validation" / "summary.json"
     val = read_json(summary)["foreground_mean"] if summary.is_file() else {}
-    atomic_write_json(out / "trained.json", {
+    atomic_write_json(out / NNUNET_TRAINED, {
         "trainer": trainer_cls.__name__, "base_trainer": base.__name__, "plans_identifier": plans_id, "plans": plans, "dataset_json": dataset_json,
         "mirror_axes": list(ckpt.get("inference_allowed_mirroring_axes") or []), "epochs": int(trainer.num_epochs),
         "iterations": int(trainer.num_iterations_per_epoch), "val_iterations": int(trainer.num_val_iterations_per_epoch),
@@ -343,27 +343,27 @@ def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[
         shutil.rmtree(work_dir / "raw" / name)
     raw = write_raw_dataset(work_dir / "raw" / name, images, masks, split, paths, label, size)
     write_splits(work_dir / "preprocessed" / name, raw["splits"])
-    config = work_dir / "config.json"
+    config = work_dir / NNUNET_CONFIG
     atomic_write_json(config, {"dataset": name, "trainer": trainer, "epochs": epochs, "iterations": iterations, "val_iterations": val_iterations,
                                "device": child_device, "resume": bool(resume), "processes": processes, "augment_processes": augment_processes,
                                "threads": threads or (max(1, (os.cpu_count() or 1) // 2) if device == "cpu" else None)})
-    for old in ("trained.json", "weights.safetensors"):
+    for old in (NNUNET_TRAINED, NNUNET_WEIGHTS):
         (work_dir / old).unlink(missing_ok=True)
     log(f"nnU-Net: {len(raw['splits'][0]['train'])} train / {len(raw['splits'][0]['val'])} val cases in {raw['folder']}; "
         f"planning, preprocessing and training ({trainer}" + "".join(f", {k} {v}" for k, v in (("epochs", epochs), ("iterations", iterations)) if v)
-        + f") on {device}; nnU-Net's output in {work_dir / 'log.txt'}")
+        + f") on {device}; nnU-Net's output in {work_dir / NNUNET_LOG}")
     t0 = time.perf_counter()
-    _run_child(config, env, work_dir / "log.txt")
+    _run_child(config, env, work_dir / NNUNET_LOG)
     seconds = time.perf_counter() - t0
-    trained = read_json(work_dir / "trained.json")
+    trained = read_json(work_dir / NNUNET_TRAINED)
     arch = nnunet_arch(trained)
     model = NnUNetNetwork(arch)
-    model.load_state_dict(load_weights(work_dir / "weights.safetensors"))
+    model.load_state_dict(load_weights(work_dir / NNUNET_WEIGHTS))
     model.to(device).eval()
     history, val_dice = trained["history"], trained["validation"].get("Dice")
     details = {k: trained[k] for k in ("trainer", "base_trainer", "plans_identifier", "iterations", "val_iterations", "patch_size", "results",
                                        "validation", "nnunet_version")}
-    details.update(dataset=str(raw["folder"]), log=str(work_dir / "log.txt"))
+    details.update(dataset=str(raw["folder"]), log=str(work_dir / NNUNET_LOG))
     info = {"best_epoch": len(history), "best_val_dice": None if val_dice is None else float(val_dice), "epochs_run": len(history),
             "history": history, "seconds": round(seconds, 1), "architecture": arch, "arch": "nnunet", "in_channels": 1, "size": size,
             "loss": "nnU-Net's Dice + cross-entropy (deep supervision)", "epochs": trained["epochs"], "lr": trained["lr"],

@@ -18,7 +18,7 @@ from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import mask_scores, pointing_game
 from liverscope.explain.cams import compute_cams, resolve_layers
-from liverscope.rundir import PSEUDO_MASKS, load_model, members, read_preprocessing
+from liverscope.rundir import PSEUDO_MASKS, PSEUDO_MASKS_SUMMARY, load_model, members, read_preprocessing
 from liverscope.segment.images import list_images, load_images
 from liverscope.segment.rules import check_rule, describe_rule, normalise_map, pseudo_mask
 from liverscope.segment.unet import cpu_threads
@@ -245,7 +245,7 @@ def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | 
         for it, m in zip(items, pm.masks):
             atomic_write_png(out / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
             written += 1
-    atomic_write_json(out / "pseudo_masks.json", {
+    atomic_write_json(out / PSEUDO_MASKS_SUMMARY, {
         "run": str(run_dir), "data": str(data), "rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average,
         "method": method, "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers), "models": [str(d) for d in member_dirs], "description": desc, "written": written,
         "skipped": [list(s) for s in skipped],

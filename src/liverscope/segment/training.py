@@ -34,6 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
+from liverscope.rundir import BEST_CKPT, LAST_CKPT
 from liverscope.segment.config import FitConfig, fit_defaults
 from liverscope.segment.encoder_unet import mask_and_score
 from liverscope.segment.unet import LOSSES, check_size, cpu_threads, normalisation, resize_masks
@@ -273,11 +274,11 @@ def _trainer(
 def _checkpoints_ready(ckpt_dir: Path, resume: bool) -> Path:
     """``ckpt_dir/last.ckpt``, which ``resume`` needs; a fresh fit removes an earlier fit's checkpoints
     from the folder (they are not ours to pick from)."""
-    last = ckpt_dir / "last.ckpt"
+    last = ckpt_dir / LAST_CKPT
     if resume and not last.exists():
         raise LiverscopeError(f"{last}: nothing to resume from; train without resume first")
     if not resume:
-        for old in ("best.ckpt", "last.ckpt"):
+        for old in (BEST_CKPT, LAST_CKPT):
             (ckpt_dir / old).unlink(missing_ok=True)
     return last
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +31,9 @@ from liverscope.errors import LiverscopeError, UsageError
 from liverscope.segment.gate import apply_gate
 from liverscope.segment.encoder_unet import ENCODERS, build_encoder_unet, encoder_unet_arch, mask_and_score
 from liverscope.segment.nnunet import NNUNET_ARCH, build_nnunet
-from liverscope.rundir import PSEUDO_MASKS, SEGMENTER_META, SEGMENTER_WEIGHTS, load_weights, save_weights
+from liverscope.rundir import (
+    SEGMENTER_META, SEGMENTER_TARGET, TARGET_NAME, check_target, load_weights, save_weights, segmenter_files,
+)
 from liverscope.utils import atomic_write_json, default_model_threads, read_json, resolve_device, torch_threads
 
 LOSSES = ("bce", "bce+dice")
@@ -48,9 +49,7 @@ ATTENTION_NORMALISATION = {"mean": 0.5, "std": 0.25}
 #: U-Net channels per level: small enough to train on a laptop CPU in minutes at 128-160 px.
 DEFAULT_CHANNELS = (8, 16, 32, 64)
 #: The target of ``segment train`` without ``--target``; its files keep the names of runs made before targets.
-DEFAULT_TARGET = "lesion"
-#: What a target may be called: a lower-case name (it becomes part of file names and of a metrics key).
-TARGET_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+DEFAULT_TARGET = SEGMENTER_TARGET
 #: Outline colours (RGB, and their name for legends) of the usual targets; others take :data:`PALETTE` in name order.
 TARGET_COLOURS = {"lesion": ((255, 48, 48), "red"), "liver": ((0, 255, 0), "green"), "sector": ((64, 160, 255), "blue")}
 PALETTE = (((255, 210, 0), "yellow"), ((255, 0, 255), "magenta"), ((0, 230, 230), "cyan"), ((255, 140, 0), "orange"), ((255, 255, 255), "white"))
@@ -164,43 +163,11 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_target(target: str) -> str:
-    """``target`` when it is a valid target name (``[a-z][a-z0-9_-]*``).
-
-    Raises:
-        UsageError: any other name (the command line exits with code 2).
-    """
-    if not isinstance(target, str) or not TARGET_NAME.fullmatch(target):
-        raise UsageError(f"segmentation target {target!r}: expected a lower-case name such as lesion or liver "
-                         "(letters a-z, digits, '_' and '-', starting with a letter)")
-    return target
-
-
-def segmenter_files(target: str = DEFAULT_TARGET) -> dict[str, str]:
-    """The names, inside a run directory, of everything that belongs to the segmenter of ``target``.
-
-    ``lesion`` keeps the names of runs made before targets: ``segmenter.safetensors``, ``segmenter.json``,
-    ``seg_split.csv``, ``segmenter_checkpoints/``, ``pseudo_masks/`` and the ``metrics.json`` key
-    ``segmentation``. Another target T adds ``-T`` to each file name (``segmenter-T.json``,
-    ``seg_split-T.csv``, ``segmenter-T_checkpoints/``, ``pseudo_masks-T/``) and ``_T`` to the key
-    (``segmentation_T``).
-
-    Returns:
-        ``{"weights", "meta", "split", "checkpoints", "pseudo", "metrics"}``.
-
-    Raises:
-        UsageError: ``target`` is not a valid name (:func:`check_target`).
-    """
-    check_target(target)
-    s = "" if target == DEFAULT_TARGET else f"-{target}"
-    return {"weights": SEGMENTER_WEIGHTS.replace(".", f"{s}.", 1), "meta": SEGMENTER_META.replace(".", f"{s}.", 1), "split": f"seg_split{s}.csv",
-            "checkpoints": f"segmenter{s}_checkpoints", "pseudo": f"{PSEUDO_MASKS}{s}", "metrics": "segmentation" + (f"_{target}" if s else "")}
-
-
 def segmenter_targets(run_dir: str | Path) -> list[str]:
     """The targets a run holds a segmenter for (weights and ``.json`` both present): ``lesion`` first, then by name."""
     run_dir = Path(run_dir)
-    named = sorted(p.stem[len("segmenter-"):] for p in run_dir.glob("segmenter-*.json"))
+    stem = SEGMENTER_META.split(".")[0] + "-"  # another target T: segmenter-T.json
+    named = sorted(p.stem[len(stem):] for p in run_dir.glob(f"{stem}*.json"))
     names = [DEFAULT_TARGET] + [t for t in named if t != DEFAULT_TARGET and TARGET_NAME.fullmatch(t)]
     return [t for t in names if all((run_dir / segmenter_files(t)[k]).is_file() for k in ("weights", "meta"))]
 
