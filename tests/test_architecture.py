@@ -72,7 +72,8 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 def _named_in_the_map() -> tuple[set[str], set[str]]:
     """The package files/folders (``ui/cli.py``, ``segment/``) and dotted names (``liverscope.x.y``) that
     docs/architecture.md names in backticks."""
-    spans = re.findall(r"`([^`]+)`", ARCHITECTURE.read_text(encoding="utf-8"))
+    text = re.sub(r"```.*?```", "", ARCHITECTURE.read_text(encoding="utf-8"), flags=re.S)  # the diagram
+    spans = re.findall(r"`([^`]+)`", text)
     paths = {s for s in spans if re.fullmatch(r"[a-z_]+(/[a-z_0-9]+)*(\.py|/)", s)}
     dotted = {s for s in spans if re.fullmatch(r"liverscope(\.[A-Za-z_][A-Za-z_0-9]*)+", s)}
     return paths, dotted
@@ -81,7 +82,8 @@ def _named_in_the_map() -> tuple[set[str], set[str]]:
 def test_every_file_the_map_names_exists():
     paths, _ = _named_in_the_map()
     assert len(paths) > 40, "the map names the package's files"
-    missing = sorted(p for p in paths if not (SRC / p).exists() and not (ROOT / p).exists())
+    # package modules and sub-packages (a folder of a run directory, e.g. `checkpoints/`, is no module)
+    missing = sorted(p for p in paths if p.endswith(".py") and not (SRC / p).exists() and not (ROOT / p).exists())
     assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
 
 
@@ -106,9 +108,6 @@ def test_every_dotted_name_the_map_names_resolves():
 def test_every_module_is_on_the_map():
     paths, _ = _named_in_the_map()
     named = {p for p in paths if p.endswith(".py")}
-    folders = {p for p in paths if p.endswith("/")}
     unnamed = [str(f.relative_to(SRC)) for f in _sources()
-               if f.name != "__init__.py" and str(f.relative_to(SRC)) not in named
-               and not any(str(f.relative_to(SRC)).startswith(d) for d in folders if d.count("/") > 1)]
-    unnamed = [u for u in unnamed if "/migrations/" not in u]
+               if f.name != "__init__.py" and str(f.relative_to(SRC)) not in named and "/migrations/" not in str(f)]
     assert not unnamed, f"modules missing from docs/architecture.md: {unnamed}"
