@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-real bench-cache clean
+.PHONY: install demo test test-fast test-real bench-cache format clean
 
 # Everything (the `all` extra: app, onnx, imagenet, tensorboard, nnunet, test) at the tested versions of constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
@@ -19,6 +19,8 @@ demo: $(STAMP)
 	$(BIN)/liverscope demo
 
 test: $(STAMP)
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
@@ -27,6 +29,11 @@ test-fast: $(STAMP)
 
 test-real: $(STAMP)
 	$(BIN)/python -m pytest -q -m real
+
+# Format and fix the tree the way `make test` checks it.
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 bench-cache: $(STAMP)
 	$(BIN)/python benchmarks/cache.py

@@ -98,8 +98,13 @@ def score(truth: dict, audit: dict) -> dict:
     for p in truth["originals"]:
         by_group.setdefault(group.get(p), []).append(p)
     false_merges = sum(len(v) - 1 for k, v in by_group.items() if k is not None and len(v) > 1)
-    return {"planted_exact": planted["exact"], "found_exact": found["exact"], "planted_near": planted["near"],
-            "found_near": found["near"], "false_merges": false_merges}
+    return {
+        "planted_exact": planted["exact"],
+        "found_exact": found["exact"],
+        "planted_near": planted["near"],
+        "found_near": found["near"],
+        "false_merges": false_merges,
+    }
 
 
 def main() -> None:
@@ -117,17 +122,27 @@ def main() -> None:
         written = time.perf_counter() - t0
         load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
         seconds, peak_mib, audit = run_audit(args.out / f"images-{n}", args.out / f"audit-{n}")
-        row = {"n": n, "seconds": round(seconds, 1), "ms_per_image": round(1000 * seconds / n, 3), "peak_rss_mib": round(peak_mib, 1),
-               **score(truth, audit), "write_seconds": round(written, 1), "cpus": os.cpu_count(), "load_before": round(load_before, 2)}
+        row = {
+            "n": n,
+            "seconds": round(seconds, 1),
+            "ms_per_image": round(1000 * seconds / n, 3),
+            "peak_rss_mib": round(peak_mib, 1),
+            **score(truth, audit),
+            "write_seconds": round(written, 1),
+            "cpus": os.cpu_count(),
+            "load_before": round(load_before, 2),
+        }
         rows.append(row)
         with open(args.out / "audit_scale.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     base = rows[0]["ms_per_image"]
     for r in rows:
-        print(f"n={r['n']:>7}: {r['seconds']:7.1f}s, {r['ms_per_image']:.3f} ms/image ({r['ms_per_image'] / base:.2f}x of n={rows[0]['n']}), "
-              f"peak {r['peak_rss_mib']:.0f} MiB, exact {r['found_exact']}/{r['planted_exact']}, near {r['found_near']}/{r['planted_near']}, "
-              f"false merges {r['false_merges']}")
+        print(
+            f"n={r['n']:>7}: {r['seconds']:7.1f}s, {r['ms_per_image']:.3f} ms/image ({r['ms_per_image'] / base:.2f}x of n={rows[0]['n']}), "
+            f"peak {r['peak_rss_mib']:.0f} MiB, exact {r['found_exact']}/{r['planted_exact']}, near {r['found_near']}/{r['planted_near']}, "
+            f"false merges {r['false_merges']}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,11 +44,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-fibrosis")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0 = all)")
-    ap.add_argument("--denoise-at", default="full", choices=["full", "model"], help="full = the study's order")
-    ap.add_argument("--model", default="efficientnet_b0", help="reference model for the per-image compute figure")
+    ap.add_argument(
+        "--denoise-at", default="full", choices=["full", "model"], help="full = the study's order"
+    )
+    ap.add_argument(
+        "--model", default="efficientnet_b0", help="reference model for the per-image compute figure"
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
-        raise SystemExit(f"{args.data} not found: this benchmark needs the real data (see ../shared/data/README.md)")
+        raise SystemExit(
+            f"{args.data} not found: this benchmark needs the real data (see ../shared/data/README.md)"
+        )
     samples, classes = load_samples(args.data)
     if args.limit:
         samples = samples[:: max(1, len(samples) // args.limit)][: args.limit]
@@ -75,8 +81,12 @@ def main() -> None:
         t_disk = epoch_seconds(fresh)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"liverscope, epoch 1 : {t_first:8.1f} s/epoch  (cache fill {t_fill:.1f} s in {threads} threads; {len(skipped)} skipped)")
-    print(f"liverscope, epoch 2+: {t_later:8.1f} s/epoch  ({len(good) / t_later:6.1f} img/s)  → {t_base / t_later:.1f}x faster than no cache")
+    print(
+        f"liverscope, epoch 1 : {t_first:8.1f} s/epoch  (cache fill {t_fill:.1f} s in {threads} threads; {len(skipped)} skipped)"
+    )
+    print(
+        f"liverscope, epoch 2+: {t_later:8.1f} s/epoch  ({len(good) / t_later:6.1f} img/s)  → {t_base / t_later:.1f}x faster than no cache"
+    )
     print(f"new run, disk cache : {t_disk:8.1f} s/epoch  → {t_base / t_disk:.1f}x faster than no cache")
 
     from liverscope.models import build_model
@@ -92,7 +102,9 @@ def main() -> None:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     per_img = (time.perf_counter() - t0) / 32
-    print(f"{args.model} train step: {per_img * 1000:.0f} ms/image on this CPU → model compute {per_img * len(good):.0f} s/epoch")
+    print(
+        f"{args.model} train step: {per_img * 1000:.0f} ms/image on this CPU → model compute {per_img * len(good):.0f} s/epoch"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import torch
 from liverscope import rundir
 from liverscope.data.io import iter_image_files
 from liverscope.data.preprocess import Preprocessing
-from liverscope.models import build_model
 from liverscope.inference.predict import Predictor
+from liverscope.models import build_model
 from liverscope.speed.training import BF16, FP32, time_training_steps
 
 #: (model, input size, training batch): cpu-best's network, and the 224 px recipes' networks.
@@ -32,7 +32,9 @@ LABELS = ["F0", "F1", "F2", "F3", "F4"]
 def predict_rate(name: str, size: int, files: list[Path], precision: str, batch: int) -> float:
     """Images/s of predict_paths (decode, preprocess without denoising, model, results) on the GPU."""
     with tempfile.TemporaryDirectory() as run:
-        rundir.save_model(run, build_model(name, len(LABELS)), LABELS, Preprocessing(size=size, denoise=False))
+        rundir.save_model(
+            run, build_model(name, len(LABELS)), LABELS, Preprocessing(size=size, denoise=False)
+        )
         p = Predictor.from_run(run, backend="torch", device="cuda", precision=precision, batch_size=batch)
         list(p.predict_paths(files[:batch]))  # warm-up: cuDNN picks its kernels
         t0 = time.perf_counter()
@@ -46,9 +48,14 @@ def score(run: Path) -> str:
     oof = (metrics.get("oof") or {}).get("balanced_accuracy")
     if isinstance(oof, (int, float)):
         return f"{oof:.3f}"
-    folds = [json.loads(f.read_text()).get("validation", {}).get("balanced_accuracy") for f in sorted(run.glob("folds/*/model.json"))]
+    folds = [
+        json.loads(f.read_text()).get("validation", {}).get("balanced_accuracy")
+        for f in sorted(run.glob("folds/*/model.json"))
+    ]
     folds = [f for f in folds if isinstance(f, (int, float))]
-    return f"{sum(folds) / len(folds):.3f} (validation, {len(folds)} fold(s))" if folds else "none (see the log)"
+    return (
+        f"{sum(folds) / len(folds):.3f} (validation, {len(folds)} fold(s))" if folds else "none (see the log)"
+    )
 
 
 def main() -> int:
@@ -67,15 +74,22 @@ def main() -> int:
         print("gpu_bench: no CUDA GPU visible to torch", file=sys.stderr)
         return 2
     files = list(iter_image_files([a.data]))[: a.n]
-    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {len(files)} images of {a.data}\n")
-    print("| model | size | train batch | train fp32 img/s | train bf16-mixed img/s | bf16 speed-up | predict fp32 img/s | predict bf16 img/s |")
+    print(
+        f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {len(files)} images of {a.data}\n"
+    )
+    print(
+        "| model | size | train batch | train fp32 img/s | train bf16-mixed img/s | bf16 speed-up | predict fp32 img/s | predict bf16 img/s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, size, batch in MODELS:
         torch.manual_seed(0)
         steps = time_training_steps(build_model(name, len(LABELS)), batch, size, "cuda:0", steps=10)
         rates = [predict_rate(name, size, files, p, a.batch) for p in ("fp32", "bf16")]
-        print(f"| {name} | {size} | {batch} | {batch / steps[FP32]:.0f} | {batch / steps[BF16]:.0f} | {steps[FP32] / steps[BF16]:.2f}x | "
-              f"{rates[0]:.0f} | {rates[1]:.0f} |", flush=True)
+        print(
+            f"| {name} | {size} | {batch} | {batch / steps[FP32]:.0f} | {batch / steps[BF16]:.0f} | {steps[FP32] / steps[BF16]:.2f}x | "
+            f"{rates[0]:.0f} | {rates[1]:.0f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -26,9 +26,9 @@ from liverscope.data.io import read_image
 from liverscope.data.preprocess import Preprocessing, load_model_input, normalise, preprocess_array
 from liverscope.data.stream import process_pool as spawn_pool
 from liverscope.inference.export import export_onnx
+from liverscope.inference.predict import OnnxBackend, Predictor, write_results
 from liverscope.inference.quantize import export_int8
 from liverscope.models import build_model
-from liverscope.inference.predict import OnnxBackend, Predictor, write_results
 from liverscope.rundir import save_model
 from liverscope.utils import atomic_write_json, read_json, softmax
 
@@ -50,9 +50,16 @@ FAST = {
     "search 11 + sector box": ({"denoise": True, "nlm_search": 11, "denoise_region": "sector"}, "default"),
     "search 7 + sector box": ({"denoise": True, "nlm_search": 7, "denoise_region": "sector"}, "default"),
     "full res, sector box": ({"denoise": True, "denoise_at": "full", "denoise_region": "sector"}, "full"),
-    "full res, search 11 + sector box": ({"denoise": True, "denoise_at": "full", "nlm_search": 11, "denoise_region": "sector"}, "full"),
+    "full res, search 11 + sector box": (
+        {"denoise": True, "denoise_at": "full", "nlm_search": 11, "denoise_region": "sector"},
+        "full",
+    ),
 }
-SETTING_NAMES = {"off": "off", "default": "liverscope default: grey NLM at model res", "full": "grey NLM at full res (study's order)"}
+SETTING_NAMES = {
+    "off": "off",
+    "default": "liverscope default: grey NLM at model res",
+    "full": "grey NLM at full res (study's order)",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,8 +84,14 @@ def pick_subset(data: Path, n: int, out: Path, exclude: frozenset[Path] = frozen
     return picked
 
 
-def make_runs(model_name: str, size: int, root: Path, variants: dict[str, dict] | None = None,
-              timed: list[Path] | None = None, calibration: list[Path] | None = None) -> dict[str, Path]:
+def make_runs(
+    model_name: str,
+    size: int,
+    root: Path,
+    variants: dict[str, dict] | None = None,
+    timed: list[Path] | None = None,
+    calibration: list[Path] | None = None,
+) -> dict[str, Path]:
     """One run directory per preprocessing variant (name → ``Preprocessing`` fields), sharing random-init
     weights and one ONNX export. With ``timed`` and ``calibration`` images each run gets a ``split.csv``
     (``test``: the timed images, ``val``: the calibration images) for :func:`add_int8`."""
@@ -93,11 +106,16 @@ def make_runs(model_name: str, size: int, root: Path, variants: dict[str, dict] 
         if timed is not None and calibration is not None:
             files = [*timed, *calibration]
             samples = [Sample(f, f.parent.name) for f in files]
-            rundir.write_split(run / rundir.SPLIT, samples, ["test"] * len(timed) + ["val"] * len(calibration))
+            rundir.write_split(
+                run / rundir.SPLIT, samples, ["test"] * len(timed) + ["val"] * len(calibration)
+            )
         if first is None:
             t0 = time.perf_counter()
             info = export_onnx(run)
-            print(f"  exported {model_name} to ONNX in {time.perf_counter() - t0:.1f}s (max |logit diff| {info['max_abs_logit_diff']:.1e})", flush=True)
+            print(
+                f"  exported {model_name} to ONNX in {time.perf_counter() - t0:.1f}s (max |logit diff| {info['max_abs_logit_diff']:.1e})",
+                flush=True,
+            )
             first = run
         else:
             _copy_export(first, run, rundir.ONNX, "onnx")
@@ -116,7 +134,9 @@ def add_int8(runs: dict[str, Path], source: str) -> dict:
     """``export_int8`` on ``runs[source]`` (calibrated on its ``val`` images, compared on its ``test``
     images), the result copied to every run; returns the export's report and its seconds."""
     t0 = time.perf_counter()
-    info = export_int8(runs[source], calibration=10_000, force=True)  # reported whether or not it keeps the labels
+    info = export_int8(
+        runs[source], calibration=10_000, force=True
+    )  # reported whether or not it keeps the labels
     info["seconds"] = time.perf_counter() - t0
     for name, run in runs.items():
         if name != source:
@@ -170,7 +190,9 @@ def naive_predict(model: torch.nn.Module, files: list[Path], out: Path, size: in
     return time.perf_counter() - t0
 
 
-def naive_liverscope(model: torch.nn.Module, files: list[Path], out: Path, pp: Preprocessing) -> tuple[float, dict[str, np.ndarray]]:
+def naive_liverscope(
+    model: torch.nn.Module, files: list[Path], out: Path, pp: Preprocessing
+) -> tuple[float, dict[str, np.ndarray]]:
     """The plain loop a user would write around liverscope's preprocessing: one image at a time, eager
     fp32 NCHW at batch 1 with PyTorch's default threads, a CSV row; returns (seconds, probabilities by file)."""
     model = model.eval()
@@ -193,7 +215,9 @@ def naive_liverscope(model: torch.nn.Module, files: list[Path], out: Path, pp: P
 # --------------------------------------------------------------------------------------------------
 
 
-def liverscope_e2e(run: Path, folder: Path, out: Path, warm: list[Path], spinning: bool = False, **kwargs) -> dict:
+def liverscope_e2e(
+    run: Path, folder: Path, out: Path, warm: list[Path], spinning: bool = False, **kwargs
+) -> dict:
     """Time ``Predictor.from_run(run, **kwargs).predict_paths([folder])`` → ``write_results`` after a
     warm-up on ``warm`` (``spinning``: an ONNX Runtime session whose threads spin within a run, which the
     predictor does not use by default). Returns images/s, load seconds, the predictor's description and
@@ -217,25 +241,54 @@ def liverscope_e2e(run: Path, folder: Path, out: Path, warm: list[Path], spinnin
         s = time.perf_counter() - t0
         assert not summary["skipped"], summary["skipped"][:3]
         check = getattr(p.engine, "bf16_check", None)
-        return {"ips": summary["predicted"] / s, "load_s": load_s, "describe": p.describe(), "precision": p.precision,
-                "bf16_check": check, "thread_timings": getattr(p.engine, "thread_timings", None),
-                "probs": {r.path: np.array([r.probs[c] for c in p.labels]) for r in results}}
+        return {
+            "ips": summary["predicted"] / s,
+            "load_s": load_s,
+            "describe": p.describe(),
+            "precision": p.precision,
+            "bf16_check": check,
+            "thread_timings": getattr(p.engine, "thread_timings", None),
+            "probs": {r.path: np.array([r.probs[c] for c in p.labels]) for r in results},
+        }
     finally:
         p.close()
 
 
-def decode_only(pp: Preprocessing, files: list[Path], workers: int, channels_first: bool, pool: str, processes: ProcessPoolExecutor | None) -> float:
+def decode_only(
+    pp: Preprocessing,
+    files: list[Path],
+    workers: int,
+    channels_first: bool,
+    pool: str,
+    processes: ProcessPoolExecutor | None,
+) -> float:
     """Images/s of decode + preprocess + normalise (the predictor's worker function) on ``workers``
     threads, or on the warm process pool ``processes``."""
     if pool == "process":
         assert processes is not None
         t0 = time.perf_counter()
-        list(processes.map(load_model_input, files, [pp] * len(files), ["middle"] * len(files), [channels_first] * len(files)))
+        list(
+            processes.map(
+                load_model_input,
+                files,
+                [pp] * len(files),
+                ["middle"] * len(files),
+                [channels_first] * len(files),
+            )
+        )
         return len(files) / (time.perf_counter() - t0)
     with ThreadPoolExecutor(workers) as threads:
         list(threads.map(load_model_input, files[:workers], [pp] * workers))  # warm
         t0 = time.perf_counter()
-        list(threads.map(load_model_input, files, [pp] * len(files), ["middle"] * len(files), [channels_first] * len(files)))
+        list(
+            threads.map(
+                load_model_input,
+                files,
+                [pp] * len(files),
+                ["middle"] * len(files),
+                [channels_first] * len(files),
+            )
+        )
         return len(files) / (time.perf_counter() - t0)
 
 
@@ -266,12 +319,17 @@ def grey_diff(files: list[Path], pp: Preprocessing, ref: Preprocessing, workers:
 
     def one(f):
         img = read_image(f)
-        return np.abs(preprocess_array(img, pp)[..., 0].astype(np.int16) - preprocess_array(img, ref)[..., 0]).astype(np.float64)
+        return np.abs(
+            preprocess_array(img, pp)[..., 0].astype(np.int16) - preprocess_array(img, ref)[..., 0]
+        ).astype(np.float64)
 
     with ThreadPoolExecutor(workers) as threads:
         diffs = list(threads.map(one, files))
-    return {"max_abs": float(max(d.max() for d in diffs)), "mean_abs": float(np.mean([d.mean() for d in diffs])),
-            "worst_image_mean_abs": float(max(d.mean() for d in diffs))}
+    return {
+        "max_abs": float(max(d.max() for d in diffs)),
+        "mean_abs": float(np.mean([d.mean() for d in diffs])),
+        "worst_image_mean_abs": float(max(d.mean() for d in diffs)),
+    }
 
 
 def prob_agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
@@ -279,4 +337,8 @@ def prob_agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
     keys = sorted(a)
     assert keys == sorted(b), "different files"
     pa, pb = np.stack([a[k] for k in keys]), np.stack([b[k] for k in keys])
-    return {"label_agreement": float(np.mean(pa.argmax(1) == pb.argmax(1))), "max_prob_diff": float(np.abs(pa - pb).max()), "n": len(keys)}
+    return {
+        "label_agreement": float(np.mean(pa.argmax(1) == pb.argmax(1))),
+        "max_prob_diff": float(np.abs(pa - pb).max()),
+        "n": len(keys),
+    }

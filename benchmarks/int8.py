@@ -34,7 +34,11 @@ from liverscope.speed.serving import split_inputs
 
 
 def cpu_flags() -> str:
-    out = subprocess.run(["bash", "-c", "lscpu | grep -o 'avx512_bf16\\|amx_bf16\\|avx512_vnni\\|avx_vnni\\|avx2' | sort -u"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["bash", "-c", "lscpu | grep -o 'avx512_bf16\\|amx_bf16\\|avx512_vnni\\|avx_vnni\\|avx2' | sort -u"],
+        capture_output=True,
+        text=True,
+    ).stdout
     return " ".join(out.split()) or "unknown"
 
 
@@ -48,7 +52,7 @@ def images_per_second(path: Path, x: np.ndarray, batch: int = 2, passes: int = 2
     for _ in range(passes):
         t0 = time.perf_counter()
         for i in range(0, len(x), batch):
-            s.run(["logits"], {name: x[i:i + batch]})
+            s.run(["logits"], {name: x[i : i + batch]})
         best = min(best, time.perf_counter() - t0)
     return len(x) / best
 
@@ -78,7 +82,9 @@ def main() -> None:
     calib_all, _, all_paths = split_inputs(a.run, "val", None)
     order = np.random.default_rng(0).permutation(len(calib_all))
     calib, calib_more = calib_all[order[: a.calibration]], calib_all[order[: 2 * a.calibration]]
-    x, y, part = _held_out(a.run, [all_paths[i] for i in order[: 2 * a.calibration]], labels)  # the same held-out set for every variant
+    x, y, part = _held_out(
+        a.run, [all_paths[i] for i in order[: 2 * a.calibration]], labels
+    )  # the same held-out set for every variant
     rows, speed32 = [], images_per_second(fp32, x)
     with tempfile.TemporaryDirectory() as scratch:
         prep = prepare(fp32, Path(scratch) / "prep.onnx")
@@ -86,13 +92,24 @@ def main() -> None:
         base = quantize(prep, Path(scratch) / "base8.onnx", calib, ends)
         sens = layer_sensitivity(prep, base, calib[:16])
         variants = {
-            "old default: 7-bit weights, minmax, ends fp32": lambda p: quantize(prep, p, calib, ends, reduce_range=True),
+            "old default: 7-bit weights, minmax, ends fp32": lambda p: quantize(
+                prep, p, calib, ends, reduce_range=True
+            ),
             "8-bit weights (new default)": None,
             "8-bit, percentile calibration": lambda p: quantize(prep, p, calib, ends, method="percentile"),
             f"8-bit, {len(calib_more)} calibration images": lambda p: quantize(prep, p, calib_more, ends),
-            f"8-bit, depthwise convolutions fp32 ({len(depthwise(prep))})": lambda p: quantize(prep, p, calib, ends + depthwise(prep)),
-            **{f"8-bit, {k} most sensitive convolutions fp32": (lambda p, k=k: quantize(prep, p, calib, ends + list(sens)[:k])) for k in a.sensitive},
-            "dynamic (int8 weights, activations on the fly)": lambda p: quantize_dynamic(str(prep), str(p), weight_type=QuantType.QInt8) or p,
+            f"8-bit, depthwise convolutions fp32 ({len(depthwise(prep))})": lambda p: quantize(
+                prep, p, calib, ends + depthwise(prep)
+            ),
+            **{
+                f"8-bit, {k} most sensitive convolutions fp32": (
+                    lambda p, k=k: quantize(prep, p, calib, ends + list(sens)[:k])
+                )
+                for k in a.sensitive
+            },
+            "dynamic (int8 weights, activations on the fly)": lambda p: (
+                quantize_dynamic(str(prep), str(p), weight_type=QuantType.QInt8) or p
+            ),
         }
         for i, (name, make) in enumerate(variants.items()):
             path = base if make is None else Path(scratch) / f"v{i}.onnx"
@@ -104,17 +121,27 @@ def main() -> None:
             except Exception as exc:  # a variant ONNX Runtime cannot build or run is reported, not fatal
                 rows.append((name, {"error": f"{type(exc).__name__}: {str(exc)[:80]}"}, float("nan")))
             print(name, rows[-1][1], f"{rows[-1][2]:.2f}x", flush=True)
-    lines = [f"int8 variants of `{a.run}` (model {meta.get('model', {}).get('name', '?') if isinstance(meta.get('model'), dict) else meta.get('model', '?')}, "
-             f"{meta['preprocessing']['size']} px): calibrated on {len(calib)} validation images, checked on {len(x)} {part} images; "
-             f"fp32 {speed32:.1f} img/s at batch 2. CPU flags: {cpu_flags()}.", "",
-             "| variant | label agreement | max prob. diff | balanced acc. int8 (fp32) | meets bar | speed vs fp32 |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"int8 variants of `{a.run}` (model {meta.get('model', {}).get('name', '?') if isinstance(meta.get('model'), dict) else meta.get('model', '?')}, "
+        f"{meta['preprocessing']['size']} px): calibrated on {len(calib)} validation images, checked on {len(x)} {part} images; "
+        f"fp32 {speed32:.1f} img/s at batch 2. CPU flags: {cpu_flags()}.",
+        "",
+        "| variant | label agreement | max prob. diff | balanced acc. int8 (fp32) | meets bar | speed vs fp32 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, c, sp in rows:
         if "error" in c:
             lines.append(f"| {name} | {c['error']} | | | | |")
         else:
-            lines.append(f"| {name} | {c['label_agreement']:.3f} | {c['max_prob_diff']:.3f} | {c['balanced_accuracy_int8']:.3f} ({c['balanced_accuracy_fp32']:.3f}) | "
-                         f"{'yes' if c['meets_bar'] else 'no'} | {sp:.2f}x |")
-    lines += ["", "Most sensitive convolutions (SQNR drop, dB): " + ", ".join(f"{n} {d:.1f}" for n, d in list(sens.items())[:8])]
+            lines.append(
+                f"| {name} | {c['label_agreement']:.3f} | {c['max_prob_diff']:.3f} | {c['balanced_accuracy_int8']:.3f} ({c['balanced_accuracy_fp32']:.3f}) | "
+                f"{'yes' if c['meets_bar'] else 'no'} | {sp:.2f}x |"
+            )
+    lines += [
+        "",
+        "Most sensitive convolutions (SQNR drop, dB): "
+        + ", ".join(f"{n} {d:.1f}" for n, d in list(sens.items())[:8]),
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -60,7 +60,12 @@ CAM_VARIANTS = {
     "Grad-CAM, last two stages averaged": ("gradcam", (-2, -1), False),
     "LayerCAM, second-to-last stage": ("layercam", (-2,), False),
 }
-RULES = {"threshold 0.5 (study)": ("threshold", {}), "Otsu": ("otsu", {}), "top 10%": ("top", {"q": 10.0}), "GrabCut": ("grabcut", {})}
+RULES = {
+    "threshold 0.5 (study)": ("threshold", {}),
+    "Otsu": ("otsu", {}),
+    "top 10%": ("top", {"q": 10.0}),
+    "GrabCut": ("grabcut", {}),
+}
 
 
 def fmt(v) -> str:
@@ -82,33 +87,46 @@ def with_ci(m: dict, key: str) -> dict:
 
 def classification(args) -> dict:
     from liverscope.config import load_config
-    from liverscope.training.cv import cross_validate
     from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
+    from liverscope.training.cv import cross_validate
 
     run = args.out / args.name
     t0 = time.perf_counter()
     trained = not (run / "metrics.json").exists()
     if trained:
-        values = {"data.path": str(args.data), "out_dir": str(args.out), "name": args.name, "train.progress": False, "train.device": "cpu"}
+        values = {
+            "data.path": str(args.data),
+            "out_dir": str(args.out),
+            "name": args.name,
+            "train.progress": False,
+            "train.device": "cpu",
+        }
         for item in args.set or []:
             key, _, value = item.partition("=")
             values[key.strip()] = value.strip()
         cross_validate(load_config(args.recipe, values), k=5, test_frac=0.0)
     with open(run / "oof_predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    names = [c[len("prob_"):] for c in rows[0] if c.startswith("prob_")]
+    names = [c[len("prob_") :] for c in rows[0] if c.startswith("prob_")]
     y = np.array([names.index(r["label"]) for r in rows])
     p = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows])
     m = compute_metrics(y, p, names, ci=True, endpoints=ENDPOINTS)
     by_source = metrics_by_group(y, p, [r.get("source") for r in rows], names, endpoints=ENDPOINTS)
     out = {
-        "run": str(run), "n": int(len(y)), "classes": names,
-        "balanced_accuracy": with_ci(m, "balanced_accuracy"), "macro_auc": with_ci(m, "macro_auc"), "accuracy": m["accuracy"],
+        "run": str(run),
+        "n": int(len(y)),
+        "classes": names,
+        "balanced_accuracy": with_ci(m, "balanced_accuracy"),
+        "macro_auc": with_ci(m, "macro_auc"),
+        "accuracy": m["accuracy"],
         "per_class_auc": {c: (m["per_class"].get(c) or {}).get("auc") for c in names},
         "per_class_recall": {c: (m["per_class"].get(c) or {}).get("recall") for c in names},
         "endpoints": {k: {"auc": v["auc"], "ci95": v.get("auc_ci95")} for k, v in m["endpoints"].items()},
         "confusion_matrix": m["confusion_matrix"],
-        "by_source": {s: {"n": g["n"], "balanced_accuracy": g["balanced_accuracy"], "macro_auc": g["macro_auc"]} for s, g in by_source["groups"].items()},
+        "by_source": {
+            s: {"n": g["n"], "balanced_accuracy": g["balanced_accuracy"], "macro_auc": g["macro_auc"]}
+            for s, g in by_source["groups"].items()
+        },
     }
     if trained:
         out["minutes"] = round((time.perf_counter() - t0) / 60, 1)
@@ -130,7 +148,9 @@ def load_oof(args, run: Path):
             held = [r for r in csv.DictReader(fh) if r["split"] == "val"]
         if args.limit:
             held = held[: args.limit]
-        items, bad = S.load_images([Path(r["path"]) for r in held], pp, roots=[args.data], labels=[r["label"] for r in held])
+        items, bad = S.load_images(
+            [Path(r["path"]) for r in held], pp, roots=[args.data], labels=[r["label"] for r in held]
+        )
         if bad:
             print(f"skipped: {bad}", file=sys.stderr)
         for it in items:
@@ -140,7 +160,15 @@ def load_oof(args, run: Path):
                 if f is None:
                     raise SystemExit(f"{it.path}: no expert {kind} mask in {args.data / 'masks' / kind}")
                 masks[kind] = to_model(S.read_mask(f, it.shape), it.box, pp.size)
-            data.append({"item": it, "fold": fold, "lesion": masks["lesion"], "liver": masks["liver"], "sector": sector_mask(it.input)})
+            data.append(
+                {
+                    "item": it,
+                    "fold": fold,
+                    "lesion": masks["lesion"],
+                    "liver": masks["liver"],
+                    "sector": sector_mask(it.input),
+                }
+            )
     return pp, data, {f: load_model(f)[0] for f in folds}
 
 
@@ -154,8 +182,15 @@ def fold_cams(pp, data, models, method, layers, flip) -> tuple[np.ndarray, np.nd
         idx = [i for i, d in enumerate(data) if d["fold"] == fold]
         if not idx:
             continue
-        b = explain_batch(model, [data[i]["item"].input for i in idx], pp, method=method, layers=layers, aug_smooth_flip=flip,
-                          sectors=[data[i]["sector"] for i in idx])
+        b = explain_batch(
+            model,
+            [data[i]["item"].input for i in idx],
+            pp,
+            method=method,
+            layers=layers,
+            aug_smooth_flip=flip,
+            sectors=[data[i]["sector"] for i in idx],
+        )
         cams[idx], classes[idx] = b.cams, b.targets
     return cams, classes
 
@@ -173,9 +208,15 @@ def disc_baseline(data) -> list[np.ndarray]:
 
 def headline(s: dict) -> dict:
     o = s["overall"]
-    return {"dice": o.get("dice"), "iou": o.get("iou"), "detection_rate": o.get("detection_rate"),
-            "false_positive_rate": o.get("false_positive_rate"), "pointing_game": s.get("pointing_game"), "n_lesion": o.get("n_lesion"),
-            "n_empty": o.get("n_empty")}
+    return {
+        "dice": o.get("dice"),
+        "iou": o.get("iou"),
+        "detection_rate": o.get("detection_rate"),
+        "false_positive_rate": o.get("false_positive_rate"),
+        "pointing_game": s.get("pointing_game"),
+        "n_lesion": o.get("n_lesion"),
+        "n_empty": o.get("n_empty"),
+    }
 
 
 def pseudo_stage(args, results: dict) -> dict:
@@ -189,14 +230,24 @@ def pseudo_stage(args, results: dict) -> dict:
     truth = [d["lesion"] for d in data]
     sectors = [d["sector"] for d in data]
     livers = [d["liver"] & d["sector"] for d in data]
-    out: dict = {"n_images": len(data), "lesion_share_of_sector": float(np.mean([t.sum() / max(1, s.sum()) for t, s in zip(truth, sectors) if t.any()]))}
+    out: dict = {
+        "n_images": len(data),
+        "lesion_share_of_sector": float(
+            np.mean([t.sum() / max(1, s.sum()) for t, s in zip(truth, sectors) if t.any()])
+        ),
+    }
     base = {
-        "whole scan sector": expert_mask_summary(sectors, truth, labels, sectors, cams=[sector_centre(s) for s in sectors]),
-        "centred disc, median lesion area of the other folds": expert_mask_summary(disc_baseline(data), truth, labels, sectors,
-                                                                                  cams=[sector_centre(s) for s in sectors]),
+        "whole scan sector": expert_mask_summary(
+            sectors, truth, labels, sectors, cams=[sector_centre(s) for s in sectors]
+        ),
+        "centred disc, median lesion area of the other folds": expert_mask_summary(
+            disc_baseline(data), truth, labels, sectors, cams=[sector_centre(s) for s in sectors]
+        ),
     }
     out["baselines"] = {k: {**headline(v), "summary": v} for k, v in base.items()}
-    variants = cam_variants(pp, data, models, names, {"sector": sectors, "expert liver": livers}, args.variants)
+    variants = cam_variants(
+        pp, data, models, names, {"sector": sectors, "expert liver": livers}, args.variants
+    )
     in_sector = [k for k, v in variants.items() if v["region"] == "sector"]
     best = max(in_sector, key=lambda k: variants[k]["dice"] or 0.0)
     out["variants"] = variants
@@ -205,7 +256,9 @@ def pseudo_stage(args, results: dict) -> dict:
     return out
 
 
-def cam_variants(pp, data, models, names, regions: dict[str, list], variant_filter: list[str] | None = None) -> dict:
+def cam_variants(
+    pp, data, models, names, regions: dict[str, list], variant_filter: list[str] | None = None
+) -> dict:
     """Every CAM variant (those whose name contains one of ``variant_filter``) × rule × region (name →
     per-image masks, intersected with the sector), scored against the experts."""
     from liverscope.evaluate.masks import expert_mask_summary
@@ -225,11 +278,20 @@ def cam_variants(pp, data, models, names, regions: dict[str, list], variant_filt
         for region_name, regs in regions.items():
             norm = [normalise_map(c, r) for c, r in zip(raw, regs)]
             for rname, (rule, kw) in RULES.items():
-                masks = [pseudo_mask(c, r, rule, image=d["item"].input, **kw) if g else np.zeros_like(r)
-                         for c, r, d, g in zip(norm, regs, data, gate)]
+                masks = [
+                    pseudo_mask(c, r, rule, image=d["item"].input, **kw) if g else np.zeros_like(r)
+                    for c, r, d, g in zip(norm, regs, data, gate)
+                ]
                 s = expert_mask_summary(masks, truth, labels, sectors, cams=norm)
                 key = f"{vname} | {rname} | in {region_name}"
-                variants[key] = {**headline(s), "cam": vname, "rule": rname, "region": region_name, "cam_seconds": round(cam_s, 1), "summary": s}
+                variants[key] = {
+                    **headline(s),
+                    "cam": vname,
+                    "rule": rname,
+                    "region": region_name,
+                    "cam_seconds": round(cam_s, 1),
+                    "summary": s,
+                }
         print(f"  {vname}: {time.perf_counter() - tv:.0f}s", file=sys.stderr)
     return variants
 
@@ -246,7 +308,9 @@ def liver_stage(args, results: dict) -> dict:
     t0 = time.perf_counter()
     split = liver_run / segmenter_files("liver")["split"]
     if not split.exists():
-        raise SystemExit(f"{liver_run}: no liver segmenter — run the 'supervised' stage first, or give --liver-from RUN")
+        raise SystemExit(
+            f"{liver_run}: no liver segmenter — run the 'supervised' stage first, or give --liver-from RUN"
+        )
     with open(split, newline="") as fh:
         held = {r["path"] for r in csv.DictReader(fh) if r["split"] == "test"}
     pp, data, models = load_oof(args, run)
@@ -262,15 +326,31 @@ def liver_stage(args, results: dict) -> dict:
     pred_liver = [p & s for p, s in zip(predicted, sectors)]
     exp_liver = [d["liver"] & s for d, s in zip(data, sectors)]
     centres = [sector_centre(s) for s in sectors]
-    base = {"whole scan sector": expert_mask_summary(sectors, truth, labels, sectors, cams=centres),
-            "whole predicted liver": expert_mask_summary(pred_liver, truth, labels, sectors, cams=centres),
-            "centred disc, median lesion area of the other folds": expert_mask_summary(discs, truth, labels, sectors, cams=centres)}
-    variants = cam_variants(pp, data, models, names, {"sector": sectors, "predicted liver": pred_liver, "expert liver": exp_liver},
-                            args.variants)
+    base = {
+        "whole scan sector": expert_mask_summary(sectors, truth, labels, sectors, cams=centres),
+        "whole predicted liver": expert_mask_summary(pred_liver, truth, labels, sectors, cams=centres),
+        "centred disc, median lesion area of the other folds": expert_mask_summary(
+            discs, truth, labels, sectors, cams=centres
+        ),
+    }
+    variants = cam_variants(
+        pp,
+        data,
+        models,
+        names,
+        {"sector": sectors, "predicted liver": pred_liver, "expert liver": exp_liver},
+        args.variants,
+    )
     liver_dice = mask_scores(pred_liver, exp_liver)["dice"]
-    return {"liver_run": str(liver_run), "n_images": len(data), "n_lesion": int(sum(t.any() for t in truth)), "liver_dice": liver_dice,
-            "baselines": {k: {**headline(v), "summary": v} for k, v in base.items()}, "variants": variants,
-            "minutes": round((time.perf_counter() - t0) / 60, 1)}
+    return {
+        "liver_run": str(liver_run),
+        "n_images": len(data),
+        "n_lesion": int(sum(t.any() for t in truth)),
+        "liver_dice": liver_dice,
+        "baselines": {k: {**headline(v), "summary": v} for k, v in base.items()},
+        "variants": variants,
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+    }
 
 
 def segmenter_stage(args, results: dict, target: str, masks: Path | None = None, **pseudo) -> dict:
@@ -295,9 +375,19 @@ def segmenter_stage(args, results: dict, target: str, masks: Path | None = None,
     )
     r = S.train_segmenter(run, args.data, cfg, report=False)
     sc = r["scores"]
-    return {"target": target, "masks": sc["masks"], "n_train": sc["n_train"], "n_val": sc["n_val"], "n_test": sc["n_test"],
-            "best_epoch": sc["best_epoch"], "dice_vs_targets": sc["dice_vs_targets"], "vs_expert": sc.get("vs_expert"),
-            "pseudo_vs_expert": sc.get("pseudo_vs_expert"), "baselines": sc.get("baselines"), "minutes": round((time.perf_counter() - t0) / 60, 1)}
+    return {
+        "target": target,
+        "masks": sc["masks"],
+        "n_train": sc["n_train"],
+        "n_val": sc["n_val"],
+        "n_test": sc["n_test"],
+        "best_epoch": sc["best_epoch"],
+        "dice_vs_targets": sc["dice_vs_targets"],
+        "vs_expert": sc.get("vs_expert"),
+        "pseudo_vs_expert": sc.get("pseudo_vs_expert"),
+        "baselines": sc.get("baselines"),
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+    }
 
 
 def pseudo_options(results: dict) -> dict:
@@ -305,7 +395,14 @@ def pseudo_options(results: dict) -> dict:
     v = results["cams"]["variants"][results["cams"]["best_in_sector"]]
     method, layers, flip = CAM_VARIANTS[v["cam"]]
     rule, kw = RULES[v["rule"]]
-    return {"method": method, "layers": layers, "flip_average": flip, "rule": rule, "positive": list(LESION_CLASSES), **kw}
+    return {
+        "method": method,
+        "layers": layers,
+        "flip_average": flip,
+        "rule": rule,
+        "positive": list(LESION_CLASSES),
+        **kw,
+    }
 
 
 def print_tables(results: dict) -> None:
@@ -313,26 +410,35 @@ def print_tables(results: dict) -> None:
     if c:
         ba, au = c["balanced_accuracy"], c["macro_auc"]
         print(f"\n## Classification (grouped 5-fold, out of fold, n={c['n']})\n")
-        print(f"balanced accuracy {fmt(ba['value'])} {ba['ci95']}, macro AUC {fmt(au['value'])} {au['ci95']}, "
-              f"per-class AUC {{{', '.join(f'{k}: {fmt(v)}' for k, v in c['per_class_auc'].items())}}}")
+        print(
+            f"balanced accuracy {fmt(ba['value'])} {ba['ci95']}, macro AUC {fmt(au['value'])} {au['ci95']}, "
+            f"per-class AUC {{{', '.join(f'{k}: {fmt(v)}' for k, v in c['per_class_auc'].items())}}}"
+        )
         for k, v in c["endpoints"].items():
             print(f"{k}-vs-rest AUC {fmt(v['auc'])} {v['ci95']}")
     for stage in ("cams", "cams-liver"):
         p = results.get(stage)
         if not p:
             continue
-        print("\n## Pseudo-masks against the experts (out of fold)\n" if stage == "cams" else
-              f"\n## CAMs inside the predicted liver ({p['n_images']} test images of the liver segmenter, liver Dice {fmt(p['liver_dice'])})\n")
+        print(
+            "\n## Pseudo-masks against the experts (out of fold)\n"
+            if stage == "cams"
+            else f"\n## CAMs inside the predicted liver ({p['n_images']} test images of the liver segmenter, liver Dice {fmt(p['liver_dice'])})\n"
+        )
         print("| variant | Dice (lesion images) | IoU | detection | false alarms on normal | pointing game |")
         print("| --- | --- | --- | --- | --- | --- |")
         for k, v in {**{f"baseline: {k}": v for k, v in p["baselines"].items()}, **p["variants"]}.items():
-            print(f"| {k} | {fmt(v['dice'])} | {fmt(v['iou'])} | {fmt(v['detection_rate'])} | {fmt(v['false_positive_rate'])} | {fmt(v['pointing_game'])} |")
+            print(
+                f"| {k} | {fmt(v['dice'])} | {fmt(v['iou'])} | {fmt(v['detection_rate'])} | {fmt(v['false_positive_rate'])} | {fmt(v['pointing_game'])} |"
+            )
     for key in [k for k in results if k.startswith(("unet-pseudo", "supervised-"))]:
         u = results.get(key)
         if u and u.get("vs_expert"):
             o = u["vs_expert"]["overall"]
-            print(f"\n{key}: test n={u['n_test']}, Dice {fmt(o.get('dice'))}, detection {fmt(o.get('detection_rate'))}, "
-                  f"false alarms {fmt(o.get('false_positive_rate'))} ({u['minutes']} min)")
+            print(
+                f"\n{key}: test n={u['n_test']}, Dice {fmt(o.get('dice'))}, detection {fmt(o.get('detection_rate'))}, "
+                f"false alarms {fmt(o.get('false_positive_rate'))} ({u['minutes']} min)"
+            )
 
 
 def main() -> None:
@@ -349,16 +455,35 @@ def main() -> None:
     ap.add_argument("--seg-size", type=int, default=128)
     ap.add_argument("--seg-epochs", type=int, default=40)
     ap.add_argument("--seg-patience", type=int, default=10)
-    ap.add_argument("--seg-channels", type=lambda v: tuple(int(c) for c in v.split(",")), default=DEFAULT_CHANNELS,
-                    help="U-Net channels per level (default: liverscope's, 8,16,32,64)")
-    ap.add_argument("--supervised", default="lesion,liver", help="expert-mask targets of the supervised stage")
-    ap.add_argument("--liver-from", type=Path, default=None, help="run holding the liver segmenter for cams-liver (default: the cv run)")
-    ap.add_argument("--variants", type=lambda v: [x for x in v.split(",") if x.strip()], default=None,
-                    help="CAM variants whose name contains one of these comma-separated words (default: all five)")
-    ap.add_argument("--limit", type=int, default=0, help="images per fold for the CAM stage (a quick check; 0 = all)")
+    ap.add_argument(
+        "--seg-channels",
+        type=lambda v: tuple(int(c) for c in v.split(",")),
+        default=DEFAULT_CHANNELS,
+        help="U-Net channels per level (default: liverscope's, 8,16,32,64)",
+    )
+    ap.add_argument(
+        "--supervised", default="lesion,liver", help="expert-mask targets of the supervised stage"
+    )
+    ap.add_argument(
+        "--liver-from",
+        type=Path,
+        default=None,
+        help="run holding the liver segmenter for cams-liver (default: the cv run)",
+    )
+    ap.add_argument(
+        "--variants",
+        type=lambda v: [x for x in v.split(",") if x.strip()],
+        default=None,
+        help="CAM variants whose name contains one of these comma-separated words (default: all five)",
+    )
+    ap.add_argument(
+        "--limit", type=int, default=0, help="images per fold for the CAM stage (a quick check; 0 = all)"
+    )
     args = ap.parse_args()
     if not (args.data / "masks" / "lesion").is_dir():
-        raise SystemExit(f"{args.data}: no masks/lesion folder — expected ../shared/data/liver-lesions (see ../shared/data/README.md)")
+        raise SystemExit(
+            f"{args.data}: no masks/lesion folder — expected ../shared/data/liver-lesions (see ../shared/data/README.md)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "lesions.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -377,8 +502,15 @@ def main() -> None:
         save(args.out, results)
     if "supervised" in stages:
         for target in args.supervised.split(","):
-            key = (f"supervised-{target}" + (f"-{args.seg_size}" if args.seg_size != 128 else "")
-                   + (f"-c{'-'.join(map(str, args.seg_channels))}" if args.seg_channels != DEFAULT_CHANNELS else ""))
+            key = (
+                f"supervised-{target}"
+                + (f"-{args.seg_size}" if args.seg_size != 128 else "")
+                + (
+                    f"-c{'-'.join(map(str, args.seg_channels))}"
+                    if args.seg_channels != DEFAULT_CHANNELS
+                    else ""
+                )
+            )
             if want(key):
                 results[key] = segmenter_stage(args, results, target, masks=args.data / "masks" / target)
                 save(args.out, results)
@@ -386,12 +518,17 @@ def main() -> None:
         results["cams-liver"] = liver_stage(args, results)
         save(args.out, results)
     if "unet-pseudo" in stages:
-        for key, target, extra in (("unet-pseudo", "pseudo", {}), ("unet-pseudo-confident", "pseudo-confident", {"confident": (0.3, 0.6)})):
+        for key, target, extra in (
+            ("unet-pseudo", "pseudo", {}),
+            ("unet-pseudo-confident", "pseudo-confident", {"confident": (0.3, 0.6)}),
+        ):
             if want(key):
                 results[key] = segmenter_stage(args, results, target, **pseudo_options(results), **extra)
                 save(args.out, results)
     if "unet-pseudo-liver" in stages and want("unet-pseudo-liver"):  # needs the run's own liver segmenter
-        results["unet-pseudo-liver"] = segmenter_stage(args, results, "pseudo-liver", **pseudo_options(results), within="liver")
+        results["unet-pseudo-liver"] = segmenter_stage(
+            args, results, "pseudo-liver", **pseudo_options(results), within="liver"
+        )
         save(args.out, results)
     if "classification" in results:  # the run's report shows every segmenter beside its baselines
         from liverscope.evaluate.report import write_report

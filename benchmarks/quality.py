@@ -39,12 +39,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 def recipe(args, name: str, **extra):
     values = {
-        "data.path": str(args.data), "out_dir": str(args.out), "name": name,
-        "data.image_size": args.image_size, "data.crop_sector": True, "data.denoise": True, "data.augment": "light",
-        "model.name": args.model, "model.head": "linear", "train.epochs": args.epochs, "train.batch_size": 32,
-        "train.optimizer": "adamw", "train.lr": args.lr, "train.weight_decay": 5e-4, "train.scheduler": "cosine",
-        "train.balance": "sampler", "train.label_smoothing": 0.1, "train.progress": False, "train.seed": args.seed,
-        "train.monitor": "val_balanced_acc", "model.pretrained": args.pretrained,
+        "data.path": str(args.data),
+        "out_dir": str(args.out),
+        "name": name,
+        "data.image_size": args.image_size,
+        "data.crop_sector": True,
+        "data.denoise": True,
+        "data.augment": "light",
+        "model.name": args.model,
+        "model.head": "linear",
+        "train.epochs": args.epochs,
+        "train.batch_size": 32,
+        "train.optimizer": "adamw",
+        "train.lr": args.lr,
+        "train.weight_decay": 5e-4,
+        "train.scheduler": "cosine",
+        "train.balance": "sampler",
+        "train.label_smoothing": 0.1,
+        "train.progress": False,
+        "train.seed": args.seed,
+        "train.monitor": "val_balanced_acc",
+        "model.pretrained": args.pretrained,
     }
     for item in args.set or []:
         key, _, value = item.partition("=")
@@ -74,15 +89,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-leak", action="store_true")
     ap.add_argument("--skip-cv", action="store_true", help="only the random-vs-grouped hold-out comparison")
-    ap.add_argument("--pretrained", action="store_true", help="ImageNet weights (hub, or the liverscope[imagenet] packages offline)")
+    ap.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="ImageNet weights (hub, or the liverscope[imagenet] packages offline)",
+    )
     ap.add_argument("--name", default="cv5-grouped", help="run name of the cross-validation under OUT")
-    ap.add_argument("--lever", default="", help="what this experiment changes (the row label in experiments.jsonl)")
+    ap.add_argument(
+        "--lever", default="", help="what this experiment changes (the row label in experiments.jsonl)"
+    )
     ap.add_argument("--set", action="append", help="any recipe setting KEY=VALUE (repeatable)")
-    ap.add_argument("--test-frac", type=float, default=0.0,
-                    help="hold this share out of the cv and score the 5-fold ensemble on it, beside the out-of-fold figures (0: none)")
+    ap.add_argument(
+        "--test-frac",
+        type=float,
+        default=0.0,
+        help="hold this share out of the cv and score the 5-fold ensemble on it, beside the out-of-fold figures (0: none)",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
-        raise SystemExit(f"{args.data} not found: this benchmark needs the real data (see ../shared/data/README.md)")
+        raise SystemExit(
+            f"{args.data} not found: this benchmark needs the real data (see ../shared/data/README.md)"
+        )
     t0 = time.perf_counter()
     import sys
 
@@ -96,41 +123,76 @@ def main() -> None:
                 fit(recipe(args, name, **{"data.split": split, "train.epochs": args.leak_epochs}))
             m = read_json(run / "metrics.json")
             results[f"holdout_{split}"] = headline(m["test"])
-            results[f"holdout_{split}"]["by_source"] = {s: headline(v) for s, v in (m.get("test_by_source") or {}).get("groups", {}).items()}
+            results[f"holdout_{split}"]["by_source"] = {
+                s: headline(v) for s, v in (m.get("test_by_source") or {}).get("groups", {}).items()
+            }
 
     if not args.skip_cv:
         t_cv = time.perf_counter()
-        cv_run = cross_validate(recipe(args, args.name, **{"data.split": "grouped", "data.distinct_only": True}), k=5, test_frac=args.test_frac)
+        cv_run = cross_validate(
+            recipe(args, args.name, **{"data.split": "grouped", "data.distinct_only": True}),
+            k=5,
+            test_frac=args.test_frac,
+        )
         m = read_json(cv_run / "metrics.json")
         results["cv5_oof"] = headline(m["oof"])
-        results["cv5_oof"]["select"] = (m.get("oof_protocol") or {}).get("select", "best")  # runs before issue 23: best
+        results["cv5_oof"]["select"] = (m.get("oof_protocol") or {}).get(
+            "select", "best"
+        )  # runs before issue 23: best
         results["cv5_oof"]["ci"] = m["oof"].get("ci")
-        results["cv5_oof"]["endpoints"] = {k: v.get("auc") for k, v in (m["oof"].get("endpoints") or {}).items()}
-        results["cv5_by_source"] = {s: headline(v) for s, v in (m.get("oof_by_source") or {}).get("groups", {}).items()}
+        results["cv5_oof"]["endpoints"] = {
+            k: v.get("auc") for k, v in (m["oof"].get("endpoints") or {}).items()
+        }
+        results["cv5_by_source"] = {
+            s: headline(v) for s, v in (m.get("oof_by_source") or {}).get("groups", {}).items()
+        }
         if "ensemble" in m:  # --test-frac: the product (the fold ensemble) on the inner hold-out
             results["cv5_ensemble"] = headline(m["ensemble"])
-            results["cv5_ensemble_by_source"] = {s: headline(v) for s, v in (m.get("ensemble_by_source") or {}).get("groups", {}).items()}
+            results["cv5_ensemble_by_source"] = {
+                s: headline(v) for s, v in (m.get("ensemble_by_source") or {}).get("groups", {}).items()
+            }
             results["cv5_ensemble_vs_oof"] = m.get("ensemble_vs_oof")
-        row = {"lever": args.lever or args.name, "run": str(cv_run), "command": results["command"],
-               "minutes": round((time.perf_counter() - t_cv) / 60, 1), **results["cv5_oof"], "by_source": results["cv5_by_source"],
-               **({"ensemble": results["cv5_ensemble"], "ensemble_by_source": results["cv5_ensemble_by_source"]} if "cv5_ensemble" in results else {})}
-        with open(args.out / "experiments.jsonl", "a", encoding="utf-8") as fh:  # appended as each experiment ends
+        row = {
+            "lever": args.lever or args.name,
+            "run": str(cv_run),
+            "command": results["command"],
+            "minutes": round((time.perf_counter() - t_cv) / 60, 1),
+            **results["cv5_oof"],
+            "by_source": results["cv5_by_source"],
+            **(
+                {"ensemble": results["cv5_ensemble"], "ensemble_by_source": results["cv5_ensemble_by_source"]}
+                if "cv5_ensemble" in results
+                else {}
+            ),
+        }
+        with open(
+            args.out / "experiments.jsonl", "a", encoding="utf-8"
+        ) as fh:  # appended as each experiment ends
             fh.write(json.dumps(row) + "\n")
     results["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     atomic_write_json(args.out / "quality.json", results)
 
-    print("\n| evaluation | n | accuracy | balanced acc. | macro AUC | QW kappa |\n| --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| evaluation | n | accuracy | balanced acc. | macro AUC | QW kappa |\n| --- | --- | --- | --- | --- | --- |"
+    )
     rows = []
     if "holdout_random" in results:
-        rows += [("hold-out, random split (leaky)", results["holdout_random"]), ("hold-out, grouped split", results["holdout_grouped"])]
+        rows += [
+            ("hold-out, random split (leaky)", results["holdout_random"]),
+            ("hold-out, grouped split", results["holdout_grouped"]),
+        ]
     if "cv5_oof" in results:
-        rows.append((f"grouped 5-fold, out-of-fold (select {results['cv5_oof']['select']})", results["cv5_oof"]))
+        rows.append(
+            (f"grouped 5-fold, out-of-fold (select {results['cv5_oof']['select']})", results["cv5_oof"])
+        )
         rows += [(f"  … source {s}", v) for s, v in results["cv5_by_source"].items()]
     if "cv5_ensemble" in results:
         rows.append(("5-fold ensemble on the inner hold-out", results["cv5_ensemble"]))
         rows += [(f"  … source {s}", v) for s, v in results["cv5_ensemble_by_source"].items()]
     for label, r in rows:
-        print(f"| {label} | {fmt(r['n'])} | {fmt(r['accuracy'])} | {fmt(r['balanced_accuracy'])} | {fmt(r['macro_auc'])} | {fmt(r['quadratic_kappa'])} |")
+        print(
+            f"| {label} | {fmt(r['n'])} | {fmt(r['accuracy'])} | {fmt(r['balanced_accuracy'])} | {fmt(r['macro_auc'])} | {fmt(r['quadratic_kappa'])} |"
+        )
     print(f"\n{results['minutes']} minutes; details in {args.out / 'quality.json'}")
     print(json.dumps(results.get("cv5_oof", {}).get("ci"), indent=1))
 

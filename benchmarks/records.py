@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from liverscope.data.datasets import make_phantoms
+from liverscope.inference.results import Result
 from liverscope.records import ExamKey, ImageInput, RunInfo, open_store
 from liverscope.records.recorder import Recorder
-from liverscope.inference.results import Result
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
 RUN = RunInfo("bench:resnet10t", "b" * 64, "bench", "torch", "none", 1.2, "/runs/bench")
@@ -38,7 +38,9 @@ RUN = RunInfo("bench:resnet10t", "b" * 64, "bench", "torch", "none", 1.2, "/runs
 def _result(path: str, rng: np.random.Generator) -> Result:
     p = rng.dirichlet(np.ones(len(LABELS)))
     probs = dict(zip(LABELS, map(float, p)))
-    return Result(path, max(probs, key=probs.get), probs, ood_score=float(rng.normal()), ood=False, precision="fp32")
+    return Result(
+        path, max(probs, key=probs.get), probs, ood_score=float(rng.normal()), ood=False, precision="fp32"
+    )
 
 
 def _pct(ts: list[float], q: float) -> float:
@@ -68,7 +70,9 @@ def _user(db: str, user: int, n: int, think_s: float, start_at: float, out) -> N
         img = ImageInput(name, f"{user:08d}{i:056d}", 1000, None, "app")
         t0 = time.perf_counter()
         try:
-            store.record(ExamKey(f"app-exam-{user}-{i // 2}", "user"), img, _result(name, rng), RUN, user=f"user{user}")
+            store.record(
+                ExamKey(f"app-exam-{user}-{i // 2}", "user"), img, _result(name, rng), RUN, user=f"user{user}"
+            )
         except Exception as exc:  # noqa: BLE001 — counted and shown
             errors.append(repr(exc))
         times.append(time.perf_counter() - t0)
@@ -99,7 +103,10 @@ def under_load(files: list[Path], users: int, per_user: int, think_ms: float) ->
         db = str(Path(d) / "r.sqlite")
         open_store(db).close()
         start_at = time.time() + 10
-        procs = [ctx.Process(target=_user, args=(db, u, per_user, think_ms / 1000, start_at, out)) for u in range(users)]
+        procs = [
+            ctx.Process(target=_user, args=(db, u, per_user, think_ms / 1000, start_at, out))
+            for u in range(users)
+        ]
         procs.append(ctx.Process(target=_batch, args=(db, [str(f) for f in files], start_at, out)))
         for p in procs:
             p.start()
@@ -112,8 +119,15 @@ def under_load(files: list[Path], users: int, per_user: int, think_ms: float) ->
     user_t = [t for kind, ts, _ in reports if kind == "user" for t in ts]
     batch_t = [t for kind, ts, _ in reports if kind == "batch" for t in ts]
     errors = [e for _, _, es in reports for e in es]
-    return {"expected": users * per_user + len(files), "stored": stored, "errors": errors, "p95": _pct(times, 0.95),
-            "p95_user": _pct(user_t, 0.95), "p95_batch": _pct(batch_t, 0.95), "median": _pct(times, 0.5)}
+    return {
+        "expected": users * per_user + len(files),
+        "stored": stored,
+        "errors": errors,
+        "p95": _pct(times, 0.95),
+        "p95_user": _pct(user_t, 0.95),
+        "p95_batch": _pct(batch_t, 0.95),
+        "median": _pct(times, 0.5),
+    }
 
 
 def main() -> None:
@@ -128,12 +142,16 @@ def main() -> None:
         files = sorted(p for p in root.rglob("*.png") if "masks" not in p.parts)[: args.images]
         for sync in ("NORMAL", "FULL"):
             med, p95 = overhead(files, sync)
-            print(f"overhead per image, synchronous={sync}: median {med:.1f} ms, p95 {p95:.1f} ms ({len(files)} images)")
+            print(
+                f"overhead per image, synchronous={sync}: median {med:.1f} ms, p95 {p95:.1f} ms ({len(files)} images)"
+            )
         os.environ["LIVERSCOPE_DB_SYNC"] = "NORMAL"
         r = under_load(files, args.users, args.per_user, args.think)
-    print(f"under load ({args.users} users x {args.per_user} analyses, {args.think:g} ms apart, + a batch of {len(files)}): "
-          f"stored {r['stored']} of {r['expected']}, {len(r['errors'])} error(s); per analysis median {r['median']:.1f} ms, "
-          f"p95 {r['p95']:.1f} ms (users {r['p95_user']:.1f}, batch {r['p95_batch']:.1f})")
+    print(
+        f"under load ({args.users} users x {args.per_user} analyses, {args.think:g} ms apart, + a batch of {len(files)}): "
+        f"stored {r['stored']} of {r['expected']}, {len(r['errors'])} error(s); per analysis median {r['median']:.1f} ms, "
+        f"p95 {r['p95']:.1f} ms (users {r['p95_user']:.1f}, batch {r['p95_batch']:.1f})"
+    )
     for e in r["errors"][:5]:
         print("  error:", e)
 

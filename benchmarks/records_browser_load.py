@@ -24,10 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402  (the tests' server helper)
-
 from liverscope.data.datasets import make_phantoms  # noqa: E402
 from liverscope.records import open_store  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402  (the tests' server helper)
 
 
 def _train(root: Path) -> Path:
@@ -35,8 +34,19 @@ def _train(root: Path) -> Path:
     from liverscope.training.run import fit
 
     data = make_phantoms(root / "ph", n_per_class=24, size=64, seed=1)
-    cfg = load_config("cpu-quick", {"data.path": str(data), "out_dir": str(root / "runs"), "name": "load", "data.image_size": 64,
-                                    "data.cache_dir": str(root / "cache"), "train.epochs": 4, "train.progress": False, "train.device": "cpu"})
+    cfg = load_config(
+        "cpu-quick",
+        {
+            "data.path": str(data),
+            "out_dir": str(root / "runs"),
+            "name": "load",
+            "data.image_size": 64,
+            "data.cache_dir": str(root / "cache"),
+            "train.epochs": 4,
+            "train.progress": False,
+            "train.device": "cpu",
+        },
+    )
     return fit(cfg)
 
 
@@ -69,20 +79,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         run = args.run or _train(root)
-        phantoms = root / "ph" if (root / "ph").exists() else make_phantoms(root / "ph", n_per_class=24, size=64, seed=1)
+        phantoms = (
+            root / "ph"
+            if (root / "ph").exists()
+            else make_phantoms(root / "ph", n_per_class=24, size=64, seed=1)
+        )
         images = sorted(p for p in phantoms.rglob("*.png") if "masks" not in p.parts)
         db = root / "load.sqlite"
         with serve(run, root / "serve.log", "--db", str(db)) as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            pages = [_open(browser, url) for _ in range(args.users)]  # every user's page ready, then all at once:
-            batch = subprocess.Popen([sys.executable, "-m", "liverscope", "predict", str(run), str(phantoms), "--out", str(root / "p.csv"),
-                                      "--record", "--db", str(db), "--by", "folder", "--backend", "torch", "--device", "cpu"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            pages = [
+                _open(browser, url) for _ in range(args.users)
+            ]  # every user's page ready, then all at once:
+            batch = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "liverscope",
+                    "predict",
+                    str(run),
+                    str(phantoms),
+                    "--out",
+                    str(root / "p.csv"),
+                    "--record",
+                    "--db",
+                    str(db),
+                    "--by",
+                    "folder",
+                    "--backend",
+                    "torch",
+                    "--device",
+                    "cpu",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             # Playwright's sync API drives the pages from this thread: every upload goes out first, then the
             # answers are read; the server works on all the sessions (and the batch) at once
             started = []
             for i, (_, page) in enumerate(pages):
-                page.locator('input[type="file"]').set_input_files([str(images[2 * i]), str(images[2 * i + 1])])
+                page.locator('input[type="file"]').set_input_files(
+                    [str(images[2 * i]), str(images[2 * i + 1])]
+                )
                 started.append(time.perf_counter())
             results = [(i, *_answer(page, started[i])) for i, (_, page) in enumerate(pages)]
             for ctx, _ in pages:
@@ -96,8 +135,10 @@ def main() -> None:
     bad = [(i, e) for i, _, err, e in results if err]
     p95 = times[int(0.95 * (len(times) - 1))] if times else float("nan")
     m = re.search(r"p95 ([0-9.]+) ms per image", log)
-    print(f"{args.users} browser users (2 images each) + a predict --record batch of {batch_n}: stored {stored} of {2 * args.users + batch_n} analyses; "
-          f"{len(bad)} page(s) with an error; upload to exam answer p95 {p95:.1f} s; batch p95 recording {m.group(1) if m else '?'} ms per image")
+    print(
+        f"{args.users} browser users (2 images each) + a predict --record batch of {batch_n}: stored {stored} of {2 * args.users + batch_n} analyses; "
+        f"{len(bad)} page(s) with an error; upload to exam answer p95 {p95:.1f} s; batch p95 recording {m.group(1) if m else '?'} ms per image"
+    )
     for i, e in bad:
         print(f"  user {i}: {e}")
 

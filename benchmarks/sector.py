@@ -50,7 +50,9 @@ def with_marks(img: np.ndarray, sector: np.ndarray) -> np.ndarray:
     h, w = img.shape
     layer = np.zeros_like(img)
     scale = h / 700
-    cv2.putText(layer, "GE LOGIQ E9  C1-6  12cm", (5, int(25 * scale) + 5), cv2.FONT_HERSHEY_SIMPLEX, scale, 230, 2)
+    cv2.putText(
+        layer, "GE LOGIQ E9  C1-6  12cm", (5, int(25 * scale) + 5), cv2.FONT_HERSHEY_SIMPLEX, scale, 230, 2
+    )
     cv2.putText(layer, "Liver R  MI 1.1 TIs 0.4", (5, h - 10), cv2.FONT_HERSHEY_SIMPLEX, scale, 200, 2)
     for k in range(8):
         y = int(h * (0.1 + 0.1 * k))
@@ -67,7 +69,11 @@ def lesion_ious(data: Path, out: Path) -> None:
     rows, seconds = [], defaultdict(float)
     cases = sorted((root / "masks" / "sector").glob("*.png"))
     for mask_path in cases:
-        image_path = next(root / c / mask_path.name for c in ("benign", "malignant", "normal") if (root / c / mask_path.name).exists())
+        image_path = next(
+            root / c / mask_path.name
+            for c in ("benign", "malignant", "normal")
+            if (root / c / mask_path.name).exists()
+        )
         img = to_grey(read_image(image_path))
         truth = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
         variants = {"as is": img, "grey 10": grey10(img, truth)}
@@ -90,7 +96,9 @@ def lesion_ious(data: Path, out: Path) -> None:
         v = np.array([r[key] for r in rows])
         method = key.split(" | ")[0]
         ms = 1000 * seconds[method] / (3 * len(rows))
-        print(f"| {method} | {key.split(' | ')[1]} | {v.mean():.3f} | {np.percentile(v, 5):.3f} | {v.min():.3f} | {ms:.1f} |")
+        print(
+            f"| {method} | {key.split(' | ')[1]} | {v.mean():.3f} | {np.percentile(v, 5):.3f} | {v.min():.3f} | {ms:.1f} |"
+        )
 
 
 def takes_background(mask: np.ndarray) -> bool:
@@ -110,14 +118,20 @@ def fibrosis(data: Path, montage: Path | None, n_montage: int, seed: int = 0) ->
         img = to_grey(read_image(p))
         images[p] = img
         by_source[f"{img.shape[1]}x{img.shape[0]}"].append(p)
-    print(f"\nFibrosis images whose sector takes in the background (over 40% of the image border; in brackets the mean share of the image the sector covers), {len(files)} files; CPU {cpu_flags()}")
+    print(
+        f"\nFibrosis images whose sector takes in the background (over 40% of the image border; in brackets the mean share of the image the sector covers), {len(files)} files; CPU {cpu_flags()}"
+    )
     print("| source | images | " + " | ".join(SECTOR_METHODS) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in SECTOR_METHODS) + " |")
     for source, paths in sorted(by_source.items(), key=lambda kv: -len(kv[1])):
         masks = {m: [sector_mask(images[p], m) for p in paths] for m in SECTOR_METHODS}
         shares = [np.mean([takes_background(k) for k in masks[m]]) for m in SECTOR_METHODS]
         areas = [np.mean([k.mean() for k in masks[m]]) for m in SECTOR_METHODS]
-        print(f"| {source} | {len(paths)} | " + " | ".join(f"{s:.1%} ({a:.0%})" for s, a in zip(shares, areas)) + " |")
+        print(
+            f"| {source} | {len(paths)} | "
+            + " | ".join(f"{s:.1%} ({a:.0%})" for s, a in zip(shares, areas))
+            + " |"
+        )
     if montage:
         write_montage(images, by_source, montage, n_montage, seed)
 
@@ -125,7 +139,7 @@ def fibrosis(data: Path, montage: Path | None, n_montage: int, seed: int = 0) ->
 def write_montage(images: dict, by_source: dict, path: Path, n: int, seed: int) -> None:
     rng = random.Random(seed)
     picks = []
-    for source, paths in sorted(by_source.items(), key=lambda kv: -len(kv[1])):
+    for _source, paths in sorted(by_source.items(), key=lambda kv: -len(kv[1])):
         k = max(1, round(n * len(paths) / len(images)))
         picks += rng.sample(paths, min(k, len(paths)))
     tiles = []
@@ -133,10 +147,20 @@ def write_montage(images: dict, by_source: dict, path: Path, n: int, seed: int) 
         img = images[p]
         view = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
         for method, colour in (("threshold", (0, 0, 255)), ("fan", (0, 255, 0))):
-            contours, _ = cv2.findContours(sector_mask(img, method).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            contours, _ = cv2.findContours(
+                sector_mask(img, method).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            )
             cv2.drawContours(view, contours, -1, colour, 3)
         tile = cv2.resize(view, (200, 160), interpolation=cv2.INTER_AREA)
-        cv2.putText(tile, f"{p.parent.name}/{p.name} {img.shape[1]}x{img.shape[0]}", (3, 12), cv2.FONT_HERSHEY_PLAIN, 0.8, (255, 255, 255), 1)
+        cv2.putText(
+            tile,
+            f"{p.parent.name}/{p.name} {img.shape[1]}x{img.shape[0]}",
+            (3, 12),
+            cv2.FONT_HERSHEY_PLAIN,
+            0.8,
+            (255, 255, 255),
+            1,
+        )
         tiles.append(tile)
     while len(tiles) % 8:
         tiles.append(np.zeros_like(tiles[0]))
@@ -150,7 +174,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "sector")
-    ap.add_argument("--montage", type=Path, default=None, help="write a montage of fibrosis images with the sector outline")
+    ap.add_argument(
+        "--montage",
+        type=Path,
+        default=None,
+        help="write a montage of fibrosis images with the sector outline",
+    )
     ap.add_argument("--n-montage", type=int, default=40)
     ap.add_argument("--skip-fibrosis", action="store_true")
     ap.add_argument("--skip-lesions", action="store_true")

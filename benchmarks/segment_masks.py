@@ -33,15 +33,24 @@ def make_run(run: Path, data: Path) -> None:
     cfg = load_config("lesions", {"data.path": str(data)})
     spec = get_spec(cfg.model.name)
     run.mkdir(parents=True, exist_ok=True)
-    save_model(run, build_model("resnet10t", 3, head="linear"), ["benign", "malignant", "normal"], Preprocessing.from_data_config(cfg.data, spec.mean, spec.std))
+    save_model(
+        run,
+        build_model("resnet10t", 3, head="linear"),
+        ["benign", "malignant", "normal"],
+        Preprocessing.from_data_config(cfg.data, spec.mean, spec.std),
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("target", nargs="?", default="lesion")
-    ap.add_argument("overrides", nargs="?", default="{}",
-                    help="JSON: segment train flags by name (liverscope.segment.segment_config), and resume")
+    ap.add_argument(
+        "overrides",
+        nargs="?",
+        default="{}",
+        help="JSON: segment train flags by name (liverscope.segment.segment_config), and resume",
+    )
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-lesions")
     args = ap.parse_args()
     make_run(args.run, args.data)
@@ -52,7 +61,17 @@ def main() -> None:
         masks=args.data / "masks" / args.target, target=args.target, device="cpu", seed=0, **flags
     )
     r = S.train_segmenter(args.run, args.data, cfg, report=False, resume=bool(extra.get("resume")))
-    print(json.dumps({"target": args.target, "overrides": extra, "minutes": round((time.perf_counter() - t0) / 60, 1), "scores": r["scores"]}, default=str))
+    print(
+        json.dumps(
+            {
+                "target": args.target,
+                "overrides": extra,
+                "minutes": round((time.perf_counter() - t0) / 60, 1),
+                "scores": r["scores"],
+            },
+            default=str,
+        )
+    )
     for line in r["summary_lines"]:
         print(line)
 

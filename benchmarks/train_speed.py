@@ -26,7 +26,9 @@ from liverscope.utils import atomic_write_json, cpu_has_native_bf16
 REPO = Path(__file__).resolve().parents[1]
 
 
-def steps_per_second(name: str, size: int, bf16: bool, channels_last: bool, batch: int, steps: int, warmup: int) -> float:
+def steps_per_second(
+    name: str, size: int, bf16: bool, channels_last: bool, batch: int, steps: int, warmup: int
+) -> float:
     torch.manual_seed(0)
     model = build_model(name, 5, head="linear").train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -60,19 +62,45 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "train_speed.json")
     args = ap.parse_args()
-    variants = [("fp32", False, False), ("fp32 channels-last", False, True), ("bf16 autocast", True, False), ("bf16 channels-last", True, True)]
+    variants = [
+        ("fp32", False, False),
+        ("fp32 channels-last", False, True),
+        ("bf16 autocast", True, False),
+        ("bf16 channels-last", True, True),
+    ]
     rows = []
-    print(f"CPU: {os.cpu_count()} cores, native bf16: {cpu_has_native_bf16()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("\n| model | px | " + " | ".join(v[0] for v in variants) + " |\n| --- | ---: | " + " | ".join("---:" for _ in variants) + " |")
+    print(
+        f"CPU: {os.cpu_count()} cores, native bf16: {cpu_has_native_bf16()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        "\n| model | px | "
+        + " | ".join(v[0] for v in variants)
+        + " |\n| --- | ---: | "
+        + " | ".join("---:" for _ in variants)
+        + " |"
+    )
     for name in args.models:
         for size in args.sizes:
             r = {"model": name, "size": size}
             for label, bf16, cl in variants:
-                r[label] = round(steps_per_second(name, size, bf16, cl, args.batch, args.steps, args.warmup), 1)
+                r[label] = round(
+                    steps_per_second(name, size, bf16, cl, args.batch, args.steps, args.warmup), 1
+                )
             rows.append(r)
             print(f"| {name} | {size} | " + " | ".join(f"{r[v[0]]:.1f}" for v in variants) + " |", flush=True)
-    atomic_write_json(args.out, {"command": "python benchmarks/train_speed.py " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"),
-                                 "native_bf16": cpu_has_native_bf16(), "rows": rows})
+    atomic_write_json(
+        args.out,
+        {
+            "command": "python benchmarks/train_speed.py "
+            + " ".join(
+                f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items()
+                if k != "out"
+            ),
+            "native_bf16": cpu_has_native_bf16(),
+            "rows": rows,
+        },
+    )
     print(json.dumps(rows[:1]))
 
 

@@ -26,7 +26,9 @@ from liverscope.utils import atomic_write_json, softmax
 KEYS = ("balanced_accuracy", "macro_auc", "quadratic_kappa")
 
 
-def fold_logits(fold_dir: Path, cache_dir: str | None, batch: int = 32) -> tuple[list[str], np.ndarray, np.ndarray, list[str], np.ndarray]:
+def fold_logits(
+    fold_dir: Path, cache_dir: str | None, batch: int = 32
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str], np.ndarray]:
     """``(paths, labels, logits, sources, flip-averaged logits)`` of a fold model on its validation images."""
     model, meta = rundir.load_model(fold_dir)
     pp = rundir.read_preprocessing(fold_dir)
@@ -42,7 +44,13 @@ def fold_logits(fold_dir: Path, cache_dir: str | None, batch: int = 32) -> tuple
             plain.append(model(x).numpy())
             flipped.append(model(torch.flip(x, dims=[3])).numpy())
     logits = np.concatenate(plain)
-    return [str(s.path) for s in val], np.array([names.index(s.label) for s in val]), logits, [s.source or "unknown" for s in val], (logits + np.concatenate(flipped)) / 2
+    return (
+        [str(s.path) for s in val],
+        np.array([names.index(s.label) for s in val]),
+        logits,
+        [s.source or "unknown" for s in val],
+        (logits + np.concatenate(flipped)) / 2,
+    )
 
 
 def main() -> None:
@@ -62,15 +70,21 @@ def main() -> None:
         probs = np.concatenate([softmax(p[idx], t) for p, t in zip(parts, temps)])
         m = compute_metrics(y, probs, names, ci=True)
         by = metrics_by_group(y, probs, sources, names)
-        out[label] = {k: m.get(k) for k in KEYS} | {"ci": {k: m["ci"].get(k) for k in KEYS if k in m.get("ci", {})},
-                                                   "by_source": {s: {k: g.get(k) for k in KEYS} for s, g in by["groups"].items()}}
+        out[label] = {k: m.get(k) for k in KEYS} | {
+            "ci": {k: m["ci"].get(k) for k in KEYS if k in m.get("ci", {})},
+            "by_source": {s: {k: g.get(k) for k in KEYS} for s, g in by["groups"].items()},
+        }
     out["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(args.run / "tta.json", out)
-    print("| out-of-fold | balanced acc. | macro AUC | QW kappa | per source (balanced acc.) |\n| --- | --- | --- | --- | --- |")
+    print(
+        "| out-of-fold | balanced acc. | macro AUC | QW kappa | per source (balanced acc.) |\n| --- | --- | --- | --- | --- |"
+    )
     for label in ("as is", "flip-averaged"):
         r = out[label]
         src = ", ".join(f"{s}: {g['balanced_accuracy']:.3f}" for s, g in r["by_source"].items())
-        print(f"| {label} | {r['balanced_accuracy']:.3f} | {r['macro_auc']:.3f} | {r['quadratic_kappa']:.3f} | {src} |")
+        print(
+            f"| {label} | {r['balanced_accuracy']:.3f} | {r['macro_auc']:.3f} | {r['quadratic_kappa']:.3f} | {src} |"
+        )
     print(f"{out['seconds']} s")
 
 

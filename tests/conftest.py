@@ -64,9 +64,15 @@ def quick_config(data: Path, out_dir: Path, name: str, **overrides):
     from liverscope.config import load_config
 
     values = {
-        "data.path": str(data), "out_dir": str(out_dir), "name": name, "data.image_size": 64,
-        "data.cache_dir": str(out_dir / "cache"), "train.epochs": 8, "train.progress": False,
-        "train.device": "cpu", "train.batch_size": 8,
+        "data.path": str(data),
+        "out_dir": str(out_dir),
+        "name": name,
+        "data.image_size": 64,
+        "data.cache_dir": str(out_dir / "cache"),
+        "train.epochs": 8,
+        "train.progress": False,
+        "train.device": "cpu",
+        "train.batch_size": 8,
     }
     values.update(overrides)
     return load_config("cpu-quick", values)

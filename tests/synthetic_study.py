@@ -14,7 +14,9 @@ ACCESSION = "ACC-99817"
 INSTITUTION = "St Elsewhere Hospital"
 
 
-def write_study(folder: Path, images: list[np.ndarray], study_uid: str | None = None) -> tuple[list[Path], str]:
+def write_study(
+    folder: Path, images: list[np.ndarray], study_uid: str | None = None
+) -> tuple[list[Path], str]:
     """Write ``images`` (grey uint8) as the instances of one ultrasound series of one study; return the
     files and the Study Instance UID."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -32,7 +34,12 @@ def write_study(folder: Path, images: list[np.ndarray], study_uid: str | None = 
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = PATIENT_NAME, PATIENT_ID, BIRTH_DATE, "F"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            PATIENT_NAME,
+            PATIENT_ID,
+            BIRTH_DATE,
+            "F",
+        )
         ds.AccessionNumber, ds.InstitutionName, ds.StudyID = ACCESSION, INSTITUTION, "S1"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20260101", "101500", "HOUSE^GREGORY"

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_io import write_dicom  # tests/ is on sys.path (no package)
 
 import liverscope
 from liverscope.data.preprocess import Preprocessing, normalise
 from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.models import build_model
 from liverscope.inference.predict import EnsemblePredictor, Predictor, Result
+from liverscope.models import build_model
 from liverscope.rundir import save_model, write_model_meta
 from liverscope.utils import softmax
+from test_io import write_dicom  # tests/ is on sys.path (no package)
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
 TOL = 1e-5
@@ -49,7 +49,9 @@ def run(request) -> Path:
 def frame(phantom_dir) -> np.ndarray:
     """A raw 'frame' of another size than the model's: a phantom scan on a black border with
     burned-in text, grey stored as RGB like most exported ultrasound frames."""
-    scan = np.asarray(Image.open(sorted((phantom_dir / "F3").glob("*.png"))[0]).convert("L").resize((150, 150)))
+    scan = np.asarray(
+        Image.open(sorted((phantom_dir / "F3").glob("*.png"))[0]).convert("L").resize((150, 150))
+    )
     grey = np.zeros((180, 240), np.uint8)
     grey[20:170, 45:195] = scan
     grey[4:12, 4:60] = 255
@@ -84,11 +86,27 @@ def test_import_liverscope_and_help_do_not_load_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     names = set(res.stdout.split()[1:])
-    assert {"load_run", "Predictor", "load_config", "build_model", "list_models", "LiverscopeError", "LiverNet", "__version__"} <= names
+    assert {
+        "load_run",
+        "Predictor",
+        "load_config",
+        "build_model",
+        "list_models",
+        "LiverscopeError",
+        "LiverNet",
+        "__version__",
+    } <= names
     # `liverscope --help`: every module imported is listed by -X importtime; none is torch
-    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "liverscope", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "liverscope", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0 and "predict" in res.stdout
-    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")
+    }
     assert "liverscope.ui.cli" in imported and not {m for m in imported if m.split(".")[0] == "torch"}
 
 
@@ -111,7 +129,9 @@ def test_top_level_names_resolve_lazily():
 
 
 def test_load_run_on_a_folder_that_is_not_a_run(crop_run, tmp_path):
-    with pytest.raises(LiverscopeError, match="not a liverscope run directory: it has no model.json.*liverscope train"):
+    with pytest.raises(
+        LiverscopeError, match="not a liverscope run directory: it has no model.json.*liverscope train"
+    ):
         liverscope.load_run(tmp_path)
     with pytest.raises(LiverscopeError, match="does not exist"):
         liverscope.load_run(tmp_path / "missing")
@@ -125,10 +145,22 @@ def test_cv_run_is_one_predictor_averaging_its_fold_logits(tmp_path, frame):
     cv = tmp_path / "cv-run"
     folds = [_untrained_run(cv / "folds" / f"fold{i}", seed=i, size=32, denoise=False) for i in range(3)]
     pp = Preprocessing(size=32, denoise=False)
-    write_model_meta(cv, {"architecture": {"name": "resnet10t", "num_classes": 5}, "labels": LABELS, "preprocessing": pp.to_dict(),
-                          "temperature": 1.5, "ensemble": [str(f.relative_to(cv)) for f in folds]})
+    write_model_meta(
+        cv,
+        {
+            "architecture": {"name": "resnet10t", "num_classes": 5},
+            "labels": LABELS,
+            "preprocessing": pp.to_dict(),
+            "temperature": 1.5,
+            "ensemble": [str(f.relative_to(cv)) for f in folds],
+        },
+    )
     p = liverscope.load_run(cv, backend="torch", precision="fp32")
-    assert isinstance(p, EnsemblePredictor) and len(p.members) == 3 and "fold ensemble of 3 models" in p.describe()
+    assert (
+        isinstance(p, EnsemblePredictor)
+        and len(p.members) == 3
+        and "fold ensemble of 3 models" in p.describe()
+    )
     r = p.predict(frame)
     member_logits = np.stack([m.predict(frame).logits for m in p.members])
     np.testing.assert_allclose(r.logits, member_logits.mean(0), atol=TOL)
@@ -150,21 +182,34 @@ def test_every_input_kind_matches_predicting_the_file(run, frame, tmp_path):
     ref = _file_result(p, path)
     tensor = torch.from_numpy(frame).permute(2, 0, 1)
     inputs = {
-        "str": str(path), "Path": path, "bytes": path.read_bytes(), "PIL": Image.open(path), "uint8 array": frame,
-        "RGBA array": np.dstack([frame, np.full(frame.shape[:2], 77, np.uint8)]), "float array in [0, 1]": frame / 255.0,
-        "uint8 tensor": tensor, "float tensor": tensor.float() / 255, "float tensor that requires grad": (tensor.float() / 255).requires_grad_(),
+        "str": str(path),
+        "Path": path,
+        "bytes": path.read_bytes(),
+        "PIL": Image.open(path),
+        "uint8 array": frame,
+        "RGBA array": np.dstack([frame, np.full(frame.shape[:2], 77, np.uint8)]),
+        "float array in [0, 1]": frame / 255.0,
+        "uint8 tensor": tensor,
+        "float tensor": tensor.float() / 255,
+        "float tensor that requires grad": (tensor.float() / 255).requires_grad_(),
     }
     for kind, x in inputs.items():
         r = p.predict(x)
         assert isinstance(r, Result), kind
         _same(r, ref)
-    assert p.predict(path).path == str(path) and p.predict(frame).path == "image0" and p.predict(frame, names="scan").path == "scan"
+    assert (
+        p.predict(path).path == str(path)
+        and p.predict(frame).path == "image0"
+        and p.predict(frame, names="scan").path == "scan"
+    )
     # a list (and a 4-D batch) gives a list in order, batched through the model
     batch = p.predict(list(inputs.values()))
     assert [r.path for r in batch][:2] == [str(path), str(path)] and len(batch) == len(inputs)
     for r in batch:
         _same(r, ref)
-    assert len(p.predict(np.stack([frame, frame]))) == 2 and len(p.predict(torch.stack([tensor, tensor]))) == 2
+    assert (
+        len(p.predict(np.stack([frame, frame]))) == 2 and len(p.predict(torch.stack([tensor, tensor]))) == 2
+    )
     # the raw frame is not what the model sees: predicting it is not scoring it unprocessed
     assert p.prepare(frame).shape == (p.pp.size, p.pp.size, 3)
 
@@ -175,9 +220,18 @@ def test_grey_16bit_rgba_and_dicom_arrays_match_their_files(crop_run, frame, tmp
     grey16 = grey.astype(np.uint16) * 250 + 40  # 16-bit data, not starting at 0
     rgba = np.dstack([frame, np.full(grey.shape, 200, np.uint8)])
     files = {
-        "grey.png": (lambda f: Image.fromarray(grey).save(f), [grey, grey[:, :, None], torch.from_numpy(grey), torch.from_numpy(grey)[None]]),
-        "grey16.png": (lambda f: Image.fromarray(grey16).save(f), [grey16, Image.open(_save16(grey16, tmp_path))]),
-        "rgba.png": (lambda f: Image.fromarray(rgba).save(f), [rgba, torch.from_numpy(rgba).permute(2, 0, 1)]),
+        "grey.png": (
+            lambda f: Image.fromarray(grey).save(f),
+            [grey, grey[:, :, None], torch.from_numpy(grey), torch.from_numpy(grey)[None]],
+        ),
+        "grey16.png": (
+            lambda f: Image.fromarray(grey16).save(f),
+            [grey16, Image.open(_save16(grey16, tmp_path))],
+        ),
+        "rgba.png": (
+            lambda f: Image.fromarray(rgba).save(f),
+            [rgba, torch.from_numpy(rgba).permute(2, 0, 1)],
+        ),
         "scan.dcm": (lambda f: write_dicom(f, grey), [grey]),
         "scan16.dcm": (lambda f: write_dicom(f, grey16, bits=16), [grey16, grey16.astype(np.int32)]),
     }
@@ -238,8 +292,10 @@ def test_low_level_entry_point_takes_preprocessed_images_only(crop_run, frame):
         "channels first": np.moveaxis(prepared, 2, 0),
         "a tensor": torch.from_numpy(prepared),
     }
-    for what, x in refused.items():
-        with pytest.raises(LiverscopeError, match=rf"uint8 {s}x{s}x3.*float32 {s}x{s}x3 normalised.*Predictor\.predict"):
+    for _what, x in refused.items():
+        with pytest.raises(
+            LiverscopeError, match=rf"uint8 {s}x{s}x3.*float32 {s}x{s}x3 normalised.*Predictor\.predict"
+        ):
             p.predict_arrays([x])
     with pytest.raises(LiverscopeError, match=r"uint8 \(180, 240, 3\)"):
         p.predict_arrays([frame])
@@ -270,7 +326,10 @@ def test_model_is_a_plain_module_with_timm_classifier_methods(trained_run, frame
     backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     model.reset_classifier(3)
     assert model.num_classes == 3 and model.arch["num_classes"] == 3
-    assert model.get_classifier().out_features == 3 and model.get_classifier().in_features == model.head_hidden_size
+    assert (
+        model.get_classifier().out_features == 3
+        and model.get_classifier().in_features == model.head_hidden_size
+    )
     assert model.eval()(x).shape == (1, 3)
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone.items())
     model.reset_classifier(0)  # timm: no classifier, the features that fed it

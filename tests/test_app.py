@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liverscope.ui import app as appmod
 from liverscope.segment import panels
+from liverscope.ui import app as appmod
 from liverscope.utils import read_json
 
 APP = str(Path(appmod.__file__).resolve())
@@ -108,7 +108,9 @@ def app_run(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     # 64 px: resnet10t's last feature map is 2x2, so class activation maps have some structure
     save_model(run, build_model("resnet10t", 5), LABELS, Preprocessing(size=64, denoise=False))
-    update_model_meta(run, validation={"accuracy": 0.8125, "balanced_accuracy": 0.7937, "macro_f1": 0.7781}, temperature=1.3)
+    update_model_meta(
+        run, validation={"accuracy": 0.8125, "balanced_accuracy": 0.7937, "macro_f1": 0.7781}, temperature=1.3
+    )
     return run
 
 
@@ -165,7 +167,9 @@ def test_analyse_upload_dicom(app_run):
     assert a.name == "[redacted]_[redacted]_[redacted].dcm"
     assert a.image[3:10, 3:40].max() == 0  # burned-in text blanked for display
     assert a.cam is not None and a.cam.shape == (64, 64, 3) and a.cam.dtype == np.uint8
-    assert a.cam[2:5, 2:19].max() == 0 and a.cam[40, 32].max() > 0  # heatmap blanked where the text was, not in the fan
+    assert (
+        a.cam[2:5, 2:19].max() == 0 and a.cam[40, 32].max() > 0
+    )  # heatmap blanked where the text was, not in the fan
     bad = appmod.analyse_upload(p, "DOE_JANE.dcm", dicom_bytes(None), 10 * 2**20)
     assert not bad.ok and "no pixel data" in bad.result.error
     assert "DOE" not in bad.result.error + bad.name
@@ -205,7 +209,9 @@ def test_head_only_gradcam_equals_full_gradcam(trained_run, phantom_dir):
             with GradCAM(model=HeadGradOnly(model), target_layers=[model.cam_layer]) as cam:
                 fast = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
             np.testing.assert_allclose(fast, full, atol=1e-5)
-            assert all(q.grad is None for q in model.backbone.parameters())  # no backward through the backbone
+            assert all(
+                q.grad is None for q in model.backbone.parameters()
+            )  # no backward through the backbone
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,18 +252,22 @@ def test_uploads_good_and_bad_keep_the_app_working(app_run, phantom_dir, monkeyp
     at = start(app_run, monkeypatch, LIVERSCOPE_MAX_UPLOAD_MB="0.05")
     good = png_bytes(sorted((phantom_dir / "F4").glob("*.png"))[0])
     big = b"\x89PNG\r\n\x1a\n" + bytes(60_000)
-    at.file_uploader[0].set_value([
-        ("liver1.png", good, "image/png"),
-        ("notes.png", b"just some text", "image/png"),
-        ("cut.png", good[:200], "image/png"),
-        ("huge.png", big, "image/png"),
-        ("report.dcm", dicom_bytes(None), "application/dicom"),
-        ("empty.png", b"", "image/png"),
-    ])
+    at.file_uploader[0].set_value(
+        [
+            ("liver1.png", good, "image/png"),
+            ("notes.png", b"just some text", "image/png"),
+            ("cut.png", good[:200], "image/png"),
+            ("huge.png", big, "image/png"),
+            ("report.dcm", dicom_bytes(None), "application/dicom"),
+            ("empty.png", b"", "image/png"),
+        ]
+    )
     at.run()
     assert not at.exception, at.exception
     errors = {e.value.split(":")[0]: e.value for e in at.error}
-    assert set(errors) == {f"Could not analyse {n}" for n in ("notes.png", "cut.png", "huge.png", "report.dcm", "empty.png")}
+    assert set(errors) == {
+        f"Could not analyse {n}" for n in ("notes.png", "cut.png", "huge.png", "report.dcm", "empty.png")
+    }
     assert "not a PNG, JPEG" in errors["Could not analyse notes.png"]
     assert "truncated" in errors["Could not analyse cut.png"]
     assert "upload limit" in errors["Could not analyse huge.png"]
@@ -275,7 +285,9 @@ def test_uploads_good_and_bad_keep_the_app_working(app_run, phantom_dir, monkeyp
     assert len(at.get("download_button")) == 2  # the CSV and the exam's PDF (app_reports)
 
     # the app keeps working: a new good upload after the bad ones is analysed
-    at.file_uploader[0].set_value([("liver2.png", png_bytes(sorted((phantom_dir / "F0").glob("*.png"))[0]), "image/png")])
+    at.file_uploader[0].set_value(
+        [("liver2.png", png_bytes(sorted((phantom_dir / "F0").glob("*.png"))[0]), "image/png")]
+    )
     at.run()
     assert not at.exception and not page_errors(at)
     assert [s.value for s in at.subheader] == ["liver2.png"]
@@ -299,10 +311,12 @@ def test_probabilities_and_endpoints_match_the_predictor(app_run, phantom_dir, m
 
 def test_dicom_identifiers_never_shown_or_written(app_run, monkeypatch):
     at = start(app_run, monkeypatch)
-    at.file_uploader[0].set_value([
-        ("DOE_JANE_MRN-998877.dcm", dicom_bytes(fan_with_burned_in_text()), "application/dicom"),
-        ("jane-doe-19600101.dcm", dicom_bytes(None), "application/dicom"),
-    ])
+    at.file_uploader[0].set_value(
+        [
+            ("DOE_JANE_MRN-998877.dcm", dicom_bytes(fan_with_burned_in_text()), "application/dicom"),
+            ("jane-doe-19600101.dcm", dicom_bytes(None), "application/dicom"),
+        ]
+    )
     at.run()
     assert not at.exception
     text = all_text(at)
@@ -322,7 +336,9 @@ def test_non_metavir_labels_show_no_endpoints(app_run, phantom_dir, monkeypatch,
 
     atomic_write_json(run / "model.json", meta)
     at = start(run, monkeypatch)
-    at.file_uploader[0].set_value(("x.png", png_bytes(sorted((phantom_dir / "F1").glob("*.png"))[0]), "image/png"))
+    at.file_uploader[0].set_value(
+        ("x.png", png_bytes(sorted((phantom_dir / "F1").glob("*.png"))[0]), "image/png")
+    )
     at.run()
     assert [m.label for m in at.metric] == ["Predicted class"]
     assert "p_ge_F2" not in at.session_state["results_csv"]
@@ -379,7 +395,9 @@ def test_serve_binds_localhost_by_default(app_run, monkeypatch):
 
 
 def test_serve_elsewhere_warns_about_authentication(app_run, monkeypatch):
-    res, calls = _serve(monkeypatch, [str(app_run), "--host", "0.0.0.0", "--port", "9000", "--max-upload-mb", "20"])
+    res, calls = _serve(
+        monkeypatch, [str(app_run), "--host", "0.0.0.0", "--port", "9000", "--max-upload-mb", "20"]
+    )
     assert res.exit_code == 0
     assert "no authentication" in res.output and "proxy" in res.output
     argv, env = calls[0]
@@ -400,7 +418,12 @@ def test_serve_command_line_carries_the_upload_limit_and_xsrf(app_run, monkeypat
     res, calls = _serve(monkeypatch, [str(app_run)])
     assert res.exit_code == 0, res.output
     argv, env = calls[0]
-    assert _flag(argv, "--server.maxUploadSize") == str(appmod.DEFAULT_MAX_UPLOAD_MB) == env["LIVERSCOPE_MAX_UPLOAD_MB"] == "50"
+    assert (
+        _flag(argv, "--server.maxUploadSize")
+        == str(appmod.DEFAULT_MAX_UPLOAD_MB)
+        == env["LIVERSCOPE_MAX_UPLOAD_MB"]
+        == "50"
+    )
     assert _flag(argv, "--server.enableXsrfProtection") == "true"
     assert _flag(argv, "--server.enableCORS") == "true"
     res, calls = _serve(monkeypatch, [str(app_run), "--max-upload-mb", "3"])
@@ -414,7 +437,9 @@ def test_serve_command_line_carries_the_upload_limit_and_xsrf(app_run, monkeypat
 def test_page_upload_limit_never_exceeds_the_servers(monkeypatch):
     monkeypatch.setenv("LIVERSCOPE_MAX_UPLOAD_MB", "20")
     assert appmod.max_upload_bytes() == 20 * 2**20
-    assert appmod.max_upload_bytes(server_mb=5) == 5 * 2**20  # Streamlit started with a lower server.maxUploadSize
+    assert (
+        appmod.max_upload_bytes(server_mb=5) == 5 * 2**20
+    )  # Streamlit started with a lower server.maxUploadSize
     assert appmod.max_upload_bytes(server_mb=200) == 20 * 2**20
     monkeypatch.delenv("LIVERSCOPE_MAX_UPLOAD_MB")
     assert appmod.max_upload_bytes(server_mb=200) == appmod.DEFAULT_MAX_UPLOAD_MB * 2**20
@@ -448,10 +473,16 @@ def test_heatmaps_from_concurrent_sessions_do_not_mix(trained_run, phantom_dir):
     from liverscope.inference.predict import Predictor
 
     p = Predictor.from_run(trained_run, backend="torch")
-    imgs = [p.predict_bytes(f.name, f.read_bytes())[1] for f in sorted((phantom_dir / "F2").glob("*.png"))[:2] + sorted((phantom_dir / "F4").glob("*.png"))[:2]]
+    imgs = [
+        p.predict_bytes(f.name, f.read_bytes())[1]
+        for f in sorted((phantom_dir / "F2").glob("*.png"))[:2]
+        + sorted((phantom_dir / "F4").glob("*.png"))[:2]
+    ]
     alone = [appmod.cam_overlay(p.model, im, p.pp, k % 5) for k, im in enumerate(imgs)]
     with ThreadPoolExecutor(4) as ex:
-        together = list(ex.map(lambda kv: appmod.cam_overlay(p.model, kv[1], p.pp, kv[0] % 5), list(enumerate(imgs)) * 3))
+        together = list(
+            ex.map(lambda kv: appmod.cam_overlay(p.model, kv[1], p.pp, kv[0] % 5), list(enumerate(imgs)) * 3)
+        )
     for k, got in enumerate(together):
         np.testing.assert_array_equal(got, alone[k % len(imgs)])
 
@@ -472,7 +503,9 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
         calls.append(("mask", images[0].shape))
         m = np.zeros(images[0].shape[:2], np.float32)
         m[16:48, 16:48] = 0.9
-        return ([m], [None]) if scores else [m]  # scores: segment_images asks for the image-level head's (none here)
+        return (
+            ([m], [None]) if scores else [m]
+        )  # scores: segment_images asks for the image-level head's (none here)
 
     # the app calls segment.unet.segmenters / predict_proba (then the segmenter's gate) through the module at call time
     monkeypatch.setattr(segment.unet, "segmenters", segmenters)
@@ -480,11 +513,15 @@ def test_segmentation_outline_shown_when_the_run_has_a_segmenter(app_run, phanto
     monkeypatch.setattr(panels, "_SEGMENTERS", {})
     at = start(app_run, monkeypatch)
     data = png_bytes(sorted((phantom_dir / "F3").glob("*.png"))[0])
-    at.file_uploader[0].set_value([("a.png", data, "image/png"), ("b.png", data[::-1], "image/png"), ("c.png", data, "image/png")])
+    at.file_uploader[0].set_value(
+        [("a.png", data, "image/png"), ("b.png", data[::-1], "image/png"), ("c.png", data, "image/png")]
+    )
     at.run()
     assert not at.exception
     captions = all_text(at)
-    assert captions.count("segmented regions (outline): lesion red") == 2  # a.png and c.png; b.png is not an image
+    assert (
+        captions.count("segmented regions (outline): lesion red") == 2
+    )  # a.png and c.png; b.png is not an image
     assert [c for c in calls if c[0] == "load"] == [("load", app_run)]  # loaded once per run
     from liverscope.inference.predict import Predictor
 
@@ -520,11 +557,15 @@ def test_flagged_image_has_no_headline_stage_and_a_red_warning(app_run, phantom_
     shutil.copytree(app_run, run)
     files = [sorted((phantom_dir / c).glob("*.png"))[0] for c in ("F0", "F4")]
     p = Predictor.from_run(run, backend="torch")
-    energy = {f.name: float(energy_score(np.array([p.predict_paths([f]).__next__().logits]))[0]) for f in files}
+    energy = {
+        f.name: float(energy_score(np.array([p.predict_paths([f]).__next__().logits]))[0]) for f in files
+    }
     assert len(set(energy.values())) == 2
     flagged, kept = sorted(energy, key=energy.get, reverse=True)  # energy: higher = more unlike
     threshold = sum(energy.values()) / 2
-    rundir.save_ood(run, {}, {"method": "energy", "threshold": threshold, "quantile": 0.95})  # energy needs no statistics
+    rundir.save_ood(
+        run, {}, {"method": "energy", "threshold": threshold, "quantile": 0.95}
+    )  # energy needs no statistics
 
     at = start(run, monkeypatch)
     at.file_uploader[0].set_value([(f.name, f.read_bytes(), "image/png") for f in files])
@@ -534,22 +575,34 @@ def test_flagged_image_has_no_headline_stage_and_a_red_warning(app_run, phantom_
     bad, good = _result_block(at, order.index(flagged)), _result_block(at, order.index(kept))
 
     # the flagged image: "not assessable" as the headline, the reason in red, the stage only behind "Show anyway"
-    assert [(m.label, m.value) for m in bad.metric if m.label == "Predicted class"] == [("Predicted class", NOT_ASSESSABLE)]
+    assert [(m.label, m.value) for m in bad.metric if m.label == "Predicted class"] == [
+        ("Predicted class", NOT_ASSESSABLE)
+    ]
     assert len(bad.error) == 1 and UNLIKE_TRAINING in bad.error[0].value
-    assert f"{energy[flagged]:.4g}" in bad.error[0].value and f"{threshold:.4g}" in bad.error[0].value  # score vs threshold
+    assert (
+        f"{energy[flagged]:.4g}" in bad.error[0].value and f"{threshold:.4g}" in bad.error[0].value
+    )  # score vs threshold
     assert not bad.warning  # not the yellow of the general disclaimer
     (anyway,) = bad.expander
     assert anyway.label.startswith("Show anyway")
     inside = {m.label: m.value for m in anyway.metric}
     assert inside["The model's class (not assessable)"] in LABELS and "≥F2 significant" in inside
-    outside = [m.value for m in bad.metric if m.label != "The model's class (not assessable)" and not m.label.startswith(("≥F", "F4 "))]
+    outside = [
+        m.value
+        for m in bad.metric
+        if m.label != "The model's class (not assessable)" and not m.label.startswith(("≥F", "F4 "))
+    ]
     assert outside == [NOT_ASSESSABLE]  # no stage as a headline: the only figure outside the expander
     bad_text = "\n".join(str(e.proto) for e in bad if getattr(e, "proto", None) is not None)
-    assert "regions driving the model" in bad_text and "regions driving \\'" not in bad_text  # the heatmap caption names no stage
+    assert (
+        "regions driving the model" in bad_text and "regions driving \\'" not in bad_text
+    )  # the heatmap caption names no stage
 
     # the other image still shows its stage
     assert {m.label: m.value for m in good.metric}["Predicted class"] in LABELS
-    assert "regions driving \\'" in "\n".join(str(e.proto) for e in good if getattr(e, "proto", None) is not None)
+    assert "regions driving \\'" in "\n".join(
+        str(e.proto) for e in good if getattr(e, "proto", None) is not None
+    )
     assert not good.error and not good.expander
     # the page says how many are not assessable; the only yellow box is the decision-support notice
     assert any("1 not assessable" in m.value for m in at.markdown)
@@ -571,9 +624,19 @@ def test_sidebar_names_the_training_data_and_says_phantoms(app_run, monkeypatch,
     for phantoms in (True, False):
         run = tmp_path / f"run-{phantoms}"
         shutil.copytree(app_run, run)
-        rundir.update_model_meta(run, training_data={"path": "/data/liver_us", "images": 312, "sources": {"640x480 jpeg grey": 300, "mixed sizes png rgb": 12},
-                                                     "synthetic_phantoms": phantoms})
+        rundir.update_model_meta(
+            run,
+            training_data={
+                "path": "/data/liver_us",
+                "images": 312,
+                "sources": {"640x480 jpeg grey": 300, "mixed sizes png rgb": 12},
+                "synthetic_phantoms": phantoms,
+            },
+        )
         at = start(run, monkeypatch)
         side = "\n".join(m.value for m in at.sidebar.markdown)
-        assert "/data/liver\\_us: 312 images from 2 acquisition sources (640x480 jpeg grey (300); mixed sizes png rgb (12))" in side
+        assert (
+            "/data/liver\\_us: 312 images from 2 acquisition sources (640x480 jpeg grey (300); mixed sizes png rgb (12))"
+            in side
+        )
         assert [e.value for e in at.sidebar.error] == ([PHANTOMS] if phantoms else [])

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'")
+pytest.importorskip(
+    "sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'"
+)
 
-from test_app import LABELS, app_run, png_bytes, start  # noqa: F401  (app_run: the fixture)
-
-from liverscope.ui.app_records import HISTORY
 from liverscope.records import open_store, pool_probabilities
+from liverscope.ui.app_records import HISTORY
+from test_app import LABELS, app_run, png_bytes, start  # noqa: F401  (app_run: the fixture)
 
 
 def _upload_two(at, phantom_dir):
@@ -25,7 +26,9 @@ def _text(at) -> str:
     return "\n".join(m.value for m in at.markdown) + "\n" + "\n".join(c.value for c in at.caption)
 
 
-def test_two_uploads_are_one_recorded_exam_with_one_answer_and_a_review(app_run, phantom_dir, monkeypatch, tmp_path):
+def test_two_uploads_are_one_recorded_exam_with_one_answer_and_a_review(
+    app_run, phantom_dir, monkeypatch, tmp_path
+):
     import numpy as np
 
     db = tmp_path / "app.sqlite"
@@ -34,10 +37,16 @@ def test_two_uploads_are_one_recorded_exam_with_one_answer_and_a_review(app_run,
     key = at.session_state["exam_key"]
     with open_store(db) as store:
         exam = store.get_exam(key)
-    assert key.startswith("upload-") and len(exam.images) == 2 and all(im.origin == "app" and im.path is None for im in exam.images)
+    assert (
+        key.startswith("upload-")
+        and len(exam.images) == 2
+        and all(im.origin == "app" and im.path is None for im in exam.images)
+    )
     a = exam.answer
     assert f"**Exam {key}: {a.label}** ({a.probabilities[a.label]:.1%}) from {a.n_used} image(s)" in _text(at)
-    probs = np.array([[im.latest.probabilities[c] for c in LABELS] for im in exam.images if not im.latest.ood])
+    probs = np.array(
+        [[im.latest.probabilities[c] for c in LABELS] for im in exam.images if not im.latest.ood]
+    )
     if len(probs):
         assert [a.probabilities[c] for c in LABELS] == pytest.approx(pool_probabilities(probs).tolist())
     at.run()  # a redraw records nothing again
@@ -54,8 +63,14 @@ def test_two_uploads_are_one_recorded_exam_with_one_answer_and_a_review(app_run,
     assert any("Review saved: correct — F1" in s.value for s in at.success)
     with open_store(db) as store:
         reviewed = store.get_exam(key)
-    assert reviewed.reviewed_label == "F1" and reviewed.review.note == "elastography: F1" and reviewed.review.reviewer == "app"
-    assert [im.latest.label for im in reviewed.images] == [im.latest.label for im in exam.images]  # the analyses as they were
+    assert (
+        reviewed.reviewed_label == "F1"
+        and reviewed.review.note == "elastography: F1"
+        and reviewed.review.reviewer == "app"
+    )
+    assert [im.latest.label for im in reviewed.images] == [
+        im.latest.label for im in exam.images
+    ]  # the analyses as they were
 
 
 def test_past_exams_are_listed_and_searchable(app_run, phantom_dir, monkeypatch, tmp_path):
@@ -63,7 +78,9 @@ def test_past_exams_are_listed_and_searchable(app_run, phantom_dir, monkeypatch,
     at = start(app_run, monkeypatch, LIVERSCOPE_RECORD="1", LIVERSCOPE_DB=str(db))
     _upload_two(at, phantom_dir)
     key = at.session_state["exam_key"]
-    fresh = start(app_run, monkeypatch, LIVERSCOPE_RECORD="1", LIVERSCOPE_DB=str(db))  # a new session, nothing uploaded
+    fresh = start(
+        app_run, monkeypatch, LIVERSCOPE_RECORD="1", LIVERSCOPE_DB=str(db)
+    )  # a new session, nothing uploaded
     assert any(e.label == HISTORY for e in fresh.expander)
     table = fresh.dataframe[0].value
     assert list(table["exam"]) == [key] and int(table["images"].iloc[0]) == 2

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from liverscope.evaluate.notices import DECISION_SUPPORT
 from liverscope.ui import app as appmod
 from liverscope.ui import app_reports
-from liverscope.evaluate.notices import DECISION_SUPPORT
 from synthetic_study import PATIENT_ID, PATIENT_NAME, write_study
 
 pypdf = pytest.importorskip("pypdf")
@@ -23,7 +22,9 @@ def _text(data: bytes) -> tuple[int, str]:
     return len(reader.pages), re.sub(r"\s+", " ", " ".join(p.extract_text() for p in reader.pages))
 
 
-def test_the_pdf_of_dicom_uploads_is_keyed_by_the_study_hash_and_names_no_one(trained_run, phantom_dir, tmp_path):
+def test_the_pdf_of_dicom_uploads_is_keyed_by_the_study_hash_and_names_no_one(
+    trained_run, phantom_dir, tmp_path
+):
     import cv2
     import pydicom
 
@@ -32,7 +33,9 @@ def test_the_pdf_of_dicom_uploads_is_keyed_by_the_study_hash_and_names_no_one(tr
 
     files = sorted((phantom_dir / "F0").glob("*.png"))[:2]
     paths, _ = write_study(tmp_path, [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files])
-    uploads = [(f"{PATIENT_NAME}_{i}.dcm", p.read_bytes()) for i, p in enumerate(paths)] + [("broken.png", b"not an image")]
+    uploads = [(f"{PATIENT_NAME}_{i}.dcm", p.read_bytes()) for i, p in enumerate(paths)] + [
+        ("broken.png", b"not an image")
+    ]
     p = Predictor.from_run(trained_run, backend="torch")
     analyses = [appmod.analyse_upload(p, name, data, 2**24) for name, data in uploads]
     key = app_reports.default_key(uploads)
@@ -61,4 +64,7 @@ def test_the_page_offers_the_pdf(trained_run, phantom_dir, monkeypatch):
     pages, text = _text(pdf)
     assert pages == 1 and key in text and "2 image(s)" in text
     at.text_input[0].set_value("exam-7").run()  # a typed key: the PDF is drawn again with it
-    assert at.session_state["exam_pdf"][0][0] == "exam-7" and "exam-7" in _text(at.session_state["exam_pdf"][1])[1]
+    assert (
+        at.session_state["exam_pdf"][0][0] == "exam-7"
+        and "exam-7" in _text(at.session_state["exam_pdf"][1])[1]
+    )

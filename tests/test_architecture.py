@@ -18,7 +18,12 @@ SRC = ROOT / "src" / "liverscope"
 MAX_LINES = 600
 #: The command line imports its torch-side commands inside them (see its docstring): `liverscope
 #: --help` must not wait for torch, Lightning and MONAI to load.
-LAZY_OWN_IMPORTS_ALLOWED = {"cli.py", "cli_predict.py", "cli_records.py", "cli_reports.py"}  # cli_options.py needs no exemption: it loads nothing torch-side; cli_predict, cli_records and cli_reports are commands split out of cli.py
+LAZY_OWN_IMPORTS_ALLOWED = {
+    "cli.py",
+    "cli_predict.py",
+    "cli_records.py",
+    "cli_reports.py",
+}  # cli_options.py needs no exemption: it loads nothing torch-side; cli_predict, cli_records and cli_reports are commands split out of cli.py
 
 
 def _sources() -> list[Path]:
@@ -28,7 +33,9 @@ def _sources() -> list[Path]:
 def test_layer_contract_holds():
     lint = Path(sys.executable).with_name("lint-imports")
     assert lint.exists(), "import-linter is a test dependency: pip install -e '.[test]'"
-    res = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [str(lint), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Contracts: 6 kept, 0 broken" in res.stdout
 
@@ -47,7 +54,9 @@ def _local_own_imports(tree: ast.AST) -> list[tuple[int, str]]:
         for node in ast.walk(fn):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "liverscope":
                 found.append((node.lineno, f"from {node.module} import ..."))
-            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "liverscope" for a in node.names):
+            elif isinstance(node, ast.Import) and any(
+                a.name.split(".")[0] == "liverscope" for a in node.names
+            ):
                 found.append((node.lineno, "import liverscope..."))
     return found
 
@@ -57,7 +66,9 @@ def test_own_package_imports_at_the_top(path):
     if path.name in LAZY_OWN_IMPORTS_ALLOWED and path.parent == SRC / "ui":
         return
     local = _local_own_imports(ast.parse(path.read_text(encoding="utf-8")))
-    assert not local, f"{path.relative_to(ROOT)}: own-package imports inside functions at lines {[n for n, _ in local]}"
+    assert not local, (
+        f"{path.relative_to(ROOT)}: own-package imports inside functions at lines {[n for n, _ in local]}"
+    )
 
 
 def test_the_checks_can_fail():
@@ -83,7 +94,9 @@ def test_every_file_the_map_names_exists():
     paths, _ = _named_in_the_map()
     assert len(paths) > 40, "the map names the package's files"
     # package modules and sub-packages (a folder of a run directory, e.g. `checkpoints/`, is no module)
-    missing = sorted(p for p in paths if p.endswith(".py") and not (SRC / p).exists() and not (ROOT / p).exists())
+    missing = sorted(
+        p for p in paths if p.endswith(".py") and not (SRC / p).exists() and not (ROOT / p).exists()
+    )
     assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
 
 
@@ -108,6 +121,9 @@ def test_every_dotted_name_the_map_names_resolves():
 def test_every_module_is_on_the_map():
     paths, _ = _named_in_the_map()
     named = {p for p in paths if p.endswith(".py")}
-    unnamed = [str(f.relative_to(SRC)) for f in _sources()
-               if f.name != "__init__.py" and str(f.relative_to(SRC)) not in named and "/migrations/" not in str(f)]
+    unnamed = [
+        str(f.relative_to(SRC))
+        for f in _sources()
+        if f.name != "__init__.py" and str(f.relative_to(SRC)) not in named and "/migrations/" not in str(f)
+    ]
     assert not unnamed, f"modules missing from docs/architecture.md: {unnamed}"

@@ -69,7 +69,9 @@ def test_dhash_stable_under_reencoding_and_far_between_images():
 @pytest.mark.parametrize("threshold", [0, 1, 2, 4])
 def test_near_pairs_match_brute_force(threshold):
     rng = np.random.default_rng(threshold)
-    base = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, 300).astype(np.uint64)
+    base = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, 300
+    ).astype(np.uint64)
     # plant neighbours at every distance 0..threshold+1 of some hashes
     planted = []
     for i in range(60):
@@ -129,7 +131,11 @@ def planted(tmp_path):
     exact = add(root / "a" / "a0_copy.png", "a")
     shutil.copy(root / "a" / "a0.png", exact)
     add(root / "a" / "a1_q80.jpg", "a", texture(101), quality=80)
-    add(root / "a" / "a2_rescaled.png", "a", cv2.resize(texture(102), (163, 130), interpolation=cv2.INTER_AREA))
+    add(
+        root / "a" / "a2_rescaled.png",
+        "a",
+        cv2.resize(texture(102), (163, 130), interpolation=cv2.INTER_AREA),
+    )
     # the same picture under the other label: an exact copy and a re-encoded one
     conflict = add(root / "b" / "a3_in_b.png", "b")
     shutil.copy(root / "a" / "a3.png", conflict)
@@ -203,8 +209,12 @@ def test_audit_finds_a_planted_source_confound(tmp_path):
     for i in range(10):
         samples.append(Sample(write(tmp_path / "a" / f"{i}.png", texture(i)), "a"))
         samples.append(Sample(write(tmp_path / "b" / f"x{i}.png", texture(100 + i)), "b"))
-        samples.append(Sample(write(tmp_path / "b" / f"y{i}.jpg", texture(200 + i, 200, 150), quality=90), "b"))
-        samples.append(Sample(write(tmp_path / "c" / f"{i}.jpg", texture(300 + i, 200, 150), quality=90), "c"))
+        samples.append(
+            Sample(write(tmp_path / "b" / f"y{i}.jpg", texture(200 + i, 200, 150), quality=90), "b")
+        )
+        samples.append(
+            Sample(write(tmp_path / "c" / f"{i}.jpg", texture(300 + i, 200, 150), quality=90), "c")
+        )
     r = audit_dataset(samples, workers=2)
     s = r["summary"]
     assert s["sources"] == 2 and s["confounded"] is True and s["cramers_v"] > 0.5
@@ -222,7 +232,11 @@ def test_balanced_sources_are_not_confounded(tmp_path):
     for i in range(8):
         for label, off in (("a", 0), ("b", 500)):
             samples.append(Sample(write(tmp_path / label / f"p{i}.png", texture(off + i)), label))
-            samples.append(Sample(write(tmp_path / label / f"j{i}.jpg", texture(off + 50 + i, 200, 150), quality=90), label))
+            samples.append(
+                Sample(
+                    write(tmp_path / label / f"j{i}.jpg", texture(off + 50 + i, 200, 150), quality=90), label
+                )
+            )
     r = audit_dataset(samples, workers=2)
     assert r["summary"]["sources"] == 2
     assert r["summary"]["confounded"] is False
@@ -233,7 +247,12 @@ def test_balanced_sources_are_not_confounded(tmp_path):
 
 def test_given_sources_and_patient_groups_are_used(tmp_path):
     samples = [
-        Sample(write(tmp_path / "a" / f"{i}.png", texture(i)), "a", group=f"patient{i // 2}", source=f"site{i % 2}")
+        Sample(
+            write(tmp_path / "a" / f"{i}.png", texture(i)),
+            "a",
+            group=f"patient{i // 2}",
+            source=f"site{i % 2}",
+        )
         for i in range(6)
     ] + [Sample(write(tmp_path / "b" / f"{i}.png", texture(50 + i)), "b", source="site1") for i in range(6)]
     r = audit_dataset(samples, workers=2)
@@ -262,8 +281,17 @@ def test_write_audit_json_and_html(planted, tmp_path):
     r = audit_dataset(samples, workers=2)
     json_path, html_path = write_audit(r, tmp_path / "out")
     data = json.loads(json_path.read_text())
-    for key in ("files", "distinct", "groups", "label_conflicts", "sources", "confounded",
-                "unreadable", "extension_mismatches", "near_duplicate_files"):
+    for key in (
+        "files",
+        "distinct",
+        "groups",
+        "label_conflicts",
+        "sources",
+        "confounded",
+        "unreadable",
+        "extension_mismatches",
+        "near_duplicate_files",
+    ):
         assert key in data["summary"]
     assert data["group_id"] == r["group_id"]
     html = html_path.read_text()

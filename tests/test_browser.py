@@ -21,10 +21,14 @@ import pytest
 CHROMIUM = os.environ.get("LIVERSCOPE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
 ]
-
 
 
 def _missing() -> str | None:
@@ -38,7 +42,11 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +74,18 @@ def serve(run_dir: Path, log_path: Path, *args: str, env: dict | None = None):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "liverscope.ui.cli", "serve", str(run_dir), "--port", str(port), *args],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 90
             while True:
                 if proc.poll() is not None:
-                    raise AssertionError(f"liverscope serve exited ({proc.returncode}):\n{log_path.read_text()}")
+                    raise AssertionError(
+                        f"liverscope serve exited ({proc.returncode}):\n{log_path.read_text()}"
+                    )
                 try:
                     with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                         if r.status == 200:
@@ -107,7 +119,9 @@ def test_upload_through_the_page(browser, trained_run, phantom_dir, tmp_path):
 
     ARTIFACTS.mkdir(exist_ok=True)
     with serve(trained_run, tmp_path / "serve.log") as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 2400})  # tall: Streamlit scrolls inside the page, so a full-page shot is the viewport
+        page = browser.new_page(
+            viewport={"width": 1400, "height": 2400}
+        )  # tall: Streamlit scrolls inside the page, so a full-page shot is the viewport
         try:
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_text("Decision support, not a diagnosis").wait_for(timeout=60_000)
@@ -148,7 +162,13 @@ def hardened_url(trained_run, tmp_path_factory):
     """``liverscope serve --max-upload-mb 1``, started with environment variables that try to lift the
     limit and switch XSRF protection off: serve's flags must win."""
     attack = {"STREAMLIT_SERVER_MAX_UPLOAD_SIZE": "500", "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION": "false"}
-    with serve(trained_run, tmp_path_factory.mktemp("serve") / "serve.log", "--max-upload-mb", str(LIMIT_MB), env=attack) as url:
+    with serve(
+        trained_run,
+        tmp_path_factory.mktemp("serve") / "serve.log",
+        "--max-upload-mb",
+        str(LIMIT_MB),
+        env=attack,
+    ) as url:
         yield url
 
 
@@ -160,7 +180,9 @@ def _open(browser, url: str):
     return context, page
 
 
-def test_two_sessions_at_once_each_see_their_own_result(browser, hardened_url, trained_run, phantom_dir, tmp_path):
+def test_two_sessions_at_once_each_see_their_own_result(
+    browser, hardened_url, trained_run, phantom_dir, tmp_path
+):
     """Two browser contexts (two users, two Streamlit sessions) upload different images at the same
     time: each page shows its own image's result, and its CSV download holds only its own image."""
     from playwright.sync_api import expect
@@ -174,7 +196,7 @@ def test_two_sessions_at_once_each_see_their_own_result(browser, hardened_url, t
     try:
         for (_, page), f in zip(sessions, files):  # both uploads start before either result is drawn
             page.locator('input[type="file"]').set_input_files([str(f)])
-        for k, ((context, page), f, want) in enumerate(zip(sessions, files, expected)):
+        for k, ((_context, page), f, want) in enumerate(zip(sessions, files, expected)):
             other = files[1 - k]
             panel = page.locator(".st-key-result-0")
             for c in want.probs:  # every class's probability, as the page finishes drawing its table
@@ -202,10 +224,17 @@ def test_server_refuses_uploads_over_its_limit_and_without_the_xsrf_token(browse
 
     context, page = _open(browser, hardened_url)
     try:
-        expect(page.get_by_text(f"up to {LIMIT_MB} MB each")).to_be_visible(timeout=60_000)  # the page's limit is the server's
+        expect(page.get_by_text(f"up to {LIMIT_MB} MB each")).to_be_visible(
+            timeout=60_000
+        )  # the page's limit is the server's
         urls: list[str] = []
-        page.on("request", lambda r: urls.append(r.url) if "/_stcore/upload_file/" in r.url and r.method == "PUT" else None)
-        page.locator('input[type="file"]').set_input_files([str(sorted((phantom_dir / "F2").glob("*.png"))[0])])
+        page.on(
+            "request",
+            lambda r: urls.append(r.url) if "/_stcore/upload_file/" in r.url and r.method == "PUT" else None,
+        )
+        page.locator('input[type="file"]').set_input_files(
+            [str(sorted((phantom_dir / "F2").glob("*.png"))[0])]
+        )
         page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=120_000)
         assert urls, "the uploader made no upload request"
         token = next(c["value"] for c in context.cookies() if c["name"] == "_streamlit_xsrf")

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'")
-
-from test_browser import ARTIFACTS, _missing, browser, serve  # noqa: F401  (browser: the fixture; tests/ is on sys.path)
+pytest.importorskip(
+    "sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'"
+)
 
 from liverscope.records import open_store
+from test_browser import ARTIFACTS, _missing, browser, serve  # noqa: F401  (browser: the fixture; tests/ is on sys.path)
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+]
 
 
 def _ready(page, url: str) -> None:
@@ -25,7 +30,7 @@ def _choose(page, label: str, option: str) -> None:
     """Pick ``option`` in the Streamlit selectbox labelled ``label`` (opened again when a rerun of the
     page closed its list before the option could be clicked)."""
     box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).locator("input")
-    for attempt in range(5):
+    for _attempt in range(5):
         box.click()
         try:
             page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
@@ -46,7 +51,9 @@ def _open_past_exam(page, key: str) -> str:
     return page.inner_text("body")
 
 
-def test_exam_recorded_reviewed_and_found_after_reload_and_restart(browser, trained_run, phantom_dir, tmp_path):
+def test_exam_recorded_reviewed_and_found_after_reload_and_restart(
+    browser, trained_run, phantom_dir, tmp_path
+):
     db = tmp_path / "browser.sqlite"
     files = [str(p) for p in sorted((phantom_dir / "F4").glob("*.png"))[:2]]
     ARTIFACTS.mkdir(exist_ok=True)
@@ -61,7 +68,9 @@ def test_exam_recorded_reviewed_and_found_after_reload_and_restart(browser, trai
             a = exam.answer
             assert len(exam.images) == 2 and all(im.origin == "app" for im in exam.images)
             text = page.inner_text("body")
-            assert f"Exam {exam.key}: {a.label}" in text and f"from {a.n_used} image(s)" in text  # one answer for the two images
+            assert (
+                f"Exam {exam.key}: {a.label}" in text and f"from {a.n_used} image(s)" in text
+            )  # one answer for the two images
 
             page.get_by_text("Correct the label").click()
             _choose(page, "Right label (when correcting)", "F1")
@@ -76,7 +85,9 @@ def test_exam_recorded_reviewed_and_found_after_reload_and_restart(browser, trai
             assert "correct — F1" in text and "reviewed in the browser" in text
         finally:
             page.close()
-    with serve(trained_run, tmp_path / "serve2.log", "--db", str(db)) as url:  # a new server on the same database
+    with serve(
+        trained_run, tmp_path / "serve2.log", "--db", str(db)
+    ) as url:  # a new server on the same database
         page = browser.new_page(viewport={"width": 1400, "height": 2400})
         try:
             _ready(page, url)

@@ -39,8 +39,25 @@ def test_help_for_every_command(path):
 
 def test_main_commands_registered():
     names = {p[0] for p in _commands(app) if p}
-    assert {"demo", "train", "predict", "models", "audit", "cv", "evaluate", "explain", "segment", "export", "serve"} <= names
-    assert {p[1] for p in _commands(app) if len(p) == 2 and p[0] == "segment"} == {"pseudo", "train", "predict", "score"}
+    assert {
+        "demo",
+        "train",
+        "predict",
+        "models",
+        "audit",
+        "cv",
+        "evaluate",
+        "explain",
+        "segment",
+        "export",
+        "serve",
+    } <= names
+    assert {p[1] for p in _commands(app) if len(p) == 2 and p[0] == "segment"} == {
+        "pseudo",
+        "train",
+        "predict",
+        "score",
+    }
 
 
 def test_train_bad_data_is_a_clear_error(tmp_path):
@@ -121,7 +138,10 @@ def test_evaluate_writes_outside_the_run_unless_asked(trained_run, phantom_dir, 
     assert res.exit_code == 0, res.output
     report = tmp_path / "eval" / trained_run.name / "report"
     assert (report / "report.html").exists() and (report / "confusion_matrix.png").exists()
-    res = runner.invoke(app, ["evaluate", str(trained_run), str(phantom_dir), "--out", str(tmp_path / "ext"), "--device", "cpu"])
+    res = runner.invoke(
+        app,
+        ["evaluate", str(trained_run), str(phantom_dir), "--out", str(tmp_path / "ext"), "--device", "cpu"],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "ext" / "metrics.json").exists() and (tmp_path / "ext" / "report.html").exists()
     assert _snapshot(trained_run) == before  # nothing written into the run
@@ -143,10 +163,13 @@ def test_models_says_cpu_friendly_once_per_model():
 def test_recipe_help_lists_every_shipped_recipe():
     import re
 
-    from liverscope.ui.cli_options import RECIPES_HELP
     from liverscope.config import recipe_names
+    from liverscope.ui.cli_options import RECIPES_HELP
 
-    shipped = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "src" / "liverscope" / "recipes").glob("*.yaml"))
+    shipped = sorted(
+        p.stem
+        for p in (Path(__file__).resolve().parents[1] / "src" / "liverscope" / "recipes").glob("*.yaml")
+    )
     assert recipe_names() == shipped and "lesions" in shipped
     for command in ("train", "cv", "demo"):
         res = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})
@@ -163,4 +186,7 @@ def test_docs_give_the_output_folders_the_commands_use():
     assert "default `RUN_DIR/pseudo_masks/`" not in segment and "default `pseudo-masks/RUN_NAME/`" in segment
     # ... which are the defaults the command line names
     assert "explain/RUN_NAME" in runner.invoke(app, ["explain", "--help"], env={"COLUMNS": "250"}).output
-    assert "pseudo-masks/RUN_NAME" in runner.invoke(app, ["segment", "pseudo", "--help"], env={"COLUMNS": "250"}).output
+    assert (
+        "pseudo-masks/RUN_NAME"
+        in runner.invoke(app, ["segment", "pseudo", "--help"], env={"COLUMNS": "250"}).output
+    )

@@ -17,19 +17,44 @@ def test_recipes_load(recipe):
 
 def test_recipe_values():
     e = load_config("effnet-b0-gradcam")
-    assert (e.model.name, e.data.image_size, e.data.augment, e.train.balance, e.train.lr, e.train.weight_decay, e.train.scheduler, e.train.epochs) == (
-        "efficientnet_b0", 224, "ultrasound", "sampler", 1e-4, 1e-5, "step", 100)
+    assert (
+        e.model.name,
+        e.data.image_size,
+        e.data.augment,
+        e.train.balance,
+        e.train.lr,
+        e.train.weight_decay,
+        e.train.scheduler,
+        e.train.epochs,
+    ) == ("efficientnet_b0", 224, "ultrasound", "sampler", 1e-4, 1e-5, "step", 100)
     m = load_config("mobilenetv2-multidisease")
-    assert (m.data.image_size, m.model.freeze_backbone, m.model.head, m.train.balance, m.train.lr, m.train.scheduler, m.train.plateau_factor, m.train.plateau_patience, m.train.early_stop_patience) == (
-        160, True, "mlp128", "weighted_ce", 1e-3, "plateau", 0.5, 10, 20)
+    assert (
+        m.data.image_size,
+        m.model.freeze_backbone,
+        m.model.head,
+        m.train.balance,
+        m.train.lr,
+        m.train.scheduler,
+        m.train.plateau_factor,
+        m.train.plateau_patience,
+        m.train.early_stop_patience,
+    ) == (160, True, "mlp128", "weighted_ce", 1e-3, "plateau", 0.5, 10, 20)
     r = load_config("resnet50-cbam")
-    assert (r.model.name, r.data.augment, r.train.lr, r.train.weight_decay, r.train.scheduler, r.train.batch_size) == (
-        "resnet50_cbam", "conservative", 1e-5, 1e-4, "cosine", 64)
+    assert (
+        r.model.name,
+        r.data.augment,
+        r.train.lr,
+        r.train.weight_decay,
+        r.train.scheduler,
+        r.train.batch_size,
+    ) == ("resnet50_cbam", "conservative", 1e-5, 1e-4, "cosine", 64)
 
 
 def test_cli_overrides_beat_yaml_and_none_keeps_yaml():
     cfg = load_config("cpu-quick", {"train.lr": 0.5, "train.epochs": None, "name": "x"})
-    assert cfg.train.lr == 0.5 and cfg.train.epochs == load_config("cpu-quick").train.epochs and cfg.name == "x"
+    assert (
+        cfg.train.lr == 0.5 and cfg.train.epochs == load_config("cpu-quick").train.epochs and cfg.name == "x"
+    )
 
 
 def test_unknown_settings_are_errors(tmp_path):
@@ -51,7 +76,9 @@ def test_saved_config_roundtrip(tmp_path):
 
 def test_text_values_take_the_type_of_the_setting():
     # `--set KEY=VALUE` passes text; numbers and booleans must not stay strings
-    cfg = load_config("cpu-quick", {"train.label_smoothing": "0.1", "data.distinct_only": "true", "train.epochs": "3"})
+    cfg = load_config(
+        "cpu-quick", {"train.label_smoothing": "0.1", "data.distinct_only": "true", "train.epochs": "3"}
+    )
     assert cfg.train.label_smoothing == 0.1 and cfg.data.distinct_only is True and cfg.train.epochs == 3
     with pytest.raises(LiverscopeError, match="train.epochs"):
         load_config("cpu-quick", {"train.epochs": "many"})
@@ -67,7 +94,9 @@ def test_text_values_take_the_type_of_the_setting():
 def test_cli_set_and_flags_map_to_settings():
     from liverscope.ui.cli_options import train_overrides
 
-    out = train_overrides(epochs=2, distinct_only=True, crop_sector=None, settings=["train.lr=1e-3", "data.augment = light"])
+    out = train_overrides(
+        epochs=2, distinct_only=True, crop_sector=None, settings=["train.lr=1e-3", "data.augment = light"]
+    )
     assert out == {"train.epochs": 2, "data.distinct_only": True, "train.lr": "1e-3", "data.augment": "light"}
     with pytest.raises(LiverscopeError, match="KEY=VALUE"):
         train_overrides(settings=["train.lr"])
@@ -83,10 +112,9 @@ def test_choices_are_checked_before_any_work_and_name_the_valid_values():
 
 def test_config_choices_agree_with_the_modules_that_act_on_them():
     from liverscope.data.augment import PRESETS
-    from liverscope.models.livernet import HEADS
-
     from liverscope.data.preprocess import DENOISE_REGIONS
     from liverscope.inference.predict import BACKENDS, POOLS, PRECISIONS, SCHEDULES
+    from liverscope.models.livernet import HEADS
 
     assert CHOICES["data.augment"] == PRESETS and CHOICES["model.head"] == HEADS
     assert CHOICES["predict.backend"] == BACKENDS and CHOICES["predict.precision"] == PRECISIONS
@@ -99,4 +127,7 @@ def test_a_users_yaml_file_is_read_and_builtin_recipes_need_no_checkout(tmp_path
     mine.write_text("model:\n  name: resnet10t\ntrain:\n  epochs: 7\n")
     monkeypatch.chdir(tmp_path)  # far from the repository: built-ins come from the package itself
     assert load_config(mine).train.epochs == 7 and load_config("mine.yaml").model.name == "resnet10t"
-    assert "cpu-quick" in recipe_names() and load_config("cpu-quick").name == load_config("configs/cpu-quick.yaml").name
+    assert (
+        "cpu-quick" in recipe_names()
+        and load_config("cpu-quick").name == load_config("configs/cpu-quick.yaml").name
+    )

@@ -7,9 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from liverscope.utils import read_json
-
 from conftest import quick_config
+from liverscope.utils import read_json
 
 
 def test_ensemble_is_mean_of_logits():
@@ -105,11 +104,15 @@ def test_cv_ensemble_temperature_is_fitted_on_out_of_fold_logits(cv_run):
     oof = read_predictions(cv_run / "oof_predictions.csv", names)
     fit = fit_temperature_checked(oof.logits, oof.y)
     assert meta["temperature_fit"]["fitted"] == pytest.approx(fit["fitted"], rel=1e-3)
-    assert meta["temperature_fit"]["at_edge"] == fit["at_edge"] and meta["temperature"] == pytest.approx(fit["temperature"], rel=1e-3)
+    assert meta["temperature_fit"]["at_edge"] == fit["at_edge"] and meta["temperature"] == pytest.approx(
+        fit["temperature"], rel=1e-3
+    )
     m = read_json(cv_run / "metrics.json")
     for key in ("ensemble", "oof"):  # ECE before and after temperature scaling, for both sets
         assert 0 <= m[key]["ece"] <= 1 and 0 <= m[key]["ece_uncalibrated"] <= 1
-    test = read_predictions(cv_run / "predictions_test.csv", names)  # the ensemble's probabilities use that temperature
+    test = read_predictions(
+        cv_run / "predictions_test.csv", names
+    )  # the ensemble's probabilities use that temperature
     assert np.allclose(test.probs, softmax(test.logits, meta["temperature"]), atol=1e-5)
 
 
@@ -120,7 +123,12 @@ def test_evaluate_with_an_ensemble_reports_the_majority_ood_flag(cv_run, phantom
     out = evaluate_on_data(cv_run, phantom_dir, name="phantoms-ood", device="cpu")
     m = read_json(out / "metrics.json")
     ood = m["ood"]
-    assert ood["n"] == 120 and len(ood["member_thresholds"]) == 3 and ood["threshold"] == 0.0 and "majority" in ood["ensemble"]
+    assert (
+        ood["n"] == 120
+        and len(ood["member_thresholds"]) == 3
+        and ood["threshold"] == 0.0
+        and "majority" in ood["ensemble"]
+    )
     assert ood["share"] <= 0.3  # the kind of images the fold models were trained on
     with open(out / "predictions_test.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -152,11 +160,26 @@ def _copy_of(cv_run, tmp_path, drop=()):
 def test_prepare_audits_and_splits_once_and_trains_nothing(phantom_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.ui.cli import app
     from liverscope.rundir import read_config, read_split
+    from liverscope.ui.cli import app
 
-    args = ["cv", str(phantom_dir), "--k", "3", "--name", "prep", "--out-dir", str(tmp_path), "--recipe", "cpu-quick",
-            "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--prepare"]
+    args = [
+        "cv",
+        str(phantom_dir),
+        "--k",
+        "3",
+        "--name",
+        "prep",
+        "--out-dir",
+        str(tmp_path),
+        "--recipe",
+        "cpu-quick",
+        "--image-size",
+        "32",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--prepare",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     run = tmp_path / "prep"
@@ -174,10 +197,12 @@ def test_a_fold_task_reads_the_shared_split_and_the_last_fold_aggregates(cv_run,
     """`cv --fold 2` into a run whose other folds are trained: no audit (the split is read), the fold
     trains on the split's fold 2, and as the last fold it aggregates the run."""
     import liverscope.training.datamodule as train
-    from liverscope.training.cv import cross_validate
     from liverscope.rundir import read_split
+    from liverscope.training.cv import cross_validate
 
-    copy, cfg = _copy_of(cv_run, tmp_path, drop=["folds/fold2", "metrics.json", "oof_predictions.csv", "cv_folds.csv"])
+    copy, cfg = _copy_of(
+        cv_run, tmp_path, drop=["folds/fold2", "metrics.json", "oof_predictions.csv", "cv_folds.csv"]
+    )
 
     def no_audit(samples):
         raise AssertionError("a fold process audited the data again")
@@ -186,7 +211,9 @@ def test_a_fold_task_reads_the_shared_split_and_the_last_fold_aggregates(cv_run,
     cross_validate(cfg, folds=[2])
     fold_split = read_split(copy / "folds" / "fold2" / "split.csv")
     original = read_split(cv_run / "folds" / "fold2" / "split.csv")
-    assert [str(s.path) for s in fold_split[0]] == [str(s.path) for s in original[0]] and list(fold_split[1]) == list(original[1])
+    assert [str(s.path) for s in fold_split[0]] == [str(s.path) for s in original[0]] and list(
+        fold_split[1]
+    ) == list(original[1])
     m = read_json(copy / "metrics.json")
     assert m["k"] == 3 and m["oof"]["n"] == read_json(cv_run / "metrics.json")["oof"]["n"]
     assert (copy / "folds" / "fold2" / "model.safetensors").exists() and (copy / "report.html").exists()
@@ -198,7 +225,9 @@ def test_aggregate_rebuilds_the_ensemble_from_the_run_directory(cv_run, tmp_path
 
     from liverscope.ui.cli import app
 
-    copy, _ = _copy_of(cv_run, tmp_path, drop=["metrics.json", "oof_predictions.csv", "cv_folds.csv", "predictions_test.csv"])
+    copy, _ = _copy_of(
+        cv_run, tmp_path, drop=["metrics.json", "oof_predictions.csv", "cv_folds.csv", "predictions_test.csv"]
+    )
     res = CliRunner().invoke(app, ["cv", "--recipe", str(copy / "config.yaml"), "--aggregate"])
     assert res.exit_code == 0, res.output
     assert "out-of-fold (3 folds)" in res.output
@@ -216,24 +245,30 @@ def test_aggregate_rebuilds_the_ensemble_from_the_run_directory(cv_run, tmp_path
 def test_cv_folds_choose_nothing_on_their_oof_images_and_the_ensemble_sits_beside_the_oof_figures(cv_run):
     """Issue 23: the folds keep their last epoch (train.select auto), the out-of-fold probabilities take
     temperatures fitted on the other folds, and the ensemble on the hold-out is reported beside the OOF figures."""
-    from liverscope.training.cv import cross_fitted_temperatures
     from liverscope.evaluate.stats import expected_calibration_error
     from liverscope.rundir import read_predictions
+    from liverscope.training.cv import cross_fitted_temperatures
     from liverscope.utils import softmax
 
     m = read_json(cv_run / "metrics.json")
     for i in range(3):
         meta = read_json(cv_run / "folds" / f"fold{i}" / "model.json")
-        assert meta["select"] == "last" and meta["best_epoch"] == 5  # the sixth epoch of six, chosen by nothing
+        assert (
+            meta["select"] == "last" and meta["best_epoch"] == 5
+        )  # the sixth epoch of six, chosen by nothing
     assert m["oof_protocol"]["honest"] and m["oof_protocol"]["temperature"] == "cross-fitted"
     names = m["class_names"]
     folds = [read_predictions(cv_run / "folds" / f"fold{i}" / "predictions_val.csv", names) for i in range(3)]
     temps = cross_fitted_temperatures([f.logits for f in folds], [f.y for f in folds])
     assert m["oof_protocol"]["fold_temperatures"] == pytest.approx(temps)
     oof_probs = np.concatenate([softmax(f.logits, t) for f, t in zip(folds, temps)])
-    assert m["oof"]["ece"] == pytest.approx(expected_calibration_error(oof_probs, np.concatenate([f.y for f in folds])), abs=1e-9)
+    assert m["oof"]["ece"] == pytest.approx(
+        expected_calibration_error(oof_probs, np.concatenate([f.y for f in folds])), abs=1e-9
+    )
     gap = m["ensemble_vs_oof"]["overall"]["balanced_accuracy"]
-    assert gap["oof"] == m["oof"]["balanced_accuracy"] and gap["ensemble"] == m["ensemble"]["balanced_accuracy"]
+    assert (
+        gap["oof"] == m["oof"]["balanced_accuracy"] and gap["ensemble"] == m["ensemble"]["balanced_accuracy"]
+    )
     assert gap["gap"] == pytest.approx(gap["ensemble"] - gap["oof"])
     page = (cv_run / "report.html").read_text()
     assert "Out of fold and the fold ensemble" in page and "chose nothing" in page

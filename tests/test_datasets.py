@@ -50,7 +50,9 @@ def test_manifest_with_groups_and_sources(tmp_path):
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     samples, classes = load_samples(tmp_path / "m.csv")
     assert classes == ["normal", "tumour"]
-    assert samples[0].path.exists() and samples[0].group.startswith("patient") and samples[0].source == "siteA"
+    assert (
+        samples[0].path.exists() and samples[0].group.startswith("patient") and samples[0].source == "siteA"
+    )
     (tmp_path / "bad.csv").write_text("file,class\nx.png,a\n")
     with pytest.raises(LiverscopeError, match="'path' and 'label'"):
         load_samples(tmp_path / "bad.csv")
@@ -92,11 +94,22 @@ def test_inverse_frequency_weights():
 def test_describe_data_says_when_the_data_are_the_phantoms(tmp_path):
     phantoms = make_phantoms(tmp_path / "phantoms", n_per_class=2, classes=["F0", "F1"], size=32)
     d = describe_data(phantoms, ["128x128 png grey", "128x128 png grey", None, "640x480 jpeg rgb"])
-    assert d == {"path": str(phantoms.resolve()), "images": 4, "sources": {"128x128 png grey": 2, "unknown": 1, "640x480 jpeg rgb": 1},
-                 "synthetic_phantoms": True}
+    assert d == {
+        "path": str(phantoms.resolve()),
+        "images": 4,
+        "sources": {"128x128 png grey": 2, "unknown": 1, "640x480 jpeg rgb": 1},
+        "synthetic_phantoms": True,
+    }
     real = tmp_path / "real"
     (real / "F0").mkdir(parents=True)
-    (real / "F0" / "a.png").write_bytes((phantoms / "F0" / "F0_0000.png").read_bytes())  # phantom images copied elsewhere: no marker
+    (real / "F0" / "a.png").write_bytes(
+        (phantoms / "F0" / "F0_0000.png").read_bytes()
+    )  # phantom images copied elsewhere: no marker
     assert describe_data(real, ["x"])["synthetic_phantoms"] is False
-    assert describe_data(tmp_path / "gone", None) == {"path": str(tmp_path / "gone"), "images": None, "sources": {}, "synthetic_phantoms": None}
+    assert describe_data(tmp_path / "gone", None) == {
+        "path": str(tmp_path / "gone"),
+        "images": None,
+        "sources": {},
+        "synthetic_phantoms": None,
+    }
     assert load_samples(phantoms)[1] == ["F0", "F1"]  # the marker file is not data

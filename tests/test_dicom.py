@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import quick_config
 from liverscope.config import load_config, parse_frames
 from liverscope.data import io as lio
 from liverscope.data.audit import audit_dataset, duplicate_group_ids
@@ -22,8 +23,6 @@ from liverscope.data.preprocess import PreprocessCache, Preprocessing, preproces
 from liverscope.data.splits import holdout_split, kfold_split
 from liverscope.errors import ImageReadError, UsageError
 from liverscope.utils import atomic_write_png
-
-from conftest import quick_config
 
 N_PATIENTS = 16  # 8 per class
 PER_PATIENT = 3
@@ -99,12 +98,19 @@ def dicom_set(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         label = f"F{p % 2}"
         (root / label).mkdir(exist_ok=True)
         for k in range(PER_PATIENT):
-            path = write_dicom(root / label / f"p{p:02d}_{k}.dcm", _image(100 * p + k, p % 2), patient_id=SECRETS[p], name="Doe^Jane")
+            path = write_dicom(
+                root / label / f"p{p:02d}_{k}.dcm",
+                _image(100 * p + k, p % 2),
+                patient_id=SECRETS[p],
+                name="Doe^Jane",
+            )
             who[str(path)] = f"patient{p}"
     cine = np.stack([_image(5000 + f, 1) for f in range(CINE_FRAMES)])
     who[str(write_dicom(root / "F1" / "loop.dcm", cine, patient_id="MRN-7731-CINE"))] = "cine"
     for k in range(2):
-        who[str(write_dicom(root / "F0" / f"study_{k}.dcm", _image(7000 + k, 0), study_uid=STUDY_UID))] = "study"
+        who[str(write_dicom(root / "F0" / f"study_{k}.dcm", _image(7000 + k, 0), study_uid=STUDY_UID))] = (
+            "study"
+        )
     who[str(write_dicom(root / "F0" / "anonymous.dcm", _image(8000, 0)))] = "nobody"
     return root, who
 
@@ -214,7 +220,10 @@ def test_audit_unites_patients_with_duplicates_and_names_no_one(dicom_set, tmp_p
 # cine loops
 
 
-@pytest.mark.parametrize("frames,expect", [("all", list(range(6))), ("every:2", [0, 2, 4]), ("every:4", [0, 4]), ("middle", [None])])
+@pytest.mark.parametrize(
+    "frames,expect",
+    [("all", list(range(6))), ("every:2", [0, 2, 4]), ("every:4", [0, 4]), ("middle", [None])],
+)
 def test_cine_loop_becomes_one_sample_per_selected_frame_in_one_group(dicom_set, frames, expect):
     root, who = dicom_set
     samples, _ = load_samples(root, frames=frames)
@@ -256,13 +265,18 @@ def test_frames_setting_and_flag():
 def test_read_frames_gives_the_selected_frames(tmp_path):
     frames = np.stack([_image(40 + f, f % 2) for f in range(CINE_FRAMES)])
     path = write_dicom(tmp_path / "loop.dcm", frames)
-    assert all(np.array_equal(a, b) for a, b in zip(lio.read_frames(path, "all"), frames)) and len(lio.read_frames(path, "all")) == 6
+    assert (
+        all(np.array_equal(a, b) for a, b in zip(lio.read_frames(path, "all"), frames))
+        and len(lio.read_frames(path, "all")) == 6
+    )
     assert [a.tobytes() for a in lio.read_frames(path, "every:2")] == [frames[i].tobytes() for i in (0, 2, 4)]
     (middle,) = lio.read_frames(path)
     assert np.array_equal(middle, frames[3]) and np.array_equal(middle, lio.read_image(path))
     still = tmp_path / "still.png"
     atomic_write_png(still, frames[0])
-    assert len(lio.read_frames(still, "all")) == 1 and np.array_equal(lio.read_frames(still, "all")[0], frames[0])
+    assert len(lio.read_frames(still, "all")) == 1 and np.array_equal(
+        lio.read_frames(still, "all")[0], frames[0]
+    )
     assert len(lio.read_frames(write_dicom(tmp_path / "one.dcm", frames[1]), "all")) == 1
     with pytest.raises(UsageError):
         lio.read_frames(path, "every:0")
@@ -294,7 +308,12 @@ def test_training_on_dicom_cine_writes_no_identifier(dicom_set, tmp_path):
     from liverscope.training.run import fit
 
     root, who = dicom_set
-    cfg = quick_config(root, tmp_path, "dicom-run", **{"data.frames": "all", "data.image_size": 32, "train.epochs": 1, "data.denoise": False})
+    cfg = quick_config(
+        root,
+        tmp_path,
+        "dicom-run",
+        **{"data.frames": "all", "data.image_size": 32, "train.epochs": 1, "data.denoise": False},
+    )
     run = fit(cfg)
     with open(run / "split.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -329,7 +348,11 @@ def _old_rescale_decode(path: Path, frame: int | None = None) -> np.ndarray:
     if arr.dtype != np.uint8:
         arr = arr.astype(np.float64)
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = np.zeros(arr.shape, np.uint8) if hi <= lo else np.clip(np.rint((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        arr = (
+            np.zeros(arr.shape, np.uint8)
+            if hi <= lo
+            else np.clip(np.rint((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        )
     return 255 - arr if ds.PhotometricInterpretation == "MONOCHROME1" else arr
 
 
@@ -337,7 +360,9 @@ def _window_reference(x: np.ndarray, center: float, width: float, y_min: float, 
     """PS3.3 C.11.2.1.2.1 (the LINEAR window) written out, then y_min..y_max onto 0..255."""
     x = x.astype(np.float64)
     c, w = center - 0.5, width - 1
-    y = np.where(x <= c - w / 2, y_min, np.where(x > c + w / 2, y_max, ((x - c) / w + 0.5) * (y_max - y_min) + y_min))
+    y = np.where(
+        x <= c - w / 2, y_min, np.where(x > c + w / 2, y_max, ((x - c) / w + 0.5) * (y_max - y_min) + y_min)
+    )
     return np.clip(np.rint((y - y_min) * (255.0 / (y_max - y_min))), 0, 255).astype(np.uint8)
 
 
@@ -351,9 +376,21 @@ RAMP = (np.arange(48 * 40).reshape(48, 40) * 37 % 4001).astype(np.int64)  # 0..4
         ("16-bit, no rescale", RAMP * 16, {"bits": 16}),
         ("16-bit rescaled", RAMP * 16, {"bits": 16, "RescaleSlope": 0.5, "RescaleIntercept": -100}),
         ("12-bit rescaled", RAMP, {"bits": 16, "stored": 12, "RescaleSlope": 2.5, "RescaleIntercept": 7}),
-        ("signed rescaled", RAMP - 2000, {"bits": 16, "signed": True, "RescaleSlope": 1, "RescaleIntercept": -1024}),
-        ("MONOCHROME1 rescaled", RAMP, {"bits": 16, "photometric": "MONOCHROME1", "RescaleSlope": 3, "RescaleIntercept": 10}),
-        ("cine rescaled", np.stack([RAMP + 9 * f for f in range(5)]), {"bits": 16, "RescaleSlope": 0.25, "RescaleIntercept": 1}),
+        (
+            "signed rescaled",
+            RAMP - 2000,
+            {"bits": 16, "signed": True, "RescaleSlope": 1, "RescaleIntercept": -1024},
+        ),
+        (
+            "MONOCHROME1 rescaled",
+            RAMP,
+            {"bits": 16, "photometric": "MONOCHROME1", "RescaleSlope": 3, "RescaleIntercept": 10},
+        ),
+        (
+            "cine rescaled",
+            np.stack([RAMP + 9 * f for f in range(5)]),
+            {"bits": 16, "RescaleSlope": 0.25, "RescaleIntercept": 1},
+        ),
     ],
 )
 def test_rescale_matches_the_old_formula(tmp_path, case, pixels, kwargs):
@@ -368,9 +405,17 @@ def test_rescale_matches_the_old_formula(tmp_path, case, pixels, kwargs):
 @pytest.mark.parametrize(
     "kwargs,y_range,extremes",
     [
-        ({"WindowCenter": 1800, "WindowWidth": 1200}, (0, 4095), (0, 255)),  # the ramp is clipped at both ends
+        (
+            {"WindowCenter": 1800, "WindowWidth": 1200},
+            (0, 4095),
+            (0, 255),
+        ),  # the ramp is clipped at both ends
         ({"WindowCenter": 2048, "WindowWidth": 4096}, (0, 4095), (0, 249)),  # 4000 of 4095: not stretched
-        ({"WindowCenter": 40, "WindowWidth": 400, "RescaleSlope": 1, "RescaleIntercept": -1024}, (-1024, 3071), (0, 255)),
+        (
+            {"WindowCenter": 40, "WindowWidth": 400, "RescaleSlope": 1, "RescaleIntercept": -1024},
+            (-1024, 3071),
+            (0, 255),
+        ),
     ],
 )
 def test_window_matches_the_standard_formula(tmp_path, kwargs, y_range, extremes):
@@ -404,7 +449,9 @@ def test_ybr_colour_is_converted_once(tmp_path):
     from pydicom.pixels import convert_color_space
 
     rgb = np.dstack([RAMP % 256, (RAMP // 3) % 256, 255 - RAMP % 256]).astype(np.uint8)
-    path = write_dicom(tmp_path / "ybr.dcm", convert_color_space(rgb, "RGB", "YBR_FULL"), photometric="YBR_FULL")
+    path = write_dicom(
+        tmp_path / "ybr.dcm", convert_color_space(rgb, "RGB", "YBR_FULL"), photometric="YBR_FULL"
+    )
     out = lio.read_image(path)
     assert out.shape == rgb.shape and int(np.abs(out.astype(int) - rgb).max()) <= 2  # YBR rounding only
     assert np.array_equal(lio.read_image(write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB")), rgb)
@@ -413,8 +460,8 @@ def test_ybr_colour_is_converted_once(tmp_path):
 def test_predict_averages_the_frames_of_a_cine_loop(trained_run, tmp_path):
     from typer.testing import CliRunner
 
-    from liverscope.ui.cli import app
     from liverscope.inference.predict import Predictor
+    from liverscope.ui.cli import app
 
     frames = np.stack([_image(60 + f, f % 5) for f in range(CINE_FRAMES)])
     loop = write_dicom(tmp_path / "loop.dcm", frames, patient_id="PAT-LOOP")
@@ -427,12 +474,22 @@ def test_predict_averages_the_frames_of_a_cine_loop(trained_run, tmp_path):
     expect = {c: float(np.mean([r.probs[c] for r in per_frame])) for c in p.labels}
     assert all(abs(res.probs[c] - expect[c]) < 1e-5 for c in p.labels)
     (every,) = list(p.predict_paths([loop], frames="every:3"))
-    assert every.frames == 2 and abs(every.probs[p.labels[0]] - np.mean([per_frame[i].probs[p.labels[0]] for i in (0, 3)])) < 1e-5
+    assert (
+        every.frames == 2
+        and abs(every.probs[p.labels[0]] - np.mean([per_frame[i].probs[p.labels[0]] for i in (0, 3)])) < 1e-5
+    )
     (middle,) = list(p.predict_paths([loop]))
     assert middle.frames == 1 and abs(middle.probs[p.labels[0]] - per_frame[3].probs[p.labels[0]]) < 1e-5
     out = tmp_path / "pred.csv"
-    res = CliRunner().invoke(app, ["predict", str(trained_run), str(loop), "--frames", "all", "--backend", "torch", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        ["predict", str(trained_run), str(loop), "--frames", "all", "--backend", "torch", "--out", str(out)],
+    )
     assert res.exit_code == 0, res.output
-    assert "frames" in out.read_text().splitlines()[0] and out.read_text().splitlines()[1].split(",")[-2] == "6"
-    res = CliRunner().invoke(app, ["predict", str(trained_run), str(loop), "--frames", "some", "--out", str(out)])
+    assert (
+        "frames" in out.read_text().splitlines()[0] and out.read_text().splitlines()[1].split(",")[-2] == "6"
+    )
+    res = CliRunner().invoke(
+        app, ["predict", str(trained_run), str(loop), "--frames", "some", "--out", str(out)]
+    )
     assert res.exit_code == 2 and "every:N" in res.output

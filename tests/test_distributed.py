@@ -34,14 +34,27 @@ def test_devices_take_lightnings_forms_and_bad_ones_fail_before_any_work():
         load_config("cpu-quick", {"train.num_nodes": "0"})
     with pytest.raises(UsageError, match="choose one of: auto, ddp, ddp_spawn"):
         load_config("cpu-quick", {"train.strategy": "horovod"})
-    cfg = load_config("cpu-quick", {"train.devices": "2", "train.strategy": "ddp", "train.num_nodes": "2", "train.accelerator": "cpu"})
-    assert (cfg.train.devices, cfg.train.strategy, cfg.train.num_nodes, cfg.train.accelerator) == ("2", "ddp", 2, "cpu")
+    cfg = load_config(
+        "cpu-quick",
+        {"train.devices": "2", "train.strategy": "ddp", "train.num_nodes": "2", "train.accelerator": "cpu"},
+    )
+    assert (cfg.train.devices, cfg.train.strategy, cfg.train.num_nodes, cfg.train.accelerator) == (
+        "2",
+        "ddp",
+        2,
+        "cpu",
+    )
 
 
 def test_placement_follows_train_device_unless_an_accelerator_is_named():
     from liverscope.training.lightning_module import placement
 
-    assert placement(TrainConfig(device="cpu")) == {"accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1}
+    assert placement(TrainConfig(device="cpu")) == {
+        "accelerator": "cpu",
+        "devices": 1,
+        "strategy": "auto",
+        "num_nodes": 1,
+    }
     named = TrainConfig(accelerator="cpu", devices="2", strategy="ddp", num_nodes=3)
     assert placement(named) == {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_nodes": 3}
 
@@ -53,7 +66,9 @@ def test_a_placement_lightning_refuses_is_a_usage_error(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    cfg = load_config("cpu-quick", {"train.accelerator": "gpu", "train.devices": "2", "out_dir": str(tmp_path)})
+    cfg = load_config(
+        "cpu-quick", {"train.accelerator": "gpu", "train.devices": "2", "out_dir": str(tmp_path)}
+    )
     with pytest.raises(UsageError, match="train.accelerator=gpu, devices=2"):
         build_trainer(cfg, tmp_path, [], [])
 
@@ -106,7 +121,10 @@ def test_validation_shards_count_every_image_once():
     seen = [list(eval_loader(val, prep, cfg, shard=(rank, 2)).sampler) for rank in (0, 1)]
     assert sorted(seen[0] + seen[1]) == [0, 1, 2, 3, 4]  # 3 + 2: uneven, nothing repeated
     # what Lightning would have used: the last shard padded with a repeated image
-    padded = [list(torch.utils.data.DistributedSampler(range(5), num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    padded = [
+        list(torch.utils.data.DistributedSampler(range(5), num_replicas=2, rank=r, shuffle=False))
+        for r in (0, 1)
+    ]
     assert len(padded[0] + padded[1]) == 6
 
 
@@ -129,9 +147,39 @@ def ddp_run(ddp_phantoms, tmp_path_factory):
     """``liverscope train ... --accelerator cpu --devices 2 --strategy ddp``: Lightning launches the
     second process (the same command line), the two train together over gloo."""
     out = tmp_path_factory.mktemp("ddp-runs")
-    cmd = [sys.executable, "-m", "liverscope", "train", str(ddp_phantoms), "--recipe", "cpu-quick", "--name", "ddp", "--out-dir", str(out),
-           "--image-size", "32", "--epochs", str(DDP_EPOCHS), "--batch-size", "4", "--max-train-batches", "2", "--cache-dir", str(out / "cache"),
-           "--device", "cpu", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--set", "train.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "liverscope",
+        "train",
+        str(ddp_phantoms),
+        "--recipe",
+        "cpu-quick",
+        "--name",
+        "ddp",
+        "--out-dir",
+        str(out),
+        "--image-size",
+        "32",
+        "--epochs",
+        str(DDP_EPOCHS),
+        "--batch-size",
+        "4",
+        "--max-train-batches",
+        "2",
+        "--cache-dir",
+        str(out / "cache"),
+        "--device",
+        "cpu",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--set",
+        "train.progress=false",
+    ]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=out)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -149,9 +197,25 @@ def test_ddp_run_writes_one_complete_run_directory_from_rank_zero(ddp_run):
     # two processes took part; the data was audited and cached once, the summary printed once
     assert "GLOBAL_RANK: 0" in output and "GLOBAL_RANK: 1" in output, output[-2000:]
     assert output.count("audit: ") == 1 and output.count("images ready") == 1
-    assert [line for line in output.splitlines() if line.startswith("run directory: ")] == [f"run directory: {run}"]
-    for f in ("config.yaml", "model.safetensors", "model.json", "ood.safetensors", "split.csv", "audit.json", "audit.html", "history.csv",
-              "metrics.json", "predictions_val.csv", "predictions_test.csv", "curves.png", "confusion_matrix.png", "report.html"):
+    assert [line for line in output.splitlines() if line.startswith("run directory: ")] == [
+        f"run directory: {run}"
+    ]
+    for f in (
+        "config.yaml",
+        "model.safetensors",
+        "model.json",
+        "ood.safetensors",
+        "split.csv",
+        "audit.json",
+        "audit.html",
+        "history.csv",
+        "metrics.json",
+        "predictions_val.csv",
+        "predictions_test.csv",
+        "curves.png",
+        "confusion_matrix.png",
+        "report.html",
+    ):
         assert (run / f).is_file(), f
     assert not [p for p in run.rglob(".*")], "a half-written (temporary) file was left behind"
     assert sorted(p.name for p in (run / "logs" / "csv").iterdir()) == ["version_0"]  # one logger, rank 0's
@@ -176,15 +240,19 @@ def test_ddp_validation_figures_count_each_image_once(ddp_run):
 
 
 @pytest.mark.slow
-def test_a_ddp_run_is_read_by_predict_evaluate_explain_and_serve(ddp_run, ddp_phantoms, tmp_path, monkeypatch):
+def test_a_ddp_run_is_read_by_predict_evaluate_explain_and_serve(
+    ddp_run, ddp_phantoms, tmp_path, monkeypatch
+):
     from liverscope.explain.files import explain_paths
-    from liverscope.training.external import evaluate_on_data
     from liverscope.inference.predict import Predictor
+    from liverscope.training.external import evaluate_on_data
 
     run, _ = ddp_run
     files = sorted(ddp_phantoms.glob("F*/*.png"))[::8]
     results = list(Predictor.from_run(run, device="cpu").predict_paths(files))
-    assert len(results) == 5 and all(r.error is None and abs(sum(r.probs.values()) - 1) < 1e-5 for r in results)
+    assert len(results) == 5 and all(
+        r.error is None and abs(sum(r.probs.values()) - 1) < 1e-5 for r in results
+    )
     out = evaluate_on_data(run, ddp_phantoms, name="phantoms", device="cpu", out=tmp_path / "eval")
     assert read_json(out / "metrics.json")["test"]["n"] == 40 and (out / "report.html").exists()
     explained = explain_paths(run, files[:2], tmp_path / "cams", device="cpu")

@@ -42,8 +42,14 @@ def test_the_encoder_carries_the_packages_imagenet_weights():
 def test_make_arch_and_defaults():
     assert U.make_arch("attention-unet", 1, (4, 8))["name"] == "monai.networks.nets.AttentionUnet"
     rec = U.make_arch("unet-lite1")
-    assert rec["encoder"] == "tf_efficientnet_lite1" and rec["in_channels"] == 3 and np.prod(rec["strides"]) == 32
-    assert U.normalisation(rec) == {"mean": 0.5, "std": 0.5} and U.normalisation(U.make_arch("attention-unet")) == {"mean": 0.5, "std": 0.25}
+    assert (
+        rec["encoder"] == "tf_efficientnet_lite1"
+        and rec["in_channels"] == 3
+        and np.prod(rec["strides"]) == 32
+    )
+    assert U.normalisation(rec) == {"mean": 0.5, "std": 0.5} and U.normalisation(
+        U.make_arch("attention-unet")
+    ) == {"mean": 0.5, "std": 0.25}
     assert U.segmenter_defaults(True) == ("unet-lite0", "bce+dice", 30)
     assert U.segmenter_defaults(False) == ("attention-unet", "bce", 30)
     assert U.segmenter_defaults(True, "attention-unet", "bce", 5) == ("attention-unet", "bce", 5)
@@ -63,7 +69,10 @@ def test_segmenter_contract_save_load_predict_at_original_size(arch, tmp_path):
     seg = U.load_segmenter(tmp_path, "cpu", "lesion")
     assert seg.meta["architecture"] == rec and seg.norm == U.normalisation(rec)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (90, 70, 3), dtype=np.uint8), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)]
+    images = [
+        rng.integers(0, 255, (90, 70, 3), dtype=np.uint8),
+        rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+    ]
     probs = U.predict_proba(seg, images)
     assert [p.shape for p in probs] == [(90, 70), (64, 64)]
     with torch.inference_mode():  # the loaded weights are the saved ones: the same output as the model saved
@@ -87,7 +96,12 @@ def test_offline_without_the_weights_package_fails_before_any_work(tmp_path, mon
     monkeypatch.setattr(E, "package_weights_path", lambda name: None)
     monkeypatch.setattr(E, "hub_reachable", lambda: False)
     E.check_encoder_weights(U.make_arch("attention-unet"))  # needs no weights
-    save_model(tmp_path, build_model("resnet10t", 2, head="linear"), ["a", "b"], Preprocessing(size=32, denoise=False))
+    save_model(
+        tmp_path,
+        build_model("resnet10t", 2, head="linear"),
+        ["a", "b"],
+        Preprocessing(size=32, denoise=False),
+    )
     with pytest.raises(LiverscopeError, match="attention-unet") as err:
         cfg = segment_config(masks=tmp_path / "masks", device="cpu")
         C.train_segmenter(tmp_path, tmp_path / "no-such-data", cfg, report=False)

@@ -18,11 +18,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from liverscope.ui.cli import app
 from liverscope.data.datasets import make_phantoms
 from liverscope.data.preprocess import Preprocessing
 from liverscope.models import build_model
 from liverscope.rundir import save_model
+from liverscope.ui.cli import app
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
 runner = CliRunner()
@@ -80,14 +80,42 @@ def test_0_done_with_unreadable_inputs_listed_as_skipped(run, images, broken, wo
     mixed = work / "mixed"
     shutil.copytree(images / "F0", mixed)
     shutil.copy(broken / "notes.png", mixed / "notes.png")
-    res = _invoke("predict", run, mixed, "--out", work / "p.csv", "--backend", "torch", "--precision", "fp32", "--device", "cpu")
+    res = _invoke(
+        "predict",
+        run,
+        mixed,
+        "--out",
+        work / "p.csv",
+        "--backend",
+        "torch",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
-    assert "predicted 2 image(s)" in res.output and "skipped 1 file(s)" in res.output and "notes.png" in res.output
+    assert (
+        "predicted 2 image(s)" in res.output
+        and "skipped 1 file(s)" in res.output
+        and "notes.png" in res.output
+    )
     with open(work / "p.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 and sum(bool(r["error"]) for r in rows) == 1
     # the format follows the extension: .json writes JSON
-    res = _invoke("predict", run, mixed, "--out", work / "p.json", "--backend", "torch", "--precision", "fp32", "--device", "cpu")
+    res = _invoke(
+        "predict",
+        run,
+        mixed,
+        "--out",
+        work / "p.json",
+        "--backend",
+        "torch",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     assert len(json.loads((work / "p.json").read_text())) == 3
 
@@ -117,7 +145,11 @@ def test_1_nothing_to_process(command, run, work):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["predict", "--backend", "torch"], ["explain"], ["segment", "pseudo"]], ids=["predict", "explain", "segment pseudo"])
+@pytest.mark.parametrize(
+    "command",
+    [["predict", "--backend", "torch"], ["explain"], ["segment", "pseudo"]],
+    ids=["predict", "explain", "segment pseudo"],
+)
 def test_1_every_input_failed(command, run, broken, work):
     out = work / ("out.csv" if command[0] == "predict" else "out")
     res = _invoke(*command, run, broken, "--out", out)
@@ -184,50 +216,74 @@ def _usage_error(args, expected, run, work):
     assert _listing(work) == [] and _listing(run) == before  # before any work
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "{data}", "--optimizer", "adma", "--out-dir", "{work}"], "adamw"),
-    (["train", "{data}", "--epochs", "0", "--out-dir", "{work}"], "train.epochs (--epochs) is 0"),
-    (["train", "{data}", "--set", "train.epochs=0", "--out-dir", "{work}"], "train.epochs (--epochs) is 0"),
-    (["cv", "{data}", "--epochs", "0", "--out-dir", "{work}"], "train.epochs (--epochs) is 0"),
-    (["demo", "--epochs", "0", "--out-dir", "{work}"], "train.epochs (--epochs) is 0"),
-    (["train", "{data}", "--device", "gpu", "--out-dir", "{work}"], "cuda:N"),
-    (["segment", "train", "{run}", "{data}", "--epochs", "0"], "--epochs"),
-    (["segment", "train", "{run}", "{data}", "--loss", "dice"], "bce+dice"),
-    (["segment", "train", "{run}", "{data}", "--confident", "0.6,0.3"], "LOW < HIGH"),
-    (["segment", "train", "{run}", "{data}", "--size", "30"], "multiple of 8"),
-    (["segment", "pseudo", "{run}", "{data}", "--rule", "magic"], "otsu"),
-    (["predict", "{run}", "{data}", "--out", "{work}/x.txt"], "name a .csv or .json file"),
-    (["predict", "{run}", "{data}", "--out", "{work}/x.parquet"], "name a .csv or .json file"),
-    (["predict", "{run}", "{data}", "--device", "gpu"], "cuda:N"),
-    (["predict", "{run}", "{data}", "--batch-size", "0"], "--batch-size"),
-    (["explain", "{run}", "{data}", "--method", "foo"], "unknown CAM method 'foo'"),
-    (["explain", "{run}", "{data}", "--class", "F9"], "not a label"),
-    (["cv", "{data}", "--k", "1", "--out-dir", "{work}"], "--k"),
-    (["cv", "{data}", "--test-frac", "1", "--out-dir", "{work}"], "--test-frac"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "{data}", "--optimizer", "adma", "--out-dir", "{work}"], "adamw"),
+        (["train", "{data}", "--epochs", "0", "--out-dir", "{work}"], "train.epochs (--epochs) is 0"),
+        (
+            ["train", "{data}", "--set", "train.epochs=0", "--out-dir", "{work}"],
+            "train.epochs (--epochs) is 0",
+        ),
+        (["cv", "{data}", "--epochs", "0", "--out-dir", "{work}"], "train.epochs (--epochs) is 0"),
+        (["demo", "--epochs", "0", "--out-dir", "{work}"], "train.epochs (--epochs) is 0"),
+        (["train", "{data}", "--device", "gpu", "--out-dir", "{work}"], "cuda:N"),
+        (["segment", "train", "{run}", "{data}", "--epochs", "0"], "--epochs"),
+        (["segment", "train", "{run}", "{data}", "--loss", "dice"], "bce+dice"),
+        (["segment", "train", "{run}", "{data}", "--confident", "0.6,0.3"], "LOW < HIGH"),
+        (["segment", "train", "{run}", "{data}", "--size", "30"], "multiple of 8"),
+        (["segment", "pseudo", "{run}", "{data}", "--rule", "magic"], "otsu"),
+        (["predict", "{run}", "{data}", "--out", "{work}/x.txt"], "name a .csv or .json file"),
+        (["predict", "{run}", "{data}", "--out", "{work}/x.parquet"], "name a .csv or .json file"),
+        (["predict", "{run}", "{data}", "--device", "gpu"], "cuda:N"),
+        (["predict", "{run}", "{data}", "--batch-size", "0"], "--batch-size"),
+        (["explain", "{run}", "{data}", "--method", "foo"], "unknown CAM method 'foo'"),
+        (["explain", "{run}", "{data}", "--class", "F9"], "not a label"),
+        (["cv", "{data}", "--k", "1", "--out-dir", "{work}"], "--k"),
+        (["cv", "{data}", "--test-frac", "1", "--out-dir", "{work}"], "--test-frac"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_2_value_outside_its_choices_or_range(args, expected, run, images, work):
     _usage_error([a.format(run=run, data=images, work=work) for a in args], expected, run, work)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["predict", "{run}", "{data}", "--int8", "--backend", "torch"], "--int8 and --backend torch exclude each other"),
-    (["predict", "{run}", "{data}", "--precision", "bf16", "--backend", "onnx"], "exclude each other"),
-    (["predict", "{run}", "{data}", "--precision", "fp32", "--int8"], "exclude each other"),
-    (["evaluate", "{run}", "--out", "{work}/x", "--in-run"], "--out and --in-run exclude each other"),
-    (["evaluate", "{run}", "--tta", "flip"], "give DATA or drop --tta"),
-    (["cv", "{data}", "--prepare", "--aggregate", "--out-dir", "{work}"], "exclude each other"),
-    (["serve", "{run}", "--int8", "--backend", "torch"], "--int8 and --backend torch exclude each other"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["predict", "{run}", "{data}", "--int8", "--backend", "torch"],
+            "--int8 and --backend torch exclude each other",
+        ),
+        (["predict", "{run}", "{data}", "--precision", "bf16", "--backend", "onnx"], "exclude each other"),
+        (["predict", "{run}", "{data}", "--precision", "fp32", "--int8"], "exclude each other"),
+        (["evaluate", "{run}", "--out", "{work}/x", "--in-run"], "--out and --in-run exclude each other"),
+        (["evaluate", "{run}", "--tta", "flip"], "give DATA or drop --tta"),
+        (["cv", "{data}", "--prepare", "--aggregate", "--out-dir", "{work}"], "exclude each other"),
+        (["serve", "{run}", "--int8", "--backend", "torch"], "--int8 and --backend torch exclude each other"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_2_options_that_exclude_each_other(args, expected, run, images, work, monkeypatch):
     monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("serve started the app"))
     _usage_error([a.format(run=run, data=images, work=work) for a in args], expected, run, work)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["demo", "--recipe", "nope", "--out-dir", "{work}"], "recipe 'nope' not found"),  # no phantoms generated
-    (["train", "{data}", "--recipe", "nope", "--out-dir", "{work}"], "lesions"),  # the error lists the shipped recipes
-    (["cv", "{data}", "--recipe", "nope", "--out-dir", "{work}"], "cpu-quick"),
-    (["train", "{data}", "--model", "resnet99", "--out-dir", "{work}"], "resnet10t"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["demo", "--recipe", "nope", "--out-dir", "{work}"],
+            "recipe 'nope' not found",
+        ),  # no phantoms generated
+        (
+            ["train", "{data}", "--recipe", "nope", "--out-dir", "{work}"],
+            "lesions",
+        ),  # the error lists the shipped recipes
+        (["cv", "{data}", "--recipe", "nope", "--out-dir", "{work}"], "cpu-quick"),
+        (["train", "{data}", "--model", "resnet99", "--out-dir", "{work}"], "resnet10t"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_2_recipe_or_model_that_does_not_exist(args, expected, run, images, work):
     _usage_error([a.format(run=run, data=images, work=work) for a in args], expected, run, work)

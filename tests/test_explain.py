@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from liverscope.explain import cams as explain
-from liverscope.explain import images as explain_images
-from liverscope.explain.faithfulness import energy_outside_sector
-from liverscope.explain.gallery import write_cam_gallery
 from liverscope.data.datasets import make_phantom
 from liverscope.data.preprocess import Preprocessing, crop_box, normalise_batch, preprocess_array
 from liverscope.data.sector import sector_mask
-from liverscope.explain.faithfulness import faithfulness
+from liverscope.explain import cams as explain
+from liverscope.explain import images as explain_images
+from liverscope.explain.faithfulness import energy_outside_sector, faithfulness
+from liverscope.explain.gallery import write_cam_gallery
 from liverscope.models import LiverNet, build_model, list_models
 
 PP64 = Preprocessing(size=64, denoise=False)
@@ -37,7 +36,10 @@ def _one_thread(one_thread):
 
 def n_hooks(model: torch.nn.Module) -> int:
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
     )
 
@@ -77,7 +79,12 @@ def patch_model():
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = LiverNet(timm.create_model("resnet10t", num_classes=0, global_pool="", output_stride=8), 2, head="linear", dropout=0.0)
+    model = LiverNet(
+        timm.create_model("resnet10t", num_classes=0, global_pool="", output_stride=8),
+        2,
+        head="linear",
+        dropout=0.0,
+    )
     model.arch = {"name": "resnet10t", "num_classes": 2, "head": "linear"}
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     model.train()
@@ -96,7 +103,10 @@ def patch_model():
     model.eval()
     test_imgs, test_y, corners = patch_images(40, np.random.default_rng(123))
     with torch.no_grad():
-        acc = (model(torch.from_numpy(normalise_batch(test_imgs, PP64)).permute(0, 3, 1, 2)).argmax(1).numpy() == test_y).mean()
+        acc = (
+            model(torch.from_numpy(normalise_batch(test_imgs, PP64)).permute(0, 3, 1, 2)).argmax(1).numpy()
+            == test_y
+        ).mean()
     assert acc >= 0.9, f"the patch detector did not learn (accuracy {acc:.2f})"
     pos = [i for i in range(len(test_y)) if test_y[i] == 1]
     return model, [test_imgs[i] for i in pos], [corners[i] for i in pos]
@@ -106,7 +116,9 @@ def patch_model():
 def test_cam_peaks_inside_the_planted_patch(patch_model, method):
     model, imgs, corners = patch_model
     # plain noise fills the frame: the sector is the whole image
-    cams, classes = explain.compute_cams(model, imgs, PP64, targets=[1] * len(imgs), method=method, restrict_to_sector=False)
+    cams, classes = explain.compute_cams(
+        model, imgs, PP64, targets=[1] * len(imgs), method=method, restrict_to_sector=False
+    )
     assert cams.shape == (len(imgs), PATCH_SIZE, PATCH_SIZE) and list(classes) == [1] * len(imgs)
     tol = 4  # half a cell of the 8 px feature grid: an upsampled map cannot place its peak more finely
     hits = []
@@ -163,7 +175,9 @@ def test_methods_release_their_hooks(method):
     imgs = phantom_inputs(3)
     before = n_hooks(model)
     for k in range(3):
-        cams, classes = explain.compute_cams(model, imgs, PP64, targets=[k] * 3, method=method, batch_size=2, aug_smooth_flip=bool(k % 2))
+        cams, classes = explain.compute_cams(
+            model, imgs, PP64, targets=[k] * 3, method=method, batch_size=2, aug_smooth_flip=bool(k % 2)
+        )
         assert cams.shape == (3, 64, 64) and cams.min() >= 0 and cams.max() <= 1 and list(classes) == [k] * 3
         assert n_hooks(model) == before
     assert model.training  # the caller's mode is restored
@@ -217,8 +231,17 @@ def test_flip_average_is_mirror_symmetric():
     model = build_model("resnet10t", 3, head="linear")
     imgs = phantom_inputs(2, size=96)
     pp = Preprocessing(size=96, denoise=False)
-    a, _ = explain.compute_cams(model, imgs, pp, targets=[1, 2], restrict_to_sector=False, aug_smooth_flip=True)
-    b, _ = explain.compute_cams(model, [np.ascontiguousarray(im[:, ::-1]) for im in imgs], pp, targets=[1, 2], restrict_to_sector=False, aug_smooth_flip=True)
+    a, _ = explain.compute_cams(
+        model, imgs, pp, targets=[1, 2], restrict_to_sector=False, aug_smooth_flip=True
+    )
+    b, _ = explain.compute_cams(
+        model,
+        [np.ascontiguousarray(im[:, ::-1]) for im in imgs],
+        pp,
+        targets=[1, 2],
+        restrict_to_sector=False,
+        aug_smooth_flip=True,
+    )
     np.testing.assert_allclose(a, b[:, :, ::-1], atol=1e-4)
     plain, _ = explain.compute_cams(model, imgs, pp, targets=[1, 2], restrict_to_sector=False)
     assert not np.allclose(plain, a, atol=1e-3)
@@ -245,7 +268,9 @@ def test_sector_restriction_zeroes_the_phantoms_border():
     assert e.shape == (3,) and np.all((e >= 0) & (e <= 1))
     assert e == pytest.approx([energy_outside_sector(r, s) for r, s in zip(b.raw, b.sectors)])
     free = explain.explain_batch(model, imgs, pp, targets=[0, 1, 2], restrict_to_sector=False)
-    np.testing.assert_allclose(free.raw, b.raw, atol=1e-6)  # restriction changes the shown map, not the measurement
+    np.testing.assert_allclose(
+        free.raw, b.raw, atol=1e-6
+    )  # restriction changes the shown map, not the measurement
     assert np.allclose(free.cams, [explain.normalise_in_region(r) for r in free.raw])
 
 
@@ -260,7 +285,9 @@ def test_energy_outside_sector_on_hand_made_maps():
     two_to_one[0, 0] = 2 * 36  # as much energy in one border pixel as in the whole fan
     assert energy_outside_sector(two_to_one, sector) == pytest.approx(0.5)
     assert energy_outside_sector(np.zeros((10, 10)), sector) == 0.0
-    assert energy_outside_sector(np.where(sector, 1.0, -5.0), sector) == 0.0  # negative values carry no energy
+    assert (
+        energy_outside_sector(np.where(sector, 1.0, -5.0), sector) == 0.0
+    )  # negative values carry no energy
     with pytest.raises(ValueError, match="shape"):
         energy_outside_sector(np.ones((5, 5)), sector)
 
@@ -282,7 +309,9 @@ def test_pytorch_grad_cam_image_utils_against_ours():
     from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 
     rng = np.random.default_rng(0)
-    coarse = (rng.random((3, 7, 7)) * 2e-3 - 5e-4).astype(np.float32)  # raw 7x7 maps, range 2e-3, some negative
+    coarse = (rng.random((3, 7, 7)) * 2e-3 - 5e-4).astype(
+        np.float32
+    )  # raw 7x7 maps, range 2e-3, some negative
     unit = np.stack([explain.normalise_in_region(m) for m in np.maximum(coarse, 0)])
     # upsampling: the same bilinear interpolation (on a [0, 1] map, where the library's min-max is a no-op)
     np.testing.assert_allclose(scale_cam_image(unit, (48, 64)), explain._upsample(unit, 64, 48), atol=1e-6)
@@ -296,21 +325,30 @@ def test_pytorch_grad_cam_image_utils_against_ours():
     assert np.abs(scale_cam_image(up * 1000) - lib).max() > 2e-5
     # colours: the library's jet heatmap is ours on a map that spans the colour scale ...
     black = np.zeros((64, 48, 3), np.float32)
-    np.testing.assert_array_equal(show_cam_on_image(black, ours[0], use_rgb=True, image_weight=0.0), explain_images.heatmap_rgb(ours[0]))
+    np.testing.assert_array_equal(
+        show_cam_on_image(black, ours[0], use_rgb=True, image_weight=0.0), explain_images.heatmap_rgb(ours[0])
+    )
     # ... but it rescales by the brightest value: a two-level map (dark blue and dark red in jet) turns bright
     two = np.zeros((64, 48), np.float32)
     two[:32] = 1
-    assert explain_images.heatmap_rgb(two).max() == 128 and show_cam_on_image(black, two, use_rgb=True, image_weight=0.0).max() == 255
+    assert (
+        explain_images.heatmap_rgb(two).max() == 128
+        and show_cam_on_image(black, two, use_rgb=True, image_weight=0.0).max() == 255
+    )
     # overlays: within 1 grey level (its truncation, our rounding) when a white pixel meets a saturated colour ...
     bright = rng.integers(40, 150, (64, 48, 3)).astype(np.uint8)
     bright[40, 20] = 255  # ours[0] at (40, 20) is mid-range: one jet channel is 255 there
     assert explain_images.heatmap_rgb(ours[0])[40, 20].max() == 255
-    lib_ov = show_cam_on_image(bright / 255.0, ours[0], use_rgb=True, image_weight=1 - explain_images.OVERLAY_ALPHA)
+    lib_ov = show_cam_on_image(
+        bright / 255.0, ours[0], use_rgb=True, image_weight=1 - explain_images.OVERLAY_ALPHA
+    )
     assert np.abs(lib_ov.astype(int) - explain_images.overlay(bright, ours[0]).astype(int)).max() <= 1
     # ... but a dim scan is brightened, grey levels of the ultrasound image change
     dim = bright.copy()
     dim[40, 20] = 100
-    lib_ov = show_cam_on_image(dim / 255.0, ours[0], use_rgb=True, image_weight=1 - explain_images.OVERLAY_ALPHA)
+    lib_ov = show_cam_on_image(
+        dim / 255.0, ours[0], use_rgb=True, image_weight=1 - explain_images.OVERLAY_ALPHA
+    )
     assert np.abs(lib_ov.astype(int) - explain_images.overlay(dim, ours[0]).astype(int)).max() > 10
 
 
@@ -329,7 +367,9 @@ def test_maps_go_back_into_the_crop_box():
     assert full[70, x0 + 5] == 1 and full[70, x1 - 5] == 0 and full[:, :x0].max() == 0
     ov = explain_images.original_overlay(img, cam, pp)
     assert ov.shape == (120, 200, 3) and ov.dtype == np.uint8
-    assert np.array_equal(ov[:10, :10], np.zeros((10, 10, 3), np.uint8))  # outside the fan the image is untouched
+    assert np.array_equal(
+        ov[:10, :10], np.zeros((10, 10, 3), np.uint8)
+    )  # outside the fan the image is untouched
     no_crop = explain_images.cam_to_original(cam, img, Preprocessing(size=64, denoise=False))
     assert no_crop[:, :95].min() == 1 and no_crop[:, 105:].max() == 0
 
@@ -371,9 +411,27 @@ def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, t
     _png(src / "wide.png", cv2.resize(big, (100, 80)))  # overlays come back at the original size
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["explain", str(trained_run), str(src), "--out", str(out), "--method", "gradcam++", "--faithfulness", "--batch-size", "2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(trained_run),
+            str(src),
+            "--out",
+            str(out),
+            "--method",
+            "gradcam++",
+            "--faithfulness",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert "explained 3 image(s)" in res.output and "skipped 1 file(s)" in res.output and "broken.png" in res.output
+    assert (
+        "explained 3 image(s)" in res.output
+        and "skipped 1 file(s)" in res.output
+        and "broken.png" in res.output
+    )
     assert "mean deletion auc" in res.output and "mean energy outside sector" in res.output
     for stem in ("wide", files[0].stem, files[1].stem):
         heat = cv2.imread(str(out / f"{stem}_heatmap.png"))
@@ -394,7 +452,9 @@ def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, t
     assert summary["explained"] == 3 and summary["method"] == "gradcam++" and len(summary["skipped"]) == 1
 
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, ["explain", str(trained_run), str(files[0]), "--class", "F0", "--flip-average", "--no-sector"])
+    res = CliRunner().invoke(
+        app, ["explain", str(trained_run), str(files[0]), "--class", "F0", "--flip-average", "--no-sector"]
+    )
     assert res.exit_code == 0, res.output
     assert not (trained_run / "explain").exists()  # the input run is only read
     default_out = tmp_path / "explain" / trained_run.name
@@ -402,9 +462,13 @@ def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, t
         (row,) = list(csv.DictReader(fh))
     assert row["target"] == "F0" and "deletion_auc" not in row
 
-    res = CliRunner().invoke(app, ["explain", str(trained_run), str(files[0]), "--class", "F9", "--out", str(out)])
+    res = CliRunner().invoke(
+        app, ["explain", str(trained_run), str(files[0]), "--class", "F9", "--out", str(out)]
+    )
     assert res.exit_code == 2 and "not a label" in res.output  # a usage error, before any work
-    res = CliRunner().invoke(app, ["explain", str(trained_run), str(files[0]), "--method", "magic", "--out", str(out)])
+    res = CliRunner().invoke(
+        app, ["explain", str(trained_run), str(files[0]), "--method", "magic", "--out", str(out)]
+    )
     assert res.exit_code == 2 and "unknown CAM method" in res.output
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from liverscope.errors import LiverscopeError, UsageError
-
 from conftest import quick_config
+from liverscope.errors import LiverscopeError, UsageError
 
 
 class FakeFolds:
@@ -53,7 +52,9 @@ def test_two_workers_five_folds_never_two_folds_on_one_device():
     assert fake.most_at_once == {"0": 1, "1": 1}
     for device in ("0", "1"):
         spans = sorted((s, e) for d, _, s, e in fake.spans if d == device)
-        assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:])), f"two folds overlapped on device {device}"
+        assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:])), (
+            f"two folds overlapped on device {device}"
+        )
     slow = next(d for d, f, _, _ in fake.spans if f == 0)
     assert [f for d, f, _, _ in fake.spans if d == slow] == [0]  # the other device took every other fold
     assert wall < 0.8 + 0.2 + 0.5  # in parallel: about the slow fold's time, not the sum
@@ -115,12 +116,14 @@ def test_the_parent_audits_once_and_queues_every_fold(small_phantoms, tmp_path, 
     """cv on devices: the parent writes config.yaml and the split (the one audit), the queue gets every
     fold, and a failed fold stops the aggregation with a message that says how to continue."""
     import liverscope.training.datamodule as train
-    from liverscope.training.cv import cross_validate_on_devices
     from liverscope.rundir import read_config, read_split
+    from liverscope.training.cv import cross_validate_on_devices
 
     audits = []
     real_audit = train.audit_dataset
-    monkeypatch.setattr(train, "audit_dataset", lambda samples: audits.append(len(samples)) or real_audit(samples))
+    monkeypatch.setattr(
+        train, "audit_dataset", lambda samples: audits.append(len(samples)) or real_audit(samples)
+    )
     cfg = quick_config(small_phantoms, tmp_path, "queued", **{"data.image_size": 32})
     fake = FakeFolds({}, codes={1: 1})
     with pytest.raises(LiverscopeError, match=r"\{1: 1\}.*--resume"):

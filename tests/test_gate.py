@@ -27,7 +27,10 @@ def test_the_gate_empties_normal_livers_and_keeps_lesions():
     val = [_probs(stage, seed) for stage in (0, 4) for seed in range(6)]
     gate = fit_gate([p for p, _ in val], [m for _, m in val])
     assert gate["min_area"] > 0 or gate["min_peak"] >= 0.7
-    assert gate["validation"]["gated"]["empty_left_empty"] == 1.0 and gate["validation"]["raw"]["empty_left_empty"] == 0.0
+    assert (
+        gate["validation"]["gated"]["empty_left_empty"] == 1.0
+        and gate["validation"]["raw"]["empty_left_empty"] == 0.0
+    )
     normal, _ = _probs(0, 99)
     lesion, truth = _probs(4, 99)
     raw, _ = apply_gate(normal, None)
@@ -55,23 +58,41 @@ def test_the_report_says_what_the_gate_removed():
     from liverscope.evaluate.report_segment import _target_html
 
     def summary(dice, fa):
-        return {"overall": {"n": 3, "n_lesion": 2, "dice": dice, "iou": dice / 2, "detection_rate": 1.0, "n_empty": 1, "false_positive_rate": fa}}
+        return {
+            "overall": {
+                "n": 3,
+                "n_lesion": 2,
+                "dice": dice,
+                "iou": dice / 2,
+                "detection_rate": 1.0,
+                "n_empty": 1,
+                "false_positive_rate": fa,
+            }
+        }
 
-    seg = {"target": "lesion", "vs_expert": summary(0.5, 0.0), "vs_expert_ungated": summary(0.6, 1.0), "gate": {"min_area": 0.008, "min_peak": 0.98}}
+    seg = {
+        "target": "lesion",
+        "vs_expert": summary(0.5, 0.0),
+        "vs_expert_ungated": summary(0.6, 1.0),
+        "gate": {"min_area": 0.008, "min_peak": 0.98},
+    }
     page = _target_html("lesion", seg)
-    assert "U-Net without the lesion gate vs expert masks" in page and "lesion gate (fitted on the validation images)" in page
+    assert (
+        "U-Net without the lesion gate vs expert masks" in page
+        and "lesion gate (fitted on the validation images)" in page
+    )
     assert "0.80% of the grid" in page and "peak probability at least 0.98" in page
 
 
 def test_the_app_draws_no_gated_outline_and_says_so(tmp_path):
     import torch
 
-    from liverscope.ui import app as appmod
     from liverscope.data.preprocess import Preprocessing, preprocess_array
     from liverscope.models.registry import build_model
     from liverscope.rundir import save_model
     from liverscope.segment import panels
     from liverscope.segment import unet as U
+    from liverscope.ui import app as appmod
 
     pp = Preprocessing(size=32, denoise=False)
     save_model(tmp_path, build_model("resnet10t", 2, head="linear"), ["normal", "lesion"], pp)

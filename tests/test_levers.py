@@ -13,12 +13,25 @@ from liverscope.config import load_config
 from liverscope.data.augment import build_transform
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.training.lightning_module import LitClassifier, batch_mixer, parameter_groups, weight_averaging
 from liverscope.models import build_model
+from liverscope.training.lightning_module import (
+    LitClassifier,
+    parameter_groups,
+    weight_averaging,
+)
 
 
-@pytest.mark.parametrize("key,bad", [("train.mixup", -0.1), ("train.cutmix", "lots"), ("train.ema", 1.0),
-                                     ("train.backbone_lr_mult", -1), ("train.warmup_epochs", 1.5), ("data.augment", "heavy")])
+@pytest.mark.parametrize(
+    "key,bad",
+    [
+        ("train.mixup", -0.1),
+        ("train.cutmix", "lots"),
+        ("train.ema", 1.0),
+        ("train.backbone_lr_mult", -1),
+        ("train.warmup_epochs", 1.5),
+        ("data.augment", "heavy"),
+    ],
+)
 def test_each_lever_is_checked_before_any_work(key, bad):
     with pytest.raises(UsageError, match=key.split(".")[1]):
         load_config("cpu-quick", {key: bad})
@@ -58,7 +71,9 @@ def test_differential_learning_rates_put_the_backbone_at_a_fraction_of_the_head(
 def test_head_only_warm_up_freezes_the_backbone_for_its_epochs():
     lit, model = _module(warmup_epochs=2)
     for epoch, trains in ((0, False), (1, False), (2, True)):
-        object.__setattr__(lit, "_trainer", SimpleNamespace(current_epoch=epoch))  # what Lightning's current_epoch reads
+        object.__setattr__(
+            lit, "_trainer", SimpleNamespace(current_epoch=epoch)
+        )  # what Lightning's current_epoch reads
         lit.on_train_epoch_start()
         assert all(p.requires_grad is trains for p in model.backbone.parameters())
         assert all(p.requires_grad for p in model.head.parameters())
@@ -86,8 +101,20 @@ def test_a_run_trains_with_every_lever_on(phantom_dir, tmp_path):
     from conftest import quick_config
     from liverscope.training.run import fit
 
-    cfg = quick_config(phantom_dir, tmp_path, "levers", **{"train.epochs": 2, "train.mixup": 0.2, "train.cutmix": 1.0,
-                                                          "train.warmup_epochs": 1, "train.backbone_lr_mult": 0.1, "train.ema": 0.9,
-                                                          "data.augment": "strong", "train.balance": "sampler"})
+    cfg = quick_config(
+        phantom_dir,
+        tmp_path,
+        "levers",
+        **{
+            "train.epochs": 2,
+            "train.mixup": 0.2,
+            "train.cutmix": 1.0,
+            "train.warmup_epochs": 1,
+            "train.backbone_lr_mult": 0.1,
+            "train.ema": 0.9,
+            "data.augment": "strong",
+            "train.balance": "sampler",
+        },
+    )
     run = fit(cfg)
     assert (run / "model.safetensors").exists() or any(run.glob("*.safetensors"))

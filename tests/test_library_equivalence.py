@@ -16,10 +16,9 @@ from torchmetrics import MeanMetric
 
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate import stats as S
-from liverscope.training.lightning_module import seed_run, validation_metrics
 from liverscope.models import get_spec, list_models
 from liverscope.training.datamodule import class_weights
-
+from liverscope.training.lightning_module import seed_run, validation_metrics
 
 # --------------------------------------------------------------------------------------------------
 # the replaced formulas, as they were
@@ -31,7 +30,9 @@ def old_ece(probs, y, n_bins=15):
     curve = S.reliability_curve(probs, y, n_bins)
     count = curve["count"]
     full = count > 0
-    return float(np.sum(count[full] / count.sum() * np.abs(curve["accuracy"][full] - curve["confidence"][full])))
+    return float(
+        np.sum(count[full] / count.sum() * np.abs(curve["accuracy"][full] - curve["confidence"][full]))
+    )
 
 
 def old_validation(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -40,7 +41,11 @@ def old_validation(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, flo
     pred = logits.argmax(1)
     acc = (pred == targets).float().mean()
     recalls = [((pred == c) & (targets == c)).sum() / (targets == c).sum() for c in targets.unique()]
-    return {"val_loss": float(loss), "val_acc": float(acc), "val_balanced_acc": float(torch.stack(recalls).float().mean())}
+    return {
+        "val_loss": float(loss),
+        "val_acc": float(acc),
+        "val_balanced_acc": float(torch.stack(recalls).float().mean()),
+    }
 
 
 def old_seed(seed: int) -> None:
@@ -74,7 +79,9 @@ def _probs_case(seed: int, scale: float, n: int = 2000, k: int = 5):
     return p, y
 
 
-@pytest.mark.parametrize("scale", [1.0, 5.0, 20.0])  # 20: hundreds of confidences saturate to exactly 1 in float32
+@pytest.mark.parametrize(
+    "scale", [1.0, 5.0, 20.0]
+)  # 20: hundreds of confidences saturate to exactly 1 in float32
 @pytest.mark.parametrize("seed", range(5))
 def test_ece_by_torchmetrics_equals_the_hand_written_ece(seed, scale):
     p, y = _probs_case(seed, scale)
@@ -88,13 +95,19 @@ def test_ece_hand_case_and_the_bin_edge_convention():
     probs = np.array([[0.9, 0.1]] * 4 + [[0.4, 0.6]] * 2)
     y = np.array([0, 0, 0, 1, 1, 1])
     want = 4 / 6 * abs(0.75 - 0.9) + 2 / 6 * abs(1.0 - 0.6)
-    assert S.expected_calibration_error(probs, y, n_bins=10) == pytest.approx(want, abs=1e-7) == old_ece(probs, y, 10)
+    assert (
+        S.expected_calibration_error(probs, y, n_bins=10)
+        == pytest.approx(want, abs=1e-7)
+        == old_ece(probs, y, 10)
+    )
     # a confidence exactly on an edge (0.6 with 5 bins): torchmetrics' bins are [lo, hi), the old ones
     # (lo, hi]; 0.6 joins 0.7 (right) in torchmetrics and 0.5 (wrong) in the old binning
     probs = np.array([[0.6, 0.4], [0.7, 0.3], [0.5, 0.5]])
     y = np.array([1, 0, 1])
     assert old_ece(probs, y, 5) == pytest.approx((abs(0.0 - 0.55) * 2 + abs(1.0 - 0.7)) / 3)
-    assert S.expected_calibration_error(probs, y, n_bins=5) == pytest.approx((abs(0.5 - 0.65) * 2 + abs(0.0 - 0.5)) / 3, abs=1e-6)
+    assert S.expected_calibration_error(probs, y, n_bins=5) == pytest.approx(
+        (abs(0.5 - 0.65) * 2 + abs(0.0 - 0.5)) / 3, abs=1e-6
+    )
 
 
 def test_ece_inputs():
@@ -105,7 +118,9 @@ def test_ece_inputs():
         S.expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 1]), n_bins=0)
     # probabilities a hair above 1 (rounding) are not taken for logits
     p = np.array([[1.0 + 1e-12, 0.0], [0.2, 0.8]])
-    assert S.expected_calibration_error(p, np.array([0, 0])) == pytest.approx(old_ece(np.clip(p, 0, 1), np.array([0, 0])), abs=1e-6)
+    assert S.expected_calibration_error(p, np.array([0, 0])) == pytest.approx(
+        old_ece(np.clip(p, 0, 1), np.array([0, 0])), abs=1e-6
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,7 +152,9 @@ def test_validation_metrics_equal_the_hand_written_ones(seed):
     assert got["val_acc"] == pytest.approx(want["val_acc"], abs=1e-7)
     assert got["val_balanced_acc"] == pytest.approx(want["val_balanced_acc"], abs=1e-6)
     assert got["val_loss"] == pytest.approx(want["val_loss"], abs=1e-6)
-    assert got["val_balanced_acc"] == pytest.approx(balanced_accuracy_score(y.numpy(), logits.argmax(1).numpy()), abs=1e-6)
+    assert got["val_balanced_acc"] == pytest.approx(
+        balanced_accuracy_score(y.numpy(), logits.argmax(1).numpy()), abs=1e-6
+    )
 
 
 def test_validation_balanced_accuracy_when_a_class_is_missing_from_validation():
@@ -145,7 +162,11 @@ def test_validation_balanced_accuracy_when_a_class_is_missing_from_validation():
     y = torch.tensor([0, 0, 1, 1])
     # class 2 absent and never predicted: left out by both
     never = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 3.0, 0], [0, 3.0, 0]])
-    assert _torchmetrics_validation([(never, y)], k)["val_balanced_acc"] == pytest.approx(old_validation(never, y)["val_balanced_acc"]) == 0.75
+    assert (
+        _torchmetrics_validation([(never, y)], k)["val_balanced_acc"]
+        == pytest.approx(old_validation(never, y)["val_balanced_acc"])
+        == 0.75
+    )
     # class 2 absent but predicted once: torchmetrics counts its recall as 0, the old formula left it out
     once = torch.tensor([[3.0, 0, 0], [0, 0, 3.0], [0, 3.0, 0], [0, 3.0, 0]])
     assert old_validation(once, y)["val_balanced_acc"] == pytest.approx(0.75)
@@ -183,7 +204,10 @@ def test_a_seed_numpy_cannot_take_is_a_usage_error(seed):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("targets", [[0, 0, 0, 1], [0, 1, 2, 2, 2, 2, 1, 0, 3, 4, 4], list(np.random.default_rng(3).integers(0, 5, 500))])
+@pytest.mark.parametrize(
+    "targets",
+    [[0, 0, 0, 1], [0, 1, 2, 2, 2, 2, 1, 0, 3, 4, 4], list(np.random.default_rng(3).integers(0, 5, 500))],
+)
 def test_class_weights_equal_the_inverse_frequency_weights(targets):
     k = int(max(targets)) + 1
     got = class_weights(targets, [f"c{i}" for i in range(k)])
@@ -214,7 +238,11 @@ def test_normalisation_comes_from_timm_pretrained_cfg():
         if (spec.mean, spec.std) != old:
             changed.append(name)
     # the weights packages of the Lite models were trained on inputs scaled by mean = std = 0.5
-    assert all((get_spec(n).mean, get_spec(n).std) == OLD_LITE for n in list_models() if n.startswith("tf_efficientnet_lite"))
+    assert all(
+        (get_spec(n).mean, get_spec(n).std) == OLD_LITE
+        for n in list_models()
+        if n.startswith("tf_efficientnet_lite")
+    )
     # the one change: timm's default EfficientNet-B1 weights (ra4_e3600_r240_in1k) expect mean = std = 0.5,
     # so a pretrained efficientnet_b1 was fed wrongly normalised images before
     assert changed == ["efficientnet_b1"]

@@ -57,10 +57,14 @@ def test_lesion_free_images_give_the_false_positive_rate_not_dice():
     trues = [lesion, lesion, empty(), empty(), empty()]
     out = expert_mask_summary(preds, trues)["overall"]
     assert out["n"] == 5 and out["n_lesion"] == 2 and out["n_empty"] == 3
-    assert out["dice"] == 1.0  # the empty-truth images are not averaged in (an empty prediction would score 1)
+    assert (
+        out["dice"] == 1.0
+    )  # the empty-truth images are not averaged in (an empty prediction would score 1)
     assert out["false_positive_rate"] == pytest.approx(2 / 3)
     # a single stray pixel is not a false alarm when min_pixels asks for more
-    assert expert_mask_summary(preds, trues, min_pixels=2)["overall"]["false_positive_rate"] == pytest.approx(1 / 3)
+    assert expert_mask_summary(preds, trues, min_pixels=2)["overall"]["false_positive_rate"] == pytest.approx(
+        1 / 3
+    )
     # only normal livers: no Dice at all
     only_empty = expert_mask_summary([speck, empty()], [empty(), empty()])["overall"]
     assert "dice" not in only_empty and only_empty["false_positive_rate"] == 0.5
@@ -74,7 +78,9 @@ def test_per_class_table_groups_the_images():
     by = expert_mask_summary(preds, trues, classes=classes)["by_class"]
     assert sorted(by) == ["benign", "malignant", "normal"]
     assert by["benign"]["dice"] == 1.0 and by["benign"]["n"] == 1
-    assert by["malignant"]["dice"] == pytest.approx(0.5) and by["malignant"]["detection_rate"] == pytest.approx(0.5)
+    assert by["malignant"]["dice"] == pytest.approx(0.5) and by["malignant"][
+        "detection_rate"
+    ] == pytest.approx(0.5)
     assert "dice" not in by["normal"] and by["normal"]["false_positive_rate"] == pytest.approx(0.5)
     assert "by_class" not in expert_mask_summary(preds, trues)
 
@@ -115,7 +121,9 @@ def test_regions_restrict_the_scores():
     # a false alarm outside the region is not counted
     outside = empty()
     outside[5, 30] = True
-    assert expert_mask_summary([outside], [empty()], regions=[region])["overall"]["false_positive_rate"] == 0.0
+    assert (
+        expert_mask_summary([outside], [empty()], regions=[region])["overall"]["false_positive_rate"] == 0.0
+    )
 
 
 def test_pointing_game_through_cams():
@@ -162,7 +170,9 @@ def test_sector_centre_points_at_the_middle_of_the_sector():
     m = sector_centre(sector)
     ys, xs = np.nonzero(sector)
     middle = disc(ys.mean(), xs.mean(), 2, sector.shape)
-    far = int(np.argmax((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))  # the sector pixel farthest from its centroid
+    far = int(
+        np.argmax((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+    )  # the sector pixel farthest from its centroid
     edge = disc(ys[far], xs[far], 2, sector.shape) & sector
     assert pointing_game(m, middle, sector) is True
     assert pointing_game(m, edge, sector) is False

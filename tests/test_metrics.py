@@ -42,8 +42,12 @@ def test_compute_metrics_agrees_with_sklearn(seed):
             assert m[f"{avg}_recall"] == pytest.approx(rc)
             assert m[f"{avg}_f1"] == pytest.approx(f1)
         assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(k)).tolist()
-        assert m["quadratic_kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred, labels=range(k), weights="quadratic"))
-    pr, rc, f1, sup = skm.precision_recall_fscore_support(y, pred, labels=range(k), average=None, zero_division=0)
+        assert m["quadratic_kappa"] == pytest.approx(
+            skm.cohen_kappa_score(y, pred, labels=range(k), weights="quadratic")
+        )
+    pr, rc, f1, sup = skm.precision_recall_fscore_support(
+        y, pred, labels=range(k), average=None, zero_division=0
+    )
     for i, name in enumerate(names):
         c = m["per_class"][name]
         assert c["support"] == sup[i]
@@ -54,11 +58,17 @@ def test_compute_metrics_agrees_with_sklearn(seed):
         else:
             assert c["auc"] is None
     if len(np.unique(y)) == k:
-        assert m["macro_auc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=range(k)) if k > 2 else skm.roc_auc_score(y, p[:, 1]))
+        assert m["macro_auc"] == pytest.approx(
+            skm.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=range(k))
+            if k > 2
+            else skm.roc_auc_score(y, p[:, 1])
+        )
     else:
         defined = [i for i in range(k) if 0 < (y == i).sum() < y.size]
         if defined:
-            assert m["macro_auc"] == pytest.approx(np.mean([skm.roc_auc_score(y == i, p[:, i]) for i in defined]))
+            assert m["macro_auc"] == pytest.approx(
+                np.mean([skm.roc_auc_score(y == i, p[:, i]) for i in defined])
+            )
         else:  # a single class in y_true: no AUC at all
             assert m["macro_auc"] is None
         assert m["per_class"][names[-1]]["support"] == 0
@@ -118,13 +128,15 @@ def test_metavir_kappa_follows_stage_order_not_column_order():
 def test_fibrosis_endpoints_hand_case():
     names = ["F0", "F1", "F2", "F3", "F4"]
     y = np.array([0, 1, 2, 3, 4])
-    probs = np.array([
-        [0.70, 0.10, 0.10, 0.05, 0.05],  # F0 -> F0
-        [0.20, 0.30, 0.35, 0.10, 0.05],  # F1 -> F2 (false positive for >=F2)
-        [0.10, 0.50, 0.20, 0.10, 0.10],  # F2 -> F1 (false negative for >=F2)
-        [0.00, 0.10, 0.20, 0.60, 0.10],  # F3 -> F3
-        [0.00, 0.00, 0.10, 0.30, 0.60],  # F4 -> F4
-    ])
+    probs = np.array(
+        [
+            [0.70, 0.10, 0.10, 0.05, 0.05],  # F0 -> F0
+            [0.20, 0.30, 0.35, 0.10, 0.05],  # F1 -> F2 (false positive for >=F2)
+            [0.10, 0.50, 0.20, 0.10, 0.10],  # F2 -> F1 (false negative for >=F2)
+            [0.00, 0.10, 0.20, 0.60, 0.10],  # F3 -> F3
+            [0.00, 0.00, 0.10, 0.30, 0.60],  # F4 -> F4
+        ]
+    )
     ep = M.compute_metrics(y, probs, names)["endpoints"]
     assert list(ep) == ["≥F2", "≥F3", "F4"]
     f2 = ep["≥F2"]
@@ -147,7 +159,9 @@ def test_endpoint_detection():
     assert "endpoints" not in M.compute_metrics(y, p, ["F0", "F1", "F2"], endpoints=False)
     with pytest.raises(LiverscopeError):
         M.compute_metrics(y, p, ["normal", "fatty", "tumour"], endpoints=True)
-    custom = M.compute_metrics(y, p, ["normal", "fatty", "tumour"], endpoints={"abnormal": ["fatty", "tumour"]})["endpoints"]
+    custom = M.compute_metrics(
+        y, p, ["normal", "fatty", "tumour"], endpoints={"abnormal": ["fatty", "tumour"]}
+    )["endpoints"]
     pos = y > 0
     assert custom["abnormal"]["auc"] == pytest.approx(skm.roc_auc_score(pos, p[:, 1:].sum(1)))
     assert M.metavir_stages(["F0", "F0"]) is None and M.metavir_stages(["F0", "F5"]) is None
@@ -185,14 +199,25 @@ def test_batched_confusion_metrics_match_sklearn(seed):
             warnings.simplefilter("ignore")
             assert bal[b] == pytest.approx(skm.balanced_accuracy_score(yt, yp))
             assert f1[b] == pytest.approx(skm.f1_score(yt, yp, average="macro", zero_division=0))
-            assert kap[b] == pytest.approx(skm.cohen_kappa_score(yt, yp, labels=range(k), weights="quadratic"))
+            assert kap[b] == pytest.approx(
+                skm.cohen_kappa_score(yt, yp, labels=range(k), weights="quadratic")
+            )
 
 
 def test_bootstrap_ci_in_compute_metrics():
     y, p, _ = _random_case(7, n=240, k=5)
     names = ["F0", "F1", "F2", "F3", "F4"]
     m = M.compute_metrics(y, p, names, ci=True, n_boot=300, seed=3)
-    expected = {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_kappa", "auc_≥F2", "auc_≥F3", "auc_F4"}
+    expected = {
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "macro_auc",
+        "quadratic_kappa",
+        "auc_≥F2",
+        "auc_≥F3",
+        "auc_F4",
+    }
     assert set(m["ci"]) == expected
     for key, entry in m["ci"].items():
         lo, hi = entry["ci95"]

@@ -22,7 +22,10 @@ def test_registered_model_forward_and_cam_layer(name):
     fmap = seen["fmap"]
     assert fmap.ndim == 4 and fmap.shape[0] == 2 and fmap.shape[1] == model.num_features
     assert model.weights_source == "random init"
-    assert torch.allclose(model.forward_head(model.forward_features(torch.zeros(1, 3, 64, 64))), model(torch.zeros(1, 3, 64, 64)))
+    assert torch.allclose(
+        model.forward_head(model.forward_features(torch.zeros(1, 3, 64, 64))),
+        model(torch.zeros(1, 3, 64, 64)),
+    )
 
 
 def test_resnet50_cbam_has_cbam_after_each_stage():
@@ -33,7 +36,11 @@ def test_resnet50_cbam_has_cbam_after_each_stage():
         block = getattr(model.backbone, stage)
         children = list(block.children())
         assert isinstance(children[-1], CbamModule), stage
-        assert children[-1].spatial.conv.conv.kernel_size == (7, 7) if hasattr(children[-1].spatial.conv, "conv") else True
+        assert (
+            children[-1].spatial.conv.conv.kernel_size == (7, 7)
+            if hasattr(children[-1].spatial.conv, "conv")
+            else True
+        )
     n_cbam = sum(isinstance(m, CbamModule) for m in model.modules())
     assert n_cbam == 4
 
@@ -44,7 +51,7 @@ def test_heads(head):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
     if head == "mlp128":
         linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
-        assert [l.out_features for l in linears] == [128, 4]
+        assert [layer.out_features for layer in linears] == [128, 4]
         assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in model.head.modules())
     if head == "seed":
         kinds = [type(m).__name__ for m in model.head]

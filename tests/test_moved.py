@@ -50,8 +50,10 @@ def test_old_explain_names_resolve_with_a_warning():
 
 def test_the_package_itself_uses_no_old_path():
     # a fresh interpreter imports every module by its new path with the moved-warning as an error
-    code = ("import warnings; warnings.filterwarnings('error', message='.*has moved'); import importlib, pkgutil, liverscope; "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(liverscope.__path__, 'liverscope.') "
-            "if not m.name.endswith(('__main__', '.app', '.app_records', '.app_reports')) and '.migrations' not in m.name]")
+    code = (
+        "import warnings; warnings.filterwarnings('error', message='.*has moved'); import importlib, pkgutil, liverscope; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(liverscope.__path__, 'liverscope.') "
+        "if not m.name.endswith(('__main__', '.app', '.app_records', '.app_reports')) and '.migrations' not in m.name]"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverscope.ui import cli_options
-from liverscope.ui.cli import app
 from liverscope.data.datasets import make_phantoms
 from liverscope.data.io import read_image, to_grey
 from liverscope.data.preprocess import Preprocessing
@@ -27,6 +25,8 @@ from liverscope.segment import unet as U
 from liverscope.segment.commands import segmentation_split
 from liverscope.segment.config import EngineConfig, FitConfig, SegmentConfig
 from liverscope.segment.images import load_images
+from liverscope.ui import cli_options
+from liverscope.ui.cli import app
 from liverscope.utils import read_csv_rows, read_json
 
 HAVE_NNUNET = importlib.util.find_spec("nnunetv2") is not None
@@ -51,7 +51,9 @@ def test_raw_dataset_names_images_labels_and_dataset_json(tmp_path):
     images, masks = _pictures(7, size=24)
     split = np.array(["train", "val", "test", "train", "train", "val", "test"])
     paths = [f"/data/{c}/img{i}.png" for i, c in enumerate("abcdefg")]
-    raw = N.write_raw_dataset(tmp_path / N.dataset_name("lesion"), images, masks, split, paths, "lesion", size=32)
+    raw = N.write_raw_dataset(
+        tmp_path / N.dataset_name("lesion"), images, masks, split, paths, "lesion", size=32
+    )
     ds = tmp_path / "Dataset501_lesion"
     assert raw["folder"] == ds and raw["cases"] == [f"case_{i:04d}" for i in range(7)]
     trained = {i for i, s in enumerate(split) if s != "test"}
@@ -61,13 +63,18 @@ def test_raw_dataset_names_images_labels_and_dataset_json(tmp_path):
         assert img.is_file() and lab.is_file()
         assert not (ds / f"images{'Ts' if sub == 'Tr' else 'Tr'}" / f"{case}_0000.png").exists()
         grey, label = read_image(img), read_image(lab)
-        assert grey.shape[:2] == (32, 32) and np.array_equal(to_grey(grey), N.grey_at(images[i], 32))  # one channel: grey as the segmenter sees it
+        assert grey.shape[:2] == (32, 32) and np.array_equal(
+            to_grey(grey), N.grey_at(images[i], 32)
+        )  # one channel: grey as the segmenter sees it
         label = to_grey(label)
         assert set(np.unique(label)) <= {0, 1}  # nnU-Net's labels are consecutive integers, not 0/255
         assert np.array_equal(label.astype(bool), U.resize_masks(masks[i : i + 1], 32)[0])
     meta = read_json(ds / "dataset.json")
     assert meta["labels"] == {"background": 0, "lesion": 1} and meta["channel_names"] == {"0": "ultrasound"}
-    assert meta["numTraining"] == len(trained) == len(list((ds / "imagesTr").glob("*.png"))) and meta["file_ending"] == ".png"
+    assert (
+        meta["numTraining"] == len(trained) == len(list((ds / "imagesTr").glob("*.png")))
+        and meta["file_ending"] == ".png"
+    )
     assert meta["overwrite_image_reader_writer"] == "NaturalImage2DIO"
     rows = read_csv_rows(ds / "cases.csv")
     assert [(r["case"], r["path"], r["split"]) for r in rows] == list(zip(raw["cases"], paths, split))
@@ -81,18 +88,30 @@ def test_splits_final_is_the_runs_split_as_fold_0(tmp_path):
     path = N.write_splits(tmp_path / "preprocessed" / "Dataset501_lesion", splits)
     assert path.name == "splits_final.json" and read_json(path) == splits
     with pytest.raises(LiverscopeError, match="validation"):
-        N.nnunet_splits(cases[:3], ["train", "train", "test"])  # nnU-Net validates fold 0: it needs val images
+        N.nnunet_splits(
+            cases[:3], ["train", "train", "test"]
+        )  # nnU-Net validates fold 0: it needs val images
 
 
 def test_the_grouped_split_reaches_nnunet_unchanged(tmp_path, phantom_dir):
     """The split segment train makes (duplicates grouped) is the one written as fold 0."""
     files = sorted((phantom_dir / "F0").glob("*.png"))[:6] + sorted((phantom_dir / "F4").glob("*.png"))[:6]
-    items, _ = load_images(files, Preprocessing(size=32, denoise=False), roots=[phantom_dir], labels=["F0"] * 6 + ["F4"] * 6)
+    items, _ = load_images(
+        files, Preprocessing(size=32, denoise=False), roots=[phantom_dir], labels=["F0"] * 6 + ["F4"] * 6
+    )
     split = segmentation_split(items, seed=3)
     masks = np.zeros((len(items), 32, 32), bool)
-    raw = N.write_raw_dataset(tmp_path / "Dataset501_lesion", [it.input for it in items], masks, split, [str(it.path) for it in items], "lesion", 32)
+    raw = N.write_raw_dataset(
+        tmp_path / "Dataset501_lesion",
+        [it.input for it in items],
+        masks,
+        split,
+        [str(it.path) for it in items],
+        "lesion",
+        32,
+    )
     fold = raw["splits"][0]
-    for it, case, s in zip(items, raw["cases"], split):
+    for _it, case, s in zip(items, raw["cases"], split):
         assert (case in fold["train"]) == (s == "train") and (case in fold["val"]) == (s == "val")
     assert set(fold["train"]).isdisjoint(fold["val"])
 
@@ -100,8 +119,14 @@ def test_the_grouped_split_reaches_nnunet_unchanged(tmp_path, phantom_dir):
 def test_nnunet_folders_and_device_go_to_the_child(tmp_path, monkeypatch):
     monkeypatch.delenv("nnUNet_def_n_proc", raising=False)
     env, device = N.nnunet_env(tmp_path, "cuda:1", 3)
-    assert (env["nnUNet_raw"], env["nnUNet_preprocessed"], env["nnUNet_results"]) == (str(tmp_path / "raw"), str(tmp_path / "preprocessed"), str(tmp_path / "results"))
-    assert device == "cuda" and env["CUDA_VISIBLE_DEVICES"] == "1" and env["nnUNet_def_n_proc"] == "3"  # nnU-Net trains on the first visible GPU
+    assert (env["nnUNet_raw"], env["nnUNet_preprocessed"], env["nnUNet_results"]) == (
+        str(tmp_path / "raw"),
+        str(tmp_path / "preprocessed"),
+        str(tmp_path / "results"),
+    )
+    assert (
+        device == "cuda" and env["CUDA_VISIBLE_DEVICES"] == "1" and env["nnUNet_def_n_proc"] == "3"
+    )  # nnU-Net trains on the first visible GPU
     monkeypatch.setenv("nnUNet_def_n_proc", "5")
     env, device = N.nnunet_env(tmp_path, "cpu", 3)
     assert device == "cpu" and env["nnUNet_def_n_proc"] == "5"  # the user's setting wins
@@ -149,7 +174,10 @@ def test_checks_before_any_work(monkeypatch):
 
 def test_cli_engine_choices_match_and_a_wrong_one_is_a_usage_error(tmp_path):
     assert cli_options.ENGINES == N.ENGINES
-    result = CliRunner().invoke(app, ["segment", "train", str(tmp_path), str(tmp_path), "--masks", str(tmp_path), "--engine", "nnU-Net"])
+    result = CliRunner().invoke(
+        app,
+        ["segment", "train", str(tmp_path), str(tmp_path), "--masks", str(tmp_path), "--engine", "nnU-Net"],
+    )
     assert result.exit_code == 2 and "--engine" in result.output
 
 
@@ -163,14 +191,23 @@ def nnunet_run(tmp_path_factory):
     """12 phantoms of 64 px (lesion masks), an untrained 64 px classifier run, and nnU-Net trained on them:
     nnU-Net's own planning and preprocessing, its trainer for 1 epoch of 10 iterations, on the CPU."""
     if not HAVE_NNUNET:
-        pytest.skip("nnunetv2 is not installed (pip install 'liverscope[nnunet]'): the nnU-Net round trip needs it")
+        pytest.skip(
+            "nnunetv2 is not installed (pip install 'liverscope[nnunet]'): the nnU-Net round trip needs it"
+        )
     import torch
 
-    data = make_phantoms(tmp_path_factory.mktemp("nnunet-data"), n_per_class=4, classes=CLASSES, size=64, seed=3)
+    data = make_phantoms(
+        tmp_path_factory.mktemp("nnunet-data"), n_per_class=4, classes=CLASSES, size=64, seed=3
+    )
     run = tmp_path_factory.mktemp("nnunet-runs") / "run"
     run.mkdir()
     torch.manual_seed(0)
-    save_model(run, build_model("resnet10t", len(CLASSES), head="linear"), list(CLASSES), Preprocessing(size=64, denoise=False))
+    save_model(
+        run,
+        build_model("resnet10t", len(CLASSES), head="linear"),
+        list(CLASSES),
+        Preprocessing(size=64, denoise=False),
+    )
     cfg = SegmentConfig(
         masks=str(data / "masks"),
         train=FitConfig(size=64, device="cpu", seed=0),
@@ -196,7 +233,10 @@ def test_nnunet_trains_in_the_run_with_the_runs_split(nnunet_run):
     assert fold.is_relative_to(work / "results") and (fold / "checkpoint_final.pth").is_file()
     meta = read_json(run / "segmenter.json")
     assert meta["engine"] == "nnunet" and meta["architecture"]["name"] == N.NNUNET_ARCH
-    assert meta["nnunet"]["trainer"] == "nnUNetTrainer_1epochs_10iters_2valiters" and meta["nnunet"]["base_trainer"] == "nnUNetTrainer"
+    assert (
+        meta["nnunet"]["trainer"] == "nnUNetTrainer_1epochs_10iters_2valiters"
+        and meta["nnunet"]["base_trainer"] == "nnUNetTrainer"
+    )
     assert meta["epochs"] == 1 and meta["epochs_run"] == 1 and len(meta["history"]) == 1
     assert result["scores"]["n_test"] >= 1 and "vs_expert" in result["scores"]
 
@@ -217,10 +257,17 @@ def test_the_saved_segmenter_is_nnunets_network(nnunet_run):
     assert all(torch.equal(own[k], ckpt["network_weights"][k]) for k in own)
     val = sorted((fold / "validation").glob("case_*.png"))
     assert val
-    inputs = [N.grey_at(read_image(run / "nnunet" / "raw" / "Dataset501_lesion" / "imagesTr" / f"{p.stem}_0000.png"), 64) for p in val]
+    inputs = [
+        N.grey_at(
+            read_image(run / "nnunet" / "raw" / "Dataset501_lesion" / "imagesTr" / f"{p.stem}_0000.png"), 64
+        )
+        for p in val
+    ]
     probs = U.predict_proba(seg, [np.repeat(g[..., None], 3, 2) for g in inputs])
     theirs = [to_grey(read_image(p)) > 0 for p in val]
-    assert any(t.any() for t in theirs) and not all(t.all() for t in theirs)  # nnU-Net outlines something: the comparison can fail
+    assert any(t.any() for t in theirs) and not all(
+        t.all() for t in theirs
+    )  # nnU-Net outlines something: the comparison can fail
     assert all(p.shape == t.shape for p, t in zip(probs, theirs))
     agree = np.mean([np.mean((p > 0.5) == t) for p, t in zip(probs, theirs)])
     assert agree > 0.995, agree
@@ -230,7 +277,9 @@ def test_the_saved_segmenter_is_nnunets_network(nnunet_run):
 def test_segment_predict_uses_it_at_the_original_size(nnunet_run, tmp_path):
     run, data = nnunet_run["run"], nnunet_run["data"]
     out = tmp_path / "masks"
-    result = CliRunner().invoke(app, ["segment", "predict", str(run), str(data / "malignant"), "-o", str(out)])
+    result = CliRunner().invoke(
+        app, ["segment", "predict", str(run), str(data / "malignant"), "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     originals = sorted((data / "malignant").glob("*.png"))
     for f in originals:

@@ -56,7 +56,9 @@ def test_temperature_fit_gives_back_a_known_factor(factor):
 
 def test_temperature_fit_at_the_edge_is_reported_and_not_applied():
     y = np.repeat(np.arange(3), 10)
-    separated = 4.0 * np.eye(3)[y] + np.random.default_rng(0).normal(0, 0.3, (30, 3))  # every image right, with a margin
+    separated = 4.0 * np.eye(3)[y] + np.random.default_rng(0).normal(
+        0, 0.3, (30, 3)
+    )  # every image right, with a margin
     fit = S.fit_temperature_checked(separated, y)
     assert fit["at_edge"] and not fit["applied"] and fit["temperature"] == 1.0
     assert fit["fitted"] == pytest.approx(0.1, rel=0.02) and fit["bounds"] == [0.1, 10.0]
@@ -83,8 +85,13 @@ def test_mahalanobis_flags_shifted_features_and_the_threshold_passes_95_percent(
     val = centres[y_val] + rng.normal(0, 1, (2000, 40))
     far = rng.normal(0, 1, (200, 40)) + 6.0  # nowhere near a class
     g = O.fit_class_gaussian(train, y_train)
-    assert g["means"].shape == (3, 40) and g["precision"].shape == (40, 40) and list(g["classes"]) == [0, 1, 2]
-    s_val, s_far = O.mahalanobis_score(val, g["means"], g["precision"]), O.mahalanobis_score(far, g["means"], g["precision"])
+    assert (
+        g["means"].shape == (3, 40) and g["precision"].shape == (40, 40) and list(g["classes"]) == [0, 1, 2]
+    )
+    s_val, s_far = (
+        O.mahalanobis_score(val, g["means"], g["precision"]),
+        O.mahalanobis_score(far, g["means"], g["precision"]),
+    )
     t = O.fit_threshold(s_val, 0.95)
     assert O.flag_summary(s_val, t)["share"] == pytest.approx(0.05, abs=0.002)
     assert O.flag_summary(s_far, t)["share"] == 1.0
@@ -142,7 +149,9 @@ def _make_run(run_dir: Path, size: int = 32) -> Path:
     from liverscope.models import build_model
 
     torch.manual_seed(0)
-    rundir.save_model(run_dir, build_model("resnet10t", len(LABELS)), LABELS, Preprocessing(size=size, denoise=False))
+    rundir.save_model(
+        run_dir, build_model("resnet10t", len(LABELS)), LABELS, Preprocessing(size=size, denoise=False)
+    )
     return run_dir
 
 
@@ -152,7 +161,11 @@ def _fit_detector_on(run: Path, images: list[Path], quantile: float = 0.95) -> d
     x = np.stack([p._load(f) for f in images])
     logits, feats = p.engine.logits_and_features(x)
     g = O.fit_class_gaussian(feats, np.arange(len(images)) % len(LABELS), len(LABELS))
-    stats = {"means": g["means"].astype(np.float32), "classes": g["classes"], "precision": g["precision"].astype(np.float32)}
+    stats = {
+        "means": g["means"].astype(np.float32),
+        "classes": g["classes"],
+        "precision": g["precision"].astype(np.float32),
+    }
     t = O.fit_threshold(O.mahalanobis_score(feats, stats["means"], stats["precision"]), quantile)
     rundir.save_ood(run, stats, {"method": "mahalanobis", "threshold": t, "quantile": quantile})
     return stats
@@ -169,7 +182,10 @@ def test_run_without_detector_predicts_as_before_with_empty_ood_fields(phantom_d
     rows = list(csv.DictReader((tmp_path / "out.csv").read_text().splitlines()))
     assert {"ood_score", "ood"} <= set(rows[0]) and all(r["ood_score"] == "" and r["ood"] == "" for r in rows)
     write_results(results, p.labels, tmp_path / "out.json")
-    assert all(item["ood"] is None and "ood_score" in item for item in json.loads((tmp_path / "out.json").read_text()))
+    assert all(
+        item["ood"] is None and "ood_score" in item
+        for item in json.loads((tmp_path / "out.json").read_text())
+    )
 
 
 def test_predictor_scores_and_flags_with_the_stored_detector(phantom_dir, tmp_path):
@@ -177,19 +193,29 @@ def test_predictor_scores_and_flags_with_the_stored_detector(phantom_dir, tmp_pa
     fit_on = [f for c in LABELS for f in sorted((phantom_dir / c).glob("*.png"))[:8]]
     stats = _fit_detector_on(run, fit_on)
     meta = read_json(run / "model.json")
-    assert meta["ood"]["method"] == "mahalanobis" and meta["ood"]["file"] == "ood.safetensors" and (run / "ood.safetensors").exists()
+    assert (
+        meta["ood"]["method"] == "mahalanobis"
+        and meta["ood"]["file"] == "ood.safetensors"
+        and (run / "ood.safetensors").exists()
+    )
     p = Predictor.from_run(run, backend="torch", precision="fp32")
     assert np.allclose(p.ood["precision"], stats["precision"])
     results = list(p.predict_paths(fit_on + [_photo()]))
     scores = np.array([r.ood_score for r in results])
-    assert np.all(np.isfinite(scores)) and all((r.ood is True) == (r.ood_score > p.ood_threshold) for r in results)
+    assert np.all(np.isfinite(scores)) and all(
+        (r.ood is True) == (r.ood_score > p.ood_threshold) for r in results
+    )
     assert results[-1].ood  # a photograph, even for an untrained network's features
     # the same detector through predict_arrays (the app) and in the CSV
     img = p.prepare(_photo())
     assert p.predict_arrays([img], ["photo"])[0].ood_score == pytest.approx(results[-1].ood_score, rel=1e-4)
-    assert write_results(results, p.labels, tmp_path / "out.csv")["flagged"] == sum(r.ood for r in results) >= 1
+    assert (
+        write_results(results, p.labels, tmp_path / "out.csv")["flagged"] == sum(r.ood for r in results) >= 1
+    )
     rows = list(csv.DictReader((tmp_path / "out.csv").read_text().splitlines()))
-    assert rows[-1]["ood"] == "true" and float(rows[-1]["ood_score"]) == pytest.approx(results[-1].ood_score, rel=1e-4)
+    assert rows[-1]["ood"] == "true" and float(rows[-1]["ood_score"]) == pytest.approx(
+        results[-1].ood_score, rel=1e-4
+    )
     # model.json names a statistics file that is gone: a clear error naming it and the fix
     (run / "ood.safetensors").unlink()
     with pytest.raises(LiverscopeError, match="ood.safetensors.*(copy the whole run|delete)"):
@@ -237,7 +263,11 @@ def test_trained_run_records_calibration_and_detector(trained_run):
     else:
         assert 0.1 < meta["temperature"] < 10
     ood = meta["ood"]
-    assert ood["method"] == O.DEFAULT_METHOD and set(ood["thresholds"]) == set(O.METHODS) and ood["quantile"] == O.DEFAULT_QUANTILE
+    assert (
+        ood["method"] == O.DEFAULT_METHOD
+        and set(ood["thresholds"]) == set(O.METHODS)
+        and ood["quantile"] == O.DEFAULT_QUANTILE
+    )
     assert (trained_run / "ood.safetensors").exists()
     m = read_json(trained_run / "metrics.json")
     assert m["ood"]["validation"]["share"] <= 0.1 and "test" in m["ood"]
@@ -257,7 +287,9 @@ def test_phantom_test_images_pass_and_a_photograph_is_flagged(trained_run):
     p = Predictor.from_run(trained_run, backend="torch")
     own = list(p.predict_paths([r["path"] for r in rows]))
     share = np.mean([r.ood for r in own])
-    assert share <= 0.25, [r.ood_score for r in own]  # ~5% by construction on validation; a small test set varies
+    assert share <= 0.25, [
+        r.ood_score for r in own
+    ]  # ~5% by construction on validation; a small test set varies
     photo = next(iter(p.predict_paths([_photo()])))
     assert photo.ood and photo.ood_score > max(r.ood_score for r in own)
 
@@ -266,7 +298,9 @@ def test_phantom_test_images_pass_and_a_photograph_is_flagged(trained_run):
 @pytest.mark.slow
 def test_phantom_model_flags_real_ultrasound(trained_run, real_fibrosis):
     files = [f for c in ("F0", "F2", "F4") for f in sorted((real_fibrosis / c).iterdir())[:10]]
-    results = [r for r in Predictor.from_run(trained_run, backend="torch").predict_paths(files) if r.error is None]
+    results = [
+        r for r in Predictor.from_run(trained_run, backend="torch").predict_paths(files) if r.error is None
+    ]
     assert len(results) >= 25
     assert np.mean([r.ood for r in results]) >= 0.9
 
@@ -290,6 +324,8 @@ def test_refit_after_the_fact_and_evaluate_reports_the_flagged_share(trained_run
 
     out = evaluate_on_data(run, phantom_dir, name="phantoms", device="cpu")
     m = read_json(out / "metrics.json")
-    assert m["ood"]["n"] == m["test"]["n"] == 120 and m["ood"]["threshold"] == pytest.approx(after["threshold"])
+    assert m["ood"]["n"] == m["test"]["n"] == 120 and m["ood"]["threshold"] == pytest.approx(
+        after["threshold"]
+    )
     assert m["ood"]["share"] <= 0.2  # the model's own kind of images (its training images among them)
     assert "images of this data set flagged" in (out / "report.html").read_text(encoding="utf-8")

@@ -9,16 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import quick_config
 from liverscope.errors import UsageError
 from liverscope.utils import read_json
-
-from conftest import quick_config
 
 
 def test_select_is_validated_before_any_work():
     from liverscope.config import CHOICES, load_config
 
-    assert load_config("cpu-quick").train.select == "auto" and CHOICES["train.select"] == ("auto", "best", "last")
+    assert load_config("cpu-quick").train.select == "auto" and CHOICES["train.select"] == (
+        "auto",
+        "best",
+        "last",
+    )
     assert load_config("cpu-quick", {"train.select": "last"}).train.select == "last"
     with pytest.raises(UsageError, match="'train.select' is 'middle'; choose one of: auto, best, last"):
         load_config("cpu-quick", {"train.select": "middle"})
@@ -48,8 +51,8 @@ def test_oof_protocol_names_the_old_way():
 
 
 def test_each_folds_temperature_is_fitted_on_the_other_folds_only():
-    from liverscope.training.cv import cross_fitted_temperatures
     from liverscope.evaluate.stats import fit_temperature_checked
+    from liverscope.training.cv import cross_fitted_temperatures
 
     rng = np.random.default_rng(0)
     y = [rng.integers(0, 3, 40) for _ in range(3)]
@@ -68,14 +71,22 @@ def test_ensemble_vs_oof_sets_the_figures_side_by_side_with_the_gap():
     result = {
         "oof": {"n": 80, "balanced_accuracy": 0.70, "macro_auc": 0.90},
         "ensemble": {"n": 20, "balanced_accuracy": 0.75, "macro_auc": 0.88},
-        "oof_by_source": {"groups": {"a": {"n": 50, "balanced_accuracy": 0.6}, "b": {"n": 30, "balanced_accuracy": 0.9}}},
+        "oof_by_source": {
+            "groups": {"a": {"n": 50, "balanced_accuracy": 0.6}, "b": {"n": 30, "balanced_accuracy": 0.9}}
+        },
         "ensemble_by_source": {"groups": {"a": {"n": 12, "balanced_accuracy": 0.5}}},
     }
     table = ensemble_vs_oof(result)
-    assert table["overall"]["balanced_accuracy"] == {"oof": 0.70, "ensemble": 0.75, "gap": pytest.approx(0.05)}
+    assert table["overall"]["balanced_accuracy"] == {
+        "oof": 0.70,
+        "ensemble": 0.75,
+        "gap": pytest.approx(0.05),
+    }
     assert table["overall"]["macro_auc"]["gap"] == pytest.approx(-0.02)
     assert (table["overall"]["n_oof"], table["overall"]["n_ensemble"]) == (80, 20)
-    assert list(table["by_source"]) == ["a"] and table["by_source"]["a"]["balanced_accuracy"]["gap"] == pytest.approx(-0.1)
+    assert list(table["by_source"]) == ["a"] and table["by_source"]["a"]["balanced_accuracy"][
+        "gap"
+    ] == pytest.approx(-0.1)
 
 
 def _weights(path, key="state_dict"):
@@ -93,7 +104,9 @@ def test_select_last_keeps_the_final_epoch_and_trains_every_epoch(phantom_dir, t
     meta = read_json(run / "model.json")
     with open(run / "history.csv") as fh:
         epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
-    assert epochs == [0, 1, 2] and meta["select"] == "last" and meta["best_epoch"] == 2  # no early stop under last
+    assert (
+        epochs == [0, 1, 2] and meta["select"] == "last" and meta["best_epoch"] == 2
+    )  # no early stop under last
     model, _ = rundir.load_model(run)
     last = _weights(rundir.last_checkpoint(run))
     assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items() if k in last)
@@ -102,4 +115,6 @@ def test_select_last_keeps_the_final_epoch_and_trains_every_epoch(phantom_dir, t
     meta = read_json(best_run / "model.json")
     best = _weights(best_run / "checkpoints" / "best.ckpt")
     model, _ = rundir.load_model(best_run)
-    assert meta["select"] == "best" and all(torch.equal(v, best[k]) for k, v in model.state_dict().items() if k in best)
+    assert meta["select"] == "best" and all(
+        torch.equal(v, best[k]) for k, v in model.state_dict().items() if k in best
+    )

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from liverscope import utils
-from liverscope.training.external import evaluate_on_data
+from liverscope.inference.predict import Predictor, write_results
 from liverscope.models import backends, build_model
 from liverscope.models.backends import BF16_TOLERANCE, TorchBackend
-from liverscope.inference.predict import Predictor, write_results
+from liverscope.training.external import evaluate_on_data
 from liverscope.utils import read_json, softmax, strict_fp32
 
 
@@ -108,7 +108,9 @@ def test_evaluate_scores_in_fp32_on_a_native_bf16_cpu(native_bf16, trained_run, 
     assert read_json(low / "metrics.json")["test"]["precision"] == "bf16"
     low_rows = {r["path"]: r for r in csv.DictReader(open(low / "predictions_test.csv"))}
     assert {r["precision"] for r in low_rows.values()} == {"bf16"}
-    diff = max(abs(float(low_rows[p][f"logit_{c}"]) - float(rows[p][f"logit_{c}"])) for p in rows for c in labels)
+    diff = max(
+        abs(float(low_rows[p][f"logit_{c}"]) - float(rows[p][f"logit_{c}"])) for p in rows for c in labels
+    )
     assert diff > 1e-4  # bf16 figures are not fp32's
     assert "bf16" in (low / "report.html").read_text()
 

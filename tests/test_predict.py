@@ -17,8 +17,8 @@ import torch
 from liverscope.data.io import iter_image_files
 from liverscope.errors import LiverscopeError
 from liverscope.inference.export import export_onnx
-from liverscope.labels import endpoint_probabilities
 from liverscope.inference.predict import DEFAULT_BATCH_SIZE, Predictor, Result, TorchBackend, write_results
+from liverscope.labels import endpoint_probabilities
 from liverscope.rundir import load_model as load_run_model
 from liverscope.rundir import onnx_state
 from liverscope.utils import read_json
@@ -39,7 +39,9 @@ def _make_run(run_dir: Path, size: int = 32, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_model(run_dir, build_model("resnet10t", len(LABELS)), LABELS, Preprocessing(size=size, denoise=False))
+    save_model(
+        run_dir, build_model("resnet10t", len(LABELS)), LABELS, Preprocessing(size=size, denoise=False)
+    )
     return run_dir
 
 
@@ -103,7 +105,9 @@ def test_predictor_on_trained_run_reproduces_the_runs_test_predictions(trained_r
     for r, row in zip(results, rows):
         assert r.error is None and r.label == row["pred"]
         assert abs(sum(r.probs.values()) - 1) < 1e-6 and r.confidence == max(r.probs.values())
-        np.testing.assert_allclose([r.probs[c] for c in p.labels], [float(row[f"prob_{c}"]) for c in p.labels], atol=1e-4)
+        np.testing.assert_allclose(
+            [r.probs[c] for c in p.labels], [float(row[f"prob_{c}"]) for c in p.labels], atol=1e-4
+        )
         np.testing.assert_allclose(r.logits, [float(row[f"logit_{c}"]) for c in p.labels], atol=1e-4)
     acc = np.mean([r.label == row["label"] for r, row in zip(results, rows)])
     assert acc == pytest.approx(read_json(trained_run / "metrics.json")["test"]["accuracy"])
@@ -137,7 +141,9 @@ def test_cli_predict_lists_skipped_files_and_writes_csv(trained_run, mixed_folde
 
     folder, good, bad = mixed_folder
     out = tmp_path / "pred.csv"
-    res = CliRunner().invoke(app, ["predict", str(trained_run), str(folder), "--out", str(out), "--backend", "torch"])
+    res = CliRunner().invoke(
+        app, ["predict", str(trained_run), str(folder), "--out", str(out), "--backend", "torch"]
+    )
     assert res.exit_code == 0, res.output
     assert f"predicted {len(good)} image(s)" in res.output
     assert f"skipped {len(bad)} file(s)" in res.output
@@ -170,7 +176,9 @@ def test_json_output(random_run, mixed_folder, tmp_path):
     ok = [i for i in items if i["error"] is None]
     assert set(ok[0]["probabilities"]) == set(LABELS)
     assert ok[0]["prediction"] == max(ok[0]["probabilities"], key=ok[0]["probabilities"].get)
-    assert ok[0]["p_ge_F3"] == pytest.approx(ok[0]["probabilities"]["F3"] + ok[0]["probabilities"]["F4"])  # the CSV's name
+    assert ok[0]["p_ge_F3"] == pytest.approx(
+        ok[0]["probabilities"]["F3"] + ok[0]["probabilities"]["F4"]
+    )  # the CSV's name
     assert all(i["prediction"] is None for i in items if i["error"])
 
 
@@ -236,7 +244,7 @@ def test_predict_paths_bounds_work_in_flight(random_run, phantom_dir, tmp_path, 
     window = 10
     ahead = []
     n = 0
-    for r in p.predict_paths([folder], window=window):
+    for _r in p.predict_paths([folder], window=window):
         n += 1
         ahead.append(len(started) - n)
     assert n == 60 and len(started) == 60
@@ -269,7 +277,16 @@ def test_predict_memory_stays_flat_with_folder_size(random_run, phantom_dir, tmp
 
 
 def test_iter_image_files_recurses_skips_masks_and_hidden(tmp_path):
-    for rel in ["b/2.png", "b/1.jpg", "a/x.dcm", "masks/m.png", "a/.hidden.png", "a/readme.txt", "c/noext", ".git/h.png"]:
+    for rel in [
+        "b/2.png",
+        "b/1.jpg",
+        "a/x.dcm",
+        "masks/m.png",
+        "a/.hidden.png",
+        "a/readme.txt",
+        "c/noext",
+        ".git/h.png",
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     named = tmp_path / "a" / "readme.txt"
@@ -282,7 +299,9 @@ def test_endpoint_probabilities():
     ep = endpoint_probabilities(probs)
     assert ep == pytest.approx({"≥F2": 0.7, "≥F3": 0.4, "F4": 0.15})
     assert endpoint_probabilities({"normal": 0.5, "fatty": 0.5}) is None
-    assert endpoint_probabilities({"F0": 0.3, "F4": 0.7}) == pytest.approx({"≥F2": 0.7, "≥F3": 0.7, "F4": 0.7})
+    assert endpoint_probabilities({"F0": 0.3, "F4": 0.7}) == pytest.approx(
+        {"≥F2": 0.7, "≥F3": 0.7, "F4": 0.7}
+    )
 
 
 def test_predict_bytes_and_arrays(random_run, phantom_dir):
@@ -301,31 +320,45 @@ def test_cv_run_predicts_as_its_fold_ensemble_with_evaluates_ood_rule(phantom_di
     run's temperature, and the out-of-distribution rule of `liverscope evaluate` (median margin)."""
     from typer.testing import CliRunner
 
-    from liverscope.ui.cli import app
     from liverscope.data.preprocess import Preprocessing
-    from liverscope.training.external import ensemble_predict_logits
     from liverscope.inference.predict import EnsemblePredictor
     from liverscope.rundir import save_ood, write_model_meta
+    from liverscope.training.external import ensemble_predict_logits
+    from liverscope.ui.cli import app
     from liverscope.utils import softmax
 
     cv = tmp_path / "cv"
     folds = [_make_run(cv / "folds" / f"fold{i}", seed=i) for i in range(3)]
     for i, f in enumerate(folds):
         save_ood(f, {}, {"method": "energy", "threshold": -1.5 - 0.1 * i, "quantile": 0.95})
-    write_model_meta(cv, {"architecture": {"name": "resnet10t", "num_classes": 5}, "labels": LABELS, "temperature": 1.3,
-                          "preprocessing": Preprocessing(size=32, denoise=False).to_dict(), "ensemble": [str(f.relative_to(cv)) for f in folds]})
+    write_model_meta(
+        cv,
+        {
+            "architecture": {"name": "resnet10t", "num_classes": 5},
+            "labels": LABELS,
+            "temperature": 1.3,
+            "preprocessing": Preprocessing(size=32, denoise=False).to_dict(),
+            "ensemble": [str(f.relative_to(cv)) for f in folds],
+        },
+    )
     files = _phantom_files(phantom_dir, 1)
     p = Predictor.from_run(cv, backend="torch", precision="fp32")
     assert isinstance(p, EnsemblePredictor) and p.ood_threshold == 0.0
     results = list(p.predict_paths(files))
-    logits, ok, _, (scores, threshold, _), used = ensemble_predict_logits(cv, files, precision="fp32")  # like with like: both fp32
+    logits, ok, _, (scores, threshold, _), used = ensemble_predict_logits(
+        cv, files, precision="fp32"
+    )  # like with like: both fp32
     assert ok == [str(f) for f in files] and threshold == 0.0 and used == p.precision == "fp32"
     np.testing.assert_allclose([r.logits for r in results], logits, atol=1e-5)
-    np.testing.assert_allclose([[r.probs[c] for c in LABELS] for r in results], softmax(logits, 1.3), atol=1e-5)
+    np.testing.assert_allclose(
+        [[r.probs[c] for c in LABELS] for r in results], softmax(logits, 1.3), atol=1e-5
+    )
     np.testing.assert_allclose([r.ood_score for r in results], scores, atol=1e-5)
     assert [r.ood for r in results] == [bool(s > 0) for s in scores]
     out = tmp_path / "cv.csv"
-    res = CliRunner().invoke(app, ["predict", str(cv), *map(str, files), "--out", str(out), "--backend", "torch"])
+    res = CliRunner().invoke(
+        app, ["predict", str(cv), *map(str, files), "--out", str(out), "--backend", "torch"]
+    )
     assert res.exit_code == 0, res.output
     assert f"predicted {len(files)} image(s)" in res.output
 
@@ -335,11 +368,21 @@ def test_a_fold_ensemble_has_every_attribute_of_a_predictor(random_run):
     cannot go missing for a fold ensemble (issue 25)."""
     from liverscope.inference.predict import EnsemblePredictor
 
-    members = [Predictor.from_run(random_run, backend="torch", tta="flip", batch_size=3, workers=2) for _ in range(2)]
+    members = [
+        Predictor.from_run(random_run, backend="torch", tta="flip", batch_size=3, workers=2) for _ in range(2)
+    ]
     ens = EnsemblePredictor(members, members[0].meta, run_dir=random_run)
     assert set(vars(members[0])) <= set(vars(ens))
-    assert (ens.engine, ens.backend, ens.device, ens.batch_size, ens.workers, ens.schedule, ens.pool, ens.tta) == (
-        members[0].engine, "torch", members[0].device, 3, 2, members[0].schedule, "thread", "flip")
+    assert (
+        ens.engine,
+        ens.backend,
+        ens.device,
+        ens.batch_size,
+        ens.workers,
+        ens.schedule,
+        ens.pool,
+        ens.tta,
+    ) == (members[0].engine, "torch", members[0].device, 3, 2, members[0].schedule, "thread", "flip")
     assert ens.run_dir == random_run and ens.ood is None and ens._processes is None
 
 
@@ -385,7 +428,11 @@ def test_onnx_and_torch_backends_agree_on_phantoms(trained_run, phantom_dir, tmp
     assert np.abs(pa - pb).max() < 1e-4
     assert [r.label for r in a] == [r.label for r in b]
     chosen = Predictor.from_run(run)  # auto: the faster of the candidates that keep the labels, measured
-    assert chosen.backend_choice and chosen.backend == chosen.backend_choice["backend"] and "onnx-fp32" in chosen.backend_choice["timings"]
+    assert (
+        chosen.backend_choice
+        and chosen.backend == chosen.backend_choice["backend"]
+        and "onnx-fp32" in chosen.backend_choice["timings"]
+    )
 
 
 def test_auto_backend_and_stale_export(exported_run, tmp_path):
@@ -435,7 +482,10 @@ def test_cli_export_and_onnx_predict(random_run, phantom_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(random_run, run)
     runner = CliRunner()
-    res = runner.invoke(app, ["predict", str(run), str(phantom_dir / "F0"), "--backend", "onnx", "--out", str(tmp_path / "x.csv")])
+    res = runner.invoke(
+        app,
+        ["predict", str(run), str(phantom_dir / "F0"), "--backend", "onnx", "--out", str(tmp_path / "x.csv")],
+    )
     assert res.exit_code == 1 and "liverscope export" in res.output
     res = runner.invoke(app, ["export", str(run)])
     assert res.exit_code == 0, res.output
@@ -462,7 +512,9 @@ def test_torch_backend_is_channels_last_and_matches_eager(random_run):
 
 
 def test_default_batch_size_per_backend(exported_run):
-    assert Predictor.from_run(exported_run, backend="torch").batch_size == DEFAULT_BATCH_SIZE[("torch", "cpu")]
+    assert (
+        Predictor.from_run(exported_run, backend="torch").batch_size == DEFAULT_BATCH_SIZE[("torch", "cpu")]
+    )
     assert Predictor.from_run(exported_run, backend="onnx").batch_size == DEFAULT_BATCH_SIZE[("onnx", "cpu")]
     assert Predictor.from_run(exported_run, backend="onnx", batch_size=3).batch_size == 3
 
@@ -556,9 +608,13 @@ def test_default_schedules_and_threads(random_run, exported_run):
     from liverscope.utils import default_model_threads
 
     p = Predictor.from_run(random_run, backend="torch", device="cpu")
-    assert p.schedule == "alternate" and p.engine.thread_choices == sorted({os.cpu_count() or 1, default_model_threads()}, reverse=True)
+    assert p.schedule == "alternate" and p.engine.thread_choices == sorted(
+        {os.cpu_count() or 1, default_model_threads()}, reverse=True
+    )
     assert "alternate" in p.describe() and "model thread" in p.describe()
-    assert Predictor.from_run(random_run, backend="torch", device="cpu", threads=1).engine.thread_choices == [1]  # asked for: kept
+    assert Predictor.from_run(random_run, backend="torch", device="cpu", threads=1).engine.thread_choices == [
+        1
+    ]  # asked for: kept
     assert Predictor.from_run(random_run, backend="torch", schedule="overlap").schedule == "overlap"
     o = Predictor.from_run(exported_run, backend="onnx")
     assert o.schedule == "overlap" and not o.engine.spinning
@@ -572,13 +628,20 @@ def test_onnx_spinning_session_gives_the_same_logits(exported_run):
     from liverscope.models.backends import OnnxBackend
 
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    calm, spin = OnnxBackend(exported_run / "model.onnx", "cpu"), OnnxBackend(exported_run / "model.onnx", "cpu", spinning=True)
+    calm, spin = (
+        OnnxBackend(exported_run / "model.onnx", "cpu"),
+        OnnxBackend(exported_run / "model.onnx", "cpu", spinning=True),
+    )
     assert spin.spinning and not calm.spinning
     np.testing.assert_array_equal(calm(x, channels_first=True), spin(x, channels_first=True))
-    np.testing.assert_allclose(calm(x.transpose(0, 2, 3, 1)), calm(x, channels_first=True), atol=1e-6)  # NHWC in: the same
+    np.testing.assert_allclose(
+        calm(x.transpose(0, 2, 3, 1)), calm(x, channels_first=True), atol=1e-6
+    )  # NHWC in: the same
 
 
-def test_alternate_schedule_never_decodes_while_the_model_runs(random_run, phantom_dir, tmp_path, monkeypatch):
+def test_alternate_schedule_never_decodes_while_the_model_runs(
+    random_run, phantom_dir, tmp_path, monkeypatch
+):
     """Every decode job of a window ends before the model scores it, and none starts until it has."""
     import threading
     import time
@@ -598,6 +661,7 @@ def test_alternate_schedule_never_decodes_while_the_model_runs(random_run, phant
             finally:
                 with lock:
                     events.append((t0, time.perf_counter(), kind))
+
         return run
 
     monkeypatch.setattr(Predictor, "_load", timed("decode", load))
@@ -608,7 +672,9 @@ def test_alternate_schedule_never_decodes_while_the_model_runs(random_run, phant
     models = [(a, b) for a, b, k in events if k == "model"]
     assert len(decodes) == 23 and len(models) == 5  # 20 good images in batches of 4
     for a, b in models:
-        assert not any(da < b and a < db for da, db in decodes)  # no decode interval overlaps a model interval
+        assert not any(
+            da < b and a < db for da, db in decodes
+        )  # no decode interval overlaps a model interval
 
 
 def test_schedules_layouts_and_process_pool_give_the_same_results(random_run, exported_run, mixed_folder):
@@ -616,7 +682,10 @@ def test_schedules_layouts_and_process_pool_give_the_same_results(random_run, ex
     results in the same order, bad files listed the same way."""
     folder, good, _ = mixed_folder
     for run, backend in ((random_run, "torch"), (exported_run, "onnx")):
-        runs = [Predictor.from_run(run, backend=backend, batch_size=3, **kw) for kw in ({}, {"schedule": "overlap"}, {"pool": "process"})]
+        runs = [
+            Predictor.from_run(run, backend=backend, batch_size=3, **kw)
+            for kw in ({}, {"schedule": "overlap"}, {"pool": "process"})
+        ]
         try:
             outs = [list(p.predict_paths([folder])) for p in runs]
             again = list(runs[2].predict_paths(good[:2]))  # the process pool is kept between calls

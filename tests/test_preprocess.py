@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from liverscope.data.datasets import make_phantom, make_phantoms
-from liverscope.data.preprocess import PreprocessCache, Preprocessing, crop_to_sector, normalise, preprocess_array
+from liverscope.data.preprocess import (
+    PreprocessCache,
+    Preprocessing,
+    crop_to_sector,
+    normalise,
+    preprocess_array,
+)
 from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 
@@ -98,19 +104,33 @@ def test_old_preprocessing_reads_back_as_it_was_saved_and_keeps_its_cache_key():
 
     from liverscope.data.preprocess import CACHE_VERSION
 
-    old = {"size": 224, "denoise": True, "denoise_strength": 10.0, "denoise_at": "model", "crop_sector": False,
-           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # a model.json written before the options existed
+    old = {
+        "size": 224,
+        "denoise": True,
+        "denoise_strength": 10.0,
+        "denoise_at": "model",
+        "crop_sector": False,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }  # a model.json written before the options existed
     pp = Preprocessing.from_dict(old)
     assert (pp.nlm_template, pp.nlm_search, pp.denoise_region) == (7, 21, "image")
     keyed = {k: v for k, v in old.items() if k not in ("mean", "std")} | {"v": CACHE_VERSION}
-    assert pp.key() == hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]  # its disk cache still hits
+    assert (
+        pp.key() == hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+    )  # its disk cache still hits
     fast = Preprocessing.from_dict(old | {"nlm_search": 11, "denoise_region": "sector"})
-    assert fast.key() != pp.key() and Preprocessing.from_dict(fast.to_dict()) == fast  # saved and read back with the run
+    assert (
+        fast.key() != pp.key() and Preprocessing.from_dict(fast.to_dict()) == fast
+    )  # saved and read back with the run
     img, _ = make_phantom(2, size=128, seed=3)
     assert np.array_equal(preprocess_array(img, pp), preprocess_array(img, Preprocessing(size=224)))
 
 
-@pytest.mark.parametrize("bad", [{"nlm_search": 10}, {"nlm_template": 9, "nlm_search": 7}, {"nlm_search": 0}, {"denoise_region": "fan"}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"nlm_search": 10}, {"nlm_template": 9, "nlm_search": 7}, {"nlm_search": 0}, {"denoise_region": "fan"}],
+)
 def test_bad_denoising_options_are_clear_errors(bad):
     with pytest.raises(LiverscopeError, match="NLM windows|denoise_region"):
         Preprocessing(**bad)
@@ -119,8 +139,12 @@ def test_bad_denoising_options_are_clear_errors(bad):
 def test_recipe_options_flow_into_preprocessing():
     from types import SimpleNamespace
 
-    data = SimpleNamespace(image_size=96, denoise=True, denoise_strength=10.0, denoise_at="model", crop_sector=False)
-    assert Preprocessing.from_data_config(data).nlm_search == 21  # a recipe without the options: today's behaviour
+    data = SimpleNamespace(
+        image_size=96, denoise=True, denoise_strength=10.0, denoise_at="model", crop_sector=False
+    )
+    assert (
+        Preprocessing.from_data_config(data).nlm_search == 21
+    )  # a recipe without the options: today's behaviour
     data.nlm_search, data.denoise_region = 11, "sector"
     pp = Preprocessing.from_data_config(data)
     assert (pp.nlm_search, pp.nlm_template, pp.denoise_region) == (11, 7, "sector")
@@ -132,7 +156,9 @@ def _framed_phantom(stage: int, seed: int) -> np.ndarray:
     img, _ = make_phantom(stage, size=128, seed=seed)
     grey = img[..., 0] if img.ndim == 3 else img
     framed = np.pad(grey, ((24, 40), (64, 64)))
-    framed[4:12, 200:240] = np.random.default_rng(seed).integers(180, 200, (8, 40))  # a grainy label in the frame
+    framed[4:12, 200:240] = np.random.default_rng(seed).integers(
+        180, 200, (8, 40)
+    )  # a grainy label in the frame
     return framed
 
 
@@ -149,17 +175,27 @@ def test_sector_box_denoising_is_identical_inside_the_box_and_leaves_the_rest():
         assert np.array_equal(boxed[y0:y1, x0:x1], whole[y0:y1, x0:x1])
         outside = np.ones(grey.shape, bool)
         outside[y0:y1, x0:x1] = False
-        assert np.array_equal(boxed[outside], grey[outside]) and not np.array_equal(whole[outside], grey[outside])
+        assert np.array_equal(boxed[outside], grey[outside]) and not np.array_equal(
+            whole[outside], grey[outside]
+        )
 
 
 def test_faster_denoising_options_stay_within_a_grey_level_of_todays():
     img = _framed_phantom(3, 7)
     for at in ("model", "full"):
         ref = preprocess_array(img, Preprocessing(size=128, denoise_at=at)).astype(float)
-        for fields in ({"nlm_search": 11}, {"denoise_region": "sector"}, {"nlm_search": 11, "denoise_region": "sector"}):
+        for fields in (
+            {"nlm_search": 11},
+            {"denoise_region": "sector"},
+            {"nlm_search": 11, "denoise_region": "sector"},
+        ):
             out = preprocess_array(img, Preprocessing(size=128, denoise_at=at, **fields)).astype(float)
             diff = np.abs(out - ref)
-            assert 0 < diff.mean() < 1.0, (at, fields, diff.mean())  # changed, but by less than a grey level on average
+            assert 0 < diff.mean() < 1.0, (
+                at,
+                fields,
+                diff.mean(),
+            )  # changed, but by less than a grey level on average
 
 
 def test_normalise_table_gives_the_arithmetic_values_exactly():
@@ -167,7 +203,9 @@ def test_normalise_table_gives_the_arithmetic_values_exactly():
 
     pp = Preprocessing(size=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     rgb = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    expect = (rgb.astype(np.float32) / np.float32(255) - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
+    expect = (rgb.astype(np.float32) / np.float32(255) - np.asarray(pp.mean, np.float32)) / np.asarray(
+        pp.std, np.float32
+    )
     assert np.array_equal(normalise(rgb, pp), expect) and np.array_equal(normalise(rgb[0], pp), expect[0])
     floats = rgb[0].astype(np.float32) / 255
     assert np.array_equal(normalise(floats, pp), expect[0])  # floats: the arithmetic path, same numbers

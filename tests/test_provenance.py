@@ -16,10 +16,10 @@ import pytest
 
 from liverscope import __version__, rundir
 from liverscope.config import RunConfig
-from liverscope.training.cv import aggregate_cv
 from liverscope.data.datasets import Sample
 from liverscope.data.preprocess import Preprocessing
 from liverscope.evaluate.html import provenance_html
+from liverscope.training.cv import aggregate_cv
 from liverscope.training.provenance import collect_provenance, git_state, package_versions
 from liverscope.utils import read_json
 
@@ -80,7 +80,9 @@ def test_git_state_of_a_checkout_and_of_an_installed_copy_inside_one(tmp_path):
 
 
 def test_git_state_of_this_checkout():
-    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=SRC, capture_output=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=SRC, capture_output=True
+    )
     if tracked.returncode:
         pytest.skip("the tests do not run from a git checkout of liverscope")
     state = git_state()
@@ -97,10 +99,24 @@ def test_package_versions_name_a_missing_package_none(monkeypatch):
 
 
 def test_provenance_table_in_html():
-    prov = {"versions": {"liverscope": "9.9.9", "torch": "2.14.1", "monai": None}, "seed": 3, "git": {"commit": "ab" * 20, "dirty": True},
-            "command": ["liverscope", "train", "--name", "a b"], "split_sha256": "f" * 64, "created": "2026-01-01T00:00:00+00:00"}
+    prov = {
+        "versions": {"liverscope": "9.9.9", "torch": "2.14.1", "monai": None},
+        "seed": 3,
+        "git": {"commit": "ab" * 20, "dirty": True},
+        "command": ["liverscope", "train", "--name", "a b"],
+        "split_sha256": "f" * 64,
+        "created": "2026-01-01T00:00:00+00:00",
+    }
     html = provenance_html(prov)
-    for text in ("9.9.9", "2.14.1", "not installed", "ab" * 20, "uncommitted changes", "liverscope train --name &#x27;a b&#x27;", "f" * 64):
+    for text in (
+        "9.9.9",
+        "2.14.1",
+        "not installed",
+        "ab" * 20,
+        "uncommitted changes",
+        "liverscope train --name &#x27;a b&#x27;",
+        "f" * 64,
+    ):
         assert text in html, text
     assert "not run from a git checkout" in provenance_html(dict(prov, git=None))
     assert provenance_html(None) is None and provenance_html({}) is None
@@ -124,7 +140,9 @@ def test_cv_ensemble_model_json_records_its_provenance(tmp_path):
         y = np.array([names.index(s.label) for s in part])
         logits = rng.normal(size=(len(part), 3)) + 2 * np.eye(3)[y]
         rundir.write_predictions(fd / rundir.PREDICTIONS_VAL, part, logits, names)
-        rundir.write_model_meta(fd, {"architecture": {"name": "resnet10t", "num_classes": 3}, "labels": names, "temperature": 1.0})
+        rundir.write_model_meta(
+            fd, {"architecture": {"name": "resnet10t", "num_classes": 3}, "labels": names, "temperature": 1.0}
+        )
     aggregate_cv(run, names, 2, Preprocessing())
     meta = read_json(run / rundir.MODEL_META)
     assert meta["ensemble"] == ["folds/fold0", "folds/fold1"]

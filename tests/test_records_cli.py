@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'")
+pytest.importorskip(
+    "sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'"
+)
 
-from test_dicom import write_dicom  # tests/ is on sys.path (no package)
-
-from liverscope.ui.cli import app
 from liverscope.data.datasets import make_phantom, read_manifest
 from liverscope.records import open_store
+from liverscope.ui.cli import app
+from test_dicom import write_dicom  # tests/ is on sys.path (no package)
 
 runner = CliRunner()
 
@@ -26,7 +27,10 @@ runner = CliRunner()
 def exam_folders(phantom_dir, tmp_path) -> Path:
     """Two exams as folders (3 and 2 images) and an unreadable file in the first."""
     root = tmp_path / "exams"
-    picks = {"exam-A": ["F1/F1_0000.png", "F1/F1_0001.png", "F2/F2_0000.png"], "exam-B": ["F4/F4_0000.png", "F4/F4_0001.png"]}
+    picks = {
+        "exam-A": ["F1/F1_0000.png", "F1/F1_0001.png", "F2/F2_0000.png"],
+        "exam-B": ["F4/F4_0000.png", "F4/F4_0001.png"],
+    }
     for exam, files in picks.items():
         (root / exam).mkdir(parents=True)
         for f in files:
@@ -36,7 +40,21 @@ def exam_folders(phantom_dir, tmp_path) -> Path:
 
 
 def _predict(run, inputs, out, *extra):
-    res = runner.invoke(app, ["predict", str(run), *map(str, inputs), "--out", str(out), "--backend", "torch", "--device", "cpu", *extra])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(run),
+            *map(str, inputs),
+            "--out",
+            str(out),
+            "--backend",
+            "torch",
+            "--device",
+            "cpu",
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return res.output
 
@@ -48,7 +66,9 @@ def _rows(path: Path) -> list[dict]:
 
 def test_predict_record_by_folder_records_what_it_wrote(trained_run, exam_folders, tmp_path):
     db = tmp_path / "r.sqlite"
-    out = _predict(trained_run, [exam_folders], tmp_path / "p.csv", "--record", "--db", str(db), "--by", "folder")
+    out = _predict(
+        trained_run, [exam_folders], tmp_path / "p.csv", "--record", "--db", str(db), "--by", "folder"
+    )
     assert "exam exam-A:" in out and "exam exam-B:" in out and "skipped 1 file" in out
     written = {Path(r["file"]).name: r for r in _rows(tmp_path / "p.csv") if not r["error"]}
     with open_store(db) as store:
@@ -57,20 +77,43 @@ def test_predict_record_by_folder_records_what_it_wrote(trained_run, exam_folder
     assert (a.key_source, len(a.images), len(b.images)) == ("folder", 3, 2)
     for im in a.images + b.images:
         row, x = written[im.name], im.latest
-        assert x.label == row["prediction"] and im.path == str(exam_folders / im.path.split("/")[-2] / im.name)
+        assert x.label == row["prediction"] and im.path == str(
+            exam_folders / im.path.split("/")[-2] / im.name
+        )
         assert all(abs(x.probabilities[c] - float(row[f"prob_{c}"])) < 1e-6 for c in x.labels)
-        assert x.backend == "torch" and x.precision == row["precision"] and x.model_id.startswith("phantom-run:") and len(x.run_fingerprint) == 64
+        assert (
+            x.backend == "torch"
+            and x.precision == row["precision"]
+            and x.model_id.startswith("phantom-run:")
+            and len(x.run_fingerprint) == 64
+        )
     exams = {r["exam"]: r for r in _rows(tmp_path / "p_exams.csv")}
     assert exams["exam-A"]["prediction"] == a.answer.label and int(exams["exam-A"]["images"]) == 3
     # a second batch over the same files adds analyses, not images
-    _predict(trained_run, [exam_folders / "exam-B"], tmp_path / "p2.csv", "--record", "--db", str(db), "--by", "folder")
+    _predict(
+        trained_run,
+        [exam_folders / "exam-B"],
+        tmp_path / "p2.csv",
+        "--record",
+        "--db",
+        str(db),
+        "--by",
+        "folder",
+    )
     with open_store(db) as store:
         assert store.count() == {"exams": 2, "images": 5, "analyses": 7, "reviews": 0}
 
 
-def test_by_group_reads_the_manifest_and_by_alone_records_nothing(trained_run, phantom_dir, tmp_path, monkeypatch):
+def test_by_group_reads_the_manifest_and_by_alone_records_nothing(
+    trained_run, phantom_dir, tmp_path, monkeypatch
+):
     manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label,group,source\n" + "".join(f"{phantom_dir}/F0/F0_000{i}.png,F0,{'g1' if i < 2 else 'g2'},scanner-x\n" for i in range(3)))
+    manifest.write_text(
+        "path,label,group,source\n"
+        + "".join(
+            f"{phantom_dir}/F0/F0_000{i}.png,F0,{'g1' if i < 2 else 'g2'},scanner-x\n" for i in range(3)
+        )
+    )
     monkeypatch.setenv("LIVERSCOPE_DB", str(tmp_path / "default.sqlite"))
     out = _predict(trained_run, [manifest], tmp_path / "p.csv", "--by", "group")
     assert "exam g1:" in out and "exam g2:" in out
@@ -78,7 +121,9 @@ def test_by_group_reads_the_manifest_and_by_alone_records_nothing(trained_run, p
     _predict(trained_run, [manifest], tmp_path / "p.csv", "--by", "group", "--record")
     with open_store(tmp_path / "default.sqlite") as store:
         g1 = store.get_exam("g1")
-    assert len(g1.images) == 2 and {im.source for im in g1.images} == {"scanner-x"} and g1.key_source == "group"
+    assert (
+        len(g1.images) == 2 and {im.source for im in g1.images} == {"scanner-x"} and g1.key_source == "group"
+    )
 
 
 def test_by_study_keys_dicom_exams_by_hash_and_stores_no_identifier(trained_run, tmp_path):
@@ -86,7 +131,13 @@ def test_by_study_keys_dicom_exams_by_hash_and_stores_no_identifier(trained_run,
     data.mkdir()
     secrets = ["MRN-5521-77", "Doe^Jane", "1.2.826.0.1.3680043.8.498.5521"]
     for i in range(2):
-        write_dicom(data / f"img{i}.dcm", make_phantom(2, 2, size=64, seed=i)[0], patient_id=secrets[0], name=secrets[1], study_uid=secrets[2])
+        write_dicom(
+            data / f"img{i}.dcm",
+            make_phantom(2, 2, size=64, seed=i)[0],
+            patient_id=secrets[0],
+            name=secrets[1],
+            study_uid=secrets[2],
+        )
     shutil.copy(_png(tmp_path), data / "other.png")
     db = tmp_path / "r.sqlite"
     out = _predict(trained_run, [data], tmp_path / "p.csv", "--record", "--db", str(db), "--by", "study")
@@ -95,7 +146,9 @@ def test_by_study_keys_dicom_exams_by_hash_and_stores_no_identifier(trained_run,
     study = next(e for e in exams if e.key_source == "study")
     assert study.key.startswith("st-") and study.patient.startswith("pt-") and len(study.images) == 2
     assert study.images[0].frames == 1 and f"exam {study.key}:" in out
-    assert any(e.key_source == "file" and e.key.startswith("img-") for e in exams)  # a PNG is an exam of its own
+    assert any(
+        e.key_source == "file" and e.key.startswith("img-") for e in exams
+    )  # a PNG is an exam of its own
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("r.sqlite*"))
     assert not any(s.encode() in raw for s in secrets), "a DICOM identifier reached the database"
 
@@ -115,7 +168,12 @@ def test_records_commands_review_and_export_a_manifest_train_reads(trained_run, 
     assert listed.exit_code == 0 and "exam-A" in listed.output and "exam-B" in listed.output, listed.output
     shown = runner.invoke(app, ["records", "show", "exam-A", "--db", db])
     assert shown.exit_code == 0 and "F1_0000.png" in shown.output and "answer:" in shown.output, shown.output
-    assert runner.invoke(app, ["records", "review", "exam-A", "--label", "F3", "--note", "biopsy F3", "--db", db]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["records", "review", "exam-A", "--label", "F3", "--note", "biopsy F3", "--db", db]
+        ).exit_code
+        == 0
+    )
     assert runner.invoke(app, ["records", "review", "exam-B", "--agree", "--db", db]).exit_code == 0
     bad = runner.invoke(app, ["records", "review", "exam-B", "--label", "F9", "--db", db])
     assert bad.exit_code == 1 and "not one of the model's labels" in bad.output
@@ -136,9 +194,13 @@ def test_records_commands_review_and_export_a_manifest_train_reads(trained_run, 
 
 
 def test_usage_errors_come_before_any_work(tmp_path):
-    res = runner.invoke(app, ["predict", str(tmp_path / "no-run"), str(tmp_path), "--db", str(tmp_path / "r.sqlite")])
+    res = runner.invoke(
+        app, ["predict", str(tmp_path / "no-run"), str(tmp_path), "--db", str(tmp_path / "r.sqlite")]
+    )
     assert res.exit_code == 2 and "--db names where --record writes" in res.output
-    res = runner.invoke(app, ["records", "review", "k", "--agree", "--label", "F1", "--db", str(tmp_path / "r.sqlite")])
+    res = runner.invoke(
+        app, ["records", "review", "k", "--agree", "--label", "F1", "--db", str(tmp_path / "r.sqlite")]
+    )
     assert res.exit_code == 2 and "either --agree" in res.output
     res = runner.invoke(app, ["predict", str(tmp_path / "no-run"), str(tmp_path), "--by", "bogus"])
     assert res.exit_code == 2

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'")
-
-from test_records_store import LABELS, RUN, db, image, result  # noqa: F401  (db: the sqlite/postgresql fixture)
+pytest.importorskip(
+    "sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'"
+)
 
 from liverscope.records import ExamKey, open_store
+from test_records_store import LABELS, RUN, db, image, result  # noqa: F401  (db: the sqlite/postgresql fixture)
 
 
 def _committed(db_file: Path) -> int:
@@ -35,9 +36,33 @@ def _committed(db_file: Path) -> int:
 @pytest.mark.slow
 def test_kill_9_during_a_batch_loses_no_committed_analysis(trained_run, phantom_dir, tmp_path):
     db_file = tmp_path / "r.sqlite"
-    cmd = [sys.executable, "-m", "liverscope", "-q", "predict", str(trained_run), str(phantom_dir), "--out", str(tmp_path / "p.csv"),
-           "--record", "--db", str(db_file), "--by", "folder", "--backend", "torch", "--device", "cpu", "--batch-size", "1", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "liverscope",
+        "-q",
+        "predict",
+        str(trained_run),
+        str(phantom_dir),
+        "--out",
+        str(tmp_path / "p.csv"),
+        "--record",
+        "--db",
+        str(db_file),
+        "--by",
+        "folder",
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     deadline = time.monotonic() + 300
     seen = 0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -45,7 +70,9 @@ def test_kill_9_during_a_batch_loses_no_committed_analysis(trained_run, phantom_
         if seen >= 10:
             break
         time.sleep(0.02)
-    assert proc.poll() is None, f"the batch ended before it could be killed ({seen} recorded): {proc.stdout.read().decode()[-2000:]}"
+    assert proc.poll() is None, (
+        f"the batch ended before it could be killed ({seen} recorded): {proc.stdout.read().decode()[-2000:]}"
+    )
     seen = _committed(db_file)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -73,7 +100,13 @@ def _writer(db_url: str, worker: int, threads: int, per_thread: int, start_at: f
             name = f"t{t}-{i // 2}.png"  # two analyses per image per writer; every writer records the same images
             t0 = time.perf_counter()
             try:
-                store.record(ExamKey(f"exam-{(i // 2) % 3}"), image(name), result(name, [0.1, 0.2, 0.4, 0.2, 0.1]), RUN, user=f"w{worker}")
+                store.record(
+                    ExamKey(f"exam-{(i // 2) % 3}"),
+                    image(name),
+                    result(name, [0.1, 0.2, 0.4, 0.2, 0.1]),
+                    RUN,
+                    user=f"w{worker}",
+                )
             except Exception as exc:  # noqa: BLE001 — every failure is reported to the test
                 errors.append(repr(exc))
             times.append(time.perf_counter() - t0)
@@ -94,7 +127,9 @@ def test_concurrent_writers_lose_no_record(db):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + 8  # spawned interpreters take seconds to import: all begin together
-    workers = [ctx.Process(target=_writer, args=(db, w, threads, per_thread, start_at, out)) for w in range(procs)]
+    workers = [
+        ctx.Process(target=_writer, args=(db, w, threads, per_thread, start_at, out)) for w in range(procs)
+    ]
     for w in workers:
         w.start()
     reports = [out.get(timeout=300) for _ in workers]
@@ -106,8 +141,14 @@ def test_concurrent_writers_lose_no_record(db):
         counts = store.count()
         users = {a.user for e in store.find_exams(limit=None) for im in e.images for a in im.analyses}
     expected = procs * threads * per_thread
-    assert counts["analyses"] == expected and counts["images"] == threads * per_thread // 2 and counts["exams"] == 3
+    assert (
+        counts["analyses"] == expected
+        and counts["images"] == threads * per_thread // 2
+        and counts["exams"] == 3
+    )
     assert users == {f"w{w}" for w in range(procs)}
     times = sorted(t for _, ts, _ in reports for t in ts)
     p95 = times[int(0.95 * (len(times) - 1))]
-    print(f"\n{procs} processes x {threads} threads, {expected} analyses: p95 {1000 * p95:.1f} ms per recorded analysis")
+    print(
+        f"\n{procs} processes x {threads} threads, {expected} analyses: p95 {1000 * p95:.1f} ms per recorded analysis"
+    )

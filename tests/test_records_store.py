@@ -10,12 +10,14 @@ import uuid
 import numpy as np
 import pytest
 
-pytest.importorskip("sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'")
+pytest.importorskip(
+    "sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'"
+)
 
 from liverscope.errors import LiverscopeError
+from liverscope.inference.results import Result
 from liverscope.records import ExamKey, ImageInput, RunInfo, open_store, pool_probabilities
 from liverscope.records.engine import current_revision, database_url, head_revision
-from liverscope.inference.results import Result
 
 PG_ENV = "LIVERSCOPE_TEST_PG"
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
@@ -81,7 +83,10 @@ def test_exam_answer_pools_unflagged_images_and_counts_the_rest(db):
     assert a.endpoints["≥F2"] == pytest.approx(sum(expected[2:]))
     assert exam.patient == "pt-8899aabbccddeeff" and exam.flagged
     img = exam.images[0]
-    assert img.latest.probabilities == dict(zip(LABELS, [0.1, 0.1, 0.6, 0.1, 0.1])) and img.latest.run_fingerprint == RUN.run_fingerprint
+    assert (
+        img.latest.probabilities == dict(zip(LABELS, [0.1, 0.1, 0.6, 0.1, 0.1]))
+        and img.latest.run_fingerprint == RUN.run_fingerprint
+    )
 
 
 def test_a_second_analysis_is_added_and_the_latest_model_answers(db):
@@ -91,7 +96,9 @@ def test_a_second_analysis_is_added_and_the_latest_model_answers(db):
         store.record(ex, image("a.png"), result("a.png", [0.7, 0.1, 0.1, 0.05, 0.05]), RUN)
         store.record(ex, image("a.png"), result("a.png", [0.05, 0.05, 0.1, 0.1, 0.7]), other)
         exam = store.get_exam("exam-7")
-    assert len(exam.images) == 1 and len(exam.images[0].analyses) == 2  # the same bytes: one image, two analyses
+    assert (
+        len(exam.images) == 1 and len(exam.images[0].analyses) == 2
+    )  # the same bytes: one image, two analyses
     assert exam.answer.label == "F4" and exam.answer.run_fingerprint == "b" * 64
 
 
@@ -100,7 +107,7 @@ def test_review_is_stored_beside_the_analysis_and_never_overwrites_it(db):
         ex = ExamKey("exam-1", "folder")
         store.record(ex, image("a.png"), result("a.png", [0.1, 0.6, 0.1, 0.1, 0.1]), RUN)
         first = store.review("exam-1", agree=True, note="looks right")
-        second = store.review("exam-1", label="F3", note="elastography says F3", reviewer="dr-x")
+        store.review("exam-1", label="F3", note="elastography says F3", reviewer="dr-x")
         exam = store.get_exam("exam-1")
         with pytest.raises(LiverscopeError, match="not one of the model's labels"):
             store.review("exam-1", label="F9")
@@ -117,7 +124,9 @@ def test_review_is_stored_beside_the_analysis_and_never_overwrites_it(db):
 def test_find_exams_by_key_flag_disagreement_and_review(db):
     with open_store(db) as store:
         store.record(ExamKey("clinic-a-1"), image("a.png"), result("a.png", [0.6, 0.1, 0.1, 0.1, 0.1]), RUN)
-        store.record(ExamKey("clinic-a-2"), image("b.png"), result("b.png", [0.6, 0.1, 0.1, 0.1, 0.1], ood=True), RUN)
+        store.record(
+            ExamKey("clinic-a-2"), image("b.png"), result("b.png", [0.6, 0.1, 0.1, 0.1, 0.1], ood=True), RUN
+        )
         store.record(ExamKey("clinic-b-1"), image("c.png"), result("c.png", [0.1, 0.1, 0.1, 0.1, 0.6]), RUN)
         store.review("clinic-b-1", label="F3")
         assert [e.key for e in store.find_exams(search="clinic-a")] == ["clinic-a-2", "clinic-a-1"]

@@ -45,58 +45,153 @@ def make_run(root: Path, parts: set[str]) -> Path:
     y, logits, sources = _case()
     temperature = 1.6
     probs = softmax(logits, temperature)
-    metrics = {"split": "grouped", "class_names": NAMES, "test": compute_metrics(y, probs, NAMES, ci=True, n_boot=100), "temperature": temperature}
+    metrics = {
+        "split": "grouped",
+        "class_names": NAMES,
+        "test": compute_metrics(y, probs, NAMES, ci=True, n_boot=100),
+        "temperature": temperature,
+    }
     if "by_source" in parts:
         metrics["test_by_source"] = metrics_by_group(y, probs, sources, NAMES)
     if "ensemble" in parts:
         metrics["ensemble"] = compute_metrics(y, probs, NAMES)
     if "ood" in parts:
-        metrics["ood"] = {"method": "mahalanobis", "threshold": 812.5, "quantile": 0.95,
-                          "validation": {"n": 40, "flagged": 2, "share": 0.05, "threshold": 812.5}, "test": {"n": 90, "flagged": 9, "share": 0.1, "threshold": 812.5}}
+        metrics["ood"] = {
+            "method": "mahalanobis",
+            "threshold": 812.5,
+            "quantile": 0.95,
+            "validation": {"n": 40, "flagged": 2, "share": 0.05, "threshold": 812.5},
+            "test": {"n": 90, "flagged": 9, "share": 0.1, "threshold": 812.5},
+        }
     if "shortcut" in parts:  # evaluate --ablation (issue 23)
         from liverscope.evaluate.shortcut import shortcut_table
 
         pred = probs.argmax(1)
-        metrics["shortcut"] = dict(shortcut_table(y, {"plain": pred, "tissue": pred, "periphery": np.zeros_like(y)}, sources),
-                                   regions=["tissue", "periphery"], sector_method="fan", no_sector=0)
+        metrics["shortcut"] = dict(
+            shortcut_table(y, {"plain": pred, "tissue": pred, "periphery": np.zeros_like(y)}, sources),
+            regions=["tissue", "periphery"],
+            sector_method="fan",
+            no_sector=0,
+        )
     if "ensemble_vs_oof" in parts:  # a cv run with a hold-out (issue 23)
-        gap = {"balanced_accuracy": {"oof": 0.70, "ensemble": 0.74, "gap": 0.04}, "n_oof": 80, "n_ensemble": 20}
+        gap = {
+            "balanced_accuracy": {"oof": 0.70, "ensemble": 0.74, "gap": 0.04},
+            "n_oof": 80,
+            "n_ensemble": 20,
+        }
         metrics["ensemble_vs_oof"] = {"overall": gap, "by_source": {"scannerA": gap}}
-        metrics["oof_protocol"] = {"select": "last", "honest": True, "warning": None, "temperature": "cross-fitted"}
+        metrics["oof_protocol"] = {
+            "select": "last",
+            "honest": True,
+            "warning": None,
+            "temperature": "cross-fitted",
+        }
     if "segmentation" in parts:
-        metrics["segmentation"] = {"pseudo_mask_threshold": 0.5, "unet_vs_pseudo": {"iou": 0.43, "dice": 0.6}, "unet_vs_expert": {"iou": 0.31, "dice": 0.47}}
+        metrics["segmentation"] = {
+            "pseudo_mask_threshold": 0.5,
+            "unet_vs_pseudo": {"iou": 0.43, "dice": 0.6},
+            "unet_vs_expert": {"iou": 0.31, "dice": 0.47},
+        }
     (run / "metrics.json").write_text(json.dumps(metrics))
-    model = {"architecture": {"name": "resnet10t", "head": "linear", "num_classes": 5}, "labels": NAMES, "temperature": temperature, "weights_source": "random init", "liverscope_version": "0.1.0"}
+    model = {
+        "architecture": {"name": "resnet10t", "head": "linear", "num_classes": 5},
+        "labels": NAMES,
+        "temperature": temperature,
+        "weights_source": "random init",
+        "liverscope_version": "0.1.0",
+    }
     if "provenance" in parts:
         model["provenance"] = PROVENANCE
     (run / "model.json").write_text(json.dumps(model))
     if "predictions" in parts:
-        _write_csv(run / "predictions_test.csv", ["path", "label", "pred", "source", "group", *[f"prob_{c}" for c in NAMES], *[f"logit_{c}" for c in NAMES]],
-                   [[f"img{i}.png", NAMES[y[i]], NAMES[int(probs[i].argmax())], sources[i], "", *probs[i], *logits[i]] for i in range(len(y))])
+        _write_csv(
+            run / "predictions_test.csv",
+            [
+                "path",
+                "label",
+                "pred",
+                "source",
+                "group",
+                *[f"prob_{c}" for c in NAMES],
+                *[f"logit_{c}" for c in NAMES],
+            ],
+            [
+                [
+                    f"img{i}.png",
+                    NAMES[y[i]],
+                    NAMES[int(probs[i].argmax())],
+                    sources[i],
+                    "",
+                    *probs[i],
+                    *logits[i],
+                ]
+                for i in range(len(y))
+            ],
+        )
     if "history" in parts:
-        _write_csv(run / "history.csv", ["epoch", "train_loss", "val_loss", "val_acc", "val_balanced_acc", "lr"],
-                   [[e, 1.6 * 0.8**e, 1.7 * 0.85**e + 0.1, 0.3 + 0.05 * e, 0.28 + 0.05 * e, 1e-4 * 0.9**e] for e in range(6)])
+        _write_csv(
+            run / "history.csv",
+            ["epoch", "train_loss", "val_loss", "val_acc", "val_balanced_acc", "lr"],
+            [
+                [e, 1.6 * 0.8**e, 1.7 * 0.85**e + 0.1, 0.3 + 0.05 * e, 0.28 + 0.05 * e, 1e-4 * 0.9**e]
+                for e in range(6)
+            ],
+        )
     if "split" in parts:
-        _write_csv(run / "split.csv", ["path", "label", "split", "group", "source", "sha256"],
-                   [[f"i{i}.png", NAMES[i % 5], ("train", "val", "test")[i % 3], f"g{i}", "AB"[i % 2], ""] for i in range(60)])
+        _write_csv(
+            run / "split.csv",
+            ["path", "label", "split", "group", "source", "sha256"],
+            [
+                [f"i{i}.png", NAMES[i % 5], ("train", "val", "test")[i % 3], f"g{i}", "AB"[i % 2], ""]
+                for i in range(60)
+            ],
+        )
     if "folds" in parts:
-        _write_csv(run / "cv_folds.csv", ["fold", "n_val", "val_balanced_accuracy", "test_balanced_accuracy", "test_accuracy"],
-                   [[f, 30, 0.7 + 0.01 * f, 0.68 + 0.01 * f, 0.7] for f in range(3)])
+        _write_csv(
+            run / "cv_folds.csv",
+            ["fold", "n_val", "val_balanced_accuracy", "test_balanced_accuracy", "test_accuracy"],
+            [[f, 30, 0.7 + 0.01 * f, 0.68 + 0.01 * f, 0.7] for f in range(3)],
+        )
     if "audit" in parts:
-        audit = {"summary": {"files": 60, "distinct": 50, "groups": 45, "label_conflicts": 0, "sources": 2, "confounded": False, "cramers_v": 0.1},
-                 "warnings": ["10 files are byte-identical copies"], "contingency": {"classes": NAMES, "sources": ["A", "B"], "table": [[6, 6]] * 5}}
+        audit = {
+            "summary": {
+                "files": 60,
+                "distinct": 50,
+                "groups": 45,
+                "label_conflicts": 0,
+                "sources": 2,
+                "confounded": False,
+                "cramers_v": 0.1,
+            },
+            "warnings": ["10 files are byte-identical copies"],
+            "contingency": {"classes": NAMES, "sources": ["A", "B"], "table": [[6, 6]] * 5},
+        }
         (run / "audit.json").write_text(json.dumps(audit))
     if "gallery" in parts:
         (run / "cam_gallery").mkdir(exist_ok=True)
-        P.plot_confusion_matrix(np.eye(2, dtype=int) * 3, ["a", "b"], run / "cam_gallery" / "F0_correct_01.png")
+        P.plot_confusion_matrix(
+            np.eye(2, dtype=int) * 3, ["a", "b"], run / "cam_gallery" / "F0_correct_01.png"
+        )
     if "config" in parts:
         (run / "config.yaml").write_text("model:\n  name: resnet10t\ntrain:\n  epochs: 6\n")
     return run
 
 
-PROVENANCE = {"versions": {"liverscope": "0.1.0", "python": "3.11.7", "torch": "2.14.1", "timm": "1.0.31", "monai": "1.6.1", "numpy": "2.4.6"},
-              "seed": 0, "git": {"commit": "0123456789abcdef" * 2 + "01234567", "dirty": False}, "command": ["liverscope", "train", "--recipe", "cpu-quick"],
-              "split_sha256": "9e" * 32, "created": "2026-11-23T22:14:48+00:00"}
+PROVENANCE = {
+    "versions": {
+        "liverscope": "0.1.0",
+        "python": "3.11.7",
+        "torch": "2.14.1",
+        "timm": "1.0.31",
+        "monai": "1.6.1",
+        "numpy": "2.4.6",
+    },
+    "seed": 0,
+    "git": {"commit": "0123456789abcdef" * 2 + "01234567", "dirty": False},
+    "command": ["liverscope", "train", "--recipe", "cpu-quick"],
+    "split_sha256": "9e" * 32,
+    "created": "2026-11-23T22:14:48+00:00",
+}
 
 # which optional part brings which sections (the base files bring the rest)
 PART_SECTIONS = {
@@ -162,8 +257,8 @@ def test_each_section_appears_only_with_its_data(tmp_path, part):
 
 def test_provenance_section_shows_versions_commit_command_and_data_hash(tmp_path):
     page = R.write_report(make_run(tmp_path, {"provenance"})).read_text(encoding="utf-8")
-    section = page[page.index('id="provenance"'):]
-    section = section[:section.index("</section>")]
+    section = page[page.index('id="provenance"') :]
+    section = section[: section.index("</section>")]
     for name, v in PROVENANCE["versions"].items():
         assert f"{name} version" in section and v in section, name
     assert PROVENANCE["git"]["commit"] in section and "uncommitted" not in section
@@ -175,7 +270,9 @@ def test_non_metavir_run_has_no_endpoints(tmp_path):
     run.mkdir()
     y, logits, _ = _case()
     names = ["normal", "cyst", "hemangioma", "hcc", "metastasis"]
-    (run / "metrics.json").write_text(json.dumps({"class_names": names, "test": compute_metrics(y, softmax(logits), names)}))
+    (run / "metrics.json").write_text(
+        json.dumps({"class_names": names, "test": compute_metrics(y, softmax(logits), names)})
+    )
     page = R.write_report(run).read_text(encoding="utf-8")
     assert "Clinical endpoints" not in headings(page) and "Confusion matrix" in headings(page)
     assert "hemangioma" in page
@@ -184,19 +281,24 @@ def test_non_metavir_run_has_no_endpoints(tmp_path):
 def test_extra_sections_from_other_modules(tmp_path):
     run = make_run(tmp_path, set())
     img = P.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "extra.png")
-    page = R.write_report(run, sections={
-        "Faithfulness": "<p>deletion AUC <b>0.21</b></p>",
-        "Segmentation examples": img,
-        "Timing": {"train seconds": 812.4, "images": 90},
-        "From a builder": lambda rd: f"<p>{len(rd.class_names)} classes</p>",
-        "Nothing to show": lambda rd: None,
-        "Per-class metrics": None,  # a built-in dropped by its title
-    }).read_text(encoding="utf-8")
+    page = R.write_report(
+        run,
+        sections={
+            "Faithfulness": "<p>deletion AUC <b>0.21</b></p>",
+            "Segmentation examples": img,
+            "Timing": {"train seconds": 812.4, "images": 90},
+            "From a builder": lambda rd: f"<p>{len(rd.class_names)} classes</p>",
+            "Nothing to show": lambda rd: None,
+            "Per-class metrics": None,  # a built-in dropped by its title
+        },
+    ).read_text(encoding="utf-8")
     h = headings(page)
     assert {"Faithfulness", "Segmentation examples", "Timing", "From a builder"} <= h
     assert "Nothing to show" not in h and "Per-class metrics" not in h
     assert "<b>0.21</b>" in page and "5 classes" in page and "812.400" in page
-    assert page.index("<h2>Summary</h2>") < page.index("<h2>Faithfulness</h2>")  # extras come after the built-ins
+    assert page.index("<h2>Summary</h2>") < page.index(
+        "<h2>Faithfulness</h2>"
+    )  # extras come after the built-ins
     assert_self_contained(page)
     with pytest.raises(LiverscopeError, match="does not exist"):
         R.write_report(run, sections={"Missing": tmp_path / "nope.png"})
@@ -221,8 +323,14 @@ def test_cv_run_overlays_fold_histories(tmp_path):
     run = make_run(tmp_path, {"folds", "ensemble"})
     for f in range(3):
         (run / "folds" / f"fold{f}").mkdir(parents=True)
-        _write_csv(run / "folds" / f"fold{f}" / "history.csv", ["epoch", "train_loss", "val_loss", "val_acc", "val_balanced_acc", "lr"],
-                   [[e, 1.5 - 0.1 * e - 0.02 * f, 1.6 - 0.08 * e, 0.4 + 0.04 * e, 0.38 + 0.04 * e, 1e-4] for e in range(5)])
+        _write_csv(
+            run / "folds" / f"fold{f}" / "history.csv",
+            ["epoch", "train_loss", "val_loss", "val_acc", "val_balanced_acc", "lr"],
+            [
+                [e, 1.5 - 0.1 * e - 0.02 * f, 1.6 - 0.08 * e, 0.4 + 0.04 * e, 0.38 + 0.04 * e, 1e-4]
+                for e in range(5)
+            ],
+        )
     page = R.write_report(run).read_text(encoding="utf-8")
     assert "Training curves" in headings(page) and "one colour per fold" in page
     assert "mean ± sd" in page and "ensemble" in page
@@ -232,10 +340,18 @@ def test_plots_write_pngs(tmp_path):
     y, logits, _ = _case(60, seed=2)
     p = softmax(logits)
     files = [
-        P.plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ["normal", "abnormal"], tmp_path / "cm.png", normalise=False),
+        P.plot_confusion_matrix(
+            np.array([[5, 1], [2, 7]]), ["normal", "abnormal"], tmp_path / "cm.png", normalise=False
+        ),
         P.plot_roc_curves(y, p, NAMES, tmp_path / "roc.png"),
         P.plot_reliability(p, y, tmp_path / "rel.png", calibrated=softmax(logits, 2.0)),
-        P.plot_training_curves([{"epoch": 0, "train_loss": 1.0, "val_loss": 1.1, "val_acc": 0.5}, {"epoch": 1, "train_loss": 0.8, "val_loss": ""}], tmp_path / "curves.png"),
+        P.plot_training_curves(
+            [
+                {"epoch": 0, "train_loss": 1.0, "val_loss": 1.1, "val_acc": 0.5},
+                {"epoch": 1, "train_loss": 0.8, "val_loss": ""},
+            ],
+            tmp_path / "curves.png",
+        ),
     ]
     for f in files:
         assert f.read_bytes()[:8] == PNG_MAGIC and f.stat().st_size > 5000
@@ -245,7 +361,10 @@ def test_plots_write_pngs(tmp_path):
         P.plot_training_curves([], tmp_path / "empty.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a cosine schedule ending at lr 0 must not break the log axis
-        P.plot_training_curves([{"epoch": e, "train_loss": 1 / (e + 1), "lr": 1e-3 * (4 - e) / 4} for e in range(5)], tmp_path / "lr0.png")
+        P.plot_training_curves(
+            [{"epoch": e, "train_loss": 1 / (e + 1), "lr": 1e-3 * (4 - e) / 4} for e in range(5)],
+            tmp_path / "lr0.png",
+        )
 
 
 def test_write_report_needs_a_directory(tmp_path):
@@ -274,8 +393,14 @@ def test_calibration_section_reports_a_refused_temperature(tmp_path):
     run = make_run(tmp_path, {"predictions"})
     model = json.loads((run / "model.json").read_text())
     model["temperature"] = 1.0
-    model["temperature_fit"] = {"fitted": 0.1, "temperature": 1.0, "applied": False, "at_edge": True, "bounds": [0.1, 10.0],
-                                "warning": "temperature fit stopped at the lower edge of its range"}
+    model["temperature_fit"] = {
+        "fitted": 0.1,
+        "temperature": 1.0,
+        "applied": False,
+        "at_edge": True,
+        "bounds": [0.1, 10.0],
+        "warning": "temperature fit stopped at the lower edge of its range",
+    }
     (run / "model.json").write_text(json.dumps(model))
     page = R.write_report(run).read_text(encoding="utf-8")
     assert "Temperature not applied: temperature fit stopped at the lower edge" in page
@@ -289,7 +414,7 @@ def test_calibration_section_reports_a_refused_temperature(tmp_path):
 
 
 def _header(page: str) -> str:
-    return page[page.index("<header>"):page.index("</header>")]
+    return page[page.index("<header>") : page.index("</header>")]
 
 
 def test_header_names_the_training_data_and_says_when_it_was_the_phantoms(tmp_path):
@@ -298,17 +423,29 @@ def test_header_names_the_training_data_and_says_when_it_was_the_phantoms(tmp_pa
     from liverscope.evaluate.notices import DECISION_SUPPORT, PHANTOMS
 
     run = make_run(tmp_path, set())
-    data = {"path": "/data/liver_us", "images": 312, "sources": {"640x480 jpeg grey": 300, "mixed sizes png rgb": 12}, "synthetic_phantoms": False}
+    data = {
+        "path": "/data/liver_us",
+        "images": 312,
+        "sources": {"640x480 jpeg grey": 300, "mixed sizes png rgb": 12},
+        "synthetic_phantoms": False,
+    }
     model = json.loads((run / "model.json").read_text())
     (run / "model.json").write_text(json.dumps(dict(model, training_data=data)))
     page = R.write_report(run).read_text(encoding="utf-8")
     header = _header(page)
-    assert "Trained on /data/liver_us: 312 images from 2 acquisition sources (640x480 jpeg grey (300); mixed sizes png rgb (12))." in header
+    assert (
+        "Trained on /data/liver_us: 312 images from 2 acquisition sources (640x480 jpeg grey (300); mixed sizes png rgb (12))."
+        in header
+    )
     assert "phantoms" not in header
     page = html.unescape(page)
-    assert DECISION_SUPPORT in page and page.index(DECISION_SUPPORT) < page.index("<section")  # above every section
+    assert DECISION_SUPPORT in page and page.index(DECISION_SUPPORT) < page.index(
+        "<section"
+    )  # above every section
 
-    (run / "model.json").write_text(json.dumps(dict(model, training_data=dict(data, synthetic_phantoms=True))))
+    (run / "model.json").write_text(
+        json.dumps(dict(model, training_data=dict(data, synthetic_phantoms=True)))
+    )
     header = html.unescape(_header(R.write_report(run).read_text(encoding="utf-8")))
     assert "the built-in synthetic phantoms." in header and f'<p class="phantoms">{PHANTOMS}</p>' in header
 
@@ -322,11 +459,16 @@ def test_run_from_before_the_record_names_its_data_from_config_and_split(tmp_pat
     run = make_run(tmp_path, {"split"})
     (run / "config.yaml").write_text(f"data:\n  path: {phantoms}\nmodel:\n  name: resnet10t\n")
     header = _header(R.write_report(run).read_text(encoding="utf-8"))
-    assert f"Trained on {phantoms.resolve()}: 60 images from 2 acquisition sources (A (30); B (30)), the built-in synthetic phantoms." in header
+    assert (
+        f"Trained on {phantoms.resolve()}: 60 images from 2 acquisition sources (A (30); B (30)), the built-in synthetic phantoms."
+        in header
+    )
     assert 'class="phantoms"' in header
     (run / "config.yaml").write_text(f"data:\n  path: {tmp_path / 'gone'}\n")
     header = _header(R.write_report(run).read_text(encoding="utf-8"))
-    assert f"Trained on {tmp_path / 'gone'}: 60 images" in header and "phantoms" not in header  # cannot tell any more: not claimed
+    assert (
+        f"Trained on {tmp_path / 'gone'}: 60 images" in header and "phantoms" not in header
+    )  # cannot tell any more: not claimed
     (run / "config.yaml").unlink()
     assert "Trained on: not recorded in this run." in _header(R.write_report(run).read_text(encoding="utf-8"))
 
@@ -338,13 +480,24 @@ def test_gallery_tile_of_a_flagged_image_shows_not_assessable(tmp_path):
 
     run = make_run(tmp_path, set())
     tile = np.full((8, 8, 3), 128, np.uint8)
-    rundir.write_gallery(run, [("F0_correct_00_a.png", tile, "a.png: true F0, predicted F0 (p=0.91)"),
-                               ("F4_wrong_01_b.png", tile, "b.png: true F4, predicted F1 (p=0.88)")], flagged=["F4_wrong_01_b.png"])
+    rundir.write_gallery(
+        run,
+        [
+            ("F0_correct_00_a.png", tile, "a.png: true F0, predicted F0 (p=0.91)"),
+            ("F4_wrong_01_b.png", tile, "b.png: true F4, predicted F1 (p=0.88)"),
+        ],
+        flagged=["F4_wrong_01_b.png"],
+    )
     page = R.write_report(run).read_text(encoding="utf-8")
-    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page[page.index('<div class="gallery">'):])
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page[page.index('<div class="gallery">') :])
     assert captions[0] == "a.png: true F0, predicted F0 (p=0.91)"
-    assert captions[1].startswith('<b class="flag">not assessable (flagged)</b>: unlike the images this model was trained on')
-    assert "<details><summary>show anyway</summary>b.png: true F4, predicted F1 (p=0.88)</details>" in captions[1]
+    assert captions[1].startswith(
+        '<b class="flag">not assessable (flagged)</b>: unlike the images this model was trained on'
+    )
+    assert (
+        "<details><summary>show anyway</summary>b.png: true F4, predicted F1 (p=0.88)</details>"
+        in captions[1]
+    )
     # a gallery written without the flags (older liverscope) says so when the run has a detector
     (run / "cam_gallery" / "flagged.json").unlink()
     model = json.loads((run / "model.json").read_text())

@@ -48,13 +48,17 @@ def predictor(trained_run):
 def study(phantom_dir, tmp_path_factory):
     """Three phantom images of one stage as a DICOM study of DOE^JANE."""
     files = sorted((phantom_dir / "F3").glob("*.png"))[:3]
-    return write_study(tmp_path_factory.mktemp("study"), [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files])
+    return write_study(
+        tmp_path_factory.mktemp("study"), [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
+    )
 
 
 @pytest.fixture(scope="module")
 def dicom_report(predictor, study):
     paths, _ = study
-    report, skipped = score_exam(predictor, "st-0123456789abcdef", [(p.name, p.read_bytes()) for p in paths], [str(p) for p in paths])
+    report, skipped = score_exam(
+        predictor, "st-0123456789abcdef", [(p.name, p.read_bytes()) for p in paths], [str(p) for p in paths]
+    )
     assert skipped == []
     return report
 
@@ -62,7 +66,9 @@ def dicom_report(predictor, study):
 @pytest.fixture(scope="module")
 def png_report(predictor, phantom_dir):
     files = sorted((phantom_dir / "F1").glob("*.png"))[:2]
-    report, _ = score_exam(predictor, "exam-0042", [(f.name, f.read_bytes()) for f in files], [str(f) for f in files])
+    report, _ = score_exam(
+        predictor, "exam-0042", [(f.name, f.read_bytes()) for f in files], [str(f) for f in files]
+    )
     return report, files
 
 
@@ -78,7 +84,9 @@ def test_pdf_is_one_page_with_the_key_the_stage_the_notice_and_no_patient_name(d
     assert "st-0123456789abcdef" in text
     assert dicom_report.answer.label and f"Exam result: {dicom_report.answer.label}" in text
     assert _flat(DECISION_SUPPORT) in text
-    assert "Model card" in text and "synthetic phantoms" in text  # the card names the training data, said plainly
+    assert (
+        "Model card" in text and "synthetic phantoms" in text
+    )  # the card names the training data, said plainly
     assert "held-out test images, n =" in text
     raw = out.read_bytes()
     for secret in SECRETS:  # neither in the text nor anywhere in the file (metadata included)
@@ -87,10 +95,23 @@ def test_pdf_is_one_page_with_the_key_the_stage_the_notice_and_no_patient_name(d
 
 
 def test_pdf_of_many_images_and_a_flagged_exam_stays_one_page(dicom_report, tmp_path):
-    flagged = [replace(im, index=i + 1, ood=True, ood_score=99.0) for i, im in enumerate(dicom_report.images * 5)]
-    answer = replace(dicom_report.answer, label=None, probabilities={}, endpoints=None, n_images=len(flagged), n_used=0,
-                     n_flagged=len(flagged), n_agree=0, spread=None)
-    report = replace(dicom_report, images=flagged, answer=answer, review="corrected to F2 by dr-a on 2026-12-01")
+    flagged = [
+        replace(im, index=i + 1, ood=True, ood_score=99.0) for i, im in enumerate(dicom_report.images * 5)
+    ]
+    answer = replace(
+        dicom_report.answer,
+        label=None,
+        probabilities={},
+        endpoints=None,
+        n_images=len(flagged),
+        n_used=0,
+        n_flagged=len(flagged),
+        n_agree=0,
+        spread=None,
+    )
+    report = replace(
+        dicom_report, images=flagged, answer=answer, review="corrected to F2 by dr-a on 2026-12-01"
+    )
     pages, text = _pdf_text(write_pdf(report, tmp_path / "many.pdf"))
     assert pages == 1
     assert "Exam result: not assessable" in text and "15 flagged images left out" in text
@@ -113,8 +134,12 @@ def _content_texts(ds) -> list[str]:
 
 
 def _referenced(ds) -> set[str]:
-    return {inst.ReferencedSOPInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
-            for series in study.ReferencedSeriesSequence for inst in series.ReferencedSOPSequence}
+    return {
+        inst.ReferencedSOPInstanceUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for inst in series.ReferencedSOPSequence
+    }
 
 
 def test_dicom_outputs_join_the_source_study_and_reference_its_instances(dicom_report, study, tmp_path):
@@ -127,19 +152,34 @@ def test_dicom_outputs_join_the_source_study_and_reference_its_instances(dicom_r
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
     assert {sc.SOPClassUID for sc in scs} == {"1.2.840.10008.5.1.4.1.1.7"}  # Secondary Capture
     for ds in [sr, *scs]:  # the same study and patient as the input, which carried them
-        assert ds.StudyInstanceUID == study_uid and ds.PatientID == PATIENT_ID and str(ds.PatientName) == PATIENT_NAME
+        assert (
+            ds.StudyInstanceUID == study_uid
+            and ds.PatientID == PATIENT_ID
+            and str(ds.PatientName) == PATIENT_NAME
+        )
         assert ds.SeriesInstanceUID != sources[0].SeriesInstanceUID
     assert _referenced(sr) == {s.SOPInstanceUID for s in sources} | {sc.SOPInstanceUID for sc in scs}
-    image_refs = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for group in sr.ContentSequence if group.ValueType == "CONTAINER"
-                  for item in group.ContentSequence if item.ValueType == "IMAGE"}
+    image_refs = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for group in sr.ContentSequence
+        if group.ValueType == "CONTAINER"
+        for item in group.ContentSequence
+        if item.ValueType == "IMAGE"
+    }
     assert image_refs == {s.SOPInstanceUID for s in sources} | {sc.SOPInstanceUID for sc in scs}
     texts = _content_texts(sr)
     assert f"Exam result: {dicom_report.answer.label}" in texts and DECISION_SUPPORT in texts
-    probs = {str(i.ConceptNameCodeSequence[0].CodeMeaning): float(i.MeasuredValueSequence[0].NumericValue)
-             for i in sr.ContentSequence if i.ValueType == "NUM"}
+    probs = {
+        str(i.ConceptNameCodeSequence[0].CodeMeaning): float(i.MeasuredValueSequence[0].NumericValue)
+        for i in sr.ContentSequence
+        if i.ValueType == "NUM"
+    }
     for c, p in dicom_report.answer.probabilities.items():
         assert probs[f"Probability of {c}"] == pytest.approx(p, abs=1e-6)
-    overlay = cv2.cvtColor(cv2.imdecode(np.frombuffer(dicom_report.images[0].overlay_png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    overlay = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(dicom_report.images[0].overlay_png, np.uint8), cv2.IMREAD_COLOR),
+        cv2.COLOR_BGR2RGB,
+    )
     np.testing.assert_array_equal(scs[0].pixel_array, overlay)  # the report's overlay, pixel for pixel
     for ds in [sr, *scs]:  # what the input carried but a report has no need of stays out
         assert "InstitutionName" not in ds
@@ -187,8 +227,20 @@ def test_records_report_writes_the_pdf_and_the_dicom_of_a_stored_exam(stored_exa
     from liverscope.ui.cli import app
 
     paths, study_uid = study
-    res = CliRunner().invoke(app, ["records", "report", "st-00000000000000aa", "--db", str(stored_exam), "--pdf", str(tmp_path / "r.pdf"),
-                                   "--dicom", str(tmp_path / "dcm")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "records",
+            "report",
+            "st-00000000000000aa",
+            "--db",
+            str(stored_exam),
+            "--pdf",
+            str(tmp_path / "r.pdf"),
+            "--dicom",
+            str(tmp_path / "dcm"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     pages, text = _pdf_text(tmp_path / "r.pdf")
     assert pages == 1 and "st-00000000000000aa" in text and _flat(DECISION_SUPPORT) in text
@@ -207,11 +259,16 @@ def test_records_report_says_what_is_missing(stored_exam, tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["records", "report", "st-00000000000000aa", "--db", str(stored_exam)])
     assert res.exit_code == 2 and "--pdf FILE, --dicom DIR, or both" in res.output
-    res = runner.invoke(app, ["records", "report", "st-nosuchexam", "--db", str(stored_exam), "--pdf", str(tmp_path / "x.pdf")])
+    res = runner.invoke(
+        app,
+        ["records", "report", "st-nosuchexam", "--db", str(stored_exam), "--pdf", str(tmp_path / "x.pdf")],
+    )
     assert res.exit_code == 1 and "st-nosuchexam" in res.output and not (tmp_path / "x.pdf").exists()
 
 
-def test_a_stored_image_whose_file_changed_gets_a_note_not_an_overlay(stored_exam, predictor, study, tmp_path):
+def test_a_stored_image_whose_file_changed_gets_a_note_not_an_overlay(
+    stored_exam, predictor, study, tmp_path
+):
     from liverscope.records import open_store
     from liverscope.records.runinfo import run_fingerprint
     from liverscope.reports.build import NO_FILE, OTHER_MODEL, from_exam
@@ -251,7 +308,10 @@ def test_a_stored_exam_whose_run_has_moved_still_gets_its_page(stored_exam, tmp_
     with open_store(stored_exam) as store:
         exam = store.get_exam("st-00000000000000aa")
     gone = str(tmp_path / "moved-run")
-    moved = replace(exam, images=[replace(im, analyses=[replace(a, run_dir=gone) for a in im.analyses]) for im in exam.images])
+    moved = replace(
+        exam,
+        images=[replace(im, analyses=[replace(a, run_dir=gone) for a in im.analyses]) for im in exam.images],
+    )
     report = from_exam(moved)
     assert all(im.overlay_png is None for im in report.images)
     assert report.card.labels == exam.images[0].latest.labels and report.card.figures == []

@@ -41,7 +41,11 @@ def test_json_names_every_csv_field_the_csv_way(tmp_path):
     for row, item in zip(rows, items, strict=True):
         for col, value in row.items():
             if col.startswith("prob_"):
-                assert _same(value, (item["probabilities"] or {}).get(col[len("prob_"):])), (col, value, item)
+                assert _same(value, (item["probabilities"] or {}).get(col[len("prob_") :])), (
+                    col,
+                    value,
+                    item,
+                )
             else:
                 assert col in item and _same(value, item[col]), (col, value, item)
         assert not any("≥" in k for k in item)  # no second spelling of the endpoints

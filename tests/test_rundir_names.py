@@ -27,11 +27,19 @@ OWNER = "rundir"
 #: Lower layers (below rundir: rundir imports them) that own a run file's name; rundir re-exports it.
 LOWER_OWNERS = {"data/audit_report.py": {audit_report.AUDIT_JSON, audit_report.AUDIT_HTML}}
 #: A file name in code: ``name.ext`` or ``folder/name.ext``.
-FILE_NAME = re.compile(r"(?:[\w.-]+/)*\w[\w.-]*\.(?:png|jpe?g|json|csv|html|ya?ml|safetensors|onnx|ckpt|npy|txt|pdf|db)")
+FILE_NAME = re.compile(
+    r"(?:[\w.-]+/)*\w[\w.-]*\.(?:png|jpe?g|json|csv|html|ya?ml|safetensors|onnx|ckpt|npy|txt|pdf|db)"
+)
 #: File names that are not files of a run directory (or a --help line that may not import rundir): (module, name) -> why.
 NOT_RUN_FILES = {
-    ("ui/cli_options.py", "history.csv"): "a --help line of RECIPE_OPTIONS (cli_options loads nothing torch-side, rundir does)",
-    ("training/lightning_module.py", "mlflow.db"): "MLflow's local tracking database in ./mlruns (the working directory)",
+    (
+        "ui/cli_options.py",
+        "history.csv",
+    ): "a --help line of RECIPE_OPTIONS (cli_options loads nothing torch-side, rundir does)",
+    (
+        "training/lightning_module.py",
+        "mlflow.db",
+    ): "MLflow's local tracking database in ./mlruns (the working directory)",
     ("data/datasets.py", "liverscope-phantoms.json"): "the marker of a synthetic phantom data folder",
     ("speed/cache.py", "timings.json"): "the per-machine timings cache in the user's cache folder",
     ("ui/cli_predict.py", "predictions.csv"): "predict's default --out, in the working directory",
@@ -49,7 +57,9 @@ TO_MOVE: set[tuple[str, str]] = set()  # every run-file name now lives in rundir
 
 def run_file_names() -> set[str]:
     """The file names rundir holds (module-level string constants with a suffix)."""
-    return {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and FILE_NAME.fullmatch(v)}
+    return {
+        v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and FILE_NAME.fullmatch(v)
+    }
 
 
 def _skipped(tree: ast.AST) -> set[int]:
@@ -58,7 +68,11 @@ def _skipped(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.add(id(first.value))
         if isinstance(node, ast.keyword) and node.arg == "help":
             out.update(id(n) for n in ast.walk(node.value))
@@ -71,8 +85,11 @@ def literals(path: Path) -> list[tuple[int, str, bool]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip = _skipped(tree)
     pieces = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
-    return [(n.lineno, n.value, id(n) not in pieces) for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip]
+    return [
+        (n.lineno, n.value, id(n) not in pieces)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip
+    ]
 
 
 def findings(src: Path = SRC) -> dict[tuple[str, str], list[str]]:
@@ -89,11 +106,21 @@ def findings(src: Path = SRC) -> dict[tuple[str, str], list[str]]:
             for name in sorted(hits - own):
                 if (rel, name) in NOT_RUN_FILES:
                     continue
-                found.setdefault((rel, name), []).append(f"{rel}:{line}: {name!r}: use liverscope.rundir's constant")
+                found.setdefault((rel, name), []).append(
+                    f"{rel}:{line}: {name!r}: use liverscope.rundir's constant"
+                )
             value = text.strip()
-            if whole and FILE_NAME.fullmatch(value) and value not in names and value not in own and (rel, value) not in NOT_RUN_FILES:
-                found.setdefault((rel, value), []).append(f"{rel}:{line}: {value!r}: a run file gets a constant in rundir; "
-                                                          "any other file a line in NOT_RUN_FILES")
+            if (
+                whole
+                and FILE_NAME.fullmatch(value)
+                and value not in names
+                and value not in own
+                and (rel, value) not in NOT_RUN_FILES
+            ):
+                found.setdefault((rel, value), []).append(
+                    f"{rel}:{line}: {value!r}: a run file gets a constant in rundir; "
+                    "any other file a line in NOT_RUN_FILES"
+                )
     return found
 
 
@@ -114,17 +141,22 @@ def test_to_move_only_shrinks():
 
 
 def test_run_file_names_are_distinct():
-    values = [v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and FILE_NAME.fullmatch(v)]
+    values = [
+        v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and FILE_NAME.fullmatch(v)
+    ]
     assert len(values) == len(set(values)), sorted(v for v in set(values) if values.count(v) > 1)
 
 
-@pytest.mark.parametrize("literal, flagged", [
-    ('x = run_dir / "curves.png"', True),
-    ('raise E(f"{d}: no model.json here")', True),
-    ('x = out / "brand_new.csv"', True),
-    ('typer.Option(None, help="Folder for audit.json and audit.html.")', False),
-    ('x = rundir.CURVES_PNG', False),
-])
+@pytest.mark.parametrize(
+    "literal, flagged",
+    [
+        ('x = run_dir / "curves.png"', True),
+        ('raise E(f"{d}: no model.json here")', True),
+        ('x = out / "brand_new.csv"', True),
+        ('typer.Option(None, help="Folder for audit.json and audit.html.")', False),
+        ("x = rundir.CURVES_PNG", False),
+    ],
+)
 def test_the_check_can_fail(tmp_path, literal, flagged):
     (tmp_path / "mod.py").write_text(literal + "\n")
     assert bool(findings(tmp_path)) is flagged

@@ -89,7 +89,10 @@ def test_a_run_saved_before_the_fan_method_reads_its_images_the_old_way():
     old_saved = {k: v for k, v in new.to_dict().items() if k != "sector"}  # model.json of an older run
     old = Preprocessing.from_dict(old_saved)
     assert old.sector == "threshold"
-    assert old.key() != new.key() and old.key() == Preprocessing.from_dict({**old_saved, "sector": "threshold"}).key()
+    assert (
+        old.key() != new.key()
+        and old.key() == Preprocessing.from_dict({**old_saved, "sector": "threshold"}).key()
+    )
     img, fan = scan(10)
     y0, y1, x0, x1 = crop_box(img, new)
     assert (y1 - y0, x1 - x0) != crop_box(img, old)[1::2]
@@ -102,7 +105,11 @@ def test_sector_against_the_aul_expert_outlines(real_lesions):
     0.968 / 0.892, docs/benchmarks.md): this guards what was reached."""
     ious = []
     for mask_path in sorted((real_lesions / "masks" / "sector").glob("*.png")):
-        image = next(real_lesions / c / mask_path.name for c in ("benign", "malignant", "normal") if (real_lesions / c / mask_path.name).exists())
+        image = next(
+            real_lesions / c / mask_path.name
+            for c in ("benign", "malignant", "normal")
+            if (real_lesions / c / mask_path.name).exists()
+        )
         truth = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
         ious.append(iou(sector_mask(cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)), truth))
     assert len(ious) > 500
@@ -111,7 +118,9 @@ def test_sector_against_the_aul_expert_outlines(real_lesions):
 
 def test_a_frame_that_fills_the_image_and_a_one_column_region_are_the_whole_image():
     rng = np.random.default_rng(3)
-    tissue = np.clip(60 + 40 * rng.rayleigh(1.0, (400, 500)), 0, 255).astype(np.uint8)  # cropped inside the fan
+    tissue = np.clip(60 + 40 * rng.rayleigh(1.0, (400, 500)), 0, 255).astype(
+        np.uint8
+    )  # cropped inside the fan
     cv2.ellipse(tissue, (250, 200), (120, 60), 0, 0, 360, 230, -1)
     cv2.circle(tissue, (120, 300), 50, 5, -1)  # a dark cyst
     mask, why = find_fan(tissue)

@@ -11,9 +11,9 @@ import pytest
 
 from liverscope import segment as S
 from liverscope.data.geometry import to_model, to_original
+from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice, iou, mask_scores, pointing_game
 from liverscope.rundir import read_preprocessing
-from liverscope.errors import LiverscopeError
 from liverscope.segment.config import FitConfig, segment_config
 from liverscope.segment.training import segmentation_loss
 from liverscope.utils import atomic_write_png
@@ -247,7 +247,9 @@ def test_dicece_loss_equals_the_old_bce_plus_dice(dtype):
     ref_x = logits.clone().requires_grad_(True)
     ref = _bce_plus_dice_reference(ref_x, target)
     ref.backward()
-    old = torch.nn.BCEWithLogitsLoss()(logits, target) + DiceLoss(sigmoid=True)(logits, target)  # the old code
+    old = torch.nn.BCEWithLogitsLoss()(logits, target) + DiceLoss(sigmoid=True)(
+        logits, target
+    )  # the old code
     new_x = logits.clone().requires_grad_(True)
     new = segmentation_loss("bce+dice")(new_x, target)
     new.backward()
@@ -257,7 +259,11 @@ def test_dicece_loss_equals_the_old_bce_plus_dice(dtype):
     # the configuration matters: without the sigmoid the Dice term sees raw logits
     assert abs(float(DiceCELoss()(logits, target)) - float(ref.detach())) > 0.1
     # the study's loss is plain BCE with logits
-    torch.testing.assert_close(segmentation_loss("bce")(logits, target), torch.nn.functional.binary_cross_entropy_with_logits(logits, target), **tol)
+    torch.testing.assert_close(
+        segmentation_loss("bce")(logits, target),
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, target),
+        **tol,
+    )
 
 
 def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
@@ -273,20 +279,34 @@ def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
     resumed_dir = tmp_path / "resumed"
     _, first = S.fit_unet(imgs, masks, split, FitConfig(epochs=2, **fit), checkpoint_dir=resumed_dir, **kw)
     assert {p.name for p in (tmp_path / "resumed").iterdir()} == {"best.ckpt", "last.ckpt"}
-    assert first["epochs_run"] == 2 and first["steps"] == 2 * 3  # 7 images in batches of 2: the lone last one is dropped
-    resumed, again = S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=resumed_dir,
-                                resume=True, **kw)
+    assert (
+        first["epochs_run"] == 2 and first["steps"] == 2 * 3
+    )  # 7 images in batches of 2: the lone last one is dropped
+    resumed, again = S.fit_unet(
+        imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=resumed_dir, resume=True, **kw
+    )
     assert again["resumed"] and again["epochs_run"] == 4 and again["steps"] == 4 * 3
     assert again["history"][:2] == first["history"]  # the history travels in the checkpoint
     for a, b in zip(again["history"], info["history"]):
-        assert a["epoch"] == b["epoch"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
+        assert (
+            a["epoch"] == b["epoch"]
+            and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+            and a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
+        )
     assert again["best_epoch"] == info["best_epoch"]
     ref = straight.state_dict()
     for k, v in resumed.state_dict().items():
         np.testing.assert_allclose(v.float().numpy(), ref[k].float().numpy(), atol=1e-4, err_msg=k)
     with pytest.raises(LiverscopeError, match="nothing to resume"):
-        S.fit_unet(imgs, masks, split, FitConfig(epochs=4, **fit), checkpoint_dir=tmp_path / "none",
-                   resume=True, **kw)
+        S.fit_unet(
+            imgs,
+            masks,
+            split,
+            FitConfig(epochs=4, **fit),
+            checkpoint_dir=tmp_path / "none",
+            resume=True,
+            **kw,
+        )
 
 
 def test_lightning_fit_stops_early_on_the_validation_dice():
@@ -306,7 +326,9 @@ def test_lightning_fit_stops_early_on_the_validation_dice():
     assert info["epochs_run"] == best + 2 < 40, dices
     assert info["best_val_dice"] == max(dices) == dices[best - 1] and max(dices[best:]) <= dices[best - 1]
     pred = S.predict_masks_at(model, imgs[6:9], 32)
-    assert np.mean([dice(p, t) for p, t in zip(pred, masks[6:9])]) == pytest.approx(info["best_val_dice"], abs=1e-6)
+    assert np.mean([dice(p, t) for p, t in zip(pred, masks[6:9])]) == pytest.approx(
+        info["best_val_dice"], abs=1e-6
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,8 +350,23 @@ def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path)
     from liverscope.utils import read_json
 
     runner = CliRunner()
-    r = runner.invoke(app, ["segment", "train", str(run_copy), str(phantom_dir), "--epochs", "2", "--size", "32",
-                            "--real-masks", str(phantom_dir / "masks"), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "segment",
+            "train",
+            str(run_copy),
+            str(phantom_dir),
+            "--epochs",
+            "2",
+            "--size",
+            "32",
+            "--real-masks",
+            str(phantom_dir / "masks"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "test vs targets" in r.output and "expert masks" in r.output
     for f in ("segmenter.safetensors", "segmenter.json", "seg_split.csv"):
@@ -345,8 +382,7 @@ def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path)
     # Lightning's checkpoints in the segmenter's folder of the run; resume continues from them
     assert meta["engine"] == "lightning" and (run_copy / meta["checkpoints"] / "last.ckpt").exists()
     cfg = segment_config(epochs=3, size=32, real_masks=phantom_dir / "masks", device="cpu")
-    resumed = S.train_segmenter(run_copy, phantom_dir, cfg,
-                                report=False, resume=True)["meta"]
+    resumed = S.train_segmenter(run_copy, phantom_dir, cfg, report=False, resume=True)["meta"]
     assert resumed["resumed"] and resumed["epochs_run"] == 3 and resumed["history"][:2] == meta["history"]
     # the app's contract
     seg_model = S.load_segmenter(run_copy)
@@ -357,7 +393,9 @@ def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path)
     bad.write_bytes(b"not an image")
     imgs = sorted((phantom_dir / "F4").glob("*.png"))[:2]
     out = tmp_path / "seg"
-    r = runner.invoke(app, ["segment", "predict", str(run_copy), *map(str, imgs), str(bad), "--out", str(out)])
+    r = runner.invoke(
+        app, ["segment", "predict", str(run_copy), *map(str, imgs), str(bad), "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert "skipped 1" in r.output and "broken.png" in r.output
     m = S.read_mask(out / f"{imgs[0].stem}_mask.png")
@@ -366,16 +404,35 @@ def test_cli_segment_train_predict_pseudo_score(run_copy, phantom_dir, tmp_path)
 
     # pseudo: mirrors the data folder under --out; never inside the data folder
     pout = tmp_path / "pseudo"
-    r = runner.invoke(app, ["segment", "pseudo", str(run_copy), str(phantom_dir), "--rule", "top", "--q", "10", "--out", str(pout)])
+    r = runner.invoke(
+        app,
+        [
+            "segment",
+            "pseudo",
+            str(run_copy),
+            str(phantom_dir),
+            "--rule",
+            "top",
+            "--q",
+            "10",
+            "--out",
+            str(pout),
+        ],
+    )
     assert r.exit_code == 0, r.output
     written = sorted(pout.rglob("*.png"))
     assert len(written) == 120 and (pout / "F0" / "F0_0000.png").exists()
     assert not (phantom_dir / "masks" / "F0").exists()
-    r = runner.invoke(app, ["segment", "pseudo", str(run_copy), str(phantom_dir), "--out", str(phantom_dir / "pm")])
+    r = runner.invoke(
+        app, ["segment", "pseudo", str(run_copy), str(phantom_dir), "--out", str(phantom_dir / "pm")]
+    )
     assert r.exit_code != 0 and "never written into the data" in r.output
 
     # score: pseudo-masks against the phantoms' known nodules
-    r = runner.invoke(app, ["segment", "score", str(pout), str(phantom_dir / "masks"), "--out", str(tmp_path / "scores.csv")])
+    r = runner.invoke(
+        app,
+        ["segment", "score", str(pout), str(phantom_dir / "masks"), "--out", str(tmp_path / "scores.csv")],
+    )
     assert r.exit_code == 0, r.output
     assert "mean over 120 image(s)" in r.output
     assert (tmp_path / "scores.csv").read_text().count("\n") == 121
@@ -418,10 +475,16 @@ def test_pseudo_mask_scores_come_from_the_expert_masks(real_masses, tmp_path):
     torch.manual_seed(0)
     pp = Preprocessing(size=96)
     save_model(tmp_path, build_model("resnet10t", 2, head="linear"), ["benign", "malignant"], pp)
-    files = sorted((real_masses / "benign").glob("*.png"))[:3] + sorted((real_masses / "malignant").glob("*.png"))[:3]
+    files = (
+        sorted((real_masses / "benign").glob("*.png"))[:3]
+        + sorted((real_masses / "malignant").glob("*.png"))[:3]
+    )
     items, bad = S.load_images(files, pp, roots=[real_masses])
     assert not bad and len(items) == 6
-    truth = [to_model(S.read_mask(S.find_mask(real_masses / "masks", it.rel), it.shape), it.box, pp.size) for it in items]
+    truth = [
+        to_model(S.read_mask(S.find_mask(real_masses / "masks", it.rel), it.shape), it.box, pp.size)
+        for it in items
+    ]
     assert all(t.any() for t in truth)
     pm = S.pseudo_masks(tmp_path, [it.input for it in items], "otsu")
     s = S.score_pseudo_masks(pm, truth)

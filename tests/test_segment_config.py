@@ -11,7 +11,6 @@ import yaml
 from typer.testing import CliRunner
 
 from liverscope import segment as S
-from liverscope.ui.cli import app
 from liverscope.errors import UsageError
 from liverscope.segment.config import (
     FLAGS,
@@ -22,6 +21,7 @@ from liverscope.segment.config import (
     segment_config,
 )
 from liverscope.segment.unet import MASKS_DEFAULTS, PSEUDO_DEFAULTS, segmenter_defaults
+from liverscope.ui.cli import app
 
 
 def test_defaults_resolve_as_before_with_and_without_masks():

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from liverscope.explain import cams as explain
 from liverscope import segment as S
 from liverscope.data.datasets import make_phantom
 from liverscope.data.preprocess import Preprocessing, preprocess_array
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice
+from liverscope.explain import cams as explain
 from liverscope.models import build_model
 from liverscope.segment.config import FitConfig
 from liverscope.segment.training import segmentation_loss, weighted_segmentation_loss
@@ -85,8 +85,12 @@ def test_the_last_stage_through_the_backbone_is_todays_map(model, inputs):
 
 def test_a_shallower_stage_gives_a_finer_map_of_the_input_size(model, inputs):
     last = explain.explain_batch(model, inputs, PP64, targets=[0, 1, 2], restrict_to_sector=False)
-    l2 = explain.explain_batch(model, inputs, PP64, targets=[0, 1, 2], restrict_to_sector=False, layers="layer2")
-    l1 = explain.explain_batch(model, inputs, PP64, targets=[0, 1, 2], restrict_to_sector=False, layers="layer1")
+    l2 = explain.explain_batch(
+        model, inputs, PP64, targets=[0, 1, 2], restrict_to_sector=False, layers="layer2"
+    )
+    l1 = explain.explain_batch(
+        model, inputs, PP64, targets=[0, 1, 2], restrict_to_sector=False, layers="layer1"
+    )
     assert l2.cams.shape == l1.cams.shape == last.cams.shape == (3, 64, 64)
     k_last, k2, k1 = kinks(last.raw), kinks(l2.raw), kinks(l1.raw)
     assert k_last <= 4 < 2 * k_last <= k2 < k1, (k_last, k2, k1)  # 2x2 -> 8x8 -> 16x16 cells
@@ -100,13 +104,16 @@ def test_several_layers_average_their_normalised_maps(model, inputs):
     a = explain.explain_batch(model, inputs, PP64, layers="layer2", **kw)
     b = explain.explain_batch(model, inputs, PP64, **kw)
     both = explain.explain_batch(model, inputs, PP64, layers=("layer2", "last"), **kw)
+
     def peak1(m):  # (an untrained model's Grad-CAM can be zero everywhere after its ReLU)
         return m / m.max() if m.max() > 0 else m
 
     for i in range(3):
         want = explain.normalise_in_region(0.5 * (a.cams[i] + b.cams[i]), a.sectors[i])
         np.testing.assert_allclose(both.cams[i], want, atol=1e-5)
-        np.testing.assert_allclose(both.raw[i], 0.5 * (peak1(a.raw[i]) + peak1(b.raw[i])), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            both.raw[i], 0.5 * (peak1(a.raw[i]) + peak1(b.raw[i])), rtol=1e-4, atol=1e-6
+        )
     assert both.cams.max() == pytest.approx(1.0) and not both.cams[~both.sectors].any()
     cams, classes = explain.compute_cams(model, inputs, PP64, layers=("layer2", "last"), **kw)
     np.testing.assert_allclose(cams, both.cams, atol=1e-6)
@@ -116,10 +123,15 @@ def test_several_layers_average_their_normalised_maps(model, inputs):
 @pytest.mark.parametrize("method", ["layercam", "gradcam++"])
 def test_methods_work_at_shallow_layers_and_release_hooks(model, inputs, method):
     def n_hooks(m):
-        return sum(len(x._forward_hooks) + len(x._backward_hooks) + len(getattr(x, "_backward_pre_hooks", {})) for x in m.modules())
+        return sum(
+            len(x._forward_hooks) + len(x._backward_hooks) + len(getattr(x, "_backward_pre_hooks", {}))
+            for x in m.modules()
+        )
 
     before = n_hooks(model)
-    b = explain.explain_batch(model, inputs, PP64, method=method, layers=("layer1", "layer2"), aug_smooth_flip=True)
+    b = explain.explain_batch(
+        model, inputs, PP64, method=method, layers=("layer1", "layer2"), aug_smooth_flip=True
+    )
     assert b.cams.shape == (3, 64, 64) and np.isfinite(b.cams).all()
     assert b.cams.max() == pytest.approx(1.0) and not b.cams[~b.sectors].any()
     assert n_hooks(model) == before and all(p.grad is None for p in model.parameters())
@@ -169,7 +181,9 @@ def test_grabcut_falls_back_to_the_seed_and_needs_the_image():
         S.pseudo_mask(cam, sector, "grabcut")
     with pytest.raises(LiverscopeError, match="model input"):
         S.grabcut_mask(cam, img[:32], sector)
-    assert "GrabCut" in S.describe_rule("grabcut") and "layer3+last" in S.describe_rule("otsu", layers=("layer3", "last"))
+    assert "GrabCut" in S.describe_rule("grabcut") and "layer3+last" in S.describe_rule(
+        "otsu", layers=("layer3", "last")
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,7 +210,9 @@ def test_run_cams_and_pseudo_masks_take_layers(run_dir, inputs, model):
 
 
 def test_regions_keep_masks_and_maxima_inside(run_dir, inputs):
-    cams = S.run_cams(run_dir, inputs, targets=[0, 1, 2], layers="layer1", method="layercam")  # LayerCAM: never all zero
+    cams = S.run_cams(
+        run_dir, inputs, targets=[0, 1, 2], layers="layer1", method="layercam"
+    )  # LayerCAM: never all zero
     regions = []
     for k in range(3):  # a "liver": the lower-left quarter-ish of each image
         r = np.zeros((64, 64), bool)
@@ -266,13 +282,18 @@ def test_ignored_pixels_do_not_change_the_loss(kind):
     weight = (torch.rand(3, 1, 12, 12, generator=g) < 0.6).double()
     flipped = torch.where(weight == 0, 1 - target, target)
     a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
-    la, lb = weighted_segmentation_loss(a, target, weight, kind), weighted_segmentation_loss(b, flipped, weight, kind)
+    la, lb = (
+        weighted_segmentation_loss(a, target, weight, kind),
+        weighted_segmentation_loss(b, flipped, weight, kind),
+    )
     la.backward()
     lb.backward()
     torch.testing.assert_close(la, lb)
     torch.testing.assert_close(a.grad, b.grad)
     assert (a.grad[weight == 0] == 0).all()
-    assert float(la.detach()) != pytest.approx(float(segmentation_loss(kind)(logits, target)))  # the weights do matter
+    assert float(la.detach()) != pytest.approx(
+        float(segmentation_loss(kind)(logits, target))
+    )  # the weights do matter
 
 
 def _phantoms(n: int, size: int = 32):
@@ -302,7 +323,9 @@ def test_fit_unet_with_weights_ignores_the_zero_weight_pixels():
     for k, v in noisy_model.state_dict().items():
         np.testing.assert_allclose(v.float().numpy(), ref[k].float().numpy(), atol=1e-6, err_msg=k)
     unweighted, _ = S.fit_unet(imgs, noisy, split, fit, **kw)
-    assert any(not torch.allclose(v.float(), ref[k].float(), atol=1e-4) for k, v in unweighted.state_dict().items())
+    assert any(
+        not torch.allclose(v.float(), ref[k].float(), atol=1e-4) for k, v in unweighted.state_dict().items()
+    )
     with pytest.raises(LiverscopeError, match="pixel weights"):
         S.fit_unet(imgs, masks, split, fit, weights=weights[:, :16], **kw)
 

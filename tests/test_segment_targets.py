@@ -60,7 +60,12 @@ def two_target_run(lesion_data, liver_masks, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "two"
     run.mkdir()
     torch.manual_seed(0)
-    save_model(run, build_model("resnet10t", len(CLASSES), head="linear"), list(CLASSES), Preprocessing(size=CLF_SIZE, denoise=False))
+    save_model(
+        run,
+        build_model("resnet10t", len(CLASSES), head="linear"),
+        list(CLASSES),
+        Preprocessing(size=CLF_SIZE, denoise=False),
+    )
     seen = {}
     real_fit = C.fit_unet
 
@@ -94,9 +99,18 @@ def two_target_run(lesion_data, liver_masks, tmp_path_factory):
 
 def test_both_targets_live_in_one_run_and_load(two_target_run):
     run = two_target_run["run"]
-    for f in ("segmenter.safetensors", "segmenter.json", "seg_split.csv", "segmenter-liver.safetensors", "segmenter-liver.json", "seg_split-liver.csv"):
+    for f in (
+        "segmenter.safetensors",
+        "segmenter.json",
+        "seg_split.csv",
+        "segmenter-liver.safetensors",
+        "segmenter-liver.json",
+        "seg_split-liver.csv",
+    ):
         assert (run / f).is_file(), f
-    assert (run / "segmenter_checkpoints" / "last.ckpt").exists() and (run / "segmenter-liver_checkpoints" / "last.ckpt").exists()
+    assert (run / "segmenter_checkpoints" / "last.ckpt").exists() and (
+        run / "segmenter-liver_checkpoints" / "last.ckpt"
+    ).exists()
     assert U.segmenter_targets(run) == ["lesion", "liver"]
     segs = U.segmenters(run)
     assert list(segs) == ["lesion", "liver"] and [s.target for s in segs.values()] == ["lesion", "liver"]
@@ -104,7 +118,9 @@ def test_both_targets_live_in_one_run_and_load(two_target_run):
     assert liver.meta["target"] == "liver" and liver.size == LIVER_SIZE
     assert read_json(run / "segmenter.json")["target"] == "lesion"
     metrics = read_json(run / "metrics.json")
-    assert metrics["segmentation"]["target"] == "lesion" and metrics["segmentation_liver"]["target"] == "liver"
+    assert (
+        metrics["segmentation"]["target"] == "lesion" and metrics["segmentation_liver"]["target"] == "liver"
+    )
     assert metrics["segmentation"]["n_test"] == two_target_run["lesion"]["scores"]["n_test"]
     assert U.load_segmenter(run, target="sector") is None  # a target the run does not have
 
@@ -113,13 +129,22 @@ def test_segmenter_input_size_is_its_own(two_target_run):
     """--size above the classifier's: the images are preprocessed at that size (not upsampled from the
     classifier's input), the .json records that preprocessing, and the scores are on that grid."""
     seen = two_target_run["seen"]
-    assert seen[0]["image_shapes"] == {(CLF_SIZE, CLF_SIZE, 3)} and seen[0]["mask_shape"] == (CLF_SIZE, CLF_SIZE)
-    assert seen[1]["image_shapes"] == {(LIVER_SIZE, LIVER_SIZE, 3)} and seen[1]["mask_shape"] == (LIVER_SIZE, LIVER_SIZE)
+    assert seen[0]["image_shapes"] == {(CLF_SIZE, CLF_SIZE, 3)} and seen[0]["mask_shape"] == (
+        CLF_SIZE,
+        CLF_SIZE,
+    )
+    assert seen[1]["image_shapes"] == {(LIVER_SIZE, LIVER_SIZE, 3)} and seen[1]["mask_shape"] == (
+        LIVER_SIZE,
+        LIVER_SIZE,
+    )
     run = two_target_run["run"]
     liver = U.load_segmenter(run, target="liver")
     assert liver.preprocessing.size == LIVER_SIZE and liver.meta["classifier_size"] == CLF_SIZE
     assert read_json(run / "model.json")["preprocessing"]["size"] == CLF_SIZE  # the classifier is untouched
-    assert two_target_run["liver"]["scores"]["grid"] == LIVER_SIZE and two_target_run["lesion"]["scores"]["grid"] == CLF_SIZE
+    assert (
+        two_target_run["liver"]["scores"]["grid"] == LIVER_SIZE
+        and two_target_run["lesion"]["scores"]["grid"] == CLF_SIZE
+    )
 
 
 def _train_targets(run: Path, split_file: str, masks: Path, size: int) -> list[np.ndarray]:
@@ -138,20 +163,33 @@ def test_expert_scores_and_baselines(two_target_run, lesion_data):
     sc = two_target_run["lesion"]["scores"]
     assert sc["expert_masks"] == str(lesion_data / "masks")
     ve = sc["vs_expert"]
-    assert set(ve["by_class"]) <= set(CLASSES) and sum(g["n"] for g in ve["by_class"].values()) == sc["n_test"] == ve["overall"]["n"]
+    assert (
+        set(ve["by_class"]) <= set(CLASSES)
+        and sum(g["n"] for g in ve["by_class"].values()) == sc["n_test"] == ve["overall"]["n"]
+    )
     assert ve["overall"]["n"] == ve["overall"].get("n_lesion", 0) + ve["overall"].get("n_empty", 0)
-    areas = [int(t.sum()) for t in _train_targets(run, "seg_split.csv", lesion_data / "masks", CLF_SIZE) if t.any()]
+    areas = [
+        int(t.sum()) for t in _train_targets(run, "seg_split.csv", lesion_data / "masks", CLF_SIZE) if t.any()
+    ]
     disc = sc["baselines"]["centred_disc"]
     assert disc["area_px"] == pytest.approx(float(np.median(areas))) and disc["against"] == "expert masks"
-    assert sc["baselines"]["sector"]["overall"].get("detection_rate", 1.0) == 1.0  # the whole sector touches every lesion in it
+    assert (
+        sc["baselines"]["sector"]["overall"].get("detection_rate", 1.0) == 1.0
+    )  # the whole sector touches every lesion in it
     if sc["baselines"]["sector"]["overall"].get("n_empty"):
-        assert sc["baselines"]["sector"]["overall"]["false_positive_rate"] == 1.0  # ... and raises an alarm on every empty mask
+        assert (
+            sc["baselines"]["sector"]["overall"]["false_positive_rate"] == 1.0
+        )  # ... and raises an alarm on every empty mask
     # the liver masks are the scan sector: the whole-sector baseline is (nearly) perfect against them
     liver = two_target_run["liver"]["scores"]
     assert liver["baselines"]["sector"]["overall"]["dice"] > 0.95
     assert 0.0 <= liver["vs_expert"]["overall"]["dice"] <= 1.0 and liver["vs_expert"]["by_size_quartile"]
     lines = "\n".join(two_target_run["liver"]["summary_lines"])
-    assert "test vs expert masks: Dice" in lines and "baseline, whole sector vs expert masks" in lines and "centred disc" in lines
+    assert (
+        "test vs expert masks: Dice" in lines
+        and "baseline, whole sector vs expert masks" in lines
+        and "centred disc" in lines
+    )
     # the headline Dice is over the images with something to outline, never padded with empty-on-empty images
     assert "images with something to outline" in lines and "test vs targets: IoU" not in lines
     # the keys of before still there
@@ -182,25 +220,34 @@ def test_segment_predict_writes_every_target_and_one_overlay(two_target_run, les
     r = CliRunner().invoke(app, ["segment", "predict", str(run), str(img_path), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "outlines: lesion red, liver green" in r.output
-    lesion_m, liver_m = S.read_mask(out / f"{img_path.stem}_mask.png"), S.read_mask(out / f"{img_path.stem}_liver_mask.png")
+    lesion_m, liver_m = (
+        S.read_mask(out / f"{img_path.stem}_mask.png"),
+        S.read_mask(out / f"{img_path.stem}_liver_mask.png"),
+    )
     img = read_image(img_path)
     expected = {}
     for t, seg in U.segmenters(run).items():  # each segmenter sees the image preprocessed its own way
         pp = seg.preprocessing
-        expected[t] = to_original(S.predict_mask(seg, preprocess_array(img, pp)), img.shape[:2], crop_box(img, pp))
+        expected[t] = to_original(
+            S.predict_mask(seg, preprocess_array(img, pp)), img.shape[:2], crop_box(img, pp)
+        )
     np.testing.assert_array_equal(lesion_m, expected["lesion"])
     np.testing.assert_array_equal(liver_m, expected["liver"])
     assert liver_m.mean() > 0.2  # the liver U-Net has learnt the large fan
     overlay = read_image(out / f"{img_path.stem}_outline.png")
-    drawn = S.draw_outline(S.draw_outline(to_rgb(img), lesion_m, U.TARGET_COLOURS["lesion"][0]), liver_m, U.TARGET_COLOURS["liver"][0])
+    drawn = S.draw_outline(
+        S.draw_outline(to_rgb(img), lesion_m, U.TARGET_COLOURS["lesion"][0]),
+        liver_m,
+        U.TARGET_COLOURS["liver"][0],
+    )
     np.testing.assert_array_equal(overlay, drawn)
     assert (overlay == (0, 255, 0)).all(axis=2).any()  # the liver's green outline is there
 
 
 def test_the_app_outlines_every_target(two_target_run, lesion_data, monkeypatch):
-    from liverscope.ui import app as appmod
-    from liverscope.segment import panels
     from liverscope.rundir import read_preprocessing
+    from liverscope.segment import panels
+    from liverscope.ui import app as appmod
 
     monkeypatch.setattr(panels, "_SEGMENTERS", {})
     run = two_target_run["run"]
@@ -211,8 +258,15 @@ def test_the_app_outlines_every_target(two_target_run, lesion_data, monkeypatch)
     segs = U.segmenters(run)
     lesion = S.predict_mask(segs["lesion"], model_input)  # the classifier's preprocessing: its own input
     liver_pp = segs["liver"].preprocessing  # 64 px: segments the original at 64, moved to the 32 px input
-    liver = to_model(to_original(S.predict_mask(segs["liver"], preprocess_array(img, liver_pp)), img.shape[:2], crop_box(img, liver_pp)),
-                     crop_box(img, pp), CLF_SIZE)
+    liver = to_model(
+        to_original(
+            S.predict_mask(segs["liver"], preprocess_array(img, liver_pp)),
+            img.shape[:2],
+            crop_box(img, liver_pp),
+        ),
+        crop_box(img, pp),
+        CLF_SIZE,
+    )
     assert liver.any()
     expected = S.draw_outline(S.draw_outline(model_input, lesion, (255, 48, 48)), liver, (0, 255, 0))
     np.testing.assert_array_equal(got, expected)
@@ -224,8 +278,19 @@ def test_bad_target_name_is_a_usage_error(two_target_run, lesion_data):
 
     from liverscope.ui.cli import app
 
-    r = CliRunner().invoke(app, ["segment", "train", str(two_target_run["run"]), str(lesion_data), "--masks", str(lesion_data / "masks"),
-                                 "--target", "Liver/../x"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            "train",
+            str(two_target_run["run"]),
+            str(lesion_data),
+            "--masks",
+            str(lesion_data / "masks"),
+            "--target",
+            "Liver/../x",
+        ],
+    )
     assert r.exit_code == 2 and "segmentation target 'Liver/../x'" in r.output
     for bad in ("", "1liver", "liver.v2", "LIVER"):
         with pytest.raises(UsageError, match="segmentation target"):
@@ -240,12 +305,18 @@ def test_report_shows_each_target_beside_the_baselines(two_target_run):
     run = two_target_run["run"]
     assert list(segmentation_targets(read_json(run / "metrics.json"))) == ["lesion", "liver"]
     page = write_report(run).read_text(encoding="utf-8")
-    seg = page[page.index("<h2>Segmentation</h2>"):]
-    lesion_part, liver_part = seg[: seg.index("Target: liver")], seg[seg.index("Target: liver"):]
+    seg = page[page.index("<h2>Segmentation</h2>") :]
+    lesion_part, liver_part = seg[: seg.index("Target: liver")], seg[seg.index("Target: liver") :]
     assert "Target: lesion" in lesion_part
     for part in (lesion_part, liver_part):
-        for text in ("U-Net vs expert masks", "baseline: whole scan sector vs expert masks", "baseline: centred disc vs expert masks",
-                     "Per size quartile", "detected", "false alarms"):
+        for text in (
+            "U-Net vs expert masks",
+            "baseline: whole scan sector vs expert masks",
+            "baseline: centred disc vs expert masks",
+            "Per size quartile",
+            "detected",
+            "false alarms",
+        ):
             assert text in part, text
     assert "Per class" in lesion_part and "malignant" in lesion_part
     dice = two_target_run["liver"]["scores"]["baselines"]["sector"]["overall"]["dice"]
@@ -279,22 +350,35 @@ def test_pseudo_masks_move_to_a_larger_segmenter_grid(two_target_run, lesion_dat
         ),
         report=False,
     )
-    assert r["meta"]["preprocessing"]["size"] == LIVER_SIZE and r["meta"]["pseudo_masks"]["rule"] == "threshold"
-    assert len(sorted((run / "pseudo_masks-cam").rglob("*.png"))) == 18 and not (run / "pseudo_masks").exists()  # lesion's folder untouched
+    assert (
+        r["meta"]["preprocessing"]["size"] == LIVER_SIZE and r["meta"]["pseudo_masks"]["rule"] == "threshold"
+    )
+    assert (
+        len(sorted((run / "pseudo_masks-cam").rglob("*.png"))) == 18 and not (run / "pseudo_masks").exists()
+    )  # lesion's folder untouched
     sc = r["scores"]
-    assert sc["grid"] == LIVER_SIZE and sc["pseudo_vs_expert"]["overall"]["n"] == sc["vs_expert"]["overall"]["n"] == sc["n_test"]
+    assert (
+        sc["grid"] == LIVER_SIZE
+        and sc["pseudo_vs_expert"]["overall"]["n"] == sc["vs_expert"]["overall"]["n"] == sc["n_test"]
+    )
     assert sc["baselines"]["sector"]["against"] == "expert masks"
     # each U-Net target is the pseudo-mask written at the original size (from the 32 px CAM), on the 64 px grid
-    assert given["masks"].shape == (18, LIVER_SIZE, LIVER_SIZE) and {im.shape for im in given["images"]} == {(LIVER_SIZE, LIVER_SIZE, 3)}
+    assert given["masks"].shape == (18, LIVER_SIZE, LIVER_SIZE) and {im.shape for im in given["images"]} == {
+        (LIVER_SIZE, LIVER_SIZE, 3)
+    }
     rows = read_csv_rows(run / "seg_split-cam.csv")
     assert given["masks"].any()
     for row, target in zip(rows, given["masks"]):
-        on_disk = S.read_mask(run / "pseudo_masks-cam" / Path(row["path"]).relative_to(lesion_data).with_suffix(".png"))
+        on_disk = S.read_mask(
+            run / "pseudo_masks-cam" / Path(row["path"]).relative_to(lesion_data).with_suffix(".png")
+        )
         np.testing.assert_array_equal(target, to_model(on_disk, (0, 64, 0, 64), LIVER_SIZE))
     assert U.segmenter_targets(run) == ["lesion", "cam", "liver"]
 
 
-def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confident_pixels_weigh(two_target_run, lesion_data):
+def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confident_pixels_weigh(
+    two_target_run, lesion_data
+):
     """--positive: an image the classifier calls a non-positive class gets an empty pseudo-mask (a normal
     liver has nothing to outline); --confident: the U-Net is fitted with pixel weights (0 in the band)."""
     run = two_target_run["run"]
@@ -325,9 +409,17 @@ def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confi
     finally:
         mp.undo()
     w = seen["weights"]
-    assert w is not None and w.shape == seen["masks"].shape and set(np.unique(w)) <= {0.0, 1.0} and (w == 0).any()
+    assert (
+        w is not None
+        and w.shape == seen["masks"].shape
+        and set(np.unique(w)) <= {0.0, 1.0}
+        and (w == 0).any()
+    )
     meta = read_json(run / "segmenter-pseudo.json")
-    assert meta["pseudo_masks"]["positive"] == ["malignant"] and meta["pseudo_masks"]["confident"] == [0.3, 0.6]
+    assert meta["pseudo_masks"]["positive"] == ["malignant"] and meta["pseudo_masks"]["confident"] == [
+        0.3,
+        0.6,
+    ]
     assert "empty unless the predicted class is malignant" in r["scores"]["masks"]
     # which images the untrained classifier calls malignant: exactly those may have a non-empty mask
     from liverscope.rundir import load_model, read_preprocessing
@@ -341,7 +433,11 @@ def test_pseudo_masks_are_empty_unless_the_predicted_class_is_positive_and_confi
     from liverscope.data.preprocess import normalise_batch
 
     with torch.inference_mode():
-        pred = model(torch.from_numpy(normalise_batch([it.input for it in items], pp)).permute(0, 3, 1, 2)).argmax(1).numpy()
+        pred = (
+            model(torch.from_numpy(normalise_batch([it.input for it in items], pp)).permute(0, 3, 1, 2))
+            .argmax(1)
+            .numpy()
+        )
     called = np.array([CLASSES[k] == "malignant" for k in pred])
     nonempty = seen["masks"].reshape(len(called), -1).any(axis=1)
     assert not (nonempty & ~called).any()
@@ -363,7 +459,11 @@ def test_predicted_regions_follow_the_segmenters_own_preprocessing(two_target_ru
     for f, m in zip(files, got):
         img = read_image(f)
         own = seg.preprocessing
-        expected = to_model(to_original(S.predict_mask(seg, preprocess_array(img, own)), img.shape[:2], crop_box(img, own)), crop_box(img, pp), CLF_SIZE)
+        expected = to_model(
+            to_original(S.predict_mask(seg, preprocess_array(img, own)), img.shape[:2], crop_box(img, own)),
+            crop_box(img, pp),
+            CLF_SIZE,
+        )
         np.testing.assert_array_equal(m, expected)
     assert all(m.shape == (CLF_SIZE, CLF_SIZE) and m.dtype == bool for m in got) and any(m.any() for m in got)
     with pytest.raises(LiverscopeError, match="no 'sector' segmenter .* --target sector"):
@@ -418,8 +518,34 @@ def test_within_a_target_the_run_lacks_says_how_to_train_it(two_target_run, lesi
 
     run = tmp_path / "run"
     shutil.copytree(two_target_run["run"], run, ignore=shutil.ignore_patterns("*_checkpoints"))
-    r = CliRunner().invoke(app, ["segment", "train", str(run), str(lesion_data), "--target", "x", "--within", "vessels", "--epochs", "1"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            "train",
+            str(run),
+            str(lesion_data),
+            "--target",
+            "x",
+            "--within",
+            "vessels",
+            "--epochs",
+            "1",
+        ],
+    )
     assert r.exit_code == 1 and "no 'vessels' segmenter" in r.output and "--target vessels" in r.output
     assert not (run / "segmenter-x.json").exists()
-    r = CliRunner().invoke(app, ["segment", "train", str(run), str(lesion_data), "--masks", str(lesion_data / "masks"), "--within", "liver"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            "train",
+            str(run),
+            str(lesion_data),
+            "--masks",
+            str(lesion_data / "masks"),
+            "--within",
+            "liver",
+        ],
+    )
     assert r.exit_code == 2 and "--within liver restricts CAM pseudo-masks" in r.output

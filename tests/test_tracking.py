@@ -9,10 +9,9 @@ import sys
 import pytest
 import yaml
 
+from conftest import quick_config
 from liverscope.errors import LiverscopeError
 from liverscope.utils import read_json
-
-from conftest import quick_config
 
 
 def test_csv_logger_keeps_the_resolved_recipe_and_the_counted_validation_images(trained_run):
@@ -34,17 +33,36 @@ def test_tensorboard_gets_the_recipe_the_epochs_and_the_final_figures(phantom_di
 
     from liverscope.training.run import fit
 
-    run = fit(quick_config(phantom_dir, tmp_path, "tb", **{"train.epochs": 2, "data.image_size": 32, "train.logger": "tensorboard"}))
+    run = fit(
+        quick_config(
+            phantom_dir,
+            tmp_path,
+            "tb",
+            **{"train.epochs": 2, "data.image_size": 32, "train.logger": "tensorboard"},
+        )
+    )
     events = EventAccumulator(str(run / "logs" / "tensorboard" / "version_0"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train_loss", "val_loss", "val_balanced_acc", "lr", "test/accuracy", "validation/balanced_accuracy"} <= scalars
+    assert {
+        "train_loss",
+        "val_loss",
+        "val_balanced_acc",
+        "lr",
+        "test/accuracy",
+        "validation/balanced_accuracy",
+    } <= scalars
     assert len(events.Scalars("train_loss")) == 2  # one per epoch
     test = read_json(run / "metrics.json")["test"]
     assert events.Scalars("test/accuracy")[-1].value == pytest.approx(test["accuracy"], abs=1e-6)
-    start = plugin_data_pb2.HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    )
     hparams = start.session_start_info.hparams
-    assert hparams["train/lr"].number_value == pytest.approx(3e-3) and hparams["model/name"].string_value == "resnet10t"
+    assert (
+        hparams["train/lr"].number_value == pytest.approx(3e-3)
+        and hparams["model/name"].string_value == "resnet10t"
+    )
     with open(run / "history.csv") as fh:  # the CSV logger and history.csv are still there
         assert len(list(csv.DictReader(fh))) == 2
     assert (run / "logs" / "csv" / "version_0" / "metrics.csv").exists()
@@ -56,7 +74,21 @@ def test_mlflow_without_its_extra_names_the_pip_line_before_any_work(phantom_dir
     from liverscope.ui.cli import app
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if `liverscope[mlflow]` were not installed
-    res = CliRunner().invoke(app, ["train", str(phantom_dir), "--recipe", "cpu-quick", "--name", "ml", "--out-dir", str(tmp_path), "--logger", "mlflow"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(phantom_dir),
+            "--recipe",
+            "cpu-quick",
+            "--name",
+            "ml",
+            "--out-dir",
+            str(tmp_path),
+            "--logger",
+            "mlflow",
+        ],
+    )
     assert res.exit_code == 1 and "pip install 'liverscope[mlflow]'" in res.output
     assert not (tmp_path / "ml").exists()
 

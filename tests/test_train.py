@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 
+from conftest import quick_config
 from liverscope.errors import LiverscopeError
 from liverscope.rundir import read_config
 from liverscope.utils import read_json
 
-from conftest import quick_config
-
 
 def test_run_directory_is_complete(trained_run):
-    for f in ("config.yaml", "model.safetensors", "model.json", "history.csv", "split.csv", "predictions_test.csv", "metrics.json", "curves.png", "confusion_matrix.png"):
+    for f in (
+        "config.yaml",
+        "model.safetensors",
+        "model.json",
+        "history.csv",
+        "split.csv",
+        "predictions_test.csv",
+        "metrics.json",
+        "curves.png",
+        "confusion_matrix.png",
+    ):
         assert (trained_run / f).exists(), f
     meta = read_json(trained_run / "model.json")
     assert meta["labels"] == ["F0", "F1", "F2", "F3", "F4"]
@@ -40,9 +48,13 @@ def test_run_records_its_training_data_and_flagged_gallery_images(trained_run, p
     with open(trained_run / "split.csv", newline="") as fh:
         split = list(csv.DictReader(fh))
     assert data["path"] == str(phantom_dir.resolve()) and data["synthetic_phantoms"] is True
-    assert data["images"] == len(split) and data["sources"] == {s: sum(r["source"] == s for r in split) for s in {r["source"] for r in split}}
+    assert data["images"] == len(split) and data["sources"] == {
+        s: sum(r["source"] == s for r in split) for s in {r["source"] for r in split}
+    }
     report = (trained_run / "report.html").read_text(encoding="utf-8")
-    assert f"Trained on {phantom_dir.resolve()}: {len(split)} images" in report and 'class="phantoms"' in report
+    assert (
+        f"Trained on {phantom_dir.resolve()}: {len(split)} images" in report and 'class="phantoms"' in report
+    )
     with open(trained_run / "predictions_test.csv", newline="") as fh:
         ood = {row["path"].rsplit("/", 1)[-1]: row["ood"] == "true" for row in csv.DictReader(fh)}
     captions = read_json(trained_run / "cam_gallery" / "captions.json")
@@ -84,7 +96,9 @@ def test_history_is_the_csv_loggers_figures_one_row_per_epoch(trained_run):
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in logged] == [str(e) for e in range(8)]
     for row, log in zip(rows, logged):
         for key in ("train_loss", "val_loss", "val_acc", "val_balanced_acc", "lr", "epoch_seconds"):
-            assert log[key] and float(row[key]) == pytest.approx(float(log[key]), rel=5e-3, abs=5e-3), key  # lr: 3 digits, seconds: 2 decimals
+            assert log[key] and float(row[key]) == pytest.approx(float(log[key]), rel=5e-3, abs=5e-3), (
+                key
+            )  # lr: 3 digits, seconds: 2 decimals
         assert f"{float(log['val_loss']):.6f}" == row["val_loss"]
     assert all(0 <= float(r["val_balanced_acc"]) <= 1 and float(r["epoch_seconds"]) > 0 for r in rows)
 
@@ -93,7 +107,9 @@ def test_epoch_rows_merge_lightnings_train_and_validation_rows(tmp_path):
     from liverscope.training.lightning_module import epoch_rows
 
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,lr,step,train_loss,val_loss\n0,,4,,0.9\n0,0.01,4,1.5,\n1,,9,,0.7\n1,0.005,9,1.2,\n,,10,,\n")
+    path.write_text(
+        "epoch,lr,step,train_loss,val_loss\n0,,4,,0.9\n0,0.01,4,1.5,\n1,,9,,0.7\n1,0.005,9,1.2,\n,,10,,\n"
+    )
     assert epoch_rows(path) == [
         {"epoch": "0", "lr": "0.01", "step": "4", "train_loss": "1.5", "val_loss": "0.9"},
         {"epoch": "1", "lr": "0.005", "step": "9", "train_loss": "1.2", "val_loss": "0.7"},
@@ -148,9 +164,20 @@ def test_resume_without_checkpoint_is_clear(phantom_dir, tmp_path):
 def test_other_recipes_options_run(phantom_dir, tmp_path, balance, scheduler):
     from liverscope.training.run import fit
 
-    cfg = quick_config(phantom_dir, tmp_path, f"{balance}-{scheduler}", **{
-        "train.epochs": 1, "train.balance": balance, "train.scheduler": scheduler, "model.head": "mlp128",
-        "model.freeze_backbone": True, "data.augment": "light", "train.early_stop_patience": 1})
+    cfg = quick_config(
+        phantom_dir,
+        tmp_path,
+        f"{balance}-{scheduler}",
+        **{
+            "train.epochs": 1,
+            "train.balance": balance,
+            "train.scheduler": scheduler,
+            "model.head": "mlp128",
+            "model.freeze_backbone": True,
+            "data.augment": "light",
+            "train.early_stop_patience": 1,
+        },
+    )
     run = fit(cfg)
     assert (run / "model.safetensors").exists()
 
@@ -162,7 +189,12 @@ def test_quick_recipe_on_real_fibrosis(real_fibrosis, tmp_path):
     from liverscope.inference.predict import Predictor
     from liverscope.training.run import fit
 
-    cfg = quick_config(real_fibrosis, tmp_path, "real", **{"train.epochs": 1, "train.max_train_batches": 4, "data.image_size": 64})
+    cfg = quick_config(
+        real_fibrosis,
+        tmp_path,
+        "real",
+        **{"train.epochs": 1, "train.max_train_batches": 4, "data.image_size": 64},
+    )
     run = fit(cfg)
     meta = read_json(run / "model.json")
     assert meta["labels"] == ["F0", "F1", "F2", "F3", "F4"]
@@ -242,7 +274,9 @@ def test_ordinal_penalty_costs_more_for_a_farther_stage():
     assert torch.isclose(plain.loss(near, y), plain.loss(far, y))
     ordinal = LitClassifier(model, TrainConfig(ordinal_weight=1.0), stage_of_class=[0, 1, 2, 3, 4])
     assert ordinal.loss(far, y) > ordinal.loss(near, y) > plain.loss(near, y)
-    unordered = LitClassifier(model, TrainConfig(ordinal_weight=1.0), stage_of_class=None)  # e.g. normal / fatty / tumour
+    unordered = LitClassifier(
+        model, TrainConfig(ordinal_weight=1.0), stage_of_class=None
+    )  # e.g. normal / fatty / tumour
     assert torch.isclose(unordered.loss(near, y), unordered.loss(far, y))
 
 
@@ -250,7 +284,11 @@ def test_ordinal_penalty_costs_more_for_a_farther_stage():
 def test_a_run_without_validation_images_keeps_the_best_training_loss(phantom_dir, tmp_path):
     from liverscope.training.run import fit
 
-    run = fit(quick_config(phantom_dir, tmp_path, "noval", **{"data.val_frac": 0.0, "train.epochs": 2, "data.image_size": 32}))
+    run = fit(
+        quick_config(
+            phantom_dir, tmp_path, "noval", **{"data.val_frac": 0.0, "train.epochs": 2, "data.image_size": 32}
+        )
+    )
     meta = read_json(run / "model.json")
     assert meta["monitor"] == "train_loss" and meta["processes"] == 1
     with open(run / "split.csv") as fh:

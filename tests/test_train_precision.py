@@ -39,7 +39,9 @@ def timed(monkeypatch):
 
 def test_not_native_keeps_fp32_without_timing(monkeypatch, timings_file):
     monkeypatch.setattr(training, "native_bf16", lambda device: False)
-    monkeypatch.setattr(training, "time_training_steps", lambda *a, **k: pytest.fail("timed without native bf16"))
+    monkeypatch.setattr(
+        training, "time_training_steps", lambda *a, **k: pytest.fail("timed without native bf16")
+    )
     out = choose_training_precision(torch.nn.Linear(2, 2), "x", 8, 32)
     assert out["precision"] == FP32 and out["seconds_per_step"] is None and "not native" in out["reason"]
     assert not timings_file.exists()
@@ -49,11 +51,17 @@ def test_the_faster_is_kept_and_cached_per_model_batch_and_size(timed, timings_f
     calls, figures = timed
     net = torch.nn.Linear(2, 2)
     first = choose_training_precision(net, "m", 16, 96)
-    assert first["precision"] == BF16 and not first["cached"] and first["seconds_per_step"] == {FP32: 1.0, BF16: 0.5}
+    assert (
+        first["precision"] == BF16
+        and not first["cached"]
+        and first["seconds_per_step"] == {FP32: 1.0, BF16: 0.5}
+    )
     again = choose_training_precision(net, "m", 16, 96)
     assert again["precision"] == BF16 and again["cached"] and len(calls) == 1  # read back, not timed
     figures[BF16] = 0.99  # a tie goes to fp32
-    assert choose_training_precision(net, "m", 16, 128)["precision"] == FP32 and len(calls) == 2  # another size: timed
+    assert (
+        choose_training_precision(net, "m", 16, 128)["precision"] == FP32 and len(calls) == 2
+    )  # another size: timed
     assert choose_training_precision(net, "other", 16, 96)["precision"] == FP32 and len(calls) == 3
     assert len(json.loads(timings_file.read_text())) == 3
 

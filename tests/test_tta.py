@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverscope.ui.cli import app
 from liverscope.errors import LiverscopeError
 from liverscope.inference.export import export_onnx
 from liverscope.inference.predict import Predictor
+from liverscope.ui.cli import app
 from liverscope.utils import read_json
 
 
@@ -36,7 +36,9 @@ def test_flip_averages_the_logits_of_the_image_and_its_mirror(trained_run, phant
     mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in images]
     expected = (plain.logits(images) + plain.logits(mirrored)) / 2
     assert np.abs(flip.logits(images) - expected).max() < 1e-4
-    assert not np.allclose(plain.logits(images), plain.logits(mirrored), atol=1e-4)  # the mirror is a different input
+    assert not np.allclose(
+        plain.logits(images), plain.logits(mirrored), atol=1e-4
+    )  # the mirror is a different input
     a, b = plain.predict_arrays(images), flip.predict_arrays(images)
     assert [r.ood_score for r in a] == pytest.approx([r.ood_score for r in b], rel=1e-4)
     assert "flip-averaged" in flip.describe() and flip.precision == plain.precision
@@ -72,10 +74,14 @@ def test_evaluate_on_new_data_with_flip(trained_run, phantom_dir, tmp_path):
         for f in sorted((phantom_dir / c).glob("*.png"))[:2]:
             shutil.copy(f, data / c / f.name)
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["evaluate", str(trained_run), str(data), "--out", str(out), "--device", "cpu", "--tta", "flip"])
+    result = CliRunner().invoke(
+        app, ["evaluate", str(trained_run), str(data), "--out", str(out), "--device", "cpu", "--tta", "flip"]
+    )
     assert result.exit_code == 0, result.output
     metrics = read_json(out / "metrics.json")
-    assert metrics["tta"] == "flip" and metrics["test"]["precision"] == "fp32"  # evaluate scores in fp32 on every CPU
+    assert (
+        metrics["tta"] == "flip" and metrics["test"]["precision"] == "fp32"
+    )  # evaluate scores in fp32 on every CPU
     plain = Predictor.from_run(trained_run, backend="torch", precision="fp32", calibrated=False)
     rows = {r["path"]: r for r in csv.DictReader(open(out / "predictions_test.csv"))}
     flip = Predictor.from_run(trained_run, backend="torch", precision="fp32", tta="flip", calibrated=False)
@@ -83,8 +89,12 @@ def test_evaluate_on_new_data_with_flip(trained_run, phantom_dir, tmp_path):
     for r, q in zip(flip.predict_paths(files), plain.predict_paths(files)):
         assert rows[r.path]["precision"] == "fp32"
         got = [float(rows[r.path][f"logit_{c}"]) for c in flip.labels]
-        assert got == pytest.approx(r.logits, abs=1e-4)  # both fp32: only the CSV's 6 decimals and kernel rounding differ
-        assert np.abs(np.array(r.logits) - q.logits).max() > 1e-2  # what plain scoring would have written differs
+        assert got == pytest.approx(
+            r.logits, abs=1e-4
+        )  # both fp32: only the CSV's 6 decimals and kernel rounding differ
+        assert (
+            np.abs(np.array(r.logits) - q.logits).max() > 1e-2
+        )  # what plain scoring would have written differs
 
 
 def test_unknown_tta_is_a_clear_error(trained_run):

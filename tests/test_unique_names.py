@@ -21,18 +21,26 @@ def public_definitions(src: Path = SRC) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for path in sorted(src.rglob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+            if isinstance(
+                node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            ) and not node.name.startswith("_"):
                 found.setdefault(node.name, []).append(f"{path.relative_to(src).as_posix()}:{node.lineno}")
     return found
 
 
 def duplicates(src: Path = SRC, allowed=ALLOWED) -> dict[str, list[str]]:
-    return {name: where for name, where in public_definitions(src).items() if len(where) > 1 and name not in allowed}
+    return {
+        name: where
+        for name, where in public_definitions(src).items()
+        if len(where) > 1 and name not in allowed
+    }
 
 
 def test_no_two_public_definitions_share_a_name():
     dup = duplicates()
-    assert not dup, "one name, two things (rename one of each):\n" + "\n".join(f"{n}: {', '.join(w)}" for n, w in sorted(dup.items()))
+    assert not dup, "one name, two things (rename one of each):\n" + "\n".join(
+        f"{n}: {', '.join(w)}" for n, w in sorted(dup.items())
+    )
 
 
 def test_the_allow_list_only_shrinks():
@@ -41,8 +49,15 @@ def test_the_allow_list_only_shrinks():
     assert not stale, f"defined once now: remove them from ALLOWED: {stale}"
 
 
-@pytest.mark.parametrize("b, flagged", [("def load(): pass", True), ("class Load: pass", False), ("def _load(): pass", False),
-                                        ("class C:\n    def load(self): pass", False)])
+@pytest.mark.parametrize(
+    "b, flagged",
+    [
+        ("def load(): pass", True),
+        ("class Load: pass", False),
+        ("def _load(): pass", False),
+        ("class C:\n    def load(self): pass", False),
+    ],
+)
 def test_the_check_can_fail(tmp_path, b, flagged):
     (tmp_path / "a.py").write_text("def load(): pass\n")
     (tmp_path / "b.py").write_text(b + "\n")
@@ -54,7 +69,12 @@ def test_a_module_logger_is_called_logger():
     wrong = []
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute)
-                    and node.value.func.attr == "getLogger" and [getattr(t, "id", None) for t in node.targets] != ["logger"]):
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Attribute)
+                and node.value.func.attr == "getLogger"
+                and [getattr(t, "id", None) for t in node.targets] != ["logger"]
+            ):
                 wrong.append(f"{path.relative_to(SRC).as_posix()}:{node.lineno}")
     assert not wrong, f"call a module's Logger `logger`: {wrong}"

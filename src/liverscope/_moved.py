@@ -19,12 +19,31 @@ import warnings
 #: old module → new module (or the modules its names are in now, looked up in order); removed in the
 #: release after 0.2.
 MOVED = {
-    **{f"liverscope.{m}": f"liverscope.ui.{m}" for m in
-       ("cli", "cli_options", "cli_predict", "cli_records", "cli_reports", "app", "app_records", "app_reports")},
-    **{f"liverscope.{m}": f"liverscope.training.{m}" for m in ("cv", "lightning_module", "external", "provenance")},
+    **{
+        f"liverscope.{m}": f"liverscope.ui.{m}"
+        for m in (
+            "cli",
+            "cli_options",
+            "cli_predict",
+            "cli_records",
+            "cli_reports",
+            "app",
+            "app_records",
+            "app_reports",
+        )
+    },
+    **{
+        f"liverscope.{m}": f"liverscope.training.{m}"
+        for m in ("cv", "lightning_module", "external", "provenance")
+    },
     # train.py was split: training itself, its data, the post-run steps and the whole run (fit)
-    "liverscope.train": ("liverscope.training.train", "liverscope.training.datamodule", "liverscope.training.postrun",
-                         "liverscope.training.run", "liverscope.training.lightning_module"),
+    "liverscope.train": (
+        "liverscope.training.train",
+        "liverscope.training.datamodule",
+        "liverscope.training.postrun",
+        "liverscope.training.run",
+        "liverscope.training.lightning_module",
+    ),
     "liverscope.shortcut": "liverscope.training.shortcut_check",
     **{f"liverscope.{m}": f"liverscope.inference.{m}" for m in ("predict", "export", "results", "quantize")},
     "liverscope.explain_images": "liverscope.explain.images",
@@ -40,8 +59,11 @@ class _Alias(importlib.abc.Loader):
 
     def create_module(self, spec):
         where = self.new if isinstance(self.new, str) else " / ".join(self.new)
-        warnings.warn(f"{spec.name} has moved to {where}; the old path goes in the next release",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec.name} has moved to {where}; the old path goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if not isinstance(self.new, str):
             self.own_spec = spec
             return _split_module(spec.name, self.new)
@@ -65,7 +87,9 @@ def _split_module(name: str, homes: tuple[str, ...]) -> types.ModuleType:
             mod = importlib.import_module(home)
             if hasattr(mod, attr):
                 return getattr(mod, attr)
-        raise AttributeError(f"module {name!r} has no attribute {attr!r} (it was split into {', '.join(homes)})")
+        raise AttributeError(
+            f"module {name!r} has no attribute {attr!r} (it was split into {', '.join(homes)})"
+        )
 
     module.__getattr__ = __getattr__
     return module

@@ -67,7 +67,9 @@ class DataConfig:
     denoise_at: str = "model"  # "model": denoise grey at model resolution (fast); "full": at full resolution
     nlm_template: int = 7  # NLM template window (OpenCV's default; odd)
     nlm_search: int = 21  # NLM search window (OpenCV's default; smaller is faster but changes the input: docs/benchmarks.md)
-    denoise_region: str = "image"  # image | sector: denoise only the scan sector's box (faster when the fan is small)
+    denoise_region: str = (
+        "image"  # image | sector: denoise only the scan sector's box (faster when the fan is small)
+    )
     crop_sector: bool = False  # crop to the bounding box of the scan sector before resizing
     augment: str = "conservative"  # conservative | ultrasound | light | none
     train_crop: int = 0  # >0: train on random tissue windows of this size from the image_size input, evaluate on the whole input
@@ -76,9 +78,13 @@ class DataConfig:
     val_frac: float = 0.15
     test_frac: float = 0.15
     allow_leak: bool = False  # warn instead of refusing when a test image has a duplicate in training
-    distinct_only: bool = False  # keep one copy of byte-identical files (faster epochs, each image counts once)
+    distinct_only: bool = (
+        False  # keep one copy of byte-identical files (faster epochs, each image counts once)
+    )
     num_workers: int = 0
-    frames: str = "middle"  # DICOM cine loops: middle | all | every:N (the frames of a loop that become samples)
+    frames: str = (
+        "middle"  # DICOM cine loops: middle | all | every:N (the frames of a loop that become samples)
+    )
 
     def __setattr__(self, name: str, value: Any) -> None:
         # data.frames is not one of a fixed set (every:N), so it is checked on every assignment
@@ -98,7 +104,7 @@ def parse_frames(spec: Any) -> tuple[str, int]:
     text = spec.strip().lower() if isinstance(spec, str) else ""
     if text in ("middle", "all"):
         return text, 1
-    step = text[len("every:"):].strip() if text.startswith("every:") else ""
+    step = text[len("every:") :].strip() if text.startswith("every:") else ""
     if step.isdigit() and int(step) >= 1:
         return "every", int(step)
     raise UsageError(
@@ -138,9 +144,15 @@ class TrainConfig:
     ordinal_weight: float = 0.0  # METAVIR labels: weight of the expected-stage penalty added to cross-entropy
     mixup: float = 0.0  # mixup alpha (timm's Mixup on each training batch; 0 = off)
     cutmix: float = 0.0  # cutmix alpha (with mixup too: one or the other per batch; 0 = off)
-    warmup_epochs: int = 0  # epochs that train the head only (backbone frozen) before the whole network trains
-    backbone_lr_mult: float = 1.0  # the backbone's learning rate is lr x this (differential learning rates; the head's is lr)
-    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0 = off; e.g. 0.99)
+    warmup_epochs: int = (
+        0  # epochs that train the head only (backbone frozen) before the whole network trains
+    )
+    backbone_lr_mult: float = (
+        1.0  # the backbone's learning rate is lr x this (differential learning rates; the head's is lr)
+    )
+    ema: float = (
+        0.0  # decay of an exponential moving average of the weights, validated and kept (0 = off; e.g. 0.99)
+    )
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (one device: the faster of 32-true and bf16-mixed, timed where bf16 is native: speed/training.py) or a Lightning precision: 32-true, 16-mixed, bf16-mixed
@@ -153,8 +165,12 @@ class TrainConfig:
     devices: str = "1"
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ddp_find_unused_parameters_true
     num_nodes: int = 1
-    logger: str = "csv"  # csv (always kept: history.csv) | tensorboard | mlflow (in addition to the CSV logger)
-    mlflow_uri: str | None = None  # MLflow tracking URI; None: a local mlruns/ folder in the working directory
+    logger: str = (
+        "csv"  # csv (always kept: history.csv) | tensorboard | mlflow (in addition to the CSV logger)
+    )
+    mlflow_uri: str | None = (
+        None  # MLflow tracking URI; None: a local mlruns/ folder in the working directory
+    )
 
     def __setattr__(self, name: str, value: Any) -> None:
         # not one of a fixed set either: checked on every assignment (default, recipe, flag)
@@ -171,12 +187,19 @@ class TrainConfig:
             raise UsageError(f"train.warmup_epochs is {value!r}; give a whole number >= 0")
         elif name == "epochs" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             # 0 epochs would write a complete run of an untrained model
-            raise UsageError(f"train.epochs (--epochs) is {value!r}; give a whole number >= 1 (a run needs at least one epoch of training)")
+            raise UsageError(
+                f"train.epochs (--epochs) is {value!r}; give a whole number >= 1 (a run needs at least one epoch of training)"
+            )
         super().__setattr__(name, value)
 
 
 #: Numeric training settings and their range [low, high): mixing alphas, learning-rate multiplier, EMA decay.
-_UNIT_RANGES = {"mixup": (0.0, 10.0), "cutmix": (0.0, 10.0), "backbone_lr_mult": (0.0, 100.0), "ema": (0.0, 1.0)}
+_UNIT_RANGES = {
+    "mixup": (0.0, 10.0),
+    "cutmix": (0.0, 10.0),
+    "backbone_lr_mult": (0.0, 100.0),
+    "ema": (0.0, 1.0),
+}
 
 
 def _in_range(value: Any, lo: float, hi: float) -> bool:
@@ -187,10 +210,12 @@ def check_device(spec: Any, option: str = "--device") -> str:
     """A device as the commands take it: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; anything else is a
     UsageError (whether a GPU is there is only known when the command runs)."""
     text = spec if isinstance(spec, str) else ""
-    index = text[len("cuda:"):] if text.startswith("cuda:") else ""
+    index = text[len("cuda:") :] if text.startswith("cuda:") else ""
     if text in ("auto", "cpu", "cuda") or index.isdigit():
         return text
-    raise UsageError(f"{option} is {spec!r}; choose one of: auto, cpu, cuda, cuda:N (a GPU index, e.g. cuda:1)")
+    raise UsageError(
+        f"{option} is {spec!r}; choose one of: auto, cpu, cuda, cuda:N (a GPU index, e.g. cuda:1)"
+    )
 
 
 def parse_devices(spec: Any) -> int | str | list[int]:
@@ -251,7 +276,11 @@ def _coerce(current: Any, value: Any, key: str, origin: str) -> Any:
     if isinstance(current, (int, float)):
         if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
             raise UsageError(f"{origin}: '{key}' must be a number, got '{value}'")
-        return float(parsed) if isinstance(current, float) else (int(parsed) if float(parsed).is_integer() else parsed)
+        return (
+            float(parsed)
+            if isinstance(current, float)
+            else (int(parsed) if float(parsed).is_integer() else parsed)
+        )
     if isinstance(current, list) and not isinstance(parsed, list):  # a list as text: "8,16,32"
         items = [v.strip() for v in str(value).split(",") if v.strip()]
         return [_coerce(current[0], v, key, origin) if current else v for v in items]
@@ -270,8 +299,14 @@ def check_setting(key: str, value: Any, origin: str, choices: dict[str, tuple] =
 _NULLS = (None, "null", "none", "~", "")
 
 
-def apply_section(section: Any, values: Any, prefix: str, origin: str, choices: dict[str, tuple] = CHOICES,
-                  kinds: dict[str, Any] | None = None) -> None:
+def apply_section(
+    section: Any,
+    values: Any,
+    prefix: str,
+    origin: str,
+    choices: dict[str, tuple] = CHOICES,
+    kinds: dict[str, Any] | None = None,
+) -> None:
     """Set ``values`` (a mapping read from YAML or the command line) on the dataclass ``section`` whose
     settings are named ``prefix.NAME``: unknown names are errors, text takes the type of the setting
     (:func:`_coerce`) and enumerated settings are checked against ``choices``. ``kinds`` gives an
@@ -302,7 +337,9 @@ def _apply(cfg: RunConfig, values: dict[str, Any], origin: str) -> None:
         elif key == "recipe":  # informational
             continue
         else:
-            raise UsageError(f"{origin}: unknown top-level setting '{key}' (use data:, model:, train:, name:)")
+            raise UsageError(
+                f"{origin}: unknown top-level setting '{key}' (use data:, model:, train:, name:)"
+            )
 
 
 def _recipe_dir():

@@ -122,6 +122,12 @@ def endpoint_column(key: str) -> str:
 
 
 __all__ = [
-    "METAVIR", "FIBROSIS_ENDPOINTS", "metavir_stages", "is_metavir", "endpoint_definitions", "endpoint_keys",
-    "endpoint_probabilities", "endpoint_column",
+    "METAVIR",
+    "FIBROSIS_ENDPOINTS",
+    "metavir_stages",
+    "is_metavir",
+    "endpoint_definitions",
+    "endpoint_keys",
+    "endpoint_probabilities",
+    "endpoint_column",
 ]

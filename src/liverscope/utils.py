@@ -20,7 +20,6 @@ import numpy as np
 
 from liverscope.errors import LiverscopeError
 
-
 #: The package logger: every message of liverscope goes through it (the CLI sets its level: ``-q``
 #: warnings only, ``-v`` debug). A library user configures it like any other ``logging`` logger.
 logger = logging.getLogger("liverscope")
@@ -53,7 +52,11 @@ def configure_logging(level: int = logging.INFO) -> None:
     if handler is None:
         handler = _StderrHandler()
         logger.addHandler(handler)
-    handler.setFormatter(logging.Formatter("[liverscope] %(message)s" if level > logging.DEBUG else "[liverscope %(name)s] %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(
+            "[liverscope] %(message)s" if level > logging.DEBUG else "[liverscope %(name)s] %(message)s"
+        )
+    )
     logger.setLevel(level)
     logger.propagate = False
 
@@ -118,7 +121,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should be readable like any other
+    os.chmod(
+        tmp_path, 0o666 & ~_umask()
+    )  # mkstemp makes 0600 files; outputs should be readable like any other
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -43,8 +43,10 @@ def parse_ablations(values: Iterable[str] | str | None) -> list[str]:
     asked = [p.strip().lower() for v in items for p in str(v).split(",") if p.strip()]
     bad = [a for a in asked if a not in REGIONS]
     if bad:
-        raise UsageError(f"--ablation {', '.join(bad)}: choose {' or '.join(REGIONS)} (repeat the option, or a comma list: "
-                         f"--ablation {','.join(REGIONS)})")
+        raise UsageError(
+            f"--ablation {', '.join(bad)}: choose {' or '.join(REGIONS)} (repeat the option, or a comma list: "
+            f"--ablation {','.join(REGIONS)})"
+        )
     return [r for r in REGIONS if r in asked]
 
 
@@ -56,7 +58,11 @@ def blank(img: np.ndarray, mask: np.ndarray, region: str, level: float) -> np.nd
     if mask.shape != img.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match the image {img.shape[:2]}")
     out = img.copy()
-    value = np.clip(round(level), np.iinfo(img.dtype).min, np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else level
+    value = (
+        np.clip(round(level), np.iinfo(img.dtype).min, np.iinfo(img.dtype).max)
+        if img.dtype.kind in "ui"
+        else level
+    )
     out[mask if region == "tissue" else ~mask] = value
     return out
 

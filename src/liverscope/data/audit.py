@@ -38,7 +38,14 @@ import numpy as np
 
 from liverscope.data.datasets import load_samples, natural_key
 from liverscope.data.hashing import connected_groups, dhash, find_near_pairs, hamming
-from liverscope.data.io import decode_image, dicom_header, extension_matches, read_bytes, sniff_format, to_grey
+from liverscope.data.io import (
+    decode_image,
+    dicom_header,
+    extension_matches,
+    read_bytes,
+    sniff_format,
+    to_grey,
+)
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.utils import progress
 
@@ -102,7 +109,8 @@ def _describe(data: bytes, path: Path) -> _Image:
 
 def _inspect_files(samples: Sequence[Any], workers: int) -> tuple[list[_File], dict[str, _Image]]:
     files = [
-        _File(str(s.path), str(s.label), getattr(s, "group", None), getattr(s, "source", None)) for s in samples
+        _File(str(s.path), str(s.label), getattr(s, "group", None), getattr(s, "source", None))
+        for s in samples
     ]
     images: dict[str, _Image] = {}
     lock = threading.Lock()
@@ -202,7 +210,9 @@ def _confounding(labels: list[str], sources: list[str]) -> dict[str, Any]:
             present = [names[j] for j in np.flatnonzero(table[i] > 0) if big_src[j]]
             absent = [names[j] for j in np.flatnonzero(table[i] == 0) if big_src[j]]
             if big_cls[i] and absent:
-                findings.append(f"class {c} appears only in source(s) {', '.join(repr(s) for s in present) or 'none'}")
+                findings.append(
+                    f"class {c} appears only in source(s) {', '.join(repr(s) for s in present) or 'none'}"
+                )
         for j, s in enumerate(names):
             missing = [classes[i] for i in np.flatnonzero(table[:, j] == 0) if big_cls[i]]
             if big_src[j] and missing:
@@ -259,7 +269,9 @@ def audit_dataset(
     exact, by_sha = _exact_duplicates(files)
     near, conflicts, near_files = _near_duplicates_and_conflicts(files, comps, gid, by_sha)
     src, sources, conf, given = _sources_and_confounding(files)
-    unreadable = sorted(({"path": f.path, "reason": f.error} for f in files if f.error), key=lambda e: e["path"])
+    unreadable = sorted(
+        ({"path": f.path, "reason": f.error} for f in files if f.error), key=lambda e: e["path"]
+    )
     mismatches = sorted(
         (
             {"path": f.path, "format": f.fmt, "extension": Path(f.path).suffix}
@@ -332,7 +344,9 @@ def _image_components(images: dict, near_threshold: int, fine_threshold: int | N
         keep = [hamming(fine[i], fine[j]) <= fine_threshold for i, j in pairs]
         pairs = pairs[np.asarray(keep, bool)]
     comp = connected_groups(len(shas), pairs)
-    return _Components({sha: k for k, sha in enumerate(shas)}, comp, n_candidates, len(shas) - len(set(comp.tolist())))
+    return _Components(
+        {sha: k for k, sha in enumerate(shas)}, comp, n_candidates, len(shas) - len(set(comp.tolist()))
+    )
 
 
 def _file_groups(files: list, comps: _Components) -> list[str]:
@@ -367,7 +381,12 @@ def _exact_duplicates(files: list) -> tuple[list[dict], dict[str, list[int]]]:
         if f.sha256 is not None:
             by_sha[f.sha256].append(k)
     exact = [
-        {"sha256": sha, "count": len(ks), "labels": sorted({files[k].label for k in ks}), "paths": sorted(files[k].path for k in ks)}
+        {
+            "sha256": sha,
+            "count": len(ks),
+            "labels": sorted({files[k].label for k in ks}),
+            "paths": sorted(files[k].path for k in ks),
+        }
         for sha, ks in by_sha.items()
         if len(ks) > 1
     ]
@@ -375,8 +394,9 @@ def _exact_duplicates(files: list) -> tuple[list[dict], dict[str, list[int]]]:
     return exact, by_sha
 
 
-def _near_duplicates_and_conflicts(files: list, comps: _Components, gid: list[str],
-                                   by_sha: dict[str, list[int]]) -> tuple[list[dict], list[dict], int]:
+def _near_duplicates_and_conflicts(
+    files: list, comps: _Components, gid: list[str], by_sha: dict[str, list[int]]
+) -> tuple[list[dict], list[dict], int]:
     """Near-duplicate groups and label conflicts, on image components (not patient groups), and how
     many files the near-duplicate groups hold."""
     by_comp: dict[int, list[int]] = defaultdict(list)
@@ -390,14 +410,26 @@ def _near_duplicates_and_conflicts(files: list, comps: _Components, gid: list[st
         group = gid[ks[0]]
         if len(distinct) > 1:
             near_files += len(ks)
-            near.append({"group_id": group, "distinct": len(distinct), "labels": labels, "paths": sorted(files[k].path for k in ks)})
+            near.append(
+                {
+                    "group_id": group,
+                    "distinct": len(distinct),
+                    "labels": labels,
+                    "paths": sorted(files[k].path for k in ks),
+                }
+            )
         if len(labels) > 1:
             per_label = defaultdict(list)
             for k in ks:
                 per_label[files[k].label].append(files[k].path)
             exact_clash = any(len({files[k].label for k in by_sha[s]}) > 1 for s in distinct)
-            conflicts.append({"group_id": group, "kind": "exact" if exact_clash else "near",
-                              "labels": {lab: sorted(p) for lab, p in sorted(per_label.items())}})
+            conflicts.append(
+                {
+                    "group_id": group,
+                    "kind": "exact" if exact_clash else "near",
+                    "labels": {lab: sorted(p) for lab, p in sorted(per_label.items())},
+                }
+            )
     near.sort(key=lambda e: (-len(e["paths"]), e["paths"][0]))
     conflicts.sort(key=lambda e: e["group_id"])
     return near, conflicts, near_files
@@ -413,7 +445,16 @@ def _sources_and_confounding(files: list) -> tuple[dict[str, Any], dict[str, dic
     conf = _confounding([f.label for f in ok], [src[f.path] for f in ok])
     sources: dict[Any, dict] = {}
     for f in ok:
-        s = sources.setdefault(src[f.path], {"files": 0, "classes": Counter(), "formats": Counter(), "sizes": Counter(), "layouts": Counter()})
+        s = sources.setdefault(
+            src[f.path],
+            {
+                "files": 0,
+                "classes": Counter(),
+                "formats": Counter(),
+                "sizes": Counter(),
+                "layouts": Counter(),
+            },
+        )
         s["files"] += 1
         s["classes"][f.label] += 1
         s["formats"][f.fmt] += 1
@@ -430,8 +471,15 @@ def _file_record(f, group: str, source: Any) -> dict[str, Any]:
     """One file of ``audit.json["files"]``."""
     ok = f.error is None
     return {
-        "path": f.path, "label": f.label, "group_id": group, "source": source, "sha256": f.sha256, "format": f.fmt,
-        "width": f.image.width if ok else None, "height": f.image.height if ok else None, "layout": f.image.layout if ok else None,
+        "path": f.path,
+        "label": f.label,
+        "group_id": group,
+        "source": source,
+        "sha256": f.sha256,
+        "format": f.fmt,
+        "width": f.image.width if ok else None,
+        "height": f.image.height if ok else None,
+        "layout": f.image.layout if ok else None,
         "dhash": f"{f.image.hash64:016x}" if ok else None,
     }
 
@@ -463,13 +511,17 @@ def _warnings(result: dict[str, Any]) -> list[str]:
         vtxt = f" (Cramer's V = {v:.2f})" if v is not None else ""
         out.append(
             f"The class is predictable from the acquisition source{vtxt}: "
-            + "; ".join(result["contingency"]["findings"] or ["the class mix differs strongly between sources"])
+            + "; ".join(
+                result["contingency"]["findings"] or ["the class mix differs strongly between sources"]
+            )
             + ". A model can learn the scanner (image size, format, layout) instead of the disease: "
             "report results within each source and stratify splits by source."
         )
     if s["unreadable"]:
         ex = result["unreadable"][0]
-        out.append(f"{s['unreadable']} files cannot be read and are skipped (e.g. {ex['path']}: {ex['reason']}).")
+        out.append(
+            f"{s['unreadable']} files cannot be read and are skipped (e.g. {ex['path']}: {ex['reason']})."
+        )
     if s["extension_mismatches"]:
         ex = result["extension_mismatches"][0]
         out.append(
@@ -484,7 +536,9 @@ def group_ids(result: dict[str, Any]) -> dict[str, str]:
     try:
         return dict(result["group_id"])
     except (KeyError, TypeError):
-        raise LiverscopeError("not an audit result: it has no 'group_id' mapping (run audit_dataset)") from None
+        raise LiverscopeError(
+            "not an audit result: it has no 'group_id' mapping (run audit_dataset)"
+        ) from None
 
 
 def duplicate_group_ids(samples: Sequence[Any], *, annotate: bool = True, **kwargs) -> list[str]:

@@ -14,7 +14,6 @@ AUDIT_HTML = "audit.html"
 HTML_ROWS = 200
 
 
-
 def format_summary(result: dict[str, Any]) -> str:
     """Plain-text summary and warnings for the terminal."""
     s = result["summary"]

@@ -47,7 +47,9 @@ def _preset_ops(name: str, size: int = 224) -> list:
     if name == "ultrasound":
         return [
             v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomApply([v2.RandomAffine(degrees=15, translate=(0.0625, 0.0625), scale=(0.9, 1.1))], p=0.5),
+            v2.RandomApply(
+                [v2.RandomAffine(degrees=15, translate=(0.0625, 0.0625), scale=(0.9, 1.1))], p=0.5
+            ),
             v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2),
             v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.5),
             v2.RandomApply([v2.ElasticTransform(alpha=30.0, sigma=5.0)], p=0.2),
@@ -98,7 +100,9 @@ class TissueCrop:
         h, w = img.shape[:2]
         s = self.size
         if s > h or s > w:
-            raise LiverscopeError(f"train crop {s} px is larger than the {h}x{w} input (use a crop below data.image_size)")
+            raise LiverscopeError(
+                f"train crop {s} px is larger than the {h}x{w} input (use a crop below data.image_size)"
+            )
         tissue = img[..., 0] > self.threshold if img.ndim == 3 else img > self.threshold
         best, best_frac = (0, 0), -1.0
         for _ in range(self.tries):
@@ -118,7 +122,11 @@ class _Augment:
     def __init__(self, preset: str, pp: Preprocessing, crop: int = 0):
         self.crop = TissueCrop(crop) if crop else None
         self.ops = v2.Compose(_preset_ops(preset, int(crop) or pp.size)) if preset != "none" else None
-        self.noise = v2.RandomApply([v2.GaussianNoise(mean=0.0, sigma=0.03)], p=0.3) if preset == "ultrasound" else None
+        self.noise = (
+            v2.RandomApply([v2.GaussianNoise(mean=0.0, sigma=0.03)], p=0.3)
+            if preset == "ultrasound"
+            else None
+        )
         self.to_tensor = ToTensorNormalised(pp)
         self.preset = preset
 
@@ -148,4 +156,6 @@ def build_transform(preset: str, pp: Preprocessing, train: bool, crop: int = 0):
 def check_train_crop(crop: int, size: int) -> None:
     """``data.train_crop`` must be 0 (off) or a window inside the ``size``-pixel input."""
     if crop and not 8 <= int(crop) < int(size):
-        raise LiverscopeError(f"data.train_crop is {crop}: it must be 0 (off) or between 8 and data.image_size - 1 ({int(size) - 1})")
+        raise LiverscopeError(
+            f"data.train_crop is {crop}: it must be 0 (off) or between 8 and data.image_size - 1 ({int(size) - 1})"
+        )

@@ -54,7 +54,9 @@ class Sample:
 
 
 def _is_candidate(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES | {".jpe", ".dcm"}
+    return (
+        p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES | {".jpe", ".dcm"}
+    )
 
 
 def scan_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
@@ -67,7 +69,11 @@ def scan_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
     if not root.is_dir():
         raise LiverscopeError(f"{root}: not a folder (give a class-per-folder tree or a CSV manifest)")
     classes = sorted(
-        (d.name for d in root.iterdir() if d.is_dir() and d.name not in RESERVED_DIRS and not d.name.startswith(".")),
+        (
+            d.name
+            for d in root.iterdir()
+            if d.is_dir() and d.name not in RESERVED_DIRS and not d.name.startswith(".")
+        ),
         key=natural_key,
     )
     samples = []
@@ -76,7 +82,9 @@ def scan_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
             if _is_candidate(p):
                 samples.append(Sample(p, c))
     if not classes or not samples:
-        raise LiverscopeError(f"{root}: no class folders with images found (expected {root}/<label>/<image files>)")
+        raise LiverscopeError(
+            f"{root}: no class folders with images found (expected {root}/<label>/<image files>)"
+        )
     return samples, classes
 
 
@@ -174,7 +182,9 @@ def check_readable(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str,
     return good, bad
 
 
-def warm_cache(samples: list[Sample], cache: PreprocessCache, workers: int = 2) -> tuple[list[Sample], list[tuple[str, str]]]:
+def warm_cache(
+    samples: list[Sample], cache: PreprocessCache, workers: int = 2
+) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Decode and preprocess every sample once (in threads: OpenCV releases the GIL), dropping files
     that fail with the reason. Returns ``(good, skipped)``."""
 
@@ -206,7 +216,14 @@ class ImageDataset:
         in_memory: keep preprocessed arrays in RAM after first use (224² RGB is 150 kB an image).
     """
 
-    def __init__(self, samples: Sequence[Sample], class_names: Sequence[str], cache: PreprocessCache, transform, in_memory: bool = True):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        class_names: Sequence[str],
+        cache: PreprocessCache,
+        transform,
+        in_memory: bool = True,
+    ):
         self.samples = list(samples)
         self.class_names = list(class_names)
         index = {c: i for i, c in enumerate(self.class_names)}
@@ -248,7 +265,9 @@ def _fan_mask(size: int, half_angle: float = 0.62, r0: float = 0.12, r1: float =
     return (r >= r0 + 0.05) & (r <= r1) & (np.abs(theta) <= half_angle)
 
 
-def make_phantom(stage: int, n_stages: int = 5, size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_phantom(
+    stage: int, n_stages: int = 5, size: int = 128, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic ultrasound-like phantom and its lesion mask.
 
     Liver parenchyma inside a convex scan sector: multiplicative speckle (Rayleigh) whose grain
@@ -313,8 +332,16 @@ def make_phantoms(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / PHANTOM_MARKER, {"generator": "liverscope.data.datasets.make_phantoms", "classes": list(classes),
-                                             "n_per_class": n_per_class, "size": size, "seed": seed})
+    atomic_write_json(
+        out / PHANTOM_MARKER,
+        {
+            "generator": "liverscope.data.datasets.make_phantoms",
+            "classes": list(classes),
+            "n_per_class": n_per_class,
+            "size": size,
+            "seed": seed,
+        },
+    )
     for k, c in enumerate(classes):
         (out / c).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
@@ -348,8 +375,12 @@ def describe_data(path: str | Path, sources: Iterable[str | None] | None) -> dic
     """
     p = Path(path)
     counts = Counter(s or "unknown" for s in sources) if sources is not None else Counter()
-    return {"path": str(p.resolve() if p.exists() else p), "images": sum(counts.values()) if sources is not None else None,
-            "sources": dict(counts.most_common()), "synthetic_phantoms": is_phantom_set(p) if p.exists() else None}
+    return {
+        "path": str(p.resolve() if p.exists() else p),
+        "images": sum(counts.values()) if sources is not None else None,
+        "sources": dict(counts.most_common()),
+        "synthetic_phantoms": is_phantom_set(p) if p.exists() else None,
+    }
 
 
 def inverse_frequency_weights(targets: Sequence[int], n_classes: int) -> np.ndarray:

@@ -45,7 +45,9 @@ def to_original(arr: np.ndarray, shape: tuple[int, ...], box: Box | None = None)
     a = np.asarray(arr)
     if a.dtype == bool:
         out = np.zeros((h, w), bool)
-        out[y0:y1, x0:x1] = cv2.resize(a.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST).astype(bool)
+        out[y0:y1, x0:x1] = cv2.resize(
+            a.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST
+        ).astype(bool)
         return out
     out = np.zeros((h, w), np.float32)
     out[y0:y1, x0:x1] = cv2.resize(a.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)

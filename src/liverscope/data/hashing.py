@@ -18,7 +18,6 @@ from liverscope.data.io import to_grey
 from liverscope.errors import LiverscopeError
 
 
-
 def dhash(image: np.ndarray, hash_size: int = 8) -> int:
     """Difference hash of an image: ``hash_size**2`` bits, one per horizontally adjacent pair of pixels
     of the grey image shrunk to ``hash_size x (hash_size + 1)``, set where the right one is brighter.

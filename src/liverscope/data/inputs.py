@@ -89,12 +89,20 @@ def array_to_image(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
     elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]  # RGBA: alpha dropped
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
-        hint = " (channels first? use arr.transpose(1, 2, 0), or pass a torch tensor)" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
-        raise LiverscopeError(f"{name}: an array of shape {tuple(arr.shape)} is not an image: expected {_ARRAYS}{hint}")
+        hint = (
+            " (channels first? use arr.transpose(1, 2, 0), or pass a torch tensor)"
+            if arr.ndim == 3 and arr.shape[0] in (1, 3, 4)
+            else ""
+        )
+        raise LiverscopeError(
+            f"{name}: an array of shape {tuple(arr.shape)} is not an image: expected {_ARRAYS}{hint}"
+        )
     _check_pixels(name, arr.shape[0], arr.shape[1])
     kind = arr.dtype.kind
     if kind not in "biuf":
-        raise LiverscopeError(f"{name}: an array of dtype {arr.dtype} is not an image: expected uint8, uint16 (or another integer) or float")
+        raise LiverscopeError(
+            f"{name}: an array of dtype {arr.dtype} is not an image: expected uint8, uint16 (or another integer) or float"
+        )
     if kind == "f":
         if not np.isfinite(arr).all():
             raise LiverscopeError(f"{name}: the array holds NaN or infinite values")
@@ -116,7 +124,9 @@ def tensor_to_array(t: Any, name: str = "<tensor>") -> np.ndarray:
             )
         t = t.permute(1, 2, 0)
     elif t.ndim != 2:
-        raise LiverscopeError(f"{name}: a tensor of shape {tuple(t.shape)} is not an image: expected H×W or C×H×W (N×C×H×W for a batch)")
+        raise LiverscopeError(
+            f"{name}: a tensor of shape {tuple(t.shape)} is not an image: expected H×W or C×H×W (N×C×H×W for a batch)"
+        )
     return array_to_image(t.numpy(), name)
 
 
@@ -134,7 +144,9 @@ def pil_to_array(im: Any, name: str = "<PIL image>") -> np.ndarray:
     return array_to_image(np.asarray(im.convert("RGB")), name)
 
 
-def check_model_input(images: Sequence[Any], size: int, mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:
+def check_model_input(
+    images: Sequence[Any], size: int, mean: Sequence[float], std: Sequence[float]
+) -> list[np.ndarray]:
     """Check images handed to the low-level entry point (:meth:`Predictor.predict_arrays`) against the run.
 
     Each must be ``size x size x 3`` and either uint8 (preprocessed, not normalised: what
@@ -147,7 +159,11 @@ def check_model_input(images: Sequence[Any], size: int, mean: Sequence[float], s
     out = []
     for i, img in enumerate(images):
         arr = img if isinstance(img, np.ndarray) else None
-        shape, dtype = (tuple(arr.shape), str(arr.dtype)) if arr is not None else (getattr(img, "shape", None), type(img).__name__)
+        shape, dtype = (
+            (tuple(arr.shape), str(arr.dtype))
+            if arr is not None
+            else (getattr(img, "shape", None), type(img).__name__)
+        )
         what = (
             f"predict_arrays takes images already preprocessed for this run: uint8 {size}x{size}x3 (Predictor.prepare) "
             f"or float32 {size}x{size}x3 normalised with the run's mean/std; image {i} is {dtype} {shape}"
@@ -158,11 +174,25 @@ def check_model_input(images: Sequence[Any], size: int, mean: Sequence[float], s
         if arr.dtype == np.float32:
             finite = bool(np.isfinite(arr).all())
             if not finite or (arr.min((0, 1)) < lo).any() or (arr.max((0, 1)) > hi).any():
-                span = f"{float(np.nanmin(arr)):.3g}..{float(np.nanmax(arr)):.3g}" if finite else "NaN/infinite values"
-                raise LiverscopeError(f"{what} holding {span}, outside what normalising [0, 1] gives "
-                                      f"({lo.min():.2f}..{hi.max():.2f}): not normalised. {fix}")
+                span = (
+                    f"{float(np.nanmin(arr)):.3g}..{float(np.nanmax(arr)):.3g}"
+                    if finite
+                    else "NaN/infinite values"
+                )
+                raise LiverscopeError(
+                    f"{what} holding {span}, outside what normalising [0, 1] gives "
+                    f"({lo.min():.2f}..{hi.max():.2f}): not normalised. {fix}"
+                )
         out.append(arr)
     return out
 
 
-__all__ = ["split_batch", "input_name", "load_input", "array_to_image", "tensor_to_array", "pil_to_array", "check_model_input"]
+__all__ = [
+    "split_batch",
+    "input_name",
+    "load_input",
+    "array_to_image",
+    "tensor_to_array",
+    "pil_to_array",
+    "check_model_input",
+]

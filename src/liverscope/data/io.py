@@ -94,13 +94,17 @@ def read_bytes(path: str | Path) -> bytes:
     if not path.exists():
         raise ImageReadError(path, "file does not exist", "check the path")
     if path.is_dir():
-        raise ImageReadError(path, "is a folder, not an image", "pass the image files or use a folder command")
+        raise ImageReadError(
+            path, "is a folder, not an image", "pass the image files or use a folder command"
+        )
     size = path.stat().st_size
     if size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)", "re-export or re-copy the image")
     if size > MAX_FILE_BYTES:
         raise ImageReadError(
-            path, f"file is {size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit", "export a single frame"
+            path,
+            f"file is {size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit",
+            "export a single frame",
         )
     return path.read_bytes()
 
@@ -120,7 +124,9 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", frame: int | None = 
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageReadError(
-            path, "not a PNG, JPEG, BMP, TIFF or DICOM file (unknown content)", "convert it to PNG or remove it"
+            path,
+            "not a PNG, JPEG, BMP, TIFF or DICOM file (unknown content)",
+            "convert it to PNG or remove it",
         )
     if fmt == "dicom":
         return _decode_dicom(data, path, frame)
@@ -156,7 +162,9 @@ def to_grey(img: np.ndarray) -> np.ndarray:
 
 def is_grey_rgb(img: np.ndarray) -> bool:
     """True when an ``HxWx3`` image has three identical channels (grey stored as RGB)."""
-    return img.ndim == 3 and bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
+    return img.ndim == 3 and bool(
+        np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+    )
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -179,7 +187,9 @@ def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def _check_pixels(path, h: int, w: int) -> None:
     if h * w > MAX_PIXELS:
-        raise ImageReadError(path, f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit", "downscale it")
+        raise ImageReadError(
+            path, f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit", "downscale it"
+        )
     if h < 8 or w < 8:
         raise ImageReadError(path, f"image is only {w}x{h} pixels", "use the full-size ultrasound frame")
 
@@ -196,7 +206,11 @@ def _decode_raster(data: bytes, path) -> np.ndarray:
     except ImageReadError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data; one clear error for the user
-        raise ImageReadError(path, f"cannot decode image ({type(exc).__name__}: {exc})", "the file is corrupt or truncated; re-export it") from None
+        raise ImageReadError(
+            path,
+            f"cannot decode image ({type(exc).__name__}: {exc})",
+            "the file is corrupt or truncated; re-export it",
+        ) from None
 
     mode = im.mode
     if mode in ("P", "PA"):
@@ -273,9 +287,13 @@ def _parse_dicom(data: bytes, path):
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:
-        raise ImageReadError(path, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "the file is corrupt or truncated") from None
+        raise ImageReadError(
+            path, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "the file is corrupt or truncated"
+        ) from None
     if "PixelData" not in ds:
-        raise ImageReadError(path, "DICOM file has no pixel data (a report or structured document?)", "export the image series")
+        raise ImageReadError(
+            path, "DICOM file has no pixel data (a report or structured document?)", "export the image series"
+        )
     return ds
 
 
@@ -286,7 +304,9 @@ def _decode_dicom(data: bytes, path, frame: int | None) -> np.ndarray:
         return _dicom_frame(ds, path, None)
     idx = n // 2 if frame is None else int(frame)
     if not 0 <= idx < n:
-        raise ImageReadError(path, f"frame {idx} requested but the cine loop has {n} frames", f"choose a frame in 0..{n - 1}")
+        raise ImageReadError(
+            path, f"frame {idx} requested but the cine loop has {n} frames", f"choose a frame in 0..{n - 1}"
+        )
     return _dicom_frame(ds, path, idx)
 
 
@@ -312,7 +332,9 @@ def _dicom_frame(ds, path, index: int | None) -> np.ndarray:
         window = _voi_range(ds)
     except Exception as exc:  # a window of width 0, a VOI LUT of unsupported depth ...
         raise ImageReadError(
-            path, f"invalid rescale or window in the DICOM header ({type(exc).__name__}: {exc})", "export the image again"
+            path,
+            f"invalid rescale or window in the DICOM header ({type(exc).__name__}: {exc})",
+            "export the image again",
         ) from None
     # with a window the display range is the window's output range; without one, the observed range
     out = _to_uint8(values) if window is None else _scale_to_uint8(values, *window)
@@ -402,4 +424,6 @@ def _dicom_header(path: str, size: int, mtime_ns: int) -> DicomHeader | None:
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
     except Exception:  # not readable as DICOM: the decoder names the problem when the file is used
         return None
-    return DicomHeader(frame_count(ds), patient_group(ds), pseudonym(ds, "PatientID"), pseudonym(ds, "StudyInstanceUID"))
+    return DicomHeader(
+        frame_count(ds), patient_group(ds), pseudonym(ds, "PatientID"), pseudonym(ds, "StudyInstanceUID")
+    )

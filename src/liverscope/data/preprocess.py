@@ -38,8 +38,8 @@ import numpy as np
 
 from liverscope.config import IMAGENET_MEAN, IMAGENET_STD
 from liverscope.data.geometry import Box, bounding_box
-from liverscope.data.sector import SECTOR_METHODS, sector_mask
 from liverscope.data.io import decode_image, read_bytes, read_frames, read_image, to_grey, to_rgb
+from liverscope.data.sector import SECTOR_METHODS, sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.utils import atomic_path
 
@@ -48,7 +48,12 @@ NLM_TEMPLATE, NLM_SEARCH = 7, 21  # OpenCV's defaults, and liverscope's before t
 DENOISE_REGIONS = ("image", "sector")
 #: The settings added after runs were first saved, with the behaviour those runs had: a saved
 #: ``preprocessing`` without them reads back as that behaviour, and they stay out of the cache key at it.
-_LATER_FIELDS = {"nlm_template": NLM_TEMPLATE, "nlm_search": NLM_SEARCH, "denoise_region": "image", "sector": "threshold"}
+_LATER_FIELDS = {
+    "nlm_template": NLM_TEMPLATE,
+    "nlm_search": NLM_SEARCH,
+    "denoise_region": "image",
+    "sector": "threshold",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,9 @@ class Preprocessing:
     nlm_template: int = NLM_TEMPLATE  # NLM patch size (odd)
     nlm_search: int = NLM_SEARCH  # NLM search window (odd): cost ~ its square
     denoise_region: str = "image"  # image | sector (the scan sector's bounding box only)
-    sector: str = "fan"  # how the scan sector is found (liverscope.data.sector): fan | threshold (runs before issue 21)
+    sector: str = (
+        "fan"  # how the scan sector is found (liverscope.data.sector): fan | threshold (runs before issue 21)
+    )
 
     def __post_init__(self):
         if self.denoise_at not in ("model", "full"):
@@ -73,19 +80,35 @@ class Preprocessing:
         if not 16 <= int(self.size) <= 2048:
             raise LiverscopeError(f"image size {self.size} out of range (16..2048)")
         if self.denoise_region not in DENOISE_REGIONS:
-            raise LiverscopeError(f"denoise_region must be one of {', '.join(DENOISE_REGIONS)}, got '{self.denoise_region}'")
+            raise LiverscopeError(
+                f"denoise_region must be one of {', '.join(DENOISE_REGIONS)}, got '{self.denoise_region}'"
+            )
         if self.sector not in SECTOR_METHODS:
             raise LiverscopeError(f"sector must be one of {', '.join(SECTOR_METHODS)}, got '{self.sector}'")
         t, s = self.nlm_template, self.nlm_search
-        if not (float(t).is_integer() and float(s).is_integer() and int(t) % 2 == 1 and int(s) % 2 == 1 and 1 <= int(t) <= int(s) <= 35):
-            raise LiverscopeError(f"NLM windows must be odd integers with 1 <= template <= search <= 35, got template {t}, search {s}")
+        if not (
+            float(t).is_integer()
+            and float(s).is_integer()
+            and int(t) % 2 == 1
+            and int(s) % 2 == 1
+            and 1 <= int(t) <= int(s) <= 35
+        ):
+            raise LiverscopeError(
+                f"NLM windows must be odd integers with 1 <= template <= search <= 35, got template {t}, search {s}"
+            )
         object.__setattr__(self, "nlm_template", int(t))  # frozen: a JSON or NumPy number becomes a plain int
         object.__setattr__(self, "nlm_search", int(s))
 
     @classmethod
-    def from_data_config(cls, data, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> "Preprocessing":
+    def from_data_config(
+        cls, data, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> "Preprocessing":
         """The preprocessing of a recipe's ``data`` section, normalised as the model's weights expect."""
-        later = {k: type(v)(getattr(data, k)) for k, v in _LATER_FIELDS.items() if getattr(data, k, None) is not None}
+        later = {
+            k: type(v)(getattr(data, k))
+            for k, v in _LATER_FIELDS.items()
+            if getattr(data, k, None) is not None
+        }
         return cls(
             size=int(data.image_size),
             denoise=bool(data.denoise),
@@ -113,7 +136,10 @@ class Preprocessing:
         """Hash of the parameters that change the cached array (mean/std are applied later)."""
         d = self.to_dict()
         d.pop("mean"), d.pop("std")
-        for k, old in _LATER_FIELDS.items():  # at their old behaviour: the key of a cache made before they existed
+        for (
+            k,
+            old,
+        ) in _LATER_FIELDS.items():  # at their old behaviour: the key of a cache made before they existed
             if d[k] == old:
                 d.pop(k)
         d["v"] = CACHE_VERSION
@@ -161,7 +187,12 @@ def denoise(img: np.ndarray, pp: "Preprocessing") -> np.ndarray:
             rows, cols = img.shape[:2]
             y0, y1, x0, x1 = box
             reach = s // 2 + t // 2
-            ya, yb, xa, xb = max(0, y0 - reach), min(rows, y1 + reach), max(0, x0 - reach), min(cols, x1 + reach)
+            ya, yb, xa, xb = (
+                max(0, y0 - reach),
+                min(rows, y1 + reach),
+                max(0, x0 - reach),
+                min(cols, x1 + reach),
+            )
             if (yb - ya) * (xb - xa) < 0.9 * rows * cols:  # else the whole image costs no more
                 out = img.copy()
                 part = _nlm(np.ascontiguousarray(img[ya:yb, xa:xb]), h, t, s)
@@ -251,7 +282,9 @@ def model_input(img: np.ndarray, pp: Preprocessing, channels_first: bool = False
     return out
 
 
-def load_model_input(path: str | Path, pp: Preprocessing, frames: str = "middle", channels_first: bool = False) -> np.ndarray:
+def load_model_input(
+    path: str | Path, pp: Preprocessing, frames: str = "middle", channels_first: bool = False
+) -> np.ndarray:
     """A file → float32 model inputs of its ``frames`` (``F x size x size x 3``, or ``F x 3 x size x size``;
     one frame for a still image or ``frames="middle"``). The decode workers' job: a module-level function
     of a torch-free module, so that a process pool can run it too (:mod:`liverscope.data.stream`)."""

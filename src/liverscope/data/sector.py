@@ -57,7 +57,11 @@ def find_fan(img: np.ndarray) -> tuple[np.ndarray | None, str]:
     grey = to_grey(img)
     h, w = grey.shape
     scale = min(1.0, WORK_SIDE / max(h, w))
-    small = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else grey
+    small = (
+        cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else grey
+    )
     level, noise = _background(small)
     if noise > TEXTURED_BORDER:
         return None, "the frame fills the image (its border is tissue, not background)"
@@ -90,7 +94,9 @@ def _background(grey: np.ndarray) -> tuple[float, float]:
     """Grey level of the background and the smallest difference from it that is not noise, from a
     band along the image border (median and median absolute deviation: text there does not move them)."""
     b = max(2, round(min(grey.shape) / 100))
-    band = np.concatenate([grey[:b].ravel(), grey[-b:].ravel(), grey[:, :b].ravel(), grey[:, -b:].ravel()]).astype(np.float32)
+    band = np.concatenate(
+        [grey[:b].ravel(), grey[-b:].ravel(), grey[:, :b].ravel(), grey[:, -b:].ravel()]
+    ).astype(np.float32)
     level = float(np.median(band))
     mad = float(np.median(np.abs(band - level)))
     return level, max(1.5, 4 * 1.4826 * mad)
@@ -147,7 +153,9 @@ def _near_arc(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple] | None
     if len(cols) < 9:  # too narrow for an arc (and for the smoothing window)
         return None
     top = region[:, cols].argmax(0).astype(np.float64)
-    top = cv2.medianBlur(top.astype(np.float32).reshape(1, -1), 5).ravel().astype(np.float64)  # speckle-ragged edge
+    top = (
+        cv2.medianBlur(top.astype(np.float32).reshape(1, -1), 5).ravel().astype(np.float64)
+    )  # speckle-ragged edge
     depth = np.nonzero(region.any(1))[0][-1] - top.min()
     smooth = np.convolve(np.pad(top, 4, mode="edge"), np.ones(9) / 9, mode="valid")
     flat = np.nonzero((np.abs(np.gradient(smooth)) < 0.5) & (top <= top.min() + 0.15 * depth))[0]

@@ -115,7 +115,9 @@ def holdout_split(
     """
     n = len(labels)
     if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
-        raise LiverscopeError(f"test_frac={test_frac} and val_frac={val_frac} must be in [0, 1) and sum below 1")
+        raise LiverscopeError(
+            f"test_frac={test_frac} and val_frac={val_frac} must be in [0, 1) and sum below 1"
+        )
     if n == 0:
         raise LiverscopeError("cannot split an empty data set")
     strata = _strata(labels, stratify_extra)
@@ -171,7 +173,9 @@ def random_split(
 
     n = len(labels)
     if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
-        raise LiverscopeError(f"test_frac={test_frac} and val_frac={val_frac} must be in [0, 1) and sum below 1")
+        raise LiverscopeError(
+            f"test_frac={test_frac} and val_frac={val_frac} must be in [0, 1) and sum below 1"
+        )
     strata = _strata(labels, stratify_extra).astype(str)
     idx = np.arange(n)
     out = np.full(n, "train", dtype="<U5")
@@ -246,7 +250,9 @@ def check_leakage(
         f"have a copy or near-copy in another split, e.g. {shown}{more}. Scores on them measure memory, not skill"
     )
     if not allow:
-        raise LiverscopeError(msg + "; use the grouped split (the default) or pass --allow-leak to go on anyway.")
+        raise LiverscopeError(
+            msg + "; use the grouped split (the default) or pass --allow-leak to go on anyway."
+        )
     return [msg + "."]
 
 

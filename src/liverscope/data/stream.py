@@ -33,10 +33,14 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     """``workers`` decode processes, spawned (a fork of a process whose OpenMP or OpenCV thread pools
     have run can hang), each with one OpenCV thread. The caller's script needs the
     ``if __name__ == "__main__":`` guard that spawned processes require."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init)
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
+    )
 
 
-def pool_load_model_input(path: str | Path, pp: Preprocessing, frames: str = "middle", channels_first: bool = False) -> np.ndarray | tuple[str, str, str]:
+def pool_load_model_input(
+    path: str | Path, pp: Preprocessing, frames: str = "middle", channels_first: bool = False
+) -> np.ndarray | tuple[str, str, str]:
     """:func:`~liverscope.data.preprocess.load_model_input` for a process pool: an unreadable file comes
     back as ``(path, reason, fix)``, the arguments of its :class:`~liverscope.errors.ImageReadError`, which
     cannot cross a process boundary itself (its constructor takes three arguments, unpickling passes one,
@@ -47,7 +51,9 @@ def pool_load_model_input(path: str | Path, pp: Preprocessing, frames: str = "mi
         return (exc.path, exc.reason, exc.fix)
 
 
-def decoded(files: Iterator[Path], submit: Callable[[Path], Future], window: int, alternate: bool) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+def decoded(
+    files: Iterator[Path], submit: Callable[[Path], Future], window: int, alternate: bool
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
     """``(path, model input, None)`` or ``(path, None, why it was skipped)`` for each file, in order.
 
     Args:

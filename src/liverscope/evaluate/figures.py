@@ -10,10 +10,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from liverscope import rundir
-from liverscope.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves, plot_training_curves
+from liverscope.evaluate.plots import (
+    plot_confusion_matrix,
+    plot_reliability,
+    plot_roc_curves,
+    plot_training_curves,
+)
 
 
-def write_curves(folder: str | Path, history: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> Path:
+def write_curves(
+    folder: str | Path, history: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any]
+) -> Path:
     """``curves.png``: loss, validation accuracy and learning rate per epoch (a ``history.csv``, its rows,
     or ``{fold: rows}``; :func:`~liverscope.evaluate.plots.plot_training_curves`)."""
     return plot_training_curves(history, Path(folder) / rundir.CURVES_PNG)
@@ -24,12 +31,16 @@ def write_confusion(folder: str | Path, cm: np.ndarray, class_names: Sequence[st
     return plot_confusion_matrix(np.asarray(cm), class_names, Path(folder) / rundir.CONFUSION_PNG)
 
 
-def write_roc(folder: str | Path, y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str]) -> Path:
+def write_roc(
+    folder: str | Path, y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str]
+) -> Path:
     """``roc_curves.png`` of the test set."""
     return plot_roc_curves(y_true, probs, class_names, Path(folder) / rundir.ROC_PNG)
 
 
-def write_reliability(folder: str | Path, probs: np.ndarray, y_true: Sequence[int], calibrated: np.ndarray | None = None) -> Path:
+def write_reliability(
+    folder: str | Path, probs: np.ndarray, y_true: Sequence[int], calibrated: np.ndarray | None = None
+) -> Path:
     """``reliability.png``: the reliability diagram (with the temperature-scaled probabilities beside, when given)."""
     return plot_reliability(probs, y_true, Path(folder) / rundir.RELIABILITY_PNG, calibrated=calibrated)
 

@@ -19,7 +19,14 @@ import numpy as np
 
 from liverscope.rundir import SPLIT
 
-IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}
+IMAGE_SUFFIXES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+    ".webp": "image/webp",
+}
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -59,7 +66,14 @@ def headline_cell(metrics: Mapping[str, Any], key: str) -> str:
     return fmt_ci(metrics.get(key), ci.get("ci95"))
 
 
-def table_html(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, raw: bool = False, first_col_header: bool = True, caption: str | None = None) -> str:
+def table_html(
+    header: Sequence[str] | None,
+    rows: Sequence[Sequence[Any]],
+    *,
+    raw: bool = False,
+    first_col_header: bool = True,
+    caption: str | None = None,
+) -> str:
     """An HTML table; cells are escaped and numbers formatted unless ``raw`` (cells already HTML).
 
     Args:
@@ -73,7 +87,9 @@ def table_html(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, r
     if caption:
         out.append(f"<caption>{html.escape(caption)}</caption>")
     if header is not None:
-        out.append("<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead>")
+        out.append(
+            "<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead>"
+        )
     out.append("<tbody>")
     for row in rows:
         cells = []
@@ -88,8 +104,14 @@ def table_html(header: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, r
     return "".join(out)
 
 
-def image_html(image: str | Path | bytes, alt: str = "", caption: str | None = None, mime: str = "image/png", width: str | None = None,
-               caption_html: str | None = None) -> str:
+def image_html(
+    image: str | Path | bytes,
+    alt: str = "",
+    caption: str | None = None,
+    mime: str = "image/png",
+    width: str | None = None,
+    caption_html: str | None = None,
+) -> str:
     """An image embedded as a base64 data URI (no reference to a local file), in a ``<figure>``; its
     caption is ``caption`` (text, escaped) or ``caption_html`` (HTML, escape it yourself)."""
     if isinstance(image, (str, Path)):
@@ -100,7 +122,11 @@ def image_html(image: str | Path | bytes, alt: str = "", caption: str | None = N
         data = bytes(image)
     b64 = base64.b64encode(data).decode("ascii")
     style = f' style="max-width:{html.escape(width)}"' if width else ""
-    cap = f"<figcaption>{caption_html if caption_html is not None else html.escape(caption)}</figcaption>" if caption or caption_html else ""
+    cap = (
+        f"<figcaption>{caption_html if caption_html is not None else html.escape(caption)}</figcaption>"
+        if caption or caption_html
+        else ""
+    )
     return f'<figure><img src="data:{mime};base64,{b64}" alt="{html.escape(alt)}"{style}>{cap}</figure>'
 
 
@@ -112,14 +138,19 @@ def generic_html(obj: Any) -> str:
         for v in obj.values():
             cols += [c for c in v if c not in cols and not isinstance(v[c], (Mapping, list))]
         if cols:
-            return table_html(["", *[key_title(c) for c in cols]], [[str(k), *[v.get(c) for c in cols]] for k, v in obj.items()])
+            return table_html(
+                ["", *[key_title(c) for c in cols]],
+                [[str(k), *[v.get(c) for c in cols]] for k, v in obj.items()],
+            )
     if isinstance(obj, Mapping) and obj and all(not isinstance(v, (Mapping, list)) for v in obj.values()):
         return table_html(None, [[key_title(k), v] for k, v in obj.items()])
     if isinstance(obj, list) and obj and all(isinstance(r, Mapping) for r in obj):
         cols = []
         for r in obj:
             cols += [c for c in r if c not in cols]
-        return table_html([key_title(c) for c in cols], [[r.get(c) for c in cols] for r in obj], first_col_header=False)
+        return table_html(
+            [key_title(c) for c in cols], [[r.get(c) for c in cols] for r in obj], first_col_header=False
+        )
     return f"<pre>{html.escape(json.dumps(obj, indent=2, ensure_ascii=False, default=str))}</pre>"
 
 
@@ -143,11 +174,26 @@ def provenance_html(prov: Mapping[str, Any] | None) -> str | None:
     rows += [
         ["seed", str(prov.get("seed"))],
         ["git commit", commit],
-        ["command", shlex.join(str(a) for a in command) if isinstance(command, list) else str(command or "—")],
+        [
+            "command",
+            shlex.join(str(a) for a in command) if isinstance(command, list) else str(command or "—"),
+        ],
         [f"{SPLIT} SHA-256", str(prov.get("split_sha256") or "—")],
         ["created", str(prov.get("created") or "—")],
     ]
-    return table_html(None, rows) + note(f"The {SPLIT} fingerprint names the exact images, labels and splits this model was trained and scored on.")
+    return table_html(None, rows) + note(
+        f"The {SPLIT} fingerprint names the exact images, labels and splits this model was trained and scored on."
+    )
 
 
-__all__ = ["IMAGE_SUFFIXES", "fmt", "fmt_ci", "key_title", "table_html", "image_html", "generic_html", "note", "provenance_html"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "fmt",
+    "fmt_ci",
+    "key_title",
+    "table_html",
+    "image_html",
+    "generic_html",
+    "note",
+    "provenance_html",
+]

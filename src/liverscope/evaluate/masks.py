@@ -135,7 +135,9 @@ def pointing_game(cam: np.ndarray, true_mask: np.ndarray, sector: np.ndarray | N
     return bool(true_mask.ravel()[int(np.argmax(vals))])
 
 
-def mask_scores(preds: Sequence[np.ndarray], trues: Sequence[np.ndarray], regions: Sequence[np.ndarray] | None = None) -> dict:
+def mask_scores(
+    preds: Sequence[np.ndarray], trues: Sequence[np.ndarray], regions: Sequence[np.ndarray] | None = None
+) -> dict:
     """Mean IoU and Dice over image pairs (and per image).
 
     Args:
@@ -200,16 +202,25 @@ def size_quartiles(areas: Sequence[float]) -> tuple[np.ndarray, list[tuple[float
 def _group_figures(dices: list[float], ious: list[float], hits: list, fps: list) -> dict:
     out: dict = {"n": len(dices) + len(fps)}
     if dices:
-        out.update(n_lesion=len(dices), dice=float(np.mean(dices)), iou=float(np.mean(ious)),
-                   detection_rate=float(np.mean([bool(h) for h in hits])))
+        out.update(
+            n_lesion=len(dices),
+            dice=float(np.mean(dices)),
+            iou=float(np.mean(ious)),
+            detection_rate=float(np.mean([bool(h) for h in hits])),
+        )
     if fps:
         out.update(n_empty=len(fps), false_positive_rate=float(np.mean(fps)))
     return out
 
 
-def expert_mask_summary(preds: Sequence[np.ndarray], trues: Sequence[np.ndarray], classes: Sequence[str] | None = None,
-                        regions: Sequence[np.ndarray] | None = None, cams: Sequence[np.ndarray] | None = None,
-                        min_pixels: int = 1) -> dict:
+def expert_mask_summary(
+    preds: Sequence[np.ndarray],
+    trues: Sequence[np.ndarray],
+    classes: Sequence[str] | None = None,
+    regions: Sequence[np.ndarray] | None = None,
+    cams: Sequence[np.ndarray] | None = None,
+    min_pixels: int = 1,
+) -> dict:
     """Predicted lesion masks against expert masks: overall, per class, per lesion-size quartile.
 
     Images whose expert mask is empty (normal livers) are not averaged into Dice (every empty
@@ -232,28 +243,48 @@ def expert_mask_summary(preds: Sequence[np.ndarray], trues: Sequence[np.ndarray]
     """
     n = len(preds)
     if len(trues) != n or any(x is not None and len(x) != n for x in (classes, regions, cams)):
-        raise LiverscopeError(f"expert_mask_summary: {n} predictions, {len(trues)} expert masks"
-                              + "".join(f", {len(x)} {name}" for name, x in (("classes", classes), ("regions", regions), ("maps", cams)) if x is not None))
+        raise LiverscopeError(
+            f"expert_mask_summary: {n} predictions, {len(trues)} expert masks"
+            + "".join(
+                f", {len(x)} {name}"
+                for name, x in (("classes", classes), ("regions", regions), ("maps", cams))
+                if x is not None
+            )
+        )
     regs = list(regions) if regions is not None else [None] * n
     per = []
     for p, t, r in zip(preds, trues, regs):
         pp_, tt = _pair(p, t, r)
         if tt.any():
-            per.append(("lesion", dice(pp_, tt), iou(pp_, tt), detected(pp_, tt), tt.sum() / max(1, (r if r is not None else np.ones_like(tt)).sum())))
+            per.append(
+                (
+                    "lesion",
+                    dice(pp_, tt),
+                    iou(pp_, tt),
+                    detected(pp_, tt),
+                    tt.sum() / max(1, (r if r is not None else np.ones_like(tt)).sum()),
+                )
+            )
         else:
             per.append(("empty", None, None, None, bool(np.count_nonzero(pp_) >= min_pixels)))
 
     def figures(idx) -> dict:
         les = [per[i] for i in idx if per[i][0] == "lesion"]
         emp = [per[i] for i in idx if per[i][0] == "empty"]
-        return _group_figures([x[1] for x in les], [x[2] for x in les], [x[3] for x in les], [x[4] for x in emp])
+        return _group_figures(
+            [x[1] for x in les], [x[2] for x in les], [x[3] for x in les], [x[4] for x in emp]
+        )
 
     out: dict = {"overall": figures(range(n))}
     if classes is not None:
         out["by_class"] = {c: figures([i for i in range(n) if classes[i] == c]) for c in sorted(set(classes))}
     areas = [x[4] if x[0] == "lesion" else 0.0 for x in per]
     quart, ranges = size_quartiles(areas)
-    out["by_size_quartile"] = {f"Q{k}": {**figures(np.flatnonzero(quart == k)), "area_share": list(ranges[k - 1])} for k in range(1, 5) if ranges}
+    out["by_size_quartile"] = {
+        f"Q{k}": {**figures(np.flatnonzero(quart == k)), "area_share": list(ranges[k - 1])}
+        for k in range(1, 5)
+        if ranges
+    }
     if cams is not None:
         hits = [pointing_game(c, t, r) for c, t, r in zip(cams, trues, regs)]
         valid = [h for h in hits if h is not None]
@@ -268,7 +299,9 @@ def centred_disc(sector: np.ndarray, area: float) -> np.ndarray:
     ``area`` is usually the median expert lesion area of *other* images (no mask of this image is used).
     """
     sector = np.asarray(sector, bool)
-    if not sector.any() or area <= 0:  # (a zero radius would still keep the centroid's pixel when it falls on the grid)
+    if (
+        not sector.any() or area <= 0
+    ):  # (a zero radius would still keep the centroid's pixel when it falls on the grid)
         return np.zeros(sector.shape, bool)
     ys, xs = np.nonzero(sector)
     cy, cx = ys.mean(), xs.mean()
@@ -287,5 +320,18 @@ def sector_centre(sector: np.ndarray) -> np.ndarray:
     return (-((yy - ys.mean()) ** 2 + (xx - xs.mean()) ** 2)).astype(np.float32)
 
 
-__all__ = ["FLAT_RANGE", "is_flat", "map_in_region", "iou", "dice", "pointing_game", "mask_scores", "score_summary", "detected", "size_quartiles",
-           "expert_mask_summary", "centred_disc", "sector_centre"]
+__all__ = [
+    "FLAT_RANGE",
+    "is_flat",
+    "map_in_region",
+    "iou",
+    "dice",
+    "pointing_game",
+    "mask_scores",
+    "score_summary",
+    "detected",
+    "size_quartiles",
+    "expert_mask_summary",
+    "centred_disc",
+    "sector_centre",
+]

@@ -116,7 +116,10 @@ def per_class_counts(cm: np.ndarray) -> dict[str, np.ndarray]:
     fn = cm.sum(axis=1) - tp
     tn = cm.sum() - tp - fp - fn
     return {
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "ppv": _ratio(tp, tp + fp),
@@ -124,7 +127,9 @@ def per_class_counts(cm: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def quadratic_weighted_kappa(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int | None = None) -> float:
+def quadratic_weighted_kappa(
+    y_true: Sequence[int], y_pred: Sequence[int], n_classes: int | None = None
+) -> float:
     """Cohen's kappa with quadratic weights ``(i - j)^2`` for ordered labels (scikit-learn).
 
     Args:
@@ -173,17 +178,23 @@ def _binary_summary(y_pos: np.ndarray, pred_pos: np.ndarray, score: np.ndarray) 
     n_pos = int(y_pos.sum())
     auc = roc_auc_score(y_pos, score) if 0 < n_pos < y_pos.size else np.nan
     return {
-        "n": int(y_pos.size), "n_positive": n_pos,
+        "n": int(y_pos.size),
+        "n_positive": n_pos,
         "auc": _num(auc),
         "sensitivity": _num(tp / (tp + fn)) if tp + fn else None,
         "specificity": _num(tn / (tn + fp)) if tn + fp else None,
         "ppv": _num(tp / (tp + fp)) if tp + fp else None,
         "npv": _num(tn / (tn + fn)) if tn + fn else None,
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
     }
 
 
-def fibrosis_endpoints(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str], endpoints: Any = None) -> dict[str, dict] | None:
+def fibrosis_endpoints(
+    y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str], endpoints: Any = None
+) -> dict[str, dict] | None:
     """Binary clinical endpoints of fibrosis staging: ≥F2 (significant), ≥F3 (advanced), F4 (cirrhosis).
 
     The endpoint probability is the sum of the probabilities of the stages in its positive set (the
@@ -207,7 +218,11 @@ def fibrosis_endpoints(y_true: Sequence[int], probs: np.ndarray, class_names: Se
     out = {}
     for key, d in defs.items():
         idx = np.asarray(d["index"])
-        out[key] = {"name": d["name"], "positive": d["positive"], **_binary_summary(np.isin(y, idx), np.isin(pred, idx), p[:, idx].sum(axis=1))}
+        out[key] = {
+            "name": d["name"],
+            "positive": d["positive"],
+            **_binary_summary(np.isin(y, idx), np.isin(pred, idx), p[:, idx].sum(axis=1)),
+        }
     return out
 
 
@@ -247,7 +262,9 @@ def batched_quadratic_kappa(cm: np.ndarray) -> np.ndarray:
     i = np.arange(k)
     w = (i[:, None] - i[None, :]) ** 2
     n = cm.sum(axis=(-2, -1))
-    expected = cm.sum(axis=-1)[..., :, None] * cm.sum(axis=-2)[..., None, :] / np.where(n > 0, n, 1)[..., None, None]
+    expected = (
+        cm.sum(axis=-1)[..., :, None] * cm.sum(axis=-2)[..., None, :] / np.where(n > 0, n, 1)[..., None, None]
+    )
     observed = (w * cm).sum(axis=(-2, -1))
     chance = (w * expected).sum(axis=(-2, -1))
     return 1.0 - _ratio(observed, chance)
@@ -256,7 +273,11 @@ def batched_quadratic_kappa(cm: np.ndarray) -> np.ndarray:
 def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
     """``(B, n)`` float counts: how often each of the ``n`` cases occurs in each row of ``idx``."""
     b = idx.shape[0]
-    return np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+    return (
+        np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n)
+        .reshape(b, n)
+        .astype(np.float64)
+    )
 
 
 def weighted_auc(y_pos: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -298,7 +319,14 @@ def weighted_auc(y_pos: np.ndarray, score: np.ndarray, weights: np.ndarray) -> n
     return _ratio(u, pos.sum(axis=1) * neg.sum(axis=1))
 
 
-def _headline_batched(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, order: np.ndarray, with_kappa: bool, endpoints: list[tuple[np.ndarray, np.ndarray]]):
+def _headline_batched(
+    y: np.ndarray,
+    pred: np.ndarray,
+    probs: np.ndarray,
+    order: np.ndarray,
+    with_kappa: bool,
+    endpoints: list[tuple[np.ndarray, np.ndarray]],
+):
     """The batched statistic for :func:`liverscope.evaluate.stats.bootstrap_ci`: called with ``(B, n)``
     resample indices, it returns one column per headline figure."""
     n, k = probs.shape
@@ -379,7 +407,12 @@ def compute_metrics(
     position = np.empty(k, dtype=np.int64)
     position[order] = np.arange(k)
 
-    out: dict[str, Any] = {"n": int(y.size), "class_names": names, "metavir": stages is not None, "ordered": bool(ordered)}
+    out: dict[str, Any] = {
+        "n": int(y.size),
+        "class_names": names,
+        "metavir": stages is not None,
+        "ordered": bool(ordered),
+    }
     out.update(_class_figures(y, pred, p, names))
     if ordered:
         out["quadratic_kappa"] = _num(quadratic_weighted_kappa(position[y], position[pred], k))
@@ -391,7 +424,12 @@ def compute_metrics(
 
     if ci:
         out["ci"] = _bootstrap_headline(out, y, pred, p, order, bool(ordered), defs, n_boot, seed)
-        out["ci_method"] = {"method": "percentile bootstrap over cases", "level": 0.95, "n_boot": int(n_boot), "seed": int(seed)}
+        out["ci_method"] = {
+            "method": "percentile bootstrap over cases",
+            "level": 0.95,
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+        }
     return out
 
 
@@ -408,7 +446,9 @@ def _class_figures(y: np.ndarray, pred: np.ndarray, p: np.ndarray, names: list[s
         for avg in ("macro", "weighted"):
             pr, rc, f1, _ = precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
             out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = _num(pr), _num(rc), _num(f1)
-        pc_p, pc_r, pc_f, support = precision_recall_fscore_support(y, pred, labels=list(range(k)), average=None, zero_division=np.nan)
+        pc_p, pc_r, pc_f, support = precision_recall_fscore_support(
+            y, pred, labels=list(range(k)), average=None, zero_division=np.nan
+        )
         auc = one_vs_rest_auc(y, p)
         out["macro_auc"] = _num(np.nanmean(auc)) if np.isfinite(auc).any() else None
     out["macro_auc_classes"] = [names[i] for i in range(k) if np.isfinite(auc[i])]

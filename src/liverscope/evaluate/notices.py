@@ -37,7 +37,9 @@ def trained_on(info: Mapping | None) -> str:
     if not info:
         return "Trained on: not recorded in this run."
     images = info.get("images")
-    text = f"Trained on {info.get('path') or 'an unrecorded path'}: " + (f"{images} images" if images is not None else "number of images not recorded")
+    text = f"Trained on {info.get('path') or 'an unrecorded path'}: " + (
+        f"{images} images" if images is not None else "number of images not recorded"
+    )
     sources = dict(info.get("sources") or {})
     if sources:
         named = "; ".join(f"{name} ({n})" for name, n in list(sources.items())[:MAX_SOURCES])
@@ -61,9 +63,20 @@ def flag_reason(score: float | None, threshold: float | None, ensemble: bool = F
         by = f" (the fold models' median out-of-distribution score is {score:.4g} above their thresholds)"
     else:
         by = f" (its out-of-distribution score {score:.4g} is above the run's threshold {threshold:.4g})"
-    return (f"Not assessable: this image is {UNLIKE_TRAINING}{by}, so the model's stage for it cannot be relied on. Check that it is "
-            "a B-mode liver ultrasound of the kind the model was trained on. The model's output is behind 'Show anyway', and the "
-            "CSV download keeps every number.")
+    return (
+        f"Not assessable: this image is {UNLIKE_TRAINING}{by}, so the model's stage for it cannot be relied on. Check that it is "
+        "a B-mode liver ultrasound of the kind the model was trained on. The model's output is behind 'Show anyway', and the "
+        "CSV download keeps every number."
+    )
 
 
-__all__ = ["DECISION_SUPPORT", "PHANTOMS", "NOT_ASSESSABLE", "NOT_ASSESSABLE_FLAGGED", "UNLIKE_TRAINING", "trained_on", "is_phantoms", "flag_reason"]
+__all__ = [
+    "DECISION_SUPPORT",
+    "PHANTOMS",
+    "NOT_ASSESSABLE",
+    "NOT_ASSESSABLE_FLAGGED",
+    "UNLIKE_TRAINING",
+    "trained_on",
+    "is_phantoms",
+    "flag_reason",
+]

@@ -50,7 +50,9 @@ def _as_2d(x: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def fit_class_gaussian(features: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> dict[str, np.ndarray]:
+def fit_class_gaussian(
+    features: np.ndarray, y: np.ndarray, n_classes: int | None = None
+) -> dict[str, np.ndarray]:
     """Class means and one shared, shrunk precision matrix of pooled features (Lee et al., 2018).
 
     The features are centred on their class means and their common covariance is estimated with
@@ -97,7 +99,9 @@ def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.nda
     mu = _as_2d(means, "mahalanobis_score means")
     p = np.asarray(precision, dtype=np.float64)
     if mu.shape[1] != f.shape[1] or p.shape != (f.shape[1], f.shape[1]):
-        raise LiverscopeError(f"mahalanobis_score: features of dimension {f.shape[1]} do not match means {mu.shape} / precision {p.shape}")
+        raise LiverscopeError(
+            f"mahalanobis_score: features of dimension {f.shape[1]} do not match means {mu.shape} / precision {p.shape}"
+        )
     dists = np.empty((f.shape[0], mu.shape[0]))
     for j, m in enumerate(mu):
         d = f - m
@@ -123,7 +127,9 @@ def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -temperature * logsumexp(z / temperature, axis=1)
 
 
-def ood_scores(method: str, logits: np.ndarray, features: np.ndarray | None, stats: Mapping[str, Any] | None = None) -> np.ndarray:
+def ood_scores(
+    method: str, logits: np.ndarray, features: np.ndarray | None, stats: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """The score of ``method`` for a batch (``mahalanobis`` needs ``features`` and ``stats``).
 
     Args:
@@ -136,7 +142,9 @@ def ood_scores(method: str, logits: np.ndarray, features: np.ndarray | None, sta
         return energy_score(logits)
     if method == "mahalanobis":
         if features is None or stats is None:
-            raise LiverscopeError("the mahalanobis score needs pooled features and the run's class means and precision")
+            raise LiverscopeError(
+                "the mahalanobis score needs pooled features and the run's class means and precision"
+            )
         return mahalanobis_score(features, stats["means"], stats["precision"])
     raise LiverscopeError(f"unknown OOD method '{method}' (choose from {', '.join(METHODS)})")
 
@@ -170,7 +178,12 @@ def flag_summary(scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """``{"n", "flagged", "share", "threshold"}``: how many images score above ``threshold``."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     flagged = int((s > threshold).sum())
-    return {"n": int(s.size), "flagged": flagged, "share": flagged / s.size if s.size else float("nan"), "threshold": float(threshold)}
+    return {
+        "n": int(s.size),
+        "flagged": flagged,
+        "share": flagged / s.size if s.size else float("nan"),
+        "threshold": float(threshold),
+    }
 
 
 def ood_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
@@ -186,7 +199,9 @@ def ood_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     a = np.asarray(in_scores, dtype=np.float64).ravel()
     b = np.asarray(out_scores, dtype=np.float64).ravel()
     if a.size == 0 or b.size == 0:
-        raise LiverscopeError(f"ood_auroc needs images on both sides (got {a.size} in-distribution, {b.size} out)")
+        raise LiverscopeError(
+            f"ood_auroc needs images on both sides (got {a.size} in-distribution, {b.size} out)"
+        )
     return float(roc_auc_score(np.r_[np.zeros(a.size), np.ones(b.size)], np.r_[a, b]))
 
 
@@ -210,6 +225,15 @@ def ensemble_margin(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "METHODS", "DEFAULT_METHOD", "DEFAULT_QUANTILE", "fit_class_gaussian", "mahalanobis_score", "energy_score", "ood_scores",
-    "fit_threshold", "flag_summary", "ood_auroc", "ensemble_margin",
+    "METHODS",
+    "DEFAULT_METHOD",
+    "DEFAULT_QUANTILE",
+    "fit_class_gaussian",
+    "mahalanobis_score",
+    "energy_score",
+    "ood_scores",
+    "fit_threshold",
+    "flag_summary",
+    "ood_auroc",
+    "ensemble_margin",
 ]

@@ -20,7 +20,18 @@ from liverscope.labels import endpoint_definitions
 from liverscope.utils import atomic_path, read_csv_rows
 
 _DPI = 110
-_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_COLOURS = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def _figure(width: float, height: float):
@@ -39,7 +50,13 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalise: bool = True, title: str | None = None) -> Path:
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    normalise: bool = True,
+    title: str | None = None,
+) -> Path:
     """Confusion matrix as an annotated heat map (rows: true class, columns: predicted class).
 
     Args:
@@ -69,19 +86,40 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
     for i in range(k):
         for j in range(k):
             text = f"{frac[i, j]:.2f}\n({cm[i, j]})" if normalise and not small else f"{cm[i, j]}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7 if small else 9,
-                    color="white" if values[i, j] > 0.55 * vmax else "#222")
-    ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45 if max(len(str(c)) for c in class_names) > 4 else 0, ha="right" if max(len(str(c)) for c in class_names) > 4 else "center")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7 if small else 9,
+                color="white" if values[i, j] > 0.55 * vmax else "#222",
+            )
+    ax.set_xticks(
+        range(k),
+        [str(c) for c in class_names],
+        rotation=45 if max(len(str(c)) for c in class_names) > 4 else 0,
+        ha="right" if max(len(str(c)) for c in class_names) > 4 else "center",
+    )
     ax.set_yticks(range(k), [str(c) for c in class_names])
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     n = int(cm.sum())
     acc = np.trace(cm) / n if n else float("nan")
-    ax.set_title(title or f"Confusion matrix{' (row-normalised)' if normalise else ''}\nn = {n}, accuracy {acc:.3f}", fontsize=10)
+    ax.set_title(
+        title or f"Confusion matrix{' (row-normalised)' if normalise else ''}\nn = {n}, accuracy {acc:.3f}",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
-def plot_roc_curves(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str], path: str | Path, endpoints: Any = None) -> Path:
+def plot_roc_curves(
+    y_true: Sequence[int],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    endpoints: Any = None,
+) -> Path:
     """One-vs-rest ROC curve of every class, and a second panel with the clinical endpoints
     (≥F2, ≥F3, F4) when the labels are METAVIR stages.
 
@@ -127,7 +165,9 @@ def plot_roc_curves(y_true: Sequence[int], probs: np.ndarray, class_names: Seque
     with np.errstate(invalid="ignore"):
         aucs = [roc_auc_score(y == k, p[:, k]) for k in range(len(names)) if 0 < (y == k).sum() < y.size]
     macro = f" (macro AUC {np.mean(aucs):.3f})" if aucs else ""
-    panel(axes[0], [(names[k], y == k, p[:, k], None) for k in range(len(names))], f"One class vs rest{macro}")
+    panel(
+        axes[0], [(names[k], y == k, p[:, k], None) for k in range(len(names))], f"One class vs rest{macro}"
+    )
     if defs:
         pred = p.argmax(axis=1)
         curves = []
@@ -142,7 +182,14 @@ def plot_roc_curves(y_true: Sequence[int], probs: np.ndarray, class_names: Seque
     return _save(fig, path)
 
 
-def plot_reliability(probs: np.ndarray, y_true: Sequence[int], path: str | Path, n_bins: int = 15, calibrated: np.ndarray | None = None, labels: tuple[str, str] = ("uncalibrated", "temperature-scaled")) -> Path:
+def plot_reliability(
+    probs: np.ndarray,
+    y_true: Sequence[int],
+    path: str | Path,
+    n_bins: int = 15,
+    calibrated: np.ndarray | None = None,
+    labels: tuple[str, str] = ("uncalibrated", "temperature-scaled"),
+) -> Path:
     """Reliability diagram (confidence against accuracy per bin) above a histogram of confidences.
 
     Args:
@@ -169,10 +216,20 @@ def plot_reliability(probs: np.ndarray, y_true: Sequence[int], path: str | Path,
         ece = expected_calibration_error(pr, y_true, n_bins)
         full = curve["count"] > 0
         colour = _COLOURS[i]
-        top.plot(curve["confidence"][full], curve["accuracy"][full], marker="o", ms=4, lw=1.6, color=colour, label=f"{label} (ECE {ece:.3f})")
+        top.plot(
+            curve["confidence"][full],
+            curve["accuracy"][full],
+            marker="o",
+            ms=4,
+            lw=1.6,
+            color=colour,
+            label=f"{label} (ECE {ece:.3f})",
+        )
         centres = curve["edges"][:-1] + width / 2
         offset = (i - (len(sets) - 1) / 2) * width / max(len(sets), 1)
-        bottom.bar(centres + offset, curve["count"], width=width / len(sets), color=colour, alpha=0.75, label=label)
+        bottom.bar(
+            centres + offset, curve["count"], width=width / len(sets), color=colour, alpha=0.75, label=label
+        )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.02)
     top.set_ylabel("Accuracy in bin")
@@ -203,7 +260,9 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np
     return np.asarray(xs), np.asarray(ys)
 
 
-def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any], path: str | Path) -> Path:
+def plot_training_curves(
+    history: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any], path: str | Path
+) -> Path:
     """Loss, validation accuracy and learning rate per epoch.
 
     Args:
@@ -216,7 +275,9 @@ def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]] | Map
         ``path``.
     """
     if isinstance(history, Mapping):
-        runs = {str(k): (read_csv_rows(v) if isinstance(v, (str, Path)) else list(v)) for k, v in history.items()}
+        runs = {
+            str(k): (read_csv_rows(v) if isinstance(v, (str, Path)) else list(v)) for k, v in history.items()
+        }
     else:
         runs = {"": read_csv_rows(history) if isinstance(history, (str, Path)) else list(history)}
     if not any(runs.values()):
@@ -230,12 +291,23 @@ def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]] | Map
         colour = _COLOURS[i % len(_COLOURS)]
         prefix = f"{name} " if name else ""
         # (axis, column, line style, label, colour of a single run's curve)
-        curves = ((ax_loss, "train_loss", "--", "train", 0), (ax_loss, "val_loss", "-", "validation", 1),
-                  (ax_acc, "val_acc", "--", "accuracy", 2), (ax_acc, "val_balanced_acc", "-", "balanced accuracy", 3))
+        curves = (
+            (ax_loss, "train_loss", "--", "train", 0),
+            (ax_loss, "val_loss", "-", "validation", 1),
+            (ax_acc, "val_acc", "--", "accuracy", 2),
+            (ax_acc, "val_balanced_acc", "-", "balanced accuracy", 3),
+        )
         for ax, key, style, label, own in curves:
             x, v = _column(rows, key)
             if x.size:
-                ax.plot(x, v, ls=style, marker="." if x.size < 30 else None, color=_COLOURS[own] if single else colour, label=f"{prefix}{label}")
+                ax.plot(
+                    x,
+                    v,
+                    ls=style,
+                    marker="." if x.size < 30 else None,
+                    color=_COLOURS[own] if single else colour,
+                    label=f"{prefix}{label}",
+                )
         if single:
             x, v = _column(rows, "val_loss")
             if x.size:

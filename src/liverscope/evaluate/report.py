@@ -27,18 +27,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-
 from liverscope import __version__
 from liverscope.errors import LiverscopeError
-from liverscope.evaluate.html import IMAGE_SUFFIXES, fmt, fmt_ci, generic_html, headline_cell, image_html, note, provenance_html, table_html
-from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE_FLAGGED, PHANTOMS, UNLIKE_TRAINING, is_phantoms, trained_on
 from liverscope.evaluate.figures import write_confusion, write_curves, write_reliability, write_roc
+from liverscope.evaluate.html import (
+    IMAGE_SUFFIXES,
+    fmt,
+    fmt_ci,
+    generic_html,
+    headline_cell,
+    image_html,
+    note,
+    provenance_html,
+    table_html,
+)
+from liverscope.evaluate.notices import (
+    DECISION_SUPPORT,
+    NOT_ASSESSABLE_FLAGGED,
+    PHANTOMS,
+    UNLIKE_TRAINING,
+    is_phantoms,
+    trained_on,
+)
 from liverscope.evaluate.report_cv import section_ensemble, section_folds, section_oof_vs_ensemble
-from liverscope.evaluate.report_shortcut import section_shortcut
 from liverscope.evaluate.report_segment import section_segmentation
+from liverscope.evaluate.report_shortcut import section_shortcut
 from liverscope.evaluate.stats import expected_calibration_error, negative_log_likelihood
-from liverscope.rundir.bundle import RunData
 from liverscope.rundir import CONFIG, GALLERY, REPORT_HTML, RUN_FILES
+from liverscope.rundir.bundle import RunData
 from liverscope.utils import atomic_write_text, softmax
 
 #: Most CAM gallery images embedded in one report (each adds its bytes x 4/3 to the HTML).
@@ -61,7 +77,11 @@ _HEADLINE_ROWS = (
     ("ece", "expected calibration error"),
 )
 
-_EVAL_SETS = (("test", "hold-out test"), ("oof", "out-of-fold (cross-validation)"), ("validation", "validation"))
+_EVAL_SETS = (
+    ("test", "hold-out test"),
+    ("oof", "out-of-fold (cross-validation)"),
+    ("validation", "validation"),
+)
 
 
 def section_summary(run: RunData) -> str | None:
@@ -77,10 +97,28 @@ def section_summary(run: RunData) -> str | None:
         ("split", run.metrics.get("split")),
         ("evaluated on", run.metrics.get("data")),
         ("fold models in the ensemble", len(run.model["ensemble"]) if run.model.get("ensemble") else None),
-        ("temperature", "none applied (the fit stopped at the edge of its range)" if (run.model.get("temperature_fit") or {}).get("at_edge")
-         else fmt(run.temperature) if run.temperature else None),
+        (
+            "temperature",
+            "none applied (the fit stopped at the edge of its range)"
+            if (run.model.get("temperature_fit") or {}).get("at_edge")
+            else fmt(run.temperature)
+            if run.temperature
+            else None,
+        ),
         ("liverscope", run.model.get("liverscope_version")),
-        ("numeric precision", ", ".join(sorted({str(run.metrics[k]["precision"]) for k, _ in _EVAL_SETS if (run.metrics.get(k) or {}).get("precision")})) or None),
+        (
+            "numeric precision",
+            ", ".join(
+                sorted(
+                    {
+                        str(run.metrics[k]["precision"])
+                        for k, _ in _EVAL_SETS
+                        if (run.metrics.get(k) or {}).get("precision")
+                    }
+                )
+            )
+            or None,
+        ),
     ]
     parts.append(table_html(None, [[k, str(v)] for k, v in facts if v not in (None, "")]))
     sets = [(key, label) for key, label in _EVAL_SETS if run.metrics.get(key)]
@@ -89,16 +127,41 @@ def section_summary(run: RunData) -> str | None:
         for key, label in _HEADLINE_ROWS:
             if any(run.metrics[s].get(key) is not None for s, _ in sets):
                 rows.append([label, *[headline_cell(run.metrics[s], key) for s, _ in sets]])
-        parts.append(table_html(["figure", *[label for _, label in sets]], [[html.escape(r[0]), *r[1:]] for r in rows], raw=True))
+        parts.append(
+            table_html(
+                ["figure", *[label for _, label in sets]],
+                [[html.escape(r[0]), *r[1:]] for r in rows],
+                raw=True,
+            )
+        )
         if any(run.metrics[s].get("ci") for s, _ in sets):
-            method = next((run.metrics[s].get("ci_method") for s, _ in sets if run.metrics[s].get("ci_method")), {}) or {}
-            parts.append(note(f"In brackets: 95% confidence intervals, percentile bootstrap over images ({method.get('n_boot', 1000)} resamples). "
-                               "Images of one patient or duplicate group are not independent, so these intervals are if anything too narrow."))
+            method = (
+                next(
+                    (run.metrics[s].get("ci_method") for s, _ in sets if run.metrics[s].get("ci_method")), {}
+                )
+                or {}
+            )
+            parts.append(
+                note(
+                    f"In brackets: 95% confidence intervals, percentile bootstrap over images ({method.get('n_boot', 1000)} resamples). "
+                    "Images of one patient or duplicate group are not independent, so these intervals are if anything too narrow."
+                )
+            )
     if run.metrics.get("split") == "random":
-        parts.append(note("Random split: copies and near-copies of an image can sit in both training and test, so these figures overstate "
-                           "performance on new patients. Use the grouped split for honest figures.", "warn"))
+        parts.append(
+            note(
+                "Random split: copies and near-copies of an image can sit in both training and test, so these figures overstate "
+                "performance on new patients. Use the grouped split for honest figures.",
+                "warn",
+            )
+        )
     if run.audit and (run.audit.get("summary") or {}).get("confounded"):
-        parts.append(note("The audit found the class predictable from the acquisition source: check the per-source results.", "warn"))
+        parts.append(
+            note(
+                "The audit found the class predictable from the acquisition source: check the per-source results.",
+                "warn",
+            )
+        )
     if run.metrics.get("n_skipped"):
         parts.append(note(f"{run.metrics['n_skipped']} file(s) could not be read and were left out.", "warn"))
     return "".join(parts)
@@ -109,11 +172,17 @@ def section_audit(run: RunData) -> str | None:
         return None
     s = run.audit.get("summary") or {}
     labels = [
-        ("files", "files"), ("distinct", "byte-distinct images"), ("groups", "independent groups (after merging near-duplicates)"),
-        ("duplicate_files", "redundant byte-identical copies"), ("max_copies", "most copies of one image"),
-        ("near_duplicate_files", "files in near-duplicate groups"), ("label_conflicts", "label conflicts"),
-        ("sources", "acquisition sources"), ("cramers_v", "class–source association (Cramér's V)"),
-        ("confounded", "class predictable from source"), ("unreadable", "unreadable files"),
+        ("files", "files"),
+        ("distinct", "byte-distinct images"),
+        ("groups", "independent groups (after merging near-duplicates)"),
+        ("duplicate_files", "redundant byte-identical copies"),
+        ("max_copies", "most copies of one image"),
+        ("near_duplicate_files", "files in near-duplicate groups"),
+        ("label_conflicts", "label conflicts"),
+        ("sources", "acquisition sources"),
+        ("cramers_v", "class–source association (Cramér's V)"),
+        ("confounded", "class predictable from source"),
+        ("unreadable", "unreadable files"),
         ("extension_mismatches", "extension does not match content"),
     ]
     parts = [table_html(None, [[label, s.get(k)] for k, label in labels if k in s])]
@@ -124,7 +193,11 @@ def section_audit(run: RunData) -> str | None:
     cont = run.audit.get("contingency") or {}
     if cont.get("table") and len(cont.get("sources") or []) > 1:
         rows = [[c, *r] for c, r in zip(cont["classes"], cont["table"])]
-        parts.append(table_html(["class \\ source", *cont["sources"]], rows, caption="Images per class and acquisition source"))
+        parts.append(
+            table_html(
+                ["class \\ source", *cont["sources"]], rows, caption="Images per class and acquisition source"
+            )
+        )
     return "".join(parts)
 
 
@@ -137,7 +210,12 @@ def section_split(run: RunData) -> str | None:
     has_fold = "fold" in rows[0]
 
     def part_of(r: dict) -> str:
-        if has_fold and r.get("split") != "test" and str(r.get("fold", "")).lstrip("-").isdigit() and int(r["fold"]) >= 0:
+        if (
+            has_fold
+            and r.get("split") != "test"
+            and str(r.get("fold", "")).lstrip("-").isdigit()
+            and int(r["fold"]) >= 0
+        ):
             return f"fold {r['fold']}"
         return r.get("split") or "?"
 
@@ -147,7 +225,10 @@ def section_split(run: RunData) -> str | None:
     for r in rows:
         key = (part_of(r), r["label"])
         count[key] = count.get(key, 0) + 1
-    body = [[p, *[count.get((p, c), 0) for c in labels], sum(count.get((p, c), 0) for c in labels)] for p in parts_]
+    body = [
+        [p, *[count.get((p, c), 0) for c in labels], sum(count.get((p, c), 0) for c in labels)]
+        for p in parts_
+    ]
     body.append(["total", *[sum(count.get((p, c), 0) for p in parts_) for c in labels], len(rows)])
     out = [table_html(["split", *labels, "total"], body, caption="Images per split and class")]
     sources = sorted({r.get("source") or "unknown" for r in rows})
@@ -156,7 +237,13 @@ def section_split(run: RunData) -> str | None:
         for r in rows:
             key = (part_of(r), r.get("source") or "unknown")
             sc[key] = sc.get(key, 0) + 1
-        out.append(table_html(["split", *sources], [[p, *[sc.get((p, s), 0) for s in sources]] for p in parts_], caption="Images per split and acquisition source"))
+        out.append(
+            table_html(
+                ["split", *sources],
+                [[p, *[sc.get((p, s), 0) for s in sources]] for p in parts_],
+                caption="Images per split and acquisition source",
+            )
+        )
     if rows and "group" in rows[0] and any(r.get("group") for r in rows):
         sides: dict[str, set] = {}
         for r in rows:
@@ -165,19 +252,33 @@ def section_split(run: RunData) -> str | None:
         straddle = sum(1 for v in sides.values() if len(v) > 1)
         n_groups = len(sides)
         if straddle:
-            out.append(note(f"{straddle} of {n_groups} duplicate/patient groups have images on more than one side of the split: "
-                             "those test images have copies in training.", "warn"))
+            out.append(
+                note(
+                    f"{straddle} of {n_groups} duplicate/patient groups have images on more than one side of the split: "
+                    "those test images have copies in training.",
+                    "warn",
+                )
+            )
         else:
-            out.append(note(f"{n_groups} duplicate/patient groups; none has images on more than one side of the split.", "ok"))
+            out.append(
+                note(
+                    f"{n_groups} duplicate/patient groups; none has images on more than one side of the split.",
+                    "ok",
+                )
+            )
     return "".join(out)
 
 
 def section_training(run: RunData) -> str | None:
     if not run.history:
         return None
-    path = write_curves(run.plots, run.history if len(run.history) > 1 or "" not in run.history else run.history[""])
+    path = write_curves(
+        run.plots, run.history if len(run.history) > 1 or "" not in run.history else run.history[""]
+    )
     what = "each fold's training (one colour per fold)" if len(run.history) > 1 else "training"
-    return image_html(path, "training curves", f"Loss, validation accuracy and learning rate per epoch of {what}.")
+    return image_html(
+        path, "training curves", f"Loss, validation accuracy and learning rate per epoch of {what}."
+    )
 
 
 def section_confusion(run: RunData) -> str | None:
@@ -185,7 +286,12 @@ def section_confusion(run: RunData) -> str | None:
     if not cm or not run.class_names:
         return None
     path = write_confusion(run.plots, cm, run.class_names)
-    return image_html(path, "confusion matrix", "Rows: true class; columns: predicted class. Cells: fraction of the true class (count).", width="34em")
+    return image_html(
+        path,
+        "confusion matrix",
+        "Rows: true class; columns: predicted class. Cells: fraction of the true class (count).",
+        width="34em",
+    )
 
 
 def section_roc(run: RunData) -> str | None:
@@ -200,12 +306,57 @@ def section_per_class(run: RunData) -> str | None:
     pc = run.test.get("per_class")
     if not pc:
         return None
-    cols = ["support", "precision", "recall", "specificity", "ppv", "npv", "f1", "auc", "tp", "fp", "fn", "tn"]
-    header = ["class", "n", "precision", "sensitivity (recall)", "specificity", "PPV", "NPV", "F1", "AUC", "TP", "FP", "FN", "TN"]
+    cols = [
+        "support",
+        "precision",
+        "recall",
+        "specificity",
+        "ppv",
+        "npv",
+        "f1",
+        "auc",
+        "tp",
+        "fp",
+        "fn",
+        "tn",
+    ]
+    header = [
+        "class",
+        "n",
+        "precision",
+        "sensitivity (recall)",
+        "specificity",
+        "PPV",
+        "NPV",
+        "F1",
+        "AUC",
+        "TP",
+        "FP",
+        "FN",
+        "TN",
+    ]
     rows = [[name, *[v.get(c) for c in cols]] for name, v in pc.items()]
     t = run.test
-    rows.append(["macro average", t.get("n"), t.get("macro_precision"), t.get("macro_recall"), t.get("macro_specificity"), None, None, t.get("macro_f1"), t.get("macro_auc"), None, None, None, None])
-    return table_html(header, rows) + note("One class against the rest. PPV equals precision; — marks a figure that is undefined (no such images or predictions).")
+    rows.append(
+        [
+            "macro average",
+            t.get("n"),
+            t.get("macro_precision"),
+            t.get("macro_recall"),
+            t.get("macro_specificity"),
+            None,
+            None,
+            t.get("macro_f1"),
+            t.get("macro_auc"),
+            None,
+            None,
+            None,
+            None,
+        ]
+    )
+    return table_html(header, rows) + note(
+        "One class against the rest. PPV equals precision; — marks a figure that is undefined (no such images or predictions)."
+    )
 
 
 def section_endpoints(run: RunData) -> str | None:
@@ -214,15 +365,29 @@ def section_endpoints(run: RunData) -> str | None:
         return None
     rows = []
     for key, e in ep.items():
-        rows.append([
-            html.escape(f"{key} {e.get('name', '')}"), html.escape(", ".join(e.get("positive", []))),
-            f"{e.get('n_positive', '—')} / {e.get('n', '—')}", fmt_ci(e.get("auc"), e.get("auc_ci95")),
-            *[fmt(e.get(c)) for c in ("sensitivity", "specificity", "ppv", "npv")],
-        ])
-    header = ["endpoint", "positive stages", "positive / n", "AUC (95% CI)", "sensitivity", "specificity", "PPV", "NPV"]
+        rows.append(
+            [
+                html.escape(f"{key} {e.get('name', '')}"),
+                html.escape(", ".join(e.get("positive", []))),
+                f"{e.get('n_positive', '—')} / {e.get('n', '—')}",
+                fmt_ci(e.get("auc"), e.get("auc_ci95")),
+                *[fmt(e.get(c)) for c in ("sensitivity", "specificity", "ppv", "npv")],
+            ]
+        )
+    header = [
+        "endpoint",
+        "positive stages",
+        "positive / n",
+        "AUC (95% CI)",
+        "sensitivity",
+        "specificity",
+        "PPV",
+        "NPV",
+    ]
     return table_html(header, rows, raw=True) + note(
         "Endpoint probability = sum of the probabilities of its stages (used for the AUC); sensitivity and specificity are "
-        "at the model's own decision (the most probable stage).")
+        "at the model's own decision (the most probable stage)."
+    )
 
 
 def section_calibration(run: RunData) -> str | None:
@@ -234,29 +399,59 @@ def section_calibration(run: RunData) -> str | None:
     temperature = run.temperature
     if pr and pr["logits"] is not None:
         raw = softmax(pr["logits"])
-        rows = [["uncalibrated (T = 1)", expected_calibration_error(raw, pr["y"]), negative_log_likelihood(pr["logits"], pr["y"])]]
+        rows = [
+            [
+                "uncalibrated (T = 1)",
+                expected_calibration_error(raw, pr["y"]),
+                negative_log_likelihood(pr["logits"], pr["y"]),
+            ]
+        ]
         cal = None
         if temperature and abs(temperature - 1.0) > 1e-9:
             cal = softmax(pr["logits"], temperature)
-            rows.append([f"temperature-scaled (T = {temperature:.3f})", expected_calibration_error(cal, pr["y"]), negative_log_likelihood(pr["logits"], pr["y"], temperature)])
+            rows.append(
+                [
+                    f"temperature-scaled (T = {temperature:.3f})",
+                    expected_calibration_error(cal, pr["y"]),
+                    negative_log_likelihood(pr["logits"], pr["y"], temperature),
+                ]
+            )
         parts.append(table_html(["test-set probabilities", "ECE (15 bins)", "NLL"], rows))
         path = write_reliability(run.plots, raw, pr["y"], calibrated=cal)
     elif pr:
-        parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [["as predicted", expected_calibration_error(pr["probs"], pr["y"])]]))
+        parts.append(
+            table_html(
+                ["test-set probabilities", "ECE (15 bins)"],
+                [["as predicted", expected_calibration_error(pr["probs"], pr["y"])]],
+            )
+        )
         path = write_reliability(run.plots, pr["probs"], pr["y"])
     else:
         path = None
         rows = [["uncalibrated", t.get("ece_uncalibrated")], ["temperature-scaled", t.get("ece")]]
-        parts.append(table_html(["test-set probabilities", "ECE (15 bins)"], [r for r in rows if r[1] is not None]))
+        parts.append(
+            table_html(["test-set probabilities", "ECE (15 bins)"], [r for r in rows if r[1] is not None])
+        )
     if path is not None:
-        parts.append(image_html(path, "reliability diagram", "Points: mean confidence and accuracy of the images in each confidence bin; below: how many images fall in each bin.", width="30em"))
+        parts.append(
+            image_html(
+                path,
+                "reliability diagram",
+                "Points: mean confidence and accuracy of the images in each confidence bin; below: how many images fall in each bin.",
+                width="30em",
+            )
+        )
     fit = run.model.get("temperature_fit") or run.metrics.get("temperature_fit") or {}
     if fit.get("at_edge"):
         parts.append(note(f"Temperature not applied: {fit.get('warning')}", "warn"))
-    parts.append(note("Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on held-out logits (the validation set; "
-                       "a fold ensemble's out-of-fold predictions); it changes confidences, never the predicted class."
-                       if temperature and abs(temperature - 1.0) > 1e-9 else
-                       "No temperature is applied to this model's probabilities."))
+    parts.append(
+        note(
+            "Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on held-out logits (the validation set; "
+            "a fold ensemble's out-of-fold predictions); it changes confidences, never the predicted class."
+            if temperature and abs(temperature - 1.0) > 1e-9
+            else "No temperature is applied to this model's probabilities."
+        )
+    )
     return "".join(parts)
 
 
@@ -271,10 +466,22 @@ def section_ood(run: RunData) -> str | None:
     if not ood and not info:
         return None
     external = "flagged" in ood  # `liverscope evaluate` on other data: one share for the whole set
-    rows = [["score", ood.get("method") or info.get("method")], ["threshold", fmt(ood["threshold"] if "threshold" in ood else info.get("threshold"))]]
+    rows = [
+        ["score", ood.get("method") or info.get("method")],
+        ["threshold", fmt(ood["threshold"] if "threshold" in ood else info.get("threshold"))],
+    ]
     if info.get("quantile"):
-        rows.append(["threshold set so that at least this share of images like the validation images pass (conformal)", f"{info['quantile']:.1%}"])
-    sets = [("", "images of this data set flagged", ood)] if external else [(k, f"{k} images flagged", ood.get(k) or info.get(k) or {}) for k in ("validation", "test")]
+        rows.append(
+            [
+                "threshold set so that at least this share of images like the validation images pass (conformal)",
+                f"{info['quantile']:.1%}",
+            ]
+        )
+    sets = (
+        [("", "images of this data set flagged", ood)]
+        if external
+        else [(k, f"{k} images flagged", ood.get(k) or info.get(k) or {}) for k in ("validation", "test")]
+    )
     for _, label, summary in sets:
         if summary.get("n"):
             rows.append([label, f"{summary['flagged']} of {summary['n']} ({summary['share']:.1%})"])
@@ -282,22 +489,48 @@ def section_ood(run: RunData) -> str | None:
         rows.append(["fold ensemble", ood["ensemble"]])
     parts = [table_html(None, rows)]
     if external and ood.get("n") and ood["share"] > OOD_WARN_SHARE:
-        parts.append(note(f"{ood['share']:.0%} of these images are unlike the images the model was trained on (about 5% of its own validation "
-                           "images are): the model does not transfer to this data, and its figures here should not be relied on.", "warn"))
-    parts.append(note("Each prediction carries an out-of-distribution score (higher = more unlike the training images; Mahalanobis distance "
-                       "of the pooled features to the nearest class, Lee et al. 2018, or the energy of the logits, Liu et al. 2020) and is "
-                       "flagged above the threshold, which is fitted on the run's own validation images."))
+        parts.append(
+            note(
+                f"{ood['share']:.0%} of these images are unlike the images the model was trained on (about 5% of its own validation "
+                "images are): the model does not transfer to this data, and its figures here should not be relied on.",
+                "warn",
+            )
+        )
+    parts.append(
+        note(
+            "Each prediction carries an out-of-distribution score (higher = more unlike the training images; Mahalanobis distance "
+            "of the pooled features to the nearest class, Lee et al. 2018, or the energy of the logits, Liu et al. 2020) and is "
+            "flagged above the threshold, which is fitted on the run's own validation images."
+        )
+    )
     return "".join(parts)
 
 
 def _group_table(groups: Mapping[str, Mapping[str, Any]]) -> str:
-    keys = [("n", "n"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro F1"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "QW kappa")]
-    present = [(k, l) for k, l in keys if any(g.get(k) is not None for g in groups.values())]
-    return table_html(["source", *[l for _, l in present]], [[name, *[g.get(k) for k, _ in present]] for name, g in groups.items()])
+    keys = [
+        ("n", "n"),
+        ("accuracy", "accuracy"),
+        ("balanced_accuracy", "balanced acc."),
+        ("macro_f1", "macro F1"),
+        ("macro_auc", "macro AUC"),
+        ("quadratic_kappa", "QW kappa"),
+    ]
+    present = [(k, name) for k, name in keys if any(g.get(k) is not None for g in groups.values())]
+    return table_html(
+        ["source", *[name for _, name in present]],
+        [[name, *[g.get(k) for k, _ in present]] for name, g in groups.items()],
+    )
 
 
 def section_by_source(run: RunData) -> str | None:
-    blocks = [(k, label) for k, label in (("test_by_source", "hold-out test"), ("oof_by_source", "out-of-fold (cross-validation)")) if (run.metrics.get(k) or {}).get("groups")]
+    blocks = [
+        (k, label)
+        for k, label in (
+            ("test_by_source", "hold-out test"),
+            ("oof_by_source", "out-of-fold (cross-validation)"),
+        )
+        if (run.metrics.get(k) or {}).get("groups")
+    ]
     if not blocks:
         return None
     parts = []
@@ -306,7 +539,11 @@ def section_by_source(run: RunData) -> str | None:
         parts.append(f"<h3>{html.escape(label)}</h3>" + _group_table(res["groups"]))
         if res.get("note"):
             parts.append(note(res["note"]))
-    parts.append(note("A figure that holds in the pooled data but not within each source may be learning the scanner, not the liver."))
+    parts.append(
+        note(
+            "A figure that holds in the pooled data but not within each source may be learning the scanner, not the liver."
+        )
+    )
     return "".join(parts)
 
 
@@ -315,7 +552,11 @@ def _gallery_tile(path: Path, caption: str, flagged: bool | None) -> str:
     if not flagged:
         return image_html(path, path.stem, caption)
     why = f'<b class="flag">{html.escape(NOT_ASSESSABLE_FLAGGED)}</b>: {html.escape(UNLIKE_TRAINING)}'
-    return image_html(path, path.stem, caption_html=f"{why}<details><summary>show anyway</summary>{html.escape(caption)}</details>")
+    return image_html(
+        path,
+        path.stem,
+        caption_html=f"{why}<details><summary>show anyway</summary>{html.escape(caption)}</details>",
+    )
 
 
 def section_gallery(run: RunData) -> str | None:
@@ -323,10 +564,17 @@ def section_gallery(run: RunData) -> str | None:
         return None
     shown = run.gallery[:MAX_GALLERY_IMAGES]
     cells = "".join(_gallery_tile(*tile) for tile in shown)
-    more = note(f"{len(run.gallery) - len(shown)} more images in {GALLERY}/.") if len(run.gallery) > len(shown) else ""
+    more = (
+        note(f"{len(run.gallery) - len(shown)} more images in {GALLERY}/.")
+        if len(run.gallery) > len(shown)
+        else ""
+    )
     if run.model.get("ood") and any(flagged is None for _, _, flagged in shown):
-        more += note("This gallery does not record which of its images were flagged as unlike the training images (it was made "
-                     "by an older liverscope).", "warn")
+        more += note(
+            "This gallery does not record which of its images were flagged as unlike the training images (it was made "
+            "by an older liverscope).",
+            "warn",
+        )
     return f'<div class="gallery">{cells}</div>{more}'
 
 
@@ -443,7 +691,12 @@ def _render_extra(value: Any, run: RunData) -> str | None:
         value = value(run)
     if value is None:
         return None
-    if isinstance(value, Path) or (isinstance(value, str) and len(value) < 4096 and "<" not in value and Path(value).suffix.lower() in IMAGE_SUFFIXES):
+    if isinstance(value, Path) or (
+        isinstance(value, str)
+        and len(value) < 4096
+        and "<" not in value
+        and Path(value).suffix.lower() in IMAGE_SUFFIXES
+    ):
         path = Path(value)
         if not path.is_absolute() and not path.exists():
             path = run.run_dir / path
@@ -465,7 +718,9 @@ def render_report(run: RunData, sections: Mapping[str, Any] | None = None, title
     built: list[tuple[str, str]] = []
     for name, builder in SECTIONS:
         if name in extra:
-            body = _render_extra(extra.pop(name), run)  # a caller's entry replaces (or with None drops) a built-in
+            body = _render_extra(
+                extra.pop(name), run
+            )  # a caller's entry replaces (or with None drops) a built-in
         else:
             try:
                 body = builder(run)
@@ -497,7 +752,13 @@ def render_report(run: RunData, sections: Mapping[str, Any] | None = None, title
     )
 
 
-def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None, *, title: str | None = None, out: str | Path | None = None) -> Path:
+def write_report(
+    run_dir: str | Path,
+    sections: Mapping[str, Any] | None = None,
+    *,
+    title: str | None = None,
+    out: str | Path | None = None,
+) -> Path:
     """Write the self-contained ``report.html`` of a run directory.
 
     Each built-in section (:data:`SECTIONS`) appears only when its data is in the run directory: audit,
@@ -526,7 +787,9 @@ def write_report(run_dir: str | Path, sections: Mapping[str, Any] | None = None,
         raise LiverscopeError(f"{run_dir}: not a directory (expected a liverscope run directory)")
     if not any((run_dir / f).exists() for f in RUN_FILES):
         # refuse rather than litter an arbitrary folder (say the repository root) with an empty page
-        raise LiverscopeError(f"{run_dir}: none of {', '.join(RUN_FILES)} found — not a liverscope run directory")
+        raise LiverscopeError(
+            f"{run_dir}: none of {', '.join(RUN_FILES)} found — not a liverscope run directory"
+        )
     run = RunData.load(run_dir)
     target = Path(out) if out else run_dir / REPORT_HTML
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,13 @@ import numpy as np
 from liverscope.evaluate.html import fmt, headline_cell, key_title, note, table_html
 from liverscope.rundir.bundle import RunData
 
-_GAP_TITLES = (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "QW kappa"),
-               ("accuracy", "accuracy"), ("macro_f1", "macro F1"))
+_GAP_TITLES = (
+    ("balanced_accuracy", "balanced accuracy"),
+    ("macro_auc", "macro AUC"),
+    ("quadratic_kappa", "QW kappa"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro F1"),
+)
 
 
 def _mean_sd(values: list[Any]) -> str:
@@ -35,7 +40,6 @@ def _mean_sd(values: list[Any]) -> str:
     return f"{np.mean(xs):.{digits}f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.{digits}f}"
 
 
-
 def section_folds(run: RunData) -> str | None:
     if not run.folds:
         return None
@@ -46,9 +50,18 @@ def section_folds(run: RunData) -> str | None:
     parts = [table_html(["", *[key_title(c) for c in cols]], rows, raw=True)]
     oof = run.metrics.get("oof")
     if oof:
-        parts.append(note(f"Out-of-fold (every development image scored by the fold model that did not train on it, n = {oof.get('n')}): "
-                           f"balanced accuracy {fmt(oof.get('balanced_accuracy'))}, macro AUC {fmt(oof.get('macro_auc'))}"
-                           + (f", QW kappa {fmt(oof.get('quadratic_kappa'))}" if oof.get("quadratic_kappa") is not None else "") + "."))
+        parts.append(
+            note(
+                f"Out-of-fold (every development image scored by the fold model that did not train on it, n = {oof.get('n')}): "
+                f"balanced accuracy {fmt(oof.get('balanced_accuracy'))}, macro AUC {fmt(oof.get('macro_auc'))}"
+                + (
+                    f", QW kappa {fmt(oof.get('quadratic_kappa'))}"
+                    if oof.get("quadratic_kappa") is not None
+                    else ""
+                )
+                + "."
+            )
+        )
     return "".join(parts)
 
 
@@ -56,18 +69,34 @@ def section_ensemble(run: RunData) -> str | None:
     ens = run.metrics.get("ensemble")
     if not ens:
         return None
-    keys = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro F1"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "QW kappa")]
-    keys = [(k, l) for k, l in keys if ens.get(k) is not None]
+    keys = [
+        ("accuracy", "accuracy"),
+        ("balanced_accuracy", "balanced acc."),
+        ("macro_f1", "macro F1"),
+        ("macro_auc", "macro AUC"),
+        ("quadratic_kappa", "QW kappa"),
+    ]
+    keys = [(k, name) for k, name in keys if ens.get(k) is not None]
     rows = []
     fold_rows = run.folds or []
     for i, r in enumerate(fold_rows):
         if any(r.get(f"test_{k}") not in (None, "") for k, _ in keys):
-            rows.append([html.escape(f"fold {r.get('fold', i)} model"), *[html.escape(fmt(r.get(f"test_{k}"))) for k, _ in keys]])
+            rows.append(
+                [
+                    html.escape(f"fold {r.get('fold', i)} model"),
+                    *[html.escape(fmt(r.get(f"test_{k}"))) for k, _ in keys],
+                ]
+            )
     if rows:
-        rows.append(["mean of the fold models", *[_mean_sd([r.get(f"test_{k}") for r in fold_rows]) for k, _ in keys]])
-    rows.append([f"<b>ensemble</b> (n = {ens.get('n')})", *[f"<b>{headline_cell(ens, k)}</b>" for k, _ in keys]])
-    return table_html(["model (hold-out test)", *[l for _, l in keys]], rows, raw=True) + note(
-        "The ensemble averages the fold models' logits, then applies softmax.")
+        rows.append(
+            ["mean of the fold models", *[_mean_sd([r.get(f"test_{k}") for r in fold_rows]) for k, _ in keys]]
+        )
+    rows.append(
+        [f"<b>ensemble</b> (n = {ens.get('n')})", *[f"<b>{headline_cell(ens, k)}</b>" for k, _ in keys]]
+    )
+    return table_html(["model (hold-out test)", *[name for _, name in keys]], rows, raw=True) + note(
+        "The ensemble averages the fold models' logits, then applies softmax."
+    )
 
 
 def _gap_rows(row: Mapping[str, Any], label: str) -> list[list[str]]:
@@ -75,7 +104,15 @@ def _gap_rows(row: Mapping[str, Any], label: str) -> list[list[str]]:
     for key, title in _GAP_TITLES:
         v = row.get(key)
         if isinstance(v, Mapping):
-            out.append([label, title, fmt(v.get("oof")), fmt(v.get("ensemble")), f"{v['gap']:+.3f}" if v.get("gap") is not None else "—"])
+            out.append(
+                [
+                    label,
+                    title,
+                    fmt(v.get("oof")),
+                    fmt(v.get("ensemble")),
+                    f"{v['gap']:+.3f}" if v.get("gap") is not None else "—",
+                ]
+            )
             label = ""
     return out
 
@@ -91,14 +128,27 @@ def section_oof_vs_ensemble(run: RunData) -> str | None:
         for src, r in (table.get("by_source") or {}).items():
             rows += _gap_rows({k: v for k, v in r.items() if k == "balanced_accuracy"}, f"source {src}")
         n = f"out-of-fold n = {overall.get('n_oof')}, ensemble n = {overall.get('n_ensemble')}"
-        parts.append(table_html(["images", "figure", "out of fold", "fold ensemble, hold-out", "gap"], rows,
-                                caption=f"The fold ensemble on the hold-out (what users run) beside the out-of-fold estimate ({n})."))
-        parts.append(note("The gap is ensemble minus out-of-fold: averaging the fold models usually gains a little; "
-                          "the two sets are different images, so part of the gap is sampling."))
+        parts.append(
+            table_html(
+                ["images", "figure", "out of fold", "fold ensemble, hold-out", "gap"],
+                rows,
+                caption=f"The fold ensemble on the hold-out (what users run) beside the out-of-fold estimate ({n}).",
+            )
+        )
+        parts.append(
+            note(
+                "The gap is ensemble minus out-of-fold: averaging the fold models usually gains a little; "
+                "the two sets are different images, so part of the gap is sampling."
+            )
+        )
     if protocol:
         if protocol.get("honest"):
-            parts.append(note("Out of fold means out of fold: every fold model kept its last epoch (train.select last), so its "
-                              "out-of-fold images chose nothing; their probabilities take temperatures fitted on the other folds."))
+            parts.append(
+                note(
+                    "Out of fold means out of fold: every fold model kept its last epoch (train.select last), so its "
+                    "out-of-fold images chose nothing; their probabilities take temperatures fitted on the other folds."
+                )
+            )
         else:
             parts.append(note(protocol.get("warning") or "", "warn"))
     return "".join(parts)

@@ -15,8 +15,8 @@ import numpy as np
 
 from liverscope import rundir
 from liverscope.data.datasets import Sample
-from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
 from liverscope.evaluate.figures import write_confusion
+from liverscope.evaluate.metrics import compute_metrics, metrics_by_group
 from liverscope.evaluate.stats import expected_calibration_error
 from liverscope.utils import softmax
 
@@ -61,7 +61,9 @@ def score_predictions(
     y = np.asarray(y)
     names = list(class_names)
     p = softmax(logits, temperature) if probs is None else np.asarray(probs)
-    rundir.write_predictions(out_dir / csv_name, samples, logits, names, temperature, ood=ood, precision=precision)
+    rundir.write_predictions(
+        out_dir / csv_name, samples, logits, names, temperature, ood=ood, precision=precision
+    )
     metrics = compute_metrics(y, p, names, ci=True)
     metrics["ece_uncalibrated"] = float(expected_calibration_error(softmax(logits), y))
     metrics["ece"] = float(expected_calibration_error(p, y))

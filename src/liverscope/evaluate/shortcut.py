@@ -38,12 +38,16 @@ READS_SCANNER = "this model reads the scanner, not the liver"
 VERDICTS = {
     "scanner": READS_SCANNER,
     "liver": "this model reads the liver: its skill survives without the scanner's periphery, not without the tissue",
-    "whole frame": ("neither the tissue nor the periphery alone keeps half of this model's skill: it needs the whole frame, or blanking "
-                    "moves the frames off those it learned (a lost score is no proof; only a score that survives is)"),
+    "whole frame": (
+        "neither the tissue nor the periphery alone keeps half of this model's skill: it needs the whole frame, or blanking "
+        "moves the frames off those it learned (a lost score is no proof; only a score that survives is)"
+    ),
     "no skill": "no skill above chance to explain",
 }
-RULE = (f"skill = balanced accuracy - 1/K (K: classes present); where the plain skill is at least {MIN_SKILL}, "
-        f"a tissue-blanked skill of at least {SURVIVES:.0%} of it means the model reads the scanner, not the liver")
+RULE = (
+    f"skill = balanced accuracy - 1/K (K: classes present); where the plain skill is at least {MIN_SKILL}, "
+    f"a tissue-blanked skill of at least {SURVIVES:.0%} of it means the model reads the scanner, not the liver"
+)
 
 
 def skill(y: Sequence[int], pred: Sequence[int]) -> dict | None:
@@ -54,7 +58,9 @@ def skill(y: Sequence[int], pred: Sequence[int]) -> dict | None:
     k = len(np.unique(y))
     if k < 2:
         return None
-    with warnings.catch_warnings():  # a blanked frame's answers may name classes absent from the set: counted as wrong
+    with (
+        warnings.catch_warnings()
+    ):  # a blanked frame's answers may name classes absent from the set: counted as wrong
         warnings.simplefilter("ignore", UserWarning)
         bacc = float(balanced_accuracy_score(y, pred))
     return {"balanced_accuracy": bacc, "chance": 1.0 / k, "skill": bacc - 1.0 / k}
@@ -88,7 +94,9 @@ def skill_row(y: Sequence[int], preds: Mapping[str, Sequence[int]]) -> dict:
     return row
 
 
-def shortcut_table(y: Sequence[int], preds: Mapping[str, Sequence[int]], sources: Sequence[str | None]) -> dict:
+def shortcut_table(
+    y: Sequence[int], preds: Mapping[str, Sequence[int]], sources: Sequence[str | None]
+) -> dict:
     """The check's figures: ``overall`` and ``by_source`` rows (:func:`skill_row`), sources under
     :data:`MIN_SOURCE` images listed in ``skipped_sources``; ``reads_scanner`` (the overall verdict) and its sentence.
 
@@ -113,4 +121,16 @@ def shortcut_table(y: Sequence[int], preds: Mapping[str, Sequence[int]], sources
     return table
 
 
-__all__ = ["CONDITIONS", "SURVIVES", "MIN_SKILL", "MIN_SOURCE", "READS_SCANNER", "VERDICTS", "RULE", "skill", "verdict", "skill_row", "shortcut_table"]
+__all__ = [
+    "CONDITIONS",
+    "SURVIVES",
+    "MIN_SKILL",
+    "MIN_SOURCE",
+    "READS_SCANNER",
+    "VERDICTS",
+    "RULE",
+    "skill",
+    "verdict",
+    "skill_row",
+    "shortcut_table",
+]

@@ -45,11 +45,15 @@ def paired_ttest(scores_a: Sequence[float], scores_b: Sequence[float], alpha: fl
     a = np.asarray(scores_a, dtype=np.float64).ravel()
     b = np.asarray(scores_b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise LiverscopeError(f"paired t-test needs one score per fold for both runs (got {a.size} and {b.size})")
+        raise LiverscopeError(
+            f"paired t-test needs one score per fold for both runs (got {a.size} and {b.size})"
+        )
     if a.size < 2:
         raise LiverscopeError(f"paired t-test needs at least 2 paired scores (got {a.size}): run more folds")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise LiverscopeError("paired t-test: scores contain NaN or infinity (a fold without a defined metric?)")
+        raise LiverscopeError(
+            "paired t-test: scores contain NaN or infinity (a fold without a defined metric?)"
+        )
     if not 0 < alpha < 1:
         raise LiverscopeError(f"alpha must lie in (0, 1), got {alpha}")
     d = a - b
@@ -146,12 +150,16 @@ def bootstrap_ci(
         if batched:
             out = np.asarray(fn(*[a[idx] for a in arrs]), dtype=np.float64).reshape(b, -1)
         else:
-            out = np.array([np.atleast_1d(np.asarray(fn(*[a[i] for a in arrs]), dtype=np.float64)) for i in idx])
+            out = np.array(
+                [np.atleast_1d(np.asarray(fn(*[a[i] for a in arrs]), dtype=np.float64)) for i in idx]
+            )
         reps.append(out.reshape(b, -1))
         done += b
     boot = np.concatenate(reps, axis=0)
     if boot.shape[1] != value.size:
-        raise LiverscopeError(f"bootstrap_ci: the statistic returned {boot.shape[1]} values per replicate, {value.size} on the data")
+        raise LiverscopeError(
+            f"bootstrap_ci: the statistic returned {boot.shape[1]} values per replicate, {value.size} on the data"
+        )
 
     lo = np.full(value.size, np.nan)
     hi = np.full(value.size, np.nan)
@@ -161,10 +169,16 @@ def bootstrap_ci(
         if np.isfinite(value[j]) and vals.size:
             lo[j], hi[j] = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     if scalar:
-        return {"value": float(value[0]), "ci": [float(lo[0]), float(hi[0])], "level": 1 - alpha, "n_boot": int(n_boot), "n_valid": int(n_valid[0])}
+        return {
+            "value": float(value[0]),
+            "ci": [float(lo[0]), float(hi[0])],
+            "level": 1 - alpha,
+            "n_boot": int(n_boot),
+            "n_valid": int(n_valid[0]),
+        }
     return {
         "value": [float(v) for v in value],
-        "ci": [[float(l), float(h)] for l, h in zip(lo, hi)],
+        "ci": [[float(a), float(b)] for a, b in zip(lo, hi)],
         "level": 1 - alpha,
         "n_boot": int(n_boot),
         "n_valid": [int(v) for v in n_valid],
@@ -185,9 +199,13 @@ def _check_probs_labels(probs: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarr
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y_true).astype(np.int64).ravel()
     if p.ndim != 2 or p.shape[0] != y.size:
-        raise LiverscopeError(f"expected probabilities of shape (n, classes) and n labels; got {p.shape} and {y.size}")
+        raise LiverscopeError(
+            f"expected probabilities of shape (n, classes) and n labels; got {p.shape} and {y.size}"
+        )
     if y.size and (y.min() < 0 or y.max() >= p.shape[1]):
-        raise LiverscopeError(f"labels must be class indices in [0, {p.shape[1]}), got range [{y.min()}, {y.max()}]")
+        raise LiverscopeError(
+            f"labels must be class indices in [0, {p.shape[1]}), got range [{y.min()}, {y.max()}]"
+        )
     return p, y
 
 
@@ -247,7 +265,11 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
         return float("nan")
     # clipped: torchmetrics takes any value outside [0, 1] for a logit and would apply a softmax
     p = torch.from_numpy(np.clip(p, 0.0, 1.0))
-    return float(multiclass_calibration_error(p, torch.from_numpy(y), num_classes=p.shape[1], n_bins=int(n_bins), norm="l1"))
+    return float(
+        multiclass_calibration_error(
+            p, torch.from_numpy(y), num_classes=p.shape[1], n_bins=int(n_bins), norm="l1"
+        )
+    )
 
 
 def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
@@ -268,7 +290,10 @@ TEMPERATURE_EDGE_TOL = 0.01
 
 
 def fit_temperature_checked(
-    logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS, edge_tol: float = TEMPERATURE_EDGE_TOL,
+    logits: np.ndarray,
+    y_true: np.ndarray,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+    edge_tol: float = TEMPERATURE_EDGE_TOL,
 ) -> dict[str, Any]:
     """Temperature scaling with a check: the T > 0 that minimises the NLL of ``softmax(logits / T)``,
     applied only when the fit is an interior minimum of the search range.
@@ -302,8 +327,17 @@ def fit_temperature_checked(
     if not 0 < lo < 1 < hi:
         raise LiverscopeError(f"temperature bounds must satisfy 0 < low < 1 < high, got {bounds}")
     z, y = _check_probs_labels(logits, y_true)
-    out: dict[str, Any] = {"fitted": None, "temperature": 1.0, "applied": False, "at_edge": False, "warning": None,
-                           "bounds": [lo, hi], "n": int(y.size), "nll_uncalibrated": None, "nll_fitted": None}
+    out: dict[str, Any] = {
+        "fitted": None,
+        "temperature": 1.0,
+        "applied": False,
+        "at_edge": False,
+        "warning": None,
+        "bounds": [lo, hi],
+        "n": int(y.size),
+        "nll_uncalibrated": None,
+        "nll_fitted": None,
+    }
     if y.size == 0 or z.shape[1] < 2:
         return out
     if not np.all(np.isfinite(z)):
@@ -318,18 +352,27 @@ def fit_temperature_checked(
     out.update(fitted=t, nll_uncalibrated=nll(0.0), nll_fitted=nll(float(res.x)))
     if t <= lo * (1 + edge_tol) or t >= hi / (1 + edge_tol):
         side = "lower" if t <= lo * (1 + edge_tol) else "upper"
-        why = ("every held-out image is classified with a margin, so the NLL keeps falling as the logits are sharpened"
-               if side == "lower" else "the held-out logits carry almost no information about the class")
-        out.update(at_edge=True, warning=(
-            f"temperature fit stopped at the {side} edge of its range (T = {t:.3g}, range {lo:g}-{hi:g}) on {y.size} images: "
-            f"{why}; no temperature applied (probabilities stay uncalibrated). More (or harder) validation images give a real fit."))
+        why = (
+            "every held-out image is classified with a margin, so the NLL keeps falling as the logits are sharpened"
+            if side == "lower"
+            else "the held-out logits carry almost no information about the class"
+        )
+        out.update(
+            at_edge=True,
+            warning=(
+                f"temperature fit stopped at the {side} edge of its range (T = {t:.3g}, range {lo:g}-{hi:g}) on {y.size} images: "
+                f"{why}; no temperature applied (probabilities stay uncalibrated). More (or harder) validation images give a real fit."
+            ),
+        )
     elif out["nll_fitted"] < out["nll_uncalibrated"]:
         # Brent may stop in a bound's neighbourhood without testing T = 1: never apply worse than no scaling
         out.update(temperature=t, applied=True)
     return out
 
 
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+def fit_temperature(
+    logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> float:
     """The temperature to apply: :func:`fit_temperature_checked`'s ``temperature`` (1.0 when there is
     nothing to fit on, when no scaling beats T = 1, or when the fit stopped at the edge of ``bounds``)."""
     return float(fit_temperature_checked(logits, y_true, bounds)["temperature"])

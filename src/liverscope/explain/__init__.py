@@ -14,8 +14,12 @@ def __getattr__(name: str):
     for module in ("cams", "gallery"):
         mod = importlib.import_module(f"{__name__}.{module}")
         if hasattr(mod, name) and not name.startswith("_"):
-            warnings.warn(f"liverscope.explain.{name} has moved to liverscope.explain.{module}.{name}; "
-                          "the old path goes in the next release", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"liverscope.explain.{name} has moved to liverscope.explain.{module}.{name}; "
+                "the old path goes in the next release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             value = globals()[name] = getattr(mod, name)  # warn once per name
             return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

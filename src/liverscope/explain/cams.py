@@ -47,17 +47,29 @@ from torch import nn
 from liverscope.data.sector import sector_mask
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import is_flat
-from liverscope.explain.images import overlay
 from liverscope.explain.faithfulness import energy_outside_sector, input_tensor, model_device
+from liverscope.explain.images import overlay
 from liverscope.utils import default_model_threads, torch_threads
 
 logger = logging.getLogger(__name__)
 
 #: Method name → pytorch-grad-cam class name (the classes are imported on first use: see :data:`CAM_METHODS`).
-_METHOD_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM"}
+_METHOD_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
+}
 DEFAULT_METHOD = "gradcam"
 #: How each method is named in captions and tables.
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM"}
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
+}
 # CAM methods hook the model's cam_layer, and a hook sees every forward pass through it, whichever thread
 # made it (the app serves every browser session from its own thread, all sharing one cached model):
 # cam_overlay computes one map at a time so that no caller's map mixes in another's activations.
@@ -164,7 +176,9 @@ class CamBatch:
     @property
     def energy_outside(self) -> np.ndarray:
         """Per image: share of the raw map's energy outside the sector."""
-        return np.array([energy_outside_sector(r, s) for r, s in zip(self.raw, self.sectors)], dtype=np.float32)
+        return np.array(
+            [energy_outside_sector(r, s) for r, s in zip(self.raw, self.sectors)], dtype=np.float32
+        )
 
 
 def _upsample(maps: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -205,7 +219,9 @@ def normalise_in_region(cam: np.ndarray, region: np.ndarray | None = None) -> np
 
 def _cam_view(model: nn.Module) -> nn.Module:
     """What the CAM object runs: a LiverNet through :class:`HeadGradOnly`, anything else as is."""
-    if all(hasattr(model, a) for a in ("backbone", "forward_head", "cam_layer")) and hasattr(model.backbone, "forward_features"):
+    if all(hasattr(model, a) for a in ("backbone", "forward_head", "cam_layer")) and hasattr(
+        model.backbone, "forward_features"
+    ):
         return HeadGradOnly(model)
     return model
 
@@ -219,7 +235,9 @@ def cam_stages(model: nn.Module) -> list[str]:
     return [str(d["module"]) for d in info if isinstance(d, dict) and "module" in d]
 
 
-def resolve_layers(model: nn.Module, layers: str | int | Sequence[str | int] | None) -> list[tuple[str, nn.Module]] | None:
+def resolve_layers(
+    model: nn.Module, layers: str | int | Sequence[str | int] | None
+) -> list[tuple[str, nn.Module]] | None:
     """The ``(name, module)`` pairs of a ``layers`` option, shallow to deep (pytorch-grad-cam pairs target
     layers with activations in forward order); ``None`` for the last feature map alone (the fast path).
 
@@ -232,7 +250,13 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[str | int] | N
     """
     if layers is None:
         return None
-    items = layers.split(",") if isinstance(layers, str) else [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    items = (
+        layers.split(",")
+        if isinstance(layers, str)
+        else [layers]
+        if isinstance(layers, (int, np.integer))
+        else list(layers)
+    )
     stages = cam_stages(model)
     n, keys = len(stages), set()
     for item in items or [""]:
@@ -244,15 +268,29 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[str | int] | N
         elif text in stages:
             keys.add(stages.index(text))
         else:
-            raise LiverscopeError(f"CAM layer '{text}' is not a stage of this {type(getattr(model, 'backbone', model)).__name__}: choose from last"
-                                  + (f", {', '.join(stages)} or an index -{n}..{n - 1}" if n else " (its backbone lists no stages)"))
+            raise LiverscopeError(
+                f"CAM layer '{text}' is not a stage of this {type(getattr(model, 'backbone', model)).__name__}: choose from last"
+                + (
+                    f", {', '.join(stages)} or an index -{n}..{n - 1}"
+                    if n
+                    else " (its backbone lists no stages)"
+                )
+            )
     if keys == {n}:
         return None
-    return [("last", model.cam_layer) if k == n else (stages[k], model.backbone.get_submodule(stages[k])) for k in sorted(keys)]
+    return [
+        ("last", model.cam_layer) if k == n else (stages[k], model.backbone.get_submodule(stages[k]))
+        for k in sorted(keys)
+    ]
 
 
-def _maps_once(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None, method: str,
-               layers: list[tuple[str, nn.Module]] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+def _maps_once(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: Sequence[int] | None,
+    method: str,
+    layers: list[tuple[str, nn.Module]] | None = None,
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Raw maps (feature resolution, one per layer) and logits of one batch; the hooks live only inside this call.
 
     The last feature map alone back-propagates through the head only (:class:`HeadGradOnly`); other
@@ -275,7 +313,9 @@ def _maps_once(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None,
         raws, logits = cam.raw_maps, cam.outputs.detach().float().cpu().numpy()
         cam.raw_maps = []
     if len(raws) != len(hooked):  # a layer the forward pass never reached
-        raise RuntimeError(f"{method}: {len(raws)} map(s) for {len(hooked)} layer(s) (is every layer part of the forward pass?)")
+        raise RuntimeError(
+            f"{method}: {len(raws)} map(s) for {len(hooked)} layer(s) (is every layer part of the forward pass?)"
+        )
     return raws, logits
 
 
@@ -284,12 +324,21 @@ def _combine(maps: np.ndarray, region: np.ndarray | None) -> tuple[np.ndarray, n
     if len(maps) == 1:
         return maps[0], normalise_in_region(maps[0], region)
     raw = np.mean([m / m.max() if m.max() > 0 else m for m in maps], axis=0)
-    return raw.astype(np.float32), normalise_in_region(np.mean([normalise_in_region(m, region) for m in maps], axis=0), region)
+    return raw.astype(np.float32), normalise_in_region(
+        np.mean([normalise_in_region(m, region) for m in maps], axis=0), region
+    )
 
 
 def explain_batch(
-    model: nn.Module, images: Sequence[np.ndarray], pp, targets: Sequence[int] | None = None, method: str = DEFAULT_METHOD,
-    restrict_to_sector: bool = True, batch_size: int = 16, aug_smooth_flip: bool = False, sectors: Sequence[np.ndarray] | None = None,
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    pp,
+    targets: Sequence[int] | None = None,
+    method: str = DEFAULT_METHOD,
+    restrict_to_sector: bool = True,
+    batch_size: int = 16,
+    aug_smooth_flip: bool = False,
+    sectors: Sequence[np.ndarray] | None = None,
     layers: str | int | Sequence[str | int] | None = None,
 ) -> CamBatch:
     """Maps and everything around them for preprocessed images; see :func:`compute_cams`.
@@ -311,8 +360,14 @@ def explain_batch(
     if targets is not None and len(targets) != n:
         raise ValueError(f"{len(targets)} targets for {n} images")
     n_classes = getattr(model, "num_classes", None)
-    if targets is not None and n_classes is not None and any(not 0 <= int(t) < int(n_classes) for t in targets):
-        raise ValueError(f"target classes {sorted(set(int(t) for t in targets))} out of range for a {n_classes}-class model")
+    if (
+        targets is not None
+        and n_classes is not None
+        and any(not 0 <= int(t) < int(n_classes) for t in targets)
+    ):
+        raise ValueError(
+            f"target classes {sorted(set(int(t) for t in targets))} out of range for a {n_classes}-class model"
+        )
     if sectors is not None and len(sectors) != n:
         raise ValueError(f"{len(sectors)} sector masks for {n} images")
     batch_size = max(1, int(batch_size))
@@ -339,16 +394,31 @@ def explain_batch(
         model.zero_grad(set_to_none=True)  # the head's gradients from the CAM's backward pass
         model.train(was_training)
     per_layer = np.concatenate(raws).astype(np.float32)
-    sec = np.stack([sector_mask(im) for im in images]) if sectors is None else np.stack([np.asarray(s, bool) for s in sectors])
+    sec = (
+        np.stack([sector_mask(im) for im in images])
+        if sectors is None
+        else np.stack([np.asarray(s, bool) for s in sectors])
+    )
     if sec.shape != (n, *per_layer.shape[2:]):
         raise ValueError(f"sector masks {sec.shape[1:]} do not match the inputs {per_layer.shape[2:]}")
-    raw, cams = (np.stack(a).astype(np.float32) for a in zip(*(_combine(m, s if restrict_to_sector else None) for m, s in zip(per_layer, sec))))
-    return CamBatch(cams, raw, sec, np.asarray(target_all, dtype=int), np.concatenate(logits_all).astype(np.float32))
+    raw, cams = (
+        np.stack(a).astype(np.float32)
+        for a in zip(*(_combine(m, s if restrict_to_sector else None) for m, s in zip(per_layer, sec)))
+    )
+    return CamBatch(
+        cams, raw, sec, np.asarray(target_all, dtype=int), np.concatenate(logits_all).astype(np.float32)
+    )
 
 
 def compute_cams(
-    model: nn.Module, images: Sequence[np.ndarray], pp, targets: Sequence[int] | None = None, method: str = DEFAULT_METHOD,
-    restrict_to_sector: bool = True, batch_size: int = 16, aug_smooth_flip: bool = False,
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    pp,
+    targets: Sequence[int] | None = None,
+    method: str = DEFAULT_METHOD,
+    restrict_to_sector: bool = True,
+    batch_size: int = 16,
+    aug_smooth_flip: bool = False,
     layers: str | int | Sequence[str | int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class activation maps of preprocessed images.
@@ -375,7 +445,9 @@ def compute_cams(
         ``(cams, classes)``: float32 ``N x H x W`` in [0, 1] (zero outside the sector when restricted,
         each map min-max normalised inside it) and the explained class of each image (int ``N``).
     """
-    b = explain_batch(model, images, pp, targets, method, restrict_to_sector, batch_size, aug_smooth_flip, layers=layers)
+    b = explain_batch(
+        model, images, pp, targets, method, restrict_to_sector, batch_size, aug_smooth_flip, layers=layers
+    )
     return b.cams, b.targets
 
 
@@ -389,6 +461,17 @@ def cam_overlay(model, model_input: np.ndarray, pp, class_index: int) -> np.ndar
 
 
 __all__ = [
-    "CAM_METHODS", "DEFAULT_METHOD", "METHOD_NAMES", "CamBatch", "HeadGradOnly", "compute_cams", "explain_batch", "cam_overlay",
-    "cam_stages", "resolve_layers", "normalise_in_region", "cam_method", "method_key",
+    "CAM_METHODS",  # noqa: F822  (built on first use by the module's __getattr__)
+    "DEFAULT_METHOD",
+    "METHOD_NAMES",
+    "CamBatch",
+    "HeadGradOnly",
+    "compute_cams",
+    "explain_batch",
+    "cam_overlay",
+    "cam_stages",
+    "resolve_layers",
+    "normalise_in_region",
+    "cam_method",
+    "method_key",
 ]

@@ -156,7 +156,9 @@ def road_score(
             if keep.all():
                 perturbed.append(xc)
                 continue
-            with torch.random.fork_rng(devices=[]):  # the imputer's noise: reproducible, and the caller's RNG untouched
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # the imputer's noise: reproducible, and the caller's RNG untouched
                 torch.manual_seed(int(rng.integers(2**31)))
                 perturbed.append(imputer(xc, torch.from_numpy(keep.reshape(h, w))))
     t = torch.stack([xc, *perturbed]).to(x.device)
@@ -219,7 +221,9 @@ def faithfulness(
             x = input_tensor([images[i]], pp, device)[0]
             region = secs[i] if secs[i].any() else np.ones(secs[i].shape, bool)
             fr, pr = deletion_curve(model, x, cams[i], targets[i], region, deletion_steps, batch_size, rng)
-            out["deletion_auc"].append(float(np.trapezoid(pr, fr) if hasattr(np, "trapezoid") else np.trapz(pr, fr)))
+            out["deletion_auc"].append(
+                float(np.trapezoid(pr, fr) if hasattr(np, "trapezoid") else np.trapz(pr, fr))
+            )
             raw = cams[i] if raw_cams is None else raw_cams[i]
             out["energy_outside_sector"].append(energy_outside_sector(raw, secs[i]))
             if road:
@@ -229,11 +233,19 @@ def faithfulness(
                 out["road_lerf"].append(r["lerf"])
     finally:
         model.train(was_training)
-    out["mean"] = {k: (float(np.mean(v)) if len(v) else float("nan")) for k, v in out.items() if isinstance(v, list)}
+    out["mean"] = {
+        k: (float(np.mean(v)) if len(v) else float("nan")) for k, v in out.items() if isinstance(v, list)
+    }
     return out
 
 
 __all__ = [
-    "DELETION_STEPS", "ROAD_FRACTIONS", "energy_outside_sector", "deletion_curve", "road_score", "faithfulness",
-    "input_tensor", "model_device",
+    "DELETION_STEPS",
+    "ROAD_FRACTIONS",
+    "energy_outside_sector",
+    "deletion_curve",
+    "road_score",
+    "faithfulness",
+    "input_tensor",
+    "model_device",
 ]

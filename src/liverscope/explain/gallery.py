@@ -22,11 +22,17 @@ logger = logging.getLogger(__name__)
 
 def _find_file(path: str, data_root: Path | None) -> Path | None:
     p = Path(path)
-    candidates = [p] + ([data_root / p, data_root / p.name, data_root / p.parent.name / p.name] if data_root is not None else [])
+    candidates = [p] + (
+        [data_root / p, data_root / p.name, data_root / p.parent.name / p.name]
+        if data_root is not None
+        else []
+    )
     return next((c for c in candidates if c.is_file()), None)
 
 
-def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, per_class: int = 2, method: str = DEFAULT_METHOD) -> Path | None:
+def write_cam_gallery(
+    run_dir: str | Path, data_root: str | Path | None = None, per_class: int = 2, method: str = DEFAULT_METHOD
+) -> Path | None:
     """The report's CAM gallery: for each true class, the ``per_class`` most confident correct and wrong
     test predictions, each as the model input beside its map (of the predicted class).
 
@@ -47,7 +53,9 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
     pp = Preprocessing.from_dict(meta["preprocessing"])
     try:
         predictions = rundir.read_predictions(pred_csv, labels)
-        if predictions.paths and predictions.logits is None:  # probabilities come from the logits at the run's temperature
+        if (
+            predictions.paths and predictions.logits is None
+        ):  # probabilities come from the logits at the run's temperature
             raise LiverscopeError("no logit_* columns")
     except (LiverscopeError, KeyError, ValueError, OSError) as exc:
         logger.warning("CAM gallery skipped: cannot read %s (%s)", pred_csv, exc)
@@ -60,7 +68,9 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
     picks = _pick_cases(paths, y, probs, root, pp, per_class)
     if not picks:
         return None
-    b = explain_batch(model, [m for _, _, m in picks], pp, [int(pred[r]) for r, _, _ in picks], method, True, 8)
+    b = explain_batch(
+        model, [m for _, _, m in picks], pp, [int(pred[r]) for r, _, _ in picks], method, True, 8
+    )
     tiles = []
     name = METHOD_NAMES[method_key(method)]
     for j, (r, kind, inp) in enumerate(picks):
@@ -68,12 +78,24 @@ def write_cam_gallery(run_dir: str | Path, data_root: str | Path | None = None, 
         fname = f"{true}_{kind}_{j:02d}_{Path(paths[r]).stem}.png"
         fname = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in fname)
         tile = gallery_tile(inp, overlay(inp, b.cams[j], b.sectors[j] if b.sectors[j].any() else None))
-        tiles.append((fname, tile, f"{Path(paths[r]).name}: true {true}, predicted {p} (p={probs[r, pred[r]]:.2f}) — {kind}; {name} of {p}"))
-    flagged = None if predictions.ood is None else [t[0] for t, (r, _, _) in zip(tiles, picks) if predictions.ood[r]]
+        tiles.append(
+            (
+                fname,
+                tile,
+                f"{Path(paths[r]).name}: true {true}, predicted {p} (p={probs[r, pred[r]]:.2f}) — {kind}; {name} of {p}",
+            )
+        )
+    flagged = (
+        None
+        if predictions.ood is None
+        else [t[0] for t, (r, _, _) in zip(tiles, picks) if predictions.ood[r]]
+    )
     return rundir.write_gallery(run_dir, tiles, flagged)
 
 
-def _pick_cases(paths, y: np.ndarray, probs: np.ndarray, root: Path | None, pp: Preprocessing, per_class: int) -> list[tuple[int, str, np.ndarray]]:
+def _pick_cases(
+    paths, y: np.ndarray, probs: np.ndarray, root: Path | None, pp: Preprocessing, per_class: int
+) -> list[tuple[int, str, np.ndarray]]:
     """``(row, "correct"|"wrong", model input)`` of the ``per_class`` most confident correct and wrong
     predictions of each true class whose file can still be found and read."""
     pred = probs.argmax(1)

@@ -39,7 +39,9 @@ def heatmap_rgb(cam: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, region: np.ndarray | None = None, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def overlay(
+    image: np.ndarray, cam: np.ndarray, region: np.ndarray | None = None, alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
     """Blend a [0, 1] map onto an image (grey or RGB uint8 of the map's size); outside ``region`` the
     image is left as it is (no blue tint over the border and its text). The image keeps its own grey
     levels: nothing is rescaled (see the module's note on ``show_cam_on_image``)."""
@@ -63,7 +65,13 @@ def cam_to_original(cam: np.ndarray, original: np.ndarray, pp) -> np.ndarray:
     return np.clip(to_original(np.asarray(cam, np.float32), original.shape, crop_box(original, pp)), 0, 1)
 
 
-def original_overlay(original: np.ndarray, cam: np.ndarray, pp, restrict_to_sector: bool = True, max_side: int | None = PREVIEW_SIDE) -> np.ndarray:
+def original_overlay(
+    original: np.ndarray,
+    cam: np.ndarray,
+    pp,
+    restrict_to_sector: bool = True,
+    max_side: int | None = PREVIEW_SIDE,
+) -> np.ndarray:
     """The map on the original image (RGB uint8); blended only inside the scan sector when restricted,
     inside the region the model saw otherwise. An original whose longer side exceeds ``max_side`` is
     drawn on a preview of that size (an 8000x8000 scan: 2048x2048, the same picture at a fraction of
@@ -71,19 +79,37 @@ def original_overlay(original: np.ndarray, cam: np.ndarray, pp, restrict_to_sect
     h, w = original.shape[:2]
     if max_side is not None and max(h, w) > max_side:
         scale = max_side / max(h, w)
-        original = cv2.resize(original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        original = cv2.resize(
+            original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
     full = cam_to_original(cam, original, pp)
-    region = sector_mask(original, getattr(pp, "sector", "fan")) if restrict_to_sector else to_original(np.ones(cam.shape, bool), original.shape, crop_box(original, pp))
+    region = (
+        sector_mask(original, getattr(pp, "sector", "fan"))
+        if restrict_to_sector
+        else to_original(np.ones(cam.shape, bool), original.shape, crop_box(original, pp))
+    )
     return overlay(original, full, region)
 
 
 def gallery_tile(model_input: np.ndarray, cam_rgb: np.ndarray) -> np.ndarray:
     """The model input and its overlay side by side, enlarged to at least ``GALLERY_MIN_SIDE`` px high."""
-    tile = np.concatenate([to_rgb(model_input), np.full((model_input.shape[0], 4, 3), 255, np.uint8), cam_rgb], axis=1)
+    tile = np.concatenate(
+        [to_rgb(model_input), np.full((model_input.shape[0], 4, 3), 255, np.uint8), cam_rgb], axis=1
+    )
     scale = max(1, int(np.ceil(GALLERY_MIN_SIDE / tile.shape[0])))
     if scale > 1:
-        tile = cv2.resize(tile, (tile.shape[1] * scale, tile.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        tile = cv2.resize(
+            tile, (tile.shape[1] * scale, tile.shape[0] * scale), interpolation=cv2.INTER_NEAREST
+        )
     return tile
 
 
-__all__ = ["OVERLAY_ALPHA", "GALLERY_MIN_SIDE", "heatmap_rgb", "overlay", "cam_to_original", "original_overlay", "gallery_tile"]
+__all__ = [
+    "OVERLAY_ALPHA",
+    "GALLERY_MIN_SIDE",
+    "heatmap_rgb",
+    "overlay",
+    "cam_to_original",
+    "original_overlay",
+    "gallery_tile",
+]

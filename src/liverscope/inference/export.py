@@ -42,17 +42,22 @@ class LogitsAndFeatures(torch.nn.Module):
         return self.model.forward_with_features(x)
 
 
-
 def _check_inputs(size: int, batch: int, seed: int) -> list[np.ndarray]:
     """Inputs to compare the two runtimes on: normalised noise (batch 1 and ``batch``: exercises the
     dynamic batch axis) and a smooth ultrasound-like ramp, whose activations are less extreme."""
     g = np.random.default_rng(seed)
     ramp = np.linspace(-2, 2, size, dtype=np.float32)
     smooth = np.broadcast_to((ramp[:, None] + ramp[None, :])[None, None] / 2, (1, 3, size, size)).copy()
-    return [g.standard_normal((1, 3, size, size), dtype=np.float32), g.standard_normal((batch, 3, size, size), dtype=np.float32), smooth]
+    return [
+        g.standard_normal((1, 3, size, size), dtype=np.float32),
+        g.standard_normal((batch, 3, size, size), dtype=np.float32),
+        smooth,
+    ]
 
 
-def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX_ATOL, check_batch: int = 4, seed: int = 0) -> dict:
+def export_onnx(
+    run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX_ATOL, check_batch: int = 4, seed: int = 0
+) -> dict:
     """Export a run's model to ``RUN_DIR/model.onnx`` (dynamic batch axis) and verify it.
 
     The export goes to a temporary file, ONNX Runtime scores the check inputs, and the largest
@@ -87,20 +92,39 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
     with atomic_path(out, suffix=".onnx") as tmp:
         chatter = io.StringIO()
         # the exporter prints its progress to stderr even with verbose=False; keep it for the error message
-        with warnings.catch_warnings(), contextlib.redirect_stderr(chatter), contextlib.redirect_stdout(chatter):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stderr(chatter),
+            contextlib.redirect_stdout(chatter),
+        ):
             warnings.simplefilter("ignore")  # deprecation notes about exporter internals
             try:
                 prog = torch.onnx.export(
-                    LogitsAndFeatures(model), (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=list(OUTPUTS),
-                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, verbose=False,
+                    LogitsAndFeatures(model),
+                    (example,),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=["input"],
+                    output_names=list(OUTPUTS),
+                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                    verbose=False,
                 )
                 prog.save(str(tmp))
             except Exception as exc:
                 tail = chatter.getvalue()[-500:]
-                raise LiverscopeError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}) {tail}") from None
+                raise LiverscopeError(
+                    f"{run_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}) {tail}"
+                ) from None
         # self-describing file: labels and preprocessing travel inside the .onnx too
         proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, {"labels": json.dumps(meta["labels"]), "preprocessing": json.dumps(meta["preprocessing"]), "producer": "liverscope"})
+        onnx.helper.set_model_props(
+            proto,
+            {
+                "labels": json.dumps(meta["labels"]),
+                "preprocessing": json.dumps(meta["preprocessing"]),
+                "producer": "liverscope",
+            },
+        )
         onnx.save(proto, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         diffs, feature_diffs, batches = [], [], []
@@ -109,16 +133,24 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
                 ref, ref_feat = (t.numpy() for t in model.forward_with_features(torch.from_numpy(x)))
             got, got_feat = session.run(None, {session.get_inputs()[0].name: x})[:2]
             if got.shape != ref.shape or got_feat.shape != ref_feat.shape:
-                raise LiverscopeError(f"{run_dir}: ONNX output shapes {got.shape}, {got_feat.shape} != torch {ref.shape}, {ref_feat.shape} for batch {len(x)}")
+                raise LiverscopeError(
+                    f"{run_dir}: ONNX output shapes {got.shape}, {got_feat.shape} != torch {ref.shape}, {ref_feat.shape} for batch {len(x)}"
+                )
             diffs.append(float(np.abs(got - ref).max()))
             # features are unbounded activations: compared relative to their own scale
-            feature_diffs.append(float(np.abs(got_feat - ref_feat).max() / max(1.0, float(np.abs(ref_feat).max()))))
+            feature_diffs.append(
+                float(np.abs(got_feat - ref_feat).max() / max(1.0, float(np.abs(ref_feat).max())))
+            )
             batches.append(len(x))
         max_diff, max_feature_diff = max(diffs), max(feature_diffs)
         if not max_diff <= atol:
-            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written")
+            raise LiverscopeError(
+                f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written"
+            )
         if not max_feature_diff <= atol:
-            raise LiverscopeError(f"{run_dir}: ONNX Runtime and torch features disagree (max relative difference {max_feature_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written")
+            raise LiverscopeError(
+                f"{run_dir}: ONNX Runtime and torch features disagree (max relative difference {max_feature_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written"
+            )
     info = {
         "file": rundir.ONNX,
         "opset": opset,
@@ -138,7 +170,9 @@ def export_onnx(run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX
         "export_seconds": round(time.perf_counter() - t0, 2),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    rundir.update_model_meta(run_dir, onnx=info)  # re-reads model.json: keeps whatever else was added meanwhile
+    rundir.update_model_meta(
+        run_dir, onnx=info
+    )  # re-reads model.json: keeps whatever else was added meanwhile
     return info
 
 

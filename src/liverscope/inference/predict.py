@@ -64,8 +64,8 @@ from liverscope.data.preprocess import Preprocessing, load_model_input, normalis
 from liverscope.data.stream import decoded, pool_load_model_input, process_pool
 from liverscope.errors import ImageReadError, LiverscopeError
 from liverscope.evaluate.ood import ensemble_margin, ood_scores
-from liverscope.models.backends import BF16_TOLERANCE, PRECISIONS, FlipAverage, OnnxBackend, TorchBackend
 from liverscope.inference.results import Result, csv_header, result_row, results_csv, write_results
+from liverscope.models.backends import BF16_TOLERANCE, PRECISIONS, FlipAverage, OnnxBackend, TorchBackend
 from liverscope.speed.serving import choose_backend
 from liverscope.utils import resolve_device, softmax
 
@@ -164,7 +164,9 @@ class Predictor:
     # The one constructor path: every attribute of a predictor is set by these two methods, which both
     # Predictor and EnsemblePredictor (its first member's engine and settings) call, so that no attribute
     # can go missing for a fold ensemble.
-    def _attach_run(self, meta: dict, calibrated: bool, model: torch.nn.Module | None, ood: dict | None) -> None:
+    def _attach_run(
+        self, meta: dict, calibrated: bool, model: torch.nn.Module | None, ood: dict | None
+    ) -> None:
         """What the run says: ``model.json`` (labels, preprocessing, temperature), the torch model, the OOD detector."""
         self.meta = meta
         self.ood = ood
@@ -175,11 +177,22 @@ class Predictor:
         self.run_dir: Path | None = None
         self.backend_choice: dict | None = None  # set by from_run when backend='auto' measured the candidates
 
-    def _attach_engine(self, engine, backend: str, tta: str, schedule: str, pool: str, batch_size: int | None, workers: int | None) -> None:
+    def _attach_engine(
+        self,
+        engine,
+        backend: str,
+        tta: str,
+        schedule: str,
+        pool: str,
+        batch_size: int | None,
+        workers: int | None,
+    ) -> None:
         """How it scores: the engine (flip-averaged already for ``tta="flip"``) and the serving settings."""
         self.engine = engine
         self.tta = tta
-        if schedule == "auto":  # ONNX Runtime's threads (not spinning) share cores with decoding without stalling
+        if (
+            schedule == "auto"
+        ):  # ONNX Runtime's threads (not spinning) share cores with decoding without stalling
             schedule = "alternate" if backend == "torch" and engine.device_kind == "cpu" else "overlap"
         self.schedule = schedule
         self.pool = pool
@@ -192,7 +205,9 @@ class Predictor:
         self.workers = max(1, int(workers or os.cpu_count() or 1))
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, backend: str = "auto", int8: bool = False, **kwargs) -> "Predictor":
+    def from_run(
+        cls, run_dir: str | Path, backend: str = "auto", int8: bool = False, **kwargs
+    ) -> "Predictor":
         """Load a run directory; a ``cv`` run gives an :class:`EnsemblePredictor` of its fold models.
 
         Args:
@@ -211,15 +226,21 @@ class Predictor:
         members = rundir.members(run_dir)
         if members != [run_dir]:
             calibrated = kwargs.pop("calibrated", True)
-            return EnsemblePredictor([cls.from_run(m, backend, int8, calibrated=False, **kwargs) for m in members],
-                                     rundir.read_model_meta(run_dir), calibrated, run_dir)
+            return EnsemblePredictor(
+                [cls.from_run(m, backend, int8, calibrated=False, **kwargs) for m in members],
+                rundir.read_model_meta(run_dir),
+                calibrated,
+                run_dir,
+            )
         onnx_path, state = rundir.onnx_state(run_dir)
         if int8:
             if backend == "torch":
                 raise LiverscopeError("int8 runs on ONNX Runtime: use --backend onnx (or auto) with --int8")
             onnx_path, state = rundir.onnx_int8_state(run_dir)
             if state != "current":
-                raise LiverscopeError(f"{run_dir}: no current {rundir.ONNX_INT8} ({state}) — run `liverscope export {run_dir} --int8` first")
+                raise LiverscopeError(
+                    f"{run_dir}: no current {rundir.ONNX_INT8} ({state}) — run `liverscope export {run_dir} --int8` first"
+                )
             backend = "onnx"
         choice = None
         if backend == "auto":
@@ -232,14 +253,24 @@ class Predictor:
                 kwargs = {**kwargs, "precision": "bf16"} if choice["precision"] == "bf16" else kwargs
                 onnx_path = rundir.onnx_int8_state(run_dir)[0] if int8 else onnx_path
             elif state == "stale":
-                warnings.warn(f"{onnx_path} is older than the run's weights or than this liverscope's export (logits and features); using torch (re-export with `liverscope export {run_dir}`)", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{onnx_path} is older than the run's weights or than this liverscope's export (logits and features); using torch (re-export with `liverscope export {run_dir}`)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if backend == "onnx":
             if state == "missing":
-                raise LiverscopeError(f"{run_dir}: no {rundir.ONNX} — run `liverscope export {run_dir}` first, or use --backend torch")
+                raise LiverscopeError(
+                    f"{run_dir}: no {rundir.ONNX} — run `liverscope export {run_dir}` first, or use --backend torch"
+                )
             if state == "stale":
-                raise LiverscopeError(f"{onnx_path} does not match the run's current weights — run `liverscope export {run_dir}` again")
+                raise LiverscopeError(
+                    f"{onnx_path} does not match the run's current weights — run `liverscope export {run_dir}` again"
+                )
             meta = rundir.read_model_meta(run_dir)
-            p = cls(None, meta, backend="onnx", onnx_path=onnx_path, ood=rundir.load_ood(run_dir, meta), **kwargs)
+            p = cls(
+                None, meta, backend="onnx", onnx_path=onnx_path, ood=rundir.load_ood(run_dir, meta), **kwargs
+            )
             if int8:
                 p.engine.precision = "int8"
         else:
@@ -268,10 +299,15 @@ class Predictor:
         model_threads = f", {threads} model thread(s)" if threads else ""
         choices = getattr(self.engine, "thread_choices", [])
         if len(choices) > 1:
-            model_threads = f", {' or '.join(map(str, choices))} model threads, the faster kept (now {threads})"
-        return (f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, "
-                f"{self.workers} decode {self.pool}(s), {self.schedule}" + (", flip-averaged" if self.tta == "flip" else "")
-                + (", chosen by measurement" if self.backend_choice else ""))
+            model_threads = (
+                f", {' or '.join(map(str, choices))} model threads, the faster kept (now {threads})"
+            )
+        return (
+            f"backend {self.backend} ({self.engine.device_kind}, {self.precision}), batch {self.batch_size}{model_threads}, "
+            f"{self.workers} decode {self.pool}(s), {self.schedule}"
+            + (", flip-averaged" if self.tta == "flip" else "")
+            + (", chosen by measurement" if self.backend_choice else "")
+        )
 
     def close(self) -> None:
         """Shut down the decode processes (``pool="process"``); a later call spawns them again."""
@@ -313,7 +349,11 @@ class Predictor:
             (:class:`~liverscope.errors.ImageReadError`); :meth:`predict_paths` lists bad files and goes on.
         """
         items, single = split_batch(x)
-        names = [names] if isinstance(names, str) else list(names or [input_name(it, i) for i, it in enumerate(items)])
+        names = (
+            [names]
+            if isinstance(names, str)
+            else list(names or [input_name(it, i) for i, it in enumerate(items)])
+        )
         if len(names) != len(items):
             raise LiverscopeError(f"{len(names)} name(s) for {len(items)} input(s)")
 
@@ -321,7 +361,9 @@ class Predictor:
             return preprocess_array(load_input(items[i], names[i]), self.pp)
 
         if len(items) > 1:
-            with ThreadPoolExecutor(min(self.workers, len(items)), thread_name_prefix="liverscope-decode") as pool:
+            with ThreadPoolExecutor(
+                min(self.workers, len(items)), thread_name_prefix="liverscope-decode"
+            ) as pool:
                 images = list(pool.map(one, range(len(items))))
         else:
             images = [one(i) for i in range(len(items))]
@@ -335,7 +377,10 @@ class Predictor:
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Logits of preprocessed images (as :meth:`predict_arrays` takes them), in batches of :attr:`batch_size`."""
-        out = [self._infer(self._batch(images[i : i + self.batch_size]))[0] for i in range(0, len(images), self.batch_size)]
+        out = [
+            self._infer(self._batch(images[i : i + self.batch_size]))[0]
+            for i in range(0, len(images), self.batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     @property
@@ -357,7 +402,13 @@ class Predictor:
         logits, features = self.engine.logits_and_features(batch, channels_first)
         return logits, ood_scores(self.ood["method"], logits, features, self.ood)
 
-    def _results(self, paths: Sequence[str], logits: np.ndarray, scores: np.ndarray | None, counts: Sequence[int] | None = None) -> list[Result]:
+    def _results(
+        self,
+        paths: Sequence[str],
+        logits: np.ndarray,
+        scores: np.ndarray | None,
+        counts: Sequence[int] | None = None,
+    ) -> list[Result]:
         """Results from logits; with ``counts``, consecutive rows are the frames of one file: its
         probabilities are the mean of the frames' probabilities (logits: the mean logits), its
         out-of-distribution score the median frame score (flagged when most frames are)."""
@@ -369,11 +420,23 @@ class Predictor:
             rows = slice(int(end) - n, int(end))
             pr, lg = probs[rows].mean(0), logits[rows].mean(0)
             s = None if scores is None else float(np.median(np.asarray(scores)[rows]))
-            out.append(Result(p, self.labels[int(np.argmax(pr))], {c: float(v) for c, v in zip(self.labels, pr)}, [float(v) for v in lg],
-                              ood_score=s, ood=None if s is None else bool(s > self.ood_threshold), frames=n, precision=self.precision))
+            out.append(
+                Result(
+                    p,
+                    self.labels[int(np.argmax(pr))],
+                    {c: float(v) for c, v in zip(self.labels, pr)},
+                    [float(v) for v in lg],
+                    ood_score=s,
+                    ood=None if s is None else bool(s > self.ood_threshold),
+                    frames=n,
+                    precision=self.precision,
+                )
+            )
         return out
 
-    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Result]:
+    def predict_arrays(
+        self, images: Sequence[np.ndarray], names: Sequence[str] | None = None
+    ) -> list[Result]:
         """The low-level entry point: results for images already preprocessed for this run, each
         ``size x size x 3`` and either uint8 (:meth:`prepare`) or float32 normalised with the run's
         mean/std (:func:`~liverscope.data.preprocess.normalise`). Anything else, a raw frame above all,
@@ -381,7 +444,9 @@ class Predictor:
         names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
         out: list[Result] = []
         for i in range(0, len(images), self.batch_size):
-            out += self._results(names[i : i + self.batch_size], *self._infer(self._batch(images[i : i + self.batch_size])))
+            out += self._results(
+                names[i : i + self.batch_size], *self._infer(self._batch(images[i : i + self.batch_size]))
+            )
         return out
 
     def predict_bytes(self, name: str, data: bytes) -> tuple[Result, np.ndarray | None]:
@@ -409,7 +474,9 @@ class Predictor:
             return self._load(path)[None]
         return load_model_input(path, self.pp, frames, self.engine.channels_first)
 
-    def predict_paths(self, paths: Iterable[str | Path], window: int | None = None, frames: str = "middle") -> Iterator[Result]:
+    def predict_paths(
+        self, paths: Iterable[str | Path], window: int | None = None, frames: str = "middle"
+    ) -> Iterator[Result]:
         """Stream results for files and folders in input order; unreadable files yield an error result.
 
         ``workers`` decode; at most ``window`` files are decoded but not yet yielded, so memory stays flat.
@@ -429,10 +496,18 @@ class Predictor:
         if self.pool == "process":
             args = (self.pp, frames, self.engine.channels_first)
             with nullcontext(self._process_pool()) as pool:  # kept between calls: spawning costs seconds
-                yield from self._stream(decoded(files, lambda path: pool.submit(pool_load_model_input, path, *args), window, alternate))
+                yield from self._stream(
+                    decoded(
+                        files, lambda path: pool.submit(pool_load_model_input, path, *args), window, alternate
+                    )
+                )
         else:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="liverscope-decode") as pool:
-                yield from self._stream(decoded(files, lambda path: pool.submit(self._load_frames, path, frames), window, alternate))
+                yield from self._stream(
+                    decoded(
+                        files, lambda path: pool.submit(self._load_frames, path, frames), window, alternate
+                    )
+                )
 
     def _stream(self, items: Iterator[tuple[Path, np.ndarray | None, str | None]]) -> Iterator[Result]:
         """Batches of decoded files (:func:`~liverscope.data.stream.decoded`) scored, results in order."""
@@ -453,7 +528,11 @@ class Predictor:
         if not good:
             return [Result(p, error=err) for p, _, err in batch]
         x = np.concatenate([x for _, x in good])  # in the layout the workers made: the engine's
-        scored = iter(self._results([p for p, _ in good], *self._infer(x, self.engine.channels_first), [len(x) for _, x in good]))
+        scored = iter(
+            self._results(
+                [p for p, _ in good], *self._infer(x, self.engine.channels_first), [len(x) for _, x in good]
+            )
+        )
         return [next(scored) if x is not None else Result(p, error=err) for p, x, err in batch]
 
 
@@ -468,24 +547,48 @@ class EnsemblePredictor(Predictor):
     the first member's engine and settings; the scoring is delegated to the members (:meth:`_infer`).
     """
 
-    def __init__(self, members: Sequence[Predictor], meta: dict, calibrated: bool = True, run_dir: str | Path | None = None):
+    def __init__(
+        self,
+        members: Sequence[Predictor],
+        meta: dict,
+        calibrated: bool = True,
+        run_dir: str | Path | None = None,
+    ):
         first = members[0]
         self.members = list(members)
         self._attach_run(meta, calibrated, None, None)
         if any(m.labels != self.labels or m.pp != self.pp for m in members):
-            raise LiverscopeError(f"{run_dir}: the fold models' labels or preprocessing differ from the run's {rundir.MODEL_META}")
-        self._attach_engine(first.engine, first.backend, first.tta, first.schedule, first.pool, first.batch_size, first.workers)
+            raise LiverscopeError(
+                f"{run_dir}: the fold models' labels or preprocessing differ from the run's {rundir.MODEL_META}"
+            )
+        self._attach_engine(
+            first.engine,
+            first.backend,
+            first.tta,
+            first.schedule,
+            first.pool,
+            first.batch_size,
+            first.workers,
+        )
         self.run_dir, self.backend_choice = None if run_dir is None else Path(run_dir), first.backend_choice
         oods = [m.ood for m in members]
-        self.ood = None if not all(oods) else {
-            "method": oods[0]["method"], "threshold": 0.0, "quantile": oods[0].get("quantile", 0.95),
-            "ensemble": "median over the fold models of (score - the model's threshold); flagged above 0",
-            "member_thresholds": [m.ood_threshold for m in members],
-        }
+        self.ood = (
+            None
+            if not all(oods)
+            else {
+                "method": oods[0]["method"],
+                "threshold": 0.0,
+                "quantile": oods[0].get("quantile", 0.95),
+                "ensemble": "median over the fold models of (score - the model's threshold); flagged above 0",
+                "member_thresholds": [m.ood_threshold for m in members],
+            }
+        )
 
     @property
     def model(self) -> torch.nn.Module:
-        raise LiverscopeError(f"{self.run_dir} is a fold ensemble of {len(self.members)} models, not one: use .members[i].model")
+        raise LiverscopeError(
+            f"{self.run_dir} is a fold ensemble of {len(self.members)} models, not one: use .members[i].model"
+        )
 
     @property
     def precision(self) -> str:
@@ -507,7 +610,11 @@ def _candidate_batches(batch_size: int | None, device: str) -> dict[str, int]:
     """Images per pass of each candidate backend for :func:`~liverscope.speed.serving.choose_backend`:
     ``batch_size`` when given, else the backend's default on the device (:data:`DEFAULT_BATCH_SIZE`)."""
     kind = "cuda" if resolve_device(device).startswith("cuda") else "cpu"
-    return {f"{b}-{p}": int(batch_size or DEFAULT_BATCH_SIZE[(b, kind)]) for b in ("torch", "onnx") for p in ("fp32", "bf16", "int8")}
+    return {
+        f"{b}-{p}": int(batch_size or DEFAULT_BATCH_SIZE[(b, kind)])
+        for b in ("torch", "onnx")
+        for p in ("fp32", "bf16", "int8")
+    }
 
 
 def load_run(path: str | Path, **kwargs) -> Predictor:
@@ -523,13 +630,42 @@ def load_run(path: str | Path, **kwargs) -> Predictor:
     """
     path = Path(path)
     if not (path / rundir.MODEL_META).is_file():
-        what = "does not exist" if not path.exists() else "is a file" if path.is_file() else f"has no {rundir.MODEL_META}"
-        hint = f" (its run directory is {path.parent}?)" if path.is_file() and (path.parent / rundir.MODEL_META).is_file() else ""
-        raise LiverscopeError(f"{path}: not a liverscope run directory: it {what}{hint}; a run is the folder that `liverscope train` "
-                              f"or `liverscope cv` writes (runs/NAME, holding {rundir.MODEL_META})")
+        what = (
+            "does not exist"
+            if not path.exists()
+            else "is a file"
+            if path.is_file()
+            else f"has no {rundir.MODEL_META}"
+        )
+        hint = (
+            f" (its run directory is {path.parent}?)"
+            if path.is_file() and (path.parent / rundir.MODEL_META).is_file()
+            else ""
+        )
+        raise LiverscopeError(
+            f"{path}: not a liverscope run directory: it {what}{hint}; a run is the folder that `liverscope train` "
+            f"or `liverscope cv` writes (runs/NAME, holding {rundir.MODEL_META})"
+        )
     return Predictor.from_run(path, **kwargs)
 
+
 __all__ = [
-    "Predictor", "EnsemblePredictor", "load_run", "Result", "TorchBackend", "OnnxBackend", "write_results", "results_csv", "csv_header", "result_row",
-    "DEFAULT_BATCH_SIZE", "BF16_TOLERANCE", "BACKENDS", "PRECISIONS", "SCHEDULES", "POOLS", "TTA", "FlipAverage",
+    "Predictor",
+    "EnsemblePredictor",
+    "load_run",
+    "Result",
+    "TorchBackend",
+    "OnnxBackend",
+    "write_results",
+    "results_csv",
+    "csv_header",
+    "result_row",
+    "DEFAULT_BATCH_SIZE",
+    "BF16_TOLERANCE",
+    "BACKENDS",
+    "PRECISIONS",
+    "SCHEDULES",
+    "POOLS",
+    "TTA",
+    "FlipAverage",
 ]

@@ -43,7 +43,9 @@ CALIBRATION_BATCH = 8
 def _reader(quant, x: np.ndarray):
     class Reader(quant.CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"input": x[i:i + CALIBRATION_BATCH]} for i in range(0, len(x), CALIBRATION_BATCH)])
+            self.batches = iter(
+                [{"input": x[i : i + CALIBRATION_BATCH]} for i in range(0, len(x), CALIBRATION_BATCH)]
+            )
 
         def get_next(self):
             return next(self.batches, None)
@@ -59,7 +61,9 @@ def prepare(fp32_path: Path, out: Path) -> Path:
         try:
             shape_inference.quant_pre_process(str(fp32_path), str(out))
         except Exception as exc:  # ORT's symbolic shape inference fails on some graphs (ResNet-50 + CBAM): ONNX's own shapes suffice
-            log(f"symbolic shape inference failed ({type(exc).__name__}); preparing with ONNX shape inference only")
+            log(
+                f"symbolic shape inference failed ({type(exc).__name__}); preparing with ONNX shape inference only"
+            )
             shape_inference.quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
     return out
 
@@ -72,11 +76,21 @@ def end_nodes(model_path: Path) -> list[str]:
     convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     if not convs:
         return []
-    return [nodes[convs[0]].name, *(n.name for n in nodes[convs[-1] + 1 :] if n.op_type in ("Gemm", "MatMul"))]
+    return [
+        nodes[convs[0]].name,
+        *(n.name for n in nodes[convs[-1] + 1 :] if n.op_type in ("Gemm", "MatMul")),
+    ]
 
 
-def quantize(prep: Path, out: Path, calib: np.ndarray, exclude: list[str], per_channel: bool = True, reduce_range: bool = False,
-             method: str = "minmax") -> Path:
+def quantize(
+    prep: Path,
+    out: Path,
+    calib: np.ndarray,
+    exclude: list[str],
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    method: str = "minmax",
+) -> Path:
     """Static QDQ quantisation of the prepared model ``prep`` into ``out``, calibrated on ``calib``,
     leaving the nodes in ``exclude`` in fp32. ``method``: ``minmax`` or ``percentile`` (99.999%)."""
     quant = import_optional("onnxruntime.quantization", "onnx", "int8 export")
@@ -84,9 +98,16 @@ def quantize(prep: Path, out: Path, calib: np.ndarray, exclude: list[str], per_c
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quant.quantize_static(
-            str(prep), str(out), _reader(quant, calib), quant_format=quant.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
-            activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,  # u8s8: the VNNI fast path on x86
-            nodes_to_exclude=list(exclude), calibrate_method=methods[method],
+            str(prep),
+            str(out),
+            _reader(quant, calib),
+            quant_format=quant.QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=quant.QuantType.QUInt8,
+            weight_type=quant.QuantType.QInt8,  # u8s8: the VNNI fast path on x86
+            nodes_to_exclude=list(exclude),
+            calibrate_method=methods[method],
         )
     return out
 
@@ -103,7 +124,9 @@ def layer_sensitivity(prep: Path, qdq: Path, x: np.ndarray) -> dict[str, float]:
         for name, path in (("float", prep), ("qdq", qdq)):
             aug = Path(scratch) / f"{name}.onnx"
             debug.modify_model_output_intermediate_tensors(str(path), str(aug))
-            acts[name] = debug.collect_activations(str(aug), _reader(import_optional("onnxruntime.quantization", "onnx", "int8"), x))
+            acts[name] = debug.collect_activations(
+                str(aug), _reader(import_optional("onnxruntime.quantization", "onnx", "int8"), x)
+            )
     errors = debug.compute_activation_error(debug.create_activation_matching(acts["qdq"], acts["float"]))
     sqnr = {t: e.get("xmodel_err") for t, e in errors.items() if e.get("xmodel_err") is not None}
     drops = {}
@@ -122,11 +145,24 @@ def compare(fp32_path: Path, int8_path: Path, x: np.ndarray, y: np.ndarray, temp
     for f in (fp32_path, int8_path):
         s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
         name = s.get_inputs()[0].name
-        probs.append(softmax(np.concatenate([s.run(["logits"], {name: x[i:i + 32]})[0] for i in range(0, len(x), 32)]), temperature))
+        probs.append(
+            softmax(
+                np.concatenate([s.run(["logits"], {name: x[i : i + 32]})[0] for i in range(0, len(x), 32)]),
+                temperature,
+            )
+        )
     p32, p8 = probs
-    out = {"n": int(len(x)), "label_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))), "max_prob_diff": float(np.abs(p32 - p8).max()),
-           "balanced_accuracy_fp32": float(balanced_accuracy_score(y, p32.argmax(1))), "balanced_accuracy_int8": float(balanced_accuracy_score(y, p8.argmax(1)))}
-    out["meets_bar"] = bool(out["label_agreement"] >= MIN_AGREEMENT and out["balanced_accuracy_fp32"] - out["balanced_accuracy_int8"] <= MAX_BA_DROP)
+    out = {
+        "n": int(len(x)),
+        "label_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))),
+        "max_prob_diff": float(np.abs(p32 - p8).max()),
+        "balanced_accuracy_fp32": float(balanced_accuracy_score(y, p32.argmax(1))),
+        "balanced_accuracy_int8": float(balanced_accuracy_score(y, p8.argmax(1))),
+    }
+    out["meets_bar"] = bool(
+        out["label_agreement"] >= MIN_AGREEMENT
+        and out["balanced_accuracy_fp32"] - out["balanced_accuracy_int8"] <= MAX_BA_DROP
+    )
     return out
 
 
@@ -138,8 +174,10 @@ def _held_out(run_dir: Path, calib_paths: list[str], labels: list[str]) -> tuple
         part = "val (not used to calibrate)"
         x, names, _ = split_inputs(run_dir, "val", None, exclude=frozenset(calib_paths))
     if len(x) == 0:
-        raise LiverscopeError(f"{run_dir}: no test images and no validation images left after calibration to check int8 against fp32 on "
-                              f"(check the paths in {rundir.SPLIT}, or calibrate on fewer with --calibration)")
+        raise LiverscopeError(
+            f"{run_dir}: no test images and no validation images left after calibration to check int8 against fp32 on "
+            f"(check the paths in {rundir.SPLIT}, or calibrate on fewer with --calibration)"
+        )
     return x, np.array([labels.index(n) for n in names]), part
 
 
@@ -152,8 +190,16 @@ def cpu_has_vnni() -> bool:
     return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0, per_channel: bool = True, reduce_range: bool | None = None,
-                method: str = "minmax", fp32_ends: bool = True, force: bool = False) -> dict:
+def export_int8(
+    run_dir: str | Path,
+    calibration: int = 128,
+    sensitive: int = 0,
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+    method: str = "minmax",
+    fp32_ends: bool = True,
+    force: bool = False,
+) -> dict:
     """Write ``RUN_DIR/model.int8.onnx`` when it keeps the fp32 labels (see the module notes).
 
     Args:
@@ -178,7 +224,9 @@ def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0,
     run_dir = Path(run_dir)
     reduce_range = not cpu_has_vnni() if reduce_range is None else reduce_range
     if not (run_dir / rundir.SPLIT).exists():
-        raise LiverscopeError(f"{run_dir}: no {rundir.SPLIT} — int8 calibration uses the run's own validation images (a single `train` run)")
+        raise LiverscopeError(
+            f"{run_dir}: no {rundir.SPLIT} — int8 calibration uses the run's own validation images (a single `train` run)"
+        )
     fp32_path, state = rundir.onnx_state(run_dir)
     if state != "current":
         log(f"exporting the fp32 model first ({state})")
@@ -187,7 +235,9 @@ def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0,
     if len(calib) == 0:
         calib, _, calib_paths = split_inputs(run_dir, "train", calibration)
     if len(calib) == 0:
-        raise LiverscopeError(f"{run_dir}: no readable validation or training images to calibrate on (check the paths in {rundir.SPLIT})")
+        raise LiverscopeError(
+            f"{run_dir}: no readable validation or training images to calibrate on (check the paths in {rundir.SPLIT})"
+        )
     meta = rundir.read_model_meta(run_dir)
     x, y, part = _held_out(run_dir, calib_paths, list(meta["labels"]))
     out, t0 = run_dir / rundir.ONNX_INT8, time.perf_counter()
@@ -196,26 +246,52 @@ def export_int8(run_dir: str | Path, calibration: int = 128, sensitive: int = 0,
         keep = end_nodes(prep) if fp32_ends else []
         trial = quantize(prep, Path(scratch) / "trial.onnx", calib, keep, per_channel, reduce_range, method)
         worst = list(layer_sensitivity(prep, trial, calib[:16]))[:sensitive] if sensitive else []
-        final = quantize(prep, Path(scratch) / "final.onnx", calib, keep + worst, per_channel, reduce_range, method) if worst else trial
+        final = (
+            quantize(
+                prep, Path(scratch) / "final.onnx", calib, keep + worst, per_channel, reduce_range, method
+            )
+            if worst
+            else trial
+        )
         check = compare(fp32_path, final, x, y, rundir.temperature(meta))
         if not check["meets_bar"] and not force:
             raise LiverscopeError(
                 f"{run_dir}: int8 does not keep the labels (on {check['n']} {part} images: agreement with fp32 {check['label_agreement']:.3f} < "
                 f"{MIN_AGREEMENT} or balanced accuracy {check['balanced_accuracy_int8']:.3f} vs fp32 {check['balanced_accuracy_fp32']:.3f}, more than "
-                f"{MAX_BA_DROP} lower); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway")
+                f"{MAX_BA_DROP} lower); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway"
+            )
         with atomic_path(out, suffix=".onnx") as tmp:
             tmp.write_bytes(final.read_bytes())
     info = {
         "file": rundir.ONNX_INT8,
-        "format": (f"QDQ ({method} calibration), u8 activations, {'7' if reduce_range else '8'}-bit weights per {'channel' if per_channel else 'tensor'}"
-                   + (", first convolution and classifier in fp32" if fp32_ends else "") + (f", {len(worst)} most sensitive convolutions in fp32" if worst else "")),
-        "fp32_nodes": {"ends": keep, "sensitive": worst}, "calibration_images": int(len(calib)), "compared_on": part, **check,
-        "bar": {"min_label_agreement": MIN_AGREEMENT, "max_balanced_accuracy_drop": MAX_BA_DROP}, "forced": bool(force and not check["meets_bar"]),
-        "fp32_onnx_sha256": file_sha256(fp32_path), "onnx_sha256": file_sha256(out), "bytes": out.stat().st_size,
+        "format": (
+            f"QDQ ({method} calibration), u8 activations, {'7' if reduce_range else '8'}-bit weights per {'channel' if per_channel else 'tensor'}"
+            + (", first convolution and classifier in fp32" if fp32_ends else "")
+            + (f", {len(worst)} most sensitive convolutions in fp32" if worst else "")
+        ),
+        "fp32_nodes": {"ends": keep, "sensitive": worst},
+        "calibration_images": int(len(calib)),
+        "compared_on": part,
+        **check,
+        "bar": {"min_label_agreement": MIN_AGREEMENT, "max_balanced_accuracy_drop": MAX_BA_DROP},
+        "forced": bool(force and not check["meets_bar"]),
+        "fp32_onnx_sha256": file_sha256(fp32_path),
+        "onnx_sha256": file_sha256(out),
+        "bytes": out.stat().st_size,
         "quantize_seconds": round(time.perf_counter() - t0, 2),
     }
     rundir.update_model_meta(run_dir, onnx_int8=info)
     return info
 
 
-__all__ = ["MIN_AGREEMENT", "MAX_BA_DROP", "cpu_has_vnni", "prepare", "end_nodes", "quantize", "layer_sensitivity", "compare", "export_int8"]
+__all__ = [
+    "MIN_AGREEMENT",
+    "MAX_BA_DROP",
+    "cpu_has_vnni",
+    "prepare",
+    "end_nodes",
+    "quantize",
+    "layer_sensitivity",
+    "compare",
+    "export_int8",
+]

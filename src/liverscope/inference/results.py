@@ -46,14 +46,17 @@ class Result:
         return endpoint_probabilities(self.probs) if self.probs else None
 
 
-
 def result_row(r: Result, labels: Sequence[str]) -> list[str]:
     """CSV row of one result (see :func:`csv_header`)."""
     probs = [f"{r.probs[c]:.6f}" if r.probs else "" for c in labels]
     row = [r.path, r.label or "", f"{r.confidence:.6f}" if r.confidence is not None else "", *probs]
     ep = r.endpoints
     row += [f"{ep[k]:.6f}" if ep else "" for k in endpoint_keys(labels)]
-    row += ["" if r.ood_score is None else f"{r.ood_score:.6g}", "" if r.ood is None else str(r.ood).lower(), r.precision or ""]
+    row += [
+        "" if r.ood_score is None else f"{r.ood_score:.6g}",
+        "" if r.ood is None else str(r.ood).lower(),
+        r.precision or "",
+    ]
     return row + ["" if r.error else str(r.frames), r.error or ""]
 
 
@@ -99,10 +102,21 @@ def write_results(results: Iterable[Result], labels: Sequence[str], out: str | P
             if fmt == "csv":
                 w.writerow(result_row(r, labels))
             else:
-                item = {"file": r.path, "prediction": r.label, "confidence": r.confidence, "probabilities": r.probs,
-                        "ood_score": r.ood_score, "ood": r.ood, "precision": r.precision, "error": r.error}
+                item = {
+                    "file": r.path,
+                    "prediction": r.label,
+                    "confidence": r.confidence,
+                    "probabilities": r.probs,
+                    "ood_score": r.ood_score,
+                    "ood": r.ood,
+                    "precision": r.precision,
+                    "error": r.error,
+                }
                 ep = r.endpoints  # by the CSV's names (p_ge_F2, ...), and the CSV's frames
-                item.update({endpoint_column(k): ep[k] if ep else None for k in endpoint_keys(labels)}, frames=None if r.error else r.frames)
+                item.update(
+                    {endpoint_column(k): ep[k] if ep else None for k in endpoint_keys(labels)},
+                    frames=None if r.error else r.frames,
+                )
                 fh.write(("," if n else "") + "\n  " + json.dumps(item, ensure_ascii=False))
             fh.flush()  # the row is on disk now: a long job's partial output can be watched (tail -f the temp file)
             n += 1
@@ -115,7 +129,13 @@ def write_results(results: Iterable[Result], labels: Sequence[str], out: str | P
                 progress(n)
         if fmt == "json":
             fh.write("\n]\n")
-    return {"predicted": n_ok, "flagged": n_flagged, "skipped": skipped, "out": str(out), "seconds": time.perf_counter() - t0}
+    return {
+        "predicted": n_ok,
+        "flagged": n_flagged,
+        "skipped": skipped,
+        "out": str(out),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def results_csv(results: Iterable[Result], labels: Sequence[str]) -> str:

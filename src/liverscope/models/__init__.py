@@ -6,6 +6,22 @@ from liverscope.models import timm_backbones  # noqa: F401  isort: skip  (regist
 from liverscope.models import cbam  # noqa: F401  isort: skip
 from liverscope.models import efficientnet_lite  # noqa: F401  isort: skip
 from liverscope.models.livernet import HEADS, LiverNet
-from liverscope.models.registry import build_model, get_spec, is_model, list_models, model_from_arch, register_model
+from liverscope.models.registry import (
+    build_model,
+    get_spec,
+    is_model,
+    list_models,
+    model_from_arch,
+    register_model,
+)
 
-__all__ = ["HEADS", "LiverNet", "build_model", "get_spec", "is_model", "list_models", "model_from_arch", "register_model"]
+__all__ = [
+    "HEADS",
+    "LiverNet",
+    "build_model",
+    "get_spec",
+    "is_model",
+    "list_models",
+    "model_from_arch",
+    "register_model",
+]

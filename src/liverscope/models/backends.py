@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from liverscope.errors import LiverscopeError
-from liverscope.utils import default_model_threads, import_optional, resolve_device, softmax, strict_fp32, torch_threads
+from liverscope.utils import (
+    default_model_threads,
+    import_optional,
+    resolve_device,
+    softmax,
+    strict_fp32,
+    torch_threads,
+)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Largest change of any class probability that bf16 may cause on the check batch before the torch
@@ -65,8 +72,13 @@ class TorchBackend:
     channels_first = False  # channels-last memory is NxHxWx3: no copy
 
     def __init__(
-        self, model: torch.nn.Module, device: str = "auto", precision: str = "auto", channels_last: bool = True,
-        tolerance: float = BF16_TOLERANCE, threads: int | None = None,
+        self,
+        model: torch.nn.Module,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = True,
+        tolerance: float = BF16_TOLERANCE,
+        threads: int | None = None,
     ):
         if precision not in PRECISIONS:
             raise LiverscopeError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
@@ -79,7 +91,11 @@ class TorchBackend:
         self.tolerance = tolerance
         self.bf16_check: dict | None = None
         self._checked = self.precision == "fp32"
-        self.thread_choices = [int(threads)] if threads is not None else sorted({os.cpu_count() or 1, default_model_threads()}, reverse=True)
+        self.thread_choices = (
+            [int(threads)]
+            if threads is not None
+            else sorted({os.cpu_count() or 1, default_model_threads()}, reverse=True)
+        )
         if self.device != "cpu":
             self.thread_choices = [0]
         self.threads = self.thread_choices[0]
@@ -102,7 +118,9 @@ class TorchBackend:
         if untried:
             return untried[0]
         other = next(c for c in self.thread_choices if c != self.threads)
-        if self._since_check >= RECHECK * self.thread_timings[other] * n_images:  # has the machine's load changed?
+        if (
+            self._since_check >= RECHECK * self.thread_timings[other] * n_images
+        ):  # has the machine's load changed?
             self._since_check = 0.0
             return other
         return self.threads
@@ -110,8 +128,12 @@ class TorchBackend:
     def _forward(self, x: torch.Tensor, bf16: bool, features: bool = False):
         threads = self._pick_threads(len(x))
         t0 = time.perf_counter()
-        with torch_threads(threads), torch.inference_mode(), torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16), \
-                strict_fp32("cpu" if bf16 else self.device):
+        with (
+            torch_threads(threads),
+            torch.inference_mode(),
+            torch.autocast(self.device_kind, dtype=torch.bfloat16, enabled=bf16),
+            strict_fp32("cpu" if bf16 else self.device),
+        ):
             if features:
                 logits, pooled = self.model.forward_with_features(x)
                 out = logits.float().cpu().numpy(), pooled.float().cpu().numpy()
@@ -120,7 +142,9 @@ class TorchBackend:
         if len(self.thread_choices) > 1 and self._passes > 1 and self._checked:
             seconds = time.perf_counter() - t0
             old = self.thread_timings.get(threads)
-            self.thread_timings[threads] = seconds / max(1, len(x)) if old is None else (old + seconds / max(1, len(x))) / 2
+            self.thread_timings[threads] = (
+                seconds / max(1, len(x)) if old is None else (old + seconds / max(1, len(x))) / 2
+            )
             if threads == self.threads:
                 self._since_check += seconds
             self.threads = min(self.thread_timings, key=self.thread_timings.get)
@@ -130,7 +154,9 @@ class TorchBackend:
         # NHWC numpy → NCHW view whose memory is already channels-last: no copy on CPU
         x = torch.from_numpy(batch) if channels_first else torch.from_numpy(batch).permute(0, 3, 1, 2)
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return x.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
 
     def __call__(self, batch: np.ndarray, channels_first: bool = False) -> np.ndarray:
         x = self._input(batch, channels_first)
@@ -138,7 +164,9 @@ class TorchBackend:
             return self._check_bf16(x)
         return self._forward(x, self.precision == "bf16")
 
-    def logits_and_features(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_features(
+        self, batch: np.ndarray, channels_first: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Logits and pooled features (the out-of-distribution score's input) of one batch, one forward pass."""
         x = self._input(batch, channels_first)
         if not self._checked:
@@ -154,11 +182,18 @@ class TorchBackend:
         diff = float(np.abs(p_ref - p_low).max())
         same = bool((p_ref.argmax(1) == p_low.argmax(1)).all())
         ok = diff <= self.tolerance and same
-        self.bf16_check = {"max_abs_prob_diff": diff, "same_predictions": same, "tolerance": self.tolerance, "kept": ok}
+        self.bf16_check = {
+            "max_abs_prob_diff": diff,
+            "same_predictions": same,
+            "tolerance": self.tolerance,
+            "kept": ok,
+        }
         if not ok:
             warnings.warn(
                 f"bf16 changes predictions beyond tolerance (max probability change {diff:.4f} > {self.tolerance}, "
-                f"same classes: {same}); using fp32", RuntimeWarning, stacklevel=3,
+                f"same classes: {same}); using fp32",
+                RuntimeWarning,
+                stacklevel=3,
             )
             self.precision = "fp32"
         self._checked = True
@@ -181,7 +216,9 @@ class OnnxBackend:
     name = "onnx"
     channels_first = True  # the graph's input is Nx3xHxW
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, spinning: bool = False):
+    def __init__(
+        self, path: str | Path, device: str = "auto", threads: int | None = None, spinning: bool = False
+    ):
         ort = import_optional("onnxruntime", "onnx", "the ONNX backend")
 
         self.path = Path(path)
@@ -199,12 +236,20 @@ class OnnxBackend:
         want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         available = ort.get_available_providers()
         if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
-            raise LiverscopeError(f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, or use --backend torch)")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+            raise LiverscopeError(
+                f"--device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, or use --backend torch)"
+            )
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if want_cuda and "CUDAExecutionProvider" in available
+            else ["CPUExecutionProvider"]
+        )
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as exc:
-            raise LiverscopeError(f"{self.path}: cannot load the ONNX model ({type(exc).__name__}: {exc}); re-export it with `liverscope export`") from None
+            raise LiverscopeError(
+                f"{self.path}: cannot load the ONNX model ({type(exc).__name__}: {exc}); re-export it with `liverscope export`"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
         self.device_kind = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.precision = "fp32"
@@ -216,11 +261,15 @@ class OnnxBackend:
     def __call__(self, batch: np.ndarray, channels_first: bool = False) -> np.ndarray:
         return self._run(batch, channels_first)[0].astype(np.float32, copy=False)
 
-    def logits_and_features(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_features(
+        self, batch: np.ndarray, channels_first: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Logits and pooled features of one batch (an export by ``liverscope export`` has both outputs)."""
         out = self._run(batch, channels_first)
         if len(out) < 2:
-            raise LiverscopeError(f"{self.path} has no 'features' output (exported by an older liverscope): run `liverscope export` again")
+            raise LiverscopeError(
+                f"{self.path} has no 'features' output (exported by an older liverscope): run `liverscope export` again"
+            )
         return out[0].astype(np.float32, copy=False), out[1].astype(np.float32, copy=False)
 
 
@@ -254,12 +303,16 @@ class FlipAverage:
     def __call__(self, batch: np.ndarray, channels_first: bool = False) -> np.ndarray:
         return self.averaged_and_plain(batch, channels_first)[0]
 
-    def averaged_and_plain(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def averaged_and_plain(
+        self, batch: np.ndarray, channels_first: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The flip-averaged logits and the logits of the batch as it is (the energy score's input)."""
         plain = self.inner(batch, channels_first)
         return (plain + self._mirror_logits(batch, channels_first)) / 2, plain
 
-    def logits_and_features(self, batch: np.ndarray, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_features(
+        self, batch: np.ndarray, channels_first: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self.inner.logits_and_features(batch, channels_first)
         return (logits + self._mirror_logits(batch, channels_first)) / 2, features
 

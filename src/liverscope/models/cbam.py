@@ -33,7 +33,9 @@ def add_cbam(resnet: nn.Module) -> nn.Module:
     """
     for name in STAGES:
         stage = getattr(resnet, name)
-        channels = stage[-1].conv3.out_channels if hasattr(stage[-1], "conv3") else stage[-1].conv2.out_channels
+        channels = (
+            stage[-1].conv3.out_channels if hasattr(stage[-1], "conv3") else stage[-1].conv2.out_channels
+        )
         setattr(resnet, name, StageWithCBAM(stage, channels))
     return resnet
 

@@ -14,7 +14,14 @@ def build_head(kind: str, in_features: int, num_classes: int, dropout: float, hi
     """Global average pooling and one of the studies' heads (``seed``, ``mlp128``, ``linear``)."""
     pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
     if kind == "seed":  # EfficientNet + Grad-CAM study: dropout → FC → BN → ReLU → dropout → FC
-        layers = [nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+        layers = [
+            nn.Dropout(dropout),
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        ]
     elif kind == "mlp128":  # MobileNetV2 study: GAP → dropout 0.5 → Dense 128 ReLU → Dense K
         layers = [nn.Dropout(0.5), nn.Linear(in_features, 128), nn.ReLU(), nn.Linear(128, num_classes)]
     elif kind == "linear":
@@ -40,7 +47,15 @@ class LiverNet(nn.Module):
         freeze_backbone: train the head only (the backbone's BatchNorm statistics stay fixed too).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "seed", dropout: float = 0.3, hidden: int = 256, freeze_backbone: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        head: str = "seed",
+        dropout: float = 0.3,
+        hidden: int = 256,
+        freeze_backbone: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.num_features = int(backbone.num_features)
@@ -91,7 +106,9 @@ class LiverNet(nn.Module):
         hidden layers keep their weights. Pooling is always global average: ``global_pool`` may
         only be ``None`` or ``"avg"``."""
         if global_pool not in (None, "avg"):
-            raise LiverscopeError(f"global_pool '{global_pool}': LiverNet pools by global average only ('avg')")
+            raise LiverscopeError(
+                f"global_pool '{global_pool}': LiverNet pools by global average only ('avg')"
+            )
         if num_classes < 0:
             raise LiverscopeError(f"num_classes must be 0 or more, got {num_classes}")
         new = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()

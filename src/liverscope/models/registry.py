@@ -35,7 +35,9 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     description: str
     small: bool  # cheap enough to train on a laptop CPU
-    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # input normalisation its ImageNet weights expect
+    mean: tuple[float, float, float] = (
+        IMAGENET_DEFAULT_MEAN  # input normalisation its ImageNet weights expect
+    )
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
@@ -51,8 +53,14 @@ def pretrained_normalisation(timm_name: str) -> tuple[tuple[float, ...], tuple[f
     return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
 
 
-def register_model(name: str, timm_name: str, description: str = "", small: bool = False,
-                   mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None):
+def register_model(
+    name: str,
+    timm_name: str,
+    description: str = "",
+    small: bool = False,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+):
     """Decorator registering ``builder(pretrained, weights) -> backbone`` under ``name``.
 
     The backbone must expose ``forward_features(x) -> BxCxHxW`` and ``num_features``; it may set
@@ -64,7 +72,9 @@ def register_model(name: str, timm_name: str, description: str = "", small: bool
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' registered twice")
         cfg_mean, cfg_std = pretrained_normalisation(timm_name)
-        _REGISTRY[name] = ModelSpec(name, timm_name, fn, description, small, tuple(mean or cfg_mean), tuple(std or cfg_std))
+        _REGISTRY[name] = ModelSpec(
+            name, timm_name, fn, description, small, tuple(mean or cfg_mean), tuple(std or cfg_std)
+        )
         return fn
 
     return deco
@@ -118,9 +128,18 @@ def build_model(
     if weights is not None:
         source = f"file: {Path(weights).name}"
     else:
-        source = getattr(backbone, "weights_source", None) or (f"ImageNet (timm hub: {spec.timm_name})" if pretrained else "random init")
+        source = getattr(backbone, "weights_source", None) or (
+            f"ImageNet (timm hub: {spec.timm_name})" if pretrained else "random init"
+        )
     model = LiverNet(backbone, num_classes, head, dropout, hidden, freeze_backbone)
-    model.arch = {"name": name, "num_classes": num_classes, "head": head, "dropout": dropout, "hidden": hidden, "freeze_backbone": freeze_backbone}
+    model.arch = {
+        "name": name,
+        "num_classes": num_classes,
+        "head": head,
+        "dropout": dropout,
+        "hidden": hidden,
+        "freeze_backbone": freeze_backbone,
+    }
     model.weights_source = source
     return model
 
@@ -128,9 +147,24 @@ def build_model(
 def model_from_arch(arch: dict) -> LiverNet:
     """Rebuild a model (random weights) from the ``architecture`` entry of a run's ``model.json``."""
     return build_model(
-        arch["name"], int(arch["num_classes"]), arch.get("head", "seed"), False, None,
-        bool(arch.get("freeze_backbone", False)), float(arch.get("dropout", 0.3)), int(arch.get("hidden", 256)),
+        arch["name"],
+        int(arch["num_classes"]),
+        arch.get("head", "seed"),
+        False,
+        None,
+        bool(arch.get("freeze_backbone", False)),
+        float(arch.get("dropout", 0.3)),
+        int(arch.get("hidden", 256)),
     )
 
 
-__all__ = ["ModelSpec", "pretrained_normalisation", "register_model", "list_models", "is_model", "get_spec", "build_model", "model_from_arch"]
+__all__ = [
+    "ModelSpec",
+    "pretrained_normalisation",
+    "register_model",
+    "list_models",
+    "is_model",
+    "get_spec",
+    "build_model",
+    "model_from_arch",
+]

@@ -51,7 +51,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                     state = state[key]
     except Exception as exc:
-        raise LiverscopeError(f"{path}: cannot read weights ({type(exc).__name__}: {exc}); expected .safetensors or a torch state dict") from None
+        raise LiverscopeError(
+            f"{path}: cannot read weights ({type(exc).__name__}: {exc}); expected .safetensors or a torch state dict"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LiverscopeError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -122,15 +124,21 @@ def load_package_weights(model: nn.Module, path: str | Path, timm_name: str) -> 
     theirs = list(read_state_dict(path).items())
     own = model.state_dict()
     if len(theirs) < len(own):
-        raise LiverscopeError(f"{path}: {len(theirs)} tensors, but '{timm_name}' needs {len(own)}; not a checkpoint of this architecture")
+        raise LiverscopeError(
+            f"{path}: {len(theirs)} tensors, but '{timm_name}' needs {len(own)}; not a checkpoint of this architecture"
+        )
     mapped = {}
     for (name, want), (their_name, tensor) in zip(own.items(), theirs):
         if tuple(want.shape) != tuple(tensor.shape):
-            raise LiverscopeError(f"{path}: {their_name} {tuple(tensor.shape)} does not fit {name} {tuple(want.shape)} of '{timm_name}'")
+            raise LiverscopeError(
+                f"{path}: {their_name} {tuple(tensor.shape)} does not fit {name} {tuple(want.shape)} of '{timm_name}'"
+            )
         mapped[name] = tensor
-    rest = [k for k, _ in theirs[len(own):]]
+    rest = [k for k, _ in theirs[len(own) :]]
     if rest and not all(k.startswith("_fc.") for k in rest):  # only the ImageNet classifier may be left over
-        raise LiverscopeError(f"{path}: tensors {rest[:3]} left over after '{timm_name}'; not a checkpoint of this architecture")
+        raise LiverscopeError(
+            f"{path}: tensors {rest[:3]} left over after '{timm_name}'; not a checkpoint of this architecture"
+        )
     model.load_state_dict(mapped)
 
 
@@ -189,6 +197,15 @@ def create_timm_backbone(timm_name: str, pretrained: bool) -> nn.Module:
 
 
 __all__ = [
-    "read_state_dict", "strip_liverscope_prefix", "load_backbone_weights", "create_timm_backbone", "WEIGHT_PACKAGES",
-    "IMAGENET_EXTRA", "hub_reachable", "backbone_builder", "package_weights_path", "load_package_weights", "imagenet_backbone",
+    "read_state_dict",
+    "strip_liverscope_prefix",
+    "load_backbone_weights",
+    "create_timm_backbone",
+    "WEIGHT_PACKAGES",
+    "IMAGENET_EXTRA",
+    "hub_reachable",
+    "backbone_builder",
+    "package_weights_path",
+    "load_package_weights",
+    "imagenet_backbone",
 ]

@@ -19,12 +19,29 @@ from liverscope.errors import LiverscopeError as _LiverscopeError
 
 #: public name → the module that defines it
 _LAZY = {
-    "open_store": "store", "Store": "store", "ExamKey": "store", "ImageInput": "store", "RunInfo": "store",
-    "AnalysisRecord": "views", "ImageRecord": "views", "ReviewRecord": "views", "ExamAnswer": "views", "ExamRecord": "views",
-    "exam_answer": "views", "pool_probabilities": "views",
-    "database_url": "engine", "default_database": "engine",
-    "run_info": "runinfo", "image_input": "runinfo", "bytes_input": "runinfo", "run_fingerprint": "runinfo",
-    "Recorder": "recorder", "BY": "recorder", "prediction_inputs": "recorder", "exam_line": "recorder", "write_exams": "recorder",
+    "open_store": "store",
+    "Store": "store",
+    "ExamKey": "store",
+    "ImageInput": "store",
+    "RunInfo": "store",
+    "AnalysisRecord": "views",
+    "ImageRecord": "views",
+    "ReviewRecord": "views",
+    "ExamAnswer": "views",
+    "ExamRecord": "views",
+    "exam_answer": "views",
+    "pool_probabilities": "views",
+    "database_url": "engine",
+    "default_database": "engine",
+    "run_info": "runinfo",
+    "image_input": "runinfo",
+    "bytes_input": "runinfo",
+    "run_fingerprint": "runinfo",
+    "Recorder": "recorder",
+    "BY": "recorder",
+    "prediction_inputs": "recorder",
+    "exam_line": "recorder",
+    "write_exams": "recorder",
     "export_manifest": "export",
 }
 
@@ -38,8 +55,10 @@ def __getattr__(name: str):
         module = _import_module(f"liverscope.records.{_LAZY[name]}")
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("sqlalchemy", "alembic", "platformdirs", "psycopg"):
-            raise _LiverscopeError(f"exam records need the Python package '{exc.name.split('.')[0]}', which is not installed: "
-                                  "pip install 'liverscope[records]'") from None
+            raise _LiverscopeError(
+                f"exam records need the Python package '{exc.name.split('.')[0]}', which is not installed: "
+                "pip install 'liverscope[records]'"
+            ) from None
         raise
     value = getattr(module, name)
     globals()[name] = value

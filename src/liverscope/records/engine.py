@@ -62,14 +62,18 @@ def database_url(db: str | Path | None = None) -> str:
     if "://" not in text_db:
         path = Path(text_db).expanduser().resolve()
         if path.is_dir():
-            raise LiverscopeError(f"--db {db}: is a folder; give a database file (e.g. {path / DEFAULT_FILE}) or a URL")
+            raise LiverscopeError(
+                f"--db {db}: is a folder; give a database file (e.g. {path / DEFAULT_FILE}) or a URL"
+            )
         return f"sqlite:///{path}"
     if text_db.startswith(("postgresql://", "postgres://")):
         text_db = "postgresql+psycopg://" + text_db.split("://", 1)[1]
     try:
         make_url(text_db)
     except ArgumentError as exc:
-        raise LiverscopeError(f"--db {db}: not a database URL ({exc}); give a file path or e.g. postgresql+psycopg://user@host/db") from None
+        raise LiverscopeError(
+            f"--db {db}: not a database URL ({exc}); give a file path or e.g. postgresql+psycopg://user@host/db"
+        ) from None
     return text_db
 
 
@@ -82,7 +86,9 @@ def make_engine(url: str) -> Engine:
         try:
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LiverscopeError(f"{u.database}: cannot create its folder ({exc}); choose another --db") from None
+            raise LiverscopeError(
+                f"{u.database}: cannot create its folder ({exc}); choose another --db"
+            ) from None
     sync = os.environ.get(ENV_SYNC, "NORMAL").upper()
     if sync not in SYNC_MODES:
         raise LiverscopeError(f"${ENV_SYNC}={sync}: expected one of {', '.join(SYNC_MODES)}")
@@ -90,9 +96,16 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _sqlite_setup(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # the driver's own BEGIN is off: the "begin" listener below says which
+        dbapi_conn.isolation_level = (
+            None  # the driver's own BEGIN is off: the "begin" listener below says which
+        )
         cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", f"synchronous={sync}", "foreign_keys=ON", f"busy_timeout={int(BUSY_TIMEOUT_S * 1000)}"):
+        for pragma in (
+            "journal_mode=WAL",
+            f"synchronous={sync}",
+            "foreign_keys=ON",
+            f"busy_timeout={int(BUSY_TIMEOUT_S * 1000)}",
+        ):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
 
@@ -142,7 +155,9 @@ def migrate(engine: Engine) -> None:
     known = _known_revisions()
     now = current_revision(engine)
     if now is not None and now not in known:
-        raise LiverscopeError(f"{_safe_url(engine)}: its records were written by a newer liverscope (schema {now}); upgrade liverscope to open it")
+        raise LiverscopeError(
+            f"{_safe_url(engine)}: its records were written by a newer liverscope (schema {now}); upgrade liverscope to open it"
+        )
 
     def upgrade():
         with writer(engine).begin() as conn:
@@ -181,11 +196,23 @@ def retrying(work: Callable[[], T], what: str, attempts: int = ATTEMPTS) -> T:
             if not _retryable(exc):
                 raise LiverscopeError(f"{what}: {getattr(exc, 'orig', exc)}") from None
             if attempt == attempts:
-                raise LiverscopeError(f"{what}: the database stayed busy through {attempts} attempts ({getattr(exc, 'orig', exc)}); "
-                                      "another program holds it: try again, or use a PostgreSQL server (--db postgresql+psycopg://...)") from None
+                raise LiverscopeError(
+                    f"{what}: the database stayed busy through {attempts} attempts ({getattr(exc, 'orig', exc)}); "
+                    "another program holds it: try again, or use a PostgreSQL server (--db postgresql+psycopg://...)"
+                ) from None
             logger.debug("%s: %s; attempt %d of %d", what, getattr(exc, "orig", exc), attempt, attempts)
             time.sleep(random.uniform(0.01, 0.05) * attempt)
     raise AssertionError("unreachable")
 
 
-__all__ = ["ENV_DB", "database_url", "default_database", "make_engine", "writer", "migrate", "retrying", "head_revision", "current_revision"]
+__all__ = [
+    "ENV_DB",
+    "database_url",
+    "default_database",
+    "make_engine",
+    "writer",
+    "migrate",
+    "retrying",
+    "head_revision",
+    "current_revision",
+]

@@ -23,11 +23,11 @@ from typing import Iterable, Iterator, Sequence
 from liverscope.data.datasets import read_manifest
 from liverscope.data.io import dicom_header
 from liverscope.errors import LiverscopeError
+from liverscope.inference.results import Result
 from liverscope.labels import endpoint_column, endpoint_keys
 from liverscope.records.runinfo import image_input
 from liverscope.records.store import ExamKey, ImageInput, RunInfo, Store
 from liverscope.records.views import ExamRecord
-from liverscope.inference.results import Result
 from liverscope.utils import atomic_write_csv
 
 BY = ("study", "folder", "group")
@@ -48,7 +48,9 @@ def prediction_inputs(paths: Sequence[str | Path], by: str) -> tuple[list[Path],
     files, rows = [], {}
     for p in map(Path, paths):
         if p.suffix.lower() != ".csv" or not p.is_file():
-            raise LiverscopeError(f"{p}: --by group reads the exams from a CSV manifest (path,label[,group][,source]); give manifests, or use --by study|folder")
+            raise LiverscopeError(
+                f"{p}: --by group reads the exams from a CSV manifest (path,label[,group][,source]); give manifests, or use --by study|folder"
+            )
         samples, _ = read_manifest(p)
         for s in samples:
             files.append(Path(s.path))
@@ -79,7 +81,14 @@ class Recorder:
         seconds: the time each recording took (digest, header, transaction).
     """
 
-    def __init__(self, store: Store, run: RunInfo, by: str = "study", rows: dict[str, ManifestRow] | None = None, user: str | None = None):
+    def __init__(
+        self,
+        store: Store,
+        run: RunInfo,
+        by: str = "study",
+        rows: dict[str, ManifestRow] | None = None,
+        user: str | None = None,
+    ):
         self.store, self.run, self.by, self.rows, self.user = store, run, by, rows or {}, user
         self.exams: list[str] = []
         self.seconds: list[float] = []
@@ -114,9 +123,13 @@ def exam_line(exam: ExamRecord) -> str:
     a = exam.answer
     flagged = f", {a.n_flagged} flagged image(s) left out" if a.n_flagged else ""
     if a.label is None:
-        return f"exam {exam.key}: not assessable: all {a.n_images} image(s) flagged as unlike the training data"
-    return (f"exam {exam.key}: {a.label} (p={a.probabilities[a.label]:.3f}) from {a.n_used} image(s), {a.n_agree} agree{flagged}, "
-            f"spread {a.spread:.3f}")
+        return (
+            f"exam {exam.key}: not assessable: all {a.n_images} image(s) flagged as unlike the training data"
+        )
+    return (
+        f"exam {exam.key}: {a.label} (p={a.probabilities[a.label]:.3f}) from {a.n_used} image(s), {a.n_agree} agree{flagged}, "
+        f"spread {a.spread:.3f}"
+    )
 
 
 def exams_path(out: str | Path) -> Path:
@@ -129,15 +142,39 @@ def write_exams(out: str | Path, exams: Sequence[ExamRecord]) -> Path:
     """The exams' answers as CSV: ``exam,key_source,prediction,prob_<label>...[,p_ge_F2...],images,used,flagged,agree,spread,files``."""
     labels = next((list(e.answer.probabilities) for e in exams if e.answer.probabilities), [])
     eps = endpoint_keys(labels)
-    header = ["exam", "key_source", "prediction", *[f"prob_{c}" for c in labels], *map(endpoint_column, eps),
-              "images", "used", "flagged", "agree", "spread", "files"]
+    header = [
+        "exam",
+        "key_source",
+        "prediction",
+        *[f"prob_{c}" for c in labels],
+        *map(endpoint_column, eps),
+        "images",
+        "used",
+        "flagged",
+        "agree",
+        "spread",
+        "files",
+    ]
     rows = []
     for e in exams:
         a = e.answer
         probs = [f"{a.probabilities[c]:.6f}" if c in a.probabilities else "" for c in labels]
         ends = [f"{a.endpoints[k]:.6f}" if a.endpoints and k in a.endpoints else "" for k in eps]
-        rows.append([e.key, e.key_source, a.label or "", *probs, *ends, a.n_images, a.n_used, a.n_flagged, a.n_agree,
-                     "" if a.spread is None else f"{a.spread:.6f}", ";".join(im.name for im in e.images)])
+        rows.append(
+            [
+                e.key,
+                e.key_source,
+                a.label or "",
+                *probs,
+                *ends,
+                a.n_images,
+                a.n_used,
+                a.n_flagged,
+                a.n_agree,
+                "" if a.spread is None else f"{a.spread:.6f}",
+                ";".join(im.name for im in e.images),
+            ]
+        )
     return atomic_write_csv(exams_path(out), header, rows)
 
 

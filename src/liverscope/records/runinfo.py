@@ -46,8 +46,15 @@ def run_info(predictor) -> RunInfo:
     run_dir = getattr(predictor, "run_dir", None)
     if run_dir is None:
         raise LiverscopeError("recording needs a predictor loaded from a run directory (liverscope.load_run)")
-    return RunInfo(model_id(run_dir, predictor.meta), run_fingerprint(run_dir), __version__, predictor.backend,
-                   predictor.tta, float(predictor.temperature), str(Path(run_dir).resolve()))
+    return RunInfo(
+        model_id(run_dir, predictor.meta),
+        run_fingerprint(run_dir),
+        __version__,
+        predictor.backend,
+        predictor.tta,
+        float(predictor.temperature),
+        str(Path(run_dir).resolve()),
+    )
 
 
 def file_digest(path: str | Path) -> tuple[str, int]:
@@ -70,7 +77,9 @@ def image_input(path: str | Path, origin: str = "predict", source: str | None = 
 
 def bytes_input(name: str, data: bytes, origin: str = "app", frames: int = 1) -> ImageInput:
     """The :class:`ImageInput` of an upload (no file behind it)."""
-    return ImageInput(Path(name).name or "upload", hashlib.sha256(data).hexdigest(), len(data), None, origin, None, frames)
+    return ImageInput(
+        Path(name).name or "upload", hashlib.sha256(data).hexdigest(), len(data), None, origin, None, frames
+    )
 
 
 __all__ = ["run_fingerprint", "model_id", "run_info", "file_digest", "image_input", "bytes_input"]

@@ -27,10 +27,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload
 
 from liverscope.errors import LiverscopeError
+from liverscope.inference.results import Result
 from liverscope.records.engine import ENV_DB, database_url, make_engine, migrate, retrying, writer
 from liverscope.records.models import Analysis, Exam, Image, Review
 from liverscope.records.views import AnalysisRecord, ExamRecord, ImageRecord, ReviewRecord, exam_answer
-from liverscope.inference.results import Result
 
 VERDICTS = ("agree", "correct")
 KEY_SOURCES = ("study", "folder", "group", "file", "user")
@@ -78,12 +78,16 @@ def check_key(key: str) -> str:
     """An exam key as typed: stripped, non-empty, at most 128 characters."""
     k = (key or "").strip()
     if not k or len(k) > 128:
-        raise LiverscopeError(f"exam key {key!r}: give 1 to 128 characters (a pseudonymous key, never a name or a patient ID)")
+        raise LiverscopeError(
+            f"exam key {key!r}: give 1 to 128 characters (a pseudonymous key, never a name or a patient ID)"
+        )
     return k
 
 
 def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # SQLite keeps no time zone: the store writes UTC
+    return (
+        t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    )  # SQLite keeps no time zone: the store writes UTC
 
 
 class Store:
@@ -107,11 +111,15 @@ class Store:
         self.close()
 
     # ------------------------------------------------------------------ writes
-    def record(self, exam: ExamKey, image: ImageInput, result: Result, run: RunInfo, user: str | None = None) -> int:
+    def record(
+        self, exam: ExamKey, image: ImageInput, result: Result, run: RunInfo, user: str | None = None
+    ) -> int:
         """Record one analysis (one transaction); returns its id. A result without probabilities (a
         skipped file) is refused: nothing was analysed."""
         if result.error or not result.probs:
-            raise LiverscopeError(f"{result.path}: not analysed ({result.error or 'no probabilities'}), nothing to record")
+            raise LiverscopeError(
+                f"{result.path}: not analysed ({result.error or 'no probabilities'}), nothing to record"
+            )
         key = check_key(exam.key)
         user = user if user is not None else _os_user()
 
@@ -126,8 +134,16 @@ class Store:
                     ex.patient = exam.patient
                 im = s.scalar(select(Image).where(Image.exam_id == ex.id, Image.sha256 == image.sha256))
                 if im is None:
-                    im = Image(exam_id=ex.id, sha256=image.sha256, size=image.size, name=image.name, path=image.path,
-                               origin=image.origin, source=image.source, frames=image.frames)
+                    im = Image(
+                        exam_id=ex.id,
+                        sha256=image.sha256,
+                        size=image.size,
+                        name=image.name,
+                        path=image.path,
+                        origin=image.origin,
+                        source=image.source,
+                        frames=image.frames,
+                    )
                     s.add(im)
                     s.flush()
                 a = _analysis(result, run, im.id, ex.id, user)
@@ -137,20 +153,40 @@ class Store:
 
         return retrying(work, f"recording {image.name} in {self.url}")
 
-    def review(self, key: str, label: str | None = None, agree: bool = False, note: str | None = None, reviewer: str | None = None) -> ReviewRecord:
+    def review(
+        self,
+        key: str,
+        label: str | None = None,
+        agree: bool = False,
+        note: str | None = None,
+        reviewer: str | None = None,
+    ) -> ReviewRecord:
         """Record a review of exam ``key``: ``agree=True`` (the answer is right) or ``label`` (the right
         label). Appended beside the analyses; earlier reviews stay."""
         if agree == (label is not None):
-            raise LiverscopeError("a review either agrees with the exam's answer (--agree) or gives the right label (--label L), not both or neither")
+            raise LiverscopeError(
+                "a review either agrees with the exam's answer (--agree) or gives the right label (--label L), not both or neither"
+            )
         exam = self.get_exam(key)
         answer = exam.answer
         if agree and answer.label is None:
-            raise LiverscopeError(f"exam {key}: has no answer to agree with (every image flagged or none analysed); give --label")
+            raise LiverscopeError(
+                f"exam {key}: has no answer to agree with (every image flagged or none analysed); give --label"
+            )
         labels = _exam_labels(exam)
         if label is not None and labels and label not in labels:
-            raise LiverscopeError(f"exam {key}: label {label!r} is not one of the model's labels ({', '.join(labels)})")
-        fields = dict(exam_id=exam.id, verdict="agree" if agree else "correct", label=answer.label if agree else label,
-                      answer_label=answer.label, run_fingerprint=answer.run_fingerprint, note=(note or None), reviewer=reviewer or _os_user())
+            raise LiverscopeError(
+                f"exam {key}: label {label!r} is not one of the model's labels ({', '.join(labels)})"
+            )
+        fields = dict(
+            exam_id=exam.id,
+            verdict="agree" if agree else "correct",
+            label=answer.label if agree else label,
+            answer_label=answer.label,
+            run_fingerprint=answer.run_fingerprint,
+            note=(note or None),
+            reviewer=reviewer or _os_user(),
+        )
 
         def work() -> ReviewRecord:
             with Session(self._writer) as s, s.begin():
@@ -168,11 +204,21 @@ class Store:
         with Session(self.engine) as s:
             ex = s.scalar(_exam_query().where(Exam.key == key))
             if ex is None:
-                raise LiverscopeError(f"no exam {key!r} in {self.url} (`liverscope records list` shows the keys)")
+                raise LiverscopeError(
+                    f"no exam {key!r} in {self.url} (`liverscope records list` shows the keys)"
+                )
             return _exam_record(ex)
 
-    def find_exams(self, search: str | None = None, since: datetime | None = None, until: datetime | None = None,
-                   flagged: bool | None = None, disagreement: bool | None = None, reviewed: bool | None = None, limit: int | None = 200) -> list[ExamRecord]:
+    def find_exams(
+        self,
+        search: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        flagged: bool | None = None,
+        disagreement: bool | None = None,
+        reviewed: bool | None = None,
+        limit: int | None = 200,
+    ) -> list[ExamRecord]:
         """Exams, newest first: ``search`` in the key (or the patient pseudonym), created in ``[since,
         until)``, and those with (``True``) or without (``False``) a flagged image, a disagreement
         (:attr:`ExamRecord.disagreement`) or a review; at most ``limit`` (``None``: all)."""
@@ -188,8 +234,11 @@ class Store:
         with Session(self.engine) as s:
             for ex in s.scalars(q):
                 rec = _exam_record(ex)
-                if (flagged is None or rec.flagged == flagged) and (disagreement is None or rec.disagreement == disagreement) \
-                        and (reviewed is None or (rec.review is not None) == reviewed):
+                if (
+                    (flagged is None or rec.flagged == flagged)
+                    and (disagreement is None or rec.disagreement == disagreement)
+                    and (reviewed is None or (rec.review is not None) == reviewed)
+                ):
                     out.append(rec)
                     if limit is not None and len(out) >= limit:
                         break
@@ -198,7 +247,10 @@ class Store:
     def count(self) -> dict[str, int]:
         """Rows per table: ``{"exams", "images", "analyses", "reviews"}``."""
         with Session(self.engine) as s:
-            return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) for t in (Exam, Image, Analysis, Review)}
+            return {
+                t.__tablename__: s.scalar(select(func.count()).select_from(t))
+                for t in (Exam, Image, Analysis, Review)
+            }
 
 
 def open_store(db: str | Path | None = None) -> Store:
@@ -213,8 +265,10 @@ def open_store(db: str | Path | None = None) -> Store:
         raise
     except Exception as exc:  # a server that does not answer, a file that is no database ...
         engine.dispose()
-        raise LiverscopeError(f"cannot open the records database {make_url(url).render_as_string(hide_password=True)}: "
-                              f"{getattr(exc, 'orig', exc)} (check --db, or ${ENV_DB})") from None
+        raise LiverscopeError(
+            f"cannot open the records database {make_url(url).render_as_string(hide_password=True)}: "
+            f"{getattr(exc, 'orig', exc)} (check --db, or ${ENV_DB})"
+        ) from None
     return Store(engine)
 
 
@@ -228,32 +282,89 @@ def _os_user() -> str | None:
 def _analysis(r: Result, run: RunInfo, image_id: int, exam_id: int, user: str | None) -> Analysis:
     labels = list(r.probs)
     return Analysis(
-        image_id=image_id, exam_id=exam_id, model_id=run.model_id, run_dir=run.run_dir, run_fingerprint=run.run_fingerprint,
-        liverscope_version=run.liverscope_version, backend=run.backend, precision=r.precision, tta=run.tta, temperature=float(run.temperature),
-        labels=labels, probabilities=[float(r.probs[c]) for c in labels], label=r.label, endpoints=r.endpoints,
-        ood_score=None if r.ood_score is None else float(r.ood_score), ood=r.ood, frames=int(r.frames), user=user,
+        image_id=image_id,
+        exam_id=exam_id,
+        model_id=run.model_id,
+        run_dir=run.run_dir,
+        run_fingerprint=run.run_fingerprint,
+        liverscope_version=run.liverscope_version,
+        backend=run.backend,
+        precision=r.precision,
+        tta=run.tta,
+        temperature=float(run.temperature),
+        labels=labels,
+        probabilities=[float(r.probs[c]) for c in labels],
+        label=r.label,
+        endpoints=r.endpoints,
+        ood_score=None if r.ood_score is None else float(r.ood_score),
+        ood=r.ood,
+        frames=int(r.frames),
+        user=user,
     )
 
 
 def _exam_query():
-    return select(Exam).options(selectinload(Exam.images).selectinload(Image.analyses), selectinload(Exam.reviews))
+    return select(Exam).options(
+        selectinload(Exam.images).selectinload(Image.analyses), selectinload(Exam.reviews)
+    )
 
 
 def _analysis_record(a: Analysis) -> AnalysisRecord:
     return AnalysisRecord(
-        a.id, a.image_id, a.model_id, a.run_dir, a.run_fingerprint, a.liverscope_version, a.backend, a.precision, a.tta, a.temperature,
-        list(a.labels), dict(zip(a.labels, a.probabilities)), a.label, a.endpoints, a.ood_score, a.ood, a.frames, a.user, _utc(a.created_at),
+        a.id,
+        a.image_id,
+        a.model_id,
+        a.run_dir,
+        a.run_fingerprint,
+        a.liverscope_version,
+        a.backend,
+        a.precision,
+        a.tta,
+        a.temperature,
+        list(a.labels),
+        dict(zip(a.labels, a.probabilities)),
+        a.label,
+        a.endpoints,
+        a.ood_score,
+        a.ood,
+        a.frames,
+        a.user,
+        _utc(a.created_at),
     )
 
 
 def _review_record(r: Review) -> ReviewRecord:
-    return ReviewRecord(r.id, r.verdict, r.label, r.answer_label, r.run_fingerprint, r.note, r.reviewer, _utc(r.created_at))
+    return ReviewRecord(
+        r.id, r.verdict, r.label, r.answer_label, r.run_fingerprint, r.note, r.reviewer, _utc(r.created_at)
+    )
 
 
 def _exam_record(ex: Exam) -> ExamRecord:
-    images = [ImageRecord(im.id, im.sha256, im.size, im.name, im.path, im.origin, im.source, im.frames, _utc(im.created_at),
-                          [_analysis_record(a) for a in im.analyses]) for im in ex.images]
-    return ExamRecord(ex.id, ex.key, ex.key_source, ex.patient, _utc(ex.created_at), images, [_review_record(r) for r in ex.reviews], exam_answer(images))
+    images = [
+        ImageRecord(
+            im.id,
+            im.sha256,
+            im.size,
+            im.name,
+            im.path,
+            im.origin,
+            im.source,
+            im.frames,
+            _utc(im.created_at),
+            [_analysis_record(a) for a in im.analyses],
+        )
+        for im in ex.images
+    ]
+    return ExamRecord(
+        ex.id,
+        ex.key,
+        ex.key_source,
+        ex.patient,
+        _utc(ex.created_at),
+        images,
+        [_review_record(r) for r in ex.reviews],
+        exam_answer(images),
+    )
 
 
 def _exam_labels(exam: ExamRecord) -> list[str]:

@@ -27,7 +27,9 @@ from liverscope.labels import endpoint_probabilities
 
 #: floor of a probability before its logarithm is taken (see the module docstring)
 PROB_FLOOR = 1e-6
-METHOD = "mean log-probability over the exam's unflagged images (latest analysis each, latest model), renormalised"
+METHOD = (
+    "mean log-probability over the exam's unflagged images (latest analysis each, latest model), renormalised"
+)
 
 
 @dataclass(frozen=True)
@@ -155,21 +157,47 @@ def exam_answer(images: Sequence[ImageRecord]) -> ExamAnswer:
     newest = max(analyses, key=lambda a: (a.created_at, a.id))
     latest = {}
     for a in analyses:  # each image's latest analysis by the exam's latest model
-        if a.run_fingerprint == newest.run_fingerprint and (a.image_id not in latest or (a.created_at, a.id) > (latest[a.image_id].created_at, latest[a.image_id].id)):
+        if a.run_fingerprint == newest.run_fingerprint and (
+            a.image_id not in latest
+            or (a.created_at, a.id) > (latest[a.image_id].created_at, latest[a.image_id].id)
+        ):
             latest[a.image_id] = a
     rows = list(latest.values())
     used = [a for a in rows if not a.ood]
     labels = list(newest.labels)
     if not used:
-        return ExamAnswer(None, {}, None, len(rows), 0, len(rows), 0, None, None, None, newest.model_id, newest.run_fingerprint)
+        return ExamAnswer(
+            None,
+            {},
+            None,
+            len(rows),
+            0,
+            len(rows),
+            0,
+            None,
+            None,
+            None,
+            newest.model_id,
+            newest.run_fingerprint,
+        )
     probs = np.array([[a.probabilities[c] for c in labels] for a in used], dtype=np.float64)
     pooled = pool_probabilities(probs)
     label = labels[int(np.argmax(pooled))]
     own = probs[:, labels.index(label)]
     answer = {c: float(v) for c, v in zip(labels, pooled)}
     return ExamAnswer(
-        label, answer, endpoint_probabilities(answer), len(rows), len(used), len(rows) - len(used),
-        sum(a.label == label for a in used), float(own.std()), float(own.min()), float(own.max()), newest.model_id, newest.run_fingerprint,
+        label,
+        answer,
+        endpoint_probabilities(answer),
+        len(rows),
+        len(used),
+        len(rows) - len(used),
+        sum(a.label == label for a in used),
+        float(own.std()),
+        float(own.min()),
+        float(own.max()),
+        newest.model_id,
+        newest.run_fingerprint,
     )
 
 
@@ -181,4 +209,14 @@ def pool_probabilities(probs: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-__all__ = ["AnalysisRecord", "ImageRecord", "ReviewRecord", "ExamAnswer", "ExamRecord", "exam_answer", "pool_probabilities", "METHOD", "PROB_FLOOR"]
+__all__ = [
+    "AnalysisRecord",
+    "ImageRecord",
+    "ReviewRecord",
+    "ExamAnswer",
+    "ExamRecord",
+    "exam_answer",
+    "pool_probabilities",
+    "METHOD",
+    "PROB_FLOOR",
+]

@@ -21,9 +21,9 @@ import numpy as np
 
 from liverscope.data.io import sniff_format
 from liverscope.errors import ImageReadError, LiverscopeError
+from liverscope.inference.results import Result
 from liverscope.records.views import AnalysisRecord, ExamAnswer, ExamRecord, ImageRecord, exam_answer
 from liverscope.reports.content import ExamReport, ExamSummary, ModelCard, ReportImage
-from liverscope.inference.results import Result
 from liverscope.segment.panels import image_panels
 
 #: Said instead of an overlay when the image's file is gone or changed since it was analysed.
@@ -47,7 +47,9 @@ def overlay_png(predictor, name: str, data: bytes, label: str) -> bytes | None:
     return None if panels.combined is None else png_bytes(panels.combined)
 
 
-def score_exam(predictor, key: str, items: Sequence[tuple[str, bytes]], sources: Sequence[str | None] | None = None) -> tuple[ExamReport, list[tuple[str, str]]]:
+def score_exam(
+    predictor, key: str, items: Sequence[tuple[str, bytes]], sources: Sequence[str | None] | None = None
+) -> tuple[ExamReport, list[tuple[str, str]]]:
     """Score an exam's images now and build its report.
 
     Args:
@@ -69,7 +71,16 @@ def score_exam(predictor, key: str, items: Sequence[tuple[str, bytes]], sources:
         r = predictor.predict_arrays([model_input], [name])[0]
         panels = image_panels(predictor, img, model_input, r.label, sniff_format(data) == "dicom")
         source = sources[i] if sources is not None else None
-        scored.append(Scored(r, hashlib.sha256(data).hexdigest(), panels.combined, source, None if source else data, "; ".join(panels.notes) or None))
+        scored.append(
+            Scored(
+                r,
+                hashlib.sha256(data).hexdigest(),
+                panels.combined,
+                source,
+                None if source else data,
+                "; ".join(panels.notes) or None,
+            )
+        )
     return report_of(key, scored, predictor.labels, predictor.run_dir), skipped
 
 
@@ -87,8 +98,22 @@ class Scored:
 
 def report_of(key: str, scored: Sequence[Scored], labels: Sequence[str], run_dir: str | Path) -> ExamReport:
     """The report of images scored now (by :func:`score_exam`, or by the app), answered by the store's rule."""
-    images = [ReportImage(k + 1, s.sha256, s.source, s.data, None if s.overlay is None else png_bytes(s.overlay), s.result.label,
-                          dict(s.result.probs), s.result.endpoints, s.result.ood_score, s.result.ood, s.note) for k, s in enumerate(scored)]
+    images = [
+        ReportImage(
+            k + 1,
+            s.sha256,
+            s.source,
+            s.data,
+            None if s.overlay is None else png_bytes(s.overlay),
+            s.result.label,
+            dict(s.result.probs),
+            s.result.endpoints,
+            s.result.ood_score,
+            s.result.ood,
+            s.note,
+        )
+        for k, s in enumerate(scored)
+    ]
     answer = exam_answer([_as_record(i, s.result, labels) for i, s in enumerate(scored)])
     return ExamReport(key, images, summary(answer), ModelCard.from_run(run_dir))
 
@@ -96,15 +121,43 @@ def report_of(key: str, scored: Sequence[Scored], labels: Sequence[str], run_dir
 def _as_record(i: int, r, labels: Sequence[str]) -> ImageRecord:
     """A result scored now, in the store's shape, so that its answer is the store's rule."""
     now = datetime.now(timezone.utc)
-    a = AnalysisRecord(i, i, "", None, "now", "", "", r.precision, "", 1.0, list(labels), dict(r.probs), r.label, r.endpoints,
-                       r.ood_score, r.ood, r.frames, None, now)
+    a = AnalysisRecord(
+        i,
+        i,
+        "",
+        None,
+        "now",
+        "",
+        "",
+        r.precision,
+        "",
+        1.0,
+        list(labels),
+        dict(r.probs),
+        r.label,
+        r.endpoints,
+        r.ood_score,
+        r.ood,
+        r.frames,
+        None,
+        now,
+    )
     return ImageRecord(i, "", 0, "", None, "report", None, r.frames, now, [a])
 
 
 def summary(answer: ExamAnswer) -> ExamSummary:
     """The report's view of the store's exam answer."""
-    return ExamSummary(answer.label, dict(answer.probabilities), answer.endpoints, answer.n_images, answer.n_used, answer.n_flagged,
-                       answer.n_agree, answer.spread, answer.method)
+    return ExamSummary(
+        answer.label,
+        dict(answer.probabilities),
+        answer.endpoints,
+        answer.n_images,
+        answer.n_used,
+        answer.n_flagged,
+        answer.n_agree,
+        answer.spread,
+        answer.method,
+    )
 
 
 def from_exam(exam: ExamRecord, predictor=None, fingerprint: str | None = None) -> ExamReport:
@@ -126,8 +179,21 @@ def from_exam(exam: ExamRecord, predictor=None, fingerprint: str | None = None) 
         png, note, data = None, None, None
         if predictor is not None:
             png, note = _stored_overlay(predictor, im, a, fingerprint)
-        images.append(ReportImage(len(images) + 1, im.sha256, im.path, data, png, a.label, dict(a.probabilities), a.endpoints,
-                                  a.ood_score, a.ood, note))
+        images.append(
+            ReportImage(
+                len(images) + 1,
+                im.sha256,
+                im.path,
+                data,
+                png,
+                a.label,
+                dict(a.probabilities),
+                a.endpoints,
+                a.ood_score,
+                a.ood,
+                note,
+            )
+        )
     review = None
     if exam.review is not None:
         r = exam.review
@@ -135,7 +201,9 @@ def from_exam(exam: ExamRecord, predictor=None, fingerprint: str | None = None) 
     return ExamReport(exam.key, images, summary(exam.answer), _card(exam, predictor), review)
 
 
-def _stored_overlay(predictor, im: ImageRecord, a: AnalysisRecord, fingerprint: str | None) -> tuple[bytes | None, str | None]:
+def _stored_overlay(
+    predictor, im: ImageRecord, a: AnalysisRecord, fingerprint: str | None
+) -> tuple[bytes | None, str | None]:
     if fingerprint is not None and fingerprint != a.run_fingerprint:
         return None, OTHER_MODEL
     try:
@@ -161,4 +229,14 @@ def _card(exam: ExamRecord, predictor) -> ModelCard:
     return ModelCard.from_analysis(made[-1])
 
 
-__all__ = ["NO_FILE", "OTHER_MODEL", "Scored", "from_exam", "overlay_png", "png_bytes", "report_of", "score_exam", "summary"]
+__all__ = [
+    "NO_FILE",
+    "OTHER_MODEL",
+    "Scored",
+    "from_exam",
+    "overlay_png",
+    "png_bytes",
+    "report_of",
+    "score_exam",
+    "summary",
+]

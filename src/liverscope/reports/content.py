@@ -18,8 +18,13 @@ from liverscope.evaluate.notices import DECISION_SUPPORT, PHANTOMS, is_phantoms,
 from liverscope.rundir.bundle import RunData
 
 #: The test figures a model card states, in this order, with their names as printed.
-FIGURES = (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("quadratic_kappa", "quadratic-weighted kappa"),
-           ("macro_f1", "macro F1"), ("accuracy", "accuracy"))
+FIGURES = (
+    ("balanced_accuracy", "balanced accuracy"),
+    ("macro_auc", "macro AUC"),
+    ("quadratic_kappa", "quadratic-weighted kappa"),
+    ("macro_f1", "macro F1"),
+    ("accuracy", "accuracy"),
+)
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,14 @@ class ModelCard:
         figures, source = honest_figures(data.metrics)
         t = meta.get("temperature")
         return cls(
-            run=Path(run_dir).name, architecture=name, model_id=(rundir.weights_sha256(run_dir) or "?")[:12], labels=list(meta.get("labels", [])),
-            trained_on=trained_on(data.training_data), phantoms=is_phantoms(data.training_data), figures=figures, figures_source=source,
+            run=Path(run_dir).name,
+            architecture=name,
+            model_id=(rundir.weights_sha256(run_dir) or "?")[:12],
+            labels=list(meta.get("labels", [])),
+            trained_on=trained_on(data.training_data),
+            phantoms=is_phantoms(data.training_data),
+            figures=figures,
+            figures_source=source,
             calibration=f"temperature {t:.2f}" if isinstance(t, (int, float)) and t != 1.0 else "none",
             trained_with=f"liverscope {meta.get('liverscope_version', '?')}, trained {str(meta.get('created', '?'))[:10]}",
         )
@@ -123,10 +134,18 @@ class ModelCard:
         """What a stored analysis says of its model (:class:`liverscope.records.views.AnalysisRecord`), when
         its run directory is not at hand: no training data and no figures can be read."""
         missing = f"the run directory ({a.run_dir or 'not recorded'}) is not at hand"
-        return cls(run=Path(a.run_dir).name if a.run_dir else a.model_id, architecture=a.model_id, model_id=f"fingerprint {a.run_fingerprint[:12]}",
-                   labels=list(a.labels), trained_on=f"Trained on: not known here ({missing}).", phantoms=False, figures=[], figures_source=missing,
-                   calibration=f"temperature {a.temperature:.2f}" if a.temperature != 1.0 else "none",
-                   trained_with=f"analysed with liverscope {a.liverscope_version}")
+        return cls(
+            run=Path(a.run_dir).name if a.run_dir else a.model_id,
+            architecture=a.model_id,
+            model_id=f"fingerprint {a.run_fingerprint[:12]}",
+            labels=list(a.labels),
+            trained_on=f"Trained on: not known here ({missing}).",
+            phantoms=False,
+            figures=[],
+            figures_source=missing,
+            calibration=f"temperature {a.temperature:.2f}" if a.temperature != 1.0 else "none",
+            trained_with=f"analysed with liverscope {a.liverscope_version}",
+        )
 
     @property
     def notices(self) -> list[str]:
@@ -138,7 +157,10 @@ def honest_figures(metrics: dict) -> tuple[list[str], str]:
     """The headline figures of held-out images (a run's test split, else a cv run's out-of-fold
     predictions) as lines ``balanced accuracy 0.55 (95% CI 0.48-0.62)``, and where they come from.
     Validation figures are not offered: they chose the checkpoint and the temperature."""
-    for key, where in (("test", "held-out test images"), ("oof", "out-of-fold predictions of cross-validation")):
+    for key, where in (
+        ("test", "held-out test images"),
+        ("oof", "out-of-fold predictions of cross-validation"),
+    ):
         m = metrics.get(key) or {}
         if isinstance(m.get("n"), int):
             ci = m.get("ci") or {}
@@ -146,11 +168,16 @@ def honest_figures(metrics: dict) -> tuple[list[str], str]:
             for k, name in FIGURES:
                 if isinstance(m.get(k), (int, float)):
                     lo_hi = (ci.get(k) or {}).get("ci95")
-                    lines.append(f"{name} {m[k]:.3f}" + (f" (95% CI {lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if lo_hi else ""))
+                    lines.append(
+                        f"{name} {m[k]:.3f}" + (f" (95% CI {lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if lo_hi else "")
+                    )
             for ep, row in (m.get("endpoints") or {}).items():
                 if isinstance(row, dict) and isinstance(row.get("auc"), (int, float)):
                     ci95 = row.get("auc_ci95")
-                    lines.append(f"AUC {ep} {row['auc']:.3f}" + (f" (95% CI {ci95[0]:.3f}-{ci95[1]:.3f})" if ci95 else ""))
+                    lines.append(
+                        f"AUC {ep} {row['auc']:.3f}"
+                        + (f" (95% CI {ci95[0]:.3f}-{ci95[1]:.3f})" if ci95 else "")
+                    )
             return lines, f"{where}, n = {m['n']}"
     return [], "no held-out figures recorded in this run"
 

@@ -92,9 +92,19 @@ def _overlay_pixels(im: ReportImage) -> np.ndarray:
 
 def _capture(hd, im: ReportImage, ref, series_uid: str, number: int, report: ExamReport, study_uid: str):
     """The Secondary Capture of one overlay, in the source's study when there is one."""
-    common = dict(pixel_array=_overlay_pixels(im), photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-                  series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=number,
-                  manufacturer=MANUFACTURER, patient_orientation=("L", "F"), series_description="liverscope overlay (Grad-CAM, outlines)")
+    common = dict(
+        pixel_array=_overlay_pixels(im),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_uid,
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=number,
+        manufacturer=MANUFACTURER,
+        patient_orientation=("L", "F"),
+        series_description="liverscope overlay (Grad-CAM, outlines)",
+    )
     if ref is not None:
         sc = hd.sc.SCImage.from_ref_dataset(ref, **common)
     else:
@@ -110,7 +120,9 @@ def _capture(hd, im: ReportImage, ref, series_uid: str, number: int, report: Exa
 
 def _num(hd, value: str, meaning: str, number: float, rel: str = "CONTAINS"):
     unit = hd.sr.CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
-    return hd.sr.NumContentItem(name=_concept(value, meaning), value=float(number), unit=unit, relationship_type=rel)
+    return hd.sr.NumContentItem(
+        name=_concept(value, meaning), value=float(number), unit=unit, relationship_type=rel
+    )
 
 
 def _text(hd, concept, value: str, rel: str = "CONTAINS"):
@@ -119,7 +131,9 @@ def _text(hd, concept, value: str, rel: str = "CONTAINS"):
 
 def _probability_items(hd, probs: dict[str, float], endpoints: dict[str, float] | None) -> list:
     items = [_num(hd, f"P-{c}", f"Probability of {c}", p) for c, p in probs.items()]
-    items += [_num(hd, f"P-{_ascii(k)}", f"Probability of {_ascii(k)}", p) for k, p in (endpoints or {}).items()]
+    items += [
+        _num(hd, f"P-{_ascii(k)}", f"Probability of {_ascii(k)}", p) for k, p in (endpoints or {}).items()
+    ]
     return items
 
 
@@ -130,18 +144,37 @@ def _container(hd, name, items: list, rel: str | None = None):
 
 
 def _image_group(hd, im: ReportImage, sc, ref) -> object:
-    items = [_text(hd, _concept("CLASS", "Image class"), im.label or ""), *_probability_items(hd, im.probabilities, im.endpoints)]
+    items = [
+        _text(hd, _concept("CLASS", "Image class"), im.label or ""),
+        *_probability_items(hd, im.probabilities, im.endpoints),
+    ]
     if im.ood_score is not None:
         items.append(_num(hd, "OOD-SCORE", "Out-of-distribution score", im.ood_score))
-    items.append(_text(hd, _concept("OOD-FLAG", "Unlike the training images"), "yes: not assessable" if im.ood else "no"))
+    items.append(
+        _text(
+            hd, _concept("OOD-FLAG", "Unlike the training images"), "yes: not assessable" if im.ood else "no"
+        )
+    )
     if sc is not None:
-        items.append(hd.sr.ImageContentItem(name=hd.sr.CodedConcept("121200", "DCM", "Illustration of ROI"), referenced_sop_class_uid=sc.SOPClassUID,
-                                            referenced_sop_instance_uid=sc.SOPInstanceUID, relationship_type="CONTAINS"))
+        items.append(
+            hd.sr.ImageContentItem(
+                name=hd.sr.CodedConcept("121200", "DCM", "Illustration of ROI"),
+                referenced_sop_class_uid=sc.SOPClassUID,
+                referenced_sop_instance_uid=sc.SOPInstanceUID,
+                relationship_type="CONTAINS",
+            )
+        )
     elif im.overlay_note:
         items.append(_text(hd, _concept("NO-OVERLAY", "Why no overlay"), im.overlay_note))
     if ref is not None:
-        items.append(hd.sr.ImageContentItem(name=hd.sr.CodedConcept("121112", "DCM", "Source of Measurement"), referenced_sop_class_uid=ref.SOPClassUID,
-                                            referenced_sop_instance_uid=ref.SOPInstanceUID, relationship_type="CONTAINS"))
+        items.append(
+            hd.sr.ImageContentItem(
+                name=hd.sr.CodedConcept("121112", "DCM", "Source of Measurement"),
+                referenced_sop_class_uid=ref.SOPClassUID,
+                referenced_sop_instance_uid=ref.SOPInstanceUID,
+                relationship_type="CONTAINS",
+            )
+        )
     return _container(hd, hd.sr.CodedConcept("125007", "DCM", "Measurement Group"), items, "CONTAINS")
 
 
@@ -152,11 +185,25 @@ def _content(hd, report: ExamReport, groups: list):
         _text(hd, hd.sr.CodedConcept("121106", "DCM", "Comment"), report.notice),
         _text(hd, hd.sr.CodedConcept("121071", "DCM", "Finding"), f"Exam result: {result}"),
         *_probability_items(hd, a.probabilities, a.endpoints),
-        _text(hd, _concept("POOLING", "How the images were pooled"), f"{a.agreement()}. Pooled by {a.method}."),
+        _text(
+            hd, _concept("POOLING", "How the images were pooled"), f"{a.agreement()}. Pooled by {a.method}."
+        ),
         _text(hd, hd.sr.CodedConcept("111001", "DCM", "Algorithm Name"), f"liverscope {card.architecture}"),
-        _text(hd, hd.sr.CodedConcept("111003", "DCM", "Algorithm Version"), f"{__version__} (model id {card.model_id}, run {card.run})"),
-        _text(hd, _concept("TRAINED-ON", "Training data"), card.trained_on + "".join(" " + n for n in card.notices)),
-        _text(hd, _concept("FIGURES", "Held-out figures"), f"{card.figures_source}: " + ("; ".join(card.figures) or "none")),
+        _text(
+            hd,
+            hd.sr.CodedConcept("111003", "DCM", "Algorithm Version"),
+            f"{__version__} (model id {card.model_id}, run {card.run})",
+        ),
+        _text(
+            hd,
+            _concept("TRAINED-ON", "Training data"),
+            card.trained_on + "".join(" " + n for n in card.notices),
+        ),
+        _text(
+            hd,
+            _concept("FIGURES", "Held-out figures"),
+            f"{card.figures_source}: " + ("; ".join(card.figures) or "none"),
+        ),
     ]
     if report.review:
         items.append(_text(hd, _concept("REVIEW", "Clinician review"), report.review))
@@ -182,10 +229,16 @@ def write_dicom(report: ExamReport, out_dir: str | Path) -> DicomOutputs:
     out_dir = Path(out_dir)
     refs = [source_header(im) for im in report.images]
     first = next((r for r in refs if r is not None), None)
-    study_uid = first.StudyInstanceUID if first is not None else pydicom.uid.generate_uid(entropy_srcs=["liverscope exam", report.key])
+    study_uid = (
+        first.StudyInstanceUID
+        if first is not None
+        else pydicom.uid.generate_uid(entropy_srcs=["liverscope exam", report.key])
+    )
     if not any(im.overlay_png for im in report.images):
-        raise LiverscopeError(f"exam {report.key}: no image has an overlay to capture: the images' files are gone (the app keeps no uploads) "
-                              "or the run that made the analyses is not at hand (give --run RUN_DIR)")
+        raise LiverscopeError(
+            f"exam {report.key}: no image has an overlay to capture: the images' files are gone (the app keeps no uploads) "
+            "or the run that made the analyses is not at hand (give --run RUN_DIR)"
+        )
     sc_series, stem = hd.UID(), _file_stem(report.key)
     captures, groups, evidence = [], [], []
     for im, ref in zip(report.images, refs):
@@ -195,10 +248,20 @@ def write_dicom(report: ExamReport, out_dir: str | Path) -> DicomOutputs:
             captures.append(_save(sc, out_dir / f"{stem}-sc-{len(captures) + 1}.dcm"))
             evidence.append(sc)
         groups.append(_image_group(hd, im, sc, ref))
-    evidence += [r for r in refs if r is not None]  # a Secondary Capture first: the SR copies patient and study from evidence[0]
-    sr = hd.sr.ComprehensiveSR(evidence=evidence, content=_content(hd, report, groups), series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
-                               sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
-                               series_description="liverscope result")
+    evidence += [
+        r for r in refs if r is not None
+    ]  # a Secondary Capture first: the SR copies patient and study from evidence[0]
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=_content(hd, report, groups),
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description="liverscope result",
+    )
     referenced = [r.SOPInstanceUID for r in refs if r is not None]
     return DicomOutputs(_save(sr, out_dir / f"{stem}-sr.dcm"), captures, referenced, str(study_uid))
 

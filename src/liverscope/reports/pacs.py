@@ -57,18 +57,27 @@ class Orthanc:
         req = urllib.request.Request(self.url + path, data=data, method="POST" if data is not None else "GET")
         if data is not None:
             req.add_header("Content-Type", content_type)
-        user, password = os.environ.get("LIVERSCOPE_ORTHANC_USER"), os.environ.get("LIVERSCOPE_ORTHANC_PASSWORD")
+        user, password = (
+            os.environ.get("LIVERSCOPE_ORTHANC_USER"),
+            os.environ.get("LIVERSCOPE_ORTHANC_PASSWORD"),
+        )
         if user:
-            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode())
+            req.add_header(
+                "Authorization", "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.read()
         except urllib.error.HTTPError as exc:
-            raise LiverscopeError(f"Orthanc at {self.url} answered {exc.code} {exc.reason} to {path} "
-                                  "(check the study ID, and LIVERSCOPE_ORTHANC_USER/PASSWORD if the server asks for a login)") from None
+            raise LiverscopeError(
+                f"Orthanc at {self.url} answered {exc.code} {exc.reason} to {path} "
+                "(check the study ID, and LIVERSCOPE_ORTHANC_USER/PASSWORD if the server asks for a login)"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise LiverscopeError(f"cannot reach Orthanc at {self.url} ({getattr(exc, 'reason', exc)}): is it running? "
-                                  f"Give its address with --url or ${ENV_URL}") from None
+            raise LiverscopeError(
+                f"cannot reach Orthanc at {self.url} ({getattr(exc, 'reason', exc)}): is it running? "
+                f"Give its address with --url or ${ENV_URL}"
+            ) from None
 
     def get_json(self, path: str):
         return json.loads(self._request(path))
@@ -76,7 +85,11 @@ class Orthanc:
     def study_id(self, study: str) -> str:
         """Orthanc's ID of a study given by its ID or its Study Instance UID."""
         if _UID.match(study):
-            found = [m["ID"] for m in json.loads(self._request("/tools/lookup", study.encode(), "text/plain")) if m.get("Type") == "Study"]
+            found = [
+                m["ID"]
+                for m in json.loads(self._request("/tools/lookup", study.encode(), "text/plain"))
+                if m.get("Type") == "Study"
+            ]
             if not found:
                 raise LiverscopeError(f"Orthanc at {self.url} holds no study with Study Instance UID {study}")
             return found[0]
@@ -89,7 +102,12 @@ class Orthanc:
         for series in self.get_json(f"/studies/{study_id}/series"):
             tags = series.get("MainDicomTags", {})
             if tags.get("Modality") in NOT_IMAGES or tags.get("Manufacturer") == MANUFACTURER:
-                left.append((f"series {series['ID']}", f"not an image series to analyse ({tags.get('Modality')}, {tags.get('Manufacturer') or 'no manufacturer'})"))
+                left.append(
+                    (
+                        f"series {series['ID']}",
+                        f"not an image series to analyse ({tags.get('Modality')}, {tags.get('Manufacturer') or 'no manufacturer'})",
+                    )
+                )
                 continue
             keep += [inst["ID"] for inst in self.get_json(f"/series/{series['ID']}/instances")]
         return keep, left
@@ -109,22 +127,32 @@ def study_exam_key(data: bytes) -> str:
 
     import pydicom
 
-    return pseudonym(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), "StudyInstanceUID") or "study-unknown"
+    return (
+        pseudonym(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), "StudyInstanceUID")
+        or "study-unknown"
+    )
 
 
-def round_trip(predictor, study: str, out_dir: str | Path, url: str | None = None, push: bool = True) -> PacsResult:
+def round_trip(
+    predictor, study: str, out_dir: str | Path, url: str | None = None, push: bool = True
+) -> PacsResult:
     """Pull ``study`` (Orthanc ID or Study Instance UID), analyse its images with ``predictor``, write
     the report's DICOM objects into ``out_dir`` and, with ``push``, store them in Orthanc."""
     server = Orthanc(url)
     study_id = server.study_id(study)
     ids, skipped = server.image_instances(study_id)
     if not ids:
-        raise LiverscopeError(f"study {study} on {server.url} has no image series to analyse" + "".join(f"; {w}: {why}" for w, why in skipped))
+        raise LiverscopeError(
+            f"study {study} on {server.url} has no image series to analyse"
+            + "".join(f"; {w}: {why}" for w, why in skipped)
+        )
     items = [(f"instance {i}", server.instance_file(i)) for i in ids]
     report, unreadable = score_exam(predictor, study_exam_key(items[0][1]), items)
     skipped += unreadable
     if not report.images:
-        raise LiverscopeError(f"no image of study {study} could be read: " + "; ".join(f"{w}: {why}" for w, why in skipped))
+        raise LiverscopeError(
+            f"no image of study {study} could be read: " + "; ".join(f"{w}: {why}" for w, why in skipped)
+        )
     outputs = write_dicom(report, out_dir)
     result = PacsResult(study_id, report, outputs, skipped=skipped)
     if push:

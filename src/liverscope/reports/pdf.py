@@ -65,12 +65,28 @@ class _Page:
         self.pdf.add_page()
         self.width = self.pdf.w - 2 * _MARGIN
 
-    def text(self, text: str, size: float = 9, bold: bool = False, fill: tuple[int, int, int] | None = None, gap: float = 1.5) -> None:
+    def text(
+        self,
+        text: str,
+        size: float = 9,
+        bold: bool = False,
+        fill: tuple[int, int, int] | None = None,
+        gap: float = 1.5,
+    ) -> None:
         self.pdf.set_font(_FONT, "B" if bold else "", size)
         if fill:
             self.pdf.set_fill_color(*fill)
         self.pdf.set_x(_MARGIN)
-        self.pdf.multi_cell(self.width, size * 0.45, text, align="L", fill=bool(fill), padding=1.2 if fill else 0, new_x="LMARGIN", new_y="NEXT")
+        self.pdf.multi_cell(
+            self.width,
+            size * 0.45,
+            text,
+            align="L",
+            fill=bool(fill),
+            padding=1.2 if fill else 0,
+            new_x="LMARGIN",
+            new_y="NEXT",
+        )
         self.pdf.ln(gap)
 
     def pictures(self, images: list[ReportImage], height: float) -> None:
@@ -90,7 +106,11 @@ class _Page:
                 self.pdf.rect(x, y, side, side)
             self.pdf.set_font(_FONT, "", 7)
             self.pdf.set_xy(x, y + side + 0.5)
-            caption = f"{im.index}: {NOT_ASSESSABLE} (flagged)" if im.ood else f"{im.index}: {im.label} {_pct(im.probabilities.get(im.label))}"
+            caption = (
+                f"{im.index}: {NOT_ASSESSABLE} (flagged)"
+                if im.ood
+                else f"{im.index}: {im.label} {_pct(im.probabilities.get(im.label))}"
+            )
             self.pdf.cell(side, 3.5, caption)
         self.pdf.set_y(y0 + rows * (side + 5) + 1)
         extra = len(images) - len(shown)
@@ -113,13 +133,23 @@ class _Page:
 
 def _image_rows(report: ExamReport) -> tuple[list[str], list[list[str]]]:
     labels = report.labels
-    endpoints = list(report.answer.endpoints or next((im.endpoints for im in report.images if im.endpoints), None) or {})
+    endpoints = list(
+        report.answer.endpoints or next((im.endpoints for im in report.images if im.endpoints), None) or {}
+    )
     header = ["image", "class", *labels, *endpoints, "OOD", "flag"]
     rows = []
     for im in report.images[:MAX_ROWS]:
         ep = im.endpoints or {}
-        rows.append([im.name, im.label or "", *[_pct(im.probabilities.get(c)) for c in labels], *[_pct(ep.get(k)) for k in endpoints],
-                     "" if im.ood_score is None else f"{im.ood_score:.3g}", "not assessable" if im.ood else ""])
+        rows.append(
+            [
+                im.name,
+                im.label or "",
+                *[_pct(im.probabilities.get(c)) for c in labels],
+                *[_pct(ep.get(k)) for k in endpoints],
+                "" if im.ood_score is None else f"{im.ood_score:.3g}",
+                "not assessable" if im.ood else "",
+            ]
+        )
     if len(report.images) > MAX_ROWS:
         rows.append([f"... {len(report.images) - MAX_ROWS} more", *[""] * (len(header) - 1)])
     return header, rows
@@ -127,10 +157,13 @@ def _image_rows(report: ExamReport) -> tuple[list[str], list[list[str]]]:
 
 def _card_lines(report: ExamReport) -> list[str]:
     c = report.card
-    lines = [f"Model: {c.architecture}, run {c.run}, model id {c.model_id}; labels {', '.join(c.labels)}; calibration {c.calibration}",
-             c.trained_on, *c.notices,
-             f"Figures on {c.figures_source}: " + ("; ".join(c.figures) if c.figures else "none"),
-             f"Versions: {c.trained_with}; report by liverscope {c.reported_with}"]
+    lines = [
+        f"Model: {c.architecture}, run {c.run}, model id {c.model_id}; labels {', '.join(c.labels)}; calibration {c.calibration}",
+        c.trained_on,
+        *c.notices,
+        f"Figures on {c.figures_source}: " + ("; ".join(c.figures) if c.figures else "none"),
+        f"Versions: {c.trained_with}; report by liverscope {c.reported_with}",
+    ]
     return lines
 
 
@@ -152,12 +185,19 @@ def _draw(report: ExamReport) -> _Page:
     page = _Page(report)
     a = report.answer
     page.text("liverscope — liver ultrasound exam report", size=14, bold=True, gap=0.5)
-    page.text(f"Exam {report.key}   ·   {report.created:%Y-%m-%d %H:%M} UTC   ·   {len(report.images)} image(s)", size=9)
+    page.text(
+        f"Exam {report.key}   ·   {report.created:%Y-%m-%d %H:%M} UTC   ·   {len(report.images)} image(s)",
+        size=9,
+    )
     page.text(report.notice, size=8, fill=(255, 243, 205))
     page.text(_stage_line(report), size=12, bold=True, gap=0.5)
     if a.label is not None:
         probs = ", ".join(f"{c} {_pct(p)}" for c, p in a.probabilities.items())
-        ends = "; endpoints " + ", ".join(f"{k} {_pct(p)}" for k, p in a.endpoints.items()) if a.endpoints else ""
+        ends = (
+            "; endpoints " + ", ".join(f"{k} {_pct(p)}" for k, p in a.endpoints.items())
+            if a.endpoints
+            else ""
+        )
         page.text(f"Probabilities {probs}{ends}", size=9, gap=0.5)
     page.text(f"{a.agreement()}. Pooled by {a.method}.", size=8)
     if report.review:

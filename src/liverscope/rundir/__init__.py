@@ -64,7 +64,6 @@ from liverscope.utils import (
     softmax,
 )
 
-
 # --------------------------------------------------------------------------------------------------
 # the directory and its configuration
 # --------------------------------------------------------------------------------------------------
@@ -90,9 +89,13 @@ def start_run(cfg: RunConfig, resume: bool = False, write: bool = True) -> Path:
     run_dir = cfg.run_dir
     last = last_checkpoint(run_dir)
     if (run_dir / MODEL_META).exists() and last.exists() and not resume:
-        raise LiverscopeError(f"{run_dir} already holds a trained run; choose another --name, or --resume to continue it")
+        raise LiverscopeError(
+            f"{run_dir} already holds a trained run; choose another --name, or --resume to continue it"
+        )
     if resume and not last.exists():
-        raise LiverscopeError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/{LAST_CKPT}); start without --resume")
+        raise LiverscopeError(
+            f"{run_dir}: nothing to resume (no {CHECKPOINTS}/{LAST_CKPT}); start without --resume"
+        )
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, cfg)
@@ -143,7 +146,9 @@ def load_weights(path: str | Path) -> dict:
     return load_file(str(path))
 
 
-def save_model(run_dir: str | Path, model, class_names: Sequence[str], pp: Preprocessing, extra: dict | None = None) -> None:
+def save_model(
+    run_dir: str | Path, model, class_names: Sequence[str], pp: Preprocessing, extra: dict | None = None
+) -> None:
     """``model.safetensors`` (weights only, never pickled) + ``model.json`` (everything to rebuild it)."""
     run_dir = Path(run_dir)
     save_weights(run_dir / MODEL_WEIGHTS, model)
@@ -164,7 +169,9 @@ def require_model(run_dir: str | Path) -> Path:
     """The ``model.json`` of a trained run, or a clear error naming the folder."""
     path = Path(run_dir) / MODEL_META
     if not path.exists():
-        raise LiverscopeError(f"{run_dir}: no {MODEL_META} — train first (liverscope train) or check the run directory")
+        raise LiverscopeError(
+            f"{run_dir}: no {MODEL_META} — train first (liverscope train) or check the run directory"
+        )
     return path
 
 
@@ -191,7 +198,9 @@ def load_model(run_dir: str | Path):
     run_dir = Path(run_dir)
     weights_path = run_dir / MODEL_WEIGHTS
     if not (run_dir / MODEL_META).exists() or not weights_path.exists():
-        raise LiverscopeError(f"{run_dir}: no {MODEL_META}/{MODEL_WEIGHTS} — train first (liverscope train) or check the run directory")
+        raise LiverscopeError(
+            f"{run_dir}: no {MODEL_META}/{MODEL_WEIGHTS} — train first (liverscope train) or check the run directory"
+        )
     meta = read_model_meta(run_dir)
     model = model_from_arch(meta["architecture"])
     model.load_state_dict(load_weights(weights_path))
@@ -243,7 +252,12 @@ def onnx_state(run_dir: str | Path) -> tuple[Path, str]:
     except (OSError, ValueError):
         return path, "stale"
     weights = run_dir / MODEL_WEIGHTS
-    if not info or not weights.exists() or info.get("weights_sha256") != file_sha256(weights) or info.get("onnx_sha256") != file_sha256(path):
+    if (
+        not info
+        or not weights.exists()
+        or info.get("weights_sha256") != file_sha256(weights)
+        or info.get("onnx_sha256") != file_sha256(path)
+    ):
         return path, "stale"
     if "features" not in (info.get("outputs") or []):
         return path, "stale"
@@ -262,7 +276,11 @@ def onnx_int8_state(run_dir: str | Path) -> tuple[Path, str]:
         info = read_json(run_dir / MODEL_META).get("onnx_int8") or {}
     except (OSError, ValueError):
         return path, "stale"
-    if state != "current" or info.get("fp32_onnx_sha256") != file_sha256(fp32) or info.get("onnx_sha256") != file_sha256(path):
+    if (
+        state != "current"
+        or info.get("fp32_onnx_sha256") != file_sha256(fp32)
+        or info.get("onnx_sha256") != file_sha256(path)
+    ):
         return path, "stale"
     return path, "current"
 
@@ -298,8 +316,10 @@ def load_ood(run_dir: str | Path, meta: dict | None = None) -> dict | None:
     try:
         arrays = load_file(str(path))
     except Exception as exc:
-        raise LiverscopeError(f"{path}: cannot read the out-of-distribution statistics that {MODEL_META} records ({type(exc).__name__}); "
-                              f"copy the whole run directory, or delete the \"ood\" entry of {run_dir / MODEL_META} to predict without the flag") from None
+        raise LiverscopeError(
+            f"{path}: cannot read the out-of-distribution statistics that {MODEL_META} records ({type(exc).__name__}); "
+            f'copy the whole run directory, or delete the "ood" entry of {run_dir / MODEL_META} to predict without the flag'
+        ) from None
     return dict(info, **arrays)
 
 
@@ -308,7 +328,9 @@ def load_ood(run_dir: str | Path, meta: dict | None = None) -> dict | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def write_split(path: str | Path, samples: Sequence[Sample], assignment: Sequence[str], folds: Sequence[int] | None = None) -> Path:
+def write_split(
+    path: str | Path, samples: Sequence[Sample], assignment: Sequence[str], folds: Sequence[int] | None = None
+) -> Path:
     """``split.csv``: one row per image with its split (and fold, for a cv run)."""
     header = ["path", "label", "split", *(["fold"] if folds is not None else []), "group", "source", "sha256"]
     rows = []
@@ -321,7 +343,10 @@ def write_split(path: str | Path, samples: Sequence[Sample], assignment: Sequenc
 def read_split(path: str | Path) -> tuple[list[Sample], np.ndarray, np.ndarray | None]:
     """``(samples, split per sample, fold per sample or None)`` of a ``split.csv``."""
     rows = read_csv_rows(path)
-    samples = [Sample(Path(r["path"]), r["label"], r["group"] or None, r["source"] or None, r["sha256"] or None) for r in rows]
+    samples = [
+        Sample(Path(r["path"]), r["label"], r["group"] or None, r["source"] or None, r["sha256"] or None)
+        for r in rows
+    ]
     folds = np.array([int(r["fold"]) for r in rows], dtype=int) if rows and "fold" in rows[0] else None
     return samples, np.array([r["split"] for r in rows]), folds
 
@@ -332,21 +357,43 @@ def write_skipped(run_dir: str | Path, skipped: Sequence[tuple[str, str]]) -> Pa
 
 
 def write_predictions(
-    path: str | Path, samples: Sequence[Sample], logits: np.ndarray, class_names: Sequence[str], temperature: float = 1.0,
-    ood: tuple[np.ndarray, float] | None = None, precision: str | None = None,
+    path: str | Path,
+    samples: Sequence[Sample],
+    logits: np.ndarray,
+    class_names: Sequence[str],
+    temperature: float = 1.0,
+    ood: tuple[np.ndarray, float] | None = None,
+    precision: str | None = None,
 ) -> Path:
     """A predictions CSV: path, label, pred, source, group, ``prob_*`` (at ``temperature``), ``logit_*``,
     with ``ood = (scores, threshold)`` the out-of-distribution ``ood_score`` and flag ``ood``, and with
     ``precision`` (what the logits were computed in: ``fp32``, ``bf16``) a ``precision`` column."""
     probs = softmax(logits, temperature)
-    header = ["path", "label", "pred", "source", "group", *[f"prob_{c}" for c in class_names], *[f"logit_{c}" for c in class_names]]
+    header = [
+        "path",
+        "label",
+        "pred",
+        "source",
+        "group",
+        *[f"prob_{c}" for c in class_names],
+        *[f"logit_{c}" for c in class_names],
+    ]
     scores = [None] * len(samples) if ood is None else [float(v) for v in ood[0]]
     if ood is not None:
         header += ["ood_score", "ood"]
     header += ["precision"] if precision else []
     rows = (
-        [str(s.path), s.label, class_names[int(np.argmax(pr))], s.source or "", s.group or "", *[f"{v:.6f}" for v in pr], *[f"{v:.6f}" for v in lg],
-         *([] if sc is None else [f"{sc:.6g}", str(sc > ood[1]).lower()]), *([precision] if precision else [])]
+        [
+            str(s.path),
+            s.label,
+            class_names[int(np.argmax(pr))],
+            s.source or "",
+            s.group or "",
+            *[f"{v:.6f}" for v in pr],
+            *[f"{v:.6f}" for v in lg],
+            *([] if sc is None else [f"{sc:.6g}", str(sc > ood[1]).lower()]),
+            *([precision] if precision else []),
+        ]
         for s, lg, pr, sc in zip(samples, logits, probs, scores)
     )
     return atomic_write_csv(path, header, rows)
@@ -376,7 +423,9 @@ class Predictions:
 
     def samples(self) -> list[Sample]:
         """The rows as :class:`Sample` (path, label, source)."""
-        return [Sample(Path(p), self.class_names[t], None, s) for p, t, s in zip(self.paths, self.y, self.sources)]
+        return [
+            Sample(Path(p), self.class_names[t], None, s) for p, t, s in zip(self.paths, self.y, self.sources)
+        ]
 
 
 def read_predictions(path: str | Path, class_names: Sequence[str] | None = None) -> Predictions:
@@ -390,7 +439,11 @@ def read_predictions(path: str | Path, class_names: Sequence[str] | None = None)
         LiverscopeError: a label that is not among ``class_names``, or a missing probability column.
     """
     rows = read_csv_rows(path)
-    names = list(class_names) if class_names else [c[len("prob_"):] for c in (rows[0] if rows else {}) if c.startswith("prob_")]
+    names = (
+        list(class_names)
+        if class_names
+        else [c[len("prob_") :] for c in (rows[0] if rows else {}) if c.startswith("prob_")]
+    )
     index = {c: i for i, c in enumerate(names)}
     unknown = sorted({r["label"] for r in rows} - set(index))
     if unknown:
@@ -400,10 +453,14 @@ def read_predictions(path: str | Path, class_names: Sequence[str] | None = None)
         raise LiverscopeError(f"{path}: columns {missing} missing")
     k = len(names)
     y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
-    probs = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows], dtype=np.float64).reshape(len(rows), k)
+    probs = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows], dtype=np.float64).reshape(
+        len(rows), k
+    )
     logits = None
     if rows and all(f"logit_{c}" in rows[0] for c in names):
-        logits = np.array([[float(r[f"logit_{c}"]) for c in names] for r in rows], dtype=np.float64).reshape(len(rows), k)
+        logits = np.array([[float(r[f"logit_{c}"]) for c in names] for r in rows], dtype=np.float64).reshape(
+            len(rows), k
+        )
     sources = [r.get("source") or "unknown" for r in rows]
     ood = np.array([r["ood"] == "true" for r in rows], dtype=bool) if rows and "ood" in rows[0] else None
     return Predictions([r["path"] for r in rows], y, probs, logits, sources, names, ood)
@@ -463,7 +520,9 @@ def fold_scores(run_dir: str | Path, metric: str) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def write_gallery(run_dir: str | Path, tiles: Sequence[tuple[str, np.ndarray, str]], flagged: Sequence[str] | None = None) -> Path:
+def write_gallery(
+    run_dir: str | Path, tiles: Sequence[tuple[str, np.ndarray, str]], flagged: Sequence[str] | None = None
+) -> Path:
     """Replace ``cam_gallery/`` with ``tiles`` (file name, RGB image, caption), their ``captions.json``
     and ``flagged.json``: the file names of the tiles whose image is flagged as unlike the training data
     (``flagged=None``: the run has no out-of-distribution detector, and no ``flagged.json`` is written)."""
@@ -492,4 +551,7 @@ def read_gallery(folder: Path) -> list[tuple[Path, str, bool | None]]:
         flagged = set(read_json(folder / GALLERY_FLAGGED)) if (folder / GALLERY_FLAGGED).exists() else None
     except Exception:
         pass
-    return [(p, captions.get(p.name) or p.stem.replace("_", " "), None if flagged is None else p.name in flagged) for p in images]
+    return [
+        (p, captions.get(p.name) or p.stem.replace("_", " "), None if flagged is None else p.name in flagged)
+        for p in images
+    ]

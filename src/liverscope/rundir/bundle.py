@@ -121,7 +121,15 @@ class RunData:
                 rows = attempt(str(fold_hist.relative_to(run_dir)), read_csv_rows)
                 if rows:
                     data.history[fold_hist.parent.name] = rows
-        data.class_names = [str(c) for c in (data.model.get("labels") or data.metrics.get("class_names") or data.test.get("class_names") or [])]
+        data.class_names = [
+            str(c)
+            for c in (
+                data.model.get("labels")
+                or data.metrics.get("class_names")
+                or data.test.get("class_names")
+                or []
+            )
+        ]
         data.predictions = attempt(PREDICTIONS_TEST, data._read_predictions)
         data.gallery = attempt(GALLERY, read_gallery) or []
         return data

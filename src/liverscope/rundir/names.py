@@ -68,7 +68,16 @@ NNUNET_LOG = "log.txt"
 NNUNET_CASES = "cases.csv"  # which raw case is which image, and its split (ours, beside nnU-Net's files)
 
 #: What ``liverscope train`` and ``demo`` list after training (those that exist).
-SUMMARY_FILES = (MODEL_WEIGHTS, MODEL_META, METRICS, HISTORY, CURVES_PNG, CONFUSION_PNG, PREDICTIONS_TEST, REPORT_HTML)
+SUMMARY_FILES = (
+    MODEL_WEIGHTS,
+    MODEL_META,
+    METRICS,
+    HISTORY,
+    CURVES_PNG,
+    CONFUSION_PNG,
+    PREDICTIONS_TEST,
+    REPORT_HTML,
+)
 #: The files whose presence makes a folder a run directory (a report is refused elsewhere).
 RUN_FILES = (METRICS, MODEL_META, HISTORY, SPLIT, AUDIT_JSON, PREDICTIONS_TEST, CV_FOLDS)
 
@@ -81,8 +90,10 @@ def check_target(target: str) -> str:
         UsageError: any other name (the command line exits with code 2).
     """
     if not isinstance(target, str) or not TARGET_NAME.fullmatch(target):
-        raise UsageError(f"segmentation target {target!r}: expected a lower-case name such as lesion or liver "
-                         "(letters a-z, digits, '_' and '-', starting with a letter)")
+        raise UsageError(
+            f"segmentation target {target!r}: expected a lower-case name such as lesion or liver "
+            "(letters a-z, digits, '_' and '-', starting with a letter)"
+        )
     return target
 
 
@@ -108,9 +119,14 @@ def segmenter_files(target: str = SEGMENTER_TARGET) -> dict[str, str]:
         stem, dot, ext = name.partition(".")
         return f"{stem}{s}{dot}{ext}"
 
-    return {"weights": tagged(SEGMENTER_WEIGHTS), "meta": tagged(SEGMENTER_META), "split": tagged(SEGMENTER_SPLIT),
-            "checkpoints": SEGMENTER_CHECKPOINTS.replace("_", f"{s}_", 1), "pseudo": f"{PSEUDO_MASKS}{s}",
-            "metrics": SEGMENTATION_KEY + (f"_{target}" if s else "")}
+    return {
+        "weights": tagged(SEGMENTER_WEIGHTS),
+        "meta": tagged(SEGMENTER_META),
+        "split": tagged(SEGMENTER_SPLIT),
+        "checkpoints": SEGMENTER_CHECKPOINTS.replace("_", f"{s}_", 1),
+        "pseudo": f"{PSEUDO_MASKS}{s}",
+        "metrics": SEGMENTATION_KEY + (f"_{target}" if s else ""),
+    }
 
 
 __all__ = [k for k in dir() if k.isupper()] + ["check_target", "segmenter_files"]

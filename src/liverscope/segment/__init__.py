@@ -39,11 +39,24 @@ from __future__ import annotations
 
 from liverscope.segment.commands import predicted_regions, segmentation_split, train_segmenter
 from liverscope.segment.config import SegmentConfig, load_segment_config, segment_config
-from liverscope.segment.images import LoadedImage, find_mask, list_images, load_images, load_masks_for, read_mask
+from liverscope.segment.images import (
+    LoadedImage,
+    find_mask,
+    list_images,
+    load_images,
+    load_masks_for,
+    read_mask,
+)
 from liverscope.segment.mask_files import score_mask_dirs, write_segmentations
 from liverscope.segment.outline import draw_outline
-from liverscope.segment.pseudo import PseudoMasks, PseudoOptions, pseudo_masks, run_cams, score_pseudo_masks
-from liverscope.segment.pseudo import write_pseudo_masks
+from liverscope.segment.pseudo import (
+    PseudoMasks,
+    PseudoOptions,
+    pseudo_masks,
+    run_cams,
+    score_pseudo_masks,
+    write_pseudo_masks,
+)
 from liverscope.segment.rules import (
     IMAGE_RULES,
     RULES,
@@ -72,11 +85,50 @@ from liverscope.segment.unet import (
 )
 
 __all__ = [
-    "RULES", "IMAGE_RULES", "LOSSES", "DEFAULT_CHANNELS", "normalise_map", "threshold_mask", "otsu_mask", "top_fraction_mask", "grabcut_mask",
-    "pseudo_mask", "confident_targets", "describe_rule", "weighted_segmentation_loss",
-    "PseudoMasks", "run_cams", "pseudo_masks", "score_pseudo_masks", "write_pseudo_masks", "LoadedImage", "load_images", "list_images",
-    "read_mask", "find_mask", "load_masks_for", "build_unet", "unet_arch", "to_unet_input", "fit_unet", "LitSegmenter", "segmentation_loss", "predict_masks_at", "Segmenter",
-    "load_segmenter", "save_segmenter", "predict_mask", "predict_proba", "segmentation_split",
-    "train_segmenter", "write_segmentations", "score_mask_dirs", "draw_outline", "predicted_regions",
-    "SegmentConfig", "load_segment_config", "segment_config", "PseudoOptions",
+    "RULES",
+    "IMAGE_RULES",
+    "LOSSES",
+    "DEFAULT_CHANNELS",
+    "normalise_map",
+    "threshold_mask",
+    "otsu_mask",
+    "top_fraction_mask",
+    "grabcut_mask",
+    "pseudo_mask",
+    "confident_targets",
+    "describe_rule",
+    "weighted_segmentation_loss",
+    "PseudoMasks",
+    "run_cams",
+    "pseudo_masks",
+    "score_pseudo_masks",
+    "write_pseudo_masks",
+    "LoadedImage",
+    "load_images",
+    "list_images",
+    "read_mask",
+    "find_mask",
+    "load_masks_for",
+    "build_unet",
+    "unet_arch",
+    "to_unet_input",
+    "fit_unet",
+    "LitSegmenter",
+    "segmentation_loss",
+    "predict_masks_at",
+    "Segmenter",
+    "load_segmenter",
+    "save_segmenter",
+    "predict_mask",
+    "predict_proba",
+    "segmentation_split",
+    "train_segmenter",
+    "write_segmentations",
+    "score_mask_dirs",
+    "draw_outline",
+    "predicted_regions",
+    "SegmentConfig",
+    "load_segment_config",
+    "segment_config",
+    "PseudoOptions",
 ]

@@ -45,7 +45,9 @@ SEG_SPLIT = segmenter_files()["split"]
 SEGMENTER_CHECKPOINTS = segmenter_files()["checkpoints"]
 
 
-def segmentation_split(items: Sequence[LoadedImage], *, test_frac: float = 0.2, val_frac: float = 0.2, seed: int = 0) -> np.ndarray:
+def segmentation_split(
+    items: Sequence[LoadedImage], *, test_frac: float = 0.2, val_frac: float = 0.2, seed: int = 0
+) -> np.ndarray:
     """Grouped, stratified train / val / test split: exact and near-duplicate images (audit) stay together."""
     samples = [Sample(it.path, it.label or "all") for it in items]
     groups = duplicate_group_ids(samples, annotate=False)
@@ -65,11 +67,15 @@ def _segmenter_inputs(items: list[LoadedImage], pp, seg_pp, roots: list[Path]) -
         return items
     again, _ = load_images([it.path for it in items], seg_pp, roots=roots, labels=[it.label for it in items])
     if [it.path for it in again] != [it.path for it in items]:
-        raise LiverscopeError(f"images changed while being read ({len(items)} read once, {len(again)} again); run the command again")
+        raise LiverscopeError(
+            f"images changed while being read ({len(items)} read once, {len(again)} again); run the command again"
+        )
     return again
 
 
-def predicted_regions(run_dir: str | Path, target: str, items: list[LoadedImage], pp, roots: Sequence[Path]) -> list[np.ndarray]:
+def predicted_regions(
+    run_dir: str | Path, target: str, items: list[LoadedImage], pp, roots: Sequence[Path]
+) -> list[np.ndarray]:
     """Masks of the run's ``target`` segmenter (e.g. ``liver``) on ``items`` — model inputs made with
     ``pp`` — on the items' grid (probability > 0.5). A segmenter that took its inputs at another size or
     crop reads the same files again with its own preprocessing; its masks are mapped back through the
@@ -80,15 +86,20 @@ def predicted_regions(run_dir: str | Path, target: str, items: list[LoadedImage]
     """
     seg = load_segmenter(run_dir, target=target)
     if seg is None:
-        raise LiverscopeError(f"{run_dir}: no '{target}' segmenter to restrict the CAMs to; train one first with "
-                              f"`liverscope segment train {run_dir} DATA --masks MASK_DIR --target {target}`")
+        raise LiverscopeError(
+            f"{run_dir}: no '{target}' segmenter to restrict the CAMs to; train one first with "
+            f"`liverscope segment train {run_dir} DATA --masks MASK_DIR --target {target}`"
+        )
     own = seg.preprocessing
     seg_pp = pp if own is None else dataclasses.replace(own, mean=pp.mean, std=pp.std)
     seg_items = _segmenter_inputs(items, pp, seg_pp, list(roots))
     probs = predict_proba(seg, [it.input for it in seg_items])
     if seg_items is items:
         return [p > 0.5 for p in probs]
-    return [to_model(to_original(p > 0.5, s.shape, s.box), it.box, pp.size) for p, s, it in zip(probs, seg_items, items)]
+    return [
+        to_model(to_original(p > 0.5, s.shape, s.box), it.box, pp.size)
+        for p, s, it in zip(probs, seg_items, items)
+    ]
 
 
 def _setup(run_dir: str | Path, data: str | Path, cfg: SegmentConfig, resume: bool) -> SegmentSetup:

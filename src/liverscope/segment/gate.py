@@ -45,12 +45,19 @@ def apply_gate(prob: np.ndarray, gate: dict | None, score: float | None = None) 
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     region = labels == largest
-    if stats[largest, cv2.CC_STAT_AREA] < float(gate["min_area"]) * mask.size or float(np.asarray(prob)[region].max()) < float(gate["min_peak"]):
+    if stats[largest, cv2.CC_STAT_AREA] < float(gate["min_area"]) * mask.size or float(
+        np.asarray(prob)[region].max()
+    ) < float(gate["min_peak"]):
         return np.zeros_like(mask), True
     return region, False
 
 
-def gate_score(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], gate: dict | None, scores: Sequence[float] | None = None) -> dict:
+def gate_score(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    gate: dict | None,
+    scores: Sequence[float] | None = None,
+) -> dict:
     """Mean Dice over the images with a lesion, share of lesion-free images left empty, and their mean."""
     scores = [None] * len(probs) if scores is None else list(scores)
     masks = [apply_gate(p, gate, s)[0] for p, s in zip(probs, scores)]
@@ -61,7 +68,9 @@ def gate_score(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], gate: 
     return {"dice": lesion_dice, "empty_left_empty": clear, "score": float(np.nanmean([lesion_dice, clear]))}
 
 
-def fit_gate(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], scores: Sequence[float] | None = None) -> dict | None:
+def fit_gate(
+    probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], scores: Sequence[float] | None = None
+) -> dict | None:
     """The gate (``{"min_area", "min_peak"[, "min_score"], "fitted_on", "validation"}``) whose
     :func:`gate_score` is best on these images (the validation split), the first of equals (the mildest);
     ``min_score`` is searched only with the image-level head's ``scores``. ``None`` when no gate scores
@@ -72,7 +81,11 @@ def fit_gate(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], scores: 
     for min_score in MIN_SCORES if has_scores else (None,):
         for area in MIN_AREAS:
             for peak in MIN_PEAKS:
-                gate = {"min_area": area, "min_peak": peak, **({} if min_score is None else {"min_score": min_score})}
+                gate = {
+                    "min_area": area,
+                    "min_peak": peak,
+                    **({} if min_score is None else {"min_score": min_score}),
+                }
                 score = gate_score(probs, truths, gate, scores if has_scores else None)["score"]
                 if score > best_score + 1e-9:
                     best, best_score = gate, score
@@ -80,7 +93,11 @@ def fit_gate(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], scores: 
     if not best_score > raw["score"]:
         return None
     fitted = gate_score(probs, truths, best, scores if has_scores else None)
-    return {**best, "fitted_on": f"{len(truths)} validation images", "validation": {"gated": fitted, "raw": raw}}
+    return {
+        **best,
+        "fitted_on": f"{len(truths)} validation images",
+        "validation": {"gated": fitted, "raw": raw},
+    }
 
 
 __all__ = ["MIN_AREAS", "MIN_PEAKS", "MIN_SCORES", "apply_gate", "gate_score", "fit_gate"]

@@ -46,8 +46,14 @@ def _relative(path: Path, roots: Sequence[Path]) -> Path:
     return Path(path.name)
 
 
-def load_images(files: Sequence[Path], pp: Preprocessing, roots: Sequence[Path] = (), labels: Sequence[str] | None = None,
-                keep_original: bool = False, workers: int = 2) -> tuple[list[LoadedImage], list[tuple[str, str]]]:
+def load_images(
+    files: Sequence[Path],
+    pp: Preprocessing,
+    roots: Sequence[Path] = (),
+    labels: Sequence[str] | None = None,
+    keep_original: bool = False,
+    workers: int = 2,
+) -> tuple[list[LoadedImage], list[tuple[str, str]]]:
     """Decode and preprocess files in threads; unreadable ones are returned as ``(path, reason)``.
 
     Args:
@@ -66,7 +72,14 @@ def load_images(files: Sequence[Path], pp: Preprocessing, roots: Sequence[Path] 
             img = decode_image(read_bytes(p), p)
         except ImageReadError as exc:
             return (str(p), exc.reason)
-        item = LoadedImage(p, _relative(p, roots), preprocess_array(img, pp), img.shape[:2], crop_box(img, pp), labels[i] if labels else None)
+        item = LoadedImage(
+            p,
+            _relative(p, roots),
+            preprocess_array(img, pp),
+            img.shape[:2],
+            crop_box(img, pp),
+            labels[i] if labels else None,
+        )
         if keep_original:
             item.extra["original"] = img
         return item
@@ -98,14 +111,21 @@ def find_mask(mask_dir: str | Path, rel: str | Path) -> Path | None:
     stems = [rel.stem] + ([rel.stem[: -len("_mask")]] if rel.stem.endswith("_mask") else [])
     candidates = [mask_dir / rel, mask_dir / rel.with_suffix(".png")]
     for stem in stems:
-        candidates += [mask_dir / rel.parent / f"{stem}{rel.suffix}", mask_dir / rel.parent / f"{stem}.png", mask_dir / f"{stem}{rel.suffix}", mask_dir / f"{stem}.png"]
+        candidates += [
+            mask_dir / rel.parent / f"{stem}{rel.suffix}",
+            mask_dir / rel.parent / f"{stem}.png",
+            mask_dir / f"{stem}{rel.suffix}",
+            mask_dir / f"{stem}.png",
+        ]
     for c in candidates:
         if c.is_file():
             return c
     return None
 
 
-def load_masks_for(items: Sequence[LoadedImage], mask_dir: Path, size: int) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+def load_masks_for(
+    items: Sequence[LoadedImage], mask_dir: Path, size: int
+) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
     """Model-grid masks of ``items`` from ``mask_dir`` (``None`` where missing / unreadable).
 
     Returns:
@@ -128,4 +148,12 @@ def load_masks_for(items: Sequence[LoadedImage], mask_dir: Path, size: int) -> t
     return out, problems
 
 
-__all__ = ["MASK_LEVEL", "LoadedImage", "load_images", "list_images", "read_mask", "find_mask", "load_masks_for"]
+__all__ = [
+    "MASK_LEVEL",
+    "LoadedImage",
+    "load_images",
+    "list_images",
+    "read_mask",
+    "find_mask",
+    "load_masks_for",
+]

@@ -25,7 +25,9 @@ def mask_file(stem: str | Path, target: str = DEFAULT_TARGET) -> str:
     return f"{stem}_mask.png" if target == DEFAULT_TARGET else f"{stem}_{target}_mask.png"
 
 
-def write_segmentations(run_dir: str | Path, paths: Sequence[str | Path], out: str | Path, chunk: int = 32) -> dict:
+def write_segmentations(
+    run_dir: str | Path, paths: Sequence[str | Path], out: str | Path, chunk: int = 32
+) -> dict:
     """Every segmenter's masks (:func:`mask_file`, 0/255) and one outline overlay (``NAME_outline.png``,
     each target's contour in its colour: :func:`~liverscope.segment.unet.target_colours`) at each image's
     original size, mirroring folder-relative paths under ``out``. Each segmenter sees the images
@@ -40,14 +42,18 @@ def write_segmentations(run_dir: str | Path, paths: Sequence[str | Path], out: s
     run_dir, out = Path(run_dir), Path(out)
     segs = segmenters(run_dir)
     if not segs:
-        raise LiverscopeError(f"{run_dir}: no segmenter — train one first (liverscope segment train {run_dir} DATA)")
+        raise LiverscopeError(
+            f"{run_dir}: no segmenter — train one first (liverscope segment train {run_dir} DATA)"
+        )
     colours = target_colours(list(segs))
     pps = {t: s.preprocessing or read_preprocessing(run_dir) for t, s in segs.items()}
     first = next(iter(pps.values()))
     roots = [Path(p) for p in paths if Path(p).is_dir()]
     files = list_images(paths)
     written, skipped, suppressed = 0, [], {}
-    for start in progress(range(0, len(files), chunk), f"masks ({len(files)} images, {chunk} a step, {len(segs)} target(s))"):
+    for start in progress(
+        range(0, len(files), chunk), f"masks ({len(files)} images, {chunk} a step, {len(segs)} target(s))"
+    ):
         items, bad = load_images(files[start : start + chunk], first, roots=roots, keep_original=True)
         skipped += bad
         if not items:
@@ -72,8 +78,14 @@ def write_segmentations(run_dir: str | Path, paths: Sequence[str | Path], out: s
             written += 1
     if skipped:
         write_skipped(out, skipped)
-    return {"written": written, "out": out, "targets": list(segs), "colours": {t: c[1] for t, c in colours.items()}, "skipped": skipped,
-            "suppressed": suppressed}
+    return {
+        "written": written,
+        "out": out,
+        "targets": list(segs),
+        "colours": {t: c[1] for t, c in colours.items()},
+        "skipped": skipped,
+        "suppressed": suppressed,
+    }
 
 
 def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path | None = None) -> dict:
@@ -89,8 +101,14 @@ def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path 
     for d in (pred_dir, true_dir):
         if not d.is_dir():
             raise LiverscopeError(f"{d}: not a folder of masks")
-    files = sorted(p for p in pred_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                   and not p.stem.endswith("_outline"))
+    files = sorted(
+        p
+        for p in pred_dir.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not p.name.startswith(".")
+        and not p.stem.endswith("_outline")
+    )
     rows, skipped = [], []
     for p in files:
         rel = p.relative_to(pred_dir)
@@ -106,9 +124,16 @@ def score_mask_dirs(pred_dir: str | Path, true_dir: str | Path, out: str | Path 
             continue
         rows.append({"name": str(rel), "true": str(t), "iou": iou(pm, tm), "dice": dice(pm, tm)})
     if not rows:
-        raise LiverscopeError(f"no predicted mask in {pred_dir} has a counterpart in {true_dir} (same relative path or file name)")
-    result = {"n": len(rows), "mean_iou": float(np.mean([r["iou"] for r in rows])), "mean_dice": float(np.mean([r["dice"] for r in rows])),
-              "images": rows, "skipped": skipped}
+        raise LiverscopeError(
+            f"no predicted mask in {pred_dir} has a counterpart in {true_dir} (same relative path or file name)"
+        )
+    result = {
+        "n": len(rows),
+        "mean_iou": float(np.mean([r["iou"] for r in rows])),
+        "mean_dice": float(np.mean([r["dice"] for r in rows])),
+        "images": rows,
+        "skipped": skipped,
+    }
     if out is not None:
         columns = ["name", "true", "iou", "dice"]
         atomic_write_csv(out, columns, ([r[c] for c in columns] for r in rows))

@@ -44,8 +44,22 @@ import torch
 
 from liverscope.data.io import to_grey
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.rundir import NNUNET_CASES, NNUNET_CONFIG, NNUNET_LOG, NNUNET_TRAINED, NNUNET_WEIGHTS, load_weights
-from liverscope.utils import atomic_write_csv, atomic_write_json, atomic_write_png, import_optional, log, read_json
+from liverscope.rundir import (
+    NNUNET_CASES,
+    NNUNET_CONFIG,
+    NNUNET_LOG,
+    NNUNET_TRAINED,
+    NNUNET_WEIGHTS,
+    load_weights,
+)
+from liverscope.utils import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_png,
+    import_optional,
+    log,
+    read_json,
+)
 
 #: ``segment train --engine``: liverscope's own U-Nets (Lightning) or nnU-Net.
 ENGINES = ("liverscope", "nnunet")
@@ -60,7 +74,9 @@ DEFAULT_TRAINER = "nnUNetTrainer"
 #: segmenter's input scaling (x/255 - mean) / std is the identity.
 PIXELS = {"mean": 0.0, "std": 1.0 / 255.0}
 #: The lines of nnU-Net's output that are worth showing while it trains (all of it goes to log.txt).
-_SHOWN = re.compile(r"Epoch \d+|Pseudo dice|train_loss|val_loss|Epoch time|New best|Mean Validation Dice|Traceback|Error")
+_SHOWN = re.compile(
+    r"Epoch \d+|Pseudo dice|train_loss|val_loss|Epoch time|New best|Mean Validation Dice|Traceback|Error"
+)
 
 
 def nnunet_dir(target: str) -> str:
@@ -85,7 +101,9 @@ def check_engine(engine: str, *, confident=None) -> str:
         raise UsageError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
     if engine == "nnunet":
         if confident is not None:
-            raise UsageError("--confident trains on confident pixels only; nnU-Net trains on whole masks: drop --confident or use --engine liverscope")
+            raise UsageError(
+                "--confident trains on confident pixels only; nnU-Net trains on whole masks: drop --confident or use --engine liverscope"
+            )
         import_optional("nnunetv2", "nnunet", "--engine nnunet")
     return engine
 
@@ -99,12 +117,21 @@ def grey_at(image: np.ndarray, size: int) -> np.ndarray:
     """A uint8 image as the grey ``size x size`` picture the segmenter sees (as ``to_unet_input`` makes it)."""
     im = np.asarray(image)
     if im.shape[0] != size or im.shape[1] != size:
-        im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA if min(im.shape[:2]) > size else cv2.INTER_LINEAR)
+        im = cv2.resize(
+            im, (size, size), interpolation=cv2.INTER_AREA if min(im.shape[:2]) > size else cv2.INTER_LINEAR
+        )
     return to_grey(im)
 
 
-def write_raw_dataset(folder: str | Path, images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str], paths: Sequence[str],
-                      label: str, size: int) -> dict:
+def write_raw_dataset(
+    folder: str | Path,
+    images: Sequence[np.ndarray],
+    masks: np.ndarray,
+    split: Sequence[str],
+    paths: Sequence[str],
+    label: str,
+    size: int,
+) -> dict:
     """The segmenter's images and targets as an nnU-Net raw dataset in ``folder`` (``DatasetXXX_Name``).
 
     Train and validation images go to ``imagesTr`` (``case_NNNN_0000.png``, grey) and ``labelsTr``
@@ -116,18 +143,30 @@ def write_raw_dataset(folder: str | Path, images: Sequence[np.ndarray], masks: n
     """
     folder, split = Path(folder), np.asarray(split).astype(str)
     if not (len(images) == len(masks) == len(split) == len(paths)):
-        raise LiverscopeError(f"{len(images)} images, {len(masks)} masks, {len(split)} split labels and {len(paths)} paths: they must match")
+        raise LiverscopeError(
+            f"{len(images)} images, {len(masks)} masks, {len(split)} split labels and {len(paths)} paths: they must match"
+        )
     cases = [f"case_{i:04d}" for i in range(len(images))]
     for case, im, m, s in zip(cases, images, masks, split):
         sub = "Ts" if s == "test" else "Tr"
         atomic_write_png(folder / f"images{sub}" / f"{case}_0000.png", grey_at(im, size))
-        atomic_write_png(folder / f"labels{sub}" / f"{case}.png", cv2.resize(np.asarray(m, np.uint8), (size, size), interpolation=cv2.INTER_NEAREST))
+        atomic_write_png(
+            folder / f"labels{sub}" / f"{case}.png",
+            cv2.resize(np.asarray(m, np.uint8), (size, size), interpolation=cv2.INTER_NEAREST),
+        )
     n_train = int(np.isin(split, ("train", "val")).sum())
-    atomic_write_json(folder / "dataset.json", {
-        "channel_names": {"0": "ultrasound"}, "labels": {"background": 0, label: 1}, "numTraining": n_train, "file_ending": ".png",
-        "overwrite_image_reader_writer": "NaturalImage2DIO", "name": folder.name,
-        "description": f"liverscope segmenter inputs ({size} px, grey) and '{label}' masks; test images in imagesTs",
-    })
+    atomic_write_json(
+        folder / "dataset.json",
+        {
+            "channel_names": {"0": "ultrasound"},
+            "labels": {"background": 0, label: 1},
+            "numTraining": n_train,
+            "file_ending": ".png",
+            "overwrite_image_reader_writer": "NaturalImage2DIO",
+            "name": folder.name,
+            "description": f"liverscope segmenter inputs ({size} px, grey) and '{label}' masks; test images in imagesTs",
+        },
+    )
     atomic_write_csv(folder / NNUNET_CASES, ["case", "path", "split"], zip(cases, paths, split))
     return {"folder": folder, "cases": cases, "splits": nnunet_splits(cases, split)}
 
@@ -135,9 +174,14 @@ def write_raw_dataset(folder: str | Path, images: Sequence[np.ndarray], masks: n
 def nnunet_splits(cases: Sequence[str], split: Sequence[str]) -> list[dict]:
     """nnU-Net's ``splits_final.json``: one fold (fold 0) whose train and val are the run's; test cases are in neither."""
     split = np.asarray(split).astype(str)
-    fold = {"train": [c for c, s in zip(cases, split) if s == "train"], "val": [c for c, s in zip(cases, split) if s == "val"]}
+    fold = {
+        "train": [c for c, s in zip(cases, split) if s == "train"],
+        "val": [c for c, s in zip(cases, split) if s == "val"],
+    }
     if not fold["train"] or not fold["val"]:
-        raise LiverscopeError(f"nnU-Net needs training and validation images: the split has {len(fold['train'])} train and {len(fold['val'])} val")
+        raise LiverscopeError(
+            f"nnU-Net needs training and validation images: the split has {len(fold['train'])} train and {len(fold['val'])} val"
+        )
     return [fold]
 
 
@@ -153,20 +197,37 @@ def write_splits(preprocessed: str | Path, splits: list[dict]) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def short_trainer(base: type, epochs: int | None = None, iterations: int | None = None, val_iterations: int | None = None) -> type:
+def short_trainer(
+    base: type, epochs: int | None = None, iterations: int | None = None, val_iterations: int | None = None
+) -> type:
     """A subclass of nnU-Net trainer ``base`` with fewer epochs and/or iterations per epoch (as nnU-Net's own
     ``nnUNetTrainer_Xepochs`` are); ``base`` when nothing changes."""
     if not (epochs or iterations or val_iterations):
         return base
-    changes = {"num_epochs": epochs, "num_iterations_per_epoch": iterations, "num_val_iterations_per_epoch": val_iterations}
+    changes = {
+        "num_epochs": epochs,
+        "num_iterations_per_epoch": iterations,
+        "num_val_iterations_per_epoch": val_iterations,
+    }
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         base.__init__(self, plans, configuration, fold, dataset_json, device)
         for key, value in changes.items():
             if value:
                 setattr(self, key, int(value))
 
-    name = base.__name__ + "".join(f"_{int(v)}{k}" for k, v in (("epochs", epochs), ("iters", iterations), ("valiters", val_iterations)) if v)
+    name = base.__name__ + "".join(
+        f"_{int(v)}{k}"
+        for k, v in (("epochs", epochs), ("iters", iterations), ("valiters", val_iterations))
+        if v
+    )
     return type(name, (base,), {"__init__": __init__, "__module__": __name__})
 
 
@@ -191,57 +252,97 @@ def unique_tensors(state: dict) -> dict:
 def _history(logging: dict) -> list[dict]:
     """Per epoch: nnU-Net's train and val loss and its pseudo Dice (and moving average) on validation patches."""
     n = min(len(logging.get(k, [])) for k in ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice"))
-    return [{"epoch": i + 1, "loss": float(logging["train_losses"][i]), "val_loss": float(logging["val_losses"][i]),
-             "val_dice": float(logging["mean_fg_dice"][i]), "val_dice_ema": float(logging["ema_fg_dice"][i])} for i in range(n)]
+    return [
+        {
+            "epoch": i + 1,
+            "loss": float(logging["train_losses"][i]),
+            "val_loss": float(logging["val_losses"][i]),
+            "val_dice": float(logging["mean_fg_dice"][i]),
+            "val_dice_ema": float(logging["ema_fg_dice"][i]),
+        }
+        for i in range(n)
+    ]
 
 
 def run_worker(config_path: str) -> None:
     """The child process of :func:`fit_nnunet`: nnU-Net's planning, preprocessing, training and validation
     with the settings of ``config_path`` (JSON); the final weights go to ``weights.safetensors`` and what
     rebuilds the network to ``trained.json`` beside it. The ``nnUNet_*`` folders come from the environment."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+    import nnunetv2
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.run.run_training import maybe_load_checkpoint
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     from safetensors.torch import save_file
 
-    import nnunetv2
-
     cfg = read_json(config_path)
     out, n = Path(config_path).parent, int(cfg["processes"])
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    base = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), cfg["trainer"], "nnunetv2.training.nnUNetTrainer")
+    base = recursive_find_python_class(
+        os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
+        cfg["trainer"],
+        "nnunetv2.training.nnUNetTrainer",
+    )
     if base is None:
         raise SystemExit(f"nnU-Net has no trainer class {cfg['trainer']!r} (nnunetv2.training.nnUNetTrainer)")
-    extract_fingerprints([DATASET_ID], num_processes=n, check_dataset_integrity=True, clean=True, verbose=False)
+    extract_fingerprints(
+        [DATASET_ID], num_processes=n, check_dataset_integrity=True, clean=True, verbose=False
+    )
     plans_id = plan_experiments([DATASET_ID])
     preprocess([DATASET_ID], plans_id, configurations=(CONFIGURATION,), num_processes=(n,), verbose=False)
     pre = Path(nnUNet_preprocessed) / cfg["dataset"]
     plans, dataset_json = read_json(pre / f"{plans_id}.json"), read_json(pre / "dataset.json")
     if CONFIGURATION not in plans["configurations"]:
         raise SystemExit(f"nnU-Net planned no {CONFIGURATION} configuration for {cfg['dataset']}")
-    if cfg.get("augment_processes") is not None:  # read when the trainer builds its data loaders (0 breaks planning: not before)
+    if (
+        cfg.get("augment_processes") is not None
+    ):  # read when the trainer builds its data loaders (0 breaks planning: not before)
         os.environ["nnUNet_n_proc_DA"] = str(int(cfg["augment_processes"]))
     trainer_cls = short_trainer(base, cfg.get("epochs"), cfg.get("iterations"), cfg.get("val_iterations"))
-    trainer = trainer_cls(plans={**plans, "continue_training": bool(cfg["resume"])}, configuration=CONFIGURATION, fold=FOLD,
-                          dataset_json=dataset_json, device=torch.device(cfg["device"]))
+    trainer = trainer_cls(
+        plans={**plans, "continue_training": bool(cfg["resume"])},
+        configuration=CONFIGURATION,
+        fold=FOLD,
+        dataset_json=dataset_json,
+        device=torch.device(cfg["device"]),
+    )
     maybe_load_checkpoint(trainer, bool(cfg["resume"]), False)
     trainer.run_training()
     trainer.perform_actual_validation(False)
     final = Path(trainer.output_folder) / "checkpoint_final.pth"
     ckpt = torch.load(final, map_location="cpu", weights_only=False)  # nnU-Net's own checkpoint, just written
-    save_file({k: v.contiguous() for k, v in unique_tensors(ckpt["network_weights"]).items()}, str(out / NNUNET_WEIGHTS))
+    save_file(
+        {k: v.contiguous() for k, v in unique_tensors(ckpt["network_weights"]).items()},
+        str(out / NNUNET_WEIGHTS),
+    )
     summary = Path(trainer.output_folder) / "validation" / "summary.json"
     val = read_json(summary)["foreground_mean"] if summary.is_file() else {}
-    atomic_write_json(out / NNUNET_TRAINED, {
-        "trainer": trainer_cls.__name__, "base_trainer": base.__name__, "plans_identifier": plans_id, "plans": plans, "dataset_json": dataset_json,
-        "mirror_axes": list(ckpt.get("inference_allowed_mirroring_axes") or []), "epochs": int(trainer.num_epochs),
-        "iterations": int(trainer.num_iterations_per_epoch), "val_iterations": int(trainer.num_val_iterations_per_epoch),
-        "batch_size": int(trainer.batch_size), "lr": float(trainer.initial_lr), "patch_size": list(trainer.configuration_manager.patch_size),
-        "history": _history(ckpt.get("logging") or {}), "validation": val, "results": str(Path(trainer.output_folder)),
-        "nnunet_version": _version(),
-    })
+    atomic_write_json(
+        out / NNUNET_TRAINED,
+        {
+            "trainer": trainer_cls.__name__,
+            "base_trainer": base.__name__,
+            "plans_identifier": plans_id,
+            "plans": plans,
+            "dataset_json": dataset_json,
+            "mirror_axes": list(ckpt.get("inference_allowed_mirroring_axes") or []),
+            "epochs": int(trainer.num_epochs),
+            "iterations": int(trainer.num_iterations_per_epoch),
+            "val_iterations": int(trainer.num_val_iterations_per_epoch),
+            "batch_size": int(trainer.batch_size),
+            "lr": float(trainer.initial_lr),
+            "patch_size": list(trainer.configuration_manager.patch_size),
+            "history": _history(ckpt.get("logging") or {}),
+            "validation": val,
+            "results": str(Path(trainer.output_folder)),
+            "nnunet_version": _version(),
+        },
+    )
 
 
 def _version() -> str:
@@ -257,8 +358,13 @@ def nnunet_env(work_dir: Path, device: str, processes: int) -> tuple[dict, str]:
     """The child's environment (``nnUNet_raw/preprocessed/results`` inside ``work_dir``; nnU-Net's worker
     processes unless the user set ``nnUNet_def_n_proc``) and the device it trains on (nnU-Net uses the first visible GPU:
     ``cuda:N`` becomes ``CUDA_VISIBLE_DEVICES=N``)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "nnUNet_raw": str(work_dir / "raw"), "nnUNet_preprocessed": str(work_dir / "preprocessed"),
-           "nnUNet_results": str(work_dir / "results")}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "nnUNet_raw": str(work_dir / "raw"),
+        "nnUNet_preprocessed": str(work_dir / "preprocessed"),
+        "nnUNet_results": str(work_dir / "results"),
+    }
     env.setdefault("nnUNet_def_n_proc", str(processes))
     if device.startswith("cuda:"):
         env["CUDA_VISIBLE_DEVICES"], device = device.split(":", 1)[1], "cuda"
@@ -270,7 +376,14 @@ def _run_child(config: Path, env: dict, log_path: Path) -> None:
     code = "import sys; from liverscope.segment.nnunet import run_worker; run_worker(sys.argv[1])"
     tail: deque[str] = deque(maxlen=25)
     with open(log_path, "a", encoding="utf-8") as fh:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(config)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         for line in proc.stdout:
             fh.write(line)
             fh.flush()
@@ -279,7 +392,9 @@ def _run_child(config: Path, env: dict, log_path: Path) -> None:
                 log(f"nnU-Net: {line.strip()}")
         rc = proc.wait()
     if rc != 0:
-        raise LiverscopeError(f"nnU-Net failed (exit {rc}); its output is in {log_path}. Last lines:\n" + "\n".join(tail))
+        raise LiverscopeError(
+            f"nnU-Net failed (exit {rc}); its output is in {log_path}. Last lines:\n" + "\n".join(tail)
+        )
 
 
 @dataclass
@@ -303,10 +418,19 @@ class NnunetOptions:
     threads: int | None = None
 
 
-def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str],
-               options: NnunetOptions | None = None, *, size: int, paths: Sequence[str], work_dir: str | Path,
-               label: str = "lesion", device: str = "cpu", resume: bool = False
-               ) -> tuple[NnUNetNetwork, dict]:
+def fit_nnunet(
+    images: Sequence[np.ndarray],
+    masks: np.ndarray,
+    split: Sequence[str],
+    options: NnunetOptions | None = None,
+    *,
+    size: int,
+    paths: Sequence[str],
+    work_dir: str | Path,
+    label: str = "lesion",
+    device: str = "cpu",
+    resume: bool = False,
+) -> tuple[NnUNetNetwork, dict]:
     """Train nnU-Net on ``(image, mask)`` pairs with the given split, as ``fit_unet`` trains liverscope's U-Nets.
 
     Args:
@@ -337,21 +461,40 @@ def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[
     name = dataset_name(label)
     processes = int(o.processes or os.environ.get("nnUNet_def_n_proc") or min(8, os.cpu_count() or 1))
     if augment_processes is None and device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
-        augment_processes = 0  # on a CPU the network is the bottleneck: augment in the training process itself
+        augment_processes = (
+            0  # on a CPU the network is the bottleneck: augment in the training process itself
+        )
     env, child_device = nnunet_env(work_dir, device, processes)
-    if (work_dir / "raw" / name).is_dir():  # an earlier fit's cases (another data set or split) must not linger
+    if (
+        work_dir / "raw" / name
+    ).is_dir():  # an earlier fit's cases (another data set or split) must not linger
         shutil.rmtree(work_dir / "raw" / name)
     raw = write_raw_dataset(work_dir / "raw" / name, images, masks, split, paths, label, size)
     write_splits(work_dir / "preprocessed" / name, raw["splits"])
     config = work_dir / NNUNET_CONFIG
-    atomic_write_json(config, {"dataset": name, "trainer": trainer, "epochs": epochs, "iterations": iterations, "val_iterations": val_iterations,
-                               "device": child_device, "resume": bool(resume), "processes": processes, "augment_processes": augment_processes,
-                               "threads": threads or (max(1, (os.cpu_count() or 1) // 2) if device == "cpu" else None)})
+    atomic_write_json(
+        config,
+        {
+            "dataset": name,
+            "trainer": trainer,
+            "epochs": epochs,
+            "iterations": iterations,
+            "val_iterations": val_iterations,
+            "device": child_device,
+            "resume": bool(resume),
+            "processes": processes,
+            "augment_processes": augment_processes,
+            "threads": threads or (max(1, (os.cpu_count() or 1) // 2) if device == "cpu" else None),
+        },
+    )
     for old in (NNUNET_TRAINED, NNUNET_WEIGHTS):
         (work_dir / old).unlink(missing_ok=True)
-    log(f"nnU-Net: {len(raw['splits'][0]['train'])} train / {len(raw['splits'][0]['val'])} val cases in {raw['folder']}; "
-        f"planning, preprocessing and training ({trainer}" + "".join(f", {k} {v}" for k, v in (("epochs", epochs), ("iterations", iterations)) if v)
-        + f") on {device}; nnU-Net's output in {work_dir / NNUNET_LOG}")
+    log(
+        f"nnU-Net: {len(raw['splits'][0]['train'])} train / {len(raw['splits'][0]['val'])} val cases in {raw['folder']}; "
+        f"planning, preprocessing and training ({trainer}"
+        + "".join(f", {k} {v}" for k, v in (("epochs", epochs), ("iterations", iterations)) if v)
+        + f") on {device}; nnU-Net's output in {work_dir / NNUNET_LOG}"
+    )
     t0 = time.perf_counter()
     _run_child(config, env, work_dir / NNUNET_LOG)
     seconds = time.perf_counter() - t0
@@ -361,14 +504,40 @@ def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[
     model.load_state_dict(load_weights(work_dir / NNUNET_WEIGHTS))
     model.to(device).eval()
     history, val_dice = trained["history"], trained["validation"].get("Dice")
-    details = {k: trained[k] for k in ("trainer", "base_trainer", "plans_identifier", "iterations", "val_iterations", "patch_size", "results",
-                                       "validation", "nnunet_version")}
+    details = {
+        k: trained[k]
+        for k in (
+            "trainer",
+            "base_trainer",
+            "plans_identifier",
+            "iterations",
+            "val_iterations",
+            "patch_size",
+            "results",
+            "validation",
+            "nnunet_version",
+        )
+    }
     details.update(dataset=str(raw["folder"]), log=str(work_dir / NNUNET_LOG))
-    info = {"best_epoch": len(history), "best_val_dice": None if val_dice is None else float(val_dice), "epochs_run": len(history),
-            "history": history, "seconds": round(seconds, 1), "architecture": arch, "arch": "nnunet", "in_channels": 1, "size": size,
-            "loss": "nnU-Net's Dice + cross-entropy (deep supervision)", "epochs": trained["epochs"], "lr": trained["lr"],
-            "batch_size": trained["batch_size"], "engine": "nnunet", "resumed": bool(resume), "initial_weights": "random initialisation (nnU-Net)",
-            "nnunet": details}
+    info = {
+        "best_epoch": len(history),
+        "best_val_dice": None if val_dice is None else float(val_dice),
+        "epochs_run": len(history),
+        "history": history,
+        "seconds": round(seconds, 1),
+        "architecture": arch,
+        "arch": "nnunet",
+        "in_channels": 1,
+        "size": size,
+        "loss": "nnU-Net's Dice + cross-entropy (deep supervision)",
+        "epochs": trained["epochs"],
+        "lr": trained["lr"],
+        "batch_size": trained["batch_size"],
+        "engine": "nnunet",
+        "resumed": bool(resume),
+        "initial_weights": "random initialisation (nnU-Net)",
+        "nnunet": details,
+    }
     return model, info
 
 
@@ -379,9 +548,20 @@ def fit_nnunet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[
 
 def nnunet_arch(trained: dict) -> dict:
     """The architecture record (``segmenter.json``) of a trained nnU-Net: everything that rebuilds it."""
-    return {"name": NNUNET_ARCH, "trainer": trained["trainer"], "base_trainer": trained["base_trainer"], "configuration": CONFIGURATION,
-            "plans": trained["plans"], "dataset_json": trained["dataset_json"], "mirror_axes": list(trained["mirror_axes"]),
-            "in_channels": 1, "out_channels": 1, "strides": [1], "normalisation": dict(PIXELS), "nnunet_version": trained.get("nnunet_version")}
+    return {
+        "name": NNUNET_ARCH,
+        "trainer": trained["trainer"],
+        "base_trainer": trained["base_trainer"],
+        "configuration": CONFIGURATION,
+        "plans": trained["plans"],
+        "dataset_json": trained["dataset_json"],
+        "mirror_axes": list(trained["mirror_axes"]),
+        "in_channels": 1,
+        "out_channels": 1,
+        "strides": [1],
+        "normalisation": dict(PIXELS),
+        "nnunet_version": trained.get("nnunet_version"),
+    }
 
 
 @contextlib.contextmanager
@@ -409,17 +589,26 @@ class NnUNetNetwork(torch.nn.Module):
             from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
             from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-            trainer_cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), arch["base_trainer"],
-                                                      "nnunetv2.training.nnUNetTrainer")  # imports nnU-Net's trainers as it searches
+            trainer_cls = recursive_find_python_class(
+                os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
+                arch["base_trainer"],
+                "nnunetv2.training.nnUNetTrainer",
+            )  # imports nnU-Net's trainers as it searches
         self.arch = arch
         self.plans_manager = PlansManager(arch["plans"])
         self.configuration_manager = self.plans_manager.get_configuration(arch["configuration"])
         if trainer_cls is None:
-            raise LiverscopeError(f"nnU-Net {_version()} has no trainer class {arch['base_trainer']!r} (the segmenter was trained with "
-                                  f"nnunetv2 {arch.get('nnunet_version')})")
-        n_in = determine_num_input_channels(self.plans_manager, self.configuration_manager, arch["dataset_json"])
+            raise LiverscopeError(
+                f"nnU-Net {_version()} has no trainer class {arch['base_trainer']!r} (the segmenter was trained with "
+                f"nnunetv2 {arch.get('nnunet_version')})"
+            )
+        n_in = determine_num_input_channels(
+            self.plans_manager, self.configuration_manager, arch["dataset_json"]
+        )
         n_out = self.plans_manager.get_label_manager(arch["dataset_json"]).num_segmentation_heads
-        self.network = trainer_cls.build_network_architecture(self.plans_manager, self.configuration_manager, n_in, n_out, enable_deep_supervision=False)
+        self.network = trainer_cls.build_network_architecture(
+            self.plans_manager, self.configuration_manager, n_in, n_out, enable_deep_supervision=False
+        )
         self._predictors: dict = {}
 
     def state_dict(self, *args, **kwargs) -> dict:
@@ -430,7 +619,9 @@ class NnUNetNetwork(torch.nn.Module):
         """Load :meth:`state_dict`'s tensors; a name it left out takes the tensor of the first name of the same tensor."""
         full = self.network.state_dict()
         first = {_identity(v): k for k, v in reversed(list(full.items()))}  # reversed: the first name wins
-        expanded = {k: state_dict[first[_identity(v)]] for k, v in full.items() if first[_identity(v)] in state_dict}
+        expanded = {
+            k: state_dict[first[_identity(v)]] for k, v in full.items() if first[_identity(v)] in state_dict
+        }
         return self.network.load_state_dict(expanded, strict=strict, assign=assign)
 
     def _predictor(self, device: torch.device):
@@ -438,12 +629,26 @@ class NnUNetNetwork(torch.nn.Module):
             with _quiet():
                 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-                self._predictors[device] = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                                           perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                                           verbose_preprocessing=False, allow_tqdm=False)
+                self._predictors[device] = nnUNetPredictor(
+                    tile_step_size=0.5,
+                    use_gaussian=True,
+                    use_mirroring=True,
+                    perform_everything_on_device=device.type == "cuda",
+                    device=device,
+                    verbose=False,
+                    verbose_preprocessing=False,
+                    allow_tqdm=False,
+                )
         predictor = self._predictors[device]
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, [self.network.state_dict()],
-                                        self.arch["dataset_json"], self.arch["trainer"], tuple(self.arch["mirror_axes"]) or None)
+        predictor.manual_initialization(
+            self.network,
+            self.plans_manager,
+            self.configuration_manager,
+            [self.network.state_dict()],
+            self.arch["dataset_json"],
+            self.arch["trainer"],
+            tuple(self.arch["mirror_axes"]) or None,
+        )
         return predictor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -451,8 +656,12 @@ class NnUNetNetwork(torch.nn.Module):
         pixels = np.rint(x.detach().float().cpu().numpy()).clip(0, 255).astype(np.float32)
         out = []
         for img in pixels:  # C x H x W → nnU-Net's 2-D layout C x 1 x H x W (NaturalImage2DIO)
-            _, probs = predictor.predict_single_npy_array(img[:, None], {"spacing": [999.0, 1.0, 1.0]}, None, None, True)
-            p = np.clip(1.0 - np.asarray(probs, np.float64)[0, 0], 1e-7, 1 - 1e-7)  # foreground: anything but background
+            _, probs = predictor.predict_single_npy_array(
+                img[:, None], {"spacing": [999.0, 1.0, 1.0]}, None, None, True
+            )
+            p = np.clip(
+                1.0 - np.asarray(probs, np.float64)[0, 0], 1e-7, 1 - 1e-7
+            )  # foreground: anything but background
             out.append(np.log(p) - np.log1p(-p))
         return torch.from_numpy(np.stack(out).astype(np.float32))[:, None].to(x.device)
 
@@ -462,6 +671,24 @@ def build_nnunet(arch: dict) -> NnUNetNetwork:
     return NnUNetNetwork(arch)
 
 
-__all__ = ["ENGINES", "NNUNET_ARCH", "DATASET_ID", "PIXELS", "nnunet_dir", "dataset_name", "check_engine", "grey_at", "write_raw_dataset",
-           "nnunet_splits", "write_splits", "short_trainer", "run_worker", "nnunet_env", "fit_nnunet",
-           "nnunet_arch", "NnUNetNetwork", "build_nnunet", "NnunetOptions"]
+__all__ = [
+    "ENGINES",
+    "NNUNET_ARCH",
+    "DATASET_ID",
+    "PIXELS",
+    "nnunet_dir",
+    "dataset_name",
+    "check_engine",
+    "grey_at",
+    "write_raw_dataset",
+    "nnunet_splits",
+    "write_splits",
+    "short_trainer",
+    "run_worker",
+    "nnunet_env",
+    "fit_nnunet",
+    "nnunet_arch",
+    "NnUNetNetwork",
+    "build_nnunet",
+    "NnunetOptions",
+]

@@ -59,7 +59,9 @@ def run_segmenters(run_dir: Path) -> dict:
     return _SEGMENTERS[key] or {}
 
 
-def _mask_on_input(segmenter, model_input: np.ndarray, pp, image: np.ndarray | None) -> tuple[np.ndarray, bool]:
+def _mask_on_input(
+    segmenter, model_input: np.ndarray, pp, image: np.ndarray | None
+) -> tuple[np.ndarray, bool]:
     """A segmenter's mask on the classifier's model input grid. A segmenter with its own preprocessing
     (e.g. a larger input size) segments the original ``image`` preprocessed its way, and the mask is moved
     to the model input's grid (through the original image); without ``image`` it segments the model input.
@@ -72,10 +74,14 @@ def _mask_on_input(segmenter, model_input: np.ndarray, pp, image: np.ndarray | N
     mask = np.asarray(masks[0], bool)
     if on_input:
         return mask, bool(suppressed)
-    return to_model(to_original(mask, image.shape[:2], crop_box(image, seg_pp)), crop_box(image, pp), model_input.shape[0]), bool(suppressed)
+    return to_model(
+        to_original(mask, image.shape[:2], crop_box(image, seg_pp)), crop_box(image, pp), model_input.shape[0]
+    ), bool(suppressed)
 
 
-def outline_masks(run_dir: Path | None, model_input: np.ndarray, pp, image: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, bool]]:
+def outline_masks(
+    run_dir: Path | None, model_input: np.ndarray, pp, image: np.ndarray | None = None
+) -> dict[str, tuple[np.ndarray, bool]]:
     """Every segmenter's mask on the model input grid, by target, with whether its lesion gate emptied
     it (``{}`` without a run or a segmenter)."""
     if run_dir is None:
@@ -91,8 +97,14 @@ def draw_outlines(img: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
     return img
 
 
-def segmentation_outline(run_dir: Path | None, model_input: np.ndarray, pp, display: np.ndarray | None = None,
-                         image: np.ndarray | None = None, suppressed: list | None = None) -> np.ndarray | None:
+def segmentation_outline(
+    run_dir: Path | None,
+    model_input: np.ndarray,
+    pp,
+    display: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+    suppressed: list | None = None,
+) -> np.ndarray | None:
     """Outlines of every segmenter of the run (one per target, each in its colour), drawn on ``display``
     (default: the model input), or ``None`` when the run holds no segmentation model.
 
@@ -141,7 +153,9 @@ class Panels:
     notes: list[str] = field(default_factory=list)
 
 
-def image_panels(predictor, img: np.ndarray, model_input: np.ndarray, label: str, is_dicom: bool, with_cam: bool = True) -> Panels:
+def image_panels(
+    predictor, img: np.ndarray, model_input: np.ndarray, label: str, is_dicom: bool, with_cam: bool = True
+) -> Panels:
     """The pictures of one image scored by ``predictor`` as ``label``. For a DICOM everything outside the
     scan sector is blanked in every picture (the burned-in patient text ultrasound machines print in the
     border; the run's sector method, so the same box its crop took). A failing heatmap or segmenter costs
@@ -175,5 +189,15 @@ def image_panels(predictor, img: np.ndarray, model_input: np.ndarray, label: str
     return out
 
 
-__all__ = ["GATED", "Panels", "blank_outside_sector", "draw_outlines", "image_panels", "mask_to_model_space", "outline_legend",
-           "outline_masks", "run_segmenters", "segmentation_outline"]
+__all__ = [
+    "GATED",
+    "Panels",
+    "blank_outside_sector",
+    "draw_outlines",
+    "image_panels",
+    "mask_to_model_space",
+    "outline_legend",
+    "outline_masks",
+    "run_segmenters",
+    "segmentation_outline",
+]

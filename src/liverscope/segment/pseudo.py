@@ -34,7 +34,9 @@ class PseudoMasks:
     sectors: np.ndarray  # bool N,H,W: the scan sectors
     classes: np.ndarray  # int N: the class the CAMs explain
     rule: str
-    regions: np.ndarray | None = None  # bool N,H,W: where masks and maxima were looked for (sector ∩ region; None: the sectors)
+    regions: np.ndarray | None = (
+        None  # bool N,H,W: where masks and maxima were looked for (sector ∩ region; None: the sectors)
+    )
 
     @property
     def search_regions(self) -> np.ndarray:
@@ -64,9 +66,18 @@ class PseudoOptions:
         return dataclasses.replace(base, **changes) if changes else base
 
 
-def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Sequence[str | Path] | None = None, flip_average: bool = False,
-             method: str = "gradcam", targets: Sequence[int] | None = None, batch_size: int = 16, models: Sequence | None = None,
-             layers: str | int | Sequence[str | int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_cams(
+    run_dir: str | Path,
+    images: Sequence[np.ndarray],
+    *,
+    ensemble: Sequence[str | Path] | None = None,
+    flip_average: bool = False,
+    method: str = "gradcam",
+    targets: Sequence[int] | None = None,
+    batch_size: int = 16,
+    models: Sequence | None = None,
+    layers: str | int | Sequence[str | int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """CAMs of preprocessed model inputs, averaged over the fold models and/or the mirrored image.
 
     The class explained is ``targets`` when given, else the predicted class (of the ensemble: mean of
@@ -101,8 +112,12 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
         with torch.inference_mode(), cpu_threads(str(next(models[0].parameters()).device)):
             logits = []
             for m in models:
-                out = [m.eval()(torch.from_numpy(normalise_batch(images[i : i + batch_size], pp)).permute(0, 3, 1, 2)).float()
-                       for i in range(0, len(images), batch_size)]
+                out = [
+                    m.eval()(
+                        torch.from_numpy(normalise_batch(images[i : i + batch_size], pp)).permute(0, 3, 1, 2)
+                    ).float()
+                    for i in range(0, len(images), batch_size)
+                ]
                 logits.append(torch.cat(out).numpy())
         targets = np.mean(logits, axis=0).argmax(axis=1)
     total, count = None, 0
@@ -110,8 +125,17 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
         # flips: explain averages the raw maps of the scan and its mirror image (same class), then
         # normalises; fold models: their normalised maps are averaged (raw scales differ between models)
         with cpu_threads(str(next(m.parameters()).device)):
-            cams, classes = compute_cams(m, images, pp, targets=None if targets is None else list(targets), method=method,
-                                         restrict_to_sector=True, batch_size=batch_size, aug_smooth_flip=flip_average, layers=layers)
+            cams, classes = compute_cams(
+                m,
+                images,
+                pp,
+                targets=None if targets is None else list(targets),
+                method=method,
+                restrict_to_sector=True,
+                batch_size=batch_size,
+                aug_smooth_flip=flip_average,
+                layers=layers,
+            )
         if targets is None:
             targets = np.asarray(classes)
         cams = np.asarray(cams, np.float32)
@@ -120,10 +144,16 @@ def run_cams(run_dir: str | Path, images: Sequence[np.ndarray], *, ensemble: Seq
     return (total / count).astype(np.float32), np.asarray(targets, int)
 
 
-def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray],
-                 options: PseudoOptions | str = "threshold", *,
-                 cams: tuple[np.ndarray, np.ndarray] | None = None,
-                 regions: Sequence[np.ndarray] | None = None, batch_size: int = 16, **changes) -> PseudoMasks:
+def pseudo_masks(
+    run_dir: str | Path,
+    images: Sequence[np.ndarray],
+    options: PseudoOptions | str = "threshold",
+    *,
+    cams: tuple[np.ndarray, np.ndarray] | None = None,
+    regions: Sequence[np.ndarray] | None = None,
+    batch_size: int = 16,
+    **changes,
+) -> PseudoMasks:
     """CAM pseudo-masks of preprocessed model inputs.
 
     Each map (averaged over the ensemble / flips, see :func:`run_cams`) is normalised over its scan
@@ -156,20 +186,41 @@ def pseudo_masks(run_dir: str | Path, images: Sequence[np.ndarray],
     if regions is not None and len(regions) != len(images):
         raise LiverscopeError(f"{len(regions)} region masks for {len(images)} images: give one per image")
     if cams is None:
-        cams = run_cams(run_dir, images, ensemble=o.ensemble, flip_average=o.flip_average, method=o.method,
-                        batch_size=batch_size, layers=o.layers)
+        cams = run_cams(
+            run_dir,
+            images,
+            ensemble=o.ensemble,
+            flip_average=o.flip_average,
+            method=o.method,
+            batch_size=batch_size,
+            layers=o.layers,
+        )
     raw, classes = cams
     n = len(images)
     sectors = np.stack([sector_mask(im) for im in images]) if n else np.zeros((0,) + raw.shape[1:], bool)
     search = sectors
     if regions is not None and n:
-        reg = np.stack([np.asarray(r, bool) for r in regions]) if all(np.shape(r) == sectors.shape[1:] for r in regions) else None
+        reg = (
+            np.stack([np.asarray(r, bool) for r in regions])
+            if all(np.shape(r) == sectors.shape[1:] for r in regions)
+            else None
+        )
         if reg is None:
-            raise LiverscopeError(f"region masks must be the model input's size {sectors.shape[1:]}, got {sorted({np.shape(r) for r in regions})}")
+            raise LiverscopeError(
+                f"region masks must be the model input's size {sectors.shape[1:]}, got {sorted({np.shape(r) for r in regions})}"
+            )
         search = sectors & reg
     norm = np.stack([normalise_map(c, s) for c, s in zip(raw, search)]) if n else raw
-    masks = (np.stack([pseudo_mask(c, s, rule, threshold=threshold, q=q, image=im) for c, s, im in zip(norm, search, images)]) if n
-             else np.zeros(raw.shape, bool))
+    masks = (
+        np.stack(
+            [
+                pseudo_mask(c, s, rule, threshold=threshold, q=q, image=im)
+                for c, s, im in zip(norm, search, images)
+            ]
+        )
+        if n
+        else np.zeros(raw.shape, bool)
+    )
     n_models = len(members(run_dir, o.ensemble)) if run_dir is not None else 1
     described = describe_rule(rule, threshold, q, o.flip_average, n_models, o.layers)
     searched = None if regions is None else search
@@ -193,9 +244,16 @@ def score_pseudo_masks(pm: PseudoMasks, true_masks: Sequence[np.ndarray]) -> dic
     hits = [pointing_game(c, t, s) for c, t, s in zip(pm.cams, trues, pm.search_regions)]
     valid = [h for h in hits if h is not None]
     return {
-        "n": full["n"], "iou": full["iou"], "dice": full["dice"], "iou_sector": sec["iou"], "dice_sector": sec["dice"],
-        "pointing_game": float(np.mean(valid)) if valid else float("nan"), "pointing_n": len(valid),
-        "iou_per_image": full["iou_per_image"], "dice_per_image": full["dice_per_image"], "hits": hits,
+        "n": full["n"],
+        "iou": full["iou"],
+        "dice": full["dice"],
+        "iou_sector": sec["iou"],
+        "dice_sector": sec["dice"],
+        "pointing_game": float(np.mean(valid)) if valid else float("nan"),
+        "pointing_n": len(valid),
+        "iou_per_image": full["iou_per_image"],
+        "dice_per_image": full["dice_per_image"],
+        "hits": hits,
     }
 
 
@@ -206,11 +264,20 @@ def check_out_dir(out: Path, data_roots: Sequence[Path]) -> None:
         d = d.resolve()
         root = d if d.is_dir() else d.parent
         if o == root or root in o.parents:
-            raise LiverscopeError(f"--out {out} lies inside the data folder {root}: masks are never written into the data; choose another folder")
+            raise LiverscopeError(
+                f"--out {out} lies inside the data folder {root}: masks are never written into the data; choose another folder"
+            )
 
 
-def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | None = None,
-                       options: PseudoOptions | str = "threshold", *, chunk: int = 64, **changes) -> dict:
+def write_pseudo_masks(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    options: PseudoOptions | str = "threshold",
+    *,
+    chunk: int = 64,
+    **changes,
+) -> dict:
     """Pseudo-masks of every image of ``data`` as PNGs (0/255, original size) under ``out``, mirroring
     ``data``'s relative paths (``.png`` suffix). ``out`` defaults to ``RUN_DIR/pseudo_masks`` and may not
     lie inside ``data``. ``options`` and ``changes`` as :func:`pseudo_masks`'.
@@ -240,18 +307,39 @@ def write_pseudo_masks(run_dir: str | Path, data: str | Path, out: str | Path | 
         if not items:
             continue
         inputs = [it.input for it in items]
-        cams = run_cams(run_dir, inputs, flip_average=flip_average, method=method, models=models, layers=layers)
+        cams = run_cams(
+            run_dir, inputs, flip_average=flip_average, method=method, models=models, layers=layers
+        )
         pm = pseudo_masks(run_dir, inputs, o, cams=cams)
         for it, m in zip(items, pm.masks):
             atomic_write_png(out / it.rel.with_suffix(".png"), to_original(m, it.shape, it.box))
             written += 1
-    atomic_write_json(out / PSEUDO_MASKS_SUMMARY, {
-        "run": str(run_dir), "data": str(data), "rule": rule, "threshold": threshold, "q": q, "flip_average": flip_average,
-        "method": method, "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers), "models": [str(d) for d in member_dirs], "description": desc, "written": written,
-        "skipped": [list(s) for s in skipped],
-    })
+    atomic_write_json(
+        out / PSEUDO_MASKS_SUMMARY,
+        {
+            "run": str(run_dir),
+            "data": str(data),
+            "rule": rule,
+            "threshold": threshold,
+            "q": q,
+            "flip_average": flip_average,
+            "method": method,
+            "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers),
+            "models": [str(d) for d in member_dirs],
+            "description": desc,
+            "written": written,
+            "skipped": [list(s) for s in skipped],
+        },
+    )
     return {"written": written, "out": out, "rule": desc, "skipped": skipped}
 
 
-__all__ = ["PseudoMasks", "PseudoOptions", "run_cams", "pseudo_masks", "score_pseudo_masks", "check_out_dir",
-           "write_pseudo_masks"]
+__all__ = [
+    "PseudoMasks",
+    "PseudoOptions",
+    "run_cams",
+    "pseudo_masks",
+    "score_pseudo_masks",
+    "check_out_dir",
+    "write_pseudo_masks",
+]

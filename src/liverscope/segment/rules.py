@@ -120,8 +120,15 @@ def top_fraction_mask(cam: np.ndarray, sector: np.ndarray | None = None, q: floa
     return mask.reshape(cam.shape)
 
 
-def grabcut_mask(cam: np.ndarray, image: np.ndarray, sector: np.ndarray | None = None, *, threshold: float = 0.5, sure: float = 0.8,
-                 iterations: int = 5) -> np.ndarray:
+def grabcut_mask(
+    cam: np.ndarray,
+    image: np.ndarray,
+    sector: np.ndarray | None = None,
+    *,
+    threshold: float = 0.5,
+    sure: float = 0.8,
+    iterations: int = 5,
+) -> np.ndarray:
     """The threshold mask refined by the image's structure: OpenCV's GrabCut (Rother et al., SIGGRAPH 2004)
     seeded by the map.
 
@@ -148,7 +155,9 @@ def grabcut_mask(cam: np.ndarray, image: np.ndarray, sector: np.ndarray | None =
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.shape[:2] != cam.shape or img.ndim != 3 or img.shape[2] != 3:
-        raise LiverscopeError(f"GrabCut needs the model input (H x W x 3, the map's {cam.shape}), got shape {img.shape}")
+        raise LiverscopeError(
+            f"GrabCut needs the model input (H x W x 3, the map's {cam.shape}), got shape {img.shape}"
+        )
     sure_fg = (cam >= max(float(sure), float(threshold))) & sec
     if not sure_fg.any():  # a constant map: nothing to grow from
         return seed
@@ -156,17 +165,35 @@ def grabcut_mask(cam: np.ndarray, image: np.ndarray, sector: np.ndarray | None =
     gc[sec] = cv2.GC_PR_BGD
     gc[seed] = cv2.GC_PR_FGD
     gc[sure_fg] = cv2.GC_FGD
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)  # OpenCV's GMM state (5 components x 13)
+    bgd, fgd = (
+        np.zeros((1, 65), np.float64),
+        np.zeros((1, 65), np.float64),
+    )  # OpenCV's GMM state (5 components x 13)
     try:
-        cv2.grabCut(np.ascontiguousarray(img, dtype=np.uint8), gc, None, bgd, fgd, int(iterations), cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(
+            np.ascontiguousarray(img, dtype=np.uint8),
+            gc,
+            None,
+            bgd,
+            fgd,
+            int(iterations),
+            cv2.GC_INIT_WITH_MASK,
+        )
     except cv2.error:  # e.g. no background sample (the seed covers the whole image)
         return seed
     out = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)) & sec
     return out if out.any() else seed
 
 
-def pseudo_mask(cam: np.ndarray, sector: np.ndarray | None = None, rule: str = "threshold", *, threshold: float = 0.5, q: float = 20.0,
-                image: np.ndarray | None = None) -> np.ndarray:
+def pseudo_mask(
+    cam: np.ndarray,
+    sector: np.ndarray | None = None,
+    rule: str = "threshold",
+    *,
+    threshold: float = 0.5,
+    q: float = 20.0,
+    image: np.ndarray | None = None,
+) -> np.ndarray:
     """One pseudo-mask by rule name: ``threshold`` (default, ``cam >= threshold``), ``otsu``, ``top`` (top
     ``q``%) or ``grabcut`` (:func:`grabcut_mask` seeded at ``threshold``; needs ``image``, the model input)."""
     check_rule(rule)
@@ -176,12 +203,16 @@ def pseudo_mask(cam: np.ndarray, sector: np.ndarray | None = None, rule: str = "
         return otsu_mask(cam, sector)
     if rule == "grabcut":
         if image is None:
-            raise LiverscopeError("pseudo-mask rule 'grabcut' refines the map with the image: pass image= (the model input)")
+            raise LiverscopeError(
+                "pseudo-mask rule 'grabcut' refines the map with the image: pass image= (the model input)"
+            )
         return grabcut_mask(cam, image, sector, threshold=threshold)
     return top_fraction_mask(cam, sector, q)
 
 
-def confident_targets(cams: np.ndarray, sectors: np.ndarray | None = None, low: float = 0.3, high: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+def confident_targets(
+    cams: np.ndarray, sectors: np.ndarray | None = None, low: float = 0.3, high: float = 0.6
+) -> tuple[np.ndarray, np.ndarray]:
     """Training targets from maps with a weight per pixel: only confident pixels count.
 
     Each map is normalised over its sector (:func:`normalise_map`); pixels at or above ``high`` are
@@ -203,19 +234,36 @@ def confident_targets(cams: np.ndarray, sectors: np.ndarray | None = None, low: 
         raise LiverscopeError(f"confident targets: maps must be N x H x W, got shape {cams.shape}")
     if sectors is not None and len(sectors) != len(cams):
         raise LiverscopeError(f"confident targets: {len(sectors)} sectors for {len(cams)} maps")
-    norm = np.stack([normalise_map(c, None if sectors is None else sectors[i]) for i, c in enumerate(cams)]) if len(cams) else cams
+    norm = (
+        np.stack([normalise_map(c, None if sectors is None else sectors[i]) for i, c in enumerate(cams)])
+        if len(cams)
+        else cams
+    )
     inside = np.ones(cams.shape, bool) if sectors is None else np.asarray(sectors, bool).reshape(cams.shape)
     masks = (norm >= high) & inside
     weights = np.where(inside & (norm > low) & (norm < high), 0.0, 1.0).astype(np.float32)
     return masks, weights
 
 
-def describe_rule(rule: str, threshold: float = 0.5, q: float = 20.0, flip_average: bool = False, n_models: int = 1,
-                  layers: str | int | Sequence[str | int] | None = None) -> str:
+def describe_rule(
+    rule: str,
+    threshold: float = 0.5,
+    q: float = 20.0,
+    flip_average: bool = False,
+    n_models: int = 1,
+    layers: str | int | Sequence[str | int] | None = None,
+) -> str:
     """Human-readable name of a pseudo-mask recipe, e.g. ``threshold 0.5, CAM at layer3+last, flip-averaged``."""
-    name = {"threshold": f"threshold {threshold:g}", "otsu": "Otsu", "top": f"top {q:g}%", "grabcut": f"GrabCut from threshold {threshold:g}"}.get(rule, rule)
+    name = {
+        "threshold": f"threshold {threshold:g}",
+        "otsu": "Otsu",
+        "top": f"top {q:g}%",
+        "grabcut": f"GrabCut from threshold {threshold:g}",
+    }.get(rule, rule)
     if layers is not None:
-        name += ", CAM at " + "+".join(str(x).strip() for x in ([layers] if isinstance(layers, (str, int)) else layers))
+        name += ", CAM at " + "+".join(
+            str(x).strip() for x in ([layers] if isinstance(layers, (str, int)) else layers)
+        )
     if flip_average:
         name += ", flip-averaged"
     if n_models > 1:
@@ -223,5 +271,16 @@ def describe_rule(rule: str, threshold: float = 0.5, q: float = 20.0, flip_avera
     return name
 
 
-__all__ = ["RULES", "IMAGE_RULES", "check_rule", "normalise_map", "threshold_mask", "otsu_mask", "top_fraction_mask", "grabcut_mask", "pseudo_mask",
-           "confident_targets", "describe_rule"]
+__all__ = [
+    "RULES",
+    "IMAGE_RULES",
+    "check_rule",
+    "normalise_map",
+    "threshold_mask",
+    "otsu_mask",
+    "top_fraction_mask",
+    "grabcut_mask",
+    "pseudo_mask",
+    "confident_targets",
+    "describe_rule",
+]

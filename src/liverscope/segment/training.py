@@ -37,9 +37,22 @@ from liverscope.evaluate.masks import dice
 from liverscope.rundir import BEST_CKPT, LAST_CKPT
 from liverscope.segment.config import FitConfig, fit_defaults
 from liverscope.segment.encoder_unet import mask_and_score
-from liverscope.segment.unet import LOSSES, check_size, cpu_threads, normalisation, resize_masks
-from liverscope.segment.unet import to_unet_input, unet_arch, unet_from_arch
-from liverscope.training.lightning_module import load_best_weights, quiet_lightning, seed_run, training_precision
+from liverscope.segment.unet import (
+    LOSSES,
+    check_size,
+    cpu_threads,
+    normalisation,
+    resize_masks,
+    to_unet_input,
+    unet_arch,
+    unet_from_arch,
+)
+from liverscope.training.lightning_module import (
+    load_best_weights,
+    quiet_lightning,
+    seed_run,
+    training_precision,
+)
 from liverscope.utils import log, resolve_device
 
 #: What ``segment train`` monitors for the best checkpoint and early stopping (higher is better).
@@ -65,11 +78,21 @@ def segmentation_loss(kind: str):
     if kind == "bce+dice":
         from monai.losses import DiceCELoss
 
-        return DiceCELoss(sigmoid=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=False, lambda_ce=1.0, lambda_dice=1.0)
+        return DiceCELoss(
+            sigmoid=True,
+            include_background=True,
+            smooth_nr=1e-5,
+            smooth_dr=1e-5,
+            batch=False,
+            lambda_ce=1.0,
+            lambda_dice=1.0,
+        )
     raise LiverscopeError(f"--loss {kind}: expected one of {', '.join(LOSSES)}")
 
 
-def weighted_segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+def weighted_segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce"
+) -> torch.Tensor:
     """:func:`segmentation_loss` over the pixels that count: ``weight`` 0 ignores a pixel, 1 counts it.
 
     ``bce``: the per-pixel BCE with logits averaged with the pixel weights (``sum(w * bce) / sum(w)``).
@@ -92,7 +115,9 @@ def weighted_segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weigh
     loss = (weight * bce).sum() / weight.sum().clamp(min=torch.finfo(logits.dtype).tiny)
     if kind == "bce+dice":
         p, dims = torch.sigmoid(logits), tuple(range(2, logits.ndim))
-        soft_dice = (2 * (weight * p * target).sum(dims) + 1e-5) / ((weight * p).sum(dims) + (weight * target).sum(dims) + 1e-5)
+        soft_dice = (2 * (weight * p * target).sum(dims) + 1e-5) / (
+            (weight * p).sum(dims) + (weight * target).sum(dims) + 1e-5
+        )
         loss = loss + (1 - soft_dice).mean()
     return loss
 
@@ -136,7 +161,9 @@ class LitSegmenter(L.LightningModule):
         loss = weighted_segmentation_loss(logits, y, w[0], self.loss_kind) if w else self.criterion(logits, y)
         if score is not None:  # the image-level head learns whether the image holds anything to outline
             present = (y.flatten(1).amax(1) > 0.5).to(score.dtype)
-            loss = loss + IMAGE_HEAD_WEIGHT * torch.nn.functional.binary_cross_entropy_with_logits(score[:, 0], present)
+            loss = loss + IMAGE_HEAD_WEIGHT * torch.nn.functional.binary_cross_entropy_with_logits(
+                score[:, 0], present
+            )
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
@@ -144,7 +171,9 @@ class LitSegmenter(L.LightningModule):
         x, y, *w = batch
         pred = (torch.sigmoid(mask_and_score(self.model(x))[0].float()) > 0.5).cpu().numpy()[:, 0]
         truth = y[:, 0].cpu().numpy() > 0.5
-        counted = [None] * len(pred) if not w else list(w[0][:, 0].cpu().numpy() > 0)  # Dice over the weighted pixels
+        counted = (
+            [None] * len(pred) if not w else list(w[0][:, 0].cpu().numpy() > 0)
+        )  # Dice over the weighted pixels
         self._val_dice.extend(dice(p, t, r) for p, t, r in zip(pred, truth, counted))
 
     def on_validation_epoch_end(self):
@@ -154,8 +183,11 @@ class LitSegmenter(L.LightningModule):
 
     def on_train_epoch_end(self):
         m = self.trainer.callback_metrics
-        row = {"epoch": self.current_epoch + 1, "loss": float(m["train_loss"]) if "train_loss" in m else float("nan"),
-               "val_dice": float(m[MONITOR]) if MONITOR in m and self.trainer.num_val_batches else float("nan")}
+        row = {
+            "epoch": self.current_epoch + 1,
+            "loss": float(m["train_loss"]) if "train_loss" in m else float("nan"),
+            "val_dice": float(m[MONITOR]) if MONITOR in m and self.trainer.num_val_batches else float("nan"),
+        }
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
         if self.verbose:
             log(f"U-Net epoch {row['epoch']}: loss {row['loss']:.4f}, val Dice {row['val_dice']:.3f}")
@@ -170,8 +202,15 @@ class LitSegmenter(L.LightningModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
 
-def _loaders(x: torch.Tensor, y: torch.Tensor, tr: np.ndarray, va: np.ndarray, batch_size: int, seed: int,
-             w: torch.Tensor | None = None) -> tuple[DataLoader, DataLoader | None]:
+def _loaders(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tr: np.ndarray,
+    va: np.ndarray,
+    batch_size: int,
+    seed: int,
+    w: torch.Tensor | None = None,
+) -> tuple[DataLoader, DataLoader | None]:
     extra = [] if w is None else [w]
     train = TensorDataset(x[tr], y[tr], *(t[tr] for t in extra))
     # torch's DistributedSampler with one replica is a shuffle seeded by (seed, epoch): Lightning sets the
@@ -180,7 +219,11 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, tr: np.ndarray, va: np.ndarray, b
     # BatchNorm needs two samples: a last batch of one image is dropped (unless there is only one image)
     drop_last = len(tr) > 1 and len(tr) % batch_size == 1
     train_dl = DataLoader(train, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
-    val_dl = DataLoader(TensorDataset(x[va], y[va], *(t[va] for t in extra)), batch_size=16, shuffle=False) if len(va) else None
+    val_dl = (
+        DataLoader(TensorDataset(x[va], y[va], *(t[va] for t in extra)), batch_size=16, shuffle=False)
+        if len(va)
+        else None
+    )
     return train_dl, val_dl
 
 
@@ -298,10 +341,19 @@ def _best(model, lit: LitSegmenter, ckpt: ModelCheckpoint) -> tuple[list[dict], 
     )  # without validation images: the last epoch
 
 
-def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[str],
-             settings: FitConfig | None = None, *, arch: dict | None = None,
-             weights: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
-             resume: bool = False, verbose: bool = False, progress: bool = False) -> tuple[object, dict]:
+def fit_unet(
+    images: Sequence[np.ndarray],
+    masks: np.ndarray,
+    split: Sequence[str],
+    settings: FitConfig | None = None,
+    *,
+    arch: dict | None = None,
+    weights: np.ndarray | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    progress: bool = False,
+) -> tuple[object, dict]:
     """Train a U-Net on ``(image, mask)`` pairs with Lightning; the weights of the best validation Dice
     are kept. On CPU it runs with half the cores (see :func:`~liverscope.segment.unet.cpu_threads`).
 
@@ -364,17 +416,41 @@ def fit_unet(images: Sequence[np.ndarray], masks: np.ndarray, split: Sequence[st
         with cpu_threads(device), warnings.catch_warnings():
             # resuming writes into the folder that holds last.ckpt: Lightning's "not empty" warning is expected
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-            trainer.fit(lit, train_dataloaders=train_dl, val_dataloaders=val_dl, ckpt_path=str(last) if resume else None)
+            trainer.fit(
+                lit,
+                train_dataloaders=train_dl,
+                val_dataloaders=val_dl,
+                ckpt_path=str(last) if resume else None,
+            )
         seconds = time.perf_counter() - t0
         history, best_epoch, best_dice = _best(model, lit, ckpt)
     model.to(device).eval()
-    info = {"best_epoch": best_epoch, "best_val_dice": best_dice, "epochs_run": len(history),
-            "steps": int(trainer.global_step), "history": history, "seconds": round(seconds, 1),
-            "architecture": arch, "size": size, "loss": fit.loss, "lr": fit.lr, "batch_size": fit.batch_size,
-            "seed": fit.seed, "engine": "lightning", "resumed": bool(resume),
-            "pixel_weights": weights is not None,
-            "initial_weights": getattr(model, "weights_source", "random initialisation")}
+    info = {
+        "best_epoch": best_epoch,
+        "best_val_dice": best_dice,
+        "epochs_run": len(history),
+        "steps": int(trainer.global_step),
+        "history": history,
+        "seconds": round(seconds, 1),
+        "architecture": arch,
+        "size": size,
+        "loss": fit.loss,
+        "lr": fit.lr,
+        "batch_size": fit.batch_size,
+        "seed": fit.seed,
+        "engine": "lightning",
+        "resumed": bool(resume),
+        "pixel_weights": weights is not None,
+        "initial_weights": getattr(model, "weights_source", "random initialisation"),
+    }
     return model, info
 
 
-__all__ = ["MONITOR", "IMAGE_HEAD_WEIGHT", "segmentation_loss", "weighted_segmentation_loss", "LitSegmenter", "fit_unet"]
+__all__ = [
+    "MONITOR",
+    "IMAGE_HEAD_WEIGHT",
+    "segmentation_loss",
+    "weighted_segmentation_loss",
+    "LitSegmenter",
+    "fit_unet",
+]

@@ -28,13 +28,25 @@ from liverscope.data.geometry import to_original
 from liverscope.data.io import to_grey
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
-from liverscope.segment.gate import apply_gate
-from liverscope.segment.encoder_unet import ENCODERS, build_encoder_unet, encoder_unet_arch, mask_and_score
-from liverscope.segment.nnunet import NNUNET_ARCH, build_nnunet
 from liverscope.rundir import (
-    SEGMENTER_META, SEGMENTER_TARGET, TARGET_NAME, check_target, load_weights, save_weights, segmenter_files,
+    SEGMENTER_META,
+    SEGMENTER_TARGET,
+    TARGET_NAME,
+    check_target,
+    load_weights,
+    save_weights,
+    segmenter_files,
 )
-from liverscope.utils import atomic_write_json, default_model_threads, read_json, resolve_device, torch_threads
+from liverscope.segment.encoder_unet import ENCODERS, build_encoder_unet, encoder_unet_arch, mask_and_score
+from liverscope.segment.gate import apply_gate
+from liverscope.segment.nnunet import NNUNET_ARCH, build_nnunet
+from liverscope.utils import (
+    atomic_write_json,
+    default_model_threads,
+    read_json,
+    resolve_device,
+    torch_threads,
+)
 
 LOSSES = ("bce", "bce+dice")
 #: ``segment train --arch``: the seed study's Attention U-Net, or a U-Net on an ImageNet encoder (:mod:`~liverscope.segment.encoder_unet`).
@@ -51,15 +63,27 @@ DEFAULT_CHANNELS = (8, 16, 32, 64)
 #: The target of ``segment train`` without ``--target``; its files keep the names of runs made before targets.
 DEFAULT_TARGET = SEGMENTER_TARGET
 #: Outline colours (RGB, and their name for legends) of the usual targets; others take :data:`PALETTE` in name order.
-TARGET_COLOURS = {"lesion": ((255, 48, 48), "red"), "liver": ((0, 255, 0), "green"), "sector": ((64, 160, 255), "blue")}
-PALETTE = (((255, 210, 0), "yellow"), ((255, 0, 255), "magenta"), ((0, 230, 230), "cyan"), ((255, 140, 0), "orange"), ((255, 255, 255), "white"))
+TARGET_COLOURS = {
+    "lesion": ((255, 48, 48), "red"),
+    "liver": ((0, 255, 0), "green"),
+    "sector": ((64, 160, 255), "blue"),
+}
+PALETTE = (
+    ((255, 210, 0), "yellow"),
+    ((255, 0, 255), "magenta"),
+    ((0, 230, 230), "cyan"),
+    ((255, 140, 0), "orange"),
+    ((255, 255, 255), "white"),
+)
 
 
 def cpu_threads(device: str = "cpu"):
     """On CPU, compute with half the cores (:func:`liverscope.utils.default_model_threads`): on a CPU
     busy with anything else a full OpenMP team stalls at its barriers — measured here, 8 epochs of the
     phantom U-Net took 12-65 s with 2 threads and 0.7-3.5 s with 1 on a busy 2-core machine."""
-    return torch_threads(default_model_threads()) if str(device).startswith("cpu") else contextlib.nullcontext()
+    return (
+        torch_threads(default_model_threads()) if str(device).startswith("cpu") else contextlib.nullcontext()
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,7 +91,12 @@ def cpu_threads(device: str = "cpu"):
 # --------------------------------------------------------------------------------------------------
 
 
-def build_unet(in_channels: int = 1, channels: Sequence[int] = DEFAULT_CHANNELS, strides: Sequence[int] | None = None, dropout: float = 0.0):
+def build_unet(
+    in_channels: int = 1,
+    channels: Sequence[int] = DEFAULT_CHANNELS,
+    strides: Sequence[int] | None = None,
+    dropout: float = 0.0,
+):
     """MONAI's 2-D Attention U-Net with one output channel (logits).
 
     Args:
@@ -84,14 +113,33 @@ def build_unet(in_channels: int = 1, channels: Sequence[int] = DEFAULT_CHANNELS,
     strides = tuple(int(s) for s in (strides or (2,) * (len(channels) - 1)))
     if in_channels not in (1, 3):
         raise LiverscopeError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
-    return AttentionUnet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=channels, strides=strides, dropout=dropout)
+    return AttentionUnet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=1,
+        channels=channels,
+        strides=strides,
+        dropout=dropout,
+    )
 
 
-def unet_arch(in_channels: int = 1, channels: Sequence[int] = DEFAULT_CHANNELS, strides: Sequence[int] | None = None, dropout: float = 0.0) -> dict:
+def unet_arch(
+    in_channels: int = 1,
+    channels: Sequence[int] = DEFAULT_CHANNELS,
+    strides: Sequence[int] | None = None,
+    dropout: float = 0.0,
+) -> dict:
     """The architecture record of ``segmenter.json`` (what :func:`build_unet` is called with)."""
     channels = [int(c) for c in channels]
-    return {"name": "monai.networks.nets.AttentionUnet", "spatial_dims": 2, "in_channels": int(in_channels), "out_channels": 1,
-            "channels": channels, "strides": [int(s) for s in (strides or (2,) * (len(channels) - 1))], "dropout": float(dropout)}
+    return {
+        "name": "monai.networks.nets.AttentionUnet",
+        "spatial_dims": 2,
+        "in_channels": int(in_channels),
+        "out_channels": 1,
+        "channels": channels,
+        "strides": [int(s) for s in (strides or (2,) * (len(channels) - 1))],
+        "dropout": float(dropout),
+    }
 
 
 def make_arch(name: str, in_channels: int = 1, channels: Sequence[int] = DEFAULT_CHANNELS) -> dict:
@@ -104,7 +152,9 @@ def make_arch(name: str, in_channels: int = 1, channels: Sequence[int] = DEFAULT
     raise UsageError(f"--arch {name}: expected one of {', '.join(ARCHS)}")
 
 
-def segmenter_defaults(masks: bool, arch: str | None = None, loss: str | None = None, epochs: int | None = None) -> tuple[str, str, int]:
+def segmenter_defaults(
+    masks: bool, arch: str | None = None, loss: str | None = None, epochs: int | None = None
+) -> tuple[str, str, int]:
     """``(arch, loss, epochs)`` with the defaults of training on expert masks or on CAM pseudo-masks
     filled in where ``None``."""
     d = MASKS_DEFAULTS if masks else PSEUDO_DEFAULTS
@@ -130,7 +180,9 @@ def check_size(size: int, strides: Sequence[int]) -> None:
     """Raise a clear error when ``size`` does not fit the U-Net's down-sampling."""
     step = int(np.prod(strides))
     if size % step or size < 2 * step:
-        raise LiverscopeError(f"U-Net input size {size} must be a multiple of {step} (the product of the strides) and at least {2 * step}")
+        raise LiverscopeError(
+            f"U-Net input size {size} must be a multiple of {step} (the product of the strides) and at least {2 * step}"
+        )
 
 
 def to_unet_input(images: Sequence[np.ndarray], size: int, in_channels: int = 1, norm: dict | None = None):
@@ -144,7 +196,11 @@ def to_unet_input(images: Sequence[np.ndarray], size: int, in_channels: int = 1,
         if im.shape[0] != size or im.shape[1] != size:
             interp = cv2.INTER_AREA if min(im.shape[:2]) > size else cv2.INTER_LINEAR
             im = cv2.resize(im, (size, size), interpolation=interp)
-        a = to_grey(im)[None] if in_channels == 1 else np.moveaxis(im if im.ndim == 3 else np.repeat(im[..., None], 3, 2), 2, 0)
+        a = (
+            to_grey(im)[None]
+            if in_channels == 1
+            else np.moveaxis(im if im.ndim == 3 else np.repeat(im[..., None], 3, 2), 2, 0)
+        )
         arrs.append(a)
     x = torch.from_numpy(np.stack(arrs).astype(np.float32))
     norm = norm or ATTENTION_NORMALISATION
@@ -167,7 +223,7 @@ def segmenter_targets(run_dir: str | Path) -> list[str]:
     """The targets a run holds a segmenter for (weights and ``.json`` both present): ``lesion`` first, then by name."""
     run_dir = Path(run_dir)
     stem = SEGMENTER_META.split(".")[0] + "-"  # another target T: segmenter-T.json
-    named = sorted(p.stem[len(stem):] for p in run_dir.glob(f"{stem}*.json"))
+    named = sorted(p.stem[len(stem) :] for p in run_dir.glob(f"{stem}*.json"))
     names = [DEFAULT_TARGET] + [t for t in named if t != DEFAULT_TARGET and TARGET_NAME.fullmatch(t)]
     return [t for t in names if all((run_dir / segmenter_files(t)[k]).is_file() for k in ("weights", "meta"))]
 
@@ -212,7 +268,9 @@ class Segmenter:
         return Preprocessing.from_dict(pp) if pp else None
 
 
-def predict_proba(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16, scores: bool = False):
+def predict_proba(
+    segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16, scores: bool = False
+):
     """Foreground probabilities of model inputs, each at its own ``HxW`` (bilinear resize back); with
     ``scores``, ``(maps, image scores)``: the image-level head's probability per image (``None`` each
     for a segmenter without one)."""
@@ -245,7 +303,9 @@ def predict_mask(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
     return segment_images(segmenter, [image])[0][0]
 
 
-def gated_masks(segmenter: Segmenter, probs: Sequence[np.ndarray], scores: Sequence[float | None] | None = None) -> tuple[list[np.ndarray], int]:
+def gated_masks(
+    segmenter: Segmenter, probs: Sequence[np.ndarray], scores: Sequence[float | None] | None = None
+) -> tuple[list[np.ndarray], int]:
     """``(masks, suppressed)``: the segmenter's probability maps through its gate (``segmenter.json``
     ``gate``: :func:`~liverscope.segment.gate.apply_gate`; none for a segmenter saved without one), with
     the image-level head's ``scores`` where it has one, and how many non-empty raw masks the gate emptied."""
@@ -262,7 +322,9 @@ def save_segmenter(run_dir: str | Path, model, meta: dict, target: str = DEFAULT
     atomic_write_json(run_dir / files["meta"], {**meta, "target": target})
 
 
-def load_segmenter(run_dir: str | Path, device: str = "cpu", target: str = DEFAULT_TARGET) -> Segmenter | None:
+def load_segmenter(
+    run_dir: str | Path, device: str = "cpu", target: str = DEFAULT_TARGET
+) -> Segmenter | None:
     """The run's segmenter of ``target``, or ``None`` when the run has none (no ``.json`` / ``.safetensors``).
 
     A segmenter saved before targets existed (``segmenter.json`` without a ``target``) is the ``lesion`` one.
@@ -305,8 +367,15 @@ def _predict_tensor(model, x, device: str, batch_size: int = 16) -> tuple[np.nda
     return maps_arr, (np.concatenate(image) if image else None)
 
 
-def predict_probs_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu", norm: dict | None = None,
-                     scores: bool = False):
+def predict_probs_at(
+    model,
+    images: Sequence[np.ndarray],
+    size: int,
+    in_channels: int = 1,
+    device: str = "cpu",
+    norm: dict | None = None,
+    scores: bool = False,
+):
     """Foreground probabilities (``N x size x size``) of a U-Net for uint8 images; with ``scores``,
     ``(maps, image-level probabilities or None)``."""
     with cpu_threads(device):
@@ -314,13 +383,52 @@ def predict_probs_at(model, images: Sequence[np.ndarray], size: int, in_channels
     return (maps, image) if scores else maps
 
 
-def predict_masks_at(model, images: Sequence[np.ndarray], size: int, in_channels: int = 1, device: str = "cpu", norm: dict | None = None) -> np.ndarray:
+def predict_masks_at(
+    model,
+    images: Sequence[np.ndarray],
+    size: int,
+    in_channels: int = 1,
+    device: str = "cpu",
+    norm: dict | None = None,
+) -> np.ndarray:
     """Boolean masks (``size x size``, probability > 0.5, no gate) of a U-Net for uint8 images."""
     return predict_probs_at(model, images, size, in_channels, device, norm) > 0.5
 
 
 __all__ = [
-    "LOSSES", "ARCHS", "DEFAULT_MASKS_ARCH", "ATTENTION_NORMALISATION", "make_arch", "normalisation", "MASKS_DEFAULTS", "PSEUDO_DEFAULTS", "segmenter_defaults", "DEFAULT_CHANNELS", "DEFAULT_TARGET", "TARGET_NAME", "TARGET_COLOURS", "PALETTE", "cpu_threads", "build_unet", "unet_arch",
-    "check_size", "to_unet_input", "resize_masks", "check_target", "segmenter_files", "segmenter_targets", "target_colours", "Segmenter",
-    "predict_proba", "predict_mask", "segment_images", "gated_masks", "predict_probs_at", "save_segmenter", "load_segmenter", "segmenters", "predict_masks_at", "unet_from_arch",
+    "LOSSES",
+    "ARCHS",
+    "DEFAULT_MASKS_ARCH",
+    "ATTENTION_NORMALISATION",
+    "make_arch",
+    "normalisation",
+    "MASKS_DEFAULTS",
+    "PSEUDO_DEFAULTS",
+    "segmenter_defaults",
+    "DEFAULT_CHANNELS",
+    "DEFAULT_TARGET",
+    "TARGET_NAME",
+    "TARGET_COLOURS",
+    "PALETTE",
+    "cpu_threads",
+    "build_unet",
+    "unet_arch",
+    "check_size",
+    "to_unet_input",
+    "resize_masks",
+    "check_target",
+    "segmenter_files",
+    "segmenter_targets",
+    "target_colours",
+    "Segmenter",
+    "predict_proba",
+    "predict_mask",
+    "segment_images",
+    "gated_masks",
+    "predict_probs_at",
+    "save_segmenter",
+    "load_segmenter",
+    "segmenters",
+    "predict_masks_at",
+    "unet_from_arch",
 ]

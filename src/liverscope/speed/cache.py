@@ -48,8 +48,13 @@ def _cpu_name() -> str:
 def machine(device: str = "cpu") -> dict:
     """What makes a timing this machine's: CPU model, cores, torch threads and version, native bf16,
     and the GPU's name on a CUDA ``device``."""
-    out = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "torch": torch.__version__.split("+")[0], "native_bf16": cpu_has_native_bf16()}
+    out = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+        "native_bf16": cpu_has_native_bf16(),
+    }
     if str(device).startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return out
@@ -84,8 +89,13 @@ def store(kind: str, key: dict, value: dict, device: str = "cpu") -> Path | None
     if path is None:
         return None
     data = _read(path) if path.is_file() else {}
-    data[_entry_id(kind, key, device)] = {"kind": kind, "key": key, "machine": machine(device), "value": value,
-                                          "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    data[_entry_id(kind, key, device)] = {
+        "kind": kind,
+        "key": key,
+        "machine": machine(device),
+        "value": value,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     try:
         return atomic_write_json(path, data)
     except OSError:

@@ -37,7 +37,9 @@ PASSES = 2
 MIN_SPEEDUP = 1.05
 
 
-def split_inputs(run_dir: Path, part: str, limit: int | None, seed: int = 0, exclude: frozenset[str] = frozenset()) -> tuple[np.ndarray, list[str], list[str]]:
+def split_inputs(
+    run_dir: Path, part: str, limit: int | None, seed: int = 0, exclude: frozenset[str] = frozenset()
+) -> tuple[np.ndarray, list[str], list[str]]:
     """Preprocessed NCHW inputs of the run's own ``part`` images (``val``, ``test``, ``train``) but those
     in ``exclude`` (paths), at most ``limit`` of them (a seeded sample), with their labels and paths;
     unreadable files are left out."""
@@ -69,7 +71,9 @@ def check_inputs(run_dir: Path, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]
             if len(x):
                 return x, f"{len(x)} {part} images of the run"
     size = rundir.read_preprocessing(run_dir).size
-    return np.random.default_rng(0).standard_normal((n, 3, size, size), dtype=np.float32), f"{n} synthetic inputs (the run's images are not readable here)"
+    return np.random.default_rng(0).standard_normal(
+        (n, 3, size, size), dtype=np.float32
+    ), f"{n} synthetic inputs (the run's images are not readable here)"
 
 
 def candidates(run_dir: Path, device: str) -> list[str]:
@@ -96,8 +100,14 @@ def _engine(run_dir: Path, name: str, device: str, model_loader: Callable):
     return OnnxBackend(path, device)
 
 
-def measure(run_dir: Path, names: list[str], x: np.ndarray, batch_sizes: dict[str, int], device: str = "cpu",
-            model_loader: Callable | None = None) -> dict[str, dict]:
+def measure(
+    run_dir: Path,
+    names: list[str],
+    x: np.ndarray,
+    batch_sizes: dict[str, int],
+    device: str = "cpu",
+    model_loader: Callable | None = None,
+) -> dict[str, dict]:
     """Seconds per image of each candidate over ``x`` (the fastest of :data:`PASSES` passes, the passes
     of the candidates interleaved so that a change of the machine's load hits them all), its labels'
     agreement with ``torch-fp32`` (the first name) and its largest probability difference."""
@@ -108,27 +118,38 @@ def measure(run_dir: Path, names: list[str], x: np.ndarray, batch_sizes: dict[st
     for n, e in engines.items():
         with warnings.catch_warnings():  # a bf16 that fails torch's own check is reported in the timings
             warnings.simplefilter("ignore", RuntimeWarning)
-            e(x[: batch_sizes[n]], channels_first=True)  # warm-up: allocation, thread choice, torch's bf16 check
+            e(
+                x[: batch_sizes[n]], channels_first=True
+            )  # warm-up: allocation, thread choice, torch's bf16 check
     for _ in range(PASSES):
         for n, e in engines.items():
             b = batch_sizes[n]
             t0 = time.perf_counter()
-            logits[n] = np.concatenate([e(x[i:i + b], channels_first=True) for i in range(0, len(x), b)])
+            logits[n] = np.concatenate([e(x[i : i + b], channels_first=True) for i in range(0, len(x), b)])
             best[n] = min(best[n], (time.perf_counter() - t0) / len(x))
     ref = softmax(logits[names[0]])
     out = {}
     for n, e in engines.items():
         p = softmax(logits[n])
         kept = e.precision == n.split("-")[1]  # torch's own bf16 check may have fallen back to fp32
-        out[n] = {"seconds_per_image": best[n], "batch": batch_sizes[n], "label_agreement": float(np.mean(p.argmax(1) == ref.argmax(1))),
-                  "max_prob_diff": float(np.abs(p - ref).max()), "precision_kept": kept}
+        out[n] = {
+            "seconds_per_image": best[n],
+            "batch": batch_sizes[n],
+            "label_agreement": float(np.mean(p.argmax(1) == ref.argmax(1))),
+            "max_prob_diff": float(np.abs(p - ref).max()),
+            "precision_kept": kept,
+        }
     return out
 
 
 def pick(timings: dict[str, dict]) -> str:
     """The fastest candidate that agrees with fp32 on every check image (a lower precision: only when
     :data:`MIN_SPEEDUP` faster than the fastest fp32 candidate)."""
-    ok = {n: t["seconds_per_image"] for n, t in timings.items() if t["label_agreement"] == 1.0 and t["precision_kept"]}
+    ok = {
+        n: t["seconds_per_image"]
+        for n, t in timings.items()
+        if t["label_agreement"] == 1.0 and t["precision_kept"]
+    }
     fp32 = min((n for n in ok if n.endswith("fp32")), key=ok.get)
     fastest = min(ok, key=ok.get)
     return fastest if fastest.endswith("fp32") or ok[fp32] >= MIN_SPEEDUP * ok[fastest] else fp32
@@ -136,14 +157,28 @@ def pick(timings: dict[str, dict]) -> str:
 
 def _describe(name: str, timings: dict[str, dict], cached: bool, inputs: str) -> str:
     def note(t: dict) -> str:
-        return " (fell back to fp32 on its own check)" if not t["precision_kept"] else "" if t["label_agreement"] == 1.0 else " (labels differ)"
+        return (
+            " (fell back to fp32 on its own check)"
+            if not t["precision_kept"]
+            else ""
+            if t["label_agreement"] == 1.0
+            else " (labels differ)"
+        )
 
-    figures = ", ".join(f"{n} {1 / t['seconds_per_image']:.1f} img/s{note(t)}" for n, t in sorted(timings.items(), key=lambda kv: kv[1]["seconds_per_image"]))
+    figures = ", ".join(
+        f"{n} {1 / t['seconds_per_image']:.1f} img/s{note(t)}"
+        for n, t in sorted(timings.items(), key=lambda kv: kv[1]["seconds_per_image"])
+    )
     return f"backend chosen by measurement{' (earlier, on this machine)' if cached else f' on {inputs}'}: {name} ({figures})"
 
 
-def choose_backend(run_dir: str | Path, device: str = "auto", batch_sizes: dict[str, int] | None = None, use_cache: bool = True,
-                   model_loader: Callable | None = None) -> dict:
+def choose_backend(
+    run_dir: str | Path,
+    device: str = "auto",
+    batch_sizes: dict[str, int] | None = None,
+    use_cache: bool = True,
+    model_loader: Callable | None = None,
+) -> dict:
     """The backend a run should predict with on this machine (see the module notes).
 
     Args:
@@ -162,11 +197,24 @@ def choose_backend(run_dir: str | Path, device: str = "auto", batch_sizes: dict[
     names = candidates(run_dir, device)
     sizes = {n: int((batch_sizes or {}).get(n, 4)) for n in names}
     meta = rundir.read_model_meta(run_dir)
-    key = {"candidates": names, "batch": sizes, "weights": rundir.weights_sha256(run_dir), "onnx": (meta.get("onnx") or {}).get("onnx_sha256"),
-           "int8": (meta.get("onnx_int8") or {}).get("onnx_sha256") if "onnx-int8" in names else None, "device": device}
+    key = {
+        "candidates": names,
+        "batch": sizes,
+        "weights": rundir.weights_sha256(run_dir),
+        "onnx": (meta.get("onnx") or {}).get("onnx_sha256"),
+        "int8": (meta.get("onnx_int8") or {}).get("onnx_sha256") if "onnx-int8" in names else None,
+        "device": device,
+    }
     if len(names) == 1:  # nothing to choose between (no export, no onnxruntime, no native bf16)
-        return {"choice": names[0], "backend": "torch", "precision": "fp32", "timings": {}, "cached": False, "inputs": None,
-                "reason": "torch fp32: the only candidate here (onnxruntime missing or no current export; bf16 not native)"}
+        return {
+            "choice": names[0],
+            "backend": "torch",
+            "precision": "fp32",
+            "timings": {},
+            "cached": False,
+            "inputs": None,
+            "reason": "torch fp32: the only candidate here (onnxruntime missing or no current export; bf16 not native)",
+        }
     found = cache.lookup(CACHE_KIND, key, device) if use_cache else None
     timings, inputs = (found["timings"], found["inputs"]) if found else (None, None)
     if timings is None:
@@ -176,8 +224,24 @@ def choose_backend(run_dir: str | Path, device: str = "auto", batch_sizes: dict[
             cache.store(CACHE_KIND, key, {"timings": timings, "inputs": inputs}, device)
     name = pick(timings)
     backend, precision = name.split("-")
-    return {"choice": name, "backend": backend, "precision": precision, "timings": timings, "cached": found is not None, "inputs": inputs,
-            "reason": _describe(name, timings, found is not None, inputs)}
+    return {
+        "choice": name,
+        "backend": backend,
+        "precision": precision,
+        "timings": timings,
+        "cached": found is not None,
+        "inputs": inputs,
+        "reason": _describe(name, timings, found is not None, inputs),
+    }
 
 
-__all__ = ["CHECK_IMAGES", "MIN_SPEEDUP", "split_inputs", "check_inputs", "candidates", "measure", "pick", "choose_backend"]
+__all__ = [
+    "CHECK_IMAGES",
+    "MIN_SPEEDUP",
+    "split_inputs",
+    "check_inputs",
+    "candidates",
+    "measure",
+    "pick",
+    "choose_backend",
+]

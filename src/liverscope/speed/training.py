@@ -52,8 +52,14 @@ def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) 
     return time.perf_counter() - t0
 
 
-def time_training_steps(model: torch.nn.Module, batch: int, size: int, device: str = "cpu", channels_last: bool = True,
-                        steps: int = STEPS) -> dict[str, float]:
+def time_training_steps(
+    model: torch.nn.Module,
+    batch: int,
+    size: int,
+    device: str = "cpu",
+    channels_last: bool = True,
+    steps: int = STEPS,
+) -> dict[str, float]:
     """Median seconds per training step of ``model`` in fp32 and in bf16-mixed, on a copy (the
     model's weights and batch-norm statistics are not touched) and synthetic ``batch x 3 x size x size`` input."""
     net = copy.deepcopy(model).to(device).train()
@@ -73,15 +79,28 @@ def time_training_steps(model: torch.nn.Module, batch: int, size: int, device: s
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def choose_training_precision(model: torch.nn.Module, model_name: str, batch: int, size: int, device: str = "cpu",
-                              channels_last: bool = True, use_cache: bool = True) -> dict:
+def choose_training_precision(
+    model: torch.nn.Module,
+    model_name: str,
+    batch: int,
+    size: int,
+    device: str = "cpu",
+    channels_last: bool = True,
+    use_cache: bool = True,
+) -> dict:
     """``train.precision: auto`` on one device: the precision to train in, and why.
 
     Returns:
         ``{"precision": "32-true" | "bf16-mixed", "reason": ..., "seconds_per_step": {precision: s} or
         None, "cached": bool, "batch", "size", "device"}`` (what ``model.json["training_precision"]`` holds).
     """
-    out = {"batch": int(batch), "size": int(size), "device": device, "seconds_per_step": None, "cached": False}
+    out = {
+        "batch": int(batch),
+        "size": int(size),
+        "device": device,
+        "seconds_per_step": None,
+        "cached": False,
+    }
     if not native_bf16(device):
         where = "this GPU" if str(device).startswith("cuda") else "this CPU (no AVX-512-BF16 or AMX)"
         return {**out, "precision": FP32, "reason": f"bf16 is not native on {where}: fp32, not timed"}
@@ -97,9 +116,24 @@ def choose_training_precision(model: torch.nn.Module, model_name: str, batch: in
     speedup = timings[FP32] / timings[BF16]
     precision = BF16 if speedup >= MIN_SPEEDUP else FP32
     verdict = "faster" if precision == BF16 else f"not {MIN_SPEEDUP}x faster"
-    reason = (f"measured{' earlier' if out['cached'] else ''}: {timings[FP32]:.3f} s/step fp32, {timings[BF16]:.3f} s/step bf16-mixed "
-              f"({speedup:.2f}x): bf16 {verdict}")
-    return {**out, "precision": precision, "reason": reason, "seconds_per_step": {k: round(v, 4) for k, v in timings.items()}}
+    reason = (
+        f"measured{' earlier' if out['cached'] else ''}: {timings[FP32]:.3f} s/step fp32, {timings[BF16]:.3f} s/step bf16-mixed "
+        f"({speedup:.2f}x): bf16 {verdict}"
+    )
+    return {
+        **out,
+        "precision": precision,
+        "reason": reason,
+        "seconds_per_step": {k: round(v, 4) for k, v in timings.items()},
+    }
 
 
-__all__ = ["FP32", "BF16", "MIN_SPEEDUP", "STEPS", "native_bf16", "time_training_steps", "choose_training_precision"]
+__all__ = [
+    "FP32",
+    "BF16",
+    "MIN_SPEEDUP",
+    "STEPS",
+    "native_bf16",
+    "time_training_steps",
+    "choose_training_precision",
+]

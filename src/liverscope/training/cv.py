@@ -34,22 +34,30 @@ from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.stats import fit_temperature_checked
-from liverscope.training.lightning_module import global_rank
-from liverscope.training.provenance import collect_provenance
 from liverscope.training.datamodule import (
-    CollectedData, Listing, RunDataModule, collect_samples, list_data, run_preprocessing, samples_in_split,
+    CollectedData,
+    Listing,
+    RunDataModule,
+    collect_samples,
+    list_data,
+    run_preprocessing,
+    samples_in_split,
 )
+from liverscope.training.lightning_module import global_rank
 from liverscope.training.postrun import finish, write_report_safely
+from liverscope.training.provenance import collect_provenance
 from liverscope.training.train import train_prepared
 from liverscope.utils import log, softmax
 
 
 def ensemble_logits(fold_logits: Sequence[np.ndarray]) -> np.ndarray:
     """The fold ensemble: the mean of the fold models' logits (softmax is applied afterwards)."""
-    return np.mean(np.stack([np.asarray(l, dtype=np.float64) for l in fold_logits]), axis=0)
+    return np.mean(np.stack([np.asarray(lg, dtype=np.float64) for lg in fold_logits]), axis=0)
 
 
-def cv_assignments(data: CollectedData, cfg: RunConfig, k: int, test_frac: float) -> tuple[np.ndarray, np.ndarray]:
+def cv_assignments(
+    data: CollectedData, cfg: RunConfig, k: int, test_frac: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Outer hold-out (``test``/``dev``) and fold index (-1 for test) per sample.
 
     ``grouped`` (default): duplicate groups never straddle the test hold-out or two folds.
@@ -68,7 +76,9 @@ def cv_assignments(data: CollectedData, cfg: RunConfig, k: int, test_frac: float
         outer = np.array(["train"] * len(labels))
     dev = np.nonzero(outer != "test")[0]
     fold = np.full(len(labels), -1, dtype=int)
-    for i, (_, val_idx) in enumerate(splits.kfold_split(labels[dev], None if groups is None else groups[dev], k=k, seed=seed)):
+    for i, (_, val_idx) in enumerate(
+        splits.kfold_split(labels[dev], None if groups is None else groups[dev], k=k, seed=seed)
+    ):
         fold[dev[val_idx]] = i
     if grouped:
         for i in range(k):
@@ -85,7 +95,9 @@ def fold_count(split_path: Path) -> int:
     """
     _, _, folds = rundir.read_split(split_path)
     if folds is None or not len(folds):
-        raise LiverscopeError(f"{split_path}: no fold column; this is not the split of a cv run (use another --name)")
+        raise LiverscopeError(
+            f"{split_path}: no fold column; this is not the split of a cv run (use another --name)"
+        )
     return int(folds.max()) + 1
 
 
@@ -112,7 +124,9 @@ class FoldDataModule(RunDataModule):
     makes sure the cv run's split exists, then writes the fold's ``split.csv`` (the fold is ``val``,
     the hold-out ``test``, the other folds ``train``)."""
 
-    def __init__(self, cv_cfg: RunConfig, fold_cfg: RunConfig, listed: Listing, fold: int, k: int, test_frac: float):
+    def __init__(
+        self, cv_cfg: RunConfig, fold_cfg: RunConfig, listed: Listing, fold: int, k: int, test_frac: float
+    ):
         super().__init__(fold_cfg, listed, has_val=True)
         self.cv_cfg, self.fold, self.k, self.test_frac = cv_cfg, fold, k, test_frac
 
@@ -134,8 +148,14 @@ def fold_config(cfg: RunConfig, i: int) -> RunConfig:
     return fold_cfg
 
 
-def cross_validate(cfg: RunConfig, k: int = 5, test_frac: float = 0.2, folds: Sequence[int] | None = None, resume: bool = False,
-                   aggregate: bool = True) -> Path:
+def cross_validate(
+    cfg: RunConfig,
+    k: int = 5,
+    test_frac: float = 0.2,
+    folds: Sequence[int] | None = None,
+    resume: bool = False,
+    aggregate: bool = True,
+) -> Path:
     """Stratified (grouped) k-fold training with a hold-out test set and a logit-averaging ensemble.
 
     The run directory gets ``split.csv`` (with the fold of every development image), ``folds/foldI/``
@@ -174,14 +194,18 @@ def cross_validate(cfg: RunConfig, k: int = 5, test_frac: float = 0.2, folds: Se
         fold_resume = resume and rundir.last_checkpoint(fold_dir).exists()
         if global_rank() == 0:
             log(f"fold {i + 1}/{k}")
-        trained = train_prepared(fold_cfg, FoldDataModule(cfg, fold_cfg, listed, i, k, test_frac), fold_resume)
+        trained = train_prepared(
+            fold_cfg, FoldDataModule(cfg, fold_cfg, listed, i, k, test_frac), fold_resume
+        )
         if trained is not None:  # global rank 0: calibrate, fit the OOD flag, score, report
             finish(trained)
     if not todo or not aggregate or global_rank() != 0:
         return run_dir
     missing = [i for i in range(k) if not rundir.is_trained(rundir.fold_dir(run_dir, i))]
     if missing:  # other processes (array tasks, GPUs) train them: the last one to finish aggregates
-        log(f"folds {missing} are not trained yet: the last of them to finish aggregates (or `liverscope cv --aggregate`)")
+        log(
+            f"folds {missing} are not trained yet: the last of them to finish aggregates (or `liverscope cv --aggregate`)"
+        )
         return run_dir
     aggregate_cv(run_dir, listed[1], k, run_preprocessing(cfg))
     return run_dir
@@ -196,11 +220,15 @@ def aggregate_run(run_dir: str | Path) -> dict:
     """
     run_dir = Path(run_dir)
     if not (run_dir / rundir.SPLIT).exists():
-        raise LiverscopeError(f"{run_dir}: no {rundir.SPLIT}; not a cross-validation run (start one with `liverscope cv DATA --name NAME`)")
+        raise LiverscopeError(
+            f"{run_dir}: no {rundir.SPLIT}; not a cross-validation run (start one with `liverscope cv DATA --name NAME`)"
+        )
     k = fold_count(run_dir / rundir.SPLIT)
     missing = [i for i in range(k) if not rundir.is_trained(rundir.fold_dir(run_dir, i))]
     if missing:
-        raise LiverscopeError(f"{run_dir}: folds {missing} are not trained yet; train them (`liverscope cv --recipe {run_dir / rundir.CONFIG} --fold I`), then aggregate")
+        raise LiverscopeError(
+            f"{run_dir}: folds {missing} are not trained yet; train them (`liverscope cv --recipe {run_dir / rundir.CONFIG} --fold I`), then aggregate"
+        )
     first = rundir.fold_dir(run_dir, 0)
     return aggregate_cv(run_dir, rundir.read_model_meta(first)["labels"], k, rundir.read_preprocessing(first))
 
@@ -230,15 +258,31 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     result: dict = {"k": k, "class_names": names}
     protocol = oof_protocol(selects)
     if protocol["temperature"] == "cross-fitted":
-        oof = list(zip([p for p, _ in oof], cross_fitted_temperatures([p.logits for p, _ in oof], [p.y for p, _ in oof])))
+        oof = list(
+            zip(
+                [p for p, _ in oof],
+                cross_fitted_temperatures([p.logits for p, _ in oof], [p.y for p, _ in oof]),
+            )
+        )
     elif protocol["warning"]:
         log(f"WARNING: {protocol['warning']}")
     result["oof_protocol"] = dict(protocol, fold_temperatures=[t for _, t in oof])
     oof_samples = [s for p, _ in oof for s in p.samples()]
     oof_y = np.concatenate([p.y for p, _ in oof])
     oof_logits = np.concatenate([p.logits for p, _ in oof])
-    oof_probs = np.concatenate([softmax(p.logits, t) for p, t in oof])  # each fold model at its own temperature
-    scored = score_predictions(run_dir, rundir.OOF_PREDICTIONS, oof_samples, oof_y, oof_logits, names, probs=oof_probs, confusion_png=False)
+    oof_probs = np.concatenate(
+        [softmax(p.logits, t) for p, t in oof]
+    )  # each fold model at its own temperature
+    scored = score_predictions(
+        run_dir,
+        rundir.OOF_PREDICTIONS,
+        oof_samples,
+        oof_y,
+        oof_logits,
+        names,
+        probs=oof_probs,
+        confusion_png=False,
+    )
     result["oof"] = scored["metrics"]
     # the ensemble's one temperature: every development image is held out from the model that scored it
     fit = fit_temperature_checked(oof_logits, oof_y)
@@ -249,7 +293,15 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     if scored["by_source"]:
         result["oof_by_source"] = scored["by_source"]
     if test is not None:
-        scored = score_predictions(run_dir, rundir.PREDICTIONS_TEST, test.samples(), test.y, ensemble_logits(test_logits), names, temperature)
+        scored = score_predictions(
+            run_dir,
+            rundir.PREDICTIONS_TEST,
+            test.samples(),
+            test.y,
+            ensemble_logits(test_logits),
+            names,
+            temperature,
+        )
         result["ensemble"] = result["test"] = scored["metrics"]
         result["temperature"] = temperature
         if scored["by_source"]:
@@ -259,16 +311,26 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     rundir.write_fold_table(run_dir, fold_table)
     rundir.write_metrics(run_dir, result)
     first = rundir.read_model_meta(fold_dirs[0])
-    rundir.write_model_meta(run_dir, {
-        "architecture": first["architecture"], "labels": names, "preprocessing": pp.to_dict(),
-        "weights_source": first.get("weights_source"), "temperature": temperature, "temperature_fit": fit,  # 1.0 when the fit is refused
-        "training_data": first.get("training_data"),  # every fold's split holds all the run's images
-        "ensemble": [str(fd.relative_to(run_dir)) for fd in fold_dirs],
-        "validation": {key: result["oof"].get(key) for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
-        "liverscope_version": __version__,
-        # the ensemble's own: its split.csv (with the folds) fingerprints the data; each fold's model.json has its own
-        "provenance": collect_provenance(rundir.read_config(run_dir).train.seed, run_dir / rundir.SPLIT),
-    })
+    rundir.write_model_meta(
+        run_dir,
+        {
+            "architecture": first["architecture"],
+            "labels": names,
+            "preprocessing": pp.to_dict(),
+            "weights_source": first.get("weights_source"),
+            "temperature": temperature,
+            "temperature_fit": fit,  # 1.0 when the fit is refused
+            "training_data": first.get("training_data"),  # every fold's split holds all the run's images
+            "ensemble": [str(fd.relative_to(run_dir)) for fd in fold_dirs],
+            "validation": {
+                key: result["oof"].get(key)
+                for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+            },
+            "liverscope_version": __version__,
+            # the ensemble's own: its split.csv (with the folds) fingerprints the data; each fold's model.json has its own
+            "provenance": collect_provenance(rundir.read_config(run_dir).train.seed, run_dir / rundir.SPLIT),
+        },
+    )
     write_report_safely(run_dir)
     return result
 
@@ -282,13 +344,24 @@ def oof_protocol(selects: Sequence[str]) -> dict:
     chose its best epoch and fitted its temperature, so the figures are a little optimistic."""
     kind = selects[0] if len(set(selects)) == 1 else "mixed"
     honest = kind == "last"
-    warning = None if honest else (
-        "out-of-fold images chose the fold models' best epochs and fitted their temperatures (train.select best): "
-        "the out-of-fold figures are a little optimistic; train.select auto or last makes them honest")
+    warning = (
+        None
+        if honest
+        else (
+            "out-of-fold images chose the fold models' best epochs and fitted their temperatures (train.select best): "
+            "the out-of-fold figures are a little optimistic; train.select auto or last makes them honest"
+        )
+    )
     if kind == "mixed":
         warning = f"folds trained with different train.select ({', '.join(selects)}): {warning}"
-    return {"select": kind, "honest": honest, "warning": warning,
-            "temperature": "cross-fitted" if honest else "each fold's own, fitted on its validation (out-of-fold) images"}
+    return {
+        "select": kind,
+        "honest": honest,
+        "warning": warning,
+        "temperature": "cross-fitted"
+        if honest
+        else "each fold's own, fitted on its validation (out-of-fold) images",
+    }
 
 
 def cross_fitted_temperatures(logits: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> list[float]:
@@ -297,7 +370,9 @@ def cross_fitted_temperatures(logits: Sequence[np.ndarray], y: Sequence[np.ndarr
     temps = []
     for i in range(len(logits)):
         others = [j for j in range(len(logits)) if j != i]
-        fit = fit_temperature_checked(np.concatenate([logits[j] for j in others]), np.concatenate([y[j] for j in others]))
+        fit = fit_temperature_checked(
+            np.concatenate([logits[j] for j in others]), np.concatenate([y[j] for j in others])
+        )
         temps.append(float(fit["temperature"]))
     return temps
 
@@ -309,6 +384,7 @@ GAP_KEYS = ("balanced_accuracy", "macro_auc", "quadratic_kappa", "accuracy", "ma
 def ensemble_vs_oof(result: dict) -> dict:
     """The fold ensemble on the hold-out (the product users run) beside the out-of-fold figures (the
     estimate): each figure of :data:`GAP_KEYS`, overall and per source, and ``gap`` = ensemble - out-of-fold."""
+
     def row(oof: dict, ens: dict) -> dict:
         out = {}
         for key in GAP_KEYS:
@@ -324,7 +400,9 @@ def ensemble_vs_oof(result: dict) -> dict:
     return table
 
 
-def run_fold_queue(folds: Sequence[int], devices: Sequence[str], launch: Callable[[int, str], int]) -> dict[int, int]:
+def run_fold_queue(
+    folds: Sequence[int], devices: Sequence[str], launch: Callable[[int, str], int]
+) -> dict[int, int]:
     """Run ``launch(fold, device)`` for every fold, never two folds on one device at a time: one worker
     per device pulls the next fold from a queue as soon as its last one has ended, so every device stays
     busy while folds remain and the fastest device takes the most folds. (A pool that sends fold i to
@@ -357,16 +435,28 @@ def run_fold_queue(folds: Sequence[int], devices: Sequence[str], launch: Callabl
 def fold_command(config_path: Path, fold: int, resume: bool = False) -> list[str]:
     """The command line of one fold process: ``liverscope cv --recipe RUN/config.yaml --fold I`` (it
     reads the run's split, so it audits nothing; its parent aggregates)."""
-    return [sys.executable, "-m", "liverscope", "cv", "--recipe", str(config_path), "--fold", str(fold), "--no-auto-aggregate",
-            *(["--resume"] if resume else [])]
+    return [
+        sys.executable,
+        "-m",
+        "liverscope",
+        "cv",
+        "--recipe",
+        str(config_path),
+        "--fold",
+        str(fold),
+        "--no-auto-aggregate",
+        *(["--resume"] if resume else []),
+    ]
 
 
 def fold_process_launcher(config_path: Path, resume: bool = False) -> Callable[[int, str], int]:
     """``launch(fold, device)`` for :func:`run_fold_queue`: a fold process that sees one GPU (``CUDA_VISIBLE_DEVICES``)."""
+
     def launch(fold: int, device: str) -> int:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
         log(f"fold {fold}: starting on GPU {device}")
         return subprocess.run(fold_command(config_path, fold, resume), env=env, check=False).returncode
+
     return launch
 
 
@@ -375,30 +465,58 @@ def visible_gpus(n: int) -> list[str]:
     (e.g. a cluster's allocation), else ``0..n-1``."""
     visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if visible and len(visible) < n:
-        raise UsageError(f"--gpus {n}: CUDA_VISIBLE_DEVICES names only {len(visible)} GPU(s) ({','.join(visible)})")
+        raise UsageError(
+            f"--gpus {n}: CUDA_VISIBLE_DEVICES names only {len(visible)} GPU(s) ({','.join(visible)})"
+        )
     return visible[:n] if visible else [str(i) for i in range(n)]
 
 
-def cross_validate_on_devices(cfg: RunConfig, k: int, test_frac: float, devices: Sequence[str], resume: bool = False,
-                              launch: Callable[[int, str], int] | None = None) -> Path:
+def cross_validate_on_devices(
+    cfg: RunConfig,
+    k: int,
+    test_frac: float,
+    devices: Sequence[str],
+    resume: bool = False,
+    launch: Callable[[int, str], int] | None = None,
+) -> Path:
     """Cross-validation with the folds in parallel, one fold process per device at a time
     (:func:`run_fold_queue`). This process audits and splits the data once and writes ``config.yaml``;
     each fold process reads them (``resume`` reaches every one of them); when all have ended, it
     aggregates. ``launch`` replaces the fold processes (tests)."""
     if str(cfg.train.devices) != "1":
-        raise UsageError(f"--gpus trains one fold per GPU; train.devices is {cfg.train.devices}: leave it at 1 "
-                         "(or drop --gpus and train each fold on several devices with --devices N --strategy ddp)")
+        raise UsageError(
+            f"--gpus trains one fold per GPU; train.devices is {cfg.train.devices}: leave it at 1 "
+            "(or drop --gpus and train each fold on several devices with --devices N --strategy ddp)"
+        )
     run_dir = cross_validate(cfg, k=k, test_frac=test_frac, folds=[])
     k = fold_count(run_dir / rundir.SPLIT)
     todo = [i for i in range(k) if not rundir.is_trained(rundir.fold_dir(run_dir, i))]
     codes = run_fold_queue(todo, devices, launch or fold_process_launcher(run_dir / rundir.CONFIG, resume))
     failed = {i: c for i, c in sorted(codes.items()) if c}
     if failed:
-        raise LiverscopeError(f"fold processes failed (fold: exit code) {failed}; rerun the same command with --resume to continue them")
+        raise LiverscopeError(
+            f"fold processes failed (fold: exit code) {failed}; rerun the same command with --resume to continue them"
+        )
     return cross_validate(cfg, k=k, test_frac=test_frac)
 
 
 __all__ = [
-    "ensemble_logits", "cv_assignments", "fold_count", "ensure_cv_split", "FoldDataModule", "fold_config", "cross_validate", "aggregate_run",
-    "aggregate_cv", "oof_protocol", "cross_fitted_temperatures", "ensemble_vs_oof", "GAP_KEYS", "run_fold_queue", "fold_command", "fold_process_launcher", "visible_gpus", "cross_validate_on_devices",
+    "ensemble_logits",
+    "cv_assignments",
+    "fold_count",
+    "ensure_cv_split",
+    "FoldDataModule",
+    "fold_config",
+    "cross_validate",
+    "aggregate_run",
+    "aggregate_cv",
+    "oof_protocol",
+    "cross_fitted_temperatures",
+    "ensemble_vs_oof",
+    "GAP_KEYS",
+    "run_fold_queue",
+    "fold_command",
+    "fold_process_launcher",
+    "visible_gpus",
+    "cross_validate_on_devices",
 ]

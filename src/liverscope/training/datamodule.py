@@ -60,7 +60,9 @@ def list_data(cfg: RunConfig) -> Listing:
     """The samples and class names of a recipe's data: a listing only, nothing is decoded or written
     (every process of a distributed run lists the data: the class names size the model's head)."""
     if not cfg.data.path:
-        raise LiverscopeError("no data given: pass a class-per-folder tree or a CSV manifest (or run `liverscope demo`)")
+        raise LiverscopeError(
+            "no data given: pass a class-per-folder tree or a CSV manifest (or run `liverscope demo`)"
+        )
     return load_samples(cfg.data.path, frames=cfg.data.frames)
 
 
@@ -77,14 +79,18 @@ def collect_samples(cfg: RunConfig, run_dir: Path, listed: Listing | None = None
     everything once into the cache, and audit it (``audit.json``/``audit.html``): exact and
     near-duplicate groups, sources."""
     samples, class_names = listed or list_data(cfg)
-    samples = [dataclasses.replace(s) for s in samples]  # the audit fills in sha256 and source: not the caller's objects
+    samples = [
+        dataclasses.replace(s) for s in samples
+    ]  # the audit fills in sha256 and source: not the caller's objects
     pp = run_preprocessing(cfg)  # an unknown model fails here, before the audit and the cache warm-up
     cache = PreprocessCache(pp, cfg.data.cache_dir)
     samples, skipped = check_readable(samples)
     t0 = time.perf_counter()
     samples, bad = warm_cache(samples, cache, workers=max(1, torch.get_num_threads()))
     skipped += bad
-    log(f"{len(samples)} images ready ({cache.hits} from cache, {cache.misses} preprocessed) in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"{len(samples)} images ready ({cache.hits} from cache, {cache.misses} preprocessed) in {time.perf_counter() - t0:.1f}s"
+    )
     if skipped:
         log(f"skipped {len(skipped)} unreadable file(s); see {rundir.write_skipped(run_dir, skipped)}")
     if not samples:
@@ -98,7 +104,9 @@ def collect_samples(cfg: RunConfig, run_dir: Path, listed: Listing | None = None
         smp.source = smp.source or rec.get("source")
     groups = np.array([audit["group_id"][str(smp.path)] for smp in samples])
     summary = audit["summary"]
-    log(f"audit: {summary['files']} files, {summary['distinct']} distinct, {summary['groups']} duplicate groups, {summary['sources']} source(s)")
+    log(
+        f"audit: {summary['files']} files, {summary['distinct']} distinct, {summary['groups']} duplicate groups, {summary['sources']} source(s)"
+    )
     if cfg.data.distinct_only:
         seen: set[tuple[str, int | None]] = set()
         keep = []
@@ -127,25 +135,36 @@ def assign_splits(data: CollectedData, cfg: RunConfig) -> np.ndarray:
     elif d.split == "stratified":
         assignment = splits.holdout_split(labels, None, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
     elif d.split == "grouped":
-        assignment = splits.holdout_split(labels, data.groups, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed)
+        assignment = splits.holdout_split(
+            labels, data.groups, test_frac=d.test_frac, val_frac=d.val_frac, seed=seed
+        )
         splits.check_leakage(assignment, data.groups, allow=d.allow_leak)
     else:
         raise LiverscopeError(f"unknown split '{d.split}' (grouped, stratified, random)")
     leaks = splits.find_leaks(assignment, data.groups)
     if leaks and d.split != "grouped":
         n_leaky = sum(len(idx) for _, idx in leaks)
-        log(f"WARNING: {d.split} split: {n_leaky} validation/test images have a duplicate in training (use --split grouped)")
+        log(
+            f"WARNING: {d.split} split: {n_leaky} validation/test images have a duplicate in training (use --split grouped)"
+        )
     return assignment
 
 
-def samples_in_split(listed: Sequence[Sample], split_path: Path) -> tuple[list[Sample], np.ndarray, np.ndarray | None]:
+def samples_in_split(
+    listed: Sequence[Sample], split_path: Path
+) -> tuple[list[Sample], np.ndarray, np.ndarray | None]:
     """The listed samples that a ``split.csv`` holds, with its group, source and sha256, their split and
     (for a cv run) fold. Matched by path: the frames of a cine loop share their file's split; files
     listed but not in the split (added since), or in the split but gone, are left out."""
     prev, assignment, folds = rundir.read_split(split_path)
     row = {str(s.path): i for i, s in enumerate(prev)}
     keep = [(s, row[str(s.path)]) for s in listed if str(s.path) in row]
-    samples = [dataclasses.replace(s, group=prev[i].group, source=prev[i].source or s.source, sha256=prev[i].sha256 or s.sha256) for s, i in keep]
+    samples = [
+        dataclasses.replace(
+            s, group=prev[i].group, source=prev[i].source or s.source, sha256=prev[i].sha256 or s.sha256
+        )
+        for s, i in keep
+    ]
     index = np.array([i for _, i in keep], dtype=int)
     return samples, assignment[index], None if folds is None else folds[index]
 
@@ -161,12 +180,16 @@ def prepared_from_split(cfg: RunConfig, listed: Listing, split_path: Path) -> Pr
     present = {s.label for s, a in zip(samples, assignment) if a == "train"}
     missing = [c for c in class_names if c not in present]
     if missing:
-        raise LiverscopeError(f"{cfg.data.path}: classes {missing} have no training images after the split; add images or merge classes")
+        raise LiverscopeError(
+            f"{cfg.data.path}: classes {missing} have no training images after the split; add images or merge classes"
+        )
     pp = run_preprocessing(cfg)
     return PreparedData(samples, class_names, assignment, PreprocessCache(pp, cfg.data.cache_dir), pp, [])
 
 
-def prepare_data(cfg: RunConfig, run_dir: Path, reuse_split: bool = True, listed: Listing | None = None) -> PreparedData:
+def prepare_data(
+    cfg: RunConfig, run_dir: Path, reuse_split: bool = True, listed: Listing | None = None
+) -> PreparedData:
     """Validate, audit, cache and split the data of a run into ``split.csv``; a split already there is
     reused (``--resume``: the same split, no second audit)."""
     listed = listed or list_data(cfg)
@@ -190,15 +213,25 @@ def train_loader(prep: PreparedData, cfg: RunConfig, processes: int = 1) -> Data
     share: a plain shuffle becomes its ``DistributedSampler``, the weighted sampler is wrapped by its
     ``DistributedSamplerWrapper``, which splits one weighted draw (seeded alike on every process) between them."""
     t = cfg.train
-    train_ds = ImageDataset([s for s, a in zip(prep.samples, prep.splits) if a == "train"], prep.class_names, prep.cache,
-                            build_transform(cfg.data.augment, prep.pp, train=True, crop=cfg.data.train_crop))
+    train_ds = ImageDataset(
+        [s for s, a in zip(prep.samples, prep.splits) if a == "train"],
+        prep.class_names,
+        prep.cache,
+        build_transform(cfg.data.augment, prep.pp, train=True, crop=cfg.data.train_crop),
+    )
     gen = torch.Generator().manual_seed(t.seed)
     nw = int(cfg.data.num_workers)
-    share = -(-len(train_ds) // max(1, processes))  # what one process sees: drop a ragged last batch only if a full one is left
-    common = dict(batch_size=t.batch_size, num_workers=nw, persistent_workers=nw > 0, drop_last=share > t.batch_size)
+    share = -(
+        -len(train_ds) // max(1, processes)
+    )  # what one process sees: drop a ragged last batch only if a full one is left
+    common = dict(
+        batch_size=t.batch_size, num_workers=nw, persistent_workers=nw > 0, drop_last=share > t.batch_size
+    )
     if t.balance == "sampler":
         w = class_weights(train_ds.targets, prep.class_names)[train_ds.targets]
-        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(train_ds), replacement=True, generator=gen)
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(w, dtype=torch.double), num_samples=len(train_ds), replacement=True, generator=gen
+        )
         return DataLoader(train_ds, sampler=sampler, **common)
     return DataLoader(train_ds, shuffle=True, generator=gen, **common)
 
@@ -213,11 +246,15 @@ def class_weights(targets: Sequence[int], class_names: Sequence[str]) -> np.ndar
     targets = np.asarray(targets, dtype=int)
     missing = [c for i, c in enumerate(class_names) if not np.any(targets == i)]
     if missing:
-        raise LiverscopeError(f"classes {missing} have no training images in this split; add images of them or merge classes")
+        raise LiverscopeError(
+            f"classes {missing} have no training images in this split; add images of them or merge classes"
+        )
     return compute_class_weight("balanced", classes=np.arange(len(class_names)), y=targets)
 
 
-def eval_loader(samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig, shard: tuple[int, int] | None = None) -> DataLoader:
+def eval_loader(
+    samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig, shard: tuple[int, int] | None = None
+) -> DataLoader:
     """The images in order through the evaluation transform (no augmentation): validation, test, and the
     training split as the out-of-distribution detector sees it.
 
@@ -227,8 +264,19 @@ def eval_loader(samples: Sequence[Sample], prep: PreparedData, cfg: RunConfig, s
     images: an image counted twice in the epoch's figures.)"""
     ds = ImageDataset(samples, prep.class_names, prep.cache, build_transform("none", prep.pp, train=False))
     nw = int(cfg.data.num_workers)
-    sampler = None if shard is None else UnrepeatedDistributedSampler(ds, num_replicas=shard[1], rank=shard[0], shuffle=False)
-    return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=False, sampler=sampler, num_workers=nw, persistent_workers=nw > 0)
+    sampler = (
+        None
+        if shard is None
+        else UnrepeatedDistributedSampler(ds, num_replicas=shard[1], rank=shard[0], shuffle=False)
+    )
+    return DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=nw,
+        persistent_workers=nw > 0,
+    )
 
 
 class RunDataModule(L.LightningDataModule):
@@ -246,7 +294,9 @@ class RunDataModule(L.LightningDataModule):
         has_val: whether the split has validation images (``None``: ``data.val_frac > 0``).
     """
 
-    prepare_data_per_node = False  # one run directory and one cache, on a file system every node sees (docs/scaling.md)
+    prepare_data_per_node = (
+        False  # one run directory and one cache, on a file system every node sees (docs/scaling.md)
+    )
 
     def __init__(self, cfg: RunConfig, listed: Listing, has_val: bool | None = None):
         super().__init__()
@@ -281,10 +331,14 @@ class RunDataModule(L.LightningDataModule):
         log(f"split ({self.cfg.data.split}): {counts}; classes: {prep.class_names}")
         processes = self._shard()[1]
         if self.has_val and counts["val"] < processes:
-            raise LiverscopeError(f"{self.split_path}: {counts['val']} validation image(s) for {processes} process(es); every process needs one: "
-                                  "add images, raise data.val_frac, or set data.val_frac=0 to train without validation")
+            raise LiverscopeError(
+                f"{self.split_path}: {counts['val']} validation image(s) for {processes} process(es); every process needs one: "
+                "add images, raise data.val_frac, or set data.val_frac=0 to train without validation"
+            )
         if self.cfg.train.balance == "weighted_ce" and self.trainer is not None:
-            targets = [prep.class_names.index(s.label) for s, a in zip(prep.samples, prep.splits) if a == "train"]
+            targets = [
+                prep.class_names.index(s.label) for s, a in zip(prep.samples, prep.splits) if a == "train"
+            ]
             self.trainer.lightning_module.set_class_weights(class_weights(targets, prep.class_names))
 
     def train_dataloader(self) -> DataLoader:

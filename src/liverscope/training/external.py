@@ -20,7 +20,6 @@ from typing import Sequence
 import numpy as np
 
 from liverscope import rundir
-from liverscope.training.cv import ensemble_logits
 from liverscope.data.ablation import parse_ablations
 from liverscope.data.audit import audit_dataset
 from liverscope.data.audit_report import write_audit
@@ -30,11 +29,16 @@ from liverscope.evaluate.ood import ensemble_margin, flag_summary
 from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.inference.predict import Predictor
+from liverscope.training.cv import ensemble_logits
 from liverscope.training.shortcut_check import shortcut_check
 
 
 def ensemble_predict_logits(
-    run_dir: Path, paths: list[Path], device: str = "auto", tta: str = "none", precision: str = "fp32",
+    run_dir: Path,
+    paths: list[Path],
+    device: str = "auto",
+    tta: str = "none",
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]], tuple[np.ndarray, float, dict] | None, str]:
     """Logits of a run (mean over ensemble members) for files, and their out-of-distribution scores.
 
@@ -54,7 +58,9 @@ def ensemble_predict_logits(
     all_logits, all_scores, thresholds, methods, ok, skipped, used = [], [], [], [], None, [], set()
     for member in rundir.members(run_dir):
         backend = "torch" if precision == "bf16" else "auto"
-        pred = Predictor.from_run(member, backend=backend, device=device, calibrated=False, tta=tta, precision=precision)
+        pred = Predictor.from_run(
+            member, backend=backend, device=device, calibrated=False, tta=tta, precision=precision
+        )
         results = list(pred.predict_paths(paths))
         used.add(pred.precision)
         if ok is None:
@@ -71,12 +77,24 @@ def ensemble_predict_logits(
             ood = (all_scores[0], thresholds[0], {"method": methods[0]})
         else:
             rule = "median over the fold models of (score - the model's threshold); flagged above 0 (the majority of models flag it)"
-            ood = (ensemble_margin(np.stack(all_scores), thresholds), 0.0, {"method": methods[0], "ensemble": rule, "member_thresholds": thresholds})
+            ood = (
+                ensemble_margin(np.stack(all_scores), thresholds),
+                0.0,
+                {"method": methods[0], "ensemble": rule, "member_thresholds": thresholds},
+            )
     return ensemble_logits(all_logits), ok or [], skipped, ood, "+".join(sorted(used))
 
 
-def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = None, device: str = "auto", out: str | Path | None = None,
-                     tta: str = "none", precision: str = "fp32", ablation: Sequence[str] | str | None = None) -> Path:
+def evaluate_on_data(
+    run_dir: str | Path,
+    data: str | Path,
+    name: str | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
+    tta: str = "none",
+    precision: str = "fp32",
+    ablation: Sequence[str] | str | None = None,
+) -> Path:
     """Score a run on labelled data and write the results to ``out`` (default ``RUN_DIR/eval/<name>/``).
 
     Args:
@@ -108,16 +126,33 @@ def evaluate_on_data(run_dir: str | Path, data: str | Path, name: str | None = N
     audit = audit_dataset(samples)
     write_audit(audit, out)
     source_of = {r["path"]: r.get("source") for r in audit["files"]}
-    logits, ok, skipped, ood, used = ensemble_predict_logits(run_dir, [s.path for s in samples], device, tta, precision)
+    logits, ok, skipped, ood, used = ensemble_predict_logits(
+        run_dir, [s.path for s in samples], device, tta, precision
+    )
     by_path = {str(s.path): s for s in samples}
     kept = [by_path[p] for p in ok]
     for s in kept:
         s.source = s.source or source_of.get(str(s.path))
     index = {c: i for i, c in enumerate(labels)}
     y = np.array([index[s.label] for s in kept])
-    metrics: dict = {"data": str(data), "n_skipped": len(skipped), "skipped": skipped, "class_names": labels, "tta": tta}
-    scored = score_predictions(out, rundir.PREDICTIONS_TEST, kept, y, logits, labels, rundir.temperature(meta), ood=ood[:2] if ood else None,
-                               precision=used)
+    metrics: dict = {
+        "data": str(data),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "class_names": labels,
+        "tta": tta,
+    }
+    scored = score_predictions(
+        out,
+        rundir.PREDICTIONS_TEST,
+        kept,
+        y,
+        logits,
+        labels,
+        rundir.temperature(meta),
+        ood=ood[:2] if ood else None,
+        precision=used,
+    )
     metrics["test"] = scored["metrics"]
     if ood:  # a whole new site flagged = the model does not transfer there
         metrics["ood"] = dict(flag_summary(ood[0], ood[1]), **ood[2])

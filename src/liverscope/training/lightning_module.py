@@ -68,10 +68,12 @@ def validation_metrics(num_classes: int) -> MetricCollection:
     absent from the validation labels but predicted for some image counts as recall 0 in torchmetrics,
     where scikit-learn leaves it out; a class neither present nor predicted is left out by both.
     """
-    return MetricCollection({
-        "val_acc": MulticlassAccuracy(num_classes, average="micro"),
-        "val_balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
-    })
+    return MetricCollection(
+        {
+            "val_acc": MulticlassAccuracy(num_classes, average="micro"),
+            "val_balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+        }
+    )
 
 
 class LitClassifier(L.LightningModule):
@@ -84,8 +86,14 @@ class LitClassifier(L.LightningModule):
     hyper-parameters: Lightning logs them to every logger and keeps them in the checkpoints.
     """
 
-    def __init__(self, model: LiverNet, train_cfg: TrainConfig, class_weights: np.ndarray | None = None, stage_of_class: Sequence[int] | None = None,
-                 config: dict | None = None):
+    def __init__(
+        self,
+        model: LiverNet,
+        train_cfg: TrainConfig,
+        class_weights: np.ndarray | None = None,
+        stage_of_class: Sequence[int] | None = None,
+        config: dict | None = None,
+    ):
         super().__init__()
         if config is not None:
             self.save_hyperparameters(config)
@@ -97,7 +105,12 @@ class LitClassifier(L.LightningModule):
         # (cross-entropy alone treats every wrong stage alike); 0 switches it off
         self.ordinal_weight = float(train_cfg.ordinal_weight) if stage_of_class is not None else 0.0
         stages = torch.as_tensor(stage_of_class if stage_of_class is not None else [], dtype=torch.float32)
-        self.register_buffer("stages", (stages - stages.min()) / max(1.0, float(stages.max() - stages.min())) if stages.numel() else stages)
+        self.register_buffer(
+            "stages",
+            (stages - stages.min()) / max(1.0, float(stages.max() - stages.min()))
+            if stages.numel()
+            else stages,
+        )
         self.val_loss = MeanMetric()
         self.val_images = SumMetric()
         self.val_metrics = validation_metrics(model.num_classes)
@@ -126,7 +139,9 @@ class LitClassifier(L.LightningModule):
         mixup/cutmix: timm's, label smoothing already in them)."""
         soft = y.ndim == 2
         if soft and self.criterion.weight is not None:
-            raise LiverscopeError("train.mixup / train.cutmix mix the labels, which a class-weighted loss cannot weigh: use train.balance sampler or none")
+            raise LiverscopeError(
+                "train.mixup / train.cutmix mix the labels, which a class-weighted loss cannot weigh: use train.balance sampler or none"
+            )
         loss = -(y * logits.float().log_softmax(1)).sum(1).mean() if soft else self.criterion(logits, y)
         if self.ordinal_weight > 0:
             expected = logits.float().softmax(1) @ self.stages
@@ -144,11 +159,15 @@ class LitClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        if self.mixer is not None and len(y) % 2 == 0:  # timm's batch mixing pairs images: an odd last batch trains unmixed
+        if (
+            self.mixer is not None and len(y) % 2 == 0
+        ):  # timm's batch mixing pairs images: an odd last batch trains unmixed
             x, y = self.mixer(x, y)
         loss = self.loss(self.model(x), y)
         # sync_dist: the epoch's mean over every process's batches, not rank 0's alone (one reduction per epoch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -180,7 +199,9 @@ class LitClassifier(L.LightningModule):
         elif c.scheduler == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma)
         elif c.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience
+            )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
         else:
             raise LiverscopeError(f"unknown scheduler '{c.scheduler}' (cosine, step, plateau, none)")
@@ -195,7 +216,12 @@ def batch_mixer(train_cfg: TrainConfig, num_classes: int):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=float(train_cfg.label_smoothing), num_classes=int(num_classes))
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        label_smoothing=float(train_cfg.label_smoothing),
+        num_classes=int(num_classes),
+    )
 
 
 def parameter_groups(model: LiverNet, lr: float, backbone_lr_mult: float = 1.0) -> list:
@@ -206,8 +232,10 @@ def parameter_groups(model: LiverNet, lr: float, backbone_lr_mult: float = 1.0) 
     if backbone_lr_mult == 1.0:
         return trainable
     backbone = {id(p) for p in model.backbone.parameters()}
-    groups = [{"params": [p for p in trainable if id(p) in backbone], "lr": lr * backbone_lr_mult},
-              {"params": [p for p in trainable if id(p) not in backbone], "lr": lr}]
+    groups = [
+        {"params": [p for p in trainable if id(p) in backbone], "lr": lr * backbone_lr_mult},
+        {"params": [p for p in trainable if id(p) not in backbone], "lr": lr},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -257,7 +285,11 @@ def tracking_loggers(cfg: RunConfig, run_dir: str | Path) -> list[Logger]:
         return []
     if kind == "tensorboard":
         import_optional("tensorboard", "tensorboard", "--logger tensorboard")
-        return [TensorBoardLogger(save_dir=Path(run_dir) / rundir.LOGS, name="tensorboard", default_hp_metric=False)]
+        return [
+            TensorBoardLogger(
+                save_dir=Path(run_dir) / rundir.LOGS, name="tensorboard", default_hp_metric=False
+            )
+        ]
     if kind == "mlflow":
         import_optional("mlflow", "mlflow", "--logger mlflow")
         uri, artifacts = cfg.train.mlflow_uri, None
@@ -265,8 +297,15 @@ def tracking_loggers(cfg: RunConfig, run_dir: str | Path) -> list[Logger]:
             local = (Path.cwd() / MLRUNS).resolve()
             local.mkdir(parents=True, exist_ok=True)
             uri, artifacts = f"sqlite:///{local / 'mlflow.db'}", (local / "artifacts").as_uri()
-        return [MLFlowLogger(experiment_name=MLFLOW_EXPERIMENT, run_name=str(cfg.run_dir), tracking_uri=uri, artifact_location=artifacts,
-                             tags={"run_dir": str(Path(run_dir).resolve())})]
+        return [
+            MLFlowLogger(
+                experiment_name=MLFLOW_EXPERIMENT,
+                run_name=str(cfg.run_dir),
+                tracking_uri=uri,
+                artifact_location=artifacts,
+                tags={"run_dir": str(Path(run_dir).resolve())},
+            )
+        ]
     raise UsageError(f"train.logger is '{kind}'; choose one of: csv, tensorboard, mlflow")
 
 
@@ -283,7 +322,9 @@ def final_figures(metrics: dict) -> dict[str, float]:
     return out
 
 
-def log_final_figures(loggers: Sequence[Logger], metrics: dict, step: int, config: dict | None = None) -> None:
+def log_final_figures(
+    loggers: Sequence[Logger], metrics: dict, step: int, config: dict | None = None
+) -> None:
     """Send a finished run's figures to its trackers (the CSV logger's record of them is
     ``metrics.json``), then close them: MLflow gets them as metrics at the last step; TensorBoard with
     the resolved ``config`` as an hparams session, so its HPARAMS tab sets runs' settings beside their
@@ -340,8 +381,16 @@ class HistoryWriter(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.optimizers:  # the same on every process; sync_dist keeps Lightning from warning
-            pl_module.log("lr", float(trainer.optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True, sync_dist=True)
-        pl_module.log("epoch_seconds", time.perf_counter() - self._t0, on_step=False, on_epoch=True, sync_dist=True)
+            pl_module.log(
+                "lr",
+                float(trainer.optimizers[0].param_groups[0]["lr"]),
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+            )
+        pl_module.log(
+            "epoch_seconds", time.perf_counter() - self._t0, on_step=False, on_epoch=True, sync_dist=True
+        )
 
     def on_train_end(self, trainer, pl_module):
         self.write(trainer)
@@ -383,7 +432,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # the module's channels-last hook is meant to run with the run's DataModule
-    warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer` in `LightningModule`.*")
+    warnings.filterwarnings(
+        "ignore", message=".*overridden `on_before_batch_transfer` in `LightningModule`.*"
+    )
     # a run without validation images (data.val_frac=0) hands Lightning an empty list of validation loaders
     warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero.*")
 
@@ -410,11 +461,21 @@ def placement(train_cfg: TrainConfig) -> dict:
     t = train_cfg
     devices = parse_devices(t.devices)
     if t.accelerator != "auto":
-        return {"accelerator": t.accelerator, "devices": devices, "strategy": t.strategy, "num_nodes": int(t.num_nodes)}
+        return {
+            "accelerator": t.accelerator,
+            "devices": devices,
+            "strategy": t.strategy,
+            "num_nodes": int(t.num_nodes),
+        }
     device = resolve_device(t.device)
     if device.startswith("cuda:") and devices == 1:
         devices = [int(device.split(":", 1)[1])]  # --device cuda:1 trains on that GPU
-    return {"accelerator": "gpu" if device.startswith("cuda") else "cpu", "devices": devices, "strategy": t.strategy, "num_nodes": int(t.num_nodes)}
+    return {
+        "accelerator": "gpu" if device.startswith("cuda") else "cpu",
+        "devices": devices,
+        "strategy": t.strategy,
+        "num_nodes": int(t.num_nodes),
+    }
 
 
 def global_rank() -> int:
@@ -424,7 +485,9 @@ def global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Sequence[Logger], precision: str | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Sequence[Logger], precision: str | None = None
+) -> L.Trainer:
     """The Trainer of a run: the recipe's placement (:func:`placement`), epochs and precision,
     ``callbacks``, ``loggers`` (``precision``: one chosen by measurement, see :mod:`liverscope.speed.training`). On the processes of a distributed run other than global rank 0,
     liverscope's messages and progress bars are switched off (they would repeat rank 0's).
@@ -439,9 +502,13 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Seque
         # the other ranks wait at a barrier while rank 0 audits and fills the cache (prepare_data), and
         # between folds while it scores: torch.distributed's default 30-minute timeout is too short for
         # a first pass over a large set
-        where["strategy"] = DDPStrategy(timeout=DDP_TIMEOUT, find_unused_parameters=where["strategy"].endswith("_true"))
+        where["strategy"] = DDPStrategy(
+            timeout=DDP_TIMEOUT, find_unused_parameters=where["strategy"].endswith("_true")
+        )
     quiet_lightning()
-    on_gpu = where["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available()  # without one, Lightning refuses below
+    on_gpu = (
+        where["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available()
+    )  # without one, Lightning refuses below
     precision = precision or training_precision(t.precision, "cuda" if on_gpu else str(where["accelerator"]))
     try:
         trainer = L.Trainer(
@@ -459,12 +526,20 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Seque
             log_every_n_steps=1,
         )
     except (MisconfigurationException, ValueError, RuntimeError) as exc:
-        raise UsageError(f"train.accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, num_nodes={t.num_nodes}: "
-                         f"Lightning refuses them ({exc}); see docs/scaling.md") from None
+        raise UsageError(
+            f"train.accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, num_nodes={t.num_nodes}: "
+            f"Lightning refuses them ({exc}); see docs/scaling.md"
+        ) from None
     if trainer.is_global_zero:
         world = trainer.world_size
-        what = f"{world} processes ({where['accelerator']}, {trainer.strategy.__class__.__name__}, {t.num_nodes} node(s))" if world > 1 else where["accelerator"]
-        log(f"training on {what} ({precision}); effective batch {t.batch_size * world} = {t.batch_size} per process x {world}")
+        what = (
+            f"{world} processes ({where['accelerator']}, {trainer.strategy.__class__.__name__}, {t.num_nodes} node(s))"
+            if world > 1
+            else where["accelerator"]
+        )
+        log(
+            f"training on {what} ({precision}); effective batch {t.batch_size * world} = {t.batch_size} per process x {world}"
+        )
     else:
         set_progress(False)
         logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
@@ -472,6 +547,23 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, loggers: Seque
 
 
 __all__ = [
-    "batch_mixer", "parameter_groups", "weight_averaging", "MAX_SEED", "seed_run", "validation_metrics", "LitClassifier", "training_loggers", "tracking_loggers", "final_figures", "log_final_figures",
-    "epoch_rows", "HistoryWriter", "load_best_weights", "quiet_lightning", "training_precision", "placement", "global_rank", "build_trainer",
+    "batch_mixer",
+    "parameter_groups",
+    "weight_averaging",
+    "MAX_SEED",
+    "seed_run",
+    "validation_metrics",
+    "LitClassifier",
+    "training_loggers",
+    "tracking_loggers",
+    "final_figures",
+    "log_final_figures",
+    "epoch_rows",
+    "HistoryWriter",
+    "load_best_weights",
+    "quiet_lightning",
+    "training_precision",
+    "placement",
+    "global_rank",
+    "build_trainer",
 ]

@@ -21,7 +21,15 @@ from liverscope.data.preprocess import PreprocessCache, Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.figures import write_curves
 from liverscope.evaluate.metrics import compute_metrics
-from liverscope.evaluate.ood import DEFAULT_METHOD, DEFAULT_QUANTILE, METHODS, fit_class_gaussian, fit_threshold, flag_summary, ood_scores
+from liverscope.evaluate.ood import (
+    DEFAULT_METHOD,
+    DEFAULT_QUANTILE,
+    METHODS,
+    fit_class_gaussian,
+    fit_threshold,
+    flag_summary,
+    ood_scores,
+)
 from liverscope.evaluate.report import write_report
 from liverscope.evaluate.scoring import score_predictions
 from liverscope.evaluate.stats import fit_temperature_checked
@@ -37,8 +45,15 @@ def finish(trained: Trained) -> dict:
     """The post-run steps of a freshly trained model (global rank 0): :func:`finish_run` on its
     validation and test splits, then the final figures to the run's trackers."""
     data = trained.data
-    metrics = finish_run(trained.run_dir, trained.model, data.prepared(), data.loaders("val"), data.loaders("test"), trained.cfg,
-                         device=trained.device)
+    metrics = finish_run(
+        trained.run_dir,
+        trained.model,
+        data.prepared(),
+        data.loaders("val"),
+        data.loaders("test"),
+        trained.cfg,
+        device=trained.device,
+    )
     log_final_figures(trained.loggers, metrics, step=trained.global_step, config=trained.cfg.to_dict())
     log(f"trained in {trained.train_seconds:.0f}s; run directory: {trained.run_dir}")
     return metrics
@@ -60,8 +75,15 @@ def infer_outputs(model: LiverNet, loader, device: str = "cpu") -> tuple[np.ndar
     return torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
 
-def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataLoader, test_dl: DataLoader, cfg: RunConfig,
-               device: str | None = None) -> dict:
+def finish_run(
+    run_dir: Path,
+    model: LiverNet,
+    prep: PreparedData,
+    val_dl: DataLoader,
+    test_dl: DataLoader,
+    cfg: RunConfig,
+    device: str | None = None,
+) -> dict:
     """After training, the post-run steps in order (on ``device``, default ``train.device``):
     :func:`calibrate`, :func:`fit_ood_safely` and the validation predictions, :func:`score_test`,
     ``metrics.json``, :func:`plot_curves`, :func:`write_gallery_safely`, :func:`write_report_safely`.
@@ -77,12 +99,24 @@ def finish_run(run_dir: Path, model: LiverNet, prep: PreparedData, val_dl: DataL
         metrics.update(calibrate(run_dir, val[0], val[2], prep.class_names))
         temperature = metrics["temperature_fit"]["temperature"]
         ood = fit_ood_safely(run_dir, model, prep, cfg, val, device)
-        rundir.write_predictions(run_dir / rundir.PREDICTIONS_VAL, val_dl.dataset.samples, val[0], prep.class_names, temperature,
-                                 ood=(ood["val_scores"], ood["threshold"]) if ood else None)
+        rundir.write_predictions(
+            run_dir / rundir.PREDICTIONS_VAL,
+            val_dl.dataset.samples,
+            val[0],
+            prep.class_names,
+            temperature,
+            ood=(ood["val_scores"], ood["threshold"]) if ood else None,
+        )
         if ood:
-            metrics["ood"] = {k: ood[k] for k in ("method", "threshold", "thresholds", "quantile", "validation")}
+            metrics["ood"] = {
+                k: ood[k] for k in ("method", "threshold", "thresholds", "quantile", "validation")
+            }
     if len(test_dl.dataset):
-        metrics.update(score_test(run_dir, model, test_dl, prep.class_names, temperature, ood, device, metrics.get("ood")))
+        metrics.update(
+            score_test(
+                run_dir, model, test_dl, prep.class_names, temperature, ood, device, metrics.get("ood")
+            )
+        )
     rundir.write_metrics(run_dir, metrics)
     plot_curves(run_dir)
     write_gallery_safely(run_dir, cfg.data.path)
@@ -101,25 +135,45 @@ def calibrate(run_dir: Path, val_logits: np.ndarray, val_y: np.ndarray, class_na
     if fit["warning"]:
         log(f"WARNING: {fit['warning']}")
     validation = compute_metrics(val_y, softmax(val_logits, fit["temperature"]), class_names)
-    rundir.update_model_meta(run_dir, temperature=fit["temperature"], temperature_fit=fit,
-                             validation={k: validation.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")})
+    rundir.update_model_meta(
+        run_dir,
+        temperature=fit["temperature"],
+        temperature_fit=fit,
+        validation={k: validation.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
+    )
     return {"validation": validation, "temperature_fit": fit}
 
 
-def fit_ood_safely(run_dir: Path, model: LiverNet, prep: PreparedData, cfg: RunConfig,
-                   val: tuple[np.ndarray, np.ndarray, np.ndarray], device: str) -> dict | None:
+def fit_ood_safely(
+    run_dir: Path,
+    model: LiverNet,
+    prep: PreparedData,
+    cfg: RunConfig,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    device: str,
+) -> dict | None:
     """:func:`fit_ood` on the run's training split, or ``None`` (logged) when it fails: the flag is a
     safeguard on top of the model, never a reason to lose a trained model."""
     train_samples = [s for s, a in zip(prep.samples, prep.splits) if a == "train"]
     try:
         return fit_ood(run_dir, model, eval_loader(train_samples, prep, cfg), val[0], val[1], device)
     except Exception as exc:
-        log(f"WARNING: out-of-distribution detector not fitted ({type(exc).__name__}: {exc}); predictions carry no OOD flag")
+        log(
+            f"WARNING: out-of-distribution detector not fitted ({type(exc).__name__}: {exc}); predictions carry no OOD flag"
+        )
         return None
 
 
-def score_test(run_dir: Path, model: LiverNet, test_dl: DataLoader, class_names: list[str], temperature: float, ood: dict | None,
-               device: str, ood_metrics: dict | None = None) -> dict:
+def score_test(
+    run_dir: Path,
+    model: LiverNet,
+    test_dl: DataLoader,
+    class_names: list[str],
+    temperature: float,
+    ood: dict | None,
+    device: str,
+    ood_metrics: dict | None = None,
+) -> dict:
     """Score the test split: ``predictions_test.csv``, the confusion matrix and the figures (with the
     OOD flag's share on it, added to ``ood_metrics["test"]``).
 
@@ -133,7 +187,16 @@ def score_test(run_dir: Path, model: LiverNet, test_dl: DataLoader, class_names:
         test_ood = (scores, ood["threshold"])
         if ood_metrics is not None:
             ood_metrics["test"] = flag_summary(scores, ood["threshold"])
-    scored = score_predictions(run_dir, rundir.PREDICTIONS_TEST, test_dl.dataset.samples, y, logits, class_names, temperature, ood=test_ood)
+    scored = score_predictions(
+        run_dir,
+        rundir.PREDICTIONS_TEST,
+        test_dl.dataset.samples,
+        y,
+        logits,
+        class_names,
+        temperature,
+        ood=test_ood,
+    )
     out = {"test": scored["metrics"], "temperature": temperature}
     if scored["by_source"]:
         out["test_by_source"] = scored["by_source"]
@@ -157,8 +220,15 @@ def write_gallery_safely(run_dir: Path, data_root: str | Path | None) -> Path | 
         return None
 
 
-def fit_ood(run_dir: Path, model: LiverNet, train_loader: DataLoader, val_logits: np.ndarray, val_feats: np.ndarray, device: str = "cpu",
-            quantile: float = DEFAULT_QUANTILE) -> dict:
+def fit_ood(
+    run_dir: Path,
+    model: LiverNet,
+    train_loader: DataLoader,
+    val_logits: np.ndarray,
+    val_feats: np.ndarray,
+    device: str = "cpu",
+    quantile: float = DEFAULT_QUANTILE,
+) -> dict:
     """Fit and store a run's out-of-distribution detector (``ood.safetensors``, ``model.json["ood"]``).
 
     The class means and the shared, shrunk covariance come from the pooled features of the training
@@ -173,18 +243,28 @@ def fit_ood(run_dir: Path, model: LiverNet, train_loader: DataLoader, val_logits
     _, train_feats, train_y = infer_outputs(model, train_loader, device)
     gauss = fit_class_gaussian(train_feats, train_y, model.num_classes)
     # stored as float32; the thresholds are fitted with exactly the stored statistics
-    stats = {"means": gauss["means"].astype(np.float32), "classes": gauss["classes"], "precision": gauss["precision"].astype(np.float32)}
+    stats = {
+        "means": gauss["means"].astype(np.float32),
+        "classes": gauss["classes"],
+        "precision": gauss["precision"].astype(np.float32),
+    }
     val_scores = {m: ood_scores(m, val_logits, val_feats, stats) for m in METHODS}
     thresholds = {m: fit_threshold(val_scores[m], quantile) for m in METHODS}
     info = {
-        "method": DEFAULT_METHOD, "threshold": thresholds[DEFAULT_METHOD], "thresholds": thresholds, "quantile": quantile,
+        "method": DEFAULT_METHOD,
+        "threshold": thresholds[DEFAULT_METHOD],
+        "thresholds": thresholds,
+        "quantile": quantile,
         "validation": flag_summary(val_scores[DEFAULT_METHOD], thresholds[DEFAULT_METHOD]),
         "validation_share_flagged": {m: flag_summary(val_scores[m], thresholds[m])["share"] for m in METHODS},
-        "n_train": int(len(train_y)), "feature_dim": int(train_feats.shape[1]),
+        "n_train": int(len(train_y)),
+        "feature_dim": int(train_feats.shape[1]),
     }
     rundir.save_ood(run_dir, stats, info)
-    log(f"out-of-distribution flag ({DEFAULT_METHOD}): threshold {info['threshold']:.4g} passes "
-        f"{info['validation']['n'] - info['validation']['flagged']} of {info['validation']['n']} validation images")
+    log(
+        f"out-of-distribution flag ({DEFAULT_METHOD}): threshold {info['threshold']:.4g} passes "
+        f"{info['validation']['n'] - info['validation']['flagged']} of {info['validation']['n']} validation images"
+    )
     return dict(info, **stats, val_scores=val_scores[DEFAULT_METHOD])
 
 
@@ -201,14 +281,20 @@ def fit_run_ood(run_dir: str | Path, device: str = "auto", quantile: float = DEF
     cfg = rundir.read_config(run_dir)
     samples, assignment, _ = rundir.read_split(run_dir / rundir.SPLIT)
     pp = Preprocessing.from_dict(meta["preprocessing"])
-    prep = PreparedData(samples, list(meta["labels"]), assignment, PreprocessCache(pp, cfg.data.cache_dir), pp, [])
+    prep = PreparedData(
+        samples, list(meta["labels"]), assignment, PreprocessCache(pp, cfg.data.cache_dir), pp, []
+    )
     part = {k: [s for s, a in zip(samples, assignment) if a == k] for k in ("train", "val")}
     for k, rows in part.items():
         if not rows:
-            raise LiverscopeError(f"{run_dir / rundir.SPLIT}: no '{k}' rows; the OOD detector needs training images (class means) and validation images (threshold)")
+            raise LiverscopeError(
+                f"{run_dir / rundir.SPLIT}: no '{k}' rows; the OOD detector needs training images (class means) and validation images (threshold)"
+            )
     device = resolve_device(device)
     val_logits, val_feats, _ = infer_outputs(model, eval_loader(part["val"], prep, cfg), device)
-    return fit_ood(run_dir, model, eval_loader(part["train"], prep, cfg), val_logits, val_feats, device, quantile)
+    return fit_ood(
+        run_dir, model, eval_loader(part["train"], prep, cfg), val_logits, val_feats, device, quantile
+    )
 
 
 def write_report_safely(run_dir: Path) -> None:

@@ -21,7 +21,14 @@ from liverscope import __version__
 from liverscope.utils import file_sha256
 
 #: Distributions whose version is recorded (PyPI name → key in ``versions``).
-PACKAGES = {"torch": "torch", "timm": "timm", "monai": "monai", "numpy": "numpy", "lightning": "lightning", "torchmetrics": "torchmetrics"}
+PACKAGES = {
+    "torch": "torch",
+    "timm": "timm",
+    "monai": "monai",
+    "numpy": "numpy",
+    "lightning": "lightning",
+    "torchmetrics": "torchmetrics",
+}
 
 #: The folder of the liverscope package; in a source checkout it is tracked by git.
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the liverscope package (this file is in training/)

@@ -24,7 +24,9 @@ from liverscope.utils import log
 CHUNK = 64
 
 
-def ablated_logits(pred: Predictor, samples: Sequence[Sample], regions: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
+def ablated_logits(
+    pred: Predictor, samples: Sequence[Sample], regions: Sequence[str]
+) -> tuple[dict[str, np.ndarray], int]:
     """The predictor's logits of every image under each region blanked, and how many images had no scan
     sector (their sector is the whole frame)."""
     out: dict[str, list[np.ndarray]] = {r: [] for r in regions}
@@ -37,11 +39,20 @@ def ablated_logits(pred: Predictor, samples: Sequence[Sample], regions: Sequence
             for r in regions:
                 out[r].append(pred.logits([a.inputs[r] for a in done]))
     n_classes = len(pred.labels)
-    return {r: np.concatenate(v) if v else np.zeros((0, n_classes), np.float32) for r, v in out.items()}, no_sector
+    return {
+        r: np.concatenate(v) if v else np.zeros((0, n_classes), np.float32) for r, v in out.items()
+    }, no_sector
 
 
-def shortcut_check(run_dir: str | Path, samples: Sequence[Sample], y: np.ndarray, plain_logits: np.ndarray, regions: Sequence[str] | str,
-                   device: str = "auto", tta: str = "none") -> dict:
+def shortcut_check(
+    run_dir: str | Path,
+    samples: Sequence[Sample],
+    y: np.ndarray,
+    plain_logits: np.ndarray,
+    regions: Sequence[str] | str,
+    device: str = "auto",
+    tta: str = "none",
+) -> dict:
     """Re-score a run on ``samples`` (already scored plain: ``plain_logits``) with each of ``regions`` blanked.
 
     Args:

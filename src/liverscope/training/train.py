@@ -29,7 +29,14 @@ from liverscope.models import LiverNet, build_model
 from liverscope.speed.training import choose_training_precision
 from liverscope.training.datamodule import RunDataModule, list_data
 from liverscope.training.lightning_module import (
-    HistoryWriter, LitClassifier, build_trainer, load_best_weights, placement, seed_run, tracking_loggers, training_loggers,
+    HistoryWriter,
+    LitClassifier,
+    build_trainer,
+    load_best_weights,
+    placement,
+    seed_run,
+    tracking_loggers,
+    training_loggers,
     weight_averaging,
 )
 from liverscope.training.provenance import collect_provenance
@@ -58,9 +65,16 @@ def measured_precision(cfg: RunConfig, model: LiverNet) -> dict | None:
     t, where = cfg.train, placement(cfg.train)
     devices = where["devices"]
     single = devices == 1 or (isinstance(devices, list) and len(devices) == 1)
-    if t.precision != "auto" or not single or where["num_nodes"] != 1 or where["accelerator"] not in ("cpu", "gpu", "cuda"):
+    if (
+        t.precision != "auto"
+        or not single
+        or where["num_nodes"] != 1
+        or where["accelerator"] not in ("cpu", "gpu", "cuda")
+    ):
         return None
-    device = "cpu" if where["accelerator"] == "cpu" else f"cuda:{devices[0] if isinstance(devices, list) else 0}"
+    device = (
+        "cpu" if where["accelerator"] == "cpu" else f"cuda:{devices[0] if isinstance(devices, list) else 0}"
+    )
     if device != "cpu" and not torch.cuda.is_available():
         return None  # Lightning says why when the trainer is built
     size = cfg.data.train_crop or cfg.data.image_size
@@ -82,22 +96,44 @@ def train_prepared(cfg: RunConfig, data: RunDataModule, resume: bool = False) ->
     seed_run(cfg.train.seed)
     last = rundir.last_checkpoint(run_dir)
     m = cfg.model
-    model = build_model(m.name, len(data.class_names), m.head, m.pretrained, m.weights, m.freeze_backbone, m.dropout, m.hidden)
-    lit = LitClassifier(model, cfg.train, None, metavir_stages(data.class_names), config=cfg.to_dict())  # weighted_ce: RunDataModule.setup
+    model = build_model(
+        m.name, len(data.class_names), m.head, m.pretrained, m.weights, m.freeze_backbone, m.dropout, m.hidden
+    )
+    lit = LitClassifier(
+        model, cfg.train, None, metavir_stages(data.class_names), config=cfg.to_dict()
+    )  # weighted_ce: RunDataModule.setup
 
     monitor = cfg.train.monitor if data.has_val else "train_loss"
     mode = "min" if monitor.endswith("loss") else "max"
-    ckpt = ModelCheckpoint(dirpath=run_dir / rundir.CHECKPOINTS, filename="best", monitor=monitor, mode=mode, save_last=True, save_top_k=1, enable_version_counter=False)
-    loggers = training_loggers(run_dir, tracking_loggers(cfg, run_dir))  # CSV always (history.csv is made from it), then the tracker
-    callbacks: list = [ckpt, HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume), *weight_averaging(cfg.train)]
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / rundir.CHECKPOINTS,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    loggers = training_loggers(
+        run_dir, tracking_loggers(cfg, run_dir)
+    )  # CSV always (history.csv is made from it), then the tracker
+    callbacks: list = [
+        ckpt,
+        HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume),
+        *weight_averaging(cfg.train),
+    ]
     select = selection(cfg)
     if cfg.train.early_stop_patience > 0 and data.has_val and select == "best":
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
     precision_file = run_dir / rundir.TRAINING_PRECISION
     # a resumed run trains in the precision its first session measured (timings differ from call to call)
-    chosen = read_json(precision_file) if resume and precision_file.exists() else measured_precision(cfg, model)
+    chosen = (
+        read_json(precision_file) if resume and precision_file.exists() else measured_precision(cfg, model)
+    )
     trainer = build_trainer(cfg, run_dir, callbacks, loggers, precision=chosen and chosen["precision"])
-    rundir.start_run(cfg, resume, write=trainer.is_global_zero)  # every process checks; rank 0 writes config.yaml
+    rundir.start_run(
+        cfg, resume, write=trainer.is_global_zero
+    )  # every process checks; rank 0 writes config.yaml
     if chosen and trainer.is_global_zero:
         precision_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(precision_file, chosen)
@@ -112,12 +148,26 @@ def train_prepared(cfg: RunConfig, data: RunDataModule, resume: bool = False) ->
 
     prep = data.prepared()
     best_epoch = _best_epoch(run_dir / rundir.HISTORY, None if select == "last" else monitor, mode)
-    rundir.save_model(run_dir, model, prep.class_names, prep.pp, {
-        "best_epoch": best_epoch, "monitor": monitor, "select": select, "split": cfg.data.split, "train_seconds": round(train_seconds, 1),
-        "processes": trainer.world_size, "training_precision": chosen or {"precision": str(trainer.precision), "reason": f"train.precision {cfg.train.precision}"},
-        "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
-        "training_data": describe_data(cfg.data.path, [s.source for s in prep.samples]),  # the report and the app name it
-    })
+    rundir.save_model(
+        run_dir,
+        model,
+        prep.class_names,
+        prep.pp,
+        {
+            "best_epoch": best_epoch,
+            "monitor": monitor,
+            "select": select,
+            "split": cfg.data.split,
+            "train_seconds": round(train_seconds, 1),
+            "processes": trainer.world_size,
+            "training_precision": chosen
+            or {"precision": str(trainer.precision), "reason": f"train.precision {cfg.train.precision}"},
+            "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
+            "training_data": describe_data(
+                cfg.data.path, [s.source for s in prep.samples]
+            ),  # the report and the app name it
+        },
+    )
     device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
     return Trained(run_dir, model, data, cfg, device, loggers, trainer.global_step, train_seconds)
 
@@ -134,7 +184,9 @@ def selection(cfg: RunConfig) -> str:
     stopping is off: it too would choose the epoch on the validation images."""
     select = "best" if cfg.train.select == "auto" else cfg.train.select
     if select == "last" and cfg.train.early_stop_patience > 0:
-        log("train.select last: early stopping is off (it would choose the epoch on the validation images); every epoch is trained")
+        log(
+            "train.select last: early stopping is off (it would choose the epoch on the validation images); every epoch is trained"
+        )
     return select
 
 

@@ -44,18 +44,27 @@ import cv2
 import numpy as np
 
 from liverscope import rundir
-from liverscope.ui.app_reports import render_pdf_download
-from liverscope.ui.app_records import render_records
 from liverscope.data.io import decode_image, sniff_format
 from liverscope.data.preprocess import preprocess_array
 from liverscope.errors import ImageReadError, LiverscopeError
-from liverscope.evaluate.notices import DECISION_SUPPORT, NOT_ASSESSABLE, PHANTOMS, UNLIKE_TRAINING, flag_reason, is_phantoms, trained_on
+from liverscope.evaluate.notices import (
+    DECISION_SUPPORT,
+    NOT_ASSESSABLE,
+    PHANTOMS,
+    UNLIKE_TRAINING,
+    flag_reason,
+    is_phantoms,
+    trained_on,
+)
 from liverscope.explain.cams import cam_overlay  # noqa: F401 (the app's heatmap, reached as app.cam_overlay by tests)
-from liverscope.labels import FIBROSIS_ENDPOINTS
 from liverscope.inference.predict import Predictor, Result, results_csv
+from liverscope.labels import FIBROSIS_ENDPOINTS
 from liverscope.rundir.bundle import RunData
+
 # the pictures of an image, shared with the filed reports; the names stay reachable from the app
 from liverscope.segment.panels import blank_outside_sector, image_panels, outline_legend, segmentation_outline  # noqa: F401
+from liverscope.ui.app_records import render_records
+from liverscope.ui.app_reports import render_pdf_download
 
 #: The label of the expander that holds a flagged image's stage and probabilities.
 SHOW_ANYWAY = "Show anyway: the model's output for this image"
@@ -63,19 +72,39 @@ SHOW_ANYWAY = "Show anyway: the model's output for this image"
 #: (``server.maxUploadSize``) and for the page (``LIVERSCOPE_MAX_UPLOAD_MB``).
 DEFAULT_MAX_UPLOAD_MB = 50
 #: Shown instead of the page when Streamlit runs without XSRF protection.
-XSRF_OFF = ("XSRF protection is off (server.enableXsrfProtection=false): another web site could upload to this app in a "
-            "user's name. Start the app with `liverscope serve RUN_DIR`, which turns it on.")
+XSRF_OFF = (
+    "XSRF protection is off (server.enableXsrfProtection=false): another web site could upload to this app in a "
+    "user's name. Start the app with `liverscope serve RUN_DIR`, which turns it on."
+)
 DISPLAY_MAX_SIDE = 640
 REDACTED = "[redacted]"
 
 #: DICOM attributes that identify the patient (PS3.15 Annex E basic profile, the ones that name or number
 #: a person or visit). Their values are read only to strip them from names and messages.
 IDENTIFYING_TAGS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientBirthDate",
-    "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "AccessionNumber",
-    "IssuerOfPatientID", "MedicalRecordLocator", "ReferringPhysicianName", "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician", "InstitutionName", "StudyID",
-    "AdmissionID", "PatientInsurancePlanCodeSequence", "ResponsiblePerson",
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "OtherPatientIDsSequence",
+    "PatientBirthDate",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "AccessionNumber",
+    "IssuerOfPatientID",
+    "MedicalRecordLocator",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "RequestingPhysician",
+    "InstitutionName",
+    "StudyID",
+    "AdmissionID",
+    "PatientInsurancePlanCodeSequence",
+    "ResponsiblePerson",
 )
 
 
@@ -184,7 +213,9 @@ def _downscale(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     return cv2.resize(img, (int(round(w / s)), int(round(h / s))), interpolation=cv2.INTER_AREA)
 
 
-def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True) -> UploadAnalysis:
+def analyse_upload(
+    predictor, name: str, data: bytes, max_bytes: int, with_cam: bool = True
+) -> UploadAnalysis:
     """Decode, score and explain one uploaded file; bad files become an :class:`UploadAnalysis` with the error.
 
     Args:
@@ -200,18 +231,30 @@ def analyse_upload(predictor, name: str, data: bytes, max_bytes: int, with_cam: 
         msg = f"file is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB upload limit (export a single frame or a smaller image)"
         return UploadAnalysis(safe, Result(safe, error=msg))
     if len(data) == 0:
-        return UploadAnalysis(safe, Result(safe, error="file is empty (0 bytes) (re-export or re-copy the image)"))
+        return UploadAnalysis(
+            safe, Result(safe, error="file is empty (0 bytes) (re-export or re-copy the image)")
+        )
     try:
         img = decode_image(data, safe)
         model_input = preprocess_array(img, predictor.pp)
     except ImageReadError as exc:
         return UploadAnalysis(safe, Result(safe, error=redact(f"{exc.reason} ({exc.fix})", ids)))
     except Exception as exc:  # keep the app alive whatever a strange file does to a decoder
-        return UploadAnalysis(safe, Result(safe, error=redact(f"cannot process this file ({type(exc).__name__}: {exc})", ids)))
+        return UploadAnalysis(
+            safe, Result(safe, error=redact(f"cannot process this file ({type(exc).__name__}: {exc})", ids))
+        )
     result = predictor.predict_arrays([model_input], [safe])[0]
     panels = image_panels(predictor, img, model_input, result.label, sniff_format(data) == "dicom", with_cam)
-    return UploadAnalysis(safe, result, image=_downscale(panels.display), cam=panels.cam, outline=panels.outline,
-                    outline_caption=panels.outline_caption, notes=panels.notes, combined=panels.combined)
+    return UploadAnalysis(
+        safe,
+        result,
+        image=_downscale(panels.display),
+        cam=panels.cam,
+        outline=panels.outline,
+        outline_caption=panels.outline_caption,
+        notes=panels.notes,
+        combined=panels.combined,
+    )
 
 
 def model_card(run_dir: Path, predictor) -> dict:
@@ -231,14 +274,20 @@ def model_card(run_dir: Path, predictor) -> dict:
         "weights": meta.get("weights_source", "?"),
         "calibration": _calibration_text(meta),
         "ood": _ood_text(predictor),
-        "validation": {k: v for k, v in (meta.get("validation") or {}).items() if isinstance(v, (int, float))},
+        "validation": {
+            k: v for k, v in (meta.get("validation") or {}).items() if isinstance(v, (int, float))
+        },
         "test": {},
         "split": meta.get("split", "?"),
         "inference": predictor.describe(),
     }
     try:
         test = rundir.read_metrics(run_dir).get("test") or {}
-        card["test"] = {k: test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "n") if isinstance(test.get(k), (int, float))}
+        card["test"] = {
+            k: test[k]
+            for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "n")
+            if isinstance(test.get(k), (int, float))
+        }
     except (OSError, ValueError):  # a damaged metrics.json costs the test figures, not the app
         pass
     return card
@@ -306,14 +355,22 @@ def _render_sidebar(st, card: dict) -> None:
     sb.markdown(md_escape(card["trained_on"]))
     if card["phantoms"]:
         sb.error(PHANTOMS, icon=":material/science:")
-    sb.markdown(f"**Input:** {card['input']}  \n**Weights:** {card['weights']}  \n**Calibration:** {card['calibration']}  \n"
-                f"**Unlike-the-training-data flag:** {card['ood']}")
+    sb.markdown(
+        f"**Input:** {card['input']}  \n**Weights:** {card['weights']}  \n**Calibration:** {card['calibration']}  \n"
+        f"**Unlike-the-training-data flag:** {card['ood']}"
+    )
     if card["validation"]:
-        sb.markdown("**Validation figures**  \n" + "  \n".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in card["validation"].items()))
+        sb.markdown(
+            "**Validation figures**  \n"
+            + "  \n".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in card["validation"].items())
+        )
     else:
         sb.markdown("**Validation figures:** none recorded")
     if card["test"]:
-        sb.markdown(f"**Held-out test ({card['split']} split)**  \n" + "  \n".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in card["test"].items()))
+        sb.markdown(
+            f"**Held-out test ({card['split']} split)**  \n"
+            + "  \n".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in card["test"].items())
+        )
     sb.caption(f"Inference: {card['inference']}")
 
 
@@ -321,10 +378,20 @@ def _render_output(st, r: Result, labels: list[str], headline: str, calibrated: 
     """The model's output for one image: its class, the probability of every class, the endpoints."""
     import pandas as pd
 
-    st.metric(headline, r.label, f"{'calibrated ' if calibrated else ''}probability {r.confidence:.1%}", delta_color="off", delta_arrow="off")
+    st.metric(
+        headline,
+        r.label,
+        f"{'calibrated ' if calibrated else ''}probability {r.confidence:.1%}",
+        delta_color="off",
+        delta_arrow="off",
+    )
     probs = pd.DataFrame({"probability": [r.probs[c] for c in labels]}, index=pd.Index(labels, name="class"))
     st.bar_chart(probs, y="probability", horizontal=True, height=40 + 32 * len(labels))
-    st.table(pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index("class"))
+    st.table(
+        pd.DataFrame({"class": labels, "probability": [f"{r.probs[c]:.1%}" for c in labels]}).set_index(
+            "class"
+        )
+    )
     ep = r.endpoints
     if ep:
         st.markdown("**Fibrosis endpoints** (sums of stage probabilities)")
@@ -332,8 +399,15 @@ def _render_output(st, r: Result, labels: list[str], headline: str, calibrated: 
             col.metric(f"{k} {FIBROSIS_ENDPOINTS[k][0].split()[0]}", f"{p:.1%}")
 
 
-def _render_analysis(st, a: UploadAnalysis, labels: list[str], index: int, calibrated: bool = False, threshold: float | None = None,
-                     ensemble: bool = False) -> None:
+def _render_analysis(
+    st,
+    a: UploadAnalysis,
+    labels: list[str],
+    index: int,
+    calibrated: bool = False,
+    threshold: float | None = None,
+    ensemble: bool = False,
+) -> None:
     with st.container(border=True, key=f"result-{index}"):
         st.subheader(md_escape(a.name))
         if not a.ok:
@@ -345,7 +419,9 @@ def _render_analysis(st, a: UploadAnalysis, labels: list[str], index: int, calib
         left, right = st.columns([1, 1])
         with left:
             if r.ood:
-                st.metric("Predicted class", NOT_ASSESSABLE, UNLIKE_TRAINING, delta_color="off", delta_arrow="off")
+                st.metric(
+                    "Predicted class", NOT_ASSESSABLE, UNLIKE_TRAINING, delta_color="off", delta_arrow="off"
+                )
                 with st.expander(SHOW_ANYWAY):
                     _render_output(st, r, labels, "The model's class (not assessable)", calibrated)
             else:
@@ -353,7 +429,14 @@ def _render_analysis(st, a: UploadAnalysis, labels: list[str], index: int, calib
         with right:
             panels = [(a.image, "uploaded image")]
             if a.cam is not None:
-                panels.append((a.cam, "Grad-CAM: regions driving the model's output" if r.ood else f"Grad-CAM: regions driving '{r.label}'"))
+                panels.append(
+                    (
+                        a.cam,
+                        "Grad-CAM: regions driving the model's output"
+                        if r.ood
+                        else f"Grad-CAM: regions driving '{r.label}'",
+                    )
+                )
             if a.outline is not None:
                 panels.append((a.outline, a.outline_caption))
             panels = [(img, caption) for img, caption in panels if img is not None]
@@ -377,7 +460,9 @@ def main() -> None:
 
     run_dir = run_dir_from_env()
     if run_dir is None or not (run_dir / rundir.MODEL_META).exists():
-        st.error(f"No trained run to serve ({run_dir or 'none given'}). Start the app with `liverscope serve RUN_DIR`.")
+        st.error(
+            f"No trained run to serve ({run_dir or 'none given'}). Start the app with `liverscope serve RUN_DIR`."
+        )
         st.stop()
 
     @st.cache_resource(show_spinner="Loading the model…")
@@ -385,8 +470,12 @@ def main() -> None:
         return Predictor.from_run(run, backend=backend, int8=int8, batch_size=1, tta=tta)
 
     try:
-        predictor = load(str(run_dir), os.environ.get("LIVERSCOPE_BACKEND", "auto"), os.environ.get("LIVERSCOPE_INT8", "0") == "1",
-                         os.environ.get("LIVERSCOPE_TTA", "none"))
+        predictor = load(
+            str(run_dir),
+            os.environ.get("LIVERSCOPE_BACKEND", "auto"),
+            os.environ.get("LIVERSCOPE_INT8", "0") == "1",
+            os.environ.get("LIVERSCOPE_TTA", "none"),
+        )
     except LiverscopeError as exc:
         st.error(f"Cannot load the model: {exc}")
         st.stop()
@@ -396,11 +485,14 @@ def main() -> None:
     limit = max_upload_bytes(st.get_option("server.maxUploadSize"))
     uploads = st.file_uploader(
         f"Ultrasound images — PNG, JPEG or DICOM, up to {limit / 2**20:.0f} MB each",
-        accept_multiple_files=True, key="uploads",
+        accept_multiple_files=True,
+        key="uploads",
     )
     with_cam = st.toggle("Show Grad-CAM heatmaps", value=True)
     if not uploads:
-        st.info("Upload one or several B-mode images to see the predicted stage, the probabilities and the heatmap.")
+        st.info(
+            "Upload one or several B-mode images to see the predicted stage, the probabilities and the heatmap."
+        )
         render_records(st, predictor, [], [])  # the past exams
         return
 
@@ -421,16 +513,36 @@ def main() -> None:
     st.session_state["analyses"] = keep  # forget removed uploads
 
     n_bad, n_flagged = sum(not a.ok for a in analyses), sum(a.ok and bool(a.result.ood) for a in analyses)
-    st.markdown(f"**{len(analyses) - n_bad} image(s) analysed**" + (f", {n_flagged} not assessable ({UNLIKE_TRAINING})" if n_flagged else "")
-                + (f", {n_bad} could not be read" if n_bad else ""))
+    st.markdown(
+        f"**{len(analyses) - n_bad} image(s) analysed**"
+        + (f", {n_flagged} not assessable ({UNLIKE_TRAINING})" if n_flagged else "")
+        + (f", {n_bad} could not be read" if n_bad else "")
+    )
     csv_text = results_csv([a.result for a in analyses], labels)
     st.session_state["results_csv"] = csv_text
-    st.download_button("Download results (CSV)", csv_text, file_name=f"liverscope_{run_dir.name}_results.csv", mime="text/csv")
-    render_pdf_download(st, analyses, [(up.name, up.getvalue()) for up in uploads], labels, run_dir)  # the exam's one-page PDF
-    render_records(st, predictor, analyses, [(up.name, up.getvalue()) for up in uploads])  # recorded; the exam's one answer, review, past exams
+    st.download_button(
+        "Download results (CSV)",
+        csv_text,
+        file_name=f"liverscope_{run_dir.name}_results.csv",
+        mime="text/csv",
+    )
+    render_pdf_download(
+        st, analyses, [(up.name, up.getvalue()) for up in uploads], labels, run_dir
+    )  # the exam's one-page PDF
+    render_records(
+        st, predictor, analyses, [(up.name, up.getvalue()) for up in uploads]
+    )  # recorded; the exam's one answer, review, past exams
     ensemble = bool((predictor.ood or {}).get("ensemble"))
     for i, a in enumerate(analyses):
-        _render_analysis(st, a, labels, i, calibrated=predictor.temperature != 1.0, threshold=predictor.ood_threshold, ensemble=ensemble)
+        _render_analysis(
+            st,
+            a,
+            labels,
+            i,
+            calibrated=predictor.temperature != 1.0,
+            threshold=predictor.ood_threshold,
+            ensemble=ensemble,
+        )
 
 
 if __name__ == "__main__":

@@ -33,15 +33,23 @@ def upload_key(uploads: list[tuple[str, bytes]]) -> str:
     return f"upload-{hashlib.sha256(uploads[0][1]).hexdigest()[:16]}" if uploads else "upload"
 
 
-def record_uploads(store, run, key: str, analyses, uploads: list[tuple[str, bytes]], done: set, user: str = "app") -> int:
+def record_uploads(
+    store, run, key: str, analyses, uploads: list[tuple[str, bytes]], done: set, user: str = "app"
+) -> int:
     """Record the analysed uploads (``app.UploadAnalysis`` each, beside its name and bytes) into exam ``key``,
     each once (``done`` holds what this session recorded); returns how many were recorded now."""
     n = 0
-    for a, (name, data) in zip(analyses, uploads):
+    for a, (_name, data) in zip(analyses, uploads):
         ident = (key, hashlib.sha256(data).hexdigest(), run.run_fingerprint)
         if not a.ok or ident in done:
             continue
-        store.record(records.ExamKey(key, "user"), records.bytes_input(a.name, data, "app", a.result.frames), a.result, run, user=user)
+        store.record(
+            records.ExamKey(key, "user"),
+            records.bytes_input(a.name, data, "app", a.result.frames),
+            a.result,
+            run,
+            user=user,
+        )
         done.add(ident)
         n += 1
     return n
@@ -53,21 +61,28 @@ def answer_text(exam) -> str:
     if a.label is None:
         return f"**Exam {exam.key}: {NOT_ASSESSABLE}** — all {a.n_images} image(s) {UNLIKE_TRAINING}."
     flagged = f", {a.n_flagged} flagged image(s) left out ({UNLIKE_TRAINING})" if a.n_flagged else ""
-    return (f"**Exam {exam.key}: {a.label}** ({a.probabilities[a.label]:.1%}) from {a.n_used} image(s); "
-            f"{a.n_agree} of {a.n_used} agree, spread {a.spread:.3f}{flagged}.")
+    return (
+        f"**Exam {exam.key}: {a.label}** ({a.probabilities[a.label]:.1%}) from {a.n_used} image(s); "
+        f"{a.n_agree} of {a.n_used} agree, spread {a.spread:.3f}{flagged}."
+    )
 
 
 def _review_form(st, store, exam, labels: list[str], where: str) -> None:
     """Agree, or correct the label, with a note; stored beside the analyses."""
     for r in exam.reviews:
-        st.caption(f"Review {r.created_at:%Y-%m-%d %H:%M} UTC: {r.verdict} — {r.label} (answer was {r.answer_label})" + (f" — {r.note}" if r.note else ""))
+        st.caption(
+            f"Review {r.created_at:%Y-%m-%d %H:%M} UTC: {r.verdict} — {r.label} (answer was {r.answer_label})"
+            + (f" — {r.note}" if r.note else "")
+        )
     with st.form(key=f"review-{where}-{exam.key}", clear_on_submit=True):
         verdict = st.radio("Review", ["Agree", "Correct the label"], horizontal=True, key=f"verdict-{where}")
         label = st.selectbox("Right label (when correcting)", labels, key=f"label-{where}")
         note = st.text_input("Note", key=f"note-{where}")
         if st.form_submit_button("Save review"):
             try:
-                r = store.review(exam.key, None if verdict == "Agree" else label, verdict == "Agree", note or None, "app")
+                r = store.review(
+                    exam.key, None if verdict == "Agree" else label, verdict == "Agree", note or None, "app"
+                )
                 st.success(f"Review saved: {r.verdict} — {r.label}")
             except LiverscopeError as exc:
                 st.error(str(exc))
@@ -83,7 +98,12 @@ def render_exam(st, store, key: str, labels: list[str], where: str = "page") -> 
         st.markdown(answer_text(exam))
         a = exam.answer
         if a.probabilities:
-            st.caption("Exam probabilities (" + a.method + "): " + ", ".join(f"{c} {p:.1%}" for c, p in a.probabilities.items()))
+            st.caption(
+                "Exam probabilities ("
+                + a.method
+                + "): "
+                + ", ".join(f"{c} {p:.1%}" for c, p in a.probabilities.items())
+            )
         _review_form(st, store, exam, labels, where)
 
 
@@ -96,13 +116,23 @@ def render_history(st, store, labels: list[str]) -> None:
         flagged = cols[2].checkbox("Flagged images only", key="history-flagged")
         disagree = cols[3].checkbox("Disagreements only", key="history-disagree")
         start = datetime.combine(since, time.min, tzinfo=timezone.utc) if since else None
-        exams = store.find_exams(search or None, start, None, True if flagged else None, True if disagree else None, limit=100)
+        exams = store.find_exams(
+            search or None, start, None, True if flagged else None, True if disagree else None, limit=100
+        )
         if not exams:
             st.caption("No exams match.")
             return
-        rows = [{"exam": e.key, "created (UTC)": f"{e.created_at:%Y-%m-%d %H:%M}", "images": len(e.images),
-                 "answer": e.answer.label or NOT_ASSESSABLE, "flagged": e.answer.n_flagged,
-                 "review": f"{e.review.verdict} {e.review.label}" if e.review else ""} for e in exams]
+        rows = [
+            {
+                "exam": e.key,
+                "created (UTC)": f"{e.created_at:%Y-%m-%d %H:%M}",
+                "images": len(e.images),
+                "answer": e.answer.label or NOT_ASSESSABLE,
+                "flagged": e.answer.n_flagged,
+                "review": f"{e.review.verdict} {e.review.label}" if e.review else "",
+            }
+            for e in exams
+        ]
         st.dataframe(rows, hide_index=True, key="history-table")
         chosen = st.selectbox("Open exam", [e.key for e in exams], index=None, key="history-open")
         if chosen:
@@ -120,7 +150,9 @@ def render_records(st, predictor, analyses, uploads: list[tuple[str, bytes]]) ->
         return records.open_store(db)
 
     @st.cache_resource(show_spinner=False)
-    def run_of(run_dir: str, backend: str, tta: str, temperature: float):  # the fingerprint hashes the weights: once
+    def run_of(
+        run_dir: str, backend: str, tta: str, temperature: float
+    ):  # the fingerprint hashes the weights: once
         return records.run_info(predictor)
 
     try:
@@ -135,4 +167,14 @@ def render_records(st, predictor, analyses, uploads: list[tuple[str, bytes]]) ->
         st.caption(f"Exam records unavailable: {exc}")
 
 
-__all__ = ["ENV_RECORD", "HISTORY", "recording_on", "upload_key", "record_uploads", "answer_text", "render_exam", "render_history", "render_records"]
+__all__ = [
+    "ENV_RECORD",
+    "HISTORY",
+    "recording_on",
+    "upload_key",
+    "record_uploads",
+    "answer_text",
+    "render_exam",
+    "render_history",
+    "render_records",
+]

@@ -28,7 +28,9 @@ def default_key(uploads: list[tuple[str, bytes]]) -> str:
     for _, data in uploads:
         if sniff_format(data) == "dicom":
             try:
-                key = pseudonym(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), "StudyInstanceUID")
+                key = pseudonym(
+                    pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), "StudyInstanceUID"
+                )
             except Exception:  # an unreadable header: the upload's own error says why
                 key = None
             if key:
@@ -39,8 +41,11 @@ def default_key(uploads: list[tuple[str, bytes]]) -> str:
 def exam_pdf(analyses, uploads: list[tuple[str, bytes]], labels, run_dir, key: str) -> bytes:
     """The one-page PDF of the analysed uploads (``app.UploadAnalysis`` each, the upload's name and bytes beside it);
     uploads that could not be read are left out."""
-    scored = [Scored(a.result, hashlib.sha256(data).hexdigest(), a.combined, note="; ".join(a.notes) or None)
-              for a, (_, data) in zip(analyses, uploads) if a.ok]
+    scored = [
+        Scored(a.result, hashlib.sha256(data).hexdigest(), a.combined, note="; ".join(a.notes) or None)
+        for a, (_, data) in zip(analyses, uploads)
+        if a.ok
+    ]
     return pdf_bytes(report_of(key, scored, labels, run_dir))
 
 
@@ -54,11 +59,18 @@ def render_pdf_download(st, analyses, uploads: list[tuple[str, bytes]], labels, 
     if not cached or cached[0] != ident:
         try:
             cached = (ident, exam_pdf(analyses, uploads, labels, run_dir, key))
-        except LiverscopeError as exc:  # e.g. an installation without the reports extra: the rest of the page stands
+        except (
+            LiverscopeError
+        ) as exc:  # e.g. an installation without the reports extra: the rest of the page stands
             st.caption(f"PDF report unavailable: {exc}")
             return
         st.session_state["exam_pdf"] = cached
-    st.download_button("Download the exam report (PDF)", cached[1], file_name=f"liverscope_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)[:64]}.pdf", mime="application/pdf")
+    st.download_button(
+        "Download the exam report (PDF)",
+        cached[1],
+        file_name=f"liverscope_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)[:64]}.pdf",
+        mime="application/pdf",
+    )
 
 
 __all__ = ["KEY_FIELD", "default_key", "exam_pdf", "render_pdf_download"]

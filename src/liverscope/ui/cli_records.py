@@ -11,11 +11,13 @@ from typing import Optional
 
 import typer
 
-from liverscope.ui.cli_options import DbOpt, echo_skipped, fail
 from liverscope.errors import LiverscopeError, UsageError
+from liverscope.ui.cli_options import DbOpt, echo_skipped, fail
 
-records_app = typer.Typer(help="Exam records: every recorded analysis, one answer per exam, clinician reviews, a manifest of reviewed cases for training.",
-                          no_args_is_help=True)
+records_app = typer.Typer(
+    help="Exam records: every recorded analysis, one answer per exam, clinician reviews, a manifest of reviewed cases for training.",
+    no_args_is_help=True,
+)
 DATE = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 
 
@@ -39,12 +41,28 @@ def _answer(exam) -> str:
 @records_app.command("list")
 def list_cmd(
     db: Optional[str] = DbOpt,
-    search: Optional[str] = typer.Option(None, "--search", "-s", help="Part of the exam key (or patient pseudonym)."),
-    since: Optional[datetime] = typer.Option(None, "--since", formats=DATE, help="Exams created on or after this date (UTC)."),
-    until: Optional[datetime] = typer.Option(None, "--until", formats=DATE, help="Exams created before this date (UTC)."),
-    flagged: Optional[bool] = typer.Option(None, "--flagged/--not-flagged", help="Only exams with (without) an image flagged as unlike the training data."),
-    disagreement: Optional[bool] = typer.Option(None, "--disagreement/--agreement", help="Only exams whose review or images disagree with the answer (or not)."),
-    reviewed: Optional[bool] = typer.Option(None, "--reviewed/--unreviewed", help="Only reviewed (unreviewed) exams."),
+    search: Optional[str] = typer.Option(
+        None, "--search", "-s", help="Part of the exam key (or patient pseudonym)."
+    ),
+    since: Optional[datetime] = typer.Option(
+        None, "--since", formats=DATE, help="Exams created on or after this date (UTC)."
+    ),
+    until: Optional[datetime] = typer.Option(
+        None, "--until", formats=DATE, help="Exams created before this date (UTC)."
+    ),
+    flagged: Optional[bool] = typer.Option(
+        None,
+        "--flagged/--not-flagged",
+        help="Only exams with (without) an image flagged as unlike the training data.",
+    ),
+    disagreement: Optional[bool] = typer.Option(
+        None,
+        "--disagreement/--agreement",
+        help="Only exams whose review or images disagree with the answer (or not).",
+    ),
+    reviewed: Optional[bool] = typer.Option(
+        None, "--reviewed/--unreviewed", help="Only reviewed (unreviewed) exams."
+    ),
     limit: int = typer.Option(50, "--limit", min=1, help="At most this many exams, newest first."),
 ):
     """List exams, newest first: key, date, images, the exam's answer, the review."""
@@ -55,7 +73,14 @@ def list_cmd(
     except LiverscopeError as exc:
         fail(exc)
     if not exams:
-        typer.echo(f"no exams in {url}" + (" match" if any(v is not None for v in (search, since, until, flagged, disagreement, reviewed)) else ""))
+        typer.echo(
+            f"no exams in {url}"
+            + (
+                " match"
+                if any(v is not None for v in (search, since, until, flagged, disagreement, reviewed))
+                else ""
+            )
+        )
         return
     typer.echo("exam\tcreated\timages\tanswer\treview")
     for e in exams:
@@ -72,8 +97,14 @@ def show_cmd(key: str = typer.Argument(..., help="The exam key."), db: Optional[
     except LiverscopeError as exc:
         fail(exc)
     a = e.answer
-    typer.echo(f"exam {e.key} ({e.key_source}{', patient ' + e.patient if e.patient else ''}), created {e.created_at:%Y-%m-%d %H:%M} UTC")
-    typer.echo(f"answer: {_answer(e)}" + (f", spread {a.spread:.3f}" if a.spread is not None else "") + (f" — model {a.model_id}" if a.model_id else ""))
+    typer.echo(
+        f"exam {e.key} ({e.key_source}{', patient ' + e.patient if e.patient else ''}), created {e.created_at:%Y-%m-%d %H:%M} UTC"
+    )
+    typer.echo(
+        f"answer: {_answer(e)}"
+        + (f", spread {a.spread:.3f}" if a.spread is not None else "")
+        + (f" — model {a.model_id}" if a.model_id else "")
+    )
     if a.probabilities:
         typer.echo("  " + "  ".join(f"{c} {p:.3f}" for c, p in a.probabilities.items()))
     if a.endpoints:
@@ -82,11 +113,17 @@ def show_cmd(key: str = typer.Argument(..., help="The exam key."), db: Optional[
     for im in e.images:
         x = im.latest
         flag = " FLAGGED (unlike the training data)" if x and x.ood else ""
-        said = f"{x.label} {x.probabilities[x.label]:.3f}{flag}, {len(im.analyses)} analysis(es), last {x.created_at:%Y-%m-%d %H:%M} by {x.model_id}" if x else "no analysis"
+        said = (
+            f"{x.label} {x.probabilities[x.label]:.3f}{flag}, {len(im.analyses)} analysis(es), last {x.created_at:%Y-%m-%d %H:%M} by {x.model_id}"
+            if x
+            else "no analysis"
+        )
         typer.echo(f"image {im.name} sha256 {im.sha256[:12]} {im.size} bytes: {said}")
     for r in e.reviews:
         note = f" — {r.note}" if r.note else ""
-        typer.echo(f"review {r.created_at:%Y-%m-%d %H:%M} {r.reviewer or ''}: {r.verdict} {r.label} (answer was {r.answer_label}){note}")
+        typer.echo(
+            f"review {r.created_at:%Y-%m-%d %H:%M} {r.reviewer or ''}: {r.verdict} {r.label} (answer was {r.answer_label}){note}"
+        )
 
 
 @records_app.command("review")
@@ -100,7 +137,11 @@ def review_cmd(
 ):
     """Review an exam: --agree, or --label L; stored beside the analyses, never changing them."""
     if agree == (label is not None):
-        fail(UsageError("give either --agree (the exam's answer is right) or --label L (the right label), not both or neither"))
+        fail(
+            UsageError(
+                "give either --agree (the exam's answer is right) or --label L (the right label), not both or neither"
+            )
+        )
     try:
         with _store(db) as store:
             r = store.review(key, label, agree, note, reviewer)
@@ -110,7 +151,10 @@ def review_cmd(
 
 
 @records_app.command("export")
-def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="The manifest to write (path,label,group,source)."), db: Optional[str] = DbOpt):
+def export_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="The manifest to write (path,label,group,source)."),
+    db: Optional[str] = DbOpt,
+):
     """Write the images of reviewed exams with their reviewed labels: a manifest train/cv read as it is."""
     from liverscope.records import export_manifest
 
@@ -120,5 +164,7 @@ def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="The manifest t
     except LiverscopeError as exc:
         fail(exc)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["labels"].items()))
-    typer.echo(f"exported {summary['images']} image(s) of {summary['exams']} reviewed exam(s) ({counts or 'none'}) → {summary['out']}")
+    typer.echo(
+        f"exported {summary['images']} image(s) of {summary['exams']} reviewed exam(s) ({counts or 'none'}) → {summary['out']}"
+    )
     echo_skipped(summary["skipped"])
