@@ -39,7 +39,7 @@ from liverscope.rundir import (
 )
 from liverscope.segment.encoder_unet import ENCODERS, build_encoder_unet, encoder_unet_arch, mask_and_score
 from liverscope.segment.gate import apply_gate
-from liverscope.segment.nnunet import NNUNET_ARCH, build_nnunet
+from liverscope.segment.nnunet_network import NNUNET_ARCH, build_nnunet
 from liverscope.utils import (
     atomic_write_json,
     default_model_threads,
