@@ -23,7 +23,9 @@ LAZY_OWN_IMPORTS_ALLOWED = {
     "cli_predict.py",
     "cli_records.py",
     "cli_reports.py",
-}  # cli_options.py needs no exemption: it loads nothing torch-side; cli_predict, cli_records and cli_reports are commands split out of cli.py
+    "cli_runs.py",
+    "cli_segment.py",
+}  # cli_options.py needs no exemption: it loads nothing torch-side; cli_predict, cli_records, cli_reports, cli_runs and cli_segment are commands split out of cli.py
 
 
 def _sources() -> list[Path]:
