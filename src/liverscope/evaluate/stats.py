@@ -119,6 +119,45 @@ def bootstrap_ci(
         ``{"value", "ci": [lo, hi], "level", "n_boot", "n_valid"}`` (for a vector statistic each field is
         a list, one entry per statistic). ``ci`` bounds are NaN when the statistic is undefined.
     """
+    arrs = _checked_resampling(arrays, n_boot, alpha)
+    if batched:
+        value = np.asarray(fn(*[a[None] for a in arrs]), dtype=np.float64)[0]
+    else:
+        value = np.asarray(fn(*arrs), dtype=np.float64)
+    scalar = value.ndim == 0
+    value = np.atleast_1d(value)
+    boot = _replicates(fn, arrs, n_boot, seed, batched)
+    if boot.shape[1] != value.size:
+        raise LiverscopeError(
+            f"bootstrap_ci: the statistic returned {boot.shape[1]} values per replicate, {value.size} on the data"
+        )
+    lo = np.full(value.size, np.nan)
+    hi = np.full(value.size, np.nan)
+    n_valid = np.isfinite(boot).sum(axis=0)
+    for j in range(value.size):
+        vals = boot[:, j][np.isfinite(boot[:, j])]
+        if np.isfinite(value[j]) and vals.size:
+            lo[j], hi[j] = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    if scalar:
+        ci = [float(lo[0]), float(hi[0])]
+        return {
+            "value": float(value[0]),
+            "ci": ci,
+            "level": 1 - alpha,
+            "n_boot": int(n_boot),
+            "n_valid": int(n_valid[0]),
+        }
+    return {
+        "value": [float(v) for v in value],
+        "ci": [[float(a), float(b)] for a, b in zip(lo, hi)],
+        "level": 1 - alpha,
+        "n_boot": int(n_boot),
+        "n_valid": [int(v) for v in n_valid],
+    }
+
+
+def _checked_resampling(arrays: tuple, n_boot: int, alpha: float) -> list[np.ndarray]:
+    """The arrays of :func:`bootstrap_ci` as NumPy arrays, or a LiverscopeError saying what is wrong."""
     if not arrays:
         raise LiverscopeError("bootstrap_ci needs at least one array to resample")
     arrs = [np.asarray(a) for a in arrays]
@@ -131,19 +170,18 @@ def bootstrap_ci(
         raise LiverscopeError(f"n_boot must be positive, got {n_boot}")
     if not 0 < alpha < 1:
         raise LiverscopeError(f"alpha must lie in (0, 1), got {alpha}")
+    return arrs
 
-    if batched:
-        value = np.asarray(fn(*[a[None] for a in arrs]), dtype=np.float64)[0]
-    else:
-        value = np.asarray(fn(*arrs), dtype=np.float64)
-    scalar = value.ndim == 0
-    value = np.atleast_1d(value)
 
+def _replicates(
+    fn: Callable[..., Any], arrs: list[np.ndarray], n_boot: int, seed: int, batched: bool
+) -> np.ndarray:
+    """``n_boot x m`` values of the statistic on resampled cases, the indices drawn chunk by chunk."""
+    n = len(arrs[0])
     rng = np.random.default_rng(seed)
     width = sum(int(np.prod(a.shape[1:])) for a in arrs)
     chunk = max(1, min(n_boot, _BOOT_CHUNK_ELEMENTS // max(n * width, 1)))
-    reps = []
-    done = 0
+    reps, done = [], 0
     while done < n_boot:
         b = min(chunk, n_boot - done)
         idx = rng.integers(0, n, size=(b, n))
@@ -155,34 +193,7 @@ def bootstrap_ci(
             )
         reps.append(out.reshape(b, -1))
         done += b
-    boot = np.concatenate(reps, axis=0)
-    if boot.shape[1] != value.size:
-        raise LiverscopeError(
-            f"bootstrap_ci: the statistic returned {boot.shape[1]} values per replicate, {value.size} on the data"
-        )
-
-    lo = np.full(value.size, np.nan)
-    hi = np.full(value.size, np.nan)
-    n_valid = np.isfinite(boot).sum(axis=0)
-    for j in range(value.size):
-        vals = boot[:, j][np.isfinite(boot[:, j])]
-        if np.isfinite(value[j]) and vals.size:
-            lo[j], hi[j] = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    if scalar:
-        return {
-            "value": float(value[0]),
-            "ci": [float(lo[0]), float(hi[0])],
-            "level": 1 - alpha,
-            "n_boot": int(n_boot),
-            "n_valid": int(n_valid[0]),
-        }
-    return {
-        "value": [float(v) for v in value],
-        "ci": [[float(a), float(b)] for a, b in zip(lo, hi)],
-        "level": 1 - alpha,
-        "n_boot": int(n_boot),
-        "n_valid": [int(v) for v in n_valid],
-    }
+    return np.concatenate(reps, axis=0)
 
 
 # --------------------------------------------------------------------------------------------------

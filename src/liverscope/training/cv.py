@@ -238,8 +238,34 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     logit-averaging ensemble on the hold-out test set at that temperature, and the fold table."""
     names = list(class_names)
     fold_dirs = [rundir.fold_dir(run_dir, i) for i in range(k)]
+    folds = _read_folds(fold_dirs, names)
+    result: dict = {"k": k, "class_names": names}
+    fit = _score_out_of_fold(run_dir, folds, names, result)
+    temperature = fit["temperature"]
+    if folds["test"] is not None:
+        test = folds["test"]
+        logits = ensemble_logits(folds["test_logits"])
+        scored = score_predictions(
+            run_dir, rundir.PREDICTIONS_TEST, test.samples(), test.y, logits, names, temperature
+        )
+        result["ensemble"] = result["test"] = scored["metrics"]
+        result["temperature"] = temperature
+        if scored["by_source"]:
+            result["ensemble_by_source"] = result["test_by_source"] = scored["by_source"]
+        result["ensemble_vs_oof"] = ensemble_vs_oof(result)
+    result["folds"] = folds["table"]
+    rundir.write_fold_table(run_dir, folds["table"])
+    rundir.write_metrics(run_dir, result)
+    _write_ensemble_meta(run_dir, fold_dirs, names, pp, fit, result["oof"])
+    write_report_safely(run_dir)
+    return result
+
+
+def _read_folds(fold_dirs: Sequence[Path], names: list[str]) -> dict:
+    """Each fold's out-of-fold predictions with its temperature (``oof``), what chose its weights
+    (``selects``), its row of the fold table (``table``) and its logits on the hold-out test."""
     oof: list[tuple[rundir.Predictions, float]] = []
-    fold_table, test_logits, selects = [], [], []
+    table, test_logits, selects = [], [], []
     test: rundir.Predictions | None = None
     for i, fd in enumerate(fold_dirs):
         val, meta = rundir.read_predictions(fd / rundir.PREDICTIONS_VAL, names), rundir.read_model_meta(fd)
@@ -250,33 +276,35 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "quadratic_kappa"):
             row[f"val_{key}"] = (fm.get("validation") or {}).get(key)
             row[f"test_{key}"] = (fm.get("test") or {}).get(key)
-        fold_table.append(row)
+        table.append(row)
         if (fd / rundir.PREDICTIONS_TEST).exists():
             test = rundir.read_predictions(fd / rundir.PREDICTIONS_TEST, names)
             test_logits.append(test.logits)
+    return {"oof": oof, "selects": selects, "table": table, "test": test, "test_logits": test_logits}
 
-    result: dict = {"k": k, "class_names": names}
-    protocol = oof_protocol(selects)
+
+def _score_out_of_fold(run_dir: Path, folds: dict, names: list[str], result: dict) -> dict:
+    """Score every development image by the fold model that did not train on it (``oof_predictions.csv``,
+    ``result["oof"]``, the protocol and the per-source table), then fit the ensemble's one temperature
+    on those logits. Returns that fit."""
+    oof = folds["oof"]
+    protocol = oof_protocol(folds["selects"])
     if protocol["temperature"] == "cross-fitted":
-        oof = list(
-            zip(
-                [p for p, _ in oof],
-                cross_fitted_temperatures([p.logits for p, _ in oof], [p.y for p, _ in oof]),
-            )
-        )
+        temps = cross_fitted_temperatures([p.logits for p, _ in oof], [p.y for p, _ in oof])
+        oof = list(zip([p for p, _ in oof], temps))
     elif protocol["warning"]:
         log(f"WARNING: {protocol['warning']}")
     result["oof_protocol"] = dict(protocol, fold_temperatures=[t for _, t in oof])
-    oof_samples = [s for p, _ in oof for s in p.samples()]
     oof_y = np.concatenate([p.y for p, _ in oof])
     oof_logits = np.concatenate([p.logits for p, _ in oof])
     oof_probs = np.concatenate(
         [softmax(p.logits, t) for p, t in oof]
     )  # each fold model at its own temperature
+    samples = [s for p, _ in oof for s in p.samples()]
     scored = score_predictions(
         run_dir,
         rundir.OOF_PREDICTIONS,
-        oof_samples,
+        samples,
         oof_y,
         oof_logits,
         names,
@@ -289,27 +317,15 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     if fit["warning"]:
         log(f"WARNING: {fit['warning']}")
     result["temperature_fit"] = fit
-    temperature = fit["temperature"]
     if scored["by_source"]:
         result["oof_by_source"] = scored["by_source"]
-    if test is not None:
-        scored = score_predictions(
-            run_dir,
-            rundir.PREDICTIONS_TEST,
-            test.samples(),
-            test.y,
-            ensemble_logits(test_logits),
-            names,
-            temperature,
-        )
-        result["ensemble"] = result["test"] = scored["metrics"]
-        result["temperature"] = temperature
-        if scored["by_source"]:
-            result["ensemble_by_source"] = result["test_by_source"] = scored["by_source"]
-        result["ensemble_vs_oof"] = ensemble_vs_oof(result)
-    result["folds"] = fold_table
-    rundir.write_fold_table(run_dir, fold_table)
-    rundir.write_metrics(run_dir, result)
+    return fit
+
+
+def _write_ensemble_meta(
+    run_dir: Path, fold_dirs: Sequence[Path], names: list[str], pp: Preprocessing, fit: dict, oof: dict
+) -> None:
+    """The cv run's ``model.json``: the fold models as one ensemble at the out-of-fold temperature."""
     first = rundir.read_model_meta(fold_dirs[0])
     rundir.write_model_meta(
         run_dir,
@@ -318,21 +334,18 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
             "labels": names,
             "preprocessing": pp.to_dict(),
             "weights_source": first.get("weights_source"),
-            "temperature": temperature,
+            "temperature": fit["temperature"],
             "temperature_fit": fit,  # 1.0 when the fit is refused
             "training_data": first.get("training_data"),  # every fold's split holds all the run's images
             "ensemble": [str(fd.relative_to(run_dir)) for fd in fold_dirs],
             "validation": {
-                key: result["oof"].get(key)
-                for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+                key: oof.get(key) for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
             },
             "liverscope_version": __version__,
             # the ensemble's own: its split.csv (with the folds) fingerprints the data; each fold's model.json has its own
             "provenance": collect_provenance(rundir.read_config(run_dir).train.seed, run_dir / rundir.SPLIT),
         },
     )
-    write_report_safely(run_dir)
-    return result
 
 
 def oof_protocol(selects: Sequence[str]) -> dict:

@@ -99,32 +99,12 @@ def train_prepared(cfg: RunConfig, data: RunDataModule, resume: bool = False) ->
     model = build_model(
         m.name, len(data.class_names), m.head, m.pretrained, m.weights, m.freeze_backbone, m.dropout, m.hidden
     )
-    lit = LitClassifier(
-        model, cfg.train, None, metavir_stages(data.class_names), config=cfg.to_dict()
-    )  # weighted_ce: RunDataModule.setup
-
+    # class weights of weighted_ce: RunDataModule.setup
+    lit = LitClassifier(model, cfg.train, None, metavir_stages(data.class_names), config=cfg.to_dict())
     monitor = cfg.train.monitor if data.has_val else "train_loss"
     mode = "min" if monitor.endswith("loss") else "max"
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / rundir.CHECKPOINTS,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    loggers = training_loggers(
-        run_dir, tracking_loggers(cfg, run_dir)
-    )  # CSV always (history.csv is made from it), then the tracker
-    callbacks: list = [
-        ckpt,
-        HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume),
-        *weight_averaging(cfg.train),
-    ]
     select = selection(cfg)
-    if cfg.train.early_stop_patience > 0 and data.has_val and select == "best":
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
+    ckpt, callbacks, loggers = _callbacks(cfg, data.has_val, monitor, mode, select, resume)
     precision_file = run_dir / rundir.TRAINING_PRECISION
     # a resumed run trains in the precision its first session measured (timings differ from call to call)
     chosen = (
@@ -145,16 +125,14 @@ def train_prepared(cfg: RunConfig, data: RunDataModule, resume: bool = False) ->
     kept = ckpt.last_model_path if select == "last" else ckpt.best_model_path
     if kept:
         load_best_weights(model, kept)
-
     prep = data.prepared()
-    best_epoch = _best_epoch(run_dir / rundir.HISTORY, None if select == "last" else monitor, mode)
     rundir.save_model(
         run_dir,
         model,
         prep.class_names,
         prep.pp,
         {
-            "best_epoch": best_epoch,
+            "best_epoch": _best_epoch(run_dir / rundir.HISTORY, None if select == "last" else monitor, mode),
             "monitor": monitor,
             "select": select,
             "split": cfg.data.split,
@@ -163,13 +141,38 @@ def train_prepared(cfg: RunConfig, data: RunDataModule, resume: bool = False) ->
             "training_precision": chosen
             or {"precision": str(trainer.precision), "reason": f"train.precision {cfg.train.precision}"},
             "provenance": collect_provenance(cfg.train.seed, run_dir / rundir.SPLIT),
-            "training_data": describe_data(
-                cfg.data.path, [s.source for s in prep.samples]
-            ),  # the report and the app name it
+            # the report and the app name it
+            "training_data": describe_data(cfg.data.path, [s.source for s in prep.samples]),
         },
     )
     device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
     return Trained(run_dir, model, data, cfg, device, loggers, trainer.global_step, train_seconds)
+
+
+def _callbacks(
+    cfg: RunConfig, has_val: bool, monitor: str, mode: str, select: str, resume: bool
+) -> tuple[ModelCheckpoint, list, list]:
+    """The checkpoint callback (best and last), every callback of the fit (history, EMA, early
+    stopping when the best epoch is kept) and the loggers (CSV always: history.csv is made from it)."""
+    run_dir = cfg.run_dir
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / rundir.CHECKPOINTS,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    loggers = training_loggers(run_dir, tracking_loggers(cfg, run_dir))
+    callbacks: list = [
+        ckpt,
+        HistoryWriter(run_dir / rundir.HISTORY, loggers[0], resume),
+        *weight_averaging(cfg.train),
+    ]
+    if cfg.train.early_stop_patience > 0 and has_val and select == "best":
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stop_patience))
+    return ckpt, callbacks, loggers
 
 
 def train(cfg: RunConfig, resume: bool = False) -> Trained | None:
