@@ -393,6 +393,123 @@ class NnunetOptions:
     threads: int | None = None
 
 
+def _write_dataset(
+    work_dir: Path,
+    name: str,
+    images: Sequence[np.ndarray],
+    masks: np.ndarray,
+    split: np.ndarray,
+    paths: Sequence[str],
+    label: str,
+    size: int,
+) -> dict:
+    """:func:`write_raw_dataset` into ``work_dir/raw/NAME`` (an earlier fit's cases removed first) and the
+    run's split as ``work_dir/preprocessed/NAME/splits_final.json``; returns :func:`write_raw_dataset`'s dict."""
+    if (
+        work_dir / "raw" / name
+    ).is_dir():  # an earlier fit's cases (another data set or split) must not linger
+        shutil.rmtree(work_dir / "raw" / name)
+    raw = write_raw_dataset(work_dir / "raw" / name, images, masks, split, paths, label, size)
+    write_splits(work_dir / "preprocessed" / name, raw["splits"])
+    return raw
+
+
+def _write_config(
+    work_dir: Path,
+    name: str,
+    options: NnunetOptions,
+    device: str,
+    child_device: str,
+    processes: int,
+    resume: bool,
+) -> Path:
+    """The child's settings (:func:`run_worker`) as ``work_dir/config.json``: on a CPU, augmentation in the
+    training process and half the cores unless the options or the environment say otherwise."""
+    augment_processes = options.augment_processes
+    if augment_processes is None and device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
+        augment_processes = (
+            0  # on a CPU the network is the bottleneck: augment in the training process itself
+        )
+    config = work_dir / NNUNET_CONFIG
+    atomic_write_json(
+        config,
+        {
+            "dataset": name,
+            "trainer": options.trainer,
+            "epochs": options.epochs,
+            "iterations": options.iterations,
+            "val_iterations": options.val_iterations,
+            "device": child_device,
+            "resume": bool(resume),
+            "processes": processes,
+            "augment_processes": augment_processes,
+            "threads": options.threads or (max(1, (os.cpu_count() or 1) // 2) if device == "cpu" else None),
+        },
+    )
+    return config
+
+
+def _train_in_child(
+    config: Path, env: dict, work_dir: Path, raw: dict, options: NnunetOptions, device: str
+) -> float:
+    """nnU-Net's planning, preprocessing and training in the child process (:func:`_run_child`), an
+    earlier fit's trained network removed first; returns the seconds it took."""
+    for old in (NNUNET_TRAINED, NNUNET_WEIGHTS):
+        (work_dir / old).unlink(missing_ok=True)
+    trainer, epochs, iterations = options.trainer, options.epochs, options.iterations
+    log(
+        f"nnU-Net: {len(raw['splits'][0]['train'])} train / {len(raw['splits'][0]['val'])} val cases in {raw['folder']}; "
+        f"planning, preprocessing and training ({trainer}"
+        + "".join(f", {k} {v}" for k, v in (("epochs", epochs), ("iterations", iterations)) if v)
+        + f") on {device}; nnU-Net's output in {work_dir / NNUNET_LOG}"
+    )
+    t0 = time.perf_counter()
+    _run_child(config, env, work_dir / NNUNET_LOG)
+    return time.perf_counter() - t0
+
+
+def _trained_details(trained: dict) -> dict:
+    """What ``info["nnunet"]`` keeps of the child's ``trained.json``."""
+    return {
+        k: trained[k]
+        for k in (
+            "trainer",
+            "base_trainer",
+            "plans_identifier",
+            "iterations",
+            "val_iterations",
+            "patch_size",
+            "results",
+            "validation",
+            "nnunet_version",
+        )
+    }
+
+
+def _fit_info(trained: dict, arch: dict, details: dict, *, seconds: float, size: int, resume: bool) -> dict:
+    """:func:`fit_nnunet`'s ``info`` from the child's ``trained.json``, as ``fit_unet``'s."""
+    history, val_dice = trained["history"], trained["validation"].get("Dice")
+    return {
+        "best_epoch": len(history),
+        "best_val_dice": None if val_dice is None else float(val_dice),
+        "epochs_run": len(history),
+        "history": history,
+        "seconds": round(seconds, 1),
+        "architecture": arch,
+        "arch": "nnunet",
+        "in_channels": 1,
+        "size": size,
+        "loss": "nnU-Net's Dice + cross-entropy (deep supervision)",
+        "epochs": trained["epochs"],
+        "lr": trained["lr"],
+        "batch_size": trained["batch_size"],
+        "engine": "nnunet",
+        "resumed": bool(resume),
+        "initial_weights": "random initialisation (nnU-Net)",
+        "nnunet": details,
+    }
+
+
 def fit_nnunet(
     images: Sequence[np.ndarray],
     masks: np.ndarray,
@@ -429,91 +546,21 @@ def fit_nnunet(
     """
     check_engine("nnunet")
     o = options or NnunetOptions()
-    trainer, epochs, iterations, val_iterations = o.trainer, o.epochs, o.iterations, o.val_iterations
-    threads, augment_processes = o.threads, o.augment_processes
     work_dir = Path(work_dir).resolve()
     masks, split = np.asarray(masks, bool), np.asarray(split).astype(str)
     name = dataset_name(label)
     processes = int(o.processes or os.environ.get("nnUNet_def_n_proc") or min(8, os.cpu_count() or 1))
-    if augment_processes is None and device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
-        augment_processes = (
-            0  # on a CPU the network is the bottleneck: augment in the training process itself
-        )
     env, child_device = nnunet_env(work_dir, device, processes)
-    if (
-        work_dir / "raw" / name
-    ).is_dir():  # an earlier fit's cases (another data set or split) must not linger
-        shutil.rmtree(work_dir / "raw" / name)
-    raw = write_raw_dataset(work_dir / "raw" / name, images, masks, split, paths, label, size)
-    write_splits(work_dir / "preprocessed" / name, raw["splits"])
-    config = work_dir / NNUNET_CONFIG
-    atomic_write_json(
-        config,
-        {
-            "dataset": name,
-            "trainer": trainer,
-            "epochs": epochs,
-            "iterations": iterations,
-            "val_iterations": val_iterations,
-            "device": child_device,
-            "resume": bool(resume),
-            "processes": processes,
-            "augment_processes": augment_processes,
-            "threads": threads or (max(1, (os.cpu_count() or 1) // 2) if device == "cpu" else None),
-        },
-    )
-    for old in (NNUNET_TRAINED, NNUNET_WEIGHTS):
-        (work_dir / old).unlink(missing_ok=True)
-    log(
-        f"nnU-Net: {len(raw['splits'][0]['train'])} train / {len(raw['splits'][0]['val'])} val cases in {raw['folder']}; "
-        f"planning, preprocessing and training ({trainer}"
-        + "".join(f", {k} {v}" for k, v in (("epochs", epochs), ("iterations", iterations)) if v)
-        + f") on {device}; nnU-Net's output in {work_dir / NNUNET_LOG}"
-    )
-    t0 = time.perf_counter()
-    _run_child(config, env, work_dir / NNUNET_LOG)
-    seconds = time.perf_counter() - t0
+    raw = _write_dataset(work_dir, name, images, masks, split, paths, label, size)
+    config = _write_config(work_dir, name, o, device, child_device, processes, resume)
+    seconds = _train_in_child(config, env, work_dir, raw, o, device)
     trained = read_json(work_dir / NNUNET_TRAINED)
     arch = nnunet_arch(trained)
     model = NnUNetNetwork(arch)
     model.load_state_dict(load_weights(work_dir / NNUNET_WEIGHTS))
     model.to(device).eval()
-    history, val_dice = trained["history"], trained["validation"].get("Dice")
-    details = {
-        k: trained[k]
-        for k in (
-            "trainer",
-            "base_trainer",
-            "plans_identifier",
-            "iterations",
-            "val_iterations",
-            "patch_size",
-            "results",
-            "validation",
-            "nnunet_version",
-        )
-    }
-    details.update(dataset=str(raw["folder"]), log=str(work_dir / NNUNET_LOG))
-    info = {
-        "best_epoch": len(history),
-        "best_val_dice": None if val_dice is None else float(val_dice),
-        "epochs_run": len(history),
-        "history": history,
-        "seconds": round(seconds, 1),
-        "architecture": arch,
-        "arch": "nnunet",
-        "in_channels": 1,
-        "size": size,
-        "loss": "nnU-Net's Dice + cross-entropy (deep supervision)",
-        "epochs": trained["epochs"],
-        "lr": trained["lr"],
-        "batch_size": trained["batch_size"],
-        "engine": "nnunet",
-        "resumed": bool(resume),
-        "initial_weights": "random initialisation (nnU-Net)",
-        "nnunet": details,
-    }
-    return model, info
+    details = {**_trained_details(trained), "dataset": str(raw["folder"]), "log": str(work_dir / NNUNET_LOG)}
+    return model, _fit_info(trained, arch, details, seconds=seconds, size=size, resume=resume)
 
 
 __all__ = [

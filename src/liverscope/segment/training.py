@@ -341,6 +341,68 @@ def _best(model, lit: LitSegmenter, ckpt: ModelCheckpoint) -> tuple[list[dict], 
     )  # without validation images: the last epoch
 
 
+def _fit_inputs(
+    images: Sequence[np.ndarray],
+    masks: np.ndarray,
+    split: Sequence[str],
+    weights: np.ndarray | None,
+    fit: FitConfig,
+    arch: dict | None,
+) -> tuple[np.ndarray, np.ndarray | None, int, dict, np.ndarray, np.ndarray]:
+    """``(masks, weights, size, arch, train indices, val indices)`` for :func:`fit_unet`, checked: inputs
+    that fit together, a size the U-Net can take, at least one training image."""
+    split, masks, weights = _checked_inputs(images, masks, split, weights, fit.batch_size)
+    size = int(fit.size or np.asarray(images[0]).shape[0])
+    arch = arch or unet_arch()
+    check_size(size, arch["strides"])
+    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if len(tr) == 0:
+        raise LiverscopeError("no training images for the U-Net (the split left none)")
+    return masks, weights, size, arch, tr, va
+
+
+def _run_fit(
+    model: torch.nn.Module,
+    lit: LitSegmenter,
+    loaders: tuple[DataLoader, DataLoader | None],
+    fit: FitConfig,
+    device: str,
+    checkpoint_dir: str | Path | None,
+    *,
+    resume: bool,
+    progress: bool,
+) -> dict:
+    """Lightning's fit of ``lit`` with checkpoints in ``checkpoint_dir`` (default: a temporary folder), the
+    best epoch's weights loaded into ``model`` afterwards; returns ``best_epoch``, ``best_val_dice``,
+    ``epochs_run``, ``steps``, ``history`` and ``seconds``."""
+    train_dl, val_dl = loaders
+    with contextlib.ExitStack() as stack:
+        temporary = None if checkpoint_dir else tempfile.TemporaryDirectory(prefix="unet-ckpt-")
+        ckpt_dir = Path(checkpoint_dir or stack.enter_context(temporary))
+        last = _checkpoints_ready(ckpt_dir, resume)
+        trainer, ckpt = _trainer(fit, device, ckpt_dir, val_dl is not None, progress)
+        t0 = time.perf_counter()
+        with cpu_threads(device), warnings.catch_warnings():
+            # resuming writes into the folder that holds last.ckpt: Lightning's "not empty" warning is expected
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            trainer.fit(
+                lit,
+                train_dataloaders=train_dl,
+                val_dataloaders=val_dl,
+                ckpt_path=str(last) if resume else None,
+            )
+        seconds = time.perf_counter() - t0
+        history, best_epoch, best_dice = _best(model, lit, ckpt)
+    return {
+        "best_epoch": best_epoch,
+        "best_val_dice": best_dice,
+        "epochs_run": len(history),
+        "steps": int(trainer.global_step),
+        "history": history,
+        "seconds": round(seconds, 1),
+    }
+
+
 def fit_unet(
     images: Sequence[np.ndarray],
     masks: np.ndarray,
@@ -391,13 +453,7 @@ def fit_unet(
             ``resume`` without a checkpoint.
     """
     fit = fit_defaults(settings or FitConfig())
-    split, masks, weights = _checked_inputs(images, masks, split, weights, fit.batch_size)
-    size = int(fit.size or np.asarray(images[0]).shape[0])
-    arch = arch or unet_arch()
-    check_size(size, arch["strides"])
-    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    if len(tr) == 0:
-        raise LiverscopeError("no training images for the U-Net (the split left none)")
+    masks, weights, size, arch, tr, va = _fit_inputs(images, masks, split, weights, fit, arch)
     if resume and checkpoint_dir is None:
         raise LiverscopeError("resume needs the checkpoint folder of the interrupted fit (checkpoint_dir)")
     device = resolve_device(fit.device)
@@ -405,33 +461,11 @@ def fit_unet(
     model = unet_from_arch(arch, pretrained=not resume)  # resuming: the checkpoint holds the weights
     lit = LitSegmenter(model, fit, verbose)
     x_all, y_all, w_all = _tensors(images, masks, weights, size, arch)
-    train_dl, val_dl = _loaders(x_all, y_all, tr, va, int(fit.batch_size), fit.seed, w_all)
-
-    with contextlib.ExitStack() as stack:
-        temporary = None if checkpoint_dir else tempfile.TemporaryDirectory(prefix="unet-ckpt-")
-        ckpt_dir = Path(checkpoint_dir or stack.enter_context(temporary))
-        last = _checkpoints_ready(ckpt_dir, resume)
-        trainer, ckpt = _trainer(fit, device, ckpt_dir, val_dl is not None, progress)
-        t0 = time.perf_counter()
-        with cpu_threads(device), warnings.catch_warnings():
-            # resuming writes into the folder that holds last.ckpt: Lightning's "not empty" warning is expected
-            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-            trainer.fit(
-                lit,
-                train_dataloaders=train_dl,
-                val_dataloaders=val_dl,
-                ckpt_path=str(last) if resume else None,
-            )
-        seconds = time.perf_counter() - t0
-        history, best_epoch, best_dice = _best(model, lit, ckpt)
+    loaders = _loaders(x_all, y_all, tr, va, int(fit.batch_size), fit.seed, w_all)
+    run = _run_fit(model, lit, loaders, fit, device, checkpoint_dir, resume=resume, progress=progress)
     model.to(device).eval()
     info = {
-        "best_epoch": best_epoch,
-        "best_val_dice": best_dice,
-        "epochs_run": len(history),
-        "steps": int(trainer.global_step),
-        "history": history,
-        "seconds": round(seconds, 1),
+        **run,
         "architecture": arch,
         "size": size,
         "loss": fit.loss,
