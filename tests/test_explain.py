@@ -517,7 +517,7 @@ def test_cam_gallery_for_the_report(trained_run, tmp_path):
 def test_explain_draws_a_huge_scan_on_a_bounded_preview(trained_run, phantom_dir, tmp_path):
     """Issue 21: an overlay of a very large image is drawn on a preview of at most PREVIEW_SIDE px
     (the original size on request), with the same map and probabilities."""
-    from liverscope.explain.files import explain_paths
+    from liverscope.explain.files import ExplainOptions, explain_paths
     from liverscope.explain.images import PREVIEW_SIDE
 
     src = tmp_path / "huge"
@@ -525,7 +525,9 @@ def test_explain_draws_a_huge_scan_on_a_bounded_preview(trained_run, phantom_dir
     phantom = cv2.imread(str(sorted((phantom_dir / "F4").glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
     _png(src / "scan.png", cv2.resize(phantom, (3000, 2400), interpolation=cv2.INTER_LINEAR))
     small = explain_paths(trained_run, [src], out_dir=tmp_path / "preview", device="cpu")
-    full = explain_paths(trained_run, [src], out_dir=tmp_path / "full", device="cpu", overlay_side=None)
+    full = explain_paths(
+        trained_run, [src], out_dir=tmp_path / "full", device="cpu", options=ExplainOptions(overlay_side=None)
+    )
     assert small["explained"] == full["explained"] == 1
     preview = cv2.imread(str(tmp_path / "preview" / "scan_overlay.png"))
     assert preview.shape == (round(2400 * PREVIEW_SIDE / 3000), PREVIEW_SIDE, 3)

@@ -55,6 +55,85 @@ def _check_inputs(size: int, batch: int, seed: int) -> list[np.ndarray]:
     ]
 
 
+def _export_graph(model: torch.nn.Module, size: int, opset: int, tmp: Path, run_dir: Path) -> None:
+    """The dynamo export of ``(logits, features)`` with a dynamic batch axis, saved to ``tmp``."""
+    example = torch.zeros(1, 3, size, size)
+    chatter = io.StringIO()
+    # the exporter prints its progress to stderr even with verbose=False; keep it for the error message
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stderr(chatter),
+        contextlib.redirect_stdout(chatter),
+    ):
+        warnings.simplefilter("ignore")  # deprecation notes about exporter internals
+        try:
+            prog = torch.onnx.export(
+                LogitsAndFeatures(model),
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=list(OUTPUTS),
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                verbose=False,
+            )
+            prog.save(str(tmp))
+        except Exception as exc:
+            tail = chatter.getvalue()[-500:]
+            raise LiverscopeError(
+                f"{run_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}) {tail}"
+            ) from None
+
+
+def _describe_file(onnx, tmp: Path, meta: dict) -> None:
+    """Self-describing file: labels and preprocessing travel inside the .onnx too."""
+    proto = onnx.load(str(tmp))
+    onnx.helper.set_model_props(
+        proto,
+        {
+            "labels": json.dumps(meta["labels"]),
+            "preprocessing": json.dumps(meta["preprocessing"]),
+            "producer": "liverscope",
+        },
+    )
+    onnx.save(proto, str(tmp))
+
+
+def _differences(
+    session, model: torch.nn.Module, size: int, check_batch: int, seed: int, run_dir: Path
+) -> tuple[float, float, list[int]]:
+    """ONNX Runtime against torch on the check inputs: the largest absolute logit difference, the largest
+    feature difference relative to the features' scale, and the batch sizes checked."""
+    diffs, feature_diffs, batches = [], [], []
+    for x in _check_inputs(size, check_batch, seed):
+        with torch.inference_mode():
+            ref, ref_feat = (t.numpy() for t in model.forward_with_features(torch.from_numpy(x)))
+        got, got_feat = session.run(None, {session.get_inputs()[0].name: x})[:2]
+        if got.shape != ref.shape or got_feat.shape != ref_feat.shape:
+            raise LiverscopeError(
+                f"{run_dir}: ONNX output shapes {got.shape}, {got_feat.shape} != torch {ref.shape}, {ref_feat.shape} for batch {len(x)}"
+            )
+        diffs.append(float(np.abs(got - ref).max()))
+        # features are unbounded activations: compared relative to their own scale
+        feature_diffs.append(
+            float(np.abs(got_feat - ref_feat).max() / max(1.0, float(np.abs(ref_feat).max())))
+        )
+        batches.append(len(x))
+    return max(diffs), max(feature_diffs), batches
+
+
+def _check_agreement(run_dir: Path, max_diff: float, max_feature_diff: float, atol: float) -> None:
+    """Raise unless both differences are within ``atol``."""
+    if not max_diff <= atol:
+        raise LiverscopeError(
+            f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written"
+        )
+    if not max_feature_diff <= atol:
+        raise LiverscopeError(
+            f"{run_dir}: ONNX Runtime and torch features disagree (max relative difference {max_feature_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written"
+        )
+
+
 def export_onnx(
     run_dir: str | Path, opset: int = ONNX_OPSET, atol: float = ONNX_ATOL, check_batch: int = 4, seed: int = 0
 ) -> dict:
@@ -87,70 +166,13 @@ def export_onnx(
     model, meta = rundir.load_model(run_dir)
     size = int(meta["preprocessing"]["size"])
     out = run_dir / rundir.ONNX
-    example = torch.zeros(1, 3, size, size)
     t0 = time.perf_counter()
     with atomic_path(out, suffix=".onnx") as tmp:
-        chatter = io.StringIO()
-        # the exporter prints its progress to stderr even with verbose=False; keep it for the error message
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stderr(chatter),
-            contextlib.redirect_stdout(chatter),
-        ):
-            warnings.simplefilter("ignore")  # deprecation notes about exporter internals
-            try:
-                prog = torch.onnx.export(
-                    LogitsAndFeatures(model),
-                    (example,),
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=["input"],
-                    output_names=list(OUTPUTS),
-                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
-                    verbose=False,
-                )
-                prog.save(str(tmp))
-            except Exception as exc:
-                tail = chatter.getvalue()[-500:]
-                raise LiverscopeError(
-                    f"{run_dir}: ONNX export failed ({type(exc).__name__}: {str(exc)[:300]}) {tail}"
-                ) from None
-        # self-describing file: labels and preprocessing travel inside the .onnx too
-        proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(
-            proto,
-            {
-                "labels": json.dumps(meta["labels"]),
-                "preprocessing": json.dumps(meta["preprocessing"]),
-                "producer": "liverscope",
-            },
-        )
-        onnx.save(proto, str(tmp))
+        _export_graph(model, size, opset, tmp, run_dir)
+        _describe_file(onnx, tmp, meta)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        diffs, feature_diffs, batches = [], [], []
-        for x in _check_inputs(size, check_batch, seed):
-            with torch.inference_mode():
-                ref, ref_feat = (t.numpy() for t in model.forward_with_features(torch.from_numpy(x)))
-            got, got_feat = session.run(None, {session.get_inputs()[0].name: x})[:2]
-            if got.shape != ref.shape or got_feat.shape != ref_feat.shape:
-                raise LiverscopeError(
-                    f"{run_dir}: ONNX output shapes {got.shape}, {got_feat.shape} != torch {ref.shape}, {ref_feat.shape} for batch {len(x)}"
-                )
-            diffs.append(float(np.abs(got - ref).max()))
-            # features are unbounded activations: compared relative to their own scale
-            feature_diffs.append(
-                float(np.abs(got_feat - ref_feat).max() / max(1.0, float(np.abs(ref_feat).max())))
-            )
-            batches.append(len(x))
-        max_diff, max_feature_diff = max(diffs), max(feature_diffs)
-        if not max_diff <= atol:
-            raise LiverscopeError(
-                f"{run_dir}: ONNX Runtime and torch disagree (max |logit difference| {max_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written"
-            )
-        if not max_feature_diff <= atol:
-            raise LiverscopeError(
-                f"{run_dir}: ONNX Runtime and torch features disagree (max relative difference {max_feature_diff:.2e} > {atol:.0e}); {rundir.ONNX} not written"
-            )
+        max_diff, max_feature_diff, batches = _differences(session, model, size, check_batch, seed, run_dir)
+        _check_agreement(run_dir, max_diff, max_feature_diff, atol)
     info = {
         "file": rundir.ONNX,
         "opset": opset,

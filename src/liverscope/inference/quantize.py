@@ -190,6 +190,71 @@ def cpu_has_vnni() -> bool:
     return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
+def _fp32_export(run_dir: Path) -> Path:
+    """The run's fp32 ``model.onnx``, exported first when missing or stale."""
+    if not (run_dir / rundir.SPLIT).exists():
+        raise LiverscopeError(
+            f"{run_dir}: no {rundir.SPLIT} — int8 calibration uses the run's own validation images (a single `train` run)"
+        )
+    fp32_path, state = rundir.onnx_state(run_dir)
+    if state != "current":
+        log(f"exporting the fp32 model first ({state})")
+        export_onnx(run_dir)
+    return fp32_path
+
+
+def _calibration_images(run_dir: Path, calibration: int) -> tuple[np.ndarray, list[str]]:
+    """At most ``calibration`` validation images (else training images) and their paths."""
+    calib, _, calib_paths = split_inputs(run_dir, "val", calibration)
+    if len(calib) == 0:
+        calib, _, calib_paths = split_inputs(run_dir, "train", calibration)
+    if len(calib) == 0:
+        raise LiverscopeError(
+            f"{run_dir}: no readable validation or training images to calibrate on (check the paths in {rundir.SPLIT})"
+        )
+    return calib, calib_paths
+
+
+def _quantize_keeping(
+    prep: Path,
+    scratch: Path,
+    calib: np.ndarray,
+    keep: list[str],
+    sensitive: int,
+    per_channel: bool,
+    reduce_range: bool,
+    method: str,
+) -> tuple[Path, list[str]]:
+    """The int8 model with ``keep`` in fp32, and with ``sensitive`` > 0 the most damaged convolutions of a
+    trial quantisation too; returns its path and those convolutions."""
+    trial = quantize(prep, scratch / "trial.onnx", calib, keep, per_channel, reduce_range, method)
+    worst = list(layer_sensitivity(prep, trial, calib[:16]))[:sensitive] if sensitive else []
+    if not worst:
+        return trial, worst
+    return quantize(
+        prep, scratch / "final.onnx", calib, keep + worst, per_channel, reduce_range, method
+    ), worst
+
+
+def _require_bar(run_dir: Path, check: dict, part: str, out: Path, force: bool) -> None:
+    """Raise when the int8 model misses the bar (:func:`compare`) and ``force`` is not set."""
+    if not check["meets_bar"] and not force:
+        raise LiverscopeError(
+            f"{run_dir}: int8 does not keep the labels (on {check['n']} {part} images: agreement with fp32 {check['label_agreement']:.3f} < "
+            f"{MIN_AGREEMENT} or balanced accuracy {check['balanced_accuracy_int8']:.3f} vs fp32 {check['balanced_accuracy_fp32']:.3f}, more than "
+            f"{MAX_BA_DROP} lower); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway"
+        )
+
+
+def _format(method: str, reduce_range: bool, per_channel: bool, fp32_ends: bool, n_worst: int) -> str:
+    """The ``format`` line of the ``onnx_int8`` entry."""
+    return (
+        f"QDQ ({method} calibration), u8 activations, {'7' if reduce_range else '8'}-bit weights per {'channel' if per_channel else 'tensor'}"
+        + (", first convolution and classifier in fp32" if fp32_ends else "")
+        + (f", {n_worst} most sensitive convolutions in fp32" if n_worst else "")
+    )
+
+
 def export_int8(
     run_dir: str | Path,
     calibration: int = 128,
@@ -223,52 +288,24 @@ def export_int8(
     """
     run_dir = Path(run_dir)
     reduce_range = not cpu_has_vnni() if reduce_range is None else reduce_range
-    if not (run_dir / rundir.SPLIT).exists():
-        raise LiverscopeError(
-            f"{run_dir}: no {rundir.SPLIT} — int8 calibration uses the run's own validation images (a single `train` run)"
-        )
-    fp32_path, state = rundir.onnx_state(run_dir)
-    if state != "current":
-        log(f"exporting the fp32 model first ({state})")
-        export_onnx(run_dir)
-    calib, _, calib_paths = split_inputs(run_dir, "val", calibration)
-    if len(calib) == 0:
-        calib, _, calib_paths = split_inputs(run_dir, "train", calibration)
-    if len(calib) == 0:
-        raise LiverscopeError(
-            f"{run_dir}: no readable validation or training images to calibrate on (check the paths in {rundir.SPLIT})"
-        )
+    fp32_path = _fp32_export(run_dir)
+    calib, calib_paths = _calibration_images(run_dir, calibration)
     meta = rundir.read_model_meta(run_dir)
     x, y, part = _held_out(run_dir, calib_paths, list(meta["labels"]))
     out, t0 = run_dir / rundir.ONNX_INT8, time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         prep = prepare(fp32_path, Path(scratch) / "model.prep.onnx")
         keep = end_nodes(prep) if fp32_ends else []
-        trial = quantize(prep, Path(scratch) / "trial.onnx", calib, keep, per_channel, reduce_range, method)
-        worst = list(layer_sensitivity(prep, trial, calib[:16]))[:sensitive] if sensitive else []
-        final = (
-            quantize(
-                prep, Path(scratch) / "final.onnx", calib, keep + worst, per_channel, reduce_range, method
-            )
-            if worst
-            else trial
+        final, worst = _quantize_keeping(
+            prep, Path(scratch), calib, keep, sensitive, per_channel, reduce_range, method
         )
         check = compare(fp32_path, final, x, y, rundir.temperature(meta))
-        if not check["meets_bar"] and not force:
-            raise LiverscopeError(
-                f"{run_dir}: int8 does not keep the labels (on {check['n']} {part} images: agreement with fp32 {check['label_agreement']:.3f} < "
-                f"{MIN_AGREEMENT} or balanced accuracy {check['balanced_accuracy_int8']:.3f} vs fp32 {check['balanced_accuracy_fp32']:.3f}, more than "
-                f"{MAX_BA_DROP} lower); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway"
-            )
+        _require_bar(run_dir, check, part, out, force)
         with atomic_path(out, suffix=".onnx") as tmp:
             tmp.write_bytes(final.read_bytes())
     info = {
         "file": rundir.ONNX_INT8,
-        "format": (
-            f"QDQ ({method} calibration), u8 activations, {'7' if reduce_range else '8'}-bit weights per {'channel' if per_channel else 'tensor'}"
-            + (", first convolution and classifier in fp32" if fp32_ends else "")
-            + (f", {len(worst)} most sensitive convolutions in fp32" if worst else "")
-        ),
+        "format": _format(method, reduce_range, per_channel, fp32_ends, len(worst)),
         "fp32_nodes": {"ends": keep, "sensitive": worst},
         "calibration_images": int(len(calib)),
         "compared_on": part,

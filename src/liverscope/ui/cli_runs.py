@@ -176,7 +176,7 @@ def explain(
     """Class activation maps: heatmap and overlay PNGs, raw maps (.npy) and cams.csv; bad files are skipped and listed (exit 1 when none could be read)."""
     from liverscope import rundir
     from liverscope.explain.cams import method_key
-    from liverscope.explain.files import explain_paths
+    from liverscope.explain.files import ExplainOptions, explain_paths
 
     try:
         check_device(device)
@@ -189,15 +189,17 @@ def explain(
             run_dir,
             paths,
             out_dir=out or Path("explain") / run_dir.resolve().name,
-            method=method,
-            class_label=class_label,
-            batch_size=batch_size,
-            flip_average=flip_average,
-            with_faithfulness=faithfulness,
-            restrict_to_sector=sector,
+            options=ExplainOptions(
+                method=method,
+                class_label=class_label,
+                batch_size=batch_size,
+                flip_average=flip_average,
+                with_faithfulness=faithfulness,
+                restrict_to_sector=sector,
+                layers=layers,
+                **({"overlay_side": None} if full_size else {}),
+            ),
             device=device,
-            layers=layers,
-            **({"overlay_side": None} if full_size else {}),
         )
     except LiverscopeError as exc:
         fail(exc)
