@@ -11,7 +11,7 @@ import warnings
 
 
 def __getattr__(name: str):
-    for module in ("cams", "gallery"):
+    for module in ("cams", "gallery", "images", "faithfulness", "files"):
         mod = importlib.import_module(f"{__name__}.{module}")
         if hasattr(mod, name) and not name.startswith("_"):
             warnings.warn(
