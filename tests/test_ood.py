@@ -13,10 +13,13 @@ import pytest
 import torch
 
 from liverscope import rundir
+from liverscope.data.datasets import Sample
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate import ood as O
 from liverscope.evaluate import stats as S
 from liverscope.inference.predict import Predictor, write_results
+from liverscope.models import build_model
+from liverscope.training.postrun import score_test
 from liverscope.utils import read_json, softmax
 
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
@@ -246,6 +249,38 @@ def test_onnx_export_carries_the_features_and_old_exports_are_stale(phantom_dir,
     assert rundir.onnx_state(run)[1] == "stale"
     with pytest.raises(LiverscopeError, match="liverscope export"):
         Predictor.from_run(run, backend="onnx")
+
+
+class _Tensors(torch.utils.data.Dataset):
+    """Random images with labels, and the ``samples`` a run's datasets carry (what the CSV names)."""
+
+    def __init__(self, n: int, size: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.samples = [Sample(Path(f"img{i}.png"), LABELS[i % len(LABELS)]) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.x[i], i % len(LABELS)
+
+
+def test_score_test_adds_the_test_flag_share_without_changing_the_callers_dict(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet10t", len(LABELS))
+    loader = torch.utils.data.DataLoader(_Tensors(10), batch_size=4)
+    logits = torch.cat([model.eval()(x) for x, _ in loader]).detach().numpy()
+    threshold = float(np.median(O.energy_score(logits)))  # about half the images flagged
+    ood = {"method": "energy", "threshold": threshold}
+    ood_metrics = {"method": "energy", "threshold": threshold, "validation": {"n": 3}}
+    before = json.loads(json.dumps(ood_metrics))
+    out = score_test(tmp_path, model, loader, LABELS, 1.0, ood, "cpu", ood_metrics)
+    assert ood_metrics == before  # the caller's dict is left as it was
+    assert out["ood"] == dict(before, test=out["ood"]["test"]) and out["ood"]["test"]["n"] == 10
+    rows = list(csv.DictReader((tmp_path / rundir.PREDICTIONS_TEST).read_text().splitlines()))
+    assert 0 < out["ood"]["test"]["flagged"] == sum(r["ood"] == "true" for r in rows) < 10
+    assert "ood" not in score_test(tmp_path, model, loader, LABELS, 1.0, ood, "cpu")  # no metrics given
 
 
 # --------------------------------------------------------------------------------------------------

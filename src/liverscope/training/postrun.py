@@ -175,18 +175,20 @@ def score_test(
     ood_metrics: dict | None = None,
 ) -> dict:
     """Score the test split: ``predictions_test.csv``, the confusion matrix and the figures (with the
-    OOD flag's share on it, added to ``ood_metrics["test"]``).
+    OOD flag's share on it: a copy of ``ood_metrics`` with ``"test"`` added; ``ood_metrics`` itself is
+    left as it is).
 
     Returns:
-        ``{"test", "temperature"[, "test_by_source"]}`` for ``metrics.json``.
+        ``{"test", "temperature"[, "test_by_source"][, "ood"]}`` for ``metrics.json`` (``"ood"`` when
+        there is a detector and ``ood_metrics``).
     """
     logits, feats, y = infer_outputs(model, test_dl, device)
-    test_ood = None
+    test_ood, out = None, {}
     if ood:
         scores = ood_scores(ood["method"], logits, feats, ood)
         test_ood = (scores, ood["threshold"])
         if ood_metrics is not None:
-            ood_metrics["test"] = flag_summary(scores, ood["threshold"])
+            out["ood"] = dict(ood_metrics, test=flag_summary(scores, ood["threshold"]))
     scored = score_predictions(
         run_dir,
         rundir.PREDICTIONS_TEST,
@@ -197,7 +199,7 @@ def score_test(
         temperature,
         ood=test_ood,
     )
-    out = {"test": scored["metrics"], "temperature": temperature}
+    out.update(test=scored["metrics"], temperature=temperature)
     if scored["by_source"]:
         out["test_by_source"] = scored["by_source"]
     return out
