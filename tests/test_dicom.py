@@ -23,6 +23,7 @@ from liverscope.data.preprocess import PreprocessCache, Preprocessing, preproces
 from liverscope.data.splits import holdout_split, kfold_split
 from liverscope.errors import ImageReadError, UsageError
 from liverscope.utils import atomic_write_png
+from synthetic_study import US_MULTIFRAME_STORAGE, us_dataset  # tests/ is on sys.path (no package)
 
 N_PATIENTS = 16  # 8 per class
 PER_PATIENT = 3
@@ -46,18 +47,7 @@ def write_dicom(
 ) -> Path:
     """An uncompressed ultrasound DICOM: grey ``HxW``, a grey cine loop ``FxHxW``, or colour ``HxWx3``
     (``photometric`` RGB / YBR_FULL); extra header attributes (rescale, window, ...) as keywords."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # ultrasound multi-frame image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
+    ds = us_dataset(US_MULTIFRAME_STORAGE)
     if patient_id is not None:
         ds.PatientID = patient_id
     if name is not None:

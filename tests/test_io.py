@@ -10,6 +10,7 @@ from PIL import Image
 
 from liverscope.data import io as lio
 from liverscope.errors import ImageReadError, LiverscopeError
+from synthetic_study import us_dataset  # tests/ is on sys.path (no package)
 
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 256, (40, 48), dtype=np.uint8)
@@ -22,20 +23,9 @@ def _save(img: Image.Image, path, fmt, **kw):
 
 
 def write_dicom(path, frames: np.ndarray, photometric="MONOCHROME2", with_pixels=True, bits=8):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"  # ultrasound image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
+    ds = us_dataset()
     ds.PatientName = "Secret^Patient"
     ds.PatientID = "ID-12345"
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
     if with_pixels:
         multi = frames.ndim == 3
         ds.Rows, ds.Columns = frames.shape[-2:]
