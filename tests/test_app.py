@@ -13,6 +13,7 @@ import pytest
 from liverscope.segment import panels
 from liverscope.ui import app as appmod
 from liverscope.utils import read_json
+from synthetic_study import us_dataset  # tests/ is on sys.path (no package)
 
 APP = str(Path(appmod.__file__).resolve())
 LABELS = ["F0", "F1", "F2", "F3", "F4"]
@@ -26,22 +27,11 @@ SECRETS = ["DOE", "JANE", "998877", "19600101", "St Elsewhere"]
 
 def dicom_bytes(pixels: np.ndarray | None, name="DOE^JANE", patient_id="MRN-998877") -> bytes:
     """An ultrasound DICOM with patient identifiers in the header (no pixel data when ``pixels`` is None)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
+    ds = us_dataset()
     ds.PatientName = name
     ds.PatientID = patient_id
     ds.PatientBirthDate = "19600101"
     ds.InstitutionName = "St Elsewhere"
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
     if pixels is not None:
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel = 1
