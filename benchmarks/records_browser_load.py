@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from browser_app import CHROMIUM, CHROMIUM_ARGS, open_app, serve, upload  # noqa: E402  (tests/browser_app.py)
 from liverscope.data.datasets import make_phantoms  # noqa: E402
 from liverscope.records import open_store  # noqa: E402
-from test_browser import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402  (the tests' server helper)
 
 
 def _train(root: Path) -> Path:
@@ -48,14 +48,6 @@ def _train(root: Path) -> Path:
         },
     )
     return fit(cfg)
-
-
-def _open(browser, url: str):
-    ctx = browser.new_context(viewport={"width": 1200, "height": 1600})
-    page = ctx.new_page()
-    page.goto(url, wait_until="domcontentloaded")
-    page.get_by_text("Decision support, not a diagnosis").wait_for(timeout=180_000)
-    return ctx, page
 
 
 def _answer(page, started: float) -> tuple[float | None, bool, str | None]:
@@ -89,7 +81,7 @@ def main() -> None:
         with serve(run, root / "serve.log", "--db", str(db)) as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             pages = [
-                _open(browser, url) for _ in range(args.users)
+                open_app(browser, url, viewport=(1200, 1600), timeout_ms=180_000) for _ in range(args.users)
             ]  # every user's page ready, then all at once:
             batch = subprocess.Popen(
                 [
@@ -119,9 +111,7 @@ def main() -> None:
             # answers are read; the server works on all the sessions (and the batch) at once
             started = []
             for i, (_, page) in enumerate(pages):
-                page.locator('input[type="file"]').set_input_files(
-                    [str(images[2 * i]), str(images[2 * i + 1])]
-                )
+                upload(page, images[2 * i : 2 * i + 2])
                 started.append(time.perf_counter())
             results = [(i, *_answer(page, started[i])) for i, (_, page) in enumerate(pages)]
             for ctx, _ in pages:

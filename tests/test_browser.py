@@ -6,29 +6,21 @@ downloaded. Skips with a message when either is missing. A screenshot goes to ``
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("LIVERSCOPE_CHROMIUM", "/usr/bin/chromium")
+from browser_app import (  # tests/ is on sys.path
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    open_app,
+    serve,
+    upload,
+    wait_for_app,
+)
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
 
 
 def _missing() -> str | None:
@@ -61,50 +53,6 @@ def browser():
             b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(run_dir: Path, log_path: Path, *args: str, env: dict | None = None):
-    """``liverscope serve RUN_DIR [ARGS]`` on a free port; yields the URL once the server answers."""
-    port = _free_port()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "liverscope.ui.cli", "serve", str(run_dir), "--port", str(port), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(
-                        f"liverscope serve exited ({proc.returncode}):\n{log_path.read_text()}"
-                    )
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"liverscope serve did not answer in 90 s:\n{log_path.read_text()}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()  # `serve` exec'd Streamlit: this PID is the server itself
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def test_upload_through_the_page(browser, trained_run, phantom_dir, tmp_path):
     from liverscope.inference.predict import Predictor
     from test_app import dicom_bytes, fan_with_burned_in_text  # tests/ is on sys.path (no package)
@@ -123,9 +71,8 @@ def test_upload_through_the_page(browser, trained_run, phantom_dir, tmp_path):
             viewport={"width": 1400, "height": 2400}
         )  # tall: Streamlit scrolls inside the page, so a full-page shot is the viewport
         try:
-            page.goto(url, wait_until="domcontentloaded")
-            page.get_by_text("Decision support, not a diagnosis").wait_for(timeout=60_000)
-            page.locator('input[type="file"]').set_input_files([str(good), str(corrupt), str(dicom)])
+            wait_for_app(page, url)
+            upload(page, [good, corrupt, dicom])
             page.get_by_text("Could not analyse broken.png").wait_for(timeout=90_000)
             page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=90_000)
             page.wait_for_timeout(1500)  # let the charts and images finish drawing for the screenshot
@@ -172,14 +119,6 @@ def hardened_url(trained_run, tmp_path_factory):
         yield url
 
 
-def _open(browser, url: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 2400})
-    page = context.new_page()
-    page.goto(url, wait_until="domcontentloaded")
-    page.get_by_text("Decision support, not a diagnosis").wait_for(timeout=60_000)
-    return context, page
-
-
 def test_two_sessions_at_once_each_see_their_own_result(
     browser, hardened_url, trained_run, phantom_dir, tmp_path
 ):
@@ -192,10 +131,10 @@ def test_two_sessions_at_once_each_see_their_own_result(
     files = [sorted((phantom_dir / "F0").glob("*.png"))[0], sorted((phantom_dir / "F4").glob("*.png"))[-1]]
     expected = list(Predictor.from_run(trained_run).predict_paths(files))
     assert expected[0].probs != expected[1].probs
-    sessions = [_open(browser, hardened_url) for _ in files]
+    sessions = [open_app(browser, hardened_url) for _ in files]
     try:
         for (_, page), f in zip(sessions, files):  # both uploads start before either result is drawn
-            page.locator('input[type="file"]').set_input_files([str(f)])
+            upload(page, [f])
         for k, ((_context, page), f, want) in enumerate(zip(sessions, files, expected)):
             other = files[1 - k]
             panel = page.locator(".st-key-result-0")
@@ -222,7 +161,7 @@ def test_server_refuses_uploads_over_its_limit_and_without_the_xsrf_token(browse
     without the session's XSRF token with 403 (protection stayed on despite the environment)."""
     from playwright.sync_api import expect
 
-    context, page = _open(browser, hardened_url)
+    context, page = open_app(browser, hardened_url)
     try:
         expect(page.get_by_text(f"up to {LIMIT_MB} MB each")).to_be_visible(
             timeout=60_000
@@ -232,9 +171,7 @@ def test_server_refuses_uploads_over_its_limit_and_without_the_xsrf_token(browse
             "request",
             lambda r: urls.append(r.url) if "/_stcore/upload_file/" in r.url and r.method == "PUT" else None,
         )
-        page.locator('input[type="file"]').set_input_files(
-            [str(sorted((phantom_dir / "F2").glob("*.png"))[0])]
-        )
+        upload(page, sorted((phantom_dir / "F2").glob("*.png"))[:1])
         page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=120_000)
         assert urls, "the uploader made no upload request"
         token = next(c["value"] for c in context.cookies() if c["name"] == "_streamlit_xsrf")

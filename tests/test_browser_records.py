@@ -11,19 +11,15 @@ pytest.importorskip(
     "sqlalchemy", reason="the records extra is not installed: pip install 'liverscope[records]'"
 )
 
+from browser_app import serve, upload, wait_for_app  # tests/ is on sys.path (no package)
 from liverscope.records import open_store
-from test_browser import ARTIFACTS, _missing, browser, serve  # noqa: F401  (browser: the fixture; tests/ is on sys.path)
+from test_browser import ARTIFACTS, _missing, browser  # noqa: F401  (browser: the fixture)
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
 ]
-
-
-def _ready(page, url: str) -> None:
-    page.goto(url, wait_until="domcontentloaded")
-    page.get_by_text("Decision support, not a diagnosis").wait_for(timeout=60_000)
 
 
 def _choose(page, label: str, option: str) -> None:
@@ -60,8 +56,8 @@ def test_exam_recorded_reviewed_and_found_after_reload_and_restart(
     with serve(trained_run, tmp_path / "serve1.log", "--db", str(db)) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 2400})
         try:
-            _ready(page, url)
-            page.locator('input[type="file"]').set_input_files(files)
+            wait_for_app(page, url)
+            upload(page, files)
             page.get_by_text("Exam upload-").first.wait_for(timeout=120_000)
             with open_store(db) as store:
                 (exam,) = store.find_exams()
@@ -80,7 +76,7 @@ def test_exam_recorded_reviewed_and_found_after_reload_and_restart(
             page.screenshot(path=str(ARTIFACTS / "app_exam_review.png"), full_page=True)
 
             page.reload()  # the uploads are gone with the page; the exam is not
-            _ready(page, url)
+            wait_for_app(page, url)
             text = _open_past_exam(page, exam.key)
             assert "correct — F1" in text and "reviewed in the browser" in text
         finally:
@@ -90,7 +86,7 @@ def test_exam_recorded_reviewed_and_found_after_reload_and_restart(
     ) as url:  # a new server on the same database
         page = browser.new_page(viewport={"width": 1400, "height": 2400})
         try:
-            _ready(page, url)
+            wait_for_app(page, url)
             text = _open_past_exam(page, exam.key)
             assert f"Exam {exam.key}: {a.label}" in text and "correct — F1" in text, text[-1500:]
         finally:
