@@ -8,14 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from liverscope import segment as S
 from liverscope.data.geometry import to_model, to_original
+from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError
 from liverscope.evaluate.masks import dice, iou, mask_scores, pointing_game
-from liverscope.rundir import read_preprocessing
+from liverscope.models import build_model
+from liverscope.rundir import read_preprocessing, save_model
+from liverscope.segment.commands import SEGMENTER_CHECKPOINTS
 from liverscope.segment.config import FitConfig, segment_config
-from liverscope.segment.training import segmentation_loss
+from liverscope.segment.training import check_resumable, segmentation_loss
+from liverscope.segment.unet import make_arch
+from liverscope.ui.cli import app
 from liverscope.utils import atomic_write_png
 
 # --------------------------------------------------------------------------------------------------
@@ -307,6 +313,54 @@ def test_lightning_fit_resumes_from_its_checkpoint(tmp_path):
             resume=True,
             **kw,
         )
+
+
+def test_a_resumed_fit_keeps_the_initial_weights_of_its_first_session(tmp_path):
+    """An encoder U-Net starts from ImageNet weights: resumed, its info (segmenter.json's
+    ``initial_weights``) still says so, from the checkpoint; a checkpoint written before liverscope
+    recorded them gives what that network starts from."""
+    imgs, masks = _phantom_set(6, size=64)  # an encoder U-Net takes 64 px and up
+    split = ["train"] * 4 + ["val", "test"]
+    arch = make_arch("unet-lite0")
+    fit = dict(batch_size=2, seed=0, device="cpu")
+    _, first = S.fit_unet(imgs, masks, split, FitConfig(epochs=1, **fit), arch=arch, checkpoint_dir=tmp_path)
+    assert first["initial_weights"].startswith("ImageNet")
+    _, again = S.fit_unet(
+        imgs, masks, split, FitConfig(epochs=2, **fit), arch=arch, checkpoint_dir=tmp_path, resume=True
+    )
+    assert again["resumed"] and again["epochs_run"] == 2
+    assert again["initial_weights"] == first["initial_weights"]
+    ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    old = {k: v for k, v in ckpt.items() if "initial_weights" not in k}
+    assert len(old) == len(ckpt) - 1  # the one key that records them
+    torch.save(old, tmp_path / "last.ckpt")
+    assert check_resumable(tmp_path, arch) == "ImageNet (tf_efficientnet_lite0)"
+
+
+def test_resuming_with_another_network_names_the_checkpoints_architecture(phantom_dir, tmp_path):
+    """A fit interrupted with the Attention U-Net (the old default on masks) resumed with today's default
+    (unet-lite0): a LiverscopeError naming the checkpoint's architecture and the --arch to pass, from
+    fit_unet and from `segment train --resume` before any image is read; not a state-dict mismatch."""
+    from typer.testing import CliRunner
+
+    imgs, masks = _phantom_set(6, size=64)  # an encoder U-Net takes 64 px and up
+    split = ["train"] * 4 + ["val", "test"]
+    fit = FitConfig(epochs=1, batch_size=2, seed=0, device="cpu")
+    run = tmp_path / "run"
+    ckpts = run / SEGMENTER_CHECKPOINTS
+    S.fit_unet(imgs, masks, split, fit, arch=S.unet_arch(channels=(4, 8)), checkpoint_dir=ckpts)
+    wanted = r"attention-unet network, not unet-lite0; resume it with --arch attention-unet"
+    with pytest.raises(LiverscopeError, match=wanted):
+        S.fit_unet(imgs, masks, split, fit, arch=make_arch("unet-lite0"), checkpoint_dir=ckpts, resume=True)
+    with pytest.raises(
+        LiverscopeError, match=r"does not hold the network of these settings \(attention-unet\)"
+    ):
+        check_resumable(ckpts, S.unet_arch(channels=(8, 16)))  # the same network, other channels
+    save_model(run, build_model("resnet10t", 5), list("abcde"), Preprocessing(size=32, denoise=False))
+    args = ["segment", "train", str(run), str(phantom_dir), "--masks", str(phantom_dir / "masks")]
+    r = CliRunner().invoke(app, [*args, "--device", "cpu", "--resume"])
+    assert r.exit_code == 1 and "--arch attention-unet" in r.output, r.output
+    assert "state_dict" not in r.output and not (run / "segmenter.json").exists()
 
 
 def test_lightning_fit_stops_early_on_the_validation_dice():

@@ -35,7 +35,7 @@ from liverscope.segment.images import LoadedImage, load_images, load_masks_for
 from liverscope.segment.nnunet import check_engine, fit_nnunet, nnunet_dir
 from liverscope.segment.pseudo import check_out_dir, pseudo_masks
 from liverscope.segment.rules import confident_targets
-from liverscope.segment.training import fit_unet
+from liverscope.segment.training import check_resumable, fit_unet
 from liverscope.segment.unet import check_size, load_segmenter, make_arch, predict_proba, segmenter_files
 from liverscope.utils import atomic_write_png, log, read_json, resolve_device
 
@@ -104,7 +104,8 @@ def predicted_regions(
 
 def _setup(run_dir: str | Path, data: str | Path, cfg: SegmentConfig, resume: bool) -> SegmentSetup:
     """The configuration checked and everything that needs no image: the classifier's preprocessing,
-    the segmenter's size and grid, its architecture (and its ImageNet weights), the device."""
+    the segmenter's size and grid, its architecture (and its ImageNet weights, or with ``resume`` the
+    interrupted fit's checkpoint of the same network), the device."""
     check_engine(cfg.engine.name, confident=cfg.pseudo.confident)
     cfg = checked(cfg)
     run_dir, data = Path(run_dir), Path(data)
@@ -112,8 +113,11 @@ def _setup(run_dir: str | Path, data: str | Path, cfg: SegmentConfig, resume: bo
     pp = read_preprocessing(run_dir)
     cfg.train.size = size = int(cfg.train.size or pp.size)
     arch = make_arch(cfg.network.arch, cfg.network.in_channels, cfg.network.channels)
-    if cfg.engine.name != "nnunet" and not resume:
-        check_encoder_weights(arch)  # offline without the weights package: say so before any image is read
+    if cfg.engine.name != "nnunet":  # what can only fail later, said before any image is read
+        if resume:
+            check_resumable(run_dir / files["checkpoints"], arch)  # no checkpoint, or one of another network
+        else:
+            check_encoder_weights(arch)  # offline without the weights package
     check_size(size, arch["strides"])
     seg_pp = dataclasses.replace(pp, size=size) if size > pp.size else pp
     roots = [data] if data.is_dir() else [data.parent]

@@ -39,10 +39,13 @@ from liverscope.segment.config import FitConfig, fit_defaults
 from liverscope.segment.encoder_unet import mask_and_score
 from liverscope.segment.unet import (
     LOSSES,
+    arch_choice,
+    arch_of_weights,
     check_size,
     cpu_threads,
     normalisation,
     resize_masks,
+    tensor_shapes,
     to_unet_input,
     unet_arch,
     unet_from_arch,
@@ -58,6 +61,9 @@ from liverscope.utils import log, resolve_device
 #: What ``segment train`` monitors for the best checkpoint and early stopping (higher is better).
 MONITOR = "val_dice"
 _HISTORY_KEY = "liverscope_segmenter_history"
+_WEIGHTS_KEY = "liverscope_segmenter_initial_weights"
+#: ``info["initial_weights"]`` of a network that starts without pretrained weights.
+RANDOM_INIT = "random initialisation"
 #: Weight of the image-level head's loss (BCE: does the image hold any target pixel?) beside the mask loss.
 IMAGE_HEAD_WEIGHT = 0.5
 
@@ -134,14 +140,22 @@ class LitSegmenter(L.LightningModule):
     ``val_dice`` is the mean over validation images of the Dice of ``sigmoid(logits) > 0.5`` against the
     target (:func:`liverscope.evaluate.masks.dice`: two empty masks agree, Dice 1). :attr:`history` holds
     one row per epoch (``epoch``, ``loss``, ``val_dice``) and travels in the checkpoints, so a resumed fit
-    continues it. ``settings`` gives the loss (``None``: ``bce``), the learning rate, the flips and
-    their seed.
+    continues it; so does ``initial_weights`` (what the fit's first session started from:
+    :func:`check_resumable` reads it back). ``settings`` gives the loss (``None``: ``bce``), the learning
+    rate, the flips and their seed.
     """
 
-    def __init__(self, model: torch.nn.Module, settings: FitConfig | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        settings: FitConfig | None = None,
+        verbose: bool = False,
+        initial_weights: str | None = None,
+    ):
         super().__init__()
         fit = fit_defaults(settings or FitConfig())
         self.model = model
+        self.initial_weights = initial_weights or initial_weights_of(model)
         self.criterion, self.loss_kind = segmentation_loss(fit.loss), fit.loss
         self.lr, self.flip, self.seed = float(fit.lr), bool(fit.flip), int(fit.seed)
         self.verbose = bool(verbose)
@@ -194,6 +208,7 @@ class LitSegmenter(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[_HISTORY_KEY] = list(self.history)
+        checkpoint[_WEIGHTS_KEY] = self.initial_weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get(_HISTORY_KEY, []))
@@ -326,6 +341,48 @@ def _checkpoints_ready(ckpt_dir: Path, resume: bool) -> Path:
     return last
 
 
+def initial_weights_of(model: torch.nn.Module) -> str:
+    """Where a freshly built network's weights come from: its ImageNet encoder's source, else random
+    initialisation."""
+    return getattr(model, "weights_source", RANDOM_INIT)
+
+
+def _not_this_network(last: Path, theirs: dict, arch: dict) -> str:
+    """What to tell a user whose ``last.ckpt`` holds another network than ``arch``."""
+    was, now = arch_of_weights(theirs), arch_choice(arch)
+    again = "or train afresh without --resume (the checkpoints are then replaced)"
+    if was and was != now:
+        return (
+            f"{last}: the interrupted fit trained the {was} network, not {now}; resume it with "
+            f"--arch {was} (network.arch: {was}), {again}"
+        )
+    return (
+        f"{last}: the checkpoint does not hold the network of these settings ({now}); resume with the "
+        f"settings of the interrupted fit (--arch, --channels, --in-channels), {again}"
+    )
+
+
+def check_resumable(checkpoint_dir: str | Path, arch: dict, model: torch.nn.Module | None = None) -> str:
+    """Before a resumed fit: ``checkpoint_dir/last.ckpt`` (tensors only, never unpickled) must hold the
+    network of ``arch`` (``model``: that network, built already). Returns the weights the interrupted
+    fit started from, as its checkpoint records them (one written before liverscope recorded them: what
+    a fresh ``arch`` starts from, its ImageNet encoder or random initialisation).
+
+    Raises:
+        LiverscopeError: no ``last.ckpt``, or one of another network (names the checkpoint's
+            architecture and the ``--arch`` to resume with).
+    """
+    last = _checkpoints_ready(Path(checkpoint_dir), resume=True)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    theirs = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model = model if model is not None else unet_from_arch(arch)
+    if tensor_shapes(theirs) != tensor_shapes(model.state_dict()):
+        raise LiverscopeError(_not_this_network(last, theirs, arch))
+    if _WEIGHTS_KEY in ckpt:
+        return str(ckpt[_WEIGHTS_KEY])
+    return f"ImageNet ({arch['encoder']})" if arch.get("name") == "smp.Unet" else RANDOM_INIT
+
+
 def _best(model, lit: LitSegmenter, ckpt: ModelCheckpoint) -> tuple[list[dict], int, float | None]:
     """``(history, best epoch, its validation Dice)``; the best epoch's weights loaded into ``model``."""
     history = list(lit.history)
@@ -440,17 +497,19 @@ def fit_unet(
             the weighted pixels only. ``None``: every pixel counts (:func:`segmentation_loss`).
         checkpoint_dir: where Lightning writes ``best.ckpt`` and ``last.ckpt`` (default: a temporary folder,
             removed afterwards).
-        resume: continue from ``checkpoint_dir/last.ckpt`` (same data, split and settings).
+        resume: continue from ``checkpoint_dir/last.ckpt`` (same data, split and settings; checked by
+            :func:`check_resumable`, and ``info["initial_weights"]`` is then the interrupted fit's).
         verbose: log every epoch.
         progress: Lightning's progress bar.
 
     Returns:
         ``(model in eval mode with the best weights, on device, info)``; ``info`` has ``best_epoch``,
-        ``best_val_dice``, ``epochs_run``, ``steps``, ``history`` (per epoch: loss, val Dice), ``seconds``.
+        ``best_val_dice``, ``epochs_run``, ``steps``, ``history`` (per epoch: loss, val Dice), ``seconds``,
+        ``initial_weights`` (where the fit started: an ImageNet encoder's source, or random initialisation).
 
     Raises:
         LiverscopeError: mismatched inputs, no training images, a size the U-Net cannot take, or
-            ``resume`` without a checkpoint.
+            ``resume`` without a checkpoint or from one of another network.
     """
     fit = fit_defaults(settings or FitConfig())
     masks, weights, size, arch, tr, va = _fit_inputs(images, masks, split, weights, fit, arch)
@@ -459,7 +518,8 @@ def fit_unet(
     device = resolve_device(fit.device)
     seed_run(fit.seed)
     model = unet_from_arch(arch, pretrained=not resume)  # resuming: the checkpoint holds the weights
-    lit = LitSegmenter(model, fit, verbose)
+    first = check_resumable(checkpoint_dir, arch, model) if resume else None
+    lit = LitSegmenter(model, fit, verbose, initial_weights=first)
     x_all, y_all, w_all = _tensors(images, masks, weights, size, arch)
     loaders = _loaders(x_all, y_all, tr, va, int(fit.batch_size), fit.seed, w_all)
     run = _run_fit(model, lit, loaders, fit, device, checkpoint_dir, resume=resume, progress=progress)
@@ -475,7 +535,7 @@ def fit_unet(
         "engine": "lightning",
         "resumed": bool(resume),
         "pixel_weights": weights is not None,
-        "initial_weights": getattr(model, "weights_source", "random initialisation"),
+        "initial_weights": lit.initial_weights,
     }
     return model, info
 
@@ -486,5 +546,6 @@ __all__ = [
     "segmentation_loss",
     "weighted_segmentation_loss",
     "LitSegmenter",
+    "check_resumable",
     "fit_unet",
 ]

@@ -171,6 +171,29 @@ def unet_from_arch(arch: dict, pretrained: bool = False):
     return build_unet(arch["in_channels"], arch["channels"], arch["strides"], arch.get("dropout", 0.0))
 
 
+def arch_choice(arch: dict) -> str | None:
+    """The ``--arch`` name (:data:`ARCHS`) of an architecture record; ``None`` for nnU-Net's."""
+    if arch.get("name") == "smp.Unet":
+        return next((name for name, timm in ENCODERS.items() if timm == arch.get("encoder")), None)
+    return "attention-unet" if arch.get("name") == unet_arch()["name"] else None
+
+
+def tensor_shapes(state: dict, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Name → shape of the tensors of a state dict whose names start with ``prefix``."""
+    return {k: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
+
+
+def arch_of_weights(state: dict) -> str | None:
+    """The ``--arch`` name of the network whose ``state_dict`` ``state`` is: the encoder U-Net whose
+    encoder has exactly these tensors (names and shapes), the Attention U-Net by its attention gates
+    (whatever its channels); ``None`` when neither."""
+    encoder = tensor_shapes(state, "encoder.")
+    for name in ENCODERS if encoder else ():
+        if encoder == tensor_shapes(unet_from_arch(make_arch(name)).state_dict(), "encoder."):
+            return name
+    return "attention-unet" if any(".attention.W_g." in k for k in state) else None
+
+
 def normalisation(arch: dict) -> dict:
     """``{"mean", "std"}`` of the input scaling (x/255 - mean) / std an architecture record was trained with."""
     return dict(arch.get("normalisation") or ATTENTION_NORMALISATION)
@@ -431,4 +454,7 @@ __all__ = [
     "segmenters",
     "predict_masks_at",
     "unet_from_arch",
+    "arch_choice",
+    "arch_of_weights",
+    "tensor_shapes",
 ]
