@@ -27,6 +27,7 @@ import numpy as np
 
 from liverscope.data.io import read_image, to_grey
 from liverscope.data.sector import SECTOR_METHODS, sector_mask
+from liverscope.evaluate.masks import iou
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,10 +36,6 @@ def cpu_flags() -> str:
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{platform.processor() or platform.machine()} [{' '.join(have)}]"
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def grey10(img: np.ndarray, sector: np.ndarray) -> np.ndarray:

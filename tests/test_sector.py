@@ -9,16 +9,13 @@ import pytest
 
 from liverscope.data.preprocess import Preprocessing, crop_box
 from liverscope.data.sector import find_fan, sector_mask, threshold_sector
+from liverscope.evaluate.masks import iou
 
 
 def fan_geometry(h=480, w=640, apex=(320, -120), r0=170, r1=560, half_angle=0.5):
     yy, xx = np.mgrid[0:h, 0:w]
     rho, phi = np.hypot(xx - apex[0], yy - apex[1]), np.arctan2(xx - apex[0], yy - apex[1])
     return (rho >= r0) & (rho <= r1) & (np.abs(phi) <= half_angle), rho, phi
-
-
-def iou(a, b):
-    return (a & b).sum() / (a | b).sum()
 
 
 def scan(background=10, dark_right=False, seed=0, h=480, w=640):
