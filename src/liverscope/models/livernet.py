@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from liverscope.errors import LiverscopeError
+from liverscope.models.stem import keep_first_stage_fp32
 
 HEADS = ("seed", "mlp128", "linear")
 
@@ -58,6 +59,7 @@ class LiverNet(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
+        keep_first_stage_fp32(backbone)  # bf16 autocast leaves the first stage in fp32 (models/stem.py)
         self.num_features = int(backbone.num_features)
         # CAM methods hook this layer: the same place (last feature map) for every backbone, and a
         # fresh output tensor-free identity, so no in-place activation can overwrite what the hook saw.

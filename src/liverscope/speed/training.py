@@ -104,7 +104,13 @@ def choose_training_precision(
     if not native_bf16(device):
         where = "this GPU" if str(device).startswith("cuda") else "this CPU (no AVX-512-BF16 or AMX)"
         return {**out, "precision": FP32, "reason": f"bf16 is not native on {where}: fp32, not timed"}
-    key = {"model": model_name, "batch": int(batch), "size": int(size), "channels_last": bool(channels_last)}
+    key = {
+        "model": model_name,
+        "batch": int(batch),
+        "size": int(size),
+        "channels_last": bool(channels_last),
+        "first_stage": "fp32",  # timings made before models/stem.py kept the first stage in fp32 are not reused
+    }
     timings = cache.lookup(CACHE_KIND, key, device) if use_cache else None
     out["cached"] = timings is not None
     if timings is None:
