@@ -2,13 +2,17 @@
 # The GPU benchmarks of issue 26, item 5, in one call, on a machine with a CUDA GPU:
 #   1. training throughput, fp32 against bf16-mixed, and predict throughput (torch fp32/bf16) per model
 #      (benchmarks/gpu_bench.py);
-#   2. the wall time of `liverscope cv --gpus 1` for cpu-best (EfficientNet-Lite0, 192 px) and the same
-#      recipe at 224 px on ../shared/data/liver-fibrosis.
-# Writes OUT/gpu.md (a markdown table per part) and the logs beside it.
+#   2. the wall time and out-of-fold figures of `liverscope cv --gpus 1` for cpu-best (EfficientNet-Lite0,
+#      192 px, 15 epochs) and the same recipe at other sizes and epochs (issue 23's levers), on
+#      ../shared/data/liver-fibrosis.
+# Writes OUT/gpu.md (a markdown table per part, a row as soon as it is measured) and the logs beside it.
 #
 #   bash benchmarks/gpu.sh [OUT]          # OUT: a folder; default $OUT, else runs/gpu-bench
-#   FOLDS="--fold 0" bash benchmarks/gpu.sh   # one fold per recipe instead of 5 (a short device lease)
-#   EPOCHS=5 ...                          # fewer epochs than the recipe's
+#   CONFIGS="192:15 224:30" ...           # size:epochs of each cv run (default "192:15 224:15")
+#   FOLDS_PER_GPU=5 ...                   # cv --folds-per-gpu: the 5 folds at once on one GPU
+#   NUM_WORKERS=2 ...                     # DataLoader workers of each fold process
+#   FOLDS="--fold 0" ...                  # one fold per run instead of 5 (a short device lease)
+#   SKIP_THROUGHPUT=1 ...                 # part 2 only;  N_IMAGES=256: images part 1 predicts
 #   PYTHON=/path/to/python ...            # an environment with liverscope and CUDA torch (default .venv/bin/python)
 #
 # Without a CUDA GPU it stops at once with exit status 2 and says so.
@@ -33,26 +37,35 @@ md="$out/gpu.md"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /' || true
   echo "CPU: $(nproc) cores, flags: $(lscpu | grep -o 'avx512_bf16\|amx_bf16\|avx2' | sort -u | tr '\n' ' ')"
   echo
-  echo "## Throughput"
-  echo
-  "$py" benchmarks/gpu_bench.py --data "$data"
-  echo
-  echo "## cv --gpus 1 wall time"
-  echo
-  echo "| recipe | size | folds | epochs | wall s | out-of-fold balanced accuracy |"
-  echo "| --- | --- | --- | --- | --- | --- |"
 } > "$md"
-for size in 192 224; do
-  name="gpu-cpu-best-$size"
-  args=(cv "$data" --recipe cpu-best --image-size "$size" --gpus 1 --name "$name" --out-dir "$out/runs" --cache-dir "$out/cache")
-  [ -n "${EPOCHS:-}" ] && args+=(--epochs "$EPOCHS")
+if [ -z "${SKIP_THROUGHPUT:-}" ]; then
+  { echo "## Throughput"; echo; } >> "$md"
+  "$py" benchmarks/gpu_bench.py --data "$data" --n "${N_IMAGES:-512}" >> "$md" 2> "$out/throughput.log" \
+    || echo "throughput failed: see throughput.log" >> "$md"
+  echo >> "$md"
+fi
+per_gpu="${FOLDS_PER_GPU:-1}"
+{
+  echo "## cv --gpus 1 --folds-per-gpu $per_gpu: wall time and out-of-fold figures"
+  echo
+  echo "| recipe | size | epochs | folds | wall s | balanced acc. | macro AUC | QWK | balanced acc. by source |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+} >> "$md"
+for cfg in ${CONFIGS:-192:15 224:15}; do
+  size="${cfg%%:*}"; epochs="${cfg##*:}"
+  name="gpu-cpu-best-$size-e$epochs"
+  args=(cv "$data" --recipe cpu-best --image-size "$size" --epochs "$epochs" --gpus 1 --folds-per-gpu "$per_gpu"
+        --name "$name" --out-dir "$out/runs" --cache-dir "$out/cache")
+  [ -n "${NUM_WORKERS:-}" ] && args+=(--num-workers "$NUM_WORKERS")
   # shellcheck disable=SC2206
-  [ -n "${FOLDS:-}" ] && args+=($FOLDS --test-frac 0)
+  if [ -n "${FOLDS:-}" ]; then args+=($FOLDS --test-frac 0); else args+=(--test-frac 0); fi
   t0=$(date +%s)
-  "$py" -m liverscope "${args[@]}" > "$out/$name.log" 2>&1 || { echo "| cpu-best | $size | failed: see $name.log | | | |" >> "$md"; continue; }
-  wall=$(( $(date +%s) - t0 ))
-  ba=$("$py" benchmarks/gpu_bench.py --score "$out/runs/$name")
-  echo "| cpu-best | $size | ${FOLDS:-all 5} | ${EPOCHS:-recipe} | $wall | $ba |" >> "$md"
+  if "$py" -m liverscope "${args[@]}" > "$out/$name.log" 2>&1; then
+    wall=$(( $(date +%s) - t0 ))
+    echo "| cpu-best | $size | $epochs | ${FOLDS:-all 5} | $wall | $("$py" benchmarks/gpu_bench.py --score "$out/runs/$name") |" >> "$md"
+  else
+    echo "| cpu-best | $size | $epochs | failed: see $name.log | | | | | |" >> "$md"
+  fi
 done
 echo "wrote $md"
 cat "$md"

@@ -105,6 +105,20 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
         visible_gpus(4)
 
 
+def test_folds_per_gpu_share_each_gpu_up_to_the_limit(monkeypatch):
+    """--folds-per-gpu M: every GPU is M slots, so the queue runs up to M folds on it at once, no more."""
+    from liverscope.training.cv import run_fold_queue, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    slots = visible_gpus(2, per_gpu=3)
+    assert slots == ["3", "3", "3", "5", "5", "5"]
+    fake = FakeFolds({f: 0.2 for f in range(8)})
+    assert run_fold_queue(range(8), slots, fake) == {f: 0 for f in range(8)}
+    assert fake.most_at_once == {"3": 3, "5": 3}
+    with pytest.raises(UsageError, match="at least 1"):
+        visible_gpus(1, per_gpu=0)
+
+
 @pytest.fixture(scope="module")
 def small_phantoms(tmp_path_factory) -> Path:
     from liverscope.data.datasets import make_phantoms

@@ -7,8 +7,8 @@ with the fold model that did not train on it (out-of-fold) and the hold-out set 
 mean of the fold models' logits, divided by one temperature fitted on the out-of-fold logits (refused,
 with a warning, when the fit lands on the edge of its range), then softmax.
 
-Folds run one after another, or in parallel: :func:`cross_validate_on_devices` keeps exactly one fold
-process per GPU (a worker per GPU pulling folds from a queue, :func:`run_fold_queue`), and on a cluster
+Folds run one after another, or in parallel: :func:`cross_validate_on_devices` keeps one fold
+process per GPU (or ``--folds-per-gpu M`` of them) (a worker per GPU pulling folds from a queue, :func:`run_fold_queue`), and on a cluster
 ``liverscope cv --fold I`` array tasks write into one shared run directory (docs/scaling.md). Either
 way the data is audited and split once (``split.csv``, then read by every fold), and the last fold to
 finish aggregates (or ``liverscope cv --aggregate``: :func:`aggregate_run`).
@@ -416,8 +416,8 @@ def ensemble_vs_oof(result: dict) -> dict:
 def run_fold_queue(
     folds: Sequence[int], devices: Sequence[str], launch: Callable[[int, str], int]
 ) -> dict[int, int]:
-    """Run ``launch(fold, device)`` for every fold, never two folds on one device at a time: one worker
-    per device pulls the next fold from a queue as soon as its last one has ended, so every device stays
+    """Run ``launch(fold, device)`` for every fold, never two folds in one slot at a time (a device named
+    twice in ``devices`` is two slots: :func:`visible_gpus`' ``per_gpu``): one worker per slot pulls the next fold from a queue as soon as its last one has ended, so every device stays
     busy while folds remain and the fastest device takes the most folds. (A pool that sends fold i to
     device i mod N puts a fold beside another while a device that finished early sits idle.)
 
@@ -473,15 +473,20 @@ def fold_process_launcher(config_path: Path, resume: bool = False) -> Callable[[
     return launch
 
 
-def visible_gpus(n: int) -> list[str]:
-    """``n`` GPU ids for fold processes: the first ``n`` of ``CUDA_VISIBLE_DEVICES`` when it is set
-    (e.g. a cluster's allocation), else ``0..n-1``."""
+def visible_gpus(n: int, per_gpu: int = 1) -> list[str]:
+    """The fold slots of ``n`` GPUs: the first ``n`` of ``CUDA_VISIBLE_DEVICES`` when it is set (e.g. a
+    cluster's allocation), else ``0..n-1``, each named ``per_gpu`` times, so that :func:`run_fold_queue`
+    keeps up to ``per_gpu`` fold processes on every GPU (a small network at batch 32 leaves a large GPU
+    mostly idle: several folds share it, each in its own process)."""
+    if per_gpu < 1:
+        raise UsageError(f"--folds-per-gpu {per_gpu}: at least 1")
     visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if visible and len(visible) < n:
         raise UsageError(
             f"--gpus {n}: CUDA_VISIBLE_DEVICES names only {len(visible)} GPU(s) ({','.join(visible)})"
         )
-    return visible[:n] if visible else [str(i) for i in range(n)]
+    ids = visible[:n] if visible else [str(i) for i in range(n)]
+    return [d for d in ids for _ in range(per_gpu)]
 
 
 def cross_validate_on_devices(

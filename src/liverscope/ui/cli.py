@@ -242,6 +242,12 @@ def cv(
         min=0,
         help="Train the folds in parallel, one fold process per GPU at a time (0 = one after another).",
     ),
+    folds_per_gpu: int = typer.Option(
+        1,
+        "--folds-per-gpu",
+        min=1,
+        help="With --gpus: fold processes sharing each GPU at a time (a small network leaves a large GPU idle; e.g. 5 trains all folds at once on one GPU).",
+    ),
     prepare: bool = typer.Option(
         False,
         "--prepare",
@@ -274,7 +280,10 @@ def cv(
     from liverscope.training.lightning_module import global_rank
 
     try:
-        if sum([prepare, aggregate, gpus > 1, bool(fold)]) > 1:
+        if folds_per_gpu > 1 and gpus < 1:
+            raise UsageError("--folds-per-gpu shares GPUs between folds: give --gpus N too")
+        queued = gpus > 1 or (gpus == 1 and folds_per_gpu > 1)
+        if sum([prepare, aggregate, queued, bool(fold)]) > 1:
             raise UsageError(
                 "--prepare, --aggregate, --gpus and --fold exclude each other: choose one way to run the folds"
             )
@@ -286,8 +295,10 @@ def cv(
         if aggregate:
             aggregate_run(cfg.run_dir)
             run_dir = cfg.run_dir
-        elif gpus > 1:
-            run_dir = cross_validate_on_devices(cfg, k, test_frac, visible_gpus(gpus), resume=resume)
+        elif queued:
+            run_dir = cross_validate_on_devices(
+                cfg, k, test_frac, visible_gpus(gpus, folds_per_gpu), resume=resume
+            )
         else:
             run_dir = cross_validate(
                 cfg,
