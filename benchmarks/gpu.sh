@@ -35,7 +35,7 @@ md="$out/gpu.md"
   echo "# GPU benchmarks ($(date -u +%Y-%m-%dT%H:%MZ))"
   echo
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /' || true
-  echo "CPU: $(nproc) cores, flags: $(lscpu | grep -o 'avx512_bf16\|amx_bf16\|avx2' | sort -u | tr '\n' ' ')"
+  echo "CPU: $(nproc --all) cores, flags: $(lscpu | grep -o 'avx512_bf16\|amx_bf16\|avx2' | sort -u | tr '\n' ' ')"
   echo
 } > "$md"
 if [ -z "${SKIP_THROUGHPUT:-}" ]; then
