@@ -27,11 +27,22 @@ every lesion, of the liver and of the scan sector in masks/), in one command:
    RUN``'s) on the images it held out: every CAM variant and rule cut inside the sector, the predicted
    liver and the expert liver of the same images, beside the whole predicted liver as a baseline;
 7. **U-Net on pseudo-masks inside the predicted liver** (``unet-pseudo-liver``: ``segment train --within
-   liver`` with the best variant of 2).
+   liver`` with the best variant of 2);
+8. **one round of self-training** (``self-train-liver``, :mod:`lesions_selftrain`): the segmenter of 7 on
+   its own training images, its confident predictions inside the predicted liver as the next targets.
 
     python benchmarks/lesions.py [--data DIR] [--out runs/lesions] [--name lite0-192] [--recipe lesions]
-        [--stages cls,cams,supervised,cams-liver,unet-pseudo,unet-pseudo-liver] [--seg-size 128] [--seg-epochs 40]
-        [--supervised lesion,liver] [--liver-from RUN]
+        [--stages cls,cams,supervised,cams-liver,unet-pseudo,unet-pseudo-liver,self-train-liver]
+        [--seg-arch attention-unet|unet-lite0] [--seg-size 128] [--seg-epochs 40] [--seg-patience 10]
+        [--supervised lesion,liver] [--liver-from RUN] [--variants flip-averaged] [--self-threshold 0.5]
+
+The ``--seg-*`` options not given are the architecture's own defaults (``segment train``'s: unet-lite0 on
+expert masks, 192 px; the Attention U-Net on pseudo-masks, the classifier's size; 30 epochs, no early
+stop). The rows of issue 11 (Attention U-Net 8-16-32-64, 128 px, 40 epochs, early stop after 10) are
+``--seg-arch attention-unet --seg-size 128 --seg-epochs 40 --seg-patience 10``. A result key (and a
+pseudo-mask segmenter's target in the run) gains ``-ARCH`` for another architecture than the Attention
+U-Net, ``-SIZE`` for a size other than 128 and ``-cCHANNELS`` for other channels, so runs with other
+settings never overwrite each other (e.g. ``unet-pseudo-liver-unet-lite0-192``).
 
 Results go to OUT/lesions.json after every stage (a stage already in it is not run again unless named
 with --redo), and print as Markdown tables. The data is read in place, never copied.
@@ -51,7 +62,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = {"malignant": ["malignant"], "lesion": ["benign", "malignant"]}
 LESION_CLASSES = ("benign", "malignant")
-STAGES = ("cls", "cams", "supervised", "cams-liver", "unet-pseudo", "unet-pseudo-liver")
+STAGES = ("cls", "cams", "supervised", "cams-liver", "unet-pseudo", "unet-pseudo-liver", "self-train-liver")
 # CAM variants: name -> (method, layers, flip-averaged)
 CAM_VARIANTS = {
     "Grad-CAM, last layer (study)": ("gradcam", None, False),
@@ -353,30 +364,59 @@ def liver_stage(args, results: dict) -> dict:
     }
 
 
-def segmenter_stage(args, results: dict, target: str, masks: Path | None = None, **pseudo) -> dict:
+def seg_settings(args, results: dict, masks: bool) -> tuple[dict, str]:
+    """The ``segment_config`` flags of the ``--seg-*`` options given (the others stay the architecture's
+    defaults) and the suffix of the result key: ``-ARCH`` unless the Attention U-Net, ``-SIZE`` unless
+    128 (the size the segmenter resolves to), ``-cCHANNELS`` for other Attention U-Net channels."""
+    from liverscope.rundir import read_preprocessing
+    from liverscope.segment.unet import DEFAULT_CHANNELS, MASKS_DEFAULTS, segmenter_defaults
+
+    arch = segmenter_defaults(masks, args.seg_arch)[0]
+    given = {"arch": args.seg_arch, "size": args.seg_size, "epochs": args.seg_epochs}
+    flags = {k: v for k, v in {**given, "patience": args.seg_patience}.items() if v is not None}
+    size = args.seg_size or (
+        MASKS_DEFAULTS["size"] if masks else read_preprocessing(Path(results["classification"]["run"])).size
+    )
+    suffix = ("" if arch == "attention-unet" else f"-{arch}") + (f"-{size}" if size != 128 else "")
+    if arch == "attention-unet":  # channels shape the Attention U-Net only
+        flags["channels"] = args.seg_channels
+        if tuple(args.seg_channels) != DEFAULT_CHANNELS:
+            suffix += f"-c{'-'.join(map(str, args.seg_channels))}"
+    return flags, suffix
+
+
+def segmenter_stage(
+    args, results: dict, target: str, masks: Path | None = None, flags: dict | None = None, **pseudo
+) -> dict:
     """``segment train`` into the cv run: on expert ``masks``, or on the run's CAM pseudo-masks (``pseudo``
-    options of :func:`liverscope.segment.segment_config`); scored against the experts on its test images."""
+    options of :func:`liverscope.segment.segment_config`); scored against the experts on its test images.
+    ``flags``: the network and fit (default: :func:`seg_settings` of the ``--seg-*`` options)."""
     from liverscope import segment as S
 
     run = Path(results["classification"]["run"])
     t0 = time.perf_counter()
+    fit = {
+        "loss": "bce+dice",
+        "seed": 0,
+        **(seg_settings(args, results, masks is not None)[0] if flags is None else flags),
+    }
     cfg = S.segment_config(
         masks=masks,
         real_masks=args.data / "masks" / ("liver" if target == "liver" else "lesion"),
         target=target,
-        loss="bce+dice",
-        epochs=args.seg_epochs,
-        size=args.seg_size,
-        seed=0,
         device="cpu",
-        channels=args.seg_channels,
-        patience=args.seg_patience,
+        **fit,
         **pseudo,
     )
     r = S.train_segmenter(run, args.data, cfg, report=False)
-    sc = r["scores"]
+    sc, c = r["scores"], r["meta"]["config"]
     return {
         "target": target,
+        "arch": c["network"]["arch"],
+        "channels": c["network"]["channels"] if c["network"]["arch"] == "attention-unet" else None,
+        "fit": {
+            k: c["train"][k] for k in ("loss", "size", "epochs", "patience", "seed", "test_frac", "val_frac")
+        },
         "masks": sc["masks"],
         "n_train": sc["n_train"],
         "n_val": sc["n_val"],
@@ -431,18 +471,18 @@ def print_tables(results: dict) -> None:
             print(
                 f"| {k} | {fmt(v['dice'])} | {fmt(v['iou'])} | {fmt(v['detection_rate'])} | {fmt(v['false_positive_rate'])} | {fmt(v['pointing_game'])} |"
             )
-    for key in [k for k in results if k.startswith(("unet-pseudo", "supervised-"))]:
+    for key in [k for k in results if k.startswith(("unet-pseudo", "supervised-", "self-train"))]:
         u = results.get(key)
         if u and u.get("vs_expert"):
             o = u["vs_expert"]["overall"]
             print(
                 f"\n{key}: test n={u['n_test']}, Dice {fmt(o.get('dice'))}, detection {fmt(o.get('detection_rate'))}, "
-                f"false alarms {fmt(o.get('false_positive_rate'))} ({u['minutes']} min)"
+                f"false alarms {fmt(o.get('false_positive_rate'))}, best epoch {u['best_epoch']} ({u['minutes']} min)"
             )
 
 
 def main() -> None:
-    from liverscope.segment.unet import DEFAULT_CHANNELS
+    from liverscope.segment.unet import ARCHS, DEFAULT_CHANNELS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "liver-lesions")
@@ -452,14 +492,26 @@ def main() -> None:
     ap.add_argument("--set", action="append", help="recipe setting KEY=VALUE for the cv (repeatable)")
     ap.add_argument("--stages", default=",".join(STAGES), help="run in this order: " + ", ".join(STAGES))
     ap.add_argument("--redo", default="", help="stages to run again although lesions.json has them")
-    ap.add_argument("--seg-size", type=int, default=128)
-    ap.add_argument("--seg-epochs", type=int, default=40)
-    ap.add_argument("--seg-patience", type=int, default=10)
+    ap.add_argument(
+        "--seg-arch",
+        choices=ARCHS,
+        default=None,
+        help="segmenter network (default: segment train's: unet-lite0 on expert masks, attention-unet on pseudo-masks)",
+    )
+    ap.add_argument("--seg-size", type=int, default=None, help="segmenter input size (default: the arch's)")
+    ap.add_argument("--seg-epochs", type=int, default=None, help="most epochs (default: segment train's, 30)")
+    ap.add_argument("--seg-patience", type=int, default=None, help="early stop after N (default: none)")
     ap.add_argument(
         "--seg-channels",
         type=lambda v: tuple(int(c) for c in v.split(",")),
         default=DEFAULT_CHANNELS,
-        help="U-Net channels per level (default: liverscope's, 8,16,32,64)",
+        help="Attention U-Net channels per level (default: liverscope's, 8,16,32,64)",
+    )
+    ap.add_argument(
+        "--self-threshold",
+        type=float,
+        default=0.5,
+        help="self-train-liver: a pixel is a next target where the first segmenter's gated probability reaches this",
     )
     ap.add_argument(
         "--supervised", default="lesion,liver", help="expert-mask targets of the supervised stage"
@@ -490,8 +542,8 @@ def main() -> None:
     results["command"] = "python benchmarks/lesions.py " + " ".join(sys.argv[1:])
     stages, redo = args.stages.split(","), set(args.redo.split(","))
 
-    def want(key: str) -> bool:
-        return key not in results or key in redo
+    def want(key: str, stage: str = "") -> bool:  # stage: the key without its --seg-* suffix
+        return key not in results or key in redo or (bool(stage) and stage in redo)
 
     if "cls" in stages or "classification" not in results:
         if want("classification"):
@@ -502,32 +554,34 @@ def main() -> None:
         save(args.out, results)
     if "supervised" in stages:
         for target in args.supervised.split(","):
-            key = (
-                f"supervised-{target}"
-                + (f"-{args.seg_size}" if args.seg_size != 128 else "")
-                + (
-                    f"-c{'-'.join(map(str, args.seg_channels))}"
-                    if args.seg_channels != DEFAULT_CHANNELS
-                    else ""
-                )
-            )
-            if want(key):
+            key = f"supervised-{target}" + seg_settings(args, results, masks=True)[1]
+            if want(key, f"supervised-{target}"):
                 results[key] = segmenter_stage(args, results, target, masks=args.data / "masks" / target)
                 save(args.out, results)
     if "cams-liver" in stages and want("cams-liver"):
         results["cams-liver"] = liver_stage(args, results)
         save(args.out, results)
+    sfx = seg_settings(args, results, masks=False)[1]  # the pseudo-mask segmenters' key suffix
     if "unet-pseudo" in stages:
         for key, target, extra in (
             ("unet-pseudo", "pseudo", {}),
             ("unet-pseudo-confident", "pseudo-confident", {"confident": (0.3, 0.6)}),
         ):
-            if want(key):
-                results[key] = segmenter_stage(args, results, target, **pseudo_options(results), **extra)
+            if want(key + sfx, key):
+                results[key + sfx] = segmenter_stage(
+                    args, results, target + sfx, **pseudo_options(results), **extra
+                )
                 save(args.out, results)
-    if "unet-pseudo-liver" in stages and want("unet-pseudo-liver"):  # needs the run's own liver segmenter
-        results["unet-pseudo-liver"] = segmenter_stage(
-            args, results, "pseudo-liver", **pseudo_options(results), within="liver"
+    if "unet-pseudo-liver" in stages and want("unet-pseudo-liver" + sfx, "unet-pseudo-liver"):
+        results["unet-pseudo-liver" + sfx] = segmenter_stage(
+            args, results, "pseudo-liver" + sfx, **pseudo_options(results), within="liver"
+        )
+        save(args.out, results)
+    if "self-train-liver" in stages and want("self-train-liver" + sfx, "self-train-liver"):
+        from lesions_selftrain import self_train_stage
+
+        results["self-train-liver" + sfx] = self_train_stage(
+            args, results, "unet-pseudo-liver" + sfx, "self-train-liver" + sfx, segmenter_stage
         )
         save(args.out, results)
     if "classification" in results:  # the run's report shows every segmenter beside its baselines
