@@ -1,5 +1,5 @@
 """benchmarks/gpu.sh (issue 26, item 5): without a CUDA GPU it stops at once, says so, and writes nothing;
-its table's balanced-accuracy column reads a cv run."""
+its table cells (out-of-fold balanced accuracy, macro AUC, QWK, per source) read a cv run."""
 
 from __future__ import annotations
 
@@ -38,7 +38,12 @@ def test_gpu_table_reads_the_out_of_fold_figure_or_the_folds(tmp_path):
     score = [sys.executable, str(REPO / "benchmarks" / "gpu_bench.py"), "--score", str(run)]
     assert (
         subprocess.run(score, capture_output=True, text=True, check=True).stdout.strip()
-        == "0.650 (validation, 2 fold(s))"
+        == "0.650 (validation, 2 fold(s)) | | |"
     )
-    (run / "metrics.json").write_text(json.dumps({"oof": {"balanced_accuracy": 0.7421}}))
-    assert subprocess.run(score, capture_output=True, text=True, check=True).stdout.strip() == "0.742"
+    metrics = {
+        "oof": {"balanced_accuracy": 0.7421, "macro_auc": 0.93, "quadratic_kappa": None},
+        "oof_by_source": {"groups": {"A": {"balanced_accuracy": 0.6}, "B": {"balanced_accuracy": 0.91}}},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    cells = subprocess.run(score, capture_output=True, text=True, check=True).stdout.strip()
+    assert cells == "0.742 | 0.930 |  | A 0.600, B 0.910"
