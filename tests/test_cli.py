@@ -149,6 +149,15 @@ def test_evaluate_writes_outside_the_run_unless_asked(trained_run, phantom_dir, 
     assert res.exit_code == 2
 
 
+def test_evaluate_says_why_when_no_image_can_be_predicted(trained_run, tmp_path):
+    """A manifest whose files are all missing: a clear error naming the files, not a crash on an empty batch."""
+    manifest = tmp_path / "lost.csv"
+    manifest.write_text("path,label\nnowhere/a.png,F0\nnowhere/b.png,F1\n")
+    res = runner.invoke(app, ["evaluate", str(trained_run), str(manifest), "--out", str(tmp_path / "ev")])
+    assert res.exit_code != 0 and "none of its 2 images could be predicted" in res.output, res.output
+    assert "a.png" in res.output
+
+
 def test_models_says_cpu_friendly_once_per_model():
     from liverscope.models import get_spec, list_models
 

@@ -129,6 +129,12 @@ def evaluate_on_data(
     logits, ok, skipped, ood, used = ensemble_predict_logits(
         run_dir, [s.path for s in samples], device, tta, precision
     )
+    if not ok:  # nothing to score: say why instead of failing on an empty batch
+        first = "; ".join(f"{p}: {e}" for p, e in skipped[:3])
+        raise LiverscopeError(
+            f"{data}: none of its {len(samples)} images could be predicted ({first}); "
+            "check the paths (a manifest's relative paths are read from the folder it is in) and the files"
+        )
     by_path = {str(s.path): s for s in samples}
     kept = [by_path[p] for p in ok]
     for s in kept:
