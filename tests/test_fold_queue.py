@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from conftest import quick_config
 from liverscope.errors import LiverscopeError, UsageError
+from liverscope.ui.cli import app
 
 
 class FakeFolds:
@@ -158,3 +160,10 @@ def test_gpus_with_several_devices_per_fold_is_refused(small_phantoms, tmp_path)
     with pytest.raises(UsageError, match="one fold per GPU"):
         cross_validate_on_devices(cfg, 3, 0.2, ["0", "1"], launch=FakeFolds({}))
     assert not (tmp_path / "both").exists()
+
+
+def test_folds_per_gpu_needs_gpus(tmp_path):
+    """--folds-per-gpu without --gpus is a usage error (exit 2) that says what to add, before any work."""
+    res = CliRunner().invoke(app, ["cv", str(tmp_path), "--folds-per-gpu", "3", "--name", "x"])
+    assert res.exit_code == 2 and "--gpus" in res.output, res.output
+    assert not (tmp_path / "runs").exists()
