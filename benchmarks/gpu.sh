@@ -58,7 +58,7 @@ for cfg in ${CONFIGS:-192:15 224:15}; do
         --name "$name" --out-dir "$out/runs" --cache-dir "$out/cache")
   [ -n "${NUM_WORKERS:-}" ] && args+=(--num-workers "$NUM_WORKERS")
   # shellcheck disable=SC2206
-  if [ -n "${FOLDS:-}" ]; then args+=($FOLDS --test-frac 0); else args+=(--test-frac 0); fi
+  args+=(${FOLDS:-} --test-frac 0)
   t0=$(date +%s)
   if "$py" -m liverscope "${args[@]}" > "$out/$name.log" 2>&1; then
     wall=$(( $(date +%s) - t0 ))

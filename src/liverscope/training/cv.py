@@ -8,8 +8,8 @@ mean of the fold models' logits, divided by one temperature fitted on the out-of
 with a warning, when the fit lands on the edge of its range), then softmax.
 
 Folds run one after another, or in parallel: :func:`cross_validate_on_devices` keeps one fold
-process per GPU (or ``--folds-per-gpu M`` of them) (a worker per GPU pulling folds from a queue, :func:`run_fold_queue`), and on a cluster
-``liverscope cv --fold I`` array tasks write into one shared run directory (docs/scaling.md). Either
+process per GPU, or ``--folds-per-gpu M`` of them (a worker per slot pulling folds from a queue,
+:func:`run_fold_queue`), and on a cluster ``liverscope cv --fold I`` array tasks write into one shared run directory (docs/scaling.md). Either
 way the data is audited and split once (``split.csv``, then read by every fold), and the last fold to
 finish aggregates (or ``liverscope cv --aggregate``: :func:`aggregate_run`).
 """
@@ -417,9 +417,10 @@ def run_fold_queue(
     folds: Sequence[int], devices: Sequence[str], launch: Callable[[int, str], int]
 ) -> dict[int, int]:
     """Run ``launch(fold, device)`` for every fold, never two folds in one slot at a time (a device named
-    twice in ``devices`` is two slots: :func:`visible_gpus`' ``per_gpu``): one worker per slot pulls the next fold from a queue as soon as its last one has ended, so every device stays
-    busy while folds remain and the fastest device takes the most folds. (A pool that sends fold i to
-    device i mod N puts a fold beside another while a device that finished early sits idle.)
+    twice in ``devices`` is two slots: :func:`visible_gpus`' ``per_gpu``): one worker per slot pulls the
+    next fold from a queue as soon as its last one has ended, so every device stays busy while folds
+    remain and the fastest device takes the most folds. (A pool that sends fold i to device i mod N puts a
+    fold beside another while a device that finished early sits idle.)
 
     Returns:
         The exit code of every fold (``launch``'s return value).

@@ -282,7 +282,7 @@ def cv(
     try:
         if folds_per_gpu > 1 and gpus < 1:
             raise UsageError("--folds-per-gpu shares GPUs between folds: give --gpus N too")
-        queued = gpus > 1 or (gpus == 1 and folds_per_gpu > 1)
+        queued = gpus > 1 or folds_per_gpu > 1  # a fold queue (folds_per_gpu > 1 implies --gpus)
         if sum([prepare, aggregate, queued, bool(fold)]) > 1:
             raise UsageError(
                 "--prepare, --aggregate, --gpus and --fold exclude each other: choose one way to run the folds"
