@@ -96,6 +96,13 @@ def test_a_run_records_its_precision_choice(trained_run):
     meta = rundir.read_model_meta(trained_run)
     tp = meta["training_precision"]
     assert tp["precision"] in (FP32, BF16) and tp["batch"] == 8 and tp["size"] == 64 and tp["device"] == "cpu"
+    # kept for a resume beside Lightning's folder, which holds only checkpoints (no "not empty" warning at start)
+    kept = json.loads((trained_run / rundir.TRAINING_PRECISION).read_text())
+    assert (
+        kept["precision"] == tp["precision"]
+        and (trained_run / rundir.TRAINING_PRECISION).parent == trained_run
+    )
+    assert {p.suffix for p in (trained_run / rundir.CHECKPOINTS).iterdir()} == {".ckpt"}
     if training.native_bf16("cpu"):
         assert set(tp["seconds_per_step"]) == {FP32, BF16} and "measured" in tp["reason"]
     else:

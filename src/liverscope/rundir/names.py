@@ -25,8 +25,9 @@ CHECKPOINTS = "checkpoints"
 #: Lightning's checkpoints inside ``checkpoints/`` (and a segmenter's checkpoint folder).
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
-#: The training precision ``train.precision: auto`` chose by measurement, kept so that a resumed run trains as it began.
-TRAINING_PRECISION = f"{CHECKPOINTS}/training_precision.json"
+#: The training precision ``train.precision: auto`` chose by measurement, kept so that a resumed run trains as it
+#: began (beside, not inside, ``checkpoints/``: Lightning warns of a checkpoint folder that is not empty when a run starts).
+TRAINING_PRECISION = "training_precision.json"
 LOGS = "logs"
 # AUDIT_JSON, AUDIT_HTML (imported above): named and written by liverscope.data.audit_report, in the data
 # layer below this one; every other module reads them from here.
