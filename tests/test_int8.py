@@ -48,6 +48,12 @@ def test_int8_export_is_calibrated_and_reported_against_fp32(trained_run, tmp_pa
     assert info["n"] == int(np.sum(assignment == "test"))
     # int8 keeps the decisions of fp32 on the phantoms (coarse: 64 px, tiny model)
     assert info["label_agreement"] >= 0.8 and 0 <= info["max_prob_diff"] < 0.5
+    assert info["changed"] == round((1 - info["label_agreement"]) * info["n"])
+    assert (info["changed_fp32_margin"] is None) == (info["changed"] == 0)
+    if info[
+        "changed"
+    ]:  # a changed label: fp32's top-two gap there is at most what int8 moved a probability by, twice
+        assert 0 <= info["changed_fp32_margin"] <= 2 * info["max_prob_diff"] + 1e-6
     assert info["meets_bar"] == (
         info["label_agreement"] >= 0.99
         and info["balanced_accuracy_fp32"] - info["balanced_accuracy_int8"] <= 0.005

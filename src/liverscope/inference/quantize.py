@@ -139,7 +139,10 @@ def layer_sensitivity(prep: Path, qdq: Path, x: np.ndarray) -> dict[str, float]:
 
 
 def compare(fp32_path: Path, int8_path: Path, x: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> dict:
-    """Label agreement, largest probability difference and balanced accuracy of each model on ``x``."""
+    """Label agreement, largest probability difference and balanced accuracy of each model on ``x``; and
+    how near a tie fp32 was where int8 changed the label (``changed``, and ``changed_fp32_margin``: the
+    largest gap between fp32's top two probabilities among those images — small when int8 only tips
+    near-ties, large when it overturns confident answers)."""
     ort = import_optional("onnxruntime", "onnx", "int8 export")
     probs = []
     for f in (fp32_path, int8_path):
@@ -152,9 +155,13 @@ def compare(fp32_path: Path, int8_path: Path, x: np.ndarray, y: np.ndarray, temp
             )
         )
     p32, p8 = probs
+    changed = p32.argmax(1) != p8.argmax(1)
+    top2 = np.sort(p32, axis=1)[:, -2:]
     out = {
         "n": int(len(x)),
-        "label_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))),
+        "label_agreement": float(np.mean(~changed)),
+        "changed": int(changed.sum()),
+        "changed_fp32_margin": float((top2[:, 1] - top2[:, 0])[changed].max()) if changed.any() else None,
         "max_prob_diff": float(np.abs(p32 - p8).max()),
         "balanced_accuracy_fp32": float(balanced_accuracy_score(y, p32.argmax(1))),
         "balanced_accuracy_int8": float(balanced_accuracy_score(y, p8.argmax(1))),
@@ -242,7 +249,13 @@ def _require_bar(run_dir: Path, check: dict, part: str, out: Path, force: bool) 
         raise LiverscopeError(
             f"{run_dir}: int8 does not keep the labels (on {check['n']} {part} images: agreement with fp32 {check['label_agreement']:.3f} < "
             f"{MIN_AGREEMENT} or balanced accuracy {check['balanced_accuracy_int8']:.3f} vs fp32 {check['balanced_accuracy_fp32']:.3f}, more than "
-            f"{MAX_BA_DROP} lower); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway"
+            f"{MAX_BA_DROP} lower; {check['changed']} labels changed"
+            + (
+                f", where fp32's top two probabilities were at most {check['changed_fp32_margin']:.2f} apart"
+                if check["changed"]
+                else ""
+            )
+            + f"); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway"
         )
 
 
