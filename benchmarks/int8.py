@@ -5,7 +5,7 @@ calibrated on the same validation images and checked against the fp32 export on 
 images (the run's test split, else the validation images it did not calibrate on): label agreement,
 largest probability difference, balanced accuracy of each, and the int8 session's speed against fp32
 (batch 2, as ``predict`` runs ONNX Runtime on a CPU). Variants: the old default (7-bit weights), full
-8-bit weights, percentile calibration, more calibration images, the depthwise convolutions in fp32,
+8-bit weights, only the stem convolution in fp32 instead of the first stage, percentile calibration, more calibration images, the depthwise convolutions in fp32,
 the N convolutions that int8 damages most in fp32 (:func:`liverscope.inference.quantize.layer_sensitivity`), and
 ONNX Runtime's dynamic quantisation (int8 weights, activations quantised on the fly).
 
@@ -30,6 +30,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from liverscope import rundir
 from liverscope.inference.export import export_onnx
 from liverscope.inference.quantize import _held_out, compare, end_nodes, layer_sensitivity, prepare, quantize
+from liverscope.models.stem import first_stage_convolutions
+from liverscope.rundir import load_model
 from liverscope.speed.serving import split_inputs
 
 
@@ -88,14 +90,17 @@ def main() -> None:
     rows, speed32 = [], images_per_second(fp32, x)
     with tempfile.TemporaryDirectory() as scratch:
         prep = prepare(fp32, Path(scratch) / "prep.onnx")
-        ends = end_nodes(prep)
+        ends = end_nodes(prep, first_stage_convolutions(load_model(a.run)[0].backbone))
         base = quantize(prep, Path(scratch) / "base8.onnx", calib, ends)
         sens = layer_sensitivity(prep, base, calib[:16])
         variants = {
             "old default: 7-bit weights, minmax, ends fp32": lambda p: quantize(
                 prep, p, calib, ends, reduce_range=True
             ),
-            "8-bit weights (new default)": None,
+            "8-bit, only the stem convolution fp32 (the default before the first stage)": lambda p: quantize(
+                prep, p, calib, end_nodes(prep)
+            ),
+            "8-bit weights, first stage fp32 (default)": None,
             "8-bit, percentile calibration": lambda p: quantize(prep, p, calib, ends, method="percentile"),
             f"8-bit, {len(calib_more)} calibration images": lambda p: quantize(prep, p, calib_more, ends),
             f"8-bit, depthwise convolutions fp32 ({len(depthwise(prep))})": lambda p: quantize(

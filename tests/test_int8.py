@@ -12,6 +12,7 @@ from liverscope import rundir
 from liverscope.errors import LiverscopeError
 from liverscope.inference import quantize
 from liverscope.inference.quantize import export_int8, layer_sensitivity
+from liverscope.models.stem import first_stage_convolutions
 
 
 def _fold_run(run, phantom_dir, model_name: str):
@@ -91,7 +92,7 @@ def test_int8_without_test_split_compares_on_images_it_did_not_calibrate_on_and_
     phantom_dir, tmp_path
 ):
     """A cv fold has no test split: the report uses the validation images the quantiser did not see;
-    the first convolution and the classifier stay fp32 (the layers quantisation hurts most)."""
+    the first stage's convolutions (resnet10t's deep stem: three) and the classifier stay fp32."""
     import onnx
 
     run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
@@ -108,10 +109,12 @@ def test_int8_without_test_split_compares_on_images_it_did_not_calibrate_on_and_
     dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     gemms = [n for n in graph.node if n.op_type in ("Gemm", "MatMul")]
-    assert not set(convs[0].input) & dequantised and all(
+    first = first_stage_convolutions(rundir.load_model(run)[0].backbone)
+    assert first == 3 and "first stage (3 convolutions)" in info["format"]
+    assert all(convs[i].input[1] not in dequantised for i in range(first)) and all(
         not set(n.input) & dequantised for n in gemms
-    )  # fp32 ends
-    assert all(set(n.input) & dequantised for n in convs[1:])  # every other convolution is int8
+    )  # fp32 ends: the first stage's weights and the classifier
+    assert all(set(n.input) & dequantised for n in convs[first:])  # every other convolution is int8
 
 
 def test_int8_export_of_resnet50_cbam(phantom_dir, tmp_path):
@@ -172,9 +175,10 @@ def test_the_most_sensitive_convolutions_stay_fp32(phantom_dir, tmp_path):
     convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
     # left in fp32: their weights are not quantised (their input may be the dequantised output of a shared tensor)
     assert all(convs[name].input[1] not in dequantised for name in extra)
+    first = first_stage_convolutions(rundir.load_model(run)[0].backbone)
     assert (
-        sum(n.input[1] in dequantised for n in convs.values()) == len(convs) - 3
-    )  # every other but the first
+        sum(n.input[1] in dequantised for n in convs.values()) == len(convs) - first - 2
+    )  # every other but the first stage's
 
 
 def test_layer_sensitivity_ranks_the_quantised_convolutions(phantom_dir, tmp_path):

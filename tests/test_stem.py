@@ -11,7 +11,7 @@ from torch import nn
 
 from liverscope.models import build_model
 from liverscope.models.registry import get_spec
-from liverscope.models.stem import first_stage, keep_first_stage_fp32
+from liverscope.models.stem import first_stage, first_stage_convolutions, keep_first_stage_fp32
 
 
 @pytest.mark.parametrize(
@@ -28,8 +28,18 @@ def test_first_stage_is_the_modules_up_to_the_first_feature_stage(name, expected
     assert first_stage(backbone) == [backbone.get_submodule(n) for n in expected]
 
 
+@pytest.mark.parametrize(
+    "name, convs",
+    [("tf_efficientnet_lite0", 3), ("resnet10t", 3), ("resnet50_cbam", 1), ("densenet121", 1)],
+)
+def test_first_stage_convolutions_counts_the_stem_and_first_block(name, convs):
+    """What int8 export keeps in fp32: Lite0's stem, depthwise and pointwise; a deep stem's three."""
+    assert first_stage_convolutions(get_spec(name).builder(pretrained=False, weights=None)) == convs
+
+
 def test_no_feature_info_means_nothing_is_kept_in_fp32():
     assert first_stage(nn.Sequential(nn.Conv2d(3, 4, 3))) == []
+    assert first_stage_convolutions(nn.Sequential(nn.Conv2d(3, 4, 3))) == 1  # the stem, as before
     assert keep_first_stage_fp32(nn.Sequential(nn.Conv2d(3, 4, 3))) == []
 
 

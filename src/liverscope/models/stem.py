@@ -40,6 +40,14 @@ def first_stage(backbone: nn.Module) -> list[nn.Module]:
     return [*modules, parent]
 
 
+def first_stage_convolutions(backbone: nn.Module) -> int:
+    """How many convolutions the first stage (:func:`first_stage`) of ``backbone`` holds, in forward
+    order the first of the network (int8 export keeps them in fp32: the same amplification hurts int8,
+    ``liverscope.inference.quantize``); 1 (the stem) when the backbone has no ``feature_info``."""
+    n = sum(isinstance(m, nn.Conv2d) for module in first_stage(backbone) for m in module.modules())
+    return max(n, 1)
+
+
 def _enter_fp32(module: nn.Module, args: tuple) -> tuple:
     ctx = torch.autocast(args[0].device.type, enabled=False)
     ctx.__enter__()
