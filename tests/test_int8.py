@@ -143,8 +143,18 @@ def test_int8_below_the_bar_is_refused_unless_forced(phantom_dir, tmp_path, monk
 
     run = _fold_run(tmp_path / "fold", phantom_dir, "resnet10t")
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # a bar no model meets
-    with pytest.raises(LiverscopeError, match="does not keep the labels.*--force"):
+    with pytest.raises(LiverscopeError, match="does not keep the labels.*--force") as refused:
         export_int8(run, calibration=4)
+    assert "agreement with fp32" in str(refused.value) and "lower" not in str(
+        refused.value
+    )  # what missed, only
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(quantize, "MAX_BA_DROP", -1.01)  # balanced accuracy would have to rise by more than 1
+    with pytest.raises(LiverscopeError, match="more than -1.01 lower") as refused:
+        export_int8(run, calibration=4)
+    assert "agreement with fp32" not in str(refused.value)
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr(quantize, "MAX_BA_DROP", 0.005)
     assert not (run / rundir.ONNX_INT8).exists() and "onnx_int8" not in rundir.read_model_meta(run)
     res = CliRunner().invoke(app, ["export", str(run), "--int8", "--calibration", "4"])
     assert (

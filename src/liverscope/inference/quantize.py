@@ -251,19 +251,29 @@ def _quantize_keeping(
 
 
 def _require_bar(run_dir: Path, check: dict, part: str, out: Path, force: bool) -> None:
-    """Raise when the int8 model misses the bar (:func:`compare`) and ``force`` is not set."""
-    if not check["meets_bar"] and not force:
-        raise LiverscopeError(
-            f"{run_dir}: int8 does not keep the labels (on {check['n']} {part} images: agreement with fp32 {check['label_agreement']:.3f} < "
-            f"{MIN_AGREEMENT} or balanced accuracy {check['balanced_accuracy_int8']:.3f} vs fp32 {check['balanced_accuracy_fp32']:.3f}, more than "
-            f"{MAX_BA_DROP} lower; {check['changed']} labels changed"
+    """Raise when the int8 model misses the bar (:func:`compare`) and ``force`` is not set, naming what missed."""
+    if check["meets_bar"] or force:
+        return
+    missed = []
+    if check["label_agreement"] < MIN_AGREEMENT:
+        near = check["changed_fp32_margin"]
+        missed.append(
+            f"agreement with fp32 {check['label_agreement']:.3f} < {MIN_AGREEMENT}: {check['changed']} labels changed"
             + (
-                f", where fp32's top two probabilities were at most {check['changed_fp32_margin']:.2f} apart"
-                if check["changed"]
+                f", where fp32's top two probabilities were at most {near:.2f} apart"
+                if near is not None
                 else ""
             )
-            + f"); {out.name} not written. Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway"
         )
+    drop = check["balanced_accuracy_fp32"] - check["balanced_accuracy_int8"]
+    if drop > MAX_BA_DROP:
+        missed.append(
+            f"balanced accuracy {check['balanced_accuracy_int8']:.3f} vs fp32 {check['balanced_accuracy_fp32']:.3f}, more than {MAX_BA_DROP} lower"
+        )
+    raise LiverscopeError(
+        f"{run_dir}: int8 does not keep the labels (on {check['n']} {part} images: {'; '.join(missed)}); {out.name} not written. "
+        "Keep more layers in fp32 (--int8-sensitive N), or --force to write it anyway"
+    )
 
 
 def _format(method: str, reduce_range: bool, per_channel: bool, fp32_ends: int, n_worst: int) -> str:
