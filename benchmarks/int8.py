@@ -9,7 +9,7 @@ largest probability difference, balanced accuracy of each, and the int8 session'
 the N convolutions that int8 damages most in fp32 (:func:`liverscope.inference.quantize.layer_sensitivity`), and
 ONNX Runtime's dynamic quantisation (int8 weights, activations quantised on the fly).
 
-    python benchmarks/int8.py runs/NAME [--calibration 64] [--sensitive 4 8 16] [--out docs/int8.md]
+    python benchmarks/int8.py runs/NAME [--calibration 64] [--sensitive 4 8 16] [--first 6 9] [--out docs/int8.md]
 
 Prints a markdown table with the CPU flags; figures from different machines are not comparable.
 """
@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--calibration", type=int, default=64)
     ap.add_argument("--sensitive", type=int, nargs="*", default=[4, 8, 16])
+    ap.add_argument(
+        "--first", type=int, nargs="*", default=[6, 9], help="variants keeping the first N convolutions fp32"
+    )
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if rundir.onnx_state(a.run)[1] != "current":
@@ -111,6 +114,12 @@ def main() -> None:
                     lambda p, k=k: quantize(prep, p, calib, ends + list(sens)[:k])
                 )
                 for k in a.sensitive
+            },
+            **{
+                f"8-bit, first {k} convolutions fp32": (
+                    lambda p, k=k: quantize(prep, p, calib, end_nodes(prep, k))
+                )
+                for k in a.first
             },
             "dynamic (int8 weights, activations on the fly)": lambda p: (
                 quantize_dynamic(str(prep), str(p), weight_type=QuantType.QInt8) or p
