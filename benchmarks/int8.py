@@ -5,8 +5,9 @@ calibrated on the same validation images and checked against the fp32 export on 
 images (the run's test split, else the validation images it did not calibrate on): label agreement,
 largest probability difference, balanced accuracy of each, and the int8 session's speed against fp32
 (batch 2, as ``predict`` runs ONNX Runtime on a CPU). Variants: the old default (7-bit weights), full
-8-bit weights, only the stem convolution in fp32 instead of the first stage, percentile calibration, more calibration images, the depthwise convolutions in fp32,
-the N convolutions that int8 damages most in fp32 (:func:`liverscope.inference.quantize.layer_sensitivity`), and
+8-bit weights, only the stem convolution in fp32 instead of the first stage, percentile calibration,
+more calibration images, the depthwise convolutions in fp32, the N convolutions that int8 damages most
+in fp32 (:func:`liverscope.inference.quantize.layer_sensitivity`), the first N convolutions in fp32, and
 ONNX Runtime's dynamic quantisation (int8 weights, activations quantised on the fly).
 
     python benchmarks/int8.py runs/NAME [--calibration 64] [--sensitive 4 8 16] [--first 6 9] [--out docs/int8.md]
@@ -29,9 +30,15 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from liverscope import rundir
 from liverscope.inference.export import export_onnx
-from liverscope.inference.quantize import _held_out, compare, end_nodes, layer_sensitivity, prepare, quantize
-from liverscope.models.stem import first_stage_convolutions
-from liverscope.rundir import load_model
+from liverscope.inference.quantize import (
+    _held_out,
+    compare,
+    end_nodes,
+    first_stage_of,
+    layer_sensitivity,
+    prepare,
+    quantize,
+)
 from liverscope.speed.serving import split_inputs
 
 
@@ -93,7 +100,7 @@ def main() -> None:
     rows, speed32 = [], images_per_second(fp32, x)
     with tempfile.TemporaryDirectory() as scratch:
         prep = prepare(fp32, Path(scratch) / "prep.onnx")
-        ends = end_nodes(prep, first_stage_convolutions(load_model(a.run)[0].backbone))
+        ends = end_nodes(prep, first_stage_of(meta))
         base = quantize(prep, Path(scratch) / "base8.onnx", calib, ends)
         sens = layer_sensitivity(prep, base, calib[:16])
         variants = {

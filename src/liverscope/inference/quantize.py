@@ -36,6 +36,7 @@ from sklearn.metrics import balanced_accuracy_score
 from liverscope import rundir
 from liverscope.errors import LiverscopeError
 from liverscope.inference.export import export_onnx
+from liverscope.models import model_from_arch
 from liverscope.models.stem import first_stage_convolutions
 from liverscope.speed.serving import split_inputs
 from liverscope.utils import atomic_path, file_sha256, import_optional, log, softmax
@@ -72,6 +73,12 @@ def prepare(fp32_path: Path, out: Path) -> Path:
             )
             shape_inference.quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
     return out
+
+
+def first_stage_of(meta: dict) -> int:
+    """How many convolutions open the run's network as its first stage (what stays fp32 with the
+    classifier), from ``model.json``'s architecture: the weights are not needed to count them."""
+    return first_stage_convolutions(model_from_arch(meta["architecture"]).backbone)
 
 
 def end_nodes(model_path: Path, first_convs: int = 1) -> list[str]:
@@ -325,8 +332,8 @@ def export_int8(
     out, t0 = run_dir / rundir.ONNX_INT8, time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         prep = prepare(fp32_path, Path(scratch) / "model.prep.onnx")
-        first = first_stage_convolutions(rundir.load_model(run_dir)[0].backbone) if fp32_ends else 0
-        keep = end_nodes(prep, first) if fp32_ends else []
+        first = first_stage_of(meta) if fp32_ends else 0
+        keep = end_nodes(prep, first) if first else []
         final, worst = _quantize_keeping(
             prep, Path(scratch), calib, keep, sensitive, per_channel, reduce_range, method
         )
@@ -357,6 +364,7 @@ __all__ = [
     "MAX_BA_DROP",
     "cpu_has_vnni",
     "prepare",
+    "first_stage_of",
     "end_nodes",
     "quantize",
     "layer_sensitivity",
