@@ -8,7 +8,10 @@
 # Writes OUT/gpu.md (a markdown table per part, a row as soon as it is measured) and the logs beside it.
 #
 #   bash benchmarks/gpu.sh [OUT]          # OUT: a folder; default $OUT, else runs/gpu-bench
-#   CONFIGS="192:15 224:30" ...           # size:epochs of each cv run (default "192:15 224:15")
+#   CONFIGS="192:15 224:30" ...           # size:epochs of each cv run (default "192:15 224:15"); an item may add
+#                                         # --set items (":train.seed=1,model.dropout=0.3") and start with
+#                                         # "holdout@" for a 20% grouped hold-out scored by the fold ensemble
+#                                         # (cv, then evaluate --tta flip --ablation tissue,periphery: item 5)
 #   FOLDS_PER_GPU=5 ...                   # cv --folds-per-gpu: the 5 folds at once on one GPU
 #   NUM_WORKERS=2 ...                     # DataLoader workers of each fold process
 #   FOLDS="--fold 0" ...                  # one fold per run instead of 5 (a short device lease)
@@ -48,24 +51,49 @@ per_gpu="${FOLDS_PER_GPU:-1}"
 {
   echo "## cv --gpus 1 --folds-per-gpu $per_gpu: wall time and out-of-fold figures"
   echo
-  echo "| recipe | size | epochs | folds | wall s | balanced acc. | macro AUC | QWK | balanced acc. by source |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| recipe | size | epochs | --set | folds | wall s | balanced acc. | macro AUC | QWK | balanced acc. by source |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 } >> "$md"
-for cfg in ${CONFIGS:-192:15 224:15}; do
-  size="${cfg%%:*}"; epochs="${cfg##*:}"
-  name="gpu-cpu-best-$size-e$epochs"
+holdouts=""
+for item in ${CONFIGS:-192:15 224:15}; do
+  test_frac=0; cfg="$item"
+  if [ "${cfg#holdout@}" != "$cfg" ]; then test_frac=0.2; cfg="${cfg#holdout@}"; fi
+  IFS=: read -r size epochs sets <<< "$cfg"
+  name="gpu-cpu-best-$size-e$epochs${sets:+-${sets//[^a-zA-Z0-9.]/_}}"
+  [ "$test_frac" = 0 ] || name="$name-holdout"
   args=(cv "$data" --recipe cpu-best --image-size "$size" --epochs "$epochs" --gpus 1 --folds-per-gpu "$per_gpu"
-        --name "$name" --out-dir "$out/runs" --cache-dir "$out/cache")
+        --name "$name" --out-dir "$out/runs" --cache-dir "$out/cache" --test-frac "$test_frac")
   [ -n "${NUM_WORKERS:-}" ] && args+=(--num-workers "$NUM_WORKERS")
+  for s in ${sets//,/ }; do args+=(--set "$s"); done
   # shellcheck disable=SC2206
-  args+=(${FOLDS:-} --test-frac 0)
+  args+=(${FOLDS:-})
   t0=$(date +%s)
   if "$py" -m liverscope "${args[@]}" > "$out/$name.log" 2>&1; then
     wall=$(( $(date +%s) - t0 ))
-    echo "| cpu-best | $size | $epochs | ${FOLDS:-all 5} | $wall | $("$py" benchmarks/gpu_bench.py --score "$out/runs/$name") |" >> "$md"
+    echo "| cpu-best | $size | $epochs | ${sets:-–} | ${FOLDS:-all 5} | $wall | $("$py" benchmarks/cv_score.py oof "$out/runs/$name") |" >> "$md"
+    if [ "$test_frac" != 0 ]; then
+      run="$out/runs/$name"
+      "$py" benchmarks/cv_score.py manifest "$run" "$run/holdout.csv" >> "$out/$name.log" 2>&1
+      if "$py" -m liverscope evaluate "$run" "$run/holdout.csv" --tta flip --ablation tissue,periphery \
+           --out "$run/eval-holdout-flip" >> "$out/$name.log" 2>&1; then
+        holdouts+="| $size | $epochs | ${sets:-–} | $("$py" benchmarks/cv_score.py holdout "$run" "$run/eval-holdout-flip") |"$'\n'
+      else
+        holdouts+="| $size | $epochs | ${sets:-–} | evaluate failed: see $name.log | | | |"$'\n'
+      fi
+    fi
   else
-    echo "| cpu-best | $size | $epochs | failed: see $name.log | | | | | |" >> "$md"
+    echo "| cpu-best | $size | $epochs | ${sets:-–} | failed: see $name.log | | | | | |" >> "$md"
   fi
 done
+if [ -n "$holdouts" ]; then
+  {
+    echo
+    echo "## The fold ensemble on a 20% grouped hold-out (bacc / AUC / QWK, by source)"
+    echo
+    echo "| size | epochs | --set | out of fold | ensemble (cv) | ensemble + flip TTA (evaluate) | shortcut skill plain / tissue / periphery |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    printf '%s' "$holdouts"
+  } >> "$md"
+fi
 echo "wrote $md"
 cat "$md"

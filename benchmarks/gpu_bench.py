@@ -9,7 +9,6 @@ Prints markdown table rows; exits 2 without a CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -42,40 +41,12 @@ def predict_rate(name: str, size: int, files: list[Path], precision: str, batch:
         return n / (time.perf_counter() - t0)
 
 
-def score(run: Path) -> str:
-    """A cv run's out-of-fold figures as table cells: balanced accuracy | macro AUC | QWK | balanced
-    accuracy per source; else the mean of its trained folds' validation balanced accuracy."""
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-    oof = metrics.get("oof") or {}
-    if isinstance(oof.get("balanced_accuracy"), (int, float)):
-        groups = (metrics.get("oof_by_source") or {}).get("groups") or {}
-        by_source = ", ".join(f"{s} {g['balanced_accuracy']:.3f}" for s, g in groups.items())
-        cells = [oof.get(k) for k in ("balanced_accuracy", "macro_auc", "quadratic_kappa")]
-        return " | ".join("" if c is None else f"{c:.3f}" for c in cells) + f" | {by_source}"
-    folds = [
-        json.loads(f.read_text()).get("validation", {}).get("balanced_accuracy")
-        for f in sorted(run.glob("folds/*/model.json"))
-    ]
-    folds = [f for f in folds if isinstance(f, (int, float))]
-    if not folds:
-        return "none (see the log) | | |"
-    return f"{sum(folds) / len(folds):.3f} (validation, {len(folds)} fold(s)) | | |"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--score",
-        type=Path,
-        help="print a cv run's out-of-fold figures as table cells and exit (gpu.sh's table)",
-    )
     ap.add_argument("--data", type=Path)
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64)
     a = ap.parse_args()
-    if a.score:
-        print(score(a.score))
-        return 0
     if a.data is None:
         ap.error("--data is required")
     if not torch.cuda.is_available():
