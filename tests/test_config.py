@@ -131,3 +131,29 @@ def test_a_users_yaml_file_is_read_and_builtin_recipes_need_no_checkout(tmp_path
         "cpu-quick" in recipe_names()
         and load_config("cpu-quick").name == load_config("configs/cpu-quick.yaml").name
     )
+
+
+def test_a_recipe_starts_from_its_base_and_states_only_what_it_changes(tmp_path):
+    best, cpu_best = load_config("best").to_dict(), load_config("cpu-best").to_dict()
+    assert (best["data"]["image_size"], best["train"]["epochs"]) == (224, 30)
+    cpu_best["data"]["image_size"], cpu_best["train"]["epochs"] = 224, 30
+    assert best == cpu_best  # everything else comes from cpu-best
+    (tmp_path / "mine.yaml").write_text("base: sibling.yaml\ntrain:\n  lr: 3.0e-4\n")
+    (tmp_path / "sibling.yaml").write_text("base: cpu-quick\ntrain:\n  lr: 1.0e-2\n  epochs: 7\n")
+    mine = load_config(
+        tmp_path / "mine.yaml"
+    )  # a file's base is looked up beside it, then among the built-ins
+    assert (mine.train.lr, mine.train.epochs, mine.model.name) == (
+        3e-4,
+        7,
+        load_config("cpu-quick").model.name,
+    )
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(UsageError, match="comes back to it"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "bad.yaml").write_text("base: [cpu-best]\n")
+    with pytest.raises(UsageError, match="'base' names one recipe"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "missing.yaml").write_text("base: no-such-recipe\n")
+    with pytest.raises(UsageError, match="recipe 'no-such-recipe' not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -379,11 +379,29 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     """
     cfg = RunConfig()
     if recipe is not None:
-        text, origin = read_recipe(recipe)
-        _apply(cfg, yaml_mapping(text, origin), origin)
+        _apply_recipe(cfg, recipe, ())
     if overrides:
         _apply(cfg, nested_settings(overrides), "command line")
     return cfg
+
+
+def _apply_recipe(cfg: RunConfig, recipe: str | Path, below: tuple[str, ...]) -> None:
+    """Apply a recipe on ``cfg``, after the recipe its ``base:`` names (a built-in's name, or a YAML
+    file, relative to the recipe's own folder first), so a recipe states only what it changes.
+    ``below`` holds the recipes that named this one, to refuse a loop."""
+    text, origin = read_recipe(recipe)
+    values = yaml_mapping(text, origin)
+    base = values.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or not base.strip():
+            raise UsageError(
+                f"{origin}: 'base' names one recipe (a built-in's name or a YAML file), got {base!r}"
+            )
+        if origin in below:
+            raise UsageError(f"{origin}: its 'base' chain comes back to it ({' → '.join((*below, origin))})")
+        beside = Path(origin).parent / base
+        _apply_recipe(cfg, beside if Path(origin).is_file() and beside.is_file() else base, (*below, origin))
+    _apply(cfg, values, origin)
 
 
 def yaml_mapping(text: str, origin: str) -> dict[str, Any]:
