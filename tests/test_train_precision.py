@@ -81,6 +81,28 @@ def test_cache_is_per_machine_off_when_asked_and_survives_a_damaged_file(timed, 
     assert len(calls) == 4
 
 
+def test_a_timing_taken_on_a_busy_cpu_is_taken_again_when_it_is_quieter(timed, timings_file, monkeypatch):
+    calls, figures = timed
+    net = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(training, "load_per_core", lambda: 1.0)  # another job shares the cores
+    assert choose_training_precision(net, "m", 8, 64)["precision"] == BF16 and len(calls) == 1
+    assert choose_training_precision(net, "m", 8, 64)["cached"] and len(calls) == 1  # as busy: kept
+    monkeypatch.setattr(training, "load_per_core", lambda: 0.6)
+    assert choose_training_precision(net, "m", 8, 64)["cached"] and len(calls) == 1  # not half as busy
+    figures[BF16] = 1.1  # the quiet machine's figures
+    monkeypatch.setattr(training, "load_per_core", lambda: 0.1)
+    quiet = choose_training_precision(net, "m", 8, 64)
+    assert quiet["precision"] == FP32 and not quiet["cached"] and len(calls) == 2
+    assert quiet["seconds_per_step"] == {
+        FP32: 1.0,
+        BF16: 1.1,
+    }  # the load is kept beside, not reported as a step
+    monkeypatch.setattr(training, "load_per_core", lambda: 1.0)
+    assert choose_training_precision(net, "m", 8, 64)["cached"] and len(calls) == 2  # a quiet timing stays
+    monkeypatch.setattr(training, "load_per_core", lambda: None)  # no load average (Windows): kept
+    assert choose_training_precision(net, "m", 8, 64)["cached"] and len(calls) == 2
+
+
 def test_timing_leaves_the_model_untouched():
     torch.manual_seed(0)
     model = build_model("resnet10t", 3)

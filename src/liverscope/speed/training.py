@@ -7,12 +7,16 @@ shape, and keeps the faster (bf16 only when it is at least :data:`MIN_SPEEDUP` f
 tie goes to fp32). Whether bf16 wins depends on the model: on one AMX CPU, autocast made ResNet-50
 2.35x faster to train and EfficientNet-Lite0 0.86x (issue 26). Elsewhere bf16 is emulated, several
 times slower, and fp32 is kept without timing. The timings are kept per machine
-(:mod:`liverscope.speed.cache`), so the folds of a ``cv`` run and later runs pay for them once.
+(:mod:`liverscope.speed.cache`), so the folds of a ``cv`` run and later runs pay for them once; a
+timing taken on a busy CPU (another job sharing the cores skews the two precisions unevenly: one
+such entry said bf16 2.05x faster where a quiet run found about 1.1x) is taken again once the
+machine is at most half as busy.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 
@@ -28,6 +32,22 @@ MIN_SPEEDUP = 1.05
 #: change of the machine's load hits both; the median is kept.
 STEPS = 3
 CACHE_KIND = "train-precision"
+#: 1-minute load average per core at or above which a CPU timing counts as taken on a busy machine.
+BUSY = 0.5
+
+
+def load_per_core() -> float | None:
+    """The CPU's 1-minute load average per core, or ``None`` where the system keeps none (Windows)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return None
+
+
+def _retake(stored: dict | None, load: float | None) -> bool:
+    """Whether a cached timing was taken on a busy CPU that is now at most half as busy."""
+    then = (stored or {}).get("load_per_core")
+    return then is not None and load is not None and then >= BUSY and load <= then / 2
 
 
 def native_bf16(device: str) -> bool:
@@ -111,14 +131,18 @@ def choose_training_precision(
         "channels_last": bool(channels_last),
         "first_stage": "fp32",  # timings made before models/stem.py kept the first stage in fp32 are not reused
     }
+    load = None if str(device).startswith("cuda") else load_per_core()
     timings = cache.lookup(CACHE_KIND, key, device) if use_cache else None
+    if _retake(timings, load):
+        timings = None
     out["cached"] = timings is not None
     if timings is None:
         # the timing draws random input: the run's seeded random streams must not see it
         with torch.random.fork_rng(devices=[] if not str(device).startswith("cuda") else None):
             timings = time_training_steps(model, batch, size, device, channels_last)
         if use_cache:
-            cache.store(CACHE_KIND, key, timings, device)
+            cache.store(CACHE_KIND, key, {**timings, "load_per_core": load}, device)
+    timings = {FP32: timings[FP32], BF16: timings[BF16]}
     speedup = timings[FP32] / timings[BF16]
     precision = BF16 if speedup >= MIN_SPEEDUP else FP32
     verdict = "faster" if precision == BF16 else f"not {MIN_SPEEDUP}x faster"
@@ -139,6 +163,8 @@ __all__ = [
     "BF16",
     "MIN_SPEEDUP",
     "STEPS",
+    "BUSY",
+    "load_per_core",
     "native_bf16",
     "time_training_steps",
     "choose_training_precision",
