@@ -432,7 +432,10 @@ def test_cli_explain_writes_maps_and_skips_bad_files(trained_run, phantom_dir, t
         and "skipped 1 file(s)" in res.output
         and "broken.png" in res.output
     )
-    assert "mean deletion auc" in res.output and "mean energy outside sector" in res.output
+    assert (
+        "mean deletion auc" in res.output
+        and "mean share of the unrestricted map's energy outside the scan sector" in res.output
+    )
     for stem in ("wide", files[0].stem, files[1].stem):
         heat = cv2.imread(str(out / f"{stem}_heatmap.png"))
         assert heat.shape == (64, 64, 3)

@@ -207,7 +207,8 @@ def explain(
         f"explained {summary['explained']} image(s) with {summary['method']} in {summary['seconds']:.1f}s → {summary['out']}"
     )
     for key, value in summary.get("means", {}).items():
-        typer.echo(f"  mean {key.replace('_', ' ')}: {value:.4f}")
+        label = MEAN_LABELS.get(key, key.replace("_", " "))
+        typer.echo(f"  mean {label}: {value:.4f}")
     echo_skipped(summary["skipped"])
     check_processed(summary["explained"], summary["skipped"], "explained")
 
@@ -362,3 +363,9 @@ def serve(
             sys.executable, cmd, env
         )  # become the server: one process to stop, signals go straight to it
     raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+#: How ``explain`` names a mean it prints where the key alone would mislead.
+MEAN_LABELS = {
+    "energy_outside_sector": "share of the unrestricted map's energy outside the scan sector (the saved maps are cut to it with --sector)",
+}
