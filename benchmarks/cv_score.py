@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
+from liverscope import rundir
+from liverscope.utils import atomic_write_csv
 
 
 def _read(path: Path) -> dict:
@@ -51,11 +52,9 @@ def oof(run: Path) -> str:
 
 def manifest(run: Path, out: Path) -> int:
     """Write the run's hold-out rows (``split == test``) as a manifest of absolute paths; their count."""
-    split = pd.read_csv(run / "split.csv")
-    test = split[split["split"] == "test"]
-    test.assign(path=[str(Path(p).resolve()) for p in test["path"]])[["path", "label"]].to_csv(
-        out, index=False
-    )
+    samples, split, _ = rundir.read_split(run / rundir.SPLIT)
+    test = [s for s, part in zip(samples, split) if part == "test"]
+    atomic_write_csv(out, ("path", "label"), [(str(s.path.resolve()), s.label) for s in test])
     return len(test)
 
 

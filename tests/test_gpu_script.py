@@ -53,7 +53,9 @@ def test_gpu_table_reads_the_out_of_fold_figure_or_the_folds(tmp_path):
 def test_holdout_cells_read_the_split_the_ensemble_and_the_shortcut_check(tmp_path):
     run, ev = tmp_path / "run", tmp_path / "run" / "eval"
     ev.mkdir(parents=True)
-    rows = ["path,label,split", "a/1.png,F0,train", "a/2.png,F1,test", "a/3.png,F2,val", "a/4.png,F3,test"]
+    rows = ["path,label,split,group,source,sha256"] + [
+        f"a/{i}.png,F{i - 1},{part},,," for i, part in enumerate(("train", "test", "val", "test"), 1)
+    ]
     (run / "split.csv").write_text("\n".join(rows) + "\n")
     cv_score = [sys.executable, str(REPO / "benchmarks" / "cv_score.py")]
     manifest = tmp_path / "holdout.csv"
