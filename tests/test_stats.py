@@ -135,3 +135,23 @@ def test_softmax_and_temperature_inputs():
         S.softmax(np.zeros((2, 2)), 0.0)
     with pytest.raises(LiverscopeError):
         S.expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 5]))
+
+
+def test_ensemble_spread_ratio_rescales_a_members_temperature_to_their_mean():
+    from liverscope.utils import softmax
+
+    rng = np.random.default_rng(0)
+    n, k = 4000, 4
+    true = rng.normal(0, 1.5, (n, k))
+    y = np.array([rng.choice(k, p=p) for p in softmax(true, 1.0)])
+    members = [true + rng.normal(0, 1.5, (n, k)) for _ in range(5)]  # each over-confident in its own way
+    assert S.ensemble_spread_ratio([members[0]] * 3) == pytest.approx(1.0)
+    assert S.ensemble_spread_ratio([members[0], members[0] + 7.0]) == pytest.approx(
+        1.0
+    )  # a shift is no spread
+    assert S.ensemble_spread_ratio(members[:1]) == 1.0 and S.ensemble_spread_ratio([]) == 1.0
+    ratio = S.ensemble_spread_ratio(members)
+    assert 0.5 < ratio < 0.95
+    t = S.fit_temperature(members[0], y)  # one member's calibration, as a fold's out-of-fold fit
+    mean = np.mean(members, axis=0)
+    assert S.negative_log_likelihood(mean, y, t * ratio) < S.negative_log_likelihood(mean, y, t)

@@ -201,6 +201,12 @@ def section_calibration(run: RunData) -> str | None:
         note(
             "Temperature scaling (Guo et al., 2017) divides the logits by one T fitted on held-out logits (the validation set; "
             "a fold ensemble's out-of-fold predictions); it changes confidences, never the predicted class."
+            + (
+                f" A fold ensemble's T is the out-of-fold one ({fit['fitted']:.3f}) times {fit['ensemble_spread_ratio']:.3f}, "
+                "how much averaging the fold models shrinks their logits on the hold-out images."
+                if fit.get("ensemble_spread_ratio")
+                else ""
+            )
             if temperature and abs(temperature - 1.0) > 1e-9
             else "No temperature is applied to this model's probabilities."
         )

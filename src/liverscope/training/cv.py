@@ -5,7 +5,9 @@ straddle two of them), trains one complete run per fold (``folds/foldI/``, throu
 :func:`liverscope.training.train.train_prepared` and :func:`liverscope.training.postrun.finish`), then :func:`aggregate_cv` scores every development image
 with the fold model that did not train on it (out-of-fold) and the hold-out set with the ensemble: the
 mean of the fold models' logits, divided by one temperature fitted on the out-of-fold logits (refused,
-with a warning, when the fit lands on the edge of its range), then softmax.
+with a warning, when the fit lands on the edge of its range) times how much the averaging shrinks the
+fold models' logits on the hold-out images (:func:`~liverscope.evaluate.stats.ensemble_spread_ratio`,
+no label used), then softmax.
 
 Folds run one after another, or in parallel: :func:`cross_validate_on_devices` keeps one fold
 process per GPU, or ``--folds-per-gpu M`` of them (a worker per slot pulling folds from a queue,
@@ -33,7 +35,7 @@ from liverscope.data import splits
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate.scoring import score_predictions
-from liverscope.evaluate.stats import fit_temperature_checked
+from liverscope.evaluate.stats import ensemble_spread_ratio, fit_temperature_checked
 from liverscope.training.datamodule import (
     CollectedData,
     Listing,
@@ -242,6 +244,10 @@ def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preproce
     result: dict = {"k": k, "class_names": names}
     fit = _score_out_of_fold(run_dir, folds, names, result)
     temperature = fit["temperature"]
+    if folds["test"] is not None and fit["applied"]:
+        # the out-of-fold T calibrates one fold model; their mean is flatter (measured in docs/benchmarks.md)
+        fit["ensemble_spread_ratio"] = ensemble_spread_ratio(folds["test_logits"])
+        fit["temperature"] = temperature = fit["fitted"] * fit["ensemble_spread_ratio"]
     if folds["test"] is not None:
         test = folds["test"]
         logits = ensemble_logits(folds["test_logits"])
