@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from liverscope.data.datasets import Sample
 from liverscope.data.io import read_image
 from liverscope.rundir import read_split, write_split
 from liverscope.segment.images import read_mask
@@ -35,8 +36,9 @@ from liverscope.utils import atomic_write_png
 
 
 def liver_box(mask: np.ndarray, margin: float, min_area: float) -> tuple[int, int, int, int] | None:
-    """``(y0, y1, x0, x1)`` of the mask's largest region grown by ``margin`` of its size on each side,
-    clipped to the image; None when that region covers less than ``min_area`` of the image."""
+    """``(y0, y1, x0, x1)`` of the mask's largest region grown on each side by ``margin`` of its extent
+    (last minus first row or column), clipped to the image; None when that region covers less than
+    ``min_area`` of the image."""
     labels, n = ndimage.label(mask)
     if n == 0:
         return None
@@ -50,11 +52,22 @@ def liver_box(mask: np.ndarray, margin: float, min_area: float) -> tuple[int, in
     return max(0, ys.min() - dy), min(h, ys.max() + dy + 1), max(0, xs.min() - dx), min(w, xs.max() + dx + 1)
 
 
-def distinct(samples) -> dict[str, object]:
-    """The first sample of each sha256."""
-    first: dict[str, object] = {}
+def distinct(samples: list[Sample]) -> dict[str, Sample]:
+    """The first sample of each sha256.
+
+    Raises:
+        SystemExit: two different files would share one mask or crop file (same class folder and file
+            stem): the crops are named ``LABEL/STEM.png``.
+    """
+    first: dict[str, Sample] = {}
+    named: dict[tuple[str, str], str] = {}
     for s in samples:
         first.setdefault(s.sha256, s)
+        key = (s.label, s.path.stem)
+        if named.setdefault(key, s.sha256) != s.sha256:
+            raise SystemExit(
+                f"{s.path}: another file of class {s.label} has the stem {s.path.stem!r}; rename one"
+            )
     return first
 
 

@@ -95,7 +95,7 @@ def test_evaluate_on_new_data_with_ensemble(cv_run, phantom_dir):
 
 @pytest.mark.slow
 def test_cv_ensemble_temperature_is_fitted_on_out_of_fold_logits(cv_run):
-    from liverscope.evaluate.stats import ensemble_spread_ratio, fit_temperature_checked
+    from liverscope.evaluate.stats import ensemble_temperature, fit_temperature_checked
     from liverscope.rundir import read_predictions
     from liverscope.utils import softmax
 
@@ -109,8 +109,8 @@ def test_cv_ensemble_temperature_is_fitted_on_out_of_fold_logits(cv_run):
         read_predictions(f / "predictions_test.csv", names).logits
         for f in sorted((cv_run / "folds").iterdir())
     ]
-    ratio = ensemble_spread_ratio(fold_test) if fit["applied"] else 1.0  # the mean of the folds is flatter
-    assert meta["temperature"] == pytest.approx(fit["temperature"] * ratio, rel=1e-3)
+    ensemble = ensemble_temperature(fit, fold_test)  # the mean of the folds is flatter (rule: test_stats.py)
+    assert meta["temperature"] == pytest.approx(ensemble["temperature"], rel=1e-3)
     m = read_json(cv_run / "metrics.json")
     for key in ("ensemble", "oof"):  # ECE before and after temperature scaling, for both sets
         assert 0 <= m[key]["ece"] <= 1 and 0 <= m[key]["ece_uncalibrated"] <= 1

@@ -407,6 +407,23 @@ def test_calibration_section_reports_a_refused_temperature(tmp_path):
     assert "none applied (the fit stopped at the edge of its range)" in page
     assert "temperature-scaled (T =" not in page
 
+    assert "temperature-scaled (T =" not in page
+
+
+def test_calibration_section_says_how_an_ensemble_temperature_was_made(tmp_path):
+    run = make_run(tmp_path, {"predictions"})
+    model = json.loads((run / "model.json").read_text())
+    model["temperature"] = 0.999
+    model["temperature_fit"] = {
+        "fitted": 1.085,
+        "temperature": 0.999,
+        "applied": True,
+        "ensemble_spread_ratio": 0.921,
+    }
+    (run / "model.json").write_text(json.dumps(model))
+    page = R.write_report(run).read_text(encoding="utf-8")
+    assert "the out-of-fold one (1.085) times 0.921" in page
+
 
 # --------------------------------------------------------------------------------------------------
 # where the figures come from; the decision-support notice; flagged gallery images

@@ -137,7 +137,7 @@ def test_softmax_and_temperature_inputs():
         S.expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 5]))
 
 
-def test_ensemble_spread_ratio_rescales_a_members_temperature_to_their_mean():
+def test_ensemble_spread_ratio_moves_a_members_temperature_towards_their_mean():
     from liverscope.utils import softmax
 
     rng = np.random.default_rng(0)
@@ -150,8 +150,27 @@ def test_ensemble_spread_ratio_rescales_a_members_temperature_to_their_mean():
         1.0
     )  # a shift is no spread
     assert S.ensemble_spread_ratio(members[:1]) == 1.0 and S.ensemble_spread_ratio([]) == 1.0
+    # two members pointing different ways: the mean's centred norm is half theirs (a squared ratio would give 0.25)
+    assert S.ensemble_spread_ratio([np.array([[1.0, 0, 0]]), np.array([[0.0, 1, 0]])]) == pytest.approx(0.5)
     ratio = S.ensemble_spread_ratio(members)
     assert 0.5 < ratio < 0.95
     t = S.fit_temperature(members[0], y)  # one member's calibration, as a fold's out-of-fold fit
     mean = np.mean(members, axis=0)
     assert S.negative_log_likelihood(mean, y, t * ratio) < S.negative_log_likelihood(mean, y, t)
+
+
+def test_ensemble_temperature_scales_only_an_applied_fit_with_a_hold_out():
+    members = [np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), np.array([[0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])]
+    ratio = S.ensemble_spread_ratio(members)
+    applied = {"fitted": 1.5, "temperature": 1.5, "applied": True, "at_edge": False, "warning": None}
+    out = S.ensemble_temperature(applied, members)
+    assert out["temperature"] == pytest.approx(1.5 * ratio) and out["ensemble_spread_ratio"] == ratio
+    assert applied["temperature"] == 1.5  # the members' fit is not changed in place
+    assert S.ensemble_temperature(out | {"temperature": 1.5}, members)["temperature"] == out["temperature"]
+    assert S.ensemble_temperature(applied, [])["temperature"] == 1.5  # no hold-out: the members' T
+    refused = {"fitted": 0.1, "temperature": 1.0, "applied": False, "at_edge": True, "warning": "edge"}
+    assert S.ensemble_temperature(refused, members) == refused
+    cancel = S.ensemble_temperature(applied, [members[0], -members[0]])  # the mean is all zeros
+    assert cancel["temperature"] == 1.5 and "not a positive number" in cancel["warning"]
+    low = {"fitted": 0.11, "temperature": 0.11, "applied": True}
+    assert S.ensemble_temperature(low, members)["temperature"] == pytest.approx(0.1)  # kept within the bounds

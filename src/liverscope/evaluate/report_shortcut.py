@@ -57,8 +57,8 @@ def section_shortcut(run: RunData) -> str | None:
     parts.append(
         note(
             "Skill above chance = balanced accuracy - 1/K, K the classes present among these images' true labels; "
-            "a negative skill (down to -1/K) means the blanked images go to classes these images never have: no skill "
-            "either. Tissue blanked: the scan sector (found by the run's own method, "
+            "a negative skill (down to -1/K) means the images go to wrong classes more often than chance would, e.g. all "
+            "to a class these images never have: no skill either. Tissue blanked: the scan sector (found by the run's own method, "
             f"'{sc.get('sector_method', 'fan')}') set to the frame's background level, so what is left is the scanner's text, "
             "marks and the frame's geometry. Periphery blanked: everything outside the sector set to that level, so what is "
             "left is the tissue. Blanked before the run's preprocessing (a run that crops to the sector keeps the original "

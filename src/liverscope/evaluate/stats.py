@@ -206,34 +206,6 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(logits, temperature)
 
 
-def ensemble_spread_ratio(member_logits: Sequence[np.ndarray]) -> float:
-    """How much averaging shrinks the members' logits: the mean spread of the members' mean logits
-    over the members' own mean spread, on images none of them trained on (the spread of an image's
-    logits: their norm once centred, so adding a constant to every class changes nothing).
-
-    Members that disagree average to flatter logits, so a temperature fitted on single members'
-    held-out logits (the out-of-fold fit of a cv run) over-softens their mean by about this factor;
-    multiplying it by the ratio puts the ensemble back on the members' calibrated scale. Uses no label.
-    Measured on liverscope's fibrosis hold-outs (docs/benchmarks.md): ratio 0.92, the ensemble's ECE
-    0.105 → 0.079 (cpu-best) and 0.111 → 0.078 (best).
-
-    Args:
-        member_logits: ``(n, K)`` logits of each member on the same images.
-
-    Returns:
-        The ratio, 1.0 when all members agree (or with fewer than two members or no image).
-    """
-    stack = np.asarray([np.asarray(z, dtype=np.float64) for z in member_logits])
-    if stack.ndim != 3 or stack.shape[0] < 2 or stack.shape[1] == 0:
-        return 1.0
-
-    def spread(z: np.ndarray) -> float:
-        return float(np.linalg.norm(z - z.mean(axis=-1, keepdims=True), axis=-1).mean())
-
-    own = float(np.mean([spread(z) for z in stack]))
-    return spread(stack.mean(axis=0)) / own if own > 0 else 1.0
-
-
 def _check_probs_labels(probs: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y_true).astype(np.int64).ravel()
@@ -417,11 +389,69 @@ def fit_temperature(
     return float(fit_temperature_checked(logits, y_true, bounds)["temperature"])
 
 
+def ensemble_spread_ratio(member_logits: Sequence[np.ndarray]) -> float:
+    """How much averaging shrinks the members' logits: the mean spread of the members' mean logits
+    over the members' own mean spread, on images none of them trained on (the spread of an image's
+    logits: their norm once centred, so adding a constant to every class changes nothing). Uses no label.
+
+    Members that disagree average to flatter logits, so a temperature fitted on single members'
+    held-out logits (the out-of-fold fit of a cv run) over-softens their mean; multiplying it by this
+    ratio undoes the flattening. It is a partial correction: the mean is also less noisy than a member,
+    so the NLL-optimal factor can be smaller still (on liverscope's fibrosis hold-outs the ratio was 0.92
+    and the optimum about 0.7; the ensemble's ECE went 0.105 → 0.079 and 0.111 → 0.078: docs/benchmarks.md).
+
+    Args:
+        member_logits: ``(n, K)`` logits of each member on the same images.
+
+    Returns:
+        The ratio in [0, 1] (the norm of a mean is at most the mean of the norms); 1.0 when all members
+        agree, with fewer than two members or no image.
+    """
+    stack = np.asarray([np.asarray(z, dtype=np.float64) for z in member_logits])
+    if stack.ndim != 3 or stack.shape[0] < 2 or stack.shape[1] == 0:
+        return 1.0
+
+    def spread(z: np.ndarray) -> float:
+        return float(np.linalg.norm(z - z.mean(axis=-1, keepdims=True), axis=-1).mean())
+
+    own = float(np.mean([spread(z) for z in stack]))
+    return spread(stack.mean(axis=0)) / own if own > 0 else 1.0
+
+
+def ensemble_temperature(
+    fit: dict[str, Any],
+    member_logits: Sequence[np.ndarray] | None,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> dict[str, Any]:
+    """The temperature of a logit-averaging ensemble from a fit on its members' held-out logits
+    (:func:`fit_temperature_checked`): the fitted T times :func:`ensemble_spread_ratio` on
+    ``member_logits`` (the members' logits on images none of them trained on), kept within ``bounds``.
+    The fit is left as it is when it was not applied, when there are no such logits, or when the ratio
+    is not a positive number (members whose logits cancel, or NaN): then a ``warning`` says so.
+
+    Returns:
+        A copy of ``fit`` with ``temperature`` replaced and ``ensemble_spread_ratio`` added when it was used.
+    """
+    out = dict(fit)
+    if not fit.get("applied") or not member_logits:
+        return out
+    ratio = ensemble_spread_ratio(member_logits)
+    if not (np.isfinite(ratio) and ratio > 0):
+        out["warning"] = (
+            f"ensemble spread ratio {ratio} is not a positive number; the members' temperature is kept"
+        )
+        return out
+    out["ensemble_spread_ratio"] = ratio
+    out["temperature"] = float(np.clip(fit["fitted"] * ratio, *bounds))
+    return out
+
+
 __all__ = [
     "paired_ttest",
     "bootstrap_ci",
     "apply_temperature",
     "ensemble_spread_ratio",
+    "ensemble_temperature",
     "reliability_curve",
     "expected_calibration_error",
     "negative_log_likelihood",

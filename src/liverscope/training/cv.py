@@ -6,7 +6,7 @@ straddle two of them), trains one complete run per fold (``folds/foldI/``, throu
 with the fold model that did not train on it (out-of-fold) and the hold-out set with the ensemble: the
 mean of the fold models' logits, divided by one temperature fitted on the out-of-fold logits (refused,
 with a warning, when the fit lands on the edge of its range) times how much the averaging shrinks the
-fold models' logits on the hold-out images (:func:`~liverscope.evaluate.stats.ensemble_spread_ratio`,
+fold models' logits on the hold-out images (:func:`~liverscope.evaluate.stats.ensemble_temperature`,
 no label used), then softmax.
 
 Folds run one after another, or in parallel: :func:`cross_validate_on_devices` keeps one fold
@@ -35,7 +35,7 @@ from liverscope.data import splits
 from liverscope.data.preprocess import Preprocessing
 from liverscope.errors import LiverscopeError, UsageError
 from liverscope.evaluate.scoring import score_predictions
-from liverscope.evaluate.stats import ensemble_spread_ratio, fit_temperature_checked
+from liverscope.evaluate.stats import ensemble_temperature, fit_temperature_checked
 from liverscope.training.datamodule import (
     CollectedData,
     Listing,
@@ -236,18 +236,19 @@ def aggregate_run(run_dir: str | Path) -> dict:
 
 
 def aggregate_cv(run_dir: Path, class_names: Sequence[str], k: int, pp: Preprocessing) -> dict:
-    """Out-of-fold metrics, the ensemble's temperature (fitted on the out-of-fold logits), the
-    logit-averaging ensemble on the hold-out test set at that temperature, and the fold table."""
+    """Out-of-fold metrics, the ensemble's temperature (fitted on the out-of-fold logits, times how much
+    averaging flattens the fold models' logits on the hold-out: :func:`~liverscope.evaluate.stats.ensemble_temperature`),
+    the logit-averaging ensemble on the hold-out test set at that temperature, and the fold table."""
     names = list(class_names)
     fold_dirs = [rundir.fold_dir(run_dir, i) for i in range(k)]
     folds = _read_folds(fold_dirs, names)
     result: dict = {"k": k, "class_names": names}
-    fit = _score_out_of_fold(run_dir, folds, names, result)
+    # the out-of-fold T calibrates one fold model; their mean is flatter (measured in docs/benchmarks.md)
+    fit = ensemble_temperature(_score_out_of_fold(run_dir, folds, names, result), folds["test_logits"])
+    result["temperature_fit"] = fit
+    if fit.get("warning") and not fit.get("at_edge"):
+        log(f"WARNING: {fit['warning']}")
     temperature = fit["temperature"]
-    if folds["test"] is not None and fit["applied"]:
-        # the out-of-fold T calibrates one fold model; their mean is flatter (measured in docs/benchmarks.md)
-        fit["ensemble_spread_ratio"] = ensemble_spread_ratio(folds["test_logits"])
-        fit["temperature"] = temperature = fit["fitted"] * fit["ensemble_spread_ratio"]
     if folds["test"] is not None:
         test = folds["test"]
         logits = ensemble_logits(folds["test_logits"])
@@ -331,7 +332,7 @@ def _score_out_of_fold(run_dir: Path, folds: dict, names: list[str], result: dic
 def _write_ensemble_meta(
     run_dir: Path, fold_dirs: Sequence[Path], names: list[str], pp: Preprocessing, fit: dict, oof: dict
 ) -> None:
-    """The cv run's ``model.json``: the fold models as one ensemble at the out-of-fold temperature."""
+    """The cv run's ``model.json``: the fold models as one ensemble at the ensemble's temperature (``fit``)."""
     first = rundir.read_model_meta(fold_dirs[0])
     rundir.write_model_meta(
         run_dir,
