@@ -28,8 +28,9 @@ import numpy as np
 from scipy import ndimage
 
 from liverscope.data.datasets import Sample
+from liverscope.data.geometry import bounding_box
 from liverscope.data.io import read_image
-from liverscope.rundir import read_split, write_split
+from liverscope.rundir import SPLIT, read_split, write_split
 from liverscope.segment.images import read_mask
 from liverscope.segment.mask_files import mask_file
 from liverscope.utils import atomic_write_png
@@ -46,10 +47,10 @@ def liver_box(mask: np.ndarray, margin: float, min_area: float) -> tuple[int, in
     region = labels == 1 + int(np.argmax(sizes))
     if region.mean() < min_area:
         return None
-    ys, xs = np.nonzero(region)
-    dy, dx = int(margin * (ys.max() - ys.min())), int(margin * (xs.max() - xs.min()))
+    y0, y1, x0, x1 = bounding_box(region)
+    dy, dx = int(margin * (y1 - 1 - y0)), int(margin * (x1 - 1 - x0))
     h, w = mask.shape
-    return max(0, ys.min() - dy), min(h, ys.max() + dy + 1), max(0, xs.min() - dx), min(w, xs.max() + dx + 1)
+    return max(0, y0 - dy), min(h, y1 + dy), max(0, x0 - dx), min(w, x1 + dx)
 
 
 def distinct(samples: list[Sample]) -> dict[str, Sample]:
@@ -74,12 +75,13 @@ def distinct(samples: list[Sample]) -> dict[str, Sample]:
 def link_distinct(split: Path, out: Path) -> int:
     """One symbolic link per distinct file of ``split`` under ``out/LABEL/``: what ``segment predict`` reads."""
     samples, _, _ = read_split(split)
-    for s in distinct(samples).values():
+    firsts = distinct(samples)
+    for s in firsts.values():
         dst = out / s.label / s.path.name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():
             os.symlink(s.path.resolve(), dst)
-    return len(distinct(samples))
+    return len(firsts)
 
 
 def crop_all(split: Path, masks: Path, out_data: Path, out_run: Path, margin: float, min_area: float) -> dict:
@@ -103,7 +105,7 @@ def crop_all(split: Path, masks: Path, out_data: Path, out_run: Path, margin: fl
         atomic_write_png(dst, crops[s.sha256])
         mapped.append(dataclasses.replace(s, path=dst, sha256=hashlib.sha256(dst.read_bytes()).hexdigest()))
     out_run.mkdir(parents=True, exist_ok=True)
-    write_split(out_run / "split.csv", mapped, assignment, folds=folds)
+    write_split(out_run / SPLIT, mapped, assignment, folds=folds)
     return {
         "files": len(samples),
         "distinct": len(crops),

@@ -389,39 +389,36 @@ def test_ood_section_shows_threshold_shares_and_warns_on_a_set_that_does_not_tra
     assert "41 of 50 (82.0%)" in page and "does not transfer" in page
 
 
-def test_calibration_section_reports_a_refused_temperature(tmp_path):
+def _report_with_temperature_fit(tmp_path, fit: dict) -> str:
+    """The report of a run whose model.json carries ``fit`` as its temperature fit (and its temperature)."""
     run = make_run(tmp_path, {"predictions"})
     model = json.loads((run / "model.json").read_text())
-    model["temperature"] = 1.0
-    model["temperature_fit"] = {
-        "fitted": 0.1,
-        "temperature": 1.0,
-        "applied": False,
-        "at_edge": True,
-        "bounds": [0.1, 10.0],
-        "warning": "temperature fit stopped at the lower edge of its range",
-    }
+    model["temperature"], model["temperature_fit"] = fit["temperature"], fit
     (run / "model.json").write_text(json.dumps(model))
-    page = R.write_report(run).read_text(encoding="utf-8")
+    return R.write_report(run).read_text(encoding="utf-8")
+
+
+def test_calibration_section_reports_a_refused_temperature(tmp_path):
+    page = _report_with_temperature_fit(
+        tmp_path,
+        {
+            "fitted": 0.1,
+            "temperature": 1.0,
+            "applied": False,
+            "at_edge": True,
+            "bounds": [0.1, 10.0],
+            "warning": "temperature fit stopped at the lower edge of its range",
+        },
+    )
     assert "Temperature not applied: temperature fit stopped at the lower edge" in page
     assert "none applied (the fit stopped at the edge of its range)" in page
     assert "temperature-scaled (T =" not in page
 
-    assert "temperature-scaled (T =" not in page
-
 
 def test_calibration_section_says_how_an_ensemble_temperature_was_made(tmp_path):
-    run = make_run(tmp_path, {"predictions"})
-    model = json.loads((run / "model.json").read_text())
-    model["temperature"] = 0.999
-    model["temperature_fit"] = {
-        "fitted": 1.085,
-        "temperature": 0.999,
-        "applied": True,
-        "ensemble_spread_ratio": 0.921,
-    }
-    (run / "model.json").write_text(json.dumps(model))
-    page = R.write_report(run).read_text(encoding="utf-8")
+    page = _report_with_temperature_fit(
+        tmp_path, {"fitted": 1.085, "temperature": 0.999, "applied": True, "ensemble_spread_ratio": 0.921}
+    )
     assert "the out-of-fold one (1.085) times 0.921" in page
 
 

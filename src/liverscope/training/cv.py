@@ -292,8 +292,8 @@ def _read_folds(fold_dirs: Sequence[Path], names: list[str]) -> dict:
 
 def _score_out_of_fold(run_dir: Path, folds: dict, names: list[str], result: dict) -> dict:
     """Score every development image by the fold model that did not train on it (``oof_predictions.csv``,
-    ``result["oof"]``, the protocol and the per-source table), then fit the ensemble's one temperature
-    on those logits. Returns that fit."""
+    ``result["oof"]``, the protocol and the per-source table), then fit one temperature on those logits
+    (a fold model's; :func:`aggregate_cv` scales it for the ensemble). Returns that fit."""
     oof = folds["oof"]
     protocol = oof_protocol(folds["selects"])
     if protocol["temperature"] == "cross-fitted":
@@ -323,7 +323,6 @@ def _score_out_of_fold(run_dir: Path, folds: dict, names: list[str], result: dic
     fit = fit_temperature_checked(oof_logits, oof_y)
     if fit["warning"]:
         log(f"WARNING: {fit['warning']}")
-    result["temperature_fit"] = fit
     if scored["by_source"]:
         result["oof_by_source"] = scored["by_source"]
     return fit
